@@ -1,0 +1,93 @@
+"""Attention on a block layout: one entry point, several backends.
+
+``sparse_attention(q, k, v, layout, bias=None, *, scale=None, backend="auto", config=None)``
+computes softmax(q k^T * scale + bias) v where the softmax runs over the keys that
+``layout.token_mask()`` allows (a row with no allowed key gives zeros). q, k, v are [B, H, L, D];
+bias broadcasts to [B, H, L, L] (AlphaFold2 passes [1, H, L, L], shared by all MSA rows).
+
+Backends:
+  reference  exact dense definition in PyTorch (the oracle), any device and dtype
+  triton     the product's block-sparse Triton kernel (forward + backward), CUDA or TRITON_INTERPRET
+  flex       FlexAttention with a BlockMask from the same layout (the peer baseline)
+  dense      scaled_dot_product_attention with the bias (the dense baseline)
+  cpu        the fastest correct CPU path
+  auto       triton on CUDA tensors, cpu otherwise
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+
+from patterns import BlockLayout
+
+from .config import KernelConfig, candidate_configs
+from .dense import dense_attention
+from .reference import reference_attention
+
+BACKENDS: tuple[str, ...] = ("auto", "reference", "triton", "flex", "dense", "cpu")
+
+__all__ = [
+    "sparse_attention",
+    "reference_attention",
+    "dense_attention",
+    "KernelConfig",
+    "candidate_configs",
+    "BACKENDS",
+    "check_inputs",
+]
+
+
+def check_inputs(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layout: BlockLayout, bias: Optional[torch.Tensor]) -> None:
+    """Raise ValueError naming the argument when shapes do not fit together."""
+    if q.dim() != 4 or k.shape != q.shape or v.shape != q.shape:
+        raise ValueError(
+            f"q, k, v must all be [B, H, L, D] with the same shape; got {list(q.shape)}, {list(k.shape)}, {list(v.shape)}"
+        )
+    B, H, L, D = q.shape
+    if layout.seq_len != L:
+        raise ValueError(f"layout.seq_len={layout.seq_len} but q has L={L}")
+    if layout.num_heads is not None and layout.num_heads != H:
+        raise ValueError(f"per-head layout has {layout.num_heads} heads but q has H={H}")
+    if bias is not None:
+        if bias.dim() > 4:
+            raise ValueError(f"bias must broadcast to [B, H, L, L]; got {list(bias.shape)}")
+        try:
+            torch.broadcast_shapes(tuple(bias.shape), (B, H, L, L))
+        except RuntimeError:
+            raise ValueError(f"bias of shape {list(bias.shape)} does not broadcast to [{B}, {H}, {L}, {L}]") from None
+
+
+def sparse_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    layout: BlockLayout,
+    bias: Optional[torch.Tensor] = None,
+    *,
+    scale: Optional[float] = None,
+    backend: str = "auto",
+    config: Optional[KernelConfig] = None,
+) -> torch.Tensor:
+    """Block-sparse attention of [B, H, L, D] inputs on ``layout`` (see module docstring)."""
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {list(BACKENDS)}, got {backend!r}")
+    check_inputs(q, k, v, layout, bias)
+    if backend == "auto":
+        backend = "triton" if q.is_cuda else "cpu"
+    if backend == "reference":
+        return reference_attention(q, k, v, layout, bias, scale)
+    if backend == "dense":
+        return dense_attention(q, k, v, layout, bias, scale)
+    if backend == "triton":
+        from .triton_op import triton_sparse_attention
+
+        return triton_sparse_attention(q, k, v, layout, bias, scale=scale, config=config)
+    if backend == "flex":
+        from .flex import flex_sparse_attention
+
+        return flex_sparse_attention(q, k, v, layout, bias, scale=scale)
+    from .cpu import cpu_sparse_attention
+
+    return cpu_sparse_attention(q, k, v, layout, bias, scale=scale)

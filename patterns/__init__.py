@@ -1,0 +1,23 @@
+"""Sparse attention patterns: what is computed, as composable rules and block layouts."""
+
+from .config import GLOBAL_PLACEMENTS, SUPPORTED_BLOCK_SIZES, PatternConfig
+from .layout import BlockLayout, build_layout
+from .render import render
+from .rules import Full, Global, Intersection, Local, Rule, Strided, Union, tile_tokens
+
+__all__ = [
+    "PatternConfig",
+    "SUPPORTED_BLOCK_SIZES",
+    "GLOBAL_PLACEMENTS",
+    "BlockLayout",
+    "build_layout",
+    "render",
+    "Rule",
+    "Local",
+    "Global",
+    "Strided",
+    "Union",
+    "Intersection",
+    "Full",
+    "tile_tokens",
+]
