@@ -1,0 +1,1 @@
+"""Autotuner for block-sparse attention patterns in protein structure models."""
