@@ -1,0 +1,482 @@
+"""Benchmark one EvoFormer block: naive vs dense SDPA vs block-sparse attention.
+
+    python -m autotune.evoformer.bench                       # CPU: depth 16, L = 64, 128, 256
+    python -m autotune.evoformer.bench --lengths 256 512 1024 2048 --max-len   # GPU (bf16, depth 128)
+    python -m autotune.evoformer.bench --tuned tuned.yaml    # sparse with the tuner's patterns
+
+What is measured, per (L, pass, variant):
+
+* ``median_ms``: median wall time of ``repeats`` runs after ``warmup`` runs (CUDA synchronised).
+  Passes: ``fwd`` (under ``torch.no_grad``, inference) and ``fwd+bwd`` (forward, then backward of
+  the sum of both outputs into the parameter gradients).
+* ``peak_mib``: peak memory above what was allocated before the run (parameters and inputs), in a
+  separate run after the timing. CUDA: ``torch.cuda.max_memory_allocated`` after
+  ``reset_peak_memory_stats``. CPU: the process's resident set size (``/proc/self/statm``) sampled
+  every 0.2 ms by a background thread, minus the RSS just before the run, after ``gc.collect()`` and
+  glibc ``malloc_trim(0)`` have returned freed heap memory to the system; NaN where /proc is
+  missing. The CPU number is an estimate: it can miss peaks shorter than the sampling interval and
+  counts allocator caching.
+* Attention share, measured by timing the same block with attention removed:
+  ``attn3_share`` = 1 - t(block with MSA row and both triangle attention modules replaced by
+  zero-output no-ops) / t(variant); ``attn4_share`` the same with MSA column attention removed too;
+  ``core_share`` = 1 - t(block whose four attention cores return v: projections, gating and bias
+  kept) / t(variant), i.e. the most any attention kernel could save. These bound what sparse
+  attention can do to the block (Amdahl).
+* ``max_len`` (GPU, ``--max-len``): the largest L, doubling from the largest benchmarked length,
+  at which the variant's pass still runs without running out of memory.
+
+Variants: ``naive`` (OpenFold's materialised softmax), ``sdpa`` (dense, contiguous bias: the fair
+dense baseline), and ``sparse`` with (a) given PatternConfigs, (b) a ``--tuned`` file
+(``patterns.tuned.load_tuned``), or (c) by default, for each target sparsity, the local + one
+global block + strided pattern whose layout at that L is closest to the target. Sparse patterns
+apply to MSA row and both triangle attentions; column attention stays dense SDPA.
+
+Writes a CSV (default ``benchmarks/results/evoformer-<device>.csv`` under the working directory)
+and prints a table. ``run_evoformer_bench(...)`` returns the rows as dicts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import ctypes
+import gc
+import math
+import os
+import re
+import statistics
+import sys
+import threading
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Callable, Iterable, Optional, Sequence
+
+import torch
+
+from patterns import PatternConfig, build_layout
+
+from .attention import AttentionChoice, EvoformerAttention, layout_for
+from .modules import EvoformerBlock
+
+__all__ = ["run_evoformer_bench", "pattern_for_sparsity", "default_block_size", "device_tag", "format_table", "main"]
+
+SMALL_DIMS = dict(c_m=64, c_z=32, c_hidden_msa_att=16, no_heads_msa=4, c_hidden_pair_att=16, no_heads_pair=2,
+                  c_hidden_opm=16, c_hidden_mul=32)
+CSV_FIELDS = [
+    "device", "dtype", "threads", "L", "depth", "mode", "variant", "pattern", "sparsity", "status",
+    "median_ms", "min_ms", "peak_mib", "speedup_vs_sdpa", "speedup_vs_naive",
+    "attn3_share", "attn4_share", "core_share", "max_len",
+]
+
+
+# ---- patterns --------------------------------------------------------------------------------------
+
+
+def default_block_size(seq_len: int) -> int:
+    """The largest of 64, 32, 16 that still gives at least 8 block rows (16 for short chains)."""
+    for bs in (64, 32):
+        if seq_len // bs >= 8:
+            return bs
+    return 16
+
+
+def pattern_for_sparsity(target: float, seq_len: int, block_size: Optional[int] = None) -> PatternConfig:
+    """The local band + (one global block) + strided pattern whose layout at ``seq_len`` is closest to
+    ``target`` sparsity, in steps of 0.02 (ties: with a global block, then wider band, then
+    without strides)."""
+    bs = block_size or default_block_size(seq_len)
+    nb = math.ceil(seq_len / bs)
+    best, best_key = None, None
+    for k in range(0, max(1, nb // 2) + 1):
+        for g in (bs, 0):
+            for stride in [0] + list(range(2, nb)):
+                cfg = PatternConfig(block_size=bs, window=k * bs, num_global=g, stride=stride)
+                s = build_layout(cfg, seq_len).sparsity
+                key = (round(abs(s - target) / 0.02), g == 0, -k, stride != 0, abs(s - target))
+                if best_key is None or key < best_key:
+                    best, best_key = cfg, key
+    return best
+
+
+def _pattern_str(cfg: Optional[PatternConfig]) -> str:
+    if cfg is None:
+        return ""
+    return f"bs{cfg.block_size}/w{cfg.window}/g{cfg.num_global}{'s' if cfg.global_placement == 'spread' else ''}/s{cfg.stride}"
+
+
+def parse_pattern(text: str) -> PatternConfig:
+    """'block_size,window,num_global,stride' -> PatternConfig."""
+    parts = [int(p) for p in text.split(",")]
+    if len(parts) != 4:
+        raise argparse.ArgumentTypeError(f"pattern must be block_size,window,num_global,stride; got {text!r}")
+    return PatternConfig(*parts)
+
+
+# ---- measurement -----------------------------------------------------------------------------------
+
+
+def device_tag(device: torch.device) -> str:
+    if device.type != "cuda":
+        return device.type
+    name = torch.cuda.get_device_name(device).lower()
+    return re.sub(r"[^a-z0-9]+", "-", name.replace("nvidia", "")).strip("-") or "cuda"
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _is_oom(exc: BaseException) -> bool:
+    oom = getattr(torch.cuda, "OutOfMemoryError", ())
+    return (oom and isinstance(exc, oom)) or "out of memory" in str(exc).lower()
+
+
+def _free(device: torch.device) -> None:
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+
+
+def _time_ms(fn: Callable[[], None], device: torch.device, warmup: int, repeats: int) -> list[float]:
+    for _ in range(warmup):
+        fn()
+    _sync(device)
+    times = []
+    for _ in range(repeats):
+        if device.type == "cuda":
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            fn()
+            end.record()
+            torch.cuda.synchronize(device)
+            times.append(start.elapsed_time(end))
+        else:
+            t0 = time.perf_counter()
+            fn()
+            times.append((time.perf_counter() - t0) * 1e3)
+    return times
+
+
+_PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
+
+
+def _rss_bytes() -> Optional[int]:
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * _PAGE
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def _malloc_trim() -> None:
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
+def _peak_mib(fn: Callable[[], None], device: torch.device) -> float:
+    """Peak memory above the current allocation while ``fn`` runs once (see module docstring)."""
+    _free(device)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        base = torch.cuda.memory_allocated(device)
+        fn()
+        torch.cuda.synchronize(device)
+        return (torch.cuda.max_memory_allocated(device) - base) / 2**20
+    _malloc_trim()
+    base = _rss_bytes()
+    if base is None:
+        return float("nan")
+    peak = [base]
+    done = threading.Event()
+
+    def sample() -> None:
+        while not done.is_set():
+            r = _rss_bytes()
+            if r is not None and r > peak[0]:
+                peak[0] = r
+            time.sleep(0.0002)
+
+    thread = threading.Thread(target=sample, daemon=True)
+    thread.start()
+    try:
+        fn()
+    finally:
+        done.set()
+        thread.join()
+    r = _rss_bytes()
+    if r is not None:
+        peak[0] = max(peak[0], r)
+    return max(0, peak[0] - base) / 2**20
+
+
+@contextmanager
+def _without_attention_modules(block: EvoformerBlock, include_col: bool):
+    """Replace attention modules by zero-output no-ops (their residual adds 0)."""
+    mods = [block.msa_att_row, block.pair_stack.tri_att_start, block.pair_stack.tri_att_end]
+    if include_col:
+        mods.append(block.msa_att_col)
+    for mod in mods:
+        mod.forward = lambda x, *args, **kwargs: torch.zeros_like(x)
+    try:
+        yield
+    finally:
+        for mod in mods:
+            del mod.forward
+
+
+def _pass_fn(block: EvoformerBlock, m: torch.Tensor, z: torch.Tensor, mode: str) -> Callable[[], None]:
+    if mode == "fwd":
+        def fwd() -> None:
+            with torch.no_grad():
+                block(m, z)
+        return fwd
+
+    def fwd_bwd() -> None:
+        om, oz = block(m, z)
+        (om.float().sum() + oz.float().sum()).backward()
+        for p in block.parameters():
+            p.grad = None
+    return fwd_bwd
+
+
+# ---- the benchmark -----------------------------------------------------------------------------------
+
+
+def _variants(kinds: Sequence[str], L: int, patterns, sparsities, tuned, backend: str, block_size):
+    """(name, EvoformerAttention, pattern) for each variant at length L."""
+    out = []
+    for kind in kinds:
+        if kind in ("naive", "sdpa"):
+            out.append((kind, EvoformerAttention.uniform(kind), None))
+        elif kind == "sparse":
+            if tuned is not None:
+                out.append(("sparse[tuned]", EvoformerAttention.sparse(tuned, backend), tuned.config_for(L)))
+            for cfg in patterns or ():
+                out.append((f"sparse[{_pattern_str(cfg)}]", EvoformerAttention.sparse(cfg, backend), cfg))
+            if tuned is None and not patterns:
+                for s in sparsities:
+                    cfg = pattern_for_sparsity(s, L, block_size)
+                    out.append((f"sparse@{s:g}", EvoformerAttention.sparse(cfg, backend), cfg))
+        else:
+            raise ValueError(f"unknown variant kind {kind!r}; use naive, sdpa, sparse")
+    return out
+
+
+def _max_len(block, attention, start_L: int, depth: int, dims: dict, mode: str, dtype, device, limit: int) -> int:
+    """Largest L (doubling from start_L) at which one pass runs without OOM; 0 if even start_L fails."""
+    block.set_attention(attention)
+    best, L = 0, start_L
+    while L <= limit:
+        try:
+            m = torch.randn(depth, L, dims["c_m"], dtype=dtype, device=device)
+            z = torch.randn(L, L, dims["c_z"], dtype=dtype, device=device)
+            _pass_fn(block, m, z, mode)()
+            _sync(device)
+            best = L
+        except Exception as exc:  # noqa: BLE001
+            if not _is_oom(exc):
+                raise
+            break
+        finally:
+            m = z = None
+            _free(device)
+        L *= 2
+    return best
+
+
+def run_evoformer_bench(
+    lengths: Optional[Iterable[int]] = None,
+    depth: Optional[int] = None,
+    *,
+    dims: Optional[dict] = None,
+    kinds: Sequence[str] = ("naive", "sdpa", "sparse"),
+    patterns: Optional[Sequence[PatternConfig]] = None,
+    sparsities: Sequence[float] = (0.5, 0.75, 0.9),
+    tuned: Any = None,
+    sparse_backend: str = "auto",
+    block_size: Optional[int] = None,
+    modes: Sequence[str] = ("fwd", "fwd+bwd"),
+    warmup: int = 2,
+    repeats: int = 5,
+    dtype: Optional[torch.dtype] = None,
+    device: Optional[str | torch.device] = None,
+    measure_share: bool = True,
+    measure_memory: bool = True,
+    find_max_len: bool = False,
+    max_len_limit: int = 16384,
+    csv_path: Any = None,
+    seed: int = 0,
+    verbose: bool = False,
+) -> list[dict]:
+    """Benchmark one EvoFormer block; returns one dict per (L, mode, variant) (keys: ``CSV_FIELDS``).
+
+    Defaults: CUDA if available (bf16, depth 128, L = 256, 512, 1024, 2048), else CPU (float32,
+    depth 16, L = 64, 128, 256); AlphaFold2 dims (``dims`` overrides ``EvoformerBlock`` kwargs).
+    ``tuned``: a TunedPatterns or a path for ``patterns.tuned.load_tuned``. ``csv_path``: None
+    writes ``benchmarks/results/evoformer-<device>.csv``, False writes nothing.
+    """
+    device = torch.device(device if device is not None else ("cuda" if torch.cuda.is_available() else "cpu"))
+    on_gpu = device.type == "cuda"
+    dtype = dtype or (torch.bfloat16 if on_gpu else torch.float32)
+    depth = depth or (128 if on_gpu else 16)
+    lengths = list(lengths or ((256, 512, 1024, 2048) if on_gpu else (64, 128, 256)))
+    dims = {**dict(c_m=256, c_z=128), **(dims or {})}
+    if isinstance(tuned, (str, os.PathLike)):
+        from patterns.tuned import load_tuned
+
+        tuned = load_tuned(tuned)
+    for mode in modes:
+        if mode not in ("fwd", "fwd+bwd"):
+            raise ValueError(f"mode must be 'fwd' or 'fwd+bwd', got {mode!r}")
+
+    torch.manual_seed(seed)
+    block = EvoformerBlock(**dims).to(device=device, dtype=dtype)
+    tag = device_tag(device)
+    rows: list[dict] = []
+    path = None
+    if csv_path is not False:
+        path = Path(csv_path) if csv_path else Path("benchmarks") / "results" / f"evoformer-{tag}.csv"
+
+    def log(msg: str) -> None:
+        if verbose:
+            print(msg, file=sys.stderr, flush=True)
+
+    for L in lengths:
+        gen = torch.Generator(device="cpu").manual_seed(seed + L)
+        m = torch.randn(depth, L, dims["c_m"], generator=gen).to(device=device, dtype=dtype)
+        z = torch.randn(L, L, dims["c_z"], generator=gen).to(device=device, dtype=dtype)
+        variants = _variants(kinds, L, patterns, sparsities, tuned, sparse_backend, block_size)
+        for mode in modes:
+            fn = _pass_fn(block, m, z, mode)
+
+            def timed(label: str) -> tuple[str, list[float]]:
+                try:
+                    return "ok", _time_ms(fn, device, warmup, repeats)
+                except Exception as exc:  # noqa: BLE001
+                    _free(device)
+                    if _is_oom(exc):
+                        log(f"  L={L} {mode} {label}: out of memory")
+                        return "oom", []
+                    if isinstance(exc, (NotImplementedError, ImportError)):
+                        log(f"  L={L} {mode} {label}: unavailable ({exc})")
+                        return f"unavailable: {type(exc).__name__}", []
+                    raise
+
+            base: dict[str, float] = {}
+            if measure_share:
+                block.set_attention("sdpa")
+                for key, col in (("attn3", False), ("attn4", True)):
+                    with _without_attention_modules(block, col):
+                        st, t = timed(f"no-{key}")
+                    base[key] = statistics.median(t) if t else float("nan")
+                block.set_attention("identity")
+                st, t = timed("identity-core")
+                base["core"] = statistics.median(t) if t else float("nan")
+
+            mode_rows = []
+            for name, attention, cfg in variants:
+                block.set_attention(attention)
+                status, times = timed(name)
+                med = statistics.median(times) if times else float("nan")
+                peak = float("nan")
+                if status == "ok" and measure_memory:
+                    try:
+                        peak = _peak_mib(fn, device)
+                    except Exception as exc:  # noqa: BLE001
+                        if not _is_oom(exc):
+                            raise
+                        _free(device)
+                row = {
+                    "device": tag, "dtype": str(dtype).replace("torch.", ""), "threads": torch.get_num_threads(),
+                    "L": L, "depth": depth, "mode": mode, "variant": name, "pattern": _pattern_str(cfg),
+                    "sparsity": round(layout_for(cfg, L).sparsity, 4) if cfg is not None else 0.0,
+                    "status": status, "median_ms": med, "min_ms": min(times) if times else float("nan"),
+                    "peak_mib": peak,
+                    "attn3_share": 1 - base["attn3"] / med if measure_share else float("nan"),
+                    "attn4_share": 1 - base["attn4"] / med if measure_share else float("nan"),
+                    "core_share": 1 - base["core"] / med if measure_share else float("nan"),
+                    "max_len": "",
+                }
+                if find_max_len and on_gpu:
+                    row["max_len"] = _max_len(block, attention, max(lengths), depth, dims, mode, dtype, device, max_len_limit)
+                log(f"  L={L} {mode} {name}: {med:.2f} ms, {peak:.1f} MiB")
+                mode_rows.append(row)
+            ref = {r["variant"]: r["median_ms"] for r in mode_rows}
+            for r in mode_rows:
+                r["speedup_vs_sdpa"] = ref.get("sdpa", float("nan")) / r["median_ms"]
+                r["speedup_vs_naive"] = ref.get("naive", float("nan")) / r["median_ms"]
+            rows.extend(mode_rows)
+        m = z = None
+        _free(device)
+        if path is not None:  # rewritten after every length, so partial results survive
+            _write_csv(path, rows)
+    block.set_attention(None)
+
+    return rows
+
+
+def _write_csv(path: Path, rows: list[dict]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=CSV_FIELDS)
+        writer.writeheader()
+        for r in rows:
+            writer.writerow({k: (f"{v:.4f}" if isinstance(v, float) else v) for k, v in r.items()})
+
+
+def format_table(rows: list[dict]) -> str:
+    """A Markdown table of the rows."""
+    head = ("| L | pass | variant | pattern | sparsity | ms | peak MiB | vs SDPA | attn share (row+tri / +col / core) |\n"
+            "|---|---|---|---|---|---|---|---|---|")
+    lines = [head]
+    for r in rows:
+        ms = f"{r['median_ms']:.1f}" if r["status"] == "ok" else r["status"]
+        lines.append(
+            f"| {r['L']} | {r['mode']} | {r['variant']} | {r['pattern'] or '-'} | {r['sparsity']:.2f} | {ms} | "
+            f"{r['peak_mib']:.0f} | {r['speedup_vs_sdpa']:.2f}x | "
+            f"{r['attn3_share']:.0%} / {r['attn4_share']:.0%} / {r['core_share']:.0%} |"
+        )
+    return "\n".join(lines)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> list[dict]:
+    p = argparse.ArgumentParser(prog="python -m autotune.evoformer.bench", description=__doc__.split("\n\n")[0])
+    p.add_argument("--lengths", type=int, nargs="+", help="sequence lengths (default: GPU 256..2048, CPU 64 128 256)")
+    p.add_argument("--depth", type=int, help="MSA depth N_seq (default: GPU 128, CPU 16)")
+    p.add_argument("--dims", choices=("af2", "small"), default="af2", help="AlphaFold2 dims or a small model")
+    p.add_argument("--kinds", nargs="+", default=["naive", "sdpa", "sparse"], choices=["naive", "sdpa", "sparse"])
+    p.add_argument("--modes", nargs="+", default=["fwd", "fwd+bwd"], choices=["fwd", "fwd+bwd"])
+    p.add_argument("--sparsity", type=float, nargs="+", default=[0.5, 0.75, 0.9], help="target sparsities")
+    p.add_argument("--pattern", type=parse_pattern, action="append", help="block_size,window,num_global,stride (repeatable)")
+    p.add_argument("--tuned", help="tuned pattern file (patterns.tuned.load_tuned)")
+    p.add_argument("--backend", default="auto", help="kernels.sparse_attention backend for the sparse variants")
+    p.add_argument("--block-size", type=int, help="block size of the target-sparsity patterns (default by L)")
+    p.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), help="default: GPU bfloat16, CPU float32")
+    p.add_argument("--device", help="cpu or cuda[:i] (default: cuda if available)")
+    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--no-share", action="store_true", help="skip the attention-share timings")
+    p.add_argument("--no-memory", action="store_true", help="skip the peak-memory runs")
+    p.add_argument("--max-len", action="store_true", help="GPU: doubling search for the largest L that fits")
+    p.add_argument("--out", help="CSV path (default benchmarks/results/evoformer-<device>.csv)")
+    a = p.parse_args(argv)
+    rows = run_evoformer_bench(
+        a.lengths, a.depth, dims=SMALL_DIMS if a.dims == "small" else None, kinds=a.kinds, patterns=a.pattern,
+        sparsities=a.sparsity, tuned=a.tuned, sparse_backend=a.backend, block_size=a.block_size, modes=a.modes,
+        warmup=a.warmup, repeats=a.repeats, dtype=getattr(torch, a.dtype) if a.dtype else None, device=a.device,
+        measure_share=not a.no_share, measure_memory=not a.no_memory, find_max_len=a.max_len, csv_path=a.out,
+        verbose=True,
+    )
+    r0 = rows[0] if rows else {}
+    print(f"EvoFormer block, {r0.get('device')} {r0.get('dtype')}, {r0.get('threads')} threads, MSA depth {r0.get('depth')}")
+    print(format_table(rows))
+    return rows
+
+
+if __name__ == "__main__":
+    main()
