@@ -4,6 +4,7 @@ from .config import GLOBAL_PLACEMENTS, SUPPORTED_BLOCK_SIZES, PatternConfig
 from .layout import BlockLayout, build_layout
 from .render import render
 from .rules import Full, Global, Intersection, Local, Rule, Strided, Union, tile_tokens
+from .tuned import TunedPatterns, load_tuned
 
 __all__ = [
     "PatternConfig",
@@ -20,4 +21,6 @@ __all__ = [
     "Intersection",
     "Full",
     "tile_tokens",
+    "TunedPatterns",
+    "load_tuned",
 ]

@@ -1,0 +1,274 @@
+"""The results database: one SQLAlchemy URL holds Optuna's study storage and our own tables.
+
+``--storage`` (default ``sqlite:///autotune.db`` in the working directory; PostgreSQL works the same
+with ``postgresql+psycopg://user:pass@host/db``) is given both to ``optuna.storages.RDBStorage``
+(its own ``studies`` / ``trials`` / ... tables) and to the SQLAlchemy 2.0 models below, whose
+tables all start with ``at_``. Only the search driver writes; workers return results.
+
+Schema (one row per ...):
+
+``at_runs`` - one invocation of ``python -m autotune.search``
+    id PK, study_name, started_at, ended_at (NULL while running or after a crash),
+    heartbeat_at (refreshed by the live driver), status (running | finished | interrupted | failed),
+    host, pid, command_line, device, hardware (JSON: device/GPU or CPU model, driver, CUDA, cores),
+    versions (JSON: python, torch, triton, optuna, ray, sqlalchemy, ...), git_revision,
+    space_path, space (JSON: the validated space, after command-line overrides), executor.
+
+``at_trials`` - one Optuna trial (unique per (study_name, number))
+    id PK, run_id FK -> at_runs (the run that measured it), study_name, number (Optuna's trial
+    number), optuna_trial_id, params (JSON, flat ``pattern.x`` / ``kernel.x``), pattern (JSON,
+    PatternConfig.to_dict()), kernel (JSON KernelConfig.to_dict() or NULL), state (RUNNING |
+    COMPLETE | FAIL), reason (why it failed: "gate failed: ...", "out of memory: ...", an exception,
+    "worker died: ...", "interrupted"), retry_of (number of the interrupted trial it re-runs),
+    objectives (JSON list, order of the space's objectives), objective_names (JSON list),
+    constraints (JSON list, <= 0 feasible, worst over cells), constraint_names (JSON list),
+    feasible (all constraints <= 0), gate (JSON: gate errors and tolerances), timing (JSON: seconds
+    in gate / candidate / baselines / accuracy / total), worker (JSON: host, pid),
+    started_at, finished_at, lease_until (a RUNNING trial whose lease expired belongs to no driver).
+
+``at_measurements`` - one (trial, workload, bucket)
+    id PK, trial_id FK -> at_trials, workload, kind (msa_row | triangle), bucket (L), batch, heads,
+    head_dim, dtype, mode (fwd | fwd+bwd), sparsity, time_ms (median), time_p10_ms, time_p90_ms,
+    repeats, peak_mib (above the inputs), memory_method (cuda_allocator | rss_hwm | rss_sampled),
+    sdpa_ms, sdpa_p10_ms, sdpa_p90_ms, sdpa_peak_mib, naive_ms, naive_peak_mib (NULL: the baseline
+    ran out of memory), speedup (sdpa_ms / time_ms), speedup_naive, memory_vs_sdpa,
+    memory_vs_naive (peak / max(baseline peak, 1 MiB)), accuracy (JSON: all metrics of
+    evaluate_pattern at this bucket, n_chains, extrapolated, note), accuracy_metric,
+    accuracy_value, violations (JSON: constraint name -> violation at this cell), feasible.
+
+``at_tuned`` - one exported (study, bucket) choice
+    id PK, study_name, bucket, trial_number, pattern (JSON), kernel (JSON), speedup (JSON per
+    workload), peak_mib (JSON per workload), accuracy (JSON), hardware (JSON), rule, out_path,
+    exported_at.
+
+All of one trial's writes (its at_trials row update and its at_measurements rows) happen in one
+transaction (`Database.record_result`).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from contextlib import contextmanager
+from typing import Any, Iterator, Optional
+
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    DateTime,
+    Float,
+    ForeignKey,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+    create_engine,
+    event,
+    select,
+)
+from sqlalchemy.engine import Engine
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, relationship, sessionmaker
+
+DEFAULT_STORAGE = "sqlite:///autotune.db"
+PREFIX = "at_"
+
+
+def utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class Run(Base):
+    __tablename__ = PREFIX + "runs"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    study_name: Mapped[str] = mapped_column(String(256), index=True)
+    started_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
+    ended_at: Mapped[Optional[dt.datetime]] = mapped_column(DateTime, nullable=True)
+    heartbeat_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
+    status: Mapped[str] = mapped_column(String(32), default="running")
+    host: Mapped[str] = mapped_column(String(256))
+    pid: Mapped[int] = mapped_column(Integer)
+    command_line: Mapped[str] = mapped_column(Text)
+    device: Mapped[str] = mapped_column(String(16))
+    hardware: Mapped[Any] = mapped_column(JSON)
+    versions: Mapped[Any] = mapped_column(JSON)
+    git_revision: Mapped[Optional[str]] = mapped_column(String(64), nullable=True)
+    space_path: Mapped[str] = mapped_column(Text)
+    space: Mapped[Any] = mapped_column(JSON)
+    executor: Mapped[str] = mapped_column(String(32))
+
+
+class TrialRow(Base):
+    __tablename__ = PREFIX + "trials"
+    __table_args__ = (UniqueConstraint("study_name", "number", name=PREFIX + "trials_study_number"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    run_id: Mapped[int] = mapped_column(ForeignKey(PREFIX + "runs.id"), index=True)
+    study_name: Mapped[str] = mapped_column(String(256), index=True)
+    number: Mapped[int] = mapped_column(Integer)
+    optuna_trial_id: Mapped[int] = mapped_column(Integer)
+    params: Mapped[Any] = mapped_column(JSON)
+    pattern: Mapped[Any] = mapped_column(JSON)
+    kernel: Mapped[Any] = mapped_column(JSON, nullable=True)
+    state: Mapped[str] = mapped_column(String(16), default="RUNNING")
+    reason: Mapped[Optional[str]] = mapped_column(Text, nullable=True)
+    retry_of: Mapped[Optional[int]] = mapped_column(Integer, nullable=True)
+    objectives: Mapped[Any] = mapped_column(JSON, nullable=True)
+    objective_names: Mapped[Any] = mapped_column(JSON, nullable=True)
+    constraints: Mapped[Any] = mapped_column(JSON, nullable=True)
+    constraint_names: Mapped[Any] = mapped_column(JSON, nullable=True)
+    feasible: Mapped[Optional[bool]] = mapped_column(Boolean, nullable=True)
+    gate: Mapped[Any] = mapped_column(JSON, nullable=True)
+    timing: Mapped[Any] = mapped_column(JSON, nullable=True)
+    worker: Mapped[Any] = mapped_column(JSON, nullable=True)
+    started_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
+    finished_at: Mapped[Optional[dt.datetime]] = mapped_column(DateTime, nullable=True)
+    lease_until: Mapped[Optional[dt.datetime]] = mapped_column(DateTime, nullable=True)
+    measurements: Mapped[list["Measurement"]] = relationship(back_populates="trial", cascade="all, delete-orphan")
+
+
+class Measurement(Base):
+    __tablename__ = PREFIX + "measurements"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    trial_id: Mapped[int] = mapped_column(ForeignKey(PREFIX + "trials.id"), index=True)
+    workload: Mapped[str] = mapped_column(String(64))
+    kind: Mapped[str] = mapped_column(String(32))
+    bucket: Mapped[int] = mapped_column(Integer, index=True)
+    batch: Mapped[int] = mapped_column(Integer)
+    heads: Mapped[int] = mapped_column(Integer)
+    head_dim: Mapped[int] = mapped_column(Integer)
+    dtype: Mapped[str] = mapped_column(String(16))
+    mode: Mapped[str] = mapped_column(String(16))
+    sparsity: Mapped[float] = mapped_column(Float)
+    time_ms: Mapped[float] = mapped_column(Float)
+    time_p10_ms: Mapped[float] = mapped_column(Float)
+    time_p90_ms: Mapped[float] = mapped_column(Float)
+    repeats: Mapped[int] = mapped_column(Integer)
+    peak_mib: Mapped[float] = mapped_column(Float)
+    memory_method: Mapped[str] = mapped_column(String(32))
+    sdpa_ms: Mapped[Optional[float]] = mapped_column(Float, nullable=True)
+    sdpa_p10_ms: Mapped[Optional[float]] = mapped_column(Float, nullable=True)
+    sdpa_p90_ms: Mapped[Optional[float]] = mapped_column(Float, nullable=True)
+    sdpa_peak_mib: Mapped[Optional[float]] = mapped_column(Float, nullable=True)
+    naive_ms: Mapped[Optional[float]] = mapped_column(Float, nullable=True)
+    naive_peak_mib: Mapped[Optional[float]] = mapped_column(Float, nullable=True)
+    speedup: Mapped[Optional[float]] = mapped_column(Float, nullable=True)
+    speedup_naive: Mapped[Optional[float]] = mapped_column(Float, nullable=True)
+    memory_vs_sdpa: Mapped[Optional[float]] = mapped_column(Float, nullable=True)
+    memory_vs_naive: Mapped[Optional[float]] = mapped_column(Float, nullable=True)
+    accuracy: Mapped[Any] = mapped_column(JSON, nullable=True)
+    accuracy_metric: Mapped[Optional[str]] = mapped_column(String(64), nullable=True)
+    accuracy_value: Mapped[Optional[float]] = mapped_column(Float, nullable=True)
+    violations: Mapped[Any] = mapped_column(JSON, nullable=True)
+    feasible: Mapped[bool] = mapped_column(Boolean)
+    trial: Mapped[TrialRow] = relationship(back_populates="measurements")
+
+
+class Tuned(Base):
+    __tablename__ = PREFIX + "tuned"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    study_name: Mapped[str] = mapped_column(String(256), index=True)
+    bucket: Mapped[int] = mapped_column(Integer)
+    trial_number: Mapped[int] = mapped_column(Integer)
+    pattern: Mapped[Any] = mapped_column(JSON)
+    kernel: Mapped[Any] = mapped_column(JSON, nullable=True)
+    speedup: Mapped[Any] = mapped_column(JSON)
+    peak_mib: Mapped[Any] = mapped_column(JSON)
+    accuracy: Mapped[Any] = mapped_column(JSON, nullable=True)
+    hardware: Mapped[Any] = mapped_column(JSON, nullable=True)
+    rule: Mapped[str] = mapped_column(Text)
+    out_path: Mapped[str] = mapped_column(Text)
+    exported_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
+
+
+def make_engine(url: str) -> Engine:
+    kwargs: dict[str, Any] = {"future": True}
+    if url.startswith("sqlite"):
+        kwargs["connect_args"] = {"timeout": 60}
+    engine = create_engine(url, **kwargs)
+    if url.startswith("sqlite"):
+        @event.listens_for(engine, "connect")
+        def _pragma(dbapi_conn, _record):  # pragma: no cover - trivial
+            cur = dbapi_conn.cursor()
+            cur.execute("PRAGMA foreign_keys=ON")
+            cur.close()
+    return engine
+
+
+class Database:
+    """Our tables on ``url`` (created if missing)."""
+
+    def __init__(self, url: str, *, create: bool = True) -> None:
+        self.url = url
+        self.engine = make_engine(url)
+        if create:
+            Base.metadata.create_all(self.engine)
+        self.Session = sessionmaker(self.engine, expire_on_commit=False)
+
+    @contextmanager
+    def session(self) -> Iterator[Session]:
+        """One transaction: committed on success, rolled back on any exception."""
+        with self.Session() as s:
+            with s.begin():
+                yield s
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    # -- runs ----------------------------------------------------------------------------------
+    def start_run(self, **fields: Any) -> int:
+        with self.session() as s:
+            run = Run(**fields)
+            s.add(run)
+            s.flush()
+            return run.id
+
+    def heartbeat(self, run_id: int, lease_until: dt.datetime) -> None:
+        with self.session() as s:
+            run = s.get(Run, run_id)
+            run.heartbeat_at = utcnow()
+            for t in s.scalars(select(TrialRow).where(TrialRow.run_id == run_id, TrialRow.state == "RUNNING")):
+                t.lease_until = lease_until
+
+    def end_run(self, run_id: int, status: str) -> None:
+        with self.session() as s:
+            run = s.get(Run, run_id)
+            run.ended_at = utcnow()
+            run.status = status
+
+    # -- trials --------------------------------------------------------------------------------
+    def start_trial(self, **fields: Any) -> None:
+        with self.session() as s:
+            existing = s.scalar(
+                select(TrialRow).where(TrialRow.study_name == fields["study_name"], TrialRow.number == fields["number"])
+            )
+            if existing is not None:  # a re-asked trial number cannot happen in Optuna; be safe
+                for k, v in fields.items():
+                    setattr(existing, k, v)
+            else:
+                s.add(TrialRow(**fields))
+
+    def trial(self, study: str, number: int) -> Optional[TrialRow]:
+        with self.Session() as s:
+            return s.scalar(select(TrialRow).where(TrialRow.study_name == study, TrialRow.number == number))
+
+    def mark_failed(self, study: str, number: int, reason: str) -> None:
+        with self.session() as s:
+            t = s.scalar(select(TrialRow).where(TrialRow.study_name == study, TrialRow.number == number))
+            if t is not None:
+                t.state, t.reason, t.finished_at, t.lease_until = "FAIL", reason, utcnow(), None
+
+    def record_result(self, study: str, number: int, *, state: str, reason: Optional[str], fields: dict[str, Any],
+                      measurements: list[dict[str, Any]]) -> None:
+        """Write one trial's outcome and all its measurements in one transaction."""
+        with self.session() as s:
+            t = s.scalar(select(TrialRow).where(TrialRow.study_name == study, TrialRow.number == number))
+            if t is None:
+                raise KeyError(f"no at_trials row for study {study!r} trial {number}")
+            t.state, t.reason, t.finished_at, t.lease_until = state, reason, utcnow(), None
+            for k, v in fields.items():
+                setattr(t, k, v)
+            t.measurements.clear()
+            for m in measurements:
+                t.measurements.append(Measurement(**m))

@@ -1,0 +1,193 @@
+"""Where trials run: long-lived Ray actors, or the driver process itself.
+
+Both executors have the same small interface, used only by the search driver:
+``capacity`` (trials that may run at once), ``submit(request)``, ``poll(timeout) -> [(request,
+result)]``, ``running``, ``shutdown()``. A result is the plain dict of `TrialRunner.run`; a worker
+never writes to the database.
+
+`RayExecutor`
+    Joins the cluster at ``address`` (``--ray-address``) or starts a local Ray instance
+    (``ray.init(num_cpus=..., include_dashboard=False)``). GPU spaces get one long-lived actor per
+    GPU (``num_gpus=1``): its CUDA context, Triton compile cache and baseline cache stay warm from
+    trial to trial, which a plain Ray task (a fresh process each time) would lose. CPU spaces get
+    ``execution.workers`` actors (default: cluster CPUs // ``threads_per_worker``), each with
+    ``num_cpus=threads_per_worker`` and ``torch.set_num_threads`` to match.
+    A candidate that kills its process (segfault, illegal memory access, ``os._exit``) takes down
+    only its own trial: the driver sees ``RayActorError``, returns a failed result "worker died:
+    ...", and starts a replacement actor for the next trial.
+
+`LocalExecutor`
+    Runs one trial at a time in the driver process (machines without Ray, debugging). A candidate
+    that crashes the process crashes the driver; the next run resumes and marks that trial
+    "interrupted" (see `autotune.search`).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Any, Optional
+
+from .trial import FAULT_ENV, TrialRunner
+
+__all__ = ["LocalExecutor", "RayExecutor", "ExecutorError", "make_executor"]
+
+
+class ExecutorError(RuntimeError):
+    pass
+
+
+class LocalExecutor:
+    name = "local"
+
+    def __init__(self, threads: Optional[int] = None) -> None:
+        self.runner = TrialRunner(threads)
+        self.queue: list[dict[str, Any]] = []
+        self.capacity = 1
+        self.workers = 1
+
+    @property
+    def running(self) -> int:
+        return len(self.queue)
+
+    def submit(self, request: dict[str, Any]) -> None:
+        self.queue.append(request)
+
+    def poll(self, timeout: float = 1.0) -> list[tuple[dict[str, Any], dict[str, Any]]]:
+        if not self.queue:
+            return []
+        req = self.queue.pop(0)
+        return [(req, self.runner.run(req))]
+
+    def shutdown(self) -> None:
+        self.queue.clear()
+
+
+class TrialWorker:
+    """The Ray actor: one process, one `TrialRunner` (with its caches), trials one at a time."""
+
+    def __init__(self, env: dict[str, str], threads: Optional[int]) -> None:
+        os.environ.update(env)
+        self.runner = TrialRunner(threads)
+
+    def ping(self) -> int:
+        return os.getpid()
+
+    def run(self, request: dict[str, Any]) -> dict[str, Any]:
+        return self.runner.run(request)
+
+
+def _failed(request: dict[str, Any], reason: str) -> dict[str, Any]:
+    return {"number": request["number"], "ok": False, "reason": reason, "gate": None, "measurements": [],
+            "accuracy": {}, "worker": None, "timing": {}}
+
+
+class RayExecutor:
+    name = "ray"
+
+    def __init__(self, *, device: str, workers: Optional[int] = None, threads_per_worker: int = 1,
+                 address: Optional[str] = None, num_cpus: Optional[int] = None) -> None:
+        import ray
+
+        self.ray = ray
+        self._owns_ray = False
+        if not ray.is_initialized():
+            kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": True, "logging_level": "ERROR"}
+            if address:
+                ray.init(address=address, **kwargs)
+            else:
+                # The repository root on the workers' path (a source checkout that is not installed).
+                root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+                pp = os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p)
+                ray.init(num_cpus=num_cpus or os.cpu_count() or 1, runtime_env={"env_vars": {"PYTHONPATH": pp}}, **kwargs)
+                self._owns_ray = True
+        res = ray.cluster_resources()
+        self.threads = threads_per_worker
+        if device == "cuda":
+            gpus = int(res.get("GPU", 0))
+            if gpus < 1:
+                self.shutdown()
+                raise ExecutorError("device cuda: the Ray cluster has no GPU (use --device cpu)")
+            n = gpus if workers is None else min(workers, gpus)
+            self.options = {"num_gpus": 1, "num_cpus": min(threads_per_worker, max(1, int(res.get("CPU", 1)) // gpus))}
+        else:
+            cpus = int(res.get("CPU", 1))
+            n = workers if workers is not None else max(1, cpus // threads_per_worker)
+            n = max(1, min(n, max(1, cpus // threads_per_worker)))
+            self.options = {"num_cpus": threads_per_worker}
+        self.env = {FAULT_ENV: os.environ[FAULT_ENV]} if FAULT_ENV in os.environ else {}
+        self.remote_cls = ray.remote(TrialWorker)
+        self.actors = [self._new_actor() for _ in range(n)]
+        self.idle = list(range(n))
+        self.inflight: dict[Any, tuple[int, dict[str, Any]]] = {}
+        self.capacity = n
+        self.workers = n
+        self.restarts = 0
+
+    def _new_actor(self):
+        return self.remote_cls.options(max_restarts=0, max_task_retries=0, **self.options).remote(self.env, self.threads)
+
+    @property
+    def running(self) -> int:
+        return len(self.inflight)
+
+    def submit(self, request: dict[str, Any]) -> None:
+        if not self.idle:
+            raise ExecutorError("no idle worker")
+        slot = self.idle.pop(0)
+        ref = self.actors[slot].run.remote(request)
+        self.inflight[ref] = (slot, request)
+
+    def poll(self, timeout: float = 1.0) -> list[tuple[dict[str, Any], dict[str, Any]]]:
+        ray = self.ray
+        if not self.inflight:
+            return []
+        ready, _ = ray.wait(list(self.inflight), num_returns=1, timeout=timeout)
+        if ready:
+            ready, _ = ray.wait(list(self.inflight), num_returns=len(self.inflight), timeout=0)
+        out = []
+        for ref in ready:
+            slot, req = self.inflight.pop(ref)
+            try:
+                result = ray.get(ref)
+            except ray.exceptions.RayActorError as e:
+                # the candidate took its process down: only this trial fails; replace the actor
+                msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+                result = _failed(req, f"worker died: {type(e).__name__}: {msg}"[:2000])
+                try:
+                    ray.kill(self.actors[slot], no_restart=True)
+                except Exception:  # noqa: BLE001 - already gone
+                    pass
+                self.actors[slot] = self._new_actor()
+                self.restarts += 1
+            except ray.exceptions.RayTaskError as e:
+                cause = getattr(e, "cause", None) or e
+                result = _failed(req, f"{type(cause).__name__}: {cause}"[:2000])
+            self.idle.append(slot)
+            out.append((req, result))
+        return out
+
+    def shutdown(self) -> None:
+        for a in getattr(self, "actors", []):
+            try:
+                self.ray.kill(a, no_restart=True)
+            except Exception:  # noqa: BLE001
+                pass
+        self.actors = []
+        if self._owns_ray and self.ray.is_initialized():
+            self.ray.shutdown()
+
+
+def make_executor(kind: str, *, device: str, workers: Optional[int], threads_per_worker: int,
+                  address: Optional[str] = None, num_cpus: Optional[int] = None):
+    if kind == "local":
+        return LocalExecutor(threads_per_worker if device == "cpu" else None)
+    if kind == "ray":
+        try:
+            import ray  # noqa: F401
+        except ImportError:
+            print("autotune: ray is not installed; use --executor local", file=sys.stderr)
+            raise
+        return RayExecutor(device=device, workers=workers, threads_per_worker=threads_per_worker,
+                           address=address, num_cpus=num_cpus)
+    raise ValueError(f"unknown executor {kind!r}")

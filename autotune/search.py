@@ -1,0 +1,520 @@
+"""The search driver: ``python -m autotune.search --space FILE [options]``.
+
+Finds, per sequence-length bucket, the sparse patterns and kernel launch parameters that are
+fastest and leanest while keeping accuracy; every candidate passes a correctness gate against the
+reference backend first, and every measurement is kept in the results database (`autotune.db`).
+
+Options (each overrides the space file): ``--trials N`` (total budget, trials already finished in
+the study count), ``--timeout SECONDS`` (no new trial starts after it; running ones finish),
+``--study NAME`` (default: the space's name), ``--storage URL`` (default
+``sqlite:///autotune.db``), ``--executor ray|local``, ``--ray-address ADDRESS``, ``--device
+cpu|cuda``, ``--workers N``, ``--no-progress``. Exit status: 0 done, 2 invalid input (nothing
+written), 1 other errors.
+
+Why plain Optuna ask/tell over Ray actors, not ``study.optimize`` and not Ray Tune
+-------------------------------------------------------------------------------
+The driver is the only process that talks to the database: it asks Optuna for a trial, sends the
+parameters to a Ray actor, and when the result comes back writes it (our measurements, then
+``study.tell``) in one place. Workers only return results. This keeps SQLite usable - with
+concurrent writers SQLite fails with "database is locked", which is what ``study.optimize`` in
+many worker processes sharing one storage runs into - and keeps one trial's rows in one
+transaction. ``study.optimize`` would also run the objective in the driver's threads, with no
+isolation from a candidate that crashes its process; Optuna's heartbeat / stale-trial retry only
+works inside ``study.optimize`` (not with ask/tell), so trial leases and the recovery of trials lost
+with a crashed driver or worker are built here (see "Resuming"). Ray Tune would bring its own
+trial scheduler, its own result storage and checkpoint directories next to ours, and its own
+notion of trial state, so the database would no longer be the single record of a study. Ray is used
+for what it is good at: long-lived actors (one per GPU keeps the CUDA context, Triton's compile
+cache and the per-shape baselines warm), placement by resources, detection of dead processes.
+
+Resuming
+--------
+Running the same command with the same ``--study`` resumes. At start the driver looks at every
+trial Optuna holds as RUNNING. If its driver is gone (its run ended, or it ran on this host and its
+process no longer exists, or its lease - refreshed every few seconds by a live driver - expired):
+a trial whose results reached our tables is completed from them (``tell`` replayed, nothing is
+measured twice); any other one is marked FAIL with reason "interrupted" in both Optuna and
+``at_trials`` and its parameters are enqueued again (``retry_of`` records which trial it re-runs),
+so no trial is lost. Trials waiting in Optuna's queue are asked first. The budget counts every
+finished trial except the interrupted ones (their retry counts).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import hashlib
+import math
+import os
+import signal
+import socket
+import sys
+import time
+from typing import Any, Optional
+
+from .space import SearchSpace, SpaceError, load_space
+
+LEASE_SECONDS = 600.0
+HEARTBEAT_SECONDS = 5.0
+INTERRUPTED = "interrupted"
+
+
+class UsageError(Exception):
+    """Invalid input found before anything is written: exit status 2."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m autotune.search", description=__doc__.split("\n\n")[0])
+    p.add_argument("--space", required=True, help="search-space YAML file")
+    p.add_argument("--trials", type=int, help="total trial budget (finished trials of the study count)")
+    p.add_argument("--timeout", type=float, help="seconds after which no new trial starts")
+    p.add_argument("--study", help="study name (default: the space's name)")
+    p.add_argument("--storage", help="SQLAlchemy URL (default sqlite:///autotune.db)")
+    p.add_argument("--executor", choices=("ray", "local"), default="ray")
+    p.add_argument("--ray-address", help="join this Ray cluster instead of starting a local instance")
+    p.add_argument("--device", choices=("cpu", "cuda"))
+    p.add_argument("--workers", type=int, help="CPU spaces: number of worker actors")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    return p
+
+
+# ------------------------------------------------------------------------------------------------
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def driver_alive(run, now: dt.datetime) -> bool:
+    """Whether the driver of ``run`` (an at_runs row) may still be working."""
+    if run is None or run.ended_at is not None:
+        return False
+    if run.host == socket.gethostname():
+        return run.pid != os.getpid() and _pid_alive(run.pid)
+    return run.heartbeat_at is not None and (now - run.heartbeat_at).total_seconds() < LEASE_SECONDS
+
+
+def make_sampler(space: SearchSpace):
+    import optuna
+
+    cfg = space.sampler
+    seed = cfg.get("seed")
+
+    def constraints_func(trial) -> list[float]:
+        return list(trial.user_attrs.get("constraints", []))
+
+    # Constraint values are written by the driver to the trial's system attribute "constraints"
+    # (the list format that Optuna 4 and 5 both read). Optuna >= 5 samplers find them there by
+    # themselves (and deprecate constraints_func); Optuna 4 samplers need constraints_func.
+    new_api = hasattr(optuna.trial.Trial, "set_constraint")
+    cons = constraints_func if (space.constraints and not new_api) else None
+    if cfg["name"] == "nsga2":
+        return optuna.samplers.NSGAIISampler(population_size=cfg.get("population_size") or 16, seed=seed, constraints_func=cons)
+    if cfg["name"] == "tpe":
+        return optuna.samplers.TPESampler(n_startup_trials=cfg.get("n_startup_trials") or 10, seed=seed,
+                                          multivariate=True, constraints_func=cons)
+    return optuna.samplers.RandomSampler(seed=seed)
+
+
+def _sqlite_path(url: str) -> Optional[str]:
+    from sqlalchemy.engine import make_url
+
+    u = make_url(url)
+    if u.get_backend_name() == "sqlite" and u.database and u.database != ":memory:":
+        return u.database
+    return None
+
+
+def check_storage(url: str) -> None:
+    """Validate the URL without touching the database (UsageError on a bad URL)."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        u = make_url(url)
+    except ArgumentError as e:
+        raise UsageError(f"--storage: not a database URL: {url!r} ({e})") from None
+    path = _sqlite_path(url)
+    if path:
+        parent = os.path.dirname(os.path.abspath(path))
+        if not os.path.isdir(parent):
+            raise UsageError(f"--storage: directory {parent} does not exist")
+    elif u.get_backend_name() == "sqlite":
+        pass
+
+
+def _seed(study: str, number: int) -> int:
+    return int(hashlib.sha256(f"{study}:{number}".encode()).hexdigest()[:8], 16)
+
+
+class Search:
+    """One driver run over ``space`` (see module docstring)."""
+
+    def __init__(self, space: SearchSpace, *, study_name: str, storage: str, executor: str = "ray",
+                 ray_address: Optional[str] = None, workers: Optional[int] = None, progress: bool = True,
+                 num_cpus: Optional[int] = None, log=None) -> None:
+        self.space = space
+        self.study_name = study_name
+        self.storage = storage
+        self.executor_kind = executor
+        self.ray_address = ray_address
+        self.workers = workers if workers is not None else space.execution.get("workers")
+        self.progress = progress
+        self.num_cpus = num_cpus
+        self.log = log or (lambda msg: print(f"autotune: {msg}", file=sys.stderr))
+        self.stats = {"completed": 0, "failed": 0, "recovered": 0, "retried": 0, "wall_s": 0.0, "measure_s": 0.0,
+                      "trial_s": 0.0, "startup_s": 0.0}
+        self.best: Optional[float] = None
+
+    # -- setup -------------------------------------------------------------------------------
+    def _open(self) -> None:
+        import optuna
+
+        from . import hardware
+        from .db import Database
+
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        self.db = Database(self.storage)
+        engine_kwargs = {"connect_args": {"timeout": 60}} if self.storage.startswith("sqlite") else {}
+        self.ostorage = optuna.storages.RDBStorage(self.storage, engine_kwargs=engine_kwargs)
+        directions = self.space.directions()
+        try:
+            existing = optuna.load_study(study_name=self.study_name, storage=self.ostorage)
+        except KeyError:
+            existing = None
+        if existing is not None:
+            have = [d.name.lower() for d in existing.directions]
+            if have != directions:
+                raise UsageError(
+                    f"study {self.study_name!r} exists with directions {have}, the space asks for {directions} "
+                    f"(objectives {self.space.objectives}); use another --study"
+                )
+        self.study = optuna.create_study(study_name=self.study_name, storage=self.ostorage, directions=directions,
+                                         sampler=make_sampler(self.space), load_if_exists=True)
+        if existing is None:
+            import warnings
+
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                self.study.set_metric_names(list(self.space.objectives))
+            self.study.set_user_attr("space", self.space.to_dict())
+        self.hardware = hardware.describe(self.space.device)
+        self.run_id = self.db.start_run(
+            study_name=self.study_name, host=socket.gethostname(), pid=os.getpid(),
+            command_line=hardware.command_line(), device=self.space.device, hardware=self.hardware,
+            versions=hardware.package_versions(), git_revision=hardware.git_revision(),
+            space_path=self.space.source, space=self.space.to_dict(), executor=self.executor_kind,
+        )
+
+    # -- resume ------------------------------------------------------------------------------
+    def recover(self) -> None:
+        """Settle RUNNING trials left by dead drivers (see module docstring)."""
+        from optuna.trial import TrialState
+
+        from .db import Run, utcnow
+
+        now = utcnow()
+        for ft in self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+            row = self.db.trial(self.study_name, ft.number)
+            if row is not None:
+                with self.db.Session() as s:
+                    run = s.get(Run, row.run_id)
+                    alive = driver_alive(run, now) and (row.lease_until is None or row.lease_until > now)
+                if alive:
+                    continue
+            if row is not None and row.state == "COMPLETE" and row.objectives is not None:
+                self._tell(ft.number, row.objectives, row.constraints or [])
+                self.stats["recovered"] += 1
+                self.log(f"trial {ft.number}: results were stored before the driver stopped; completed from them")
+                continue
+            if row is not None and row.state == "FAIL":
+                self.study.tell(ft.number, state=TrialState.FAIL)
+                continue
+            if row is not None:
+                self.db.mark_failed(self.study_name, ft.number, INTERRUPTED)
+            self.ostorage.set_trial_user_attr(ft._trial_id, "fail_reason", INTERRUPTED)
+            self.study.tell(ft.number, state=TrialState.FAIL)
+            if ft.params:
+                self.study.enqueue_trial(dict(ft.params), user_attrs={"retry_of": ft.number}, skip_if_exists=False)
+            self.stats["retried"] += 1
+            self.log(f"trial {ft.number} was interrupted (its driver is gone): marked failed, enqueued again")
+
+    def _tell(self, number: int, values: list[float], constraints: list[float]) -> None:
+        tid = self.ostorage.get_trial_id_from_study_id_trial_number(self.study._study_id, number)
+        if constraints:
+            self.ostorage.set_trial_user_attr(tid, "constraints", list(constraints))
+            self.ostorage.set_trial_user_attr(tid, "constraint_names", self.space.constraint_names())
+            self.ostorage.set_trial_system_attr(tid, "constraints", list(constraints))
+        self.study.tell(number, values)
+
+    def finished_count(self) -> int:
+        from optuna.trial import TrialState
+
+        n = 0
+        for ft in self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.FAIL, TrialState.PRUNED)):
+            if ft.user_attrs.get("fail_reason") != INTERRUPTED:
+                n += 1
+        return n
+
+    # -- one trial ---------------------------------------------------------------------------
+    def _launch(self, executor) -> None:
+        from .db import utcnow
+        from .trial import TrialRequest
+
+        trial = self.study.ask(fixed_distributions=self.space.distributions())
+        params = dict(trial.params)
+        pattern, kernel = self.space.split_params(params)
+        retry_of = trial.user_attrs.get("retry_of")
+        from kernels import KernelConfig
+        from patterns import PatternConfig
+
+        pattern = PatternConfig.from_dict(pattern).to_dict()  # validated (raises -> failed trial below)
+        kernel = KernelConfig.from_dict(kernel).for_block(pattern["block_size"]).to_dict() if kernel is not None else None
+        self.db.start_trial(
+            run_id=self.run_id, study_name=self.study_name, number=trial.number, optuna_trial_id=trial._trial_id,
+            params=params, pattern=pattern, kernel=kernel, state="RUNNING", retry_of=retry_of,
+            objective_names=list(self.space.objectives), constraint_names=self.space.constraint_names(),
+            started_at=utcnow(), lease_until=utcnow() + dt.timedelta(seconds=LEASE_SECONDS),
+        )
+        req = TrialRequest(study=self.study_name, number=trial.number, params=params, pattern=pattern,
+                           kernel=kernel, space=self.space.to_dict(), seed=_seed(self.study_name, trial.number))
+        self.trials[trial.number] = trial
+        executor.submit(req.to_dict())
+
+    def _record(self, req: dict[str, Any], res: dict[str, Any]) -> None:
+        from optuna.trial import TrialState
+
+        from .trial import cell_values, cell_violations, summarize
+
+        number = req["number"]
+        trial = self.trials.pop(number)
+        timing = res.get("timing") or {}
+        self.stats["trial_s"] += timing.get("total_s", 0.0)
+        self.stats["measure_s"] += sum(timing.get(k, 0.0) for k in ("gate_s", "candidate_s", "baseline_s", "accuracy_s"))
+        fields = {"gate": res.get("gate"), "timing": timing, "worker": res.get("worker")}
+        if res.get("ok"):
+            try:
+                objs, cons = summarize(self.space, res)
+                if any(not math.isfinite(v) for v in objs):
+                    raise ValueError(f"non-finite objective values {objs}")
+            except Exception as e:  # noqa: BLE001
+                res = dict(res, ok=False, reason=f"could not summarize: {type(e).__name__}: {e}")
+        if res.get("ok"):
+            feasible = all(c <= 0 for c in cons)
+            rows = []
+            for m in res["measurements"]:
+                viol = cell_violations(self.space, m, res.get("accuracy") or {})
+                acc = (res.get("accuracy") or {}).get(str(m["bucket"]))
+                mib = lambda b: None if b is None else b / float(1 << 20)  # noqa: E731
+                rows.append({
+                    "workload": m["workload"], "kind": m["kind"], "bucket": m["bucket"], "batch": m["batch"],
+                    "heads": m["heads"], "head_dim": m["head_dim"], "dtype": m["dtype"], "mode": m["mode"],
+                    "sparsity": m["sparsity"], "time_ms": m["time_ms"], "time_p10_ms": m["time_p10_ms"],
+                    "time_p90_ms": m["time_p90_ms"], "repeats": m["repeats"], "peak_mib": mib(m["peak_bytes"]),
+                    "memory_method": m["memory_method"], "sdpa_ms": m["sdpa_ms"], "sdpa_p10_ms": m["sdpa_p10_ms"],
+                    "sdpa_p90_ms": m["sdpa_p90_ms"], "sdpa_peak_mib": mib(m["sdpa_peak_bytes"]),
+                    "naive_ms": m["naive_ms"], "naive_peak_mib": mib(m["naive_peak_bytes"]),
+                    "speedup": m["speedup"], "speedup_naive": m["speedup_naive"],
+                    "memory_vs_sdpa": m["memory_vs_sdpa"], "memory_vs_naive": m["memory_vs_naive"],
+                    "accuracy": acc, "accuracy_metric": self.space.accuracy_metric,
+                    "accuracy_value": cell_values(self.space, m, res.get("accuracy") or {})["accuracy"],
+                    "violations": viol, "feasible": all(v <= 0 for v in viol.values()),
+                })
+            self.db.record_result(self.study_name, number, state="COMPLETE", reason=None,
+                                  fields=dict(fields, objectives=objs, constraints=cons, feasible=feasible),
+                                  measurements=rows)
+            self._tell(number, objs, cons)
+            self.stats["completed"] += 1
+            if "speedup" in self.space.objectives and feasible:
+                sp = objs[self.space.objectives.index("speedup")]
+                self.best = sp if self.best is None else max(self.best, sp)
+        else:
+            reason = res.get("reason") or "unknown failure"
+            self.db.record_result(self.study_name, number, state="FAIL", reason=reason, fields=fields, measurements=[])
+            trial.set_user_attr("fail_reason", reason)
+            self.study.tell(trial, state=TrialState.FAIL)
+            self.stats["failed"] += 1
+            self.log(f"trial {number} failed: {reason.splitlines()[0][:300]}")
+
+    def _interrupt_running(self) -> None:
+        """On Ctrl-C / SIGTERM: running trials are marked interrupted and enqueued again."""
+        from optuna.trial import TrialState
+
+        for number, trial in list(self.trials.items()):
+            try:
+                self.db.mark_failed(self.study_name, number, INTERRUPTED)
+                trial.set_user_attr("fail_reason", INTERRUPTED)
+                self.study.tell(trial, state=TrialState.FAIL)
+                self.study.enqueue_trial(dict(trial.params), user_attrs={"retry_of": number}, skip_if_exists=False)
+            except Exception as e:  # noqa: BLE001 - best effort on the way out
+                self.log(f"could not settle trial {number}: {e}")
+        self.trials.clear()
+
+    # -- main loop ---------------------------------------------------------------------------
+    def run(self) -> dict[str, Any]:
+        from .db import utcnow
+        from .executor import make_executor
+
+        t_start = time.perf_counter()
+        self.trials: dict[int, Any] = {}
+        status = "failed"
+        executor = None
+        bar = None
+        self.db = self.run_id = None
+        old_term = signal.getsignal(signal.SIGTERM)
+
+        def on_term(signum, frame):
+            raise KeyboardInterrupt
+
+        try:
+            signal.signal(signal.SIGTERM, on_term)
+        except ValueError:  # not the main thread
+            pass
+        try:
+            self._open()
+            self.recover()
+            budget = int(self.space.budget["trials"])
+            timeout = self.space.budget.get("timeout")
+            deadline = None if timeout is None else time.monotonic() + float(timeout)
+            done0 = self.finished_count()
+            if done0 >= budget:
+                self.log(f"study {self.study_name!r} already has {done0} finished trials (budget {budget}); nothing to do")
+                status = "finished"
+                return self._summary(done0, t_start)
+            executor = make_executor(self.executor_kind, device=self.space.device, workers=self.workers,
+                                     threads_per_worker=int(self.space.execution.get("threads_per_worker") or 1),
+                                     address=self.ray_address, num_cpus=self.num_cpus)
+            self.stats["startup_s"] = time.perf_counter() - t_start
+            self.log(f"study {self.study_name!r}: {done0} trials finished, budget {budget}, "
+                     f"{executor.workers} {executor.name} worker(s), storage {self._safe_url()}")
+            if self.progress:
+                from tqdm import tqdm
+
+                bar = tqdm(total=budget, initial=done0, desc=self.study_name, unit="trial", dynamic_ncols=True)
+            last_hb = 0.0
+            done = done0
+            while True:
+                now_m = time.monotonic()
+                out_of_time = deadline is not None and now_m >= deadline
+                while (not out_of_time and executor.running < executor.capacity
+                       and done + executor.running < budget):
+                    try:
+                        self._launch(executor)
+                    except ValueError as e:  # a sampled combination the pattern/kernel rejects
+                        self._reject_last(e)
+                        done += 1
+                if executor.running == 0:
+                    break
+                for req, res in executor.poll(timeout=1.0):
+                    self._record(req, res)
+                    done += 1
+                    if bar is not None:
+                        bar.update(1)
+                if time.monotonic() - last_hb > HEARTBEAT_SECONDS:
+                    self.db.heartbeat(self.run_id, utcnow() + dt.timedelta(seconds=LEASE_SECONDS))
+                    last_hb = time.monotonic()
+                if bar is not None:
+                    left = "-" if deadline is None else f"{max(0.0, deadline - time.monotonic()):.0f}s"
+                    bar.set_postfix(ok=self.stats["completed"], failed=self.stats["failed"], running=executor.running,
+                                    best="-" if self.best is None else f"{self.best:.2f}x", left=left, refresh=False)
+            status = "finished"
+            return self._summary(done, t_start)
+        except KeyboardInterrupt:
+            status = "interrupted"
+            self._interrupt_running()
+            self.log("interrupted: running trials were marked interrupted and will be retried on resume")
+            raise
+        finally:
+            try:
+                signal.signal(signal.SIGTERM, old_term)
+            except ValueError:
+                pass
+            if bar is not None:
+                bar.close()
+            if executor is not None:
+                executor.shutdown()
+            try:
+                if getattr(self, "run_id", None) is not None:
+                    self.db.end_run(self.run_id, status)
+            finally:
+                if getattr(self, "db", None) is not None:
+                    self.db.close()
+                try:
+                    self.ostorage.remove_session()
+                    self.ostorage.engine.dispose()
+                except Exception:  # noqa: BLE001
+                    pass
+
+    def _reject_last(self, exc: Exception) -> None:
+        from optuna.trial import TrialState
+
+        running = self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+        mine = [t for t in running if t.number not in self.trials]
+        for ft in mine[-1:]:
+            self.ostorage.set_trial_user_attr(ft._trial_id, "fail_reason", f"invalid parameters: {exc}")
+            self.study.tell(ft.number, state=TrialState.FAIL)
+            self.stats["failed"] += 1
+
+    def _safe_url(self) -> str:
+        from sqlalchemy.engine import make_url
+
+        return make_url(self.storage).render_as_string(hide_password=True)
+
+    def _summary(self, done: int, t_start: float) -> dict[str, Any]:
+        self.stats["wall_s"] = time.perf_counter() - t_start
+        return dict(self.stats, finished=done, study=self.study_name, run_id=self.run_id, best_speedup=self.best)
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        if args.trials is not None and args.trials < 1:
+            raise UsageError(f"--trials must be >= 1, got {args.trials}")
+        if args.timeout is not None and args.timeout <= 0:
+            raise UsageError(f"--timeout must be > 0, got {args.timeout}")
+        if args.workers is not None and args.workers < 1:
+            raise UsageError(f"--workers must be >= 1, got {args.workers}")
+        space = load_space(args.space).override(trials=args.trials, timeout=args.timeout, device=args.device)
+        if space.device == "cpu" and space.backend == "triton":
+            print("autotune: --device cpu: candidate backend triton -> cpu", file=sys.stderr)
+            space.backend = "cpu"
+        if space.device == "cuda" and not args.ray_address:
+            import torch
+
+            if not torch.cuda.is_available():
+                raise UsageError(f"{args.space}: device: cuda, but this machine has no CUDA device (use --device cpu)")
+        storage = args.storage or os.environ.get("AUTOTUNE_STORAGE") or "sqlite:///autotune.db"
+        check_storage(storage)
+    except SpaceError as e:
+        print(f"autotune: error: {e}", file=sys.stderr)
+        return 2
+    except UsageError as e:
+        print(f"autotune: error: {e}", file=sys.stderr)
+        return 2
+    search = Search(space, study_name=args.study or space.name, storage=storage, executor=args.executor,
+                    ray_address=args.ray_address, workers=args.workers, progress=not args.no_progress)
+    try:
+        summary = search.run()
+    except UsageError as e:
+        print(f"autotune: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    print(
+        f"autotune: study {summary['study']!r}: {summary['completed']} completed, {summary['failed']} failed this run, "
+        f"{summary['finished']} finished in total; best feasible speedup "
+        f"{'-' if summary['best_speedup'] is None else format(summary['best_speedup'], '.2f') + 'x'}; "
+        f"{summary['wall_s']:.1f} s",
+        file=sys.stderr,
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,550 @@
+"""Search-space files: load a YAML file, validate every key, and turn it into Optuna distributions.
+
+A space file has these top-level keys (all validated; an unknown key, a wrong type, an empty range
+or a block size the kernels do not support raises `SpaceError`, whose message is one line
+``FILE: KEY: problem``):
+
+    name: protein-gpu               # free text
+    device: cuda                    # cuda | cpu (the CLI's --device overrides)
+    backend: triton                 # candidate backend: triton | cpu | flex | reference | dense
+    dtype: bfloat16                 # float32 | bfloat16 | float16
+    mode: fwd                       # fwd | fwd+bwd
+    buckets: [256, 512, 1024]       # sequence-length buckets, residues
+    pattern:                        # PatternConfig fields; each a value, {choices: [...]} or
+      block_size: {choices: [32, 64, 128]}    #   {low: a, high: b[, step: s]} (integers)
+      window: {low: 0, high: 256, step: 32}
+      num_global: {choices: [0, 16, 32]}
+      stride: {low: 0, high: 8}
+      global_placement: {choices: [first, spread]}   # optional (default "first")
+    kernel:                         # optional; KernelConfig fields, same forms. Tiles larger than
+      block_m: {choices: [32, 64]}  #   the layout block are clipped to it (KernelConfig.for_block)
+      block_n: {choices: [32, 64]}
+      num_warps: {choices: [4, 8]}
+      num_stages: {choices: [1, 2, 3]}
+    workloads:                      # one or more AlphaFold2 attention shapes
+      - name: row                   # msa_row: batch = tokens // L (at least 1, at most max_batch)
+        kind: msa_row
+        heads: 8
+        head_dim: 32
+        tokens: 32768
+        bias: true                  # pair bias [1, H, L, L]
+      - name: tri                   # triangle: batch = min(L, max_batch)
+        kind: triangle
+        heads: 4
+        head_dim: 32
+        max_batch: 128
+        bias: true
+    objectives:                     # what Optuna optimises (multi-objective); direction implied
+      - speedup                     #   speedup (max), memory_vs_sdpa (min), memory_vs_naive (min),
+      - memory_vs_sdpa              #   sparsity (max), accuracy (the metric's own direction)
+    constraints:                    # each checked at every (workload, bucket)
+      speedup: {min: 1.0}
+      memory_vs_sdpa: {max: 4.0}
+      memory_vs_naive: {max: 1.0}
+      accuracy: {metric: contact_recall_long, min: 0.2, max_chains: 8}
+    sampler: {name: nsga2, seed: 0, population_size: 16}   # nsga2 | tpe | random
+    budget: {trials: 64, timeout: 3600}                     # timeout in seconds
+    measure: {warmup: 3, repeats: 10}
+    gate: {seq_len: 200, batch: 2, fwd_tol: 0.03, bwd_tol: 0.05}
+    execution: {workers: 2, threads_per_worker: 1}          # CPU trials; GPU: one actor per GPU
+
+Aggregation of a trial's objectives over its (workload, bucket) cells: speedup and memory ratios
+by geometric mean, sparsity by mean, accuracy by its worst bucket. A constraint's value (Optuna's
+convention: <= 0 is feasible) is its worst violation over all cells, so a trial is feasible for the
+sampler only if it meets every constraint everywhere; export re-checks feasibility per bucket.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+import yaml
+
+from kernels.config import KERNEL_STAGES, KERNEL_TILES, KERNEL_WARPS
+from patterns.config import GLOBAL_PLACEMENTS, SUPPORTED_BLOCK_SIZES
+
+__all__ = [
+    "SpaceError",
+    "SearchSpace",
+    "Workload",
+    "Constraint",
+    "load_space",
+    "parse_space",
+    "OBJECTIVES",
+    "ACCURACY_METRIC_DIRECTIONS",
+]
+
+# Known accuracy metrics (names and directions of autotune.accuracy.ACCURACY_METRICS); validation
+# does not import the accuracy package (it loads protein data), the trial does.
+ACCURACY_METRIC_DIRECTIONS: dict[str, str] = {
+    "contact_recall_short": "max",
+    "contact_recall_medium": "max",
+    "contact_recall_long": "max",
+    "attention_mass_recall": "max",
+    "output_rel_error": "min",
+}
+OBJECTIVES: dict[str, str] = {
+    "speedup": "max",
+    "memory_vs_sdpa": "min",
+    "memory_vs_naive": "min",
+    "sparsity": "max",
+    "accuracy": "max",  # replaced by the metric's direction
+}
+CONSTRAINT_NAMES = ("speedup", "memory_vs_sdpa", "memory_vs_naive", "sparsity", "accuracy")
+BACKENDS = ("triton", "cpu", "flex", "reference", "dense")
+DTYPES = ("float32", "bfloat16", "float16")
+MODES = ("fwd", "fwd+bwd")
+DEVICES = ("cuda", "cpu")
+SAMPLERS = ("nsga2", "tpe", "random")
+WORKLOAD_KINDS = ("msa_row", "triangle")
+
+TOP_KEYS = {
+    "name", "device", "backend", "dtype", "mode", "buckets", "pattern", "kernel", "workloads",
+    "objectives", "constraints", "sampler", "budget", "measure", "gate", "execution",
+}
+REQUIRED_TOP = ("buckets", "pattern", "workloads", "objectives")
+
+PATTERN_PARAMS: dict[str, tuple] = {
+    "block_size": SUPPORTED_BLOCK_SIZES,
+    "window": None,
+    "num_global": None,
+    "stride": None,
+    "global_placement": GLOBAL_PLACEMENTS,
+}
+KERNEL_PARAMS: dict[str, tuple] = {
+    "block_m": KERNEL_TILES,
+    "block_n": KERNEL_TILES,
+    "num_warps": KERNEL_WARPS,
+    "num_stages": KERNEL_STAGES,
+}
+
+
+class SpaceError(ValueError):
+    """An invalid search-space file; ``str()`` is one line: ``FILE: KEY: problem``."""
+
+    def __init__(self, source: str, key: str, problem: str) -> None:
+        self.source, self.key, self.problem = source, key, problem
+        super().__init__(f"{source}: {key}: {problem}")
+
+
+@dataclass(frozen=True)
+class Workload:
+    name: str
+    kind: str
+    heads: int
+    head_dim: int
+    bias: bool = True
+    tokens: Optional[int] = None  # msa_row: batch = tokens // L
+    max_batch: Optional[int] = None
+
+    def batch(self, seq_len: int) -> int:
+        if self.kind == "msa_row":
+            b = max(1, (self.tokens or seq_len) // seq_len)
+        else:
+            b = seq_len
+        if self.max_batch is not None:
+            b = min(b, self.max_batch)
+        return max(1, b)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: getattr(self, k) for k in self.__dataclass_fields__}
+
+
+@dataclass(frozen=True)
+class Constraint:
+    name: str  # one of CONSTRAINT_NAMES
+    min: Optional[float] = None
+    max: Optional[float] = None
+
+    def violation(self, value: Optional[float]) -> float:
+        """Optuna convention: <= 0 feasible. A missing value (e.g. baseline out of memory) is
+        neutral for memory ratios and speedup (0), and infinitely bad for accuracy."""
+        if value is None or (isinstance(value, float) and math.isnan(value)):
+            return 0.0 if self.name != "accuracy" else 1e9
+        v = -math.inf
+        if self.min is not None:
+            v = max(v, self.min - value)
+        if self.max is not None:
+            v = max(v, value - self.max)
+        return float(v)
+
+
+@dataclass
+class SearchSpace:
+    source: str
+    name: str
+    device: str
+    backend: str
+    dtype: str
+    mode: str
+    buckets: list[int]
+    pattern: dict[str, Any]  # name -> spec (value | {"choices": [...]} | {"low","high","step"})
+    kernel: Optional[dict[str, Any]]
+    workloads: list[Workload]
+    objectives: list[str]
+    constraints: list[Constraint]
+    accuracy_metric: Optional[str]
+    accuracy_max_chains: Optional[int]
+    sampler: dict[str, Any]
+    budget: dict[str, Any]
+    measure: dict[str, Any]
+    gate: dict[str, Any]
+    execution: dict[str, Any]
+    raw: dict[str, Any] = field(repr=False, default_factory=dict)
+
+    # -- Optuna ----------------------------------------------------------------------------
+    def distributions(self) -> dict[str, Any]:
+        """Optuna distributions of the searched parameters (fixed values are not searched).
+        Names: ``pattern.<field>`` and ``kernel.<field>``."""
+        import optuna.distributions as od
+
+        out: dict[str, Any] = {}
+        for group, specs in (("pattern", self.pattern), ("kernel", self.kernel or {})):
+            for key, spec in specs.items():
+                if isinstance(spec, dict) and "choices" in spec:
+                    if len(spec["choices"]) > 1:
+                        out[f"{group}.{key}"] = od.CategoricalDistribution(list(spec["choices"]))
+                elif isinstance(spec, dict):
+                    if spec["high"] > spec["low"]:
+                        out[f"{group}.{key}"] = od.IntDistribution(spec["low"], spec["high"], step=spec.get("step", 1))
+        return out
+
+    def fixed(self) -> dict[str, Any]:
+        """Parameters with a single value."""
+        out: dict[str, Any] = {}
+        for group, specs in (("pattern", self.pattern), ("kernel", self.kernel or {})):
+            for key, spec in specs.items():
+                if isinstance(spec, dict) and "choices" in spec:
+                    if len(spec["choices"]) == 1:
+                        out[f"{group}.{key}"] = spec["choices"][0]
+                elif isinstance(spec, dict):
+                    if spec["high"] == spec["low"]:
+                        out[f"{group}.{key}"] = spec["low"]
+                else:
+                    out[f"{group}.{key}"] = spec
+        return out
+
+    def grid(self) -> list[dict[str, Any]]:
+        """Every parameter combination (for exhaustive baselines on small spaces)."""
+        import itertools
+
+        axes: list[tuple[str, list]] = []
+        for name, dist in self.distributions().items():
+            if hasattr(dist, "choices"):
+                axes.append((name, list(dist.choices)))
+            else:
+                axes.append((name, list(range(dist.low, dist.high + 1, dist.step))))
+        fixed = self.fixed()
+        return [dict(fixed, **dict(zip([a[0] for a in axes], combo))) for combo in itertools.product(*[a[1] for a in axes])]
+
+    def split_params(self, params: dict[str, Any]) -> tuple[dict[str, Any], Optional[dict[str, Any]]]:
+        """(pattern dict, kernel dict or None) from flat ``group.field`` params (+ fixed ones)."""
+        allp = dict(self.fixed(), **params)
+        pattern = {k.split(".", 1)[1]: v for k, v in allp.items() if k.startswith("pattern.")}
+        kernel = {k.split(".", 1)[1]: v for k, v in allp.items() if k.startswith("kernel.")}
+        return pattern, (kernel if self.kernel is not None else None)
+
+    def directions(self) -> list[str]:
+        out = []
+        for o in self.objectives:
+            if o == "accuracy":
+                d = ACCURACY_METRIC_DIRECTIONS[self.accuracy_metric or "contact_recall_long"]
+            else:
+                d = OBJECTIVES[o]
+            out.append("maximize" if d == "max" else "minimize")
+        return out
+
+    def constraint_names(self) -> list[str]:
+        return [c.name for c in self.constraints]
+
+    def override(self, *, trials: Optional[int] = None, timeout: Optional[float] = None, device: Optional[str] = None) -> "SearchSpace":
+        new = copy.copy(self)
+        new.budget = dict(self.budget)
+        if trials is not None:
+            new.budget["trials"] = int(trials)
+        if timeout is not None:
+            new.budget["timeout"] = float(timeout)
+        if device is not None:
+            new.device = device
+        return new
+
+    def to_dict(self) -> dict[str, Any]:
+        """The validated space as plain data (stored with each run)."""
+        return {
+            "source": self.source, "name": self.name, "device": self.device, "backend": self.backend,
+            "dtype": self.dtype, "mode": self.mode, "buckets": list(self.buckets),
+            "pattern": self.pattern, "kernel": self.kernel,
+            "workloads": [w.to_dict() for w in self.workloads], "objectives": list(self.objectives),
+            "constraints": [{"name": c.name, "min": c.min, "max": c.max} for c in self.constraints],
+            "accuracy_metric": self.accuracy_metric, "accuracy_max_chains": self.accuracy_max_chains,
+            "sampler": self.sampler, "budget": self.budget, "measure": self.measure, "gate": self.gate,
+            "execution": self.execution,
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "SearchSpace":
+        """Inverse of `to_dict` (used by workers: the driver ships the validated space)."""
+        d = dict(d)
+        d["workloads"] = [Workload(**w) for w in d["workloads"]]
+        d["constraints"] = [Constraint(**c) for c in d["constraints"]]
+        return cls(**d)
+
+
+# ------------------------------------------------------------------------------------------------
+# validation helpers
+
+
+def _type_name(v: Any) -> str:
+    return {bool: "boolean", int: "integer", float: "number", str: "string", list: "list", dict: "mapping"}.get(
+        type(v), type(v).__name__
+    ) if v is not None else "null"
+
+
+class _V:
+    def __init__(self, source: str) -> None:
+        self.source = source
+
+    def fail(self, key: str, problem: str) -> None:
+        raise SpaceError(self.source, key, problem)
+
+    def mapping(self, v: Any, key: str, allowed: set[str], required: tuple[str, ...] = ()) -> dict:
+        if not isinstance(v, dict):
+            self.fail(key, f"must be a mapping, got {_type_name(v)}")
+        for k in v:
+            if not isinstance(k, str) or k not in allowed:
+                self.fail(f"{key}.{k}" if key else str(k), f"unknown key (allowed: {', '.join(sorted(allowed))})")
+        for r in required:
+            if r not in v:
+                self.fail(f"{key}.{r}" if key else r, "required key is missing")
+        return v
+
+    def integer(self, v: Any, key: str, *, low: Optional[int] = None) -> int:
+        if isinstance(v, bool) or not isinstance(v, int):
+            self.fail(key, f"must be an integer, got {_type_name(v)} {v!r}")
+        if low is not None and v < low:
+            self.fail(key, f"must be >= {low}, got {v}")
+        return v
+
+    def number(self, v: Any, key: str, *, low: Optional[float] = None) -> float:
+        if isinstance(v, bool) or not isinstance(v, (int, float)):
+            self.fail(key, f"must be a number, got {_type_name(v)} {v!r}")
+        if low is not None and v < low:
+            self.fail(key, f"must be >= {low}, got {v}")
+        return float(v)
+
+    def choice(self, v: Any, key: str, allowed: tuple) -> Any:
+        if not isinstance(v, str):
+            self.fail(key, f"must be a string, one of {', '.join(map(str, allowed))}; got {_type_name(v)} {v!r}")
+        if v not in allowed:
+            self.fail(key, f"{v!r} is not one of {', '.join(map(str, allowed))}")
+        return v
+
+    def boolean(self, v: Any, key: str) -> bool:
+        if not isinstance(v, bool):
+            self.fail(key, f"must be true or false, got {_type_name(v)} {v!r}")
+        return v
+
+    def param(self, v: Any, key: str, allowed: Optional[tuple], *, what: str, is_str: bool = False) -> Any:
+        """A searched parameter: a value, {choices: [...]} or {low, high[, step]}."""
+
+        def check_value(x: Any, k: str) -> None:
+            if is_str:
+                if not isinstance(x, str):
+                    self.fail(k, f"must be a string, got {_type_name(x)} {x!r}")
+            else:
+                self.integer(x, k, low=0)
+            if allowed is not None and x not in allowed:
+                self.fail(k, f"{x!r} is not supported by {what} (supported: {', '.join(map(str, allowed))})")
+
+        if isinstance(v, dict):
+            if "choices" in v:
+                self.mapping(v, key, {"choices"})
+                ch = v["choices"]
+                if not isinstance(ch, list):
+                    self.fail(f"{key}.choices", f"must be a list, got {_type_name(ch)}")
+                if not ch:
+                    self.fail(f"{key}.choices", "empty range: no choices given")
+                for i, x in enumerate(ch):
+                    check_value(x, f"{key}.choices[{i}]")
+                if len(set(ch)) != len(ch):
+                    self.fail(f"{key}.choices", f"duplicate choices in {ch}")
+                return {"choices": list(ch)}
+            if is_str or allowed is not None:
+                self.fail(key, "must be a value or {choices: [...]} (a discrete parameter)")
+            self.mapping(v, key, {"low", "high", "step"}, ("low", "high"))
+            lo = self.integer(v["low"], f"{key}.low", low=0)
+            hi = self.integer(v["high"], f"{key}.high", low=0)
+            step = self.integer(v.get("step", 1), f"{key}.step", low=1)
+            if hi < lo:
+                self.fail(key, f"empty range: low={lo} > high={hi}")
+            if (hi - lo) % step:
+                self.fail(key, f"high - low = {hi - lo} is not a multiple of step={step}")
+            return {"low": lo, "high": hi, "step": step}
+        check_value(v, key)
+        return v
+
+
+def parse_space(data: Any, source: str = "<space>") -> SearchSpace:
+    """Validate the parsed YAML ``data`` (see module docstring); raise `SpaceError`."""
+    V = _V(source)
+    if data is None:
+        V.fail("(file)", "the file is empty")
+    V.mapping(data, "", TOP_KEYS, REQUIRED_TOP)
+
+    name = data.get("name", Path(source).stem)
+    if not isinstance(name, str):
+        V.fail("name", f"must be a string, got {_type_name(name)}")
+    device = V.choice(data.get("device", "cuda"), "device", DEVICES)
+    backend = V.choice(data.get("backend", "triton" if device == "cuda" else "cpu"), "backend", BACKENDS)
+    dtype = V.choice(data.get("dtype", "bfloat16" if device == "cuda" else "float32"), "dtype", DTYPES)
+    mode = V.choice(data.get("mode", "fwd"), "mode", MODES)
+
+    buckets = data["buckets"]
+    if not isinstance(buckets, list):
+        V.fail("buckets", f"must be a list of sequence lengths, got {_type_name(buckets)}")
+    if not buckets:
+        V.fail("buckets", "empty range: no bucket given")
+    for i, b in enumerate(buckets):
+        V.integer(b, f"buckets[{i}]", low=1)
+    if len(set(buckets)) != len(buckets):
+        V.fail("buckets", f"duplicate buckets in {buckets}")
+    buckets = sorted(buckets)
+
+    pat = V.mapping(data["pattern"], "pattern", set(PATTERN_PARAMS), ("block_size", "window", "num_global", "stride"))
+    pattern: dict[str, Any] = {}
+    for k, v in pat.items():
+        pattern[k] = V.param(
+            v, f"pattern.{k}", PATTERN_PARAMS[k], what="the kernels" if k == "block_size" else "PatternConfig",
+            is_str=(k == "global_placement"),
+        )
+
+    kernel = None
+    if data.get("kernel") is not None:
+        ker = V.mapping(data["kernel"], "kernel", set(KERNEL_PARAMS))
+        kernel = {k: V.param(v, f"kernel.{k}", KERNEL_PARAMS[k], what="the Triton kernel") for k, v in ker.items()}
+
+    wl = data["workloads"]
+    if not isinstance(wl, list):
+        V.fail("workloads", f"must be a list, got {_type_name(wl)}")
+    if not wl:
+        V.fail("workloads", "empty range: no workload given")
+    workloads = []
+    for i, w in enumerate(wl):
+        key = f"workloads[{i}]"
+        V.mapping(w, key, {"name", "kind", "heads", "head_dim", "bias", "tokens", "max_batch"}, ("name", "kind", "heads", "head_dim"))
+        if not isinstance(w["name"], str):
+            V.fail(f"{key}.name", f"must be a string, got {_type_name(w['name'])}")
+        kind = V.choice(w["kind"], f"{key}.kind", WORKLOAD_KINDS)
+        workloads.append(
+            Workload(
+                name=w["name"],
+                kind=kind,
+                heads=V.integer(w["heads"], f"{key}.heads", low=1),
+                head_dim=V.integer(w["head_dim"], f"{key}.head_dim", low=1),
+                bias=V.boolean(w.get("bias", True), f"{key}.bias"),
+                tokens=None if w.get("tokens") is None else V.integer(w["tokens"], f"{key}.tokens", low=1),
+                max_batch=None if w.get("max_batch") is None else V.integer(w["max_batch"], f"{key}.max_batch", low=1),
+            )
+        )
+    if len({w.name for w in workloads}) != len(workloads):
+        V.fail("workloads", "workload names must be unique")
+
+    # constraints (before objectives: the accuracy metric may be named here)
+    constraints: list[Constraint] = []
+    acc_metric, acc_chains = None, None
+    cons = data.get("constraints") or {}
+    V.mapping(cons, "constraints", set(CONSTRAINT_NAMES))
+    for cname, spec in cons.items():
+        key = f"constraints.{cname}"
+        if cname == "accuracy":
+            V.mapping(spec, key, {"metric", "min", "max", "max_chains"}, ("metric",))
+            acc_metric = V.choice(spec["metric"], f"{key}.metric", tuple(ACCURACY_METRIC_DIRECTIONS))
+            if spec.get("max_chains") is not None:
+                acc_chains = V.integer(spec["max_chains"], f"{key}.max_chains", low=1)
+        else:
+            V.mapping(spec, key, {"min", "max"})
+        lo = None if spec.get("min") is None else V.number(spec["min"], f"{key}.min")
+        hi = None if spec.get("max") is None else V.number(spec["max"], f"{key}.max")
+        if lo is None and hi is None:
+            if cname == "accuracy":
+                V.fail(key, "give min (or max for output_rel_error)")
+            V.fail(key, "give min or max")
+        if lo is not None and hi is not None and hi < lo:
+            V.fail(key, f"empty range: min={lo} > max={hi}")
+        constraints.append(Constraint(cname, lo, hi))
+
+    objs = data["objectives"]
+    if not isinstance(objs, list):
+        V.fail("objectives", f"must be a list, got {_type_name(objs)}")
+    if not objs:
+        V.fail("objectives", "empty range: no objective given")
+    for i, o in enumerate(objs):
+        V.choice(o, f"objectives[{i}]", tuple(OBJECTIVES))
+    if len(set(objs)) != len(objs):
+        V.fail("objectives", f"duplicate objectives in {objs}")
+    if "accuracy" in objs and acc_metric is None:
+        V.fail("objectives", "'accuracy' needs constraints.accuracy.metric")
+
+    sampler = dict(data.get("sampler") or {"name": "nsga2"})
+    V.mapping(sampler, "sampler", {"name", "seed", "population_size", "n_startup_trials"}, ("name",))
+    V.choice(sampler["name"], "sampler.name", SAMPLERS)
+    for k in ("seed", "population_size", "n_startup_trials"):
+        if k in sampler and sampler[k] is not None:
+            V.integer(sampler[k], f"sampler.{k}", low=0 if k == "seed" else 2 if k == "population_size" else 1)
+
+    budget = dict(data.get("budget") or {})
+    V.mapping(budget, "budget", {"trials", "timeout"})
+    budget.setdefault("trials", 32)
+    V.integer(budget["trials"], "budget.trials", low=1)
+    if budget.get("timeout") is not None:
+        budget["timeout"] = V.number(budget["timeout"], "budget.timeout", low=1)
+    else:
+        budget["timeout"] = None
+
+    measure = {"warmup": 3, "repeats": 10, **(data.get("measure") or {})}
+    V.mapping(measure, "measure", {"warmup", "repeats"})
+    V.integer(measure["warmup"], "measure.warmup", low=0)
+    V.integer(measure["repeats"], "measure.repeats", low=1)
+
+    gate = {"seq_len": 200, "batch": 2, "fwd_tol": None, "bwd_tol": None, **(data.get("gate") or {})}
+    V.mapping(gate, "gate", {"seq_len", "batch", "fwd_tol", "bwd_tol"})
+    V.integer(gate["seq_len"], "gate.seq_len", low=1)
+    V.integer(gate["batch"], "gate.batch", low=1)
+    for k in ("fwd_tol", "bwd_tol"):
+        if gate[k] is not None:
+            V.number(gate[k], f"gate.{k}", low=0)
+
+    execution = {"workers": None, "threads_per_worker": 1, **(data.get("execution") or {})}
+    V.mapping(execution, "execution", {"workers", "threads_per_worker"})
+    if execution["workers"] is not None:
+        V.integer(execution["workers"], "execution.workers", low=1)
+    V.integer(execution["threads_per_worker"], "execution.threads_per_worker", low=1)
+
+    return SearchSpace(
+        source=source, name=name, device=device, backend=backend, dtype=dtype, mode=mode, buckets=buckets,
+        pattern=pattern, kernel=kernel, workloads=workloads, objectives=list(objs), constraints=constraints,
+        accuracy_metric=acc_metric, accuracy_max_chains=acc_chains, sampler=sampler, budget=budget,
+        measure=measure, gate=gate, execution=execution, raw=data,
+    )
+
+
+def load_space(path: str | Path) -> SearchSpace:
+    """Read and validate a space file; raise `SpaceError` (one line naming file, key, problem)."""
+    source = str(path)
+    try:
+        text = Path(path).read_text()
+    except FileNotFoundError:
+        raise SpaceError(source, "(file)", "no such file") from None
+    except OSError as e:
+        raise SpaceError(source, "(file)", f"cannot read: {e.strerror or e}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f"line {mark.line + 1}" if mark is not None else "(file)"
+        raise SpaceError(source, where, f"not valid YAML: {getattr(e, 'problem', None) or e}") from None
+    return parse_space(data, source)

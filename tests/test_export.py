@@ -1,0 +1,160 @@
+"""Export a study's per-bucket choice and deploy it with patterns.load_tuned."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import yaml
+
+from autotune.export import main as export_main
+from kernels import KernelConfig, reference_attention, sparse_attention
+from patterns import PatternConfig, TunedPatterns, build_layout, load_tuned
+from patterns.tuned import parse_tuned
+from test_search import run_search
+
+
+@pytest.fixture(scope="module")
+def study_db(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("study")
+    summary, db = run_search(tmp, trials=4)
+    assert summary["completed"] == 4
+    return db
+
+
+def test_export_and_load(study_db, tmp_path, capsys):
+    out = tmp_path / "tuned" / "protein.yaml"
+    rc = export_main(["--study", "tiny", "--storage", f"sqlite:///{study_db}", "--out", str(out)])
+    assert rc == 0, capsys.readouterr().err
+    doc = yaml.safe_load(out.read_text())
+    assert doc["study"] == "tiny" and doc["hardware"]["device"] == "cpu" and "rule" in doc
+    assert [b["seq_len"] for b in doc["buckets"]] == [64, 128]
+    for b in doc["buckets"]:
+        assert b["source"]["study"] == "tiny" and isinstance(b["source"]["trial"], int)
+        assert set(b["speedup"]) == {"row", "tri"} and "contact_recall_long" in b["accuracy"]
+
+    tuned = load_tuned(out)
+    assert isinstance(tuned, TunedPatterns) and tuned.buckets == [64, 128]
+    # bucket rule: smallest bucket >= L, else the largest
+    assert tuned.bucket_for(1) == 64 and tuned.bucket_for(64) == 64 and tuned.bucket_for(65) == 128
+    assert tuned.bucket_for(5000) == 128
+    cfg = tuned.config_for(100)
+    assert isinstance(cfg, PatternConfig) and cfg.to_dict() == doc["buckets"][1]["pattern"]
+    assert tuned.kernel_config_for(100) is None
+    # the config is used as is by build_layout and sparse_attention
+    layout = build_layout(cfg, 100)
+    q, k, v = (torch.randn(1, 2, 100, 16) for _ in range(3))
+    out_t = sparse_attention(q, k, v, layout, None, backend="reference")
+    torch.testing.assert_close(out_t, reference_attention(q, k, v, layout, None))
+
+    # the choice is also recorded in the database
+    import sqlite3
+
+    con = sqlite3.connect(study_db)
+    assert con.execute("select count(*) from at_tuned where study_name = 'tiny'").fetchone()[0] == 2
+    con.close()
+
+
+def test_export_choice_rule(study_db, tmp_path):
+    """The chosen trial at each bucket is the fastest feasible one there (geometric mean)."""
+    import math
+    import sqlite3
+
+    out = tmp_path / "t.yaml"
+    assert export_main(["--study", "tiny", "--storage", f"sqlite:///{study_db}", "--out", str(out)]) == 0
+    doc = yaml.safe_load(out.read_text())
+    con = sqlite3.connect(study_db)
+    for b in doc["buckets"]:
+        best = {}
+        for number, speedup in con.execute(
+            "select t.number, m.speedup from at_measurements m join at_trials t on m.trial_id = t.id "
+            "where m.bucket = ? and m.feasible", (b["seq_len"],)
+        ):
+            best.setdefault(number, []).append(speedup)
+        gm = {n: math.exp(sum(map(math.log, xs)) / len(xs)) for n, xs in best.items() if len(xs) == 2}
+        assert b["source"]["trial"] == max(gm, key=lambda n: (gm[n], -n))
+    con.close()
+
+
+def test_export_errors(study_db, tmp_path, capsys):
+    out = tmp_path / "x.yaml"
+    assert export_main(["--study", "nope", "--storage", f"sqlite:///{study_db}", "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "study 'nope' does not exist" in err[0]
+    missing = tmp_path / "missing.db"
+    assert export_main(["--study", "tiny", "--storage", f"sqlite:///{missing}", "--out", str(out)]) == 2
+    assert "no database file" in capsys.readouterr().err
+    assert not missing.exists() and not out.exists()
+
+
+def test_export_no_feasible_trial(tmp_path, capsys):
+    summary, db = run_search(tmp_path, trials=2, constraints={"speedup": {"min": 1000.0}},
+                              objectives=["speedup", "memory_vs_sdpa"])
+    assert summary["completed"] == 2
+    out = tmp_path / "x.yaml"
+    assert export_main(["--study", "tiny", "--storage", f"sqlite:///{db}", "--out", str(out)]) == 2
+    assert "no feasible trial" in capsys.readouterr().err and not out.exists()
+
+
+GOOD = {
+    "buckets": [
+        {"seq_len": 256, "pattern": {"block_size": 64, "window": 64, "num_global": 0, "stride": 0},
+         "kernel": {"block_m": 32, "block_n": 64, "num_warps": 4, "num_stages": 2}},
+        {"seq_len": 1024, "pattern": {"block_size": 32, "window": 128, "num_global": 16, "stride": 4}},
+    ]
+}
+
+
+def test_load_tuned_kernel_config(tmp_path):
+    p = tmp_path / "t.yaml"
+    p.write_text(yaml.safe_dump(GOOD))
+    t = load_tuned(p)
+    assert t.kernel_config_for(200) == KernelConfig(32, 64, 4, 2)
+    assert t.kernel_config_for(300) is None and t.config_for(300).block_size == 32
+
+
+@pytest.mark.parametrize(
+    "mutate, message",
+    [
+        (lambda d: d.pop("buckets"), "buckets: required key is missing"),
+        (lambda d: d["buckets"][0].pop("pattern"), "buckets[0].pattern: required key is missing"),
+        (lambda d: d["buckets"][1]["pattern"].update(block_size=48), "PatternConfig.block_size must be one of"),
+        (lambda d: d["buckets"][1]["pattern"].update(windw=3), "buckets[1].pattern: unknown pattern key"),
+        (lambda d: d["buckets"][0]["kernel"].update(num_warps=3), "buckets[0].kernel: KernelConfig.num_warps"),
+        (lambda d: d["buckets"][0]["kernel"].update(block_m=128), "buckets[0].kernel: tiles 128x64 do not divide"),
+        (lambda d: d["buckets"][1].update(seq_len="long"), "buckets[1].seq_len: must be a positive integer"),
+        (lambda d: d["buckets"][1].update(seq_len=256), "buckets[1].seq_len: duplicate bucket 256"),
+    ],
+)
+def test_load_tuned_malformed(tmp_path, mutate, message):
+    import copy
+
+    d = copy.deepcopy(GOOD)
+    mutate(d)
+    p = tmp_path / "bad.yaml"
+    p.write_text(yaml.safe_dump(d))
+    with pytest.raises(ValueError) as ei:
+        load_tuned(p)
+    assert str(p) in str(ei.value) and message in str(ei.value), str(ei.value)
+
+
+def test_load_tuned_missing_file(tmp_path):
+    with pytest.raises(FileNotFoundError, match="nope.yaml"):
+        load_tuned(tmp_path / "nope.yaml")
+    with pytest.raises(ValueError, match="not valid YAML"):
+        (tmp_path / "b.yaml").write_text("buckets: [\n")
+        load_tuned(tmp_path / "b.yaml")
+    with pytest.raises(ValueError, match="must be a mapping"):
+        parse_tuned([1, 2], "x.yaml")
+
+
+def test_tuned_imports_no_search_stack():
+    import subprocess
+    import sys
+
+    code = ("import sys; import patterns.tuned; bad = [m for m in ('optuna', 'ray', 'sqlalchemy', 'autotune') "
+            "if m in sys.modules]; print(bad); sys.exit(1 if bad else 0)")
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    r = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stdout + r.stderr

@@ -1,0 +1,94 @@
+"""Search-space files: the shipped spaces load, and every broken file in tests/data/bad_spaces is
+rejected with its one-line message, exit status 2 and no database written."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from autotune.search import main
+from autotune.space import SpaceError, load_space, parse_space
+
+ROOT = Path(__file__).resolve().parent.parent
+BAD = sorted((ROOT / "tests" / "data" / "bad_spaces").glob("*.yaml"))
+
+
+def expected(path: Path) -> str:
+    first = path.read_text().splitlines()[0]
+    assert first.startswith("# expect:"), f"{path} must start with '# expect: <message>'"
+    return first.split("expect:", 1)[1].strip()
+
+
+@pytest.mark.parametrize("name", ["protein.yaml", "cpu.yaml"])
+def test_shipped_spaces_load(name):
+    space = load_space(ROOT / "search_spaces" / name)
+    assert space.buckets and space.workloads
+    dists = space.distributions()
+    assert "pattern.block_size" in dists and "pattern.window" in dists
+    assert len(space.directions()) == len(space.objectives)
+    # round trip through the plain dict the workers receive
+    from autotune.space import SearchSpace
+
+    again = SearchSpace.from_dict(space.to_dict())
+    assert again.workloads == space.workloads and again.constraints == space.constraints
+
+
+def test_protein_space_shapes():
+    space = load_space(ROOT / "search_spaces" / "protein.yaml")
+    assert space.buckets == [256, 512, 1024, 2048, 4096]
+    assert space.dtype == "bfloat16" and space.device == "cuda"
+    row = next(w for w in space.workloads if w.kind == "msa_row")
+    tri = next(w for w in space.workloads if w.kind == "triangle")
+    assert (row.heads, row.head_dim, row.batch(512), row.batch(4096)) == (8, 32, 64, 8)
+    assert (tri.heads, tri.head_dim, tri.batch(256)) == (4, 32, 128)
+    assert space.kernel is not None
+
+
+def test_split_params_and_grid():
+    space = load_space(ROOT / "search_spaces" / "cpu.yaml")
+    grid = space.grid()
+    assert len(grid) == 3 * 5 * 3 * 3 * 2
+    pattern, kernel = space.split_params(grid[0])
+    assert set(pattern) == {"block_size", "window", "num_global", "stride", "global_placement"} and kernel is None
+
+
+def test_space_error_is_one_line_naming_file_and_key():
+    with pytest.raises(SpaceError) as ei:
+        parse_space({"buckets": [64], "pattern": {}, "workloads": [], "objectives": []}, "x.yaml")
+    msg = str(ei.value)
+    assert "\n" not in msg and msg.startswith("x.yaml: pattern.block_size: ")
+
+
+@pytest.mark.parametrize("path", BAD, ids=[p.stem for p in BAD])
+def test_bad_space_rejected(path, tmp_path, capsys):
+    db = tmp_path / "out.db"
+    rc = main(["--space", str(path), "--storage", f"sqlite:///{db}", "--executor", "local", "--no-progress"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2
+    assert len(err) == 1, err
+    assert str(path) in err[0] and expected(path) in err[0], err[0]
+    assert not db.exists(), "nothing may be written for an invalid space"
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_bad_space_exit_status_from_the_command_line(tmp_path):
+    path = ROOT / "tests" / "data" / "bad_spaces" / "unsupported_block_size.yaml"
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    proc = subprocess.run(
+        [sys.executable, "-m", "autotune.search", "--space", str(path), "--storage", f"sqlite:///{tmp_path}/a.db"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120,
+    )
+    assert proc.returncode == 2
+    assert expected(path) in proc.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_missing_space_file(tmp_path, capsys):
+    rc = main(["--space", str(tmp_path / "nope.yaml"), "--storage", f"sqlite:///{tmp_path}/a.db"])
+    assert rc == 2
+    assert "nope.yaml: (file): no such file" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
