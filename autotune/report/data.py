@@ -1,0 +1,139 @@
+"""Everything the report shows, read from the results database (and nothing else).
+
+`load(storage, study)` returns a `ReportData`: the study's runs, trials, measurements and latest
+export (``at_runs``, ``at_trials``, ``at_measurements``, ``at_tuned``) and every ingested benchmark
+(``at_bench_runs``, ``at_kernel_bench``, ``at_evoformer_bench``). The ORM rows are loaded eagerly
+and detached, so the rest of the report works on plain attributes.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+
+class ReportError(Exception):
+    """The report cannot be built (missing or empty database, unknown study): exit status 2."""
+
+
+@dataclass
+class ReportData:
+    storage: str
+    study: Optional[str]
+    other_studies: list[str]
+    runs: list[Any] = field(default_factory=list)            # at_runs of the study
+    trials: list[Any] = field(default_factory=list)          # at_trials of the study
+    measurements: list[Any] = field(default_factory=list)    # at_measurements of the study's trials
+    tuned: list[Any] = field(default_factory=list)           # at_tuned rows of the latest export
+    bench_runs: list[Any] = field(default_factory=list)      # at_bench_runs (all)
+    kernel_rows: list[Any] = field(default_factory=list)     # at_kernel_bench (all)
+    evoformer_rows: list[Any] = field(default_factory=list)  # at_evoformer_bench (all)
+    _by_trial: Optional[dict] = field(default=None, repr=False)
+
+    # -- lookups -------------------------------------------------------------------------------
+    def trial_by_number(self, number: int) -> Optional[Any]:
+        return next((t for t in self.trials if t.number == number), None)
+
+    def cells(self, trial_id: int, bucket: Optional[int] = None) -> list[Any]:
+        """The trial's at_measurements rows (at ``bucket``), ordered by bucket and workload."""
+        if self._by_trial is None:
+            self._by_trial = {}
+            for m in self.measurements:
+                self._by_trial.setdefault(m.trial_id, []).append(m)
+            for v in self._by_trial.values():
+                v.sort(key=lambda m: (m.bucket, m.workload))
+        return [m for m in self._by_trial.get(trial_id, []) if bucket is None or m.bucket == bucket]
+
+    @property
+    def buckets(self) -> list[int]:
+        return sorted({m.bucket for m in self.measurements})
+
+    @property
+    def space(self) -> Optional[dict]:
+        for r in sorted(self.runs, key=lambda r: r.id, reverse=True):
+            if r.space:
+                return r.space
+        return None
+
+
+def sqlite_path(url: str) -> Optional[str]:
+    from sqlalchemy.engine import make_url
+
+    u = make_url(url)
+    if u.get_backend_name() == "sqlite" and u.database and u.database != ":memory:":
+        return u.database
+    return None
+
+
+def safe_url(url: str) -> str:
+    from sqlalchemy.engine import make_url
+
+    return make_url(url).render_as_string(hide_password=True)
+
+
+def _latest_export(rows: list[Any]) -> list[Any]:
+    """The at_tuned rows written by the study's last export: one export writes its buckets in one
+    transaction, in increasing bucket order, so they are the run of consecutive ids (same out_path,
+    buckets decreasing when read backwards) that ends at the highest id."""
+    rows = sorted(rows, key=lambda r: r.id, reverse=True)
+    out: list[Any] = []
+    for r in rows:
+        if out and (r.out_path != out[-1].out_path or r.bucket >= out[-1].bucket or r.id != out[-1].id - 1):
+            break
+        out.append(r)
+    return sorted(out, key=lambda r: r.bucket)
+
+
+def load(storage: str, study: Optional[str] = None) -> ReportData:
+    from sqlalchemy import func, inspect, select
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from autotune.bench_tables import BenchRun, EvoformerBench, KernelBench
+    from autotune.db import Database, Measurement, Run, TrialRow, Tuned
+
+    path = sqlite_path(storage)
+    if path is not None and not os.path.isfile(path):
+        raise ReportError(f"no database file {path} (--storage {safe_url(storage)})")
+    try:
+        db = Database(storage, create=False)
+    except Exception as e:  # noqa: BLE001 - a bad URL or driver
+        raise ReportError(f"cannot open --storage {safe_url(storage)}: {e}") from None
+    try:
+        try:
+            tables = set(inspect(db.engine).get_table_names())
+        except SQLAlchemyError as e:
+            raise ReportError(f"cannot read --storage {safe_url(storage)}: {str(e).splitlines()[0]}") from None
+        has = lambda model: model.__tablename__ in tables  # noqa: E731
+        if not (has(TrialRow) or has(BenchRun)):
+            raise ReportError(f"{safe_url(storage)} holds no autotune tables (empty database): nothing to report")
+        with db.Session() as s:
+            studies = sorted(set(s.scalars(select(TrialRow.study_name).distinct()).all())) if has(TrialRow) else []
+            n_bench = s.scalar(select(func.count()).select_from(BenchRun)) if has(BenchRun) else 0
+            if study is not None and study not in studies:
+                raise ReportError(f"study {study!r} not found in {safe_url(storage)} "
+                                  f"(studies: {', '.join(studies) if studies else 'none'})")
+            if not studies and not n_bench:
+                raise ReportError(f"{safe_url(storage)} is empty: no trial and no ingested benchmark rows")
+            if study is None and studies:
+                latest = s.scalar(select(Run).where(Run.study_name.in_(studies)).order_by(Run.id.desc()).limit(1))
+                study = latest.study_name if latest is not None else studies[-1]
+            data = ReportData(storage=storage, study=study, other_studies=[x for x in studies if x != study])
+            if study is not None:
+                data.runs = list(s.scalars(select(Run).where(Run.study_name == study).order_by(Run.id)).all())
+                data.trials = list(s.scalars(select(TrialRow).where(TrialRow.study_name == study)
+                                             .order_by(TrialRow.number)).all())
+                data.measurements = list(s.scalars(select(Measurement).join(TrialRow)
+                                                   .where(TrialRow.study_name == study).order_by(Measurement.id)).all())
+                if has(Tuned):
+                    data.tuned = _latest_export(list(s.scalars(select(Tuned).where(Tuned.study_name == study)).all()))
+            if n_bench:
+                data.bench_runs = list(s.scalars(select(BenchRun).order_by(BenchRun.id)).all())
+                if has(KernelBench):
+                    data.kernel_rows = list(s.scalars(select(KernelBench).order_by(KernelBench.id)).all())
+                if has(EvoformerBench):
+                    data.evoformer_rows = list(s.scalars(select(EvoformerBench).order_by(EvoformerBench.id)).all())
+            s.expunge_all()
+        return data
+    finally:
+        db.close()

@@ -1,0 +1,86 @@
+"""The report's figures (PNG, matplotlib without a display)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def speedup_vs_length(series: dict[tuple[str, str], dict[float, list[tuple[int, float, Optional[float]]]]],
+                      path: Path, title: str) -> Path:
+    """One panel per (workload, pass); one line per target sparsity: our kernel's speedup over SDPA
+    against L (solid) and FlexAttention's (dashed, same colour) where measured.
+
+    ``series[(workload, pass)][sparsity] = [(L, ours_vs_sdpa, flex_vs_sdpa or None), ...]``.
+    """
+    plt = _plt()
+    keys = sorted(series)
+    fig, axes = plt.subplots(1, len(keys), figsize=(5 * len(keys), 4), dpi=100, squeeze=False)
+    for ax, key in zip(axes[0], keys):
+        for i, (s, pts) in enumerate(sorted(series[key].items())):
+            pts = sorted(pts)
+            color = f"C{i}"
+            xs = [p[0] for p in pts if p[1] is not None]
+            ax.plot(xs, [p[1] for p in pts if p[1] is not None], "o-", color=color, label=f"ours, {s:.0%}")
+            fl = [(p[0], p[2]) for p in pts if p[2] is not None]
+            if fl:
+                ax.plot([p[0] for p in fl], [p[1] for p in fl], "s--", color=color, alpha=0.6, label=f"flex, {s:.0%}")
+        ax.axhline(1.0, color="grey", lw=0.8)
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("log")
+        ax.set_xlabel("sequence length L")
+        ax.set_ylabel("speedup over dense SDPA")
+        ax.set_title(f"{key[0]} {key[1]}")
+        ax.legend(fontsize=7)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def pareto(points: Sequence[dict[str, Any]], path: Path, *, xlabel: str, ylabel: str, title: str) -> Path:
+    """Scatter of the study's trials (``x`` accuracy, ``y`` speedup; ``feasible``, ``front``,
+    ``tuned`` flags, ``number``), the Pareto front joined by a step line, tuned trials labelled."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6, 4.5), dpi=100)
+    for flag, style, label in ((True, dict(c="C0", marker="o"), "feasible"), (False, dict(c="C3", marker="x"), "infeasible")):
+        pts = [p for p in points if bool(p["feasible"]) == flag and not p["front"]]
+        if pts:
+            ax.scatter([p["x"] for p in pts], [p["y"] for p in pts], s=20, alpha=0.6, label=label, **style)
+    front = sorted((p for p in points if p["front"]), key=lambda p: p["x"])
+    if front:
+        ax.plot([p["x"] for p in front], [p["y"] for p in front], "-", color="C2", drawstyle="steps-post", lw=1)
+        ax.scatter([p["x"] for p in front], [p["y"] for p in front], s=40, color="C2", zorder=3, label="Pareto front")
+    for p in points:
+        if p["tuned"] or p["front"]:
+            ax.annotate(f"t{p['number']}" + (" (tuned)" if p["tuned"] else ""), (p["x"], p["y"]), fontsize=7,
+                        xytext=(3, 3), textcoords="offset points")
+    ax.axhline(1.0, color="grey", lw=0.8)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=10)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def layout(pattern: dict[str, Any], seq_len: int, path: Path, title: str) -> Path:
+    """The tuned pattern's block layout at ``seq_len`` (``patterns.render``)."""
+    from patterns import PatternConfig, build_layout, render
+
+    cfg = PatternConfig.from_dict(pattern)
+    return render(build_layout(cfg, seq_len), path, title=title)
