@@ -1,0 +1,374 @@
+"""Triton kernels of block-sparse attention: forward, backward (dQ, dK/dV) and the bias gradient.
+
+All kernels walk the compact layout index (see ``patterns.layout.BlockLayout``):
+
+* forward and dQ: one program per (query tile of ``BLOCK_M`` rows, batch*head); it reads the
+  kept key blocks of its layout row from ``kv_counts`` / ``kv_indices`` and walks each kept
+  ``BLOCK_SIZE``-wide key block in sub-tiles of ``BLOCK_N`` keys (FlashAttention-2 online softmax);
+* dK/dV: one program per (key tile of ``BLOCK_N`` keys, batch*head) walking the kept query blocks
+  of its layout column (``q_counts`` / ``q_indices``) in sub-tiles of ``BLOCK_M`` rows, so every
+  dK/dV row is owned by one program (no atomics);
+* dBias for a bias broadcast over the batch: one program per (kept tile, head) that loops over the
+  batch, recomputing P and dP, and writes the summed tile once (no atomics).
+
+Conventions: q, k, v, o, do are contiguous [B, H, L, D] (the op makes them so); lse and delta are
+contiguous float32 [B, H, L]; the bias is read through its strides (stride 0 on broadcast
+dimensions), one [BLOCK_M, BLOCK_N] tile at a time. Scores live in the log2 domain: ``qk_scale``
+is ``scale * log2(e)`` and the bias is multiplied by log2(e) on load, so ``lse`` is
+``log2(sum(exp2(s)))`` of the log2-domain scores. The head dimension is padded to ``D_PAD``
+(a power of two, at least 16, as ``tl.dot`` needs K >= 16) with masked loads.
+
+``EVEN_L`` (L a multiple of the layout block) removes every row/column mask; ``EVEN_D``
+(HEAD_DIM == D_PAD) removes the head-dimension masks. Query rows with no kept key block get
+out = 0 and lse = +inf, so every recomputed probability of such a row is exactly 0.
+"""
+
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+LOG2E = 1.4426950408889634
+
+
+@triton.jit
+def _load_rows(ptrs, offs_r, offs_d, L, HEAD_DIM: tl.constexpr, EVEN_L: tl.constexpr, EVEN_D: tl.constexpr):
+    """Load a [rows, D_PAD] tile of a [.., L, HEAD_DIM] tensor, zero outside (rows >= L, d >= HEAD_DIM)."""
+    if EVEN_L:
+        if EVEN_D:
+            x = tl.load(ptrs)
+        else:
+            x = tl.load(ptrs, mask=offs_d[None, :] < HEAD_DIM, other=0.0)
+    else:
+        if EVEN_D:
+            x = tl.load(ptrs, mask=offs_r[:, None] < L, other=0.0)
+        else:
+            x = tl.load(ptrs, mask=(offs_r[:, None] < L) & (offs_d[None, :] < HEAD_DIM), other=0.0)
+    return x
+
+
+@triton.jit
+def _store_rows(ptrs, x, offs_r, offs_d, L, HEAD_DIM: tl.constexpr, EVEN_L: tl.constexpr, EVEN_D: tl.constexpr):
+    if EVEN_L:
+        if EVEN_D:
+            tl.store(ptrs, x)
+        else:
+            tl.store(ptrs, x, mask=offs_d[None, :] < HEAD_DIM)
+    else:
+        if EVEN_D:
+            tl.store(ptrs, x, mask=offs_r[:, None] < L)
+        else:
+            tl.store(ptrs, x, mask=(offs_r[:, None] < L) & (offs_d[None, :] < HEAD_DIM))
+
+
+@triton.jit
+def _load_vec(ptrs, offs, L, other: tl.constexpr, EVEN_L: tl.constexpr):
+    if EVEN_L:
+        x = tl.load(ptrs)
+    else:
+        x = tl.load(ptrs, mask=offs < L, other=other)
+    return x
+
+
+@triton.jit
+def _load_bias(ptrs, offs_a, offs_b, L, EVEN_L: tl.constexpr):
+    """Load a bias tile as float32 (rows offs_a, cols offs_b, both token indices), 0 outside L."""
+    if EVEN_L:
+        x = tl.load(ptrs)
+    else:
+        x = tl.load(ptrs, mask=(offs_a[:, None] < L) & (offs_b[None, :] < L), other=0.0)
+    return x.to(tl.float32)
+
+
+# --------------------------------------------------------------------------------------------
+# forward
+# --------------------------------------------------------------------------------------------
+@triton.jit
+def _attn_fwd_kernel(
+    Q, K, V, Bias, Out, Lse,
+    KVCounts, KVIndices,
+    stride_bias_b, stride_bias_h, stride_bias_m, stride_bias_n,
+    H, L, NB, N_TILES, LAYOUT_HEAD_STRIDE,
+    qk_scale,
+    HEAD_DIM: tl.constexpr, D_PAD: tl.constexpr,
+    BLOCK_SIZE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    HAS_BIAS: tl.constexpr, EVEN_L: tl.constexpr, EVEN_D: tl.constexpr, PREC: tl.constexpr,
+):
+    SUB_N: tl.constexpr = BLOCK_SIZE // BLOCK_N
+    pid = tl.program_id(0)
+    bh = pid // N_TILES
+    tile = pid % N_TILES
+    b = bh // H
+    h = bh % H
+    start_m = tile * BLOCK_M
+    row = start_m // BLOCK_SIZE
+    hl = h * LAYOUT_HEAD_STRIDE
+
+    offs_m = start_m + tl.arange(0, BLOCK_M)
+    offs_n0 = tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, D_PAD)
+    base = bh.to(tl.int64) * L * HEAD_DIM
+    q = _load_rows(Q + base + offs_m[:, None] * HEAD_DIM + offs_d[None, :], offs_m, offs_d, L, HEAD_DIM, EVEN_L, EVEN_D)
+    k_base = K + base + offs_d[None, :]
+    v_base = V + base + offs_d[None, :]
+    if HAS_BIAS:
+        bias_base = Bias + b.to(tl.int64) * stride_bias_b + h.to(tl.int64) * stride_bias_h + offs_m[:, None] * stride_bias_m
+
+    m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
+    l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
+    acc = tl.zeros([BLOCK_M, D_PAD], dtype=tl.float32)
+
+    lay_row = hl * NB + row
+    count = tl.load(KVCounts + lay_row)
+    idx_ptr = KVIndices + lay_row * NB
+    for it in range(0, count * SUB_N):
+        kb = tl.load(idx_ptr + it // SUB_N)
+        offs_n = kb * BLOCK_SIZE + (it % SUB_N) * BLOCK_N + offs_n0
+        k = _load_rows(k_base + offs_n[:, None] * HEAD_DIM, offs_n, offs_d, L, HEAD_DIM, EVEN_L, EVEN_D)
+        s = tl.dot(q, tl.trans(k), input_precision=PREC) * qk_scale
+        if HAS_BIAS:
+            s += _load_bias(bias_base + offs_n[None, :] * stride_bias_n, offs_m, offs_n, L, EVEN_L) * 1.4426950408889634
+        if not EVEN_L:
+            s = tl.where(offs_n[None, :] < L, s, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(s, 1))
+        # a row whose scores are all -inf so far (only possible with a -inf bias) must not give NaN
+        m_use = tl.where(m_new == float("-inf"), 0.0, m_new)
+        alpha = tl.math.exp2(m_i - m_use)
+        p = tl.math.exp2(s - m_use[:, None])
+        l_i = l_i * alpha + tl.sum(p, 1)
+        v = _load_rows(v_base + offs_n[:, None] * HEAD_DIM, offs_n, offs_d, L, HEAD_DIM, EVEN_L, EVEN_D)
+        acc = acc * alpha[:, None]
+        acc = tl.dot(p.to(v.dtype), v, acc, input_precision=PREC)
+        m_i = m_new
+
+    empty = l_i == 0.0
+    l_safe = tl.where(empty, 1.0, l_i)
+    acc = acc / l_safe[:, None]
+    lse = tl.where(empty, float("inf"), m_i + tl.math.log2(l_safe))
+    _store_rows(Out + base + offs_m[:, None] * HEAD_DIM + offs_d[None, :], acc.to(Out.dtype.element_ty),
+                offs_m, offs_d, L, HEAD_DIM, EVEN_L, EVEN_D)
+    lse_ptrs = Lse + bh.to(tl.int64) * L + offs_m
+    if EVEN_L:
+        tl.store(lse_ptrs, lse)
+    else:
+        tl.store(lse_ptrs, lse, mask=offs_m < L)
+
+
+# --------------------------------------------------------------------------------------------
+# backward
+# --------------------------------------------------------------------------------------------
+@triton.jit
+def _attn_bwd_preprocess_kernel(
+    Out, DO, Delta, L, N_TILES,
+    HEAD_DIM: tl.constexpr, D_PAD: tl.constexpr, BLOCK_M: tl.constexpr,
+    EVEN_L: tl.constexpr, EVEN_D: tl.constexpr,
+):
+    """delta = rowsum(dO * O) in float32."""
+    pid = tl.program_id(0)
+    bh = pid // N_TILES
+    tile = pid % N_TILES
+    offs_m = tile * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, D_PAD)
+    base = bh.to(tl.int64) * L * HEAD_DIM
+    ptrs = offs_m[:, None] * HEAD_DIM + offs_d[None, :]
+    o = _load_rows(Out + base + ptrs, offs_m, offs_d, L, HEAD_DIM, EVEN_L, EVEN_D).to(tl.float32)
+    do = _load_rows(DO + base + ptrs, offs_m, offs_d, L, HEAD_DIM, EVEN_L, EVEN_D).to(tl.float32)
+    delta = tl.sum(o * do, 1)
+    d_ptrs = Delta + bh.to(tl.int64) * L + offs_m
+    if EVEN_L:
+        tl.store(d_ptrs, delta)
+    else:
+        tl.store(d_ptrs, delta, mask=offs_m < L)
+
+
+@triton.jit
+def _attn_bwd_dq_kernel(
+    Q, K, V, Bias, DO, Lse, Delta, DQ, DBias,
+    KVCounts, KVIndices,
+    stride_bias_b, stride_bias_h, stride_bias_m, stride_bias_n,
+    stride_db_b, stride_db_h,
+    H, L, NB, N_TILES, LAYOUT_HEAD_STRIDE,
+    qk_scale, sm_scale,
+    HEAD_DIM: tl.constexpr, D_PAD: tl.constexpr,
+    BLOCK_SIZE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    HAS_BIAS: tl.constexpr, WRITE_DBIAS: tl.constexpr,
+    EVEN_L: tl.constexpr, EVEN_D: tl.constexpr, PREC: tl.constexpr,
+):
+    """dQ = scale * dS K over the kept key blocks of the row; optionally writes dS (the bias
+    gradient of this (b, h) slice) into DBias, a contiguous [*, *, L, L] buffer addressed with
+    strides stride_db_b / stride_db_h (0 on a dimension the buffer does not have)."""
+    SUB_N: tl.constexpr = BLOCK_SIZE // BLOCK_N
+    pid = tl.program_id(0)
+    bh = pid // N_TILES
+    tile = pid % N_TILES
+    b = bh // H
+    h = bh % H
+    start_m = tile * BLOCK_M
+    row = start_m // BLOCK_SIZE
+    hl = h * LAYOUT_HEAD_STRIDE
+
+    offs_m = start_m + tl.arange(0, BLOCK_M)
+    offs_n0 = tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, D_PAD)
+    base = bh.to(tl.int64) * L * HEAD_DIM
+    row_ptrs = offs_m[:, None] * HEAD_DIM + offs_d[None, :]
+    q = _load_rows(Q + base + row_ptrs, offs_m, offs_d, L, HEAD_DIM, EVEN_L, EVEN_D)
+    do = _load_rows(DO + base + row_ptrs, offs_m, offs_d, L, HEAD_DIM, EVEN_L, EVEN_D)
+    # rows past L get lse = +inf, hence p = 0
+    lse = _load_vec(Lse + bh.to(tl.int64) * L + offs_m, offs_m, L, float("inf"), EVEN_L)
+    delta = _load_vec(Delta + bh.to(tl.int64) * L + offs_m, offs_m, L, 0.0, EVEN_L)
+    k_base = K + base + offs_d[None, :]
+    v_base = V + base + offs_d[None, :]
+    if HAS_BIAS:
+        bias_base = Bias + b.to(tl.int64) * stride_bias_b + h.to(tl.int64) * stride_bias_h + offs_m[:, None] * stride_bias_m
+    if WRITE_DBIAS:
+        db_base = DBias + b.to(tl.int64) * stride_db_b + h.to(tl.int64) * stride_db_h + offs_m[:, None] * L
+
+    dq = tl.zeros([BLOCK_M, D_PAD], dtype=tl.float32)
+    lay_row = hl * NB + row
+    count = tl.load(KVCounts + lay_row)
+    idx_ptr = KVIndices + lay_row * NB
+    for it in range(0, count * SUB_N):
+        kb = tl.load(idx_ptr + it // SUB_N)
+        offs_n = kb * BLOCK_SIZE + (it % SUB_N) * BLOCK_N + offs_n0
+        k = _load_rows(k_base + offs_n[:, None] * HEAD_DIM, offs_n, offs_d, L, HEAD_DIM, EVEN_L, EVEN_D)
+        v = _load_rows(v_base + offs_n[:, None] * HEAD_DIM, offs_n, offs_d, L, HEAD_DIM, EVEN_L, EVEN_D)
+        s = tl.dot(q, tl.trans(k), input_precision=PREC) * qk_scale
+        if HAS_BIAS:
+            s += _load_bias(bias_base + offs_n[None, :] * stride_bias_n, offs_m, offs_n, L, EVEN_L) * 1.4426950408889634
+        p = tl.math.exp2(s - lse[:, None])
+        if not EVEN_L:
+            p = tl.where(offs_n[None, :] < L, p, 0.0)
+        dp = tl.dot(do, tl.trans(v), input_precision=PREC)
+        ds = p * (dp - delta[:, None])
+        if WRITE_DBIAS:
+            db_ptrs = db_base + offs_n[None, :]
+            if EVEN_L:
+                tl.store(db_ptrs, ds.to(DBias.dtype.element_ty))
+            else:
+                tl.store(db_ptrs, ds.to(DBias.dtype.element_ty), mask=(offs_m[:, None] < L) & (offs_n[None, :] < L))
+        dq = tl.dot(ds.to(k.dtype), k, dq, input_precision=PREC)
+
+    dq = dq * sm_scale
+    _store_rows(DQ + base + row_ptrs, dq.to(DQ.dtype.element_ty), offs_m, offs_d, L, HEAD_DIM, EVEN_L, EVEN_D)
+
+
+@triton.jit
+def _attn_bwd_dkdv_kernel(
+    Q, K, V, Bias, DO, Lse, Delta, DK, DV,
+    QCounts, QIndices,
+    stride_bias_b, stride_bias_h, stride_bias_m, stride_bias_n,
+    H, L, NB, N_TILES, LAYOUT_HEAD_STRIDE,
+    qk_scale, sm_scale,
+    HEAD_DIM: tl.constexpr, D_PAD: tl.constexpr,
+    BLOCK_SIZE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    HAS_BIAS: tl.constexpr, EVEN_L: tl.constexpr, EVEN_D: tl.constexpr, PREC: tl.constexpr,
+):
+    """dV = P^T dO and dK = scale * dS^T Q for one key tile, over the kept query blocks of its
+    layout column (computed transposed: rows are keys)."""
+    SUB_M: tl.constexpr = BLOCK_SIZE // BLOCK_M
+    pid = tl.program_id(0)
+    bh = pid // N_TILES
+    tile = pid % N_TILES
+    b = bh // H
+    h = bh % H
+    start_n = tile * BLOCK_N
+    col = start_n // BLOCK_SIZE
+    hl = h * LAYOUT_HEAD_STRIDE
+
+    offs_n = start_n + tl.arange(0, BLOCK_N)
+    offs_m0 = tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, D_PAD)
+    base = bh.to(tl.int64) * L * HEAD_DIM
+    col_ptrs = offs_n[:, None] * HEAD_DIM + offs_d[None, :]
+    k = _load_rows(K + base + col_ptrs, offs_n, offs_d, L, HEAD_DIM, EVEN_L, EVEN_D)
+    v = _load_rows(V + base + col_ptrs, offs_n, offs_d, L, HEAD_DIM, EVEN_L, EVEN_D)
+    q_base = Q + base + offs_d[None, :]
+    do_base = DO + base + offs_d[None, :]
+    lse_base = Lse + bh.to(tl.int64) * L
+    delta_base = Delta + bh.to(tl.int64) * L
+    if HAS_BIAS:
+        bias_base = Bias + b.to(tl.int64) * stride_bias_b + h.to(tl.int64) * stride_bias_h + offs_n[:, None] * stride_bias_n
+
+    dk = tl.zeros([BLOCK_N, D_PAD], dtype=tl.float32)
+    dv = tl.zeros([BLOCK_N, D_PAD], dtype=tl.float32)
+    lay_col = hl * NB + col
+    count = tl.load(QCounts + lay_col)
+    idx_ptr = QIndices + lay_col * NB
+    for it in range(0, count * SUB_M):
+        qb = tl.load(idx_ptr + it // SUB_M)
+        offs_m = qb * BLOCK_SIZE + (it % SUB_M) * BLOCK_M + offs_m0
+        q = _load_rows(q_base + offs_m[:, None] * HEAD_DIM, offs_m, offs_d, L, HEAD_DIM, EVEN_L, EVEN_D)
+        do = _load_rows(do_base + offs_m[:, None] * HEAD_DIM, offs_m, offs_d, L, HEAD_DIM, EVEN_L, EVEN_D)
+        lse = _load_vec(lse_base + offs_m, offs_m, L, float("inf"), EVEN_L)
+        delta = _load_vec(delta_base + offs_m, offs_m, L, 0.0, EVEN_L)
+        sT = tl.dot(k, tl.trans(q), input_precision=PREC) * qk_scale
+        if HAS_BIAS:
+            sT += _load_bias(bias_base + offs_m[None, :] * stride_bias_m, offs_n, offs_m, L, EVEN_L) * 1.4426950408889634
+        # query columns past L have lse = +inf -> 0; key rows past L are never stored
+        pT = tl.math.exp2(sT - lse[None, :])
+        dv = tl.dot(pT.to(do.dtype), do, dv, input_precision=PREC)
+        dpT = tl.dot(v, tl.trans(do), input_precision=PREC)
+        dsT = pT * (dpT - delta[None, :])
+        dk = tl.dot(dsT.to(q.dtype), q, dk, input_precision=PREC)
+
+    dk = dk * sm_scale
+    _store_rows(DK + base + col_ptrs, dk.to(DK.dtype.element_ty), offs_n, offs_d, L, HEAD_DIM, EVEN_L, EVEN_D)
+    _store_rows(DV + base + col_ptrs, dv.to(DV.dtype.element_ty), offs_n, offs_d, L, HEAD_DIM, EVEN_L, EVEN_D)
+
+
+@triton.jit
+def _attn_bwd_dbias_kernel(
+    Q, K, V, Bias, DO, Lse, Delta, DBias,
+    KVCounts, KVIndices,
+    stride_bias_h, stride_bias_m, stride_bias_n,
+    stride_db_h,
+    B, H, L, NB, LAYOUT_HEAD_STRIDE,
+    qk_scale,
+    HEAD_DIM: tl.constexpr, D_PAD: tl.constexpr,
+    BLOCK_SIZE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    EVEN_L: tl.constexpr, EVEN_D: tl.constexpr, PREC: tl.constexpr,
+):
+    """dBias of a bias shared by the whole batch: sum over b of dS[b, h] for one kept
+    [BLOCK_M, BLOCK_N] tile, grid (query tile, kept key sub-tile slot, head); slots past the row's
+    kept count do nothing. DBias is a contiguous [1, *, L, L] buffer (head stride stride_db_h)."""
+    SUB_N: tl.constexpr = BLOCK_SIZE // BLOCK_N
+    tile = tl.program_id(0)
+    slot = tl.program_id(1)
+    h = tl.program_id(2)
+    start_m = tile * BLOCK_M
+    row = start_m // BLOCK_SIZE
+    hl = h * LAYOUT_HEAD_STRIDE
+    lay_row = hl * NB + row
+    count = tl.load(KVCounts + lay_row)
+    j = slot // SUB_N
+    live = j < count
+    kb = tl.load(KVIndices + lay_row * NB + j)  # in range: j < NB
+    offs_m = start_m + tl.arange(0, BLOCK_M)
+    offs_n = kb * BLOCK_SIZE + (slot % SUB_N) * BLOCK_N + tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, D_PAD)
+    bias = _load_bias(Bias + h.to(tl.int64) * stride_bias_h + offs_m[:, None] * stride_bias_m + offs_n[None, :] * stride_bias_n,
+                      offs_m, offs_n, L, EVEN_L) * 1.4426950408889634
+    acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
+    n_batch = tl.where(live, B, 0)
+    for b in range(0, n_batch):
+        bh = b * H + h
+        base = bh.to(tl.int64) * L * HEAD_DIM
+        row_ptrs = offs_m[:, None] * HEAD_DIM + offs_d[None, :]
+        col_ptrs = offs_n[:, None] * HEAD_DIM + offs_d[None, :]
+        q = _load_rows(Q + base + row_ptrs, offs_m, offs_d, L, HEAD_DIM, EVEN_L, EVEN_D)
+        do = _load_rows(DO + base + row_ptrs, offs_m, offs_d, L, HEAD_DIM, EVEN_L, EVEN_D)
+        k = _load_rows(K + base + col_ptrs, offs_n, offs_d, L, HEAD_DIM, EVEN_L, EVEN_D)
+        v = _load_rows(V + base + col_ptrs, offs_n, offs_d, L, HEAD_DIM, EVEN_L, EVEN_D)
+        lse = _load_vec(Lse + bh.to(tl.int64) * L + offs_m, offs_m, L, float("inf"), EVEN_L)
+        delta = _load_vec(Delta + bh.to(tl.int64) * L + offs_m, offs_m, L, 0.0, EVEN_L)
+        s = tl.dot(q, tl.trans(k), input_precision=PREC) * qk_scale + bias
+        p = tl.math.exp2(s - lse[:, None])
+        dp = tl.dot(do, tl.trans(v), input_precision=PREC)
+        acc += p * (dp - delta[:, None])
+    db_ptrs = DBias + h.to(tl.int64) * stride_db_h + offs_m[:, None] * L + offs_n[None, :]
+    row_limit = tl.where(live, L, 0)  # a dead slot stores nothing
+    if EVEN_L:
+        tl.store(db_ptrs, acc.to(DBias.dtype.element_ty), mask=offs_m[:, None] < row_limit)
+    else:
+        tl.store(db_ptrs, acc.to(DBias.dtype.element_ty), mask=(offs_m[:, None] < row_limit) & (offs_n[None, :] < L))

@@ -1,0 +1,365 @@
+"""The Triton block-sparse attention as PyTorch custom ops, with autograd.
+
+Ops (namespace ``sparse_autotune``):
+
+* ``block_sparse_attention_fwd(q, k, v, bias, kv_counts, kv_indices, q_counts, q_indices,
+  block_size, scale, block_m, block_n, num_warps, num_stages) -> (out, lse)``
+* ``block_sparse_attention_bwd(grad_out, q, k, v, out, lse, bias, kv_counts, kv_indices, q_counts,
+  q_indices, block_size, scale, block_m, block_n, num_warps, num_stages, compute_dbias)
+  -> (dq, dk, dv, dbias)``
+
+q, k, v are [B, H, L, D]; ``bias`` is None or a 4-d tensor whose every dimension is 1 or the full
+size of [B, H, L, L] (the entry point adds the leading dimensions); ``lse`` is float32 [B, H, L] in
+the log2 domain (+inf on rows with no kept key). ``dbias`` has the shape and dtype of ``bias`` when
+``compute_dbias`` is true, otherwise it is an empty tensor. Both ops have fake (meta)
+implementations, so they trace under torch.compile; the forward op has an autograd formula that
+calls the backward op (no double backward). The gradient of ``lse`` is ignored: it is an auxiliary
+output for the backward pass.
+
+Determinism: every gradient is deterministic (bitwise reproducible for a given config).
+dQ is accumulated by the program that owns the query tile, dK/dV by the program that owns the key
+tile (walking the column index, no atomics), and dBias tiles are written by exactly one program:
+directly by the dQ kernel when the bias is not broadcast over the batch (or B == 1), otherwise by
+a separate kernel that loops over the batch in order. A bias broadcast over heads (or over a
+sequence dimension) gets its per-head [*, H, L, L] gradient summed with ``torch.sum``, which is
+deterministic.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from typing import Optional
+
+import torch
+
+from patterns import BlockLayout
+
+from .config import KernelConfig
+from .triton_kernels import (
+    LOG2E,
+    _attn_bwd_dbias_kernel,
+    _attn_bwd_dkdv_kernel,
+    _attn_bwd_dq_kernel,
+    _attn_bwd_preprocess_kernel,
+    _attn_fwd_kernel,
+)
+
+__all__ = ["triton_sparse_attention", "SUPPORTED_HEAD_DIMS", "SUPPORTED_DTYPES"]
+
+SUPPORTED_HEAD_DIMS: tuple[int, ...] = (8, 16, 32, 64)
+SUPPORTED_DTYPES: tuple[torch.dtype, ...] = (torch.float32, torch.float16, torch.bfloat16)
+
+
+# ------------------------------------------------------------------------------------------------
+# launch helpers
+# ------------------------------------------------------------------------------------------------
+def _d_pad(d: int) -> int:
+    return max(16, 1 << (d - 1).bit_length())
+
+
+def _prec(dtype: torch.dtype) -> str:
+    # float32 dots in full precision (no TF32): the kernel is checked against a float64 oracle
+    return "ieee" if dtype == torch.float32 else "tf32"
+
+
+def _num_stages(dtype: torch.dtype, block_m: int, block_n: int, head_dim: int, num_stages: int) -> int:
+    """Pipeline stages actually used. float32 tiles of 128 x 128 with a padded head dim of 64 need
+    more than the 227 KiB of shared memory of an H100 / H200 block beyond 1 stage (checked by
+    compiling for sm_90), so they run with 1 stage; every other config runs as given."""
+    if dtype == torch.float32 and block_m * block_n >= 128 * 128 and _d_pad(head_dim) >= 64:
+        return 1
+    return num_stages
+
+
+def _bias_strides(bias: Optional[torch.Tensor]) -> tuple[int, int, int, int]:
+    """Strides of a 4-d bias with 0 on broadcast (size-1) dimensions."""
+    if bias is None:
+        return (0, 0, 0, 0)
+    return tuple(0 if bias.shape[i] == 1 else bias.stride(i) for i in range(4))  # type: ignore[return-value]
+
+
+class _device_ctx:
+    """Make ``t``'s CUDA device current for a launch (a no-op for CPU tensors / the interpreter)."""
+
+    def __init__(self, t: torch.Tensor) -> None:
+        self.ctx = torch.cuda.device(t.device) if t.is_cuda else None
+
+    def __enter__(self):
+        if self.ctx is not None:
+            self.ctx.__enter__()
+
+    def __exit__(self, *exc):
+        if self.ctx is not None:
+            return self.ctx.__exit__(*exc)
+        return False
+
+
+def _common(q: torch.Tensor, kv_counts: torch.Tensor, block_size: int):
+    B, H, L, D = q.shape
+    nb = kv_counts.shape[-1]
+    layout_head_stride = 1 if kv_counts.shape[0] > 1 else 0
+    consts = dict(
+        HEAD_DIM=D,
+        D_PAD=_d_pad(D),
+        BLOCK_SIZE=block_size,
+        EVEN_L=(L % block_size == 0),
+        EVEN_D=(D == _d_pad(D)),
+        PREC=_prec(q.dtype),
+    )
+    return B, H, L, D, nb, layout_head_stride, consts
+
+
+def _fwd_impl(q, k, v, bias, kv_counts, kv_indices, block_size, scale, block_m, block_n, num_warps, num_stages):
+    q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
+    kv_counts, kv_indices = kv_counts.contiguous(), kv_indices.contiguous()
+    B, H, L, D, nb, lhs, consts = _common(q, kv_counts, block_size)
+    out = torch.empty_like(q)
+    lse = torch.empty((B, H, L), dtype=torch.float32, device=q.device)
+    n_tiles = (nb * block_size) // block_m
+    sb = _bias_strides(bias)
+    with _device_ctx(q):
+        _attn_fwd_kernel[(n_tiles * B * H,)](
+            q, k, v, bias if bias is not None else q, out, lse,
+            kv_counts, kv_indices,
+            sb[0], sb[1], sb[2], sb[3],
+            H, L, nb, n_tiles, lhs,
+            scale * LOG2E,
+            BLOCK_M=block_m, BLOCK_N=block_n, HAS_BIAS=bias is not None,
+            num_warps=num_warps, num_stages=_num_stages(q.dtype, block_m, block_n, D, num_stages),
+            **consts,
+        )
+    return out, lse
+
+
+def _bwd_impl(do, q, k, v, out, lse, bias, kv_counts, kv_indices, q_counts, q_indices,
+              block_size, scale, block_m, block_n, num_warps, num_stages, compute_dbias):
+    q, k, v, out, do = (t.contiguous() for t in (q, k, v, out, do))
+    lse = lse.contiguous()
+    kv_counts, kv_indices = kv_counts.contiguous(), kv_indices.contiguous()
+    q_counts, q_indices = q_counts.contiguous(), q_indices.contiguous()
+    B, H, L, D, nb, lhs, consts = _common(q, kv_counts, block_size)
+    has_bias = bias is not None
+    compute_dbias = bool(compute_dbias and has_bias)
+    sb = _bias_strides(bias)
+    bias_arg = bias if has_bias else q
+    launch = dict(num_warps=num_warps, num_stages=_num_stages(q.dtype, block_m, block_n, D, num_stages))
+
+    dq = torch.empty_like(q)
+    dk = torch.empty_like(k)
+    dv = torch.empty_like(v)
+    delta = torch.empty((B, H, L), dtype=torch.float32, device=q.device)
+
+    # dBias plan: a zero-filled buffer [Bb, H, L, L] (zeros outside the layout), Bb = bias batch
+    dbias = q.new_empty((0,))
+    db_buf = None
+    db_in_dq = False
+    reduce_dims: list[int] = []
+    if compute_dbias:
+        Bb = bias.shape[0]
+        reduce_dims = [i for i in (1, 2, 3) if bias.shape[i] == 1 and (H if i == 1 else L) > 1]
+        buf_dtype = bias.dtype if not reduce_dims else torch.float32
+        db_buf = torch.zeros((Bb, H, L, L), dtype=buf_dtype, device=q.device)
+        db_in_dq = Bb == B or B == 1
+
+    n_q_tiles = (nb * block_size) // block_m
+    n_k_tiles = (nb * block_size) // block_n
+    with _device_ctx(q):
+        _attn_bwd_preprocess_kernel[(triton_cdiv(L, block_m) * B * H,)](
+            out, do, delta, L, triton_cdiv(L, block_m),
+            HEAD_DIM=D, D_PAD=consts["D_PAD"], BLOCK_M=block_m,
+            EVEN_L=(L % block_m == 0), EVEN_D=consts["EVEN_D"],
+            num_warps=4,
+        )
+        _attn_bwd_dq_kernel[(n_q_tiles * B * H,)](
+            q, k, v, bias_arg, do, lse, delta, dq, db_buf if db_in_dq else dq,
+            kv_counts, kv_indices,
+            sb[0], sb[1], sb[2], sb[3],
+            (H * L * L if (db_in_dq and db_buf.shape[0] > 1) else 0), L * L,
+            H, L, nb, n_q_tiles, lhs,
+            scale * LOG2E, scale,
+            BLOCK_M=block_m, BLOCK_N=block_n, HAS_BIAS=has_bias, WRITE_DBIAS=db_in_dq,
+            **launch, **consts,
+        )
+        _attn_bwd_dkdv_kernel[(n_k_tiles * B * H,)](
+            q, k, v, bias_arg, do, lse, delta, dk, dv,
+            q_counts, q_indices,
+            sb[0], sb[1], sb[2], sb[3],
+            H, L, nb, n_k_tiles, lhs,
+            scale * LOG2E, scale,
+            BLOCK_M=block_m, BLOCK_N=block_n, HAS_BIAS=has_bias,
+            **launch, **consts,
+        )
+        if compute_dbias and not db_in_dq:
+            _attn_bwd_dbias_kernel[(n_q_tiles, nb * (block_size // block_n), H)](
+                q, k, v, bias, do, lse, delta, db_buf,
+                kv_counts, kv_indices,
+                sb[1], sb[2], sb[3],
+                L * L,
+                B, H, L, nb, lhs,
+                scale * LOG2E,
+                BLOCK_M=block_m, BLOCK_N=block_n,
+                **launch, **consts,
+            )
+    if compute_dbias:
+        dbias = db_buf
+        if reduce_dims:
+            dbias = dbias.sum(dim=reduce_dims, keepdim=True)
+        dbias = dbias.to(bias.dtype).contiguous()
+        if dbias.data_ptr() == bias.data_ptr():  # never alias an input (cannot happen, but be safe)
+            dbias = dbias.clone()
+    return dq, dk, dv, dbias
+
+
+def triton_cdiv(a: int, b: int) -> int:
+    return (a + b - 1) // b
+
+
+# ------------------------------------------------------------------------------------------------
+# custom ops
+# ------------------------------------------------------------------------------------------------
+@torch.library.custom_op("sparse_autotune::block_sparse_attention_fwd", mutates_args=())
+def block_sparse_attention_fwd(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    bias: Optional[torch.Tensor],
+    kv_counts: torch.Tensor,
+    kv_indices: torch.Tensor,
+    q_counts: torch.Tensor,
+    q_indices: torch.Tensor,
+    block_size: int,
+    scale: float,
+    block_m: int,
+    block_n: int,
+    num_warps: int,
+    num_stages: int,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Forward of block-sparse attention: (out [B, H, L, D], lse float32 [B, H, L]).
+    q_counts / q_indices are unused here; they are inputs so that autograd can save them."""
+    return _fwd_impl(q, k, v, bias, kv_counts, kv_indices, block_size, scale, block_m, block_n, num_warps, num_stages)
+
+
+@block_sparse_attention_fwd.register_fake
+def _(q, k, v, bias, kv_counts, kv_indices, q_counts, q_indices, block_size, scale, block_m, block_n, num_warps, num_stages):
+    B, H, L, _ = q.shape
+    return q.new_empty(q.shape), q.new_empty((B, H, L), dtype=torch.float32)
+
+
+@torch.library.custom_op("sparse_autotune::block_sparse_attention_bwd", mutates_args=())
+def block_sparse_attention_bwd(
+    grad_out: torch.Tensor,
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    out: torch.Tensor,
+    lse: torch.Tensor,
+    bias: Optional[torch.Tensor],
+    kv_counts: torch.Tensor,
+    kv_indices: torch.Tensor,
+    q_counts: torch.Tensor,
+    q_indices: torch.Tensor,
+    block_size: int,
+    scale: float,
+    block_m: int,
+    block_n: int,
+    num_warps: int,
+    num_stages: int,
+    compute_dbias: bool,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Backward of block-sparse attention: (dq, dk, dv, dbias); dbias is empty unless
+    ``compute_dbias`` and a bias is given."""
+    return _bwd_impl(grad_out, q, k, v, out, lse, bias, kv_counts, kv_indices, q_counts, q_indices,
+                     block_size, scale, block_m, block_n, num_warps, num_stages, compute_dbias)
+
+
+@block_sparse_attention_bwd.register_fake
+def _(grad_out, q, k, v, out, lse, bias, kv_counts, kv_indices, q_counts, q_indices,
+      block_size, scale, block_m, block_n, num_warps, num_stages, compute_dbias):
+    dq, dk, dv = q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape)
+    if compute_dbias and bias is not None:
+        dbias = bias.new_empty(bias.shape)
+    else:
+        dbias = q.new_empty((0,))
+    return dq, dk, dv, dbias
+
+
+def _setup_context(ctx, inputs, output):
+    q, k, v, bias, kv_counts, kv_indices, q_counts, q_indices, block_size, scale, bm, bn, nw, ns = inputs
+    out, lse = output
+    ctx.save_for_backward(q, k, v, out, lse, bias, kv_counts, kv_indices, q_counts, q_indices)
+    ctx.params = (block_size, scale, bm, bn, nw, ns)
+    ctx.has_bias = bias is not None
+
+
+def _backward(ctx, grad_out, grad_lse):
+    q, k, v, out, lse, bias, kv_counts, kv_indices, q_counts, q_indices = ctx.saved_tensors
+    block_size, scale, bm, bn, nw, ns = ctx.params
+    compute_dbias = bool(ctx.has_bias and ctx.needs_input_grad[3])
+    if grad_out is None:
+        grad_out = torch.zeros_like(out)
+    dq, dk, dv, dbias = block_sparse_attention_bwd(
+        grad_out, q, k, v, out, lse, bias, kv_counts, kv_indices, q_counts, q_indices,
+        block_size, scale, bm, bn, nw, ns, compute_dbias,
+    )
+    return dq, dk, dv, (dbias if compute_dbias else None), None, None, None, None, None, None, None, None, None, None
+
+
+block_sparse_attention_fwd.register_autograd(_backward, setup_context=_setup_context)
+
+
+# ------------------------------------------------------------------------------------------------
+# entry point
+# ------------------------------------------------------------------------------------------------
+def _interpreting() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+
+def triton_sparse_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    layout: BlockLayout,
+    bias: Optional[torch.Tensor] = None,
+    *,
+    scale: Optional[float] = None,
+    config: Optional[KernelConfig] = None,
+) -> torch.Tensor:
+    """Block-sparse attention with the Triton kernels (differentiable in q, k, v and bias).
+
+    q, k, v: [B, H, L, D], D in SUPPORTED_HEAD_DIMS, float32 / float16 / bfloat16 (any strides);
+    bias: None or broadcastable to [B, H, L, L] (read in place with stride 0 on broadcast
+    dimensions, never expanded); config: tiles / warps / stages (default KernelConfig()), its tiles
+    clipped to ``layout.block_size``.
+    """
+    if q.dim() != 4 or k.shape != q.shape or v.shape != q.shape:
+        raise ValueError(f"q, k, v must all be [B, H, L, D] with the same shape; got {list(q.shape)}, {list(k.shape)}, {list(v.shape)}")
+    B, H, L, D = q.shape
+    if D not in SUPPORTED_HEAD_DIMS:
+        raise ValueError(f"triton backend supports head_dim in {list(SUPPORTED_HEAD_DIMS)}, got head_dim={D}")
+    if q.dtype not in SUPPORTED_DTYPES or k.dtype != q.dtype or v.dtype != q.dtype:
+        raise ValueError(
+            f"triton backend supports q, k, v of one dtype among float32/float16/bfloat16; got {q.dtype}, {k.dtype}, {v.dtype}"
+        )
+    if not q.is_cuda and not _interpreting():
+        raise RuntimeError("triton backend needs CUDA tensors (or TRITON_INTERPRET=1 for CPU tensors)")
+    if k.device != q.device or v.device != q.device or (bias is not None and bias.device != q.device):
+        raise ValueError("q, k, v and bias must be on the same device")
+    if layout.seq_len != L:
+        raise ValueError(f"layout.seq_len={layout.seq_len} but q has L={L}")
+    if layout.num_heads is not None and layout.num_heads != H:
+        raise ValueError(f"per-head layout has {layout.num_heads} heads but q has H={H}")
+    if bias is not None:
+        if bias.dim() > 4 or not bias.is_floating_point():
+            raise ValueError(f"bias must be a floating tensor broadcastable to [B, H, L, L]; got {list(bias.shape)} {bias.dtype}")
+        torch.broadcast_shapes(tuple(bias.shape), (B, H, L, L))
+        while bias.dim() < 4:
+            bias = bias.unsqueeze(0)  # a view: the gradient flows back to the caller's shape
+    cfg = (config if config is not None else KernelConfig()).for_block(layout.block_size)
+    scale = 1.0 / math.sqrt(D) if scale is None else float(scale)
+    kv_counts, kv_indices, q_counts, q_indices = layout.index_on(q.device)
+    out, _ = block_sparse_attention_fwd(
+        q, k, v, bias, kv_counts, kv_indices, q_counts, q_indices,
+        layout.block_size, scale, cfg.block_m, cfg.block_n, cfg.num_warps, cfg.num_stages,
+    )
+    return out

@@ -1,0 +1,329 @@
+"""The Triton block-sparse attention kernels (forward and backward) against the float64 oracle.
+
+Without a GPU the kernels run under the Triton interpreter (tests/conftest.py), so shapes stay
+small. Every test draws fresh random inputs from a random seed that it prints on failure
+(re-run a failure with ``torch.manual_seed(<seed>)``).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import random
+
+import pytest
+import torch
+
+from kernels import KernelConfig, candidate_configs, sparse_attention
+from kernels.reference import reference_attention
+from patterns import BlockLayout, PatternConfig, build_layout
+
+INTERPRET = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+DEVICE = "cuda" if torch.cuda.is_available() and not INTERPRET else "cpu"
+
+# (atol, rtol) per input dtype; outputs and gradients are compared to a float64 reference
+TOL = {
+    torch.float32: (2e-4, 2e-4),
+    torch.float16: (1.5e-2, 1.5e-2),
+    torch.bfloat16: (8e-2, 8e-2),
+}
+
+needs_real_bf16 = pytest.mark.skipif(
+    INTERPRET, reason="bfloat16 is garbage under the Triton interpreter; checked on GPU"
+)
+
+
+def _seed() -> int:
+    seed = random.randrange(2**31)
+    torch.manual_seed(seed)
+    return seed
+
+
+def _close(name, got, want, dtype, seed):
+    atol, rtol = TOL[dtype]
+    assert torch.isfinite(got).all(), f"{name}: non-finite values (seed={seed})"
+    torch.testing.assert_close(
+        got.double(), want.double(), atol=atol, rtol=rtol,
+        msg=lambda m: f"{name} (dtype={dtype}, seed={seed}): {m}",
+    )
+
+
+def _make(B, H, L, D, dtype, bias_shape):
+    q, k, v = (torch.randn(B, H, L, D, device=DEVICE, dtype=dtype).requires_grad_() for _ in range(3))
+    bias = None
+    if bias_shape is not None:
+        bias = torch.randn(*bias_shape, device=DEVICE, dtype=dtype).requires_grad_()
+    return q, k, v, bias
+
+
+def check_against_reference(q, k, v, layout, bias, config=None, scale=None, seed=None):
+    """Run the triton backend forward + backward and compare out, dq, dk, dv, dbias with the
+    float64 reference on upcast copies. Returns the triton output and its gradients by name."""
+    dtype = q.dtype
+    out = sparse_attention(q, k, v, layout, bias, scale=scale, backend="triton", config=config)
+    assert out.dtype == dtype and out.shape == q.shape
+    grad = torch.randn_like(out)
+    leaves = [t for t in (q, k, v, bias) if t is not None and t.requires_grad]
+    grads = torch.autograd.grad(out, leaves, grad)
+
+    ref_in = [None if t is None else t.detach().double().requires_grad_(t.requires_grad) for t in (q, k, v, bias)]
+    ref = reference_attention(*ref_in[:3], layout, ref_in[3], scale)
+    ref_leaves = [t for t in ref_in if t is not None and t.requires_grad]
+    ref_grads = torch.autograd.grad(ref, ref_leaves, grad.double())
+
+    _close("out", out, ref, dtype, seed)
+    names = [n for n, t in zip(("dq", "dk", "dv", "dbias"), (q, k, v, bias)) if t is not None and t.requires_grad]
+    for name, g, rg, leaf in zip(names, grads, ref_grads, leaves):
+        assert g.shape == leaf.shape and g.dtype == leaf.dtype, name
+        _close(name, g, rg, dtype, seed)
+    return out.detach(), dict(zip(names, grads))
+
+
+def _layout(kind: str, L: int, bs: int) -> BlockLayout:
+    if kind == "full":
+        lay = build_layout(PatternConfig(bs, L), L)
+        assert lay.is_full
+    elif kind == "half":  # every other block diagonal: ~50% sparsity
+        lay = build_layout(PatternConfig(bs, 0, 0, 2), L)
+        assert 0.35 < lay.sparsity < 0.65, lay
+    elif kind == "diag":  # window=0: diagonal tiles only
+        lay = build_layout(PatternConfig(bs, 0), L)
+        assert lay.sparsity > 0.4
+    elif kind == "local_global":
+        lay = build_layout(PatternConfig(bs, 8, 1, 0), L)
+    else:
+        raise ValueError(kind)
+    return lay
+
+
+# ------------------------------------------------------------------------------------------------
+# main grid: L multiple of block or not, sparsity, bias shape, dtype
+# ------------------------------------------------------------------------------------------------
+CASES = [
+    # L, bs, layout, bias, dtype, D, config(bm, bn)
+    pytest.param(64, 32, "full", "1H", torch.float32, 16, (32, 32), marks=pytest.mark.slow),
+    pytest.param(70, 32, "full", "BH", torch.float32, 32, (16, 32), marks=pytest.mark.slow),
+    (64, 16, "half", "1H", torch.float32, 16, (16, 16)),
+    (75, 16, "half", "BH", torch.float32, 8, (16, 16)),
+    (75, 16, "diag", None, torch.float32, 16, (16, 16)),
+    (64, 32, "diag", "1H", torch.float32, 8, (32, 16)),
+    (60, 32, "local_global", None, torch.float32, 32, (32, 32)),
+    (64, 32, "half", "1H", torch.float16, 16, (32, 32)),
+    (75, 16, "half", "BH", torch.float16, 32, (16, 16)),
+    (70, 32, "diag", None, torch.float16, 8, (32, 32)),
+    pytest.param(70, 32, "full", "1H", torch.float16, 16, (16, 32), marks=pytest.mark.slow),
+]
+
+
+@pytest.mark.parametrize("L,bs,kind,bias,dtype,D,tiles", CASES, ids=lambda x: str(x).replace("torch.", ""))
+def test_matches_reference(L, bs, kind, bias, dtype, D, tiles):
+    seed = _seed()
+    B, H = 2, 2
+    bias_shape = {None: None, "1H": (1, H, L, L), "BH": (B, H, L, L)}[bias]
+    q, k, v, b = _make(B, H, L, D, dtype, bias_shape)
+    check_against_reference(q, k, v, _layout(kind, L, bs), b, KernelConfig(*tiles), seed=seed)
+
+
+@pytest.mark.parametrize(
+    "bias_shape",
+    [(1, 1, 48, 48), (48, 48), (2, 48, 48), (2, 1, 48, 48), (1, 2, 1, 48), (2, 2, 48, 1)],
+    ids=str,
+)
+def test_bias_broadcast_shapes(bias_shape):
+    """Every broadcast form of the bias: the gradient is summed over the broadcast dimensions."""
+    seed = _seed()
+    L = 48
+    q, k, v, b = _make(2, 2, L, 16, torch.float32, bias_shape)
+    check_against_reference(q, k, v, _layout("half", L, 16), b, KernelConfig(16, 16), seed=seed)
+
+
+def test_non_contiguous_inputs_and_custom_scale():
+    seed = _seed()
+    B, H, L, D = 2, 2, 40, 16
+    # [B, L, H, D] storage seen as [B, H, L, D]; bias stored transposed
+    q, k, v = (torch.randn(B, L, H, D, device=DEVICE).transpose(1, 2).requires_grad_() for _ in range(3))
+    bias = torch.randn(1, H, L, L, device=DEVICE).transpose(-1, -2).requires_grad_()
+    assert not q.is_contiguous() and not bias.is_contiguous()
+    check_against_reference(q, k, v, _layout("half", L, 16), bias, KernelConfig(16, 16), scale=0.3, seed=seed)
+
+
+@pytest.mark.slow
+def test_partial_requires_grad():
+    """Bias without grad, and only the bias with grad."""
+    seed = _seed()
+    L = 40
+    lay = _layout("half", L, 16)
+    q, k, v, b = _make(2, 2, L, 16, torch.float32, (1, 2, L, L))
+    b.requires_grad_(False)
+    check_against_reference(q, k, v, lay, b, KernelConfig(16, 16), seed=seed)
+    q, k, v, b = _make(2, 2, L, 16, torch.float32, (1, 2, L, L))
+    for t in (q, k, v):
+        t.requires_grad_(False)
+    check_against_reference(q, k, v, lay, b, KernelConfig(16, 16), seed=seed)
+
+
+# ------------------------------------------------------------------------------------------------
+# layouts: empty rows / columns, per head
+# ------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("bias", ["1H", "BH"])
+def test_empty_rows_give_zeros_and_finite_grads(bias):
+    seed = _seed()
+    B, H, L, D, bs = 2, 2, 56, 16, 16  # 4 blocks, ragged tail
+    mask = torch.tensor(
+        [[1, 0, 0, 1],
+         [0, 0, 0, 0],   # empty query row
+         [1, 0, 1, 0],
+         [1, 0, 1, 1]], dtype=torch.bool)  # key column 1 is never attended
+    lay = BlockLayout(mask, bs, L)
+    bias_shape = (1, H, L, L) if bias == "1H" else (B, H, L, L)
+    q, k, v, b = _make(B, H, L, D, torch.float32, bias_shape)
+    out, grads = check_against_reference(q, k, v, lay, b, KernelConfig(16, 16), seed=seed)
+    assert torch.equal(out[:, :, 16:32], torch.zeros_like(out[:, :, 16:32]))
+    dq, dk, dv, db = (grads[n] for n in ("dq", "dk", "dv", "dbias"))
+    for g in (dq, dk, dv, db):
+        assert torch.isfinite(g).all(), f"seed={seed}"
+    assert torch.equal(dq[:, :, 16:32], torch.zeros_like(dq[:, :, 16:32]))
+    assert torch.equal(dk[:, :, 16:32], torch.zeros_like(dk[:, :, 16:32]))
+    assert torch.equal(dv[:, :, 16:32], torch.zeros_like(dv[:, :, 16:32]))
+    assert torch.equal(db[..., 16:32, :], torch.zeros_like(db[..., 16:32, :]))
+    allowed = lay.token_mask()
+    assert torch.equal(db.masked_fill(allowed, 0.0), torch.zeros_like(db)), "dbias nonzero outside the layout"
+
+
+def test_all_empty_layout():
+    seed = _seed()
+    L = 40
+    lay = BlockLayout(torch.zeros(3, 3, dtype=torch.bool), 16, L)
+    q, k, v, b = _make(1, 2, L, 8, torch.float32, (1, 2, L, L))
+    out, _ = check_against_reference(q, k, v, lay, b, KernelConfig(16, 16), seed=seed)
+    assert torch.equal(out, torch.zeros_like(out))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=str)
+def test_per_head_layout(dtype):
+    seed = _seed()
+    B, H, L, D = 2, 3, 52, 16
+    lay = build_layout([PatternConfig(16, 0), PatternConfig(16, 0, 0, 2), PatternConfig(16, 16, 1, 0)], L)
+    assert lay.num_heads == H
+    q, k, v, b = _make(B, H, L, D, dtype, (1, H, L, L))
+    check_against_reference(q, k, v, lay, b, KernelConfig(16, 16), seed=seed)
+
+
+def test_per_head_layout_with_empty_row_and_batch_bias():
+    seed = _seed()
+    B, H, L, D = 2, 2, 48, 8
+    mask = torch.ones(H, 3, 3, dtype=torch.bool)
+    mask[0, 2] = False
+    mask[1, :, 0] = False
+    lay = BlockLayout(mask, 16, L)
+    q, k, v, b = _make(B, H, L, D, torch.float32, (B, H, L, L))
+    out, _ = check_against_reference(q, k, v, lay, b, KernelConfig(16, 16), seed=seed)
+    assert torch.equal(out[:, 0, 32:], torch.zeros_like(out[:, 0, 32:]))
+
+
+# ------------------------------------------------------------------------------------------------
+# every launch config the autotuner may try
+# ------------------------------------------------------------------------------------------------
+@pytest.mark.slow
+def test_every_candidate_config_block32():
+    """All of candidate_configs(32, D) (warps / stages do not change results under the
+    interpreter, but every config is launched), ragged L, batch-shared and per-batch bias."""
+    L, D = 60, 16
+    lay = _layout("half", L, 32)
+    configs = candidate_configs(32, D)
+    assert configs
+    for i, cfg in enumerate(configs):
+        seed = _seed()
+        bias_shape = (1, 2, L, L) if i % 2 == 0 else (2, 2, L, L)
+        q, k, v, b = _make(2, 2, L, D, torch.float32, bias_shape)
+        try:
+            check_against_reference(q, k, v, lay, b, cfg, seed=seed)
+        except AssertionError as e:
+            raise AssertionError(f"{cfg}: {e}") from None
+
+
+def _sample(configs):
+    """First, last and one per distinct tile shape in between (up to 4 in all)."""
+    by_tiles = {}
+    for c in configs:
+        by_tiles.setdefault((c.block_m, c.block_n), c)
+    picks = [configs[0], configs[-1]] + list(by_tiles.values())
+    out = []
+    for c in picks:
+        if c not in out:
+            out.append(c)
+    return out[:4]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("bs,L", [(16, 40), (64, 100), (128, 100)])
+def test_sampled_candidate_configs(bs, L):
+    D = 8 if bs == 128 else 16
+    nb = math.ceil(L / bs)
+    if nb > 1:
+        lay = _layout("half", L, bs) if nb > 2 else _layout("diag", L, bs)
+    else:
+        lay = _layout("full", L, bs)
+    for cfg in _sample(candidate_configs(bs, D)):
+        seed = _seed()
+        q, k, v, b = _make(1, 2, L, D, torch.float32, (1, 2, L, L))
+        try:
+            check_against_reference(q, k, v, lay, b, cfg, seed=seed)
+        except AssertionError as e:
+            raise AssertionError(f"{cfg}: {e}") from None
+
+
+def test_default_config_and_clipping():
+    """config=None uses KernelConfig() clipped to the layout block."""
+    seed = _seed()
+    L = 36
+    q, k, v, b = _make(1, 2, L, 16, torch.float32, (1, 2, L, L))
+    check_against_reference(q, k, v, _layout("diag", L, 16), b, None, seed=seed)
+    q, k, v, b = _make(1, 1, L, 16, torch.float32, None)
+    check_against_reference(q, k, v, _layout("full", L, 32), b, KernelConfig(128, 64), seed=seed)
+
+
+# ------------------------------------------------------------------------------------------------
+# bfloat16, determinism, errors
+# ------------------------------------------------------------------------------------------------
+@needs_real_bf16
+@pytest.mark.parametrize("bias", [None, "1H", "BH"])
+def test_bfloat16(bias):
+    seed = _seed()
+    B, H, L, D = 2, 2, 100, 32
+    bias_shape = {None: None, "1H": (1, H, L, L), "BH": (B, H, L, L)}[bias]
+    q, k, v, b = _make(B, H, L, D, torch.bfloat16, bias_shape)
+    check_against_reference(q, k, v, _layout("half", L, 16), b, KernelConfig(16, 16), seed=seed)
+
+
+@pytest.mark.parametrize("bias", ["1H", "BH"])
+def test_backward_is_deterministic(bias):
+    _seed()
+    B, H, L = 2, 2, 40
+    bias_shape = (1, H, L, L) if bias == "1H" else (B, H, L, L)
+    q, k, v, b = _make(B, H, L, 16, torch.float32, bias_shape)
+    lay = _layout("half", L, 16)
+    grad = torch.randn(B, H, L, 16, device=DEVICE)
+    runs = []
+    for _ in range(2):
+        out = sparse_attention(q, k, v, lay, b, backend="triton", config=KernelConfig(16, 16))
+        runs.append((out,) + torch.autograd.grad(out, (q, k, v, b), grad))
+    for x, y in zip(*runs):
+        assert torch.equal(x, y)
+
+
+@pytest.mark.parametrize("D", [24, 128, 4])
+def test_unsupported_head_dim_raises(D):
+    lay = _layout("full", 32, 16)
+    q = torch.randn(1, 1, 32, D, device=DEVICE)
+    with pytest.raises(ValueError, match="head_dim"):
+        sparse_attention(q, q, q, lay, backend="triton")
+
+
+def test_unsupported_dtype_raises():
+    lay = _layout("full", 32, 16)
+    q = torch.randn(1, 1, 32, 16, device=DEVICE, dtype=torch.float64)
+    with pytest.raises(ValueError, match="dtype"):
+        sparse_attention(q, q, q, lay, backend="triton")
+
