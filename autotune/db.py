@@ -27,7 +27,7 @@ Schema (one row per ...):
     started_at, finished_at, lease_until (a RUNNING trial whose lease expired belongs to no driver).
 
 ``at_measurements`` - one (trial, workload, bucket)
-    id PK, trial_id FK -> at_trials, workload, kind (msa_row | triangle), bucket (L), batch, heads,
+    id PK, trial_id FK -> at_trials, workload, kind (msa_row | triangle | evoformer), bucket (L), batch, heads,
     head_dim, dtype, mode (fwd | fwd+bwd), sparsity, time_ms (median), time_p10_ms, time_p90_ms,
     repeats, peak_mib (above the inputs), memory_method (cuda_allocator | rss_hwm | rss_sampled),
     sdpa_ms, sdpa_p10_ms, sdpa_p90_ms, sdpa_peak_mib, naive_ms, naive_peak_mib (NULL: the baseline

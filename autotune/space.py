@@ -34,6 +34,12 @@ or a block size the kernels do not support raises `SpaceError`, whose message is
         head_dim: 32
         max_batch: 128
         bias: true
+      - name: evo                   # evoformer: one whole EvoformerBlock (AF2 Alg. 6), the trial's
+        kind: evoformer             #   pattern on MSA row and both triangle attentions; vs the
+        msa_depth: 128              #   same block with dense SDPA / naive attention. N_seq (required)
+        c_m: 256                    # optional, AF2 defaults: c_m 256, c_z 128, heads 8 (MSA
+        c_z: 128                    #   attention), pair_heads 4 (triangle attention), head_dim 32,
+        max_len: 2048               #   c_hidden_opm 32, c_hidden_mul 128; buckets > max_len skipped
     objectives:                     # what Optuna optimises (multi-objective); direction implied
       - speedup                     #   speedup (max), memory_vs_sdpa (min), memory_vs_naive (min),
       - memory_vs_sdpa              #   sparsity (max), accuracy (the metric's own direction)
@@ -100,7 +106,14 @@ DTYPES = ("float32", "bfloat16", "float16")
 MODES = ("fwd", "fwd+bwd")
 DEVICES = ("cuda", "cpu")
 SAMPLERS = ("nsga2", "tpe", "random")
-WORKLOAD_KINDS = ("msa_row", "triangle")
+WORKLOAD_KINDS = ("msa_row", "triangle", "evoformer")
+# Keys of a workload entry, per kind. An EvoFormer workload times one whole block; its attention
+# dims default to AlphaFold2's (EVOFORMER_DEFAULTS) and its batch is the MSA depth.
+ATTENTION_WORKLOAD_KEYS = {"name", "kind", "heads", "head_dim", "bias", "tokens", "max_batch"}
+EVOFORMER_WORKLOAD_KEYS = {"name", "kind", "msa_depth", "c_m", "c_z", "heads", "pair_heads", "head_dim",
+                           "c_hidden_opm", "c_hidden_mul", "max_len"}
+EVOFORMER_DEFAULTS = {"c_m": 256, "c_z": 128, "heads": 8, "pair_heads": 4, "head_dim": 32,
+                      "c_hidden_opm": 32, "c_hidden_mul": 128}
 
 TOP_KEYS = {
     "name", "device", "backend", "dtype", "mode", "buckets", "pattern", "kernel", "workloads",
@@ -140,8 +153,28 @@ class Workload:
     bias: bool = True
     tokens: Optional[int] = None  # msa_row: batch = tokens // L
     max_batch: Optional[int] = None
+    # evoformer only (None for the attention kinds): heads / head_dim above are the MSA attention's
+    msa_depth: Optional[int] = None  # N_seq; the "batch" of the block
+    c_m: Optional[int] = None
+    c_z: Optional[int] = None
+    pair_heads: Optional[int] = None  # triangle attention heads (head_dim as the MSA attention's)
+    c_hidden_opm: Optional[int] = None
+    c_hidden_mul: Optional[int] = None
+    max_len: Optional[int] = None  # buckets above it are not measured for this workload
+
+    def applies(self, seq_len: int) -> bool:
+        """Whether this workload is measured at bucket ``seq_len`` (``max_len``)."""
+        return self.max_len is None or seq_len <= self.max_len
+
+    def block_kwargs(self) -> dict[str, int]:
+        """``EvoformerBlock`` constructor arguments of an evoformer workload."""
+        return dict(c_m=self.c_m, c_z=self.c_z, c_hidden_msa_att=self.head_dim, no_heads_msa=self.heads,
+                    c_hidden_pair_att=self.head_dim, no_heads_pair=self.pair_heads,
+                    c_hidden_opm=self.c_hidden_opm, c_hidden_mul=self.c_hidden_mul)
 
     def batch(self, seq_len: int) -> int:
+        if self.kind == "evoformer":
+            return int(self.msa_depth or 1)
         if self.kind == "msa_row":
             b = max(1, (self.tokens or seq_len) // seq_len)
         else:
@@ -435,10 +468,34 @@ def parse_space(data: Any, source: str = "<space>") -> SearchSpace:
     workloads = []
     for i, w in enumerate(wl):
         key = f"workloads[{i}]"
-        V.mapping(w, key, {"name", "kind", "heads", "head_dim", "bias", "tokens", "max_batch"}, ("name", "kind", "heads", "head_dim"))
+        V.mapping(w, key, ATTENTION_WORKLOAD_KEYS | EVOFORMER_WORKLOAD_KEYS, ("name", "kind"))
         if not isinstance(w["name"], str):
             V.fail(f"{key}.name", f"must be a string, got {_type_name(w['name'])}")
         kind = V.choice(w["kind"], f"{key}.kind", WORKLOAD_KINDS)
+        if kind == "evoformer":
+            for k in w:
+                if k not in EVOFORMER_WORKLOAD_KEYS:
+                    V.fail(f"{key}.{k}", f"not a key of kind evoformer (allowed: {', '.join(sorted(EVOFORMER_WORKLOAD_KEYS))})")
+            if "msa_depth" not in w:
+                V.fail(f"{key}.msa_depth", "required key is missing (kind evoformer)")
+            dims = {k: V.integer(w.get(k, d), f"{key}.{k}", low=1) for k, d in EVOFORMER_DEFAULTS.items()}
+            max_len = None if w.get("max_len") is None else V.integer(w["max_len"], f"{key}.max_len", low=1)
+            if max_len is not None and not any(b <= max_len for b in buckets):
+                V.fail(f"{key}.max_len", f"{max_len} is below every bucket ({', '.join(map(str, buckets))}): "
+                                         "the workload would never be measured")
+            workloads.append(Workload(
+                name=w["name"], kind=kind, heads=dims["heads"], head_dim=dims["head_dim"], bias=True,
+                msa_depth=V.integer(w["msa_depth"], f"{key}.msa_depth", low=1), c_m=dims["c_m"], c_z=dims["c_z"],
+                pair_heads=dims["pair_heads"], c_hidden_opm=dims["c_hidden_opm"], c_hidden_mul=dims["c_hidden_mul"],
+                max_len=max_len,
+            ))
+            continue
+        for k in w:
+            if k not in ATTENTION_WORKLOAD_KEYS:
+                V.fail(f"{key}.{k}", f"only for kind evoformer (allowed for {kind}: {', '.join(sorted(ATTENTION_WORKLOAD_KEYS))})")
+        for r in ("heads", "head_dim"):
+            if r not in w:
+                V.fail(f"{key}.{r}", "required key is missing")
         workloads.append(
             Workload(
                 name=w["name"],

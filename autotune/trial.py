@@ -20,6 +20,22 @@ Steps of `TrialRunner.run`:
 3. Accuracy: ``autotune.accuracy.evaluate_pattern(config, bucket, buckets=space buckets,
    max_chains=...)`` per bucket, cached per worker by (pattern, bucket).
 
+An ``evoformer`` workload measures one whole ``autotune.evoformer.EvoformerBlock`` (built once per
+worker from the workload's dims with fixed-seed weights, in the space's dtype on its device) at the
+buckets up to its ``max_len``: inputs m [msa_depth, L, c_m] and z [L, L, c_z]; the candidate is the
+block with the trial's pattern on MSA row attention and both triangle attentions (sparse, the
+space's backend and the trial's kernel config; column attention dense SDPA), the baselines the
+same block with dense SDPA attention everywhere (contiguous bias: the fair dense baseline; its
+time and peak are ``sdpa_*``, so ``speedup`` is the block's speedup over the SDPA block) and with
+OpenFold's materialised naive attention (``naive_*``). One pass is the block's forward (``fwd``) or
+forward and backward into the parameter gradients (``fwd+bwd``; ``autotune.evoformer.bench``'s
+pass), timed and measured with `measure.time_fn` / `measure.peak_memory`. ``batch`` is the MSA
+depth, ``heads`` / ``head_dim`` the MSA attention's. Its gate: the sparse block against the same
+block whose three attentions are ``naive`` masked to the pattern (the dense-cost oracle), at
+``gate.seq_len`` residues and ``gate.batch`` MSA rows: both outputs (error relative to max |ref|),
+and in fwd+bwd the parameter gradients of the MSA row, triangle-start and triangle-end attention
+modules and of the rest of the block (per group, relative to the group's max |ref|).
+
 Test-only fault injection: the environment variable ``AUTOTUNE_FAULT_INJECT`` holds a
 comma-separated list of ``raise:<trial number>`` (the trial raises after its gate),
 ``exit:<trial number>`` (the worker process dies with ``os._exit(13)`` after its gate) and
@@ -101,6 +117,7 @@ class TrialRunner:
             torch.set_num_threads(threads)
         self.baselines: dict[tuple, dict[str, Any]] = {}
         self.accuracy: dict[tuple, dict[str, Any]] = {}
+        self.blocks: dict[tuple, Any] = {}  # evoformer workloads: (dims, dtype, device) -> EvoformerBlock
         self.pid = os.getpid()
         self.host = socket.gethostname()
         self.trials_run = 0
@@ -129,6 +146,9 @@ class TrialRunner:
         out: dict[str, Any] = {"seq_len": L, "sparsity": layout.sparsity, "fwd_tol": ftol, "bwd_tol": btol}
         seen = set()
         for w in space.workloads:
+            if w.kind == "evoformer":
+                out.update(self._evoformer_gate(space, w, pcfg, kc, gen, ftol, btol))
+                continue
             shape = (w.heads, w.head_dim, w.bias)
             if shape in seen:
                 continue
@@ -156,6 +176,158 @@ class TrialRunner:
                     if not e <= btol:
                         raise GateFailed(f"gate failed: {w.name} {name} error {e:.3g} > {btol:g} (L={L})")
         return out
+
+    # -- evoformer workloads --------------------------------------------------------------------
+    def _block(self, space: SearchSpace, w):
+        """The workload's EvoformerBlock (fixed-seed weights, space dtype and device), one per worker."""
+        key = (tuple(sorted(w.block_kwargs().items())), space.dtype, space.device)
+        if key not in self.blocks:
+            from autotune.evoformer import EvoformerBlock
+
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(0)
+                block = EvoformerBlock(**w.block_kwargs())
+            self.blocks[key] = block.to(device=space.device, dtype=DTYPES[space.dtype])
+        return self.blocks[key]
+
+    @staticmethod
+    def _evoformer_inputs(w, L: int, depth: int, device: str, dtype: torch.dtype, gen: torch.Generator):
+        """m [depth, L, c_m], z [L, L, c_z], drawn on the device (z is large) from a seed taken from ``gen``."""
+        g = torch.Generator(device=device).manual_seed(int(torch.randint(0, 2**62, (1,), generator=gen)))
+        m = torch.randn(depth, L, w.c_m, generator=g, device=device, dtype=dtype)
+        z = torch.randn(L, L, w.c_z, generator=g, device=device, dtype=dtype)
+        return m, z
+
+    @staticmethod
+    def _sparse_attention(space: SearchSpace, pcfg, kc):
+        from autotune.evoformer import EvoformerAttention
+
+        return EvoformerAttention.sparse(pcfg, space.backend, kc)
+
+    def _evoformer_gate(self, space: SearchSpace, w, pcfg, kc, gen: torch.Generator, ftol: float, btol: float) -> dict[str, Any]:
+        from autotune.evoformer import AttentionChoice, EvoformerAttention
+
+        device, dtype = space.device, DTYPES[space.dtype]
+        L, depth = space.gate["seq_len"], min(space.gate["batch"], w.msa_depth)
+        block = self._block(space, w)
+        m, z = self._evoformer_inputs(w, L, depth, device, dtype, gen)
+        masked = AttentionChoice("naive", pcfg)
+        reference = EvoformerAttention(msa_row=masked, tri_start=masked, tri_end=masked, msa_col="naive")
+        grad = space.mode == "fwd+bwd"
+        groups = {"msa_row": "msa_att_row.", "tri_start": "pair_stack.tri_att_start.", "tri_end": "pair_stack.tri_att_end."}
+        params = list(block.named_parameters())
+        res = []
+        try:
+            for attention in (self._sparse_attention(space, pcfg, kc), reference):
+                block.set_attention(attention)
+                with torch.set_grad_enabled(grad):
+                    om, oz = block(m, z)
+                grads = None
+                if grad:
+                    g = torch.Generator().manual_seed(17)
+                    gm = torch.randn(om.shape, generator=g).to(device=device, dtype=dtype)
+                    gz = torch.randn(oz.shape, generator=g).to(device=device, dtype=dtype)
+                    grads = torch.autograd.grad((om, oz), [p for _, p in params], (gm, gz), allow_unused=True)
+                res.append((om.detach(), oz.detach(), grads))
+        finally:
+            block.set_attention(None)
+        out: dict[str, Any] = {f"{w.name}.msa_depth": depth}
+        (om_c, oz_c, g_c), (om_r, oz_r, g_r) = res
+        for name, a, b in (("m", om_c, om_r), ("z", oz_c, oz_r)):
+            e = _rel_err(a, b)
+            out[f"{w.name}.fwd_{name}_err"] = e
+            if not e <= ftol:
+                raise GateFailed(f"gate failed: {w.name} forward error ({name}) {e:.3g} > {ftol:g} (L={L})")
+        if grad:
+            for group in list(groups) + ["rest"]:
+                pairs = [(a, b) for (n, _), a, b in zip(params, g_c, g_r) if a is not None and b is not None
+                         and (n.startswith(groups[group]) if group != "rest" else not any(n.startswith(x) for x in groups.values()))]
+                if not pairs:
+                    continue
+                a = torch.cat([x.float().flatten() for x, _ in pairs])
+                b = torch.cat([y.float().flatten() for _, y in pairs])
+                e = _rel_err(a, b)
+                out[f"{w.name}.d{group}_err"] = e
+                if not e <= btol:
+                    raise GateFailed(f"gate failed: {w.name} {group} parameter gradient error {e:.3g} > {btol:g} (L={L})")
+        return out
+
+    def _evoformer_fn(self, space: SearchSpace, block, m, z):
+        from autotune.evoformer.bench import _pass_fn
+
+        return _pass_fn(block, m, z, space.mode)
+
+    def _evoformer_baseline(self, space: SearchSpace, w, L: int, m, z) -> dict[str, Any]:
+        """Dense SDPA and naive blocks at (workload, L), cached per worker like the attention baselines."""
+        key = ("evoformer", tuple(sorted(w.to_dict().items())), L, space.dtype, space.mode, space.device,
+               space.measure["warmup"], space.measure["repeats"])
+        if key in self.baselines:
+            return dict(self.baselines[key], cached=True)
+        block = self._block(space, w)
+        fn = self._evoformer_fn(space, block, m, z)
+        res: dict[str, Any] = {}
+        try:
+            for name in ("sdpa", "naive"):
+                block.set_attention(name)
+                try:
+                    t = time_fn(fn, device=space.device, warmup=space.measure["warmup"], repeats=space.measure["repeats"])
+                    mem, _ = peak_memory(fn, device=space.device)
+                    res[name] = {"median_ms": t["median_ms"], "p10_ms": t["p10_ms"], "p90_ms": t["p90_ms"], "peak_bytes": mem}
+                except Exception as e:  # noqa: BLE001 - a baseline that does not fit is recorded missing
+                    if not is_oom(e):
+                        raise
+                    self._free(space)
+                    res[name] = None
+        finally:
+            block.set_attention(None)
+        self.baselines[key] = res
+        return dict(res, cached=False)
+
+    def _measure_evoformer(self, space: SearchSpace, w, pcfg, kc, layout, L: int, gen: torch.Generator,
+                           timing: dict[str, float]) -> dict[str, Any]:
+        device, dtype = space.device, DTYPES[space.dtype]
+        block = self._block(space, w)
+        m, z = self._evoformer_inputs(w, L, w.msa_depth, device, dtype, gen)
+        fn = self._evoformer_fn(space, block, m, z)
+        t0 = time.perf_counter()
+        block.set_attention(self._sparse_attention(space, pcfg, kc))
+        try:
+            tm = time_fn(fn, device=device, warmup=space.measure["warmup"], repeats=space.measure["repeats"])
+            mem, mem_method = peak_memory(fn, device=device)
+        except Exception as e:  # noqa: BLE001
+            if is_oom(e):
+                self._free(space)
+                raise RuntimeError(f"out of memory: {w.name} L={L} msa_depth={w.msa_depth}") from None
+            raise
+        finally:
+            block.set_attention(None)
+        timing["candidate_s"] += time.perf_counter() - t0
+        t0 = time.perf_counter()
+        base = self._evoformer_baseline(space, w, L, m, z)
+        timing["baseline_s"] += time.perf_counter() - t0
+        del m, z, fn
+        return self._cell(space, w, L, w.batch(L), layout, tm, mem, mem_method, base)
+
+    @staticmethod
+    def _cell(space: SearchSpace, w, L: int, B: int, layout, tm, mem, mem_method, base) -> dict[str, Any]:
+        """One measurement dict (candidate timing and memory against the baselines)."""
+        sdpa, naive = base.get("sdpa"), base.get("naive")
+        floor = MEMORY_FLOOR_BYTES
+        return {
+            "workload": w.name, "kind": w.kind, "bucket": L, "batch": B, "heads": w.heads,
+            "head_dim": w.head_dim, "dtype": space.dtype, "mode": space.mode,
+            "sparsity": layout.sparsity,
+            "time_ms": tm["median_ms"], "time_p10_ms": tm["p10_ms"], "time_p90_ms": tm["p90_ms"],
+            "repeats": tm["repeats"], "peak_bytes": mem, "memory_method": mem_method,
+            "sdpa_ms": sdpa and sdpa["median_ms"], "sdpa_p10_ms": sdpa and sdpa["p10_ms"],
+            "sdpa_p90_ms": sdpa and sdpa["p90_ms"], "sdpa_peak_bytes": sdpa and sdpa["peak_bytes"],
+            "naive_ms": naive and naive["median_ms"], "naive_peak_bytes": naive and naive["peak_bytes"],
+            "baseline_cached": base["cached"],
+            "speedup": (sdpa["median_ms"] / tm["median_ms"]) if sdpa else None,
+            "speedup_naive": (naive["median_ms"] / tm["median_ms"]) if naive else None,
+            "memory_vs_sdpa": (mem / max(sdpa["peak_bytes"], floor)) if sdpa else None,
+            "memory_vs_naive": (mem / max(naive["peak_bytes"], floor)) if naive else None,
+        }
 
     def _baseline(self, space: SearchSpace, w, L: int, B: int, q, k, v, bias) -> dict[str, Any]:
         from kernels import dense_attention
@@ -255,6 +427,11 @@ class TrialRunner:
                 layout = build_layout(pcfg, L)
                 kc = kcfg.for_block(pcfg.block_size) if kcfg is not None else None
                 for w in space.workloads:
+                    if not w.applies(L):
+                        continue
+                    if w.kind == "evoformer":
+                        result["measurements"].append(self._measure_evoformer(space, w, pcfg, kc, layout, L, gen, timing))
+                        continue
                     B = w.batch(L)
                     q, k, v, bias = self._inputs(B, w.heads, L, w.head_dim, w.bias, device, dtype, gen)
                     if space.mode == "fwd+bwd":
@@ -277,23 +454,7 @@ class TrialRunner:
                     t0 = time.perf_counter()
                     base = self._baseline(space, w, L, B, q, k, v, bias)
                     timing["baseline_s"] += time.perf_counter() - t0
-                    sdpa, naive = base.get("sdpa"), base.get("naive")
-                    floor = MEMORY_FLOOR_BYTES
-                    result["measurements"].append({
-                        "workload": w.name, "kind": w.kind, "bucket": L, "batch": B, "heads": w.heads,
-                        "head_dim": w.head_dim, "dtype": space.dtype, "mode": space.mode,
-                        "sparsity": layout.sparsity,
-                        "time_ms": tm["median_ms"], "time_p10_ms": tm["p10_ms"], "time_p90_ms": tm["p90_ms"],
-                        "repeats": tm["repeats"], "peak_bytes": mem, "memory_method": mem_method,
-                        "sdpa_ms": sdpa and sdpa["median_ms"], "sdpa_p10_ms": sdpa and sdpa["p10_ms"],
-                        "sdpa_p90_ms": sdpa and sdpa["p90_ms"], "sdpa_peak_bytes": sdpa and sdpa["peak_bytes"],
-                        "naive_ms": naive and naive["median_ms"], "naive_peak_bytes": naive and naive["peak_bytes"],
-                        "baseline_cached": base["cached"],
-                        "speedup": (sdpa["median_ms"] / tm["median_ms"]) if sdpa else None,
-                        "speedup_naive": (naive["median_ms"] / tm["median_ms"]) if naive else None,
-                        "memory_vs_sdpa": (mem / max(sdpa["peak_bytes"], floor)) if sdpa else None,
-                        "memory_vs_naive": (mem / max(naive["peak_bytes"], floor)) if naive else None,
-                    })
+                    result["measurements"].append(self._cell(space, w, L, B, layout, tm, mem, mem_method, base))
                     del q, k, v, bias, fn
                 t0 = time.perf_counter()
                 acc = self._accuracy(space, pcfg, L)

@@ -1,7 +1,7 @@
 """The report (`autotune.report`) and the benchmark ingestion (`autotune.ingest`).
 
-The slow tests share one small REAL database: a 3-trial search on a tiny CPU space (L = 64, 128),
-exported; a CSV of ``python -m kernels.bench`` at L = 128 and one of ``python -m
+The slow tests share one small REAL database: a 3-trial search on a tiny CPU space (L = 64, 128;
+two attention workloads and a tiny EvoFormer block workload at L = 64 only), exported; a CSV of ``python -m kernels.bench`` at L = 128 and one of ``python -m
 autotune.evoformer.bench`` at L = 32, both really run, ingested. The report's numbers are then
 checked against the rows they cite.
 """
@@ -38,6 +38,8 @@ pattern:
 workloads:
   - {name: row, kind: msa_row, heads: 2, head_dim: 16, tokens: 256, bias: true}
   - {name: tri, kind: triangle, heads: 2, head_dim: 16, max_batch: 2, bias: true}
+  - {name: evo, kind: evoformer, msa_depth: 2, c_m: 16, c_z: 8, heads: 2, pair_heads: 2, head_dim: 8,
+     c_hidden_opm: 4, c_hidden_mul: 8, max_len: 64}
 objectives: [speedup, memory_vs_sdpa, accuracy]
 constraints:
   speedup: {min: 0.0}
@@ -224,6 +226,26 @@ def test_accuracy_memory_evoformer_tables_match_rows(built):
         assert sd["variant"] == "sdpa" and r["variant"] == row["variant"]
         assert _close(row["block ms"], r["median_ms"], rel=1e-3)
         assert _close(row["vs SDPA"], sd["median_ms"] / r["median_ms"], rel=0.01, abs_=0.006)
+
+
+@pytest.mark.slow
+def test_evoformer_search_rows_in_the_evoformer_section(built):
+    d, url, out, md = built
+    section = md.split("## EvoFormer block", 1)[1].split("\n## ", 1)[0]
+    (evo,) = [t for t in _tables(section, "L") if t and "sparse block ms" in t[0]]
+    tuned = {r["bucket"]: r["trial_number"] for r in _rows(url, "SELECT * FROM at_tuned")}
+    assert [int(r["L"]) for r in evo] == [64]  # max_len 64: no block measured at L = 128
+    for row in evo:
+        (c,) = _rows(url, "SELECT m.*, t.number, t.pattern FROM at_measurements m JOIN at_trials t ON t.id = m.trial_id "
+                          "WHERE m.id = ?", _ids(row["source"], "m"))
+        assert c["kind"] == "evoformer" and c["bucket"] == int(row["L"]) and row["trial"] == f"t#{c['number']}"
+        assert row["choice"] == "tuned (exported)" and c["number"] == tuned[c["bucket"]]
+        assert _close(row["sparse block ms"], c["time_ms"], rel=1e-3) and _close(row["SDPA block ms"], c["sdpa_ms"], rel=1e-3)
+        assert _close(row["naive block ms"], c["naive_ms"], rel=1e-3)
+        assert _close(row["vs SDPA"], c["sdpa_ms"] / c["time_ms"], rel=0.01, abs_=0.006)
+        assert _close(row["sparse MiB"], c["peak_mib"], rel=1e-3, abs_=1e-3)
+        assert row["MSA depth"] == "2" and row["pattern"].startswith(f"bs{json.loads(c['pattern'])['block_size']}/")
+    assert "EvoFormer block in the search" in md.split("## Recommendation")[0]
 
 
 @pytest.mark.slow

@@ -114,6 +114,38 @@ def test_gate_failure_is_a_failed_trial(tmp_path):
     assert rows(db, "select count(*) from at_measurements") == [(0,)]
 
 
+def test_evoformer_workload_search(tmp_path):
+    """A whole (tiny) EvoFormer block as a workload: rows at the buckets up to max_len only, block
+    times against the SDPA and naive blocks, speedup from its own columns, the block gate recorded."""
+    import json
+
+    evo = {"name": "evo", "kind": "evoformer", "msa_depth": 3, "c_m": 16, "c_z": 8, "heads": 2, "pair_heads": 2,
+           "head_dim": 8, "c_hidden_opm": 4, "c_hidden_mul": 8, "max_len": 64}
+    summary, db = run_search(
+        tmp_path, trials=2, study="evo", mode="fwd+bwd", buckets=[32, 64, 96], backend="cpu",
+        pattern={"block_size": 16, "window": {"low": 0, "high": 16, "step": 16}, "num_global": 0, "stride": 0},
+        workloads=[evo, {"name": "row", "kind": "msa_row", "heads": 2, "head_dim": 16, "tokens": 128, "bias": True}],
+        objectives=["speedup", "accuracy"], gate={"seq_len": 48, "batch": 2},
+    )
+    assert summary["completed"] == 2 and summary["failed"] == 0
+    ms = rows(db, "select workload, kind, bucket, batch, heads, head_dim, mode, sparsity, time_ms, time_p10_ms, "
+                  "time_p90_ms, peak_mib, sdpa_ms, sdpa_peak_mib, naive_ms, naive_peak_mib, speedup, speedup_naive, "
+                  "accuracy_value from at_measurements where kind = 'evoformer' order by trial_id, bucket")
+    assert [m[2] for m in ms] == [32, 64, 32, 64]  # L = 96 is above max_len
+    assert len(rows(db, "select * from at_measurements where workload = 'row'")) == 6
+    for (w, kind, L, batch, heads, hd, mode, sp, t, t10, t90, peak, sdpa, sdpa_peak, naive, naive_peak, speedup,
+         speedup_naive, acc) in ms:
+        assert (w, batch, heads, hd, mode) == ("evo", 3, 2, 8, "fwd+bwd")
+        assert 0.0 <= sp < 1.0 and t10 <= t <= t90 and t > 0 and sdpa > 0 and naive > 0
+        assert peak >= 0 and sdpa_peak >= 0 and naive_peak >= 0
+        assert speedup == pytest.approx(sdpa / t) and speedup_naive == pytest.approx(naive / t)
+        assert acc is not None
+    assert any(m[7] > 0 for m in ms)  # a sparse layout at L = 64 (window 0: block diagonal)
+    for (gate,) in rows(db, "select gate from at_trials"):
+        gate = json.loads(gate)
+        assert gate["evo.fwd_m_err"] <= gate["fwd_tol"] and gate["evo.dtri_end_err"] <= gate["bwd_tol"]
+
+
 @pytest.mark.slow
 def test_ray_search_with_failing_and_crashing_workers(tmp_path, monkeypatch):
     import ray

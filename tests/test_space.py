@@ -23,7 +23,7 @@ def expected(path: Path) -> str:
     return first.split("expect:", 1)[1].strip()
 
 
-@pytest.mark.parametrize("name", ["protein.yaml", "cpu.yaml"])
+@pytest.mark.parametrize("name", ["protein.yaml", "cpu.yaml", "cpu_evoformer.yaml"])
 def test_shipped_spaces_load(name):
     space = load_space(ROOT / "search_spaces" / name)
     assert space.buckets and space.workloads
@@ -46,12 +46,22 @@ def test_protein_space_shapes():
     assert (row.heads, row.head_dim, row.batch(512), row.batch(4096)) == (8, 32, 64, 8)
     assert (tri.heads, tri.head_dim, tri.batch(256)) == (4, 32, 128)
     assert space.kernel is not None
+    evo = next(w for w in space.workloads if w.kind == "evoformer")
+    assert (evo.msa_depth, evo.c_m, evo.c_z, evo.heads, evo.pair_heads, evo.head_dim, evo.max_len) == (128, 256, 128, 8, 4, 32, 2048)
+    assert evo.batch(1024) == 128 and evo.applies(2048) and not evo.applies(4096)
+
+
+def test_cpu_spaces_keep_the_block_out_of_the_main_cpu_job():
+    assert all(w.kind != "evoformer" for w in load_space(ROOT / "search_spaces" / "cpu.yaml").workloads)
+    evo = load_space(ROOT / "search_spaces" / "cpu_evoformer.yaml")
+    assert [w.kind for w in evo.workloads] == ["evoformer"] and evo.device == "cpu"
 
 
 def test_split_params_and_grid():
     space = load_space(ROOT / "search_spaces" / "cpu.yaml")
     grid = space.grid()
-    assert len(grid) == 3 * 5 * 3 * 3 * 2
+    placements = space.pattern["global_placement"]["choices"]  # cpu.yaml may fix it to 'first'
+    assert len(grid) == 3 * 5 * 3 * 3 * len(placements)
     pattern, kernel = space.split_params(grid[0])
     assert set(pattern) == {"block_size", "window", "num_global", "stride", "global_placement"} and kernel is None
 

@@ -374,6 +374,12 @@ class Report:
                 self.w(f"  - Memory: our kernel saves up to {f_pct(ours_naive)} against naive attention, but dense SDPA "
                        f"alone saves up to {f_pct(sdpa_naive)} against it (a reduction against naive attention comes "
                        f"from fusion, not sparsity); against SDPA at best {f_pct(ours_sdpa)}.")
+        evo = self.evoformer_cells()
+        if evo:
+            self.w("- EvoFormer block in the search (kind `evoformer`), sparse block vs dense SDPA block: " + "; ".join(
+                f"{c.workload} L={c.bucket} {c.mode} {f_x(c.speedup)} at sparsity {c.sparsity:.2f}, "
+                f"t#{next((t.number for t in d.trials if t.id == c.trial_id), '?')} {label.split(' (')[0]} "
+                f"({cite('m', [c.id])})" for label, c in evo) + ".")
         for br in [b for b in d.bench_runs if b.kind == "evoformer"]:
             rows = [r for r in d.evoformer_rows if r.bench_run_id == br.id and r.status == "ok"]
             parts = []
@@ -534,9 +540,58 @@ class Report:
             self.w(*table(["workload", "pass", "L", "sparsity", "naive MiB", "SDPA MiB", "flex MiB", "ours MiB",
                            "ours vs naive", "ours vs SDPA", "SDPA vs naive", "source"], rows), "")
 
+    def evoformer_cells(self) -> list[tuple[str, Any]]:
+        """The study's ``evoformer`` measurements to show, one per (workload, bucket): the exported
+        trial's cell where the bucket has an export, else the fastest cell (highest speedup) over the
+        complete trials. (label, at_measurements row), ordered by bucket and workload."""
+        d = self.data
+        evo = [m for m in d.measurements if m.kind == "evoformer"]
+        complete = {t.id for t in d.trials if t.state == "COMPLETE"}
+        exported = {x.bucket: x.trial.id for x in self.decisions if x.tuned is not None and x.trial is not None}
+        out = []
+        for key in sorted({(m.bucket, m.workload) for m in evo}):
+            grp = [m for m in evo if (m.bucket, m.workload) == key and m.trial_id in complete]
+            tu = next((m for m in grp if m.trial_id == exported.get(key[0])), None)
+            if tu is not None:
+                out.append(("tuned (exported)", tu))
+            elif grp:
+                out.append(("fastest trial (no export)", max(grp, key=lambda m: m.speedup or 0.0)))
+        return out
+
+    def evoformer_search(self) -> None:
+        d = self.data
+        self.w("### EvoFormer block in the search (kind `evoformer`)", "")
+        wls = [w for w in ((d.space or {}).get("workloads") or []) if w.get("kind") == "evoformer"]
+        shown = self.evoformer_cells()
+        if not shown:
+            self.w("The study has no `evoformer` workload measurement (add one to the space, e.g. "
+                   "`search_spaces/cpu_evoformer.yaml`)." if not wls else
+                   "The study's `evoformer` workload has no measurement of a complete trial yet.", "")
+            return
+        self.w("One whole EvoFormer block per trial and bucket (at_measurements, kind `evoformer`): the trial's pattern "
+               "on MSA row and both triangle attentions (sparse) against the same block with dense SDPA attention "
+               "(`sdpa_ms`) and with naive attention (`naive_ms`), same worker, inputs and pass. vs SDPA = "
+               "at_measurements.speedup (sdpa_ms / time_ms), vs naive = speedup_naive; peak memory above the inputs.", "")
+        by_id = {t.id: t for t in d.trials}
+        rows = []
+        for label, c in shown:
+            tr = by_id.get(c.trial_id)
+            naive = f_ms(c.naive_ms) if c.naive_ms is not None else "out of memory"
+            rows.append([str(c.bucket), c.workload, label, f"t#{tr.number}" if tr else "—",
+                         _pattern_str(tr.pattern if tr else None), f"{c.sparsity:.3f}", str(c.batch), c.mode,
+                         f_ms(c.time_ms), f_ms(c.sdpa_ms), naive, f_x(c.speedup), f_x(c.speedup_naive),
+                         f_ms(c.peak_mib), f_ms(c.sdpa_peak_mib),
+                         f_ms(c.naive_peak_mib) if c.naive_peak_mib is not None else "out of memory",
+                         cite("m", [c.id])])
+        self.w(*table(["L", "workload", "choice", "trial", "pattern", "sparsity", "MSA depth", "pass", "sparse block ms",
+                       "SDPA block ms", "naive block ms", "vs SDPA", "vs naive", "sparse MiB", "SDPA MiB", "naive MiB",
+                       "source"], rows), "")
+
     def evoformer(self) -> None:
         d = self.data
         self.w("## EvoFormer block", "")
+        self.evoformer_search()
+        self.w("### EvoFormer block benchmark", "")
         runs = [b for b in d.bench_runs if b.kind == "evoformer"]
         if not runs:
             self.not_measured("EvoFormer block benchmark", "No `python -m autotune.evoformer.bench` CSV has been "
@@ -548,7 +603,7 @@ class Report:
                "the SDPA block), the most any attention kernel could speed the block up (Amdahl).", "")
         for br in runs:
             rows_ = [r for r in d.evoformer_rows if r.bench_run_id == br.id]
-            self.w(f"### bench#{br.id}: {br.device}, {br.dtype}, {br.threads} thread(s)", "")
+            self.w(f"#### bench#{br.id}: {br.device}, {br.dtype}, {br.threads} thread(s)", "")
             out = []
             for (L, mode) in sorted({(r.seq_len, r.mode) for r in rows_}):
                 grp = [r for r in rows_ if (r.seq_len, r.mode) == (L, mode)]
