@@ -1,0 +1,394 @@
+"""Benchmark of the attention backends on the two AlphaFold2 EvoFormer workloads: ``python -m kernels.bench``.
+
+Workloads (head dim 32, pair bias shared over the batch):
+
+* ``row``: MSA row attention with pair bias: batch = 32768 // L MSA rows (GPU), 8 heads, bias [1, 8, L, L];
+* ``tri``: triangle attention (starting node): batch = L rows, 4 heads, bias [1, 4, L, L].
+
+Backends, timed in one process on the same inputs and layout:
+
+* ``sdpa``   dense ``scaled_dot_product_attention`` with the contiguous bias (the baseline: computes
+             all L x L pairs whatever the sparsity);
+* ``flex``   FlexAttention with a BlockMask from the layout (CUDA: fwd and fwd+bwd; CPU: fwd only);
+* ``triton`` (CUDA) / ``cpu`` (CPU): this project's block-sparse kernel;
+* ``naive``  the materialised reference (``kernels.reference``), only where its estimated memory fits.
+
+Sparsity levels come from ``patterns.sparsity.pattern_for_sparsity`` (block size 64); the actual
+layout sparsity is printed and stored. Correctness gate: before a backend is timed its output on
+the same layout is compared with the reference (on the benchmark inputs, or on their first batch
+element when the reference would be too big); a mismatch marks the row FAIL and skips timing.
+
+Timing: medians after warm-up. CUDA: ``triton.testing.do_bench`` (median). CPU: ``time.perf_counter``.
+Memory ("MiB" column, peak above the inputs): CUDA: ``torch.cuda.max_memory_allocated`` after
+``reset_peak_memory_stats`` minus the allocation before the call (inputs included there). CPU: the
+resident set size (``/proc/self/statm``) sampled every ~0.5 ms by a thread during one call, peak
+minus the RSS just before the call (after ``malloc_trim`` so that freed heap is returned first);
+NaN where /proc is unavailable. Both count everything the call allocates (outputs, intermediates,
+autograd buffers, gradients for fwd+bwd).
+
+The CSV (``benchmarks/results/<device>.csv`` by default; device = ``torch.cuda.get_device_name()``
+or ``cpu-<N>cores``) holds one row per (workload, L, batch, sparsity, pass, backend) with the
+device, dtype, torch/triton versions, times, memory and the speedups over sdpa and flex
+(ratios of the ms columns of the same configuration).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import ctypes
+import math
+import os
+import statistics
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Optional
+
+import torch
+
+from patterns import build_layout
+from patterns.sparsity import pattern_for_sparsity
+
+from .dense import dense_attention
+from .reference import reference_attention
+
+HEAD_DIM = 32
+BLOCK_SIZE = 64
+WORKLOADS = {"row": 8, "tri": 4}  # heads
+GPU_LENGTHS = {"row": (512, 1024, 2048, 4096), "tri": (512, 1024, 2048)}
+CPU_LENGTHS = {"row": (1024, 2048, 4096), "tri": (256,)}
+SPARSITIES = (0, 50, 75, 90)
+RESULTS_DIR = Path(__file__).resolve().parent.parent / "benchmarks" / "results"
+
+CSV_FIELDS = [
+    "device", "dtype", "torch", "triton", "threads", "workload", "L", "batch", "heads", "head_dim",
+    "block_size", "window", "num_global", "stride", "sparsity_target", "sparsity_actual", "pass",
+    "backend", "status", "ms", "mib", "speedup_vs_sdpa", "speedup_vs_flex",
+]
+
+
+# ---- environment ---------------------------------------------------------------------------------
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"cpu-{os.cpu_count() or 1}cores"
+
+
+def _file_name(name: str) -> str:
+    return "".join(ch if ch.isalnum() or ch in "-_." else "-" for ch in name).strip("-") or "device"
+
+
+def _triton_version() -> str:
+    try:
+        import triton  # noqa: PLC0415  (only for the version string)
+
+        return triton.__version__
+    except Exception:
+        return "n/a"
+
+
+def default_batch(workload: str, L: int, device: torch.device) -> int:
+    if device.type == "cuda":
+        return max(1, 32768 // L) if workload == "row" else L
+    return 1 if workload == "row" else 8
+
+
+# ---- measurement ---------------------------------------------------------------------------------
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_ms(fn: Callable[[], None], device: torch.device, reps: int, warmup: int) -> float:
+    """Median wall time of ``fn`` in ms after ``warmup`` calls."""
+    if device.type == "cuda":
+        import triton.testing  # noqa: PLC0415  (lazily: only when timing on CUDA)
+
+        return float(triton.testing.do_bench(fn, warmup=25, rep=max(20, 10 * reps), return_mode="median"))
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - t0) * 1e3)
+    return statistics.median(times)
+
+
+def _rss_bytes() -> Optional[int]:
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+def _malloc_trim() -> None:
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except Exception:
+        pass
+
+
+def peak_mib(fn: Callable[[], None], device: torch.device) -> float:
+    """Peak memory of one call of ``fn`` above what was allocated before it (see module docstring)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        base = torch.cuda.memory_allocated(device)
+        fn()
+        torch.cuda.synchronize(device)
+        return (torch.cuda.max_memory_allocated(device) - base) / 2**20
+    _malloc_trim()
+    base = _rss_bytes()
+    if base is None:
+        return float("nan")
+    peak = [base]
+    done = threading.Event()
+
+    def sample() -> None:
+        while not done.is_set():
+            r = _rss_bytes()
+            if r is not None and r > peak[0]:
+                peak[0] = r
+            time.sleep(0.0005)
+
+    th = threading.Thread(target=sample, daemon=True)
+    th.start()
+    try:
+        fn()
+    finally:
+        done.set()
+        th.join()
+    r = _rss_bytes()
+    if r is not None:
+        peak[0] = max(peak[0], r)
+    return (peak[0] - base) / 2**20
+
+
+# ---- backends ------------------------------------------------------------------------------------
+def _run_backend(name: str, q, k, v, layout, bias):
+    if name == "sdpa":
+        return dense_attention(q, k, v, None, bias)
+    if name == "naive":
+        return reference_attention(q, k, v, layout, bias)
+    if name == "flex":
+        from .flex import flex_sparse_attention  # noqa: PLC0415
+
+        return flex_sparse_attention(q, k, v, layout, bias)
+    if name == "cpu":
+        from .cpu import cpu_sparse_attention  # noqa: PLC0415
+
+        return cpu_sparse_attention(q, k, v, layout, bias)
+    if name == "triton":
+        from .triton_op import triton_sparse_attention  # noqa: PLC0415
+
+        return triton_sparse_attention(q, k, v, layout, bias)
+    raise ValueError(f"unknown backend {name!r}")
+
+
+def _tolerance(dtype: torch.dtype) -> float:
+    return {torch.float64: 1e-9, torch.float32: 2e-4}.get(dtype, 3e-2)
+
+
+def check_backend(name: str, q, k, v, layout, bias, max_ref_elems: int) -> tuple[bool, str]:
+    """Compare ``name`` with the reference on the same layout (the batch is cut to one element when
+    the materialised reference would exceed ``max_ref_elems`` logits)."""
+    B, H, L, _ = q.shape
+    if B * H * L * L > max_ref_elems:
+        q, k, v = q[:1], k[:1], v[:1]
+        if bias is not None and bias.shape[0] > 1:
+            bias = bias[:1]
+    with torch.no_grad():
+        try:
+            out = _run_backend(name, q, k, v, layout, bias)
+        except Exception as exc:  # noqa: BLE001 - reported as FAIL
+            return False, f"error: {type(exc).__name__}: {exc}"[:300]
+        ref = reference_attention(q, k, v, None if name == "sdpa" else layout, bias)
+        err = (out.float() - ref.float()).abs().max().item()
+    tol = _tolerance(q.dtype)
+    return (err <= tol and math.isfinite(err)), f"max abs err {err:.2e} (tol {tol:.0e})"
+
+
+@dataclass
+class Case:
+    workload: str
+    L: int
+    batch: int
+    target: int
+
+
+def _backends(device: torch.device, selected: Optional[list[str]]) -> list[str]:
+    names = ["sdpa", "flex", "triton" if device.type == "cuda" else "cpu", "naive"]
+    return [n for n in names if selected is None or n in selected]
+
+
+def run_case(case: Case, args, device, dtype, backends, rows, t_start) -> None:
+    heads = WORKLOADS[case.workload]
+    L, B = case.L, case.batch
+    cfg = pattern_for_sparsity(L, case.target / 100.0, block_size=BLOCK_SIZE)
+    layout = build_layout(cfg, L)
+    gen = torch.Generator(device="cpu").manual_seed(1234 + L + case.target)
+    q, k, v = (torch.randn(B, heads, L, HEAD_DIM, generator=gen).to(device=device, dtype=dtype) for _ in range(3))
+    bias = torch.randn(1, heads, L, L, generator=gen).to(device=device, dtype=dtype)
+    base = {
+        "device": args.device_name, "dtype": str(dtype).replace("torch.", ""), "torch": torch.__version__,
+        "triton": args.triton_version, "threads": torch.get_num_threads(), "workload": case.workload,
+        "L": L, "batch": B, "heads": heads, "head_dim": HEAD_DIM, "block_size": BLOCK_SIZE,
+        "window": cfg.window, "num_global": cfg.num_global, "stride": cfg.stride,
+        "sparsity_target": case.target / 100.0, "sparsity_actual": round(layout.sparsity, 4),
+    }
+    print(f"[{time.perf_counter() - t_start:7.1f}s] {case.workload} L={L} batch={B} target={case.target}% "
+          f"actual={layout.sparsity:.3f} ({cfg.window=}, {cfg.num_global=}, {cfg.stride=})", flush=True)
+    naive_elems = B * heads * L * L
+    for name in backends:
+        if name == "naive" and naive_elems * 4 * 4 > args.naive_max_bytes:
+            for p in args.passes:
+                rows.append({**base, "pass": p, "backend": name, "status": "skip (memory)"})
+            continue
+        ok, msg = check_backend(name, q, k, v, layout, bias, args.gate_max_elems)
+        if not ok:
+            print(f"    {name:7s} FAIL {msg}", flush=True)
+            for p in args.passes:
+                rows.append({**base, "pass": p, "backend": name, "status": "FAIL"})
+            continue
+        for p in args.passes:
+            row = {**base, "pass": p, "backend": name}
+            if p == "fwdbwd" and name == "flex" and device.type != "cuda":
+                continue  # FlexAttention on CPU is forward-only
+            try:
+                if p == "fwd":
+                    def fn():
+                        with torch.no_grad():
+                            _run_backend(name, q, k, v, layout, bias)
+                else:
+                    qg, kg, vg, bg = (t.detach().requires_grad_(True) for t in (q, k, v, bias))
+                    grad = torch.randn_like(q)
+
+                    def fn():
+                        out = _run_backend(name, qg, kg, vg, layout, bg)
+                        torch.autograd.backward(out, grad, inputs=[qg, kg, vg, bg])
+                        qg.grad = kg.grad = vg.grad = bg.grad = None
+
+                ms = time_ms(fn, device, args.reps, args.warmup)
+                mib = peak_mib(fn, device)
+                row.update(status="ok", ms=round(ms, 4), mib=round(mib, 1))
+                print(f"    {name:7s} {p:6s} {ms:10.3f} ms {mib:9.1f} MiB  ({msg})", flush=True)
+            except Exception as exc:  # noqa: BLE001 - one failing backend must not stop the run
+                row.update(status=f"error: {type(exc).__name__}")
+                print(f"    {name:7s} {p:6s} error {type(exc).__name__}: {str(exc)[:200]}", flush=True)
+            rows.append(row)
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+
+
+def add_speedups(rows: list[dict]) -> None:
+    """speedup_vs_X = ms(X) / ms(row) within the same (workload, L, batch, sparsity, pass)."""
+    key = lambda r: (r["workload"], r["L"], r["batch"], r["sparsity_target"], r["pass"])  # noqa: E731
+    ms_of: dict = {}
+    for r in rows:
+        if r.get("status") == "ok":
+            ms_of[(key(r), r["backend"])] = float(r["ms"])
+    for r in rows:
+        for other in ("sdpa", "flex"):
+            ref = ms_of.get((key(r), other))
+            mine = float(r["ms"]) if r.get("status") == "ok" else None
+            r[f"speedup_vs_{other}"] = round(ref / mine, 3) if ref and mine else ""
+
+
+def print_table(rows: list[dict]) -> None:
+    hdr = ("workload", "L", "batch", "sparsity", "pass", "backend", "ms", "MiB", "x sdpa", "x flex")
+    print("\n" + "  ".join(f"{h:>9s}" for h in hdr))
+    for r in rows:
+        ms = f"{float(r['ms']):.3f}" if r.get("status") == "ok" else r.get("status", "")
+        mib = f"{float(r['mib']):.1f}" if r.get("status") == "ok" else ""
+        vals = (r["workload"], r["L"], r["batch"], f"{r['sparsity_actual']:.3f}", r["pass"], r["backend"], ms, mib,
+                r.get("speedup_vs_sdpa", ""), r.get("speedup_vs_flex", ""))
+        print("  ".join(f"{str(x)[:13]:>9s}" for x in vals))
+
+
+def parse_args(argv: Optional[list[str]]) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m kernels.bench", description=__doc__.split("\n")[0])
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--dtype", default=None, help="bfloat16 | float16 | float32 | float64 (default: bf16 on CUDA, float32 on CPU)")
+    p.add_argument("--workloads", default="row,tri")
+    p.add_argument("--lengths", default=None, help="comma list (default: GPU 512..4096, tri up to 2048; CPU row 1024,2048,4096, tri 256)")
+    p.add_argument("--sparsities", default=",".join(map(str, SPARSITIES)), help="percent, comma list")
+    p.add_argument("--passes", default="fwd,fwdbwd")
+    p.add_argument("--batch", type=int, default=None, help="override the batch of every workload")
+    p.add_argument("--backends", default=None, help="subset of sdpa,flex,triton,cpu,naive (default: all for the device)")
+    p.add_argument("--reps", type=int, default=None)
+    p.add_argument("--warmup", type=int, default=None)
+    p.add_argument("--quick", action="store_true", help="fewer lengths and repetitions")
+    p.add_argument("--time-budget", type=float, default=None, help="seconds; stop starting new configurations after it")
+    p.add_argument("--out", default=None, help="CSV path (default benchmarks/results/<device>.csv)")
+    args = p.parse_args(argv)
+    args.device = torch.device(args.device)
+    if args.dtype is None:
+        args.dtype = "bfloat16" if args.device.type == "cuda" else "float32"
+    args.workloads = [w for w in args.workloads.split(",") if w]
+    for w in args.workloads:
+        if w not in WORKLOADS:
+            p.error(f"unknown workload {w!r}; choose from {list(WORKLOADS)}")
+    args.passes = [x for x in args.passes.split(",") if x]
+    for x in args.passes:
+        if x not in ("fwd", "fwdbwd"):
+            p.error(f"unknown pass {x!r}; choose from fwd, fwdbwd")
+    args.sparsities = [int(s) for s in args.sparsities.split(",") if s]
+    args.backends = None if args.backends is None else [b for b in args.backends.split(",") if b]
+    cpu = args.device.type == "cpu"
+    if args.reps is None:
+        args.reps = (3 if args.quick else 7) if cpu else 10
+    if args.warmup is None:
+        args.warmup = 1 if cpu else 0
+    return args
+
+
+def main(argv: Optional[list[str]] = None) -> list[dict]:
+    args = parse_args(argv)
+    device = args.device
+    dtype = getattr(torch, args.dtype)
+    args.device_name = device_name(device)
+    args.triton_version = _triton_version()
+    # the reference used by the gate materialises B*H*L*L logits several times over
+    args.gate_max_elems = (1 << 30) if device.type == "cuda" else (1 << 27)
+    args.naive_max_bytes = (torch.cuda.mem_get_info(device)[0] // 3) if device.type == "cuda" else (4 << 30)
+    backends = _backends(device, args.backends)
+    cases = []
+    for w in args.workloads:
+        if args.lengths:
+            lengths = [int(x) for x in args.lengths.split(",") if x]
+        else:
+            lengths = list((GPU_LENGTHS if device.type == "cuda" else CPU_LENGTHS)[w])
+            if args.quick:
+                lengths = lengths[:2]
+        for L in lengths:
+            for s in args.sparsities:
+                cases.append(Case(w, L, args.batch or default_batch(w, L, device), s))
+    print(f"device {args.device_name}, dtype {args.dtype}, torch {torch.__version__}, triton {args.triton_version}, "
+          f"threads {torch.get_num_threads()}, backends {backends}, {len(cases)} configurations", flush=True)
+    rows: list[dict] = []
+    t0 = time.perf_counter()
+    for case in cases:
+        if args.time_budget is not None and time.perf_counter() - t0 > args.time_budget:
+            print(f"time budget of {args.time_budget:.0f}s reached: remaining configurations skipped", flush=True)
+            break
+        run_case(case, args, device, dtype, backends, rows, t0)
+    add_speedups(rows)
+    print_table(rows)
+    out = Path(args.out) if args.out else RESULTS_DIR / f"{_file_name(args.device_name)}.csv"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with open(out, "w", newline="") as f:
+        wr = csv.DictWriter(f, fieldnames=CSV_FIELDS, extrasaction="ignore")
+        wr.writeheader()
+        for r in rows:
+            wr.writerow({k: r.get(k, "") for k in CSV_FIELDS})
+    print(f"\nwrote {out} ({len(rows)} rows) in {time.perf_counter() - t0:.1f}s", flush=True)
+    return rows
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

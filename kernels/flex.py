@@ -1,0 +1,135 @@
+"""FlexAttention peer baseline: ``torch.nn.attention.flex_attention`` on the same block layout.
+
+* The ``BlockMask`` is built directly from the layout's compact index (``kv_counts`` /
+  ``kv_indices``, the same form FlexAttention uses) with ``BlockMask.from_kv_blocks``, block size =
+  the layout's block size, ``seq_lengths=(L, L)``. No mask_mod: every pair inside a kept tile
+  attends, and FlexAttention itself masks the pairs past L of a ragged last tile. Query block rows
+  with no kept tile give zeros (FlexAttention's convention for fully masked rows, which is also
+  the reference's). BlockMasks are cached per (layout, device).
+* The bias enters through ``score_mod``: ``score + bias[b, h, q_idx, kv_idx]`` on the bias
+  *expanded* (a stride-0 view, never a copy) to [B, H, L, L], so [1, H, L, L] and [B, H, L, L]
+  biases and any other broadcast go through the same code.
+* Both variants (with / without bias) are wrapped in one ``torch.compile``d function each, built
+  once per process; torch.compile specialises it per shape and caches the compiled code (the
+  recompile limits are raised so a new shape never silently falls back to the slow eager path).
+* CUDA kernel tiles are set (``kernel_options``) to divide a layout block smaller than 128.
+* CPU: FlexAttention runs compiled, forward only. Asking for gradients of a CPU call raises a
+  ``RuntimeError`` that says so. CUDA: forward and backward.
+"""
+
+from __future__ import annotations
+
+import math
+import weakref
+from typing import Optional
+
+import torch
+
+from patterns import BlockLayout
+
+__all__ = ["flex_sparse_attention", "block_mask_for"]
+
+_RECOMPILE_LIMIT = 256
+_BLOCK_MASKS: "weakref.WeakKeyDictionary[BlockLayout, dict]" = weakref.WeakKeyDictionary()
+_COMPILED: dict[tuple, object] = {}
+
+
+def _raise_recompile_limits() -> None:
+    cfg = torch._dynamo.config
+    for name, limit in (
+        ("recompile_limit", _RECOMPILE_LIMIT),
+        ("cache_size_limit", _RECOMPILE_LIMIT),  # the older name
+        ("accumulated_recompile_limit", 4 * _RECOMPILE_LIMIT),
+        ("accumulated_cache_size_limit", 4 * _RECOMPILE_LIMIT),
+    ):
+        if hasattr(cfg, name):
+            try:
+                setattr(cfg, name, max(int(getattr(cfg, name)), limit))
+            except Exception:  # pragma: no cover - renamed/aliased option
+                pass
+
+
+def block_mask_for(layout: BlockLayout, device: torch.device | str):
+    """The FlexAttention BlockMask of ``layout`` on ``device`` (cached)."""
+    from torch.nn.attention.flex_attention import BlockMask
+
+    device = torch.device(device)
+    per = _BLOCK_MASKS.setdefault(layout, {})
+    key = str(device)
+    if key not in per:
+        kv_counts, kv_indices, _, _ = layout.index_on(device)
+        L = layout.seq_len
+        per[key] = BlockMask.from_kv_blocks(
+            kv_counts.unsqueeze(0).to(torch.int32).contiguous(),   # [1, H or 1, nb]
+            kv_indices.unsqueeze(0).to(torch.int32).contiguous(),  # [1, H or 1, nb, nb]
+            BLOCK_SIZE=layout.block_size,
+            seq_lengths=(L, L),
+        )
+    return per[key]
+
+
+def _kernel_options(device: torch.device, block_size: int) -> Optional[dict]:
+    """GPU kernel tiles that divide the layout's block size (FlexAttention's default tiles are 128
+    on some GPUs, which do not divide a 64 (or smaller) sparse block)."""
+    if device.type != "cuda" or block_size >= 128:
+        return None
+    t64, t32 = min(64, block_size), min(32, block_size)
+    return {
+        "fwd_BLOCK_M": t64, "fwd_BLOCK_N": t64,
+        "bwd_BLOCK_M1": t32, "bwd_BLOCK_N1": t64, "bwd_BLOCK_M2": t64, "bwd_BLOCK_N2": t32,
+    }
+
+
+def _compiled(kind: str, kernel_options: Optional[dict]):
+    key = (kind, None if kernel_options is None else tuple(sorted(kernel_options.items())))
+    if key not in _COMPILED:
+        from torch.nn.attention.flex_attention import flex_attention
+
+        _raise_recompile_limits()
+        opts = None if kernel_options is None else dict(kernel_options)
+        if kind == "bias":
+
+            def fn(q, k, v, bias, block_mask, scale):
+                def score_mod(score, b, h, q_idx, kv_idx):
+                    return score + bias[b, h, q_idx, kv_idx]
+
+                return flex_attention(
+                    q, k, v, score_mod=score_mod, block_mask=block_mask, scale=scale, kernel_options=opts
+                )
+
+        else:
+
+            def fn(q, k, v, block_mask, scale):
+                return flex_attention(q, k, v, block_mask=block_mask, scale=scale, kernel_options=opts)
+
+        _COMPILED[key] = torch.compile(fn, dynamic=False, fullgraph=True)
+    return _COMPILED[key]
+
+
+def flex_sparse_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    layout: BlockLayout,
+    bias: Optional[torch.Tensor] = None,
+    scale: Optional[float] = None,
+) -> torch.Tensor:
+    """softmax(q k^T * scale + bias) v over ``layout``'s pairs with compiled FlexAttention."""
+    B, H, L, D = q.shape
+    scale = 1.0 / math.sqrt(D) if scale is None else float(scale)
+    if q.device.type == "cpu" and torch.is_grad_enabled() and any(
+        t is not None and t.requires_grad for t in (q, k, v, bias)
+    ):
+        raise RuntimeError(
+            "flex backend: FlexAttention on CPU supports the forward pass only; call it under "
+            "torch.no_grad() / with inputs that do not require grad, or use backend='cpu' "
+            "(differentiable) on CPU"
+        )
+    block_mask = block_mask_for(layout, q.device)
+    opts = _kernel_options(q.device, layout.block_size)
+    if bias is None:
+        return _compiled("plain", opts)(q, k, v, block_mask, scale)
+    bias = bias.to(q.dtype)
+    while bias.dim() < 4:
+        bias = bias.unsqueeze(0)
+    return _compiled("bias", opts)(q, k, v, bias.expand(B, H, L, L), block_mask, scale)

@@ -1,0 +1,84 @@
+"""A tiny CPU run of ``python -m kernels.bench``: the CSV has the expected rows and consistent ratios."""
+
+from __future__ import annotations
+
+import csv
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from kernels import bench
+
+
+def _rows(path: Path) -> list[dict]:
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_bench_cpu_tiny(tmp_path):
+    out = tmp_path / "bench.csv"
+    bench.main([
+        "--device", "cpu", "--workloads", "row,tri", "--lengths", "128,160", "--sparsities", "0,50",
+        "--passes", "fwd,fwdbwd", "--batch", "1", "--backends", "sdpa,cpu,naive", "--reps", "1",
+        "--out", str(out),
+    ])
+    rows = _rows(out)
+    assert set(bench.CSV_FIELDS) <= set(rows[0])
+    # 2 workloads x 2 lengths x 2 sparsities x 2 passes x 3 backends
+    assert len(rows) == 48
+    keys = {(r["workload"], r["L"], r["sparsity_target"], r["pass"], r["backend"]) for r in rows}
+    assert len(keys) == 48
+    for r in rows:
+        assert r["status"] == "ok", r
+        assert r["device"].startswith("cpu-") and r["dtype"] == "float32" and r["torch"]
+        assert float(r["ms"]) > 0
+        assert 0.0 <= float(r["sparsity_actual"]) < 1.0
+    # speedups are ratios of the file's own ms columns
+    by_key = {(r["workload"], r["L"], r["sparsity_target"], r["pass"], r["backend"]): r for r in rows}
+    for (w, L, s, p, b), r in by_key.items():
+        sdpa = float(by_key[(w, L, s, p, "sdpa")]["ms"])
+        assert float(r["speedup_vs_sdpa"]) == pytest.approx(sdpa / float(r["ms"]), rel=2e-3, abs=2e-3)
+        assert r["speedup_vs_flex"] == ""  # flex not run
+    zero = [r for r in rows if r["sparsity_target"] == "0.0"]
+    assert all(float(r["sparsity_actual"]) == 0.0 for r in zero)
+    assert any(float(r["sparsity_actual"]) > 0.2 for r in rows if r["sparsity_target"] == "0.5")
+
+
+def test_bench_gate_marks_fail(tmp_path, monkeypatch):
+    """A backend whose output is wrong is marked FAIL and not timed."""
+    real = bench._run_backend
+
+    def broken(name, q, k, v, layout, bias):
+        out = real(name, q, k, v, layout, bias)
+        return out + 1.0 if name == "cpu" else out
+
+    monkeypatch.setattr(bench, "_run_backend", broken)
+    out = tmp_path / "bench.csv"
+    bench.main(["--device", "cpu", "--workloads", "row", "--lengths", "128", "--sparsities", "50",
+                "--passes", "fwd", "--batch", "1", "--backends", "sdpa,cpu", "--reps", "1", "--out", str(out)])
+    rows = {r["backend"]: r for r in _rows(out)}
+    assert rows["cpu"]["status"] == "FAIL" and rows["cpu"]["ms"] == ""
+    assert rows["sdpa"]["status"] == "ok"
+
+
+def test_bench_module_entry_point_help():
+    res = subprocess.run([sys.executable, "-m", "kernels.bench", "--help"], capture_output=True, text=True,
+                         cwd=Path(__file__).resolve().parent.parent, timeout=120)
+    assert res.returncode == 0 and "--sparsities" in res.stdout
+
+
+def test_pattern_for_sparsity_rule():
+    from patterns import build_layout
+    from patterns.sparsity import pattern_for_sparsity
+
+    full = pattern_for_sparsity(1024, 0.0)
+    assert build_layout(full, 1024).is_full and full.num_global == 0 and full.stride == 0
+    for target in (0.5, 0.75, 0.9):
+        cfg = pattern_for_sparsity(4096, target)
+        assert cfg == pattern_for_sparsity(4096, target)  # deterministic
+        assert abs(build_layout(cfg, 4096).sparsity - target) < 0.03
+        assert cfg.block_size == 64 and cfg.window % 64 == 0
+    with pytest.raises(ValueError):
+        pattern_for_sparsity(1024, 1.5)
