@@ -36,12 +36,10 @@ from __future__ import annotations
 
 import argparse
 import csv
-import ctypes
 import math
 import os
 import statistics
 import sys
-import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -51,6 +49,8 @@ import torch
 
 from patterns import build_layout
 from patterns.sparsity import pattern_for_sparsity
+
+from autotune.measure import peak_memory
 
 from .dense import dense_attention
 from .reference import reference_attention
@@ -118,55 +118,12 @@ def time_ms(fn: Callable[[], None], device: torch.device, reps: int, warmup: int
     return statistics.median(times)
 
 
-def _rss_bytes() -> Optional[int]:
-    try:
-        with open("/proc/self/statm") as f:
-            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-    except (OSError, ValueError, AttributeError):
-        return None
-
-
-def _malloc_trim() -> None:
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except Exception:
-        pass
-
-
 def peak_mib(fn: Callable[[], None], device: torch.device) -> float:
-    """Peak memory of one call of ``fn`` above what was allocated before it (see module docstring)."""
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-        torch.cuda.reset_peak_memory_stats(device)
-        base = torch.cuda.memory_allocated(device)
-        fn()
-        torch.cuda.synchronize(device)
-        return (torch.cuda.max_memory_allocated(device) - base) / 2**20
-    _malloc_trim()
-    base = _rss_bytes()
-    if base is None:
-        return float("nan")
-    peak = [base]
-    done = threading.Event()
-
-    def sample() -> None:
-        while not done.is_set():
-            r = _rss_bytes()
-            if r is not None and r > peak[0]:
-                peak[0] = r
-            time.sleep(0.0005)
-
-    th = threading.Thread(target=sample, daemon=True)
-    th.start()
-    try:
-        fn()
-    finally:
-        done.set()
-        th.join()
-    r = _rss_bytes()
-    if r is not None:
-        peak[0] = max(peak[0], r)
-    return (peak[0] - base) / 2**20
+    """Peak memory of one call of ``fn`` above what was allocated before it, in MiB
+    (``autotune.measure.peak_memory``: CUDA allocator statistics, or the CPU resident-set
+    high-water mark)."""
+    nbytes, _method = peak_memory(fn, device=device.type)
+    return nbytes / 2**20
 
 
 # ---- backends ------------------------------------------------------------------------------------

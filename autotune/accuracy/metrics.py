@@ -25,7 +25,6 @@ import math
 from dataclasses import dataclass
 from functools import lru_cache
 
-import numpy as np
 import torch
 
 from kernels import reference_attention

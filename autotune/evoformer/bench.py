@@ -11,11 +11,9 @@ What is measured, per (L, pass, variant):
   the sum of both outputs into the parameter gradients).
 * ``peak_mib``: peak memory above what was allocated before the run (parameters and inputs), in a
   separate run after the timing. CUDA: ``torch.cuda.max_memory_allocated`` after
-  ``reset_peak_memory_stats``. CPU: the process's resident set size (``/proc/self/statm``) sampled
-  every 0.2 ms by a background thread, minus the RSS just before the run, after ``gc.collect()`` and
-  glibc ``malloc_trim(0)`` have returned freed heap memory to the system; NaN where /proc is
-  missing. The CPU number is an estimate: it can miss peaks shorter than the sampling interval and
-  counts allocator caching.
+  ``reset_peak_memory_stats``. CPU: the process's resident-set high-water mark
+  above the resident set just before the run (``autotune.measure.peak_memory``, after
+  ``gc.collect()`` and glibc ``malloc_trim(0)``); it counts allocator caching.
 * Attention share, measured by timing the same block with attention removed:
   ``attn3_share`` = 1 - t(block with MSA row and both triangle attention modules replaced by
   zero-output no-ops) / t(variant); ``attn4_share`` the same with MSA column attention removed too;
@@ -39,14 +37,12 @@ from __future__ import annotations
 
 import argparse
 import csv
-import ctypes
 import gc
 import math
 import os
 import re
 import statistics
 import sys
-import threading
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -56,7 +52,9 @@ import torch
 
 from patterns import PatternConfig, build_layout
 
-from .attention import AttentionChoice, EvoformerAttention, layout_for
+from ..measure import peak_memory
+
+from .attention import EvoformerAttention, layout_for
 from .modules import EvoformerBlock
 
 __all__ = ["run_evoformer_bench", "pattern_for_sparsity", "default_block_size", "device_tag", "format_table", "main"]
@@ -162,56 +160,12 @@ def _time_ms(fn: Callable[[], None], device: torch.device, warmup: int, repeats:
 _PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 
 
-def _rss_bytes() -> Optional[int]:
-    try:
-        with open("/proc/self/statm") as f:
-            return int(f.read().split()[1]) * _PAGE
-    except (OSError, ValueError, IndexError):
-        return None
-
-
-def _malloc_trim() -> None:
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):
-        pass
-
-
 def _peak_mib(fn: Callable[[], None], device: torch.device) -> float:
-    """Peak memory above the current allocation while ``fn`` runs once (see module docstring)."""
+    """Peak memory above the current allocation while ``fn`` runs once, in MiB
+    (``autotune.measure.peak_memory``)."""
     _free(device)
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-        torch.cuda.reset_peak_memory_stats(device)
-        base = torch.cuda.memory_allocated(device)
-        fn()
-        torch.cuda.synchronize(device)
-        return (torch.cuda.max_memory_allocated(device) - base) / 2**20
-    _malloc_trim()
-    base = _rss_bytes()
-    if base is None:
-        return float("nan")
-    peak = [base]
-    done = threading.Event()
-
-    def sample() -> None:
-        while not done.is_set():
-            r = _rss_bytes()
-            if r is not None and r > peak[0]:
-                peak[0] = r
-            time.sleep(0.0002)
-
-    thread = threading.Thread(target=sample, daemon=True)
-    thread.start()
-    try:
-        fn()
-    finally:
-        done.set()
-        thread.join()
-    r = _rss_bytes()
-    if r is not None:
-        peak[0] = max(peak[0], r)
-    return max(0, peak[0] - base) / 2**20
+    nbytes, _method = peak_memory(fn, device=device.type)
+    return nbytes / 2**20
 
 
 @contextmanager
