@@ -1,40 +1,46 @@
-"""The CPU backend: block-sparse attention as one fused SDPA call per chunk of query block rows.
+"""The CPU backend: block-sparse attention as a few large fused SDPA calls.
 
     O = softmax(Q K^T * scale + bias, masked to the layout) V      (exactly ``reference_attention``)
 
 Design (what makes it fast on a CPU):
 
-* Query block rows are cut into chunks of consecutive rows with the same number ``c`` of kept key
-  blocks. For a chunk of ``nq`` rows the rows' key/value blocks are gathered ([B, H*nq, c*bs, D],
-  cheap at D = 32) and every query block row becomes one "head" of a single
-  ``scaled_dot_product_attention`` call (the fused, tiled CPU kernel: scores, bias, softmax and
-  P V without materialising the logits), with the chunk's bias as ``attn_mask``.
-* The bias of the kept pairs is read without any per-element index arithmetic: the chunk's
-  columns are split into runs that are one strided view of the bias ("abs": the same key blocks
-  for every row, e.g. global columns or a single row; "rel": key blocks at a fixed offset from the
-  row, e.g. the band or a strided diagonal), copied with plain strided copies; columns that fit
-  neither are gathered tile by tile. Cost is proportional to the kept pairs; a bias broadcast over
-  B (or H) is never expanded (SDPA broadcasts it). No [B, H, L, L] copy is ever made.
-* Padded keys of a ragged last block get -inf in the mask (with a ragged L the bias is gathered
-  through a flat index instead); rows of the chunks are put back in order with one index_select;
-  a row with no kept key block gives zeros (never NaN, forward or backward).
+* Query block rows are split into a few groups, not into runs of consecutive rows:
+  - the full rows (every key block kept, e.g. global tokens) form one dense SDPA call: their query
+    blocks against all keys, with their bias rows as ``attn_mask`` (a view when they are
+    consecutive, no copy);
+  - the other rows are sorted by their number of kept key blocks and cut into a few buckets; each
+    row of a bucket is padded to the bucket's largest count ``c`` with dummy key blocks whose bias
+    is -inf (exact: they get zero probability and zero gradient). Every query block row becomes one
+    "head" of a single ``scaled_dot_product_attention`` call (the fused, tiled CPU kernel: scores,
+    bias, softmax and P V without materialising the logits): q [B, H*nq, bs, D], the gathered
+    keys/values [B, H*nq, c*bs, D] (cheap at small D), the gathered bias [Bb, H*nq, bs, c*bs].
+  With local + global + strided patterns this is 2-4 large calls whatever the row counts do, which
+  keeps both threads busy and the per-op overhead negligible.
+* The bias of the kept pairs is read with one ``index_select`` over the bias seen as rows of
+  ``bs`` contiguous elements ([Bb, Hb, L*nb, bs]): cost proportional to the kept pairs, 256-byte
+  runs. A bias broadcast over B is never expanded (SDPA broadcasts it). No [B, H, L, L] copy is made.
+* Without autograd the gathered buffers (bias, keys, values) are reused from call to call (kept with
+  the plan, per thread): a fresh multi-MB buffer costs more in page faults than the copy itself.
+* With a ragged L the bias is padded once to whole blocks (-inf on the padded keys); without a bias
+  a small cached key mask does the same. Rows are put back in order with one index_select; a row
+  with no kept key block gives zeros (never NaN, forward or backward).
 * A full layout calls SDPA directly with the contiguous bias (the dense baseline is the best plan
-  there), so it is never slower than dense.
-* Per-head layouts run the same plan per head.
+  there), so it is never slower than dense. Per-head layouts run the same plan per head.
 
 Gradients: q, k, v through autograd of the gathers and SDPA; the bias through ``_BiasGather``, a
-custom autograd.Function that gathers the bias of all chunks at once and in backward writes every
-chunk's gradient into one bias-sized buffer (strided adds, no per-chunk full-size zeros).
-The plans (row chunks, runs, index tensors) are cached per (layout, device, B*H) in a weak
-dictionary. Half-precision inputs are computed in float32, like the reference.
+custom autograd.Function that gathers the bias of all groups at once and in backward adds every
+group's gradient into one bias-sized buffer (one ``index_add_`` per bucket).
+The plans (groups, index tensors) are cached per (layout, device, B*H) in a weak dictionary.
+Half-precision inputs are computed in float32, like the reference.
 ``torch.set_num_threads`` is left to the caller.
 """
 
 from __future__ import annotations
 
 import math
+import threading
 import weakref
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Optional
 
 import torch
@@ -45,31 +51,24 @@ from patterns import BlockLayout
 __all__ = ["cpu_sparse_attention"]
 
 
-# Rows per chunk: about this many logits (B*H*nq*bs*c*bs) per fused call. Larger chunks mean
-# fresh multi-MB gather buffers (page faults); smaller ones more calls. Measured best near 2^18.
-CHUNK_ELEMENTS = 1 << 18
+# A bucket may pad its rows by at most this fraction of its largest count (more rows of a lower
+# count start a new bucket), and holds at most this many gathered logits per (batch, head) pair of
+# the bias (bounds the size of one call's buffers).
+PAD_FRACTION = 0.15
+BUCKET_ELEMENTS = 1 << 24
 
 
 @dataclass
-class _Chunk:
-    """Consecutive query block rows r0 .. r0 + nq - 1 that all keep ``c`` key blocks.
+class _Bucket:
+    """Query block rows ``rows`` [nq] that each attend to ``c`` key blocks ``blocks`` [nq, c]
+    (padded slots repeat a kept block; their bias is -inf)."""
 
-    The bias of its kept pairs is read as ``segments``: runs of score columns whose bias tiles form
-    one strided view of the bias (no index arithmetic per element), either a fixed key block range
-    for every row ("abs": global columns, a single row) or a range at a fixed offset from the row's
-    own block ("rel": band, strided diagonals); the remaining columns (``gather_j``) are gathered
-    tile by tile. With a ragged L the flat index ``bias_idx`` is used instead."""
-
-    r0: int
     c: int
-    rows: torch.Tensor        # [nq] query block indices
-    blocks: torch.Tensor      # [nq, c] kept key block indices (ascending per row)
+    rows: torch.Tensor         # [nq]
     flat_blocks: torch.Tensor  # [nq * c]
-    col_pad: Optional[torch.Tensor]  # bool [nq, 1, c * bs]: key past L (ragged tail), or None
-    segments: list = None     # (kind "abs" | "rel", first column j0, columns m, key block or offset)
-    gather_j: Optional[torch.Tensor] = None  # [g] columns gathered tile by tile
-    gather_blocks: Optional[torch.Tensor] = None  # [nq, g] their key blocks
-    bias_idx: Optional[torch.Tensor] = None  # ragged L only: flat row * L + col of the kept pairs
+    bias_idx: torch.Tensor     # [nq * bs * c]: bias row (of bs elements) for each (row, i, slot)
+    pad_idx: Optional[torch.Tensor]  # positions in bias_idx of padded slots, or None
+    key_mask: dict = field(default_factory=dict)  # no-bias masks per (H, dtype): -inf on padding
 
     @property
     def nq(self) -> int:
@@ -78,167 +77,142 @@ class _Chunk:
 
 @dataclass
 class _Plan:
-    chunks: list[_Chunk]
-    inverse: torch.Tensor     # [nb] position of each query block in cat(chunk outputs, zero block)
+    full_rows: Optional[torch.Tensor]  # [nf] query blocks that keep every key block, or None
+    full_span: Optional[tuple]          # (r0, r1) when those rows are consecutive
+    buckets: list
+    inverse: torch.Tensor      # [nb] position of each query block in cat(group outputs, zero block)
+    work: dict = field(default_factory=dict)  # reusable no-grad buffers, per thread
 
 
 _PLANS: "weakref.WeakKeyDictionary[BlockLayout, dict]" = weakref.WeakKeyDictionary()
 
 
-def _segments(rows: torch.Tensor, blocks: torch.Tensor):
-    """Split the columns of ``blocks`` [nq, c] into strided-view runs and gathered columns."""
-    nq, c = blocks.shape
-    kinds = []
-    for j in range(c):
-        col = blocks[:, j]
-        if bool((col == col[0]).all()):
-            kinds.append(("abs", int(col[0])))
-        elif bool((col - rows == col[0] - rows[0]).all()):
-            kinds.append(("rel", int(col[0] - rows[0])))
-        else:
-            kinds.append(None)
-    segs, gather = [], []
-    j = 0
-    while j < c:
-        if kinds[j] is None:
-            gather.append(j)
-            j += 1
-            continue
-        kind, val = kinds[j]
-        m = 1
-        while j + m < c and kinds[j + m] == (kind, val + m):
-            m += 1
-        segs.append((kind, j, m, val))
-        j += m
-    return segs, gather
-
-
-def _make_plan(counts: torch.Tensor, indices: torch.Tensor, bs: int, L: int, rows_per_chunk, device) -> _Plan:
-    nb = counts.numel()
+def _make_plan(counts: torch.Tensor, indices: torch.Tensor, bs: int, nb: int, hb: int, device) -> _Plan:
+    counts = counts.long()
     ar = torch.arange(bs)
-    ragged = L % bs != 0
-    chunks: list[_Chunk] = []
+    full = torch.nonzero(counts == nb).flatten()
     order = []
-    start = 0
-    while start < nb:  # runs of consecutive rows with the same count, cut to chunk size
-        c = int(counts[start])
-        stop = start + 1
-        while stop < nb and int(counts[stop]) == c and stop - start < rows_per_chunk(c):
-            stop += 1
-        if c > 0:
-            rows = torch.arange(start, stop)
-            blocks = indices[rows, :c].long()
-            col = (blocks[:, :, None] * bs + ar).reshape(rows.numel(), c * bs)
-            pad = col >= L
-            ch = _Chunk(
-                r0=start,
+    full_rows = full_span = None
+    if full.numel():
+        full_rows = full
+        r0, r1 = int(full[0]), int(full[-1]) + 1
+        full_span = (r0, r1) if r1 - r0 == full.numel() else None
+        order.append(full)
+    part = torch.nonzero((counts > 0) & (counts < nb)).flatten()
+    part = part[torch.argsort(counts[part], descending=True, stable=True)]
+    buckets = []
+    i = 0
+    while i < part.numel():
+        c = int(counts[part[i]])
+        max_rows = max(1, BUCKET_ELEMENTS // (hb * bs * bs * c))
+        j = i + 1
+        while j < part.numel() and j - i < max_rows and int(counts[part[j]]) >= c * (1 - PAD_FRACTION):
+            j += 1
+        rows = part[i:j]
+        nq = rows.numel()
+        cnt = counts[rows]
+        slot = torch.arange(c)
+        padded = slot[None, :] >= cnt[:, None]                                   # [nq, c]
+        blocks = indices[rows, :c].long()
+        blocks = torch.where(padded, blocks[:, :1], blocks)                      # pad: repeat a kept block
+        tok = rows[:, None] * bs + ar[None, :]                                   # [nq, bs] query tokens
+        bias_idx = (tok[:, :, None] * nb + blocks[:, None, :]).reshape(-1)       # [nq*bs*c]
+        pad = padded[:, None, :].expand(nq, bs, c).reshape(-1)
+        buckets.append(
+            _Bucket(
                 c=c,
                 rows=rows.to(device),
-                blocks=blocks.to(device),
                 flat_blocks=blocks.reshape(-1).to(device),
-                col_pad=pad.unsqueeze(1).to(device) if bool(pad.any()) else None,
+                bias_idx=bias_idx.to(device),
+                pad_idx=torch.nonzero(pad).flatten().to(device) if bool(pad.any()) else None,
             )
-            if ragged:
-                row_tok = (rows[:, None] * bs + ar).clamp(max=L - 1)
-                ch.bias_idx = (row_tok[:, :, None] * L + col.clamp(max=L - 1)[:, None, :]).reshape(-1).to(device)
-            else:
-                ch.segments, gather = _segments(rows, blocks)
-                if gather:
-                    ch.gather_j = torch.tensor(gather, dtype=torch.long, device=device)
-                    ch.gather_blocks = blocks[:, gather].to(device)
-            chunks.append(ch)
-            order.append(rows)
-        start = stop
+        )
+        order.append(rows)
+        i = j
     n_out = sum(int(o.numel()) for o in order)
     inverse = torch.full((nb,), n_out, dtype=torch.long)  # default: the zero block
     if order:
         inverse[torch.cat(order)] = torch.arange(n_out)
-    return _Plan(chunks, inverse.to(device))
+    return _Plan(
+        None if full_rows is None else full_rows.to(device), full_span, buckets, inverse.to(device)
+    )
 
 
 def _plans(layout: BlockLayout, device: torch.device, bh: int) -> list[_Plan]:
     per_layout = _PLANS.setdefault(layout, {})
     key = (str(device), bh)
     if key not in per_layout:
-        bs = layout.block_size
+        bs, nb = layout.block_size, layout.n_blocks
         counts, indices = layout.kv_counts, layout.kv_indices
-
-        def rows_per_chunk(c: int) -> int:
-            return max(1, CHUNK_ELEMENTS // (bh * bs * bs * c))
-
-        per_layout[key] = [
-            _make_plan(counts[h], indices[h], bs, layout.seq_len, rows_per_chunk, device)
-            for h in range(counts.shape[0])
-        ]
+        per_layout[key] = [_make_plan(counts[h], indices[h], bs, nb, bh, device) for h in range(counts.shape[0])]
     return per_layout[key]
 
 
-def _segment_view(t: torch.Tensor, ch: _Chunk, seg, bs: int) -> torch.Tensor:
-    """[Bb, Hb, nq, bs, m*bs] strided view of ``t`` [Bb, Hb, L, L] (last dims contiguous) for one segment."""
-    kind, _, m, val = seg
-    L = t.shape[-1]
-    if kind == "abs":
-        step, off = bs * L, ch.r0 * bs * L + val * bs
-    else:
-        step, off = bs * L + bs, ch.r0 * bs * L + (ch.r0 + val) * bs
-    return t.as_strided(
-        (t.shape[0], t.shape[1], ch.nq, bs, m * bs), (t.stride(0), t.stride(1), step, L, 1), t.storage_offset() + off
-    )
+def _buffer(plan: Optional[_Plan], name, shape, like: torch.Tensor) -> Optional[torch.Tensor]:
+    """A reusable buffer kept with the plan (no-grad calls only; None otherwise: allocate fresh)."""
+    if plan is None:
+        return None
+    key = (threading.get_ident(), name)
+    buf = plan.work.get(key)
+    if buf is None or buf.shape != shape or buf.dtype != like.dtype or buf.device != like.device:
+        buf = like.new_empty(shape)
+        plan.work[key] = buf
+    return buf
 
 
-def _gather_bias(bias: torch.Tensor, ch: _Chunk, bs: int) -> torch.Tensor:
-    """The bias of the chunk's kept pairs in score order, [Bb, Hb, nq, bs, c*bs] (no autograd)."""
-    Bb, Hb, L, _ = bias.shape
-    nq, c = ch.nq, ch.c
-    if ch.bias_idx is not None:
-        return bias.reshape(Bb, Hb, L * L).index_select(2, ch.bias_idx).view(Bb, Hb, nq, bs, c * bs)
-    out = bias.new_empty(Bb, Hb, nq, bs, c * bs)
-    for seg in ch.segments:
-        j0, m = seg[1], seg[2]
-        out[..., j0 * bs : (j0 + m) * bs].copy_(_segment_view(bias, ch, seg, bs))
-    if ch.gather_j is not None:
-        nb = L // bs
-        tiles = bias.view(Bb, Hb, nb, bs, nb, bs)
-        ar = torch.arange(bs, device=bias.device).view(1, bs, 1)
-        g = tiles[:, :, ch.rows.view(-1, 1, 1), ar, ch.gather_blocks.unsqueeze(1)]  # [Bb, Hb, nq, r, g, t]
-        out.view(Bb, Hb, nq, bs, c, bs)[:, :, :, :, ch.gather_j] = g
+def _full_rows_bias(bias: torch.Tensor, plan: _Plan, bs: int) -> torch.Tensor:
+    if plan.full_span is not None:
+        r0, r1 = plan.full_span
+        return bias[:, :, r0 * bs : r1 * bs]
+    tok = (plan.full_rows[:, None] * bs + torch.arange(bs, device=bias.device)).reshape(-1)
+    return bias.index_select(2, tok)
+
+
+def _gather_bias(bias: torch.Tensor, plan: _Plan, bs: int, reuse: bool) -> list:
+    """[full rows' bias [Bb, Hb, nf*bs, Lp] or None] + [bias of each bucket, [Bb, Hb, nq*bs*c, bs]]."""
+    Bb, Hb, Lp, _ = bias.shape
+    rows = bias.view(Bb, Hb, Lp * (Lp // bs), bs)
+    out = [None if plan.full_rows is None else _full_rows_bias(bias, plan, bs)]
+    for i, bk in enumerate(plan.buckets):
+        buf = _buffer(plan if reuse else None, ("bias", i), (Bb, Hb, bk.bias_idx.numel(), bs), bias)
+        g = torch.index_select(rows, 2, bk.bias_idx, out=buf) if buf is not None else rows.index_select(2, bk.bias_idx)
+        if bk.pad_idx is not None:
+            g.index_fill_(2, bk.pad_idx, float("-inf"))
+        out.append(g)
     return out
 
 
-def _scatter_bias_grad(gbias: torch.Tensor, grad: torch.Tensor, ch: _Chunk, bs: int) -> None:
-    """gbias [Bb, Hb, L, L] += the chunk's gradient [Bb, Hb, nq, bs, c*bs] at its pairs."""
-    Bb, Hb, L, _ = gbias.shape
-    nq, c = ch.nq, ch.c
-    if ch.bias_idx is not None:
-        gbias.view(Bb, Hb, L * L).index_add_(2, ch.bias_idx, grad.reshape(Bb, Hb, -1))
-        return
-    for seg in ch.segments:
-        j0, m = seg[1], seg[2]
-        _segment_view(gbias, ch, seg, bs).add_(grad[..., j0 * bs : (j0 + m) * bs])
-    if ch.gather_j is not None:
-        nb = L // bs
-        tiles = gbias.view(Bb, Hb, nb, bs, nb, bs)
-        ar = torch.arange(bs, device=gbias.device).view(1, bs, 1)
-        idx = (slice(None), slice(None), ch.rows.view(-1, 1, 1), ar, ch.gather_blocks.unsqueeze(1))
-        tiles[idx] += grad.view(Bb, Hb, nq, bs, c, bs)[:, :, :, :, ch.gather_j]  # pairs are distinct
-
-
 class _BiasGather(torch.autograd.Function):
-    """Differentiable gather of the kept-pair bias of every chunk of a plan (one output per chunk);
-    the backward writes all chunks' gradients into a single bias-sized buffer."""
+    """Differentiable gather of the bias of every group of a plan; the backward adds all groups'
+    gradients into a single bias-sized buffer."""
 
     @staticmethod
     def forward(ctx, bias, plan, bs):
         ctx.plan, ctx.bs, ctx.shape = plan, bs, bias.shape
-        return tuple(_gather_bias(bias, ch, bs) for ch in plan.chunks)
+        outs = _gather_bias(bias, plan, bs, reuse=False)
+        if outs[0] is not None and plan.full_span is not None:
+            outs[0] = outs[0].clone()  # not a view of the input (autograd.Function outputs)
+        return tuple(o for o in outs if o is not None)
 
     @staticmethod
     def backward(ctx, *grads):
-        g = grads[0]
-        gbias = g.new_zeros(ctx.shape)
-        for ch, gc in zip(ctx.plan.chunks, grads):
-            if gc is not None:
-                _scatter_bias_grad(gbias, gc, ch, ctx.bs)
+        plan, bs = ctx.plan, ctx.bs
+        gbias = grads[0].new_zeros(ctx.shape)
+        Bb, Hb, Lp, _ = gbias.shape
+        grads = list(grads)
+        if plan.full_rows is not None:
+            g = grads.pop(0)
+            if g is not None:
+                if plan.full_span is not None:
+                    r0, r1 = plan.full_span
+                    gbias[:, :, r0 * bs : r1 * bs] += g
+                else:
+                    tok = (plan.full_rows[:, None] * bs + torch.arange(bs, device=g.device)).reshape(-1)
+                    gbias.index_add_(2, tok, g)
+        rows = gbias.view(Bb, Hb, Lp * (Lp // bs), bs)
+        for bk, g in zip(plan.buckets, grads):
+            if g is not None:  # padded slots carry a zero gradient (their probability is 0)
+                rows.index_add_(2, bk.bias_idx, g)
         return gbias, None, None
 
 
@@ -253,37 +227,74 @@ def _bias4(bias: torch.Tensor, L: int) -> torch.Tensor:
     return bias
 
 
+def _key_mask(bk: _Bucket, H: int, bs: int, L: int, ref: torch.Tensor) -> torch.Tensor:
+    """No-bias mask for a bucket: [1, H*nq, 1, c*bs], -inf on padded slots and keys past L."""
+    key = (H, ref.dtype)
+    if key not in bk.key_mask:
+        nq, c = bk.nq, bk.c
+        col = (bk.flat_blocks.view(nq, c, 1) * bs + torch.arange(bs, device=ref.device)).reshape(nq, c * bs)
+        bad = col >= L
+        if bk.pad_idx is not None:
+            padded = torch.zeros(nq * bs * c, dtype=torch.bool, device=ref.device)
+            padded[bk.pad_idx] = True
+            bad = bad | padded.view(nq, bs, c)[:, 0, :, None].expand(nq, c, bs).reshape(nq, c * bs)
+        m = torch.zeros(nq, c * bs, dtype=ref.dtype, device=ref.device).masked_fill(bad, float("-inf"))
+        bk.key_mask[key] = m.view(1, 1, nq, 1, c * bs).expand(1, H, nq, 1, c * bs).reshape(1, H * nq, 1, c * bs)
+    return bk.key_mask[key]
+
+
 def _attend_plan(q, k, v, bias, plan: _Plan, bs: int, L: int) -> torch.Tensor:
-    """q, k, v [B, H, nb*bs, D] (q already scaled, zero-padded past L); bias [Bb, Hb, L, L] or None."""
+    """q, k, v [B, H, Lp, D] (q already scaled, zero-padded past L); bias [Bb, Hb, Lp, Lp] (-inf on
+    keys past L) or None."""
     B, H, Lp, D = q.shape
     nb = Lp // bs
     q5, k5, v5 = q.view(B, H, nb, bs, D), k.view(B, H, nb, bs, D), v.view(B, H, nb, bs, D)
     grad_mode = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (q, k, v, bias))
-    biases = None
+    masks = None
     if bias is not None:
-        Bb, Hb = bias.shape[:2]
         if grad_mode and bias.requires_grad:
-            biases = _BiasGather.apply(bias, plan, bs)
+            masks = list(_BiasGather.apply(bias, plan, bs))
+            if plan.full_rows is None:
+                masks.insert(0, None)
+        else:
+            masks = _gather_bias(bias, plan, bs, reuse=not grad_mode)
     outs = []
-    for i, ch in enumerate(plan.chunks):
-        nq, c = ch.nq, ch.c
-        # each query block row is one "head" of a fused SDPA call over its c*bs gathered keys
-        qg = q5.index_select(2, ch.rows).view(B, H * nq, bs, D)
-        kg = k5.index_select(2, ch.flat_blocks).view(B, H * nq, c * bs, D)
-        vg = v5.index_select(2, ch.flat_blocks).view(B, H * nq, c * bs, D)
+    if plan.full_rows is not None:
+        if plan.full_span is not None:
+            r0, r1 = plan.full_span
+            qf = q[:, :, r0 * bs : r1 * bs]
+        else:
+            qf = q5.index_select(2, plan.full_rows).view(B, H, -1, D)
         mask = None
-        if bias is not None:
-            mask = biases[i] if biases is not None else _gather_bias(bias, ch, bs)  # [Bb, Hb, nq, bs, c*bs]
-        if ch.col_pad is not None:  # keys past L
-            neg = torch.zeros((), dtype=q.dtype, device=q.device).masked_fill(torch.ones((), dtype=torch.bool), float("-inf"))
-            pad = torch.where(ch.col_pad, neg, torch.zeros((), dtype=q.dtype, device=q.device))  # [nq, 1, c*bs]
-            mask = pad.expand(1, 1, nq, bs, c * bs) if mask is None else mask + pad
-        if mask is not None:
+        if masks is not None:
+            mask = masks[0]
+        elif Lp != L:
+            mask = torch.zeros(1, 1, 1, Lp, dtype=q.dtype, device=q.device)
+            mask[..., L:] = float("-inf")
+        o = F.scaled_dot_product_attention(qf, k, v, attn_mask=mask, scale=1.0)
+        outs.append(o.view(B, H, -1, bs, D))
+    reuse = plan if not grad_mode else None
+    for i, bk in enumerate(plan.buckets):
+        nq, c = bk.nq, bk.c
+        # each query block row is one "head" of a fused SDPA call over its c*bs gathered keys
+        qg = q5.index_select(2, bk.rows).view(B, H * nq, bs, D)
+        kv = []
+        for name, t in (("k", k5), ("v", v5)):
+            buf = _buffer(reuse, (name, i), (B, H, nq * c, bs, D), t)
+            g = torch.index_select(t, 2, bk.flat_blocks, out=buf) if buf is not None else t.index_select(2, bk.flat_blocks)
+            kv.append(g.view(B, H * nq, c * bs, D))
+        if masks is not None:
+            mask = masks[i + 1]
             Bm, Hm = mask.shape[:2]
+            mask = mask.view(Bm, Hm, nq, bs, c * bs)
             if Hm != H:
                 mask = mask.expand(Bm, H, nq, bs, c * bs)
             mask = mask.reshape(Bm, H * nq, bs, c * bs)
-        o = F.scaled_dot_product_attention(qg, kg, vg, attn_mask=mask, scale=1.0)
+        elif bk.pad_idx is not None or Lp != L:
+            mask = _key_mask(bk, H, bs, L, q)
+        else:
+            mask = None
+        o = F.scaled_dot_product_attention(qg, kv[0], kv[1], attn_mask=mask, scale=1.0)
         outs.append(o.view(B, H, nq, bs, D))
     outs.append(q.new_zeros(B, H, 1, bs, D))
     out = torch.cat(outs, dim=2).index_select(2, plan.inverse)                # [B, H, nb, bs, D]
@@ -332,12 +343,14 @@ def cpu_sparse_attention(
     if not bool(layout.block_mask.any()):
         return _Zeros.apply((B, H, L, D), q, k, v, bias).to(out_dtype)
     Lp = layout.n_blocks * bs
-    plans = _plans(layout, q.device, B * (H if layout.num_heads is None else 1))
     q = q * scale
     if Lp != L:  # zero-pad the ragged tail to whole blocks (cheap: D is small)
         q, k, v = (F.pad(t, (0, 0, 0, Lp - L)) for t in (q, k, v))
     if bias is not None:
         bias = _bias4(bias, L)
+        if Lp != L:  # whole blocks: padded keys -inf, padded query rows 0 (their output is dropped)
+            bias = F.pad(F.pad(bias, (0, Lp - L), value=float("-inf")), (0, 0, 0, Lp - L))
+    plans = _plans(layout, q.device, B * (H if layout.num_heads is None else 1))
     if len(plans) == 1:
         out = _attend_plan(q, k, v, bias, plans[0], bs, L)
     else:
