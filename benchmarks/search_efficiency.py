@@ -39,6 +39,7 @@ def throughput(workers: int, trials: int) -> dict:
     space.buckets = [256, 512]
     space.measure = {"warmup": 1, "repeats": 3}
     space.budget["timeout"] = None
+    space.execution = {"workers": workers, "threads_per_worker": 1}  # N single-threaded workers
     with tempfile.TemporaryDirectory() as d:
         s = Search(space, study_name=f"eff-{workers}", storage=f"sqlite:///{d}/a.db", executor="ray",
                    workers=workers, progress=False, num_cpus=2)
