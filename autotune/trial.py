@@ -271,15 +271,7 @@ class TrialRunner:
         try:
             for name in ("sdpa", "naive"):
                 block.set_attention(name)
-                try:
-                    t = time_fn(fn, device=space.device, warmup=space.measure["warmup"], repeats=space.measure["repeats"])
-                    mem, _ = peak_memory(fn, device=space.device)
-                    res[name] = {"median_ms": t["median_ms"], "p10_ms": t["p10_ms"], "p90_ms": t["p90_ms"], "peak_bytes": mem}
-                except Exception as e:  # noqa: BLE001 - a baseline that does not fit is recorded missing
-                    if not is_oom(e):
-                        raise
-                    self._free(space)
-                    res[name] = None
+                res[name] = self._measure_baseline(space, fn)
         finally:
             block.set_attention(None)
         self.baselines[key] = res
@@ -295,6 +287,9 @@ class TrialRunner:
         block.set_attention(self._sparse_attention(space, pcfg, kc))
         try:
             tm = time_fn(fn, device=device, warmup=space.measure["warmup"], repeats=space.measure["repeats"])
+            from autotune.evoformer.attention import layout_for
+
+            layout_for.cache_clear()  # a cold call: per-layout workspaces of the backend count
             mem, mem_method = peak_memory(fn, device=device)
         except Exception as e:  # noqa: BLE001
             if is_oom(e):
@@ -345,18 +340,21 @@ class TrialRunner:
             return dict(res, cached=True)
         res: dict[str, Any] = {}
         for name, f in (("sdpa", lambda: dense_attention(q, k, v, None, bias)), ("naive", lambda: naive_attention(q, k, v, bias))):
-            fn = self._callable(space, f, q, k, v, bias)
-            try:
-                t = time_fn(fn, device=space.device, warmup=space.measure["warmup"], repeats=space.measure["repeats"])
-                m, _ = peak_memory(fn, device=space.device)
-                res[name] = {"median_ms": t["median_ms"], "p10_ms": t["p10_ms"], "p90_ms": t["p90_ms"], "peak_bytes": m}
-            except Exception as e:  # noqa: BLE001 - a baseline that does not fit is recorded missing
-                if not is_oom(e):
-                    raise
-                self._free(space)
-                res[name] = None
+            res[name] = self._measure_baseline(space, self._callable(space, f, q, k, v, bias))
         self.baselines[key] = res
         return dict(res, cached=False)
+
+    def _measure_baseline(self, space: SearchSpace, fn) -> Optional[dict[str, Any]]:
+        """Median/p10/p90 time and peak memory of one baseline; None when it runs out of memory."""
+        try:
+            t = time_fn(fn, device=space.device, warmup=space.measure["warmup"], repeats=space.measure["repeats"])
+            mem, _ = peak_memory(fn, device=space.device)
+        except Exception as e:  # noqa: BLE001 - a baseline that does not fit is recorded missing
+            if not is_oom(e):
+                raise
+            self._free(space)
+            return None
+        return {"median_ms": t["median_ms"], "p10_ms": t["p10_ms"], "p90_ms": t["p90_ms"], "peak_bytes": mem}
 
     @staticmethod
     def _free(space: SearchSpace) -> None:
@@ -446,12 +444,16 @@ class TrialRunner:
                             if t is not None:
                                 t.requires_grad_(True)
                     t0 = time.perf_counter()
-                    fn = self._callable(
-                        space, lambda: sparse_attention(q, k, v, layout, bias, backend=space.backend, config=kc), q, k, v, bias
-                    )
+                    def run_on(lay):
+                        return self._callable(
+                            space, lambda: sparse_attention(q, k, v, lay, bias, backend=space.backend, config=kc), q, k, v, bias
+                        )
+
                     try:
-                        tm = time_fn(fn, device=device, warmup=space.measure["warmup"], repeats=space.measure["repeats"])
-                        mem, mem_method = peak_memory(fn, device=device)
+                        tm = time_fn(run_on(layout), device=device, warmup=space.measure["warmup"], repeats=space.measure["repeats"])
+                        # a cold call on a new layout object, so that workspaces a backend keeps per
+                        # layout (the cpu backend's gather buffers) count towards the peak
+                        mem, mem_method = peak_memory(run_on(layout.fresh()), device=device)
                     except Exception as e:  # noqa: BLE001
                         if is_oom(e):
                             self._free(space)
@@ -462,7 +464,7 @@ class TrialRunner:
                     base = self._baseline(space, w, L, B, q, k, v, bias)
                     timing["baseline_s"] += time.perf_counter() - t0
                     result["measurements"].append(self._cell(space, w, L, B, layout, tm, mem, mem_method, base))
-                    del q, k, v, bias, fn
+                    del q, k, v, bias
                 t0 = time.perf_counter()
                 acc = self._accuracy(space, pcfg, L)
                 timing["accuracy_s"] += time.perf_counter() - t0

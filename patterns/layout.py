@@ -149,6 +149,11 @@ class BlockLayout:
             self._cache[key] = tuple(t.to(device) for t in self._index())
         return self._cache[key]
 
+    def fresh(self) -> "BlockLayout":
+        """The same layout as a new object, without the index or any backend's cached plans and
+        workspaces: a call on it is a cold call (what a first call on a new layout allocates)."""
+        return BlockLayout(self.block_mask, self.block_size, self.seq_len, self.config)
+
     # ---- composition -------------------------------------------------------------------------
     def per_head(self, num_heads: int) -> "BlockLayout":
         """The same layout repeated for ``num_heads`` heads (a [H, nb, nb] mask)."""

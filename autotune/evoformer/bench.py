@@ -162,7 +162,9 @@ _PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 
 def _peak_mib(fn: Callable[[], None], device: torch.device) -> float:
     """Peak memory above the current allocation while ``fn`` runs once, in MiB
-    (``autotune.measure.peak_memory``)."""
+    (``autotune.measure.peak_memory``). The layout cache is emptied first, so the run is a cold
+    call that counts the workspaces a sparse backend allocates per layout and keeps."""
+    layout_for.cache_clear()
     _free(device)
     nbytes, _method = peak_memory(fn, device=device.type)
     return nbytes / 2**20
