@@ -171,6 +171,7 @@ class Search:
         self.stats = {"completed": 0, "failed": 0, "recovered": 0, "retried": 0, "wall_s": 0.0, "measure_s": 0.0,
                       "trial_s": 0.0, "startup_s": 0.0}
         self.best: Optional[float] = None
+        self.best_by_bucket: dict[int, float] = {}
 
     # -- setup -------------------------------------------------------------------------------
     def _open(self) -> None:
@@ -334,6 +335,7 @@ class Search:
             if "speedup" in self.space.objectives and feasible:
                 sp = objs[self.space.objectives.index("speedup")]
                 self.best = sp if self.best is None else max(self.best, sp)
+            self._update_best_by_bucket(rows)
         else:
             reason = res.get("reason") or "unknown failure"
             self.db.record_result(self.study_name, number, state="FAIL", reason=reason, fields=fields, measurements=[])
@@ -341,6 +343,21 @@ class Search:
             self.study.tell(trial, state=TrialState.FAIL)
             self.stats["failed"] += 1
             self.log(f"trial {number} failed: {reason.splitlines()[0][:300]}")
+
+    def _update_best_by_bucket(self, rows: list[dict[str, Any]]) -> None:
+        """Best geometric-mean speedup per bucket over the trials feasible at that bucket (every
+        workload's constraints met there): the quantity the export rule maximises."""
+        for bucket in sorted({r["bucket"] for r in rows}):
+            cells = [r for r in rows if r["bucket"] == bucket]
+            if not all(r["feasible"] for r in cells) or any(not r["speedup"] for r in cells):
+                continue
+            gm = math.exp(sum(math.log(r["speedup"]) for r in cells) / len(cells))
+            self.best_by_bucket[bucket] = max(gm, self.best_by_bucket.get(bucket, 0.0))
+
+    def best_text(self) -> str:
+        if not self.best_by_bucket:
+            return "-"
+        return " ".join(f"L{b}:{v:.2f}x" for b, v in sorted(self.best_by_bucket.items()))
 
     def _interrupt_running(self) -> None:
         """On Ctrl-C / SIGTERM: running trials are marked interrupted and enqueued again."""
@@ -422,7 +439,7 @@ class Search:
                 if bar is not None:
                     left = "-" if deadline is None else f"{max(0.0, deadline - time.monotonic()):.0f}s"
                     bar.set_postfix(ok=self.stats["completed"], failed=self.stats["failed"], running=executor.running,
-                                    best="-" if self.best is None else f"{self.best:.2f}x", left=left, refresh=False)
+                                    best=self.best_text(), left=left, refresh=False)
             status = "finished"
             return self._summary(done, t_start)
         except KeyboardInterrupt:
@@ -468,7 +485,8 @@ class Search:
 
     def _summary(self, done: int, t_start: float) -> dict[str, Any]:
         self.stats["wall_s"] = time.perf_counter() - t_start
-        return dict(self.stats, finished=done, study=self.study_name, run_id=self.run_id, best_speedup=self.best)
+        return dict(self.stats, finished=done, study=self.study_name, run_id=self.run_id, best_speedup=self.best,
+                    best_by_bucket=dict(self.best_by_bucket), best_text=self.best_text())
 
 
 def main(argv: Optional[list[str]] = None) -> int:
@@ -508,8 +526,8 @@ def main(argv: Optional[list[str]] = None) -> int:
         return 130
     print(
         f"autotune: study {summary['study']!r}: {summary['completed']} completed, {summary['failed']} failed this run, "
-        f"{summary['finished']} finished in total; best feasible speedup "
-        f"{'-' if summary['best_speedup'] is None else format(summary['best_speedup'], '.2f') + 'x'}; "
+        f"{summary['finished']} finished in total; best feasible speedup per bucket (this run) "
+        f"{summary.get('best_text', '-')}; "
         f"{summary['wall_s']:.1f} s",
         file=sys.stderr,
     )
