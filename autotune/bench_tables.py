@@ -62,6 +62,7 @@ KERNEL_COLUMNS: dict[str, tuple[str, type, bool]] = {
     "mib": ("mib", float, True),
     "speedup_vs_sdpa": ("speedup_vs_sdpa", float, False),
     "speedup_vs_flex": ("speedup_vs_flex", float, False),
+    "kernel_config": ("kernel_config", str, False),
 }
 EVOFORMER_RUN_COLUMNS: dict[str, tuple[str, type, bool]] = {
     "device": ("device", str, True),
@@ -127,6 +128,7 @@ class KernelBench(Base):
     mib: Mapped[Optional[float]] = mapped_column(Float, nullable=True)
     speedup_vs_sdpa: Mapped[Optional[float]] = mapped_column(Float, nullable=True)
     speedup_vs_flex: Mapped[Optional[float]] = mapped_column(Float, nullable=True)
+    kernel_config: Mapped[Optional[str]] = mapped_column(String(32), nullable=True)
 
 
 class EvoformerBench(Base):

@@ -38,6 +38,7 @@ import argparse
 import csv
 import math
 import os
+import re
 import statistics
 import sys
 import time
@@ -52,6 +53,7 @@ from patterns.sparsity import pattern_for_sparsity
 
 from autotune.measure import peak_memory
 
+from .config import KernelConfig
 from .dense import dense_attention
 from .reference import reference_attention
 
@@ -66,8 +68,22 @@ RESULTS_DIR = Path(__file__).resolve().parent.parent / "benchmarks" / "results"
 CSV_FIELDS = [
     "device", "dtype", "torch", "triton", "threads", "workload", "L", "batch", "heads", "head_dim",
     "block_size", "window", "num_global", "stride", "sparsity_target", "sparsity_actual", "pass",
-    "backend", "status", "ms", "mib", "speedup_vs_sdpa", "speedup_vs_flex",
+    "backend", "status", "ms", "mib", "speedup_vs_sdpa", "speedup_vs_flex", "kernel_config",
 ]
+
+# (workload, L) measured first: the speed targets are stated at row L=4096, tri L=2048 and L=512.
+PRIORITY: tuple[tuple[str, int], ...] = (("row", 4096), ("tri", 2048), ("row", 512), ("tri", 512))
+
+# Launch configs the benchmark tries for the Triton kernel (each one gated for correctness first);
+# the fastest forward config is then used for every pass of that case and written to the CSV.
+TRITON_SWEEP: tuple[KernelConfig, ...] = (
+    KernelConfig(64, 64, 4, 2),
+    KernelConfig(128, 64, 4, 3),
+    KernelConfig(128, 64, 8, 3),
+    KernelConfig(64, 32, 4, 3),
+    KernelConfig(128, 32, 4, 2),
+    KernelConfig(64, 64, 4, 4),
+)
 
 
 # ---- environment ---------------------------------------------------------------------------------
@@ -127,7 +143,7 @@ def peak_mib(fn: Callable[[], None], device: torch.device) -> float:
 
 
 # ---- backends ------------------------------------------------------------------------------------
-def _run_backend(name: str, q, k, v, layout, bias):
+def _run_backend(name: str, q, k, v, layout, bias, **kernel):
     if name == "sdpa":
         return dense_attention(q, k, v, None, bias)
     if name == "naive":
@@ -143,7 +159,7 @@ def _run_backend(name: str, q, k, v, layout, bias):
     if name == "triton":
         from .triton_op import triton_sparse_attention  # noqa: PLC0415
 
-        return triton_sparse_attention(q, k, v, layout, bias)
+        return triton_sparse_attention(q, k, v, layout, bias, config=kernel.get("config"))
     raise ValueError(f"unknown backend {name!r}")
 
 
@@ -151,7 +167,7 @@ def _tolerance(dtype: torch.dtype) -> float:
     return {torch.float64: 1e-9, torch.float32: 2e-4}.get(dtype, 3e-2)
 
 
-def check_backend(name: str, q, k, v, layout, bias, max_ref_elems: int) -> tuple[bool, str]:
+def check_backend(name: str, q, k, v, layout, bias, max_ref_elems: int, **kernel) -> tuple[bool, str]:
     """Compare ``name`` with the reference on the same layout (the batch is cut to one element when
     the materialised reference would exceed ``max_ref_elems`` logits)."""
     B, H, L, _ = q.shape
@@ -161,13 +177,46 @@ def check_backend(name: str, q, k, v, layout, bias, max_ref_elems: int) -> tuple
             bias = bias[:1]
     with torch.no_grad():
         try:
-            out = _run_backend(name, q, k, v, layout, bias)
+            out = _run_backend(name, q, k, v, layout, bias, **kernel)
         except Exception as exc:  # noqa: BLE001 - reported as FAIL
             return False, f"error: {type(exc).__name__}: {exc}"[:300]
         ref = reference_attention(q, k, v, None if name == "sdpa" else layout, bias)
         err = (out.float() - ref.float()).abs().max().item()
     tol = _tolerance(q.dtype)
     return (err <= tol and math.isfinite(err)), f"max abs err {err:.2e} (tol {tol:.0e})"
+
+
+def _config_text(cfg: Optional[KernelConfig]) -> str:
+    return "" if cfg is None else f"{cfg.block_m}x{cfg.block_n}/w{cfg.num_warps}/s{cfg.num_stages}"
+
+
+def _pick_triton_config(q, k, v, layout, bias, args, device) -> tuple[bool, str, dict]:
+    """Gate every launch config of ``args.triton_configs`` that fits the layout block, time the
+    forward pass of those that pass, and return the fastest (ok, gate message, {"config": cfg})."""
+    best: Optional[tuple[float, KernelConfig, str]] = None
+    failed = []
+    for cfg in args.triton_configs:
+        if not cfg.fits(layout.block_size):
+            continue
+        ok, msg = check_backend("triton", q, k, v, layout, bias, args.gate_max_elems, config=cfg)
+        if not ok:
+            failed.append(f"{_config_text(cfg)}: {msg}")
+            continue
+
+        def fn(cfg=cfg):
+            with torch.no_grad():
+                _run_backend("triton", q, k, v, layout, bias, config=cfg)
+
+        ms = time_ms(fn, device, max(1, args.reps // 2), args.warmup)
+        print(f"    triton  config {_config_text(cfg):16s} fwd {ms:10.3f} ms", flush=True)
+        if best is None or ms < best[0]:
+            best = (ms, cfg, msg)
+    if best is None:
+        return False, "; ".join(failed) or "no launch config fits the block size", {}
+    note = f"{best[2]}; fastest of {len(args.triton_configs)} launch configs"
+    if failed:
+        note += f"; FAILED gate: {'; '.join(failed)}"
+    return True, note, {"config": best[1]}
 
 
 @dataclass
@@ -179,8 +228,9 @@ class Case:
 
 
 def _backends(device: torch.device, selected: Optional[list[str]]) -> list[str]:
-    names = ["sdpa", "flex", "triton" if device.type == "cuda" else "cpu", "naive"]
-    return [n for n in names if selected is None or n in selected]
+    if selected is not None:  # explicit choice (triton on a CPU runs under TRITON_INTERPRET=1)
+        return [n for n in ("sdpa", "flex", "triton", "cpu", "naive") if n in selected]
+    return ["sdpa", "flex", "triton" if device.type == "cuda" else "cpu", "naive"]
 
 
 def run_case(case: Case, args, device, dtype, backends, rows, t_start) -> None:
@@ -206,14 +256,20 @@ def run_case(case: Case, args, device, dtype, backends, rows, t_start) -> None:
             for p in args.passes:
                 rows.append({**base, "pass": p, "backend": name, "status": "skip (memory)"})
             continue
-        ok, msg = check_backend(name, q, k, v, layout, bias, args.gate_max_elems)
+        kernel: dict = {}
+        if name == "triton" and len(args.triton_configs) > 1:
+            ok, msg, kernel = _pick_triton_config(q, k, v, layout, bias, args, device)
+        else:
+            if name == "triton" and args.triton_configs:
+                kernel = {"config": args.triton_configs[0]}
+            ok, msg = check_backend(name, q, k, v, layout, bias, args.gate_max_elems, **kernel)
         if not ok:
             print(f"    {name:7s} FAIL {msg}", flush=True)
             for p in args.passes:
                 rows.append({**base, "pass": p, "backend": name, "status": "FAIL"})
             continue
         for p in args.passes:
-            row = {**base, "pass": p, "backend": name}
+            row = {**base, "pass": p, "backend": name, "kernel_config": _config_text(kernel.get("config"))}
             if p == "fwdbwd" and name == "flex" and device.type != "cuda":
                 continue  # FlexAttention on CPU is forward-only
             try:
@@ -221,7 +277,7 @@ def run_case(case: Case, args, device, dtype, backends, rows, t_start) -> None:
                     def make(lay):
                         def fn():
                             with torch.no_grad():
-                                _run_backend(name, q, k, v, lay, bias)
+                                _run_backend(name, q, k, v, lay, bias, **kernel)
                         return fn
                 else:
                     qg, kg, vg, bg = (t.detach().requires_grad_(True) for t in (q, k, v, bias))
@@ -229,7 +285,7 @@ def run_case(case: Case, args, device, dtype, backends, rows, t_start) -> None:
 
                     def make(lay):
                         def fn():
-                            out = _run_backend(name, qg, kg, vg, lay, bg)
+                            out = _run_backend(name, qg, kg, vg, lay, bg, **kernel)
                             torch.autograd.backward(out, grad, inputs=[qg, kg, vg, bg])
                             qg.grad = kg.grad = vg.grad = bg.grad = None
                         return fn
@@ -273,6 +329,25 @@ def print_table(rows: list[dict]) -> None:
         print("  ".join(f"{str(x)[:13]:>9s}" for x in vals))
 
 
+def _parse_configs(p: argparse.ArgumentParser, text: Optional[str], device: torch.device) -> list[KernelConfig]:
+    """'64x64/w4/s2,128x64/w8/s3' -> KernelConfigs; 'sweep' -> TRITON_SWEEP; None -> the sweep on
+    CUDA, [] (the kernel's default config) elsewhere."""
+    if text is None:
+        return list(TRITON_SWEEP) if device.type == "cuda" else []
+    if text == "sweep":
+        return list(TRITON_SWEEP)
+    out = []
+    for item in (t for t in text.split(",") if t):
+        m = re.fullmatch(r"(\d+)x(\d+)/w(\d+)/s(\d+)", item.strip())
+        if not m:
+            p.error(f"--triton-configs: {item!r} is not BMxBN/wW/sS (e.g. 64x64/w4/s2)")
+        try:
+            out.append(KernelConfig(*(int(g) for g in m.groups())))
+        except ValueError as exc:
+            p.error(f"--triton-configs: {exc}")
+    return out
+
+
 def parse_args(argv: Optional[list[str]]) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m kernels.bench", description=__doc__.split("\n")[0])
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -288,6 +363,9 @@ def parse_args(argv: Optional[list[str]]) -> argparse.Namespace:
     p.add_argument("--quick", action="store_true", help="fewer lengths and repetitions")
     p.add_argument("--time-budget", type=float, default=None, help="seconds; stop starting new configurations after it")
     p.add_argument("--out", default=None, help="CSV path (default benchmarks/results/<device>.csv)")
+    p.add_argument("--triton-configs", default=None,
+                   help="Triton launch configs to try, 'BMxBN/wW/sS' comma list, or 'sweep' for the built-in "
+                        "set (default: sweep on CUDA, the default config otherwise)")
     args = p.parse_args(argv)
     args.device = torch.device(args.device)
     if args.dtype is None:
@@ -297,6 +375,7 @@ def parse_args(argv: Optional[list[str]]) -> argparse.Namespace:
         if w not in WORKLOADS:
             p.error(f"unknown workload {w!r}; choose from {list(WORKLOADS)}")
     args.passes = [x for x in args.passes.split(",") if x]
+    args.triton_configs = _parse_configs(p, args.triton_configs, args.device)
     for x in args.passes:
         if x not in ("fwd", "fwdbwd"):
             p.error(f"unknown pass {x!r}; choose from fwd, fwdbwd")
@@ -331,6 +410,8 @@ def main(argv: Optional[list[str]] = None) -> list[dict]:
         for L in lengths:
             for s in args.sparsities:
                 cases.append(Case(w, L, args.batch or default_batch(w, L, device), s))
+    # the cases the targets name come first, so that a time budget only ever skips the others
+    cases.sort(key=lambda c: PRIORITY.index((c.workload, c.L)) if (c.workload, c.L) in PRIORITY else len(PRIORITY))
     print(f"device {args.device_name}, dtype {args.dtype}, torch {torch.__version__}, triton {args.triton_version}, "
           f"threads {torch.get_num_threads()}, backends {backends}, {len(cases)} configurations", flush=True)
     rows: list[dict] = []

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from kernels import bench
 
@@ -82,3 +83,37 @@ def test_pattern_for_sparsity_rule():
         assert cfg.block_size == 64 and cfg.window % 64 == 0
     with pytest.raises(ValueError):
         pattern_for_sparsity(1024, 1.5)
+
+
+def test_bench_triton_launch_config_sweep(tmp_path, monkeypatch, capsys):
+    """The Triton backend's launch-config sweep (interpreter on a CPU): every config is gated, the
+    fastest is recorded in the CSV, and a config that fails the gate is never chosen."""
+    import os
+
+    if not torch.cuda.is_available():
+        assert os.environ.get("TRITON_INTERPRET") == "1"
+    real = bench._run_backend
+    bad = "64x32/w4/s3"
+
+    def broken_for_one_config(name, q, k, v, layout, bias, **kernel):
+        out = real(name, q, k, v, layout, bias, **kernel)
+        if name == "triton" and bench._config_text(kernel.get("config")) == bad:
+            return out + 1.0
+        return out
+
+    monkeypatch.setattr(bench, "_run_backend", broken_for_one_config)
+    out = tmp_path / "bench.csv"
+    bench.main(["--device", "cpu", "--workloads", "row", "--lengths", "128", "--sparsities", "50",
+                "--passes", "fwd", "--batch", "1", "--backends", "sdpa,triton", "--reps", "1", "--warmup", "0",
+                "--triton-configs", f"64x64/w4/s2,{bad}", "--out", str(out)])
+    rows = {r["backend"]: r for r in _rows(out)}
+    assert rows["triton"]["status"] == "ok"
+    assert rows["triton"]["kernel_config"] == "64x64/w4/s2"
+    assert rows["sdpa"]["kernel_config"] == ""
+    log = capsys.readouterr().out
+    assert f"FAILED gate: {bad}" in log and f"config {bad}" not in log  # gated out, never timed
+
+
+def test_bench_rejects_bad_launch_config():
+    with pytest.raises(SystemExit):
+        bench.main(["--device", "cpu", "--triton-configs", "64x48/w4/s2"])
