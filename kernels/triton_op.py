@@ -332,8 +332,9 @@ def triton_sparse_attention(
     dimensions, never expanded); config: tiles / warps / stages (default KernelConfig()), its tiles
     clipped to ``layout.block_size``.
     """
-    if q.dim() != 4 or k.shape != q.shape or v.shape != q.shape:
-        raise ValueError(f"q, k, v must all be [B, H, L, D] with the same shape; got {list(q.shape)}, {list(k.shape)}, {list(v.shape)}")
+    from . import check_inputs  # shapes, layout length and heads, bias broadcast (shared by all backends)
+
+    check_inputs(q, k, v, layout, bias)
     B, H, L, D = q.shape
     if D not in SUPPORTED_HEAD_DIMS:
         raise ValueError(f"triton backend supports head_dim in {list(SUPPORTED_HEAD_DIMS)}, got head_dim={D}")
@@ -345,14 +346,9 @@ def triton_sparse_attention(
         raise RuntimeError("triton backend needs CUDA tensors (or TRITON_INTERPRET=1 for CPU tensors)")
     if k.device != q.device or v.device != q.device or (bias is not None and bias.device != q.device):
         raise ValueError("q, k, v and bias must be on the same device")
-    if layout.seq_len != L:
-        raise ValueError(f"layout.seq_len={layout.seq_len} but q has L={L}")
-    if layout.num_heads is not None and layout.num_heads != H:
-        raise ValueError(f"per-head layout has {layout.num_heads} heads but q has H={H}")
     if bias is not None:
-        if bias.dim() > 4 or not bias.is_floating_point():
-            raise ValueError(f"bias must be a floating tensor broadcastable to [B, H, L, L]; got {list(bias.shape)} {bias.dtype}")
-        torch.broadcast_shapes(tuple(bias.shape), (B, H, L, L))
+        if not bias.is_floating_point():
+            raise ValueError(f"bias must be a floating tensor; got {bias.dtype}")
         while bias.dim() < 4:
             bias = bias.unsqueeze(0)  # a view: the gradient flows back to the caller's shape
     cfg = (config if config is not None else KernelConfig()).for_block(layout.block_size)
