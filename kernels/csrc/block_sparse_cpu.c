@@ -1,0 +1,436 @@
+/* Fused block-sparse attention with pair bias on the CPU: forward and backward, float32.
+ *
+ *   S = (scale Q) K^T + bias,   P = softmax_rows(S over the kept key blocks),   O = P V
+ *
+ * One work item is one query block row (forward, dQ) or one key block column (dK, dV, dBias) of one
+ * (batch, head). An item walks only the tiles its layout row/column keeps (the compact index of
+ * patterns.BlockLayout), reads each bias tile in place (rows of block_size contiguous floats, any
+ * broadcast over batch and heads through zero strides) and keeps scores, probabilities and the
+ * running softmax state in a per-thread scratch that stays in L1/L2: no logits, gathered keys or
+ * gathered bias are ever written to memory.
+ *
+ * Forward: online softmax (Milakov & Gimelshein 2018; FlashAttention, Dao et al. 2022, Alg. 1) per
+ * query row; it also returns LSE = m + log(l) for the backward.
+ * Backward (FlashAttention-2, Dao 2023, Alg. 2), with Delta = rowsum(dO * O) computed by the caller:
+ *   P = exp(S - LSE), dV = P^T dO, dP = dO V^T, dS = P * (dP - Delta),
+ *   dK = dS^T (scale Q), dQ = scale dS K, dBias = dS summed over the broadcast dimensions.
+ * dK/dV/dBias are computed per key block column and dQ per query block row in a second pass (the
+ * scores are recomputed), so every output element has exactly one writer: no atomics, and the
+ * result is deterministic and independent of the number of threads.
+ *
+ * Threads: the caller runs the same entry point from several threads; they share an atomic work
+ * counter over a caller-ordered item list (largest items first), so the load balances itself.
+ *
+ * Portability: plain C11 with GCC/Clang vector extensions (8 x float32 = one AVX register; the
+ * compiler splits or widens it for other ISAs); exp() is a Cephes-style polynomial with an exact
+ * zero below -87.3 so masked scores (-inf) give a probability of exactly 0.
+ */
+#include <math.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+typedef float v8 __attribute__((vector_size(32)));
+typedef float v8u __attribute__((vector_size(32), aligned(4)));
+typedef int32_t v8i __attribute__((vector_size(32)));
+
+#define VW 8
+#define RC 16 /* query rows per chunk in the forward pass */
+#define MAX_BS 128
+#define MAX_D 64
+#define ALWAYS_INLINE static inline __attribute__((always_inline))
+
+typedef struct {
+    int64_t B, H, L, Lp, D, BS, nb;
+    const float *q, *k, *v, *kt, *vt;  /* q, k, v [B,H,Lp,D]; kt, vt [B,H,nb,D,BS] (each block's
+                                          K^T / V^T tile contiguous); zero past L */
+    const float *bias;                  /* NULL or bias[b*sb_b + h*sb_h + i*sb_i + j] */
+    int64_t sb_b, sb_h, sb_i;
+    int64_t lh;                         /* layout heads: 1 (shared) or H */
+    const int32_t *kv_cnt, *kv_idx;     /* [lh, nb], [lh, nb, nb] */
+    const int32_t *q_cnt, *q_idx;       /* the transpose */
+    double scale;
+    float *o, *lse;                     /* [B,H,Lp,D], [B,H,Lp] */
+    const float *dout, *delta;          /* [B,H,Lp,D], [B,H,Lp] (backward) */
+    float *dq, *dk, *dv;                /* [B,H,Lp,D] */
+    float *dbias;                       /* NULL or [gB, gH, L, L] contiguous */
+    int64_t gB, gH;                     /* key-column item groups: gB in {1, B}, gH in {1, H} */
+    const int64_t *items;
+    int64_t n_items;
+    int64_t *counter;
+} Args;
+
+/* ---- small vector helpers ------------------------------------------------------------------- */
+ALWAYS_INLINE v8 splat(float x) { return (v8){x, x, x, x, x, x, x, x}; }
+ALWAYS_INLINE v8 loadu(const float *p) { return *(const v8u *)p; }
+ALWAYS_INLINE void storeu(float *p, v8 x) { *(v8u *)p = x; }
+ALWAYS_INLINE v8 vselect(v8i m, v8 a, v8 b) { return (v8)((m & (v8i)a) | (~m & (v8i)b)); }
+ALWAYS_INLINE v8 vmax(v8 a, v8 b) { return vselect(a > b, a, b); }
+ALWAYS_INLINE float hmax(v8 x) {
+    float m = x[0];
+    for (int i = 1; i < VW; i++) m = x[i] > m ? x[i] : m;
+    return m;
+}
+ALWAYS_INLINE float hsum(v8 x) {
+    return ((x[0] + x[4]) + (x[1] + x[5])) + ((x[2] + x[6]) + (x[3] + x[7]));
+}
+
+/* exp(x) for x <= ~88: 2^n * p(r), x = n ln2 + r, |r| <= ln2/2 (Cephes expf coefficients,
+ * relative error ~2e-7); exactly 0 for x < -87.3 (including -inf). */
+ALWAYS_INLINE v8 vexp(v8 x) {
+    const v8 lo = splat(-87.3f), magic = splat(12582912.0f);
+    v8i keep = x >= lo;
+    v8 xc = vmax(x, lo);
+    xc = vselect(xc < splat(88.0f), xc, splat(88.0f));
+    v8 t = xc * splat(1.44269504088896341f) + magic;
+    v8 n = t - magic;
+    v8i ni = (v8i)t - (v8i)magic;
+    v8 r = xc - n * splat(0.693359375f);
+    r = r - n * splat(-2.12194440e-4f);
+    v8 p = splat(1.9875691500e-4f);
+    p = p * r + splat(1.3981999507e-3f);
+    p = p * r + splat(8.3334519073e-3f);
+    p = p * r + splat(4.1665795894e-2f);
+    p = p * r + splat(1.6666665459e-1f);
+    p = p * r + splat(5.0000001201e-1f);
+    p = p * (r * r) + r + splat(1.0f);
+    v8 y = (v8)((v8i)p + (ni << 23));
+    return (v8)(keep & (v8i)y);
+}
+
+/* C[i][j] = sum_d A[i][d] * Bt[d][j] for i < rows (multiple of 4), j < BS (multiple of 16).
+ * A is [rows][D] with row stride lda; Bt is [D][BS] with row stride ldb; C is [rows][BS]. */
+ALWAYS_INLINE void mm_abt(const float *A, int64_t lda, const float *Bt, int64_t ldb, float *C,
+                          int rows, int BS, const int D) {
+    for (int i = 0; i < rows; i += 4) {
+        const float *a0 = A + (int64_t)i * lda, *a1 = a0 + lda, *a2 = a1 + lda, *a3 = a2 + lda;
+        for (int j = 0; j < BS; j += 16) {
+            v8 c00 = splat(0), c01 = splat(0), c10 = splat(0), c11 = splat(0);
+            v8 c20 = splat(0), c21 = splat(0), c30 = splat(0), c31 = splat(0);
+#pragma GCC unroll 8
+            for (int d = 0; d < D; d++) {
+                v8 b0 = loadu(Bt + d * ldb + j), b1 = loadu(Bt + d * ldb + j + 8);
+                v8 x;
+                x = splat(a0[d]); c00 += x * b0; c01 += x * b1;
+                x = splat(a1[d]); c10 += x * b0; c11 += x * b1;
+                x = splat(a2[d]); c20 += x * b0; c21 += x * b1;
+                x = splat(a3[d]); c30 += x * b0; c31 += x * b1;
+            }
+            float *c = C + (int64_t)i * BS + j;
+            storeu(c, c00); storeu(c + 8, c01);
+            storeu(c + BS, c10); storeu(c + BS + 8, c11);
+            storeu(c + 2 * BS, c20); storeu(c + 2 * BS + 8, c21);
+            storeu(c + 3 * BS, c30); storeu(c + 3 * BS + 8, c31);
+        }
+    }
+}
+
+/* O[i][:] = alpha[i] * O[i][:] + sum_{j < BS} P[i][j] * M[j][:]  for i < rows (alpha NULL: 1).
+ * P is [rows][BS]; M is [BS][D] contiguous; O is [rows][D]. Rows per step R keep R*D/8 <= 8
+ * accumulators in registers. */
+ALWAYS_INLINE void mm_pm(const float *P, const float *M, float *O, const float *alpha, int rows,
+                         int BS, const int D) {
+    enum { DVMAX = MAX_D / VW };
+    const int DV = D / VW;
+    const int R = D >= 64 ? 1 : (8 / DV > 4 ? 4 : 8 / DV);
+    for (int i = 0; i < rows; i += R) {
+        v8 acc[4][DVMAX];
+#pragma GCC unroll 4
+        for (int r = 0; r < R; r++)
+#pragma GCC unroll 8
+            for (int e = 0; e < DV; e++) acc[r][e] = splat(0);
+        for (int j = 0; j < BS; j++) {
+            v8 m[DVMAX];
+#pragma GCC unroll 8
+            for (int e = 0; e < DV; e++) m[e] = loadu(M + (int64_t)j * D + e * VW);
+#pragma GCC unroll 4
+            for (int r = 0; r < R; r++) {
+                v8 p = splat(P[(int64_t)(i + r) * BS + j]);
+#pragma GCC unroll 8
+                for (int e = 0; e < DV; e++) acc[r][e] += p * m[e];
+            }
+        }
+#pragma GCC unroll 4
+        for (int r = 0; r < R; r++) {
+            float *o = O + (int64_t)(i + r) * D;
+            v8 a = splat(alpha ? alpha[i + r] : 1.0f);
+#pragma GCC unroll 8
+            for (int e = 0; e < DV; e++) storeu(o + e * VW, loadu(o + e * VW) * a + acc[r][e]);
+        }
+    }
+}
+
+ALWAYS_INLINE void transpose(const float *X, float *Xt, int BS) {
+    for (int i = 0; i < BS; i++)
+        for (int j = 0; j < BS; j++) Xt[(int64_t)j * BS + i] = X[(int64_t)i * BS + j];
+}
+
+/* S[i][:] += bias tile (rows i < nr, columns j < nc); columns nc..BS-1 of rows < rows := -inf. */
+ALWAYS_INLINE void add_bias_and_mask(const Args *a, int64_t b, int64_t h, int64_t r0, int nr,
+                                     int64_t c0, int nc, float *S, int rows, int BS) {
+    if (a->bias) {
+        const float *brow = a->bias + b * a->sb_b + h * a->sb_h + r0 * a->sb_i + c0;
+        for (int i = 0; i < nr; i++, brow += a->sb_i) {
+            float *s = S + (int64_t)i * BS;
+            if (nc == BS) {
+                for (int j = 0; j < BS; j += VW) storeu(s + j, loadu(s + j) + loadu(brow + j));
+            } else {
+                for (int j = 0; j < nc; j++) s[j] += brow[j];
+            }
+        }
+    }
+    if (nc < BS)
+        for (int i = 0; i < rows; i++)
+            for (int j = nc; j < BS; j++) S[(int64_t)i * BS + j] = -INFINITY;
+}
+
+/* Ask for the bias rows r0..r0+nr-1, columns c0..c0+BS-1 to be brought into cache: the rows of a
+ * tile are a full bias row apart, a pattern the hardware prefetchers do not follow. */
+ALWAYS_INLINE void prefetch_bias(const Args *a, int64_t b, int64_t h, int64_t r0, int nr, int64_t c0,
+                                 int BS) {
+    if (!a->bias) return;
+    const char *row = (const char *)(a->bias + b * a->sb_b + h * a->sb_h + r0 * a->sb_i + c0);
+    const int64_t n = (int64_t)BS * (int64_t)sizeof(float);
+    for (int i = 0; i < nr; i++, row += a->sb_i * (int64_t)sizeof(float))
+        for (int64_t x = 0; x < n; x += 64) __builtin_prefetch(row + x, 0, 3);
+}
+
+/* Per-thread scratch. */
+typedef struct {
+    float *qs, *acc, *acc2, *s, *p, *t, *m, *l, *alpha;
+} Scratch;
+
+static int scratch_new(Scratch *w) {
+    size_t tile = (size_t)MAX_BS * MAX_BS, rows = (size_t)MAX_BS * MAX_D;
+    float *base = NULL;
+    if (posix_memalign((void **)&base, 64, sizeof(float) * (3 * rows + 3 * tile + 3 * MAX_BS)))
+        return 0;
+    w->qs = base;
+    w->acc = w->qs + rows;
+    w->acc2 = w->acc + rows;
+    w->s = w->acc2 + rows;
+    w->p = w->s + tile;
+    w->t = w->p + tile;
+    w->m = w->t + tile;
+    w->l = w->m + MAX_BS;
+    w->alpha = w->l + MAX_BS;
+    return 1;
+}
+
+ALWAYS_INLINE int64_t next_item(const Args *a) {
+    int64_t n = __atomic_fetch_add(a->counter, 1, __ATOMIC_RELAXED);
+    return n < a->n_items ? a->items[n] : -1;
+}
+
+/* Load the query tile times scale into qs [BS][D] (rows past L are zero in q). */
+ALWAYS_INLINE void load_q(const Args *a, int64_t bh, int64_t r0, float *qs, int BS, const int D) {
+    const float *src = a->q + (bh * a->Lp + r0) * D;
+    v8 sc = splat((float)a->scale);
+    for (int64_t x = 0; x < (int64_t)BS * D; x += VW) storeu(qs + x, loadu(src + x) * sc);
+}
+
+/* ---- forward ------------------------------------------------------------------------------- */
+ALWAYS_INLINE void fwd_item(const Args *a, Scratch *w, int64_t item, const int D) {
+    const int BS = (int)a->BS;
+    const int64_t nb = a->nb, H = a->H, Lp = a->Lp;
+    const int64_t qb = item % nb, bh = item / nb, h = bh % H, b = bh / H;
+    const int64_t lrow = (a->lh == 1 ? 0 : h) * nb + qb;
+    const int cnt = a->kv_cnt[lrow];
+    const int32_t *idx = a->kv_idx + lrow * nb;
+    const int64_t r0 = qb * BS;
+    const int nr = (int)(a->L - r0 < BS ? a->L - r0 : BS);
+    float *out = a->o + (bh * Lp + r0) * D, *lse = a->lse + bh * Lp + r0;
+    if (cnt == 0) {
+        memset(out, 0, sizeof(float) * BS * D);
+        for (int i = 0; i < BS; i++) lse[i] = -INFINITY;
+        return;
+    }
+    float *qs = w->qs, *O = w->acc, *S = w->s, *m = w->m, *l = w->l, *alpha = w->alpha;
+    load_q(a, bh, r0, qs, BS, D);
+    memset(O, 0, sizeof(float) * BS * D);
+    for (int i = 0; i < BS; i++) { m[i] = -INFINITY; l[i] = 0.0f; alpha[i] = 1.0f; }
+    for (int t = 0; t < cnt; t++) {
+        const int64_t c0 = (int64_t)idx[t] * BS;
+        const int nc = (int)(a->L - c0 < BS ? a->L - c0 : BS);
+        const float *kt = a->kt + (bh * nb + c0 / BS) * D * BS, *vb = a->v + (bh * Lp + c0) * D;
+        /* chunks of RC query rows: the chunk's scores, the K^T and V tiles stay in L1 */
+        for (int rc = 0; rc < nr; rc += RC) {
+            const int nrc = nr - rc < RC ? nr - rc : RC;
+            if (t + 1 < cnt) prefetch_bias(a, b, h, r0 + rc, nrc, (int64_t)idx[t + 1] * BS, BS);
+            mm_abt(qs + rc * D, D, kt, BS, S, RC, BS, D);
+            add_bias_and_mask(a, b, h, r0 + rc, nrc, c0, nc, S, RC, BS);
+            for (int i = 0; i < RC; i++) {
+                float *s = S + (int64_t)i * BS;
+                const int g = rc + i;
+                if (i >= nrc) {  /* padded query row: contributes nothing */
+                    memset(s, 0, sizeof(float) * BS);
+                    alpha[g] = 1.0f;
+                    continue;
+                }
+                v8 mx = loadu(s);
+                for (int j = VW; j < BS; j += VW) mx = vmax(mx, loadu(s + j));
+                float mnew = hmax(mx);
+                if (m[g] > mnew) mnew = m[g];
+                if (mnew == -INFINITY) {  /* every score so far is -inf (bias): nothing to add */
+                    memset(s, 0, sizeof(float) * BS);
+                    alpha[g] = 1.0f;
+                    continue;
+                }
+                v8 mv = splat(mnew), sum = splat(0);
+                for (int j = 0; j < BS; j += VW) {
+                    v8 p = vexp(loadu(s + j) - mv);
+                    storeu(s + j, p);
+                    sum += p;
+                }
+                alpha[g] = m[g] == -INFINITY ? 0.0f : expf(m[g] - mnew);
+                l[g] = l[g] * alpha[g] + hsum(sum);
+                m[g] = mnew;
+            }
+            mm_pm(S, vb, O + rc * D, alpha + rc, RC, BS, D);
+        }
+    }
+    for (int i = 0; i < BS; i++) {
+        float *o = out + (int64_t)i * D;
+        if (i < nr && l[i] > 0.0f) {
+            v8 inv = splat(1.0f / l[i]);
+            for (int e = 0; e < D; e += VW) storeu(o + e, loadu(O + (int64_t)i * D + e) * inv);
+            lse[i] = m[i] + logf(l[i]);
+        } else {
+            memset(o, 0, sizeof(float) * D);
+            lse[i] = -INFINITY;
+        }
+    }
+}
+
+/* ---- backward ------------------------------------------------------------------------------ */
+/* P = exp(S - lse) and dS = P * (dP - delta) for one tile; S holds the scores on entry and P on
+ * exit, T holds dP on entry and dS on exit. Rows with lse = -inf (no key, padding) give 0. */
+ALWAYS_INLINE void tile_ds(float *S, float *T, const float *lse, const float *delta, int BS) {
+    for (int i = 0; i < BS; i++) {
+        float *s = S + (int64_t)i * BS, *t = T + (int64_t)i * BS;
+        if (lse[i] == -INFINITY) {
+            memset(s, 0, sizeof(float) * BS);
+            memset(t, 0, sizeof(float) * BS);
+            continue;
+        }
+        v8 lv = splat(lse[i]), dv = splat(delta[i]);
+        for (int j = 0; j < BS; j += VW) {
+            v8 p = vexp(loadu(s + j) - lv);
+            storeu(s + j, p);
+            storeu(t + j, p * (loadu(t + j) - dv));
+        }
+    }
+}
+
+/* dK, dV (and dBias) of key block kb for every (b, h) in the item's group. */
+ALWAYS_INLINE void bwd_kv_item(const Args *a, Scratch *w, int64_t item, const int D) {
+    const int BS = (int)a->BS;
+    const int64_t nb = a->nb, H = a->H, B = a->B, Lp = a->Lp, L = a->L;
+    const int64_t kb = item % nb, g = item / nb, hg = g % a->gH, bg = g / a->gH;
+    const int64_t b0 = a->gB == B ? bg : 0, b1 = a->gB == B ? bg + 1 : B;
+    const int64_t h0 = a->gH == H ? hg : 0, h1 = a->gH == H ? hg + 1 : H;
+    const int64_t c0 = kb * BS;
+    const int nc = (int)(L - c0 < BS ? L - c0 : BS);
+    float *qs = w->qs, *S = w->s, *T = w->p, *X = w->t;
+    float *dK = w->acc, *dV = w->acc2;
+    float *dbias = a->dbias ? a->dbias + (bg * a->gH + hg) * L * L : NULL;
+    for (int64_t b = b0; b < b1; b++) {
+        for (int64_t h = h0; h < h1; h++) {
+            const int64_t bh = b * H + h;
+            const int64_t lcol = (a->lh == 1 ? 0 : h) * nb + kb;
+            const int cnt = a->q_cnt[lcol];
+            const int32_t *idx = a->q_idx + lcol * nb;
+            memset(dK, 0, sizeof(float) * BS * D);
+            memset(dV, 0, sizeof(float) * BS * D);
+            const float *kt = a->kt + (bh * nb + kb) * D * BS, *vt = a->vt + (bh * nb + kb) * D * BS;
+            for (int t = 0; t < cnt; t++) {
+                const int64_t r0 = (int64_t)idx[t] * BS;
+                const int nr = (int)(L - r0 < BS ? L - r0 : BS);
+                const float *dO = a->dout + (bh * Lp + r0) * D;
+                load_q(a, bh, r0, qs, BS, D);
+                mm_abt(qs, D, kt, BS, S, BS, BS, D);
+                add_bias_and_mask(a, b, h, r0, nr, c0, nc, S, BS, BS);
+                mm_abt(dO, D, vt, BS, T, BS, BS, D);
+                tile_ds(S, T, a->lse + bh * Lp + r0, a->delta + bh * Lp + r0, BS);
+                if (dbias) {
+                    float *db = dbias + r0 * L + c0;
+                    for (int i = 0; i < nr; i++)
+                        for (int j = 0; j < nc; j++) db[(int64_t)i * L + j] += T[(int64_t)i * BS + j];
+                }
+                transpose(S, X, BS);                    /* P^T */
+                mm_pm(X, dO, dV, NULL, BS, BS, D);      /* dV += P^T dO */
+                transpose(T, X, BS);                    /* dS^T */
+                mm_pm(X, qs, dK, NULL, BS, BS, D);      /* dK += dS^T (scale Q) */
+            }
+            memcpy(a->dk + (bh * Lp + c0) * D, dK, sizeof(float) * BS * D);
+            memcpy(a->dv + (bh * Lp + c0) * D, dV, sizeof(float) * BS * D);
+        }
+    }
+}
+
+/* dQ of query block qb of one (b, h). */
+ALWAYS_INLINE void bwd_q_item(const Args *a, Scratch *w, int64_t item, const int D) {
+    const int BS = (int)a->BS;
+    const int64_t nb = a->nb, H = a->H, Lp = a->Lp, L = a->L;
+    const int64_t qb = item % nb, bh = item / nb, h = bh % H, b = bh / H;
+    const int64_t lrow = (a->lh == 1 ? 0 : h) * nb + qb;
+    const int cnt = a->kv_cnt[lrow];
+    const int32_t *idx = a->kv_idx + lrow * nb;
+    const int64_t r0 = qb * BS;
+    const int nr = (int)(L - r0 < BS ? L - r0 : BS);
+    float *qs = w->qs, *dQ = w->acc, *S = w->s, *T = w->p;
+    const float *dO = a->dout + (bh * Lp + r0) * D;
+    memset(dQ, 0, sizeof(float) * BS * D);
+    load_q(a, bh, r0, qs, BS, D);
+    for (int t = 0; t < cnt; t++) {
+        const int64_t c0 = (int64_t)idx[t] * BS;
+        const int nc = (int)(L - c0 < BS ? L - c0 : BS);
+        mm_abt(qs, D, a->kt + (bh * nb + c0 / BS) * D * BS, BS, S, BS, BS, D);
+        add_bias_and_mask(a, b, h, r0, nr, c0, nc, S, BS, BS);
+        mm_abt(dO, D, a->vt + (bh * nb + c0 / BS) * D * BS, BS, T, BS, BS, D);
+        tile_ds(S, T, a->lse + bh * Lp + r0, a->delta + bh * Lp + r0, BS);
+        mm_pm(T, a->k + (bh * Lp + c0) * D, dQ, NULL, BS, BS, D);  /* dQ += dS K */
+    }
+    float *out = a->dq + (bh * Lp + r0) * D;
+    v8 sc = splat((float)a->scale);
+    for (int64_t x = 0; x < (int64_t)BS * D; x += VW) storeu(out + x, loadu(dQ + x) * sc);
+}
+
+/* ---- entry points: one per pass, specialised per head dim ---------------------------------- */
+#define SUPPORTED_D(D) ((D) == 8 || (D) == 16 || (D) == 32 || (D) == 64)
+#define ENTRY(NAME, FN)                                                     \
+    static void NAME##_8(const Args *a, Scratch *w) { for (int64_t it = next_item(a); it >= 0; it = next_item(a)) FN(a, w, it, 8); } \
+    static void NAME##_16(const Args *a, Scratch *w) { for (int64_t it = next_item(a); it >= 0; it = next_item(a)) FN(a, w, it, 16); } \
+    static void NAME##_32(const Args *a, Scratch *w) { for (int64_t it = next_item(a); it >= 0; it = next_item(a)) FN(a, w, it, 32); } \
+    static void NAME##_64(const Args *a, Scratch *w) { for (int64_t it = next_item(a); it >= 0; it = next_item(a)) FN(a, w, it, 64); } \
+    int NAME(const Args *a) {                                               \
+        Scratch w;                                                          \
+        if (a->BS > MAX_BS || a->BS % 16 || !SUPPORTED_D(a->D)) return -2; \
+        if (!scratch_new(&w)) return -1;                                    \
+        switch (a->D) {                                                     \
+        case 8: NAME##_8(a, &w); break;                                     \
+        case 16: NAME##_16(a, &w); break;                                   \
+        case 32: NAME##_32(a, &w); break;                                   \
+        case 64: NAME##_64(a, &w); break;                                   \
+        }                                                                   \
+        free(w.qs);                                                         \
+        return 0;                                                           \
+    }
+
+/* Pack one key block of k ([B,H,Lp,D]) into its transposed tile of kt ([B,H,nb,D,BS]). */
+ALWAYS_INLINE void pack_item(const Args *a, Scratch *w, int64_t item, const int D) {
+    (void)w;
+    const int BS = (int)a->BS;
+    const float *src = a->k + item * BS * D;
+    float *dst = (float *)a->kt + item * BS * D;
+    for (int j = 0; j < BS; j++)
+        for (int d = 0; d < D; d++) dst[d * BS + j] = src[j * D + d];
+}
+
+ENTRY(bsa_pack_t, pack_item)
+ENTRY(bsa_forward, fwd_item)
+ENTRY(bsa_backward_kv, bwd_kv_item)
+ENTRY(bsa_backward_q, bwd_q_item)
+
+/* Version of the Args layout, checked by the caller. */
+int bsa_abi_version(void) { return 1; }
