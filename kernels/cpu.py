@@ -1,8 +1,17 @@
-"""The CPU backend: block-sparse attention as a few large fused SDPA calls.
+"""The CPU backend: the fastest correct block-sparse attention on a CPU.
 
     O = softmax(Q K^T * scale + bias, masked to the layout) V      (exactly ``reference_attention``)
 
-Design (what makes it fast on a CPU):
+``cpu_sparse_attention`` picks one of three engines:
+
+* a full layout: ``scaled_dot_product_attention`` with the bias (the dense baseline itself, so the
+  backend is never slower than dense at 0% sparsity);
+* float32 (and half, computed in float32) with head dim 8/16/32/64: the fused C kernel of
+  ``kernels.cpu_fused`` (one pass over the kept tiles, bias read in place, no gathered buffers);
+* otherwise (float64, other head dims, or no C compiler on the machine): the SDPA-bucket engine
+  below, ``bucket_sparse_attention``.
+
+SDPA-bucket engine design:
 
 * Query block rows are split into a few groups, not into runs of consecutive rows:
   - the full rows (every key block kept, e.g. global tokens) form one dense SDPA call: their query
@@ -48,7 +57,9 @@ import torch.nn.functional as F
 
 from patterns import BlockLayout
 
-__all__ = ["cpu_sparse_attention"]
+from . import cpu_fused
+
+__all__ = ["cpu_sparse_attention", "bucket_sparse_attention"]
 
 
 # A bucket may pad its rows by at most this fraction of its largest count (more rows of a lower
@@ -338,7 +349,29 @@ def cpu_sparse_attention(
     if layout.is_full:
         mask = None if bias is None else bias.contiguous()
         return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale).to(out_dtype)
+    if ct == torch.float32 and cpu_fused.supports(q, layout):
+        return cpu_fused.fused_sparse_attention(q, k, v, layout, bias, scale=scale).to(out_dtype)
+    return bucket_sparse_attention(q, k, v, layout, bias, scale=scale).to(out_dtype)
 
+
+def bucket_sparse_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    layout: BlockLayout,
+    bias: Optional[torch.Tensor] = None,
+    *,
+    scale: Optional[float] = None,
+) -> torch.Tensor:
+    """The SDPA-bucket engine (see the module docstring): float32 or float64, any head dim; used
+    when the fused kernel cannot run (float64 inputs, other head dims, no C compiler)."""
+    B, H, L, D = q.shape
+    scale = 1.0 / math.sqrt(D) if scale is None else float(scale)
+    out_dtype = q.dtype
+    ct = torch.float32 if q.dtype in (torch.float16, torch.bfloat16) else q.dtype
+    q, k, v = q.to(ct), k.to(ct), v.to(ct)
+    if bias is not None:
+        bias = bias.to(ct)
     bs = layout.block_size
     if not bool(layout.block_mask.any()):
         return _Zeros.apply((B, H, L, D), q, k, v, bias).to(out_dtype)

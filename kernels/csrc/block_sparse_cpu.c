@@ -75,6 +75,29 @@ ALWAYS_INLINE float hsum(v8 x) {
     return ((x[0] + x[4]) + (x[1] + x[5])) + ((x[2] + x[6]) + (x[3] + x[7]));
 }
 
+/* Lane shuffles of two vectors (indices 0..15 over the concatenation a:b). */
+#if defined(__clang__)
+#define SHUF(a, b, ...) __builtin_shufflevector(a, b, __VA_ARGS__)
+#else
+#define SHUF(a, b, ...) __builtin_shuffle(a, b, (v8i){__VA_ARGS__})
+#endif
+
+/* out[i] = reduction of the 8 lanes of r[i], for 8 vectors at once (a 3-level transpose-reduce). */
+#define REDUCE8(NAME, OP)                                                                        \
+    ALWAYS_INLINE v8 NAME(const v8 *r) {                                                         \
+        v8 t[4], u[2];                                                                           \
+        for (int p = 0; p < 4; p++)                                                              \
+            t[p] = OP(SHUF(r[2 * p], r[2 * p + 1], 0, 1, 2, 3, 8, 9, 10, 11),                    \
+                      SHUF(r[2 * p], r[2 * p + 1], 4, 5, 6, 7, 12, 13, 14, 15));                 \
+        for (int p = 0; p < 2; p++)                                                              \
+            u[p] = OP(SHUF(t[2 * p], t[2 * p + 1], 0, 1, 4, 5, 8, 9, 12, 13),                    \
+                      SHUF(t[2 * p], t[2 * p + 1], 2, 3, 6, 7, 10, 11, 14, 15));                 \
+        return OP(SHUF(u[0], u[1], 0, 2, 4, 6, 8, 10, 12, 14), SHUF(u[0], u[1], 1, 3, 5, 7, 9, 11, 13, 15)); \
+    }
+ALWAYS_INLINE v8 vadd(v8 a, v8 b) { return a + b; }
+REDUCE8(reduce8_max, vmax)
+REDUCE8(reduce8_sum, vadd)
+
 /* exp(x) for x <= ~88: 2^n * p(r), x = n ln2 + r, |r| <= ln2/2 (Cephes expf coefficients,
  * relative error ~2e-7); exactly 0 for x < -87.3 (including -inf). */
 ALWAYS_INLINE v8 vexp(v8 x) {
@@ -98,62 +121,77 @@ ALWAYS_INLINE v8 vexp(v8 x) {
     return (v8)(keep & (v8i)y);
 }
 
-/* C[i][j] = sum_d A[i][d] * Bt[d][j] for i < rows (multiple of 4), j < BS (multiple of 16).
- * A is [rows][D] with row stride lda; Bt is [D][BS] with row stride ldb; C is [rows][BS]. */
+/* Register budget: 32 vector registers with AVX-512VL (also for its 256-bit forms), 16 otherwise.
+ * The micro-kernels below size their accumulator blocks to it. */
+#if defined(__AVX512VL__)
+#define ACC_REGS 16
+#else
+#define ACC_REGS 8
+#endif
+#define MM_ROWS (ACC_REGS / 2) /* rows per step of mm_abt: MM_ROWS x 16 columns of C */
+
+/* C[i][j] = sum_d A[i][d] * Bt[d][j] for i < rows (multiple of MM_ROWS), j < BS (multiple of 16).
+ * A is [rows][D] with row stride lda; Bt is [D][BS] with row stride ldb; C is [rows][BS].
+ * Each step keeps an MM_ROWS x 16 block of C in registers: per d, 2 loads of Bt and MM_ROWS
+ * broadcasts of A feed 2*MM_ROWS FMAs. */
 ALWAYS_INLINE void mm_abt(const float *A, int64_t lda, const float *Bt, int64_t ldb, float *C,
                           int rows, int BS, const int D) {
-    for (int i = 0; i < rows; i += 4) {
-        const float *a0 = A + (int64_t)i * lda, *a1 = a0 + lda, *a2 = a1 + lda, *a3 = a2 + lda;
+    for (int i = 0; i < rows; i += MM_ROWS) {
+        const float *a = A + (int64_t)i * lda;
         for (int j = 0; j < BS; j += 16) {
-            v8 c00 = splat(0), c01 = splat(0), c10 = splat(0), c11 = splat(0);
-            v8 c20 = splat(0), c21 = splat(0), c30 = splat(0), c31 = splat(0);
-#pragma GCC unroll 8
+            v8 c[MM_ROWS][2];
+#pragma GCC unroll 16
+            for (int r = 0; r < MM_ROWS; r++) c[r][0] = c[r][1] = splat(0);
+#pragma GCC unroll 4
             for (int d = 0; d < D; d++) {
-                v8 b0 = loadu(Bt + d * ldb + j), b1 = loadu(Bt + d * ldb + j + 8);
-                v8 x;
-                x = splat(a0[d]); c00 += x * b0; c01 += x * b1;
-                x = splat(a1[d]); c10 += x * b0; c11 += x * b1;
-                x = splat(a2[d]); c20 += x * b0; c21 += x * b1;
-                x = splat(a3[d]); c30 += x * b0; c31 += x * b1;
+                const v8 b0 = loadu(Bt + d * ldb + j), b1 = loadu(Bt + d * ldb + j + 8);
+#pragma GCC unroll 16
+                for (int r = 0; r < MM_ROWS; r++) {
+                    const v8 x = splat(a[r * lda + d]);
+                    c[r][0] += x * b0;
+                    c[r][1] += x * b1;
+                }
             }
-            float *c = C + (int64_t)i * BS + j;
-            storeu(c, c00); storeu(c + 8, c01);
-            storeu(c + BS, c10); storeu(c + BS + 8, c11);
-            storeu(c + 2 * BS, c20); storeu(c + 2 * BS + 8, c21);
-            storeu(c + 3 * BS, c30); storeu(c + 3 * BS + 8, c31);
+            float *o = C + (int64_t)i * BS + j;
+#pragma GCC unroll 16
+            for (int r = 0; r < MM_ROWS; r++) {
+                storeu(o + r * BS, c[r][0]);
+                storeu(o + r * BS + 8, c[r][1]);
+            }
         }
     }
 }
 
 /* O[i][:] = alpha[i] * O[i][:] + sum_{j < BS} P[i][j] * M[j][:]  for i < rows (alpha NULL: 1).
- * P is [rows][BS]; M is [BS][D] contiguous; O is [rows][D]. Rows per step R keep R*D/8 <= 8
- * accumulators in registers. */
+ * P is [rows][BS]; M is [BS][D] contiguous; O is [rows][D]. A step keeps R rows x D columns of O
+ * in registers (R * D/8 <= ACC_REGS): per j, D/8 loads of M and R broadcasts of P feed R*D/8 FMAs. */
 ALWAYS_INLINE void mm_pm(const float *P, const float *M, float *O, const float *alpha, int rows,
                          int BS, const int D) {
-    enum { DVMAX = MAX_D / VW };
+    enum { DVMAX = MAX_D / VW, RMAX = 8 };
     const int DV = D / VW;
-    const int R = D >= 64 ? 1 : (8 / DV > 4 ? 4 : 8 / DV);
+    const int R = ACC_REGS / DV > RMAX ? RMAX : ACC_REGS / DV;
     for (int i = 0; i < rows; i += R) {
-        v8 acc[4][DVMAX];
-#pragma GCC unroll 4
+        v8 acc[RMAX][DVMAX];
+#pragma GCC unroll 8
         for (int r = 0; r < R; r++)
 #pragma GCC unroll 8
             for (int e = 0; e < DV; e++) acc[r][e] = splat(0);
+#pragma GCC unroll 2
         for (int j = 0; j < BS; j++) {
             v8 m[DVMAX];
 #pragma GCC unroll 8
             for (int e = 0; e < DV; e++) m[e] = loadu(M + (int64_t)j * D + e * VW);
-#pragma GCC unroll 4
+#pragma GCC unroll 8
             for (int r = 0; r < R; r++) {
-                v8 p = splat(P[(int64_t)(i + r) * BS + j]);
+                const v8 p = splat(P[(int64_t)(i + r) * BS + j]);
 #pragma GCC unroll 8
                 for (int e = 0; e < DV; e++) acc[r][e] += p * m[e];
             }
         }
-#pragma GCC unroll 4
+#pragma GCC unroll 8
         for (int r = 0; r < R; r++) {
             float *o = O + (int64_t)(i + r) * D;
-            v8 a = splat(alpha ? alpha[i + r] : 1.0f);
+            const v8 a = splat(alpha ? alpha[i + r] : 1.0f);
 #pragma GCC unroll 8
             for (int e = 0; e < DV; e++) storeu(o + e * VW, loadu(o + e * VW) * a + acc[r][e]);
         }
@@ -192,7 +230,50 @@ ALWAYS_INLINE void prefetch_bias(const Args *a, int64_t b, int64_t h, int64_t r0
     const char *row = (const char *)(a->bias + b * a->sb_b + h * a->sb_h + r0 * a->sb_i + c0);
     const int64_t n = (int64_t)BS * (int64_t)sizeof(float);
     for (int i = 0; i < nr; i++, row += a->sb_i * (int64_t)sizeof(float))
-        for (int64_t x = 0; x < n; x += 64) __builtin_prefetch(row + x, 0, 3);
+        for (int64_t x = 0; x < n; x += 64) __builtin_prefetch(row + x, 0, 2);
+}
+
+/* One online-softmax step for 8 query rows of a score tile S [8][BS] (FlashAttention Alg. 1):
+ * optionally S += bias rows (rows < nbias only: rows past L have none), then per row
+ * m' = max(m, max_j S), P = exp(S - m') (stored in S), alpha = exp(m - m'), l' = alpha l + sum_j P.
+ * Row reductions are done for the 8 rows at once (shuffle networks), so m, l, alpha stay vectors.
+ * A row whose scores are all -inf so far keeps m = -inf, P = 0. */
+ALWAYS_INLINE void softmax8(float *S, int BS, const float *bias, int64_t sb_i, int nbias, float *m,
+                            float *l, float *alpha) {
+    v8 red[VW];
+    for (int r = 0; r < VW; r++) {
+        float *s = S + (int64_t)r * BS;
+        v8 mx = splat(-INFINITY);
+        if (bias && r < nbias) {
+            const float *br = bias + r * sb_i;
+            for (int j = 0; j < BS; j += VW) {
+                v8 x = loadu(s + j) + loadu(br + j);
+                storeu(s + j, x);
+                mx = vmax(mx, x);
+            }
+        } else {
+            for (int j = 0; j < BS; j += VW) mx = vmax(mx, loadu(s + j));
+        }
+        red[r] = mx;
+    }
+    const v8 mold = loadu(m), ninf = splat(-INFINITY);
+    const v8 mnew = vmax(mold, reduce8_max(red));
+    const v8 msub = vselect(mnew == ninf, splat(0), mnew);
+    const v8 al = vexp(mold - msub);
+    for (int r = 0; r < VW; r++) {
+        float *s = S + (int64_t)r * BS;
+        const v8 mr = splat(msub[r]);
+        v8 sum = splat(0);
+        for (int j = 0; j < BS; j += VW) {
+            v8 p = vexp(loadu(s + j) - mr);
+            storeu(s + j, p);
+            sum += p;
+        }
+        red[r] = sum;
+    }
+    storeu(l, loadu(l) * al + reduce8_sum(red));
+    storeu(m, mnew);
+    storeu(alpha, al);
 }
 
 /* Per-thread scratch. */
@@ -258,34 +339,13 @@ ALWAYS_INLINE void fwd_item(const Args *a, Scratch *w, int64_t item, const int D
             const int nrc = nr - rc < RC ? nr - rc : RC;
             if (t + 1 < cnt) prefetch_bias(a, b, h, r0 + rc, nrc, (int64_t)idx[t + 1] * BS, BS);
             mm_abt(qs + rc * D, D, kt, BS, S, RC, BS, D);
-            add_bias_and_mask(a, b, h, r0 + rc, nrc, c0, nc, S, RC, BS);
-            for (int i = 0; i < RC; i++) {
-                float *s = S + (int64_t)i * BS;
-                const int g = rc + i;
-                if (i >= nrc) {  /* padded query row: contributes nothing */
-                    memset(s, 0, sizeof(float) * BS);
-                    alpha[g] = 1.0f;
-                    continue;
-                }
-                v8 mx = loadu(s);
-                for (int j = VW; j < BS; j += VW) mx = vmax(mx, loadu(s + j));
-                float mnew = hmax(mx);
-                if (m[g] > mnew) mnew = m[g];
-                if (mnew == -INFINITY) {  /* every score so far is -inf (bias): nothing to add */
-                    memset(s, 0, sizeof(float) * BS);
-                    alpha[g] = 1.0f;
-                    continue;
-                }
-                v8 mv = splat(mnew), sum = splat(0);
-                for (int j = 0; j < BS; j += VW) {
-                    v8 p = vexp(loadu(s + j) - mv);
-                    storeu(s + j, p);
-                    sum += p;
-                }
-                alpha[g] = m[g] == -INFINITY ? 0.0f : expf(m[g] - mnew);
-                l[g] = l[g] * alpha[g] + hsum(sum);
-                m[g] = mnew;
-            }
+            /* the bias is added in the max pass when the tile is whole; else beforehand */
+            const int fuse = a->bias != NULL && nc == BS;
+            if (!fuse) add_bias_and_mask(a, b, h, r0 + rc, nrc, c0, nc, S, RC, BS);
+            const float *brow = fuse ? a->bias + b * a->sb_b + h * a->sb_h + (r0 + rc) * a->sb_i + c0 : NULL;
+            for (int g0 = 0; g0 < RC; g0 += VW)
+                softmax8(S + (int64_t)g0 * BS, BS, brow ? brow + g0 * a->sb_i : NULL, a->sb_i, nrc - g0,
+                         m + rc + g0, l + rc + g0, alpha + rc + g0);
             mm_pm(S, vb, O + rc * D, alpha + rc, RC, BS, D);
         }
     }
