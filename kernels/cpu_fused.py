@@ -7,7 +7,8 @@ query block row; FlashAttention-2 backward with a key-column pass for dK/dV/dBia
 pass for dQ, so the result is deterministic). It is compiled on first use with the system C
 compiler (the same one ``torch.compile`` needs on a CPU) for this machine (``-march=native``) and
 cached under ``$SPARSE_AUTOTUNE_CACHE`` (default ``~/.cache/protein-sparse-autotune``), keyed by
-the source, the compiler, the flags and the host. Without a working compiler ``available()`` is
+the source, the compiler, the flags and the host (a temporary folder when that one is not
+writable). Without a working compiler ``available()`` is
 False with the reason in ``unavailable_reason()`` and the CPU backend uses its SDPA-bucket path.
 
 Threads: ``torch.get_num_threads()`` Python threads call the kernel at once (ctypes releases the
@@ -86,9 +87,12 @@ def _compiler() -> Optional[str]:
 
 def _build(cc: str, flags: list[str], out: Path) -> Optional[str]:
     """Compile SOURCE into ``out`` atomically; return an error message or None."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(suffix=".so", dir=out.parent)
-    os.close(fd)
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(suffix=".so", dir=out.parent)
+        os.close(fd)
+    except OSError as exc:
+        return f"cannot write to {out.parent}: {exc.strerror or exc}"
     cmd = [*cc.split(), *flags, "-o", tmp, str(SOURCE), "-lm"]
     try:
         res = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
@@ -121,8 +125,11 @@ def _load() -> tuple[Optional[ctypes.CDLL], str]:
                 key = hashlib.sha256(
                     b"\0".join([src, cc.encode(), " ".join(flags).encode(), platform.machine().encode(), platform.node().encode()])
                 ).hexdigest()[:16]
-                so = _cache_dir() / f"block_sparse_cpu-{key}.so"
-                err = None if so.exists() else _build(cc, flags, so)
+                for folder in (_cache_dir(), Path(tempfile.gettempdir()) / f"protein-sparse-autotune-{getattr(os, 'getuid', lambda: 0)()}"):
+                    so = folder / f"block_sparse_cpu-{key}.so"
+                    err = None if so.exists() else _build(cc, flags, so)
+                    if err is None or not err.startswith("cannot write"):
+                        break  # built (or a compile error): an unwritable cache falls back to a temp dir
                 if err is None:
                     try:
                         cand = ctypes.CDLL(str(so))
@@ -183,19 +190,17 @@ def _pool(n: int) -> ThreadPoolExecutor:
     return _POOLS[n]
 
 
-def _run(name: str, args: _Args, items: torch.Tensor) -> None:
+def _run(name: str, args: _Args, items: torch.Tensor, max_threads: int = 1 << 30) -> None:
     lib, reason = _load()
     if lib is None:
         raise RuntimeError(reason)
     counter = torch.zeros(1, dtype=torch.int64)
     args.items, args.n_items, args.counter = items.data_ptr(), items.numel(), counter.data_ptr()
     fn = getattr(lib, name)
-    n = max(1, min(torch.get_num_threads(), items.numel()))
-    if n == 1:
-        codes = [fn(ctypes.byref(args))]
-    else:
-        futures = [_pool(n).submit(fn, ctypes.byref(args)) for _ in range(n)]
-        codes = [f.result() for f in futures]
+    n = max(1, min(torch.get_num_threads(), items.numel(), max_threads))
+    # n - 1 pool threads and the calling thread work through the same item list
+    futures = [_pool(n - 1).submit(fn, ctypes.byref(args)) for _ in range(n - 1)] if n > 1 else []
+    codes = [fn(ctypes.byref(args))] + [f.result() for f in futures]
     if any(c != 0 for c in codes):
         raise RuntimeError(f"fused CPU kernel {name} failed (code {min(codes)})")
 
@@ -216,7 +221,8 @@ def _block_t(t: torch.Tensor, bs: int) -> torch.Tensor:
     a = _Args()
     a.B, a.H, a.L, a.Lp, a.D, a.BS, a.nb = B, H, Lp, Lp, D, bs, Lp // bs
     a.k, a.kt = t.data_ptr(), out.data_ptr()
-    _run("bsa_pack_t", a, _arange(B * H * (Lp // bs)))
+    # a small copy is not worth a thread hand-off
+    _run("bsa_pack_t", a, _arange(B * H * (Lp // bs)), max_threads=1 if t.numel() < (1 << 18) else 1 << 30)
     return out
 
 

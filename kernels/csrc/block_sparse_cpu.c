@@ -337,7 +337,10 @@ ALWAYS_INLINE void fwd_item(const Args *a, Scratch *w, int64_t item, const int D
         /* chunks of RC query rows: the chunk's scores, the K^T and V tiles stay in L1 */
         for (int rc = 0; rc < nr; rc += RC) {
             const int nrc = nr - rc < RC ? nr - rc : RC;
+            /* the same rows of the next tile; in the first tile also the next chunk's rows */
             if (t + 1 < cnt) prefetch_bias(a, b, h, r0 + rc, nrc, (int64_t)idx[t + 1] * BS, BS);
+            if (t == 0 && rc + RC < nr)
+                prefetch_bias(a, b, h, r0 + rc + RC, nr - rc - RC < RC ? nr - rc - RC : RC, c0, BS);
             mm_abt(qs + rc * D, D, kt, BS, S, RC, BS, D);
             /* the bias is added in the max pass when the tile is whole; else beforehand */
             const int fuse = a->bias != NULL && nc == BS;
