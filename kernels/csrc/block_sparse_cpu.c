@@ -94,6 +94,31 @@ ALWAYS_INLINE float hsum(v8 x) {
                       SHUF(t[2 * p], t[2 * p + 1], 2, 3, 6, 7, 10, 11, 14, 15));                 \
         return OP(SHUF(u[0], u[1], 0, 2, 4, 6, 8, 10, 12, 14), SHUF(u[0], u[1], 1, 3, 5, 7, 9, 11, 13, 15)); \
     }
+/* dst[c][r] = src[r][c] for an 8 x 8 block (row strides ls, ld): three shuffle stages. */
+ALWAYS_INLINE void transpose8(const float *src, int64_t ls, float *dst, int64_t ld) {
+    v8 r[8], t[8], u[8];
+    for (int i = 0; i < 8; i++) r[i] = loadu(src + i * ls);
+    for (int p = 0; p < 4; p++) {
+        t[2 * p] = SHUF(r[2 * p], r[2 * p + 1], 0, 8, 1, 9, 4, 12, 5, 13);
+        t[2 * p + 1] = SHUF(r[2 * p], r[2 * p + 1], 2, 10, 3, 11, 6, 14, 7, 15);
+    }
+    for (int base = 0; base < 8; base += 4) {
+        u[base] = SHUF(t[base], t[base + 2], 0, 1, 8, 9, 4, 5, 12, 13);
+        u[base + 1] = SHUF(t[base], t[base + 2], 2, 3, 10, 11, 6, 7, 14, 15);
+        u[base + 2] = SHUF(t[base + 1], t[base + 3], 0, 1, 8, 9, 4, 5, 12, 13);
+        u[base + 3] = SHUF(t[base + 1], t[base + 3], 2, 3, 10, 11, 6, 7, 14, 15);
+    }
+    for (int i = 0; i < 4; i++) {
+        storeu(dst + i * ld, SHUF(u[i], u[i + 4], 0, 1, 2, 3, 8, 9, 10, 11));
+        storeu(dst + (i + 4) * ld, SHUF(u[i], u[i + 4], 4, 5, 6, 7, 12, 13, 14, 15));
+    }
+}
+
+ALWAYS_INLINE void transpose(const float *X, float *Xt, int BS) {
+    for (int i = 0; i < BS; i += VW)
+        for (int j = 0; j < BS; j += VW) transpose8(X + (int64_t)i * BS + j, BS, Xt + (int64_t)j * BS + i, BS);
+}
+
 ALWAYS_INLINE v8 vadd(v8 a, v8 b) { return a + b; }
 REDUCE8(reduce8_max, vmax)
 REDUCE8(reduce8_sum, vadd)
@@ -198,10 +223,7 @@ ALWAYS_INLINE void mm_pm(const float *P, const float *M, float *O, const float *
     }
 }
 
-ALWAYS_INLINE void transpose(const float *X, float *Xt, int BS) {
-    for (int i = 0; i < BS; i++)
-        for (int j = 0; j < BS; j++) Xt[(int64_t)j * BS + i] = X[(int64_t)i * BS + j];
-}
+
 
 /* S[i][:] += bias tile (rows i < nr, columns j < nc); columns nc..BS-1 of rows < rows := -inf. */
 ALWAYS_INLINE void add_bias_and_mask(const Args *a, int64_t b, int64_t h, int64_t r0, int nr,
@@ -486,8 +508,8 @@ ALWAYS_INLINE void pack_item(const Args *a, Scratch *w, int64_t item, const int 
     const int BS = (int)a->BS;
     const float *src = a->k + item * BS * D;
     float *dst = (float *)a->kt + item * BS * D;
-    for (int j = 0; j < BS; j++)
-        for (int d = 0; d < D; d++) dst[d * BS + j] = src[j * D + d];
+    for (int j = 0; j < BS; j += VW)
+        for (int d = 0; d < D; d += VW) transpose8(src + j * D + d, D, dst + d * BS + j, BS);
 }
 
 ENTRY(bsa_pack_t, pack_item)
