@@ -213,23 +213,23 @@ def _pad_rows(t: torch.Tensor, Lp: int) -> torch.Tensor:
     return t if Lp == L else F.pad(t, (0, 0, 0, Lp - L))
 
 
-_WORK = threading.local()
-
-
-def _block_t(t: torch.Tensor, bs: int, reuse: bool = False) -> torch.Tensor:
+def _block_t(t: torch.Tensor, bs: int, reuse: Optional[dict] = None) -> torch.Tensor:
     """[B, H, Lp, D] -> [B, H, nb, D, bs]: each block's transposed tile contiguous (the kernel's
     K^T / V^T operand; a [D, Lp] row-major transpose would put its rows a power-of-two stride apart,
     all in one L1 cache set). Packed by the kernel library, in parallel.
-    ``reuse`` (calls without autograd): write into this thread's buffer from the previous call of
-    the same shape instead of a fresh allocation, whose first-touch page faults cost more than the
-    copy itself (32 MiB: ~20 ms against ~3 ms)."""
+    ``reuse`` (calls without autograd: the layout's plan): write into the buffer this thread used
+    on the previous call with this layout and shape, kept with the layout (freed with it), instead
+    of a fresh allocation whose first-touch page faults cost more than the copy itself (32 MiB:
+    ~20 ms against ~3 ms). A new layout object (``BlockLayout.fresh()``) starts without it, so a
+    cold call's peak memory counts it."""
     B, H, Lp, D = t.shape
     shape = (B, H, Lp // bs, D, bs)
-    out = getattr(_WORK, "kt", None) if reuse else None
+    key = ("kt", threading.get_ident())
+    out = reuse.get(key) if reuse is not None else None
     if out is None or out.shape != shape or out.dtype != t.dtype:
         out = t.new_empty(shape)
-        if reuse:
-            _WORK.kt = out  # one buffer per thread: the latest shape only
+        if reuse is not None:
+            reuse[key] = out  # one buffer per (layout, thread): the latest shape only
     a = _Args()
     a.B, a.H, a.L, a.Lp, a.D, a.BS, a.nb = B, H, Lp, Lp, D, bs, Lp // bs
     a.k, a.kt = t.data_ptr(), out.data_ptr()
@@ -281,7 +281,7 @@ def _forward(q, k, v, bias, layout: BlockLayout, scale: float, reuse: bool):
     B, H, L, D = q.shape
     Lp = layout.n_blocks * layout.block_size
     qp, kp, vp = (_pad_rows(t, Lp) for t in (q, k, v))
-    kt = _block_t(kp, layout.block_size, reuse=reuse)
+    kt = _block_t(kp, layout.block_size, reuse=_index(layout) if reuse else None)
     bias4 = None if bias is None else _bias_view(bias, L)
     o = torch.empty_like(qp)
     lse = torch.empty(B, H, Lp, dtype=q.dtype)

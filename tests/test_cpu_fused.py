@@ -487,3 +487,22 @@ def test_dispatcher_unsupported_shapes_use_bucket_engine(fused_calls):
     # the bucket engine itself, same inputs, agrees
     out = cpu_backend.bucket_sparse_attention(q, k, v, odd, bias)
     _close(out, reference_attention(q.double(), k.double(), v.double(), odd, bias.double()), 2e-5, 1e-4, f"seed={seed} bucket")
+
+
+def test_fused_without_autograd_reuses_its_buffer_and_stays_exact():
+    """Calls without autograd write K^T into a per-thread buffer kept from call to call: results
+    must equal the autograd path bitwise, across changing shapes, and never alias that buffer."""
+    seed = _seed()
+    outs = []
+    for B, H, L, D, bs in ((2, 2, 96, 32, 32), (1, 3, 70, 16, 16), (2, 2, 96, 32, 32)):
+        lay = build_layout(pattern_for_sparsity(L, 0.5, block_size=bs), L)
+        q, k, v, bias = _inputs(B, H, L, D, (1, H, L, L), seed)
+        with torch.no_grad():
+            fast = cpu_fused.fused_sparse_attention(q, k, v, lay, bias)
+        graded = cpu_fused.fused_sparse_attention(q.requires_grad_(), k, v, lay, bias)
+        assert torch.equal(fast, graded.detach()), f"seed={seed}"
+        ref = reference_attention(q.double(), k.double(), v.double(), lay, bias.double())
+        torch.testing.assert_close(fast.double(), ref, atol=2e-5, rtol=1e-4, msg=f"seed={seed}")
+        outs.append(fast)
+    # the first output is untouched by the later calls that reused the buffer
+    assert torch.equal(outs[0], outs[2]), f"seed={seed}"
