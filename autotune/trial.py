@@ -452,7 +452,7 @@ class TrialRunner:
                     try:
                         tm = time_fn(run_on(layout), device=device, warmup=space.measure["warmup"], repeats=space.measure["repeats"])
                         # a cold call on a new layout object, so that workspaces a backend keeps per
-                        # layout (the cpu backend's gather buffers) count towards the peak
+                        # layout (the cpu backend's K^T tiles) count towards the peak
                         mem, mem_method = peak_memory(run_on(layout.fresh()), device=device)
                     except Exception as e:  # noqa: BLE001
                         if is_oom(e):

@@ -292,7 +292,7 @@ def run_case(case: Case, args, device, dtype, backends, rows, t_start) -> None:
 
                 ms = time_ms(make(layout), device, args.reps, args.warmup)
                 # memory of a cold call on a new layout object: workspaces a backend allocates once
-                # per layout and keeps (the cpu backend's gather buffers) are counted
+                # per layout and keeps (the cpu backend's K^T tiles) are counted
                 mib = peak_mib(make(layout.fresh()), device)
                 row.update(status="ok", ms=round(ms, 4), mib=round(mib, 1))
                 print(f"    {name:7s} {p:6s} {ms:10.3f} ms {mib:9.1f} MiB  ({msg})", flush=True)
