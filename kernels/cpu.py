@@ -46,7 +46,6 @@ Half-precision inputs are computed in float32, like the reference.
 
 from __future__ import annotations
 
-import math
 import threading
 import weakref
 from dataclasses import dataclass, field
@@ -58,6 +57,7 @@ import torch.nn.functional as F
 from patterns import BlockLayout
 
 from . import cpu_fused
+from .reference import compute_dtype, resolve_scale
 
 __all__ = ["cpu_sparse_attention", "bucket_sparse_attention"]
 
@@ -338,20 +338,15 @@ def cpu_sparse_attention(
 ) -> torch.Tensor:
     """softmax(q k^T * scale + bias) v over ``layout``'s pairs; q, k, v [B, H, L, D], bias
     broadcasting to [B, H, L, L]. Differentiable in q, k, v and bias."""
-    B, H, L, D = q.shape
-    scale = 1.0 / math.sqrt(D) if scale is None else float(scale)
-    out_dtype = q.dtype
-    ct = torch.float32 if q.dtype in (torch.float16, torch.bfloat16) else q.dtype
-    q, k, v = q.to(ct), k.to(ct), v.to(ct)
-    if bias is not None:
-        bias = bias.to(ct)
-
+    ct = compute_dtype(q.dtype)
     if layout.is_full:
-        mask = None if bias is None else bias.contiguous()
-        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale).to(out_dtype)
+        out_dtype = q.dtype
+        q, k, v = q.to(ct), k.to(ct), v.to(ct)
+        mask = None if bias is None else bias.to(ct).contiguous()
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=resolve_scale(q.shape[-1], scale)).to(out_dtype)
     if ct == torch.float32 and cpu_fused.supports(q, layout):
-        return cpu_fused.fused_sparse_attention(q, k, v, layout, bias, scale=scale).to(out_dtype)
-    return bucket_sparse_attention(q, k, v, layout, bias, scale=scale).to(out_dtype)
+        return cpu_fused.fused_sparse_attention(q, k, v, layout, bias, scale=scale)
+    return bucket_sparse_attention(q, k, v, layout, bias, scale=scale)
 
 
 def bucket_sparse_attention(
@@ -366,9 +361,9 @@ def bucket_sparse_attention(
     """The SDPA-bucket engine (see the module docstring): float32 or float64, any head dim; used
     when the fused kernel cannot run (float64 inputs, other head dims, no C compiler)."""
     B, H, L, D = q.shape
-    scale = 1.0 / math.sqrt(D) if scale is None else float(scale)
+    scale = resolve_scale(D, scale)
     out_dtype = q.dtype
-    ct = torch.float32 if q.dtype in (torch.float16, torch.bfloat16) else q.dtype
+    ct = compute_dtype(q.dtype)
     q, k, v = q.to(ct), k.to(ct), v.to(ct)
     if bias is not None:
         bias = bias.to(ct)

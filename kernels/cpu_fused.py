@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import ctypes
 import hashlib
-import math
 import os
 import platform
 import shutil
@@ -39,6 +38,8 @@ import torch
 import torch.nn.functional as F
 
 from patterns import BlockLayout
+
+from .reference import resolve_scale
 
 __all__ = ["available", "unavailable_reason", "supports", "fused_sparse_attention"]
 
@@ -178,10 +179,12 @@ _POOLS: dict = {}
 
 
 def _index(layout: BlockLayout) -> dict:
+    """This backend's per-layout plan: the layout's compact index (int32, contiguous) under
+    "index", plus cached work lists and workspaces."""
     plan = _PLANS.setdefault(layout, {})
     if "index" not in plan:
-        kc, ki, qc, qi = (t.to(torch.int32).contiguous() for t in layout._index())
-        plan["index"] = (kc, ki, qc, qi)
+        idx = (layout.kv_counts, layout.kv_indices, layout.q_counts, layout.q_indices)
+        plan["index"] = tuple(t.to(torch.int32).contiguous() for t in idx)
     return plan
 
 
@@ -207,6 +210,11 @@ def _run(name: str, args: _Args, items: torch.Tensor, max_threads: int = 1 << 30
 
 
 # ---- autograd ------------------------------------------------------------------------------------
+def _cut_rows(t: torch.Tensor, L: int) -> torch.Tensor:
+    """[B, H, Lp, D] -> its first L rows (the inverse of ``_pad_rows``)."""
+    return t if t.shape[2] == L else t[:, :, :L]
+
+
 def _pad_rows(t: torch.Tensor, Lp: int) -> torch.Tensor:
     L = t.shape[2]
     t = t.contiguous()
@@ -294,13 +302,12 @@ def _forward(q, k, v, bias, layout: BlockLayout, scale: float, reuse: bool):
 class _FusedAttention(torch.autograd.Function):
     @staticmethod
     def forward(ctx, q, k, v, bias, layout: BlockLayout, scale: float):
-        B, H, L, D = q.shape
-        Lp = layout.n_blocks * layout.block_size
+        L = q.shape[2]
         qp, kp, vp, kt, bias4, o, lse = _forward(q, k, v, bias, layout, scale, reuse=False)
         ctx.layout, ctx.scale, ctx.L = layout, scale, L
         ctx.bias_shape = None if bias is None else bias.shape
         ctx.save_for_backward(qp, kp, vp, kt, bias4, o, lse)
-        return o[:, :, :L] if Lp != L else o
+        return _cut_rows(o, L)
 
     @staticmethod
     def backward(ctx, grad):
@@ -324,8 +331,7 @@ class _FusedAttention(torch.autograd.Function):
         gbias = None
         if want_bias:
             gbias = dbias.sum_to_size(_shape4(ctx.bias_shape)).reshape(ctx.bias_shape)
-        cut = (lambda t: t[:, :, :L]) if Lp != L else (lambda t: t)
-        return cut(dq), cut(dk), cut(dv), gbias, None, None
+        return _cut_rows(dq, L), _cut_rows(dk, L), _cut_rows(dv, L), gbias, None, None
 
 
 def _shape4(shape) -> tuple:
@@ -377,7 +383,7 @@ def fused_sparse_attention(
     D = q.shape[-1]
     if D not in HEAD_DIMS or layout.block_size not in BLOCK_SIZES:
         raise ValueError(f"fused CPU kernel: head dim must be one of {HEAD_DIMS} and block size one of {BLOCK_SIZES}")
-    scale = 1.0 / math.sqrt(D) if scale is None else float(scale)
+    scale = resolve_scale(D, scale)
     out_dtype = q.dtype
     q, k, v = (t.to(torch.float32) for t in (q, k, v))
     if bias is not None:
@@ -385,5 +391,4 @@ def fused_sparse_attention(
     if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (q, k, v, bias)):
         return _FusedAttention.apply(q, k, v, bias, layout, scale).to(out_dtype)
     o = _forward(q, k, v, bias, layout, scale, reuse=True)[5]
-    L = q.shape[2]
-    return (o[:, :, :L] if o.shape[2] != L else o).to(out_dtype)
+    return _cut_rows(o, q.shape[2]).to(out_dtype)

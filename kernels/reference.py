@@ -18,7 +18,13 @@ from patterns import BlockLayout
 
 
 def compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype attention is computed in: float32 for half inputs, the input dtype otherwise."""
     return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
+
+
+def resolve_scale(head_dim: int, scale: Optional[float]) -> float:
+    """The logit scale: ``scale`` if given, else 1/sqrt(head_dim) (Vaswani et al. 2017)."""
+    return 1.0 / math.sqrt(head_dim) if scale is None else float(scale)
 
 
 def reference_attention(

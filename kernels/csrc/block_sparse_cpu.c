@@ -66,15 +66,6 @@ ALWAYS_INLINE v8 loadu(const float *p) { return *(const v8u *)p; }
 ALWAYS_INLINE void storeu(float *p, v8 x) { *(v8u *)p = x; }
 ALWAYS_INLINE v8 vselect(v8i m, v8 a, v8 b) { return (v8)((m & (v8i)a) | (~m & (v8i)b)); }
 ALWAYS_INLINE v8 vmax(v8 a, v8 b) { return vselect(a > b, a, b); }
-ALWAYS_INLINE float hmax(v8 x) {
-    float m = x[0];
-    for (int i = 1; i < VW; i++) m = x[i] > m ? x[i] : m;
-    return m;
-}
-ALWAYS_INLINE float hsum(v8 x) {
-    return ((x[0] + x[4]) + (x[1] + x[5])) + ((x[2] + x[6]) + (x[3] + x[7]));
-}
-
 /* Lane shuffles of two vectors (indices 0..15 over the concatenation a:b). */
 #if defined(__clang__)
 #define SHUF(a, b, ...) __builtin_shufflevector(a, b, __VA_ARGS__)
