@@ -19,13 +19,14 @@
 
 from __future__ import annotations
 
-import math
 import weakref
 from typing import Optional
 
 import torch
 
 from patterns import BlockLayout
+
+from .reference import resolve_scale
 
 __all__ = ["flex_sparse_attention", "block_mask_for"]
 
@@ -116,7 +117,7 @@ def flex_sparse_attention(
 ) -> torch.Tensor:
     """softmax(q k^T * scale + bias) v over ``layout``'s pairs with compiled FlexAttention."""
     B, H, L, D = q.shape
-    scale = 1.0 / math.sqrt(D) if scale is None else float(scale)
+    scale = resolve_scale(D, scale)
     if q.device.type == "cpu" and torch.is_grad_enabled() and any(
         t is not None and t.requires_grad for t in (q, k, v, bias)
     ):

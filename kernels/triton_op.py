@@ -27,7 +27,6 @@ deterministic.
 
 from __future__ import annotations
 
-import math
 import os
 from typing import Optional
 
@@ -36,6 +35,7 @@ import torch
 from patterns import BlockLayout
 
 from .config import KernelConfig
+from .reference import resolve_scale
 from .triton_kernels import (
     LOG2E,
     _attn_bwd_dbias_kernel,
@@ -352,7 +352,7 @@ def triton_sparse_attention(
         while bias.dim() < 4:
             bias = bias.unsqueeze(0)  # a view: the gradient flows back to the caller's shape
     cfg = (config if config is not None else KernelConfig()).for_block(layout.block_size)
-    scale = 1.0 / math.sqrt(D) if scale is None else float(scale)
+    scale = resolve_scale(D, scale)
     kv_counts, kv_indices, q_counts, q_indices = layout.index_on(q.device)
     out, _ = block_sparse_attention_fwd(
         q, k, v, bias, kv_counts, kv_indices, q_counts, q_indices,
