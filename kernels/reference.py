@@ -2,9 +2,22 @@
 
     O = softmax(Q K^T * scale + bias, masked to layout.token_mask()) V
 
-computed densely (materialised L x L logits), with -inf outside the layout; a row with no allowed
-key returns zeros. Half-precision inputs are computed in float32; float32/float64 in their own
-dtype. Differentiable in q, k, v and bias through autograd.
+computed densely (materialised L x L logits), with -inf outside the layout. Half-precision inputs
+are computed in float32; float32/float64 in their own dtype. Differentiable in q, k, v and bias
+through autograd.
+
+Non-finite values (the semantics every backend follows):
+
+* A pair (i, j) is computed iff the layout keeps its tile. Values at pairs that are not computed
+  are never read: a NaN in k, v or the bias at a key that row i does not compute does not reach
+  ``out[i]`` or its gradients.
+* At computed pairs, plain IEEE arithmetic: NaN in ``q[i]``, ``k[j]`` or ``bias[i, j]`` gives a NaN
+  row; +inf in the bias gives a NaN row (inf - inf in the softmax); NaN or inf in ``v[j]`` gives
+  NaN in every row that computes j (0 * inf = NaN even where the weight is 0); ``scale=nan`` makes
+  every row with a computed key NaN.
+* A row with no computed key, or whose computed logits are all -inf (a bias of -inf means "not
+  allowed"), returns zeros with zero gradients, whatever v holds: what SDPA and FlexAttention
+  return for fully masked rows.
 """
 
 from __future__ import annotations
@@ -37,16 +50,24 @@ def reference_attention(
 ) -> torch.Tensor:
     """softmax(q k^T * scale + bias) v over the pairs of ``layout`` (all pairs if None)."""
     ct = compute_dtype(q.dtype)
-    scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
+    scale = resolve_scale(q.shape[-1], scale)
     s = torch.matmul(q.to(ct), k.to(ct).transpose(-1, -2)) * scale
     if bias is not None:
         s = s + bias.to(ct)
+    allowed = None
     if layout is not None and not layout.is_full:
         allowed = layout.token_mask().to(q.device)  # [L, L] or [H, L, L]: broadcasts over B (and H)
-        row_any = allowed.any(-1, keepdim=True)
-        # empty rows: finite logits so that neither softmax nor its gradient produces NaN
-        s = s.masked_fill(~allowed, float("-inf")).masked_fill(~row_any, 0.0)
-        p = torch.softmax(s, dim=-1) * row_any
+        s = s.masked_fill(~allowed, float("-inf"))
+    # A row is live iff some computed logit is not -inf (NaN counts as live, so it propagates).
+    # Dead rows get finite logits so that neither the softmax nor its gradient produces NaN.
+    live = (s != float("-inf")).any(-1, keepdim=True)
+    p = torch.softmax(s.masked_fill(~live, 0.0), dim=-1)
+    vc = v.to(ct)
+    if allowed is None or bool(torch.isfinite(vc).all()):
+        out = torch.matmul(p, vc)
     else:
-        p = torch.softmax(s, dim=-1)
-    return torch.matmul(p, v.to(ct)).to(q.dtype)
+        # Non-finite values in v: sum over the computed keys only (p @ v would read 0 * NaN at
+        # keys outside the layout). Materialises [..., L, L, D]; taken only in this rare case.
+        terms = p.unsqueeze(-1) * vc.unsqueeze(-3)
+        out = torch.where(allowed.unsqueeze(-1), terms, torch.zeros((), dtype=ct, device=q.device)).sum(-2)
+    return torch.where(live, out, torch.zeros((), dtype=ct, device=q.device)).to(q.dtype)
