@@ -46,6 +46,7 @@ Half-precision inputs are computed in float32, like the reference.
 
 from __future__ import annotations
 
+import math
 import threading
 import weakref
 from dataclasses import dataclass, field
@@ -222,7 +223,9 @@ class _BiasGather(torch.autograd.Function):
                     gbias.index_add_(2, tok, g)
         rows = gbias.view(Bb, Hb, Lp * (Lp // bs), bs)
         for bk, g in zip(plan.buckets, grads):
-            if g is not None:  # padded slots carry a zero gradient (their probability is 0)
+            if g is not None:  # padded slots carry a zero gradient (their probability is 0) ...
+                if bk.pad_idx is not None and not bool(torch.isfinite(g).all()):
+                    g = g.index_fill(2, bk.pad_idx, 0.0)  # ... unless 0 * inf made it NaN: drop it
                 rows.index_add_(2, bk.bias_idx, g)
         return gbias, None, None
 
@@ -254,9 +257,9 @@ def _key_mask(bk: _Bucket, H: int, bs: int, L: int, ref: torch.Tensor) -> torch.
     return bk.key_mask[key]
 
 
-def _attend_plan(q, k, v, bias, plan: _Plan, bs: int, L: int) -> torch.Tensor:
+def _attend_plan(q, k, v, bias, plan: _Plan, bs: int, L: int, exact: bool = False) -> torch.Tensor:
     """q, k, v [B, H, Lp, D] (q already scaled, zero-padded past L); bias [Bb, Hb, Lp, Lp] (-inf on
-    keys past L) or None."""
+    keys past L) or None; ``exact``: v holds NaN/inf (see ``_sdpa``)."""
     B, H, Lp, D = q.shape
     nb = Lp // bs
     q5, k5, v5 = q.view(B, H, nb, bs, D), k.view(B, H, nb, bs, D), v.view(B, H, nb, bs, D)
@@ -282,7 +285,7 @@ def _attend_plan(q, k, v, bias, plan: _Plan, bs: int, L: int) -> torch.Tensor:
         elif Lp != L:
             mask = torch.zeros(1, 1, 1, Lp, dtype=q.dtype, device=q.device)
             mask[..., L:] = float("-inf")
-        o = F.scaled_dot_product_attention(qf, k, v, attn_mask=mask, scale=1.0)
+        o = _sdpa(qf, k, v, mask, 1.0, exact)
         outs.append(o.view(B, H, -1, bs, D))
     reuse = plan if not grad_mode else None
     for i, bk in enumerate(plan.buckets):
@@ -305,11 +308,31 @@ def _attend_plan(q, k, v, bias, plan: _Plan, bs: int, L: int) -> torch.Tensor:
             mask = _key_mask(bk, H, bs, L, q)
         else:
             mask = None
-        o = F.scaled_dot_product_attention(qg, kv[0], kv[1], attn_mask=mask, scale=1.0)
+        o = _sdpa(qg, kv[0], kv[1], mask, 1.0, exact)
         outs.append(o.view(B, H, nq, bs, D))
     outs.append(q.new_zeros(B, H, 1, bs, D))
     out = torch.cat(outs, dim=2).index_select(2, plan.inverse)                # [B, H, nb, bs, D]
     return out.view(B, H, Lp, D)
+
+
+def _sdpa(q, k, v, mask, scale: float, exact: bool) -> torch.Tensor:
+    """softmax(q k^T * scale + mask) v: ``scaled_dot_product_attention``, or with ``exact`` (v holds
+    NaN/inf) the same in plain ops. SDPA gives a row whose logits are all -inf P = 0, hence 0 * NaN =
+    NaN in P V and in its backward (dP = dO V^T); the semantics of ``kernels/reference.py`` want
+    zeros and zero gradients there whatever v holds. Here such a row's probabilities are cut out of
+    the graph (the inner ``where`` stops the NaN that ``P V``'s backward forms for it) and its output
+    is zero. Materialises the logits: taken only for non-finite v."""
+    if not exact:
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)
+    s = torch.matmul(q, k.transpose(-1, -2))
+    if scale != 1.0:
+        s = s * scale
+    if mask is not None:
+        s = s + mask
+    live = (s != float("-inf")).any(-1, keepdim=True)
+    zero = torch.zeros((), dtype=s.dtype, device=s.device)
+    p = torch.where(live, torch.softmax(s.masked_fill(~live, 0.0), dim=-1), zero)
+    return torch.where(live, torch.matmul(p, v), zero)
 
 
 class _Zeros(torch.autograd.Function):
@@ -343,10 +366,17 @@ def cpu_sparse_attention(
         out_dtype = q.dtype
         q, k, v = q.to(ct), k.to(ct), v.to(ct)
         mask = None if bias is None else bias.to(ct).contiguous()
-        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=resolve_scale(q.shape[-1], scale)).to(out_dtype)
+        exact = bias is not None and not bool(torch.isfinite(v).all())
+        return _sdpa(q, k, v, mask, resolve_scale(q.shape[-1], scale), exact).to(out_dtype)
     if ct == torch.float32 and cpu_fused.supports(q, layout):
         return cpu_fused.fused_sparse_attention(q, k, v, layout, bias, scale=scale)
     return bucket_sparse_attention(q, k, v, layout, bias, scale=scale)
+
+
+def _rows_with_keys(layout: BlockLayout, L: int, device) -> torch.Tensor:
+    """[lh, L, 1] bool: query rows that keep at least one key block (lh = 1 or the layout's heads)."""
+    rows = (layout.kv_counts > 0).repeat_interleave(layout.block_size, dim=-1)[:, :L]
+    return rows.unsqueeze(-1).to(device)
 
 
 def bucket_sparse_attention(
@@ -371,7 +401,11 @@ def bucket_sparse_attention(
     if not bool(layout.block_mask.any()):
         return _Zeros.apply((B, H, L, D), q, k, v, bias).to(out_dtype)
     Lp = layout.n_blocks * bs
-    q = q * scale
+    if math.isfinite(scale):
+        q = q * scale
+    else:
+        # rows with no kept key never read q; keep a NaN/inf scale out of their (zero) gradient
+        q = torch.where(_rows_with_keys(layout, L, q.device), q, torch.zeros((), dtype=q.dtype, device=q.device)) * scale
     if Lp != L:  # zero-pad the ragged tail to whole blocks (cheap: D is small)
         q, k, v = (F.pad(t, (0, 0, 0, Lp - L)) for t in (q, k, v))
     if bias is not None:
@@ -379,8 +413,9 @@ def bucket_sparse_attention(
         if Lp != L:  # whole blocks: padded keys -inf, padded query rows 0 (their output is dropped)
             bias = F.pad(F.pad(bias, (0, Lp - L), value=float("-inf")), (0, 0, 0, Lp - L))
     plans = _plans(layout, q.device, B * (H if layout.num_heads is None else 1))
+    exact = not bool(torch.isfinite(v).all())
     if len(plans) == 1:
-        out = _attend_plan(q, k, v, bias, plans[0], bs, L)
+        out = _attend_plan(q, k, v, bias, plans[0], bs, L, exact)
     else:
         heads = []
         for h, plan in enumerate(plans):
@@ -388,7 +423,7 @@ def bucket_sparse_attention(
             if bias is not None:
                 bh = bias[:, h : h + 1] if bias.shape[1] > 1 else bias
             sl = slice(h, h + 1)
-            heads.append(_attend_plan(q[:, sl], k[:, sl], v[:, sl], bh, plan, bs, L))
+            heads.append(_attend_plan(q[:, sl], k[:, sl], v[:, sl], bh, plan, bs, L, exact))
         out = torch.cat(heads, dim=1)
     if Lp != L:
         out = out[:, :, :L]

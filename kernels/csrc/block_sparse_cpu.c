@@ -21,6 +21,11 @@
  * Threads: the caller runs the same entry point from several threads; they share an atomic work
  * counter over a caller-ordered item list (largest items first), so the load balances itself.
  *
+ * Non-finite values follow kernels/reference.py: scores are plain IEEE arithmetic over the kept
+ * pairs only (a NaN/+inf score makes its row NaN through exp and the row sum), a row whose kept
+ * scores are all -inf gives zeros and zero gradients (l = 0, LSE = -inf), and a row or column
+ * with no kept tile gives zeros whatever the scale.
+ *
  * Portability: plain C11 with GCC/Clang vector extensions (8 x float32 = one AVX register; the
  * compiler splits or widens it for other ISAs); exp() is a Cephes-style polynomial with an exact
  * zero below -87.3 so masked scores (-inf) give a probability of exactly 0.
@@ -115,10 +120,13 @@ REDUCE8(reduce8_max, vmax)
 REDUCE8(reduce8_sum, vadd)
 
 /* exp(x) for x <= ~88: 2^n * p(r), x = n ln2 + r, |r| <= ln2/2 (Cephes expf coefficients,
- * relative error ~2e-7); exactly 0 for x < -87.3 (including -inf). */
+ * relative error ~2e-7); exactly 0 for x < -87.3 (including -inf); NaN for NaN (and for +inf,
+ * which the callers never pass: their arguments are s - max(s)). NaN must propagate: it is how a
+ * NaN score (NaN in q, k, the bias or the scale; +inf in the bias gives inf - inf) reaches the
+ * row sum l, the output and the backward's P. */
 ALWAYS_INLINE v8 vexp(v8 x) {
     const v8 lo = splat(-87.3f), magic = splat(12582912.0f);
-    v8i keep = x >= lo;
+    const v8i drop = x < lo;  /* false for NaN */
     v8 xc = vmax(x, lo);
     xc = vselect(xc < splat(88.0f), xc, splat(88.0f));
     v8 t = xc * splat(1.44269504088896341f) + magic;
@@ -133,8 +141,10 @@ ALWAYS_INLINE v8 vexp(v8 x) {
     p = p * r + splat(1.6666665459e-1f);
     p = p * r + splat(5.0000001201e-1f);
     p = p * (r * r) + r + splat(1.0f);
-    v8 y = (v8)((v8i)p + (ni << 23));
-    return (v8)(keep & (v8i)y);
+    /* x - x is 0 for finite x and NaN for NaN: the polynomial ran on the clamped value, so the
+     * NaN is put back here (one add; -inf gives NaN too but is dropped by the select below) */
+    v8 y = (v8)((v8i)p + (ni << 23)) + (x - x);
+    return (v8)(~drop & (v8i)y);
 }
 
 /* Register budget: 32 vector registers with AVX-512VL (also for its 256-bit forms), 16 otherwise.
@@ -250,7 +260,9 @@ ALWAYS_INLINE void prefetch_bias(const Args *a, int64_t b, int64_t h, int64_t r0
  * optionally S += bias rows (rows < nbias only: rows past L have none), then per row
  * m' = max(m, max_j S), P = exp(S - m') (stored in S), alpha = exp(m - m'), l' = alpha l + sum_j P.
  * Row reductions are done for the 8 rows at once (shuffle networks), so m, l, alpha stay vectors.
- * A row whose scores are all -inf so far keeps m = -inf, P = 0. */
+ * A row whose scores are all -inf so far keeps m = -inf, P = 0. A NaN score (or +inf: s - m is
+ * inf - inf) gives P = NaN, so l turns NaN and stays NaN (later alpha = exp(NaN - m') = NaN), and
+ * so does the row's output: NaN propagates as in softmax(S) V, whatever the max reduction did. */
 ALWAYS_INLINE void softmax8(float *S, int BS, const float *bias, int64_t sb_i, int nbias, float *m,
                             float *l, float *alpha) {
     v8 red[VW];
@@ -365,9 +377,11 @@ ALWAYS_INLINE void fwd_item(const Args *a, Scratch *w, int64_t item, const int D
             mm_pm(S, vb, O + rc * D, alpha + rc, RC, BS, D);
         }
     }
+    /* l = 0 exactly iff every score of the row is -inf (a finite maximum contributes exp(0) = 1):
+     * the row attends to nothing and gives zeros. A NaN score made l NaN: the row stays NaN. */
     for (int i = 0; i < BS; i++) {
         float *o = out + (int64_t)i * D;
-        if (i < nr && l[i] > 0.0f) {
+        if (i < nr && l[i] != 0.0f) {
             v8 inv = splat(1.0f / l[i]);
             for (int e = 0; e < D; e += VW) storeu(o + e, loadu(O + (int64_t)i * D + e) * inv);
             lse[i] = m[i] + logf(l[i]);
@@ -468,6 +482,10 @@ ALWAYS_INLINE void bwd_q_item(const Args *a, Scratch *w, int64_t item, const int
         mm_pm(T, a->k + (bh * Lp + c0) * D, dQ, NULL, BS, BS, D);  /* dQ += dS K */
     }
     float *out = a->dq + (bh * Lp + r0) * D;
+    if (cnt == 0) { /* no kept key: zero gradient, even for a NaN scale */
+        memset(out, 0, sizeof(float) * BS * D);
+        return;
+    }
     v8 sc = splat((float)a->scale);
     for (int64_t x = 0; x < (int64_t)BS * D; x += VW) storeu(out + x, loadu(dQ + x) * sc);
 }
