@@ -4,6 +4,9 @@
 computes softmax(q k^T * scale + bias) v where the softmax runs over the keys that
 ``layout.token_mask()`` allows (a row with no allowed key gives zeros). q, k, v are [B, H, L, D];
 bias broadcasts to [B, H, L, L] (AlphaFold2 passes [1, H, L, L], shared by all MSA rows).
+Non-finite inputs (NaN, inf, ``scale=nan``, rows whose bias is all -inf) follow one set of rules on
+every backend, written in the docstring of ``kernels.reference``: pairs outside the layout are
+never read, NaN at a computed pair makes its row NaN, an all -inf row gives zeros.
 
 Backends:
   reference  exact dense definition in PyTorch (the oracle), any device and dtype

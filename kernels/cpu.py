@@ -36,6 +36,13 @@ SDPA-bucket engine design:
 * A full layout calls SDPA directly with the contiguous bias (the dense baseline is the best plan
   there), so it is never slower than dense. Per-head layouts run the same plan per head.
 
+Non-finite values follow ``kernels/reference.py`` (only the kept tiles are gathered, so values
+outside the layout are never read). Where SDPA alone would differ, a check over v (O(L*D)) picks an
+exact path: when v holds NaN/inf, a row whose logits are all -inf would get 0 * NaN from SDPA, so
+the groups are computed by ``_sdpa``'s plain-op path (materialised logits per group), and a padded
+slot's bias gradient (0 * inf there) is dropped; a NaN/inf scale keeps rows without keys out of
+the scaled q's gradient. Finite inputs take exactly the SDPA path above.
+
 Gradients: q, k, v through autograd of the gathers and SDPA; the bias through ``_BiasGather``, a
 custom autograd.Function that gathers the bias of all groups at once and in backward adds every
 group's gradient into one bias-sized buffer (one ``index_add_`` per bucket).

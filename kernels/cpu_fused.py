@@ -11,6 +11,11 @@ the source, the compiler, the flags and the host (a temporary folder when that o
 writable). Without a working compiler ``available()`` is
 False with the reason in ``unavailable_reason()`` and the CPU backend uses its SDPA-bucket path.
 
+Non-finite values follow ``kernels/reference.py``: the kernel's exp propagates NaN, so a NaN or
++inf logit at a kept pair (NaN in q, k, the bias or the scale) makes its row and its gradients NaN;
+a row whose kept logits are all -inf (row sum 0) and a block row without kept tiles give zeros and
+zero gradients; tiles that are not kept are never read.
+
 Threads: ``torch.get_num_threads()`` Python threads call the kernel at once (ctypes releases the
 GIL); they share an atomic counter over the work items, ordered largest first.
 What it reads and writes: q, k, v, the output and LSE, plus K^T (and V^T in backward), all

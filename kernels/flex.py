@@ -13,12 +13,20 @@
   once per process; torch.compile specialises it per shape and caches the compiled code (the
   recompile limits are raised so a new shape never silently falls back to the slow eager path).
 * CUDA kernel tiles are set (``kernel_options``) to divide a layout block smaller than 128.
+* Non-finite values follow ``kernels/reference.py``: ``score_mod`` turns a NaN logit into +inf
+  (FlexAttention would drop a NaN logit; +inf gives the NaN row softmax gives), and a NaN or
+  infinite scale is applied to q (Inductor cannot compile a NaN constant). FlexAttention gives a
+  row whose logits are all -inf 0 * NaN = NaN where v holds NaN/inf: on CPU, when v is not finite
+  (a check over v), such rows are set to zeros (found from dense logits: the rare path only). On
+  CUDA that last correction is not made (it would need the LSE, which CPU FlexAttention cannot
+  return, or a host sync per call; not tested here). Pairs outside the BlockMask are never read.
 * CPU: FlexAttention runs compiled, forward only. Asking for gradients of a CPU call raises a
   ``RuntimeError`` that says so. CUDA: forward and backward.
 """
 
 from __future__ import annotations
 
+import math
 import weakref
 from typing import Optional
 
@@ -81,6 +89,23 @@ def _kernel_options(device: torch.device, block_size: int) -> Optional[dict]:
     }
 
 
+def _nan_to_inf(score):
+    """A NaN logit becomes +inf. FlexAttention's online softmax drops a NaN logit (its row comes
+    out finite) but turns +inf into a NaN row (inf - inf), which is what softmax does with a NaN:
+    so a NaN in q, k, the bias or the scale makes its row NaN, as in ``kernels/reference.py``."""
+    return torch.where(score != score, float("inf"), score)
+
+
+def _dead_rows(q, k, layout: BlockLayout, bias, scale: float) -> torch.Tensor:
+    """[B, H, L, 1] bool: rows whose computed logits are all -inf (or that compute no key). Dense
+    logits: used only when v holds NaN/inf."""
+    s = torch.matmul(q, k.transpose(-1, -2)) * scale
+    if bias is not None:
+        s = s + bias
+    s = s.masked_fill(~layout.token_mask().to(q.device), float("-inf"))
+    return (s == float("-inf")).all(-1, keepdim=True)
+
+
 def _compiled(kind: str, kernel_options: Optional[dict]):
     key = (kind, None if kernel_options is None else tuple(sorted(kernel_options.items())))
     if key not in _COMPILED:
@@ -92,7 +117,7 @@ def _compiled(kind: str, kernel_options: Optional[dict]):
 
             def fn(q, k, v, bias, block_mask, scale):
                 def score_mod(score, b, h, q_idx, kv_idx):
-                    return score + bias[b, h, q_idx, kv_idx]
+                    return _nan_to_inf(score + bias[b, h, q_idx, kv_idx])
 
                 return flex_attention(
                     q, k, v, score_mod=score_mod, block_mask=block_mask, scale=scale, kernel_options=opts
@@ -101,7 +126,12 @@ def _compiled(kind: str, kernel_options: Optional[dict]):
         else:
 
             def fn(q, k, v, block_mask, scale):
-                return flex_attention(q, k, v, block_mask=block_mask, scale=scale, kernel_options=opts)
+                def score_mod(score, b, h, q_idx, kv_idx):
+                    return _nan_to_inf(score)
+
+                return flex_attention(
+                    q, k, v, score_mod=score_mod, block_mask=block_mask, scale=scale, kernel_options=opts
+                )
 
         _COMPILED[key] = torch.compile(fn, dynamic=False, fullgraph=True)
     return _COMPILED[key]
@@ -126,11 +156,25 @@ def flex_sparse_attention(
             "torch.no_grad() / with inputs that do not require grad, or use backend='cpu' "
             "(differentiable) on CPU"
         )
+    if q.device.type == "cpu":
+        # no gradient wanted here (checked above), but FlexAttention on CPU refuses any input that
+        # requires grad, even under torch.no_grad()
+        q, k, v = q.detach(), k.detach(), v.detach()
+        bias = None if bias is None else bias.detach()
+    if not math.isfinite(scale):
+        # Inductor cannot compile a NaN constant: scale q instead (rows without keys stay zeros)
+        q, scale = q * scale, 1.0
     block_mask = block_mask_for(layout, q.device)
     opts = _kernel_options(q.device, layout.block_size)
     if bias is None:
-        return _compiled("plain", opts)(q, k, v, block_mask, scale)
-    bias = bias.to(q.dtype)
-    while bias.dim() < 4:
-        bias = bias.unsqueeze(0)
-    return _compiled("bias", opts)(q, k, v, bias.expand(B, H, L, L), block_mask, scale)
+        out = _compiled("plain", opts)(q, k, v, block_mask, scale)
+    else:
+        bias = bias.to(q.dtype)
+        while bias.dim() < 4:
+            bias = bias.unsqueeze(0)
+        out = _compiled("bias", opts)(q, k, v, bias.expand(B, H, L, L), block_mask, scale)
+    if q.device.type == "cpu" and not bool(torch.isfinite(v).all()):
+        # FlexAttention gives a row whose logits are all -inf P = 0, hence 0 * NaN = NaN where v
+        # holds NaN/inf; the semantics want zeros whatever v holds
+        out = torch.where(_dead_rows(q, k, layout, bias, scale), torch.zeros((), dtype=out.dtype), out)
+    return out
