@@ -18,8 +18,8 @@ are held to the oracle.
 Each case is a fresh random input (the seed is in every message) with one kind of bad value put
 at a chosen place of a ragged layout that has a full row, padded buckets, an empty row and keys
 that some rows compute and others do not. Engines: the reference; the cpu backend's SDPA path (full
-layout), fused C kernel, SDPA-bucket engine (float64, head dim 12, and called directly as on a
-machine without a compiler); dense (sparse and full layout); flex (CPU forward, compiled: slow);
+layout), fused C kernel (also on a per-head layout), SDPA-bucket engine (float64, also per-head;
+head dim 12; and called directly as on a machine without a compiler); dense (sparse and full layout); flex (CPU forward, compiled: slow);
 triton (behind ``TRITON_NONFINITE``).
 """
 
@@ -65,6 +65,17 @@ def _sparse_layout() -> BlockLayout:
 
 SPARSE = _sparse_layout()
 FULL = BlockLayout(torch.ones(NB, NB, dtype=torch.bool), BS, L)
+
+
+def _per_head_layout() -> BlockLayout:
+    """Head 0: SPARSE; head 1: its transpose (row 4 kept empty): the layouts differ per head."""
+    m = SPARSE.block_mask
+    m1 = m.T.clone()
+    m1[4, :] = False
+    return BlockLayout(torch.stack([m, m1]), BS, L)
+
+
+PER_HEAD = _per_head_layout()
 
 # places, in token indices, chosen against SPARSE
 I0 = 2 * BS + 5        # a live row of block row 2 (keeps key blocks 0..3)
@@ -281,7 +292,9 @@ ENGINES = [
     Engine("reference", lambda q, k, v, lay, b, s: reference_attention(q, k, v, lay, b, s), F64, grads=False),
     Engine("cpu-sdpa-full", _cpu, F32, FULL),
     Engine("cpu-fused", _fused, F32),
+    Engine("cpu-fused-per-head", _fused, F32, PER_HEAD),
     Engine("cpu-bucket-f64", _cpu, F64),
+    Engine("cpu-bucket-f64-per-head", _cpu, F64, PER_HEAD),
     Engine("cpu-bucket-d12", _cpu, F32, D=12),
     Engine("cpu-bucket-nocc", lambda q, k, v, lay, b, s: bucket_sparse_attention(q, k, v, lay, b, scale=s), F32),
     Engine("dense", lambda q, k, v, lay, b, s: dense_attention(q, k, v, lay, b, s), F64),
@@ -307,8 +320,8 @@ def test_engine_follows_the_semantics(engine, case):
     x64 = [t.detach().to(F64).requires_grad_(True) for t in (q, k, v, bias)]
     want = _oracle(*x64[:3], engine.layout, x64[3], scale)
     _close(out, want.detach(), f"{what} forward", engine.dtype)
-    if engine.layout is SPARSE:
-        assert (out[:, :, I_EMPTY] == 0).all(), f"{what}: the empty row is not zero"
+    empty = ~engine.layout.token_mask().any(-1).expand(H, L)  # [H, L]: rows with no computed key
+    assert (out[:, empty] == 0).all(), f"{what}: a row with no computed key is not zero"
     for r in case.zero_rows:
         assert (out[:, 0, r] == 0).all(), f"{what}: row {r} (all -inf) is not zero"
     if not engine.grads:
