@@ -119,6 +119,10 @@ def test_flex_forward_matches_reference():
         torch.testing.assert_close(out, reference_attention(q, k, v, layout, bias_b), atol=2e-5, rtol=1e-4)
         out = sparse_attention(q, k, v, layout, None, backend="flex")
         torch.testing.assert_close(out, reference_attention(q, k, v, layout, None), atol=2e-5, rtol=1e-4)
+        # inputs that require grad, under no_grad (FlexAttention on CPU refuses them as they are)
+        xs = [t.clone().requires_grad_(True) for t in (q, k, v, bias_b)]
+        out = sparse_attention(*xs[:3], layout, xs[3], backend="flex")
+        torch.testing.assert_close(out, reference_attention(q, k, v, layout, bias_b), atol=2e-5, rtol=1e-4)
     assert nb == 5
 
 
