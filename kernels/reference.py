@@ -51,23 +51,35 @@ def reference_attention(
     """softmax(q k^T * scale + bias) v over the pairs of ``layout`` (all pairs if None)."""
     ct = compute_dtype(q.dtype)
     scale = resolve_scale(q.shape[-1], scale)
-    s = torch.matmul(q.to(ct), k.to(ct).transpose(-1, -2)) * scale
-    if bias is not None:
-        s = s + bias.to(ct)
+    qc, kc, vc = q.to(ct), k.to(ct), v.to(ct)
+    zero = torch.zeros((), dtype=ct, device=q.device)
     allowed = None
     if layout is not None and not layout.is_full:
         allowed = layout.token_mask().to(q.device)  # [L, L] or [H, L, L]: broadcasts over B (and H)
+    # Non-finite q, k, v or scale with a sparse layout: every product is formed pair by pair over the
+    # computed pairs only (materialises [..., L, L, D]; taken only in this rare case), so that
+    # neither the output nor autograd ever forms 0 * NaN with a value outside the layout. The
+    # dense q k^T and p v below would (their backward multiplies a pair's zero gradient by it).
+    pairwise = allowed is not None and (
+        not math.isfinite(scale) or not all(bool(torch.isfinite(t).all()) for t in (qc, kc, vc))
+    )
+    if pairwise:
+        a5 = allowed.unsqueeze(-1)
+        s = (torch.where(a5, qc.unsqueeze(-2), zero) * torch.where(a5, kc.unsqueeze(-3), zero)).sum(-1) * scale
+    else:
+        s = torch.matmul(qc, kc.transpose(-1, -2)) * scale
+    if bias is not None:
+        s = s + bias.to(ct)
+    if allowed is not None:
         s = s.masked_fill(~allowed, float("-inf"))
     # A row is live iff some computed logit is not -inf (NaN counts as live, so it propagates).
     # Dead rows get finite logits so that neither the softmax nor its gradient produces NaN.
     live = (s != float("-inf")).any(-1, keepdim=True)
     p = torch.softmax(s.masked_fill(~live, 0.0), dim=-1)
-    vc = v.to(ct)
-    if allowed is None or bool(torch.isfinite(vc).all()):
-        out = torch.matmul(p, vc)
+    if allowed is not None:
+        p = torch.where(allowed, p, zero)  # a NaN row's softmax is NaN outside the layout too
+    if pairwise:
+        out = (p.unsqueeze(-1) * torch.where(a5, vc.unsqueeze(-3), zero)).sum(-2)
     else:
-        # Non-finite values in v: sum over the computed keys only (p @ v would read 0 * NaN at
-        # keys outside the layout). Materialises [..., L, L, D]; taken only in this rare case.
-        terms = p.unsqueeze(-1) * vc.unsqueeze(-3)
-        out = torch.where(allowed.unsqueeze(-1), terms, torch.zeros((), dtype=ct, device=q.device)).sum(-2)
-    return torch.where(live, out, torch.zeros((), dtype=ct, device=q.device)).to(q.dtype)
+        out = torch.matmul(p, vc)
+    return torch.where(live, out, zero).to(q.dtype)
