@@ -54,8 +54,6 @@ from typing import Any, Optional
 
 from .space import SearchSpace, SpaceError, load_space
 
-DEFAULT_STORAGE = "sqlite:///autotune.db"
-
 LEASE_SECONDS = 600.0
 HEARTBEAT_SECONDS = 5.0
 INTERRUPTED = "interrupted"
@@ -615,6 +613,8 @@ def overhead_text(summary: dict[str, Any]) -> str:
 def study_commands(study: str, storage: str, space: SearchSpace) -> list[str]:
     """The export, accuracy and report commands for ``study`` (what the end of a run prints)."""
     import shlex
+
+    from .db import DEFAULT_STORAGE
 
     out = os.path.join("results", f"{study}.yaml")
     st = "" if storage == DEFAULT_STORAGE else f" --storage {shlex.quote(storage)}"

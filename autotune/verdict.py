@@ -202,12 +202,22 @@ def leaders(targets: Targets, cells_by_trial: dict[int, list[Any]], bucket: int,
     return out[:top] if top else out
 
 
-def _merge(cell: Any, conf: Any) -> dict[str, Any]:
-    """A search cell with the confirmation's speedup figures."""
-    keys = ("id", "trial_id", "workload", "kind", "bucket", "batch", "sparsity", "time_ms", "sdpa_ms", "peak_mib",
-            "sdpa_peak_mib", "naive_peak_mib", "naive_ms", "speedup_naive", "accuracy", "memory_method", "mode",
-            "speedup", "speedup_lo", "speedup_hi", "repeats")
-    d = {k: _g(cell, k) for k in keys}
+class Cell(dict):
+    """A cell as a dict whose keys read as attributes too (missing ones read None)."""
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("__"):
+            raise AttributeError(name)
+        return self.get(name)
+
+
+def _merge(cell: Any, conf: Any) -> "Cell":
+    """A search cell (every column) with the confirmation's speedup figures; the search's own
+    figures stay under ``search``."""
+    if isinstance(cell, dict):
+        d = Cell(cell)
+    else:
+        d = Cell({k: getattr(cell, k) for k in cell.__table__.columns.keys()})
     d["search"] = {k: _g(cell, k) for k in ("speedup", "speedup_lo", "speedup_hi", "repeats")}
     if conf is not None:
         d.update(speedup=_g(conf, "speedup"), speedup_lo=_g(conf, "speedup_lo"), speedup_hi=_g(conf, "speedup_hi"),
