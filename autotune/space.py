@@ -442,14 +442,14 @@ TARGET_NAMES = ("speedup", "memory_vs_naive", "memory_vs_sdpa", "sparsity")
 # default attention allocates (at least 50%); against SDPA, already flash-style, only a
 # no-regression bound, on readings floored at the measurement's resolution (`memory_floor_mib`: CPU
 # resident-set readings move by a few MiB with the allocator, the CUDA allocator is byte-exact).
-# Accuracy, from the packaged chains (L = 256 / 512 / 1024, float32): a pure block diagonal of
-# 128-residue blocks reaches long-range contact recall 0.68 / 0.46 / 0.28 with output relative
-# error 0.42 / 0.62 / 0.69, 64-residue blocks 0.33 / 0.21 / 0.07 with 0.66 / 0.80 / 0.86; a 64-residue
-# local window on 64-blocks keeps 0.80 / 0.59 / 0.40 at 0.29 / 0.46 / 0.56, a 128-window
-# 0.97 / 0.79 / 0.61 at 0.12 / 0.31 / 0.44. Recall >= 0.5 with error <= 0.5 keeps the
-# layouts that see at least half of the long-range contacts a structure module needs and whose
-# attention output stays within half its magnitude of dense, and rejects every block diagonal
-# past L = 256 (benchmarks/README.md, "Accuracy floors").
+# Accuracy, from the packaged chains (all chains of each bucket, each at its own length; buckets
+# 256 / 512 / 1024): a pure block diagonal of 128-residue blocks keeps long-range contact recall
+# 0.69 / 0.46 / 0.28 at output relative error 0.42 / 0.62 / 0.69; a 64-residue local window on
+# 64-blocks 0.83 / 0.59 / 0.40 at 0.28 / 0.46 / 0.56, a 128-residue window 0.97 / 0.79 / 0.61 at
+# 0.10 / 0.31 / 0.44. Recall >= 0.5 with error <= 0.5 keeps the layouts that see at least half of
+# the long-range contacts a structure module needs and whose attention output stays within half
+# its magnitude of dense, and rejects every block diagonal past L = 256 (benchmarks/README.md,
+# "Accuracy floors").
 TARGET_DEFAULTS: dict[str, dict[str, Any]] = {
     "cpu": {"speedup": {"min": 1.0}, "memory_vs_naive": {"max": 0.5}, "memory_vs_sdpa": {"max": 1.25},
             "memory_floor_mib": 8.0, "confidence": 0.95, "max_chains": None,

@@ -566,7 +566,7 @@ class Report:
         self.w("One whole EvoFormer block per trial and bucket (at_measurements, kind `evoformer`): the trial's pattern "
                "on MSA row and both triangle attentions (sparse) against the same block with dense SDPA attention "
                "(`sdpa_ms`) and with naive attention (`naive_ms`), same worker, inputs and pass. vs SDPA = "
-               "at_measurements.speedup (sdpa_ms / time_ms), vs naive = speedup_naive; peak memory above the inputs.", "")
+               "at_measurements.speedup (median of the per-round ratios of the paired, interleaved timing), vs naive = speedup_naive; peak memory above the inputs.", "")
         by_id = {t.id: t for t in d.trials}
         rows = []
         for label, c in shown:
