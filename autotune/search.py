@@ -431,12 +431,18 @@ class Search:
         self._stop_requested = False
 
         def on_int(signum, frame):
-            # never raise from inside whatever the main thread is running (a finaliser or a library
-            # callback would swallow it as "Exception ignored"); the loop stops at its next check
-            if self._stop_requested:
-                raise KeyboardInterrupt
-            self._stop_requested = True
-            self.log("interrupt received: stopping (Ctrl-C again to stop at once)")
+            # One Ctrl-C always stops the search: the loop checks the flag every second, and the
+            # interrupt is raised at once unless the main thread is inside a finaliser (__del__),
+            # where Python would swallow it ("Exception ignored in ...") and the search go on.
+            if not self._stop_requested:
+                self._stop_requested = True
+                self.log("interrupt received: stopping")
+            f = frame
+            while f is not None:
+                if f.f_code.co_name == "__del__":
+                    return
+                f = f.f_back
+            raise KeyboardInterrupt
 
         try:
             signal.signal(signal.SIGTERM, on_term)
@@ -452,8 +458,12 @@ class Search:
             done0 = self.finished_count()
             self._load_cells()
             if done0 or self.stats["retried"]:
+                from optuna.trial import TrialState
+
+                retry = sum(1 for t in self.study.get_trials(deepcopy=False, states=(TrialState.WAITING,))
+                            if "retry_of" in t.user_attrs)
                 self.log(f"resuming study {self.study_name!r}: {done0} finished trial(s) kept, "
-                         f"{self.stats['retried']} retried")
+                         f"{retry} interrupted trial(s) retried")
             if done0 >= budget:
                 self.log(f"study {self.study_name!r} already has {done0} finished trials (budget {budget}); nothing to do "
                          f"(raise --trials above {done0} to add trials)")
