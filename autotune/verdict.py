@@ -110,7 +110,10 @@ def cell_values(targets: Targets, c: Any) -> dict[str, Optional[float]]:
     acc = _metrics(_g(c, "accuracy"))
     out: dict[str, Optional[float]] = {
         "speedup": lo if lo is not None else _g(c, "speedup"),
-        "memory_vs_naive": memory_ratio(_g(c, "peak_mib"), _g(c, "naive_peak_mib"), floor),
+        # a reduction against naive attention is only resolvable when naive's peak is above the
+        # floor; below it the value is missing (neutral, like a baseline out of memory)
+        "memory_vs_naive": (memory_ratio(_g(c, "peak_mib"), _g(c, "naive_peak_mib"), floor)
+                            if (_g(c, "naive_peak_mib") or 0.0) >= floor else None),
         "memory_vs_sdpa": memory_ratio(_g(c, "peak_mib"), _g(c, "sdpa_peak_mib"), floor),
         "sparsity": _g(c, "sparsity"),
     }

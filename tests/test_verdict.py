@@ -69,6 +69,8 @@ def test_memory_targets_use_the_resolution_floor():
     # the headline against naive attention: at least half of materialised attention's memory saved
     assert cell_violations(CPU, cell(1, lo=2.0, peak=10.0, naive=64.0))["memory_vs_naive"] <= 0
     assert cell_violations(CPU, cell(1, lo=2.0, peak=40.0, naive=64.0))["memory_vs_naive"] > 0
+    # naive's own peak under the floor: no reduction can be resolved, the target is not held against it
+    assert cell_violations(CPU, cell(1, lo=2.0, peak=0.4, naive=6.2))["memory_vs_naive"] <= 0
 
 
 def test_extrapolated_when_no_chain_comes_near_the_bucket():
