@@ -235,8 +235,12 @@ class SearchSpace:
     targets: Optional["Targets"] = None  # the one set of deployment targets (see `Targets`)
 
     def effective_targets(self) -> "Targets":
-        """The space's targets (per-device defaults when the space predates the section)."""
-        return self.targets if self.targets is not None else default_targets(self.device)
+        """The space's targets; for a space stored before targets existed, its constraints (or the
+        per-device defaults when it had none)."""
+        if self.targets is not None:
+            return self.targets
+        return parse_targets(_V(self.source), None, self.device, list(self.constraints), self.accuracy_metric,
+                             self.accuracy_max_chains)
 
     # -- Optuna ----------------------------------------------------------------------------
     def distributions(self) -> dict[str, Any]:
