@@ -148,3 +148,14 @@ def test_real_kernels_pair_on_this_machine():
                      baseline="sdpa", device="cpu", warmup=1, repeats=7, max_repeats=21, time_cap_s=2.0)
     r = pt.ratio("cand")
     assert r.lo <= r.point <= r.hi and r.point > 1.5
+
+
+@pytest.mark.skipif(not __import__("torch").cuda.is_available(), reason="needs a CUDA device")
+def test_paired_timing_with_cuda_events():
+    import torch
+
+    a = torch.randn(1024, 1024, device="cuda")
+    pt = time_paired({"sdpa": lambda: [a @ a for _ in range(8)], "cand": lambda: [a @ a for _ in range(2)]},
+                     baseline="sdpa", device="cuda", warmup=2, repeats=7, max_repeats=41, time_cap_s=2.0)
+    r = pt.ratio("cand")
+    assert 2.5 < r.point < 5.5 and r.lo <= r.point <= r.hi  # about 4x less device work
