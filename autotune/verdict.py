@@ -182,6 +182,14 @@ class BucketVerdict:
     leaders: list[Candidate] = field(default_factory=list)
     extrapolated: bool = False
     failed: dict[int, str] = field(default_factory=dict)  # leader -> why it was not chosen
+    above_bound: list[str] = field(default_factory=list)  # workloads whose speedup exceeds 1.1 / (1 - sparsity)
+
+
+def above_sparsity_bound(c: Any) -> bool:
+    """Whether a speedup over SDPA exceeds 1.1 / (1 - sparsity): more than skipping the work explains
+    if both kernels were equally efficient (a loaded machine, or a baseline slow for other reasons)."""
+    sp, s = _g(c, "speedup"), _g(c, "sparsity")
+    return sp is not None and s is not None and s < 1 and sp > 1.1 / (1 - s)
 
 
 def _candidate(trial: int, cells: list[Any]) -> Candidate:
@@ -286,6 +294,7 @@ def decide(targets: Targets, cells_by_trial: dict[int, list[Any]], buckets: Iter
         v.trial, v.cells, v.speedup, v.lo, v.hi = best.trial, best.cells, best.speedup, best.lo, best.hi
         v.tied_with = [c.trial for c in confirmed[1:] if best.lo is not None and c.hi is not None and c.hi >= best.lo]
         v.extrapolated = any(extrapolated(c, L) for c in best.cells)
+        v.above_bound = [_g(c, "workload") for c in best.cells if above_sparsity_bound(c)]
         v.why = "meets every target on confirmed figures"
         out.append(v)
     return out
@@ -303,6 +312,9 @@ def verdict_lines(verdicts: list[BucketVerdict]) -> list[str]:
             continue
         tie = f"; statistically tied with {', '.join(f't#{t}' for t in v.tied_with)}" if v.tied_with else ""
         ext = "; accuracy extrapolated (no chain near this length)" if v.extrapolated else ""
+        if v.above_bound:
+            ext += (f"; speedup above the sparsity bound 1.1/(1-s) at {', '.join(v.above_bound)}: "
+                    f"a loaded machine or a slow baseline, re-time before quoting")
         out.append(f"L={v.bucket}: deploy t#{v.trial}: {v.speedup:.2f}x over SDPA "
                    f"[{v.lo:.2f}, {v.hi:.2f}] confirmed{tie}{ext}")
     return out

@@ -164,6 +164,10 @@ def decide(data: ReportData, targets: Any) -> list[Decision]:
                                                            for w, x in vals.items()), measured=bool(vals) and not miss))
         if v.tied_with:
             d.notes.append(f"statistically tied with {cite('t', v.tied_with)} (overlapping confirmed intervals)")
+        if v.above_bound:
+            d.notes.append(f"‡ speedup above the sparsity bound 1.1 / (1 - sparsity) at {', '.join(v.above_bound)} "
+                           f"(more than skipping work explains: a loaded machine or a slow baseline; re-time before "
+                           f"quoting it)")
         if d.cells and any(extrapolated(c, v.bucket) for c in d.cells):
             d.notes.append("accuracy extrapolated: no chain of the set comes near this length")
         if v.deploy and (tu is None or tu.trial_number != v.trial):
