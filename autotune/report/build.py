@@ -312,19 +312,25 @@ class Report:
                 else:
                     self.w(f"  - L={x.bucket}: {x.why}.")
         if t is not None:
-            self.w(f"- Targets ({t.source}; the space's `targets`, read alike by the search, the export and this "
+            self.w(f"- Targets (from the study's space, {t.source}; read alike by the search, the export and this "
                    f"report): " + "; ".join(b.text() for b in t.bounds)
                    + f"; speedup = lower end of the paired {t.confidence:.0%} interval against dense SDPA; memory "
                    f"ratios on readings floored at {t.memory_floor_mib:g} MiB; at every workload.")
-        for w, L, lo, hi, n in self.noisy:
-            self.w(f"- **Noisy baseline**: SDPA at {w} L={L} ranged {f_ms(lo)}-{f_ms(hi)} ms over {n} trials (> 2x); "
-                   f"the choice rests on the confirmation's interleaved re-measurement, not on single trials.")
+        if self.noisy:
+            self.w("- **Noisy machine**: the SDPA baseline's median spread more than 2x across trials at "
+                   + ", ".join(f"{w} L={L} ({f_ms(lo)}-{f_ms(hi)} ms, {n} trials)" for w, L, lo, hi, n in self.noisy)
+                   + "; single-trial speedups are unreliable there, the choices rest on the confirmation's interleaved "
+                   "re-measurement.")
         if d.study:
             comp = sum(1 for x in d.trials if x.state == "COMPLETE")
             fail = sum(1 for x in d.trials if x.state == "FAIL")
-            feas = sum(1 for x in d.trials if x.state == "COMPLETE" and x.feasible)
+            from autotune.verdict import cell_ok
+
+            feas = sum(1 for x in d.trials if x.state == "COMPLETE" and t is not None and any(
+                (cs := d.cells(x.id, L)) and all(cell_ok(t, c) for c in cs) for L in d.buckets))
             devs = sorted({(r.hardware or {}).get("device_name") or r.device for r in d.runs})
-            self.w(f"- Search: {len(d.trials)} trial(s) ({comp} complete, {feas} feasible, {fail} failed) in "
+            self.w(f"- Search: {len(d.trials)} trial(s) ({comp} complete, {feas} meeting every target at some bucket "
+                   f"on their own timing, {fail} failed) in "
                    f"{len(d.runs)} run(s) on {', '.join(map(str, devs)) or '?'}; buckets "
                    f"{', '.join(map(str, d.buckets)) or NOT_MEASURED}.")
             reasons: dict[str, list[int]] = {}
@@ -416,7 +422,9 @@ class Report:
                 f"{x.cells[0].sparsity:.3f}" if x.cells else "—",
                 ", ".join(f"{c.workload} {f_x(c.speedup)} [{f_x(c.speedup_lo)}, {f_x(c.speedup_hi)}]"
                           for c in x.cells) or "—",
-                ", ".join(f"{c.workload} {f_pct(_reduction(c, 'naive', self.floor))}" for c in x.cells) or "—",
+                ", ".join(f"{c.workload} {f_pct(_reduction(c, 'naive', self.floor))}"
+                          if (c.naive_peak_mib or 0.0) >= self.floor else f"{c.workload} < {self.floor:g} MiB resolution"
+                          for c in x.cells) or "—",
                 ", ".join(f"{c.workload} {f_x(1 - r) if (r := _reduction(c, 'sdpa', self.floor)) is not None else '—'}"
                           for c in x.cells) or "—",
                 f_num(acc.get("contact_recall_long")),
