@@ -11,6 +11,16 @@ the study count), ``--timeout SECONDS`` (no new trial starts after it; running o
 cpu|cuda``, ``--workers N``, ``--no-progress``. Exit status: 0 done, 2 invalid input (nothing
 written), 1 other errors.
 
+End of a run
+------------
+The progress bar's best-so-far per bucket is the leader by the one rule of `autotune.verdict`
+(marked ``?``: unconfirmed). When the run ends the leaders of every bucket are re-measured together
+with SDPA (`autotune.verdict.confirm`, in the driver process, after the workers have stopped) and
+the run prints one verdict line per bucket - the same choice ``python -m autotune.export`` writes and
+``python -m autotune.report`` shows - and the export, accuracy and report commands for the study. A
+shape whose SDPA baseline spreads more than 2x across trials is warned about as it happens. One
+Ctrl-C stops the search (running trials are marked interrupted and retried on resume).
+
 Why plain Optuna ask/tell over Ray actors, not ``study.optimize`` and not Ray Tune
 -------------------------------------------------------------------------------
 The driver is the only process that talks to the database: it asks Optuna for a trial, sends the
