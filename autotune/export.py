@@ -111,6 +111,9 @@ def choose(study: str, storage: str, *, log=None) -> dict[str, Any]:
     try:
         if not inspect(db.engine).has_table(TrialRow.__tablename__):
             raise ExportError(f"study {study!r}: no autotune tables in {_safe(storage)}")
+        from .verdict import upgrade_schema
+
+        upgrade_schema(db.engine)
         studies = _studies(db)
         if study not in studies:
             raise ExportError(f"study {study!r} does not exist in {_safe(storage)} "

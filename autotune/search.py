@@ -196,6 +196,9 @@ class Search:
 
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         self.db = Database(self.storage)
+        from .verdict import upgrade_schema
+
+        upgrade_schema(self.db.engine)  # a database from before the paired-timing columns
         engine_kwargs = {"connect_args": {"timeout": 60}} if self.storage.startswith("sqlite") else {}
         self.ostorage = optuna.storages.RDBStorage(self.storage, engine_kwargs=engine_kwargs)
         directions = self.space.directions()

@@ -78,6 +78,27 @@ class Confirmation(Base):
     created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
 
 
+NEW_MEASUREMENT_COLUMNS = {"speedup_lo": "FLOAT", "speedup_hi": "FLOAT", "speedup_level": "FLOAT",
+                           "timing_stop": "VARCHAR(32)"}
+
+
+def upgrade_schema(engine) -> list[str]:
+    """Add the paired-timing columns to an ``at_measurements`` table created before they existed
+    (NULL for old rows: the rule then reads their point speedup). Returns the columns added."""
+    from sqlalchemy import inspect, text
+
+    insp = inspect(engine)
+    if not insp.has_table("at_measurements"):
+        return []
+    have = {c["name"] for c in insp.get_columns("at_measurements")}
+    added = [c for c in NEW_MEASUREMENT_COLUMNS if c not in have]
+    if added:
+        with engine.begin() as conn:
+            for c in added:
+                conn.execute(text(f"ALTER TABLE at_measurements ADD COLUMN {c} {NEW_MEASUREMENT_COLUMNS[c]}"))
+    return added
+
+
 # ---- per-cell checks ---------------------------------------------------------------------------------
 
 

@@ -112,6 +112,9 @@ def load(storage: str, study: Optional[str] = None) -> ReportData:
         except SQLAlchemyError as e:
             raise ReportError(f"cannot read --storage {safe_url(storage)}: {str(e).splitlines()[0]}") from None
         has = lambda model: model.__tablename__ in tables  # noqa: E731
+        from autotune.verdict import upgrade_schema
+
+        upgrade_schema(db.engine)  # a database from before the paired-timing columns
         if not (has(TrialRow) or has(BenchRun)):
             raise ReportError(f"{safe_url(storage)} holds no autotune tables (empty database): nothing to report")
         with db.Session() as s:
