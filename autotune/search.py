@@ -656,11 +656,11 @@ def study_commands(study: str, storage: str, space: SearchSpace) -> list[str]:
 def end_of_run(search: "Search", args) -> int:
     """Confirm the leaders of every bucket (`autotune.verdict.confirm`), print the verdict per
     bucket and the commands that export, check and report the study."""
-    from .verdict import confirm, verdict_lines
+    from .verdict import current_verdicts, verdict_lines
 
     log = search.log
     try:
-        verdicts = confirm(search.storage, search.study_name, log=log)
+        verdicts = current_verdicts(search.storage, search.study_name, log=log)
     except RuntimeError as e:
         log(f"confirmation not run: {e}")
         verdicts = []

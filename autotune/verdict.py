@@ -44,7 +44,8 @@ from .db import Base, utcnow
 from .space import SearchSpace, Targets
 
 __all__ = ["Confirmation", "cell_values", "cell_violations", "cell_ok", "leaders", "decide", "BucketVerdict",
-           "confirm", "load_study", "StudyData", "NEAR", "confirmation_current", "verdict_lines"]
+           "confirm", "load_study", "StudyData", "NEAR", "confirmation_current", "verdict_lines",
+           "current_verdicts", "upgrade_schema"]
 
 NEAR = 0.75  # accuracy chains must reach NEAR x the bucket length, else the bucket is extrapolated
 
@@ -447,3 +448,23 @@ def confirm(storage: str, study: str, *, log=None, threads: Optional[int] = None
         return decide(targets, data.cells_by_trial, data.buckets, data.confirmations or [], top)
     finally:
         db.close()
+
+
+def current_verdicts(storage: str, study: str, *, log=None) -> list[BucketVerdict]:
+    """The study's verdicts on its current confirmation, confirming first when there is none."""
+    from .db import Database
+
+    db = Database(storage)
+    try:
+        with db.Session() as s:
+            data = load_study(s, study)
+            s.expunge_all()
+    finally:
+        db.close()
+    if data.space is None or not data.trials:
+        return []
+    if data.confirmations is None:
+        return confirm(storage, study, log=log)
+    space = SearchSpace.from_dict(data.space)
+    return decide(space.effective_targets(), data.cells_by_trial, data.buckets, data.confirmations,
+                  int(space.measure.get("confirm_top", 3)))
