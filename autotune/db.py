@@ -31,7 +31,9 @@ Schema (one row per ...):
     head_dim, dtype, mode (fwd | fwd+bwd), sparsity, time_ms (median), time_p10_ms, time_p90_ms,
     repeats, peak_mib (above the inputs), memory_method (cuda_allocator | rss_hwm | rss_sampled),
     sdpa_ms, sdpa_p10_ms, sdpa_p90_ms, sdpa_peak_mib, naive_ms, naive_peak_mib (NULL: the baseline
-    ran out of memory), speedup (sdpa_ms / time_ms), speedup_naive, memory_vs_sdpa,
+    ran out of memory), speedup (median of the per-round ratios sdpa / candidate of the paired,
+    interleaved timing), speedup_lo / speedup_hi / speedup_level (its confidence interval and
+    achieved level), timing_stop (converged | max_repeats | time_cap), speedup_naive, memory_vs_sdpa,
     memory_vs_naive (peak / max(baseline peak, 1 MiB)), accuracy (JSON: all metrics of
     evaluate_pattern at this bucket, n_chains, extrapolated, note), accuracy_metric,
     accuracy_value, violations (JSON: constraint name -> violation at this cell), feasible.
@@ -154,6 +156,12 @@ class Measurement(Base):
     naive_ms: Mapped[Optional[float]] = mapped_column(Float, nullable=True)
     naive_peak_mib: Mapped[Optional[float]] = mapped_column(Float, nullable=True)
     speedup: Mapped[Optional[float]] = mapped_column(Float, nullable=True)
+    # paired timing (autotune.measure.time_paired): the speedup's confidence interval, its achieved
+    # level and why the loop stopped (converged | max_repeats | time_cap); repeats = rounds
+    speedup_lo: Mapped[Optional[float]] = mapped_column(Float, nullable=True)
+    speedup_hi: Mapped[Optional[float]] = mapped_column(Float, nullable=True)
+    speedup_level: Mapped[Optional[float]] = mapped_column(Float, nullable=True)
+    timing_stop: Mapped[Optional[str]] = mapped_column(String(32), nullable=True)
     speedup_naive: Mapped[Optional[float]] = mapped_column(Float, nullable=True)
     memory_vs_sdpa: Mapped[Optional[float]] = mapped_column(Float, nullable=True)
     memory_vs_naive: Mapped[Optional[float]] = mapped_column(Float, nullable=True)

@@ -1,16 +1,19 @@
-"""Export a study's best config per bucket: ``python -m autotune.export --study NAME --out FILE``.
+"""Export a study's chosen config per bucket: ``python -m autotune.export --study NAME [--out FILE]``.
 
-Options: ``--storage URL`` (default ``sqlite:///autotune.db``), ``--out FILE`` (default
-``tuned/<study>.yaml``).
+Options: ``--storage URL`` (default the search's, ``$AUTOTUNE_STORAGE`` or
+`autotune.db.DEFAULT_STORAGE`; a plain file path is read as a SQLite file), ``--out FILE``
+(default ``results/<study>.yaml``).
 
-Choice rule, per bucket: among the study's COMPLETE trials whose measurements at that bucket meet
-every constraint of the space at every workload (the per-cell ``feasible`` flag in
-``at_measurements``: speedup, memory and accuracy at this bucket), take the one with the highest
-geometric-mean speedup over the workloads at that bucket; ties go to the lower geometric-mean
-peak memory, then to the earlier trial. A bucket with no feasible trial is left out of the file and
-listed under ``infeasible_buckets`` (a deployment then uses the next larger bucket, or the largest,
-see `patterns.tuned`). Exit status 2 with one line if the database or the study does not exist, or
-if no bucket has a feasible trial.
+Choice rule: the one rule of `autotune.verdict` (also behind the search's verdict and the
+report): per bucket, the study's leaders (COMPLETE trials meeting every non-speedup target at
+every workload there, by geometric-mean paired speedup over SDPA) are re-measured together with
+the baseline; the chosen config is the confirmed leader with the highest confirmed geometric-mean
+speedup whose confirmed interval clears the speedup target at every workload and that meets every
+other target of the space. If the study's latest confirmation does not cover its current trials
+(or there is none), the export runs it first, on this machine. A bucket without a choice is left
+out of the file and listed with its reason under ``not_exported`` (a deployment then uses the next
+larger bucket, or the largest, see `patterns.tuned`). Exit status 2 with one line if the database
+or the study does not exist (the line lists the studies that do), or if no bucket has a choice.
 
 The file is read by `patterns.load_tuned`; each choice is also recorded in ``at_tuned``.
 """
@@ -27,9 +30,10 @@ from typing import Any, Optional
 
 import yaml
 
-RULE = ("per bucket: the COMPLETE trial meeting every constraint at every workload of that bucket with the "
-        "highest geometric-mean speedup over the workloads (ties: lower geometric-mean peak memory, then "
-        "the earlier trial)")
+RULE = ("per bucket (autotune.verdict): the confirmed leader - re-measured interleaved with SDPA and the other "
+        "leaders - with the highest confirmed geometric-mean speedup over the workloads whose interval clears the "
+        "speedup target and that meets every other target at every workload (ties: lower geometric-mean peak "
+        "memory, then the earlier trial)")
 
 
 class ExportError(Exception):
@@ -43,17 +47,63 @@ class _Dumper(yaml.SafeDumper):
         return True
 
 
+def storage_url(arg: str, flag: str = "--storage") -> str:
+    """A SQLAlchemy URL from ``arg`` (ExportError with a hint on the usual mistakes): a plain path
+    is a SQLite file; ``sqlite://path`` (two slashes) is refused with the three-slash form; a
+    PostgreSQL URL whose driver is not installed names the extra to install."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    if "://" not in arg:
+        return f"sqlite:///{arg}"
+    try:
+        u = make_url(arg)
+    except ArgumentError:
+        raise ExportError(f"{flag}: not a database URL: {arg!r} (a SQLite file: sqlite:///results/autotune.db)") from None
+    backend = u.get_backend_name()
+    if backend == "sqlite" and u.host:
+        raise ExportError(f"{flag}: {arg!r} names host {u.host!r}; a SQLite file needs three slashes: "
+                          f"sqlite:///{u.host}/{u.database or ''}".rstrip("/"))
+    if backend == "postgresql":
+        try:
+            u.get_dialect().import_dbapi()
+        except ImportError:
+            raise ExportError(f"{flag}: the PostgreSQL driver for {u.drivername} is not installed: "
+                              f"pip install -e '.[postgres]' (and use postgresql+psycopg://...)") from None
+    return arg
+
+
 def _geomean(xs: list[Optional[float]]) -> float:
     xs = [x for x in xs if x is not None and x > 0 and math.isfinite(x)]
     return math.exp(sum(map(math.log, xs)) / len(xs)) if xs else 0.0
 
 
-def choose(study: str, storage: str) -> dict[str, Any]:
-    """The export document for ``study`` (raises ExportError)."""
-    from sqlalchemy import inspect, select
+def _studies(db) -> list[str]:
+    from sqlalchemy import select
 
-    from .db import Database, Measurement, Run, TrialRow
+    from .db import TrialRow
 
+    with db.Session() as s:
+        return sorted(set(s.scalars(select(TrialRow.study_name).distinct()).all()))
+
+
+def _clean(d: Optional[dict]) -> Optional[dict]:
+    return None if d is None else {k: v for k, v in d.items() if v is not None}
+
+
+def _g(c: Any, k: str) -> Any:
+    return c.get(k) if isinstance(c, dict) else getattr(c, k, None)
+
+
+def choose(study: str, storage: str, *, log=None) -> dict[str, Any]:
+    """The export document for ``study`` (raises ExportError); confirms first when needed."""
+    from sqlalchemy import inspect
+
+    from .db import Database, TrialRow
+    from .space import SearchSpace
+    from .verdict import confirm, decide, load_study, memory_ratio
+
+    log = log or (lambda msg: print(f"autotune.export: {msg}", file=sys.stderr))
     path = _sqlite_path(storage)
     if path is not None and not os.path.isfile(path):
         raise ExportError(f"--storage: no database file {path}")
@@ -61,82 +111,103 @@ def choose(study: str, storage: str) -> dict[str, Any]:
     try:
         if not inspect(db.engine).has_table(TrialRow.__tablename__):
             raise ExportError(f"study {study!r}: no autotune tables in {_safe(storage)}")
+        from .verdict import upgrade_schema
+
+        upgrade_schema(db.engine)
+        studies = _studies(db)
+        if study not in studies:
+            raise ExportError(f"study {study!r} does not exist in {_safe(storage)} "
+                              f"(studies there: {', '.join(studies) if studies else 'none'})")
         with db.Session() as s:
-            trials = s.scalars(select(TrialRow).where(TrialRow.study_name == study)).all()
-            if not trials:
-                raise ExportError(f"study {study!r} does not exist in {_safe(storage)} (no trial recorded)")
-            complete = [t for t in trials if t.state == "COMPLETE"]
-            ms = s.scalars(
-                select(Measurement).join(TrialRow).where(TrialRow.study_name == study, TrialRow.state == "COMPLETE")
-            ).all()
-            runs = {r.id: r for r in s.scalars(select(Run).where(Run.study_name == study)).all()}
-            by_trial: dict[int, dict[int, list[Measurement]]] = {}
-            for m in ms:
-                by_trial.setdefault(m.trial_id, {}).setdefault(m.bucket, []).append(m)
-            buckets = sorted({m.bucket for m in ms})
-            space = None
-            for r in sorted(runs.values(), key=lambda r: r.id, reverse=True):
-                space = r.space
-                break
-            out_buckets, infeasible = [], []
-            for L in buckets:
-                best, best_key = None, None
-                for t in complete:
-                    cells = by_trial.get(t.id, {}).get(L)
-                    if not cells or not all(c.feasible for c in cells):
-                        continue
-                    key = (-_geomean([c.speedup for c in cells]), _geomean([max(c.peak_mib, 1e-6) for c in cells]), t.number)
-                    if best_key is None or key < best_key:
-                        best, best_key = t, key
-                if best is None:
-                    infeasible.append(L)
-                    continue
-                cells = sorted(by_trial[best.id][L], key=lambda c: c.workload)
-                acc = cells[0].accuracy or {}
-                run = runs.get(best.run_id)
-                out_buckets.append({
-                    "seq_len": L,
-                    "pattern": dict(best.pattern),
-                    "kernel": dict(best.kernel) if best.kernel else None,
-                    "source": {"study": study, "trial": best.number, "run_id": best.run_id},
-                    "sparsity": round(cells[0].sparsity, 6),
-                    "speedup": {c.workload: _r(c.speedup) for c in cells},
-                    "speedup_geomean": _r(-best_key[0]),
-                    "time_ms": {c.workload: _r(c.time_ms) for c in cells},
-                    "sdpa_ms": {c.workload: _r(c.sdpa_ms) for c in cells},
-                    "peak_mib": {c.workload: _r(c.peak_mib) for c in cells},
-                    "sdpa_peak_mib": {c.workload: _r(c.sdpa_peak_mib) for c in cells},
-                    "naive_peak_mib": {c.workload: _r(c.naive_peak_mib) for c in cells},
-                    "memory_vs_sdpa": {c.workload: _r(c.memory_vs_sdpa) for c in cells},
-                    "memory_vs_naive": {c.workload: _r(c.memory_vs_naive) for c in cells},
-                    "accuracy": {k: _r(v) for k, v in (acc.get("metrics") or {}).items()},
-                    "accuracy_extrapolated": acc.get("extrapolated"),
-                    "hardware": (run.hardware if run else None),
-                })
-            if not out_buckets:
-                raise ExportError(
-                    f"study {study!r} has no feasible trial at any bucket ({len(complete)} complete of {len(trials)})"
-                )
-            first_run = runs.get(out_buckets[0]["source"]["run_id"])
-            return {
-                "format": 1,
-                "study": study,
-                "rule": RULE,
-                "device": space.get("device") if space else None,
-                "backend": space.get("backend") if space else None,
-                "dtype": space.get("dtype") if space else None,
-                "mode": space.get("mode") if space else None,
-                "workloads": space.get("workloads") if space else None,
-                "constraints": space.get("constraints") if space else None,
-                "hardware": first_run.hardware if first_run else None,
-                "versions": first_run.versions if first_run else None,
-                "git_revision": first_run.git_revision if first_run else None,
-                "exported_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-                "infeasible_buckets": infeasible,
-                "buckets": out_buckets,
-            }
+            data = load_study(s, study)
+            s.expunge_all()
     finally:
         db.close()
+    if not data.trials:
+        raise ExportError(f"study {study!r} has no complete trial ({data.n_trials} recorded)")
+    space = SearchSpace.from_dict(data.space)
+    targets = space.effective_targets()
+    top = int(space.measure.get("confirm_top", 3))
+    if data.confirmations is None:
+        log("the study's leaders have no current confirmation; confirming them on this machine")
+        try:
+            confirm(storage, study, log=log)
+        except RuntimeError as e:
+            raise ExportError(f"study {study!r}: cannot confirm: {e}") from None
+        db = Database(storage, create=False)
+        try:
+            with db.Session() as s:
+                data = load_study(s, study)
+                s.expunge_all()
+        finally:
+            db.close()
+    verdicts = decide(targets, data.cells_by_trial, data.buckets, data.confirmations or [], top)
+    runs = {r.id: r for r in data.runs}
+    floor = targets.memory_floor_mib
+    out_buckets, not_exported = [], {}
+    for v in verdicts:
+        if not v.deploy:
+            not_exported[v.bucket] = v.why
+            continue
+        t = data.trials[v.trial]
+        cells = v.cells
+        acc = _g(cells[0], "accuracy") or {}
+        run = runs.get(t.run_id)
+        lengths = acc.get("lengths") or []
+        sb = targets.bound("speedup")
+        out_buckets.append({
+            "seq_len": v.bucket,
+            "pattern": dict(t.pattern),
+            "kernel": dict(t.kernel) if t.kernel else None,
+            "source": {"study": study, "trial": t.number, "run_id": t.run_id,
+                       "confirmation": sorted({_g(c, "confirmation_id") for c in cells if _g(c, "confirmation_id")})},
+            "sparsity": round(_g(cells[0], "sparsity"), 6),
+            "speedup": {_g(c, "workload"): {"median": _r(_g(c, "speedup")), "lo": _r(_g(c, "speedup_lo")),
+                                            "hi": _r(_g(c, "speedup_hi")), "repeats": _g(c, "repeats")} for c in cells},
+            "speedup_geomean": _r(v.speedup),
+            "speedup_interval": [_r(v.lo), _r(v.hi)],
+            "speedup_min": sb.min if sb is not None else None,
+            "tied_with": list(v.tied_with),
+            "time_ms": {_g(c, "workload"): _r(_g(c, "time_ms")) for c in cells},
+            "sdpa_ms": {_g(c, "workload"): _r(_g(c, "sdpa_ms")) for c in cells},
+            "peak_mib": {_g(c, "workload"): _r(_g(c, "peak_mib")) for c in cells},
+            "sdpa_peak_mib": {_g(c, "workload"): _r(_g(c, "sdpa_peak_mib")) for c in cells},
+            "naive_peak_mib": {_g(c, "workload"): _r(_g(c, "naive_peak_mib")) for c in cells},
+            "memory_vs_naive": {_g(c, "workload"): _r(memory_ratio(_g(c, "peak_mib"), _g(c, "naive_peak_mib"), floor))
+                                for c in cells},
+            "memory_vs_sdpa": {_g(c, "workload"): _r(memory_ratio(_g(c, "peak_mib"), _g(c, "sdpa_peak_mib"), floor))
+                               for c in cells},
+            "accuracy": {k: _r(x) for k, x in (acc.get("metrics") or {}).items()},
+            "accuracy_chains": {"n": acc.get("n_chains"), "lengths": [min(lengths), max(lengths)] if lengths else None,
+                                "sparsity": _r(acc.get("chain_sparsity")), "max_chains": acc.get("max_chains")},
+            "accuracy_extrapolated": bool(v.extrapolated),
+            "hardware": (run.hardware if run else None),
+        })
+    if not out_buckets:
+        raise ExportError(f"study {study!r} has no feasible trial at any bucket ({len(data.trials)} complete of "
+                          f"{data.n_trials}): " + "; ".join(f"L={L}: {w}" for L, w in not_exported.items()))
+    first_run = runs.get(out_buckets[0]["source"]["run_id"])
+    sd = space.to_dict()
+    return {
+        "format": 1,
+        "study": study,
+        "rule": RULE,
+        "device": sd.get("device"),
+        "backend": sd.get("backend"),
+        "dtype": sd.get("dtype"),
+        "mode": sd.get("mode"),
+        "workloads": [_clean(w) for w in sd.get("workloads") or []],
+        "targets": {"bounds": [_clean(b) for b in targets.to_dict()["bounds"]],
+                    "memory_floor_mib": targets.memory_floor_mib, "confidence": targets.confidence,
+                    "source": targets.source},
+        "hardware": first_run.hardware if first_run else None,
+        "versions": first_run.versions if first_run else None,
+        "git_revision": first_run.git_revision if first_run else None,
+        "exported_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "infeasible_buckets": sorted(not_exported),
+        "not_exported": {int(L): w for L, w in sorted(not_exported.items())},
+        "buckets": out_buckets,
+    }
 
 
 def _r(x: Optional[float]) -> Optional[float]:
@@ -158,10 +229,10 @@ def _safe(url: str) -> str:
     return make_url(url).render_as_string(hide_password=True)
 
 
-def export(study: str, storage: str, out: str) -> dict[str, Any]:
+def export(study: str, storage: str, out: str, log=None) -> dict[str, Any]:
     from .db import Database, Tuned
 
-    doc = choose(study, storage)
+    doc = choose(study, storage, log=log)
     Path(out).parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(str(out) + ".tmp")
     tmp.write_text(f"# Tuned sparse attention patterns, exported from study {study!r}.\n"
@@ -173,7 +244,8 @@ def export(study: str, storage: str, out: str) -> dict[str, Any]:
         with db.session() as s:
             for b in doc["buckets"]:
                 s.add(Tuned(study_name=study, bucket=b["seq_len"], trial_number=b["source"]["trial"], pattern=b["pattern"],
-                            kernel=b["kernel"], speedup=b["speedup"], peak_mib=b["peak_mib"], accuracy=b["accuracy"],
+                            kernel=b["kernel"], speedup={w: x["median"] for w, x in b["speedup"].items()},
+                            peak_mib=b["peak_mib"], accuracy=b["accuracy"],
                             hardware=b["hardware"], rule=RULE, out_path=str(out)))
     finally:
         db.close()
@@ -181,23 +253,27 @@ def export(study: str, storage: str, out: str) -> dict[str, Any]:
 
 
 def main(argv: Optional[list[str]] = None) -> int:
+    from .db import DEFAULT_STORAGE
+
     p = argparse.ArgumentParser(prog="python -m autotune.export", description=__doc__.split("\n\n")[0])
     p.add_argument("--study", required=True)
-    p.add_argument("--storage", default=None, help="SQLAlchemy URL (default sqlite:///autotune.db)")
-    p.add_argument("--out", default=None, help="output YAML (default tuned/<study>.yaml)")
+    p.add_argument("--storage", default=None, help=f"SQLAlchemy URL or SQLite file (default {DEFAULT_STORAGE})")
+    p.add_argument("--out", default=None, help="output YAML (default results/<study>.yaml)")
     args = p.parse_args(argv)
-    storage = args.storage or os.environ.get("AUTOTUNE_STORAGE") or "sqlite:///autotune.db"
-    out = args.out or os.path.join("tuned", f"{args.study}.yaml")
+    out = args.out or os.path.join("results", f"{args.study}.yaml")
     try:
+        storage = storage_url(args.storage or os.environ.get("AUTOTUNE_STORAGE") or DEFAULT_STORAGE)
         doc = export(args.study, storage, out)
     except ExportError as e:
         print(f"autotune.export: error: {e}", file=sys.stderr)
         return 2
     for b in doc["buckets"]:
-        print(f"L={b['seq_len']}: trial {b['source']['trial']} {b['pattern']} speedup {b['speedup_geomean']}x",
-              file=sys.stderr)
-    if doc["infeasible_buckets"]:
-        print(f"autotune.export: no feasible trial at bucket(s) {doc['infeasible_buckets']} (left out)", file=sys.stderr)
+        lo, hi = b["speedup_interval"]
+        tie = f", tied with {', '.join(f't#{t}' for t in b['tied_with'])}" if b["tied_with"] else ""
+        print(f"L={b['seq_len']}: trial {b['source']['trial']} {b['pattern']} speedup {b['speedup_geomean']}x "
+              f"[{lo}, {hi}] confirmed{tie}", file=sys.stderr)
+    for L, why in doc["not_exported"].items():
+        print(f"autotune.export: L={L} not exported: {why}", file=sys.stderr)
     print(f"autotune.export: wrote {out}", file=sys.stderr)
     return 0
 

@@ -1,8 +1,26 @@
 """Timing and peak-memory measurement, on GPU and on CPU, and the naive attention baseline.
 
-Time: ``warmup`` untimed calls, then ``repeats`` timed calls, each timed on its own; we report the
-median and the 10th / 90th percentiles. On CUDA each call is timed with a pair of CUDA events
-(device time, no host overhead beyond the launch); on CPU with ``time.perf_counter``.
+Paired time (`time_paired`, what trials and the confirmation use): the candidate(s) and the
+baseline run interleaved in one loop. One *round* calls every function once, in an order that
+rotates from round to round (A B, B A, ... for two), so that a load change on the machine hits
+candidate and baseline alike and neither always runs first. ``warmup`` untimed rounds come first
+(at least one, so first calls - allocation, compilation, cache misses - are excluded). After each
+timed round the speedup of every candidate over the baseline is estimated from the per-round
+ratios ``t_baseline / t_candidate`` (the two calls of a pair are adjacent in time): the point
+estimate is the median of the ratios, the interval the distribution-free confidence interval of
+that median from order statistics (the binomial method: the k-th smallest and k-th largest ratio,
+k the largest index with P(Binomial(n, 1/2) < k) <= (1 - level) / 2; Conover, *Practical
+Nonparametric Statistics*, 3rd ed., sec. 3.2). Repeats adapt: at least ``min_repeats`` rounds, then
+more until every candidate's interval is narrower than ``rel_width`` of its estimate on each side
+(short kernels and quiet machines stop early, noisy ones take more rounds), ``max_repeats`` is
+reached, or ``time_cap_s`` of timed calls is spent. A call shorter than ``min_call_ms`` is repeated
+``inner`` times inside one timed sample (timer resolution). On CUDA every call is timed with its own
+pair of CUDA events (device time) and the host synchronises once per round; on CPU with
+``time.perf_counter``. With fewer rounds than the level allows (n < 6 at 95%) the interval is the
+full range of the ratios and its achieved level is reported.
+
+`time_fn` (one function on its own: median / p10 / p90 after warm-up) remains for single timings
+(the naive baseline and the EvoFormer benchmarks).
 
 Peak memory above the inputs (everything the call allocates at its high point: output, logits,
 workspaces, gradients in fwd+bwd), measured, never estimated:
@@ -25,11 +43,17 @@ import ctypes.util
 import math
 import threading
 import time
+from dataclasses import dataclass, field
 from typing import Callable, Optional
 
 import torch
 
-__all__ = ["time_fn", "peak_memory", "naive_attention", "is_oom", "percentile"]
+__all__ = ["time_fn", "time_paired", "PairedTiming", "RatioEstimate", "median_ci", "peak_memory",
+           "naive_attention", "is_oom", "percentile", "PAIRED_DEFAULTS"]
+
+# Defaults of the paired timer (the space's ``measure`` section overrides them).
+PAIRED_DEFAULTS = {"warmup": 2, "repeats": 7, "max_repeats": 41, "rel_width": 0.05, "time_cap_s": 3.0,
+                   "level": 0.95, "min_call_ms": 0.5}
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -72,6 +96,164 @@ def time_fn(fn: Callable[[], object], *, device: str, warmup: int = 3, repeats: 
         "p90_ms": percentile(times, 90),
         "repeats": len(times),
     }
+
+
+# ---- paired (interleaved) timing --------------------------------------------------------------------
+
+
+def _binom_cdf_half(k: int, n: int) -> float:
+    """P(Binomial(n, 1/2) <= k)."""
+    if k < 0:
+        return 0.0
+    return sum(math.comb(n, i) for i in range(0, min(k, n) + 1)) / 2.0 ** n
+
+
+def median_ci(values: list[float], level: float = 0.95) -> tuple[float, float, float, float]:
+    """(median, lo, hi, achieved level): the order-statistics confidence interval of the median.
+
+    With the sorted sample x(1) <= ... <= x(n), [x(k), x(n+1-k)] covers the population median with
+    probability 1 - 2 P(B <= k - 1), B ~ Binomial(n, 1/2); k is the largest index keeping that
+    probability >= ``level``. When even k = 1 falls short (small n) the interval is [min, max] and
+    the achieved level 1 - 2^(1-n) is returned instead."""
+    xs = sorted(values)
+    n = len(xs)
+    if n == 0:
+        raise ValueError("median_ci of an empty sample")
+    med = percentile(xs, 50)
+    if n == 1:
+        return med, xs[0], xs[0], 0.0
+    alpha = 1.0 - level
+    k = 1
+    while k + 1 <= n // 2 and 2 * _binom_cdf_half(k, n) <= alpha:
+        k += 1
+    achieved = 1.0 - 2 * _binom_cdf_half(k - 1, n)
+    return med, xs[k - 1], xs[n - k], achieved
+
+
+@dataclass
+class RatioEstimate:
+    """Speedup of one candidate over the baseline: median of the per-round ratios
+    t_baseline / t_candidate, with its order-statistics confidence interval [lo, hi]."""
+
+    point: float
+    lo: float
+    hi: float
+    level: float  # achieved confidence level of [lo, hi]
+    n: int  # rounds (pairs)
+
+    def to_dict(self) -> dict[str, float]:
+        return {"point": self.point, "lo": self.lo, "hi": self.hi, "level": self.level, "n": self.n}
+
+
+@dataclass
+class PairedTiming:
+    """Result of `time_paired`: per-call times (ms) of every function, round by round."""
+
+    baseline: str
+    times_ms: dict[str, list[float]]
+    warmup: int
+    inner: int  # calls per timed sample (times are per call)
+    stop: str  # "converged" | "max_repeats" | "time_cap"
+    timed_s: float  # seconds inside the timed calls (all functions, warm-up included)
+    wall_s: float  # seconds of the whole measurement
+    level: float
+    ratios: dict[str, RatioEstimate] = field(default_factory=dict)
+
+    @property
+    def rounds(self) -> int:
+        return len(self.times_ms[self.baseline])
+
+    def stats(self, name: str) -> dict[str, float]:
+        ts = self.times_ms[name]
+        return {"median_ms": percentile(ts, 50), "p10_ms": percentile(ts, 10), "p90_ms": percentile(ts, 90),
+                "repeats": len(ts)}
+
+    def ratio(self, name: str) -> RatioEstimate:
+        return self.ratios[name]
+
+
+def _estimate(times: dict[str, list[float]], baseline: str, level: float) -> dict[str, RatioEstimate]:
+    out = {}
+    base = times[baseline]
+    for name, ts in times.items():
+        if name == baseline:
+            continue
+        rs = [b / max(c, 1e-12) for b, c in zip(base, ts)]
+        med, lo, hi, ach = median_ci(rs, level)
+        out[name] = RatioEstimate(med, lo, hi, ach, len(rs))
+    return out
+
+
+def time_paired(fns: dict[str, Callable[[], object]], *, baseline: str, device: str,
+                warmup: int = PAIRED_DEFAULTS["warmup"], repeats: int = PAIRED_DEFAULTS["repeats"],
+                max_repeats: int = PAIRED_DEFAULTS["max_repeats"], rel_width: float = PAIRED_DEFAULTS["rel_width"],
+                time_cap_s: float = PAIRED_DEFAULTS["time_cap_s"], level: float = PAIRED_DEFAULTS["level"],
+                min_call_ms: float = PAIRED_DEFAULTS["min_call_ms"]) -> PairedTiming:
+    """Time ``fns`` interleaved (module docstring); ``baseline`` names the reference function.
+
+    Returns the per-call times of every function and, for every other function, the speedup
+    ``t_baseline / t_candidate`` with its confidence interval (`PairedTiming.ratios`)."""
+    if baseline not in fns or len(fns) < 2:
+        raise ValueError("time_paired needs the baseline and at least one candidate")
+    names = list(fns)
+    repeats, max_repeats = max(1, int(repeats)), max(1, int(max_repeats))
+    max_repeats = max(max_repeats, repeats)
+    t_wall = time.perf_counter()
+    timed = 0.0
+    cuda = device == "cuda"
+
+    def one_round(order: list[str], inner: int) -> dict[str, float]:
+        nonlocal timed
+        out: dict[str, float] = {}
+        if cuda:
+            evs = {}
+            for name in order:
+                s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                s.record()
+                for _ in range(inner):
+                    fns[name]()
+                e.record()
+                evs[name] = (s, e)
+            torch.cuda.synchronize()
+            for name, (s, e) in evs.items():
+                out[name] = float(s.elapsed_time(e)) / inner
+        else:
+            for name in order:
+                t0 = time.perf_counter()
+                for _ in range(inner):
+                    fns[name]()
+                out[name] = (time.perf_counter() - t0) * 1e3 / inner
+        timed += sum(out.values()) * inner / 1e3
+        return out
+
+    # warm-up rounds (at least one: first calls never count); they also size ``inner``
+    first: dict[str, float] = {}
+    for w in range(max(1, int(warmup))):
+        first = one_round(names[w % len(names):] + names[:w % len(names)], 1)
+    shortest = min(first.values()) if first else 0.0
+    inner = 1 if shortest <= 0 or shortest >= min_call_ms else min(64, int(math.ceil(min_call_ms / shortest)))
+    times: dict[str, list[float]] = {n: [] for n in names}
+    stop = "max_repeats"
+    timed_at_start = timed
+    r = 0
+    while r < max_repeats:
+        order = names[r % len(names):] + names[:r % len(names)]
+        res = one_round(order, inner)
+        for n in names:
+            times[n].append(res[n])
+        r += 1
+        if r >= repeats:
+            est = _estimate(times, baseline, level)
+            if all(e.level >= level - 1e-9 and e.hi - e.point <= rel_width * e.point
+                   and e.point - e.lo <= rel_width * e.point for e in est.values()):
+                stop = "converged"
+                break
+            if timed - timed_at_start >= time_cap_s:
+                stop = "time_cap"
+                break
+    return PairedTiming(baseline=baseline, times_ms=times, warmup=max(1, int(warmup)), inner=inner, stop=stop,
+                        timed_s=timed, wall_s=time.perf_counter() - t_wall, level=level,
+                        ratios=_estimate(times, baseline, level))
 
 
 # ---- CPU resident-set measurement ----------------------------------------------------------------

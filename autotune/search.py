@@ -11,6 +11,16 @@ the study count), ``--timeout SECONDS`` (no new trial starts after it; running o
 cpu|cuda``, ``--workers N``, ``--no-progress``. Exit status: 0 done, 2 invalid input (nothing
 written), 1 other errors.
 
+End of a run
+------------
+The progress bar's best-so-far per bucket is the leader by the one rule of `autotune.verdict`
+(marked ``?``: unconfirmed). When the run ends the leaders of every bucket are re-measured together
+with SDPA (`autotune.verdict.confirm`, in the driver process, after the workers have stopped) and
+the run prints one verdict line per bucket - the same choice ``python -m autotune.export`` writes and
+``python -m autotune.report`` shows - and the export, accuracy and report commands for the study. A
+shape whose SDPA baseline spreads more than 2x across trials is warned about as it happens. One
+Ctrl-C stops the search (running trials are marked interrupted and retried on resume).
+
 Why plain Optuna ask/tell over Ray actors, not ``study.optimize`` and not Ray Tune
 -------------------------------------------------------------------------------
 The driver is the only process that talks to the database: it asks Optuna for a trial, sends the
@@ -169,7 +179,11 @@ class Search:
         self.num_cpus = num_cpus
         self.log = log or (lambda msg: print(f"autotune: {msg}", file=sys.stderr))
         self.stats = {"completed": 0, "failed": 0, "recovered": 0, "retried": 0, "wall_s": 0.0, "measure_s": 0.0,
-                      "trial_s": 0.0, "startup_s": 0.0}
+                      "trial_s": 0.0, "startup_s": 0.0, "timed_s": 0.0, "windows_s": 0.0}
+        self.cells_by_trial: dict[int, list[dict[str, Any]]] = {}  # complete trials' cells (progress bar)
+        self.sdpa_seen: dict[tuple, list[float]] = {}  # (workload, bucket) -> SDPA medians (noise warning)
+        self.noisy: set[tuple] = set()
+        self._stop_requested = False
         self.best: Optional[float] = None
         self.best_by_bucket: dict[int, float] = {}
 
@@ -182,6 +196,9 @@ class Search:
 
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         self.db = Database(self.storage)
+        from .verdict import upgrade_schema
+
+        upgrade_schema(self.db.engine)  # a database from before the paired-timing columns
         engine_kwargs = {"connect_args": {"timeout": 60}} if self.storage.startswith("sqlite") else {}
         self.ostorage = optuna.storages.RDBStorage(self.storage, engine_kwargs=engine_kwargs)
         directions = self.space.directions()
@@ -247,10 +264,11 @@ class Search:
             self.log(f"trial {ft.number} was interrupted (its driver is gone): marked failed, enqueued again")
 
     def _tell(self, number: int, values: list[float], constraints: list[float]) -> None:
+        from .trial import constraint_names
         tid = self.ostorage.get_trial_id_from_study_id_trial_number(self.study._study_id, number)
         if constraints:
             self.ostorage.set_trial_user_attr(tid, "constraints", list(constraints))
-            self.ostorage.set_trial_user_attr(tid, "constraint_names", self.space.constraint_names())
+            self.ostorage.set_trial_user_attr(tid, "constraint_names", constraint_names(self.space))
             self.ostorage.set_trial_system_attr(tid, "constraints", list(constraints))
         self.study.tell(number, values)
 
@@ -266,7 +284,7 @@ class Search:
     # -- one trial ---------------------------------------------------------------------------
     def _launch(self, executor) -> None:
         from .db import utcnow
-        from .trial import TrialRequest
+        from .trial import TrialRequest, constraint_names
 
         trial = self.study.ask(fixed_distributions=self.space.distributions())
         params = dict(trial.params)
@@ -280,7 +298,7 @@ class Search:
         self.db.start_trial(
             run_id=self.run_id, study_name=self.study_name, number=trial.number, optuna_trial_id=trial._trial_id,
             params=params, pattern=pattern, kernel=kernel, state="RUNNING", retry_of=retry_of,
-            objective_names=list(self.space.objectives), constraint_names=self.space.constraint_names(),
+            objective_names=list(self.space.objectives), constraint_names=constraint_names(self.space),
             started_at=utcnow(), lease_until=utcnow() + dt.timedelta(seconds=LEASE_SECONDS),
         )
         req = TrialRequest(study=self.study_name, number=trial.number, params=params, pattern=pattern,
@@ -298,6 +316,8 @@ class Search:
         timing = res.get("timing") or {}
         self.stats["trial_s"] += timing.get("total_s", 0.0)
         self.stats["measure_s"] += sum(timing.get(k, 0.0) for k in ("gate_s", "candidate_s", "baseline_s", "accuracy_s"))
+        self.stats["timed_s"] += timing.get("timed_s", 0.0)
+        self.stats["windows_s"] += timing.get("candidate_s", 0.0) + timing.get("baseline_s", 0.0)
         fields = {"gate": res.get("gate"), "timing": timing, "worker": res.get("worker")}
         if res.get("ok"):
             try:
@@ -321,7 +341,9 @@ class Search:
                     "memory_method": m["memory_method"], "sdpa_ms": m["sdpa_ms"], "sdpa_p10_ms": m["sdpa_p10_ms"],
                     "sdpa_p90_ms": m["sdpa_p90_ms"], "sdpa_peak_mib": mib(m["sdpa_peak_bytes"]),
                     "naive_ms": m["naive_ms"], "naive_peak_mib": mib(m["naive_peak_bytes"]),
-                    "speedup": m["speedup"], "speedup_naive": m["speedup_naive"],
+                    "speedup": m["speedup"], "speedup_lo": m.get("speedup_lo"), "speedup_hi": m.get("speedup_hi"),
+                    "speedup_level": m.get("speedup_level"), "timing_stop": m.get("timing_stop"),
+                    "speedup_naive": m["speedup_naive"],
                     "memory_vs_sdpa": m["memory_vs_sdpa"], "memory_vs_naive": m["memory_vs_naive"],
                     "accuracy": acc, "accuracy_metric": self.space.accuracy_metric,
                     "accuracy_value": cell_values(self.space, m, res.get("accuracy") or {})["accuracy"],
@@ -335,7 +357,7 @@ class Search:
             if "speedup" in self.space.objectives and feasible:
                 sp = objs[self.space.objectives.index("speedup")]
                 self.best = sp if self.best is None else max(self.best, sp)
-            self._update_best_by_bucket(rows)
+            self._update_best_by_bucket(rows, number)
         else:
             reason = res.get("reason") or "unknown failure"
             self.db.record_result(self.study_name, number, state="FAIL", reason=reason, fields=fields, measurements=[])
@@ -344,20 +366,49 @@ class Search:
             self.stats["failed"] += 1
             self.log(f"trial {number} failed: {reason.splitlines()[0][:300]}")
 
-    def _update_best_by_bucket(self, rows: list[dict[str, Any]]) -> None:
-        """Best geometric-mean speedup per bucket over the trials feasible at that bucket (every
-        workload's constraints met there): the quantity the export rule maximises."""
+    def _update_best_by_bucket(self, rows: list[dict[str, Any]], number: Optional[int] = None) -> None:
+        """Feed a complete trial's cells to the progress bar's best-so-far (the leaders of
+        `autotune.verdict`, the rule export and report use; unconfirmed until the end of the run)
+        and to the baseline-noise watch."""
+        if number is not None:
+            self.cells_by_trial[number] = rows
+        self._watch_noise(rows)
+        from .verdict import leaders
+
+        targets = self.space.effective_targets()
         for bucket in sorted({r["bucket"] for r in rows}):
-            cells = [r for r in rows if r["bucket"] == bucket]
-            if not all(r["feasible"] for r in cells) or any(not r["speedup"] for r in cells):
+            lead = leaders(targets, self.cells_by_trial, bucket, 1)
+            if lead and lead[0].speedup:
+                self.best_by_bucket[bucket] = lead[0].speedup
+
+    def _watch_noise(self, rows: list[dict[str, Any]]) -> None:
+        """Warn once per shape when the SDPA baseline's median spreads more than 2x across trials."""
+        for r in rows:
+            if not r.get("sdpa_ms"):
                 continue
-            gm = math.exp(sum(math.log(r["speedup"]) for r in cells) / len(cells))
-            self.best_by_bucket[bucket] = max(gm, self.best_by_bucket.get(bucket, 0.0))
+            key = (r["workload"], r["bucket"])
+            seen = self.sdpa_seen.setdefault(key, [])
+            seen.append(r["sdpa_ms"])
+            if key not in self.noisy and len(seen) > 1 and max(seen) > 2 * min(seen):
+                self.noisy.add(key)
+                self.log(f"warning: noisy machine: the SDPA baseline of {key[0]} at L={key[1]} ranged "
+                         f"{min(seen):.3g}-{max(seen):.3g} ms over {len(seen)} trials (> 2x); single-trial speedups "
+                         f"are unreliable here, the end-of-run confirmation re-measures the leaders")
+
+    def _load_cells(self) -> None:
+        """Cells of the study's complete trials from earlier runs (resume), for the best-so-far."""
+        from .verdict import load_study
+
+        with self.db.Session() as s:
+            data = load_study(s, self.study_name)
+            s.expunge_all()
+        for number, cells in data.cells_by_trial.items():
+            self.cells_by_trial[number] = [{c: getattr(m, c) for c in m.__table__.columns.keys()} for m in cells]
 
     def best_text(self) -> str:
         if not self.best_by_bucket:
             return "-"
-        return " ".join(f"L{b}:{v:.2f}x" for b, v in sorted(self.best_by_bucket.items()))
+        return " ".join(f"L{b}:{v:.2f}x?" for b, v in sorted(self.best_by_bucket.items()))
 
     def _interrupt_running(self) -> None:
         """On Ctrl-C / SIGTERM: running trials are marked interrupted and enqueued again."""
@@ -389,8 +440,26 @@ class Search:
         def on_term(signum, frame):
             raise KeyboardInterrupt
 
+        old_int = signal.getsignal(signal.SIGINT)
+        self._stop_requested = False
+
+        def on_int(signum, frame):
+            # One Ctrl-C always stops the search: the loop checks the flag every second, and the
+            # interrupt is raised at once unless the main thread is inside a finaliser (__del__),
+            # where Python would swallow it ("Exception ignored in ...") and the search go on.
+            if not self._stop_requested:
+                self._stop_requested = True
+                self.log("interrupt received: stopping")
+            f = frame
+            while f is not None:
+                if f.f_code.co_name == "__del__":
+                    return
+                f = f.f_back
+            raise KeyboardInterrupt
+
         try:
             signal.signal(signal.SIGTERM, on_term)
+            signal.signal(signal.SIGINT, on_int)
         except ValueError:  # not the main thread
             pass
         try:
@@ -400,14 +469,27 @@ class Search:
             timeout = self.space.budget.get("timeout")
             deadline = None if timeout is None else time.monotonic() + float(timeout)
             done0 = self.finished_count()
+            self._load_cells()
+            if done0 or self.stats["retried"]:
+                from optuna.trial import TrialState
+
+                retry = sum(1 for t in self.study.get_trials(deepcopy=False, states=(TrialState.WAITING,))
+                            if "retry_of" in t.user_attrs)
+                self.log(f"resuming study {self.study_name!r}: {done0} finished trial(s) kept, "
+                         f"{retry} interrupted trial(s) retried")
             if done0 >= budget:
-                self.log(f"study {self.study_name!r} already has {done0} finished trials (budget {budget}); nothing to do")
+                self.log(f"study {self.study_name!r} already has {done0} finished trials (budget {budget}); nothing to do "
+                         f"(raise --trials above {done0} to add trials)")
                 status = "finished"
                 return self._summary(done0, t_start)
             executor = make_executor(self.executor_kind, device=self.space.device, workers=self.workers,
                                      threads_per_worker=int(self.space.execution.get("threads_per_worker") or 1),
                                      address=self.ray_address, num_cpus=self.num_cpus)
             self.stats["startup_s"] = time.perf_counter() - t_start
+            try:  # again: starting Ray may have installed its own handler
+                signal.signal(signal.SIGINT, on_int)
+            except ValueError:
+                pass
             self.log(f"study {self.study_name!r}: {done0} trials finished, budget {budget}, "
                      f"{executor.workers} {executor.name} worker(s), storage {self._safe_url()}")
             if self.progress:
@@ -417,6 +499,8 @@ class Search:
             last_hb = 0.0
             done = done0
             while True:
+                if self._stop_requested:
+                    raise KeyboardInterrupt
                 now_m = time.monotonic()
                 out_of_time = deadline is not None and now_m >= deadline
                 while (not out_of_time and executor.running < executor.capacity
@@ -450,6 +534,7 @@ class Search:
         finally:
             try:
                 signal.signal(signal.SIGTERM, old_term)
+                signal.signal(signal.SIGINT, old_int)
             except ValueError:
                 pass
             if bar is not None:
@@ -526,11 +611,66 @@ def main(argv: Optional[list[str]] = None) -> int:
         return 130
     print(
         f"autotune: study {summary['study']!r}: {summary['completed']} completed, {summary['failed']} failed this run, "
-        f"{summary['finished']} finished in total; best feasible speedup per bucket (this run) "
-        f"{summary.get('best_text', '-')}; "
-        f"{summary['wall_s']:.1f} s",
+        f"{summary['finished']} finished in total; {summary['wall_s']:.1f} s"
+        + (f"; measurement overhead {overhead_text(summary)}" if summary["completed"] + summary["failed"] else ""),
         file=sys.stderr,
     )
+    try:
+        return end_of_run(search, args)
+    except KeyboardInterrupt:
+        print("autotune: interrupted during the confirmation; python -m autotune.export confirms again", file=sys.stderr)
+        return 130
+
+
+def overhead_text(summary: dict[str, Any]) -> str:
+    """Share of the search's wall time spent outside the candidate and baseline timing."""
+    wall = summary.get("wall_s") or 0.0
+    if wall <= 0:
+        return "-"
+    timed = summary.get("timed_s", 0.0)
+    windows = summary.get("windows_s", 0.0)
+    return (f"{100 * (1 - timed / wall):.0f}% of wall time outside the timed calls "
+            f"({100 * (1 - windows / wall):.0f}% outside the timing and memory windows)")
+
+
+def study_commands(study: str, storage: str, space: SearchSpace) -> list[str]:
+    """The export, accuracy and report commands for ``study`` (what the end of a run prints)."""
+    import shlex
+
+    from .db import DEFAULT_STORAGE
+
+    out = os.path.join("results", f"{study}.yaml")
+    st = "" if storage == DEFAULT_STORAGE else f" --storage {shlex.quote(storage)}"
+    t = space.effective_targets()
+    chains = space.accuracy_max_chains if space.accuracy_max_chains is not None else t.max_chains
+    return [
+        f"python -m autotune.export --study {shlex.quote(study)}{st} --out {shlex.quote(out)}",
+        f"python -m autotune.accuracy --tuned {shlex.quote(out)} --buckets {','.join(map(str, space.buckets))}"
+        + (f" --max-chains {chains}" if chains else "")
+        + f" --json {shlex.quote(os.path.join('results', study + '_accuracy.json'))}",
+        f"python -m autotune.report --study {shlex.quote(study)}{st} --out "
+        f"{shlex.quote(os.path.join('results', study + '_REPORT.md'))}",
+    ]
+
+
+def end_of_run(search: "Search", args) -> int:
+    """Confirm the leaders of every bucket (`autotune.verdict.confirm`), print the verdict per
+    bucket and the commands that export, check and report the study."""
+    from .verdict import current_verdicts, verdict_lines
+
+    log = search.log
+    try:
+        verdicts = current_verdicts(search.storage, search.study_name, log=log)
+    except RuntimeError as e:
+        log(f"confirmation not run: {e}")
+        verdicts = []
+    for line in verdict_lines(verdicts):
+        log("verdict " + line)
+    if not verdicts:
+        log("verdict: no complete trial to decide on")
+    log("next:")
+    for c in study_commands(search.study_name, search.storage, search.space):
+        print(f"  {c}", file=sys.stderr)
     return 0
 
 

@@ -82,6 +82,10 @@ __all__ = [
     "parse_space",
     "OBJECTIVES",
     "ACCURACY_METRIC_DIRECTIONS",
+    "Targets",
+    "Bound",
+    "TARGET_DEFAULTS",
+    "default_targets",
 ]
 
 # Known accuracy metrics (names and directions of autotune.accuracy.ACCURACY_METRICS); validation
@@ -117,7 +121,7 @@ EVOFORMER_DEFAULTS = {"c_m": 256, "c_z": 128, "heads": 8, "pair_heads": 4, "head
 
 TOP_KEYS = {
     "name", "device", "backend", "dtype", "mode", "buckets", "pattern", "kernel", "workloads",
-    "objectives", "constraints", "sampler", "budget", "measure", "gate", "execution",
+    "objectives", "constraints", "targets", "sampler", "budget", "measure", "gate", "execution",
 }
 REQUIRED_TOP = ("buckets", "pattern", "workloads", "objectives")
 
@@ -228,6 +232,15 @@ class SearchSpace:
     gate: dict[str, Any]
     execution: dict[str, Any]
     raw: dict[str, Any] = field(repr=False, default_factory=dict)
+    targets: Optional["Targets"] = None  # the one set of deployment targets (see `Targets`)
+
+    def effective_targets(self) -> "Targets":
+        """The space's targets; for a space stored before targets existed, its constraints (or the
+        per-device defaults when it had none)."""
+        if self.targets is not None:
+            return self.targets
+        return parse_targets(_V(self.source), None, self.device, list(self.constraints), self.accuracy_metric,
+                             self.accuracy_max_chains)
 
     # -- Optuna ----------------------------------------------------------------------------
     def distributions(self) -> dict[str, Any]:
@@ -316,6 +329,7 @@ class SearchSpace:
             "accuracy_metric": self.accuracy_metric, "accuracy_max_chains": self.accuracy_max_chains,
             "sampler": self.sampler, "budget": self.budget, "measure": self.measure, "gate": self.gate,
             "execution": self.execution,
+            "targets": self.effective_targets().to_dict(),
         }
 
     @classmethod
@@ -324,6 +338,7 @@ class SearchSpace:
         d = dict(d)
         d["workloads"] = [Workload(**w) for w in d["workloads"]]
         d["constraints"] = [Constraint(**c) for c in d["constraints"]]
+        d["targets"] = Targets.from_dict(d["targets"]) if d.get("targets") else None
         return cls(**d)
 
 
@@ -419,6 +434,218 @@ class _V:
             return {"low": lo, "high": hi, "step": step}
         check_value(v, key)
         return v
+
+
+# ------------------------------------------------------------------------------------------------
+# targets: the one place the search constraints, the export rule and the report read
+
+TARGET_NAMES = ("speedup", "memory_vs_naive", "memory_vs_sdpa", "sparsity")
+# Per-device defaults, as data. Speedup: the lower end of the paired confidence interval against
+# dense SDPA must clear it (CPU: no regression; GPU: a 10% gain, what justifies a custom kernel).
+# Memory: the headline is the reduction against materialised (naive) attention, what OpenFold's
+# default attention allocates (at least 50%); against SDPA, already flash-style, only a
+# no-regression bound, on readings floored at the measurement's resolution (`memory_floor_mib`: CPU
+# resident-set readings move by a few MiB with the allocator, the CUDA allocator is byte-exact).
+# Accuracy, from the packaged chains (all chains of each bucket, each at its own length; buckets
+# 256 / 512 / 1024): a pure block diagonal of 128-residue blocks keeps long-range contact recall
+# 0.69 / 0.46 / 0.28 at output relative error 0.42 / 0.62 / 0.69; a 64-residue local window on
+# 64-blocks 0.83 / 0.59 / 0.40 at 0.28 / 0.46 / 0.56, a 128-residue window 0.97 / 0.79 / 0.61 at
+# 0.10 / 0.31 / 0.44. Recall >= 0.5 with error <= 0.5 keeps the layouts that see at least half of
+# the long-range contacts a structure module needs and whose attention output stays within half
+# its magnitude of dense, and rejects every block diagonal past L = 256 (benchmarks/README.md,
+# "Accuracy floors").
+TARGET_DEFAULTS: dict[str, dict[str, Any]] = {
+    "cpu": {"speedup": {"min": 1.0}, "memory_vs_naive": {"max": 0.5}, "memory_vs_sdpa": {"max": 1.25},
+            "memory_floor_mib": 8.0, "confidence": 0.95, "max_chains": None,
+            "accuracy": {"contact_recall_long": {"min": 0.5}, "output_rel_error": {"max": 0.5}}},
+    "cuda": {"speedup": {"min": 1.1}, "memory_vs_naive": {"max": 0.5}, "memory_vs_sdpa": {"max": 1.1},
+             "memory_floor_mib": 1.0, "confidence": 0.95, "max_chains": None,
+             "accuracy": {"contact_recall_long": {"min": 0.5}, "output_rel_error": {"max": 0.5}}},
+}
+
+
+@dataclass(frozen=True)
+class Bound:
+    """One target: ``name`` is a `TARGET_NAMES` entry or ``accuracy.<metric>`` (``accuracy`` for the
+    single accuracy constraint of an older space, with its ``metric``); <= 0 violation is met."""
+
+    name: str
+    min: Optional[float] = None
+    max: Optional[float] = None
+    metric: Optional[str] = None  # accuracy bounds: the metric (default: from the name)
+
+    @property
+    def accuracy_metric(self) -> Optional[str]:
+        if not self.name.startswith("accuracy"):
+            return None
+        return self.metric or self.name.split(".", 1)[1]
+
+    def violation(self, value: Optional[float]) -> float:
+        """Optuna convention (<= 0 met). A missing value is neutral for speedup and memory (a
+        baseline that ran out of memory) and infinitely bad for accuracy."""
+        if value is None or (isinstance(value, float) and math.isnan(value)):
+            return 1e9 if self.name.startswith("accuracy") else 0.0
+        v = -math.inf
+        if self.min is not None:
+            v = max(v, self.min - value)
+        if self.max is not None:
+            v = max(v, value - self.max)
+        return float(v)
+
+    def text(self) -> str:
+        parts = ([f">= {self.min:g}"] if self.min is not None else []) + ([f"<= {self.max:g}"] if self.max is not None else [])
+        return f"{self.name} " + " and ".join(parts)
+
+
+@dataclass(frozen=True)
+class Targets:
+    """Deployment targets of a study; every check is made at every workload of a bucket.
+
+    ``speedup`` bounds the lower end of the paired confidence interval (level ``confidence``) of
+    the speedup over dense SDPA; ``memory_vs_naive`` / ``memory_vs_sdpa`` bound
+    max(peak, floor) / max(baseline peak, floor) with ``floor = memory_floor_mib``; ``sparsity`` the
+    layout's sparsity at the bucket; ``accuracy.<metric>`` the accuracy metric on the chains of
+    the bucket (``max_chains`` caps them). ``source``: ``defaults:<device>``, ``targets`` (the
+    space's section over the defaults) or ``constraints`` (an older space's constraints alone)."""
+
+    bounds: tuple[Bound, ...]
+    memory_floor_mib: float
+    confidence: float = 0.95
+    max_chains: Optional[int] = None
+    source: str = "defaults"
+
+    def bound(self, name: str) -> Optional[Bound]:
+        return next((b for b in self.bounds if b.name == name), None)
+
+    def names(self) -> list[str]:
+        return [b.name for b in self.bounds]
+
+    def accuracy_metrics(self) -> list[str]:
+        return [b.accuracy_metric for b in self.bounds if b.accuracy_metric]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"bounds": [{"name": b.name, "min": b.min, "max": b.max, "metric": b.metric} for b in self.bounds],
+                "memory_floor_mib": self.memory_floor_mib, "confidence": self.confidence,
+                "max_chains": self.max_chains, "source": self.source}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "Targets":
+        return cls(bounds=tuple(Bound(**b) for b in d["bounds"]), memory_floor_mib=float(d["memory_floor_mib"]),
+                   confidence=float(d.get("confidence", 0.95)), max_chains=d.get("max_chains"),
+                   source=d.get("source", "defaults"))
+
+
+def _targets_from_spec(spec: dict[str, Any], source: str) -> Targets:
+    bounds = [Bound(n, spec[n].get("min"), spec[n].get("max")) for n in TARGET_NAMES if spec.get(n)]
+    bounds += [Bound(f"accuracy.{m}", b.get("min"), b.get("max")) for m, b in (spec.get("accuracy") or {}).items()]
+    if spec.get("legacy_accuracy"):
+        m, b = spec["legacy_accuracy"]
+        bounds.append(Bound("accuracy", b.get("min"), b.get("max"), metric=m))
+    return Targets(tuple(bounds), float(spec["memory_floor_mib"]), float(spec.get("confidence", 0.95)),
+                   spec.get("max_chains"), source)
+
+
+def default_targets(device: str) -> Targets:
+    """The per-device default targets (`TARGET_DEFAULTS`)."""
+    return _targets_from_spec(copy.deepcopy(TARGET_DEFAULTS.get(device, TARGET_DEFAULTS["cpu"])), f"defaults:{device}")
+
+
+def parse_targets(V: "_V", raw: Any, device: str, constraints: list["Constraint"], acc_metric: Optional[str],
+                  acc_chains: Optional[int]) -> Targets:
+    """The space's targets: the device defaults, overridden by the ``targets`` section and then by
+    the ``constraints`` section (the same quantities). A space with ``constraints`` and no
+    ``targets`` section (the older form) is held to exactly its constraints."""
+    base = copy.deepcopy(TARGET_DEFAULTS.get(device, TARGET_DEFAULTS["cpu"]))
+    if raw is None and constraints:
+        spec: dict[str, Any] = {"memory_floor_mib": base["memory_floor_mib"], "confidence": base["confidence"],
+                                "max_chains": acc_chains, "accuracy": {}}
+        source = "constraints"
+    elif raw is None:
+        return default_targets(device)
+    else:
+        spec, source = base, "targets"
+        V.mapping(raw, "targets", set(TARGET_NAMES) | {"accuracy", "memory_floor_mib", "confidence", "max_chains"})
+        for k, v in raw.items():
+            key = f"targets.{k}"
+            if k in TARGET_NAMES:
+                if v is None:
+                    spec[k] = None
+                    continue
+                V.mapping(v, key, {"min", "max"})
+                spec[k] = {b: V.number(v[b], f"{key}.{b}") for b in ("min", "max") if v.get(b) is not None}
+                if not spec[k]:
+                    V.fail(key, "give min or max (or null to drop the target)")
+            elif k == "accuracy":
+                if v is None:
+                    spec["accuracy"] = {}
+                    continue
+                V.mapping(v, key, set(ACCURACY_METRIC_DIRECTIONS))
+                acc = {}
+                for m, b in v.items():
+                    if b is None:
+                        continue
+                    V.mapping(b, f"{key}.{m}", {"min", "max"})
+                    acc[m] = {x: V.number(b[x], f"{key}.{m}.{x}") for x in ("min", "max") if b.get(x) is not None}
+                    if not acc[m]:
+                        V.fail(f"{key}.{m}", "give min or max (or null to drop the target)")
+                spec["accuracy"] = acc
+            elif k == "memory_floor_mib":
+                spec[k] = V.number(v, key, low=0)
+            elif k == "confidence":
+                c = V.number(v, key, low=0)
+                if not 0.5 <= c < 1:
+                    V.fail(key, f"must be in [0.5, 1), got {v!r}")
+                spec[k] = c
+            else:
+                spec[k] = None if v is None else V.integer(v, key, low=1)
+    for c in constraints:  # the constraints section names the same quantities; it wins
+        if c.name == "accuracy":
+            if acc_metric is not None and source == "constraints":
+                spec["legacy_accuracy"] = (acc_metric, {"min": c.min, "max": c.max})
+            elif acc_metric is not None:
+                spec.setdefault("accuracy", {})[acc_metric] = {"min": c.min, "max": c.max}
+            if acc_chains is not None:
+                spec["max_chains"] = acc_chains
+        else:
+            spec[c.name] = {"min": c.min, "max": c.max}
+    return _targets_from_spec(spec, source)
+
+
+def _targets_accuracy_metric(data: dict[str, Any]) -> Optional[str]:
+    """The first accuracy metric of a ``targets`` section (names the accuracy objective when the
+    constraints section does not)."""
+    acc = (data.get("targets") or {}).get("accuracy") if isinstance(data.get("targets"), dict) else None
+    if isinstance(acc, dict):
+        for m in acc:
+            if m in ACCURACY_METRIC_DIRECTIONS:
+                return m
+    return None
+
+
+MEASURE_KEYS = {"warmup", "repeats", "max_repeats", "rel_width", "time_cap_s", "confirm_top", "confirm_repeats",
+                "confirm_max_repeats", "confirm_time_cap_s"}
+MEASURE_DEFAULTS = {"warmup": 2, "repeats": 7, "max_repeats": 41, "rel_width": 0.05, "time_cap_s": 3.0,
+                    "confirm_top": 3, "confirm_repeats": 21, "confirm_max_repeats": 81, "confirm_time_cap_s": 20.0}
+
+
+def _parse_measure(V: "_V", raw: Any) -> dict[str, Any]:
+    """The ``measure`` section (see `autotune.measure.time_paired`): ``warmup`` untimed rounds,
+    ``repeats`` minimum and ``max_repeats`` maximum timed rounds, ``rel_width`` the interval
+    half-width (fraction of the speedup) at which timing stops early, ``time_cap_s`` seconds of
+    timed calls per (workload, bucket); ``confirm_*`` the same for the confirmation of the top
+    ``confirm_top`` candidates per bucket."""
+    measure = {**MEASURE_DEFAULTS, **(raw or {})}
+    V.mapping(measure, "measure", MEASURE_KEYS)
+    V.integer(measure["warmup"], "measure.warmup", low=0)
+    for k in ("repeats", "max_repeats", "confirm_top", "confirm_repeats", "confirm_max_repeats"):
+        V.integer(measure[k], f"measure.{k}", low=1)
+    for k in ("rel_width", "time_cap_s", "confirm_time_cap_s"):
+        V.number(measure[k], f"measure.{k}", low=0)
+    if raw and "repeats" in raw and "max_repeats" not in raw:
+        measure["max_repeats"] = max(measure["repeats"], MEASURE_DEFAULTS["max_repeats"])
+    measure["max_repeats"] = max(measure["max_repeats"], measure["repeats"])
+    measure["confirm_max_repeats"] = max(measure["confirm_max_repeats"], measure["confirm_repeats"])
+    return measure
 
 
 def parse_space(data: Any, source: str = "<space>") -> SearchSpace:
@@ -543,6 +770,8 @@ def parse_space(data: Any, source: str = "<space>") -> SearchSpace:
         V.choice(o, f"objectives[{i}]", tuple(OBJECTIVES))
     if len(set(objs)) != len(objs):
         V.fail("objectives", f"duplicate objectives in {objs}")
+    if acc_metric is None:
+        acc_metric = _targets_accuracy_metric(data)
     if "accuracy" in objs and acc_metric is None:
         V.fail("objectives", "'accuracy' needs constraints.accuracy.metric")
 
@@ -562,10 +791,7 @@ def parse_space(data: Any, source: str = "<space>") -> SearchSpace:
     else:
         budget["timeout"] = None
 
-    measure = {"warmup": 3, "repeats": 10, **(data.get("measure") or {})}
-    V.mapping(measure, "measure", {"warmup", "repeats"})
-    V.integer(measure["warmup"], "measure.warmup", low=0)
-    V.integer(measure["repeats"], "measure.repeats", low=1)
+    measure = _parse_measure(V, data.get("measure"))
 
     gate = {"seq_len": 200, "batch": 2, "fwd_tol": None, "bwd_tol": None, **(data.get("gate") or {})}
     V.mapping(gate, "gate", {"seq_len", "batch", "fwd_tol", "bwd_tol"})
@@ -586,6 +812,7 @@ def parse_space(data: Any, source: str = "<space>") -> SearchSpace:
         pattern=pattern, kernel=kernel, workloads=workloads, objectives=list(objs), constraints=constraints,
         accuracy_metric=acc_metric, accuracy_max_chains=acc_chains, sampler=sampler, budget=budget,
         measure=measure, gate=gate, execution=execution, raw=data,
+        targets=parse_targets(V, data.get("targets"), device, constraints, acc_metric, acc_chains),
     )
 
 

@@ -12,15 +12,22 @@ Steps of `TrialRunner.run`:
    inputs: forward, and the gradients of q, k, v and the bias when the mode is fwd+bwd. Error =
    max |candidate - reference| / max |reference|; default tolerances per dtype (`DEFAULT_TOL`),
    overridable in the space file. A failure ends the trial ("gate failed: ...").
-2. For every (workload, bucket): build the layout, time the candidate (`measure.time_fn`),
-   measure its peak memory above the inputs (`measure.peak_memory`), then the dense SDPA
-   baseline's time at the same shape right after it, in the same process and on the same inputs
-   (so that both see the same machine load; SDPA is cheap next to a trial). The naive baseline
-   and both baselines' peak memory come from this worker's cache (measured once per worker
-   process and shape; a baseline that runs out of memory is recorded as missing).
+2. For every (workload, bucket): build the layout, then time the candidate and the dense SDPA
+   baseline *paired* - interleaved in one loop on the same inputs (`measure.time_paired`: warm-up
+   rounds, then rounds in rotating order until the speedup's confidence interval is narrow enough,
+   ``measure.max_repeats`` rounds or ``measure.time_cap_s``) - and measure the candidate's peak
+   memory above the inputs (`measure.peak_memory`). The speedup stored is the median of the
+   per-round ratios with its interval (``speedup_lo`` / ``speedup_hi``) and the rounds. The naive
+   baseline's time and both baselines' peak memory come from this worker's cache (measured once per
+   worker process and shape; a baseline that runs out of memory is recorded as missing).
    Out of memory in the candidate ends the trial ("out of memory: ...").
 3. Accuracy: ``autotune.accuracy.evaluate_pattern(config, bucket, buckets=space buckets,
-   max_chains=...)`` per bucket, cached per worker by (pattern, bucket).
+   max_chains=...)`` per bucket, cached per worker by (pattern, bucket): every metric, on the chains
+   of the bucket each at its own length; stored with the chain lengths and the layout's sparsity
+   at those lengths (``chain_sparsity``), which is what the recall was measured at.
+
+`TrialRunner.confirm` re-measures a bucket's leading candidates together (one interleaved loop per
+workload with SDPA and each other; `autotune.verdict.confirm` stores and uses the figures).
 
 An ``evoformer`` workload measures one whole ``autotune.evoformer.EvoformerBlock`` (built once per
 worker from the workload's dims with fixed-seed weights, in the space's dtype on its device) at the
@@ -57,7 +64,7 @@ from typing import Any, Optional
 
 import torch
 
-from .measure import is_oom, naive_attention, peak_memory, time_fn
+from .measure import is_oom, naive_attention, peak_memory, time_fn, time_paired
 from .space import ACCURACY_METRIC_DIRECTIONS, SearchSpace
 
 __all__ = ["TrialRequest", "TrialRunner", "summarize", "DEFAULT_TOL", "FAULT_ENV", "MEMORY_FLOOR_BYTES"]
@@ -260,9 +267,9 @@ class TrialRunner:
         return _pass_fn(block, m, z, space.mode)
 
     def _evoformer_baseline(self, space: SearchSpace, w, L: int, m, z) -> dict[str, Any]:
-        """Dense SDPA and naive blocks at (workload, L), cached per worker like the attention baselines."""
-        key = ("evoformer", tuple(sorted(w.to_dict().items())), L, space.dtype, space.mode, space.device,
-               space.measure["warmup"], space.measure["repeats"])
+        """SDPA block's peak and the naive block's time and peak at (workload, L), cached per worker
+        like the attention baselines (the SDPA block's time is taken paired with each candidate)."""
+        key = ("evoformer", tuple(sorted(w.to_dict().items())), L, space.dtype, space.mode, space.device)
         if key in self.baselines:
             return dict(self.baselines[key], cached=True)
         block = self._block(space, w)
@@ -271,11 +278,35 @@ class TrialRunner:
         try:
             for name in ("sdpa", "naive"):
                 block.set_attention(name)
-                res[name] = self._measure_baseline(space, fn)
+                res[name] = self._measure_baseline(space, fn, time_it=(name == "naive"))
         finally:
             block.set_attention(None)
         self.baselines[key] = res
         return dict(res, cached=False)
+
+    @staticmethod
+    def _paired_kw(space: SearchSpace, confirm: bool = False) -> dict[str, Any]:
+        ms = space.measure
+        if confirm:
+            return dict(warmup=ms.get("warmup", 2), repeats=ms.get("confirm_repeats", 21),
+                        max_repeats=ms.get("confirm_max_repeats", 81), rel_width=ms.get("rel_width", 0.05),
+                        time_cap_s=ms.get("confirm_time_cap_s", 20.0), level=space.effective_targets().confidence)
+        return dict(warmup=ms.get("warmup", 2), repeats=ms.get("repeats", 7), max_repeats=ms.get("max_repeats", 41),
+                    rel_width=ms.get("rel_width", 0.05), time_cap_s=ms.get("time_cap_s", 3.0),
+                    level=space.effective_targets().confidence)
+
+    def _evoformer_fns(self, space: SearchSpace, w, block, m, z, sparse: dict[str, Any]) -> dict[str, Any]:
+        """Callables of one pass of the block with dense SDPA ("sdpa") and with each sparse
+        attention choice of ``sparse`` (name -> EvoformerAttention); each sets its attention first."""
+        fn = self._evoformer_fn(space, block, m, z)
+
+        def with_att(att):
+            def call():
+                block.set_attention(att)
+                fn()
+            return call
+
+        return {"sdpa": with_att(None), **{name: with_att(att) for name, att in sparse.items()}}
 
     def _measure_evoformer(self, space: SearchSpace, w, pcfg, kc, layout, L: int, gen: torch.Generator,
                            timing: dict[str, float]) -> dict[str, Any]:
@@ -284,12 +315,13 @@ class TrialRunner:
         m, z = self._evoformer_inputs(w, L, w.msa_depth, device, dtype, gen)
         fn = self._evoformer_fn(space, block, m, z)
         t0 = time.perf_counter()
-        block.set_attention(self._sparse_attention(space, pcfg, kc))
         try:
-            tm = time_fn(fn, device=device, warmup=space.measure["warmup"], repeats=space.measure["repeats"])
+            pt = time_paired(self._evoformer_fns(space, w, block, m, z, {"cand": self._sparse_attention(space, pcfg, kc)}),
+                             baseline="sdpa", device=device, **self._paired_kw(space))
             from autotune.evoformer.attention import layout_for
 
             layout_for.cache_clear()  # a cold call: per-layout workspaces of the backend count
+            block.set_attention(self._sparse_attention(space, pcfg, kc))
             mem, mem_method = peak_memory(fn, device=device)
         except Exception as e:  # noqa: BLE001
             if is_oom(e):
@@ -299,55 +331,60 @@ class TrialRunner:
         finally:
             block.set_attention(None)
         timing["candidate_s"] += time.perf_counter() - t0
+        timing["timed_s"] += pt.timed_s
         t0 = time.perf_counter()
         base = self._evoformer_baseline(space, w, L, m, z)
         timing["baseline_s"] += time.perf_counter() - t0
         del m, z, fn
-        return self._cell(space, w, L, w.batch(L), layout, tm, mem, mem_method, base)
+        return self._cell(space, w, L, w.batch(L), layout, pt, mem, mem_method, base)
 
     @staticmethod
-    def _cell(space: SearchSpace, w, L: int, B: int, layout, tm, mem, mem_method, base) -> dict[str, Any]:
-        """One measurement dict (candidate timing and memory against the baselines)."""
+    def _cell(space: SearchSpace, w, L: int, B: int, layout, pt, mem, mem_method, base) -> dict[str, Any]:
+        """One measurement dict: the paired timing of candidate and SDPA, memory against the baselines."""
         sdpa, naive = base.get("sdpa"), base.get("naive")
         floor = MEMORY_FLOOR_BYTES
+        c, s, r = pt.stats("cand"), pt.stats("sdpa"), pt.ratio("cand")
+        mib = lambda b: None if b is None else b / MiB  # noqa: E731
         return {
             "workload": w.name, "kind": w.kind, "bucket": L, "batch": B, "heads": w.heads,
             "head_dim": w.head_dim, "dtype": space.dtype, "mode": space.mode,
             "sparsity": layout.sparsity,
-            "time_ms": tm["median_ms"], "time_p10_ms": tm["p10_ms"], "time_p90_ms": tm["p90_ms"],
-            "repeats": tm["repeats"], "peak_bytes": mem, "memory_method": mem_method,
-            "sdpa_ms": sdpa and sdpa["median_ms"], "sdpa_p10_ms": sdpa and sdpa["p10_ms"],
-            "sdpa_p90_ms": sdpa and sdpa["p90_ms"], "sdpa_peak_bytes": sdpa and sdpa["peak_bytes"],
+            "time_ms": c["median_ms"], "time_p10_ms": c["p10_ms"], "time_p90_ms": c["p90_ms"],
+            "repeats": pt.rounds, "peak_bytes": mem, "memory_method": mem_method,
+            "sdpa_ms": s["median_ms"], "sdpa_p10_ms": s["p10_ms"], "sdpa_p90_ms": s["p90_ms"],
+            "sdpa_peak_bytes": sdpa and sdpa["peak_bytes"],
             "naive_ms": naive and naive["median_ms"], "naive_peak_bytes": naive and naive["peak_bytes"],
+            "peak_mib": mib(mem), "sdpa_peak_mib": mib(sdpa and sdpa["peak_bytes"]),
+            "naive_peak_mib": mib(naive and naive["peak_bytes"]),
             "baseline_cached": base["cached"],
-            "speedup": (sdpa["median_ms"] / tm["median_ms"]) if sdpa else None,
-            "speedup_naive": (naive["median_ms"] / tm["median_ms"]) if naive else None,
+            "speedup": r.point, "speedup_lo": r.lo, "speedup_hi": r.hi, "speedup_level": r.level,
+            "timing_stop": pt.stop,
+            "speedup_naive": (naive["median_ms"] / c["median_ms"]) if naive else None,
             "memory_vs_sdpa": (mem / max(sdpa["peak_bytes"], floor)) if sdpa else None,
             "memory_vs_naive": (mem / max(naive["peak_bytes"], floor)) if naive else None,
         }
 
     def _baseline(self, space: SearchSpace, w, L: int, B: int, q, k, v, bias) -> dict[str, Any]:
+        """SDPA's peak memory and the naive baseline's time and peak, cached per worker and shape."""
         from kernels import dense_attention
 
-        key = (w.heads, w.head_dim, w.bias, L, B, space.dtype, space.mode, space.device,
-               space.measure["warmup"], space.measure["repeats"])
+        key = (w.heads, w.head_dim, w.bias, L, B, space.dtype, space.mode, space.device)
         if key in self.baselines:
             res = {name: (dict(b) if b else None) for name, b in self.baselines[key].items()}
-            if res.get("sdpa") is not None:  # re-time SDPA next to this candidate (same load)
-                fn = self._callable(space, lambda: dense_attention(q, k, v, None, bias), q, k, v, bias)
-                t = time_fn(fn, device=space.device, warmup=space.measure["warmup"], repeats=space.measure["repeats"])
-                res["sdpa"].update(median_ms=t["median_ms"], p10_ms=t["p10_ms"], p90_ms=t["p90_ms"])
             return dict(res, cached=True)
         res: dict[str, Any] = {}
         for name, f in (("sdpa", lambda: dense_attention(q, k, v, None, bias)), ("naive", lambda: naive_attention(q, k, v, bias))):
-            res[name] = self._measure_baseline(space, self._callable(space, f, q, k, v, bias))
+            res[name] = self._measure_baseline(space, self._callable(space, f, q, k, v, bias), time_it=(name == "naive"))
         self.baselines[key] = res
         return dict(res, cached=False)
 
-    def _measure_baseline(self, space: SearchSpace, fn) -> Optional[dict[str, Any]]:
-        """Median/p10/p90 time and peak memory of one baseline; None when it runs out of memory."""
+    def _measure_baseline(self, space: SearchSpace, fn, time_it: bool = True) -> Optional[dict[str, Any]]:
+        """Peak memory (and, with ``time_it``, median/p10/p90 time) of one baseline; None when it
+        runs out of memory."""
         try:
-            t = time_fn(fn, device=space.device, warmup=space.measure["warmup"], repeats=space.measure["repeats"])
+            t = (time_fn(fn, device=space.device, warmup=max(1, space.measure.get("warmup", 2)),
+                         repeats=space.measure.get("repeats", 7)) if time_it else
+                 {"median_ms": None, "p10_ms": None, "p90_ms": None})
             mem, _ = peak_memory(fn, device=space.device)
         except Exception as e:  # noqa: BLE001 - a baseline that does not fit is recorded missing
             if not is_oom(e):
@@ -377,27 +414,89 @@ class TrialRunner:
         return fwd_bwd
 
     def _accuracy(self, space: SearchSpace, pcfg, L: int) -> Optional[dict[str, Any]]:
-        if space.accuracy_metric is None:
+        """Every accuracy metric of the pattern at bucket L, with the chains' lengths and the layout's
+        sparsity at those lengths; None when neither an objective nor a target needs accuracy."""
+        targets = space.effective_targets()
+        if space.accuracy_metric is None and not targets.accuracy_metrics():
             return None
-        key = (tuple(sorted(pcfg.to_dict().items())), L, tuple(space.buckets), space.accuracy_max_chains)
+        max_chains = space.accuracy_max_chains if space.accuracy_max_chains is not None else targets.max_chains
+        key = (tuple(sorted(pcfg.to_dict().items())), L, tuple(space.buckets), max_chains)
         if key not in self.accuracy:
             from autotune.accuracy import evaluate_pattern
+            from patterns import build_layout
 
-            r = evaluate_pattern(pcfg, L, buckets=space.buckets, max_chains=space.accuracy_max_chains)
+            r = evaluate_pattern(pcfg, L, buckets=space.buckets, max_chains=max_chains)
+            lengths = [int(n) for n in r.lengths]
             self.accuracy[key] = {
                 "metrics": {k: float(v) for k, v in r.metrics.items()},
                 "n_chains": int(r.n_chains),
+                "lengths": lengths,
+                "chain_sparsity": (sum(build_layout(pcfg, n).sparsity for n in lengths) / len(lengths)
+                                   if lengths else None),
+                "max_chains": max_chains,
                 "extrapolated": bool(r.extrapolated),
                 "note": r.note,
             }
         return self.accuracy[key]
+
+    def confirm(self, space: SearchSpace, L: int, candidates: list[tuple[int, dict, Optional[dict]]],
+                seed: int = 0) -> list[dict[str, Any]]:
+        """Re-measure ``candidates`` ((trial number, pattern dict, kernel dict)) at bucket L together:
+        per workload one `time_paired` loop with SDPA and every candidate (``measure.confirm_*``),
+        on fresh inputs. One dict per (workload, candidate) with the paired speedup and interval."""
+        from kernels import KernelConfig, dense_attention, sparse_attention
+        from patterns import PatternConfig, build_layout
+
+        device, dtype = space.device, DTYPES[space.dtype]
+        gen = torch.Generator().manual_seed(seed)
+        out: list[dict[str, Any]] = []
+        for w in space.workloads:
+            if not w.applies(L):
+                continue
+            cfgs = {}
+            for number, pattern, kernel in candidates:
+                pcfg = PatternConfig.from_dict(pattern)
+                kc = KernelConfig.from_dict(kernel).for_block(pcfg.block_size) if kernel else None
+                cfgs[f"t{number}"] = (number, pcfg, kc)
+            if w.kind == "evoformer":
+                block = self._block(space, w)
+                m, z = self._evoformer_inputs(w, L, w.msa_depth, device, dtype, gen)
+                fns = self._evoformer_fns(space, w, block, m, z, {name: self._sparse_attention(space, pcfg, kc)
+                                                                   for name, (_, pcfg, kc) in cfgs.items()})
+                try:
+                    pt = time_paired(fns, baseline="sdpa", device=device, **self._paired_kw(space, confirm=True))
+                finally:
+                    block.set_attention(None)
+            else:
+                B = w.batch(L)
+                q, k, v, bias = self._inputs(B, w.heads, L, w.head_dim, w.bias, device, dtype, gen)
+                if space.mode == "fwd+bwd":
+                    for t in (q, k, v, bias):
+                        if t is not None:
+                            t.requires_grad_(True)
+
+                def cand(lay, kc):
+                    return self._callable(space, lambda: sparse_attention(q, k, v, lay, bias, backend=space.backend,
+                                                                          config=kc), q, k, v, bias)
+
+                fns = {"sdpa": self._callable(space, lambda: dense_attention(q, k, v, None, bias), q, k, v, bias)}
+                for name, (_, pcfg, kc) in cfgs.items():
+                    fns[name] = cand(build_layout(pcfg, L), kc)
+                pt = time_paired(fns, baseline="sdpa", device=device, **self._paired_kw(space, confirm=True))
+            sd = pt.stats("sdpa")
+            for name, (number, _, _) in cfgs.items():
+                r = pt.ratio(name)
+                out.append({"workload": w.name, "trial_number": number, "speedup": r.point, "speedup_lo": r.lo,
+                            "speedup_hi": r.hi, "level": r.level, "repeats": pt.rounds,
+                            "time_ms": pt.stats(name)["median_ms"], "sdpa_ms": sd["median_ms"], "stop": pt.stop})
+        return out
 
     # -- the trial -----------------------------------------------------------------------------
     def run(self, request: dict[str, Any]) -> dict[str, Any]:
         """Run one trial; never raises (except for an injected ``exit`` fault)."""
         t_start = time.perf_counter()
         req = TrialRequest(**request)
-        timing = {"gate_s": 0.0, "candidate_s": 0.0, "baseline_s": 0.0, "accuracy_s": 0.0}
+        timing = {"gate_s": 0.0, "candidate_s": 0.0, "baseline_s": 0.0, "accuracy_s": 0.0, "timed_s": 0.0}
         result: dict[str, Any] = {
             "number": req.number, "ok": False, "reason": None, "gate": None, "measurements": [],
             "accuracy": {}, "worker": {"host": self.host, "pid": self.pid, "trials_run": self.trials_run},
@@ -405,7 +504,7 @@ class TrialRunner:
         }
         self.trials_run += 1
         try:
-            from kernels import KernelConfig, sparse_attention
+            from kernels import KernelConfig, dense_attention, sparse_attention
             from patterns import PatternConfig, build_layout
 
             space = SearchSpace.from_dict(req.space)
@@ -449,8 +548,10 @@ class TrialRunner:
                             space, lambda: sparse_attention(q, k, v, lay, bias, backend=space.backend, config=kc), q, k, v, bias
                         )
 
+                    sdpa_fn = self._callable(space, lambda: dense_attention(q, k, v, None, bias), q, k, v, bias)
                     try:
-                        tm = time_fn(run_on(layout), device=device, warmup=space.measure["warmup"], repeats=space.measure["repeats"])
+                        pt = time_paired({"sdpa": sdpa_fn, "cand": run_on(layout)}, baseline="sdpa", device=device,
+                                         **self._paired_kw(space))
                         # a cold call on a new layout object, so that workspaces a backend keeps per
                         # layout (the cpu backend's K^T tiles) count towards the peak
                         mem, mem_method = peak_memory(run_on(layout.fresh()), device=device)
@@ -460,10 +561,11 @@ class TrialRunner:
                             raise RuntimeError(f"out of memory: {w.name} L={L} batch={B}") from None
                         raise
                     timing["candidate_s"] += time.perf_counter() - t0
+                    timing["timed_s"] += pt.timed_s
                     t0 = time.perf_counter()
                     base = self._baseline(space, w, L, B, q, k, v, bias)
                     timing["baseline_s"] += time.perf_counter() - t0
-                    result["measurements"].append(self._cell(space, w, L, B, layout, tm, mem, mem_method, base))
+                    result["measurements"].append(self._cell(space, w, L, B, layout, pt, mem, mem_method, base))
                     del q, k, v, bias
                 t0 = time.perf_counter()
                 acc = self._accuracy(space, pcfg, L)
@@ -493,26 +595,44 @@ def _geomean(xs: list[float]) -> Optional[float]:
     return math.exp(sum(math.log(x) for x in xs) / len(xs))
 
 
-def cell_values(space: SearchSpace, m: dict[str, Any], accuracy: dict[str, Any]) -> dict[str, Optional[float]]:
-    """The constrained quantities of one (workload, bucket) measurement."""
+def cell_row(m: dict[str, Any], accuracy: dict[str, Any]) -> dict[str, Any]:
+    """A worker's measurement dict with its bucket's accuracy attached (what `autotune.verdict` reads)."""
     acc = accuracy.get(str(m["bucket"])) if accuracy else None
-    return {
-        "speedup": m.get("speedup"),
-        "memory_vs_sdpa": m.get("memory_vs_sdpa"),
-        "memory_vs_naive": m.get("memory_vs_naive"),
-        "sparsity": m.get("sparsity"),
-        "accuracy": (acc["metrics"].get(space.accuracy_metric) if acc and space.accuracy_metric else None),
-    }
+    mib = lambda b: None if b is None else b / MiB  # noqa: E731
+    row = dict(m, accuracy=acc)
+    for k in ("peak", "sdpa_peak", "naive_peak"):
+        if row.get(f"{k}_mib") is None and row.get(f"{k}_bytes") is not None:
+            row[f"{k}_mib"] = mib(row[f"{k}_bytes"])
+    return row
+
+
+def cell_values(space: SearchSpace, m: dict[str, Any], accuracy: dict[str, Any]) -> dict[str, Optional[float]]:
+    """The targeted quantities of one (workload, bucket) measurement (`autotune.verdict.cell_values`),
+    plus ``accuracy``: the value of the space's accuracy objective metric."""
+    from .verdict import cell_values as values
+
+    row = cell_row(m, accuracy)
+    out = values(space.effective_targets(), row)
+    metrics = ((row.get("accuracy") or {}).get("metrics") or {})
+    out["accuracy"] = metrics.get(space.accuracy_metric) if space.accuracy_metric else None
+    return out
 
 
 def cell_violations(space: SearchSpace, m: dict[str, Any], accuracy: dict[str, Any]) -> dict[str, float]:
-    vals = cell_values(space, m, accuracy)
-    return {c.name: c.violation(vals[c.name]) for c in space.constraints}
+    """Target name -> violation (<= 0 met) at this cell: the space's targets, one rule for all."""
+    from .verdict import cell_violations as violations
+
+    return violations(space.effective_targets(), cell_row(m, accuracy))
+
+
+def constraint_names(space: SearchSpace) -> list[str]:
+    """Names of the constraint values `summarize` returns (the space's targets, in order)."""
+    return space.effective_targets().names()
 
 
 def summarize(space: SearchSpace, result: dict[str, Any]) -> tuple[list[float], list[float]]:
     """(objective values in the order of ``space.objectives``, constraint values in the order of
-    ``space.constraints``; <= 0 feasible, worst cell) of a successful trial result."""
+    `constraint_names`; <= 0 feasible, worst cell) of a successful trial result."""
     ms = result["measurements"]
     acc = result.get("accuracy") or {}
     objs: list[float] = []
@@ -527,7 +647,6 @@ def summarize(space: SearchSpace, result: dict[str, Any]) -> tuple[list[float], 
             worst = min if ACCURACY_METRIC_DIRECTIONS[space.accuracy_metric] == "max" else max
             v = worst(vals) if vals else float("nan")
         objs.append(float(v))
-    cons: list[float] = []
-    for c in space.constraints:
-        cons.append(max(cell_violations(space, m, acc)[c.name] for m in ms))
+    viols = [cell_violations(space, m, acc) for m in ms]
+    cons = [max(v[name] for v in viols) for name in constraint_names(space)]
     return objs, cons

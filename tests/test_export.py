@@ -55,7 +55,8 @@ def test_export_and_load(study_db, tmp_path, capsys):
 
 
 def test_export_choice_rule(study_db, tmp_path):
-    """The chosen trial at each bucket is the fastest feasible one there (geometric mean)."""
+    """The chosen trial at each bucket is the confirmed leader with the highest confirmed geometric-mean
+    speedup, recomputed here from at_confirmations and at_measurements."""
     import math
     import sqlite3
 
@@ -63,16 +64,55 @@ def test_export_choice_rule(study_db, tmp_path):
     assert export_main(["--study", "tiny", "--storage", f"sqlite:///{study_db}", "--out", str(out)]) == 0
     doc = yaml.safe_load(out.read_text())
     con = sqlite3.connect(study_db)
+    (cid,) = con.execute("select max(confirm_id) from at_confirmations where study_name = 'tiny'").fetchone()
+    n_complete = con.execute("select count(*) from at_trials where study_name = 'tiny' and state = 'COMPLETE'").fetchone()[0]
     for b in doc["buckets"]:
-        best = {}
+        L = b["seq_len"]
+        rows = con.execute("select trial_number, workload, speedup, speedup_lo, speedup_hi, complete_trials, rank "
+                           "from at_confirmations where confirm_id = ? and bucket = ?", (cid, L)).fetchall()
+        assert rows and all(r[5] == n_complete for r in rows)
+        # the leaders: the top (confirm_top = 3) trials by the search's geometric-mean speedup at this bucket
+        search = {}
         for number, speedup in con.execute(
             "select t.number, m.speedup from at_measurements m join at_trials t on m.trial_id = t.id "
-            "where m.bucket = ? and m.feasible", (b["seq_len"],)
+            "where m.bucket = ? and t.state = 'COMPLETE'", (L,)
         ):
-            best.setdefault(number, []).append(speedup)
-        gm = {n: math.exp(sum(map(math.log, xs)) / len(xs)) for n, xs in best.items() if len(xs) == 2}
-        assert b["source"]["trial"] == max(gm, key=lambda n: (gm[n], -n))
+            search.setdefault(number, []).append(speedup)
+        gm = lambda xs: math.exp(sum(map(math.log, xs)) / len(xs))  # noqa: E731
+        leaders = sorted(search, key=lambda n: (-gm(search[n]), n))[:3]
+        assert {r[0] for r in rows} == set(leaders)
+        confirmed = {}
+        for number, w, sp, lo, hi, _, _ in rows:
+            assert lo <= sp <= hi
+            confirmed.setdefault(number, {})[w] = sp
+        best = max(confirmed, key=lambda n: gm(list(confirmed[n].values())))
+        assert b["source"]["trial"] == best
+        assert math.isclose(b["speedup_geomean"], gm(list(confirmed[best].values())), rel_tol=1e-4)
+        assert {w: x["median"] for w, x in b["speedup"].items()} == pytest.approx(confirmed[best], rel=1e-4)
+        lo, hi = b["speedup_interval"]
+        assert lo <= b["speedup_geomean"] <= hi
+        # no null keys are repeated per workload
+        assert all(None not in w.values() for w in doc["workloads"])
     con.close()
+
+
+def test_export_storage_hints(study_db, tmp_path, capsys):
+    out = tmp_path / "x.yaml"
+    # a plain path is a SQLite file
+    assert export_main(["--study", "tiny", "--storage", str(study_db), "--out", str(out)]) == 0 and out.exists()
+    capsys.readouterr()
+    assert export_main(["--study", "tiny", "--storage", "sqlite://results/a.db", "--out", str(tmp_path / "y.yaml")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "sqlite:///results/a.db" in err[0]
+    assert export_main(["--study", "nope", "--storage", str(study_db), "--out", str(tmp_path / "y.yaml")]) == 2
+    assert "studies there: tiny" in capsys.readouterr().err
+    pytest.importorskip("sqlalchemy")
+    try:
+        import pg8000  # noqa: F401
+    except ImportError:  # a PostgreSQL URL whose driver is missing names the extra to install
+        assert export_main(["--study", "tiny", "--storage", "postgresql+pg8000://u@h/db", "--out", str(out)]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and ".[postgres]" in err[0]
 
 
 def test_export_errors(study_db, tmp_path, capsys):

@@ -138,7 +138,8 @@ def test_evoformer_workload_search(tmp_path):
         assert (w, batch, heads, hd, mode) == ("evo", 3, 2, 8, "fwd+bwd")
         assert 0.0 <= sp < 1.0 and t10 <= t <= t90 and t > 0 and sdpa > 0 and naive > 0
         assert peak >= 0 and sdpa_peak >= 0 and naive_peak >= 0
-        assert speedup == pytest.approx(sdpa / t) and speedup_naive == pytest.approx(naive / t)
+        # speedup: median of the paired per-round ratios, between the ratios' extremes (not sdpa / t)
+        assert speedup > 0 and speedup_naive == pytest.approx(naive / t)
         assert acc is not None
     assert any(m[7] > 0 for m in ms)  # a sparse layout at L = 64 (window 0: block diagonal)
     for (gate,) in rows(db, "select gate from at_trials"):

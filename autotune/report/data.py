@@ -29,6 +29,7 @@ class ReportData:
     bench_runs: list[Any] = field(default_factory=list)      # at_bench_runs (all)
     kernel_rows: list[Any] = field(default_factory=list)     # at_kernel_bench (all)
     evoformer_rows: list[Any] = field(default_factory=list)  # at_evoformer_bench (all)
+    study_data: Any = None  # autotune.verdict.StudyData of the study (what the one rule reads)
     _by_trial: Optional[dict] = field(default=None, repr=False)
 
     # -- lookups -------------------------------------------------------------------------------
@@ -91,6 +92,12 @@ def load(storage: str, study: Optional[str] = None) -> ReportData:
 
     from autotune.bench_tables import BenchRun, EvoformerBench, KernelBench
     from autotune.db import Database, Measurement, Run, TrialRow, Tuned
+    from autotune.export import ExportError, storage_url
+
+    try:
+        storage = storage_url(storage)
+    except ExportError as e:
+        raise ReportError(str(e)) from None
 
     path = sqlite_path(storage)
     if path is not None and not os.path.isfile(path):
@@ -105,6 +112,9 @@ def load(storage: str, study: Optional[str] = None) -> ReportData:
         except SQLAlchemyError as e:
             raise ReportError(f"cannot read --storage {safe_url(storage)}: {str(e).splitlines()[0]}") from None
         has = lambda model: model.__tablename__ in tables  # noqa: E731
+        from autotune.verdict import upgrade_schema
+
+        upgrade_schema(db.engine)  # a database from before the paired-timing columns
         if not (has(TrialRow) or has(BenchRun)):
             raise ReportError(f"{safe_url(storage)} holds no autotune tables (empty database): nothing to report")
         with db.Session() as s:
@@ -127,6 +137,9 @@ def load(storage: str, study: Optional[str] = None) -> ReportData:
                                                    .where(TrialRow.study_name == study).order_by(Measurement.id)).all())
                 if has(Tuned):
                     data.tuned = _latest_export(list(s.scalars(select(Tuned).where(Tuned.study_name == study)).all()))
+                from autotune.verdict import load_study
+
+                data.study_data = load_study(s, study)
             if n_bench:
                 data.bench_runs = list(s.scalars(select(BenchRun).order_by(BenchRun.id)).all())
                 if has(KernelBench):

@@ -64,7 +64,7 @@ def pareto(points: Sequence[dict[str, Any]], path: Path, *, xlabel: str, ylabel:
         ax.scatter([p["x"] for p in front], [p["y"] for p in front], s=40, color="C2", zorder=3, label="Pareto front")
     for p in points:
         if p["tuned"] or p["front"]:
-            ax.annotate(f"t{p['number']}" + (" (tuned)" if p["tuned"] else ""), (p["x"], p["y"]), fontsize=7,
+            ax.annotate(f"t{p['number']}" + (" (chosen)" if p["tuned"] else ""), (p["x"], p["y"]), fontsize=7,
                         xytext=(3, 3), textcoords="offset points")
     ax.axhline(1.0, color="grey", lw=0.8)
     ax.set_xlabel(xlabel)
@@ -79,8 +79,29 @@ def pareto(points: Sequence[dict[str, Any]], path: Path, *, xlabel: str, ylabel:
 
 
 def layout(pattern: dict[str, Any], seq_len: int, path: Path, title: str) -> Path:
-    """The tuned pattern's block layout at ``seq_len`` (``patterns.render``)."""
-    from patterns import PatternConfig, build_layout, render
+    """The tuned pattern's block layout at ``seq_len``: one cell per (query block, key block) tile,
+    filled where the layout computes it, with a legend and the sparsity."""
+    from matplotlib.colors import ListedColormap
+    from matplotlib.patches import Patch
 
+    from patterns import PatternConfig, build_layout
+
+    plt = _plt()
     cfg = PatternConfig.from_dict(pattern)
-    return render(build_layout(cfg, seq_len), path, title=title)
+    lay = build_layout(cfg, seq_len)
+    mask = lay.block_mask
+    if mask.dim() == 3:
+        mask = mask.any(0)
+    fig, ax = plt.subplots(figsize=(5, 5), dpi=100)
+    ax.imshow(mask.int().numpy(), cmap=ListedColormap(["#f2f2f2", "#1f4e79"]), vmin=0, vmax=1,
+              interpolation="nearest")
+    ax.set_xlabel(f"key block ({cfg.block_size} residues)")
+    ax.set_ylabel(f"query block ({cfg.block_size} residues)")
+    ax.set_title(f"{title}\nsparsity {lay.sparsity:.1%} at L={seq_len}", fontsize=9)
+    ax.legend(handles=[Patch(color="#1f4e79", label="computed tile"), Patch(color="#f2f2f2", label="skipped tile")],
+              loc="upper center", bbox_to_anchor=(0.5, -0.1), ncol=2, fontsize=7, frameon=False)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+    return path

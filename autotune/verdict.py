@@ -1,0 +1,470 @@
+"""One verdict per length bucket, shared by the search, the export and the report.
+
+The targets (`autotune.space.Targets`: the space's ``targets`` section over per-device defaults)
+are the only thresholds. They are checked per (workload, bucket) cell by `cell_violations`, which
+the search uses for Optuna's constraint values, and the one best-per-bucket rule (`decide`) that
+the search's progress bar and end-of-run verdict, ``python -m autotune.export`` and
+``python -m autotune.report`` all call:
+
+1. *Candidates*: the study's COMPLETE trials that meet every target other than speedup at every
+   workload of the bucket (memory, sparsity, accuracy from the trial's measurements), ranked by
+   the geometric mean over the workloads of their paired speedup over SDPA (median of per-round
+   ratios, `autotune.measure.time_paired`); ties to the lower geometric-mean peak memory, then the
+   earlier trial. The first ``measure.confirm_top`` are the bucket's *leaders* - what the progress
+   bar shows, marked unconfirmed.
+2. *Confirmation* (`confirm`): the leaders are re-measured together - one interleaved loop per
+   workload with the SDPA baseline and each other, more rounds (``measure.confirm_*``) - and the
+   figures are stored in ``at_confirmations``.
+3. *Choice*: among the confirmed leaders whose confirmed interval clears the speedup target at
+   every workload (the lower end of the interval, not the point estimate) and that meet every other
+   target, the highest confirmed geometric-mean speedup; ties as above. Leaders whose geometric-mean
+   intervals overlap the winner's are reported as statistically tied with it. A bucket with no such
+   leader gets no choice, with the reason.
+
+A confirmation is *current* when it covered the same complete trials the study holds now; the
+search confirms at the end of every run, the export confirms again when the one it finds is not
+current (the measuring happens on the machine that runs the export).
+
+Accuracy is read as the trial measured it: on the chains of the bucket, each at its own length;
+`extrapolated` marks a bucket whose chains do not come near its length (no chain of at least
+``NEAR`` x the bucket) or that the accuracy module marked extrapolated.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import math
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Optional
+
+from sqlalchemy import JSON, DateTime, Float, Integer, String
+from sqlalchemy.orm import Mapped, mapped_column
+
+from .db import Base, utcnow
+from .space import SearchSpace, Targets
+
+__all__ = ["Confirmation", "cell_values", "cell_violations", "cell_ok", "leaders", "decide", "BucketVerdict",
+           "confirm", "load_study", "StudyData", "NEAR", "confirmation_current", "verdict_lines",
+           "current_verdicts", "upgrade_schema"]
+
+NEAR = 0.75  # accuracy chains must reach NEAR x the bucket length, else the bucket is extrapolated
+
+
+class Confirmation(Base):
+    """``at_confirmations``: one (confirmation pass, bucket, workload, trial) re-measurement.
+
+    confirm_id groups one pass; complete_trials is the number of COMPLETE trials of the study when
+    it ran (a later trial makes the pass stale); speedup / speedup_lo / speedup_hi the paired
+    estimate and its interval at ``level``; repeats the rounds; time_ms / sdpa_ms the medians of the
+    candidate and of SDPA in the same loop; stop why the loop ended; hardware the machine."""
+
+    __tablename__ = "at_confirmations"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    study_name: Mapped[str] = mapped_column(String(256), index=True)
+    confirm_id: Mapped[int] = mapped_column(Integer, index=True)
+    complete_trials: Mapped[int] = mapped_column(Integer)
+    bucket: Mapped[int] = mapped_column(Integer)
+    workload: Mapped[str] = mapped_column(String(64))
+    trial_number: Mapped[int] = mapped_column(Integer)
+    rank: Mapped[int] = mapped_column(Integer)  # rank among the bucket's leaders before confirmation
+    speedup: Mapped[float] = mapped_column(Float)
+    speedup_lo: Mapped[float] = mapped_column(Float)
+    speedup_hi: Mapped[float] = mapped_column(Float)
+    level: Mapped[float] = mapped_column(Float)
+    repeats: Mapped[int] = mapped_column(Integer)
+    time_ms: Mapped[float] = mapped_column(Float)
+    sdpa_ms: Mapped[float] = mapped_column(Float)
+    stop: Mapped[str] = mapped_column(String(32))
+    hardware: Mapped[Any] = mapped_column(JSON, nullable=True)
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
+
+
+NEW_MEASUREMENT_COLUMNS = {"speedup_lo": "FLOAT", "speedup_hi": "FLOAT", "speedup_level": "FLOAT",
+                           "timing_stop": "VARCHAR(32)"}
+
+
+def upgrade_schema(engine) -> list[str]:
+    """Add the paired-timing columns to an ``at_measurements`` table created before they existed
+    (NULL for old rows: the rule then reads their point speedup). Returns the columns added."""
+    from sqlalchemy import inspect, text
+
+    insp = inspect(engine)
+    if not insp.has_table("at_measurements"):
+        return []
+    have = {c["name"] for c in insp.get_columns("at_measurements")}
+    added = [c for c in NEW_MEASUREMENT_COLUMNS if c not in have]
+    if added:
+        with engine.begin() as conn:
+            for c in added:
+                conn.execute(text(f"ALTER TABLE at_measurements ADD COLUMN {c} {NEW_MEASUREMENT_COLUMNS[c]}"))
+    return added
+
+
+# ---- per-cell checks ---------------------------------------------------------------------------------
+
+
+def _g(c: Any, key: str, default: Any = None) -> Any:
+    if isinstance(c, dict):
+        return c.get(key, default)
+    return getattr(c, key, default)
+
+
+def _metrics(acc: Any) -> dict[str, float]:
+    if not isinstance(acc, dict):
+        return {}
+    m = acc.get("metrics", acc)
+    return {k: v for k, v in m.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+
+
+def memory_ratio(peak: Optional[float], base: Optional[float], floor: float) -> Optional[float]:
+    """max(peak, floor) / max(baseline peak, floor): readings under the resolution floor count as
+    the floor (MiB)."""
+    if peak is None or base is None:
+        return None
+    return max(peak, floor) / max(base, floor, 1e-9)
+
+
+def cell_values(targets: Targets, c: Any) -> dict[str, Optional[float]]:
+    """The targeted quantities of one (workload, bucket) cell (a measurement dict or row).
+    ``speedup`` is the lower end of the cell's interval when it has one (``speedup_lo``)."""
+    floor = targets.memory_floor_mib
+    lo = _g(c, "speedup_lo")
+    acc = _metrics(_g(c, "accuracy"))
+    out: dict[str, Optional[float]] = {
+        "speedup": lo if lo is not None else _g(c, "speedup"),
+        # a reduction against naive attention is only resolvable when naive's peak is above the
+        # floor; below it the value is missing (neutral, like a baseline out of memory)
+        "memory_vs_naive": (memory_ratio(_g(c, "peak_mib"), _g(c, "naive_peak_mib"), floor)
+                            if (_g(c, "naive_peak_mib") or 0.0) >= floor else None),
+        "memory_vs_sdpa": memory_ratio(_g(c, "peak_mib"), _g(c, "sdpa_peak_mib"), floor),
+        "sparsity": _g(c, "sparsity"),
+    }
+    for b in targets.bounds:
+        if b.accuracy_metric:
+            out[b.name] = acc.get(b.accuracy_metric)
+    return out
+
+
+def cell_violations(targets: Targets, c: Any, skip: Iterable[str] = ()) -> dict[str, float]:
+    """name -> violation (<= 0 met) of every target at this cell."""
+    vals = cell_values(targets, c)
+    skip = set(skip)
+    return {b.name: b.violation(vals.get(b.name)) for b in targets.bounds if b.name not in skip}
+
+
+def cell_ok(targets: Targets, c: Any, skip: Iterable[str] = ()) -> bool:
+    return all(v <= 0 for v in cell_violations(targets, c, skip).values())
+
+
+def _geomean(xs: Iterable[Optional[float]]) -> Optional[float]:
+    xs = [x for x in xs if x is not None and x > 0 and math.isfinite(x)]
+    return math.exp(sum(map(math.log, xs)) / len(xs)) if xs else None
+
+
+def extrapolated(c: Any, bucket: int) -> bool:
+    """Whether the cell's accuracy comes from chains far from the bucket's length."""
+    acc = _g(c, "accuracy")
+    if not isinstance(acc, dict):
+        return False
+    if acc.get("extrapolated"):
+        return True
+    lengths = acc.get("lengths")
+    return bool(lengths) and max(lengths) < NEAR * bucket
+
+
+# ---- the rule ----------------------------------------------------------------------------------------
+
+
+@dataclass
+class Candidate:
+    trial: int
+    cells: list[Any]  # one per workload (search measurements, or merged with the confirmation)
+    speedup: Optional[float]  # geomean of the point estimates
+    lo: Optional[float] = None  # geomean of the interval ends
+    hi: Optional[float] = None
+    peak: Optional[float] = None
+    confirmed: bool = False
+
+    def key(self) -> tuple:
+        return (-(self.speedup or 0.0), self.peak or 0.0, self.trial)
+
+
+@dataclass
+class BucketVerdict:
+    bucket: int
+    deploy: bool
+    why: str
+    trial: Optional[int] = None
+    cells: list[Any] = field(default_factory=list)  # the chosen trial's cells (confirmed figures merged)
+    speedup: Optional[float] = None
+    lo: Optional[float] = None
+    hi: Optional[float] = None
+    confirmed: bool = False
+    tied_with: list[int] = field(default_factory=list)
+    leaders: list[Candidate] = field(default_factory=list)
+    extrapolated: bool = False
+    failed: dict[int, str] = field(default_factory=dict)  # leader -> why it was not chosen
+    above_bound: list[str] = field(default_factory=list)  # workloads whose speedup exceeds 1.1 / (1 - sparsity)
+
+
+def above_sparsity_bound(c: Any) -> bool:
+    """Whether a speedup over SDPA exceeds 1.1 / (1 - sparsity): more than skipping the work explains
+    if both kernels were equally efficient (a loaded machine, or a baseline slow for other reasons)."""
+    sp, s = _g(c, "speedup"), _g(c, "sparsity")
+    return sp is not None and s is not None and s < 1 and sp > 1.1 / (1 - s)
+
+
+def _candidate(trial: int, cells: list[Any]) -> Candidate:
+    lo = _geomean(_g(c, "speedup_lo") for c in cells) if all(_g(c, "speedup_lo") for c in cells) else None
+    hi = _geomean(_g(c, "speedup_hi") for c in cells) if all(_g(c, "speedup_hi") for c in cells) else None
+    return Candidate(trial, cells, _geomean(_g(c, "speedup") for c in cells), lo, hi,
+                     _geomean(max(_g(c, "peak_mib") or 0.0, 1e-6) for c in cells))
+
+
+def leaders(targets: Targets, cells_by_trial: dict[int, list[Any]], bucket: int, top: Optional[int] = None) -> list[Candidate]:
+    """Step 1 of the rule: the bucket's candidates, best first (``top`` of them)."""
+    out = []
+    for number, cells in cells_by_trial.items():
+        cs = [c for c in cells if _g(c, "bucket") == bucket]
+        if not cs or not all(cell_ok(targets, c, skip=("speedup",)) for c in cs):
+            continue
+        if any(_g(c, "speedup") is None for c in cs):
+            continue
+        out.append(_candidate(number, sorted(cs, key=lambda c: _g(c, "workload"))))
+    out.sort(key=Candidate.key)
+    return out[:top] if top else out
+
+
+class Cell(dict):
+    """A cell as a dict whose keys read as attributes too (missing ones read None)."""
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("__"):
+            raise AttributeError(name)
+        return self.get(name)
+
+
+def _merge(cell: Any, conf: Any) -> "Cell":
+    """A search cell (every column) with the confirmation's speedup figures; the search's own
+    figures stay under ``search``."""
+    if isinstance(cell, dict):
+        d = Cell(cell)
+    else:
+        d = Cell({k: getattr(cell, k) for k in cell.__table__.columns.keys()})
+    d["search"] = {k: _g(cell, k) for k in ("speedup", "speedup_lo", "speedup_hi", "repeats")}
+    if conf is not None:
+        d.update(speedup=_g(conf, "speedup"), speedup_lo=_g(conf, "speedup_lo"), speedup_hi=_g(conf, "speedup_hi"),
+                 repeats=_g(conf, "repeats"), time_ms=_g(conf, "time_ms"), sdpa_ms=_g(conf, "sdpa_ms"),
+                 confirmation_id=_g(conf, "id"))
+    return d
+
+
+def decide(targets: Targets, cells_by_trial: dict[int, list[Any]], buckets: Iterable[int],
+           confirmations: Optional[list[Any]] = None, top: int = 3) -> list[BucketVerdict]:
+    """The verdict per bucket (module docstring). ``confirmations``: rows of the current
+    confirmation pass (None: not confirmed yet; the verdict then names the unconfirmed leader and
+    never says deploy)."""
+    out = []
+    conf_by = {}
+    for r in confirmations or []:
+        conf_by.setdefault((_g(r, "bucket"), _g(r, "trial_number")), {})[_g(r, "workload")] = r
+    for L in sorted(set(buckets)):
+        lead = leaders(targets, cells_by_trial, L, top)
+        v = BucketVerdict(L, False, "", leaders=lead)
+        if not lead:
+            n = len(cells_by_trial)
+            v.why = f"no trial meets the non-speedup targets at every workload ({n} complete trial(s))"
+            out.append(v)
+            continue
+        if confirmations is None:
+            best = lead[0]
+            v.trial, v.cells, v.speedup, v.lo, v.hi = best.trial, best.cells, best.speedup, best.lo, best.hi
+            v.extrapolated = any(extrapolated(c, L) for c in best.cells)
+            v.why = "not confirmed yet (leader by the search's own timing)"
+            out.append(v)
+            continue
+        confirmed = []
+        for cand in lead:
+            confs = conf_by.get((L, cand.trial), {})
+            if not confs or any(_g(c, "workload") not in confs for c in cand.cells):
+                v.failed[cand.trial] = "not in the confirmation"
+                continue
+            merged = [_merge(c, confs[_g(c, "workload")]) for c in cand.cells]
+            cc = _candidate(cand.trial, merged)
+            cc.confirmed = True
+            viol = {}
+            for c in merged:
+                for name, x in cell_violations(targets, c).items():
+                    if x > 0:
+                        viol.setdefault(name, []).append(_g(c, "workload"))
+            if viol:
+                b = targets.bound("speedup")
+                v.failed[cand.trial] = "; ".join(
+                    f"{name} not met at {', '.join(ws)}"
+                    + (f" (confirmed interval lower end < {b.min:g})" if name == "speedup" and b and b.min is not None else "")
+                    for name, ws in viol.items())
+                continue
+            confirmed.append(cc)
+        if not confirmed:
+            v.why = ("no leader's confirmed figures meet the targets: "
+                     + "; ".join(f"t#{t} {why}" for t, why in v.failed.items()))
+            out.append(v)
+            continue
+        confirmed.sort(key=Candidate.key)
+        best = confirmed[0]
+        v.deploy, v.confirmed = True, True
+        v.trial, v.cells, v.speedup, v.lo, v.hi = best.trial, best.cells, best.speedup, best.lo, best.hi
+        v.tied_with = [c.trial for c in confirmed[1:] if best.lo is not None and c.hi is not None and c.hi >= best.lo]
+        v.extrapolated = any(extrapolated(c, L) for c in best.cells)
+        v.above_bound = [_g(c, "workload") for c in best.cells if above_sparsity_bound(c)]
+        v.why = "meets every target on confirmed figures"
+        out.append(v)
+    return out
+
+
+def verdict_lines(verdicts: list[BucketVerdict]) -> list[str]:
+    """One line per bucket, the same words everywhere."""
+    out = []
+    for v in verdicts:
+        if v.trial is None or not v.deploy:
+            head = f"L={v.bucket}: do not deploy"
+            if v.trial is not None and not v.confirmed:
+                head = f"L={v.bucket}: undecided, leader t#{v.trial} {v.speedup:.2f}x (unconfirmed)"
+            out.append(f"{head}: {v.why}")
+            continue
+        tie = f"; statistically tied with {', '.join(f't#{t}' for t in v.tied_with)}" if v.tied_with else ""
+        ext = "; accuracy extrapolated (no chain near this length)" if v.extrapolated else ""
+        if v.above_bound:
+            ext += (f"; speedup above the sparsity bound 1.1/(1-s) at {', '.join(v.above_bound)}: "
+                    f"a loaded machine or a slow baseline, re-time before quoting")
+        out.append(f"L={v.bucket}: deploy t#{v.trial}: {v.speedup:.2f}x over SDPA "
+                   f"[{v.lo:.2f}, {v.hi:.2f}] confirmed{tie}{ext}")
+    return out
+
+
+# ---- reading a study ---------------------------------------------------------------------------------
+
+
+@dataclass
+class StudyData:
+    """What the rule needs from the database (plain ORM rows, detached)."""
+
+    study: str
+    space: Optional[dict]
+    trials: dict[int, Any]  # number -> at_trials row (COMPLETE ones)
+    n_trials: int
+    cells_by_trial: dict[int, list[Any]]  # number -> at_measurements rows
+    confirmations: Optional[list[Any]]  # the latest pass, when current; else None
+    latest_confirmation: list[Any]  # the latest pass, current or not
+    runs: list[Any]
+
+    @property
+    def buckets(self) -> list[int]:
+        return sorted({_g(c, "bucket") for cs in self.cells_by_trial.values() for c in cs})
+
+    def targets(self) -> Targets:
+        return SearchSpace.from_dict(self.space).effective_targets() if self.space else None
+
+
+def confirmation_current(rows: list[Any], n_complete: int) -> bool:
+    return bool(rows) and all(_g(r, "complete_trials") == n_complete for r in rows)
+
+
+def load_study(session, study: str) -> StudyData:
+    from sqlalchemy import inspect, select
+
+    from .db import Measurement, Run, TrialRow
+
+    trials = session.scalars(select(TrialRow).where(TrialRow.study_name == study)).all()
+    complete = {t.number: t for t in trials if t.state == "COMPLETE"}
+    ms = session.scalars(select(Measurement).join(TrialRow)
+                         .where(TrialRow.study_name == study, TrialRow.state == "COMPLETE")).all()
+    by_id = {t.id: t.number for t in complete.values()}
+    cells: dict[int, list[Any]] = {}
+    for m in ms:
+        cells.setdefault(by_id[m.trial_id], []).append(m)
+    runs = list(session.scalars(select(Run).where(Run.study_name == study).order_by(Run.id)).all())
+    space = next((r.space for r in reversed(runs) if r.space), None)
+    latest: list[Any] = []
+    if inspect(session.get_bind()).has_table(Confirmation.__tablename__):
+        last = session.scalars(select(Confirmation.confirm_id).where(Confirmation.study_name == study)
+                               .order_by(Confirmation.confirm_id.desc()).limit(1)).first()
+        if last is not None:
+            latest = list(session.scalars(select(Confirmation).where(Confirmation.study_name == study,
+                                                                     Confirmation.confirm_id == last)).all())
+    current = latest if confirmation_current(latest, len(complete)) else None
+    return StudyData(study, space, complete, len(trials), cells, current, latest, runs)
+
+
+# ---- confirmation ------------------------------------------------------------------------------------
+
+
+def confirm(storage: str, study: str, *, log=None, threads: Optional[int] = None) -> list[BucketVerdict]:
+    """Re-measure the leaders of every bucket together (module docstring, step 2), store the pass
+    in ``at_confirmations``, and return the verdicts on it. Runs in this process, on this machine."""
+    import torch
+
+    from . import hardware
+    from .db import Database
+    from .trial import TrialRunner
+
+    log = log or (lambda msg: None)
+    db = Database(storage)
+    try:
+        with db.Session() as s:
+            data = load_study(s, study)
+            s.expunge_all()
+        if data.space is None or not data.trials:
+            return []
+        space = SearchSpace.from_dict(data.space)
+        targets = space.effective_targets()
+        top = int(space.measure.get("confirm_top", 3))
+        if space.device == "cuda" and not torch.cuda.is_available():
+            raise RuntimeError("the study was measured on CUDA; confirm it on a machine with a CUDA device")
+        runner = TrialRunner(threads=threads or int(space.execution.get("threads_per_worker") or 1))
+        rows = []
+        with db.Session() as s:
+            from sqlalchemy import func, select
+
+            last = s.scalar(select(func.max(Confirmation.confirm_id)))
+        cid = (last or 0) + 1
+        hw = hardware.describe(space.device)
+        for L in data.buckets:
+            lead = leaders(targets, data.cells_by_trial, L, top)
+            if not lead:
+                continue
+            cands = [(c.trial, data.trials[c.trial].pattern, data.trials[c.trial].kernel) for c in lead]
+            log(f"confirming L={L}: " + ", ".join(f"t#{c.trial} ({c.speedup:.2f}x)" for c in lead))
+            for r in runner.confirm(space, L, cands, seed=cid * 7919 + L):
+                rank = next(i for i, c in enumerate(lead) if c.trial == r["trial_number"])
+                rows.append(Confirmation(study_name=study, confirm_id=cid, complete_trials=len(data.trials), bucket=L,
+                                         rank=rank, hardware=hw, **r))
+        with db.session() as s:
+            for r in rows:
+                s.add(r)
+        with db.Session() as s:
+            data = load_study(s, study)
+            s.expunge_all()
+        return decide(targets, data.cells_by_trial, data.buckets, data.confirmations or [], top)
+    finally:
+        db.close()
+
+
+def current_verdicts(storage: str, study: str, *, log=None) -> list[BucketVerdict]:
+    """The study's verdicts on its current confirmation, confirming first when there is none."""
+    from .db import Database
+
+    db = Database(storage)
+    try:
+        with db.Session() as s:
+            data = load_study(s, study)
+            s.expunge_all()
+    finally:
+        db.close()
+    if data.space is None or not data.trials:
+        return []
+    if data.confirmations is None:
+        return confirm(storage, study, log=log)
+    space = SearchSpace.from_dict(data.space)
+    return decide(space.effective_targets(), data.cells_by_trial, data.buckets, data.confirmations,
+                  int(space.measure.get("confirm_top", 3)))
