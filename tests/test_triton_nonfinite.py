@@ -170,12 +170,12 @@ def test_nan_in_k_v_at_keys_no_row_computes():
     v2[:, :, 16:32] = INF
     res = []
     for kk, vv in ((k, v), (k2, v2)):
-        ins = [t.clone().requires_grad_() for t in (q, kk, vv, bias)]
+        ins = [t.clone().to(DEVICE).requires_grad_() for t in (q, kk, vv, bias)]
         out = triton_sparse_attention(*ins[:3], lay, ins[3], config=KernelConfig(16, 16), bwd_config=KernelConfig(16, 16))
         res.append((out,) + torch.autograd.grad(out, ins, torch.ones_like(out)))
     for a, b in zip(*res):
         assert torch.equal(a, b)
-    assert torch.equal(res[1][2][:, :, 16:32], torch.zeros(B, H, 16, D))  # dk of the unread keys
+    assert torch.equal(res[1][2][:, :, 16:32].cpu(), torch.zeros(B, H, 16, D))  # dk of the unread keys
 
 
 @pytest.mark.parametrize("bias_shape", BIAS_SHAPES)
@@ -206,7 +206,8 @@ def test_nan_propagation_through_the_public_entry_point():
     """``sparse_attention(..., backend="triton")`` gives the reference's NaN pattern."""
     q, k, v, bias = _inputs((1, H, L, L), 17)
     q[1, 0, 30, 0] = NAN
-    out = sparse_attention(q, k, v, _layout(), bias, backend="triton", config=KernelConfig(16, 16))
+    out = sparse_attention(*(t.to(DEVICE) for t in (q, k, v)), _layout(), bias.to(DEVICE), backend="triton",
+                           config=KernelConfig(16, 16)).cpu()
     ref = reference_attention(q, k, v, _layout(), bias)
     assert torch.equal(out.isnan(), ref.isnan())
     assert math.isnan(float(out[1, 0, 30, 0]))
