@@ -8,6 +8,7 @@ test suite.
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 from typing import Any, Union
 
@@ -86,24 +87,38 @@ def _d_pad(head_dim: int) -> int:
     return max(16, 1 << (head_dim - 1).bit_length())
 
 
+# Upper bound of Triton's shared-memory allocation per kernel and element size (2: bf16/fp16,
+# 4: float32), linear in the features
+#   (bm*dp*e, S*bn*dp*e, bm*bn*4, S*bm*bn*4, S*bm*dp*e, bn*dp*e, 1)
+# (bm x bn the tile, dp the padded head dim, e the element size, S the stages), fitted as the
+# tightest bound over every compilation in benchmarks/results/compile-sm90-triton3.8.0*.csv (a linear
+# programme: minimise the summed ratio bound/actual subject to bound >= actual), then widened by
+# SHARED_MEMORY_MARGIN for Triton versions and shapes that were not compiled.
+SHARED_MEMORY_MODEL: dict[tuple[str, int], tuple[float, ...]] = {
+    ("fwd", 2): (0.0, 1.244, 0.05, 0.366, 0.968, 0.0, 594.7),  # 126 compilations, bound/actual 1.00..3.00
+    ("fwd", 4): (1.011, 1.331, 0.0, 1.008, 0.001, 0.0, 40.4),  # 132 compilations, bound/actual 1.00..1.25
+    ("dq", 2): (1.999, 2.0, 0.25, 0.25, 0.001, 0.0, 1.0),  # 84 compilations, bound/actual 1.00..2.00
+    ("dq", 4): (2.0, 1.0, 0.0, 1.0, 0.0, 1.0, 1.0),  # 78 compilations, bound/actual 1.00..1.22
+    ("dkdv", 2): (1.667, 1.031, 0.0, 0.516, 0.0, 2.271, 1.0),  # 84 compilations, bound/actual 1.00..3.53
+    ("dkdv", 4): (2.0, 1.188, 1.5, 0.5, 0.0, 0.812, 1.0),  # 42 compilations, bound/actual 1.00..1.43
+    ("dbias", 2): (0.0, 1.826, 0.261, 0.0, 2.0, 0.0, 1.0),  # 84 compilations, bound/actual 1.00..2.17
+    ("dbias", 4): (0.962, 0.96, 0.0, 0.004, 1.032, 1.021, 62.4),  # 42 compilations, bound/actual 1.00..1.51
+}
+SHARED_MEMORY_MARGIN = 1.05
+
+
 def shared_memory_bytes(kernel: str, elem_bytes: int, block_m: int, block_n: int, d_pad: int, num_stages: int) -> int:
     """An upper bound of the shared memory (bytes) Triton allocates for ``kernel`` at this launch
-    config on sm_90. ``block_m`` x ``block_n`` is the (query, key) tile of "fwd", the (owned,
-    walked) tile of the backward kernels ("dq", "dkdv", "dbias"). The operand tiles of the dots are
-    staged in shared memory, the walked ones in ``max(1, num_stages - 1)`` buffers (Triton's
-    software pipeline keeps that many loads in flight), plus the layout-conversion scratch of the
-    [block_m, block_n] score tile. Checked against the compiled value of every candidate config by
-    ``kernels.compile_report`` (never below it)."""
-    e, bufs = elem_bytes, max(1, num_stages - 1)
-    if kernel == "fwd":  # q resident; k, v walked; p converted to the dot's operand layout
-        return block_m * d_pad * e + bufs * 2 * block_n * d_pad * e + block_m * block_n * 4 + 1024
-    if kernel == "dq":  # q, do resident; k, v walked; ds converted
-        return 2 * block_m * d_pad * e + bufs * 2 * block_n * d_pad * e + block_m * block_n * 4 + 1024
-    if kernel == "dkdv":  # k, v resident (owned); q, do walked; p^T, ds^T converted
-        return 2 * block_m * d_pad * e + bufs * 2 * block_n * d_pad * e + 2 * block_m * block_n * 4 + 1024
-    if kernel == "dbias":  # q, do, k, v reloaded per batch element
-        return bufs * 2 * (block_m + block_n) * d_pad * e + block_m * block_n * 4 + 1024
-    raise ValueError(f"unknown kernel {kernel!r}; choose from {list(FORWARD_KERNELS + BACKWARD_KERNELS)}")
+    config on sm_90 (``SHARED_MEMORY_MODEL`` times ``SHARED_MEMORY_MARGIN``). ``block_m`` x
+    ``block_n`` is the (query, key) tile of "fwd", the (owned, walked) tile of the backward kernels
+    ("dq", "dkdv", "dbias"); ``elem_bytes`` 2 for bf16/fp16, 4 for float32. Checked against every
+    compilation of the committed compile report (never below it)."""
+    key = (kernel, 4 if elem_bytes >= 4 else 2)
+    if key not in SHARED_MEMORY_MODEL:
+        raise ValueError(f"unknown kernel {kernel!r}; choose from {list(FORWARD_KERNELS + BACKWARD_KERNELS)}")
+    e, bm, bn, dp, st = key[1], block_m, block_n, d_pad, max(1, num_stages)
+    feats = (bm * dp * e, st * bn * dp * e, bm * bn * 4, st * bm * bn * 4, st * bm * dp * e, bn * dp * e, 1)
+    return int(math.ceil(SHARED_MEMORY_MARGIN * sum(c * f for c, f in zip(SHARED_MEMORY_MODEL[key], feats))))
 
 
 def fit_stages(kernel: str, elem_bytes: int, block_m: int, block_n: int, d_pad: int, num_stages: int,
@@ -121,11 +136,38 @@ def _fits(kernels: tuple[str, ...], cfg: KernelConfig, elem_bytes: int, d_pad: i
                for k in kernels)
 
 
-# Launch configs that spill registers on sm_90 (ptxas: bytes spill stores > 0), per kernel group,
-# dtype group ("16": bf16/fp16, "32": float32) and padded head dim, as (block_m, block_n,
-# num_warps, num_stages). Measured with ``python -m kernels.compile_report`` (Triton 3.8, sm_90);
-# left out of the candidate lists (``exclude_spilling=True``) and never chosen as a default.
-SPILLING: dict[tuple[str, str, int], frozenset[tuple[int, int, int, int]]] = {}
+# Launch configs that spill registers on sm_90 (ptxas: bytes spill stores > 0) in some kernel of
+# the group ("fwd"; "bwd": dQ, dK/dV or dBias), per dtype group ("16": bf16/fp16, "32": float32)
+# and padded head dim, as (block_m, block_n, num_warps, num_stages). Taken from the compile report
+# (Triton 3.8, sm_90: benchmarks/results/compile-sm90-triton3.8.0*.csv, every tile / warps /
+# stages combination at block sizes 64 (bf16, head dims 32, 64) and 128 (bf16 head dim 8; float32
+# head dims 8 and 64, the float32 head-dim-64 backward only partly compiled)); combinations that
+# were not compiled are not flagged. Left out of the candidate lists (``exclude_spilling=True``)
+# and never chosen as a default.
+SPILLING: dict[tuple[str, str, int], frozenset[tuple[int, int, int, int]]] = {
+    ("bwd", "16", 16): frozenset([(16, 16, 4, 1), (128, 64, 4, 1), (128, 64, 4, 2), (128, 64, 4, 3),
+                                  (128, 128, 4, 1), (128, 128, 4, 2), (128, 128, 4, 3), (128, 128, 8, 1),
+                                  (128, 128, 8, 2), (128, 128, 8, 3)]),
+    ("bwd", "16", 32): frozenset([(32, 16, 4, 3)]),
+    ("bwd", "32", 16): frozenset([(16, 16, 4, 1), (32, 16, 4, 2), (64, 64, 4, 2), (64, 64, 4, 3), (128, 16, 4, 1),
+                                  (128, 32, 4, 2), (128, 32, 4, 3), (128, 64, 4, 1), (128, 64, 4, 2), (128, 64, 4, 3),
+                                  (128, 64, 8, 2), (128, 64, 8, 3), (128, 128, 4, 1), (128, 128, 4, 2),
+                                  (128, 128, 4, 3), (128, 128, 8, 1), (128, 128, 8, 2), (128, 128, 8, 3)]),
+    ("bwd", "32", 64): frozenset([(64, 32, 4, 1), (64, 32, 4, 2), (64, 32, 4, 3), (64, 64, 4, 1), (64, 64, 4, 2),
+                                  (64, 64, 4, 3), (64, 64, 8, 1), (64, 64, 8, 2), (64, 64, 8, 3), (128, 16, 4, 1),
+                                  (128, 16, 4, 2), (128, 16, 4, 3), (128, 32, 4, 1), (128, 32, 4, 2), (128, 32, 4, 3),
+                                  (128, 32, 8, 1), (128, 32, 8, 2), (128, 32, 8, 3), (128, 64, 4, 1), (128, 64, 4, 2),
+                                  (128, 64, 4, 3), (128, 64, 8, 1), (128, 64, 8, 2), (128, 64, 8, 3)]),
+    ("fwd", "16", 16): frozenset([(128, 128, 4, 1), (128, 128, 4, 2), (128, 128, 4, 3)]),
+    ("fwd", "32", 16): frozenset([(16, 128, 4, 3), (128, 32, 4, 1), (128, 128, 4, 1), (128, 128, 4, 2),
+                                  (128, 128, 4, 3)]),
+    ("fwd", "32", 64): frozenset([(16, 64, 4, 1), (16, 128, 4, 1), (32, 64, 4, 1), (32, 128, 8, 1), (64, 32, 4, 1),
+                                  (64, 64, 4, 1), (64, 64, 4, 3), (64, 64, 8, 1), (64, 128, 4, 1), (64, 128, 4, 2),
+                                  (64, 128, 4, 3), (128, 16, 4, 1), (128, 16, 4, 2), (128, 16, 4, 3), (128, 32, 4, 1),
+                                  (128, 32, 8, 1), (128, 64, 4, 1), (128, 64, 4, 2), (128, 64, 4, 3), (128, 64, 8, 1),
+                                  (128, 128, 4, 1), (128, 128, 4, 2), (128, 128, 4, 3), (128, 128, 8, 1),
+                                  (128, 128, 8, 2), (128, 128, 8, 3)]),
+}
 
 
 def spills(group: str, cfg: KernelConfig, dtype: DtypeLike, head_dim: int) -> bool:
@@ -199,16 +241,18 @@ BACKWARD_PREFERENCE: tuple[KernelConfig, ...] = (
     KernelConfig(64, 16, 4, 2),
     KernelConfig(32, 32, 4, 2),
     KernelConfig(32, 16, 4, 2),
-    KernelConfig(16, 16, 4, 1),
+    KernelConfig(16, 16, 4, 2),
 )
 
 
 def default_backward_config(block_size: int, head_dim: int | None = None, dtype: DtypeLike = None) -> KernelConfig:
     """The backward launch config used when none is given: the first of ``BACKWARD_PREFERENCE``
-    that ``candidate_backward_configs`` offers for this block size, head dim and dtype."""
-    offered = set(candidate_backward_configs(block_size, head_dim, dtype))
+    that ``candidate_backward_configs`` offers for this block size, head dim and dtype, else the
+    first config it offers."""
+    offered = candidate_backward_configs(block_size, head_dim, dtype)
     for cfg in BACKWARD_PREFERENCE:
         if cfg in offered:
             return cfg
-    smallest = KernelConfig(16, 16, 4, 1)
-    return smallest
+    if offered:
+        return offered[0]
+    return KernelConfig(16, 16, 4, 1)  # nothing offered (cannot happen for supported shapes): smallest

@@ -37,7 +37,7 @@ import torch
 
 from patterns import BlockLayout
 
-from .config import KernelConfig, default_backward_config, fit_stages
+from .config import SHARED_MEMORY_LIMIT, KernelConfig, default_backward_config, fit_stages, shared_memory_bytes
 from .reference import resolve_scale
 from .triton_kernels import (
     LOG2E,
@@ -74,11 +74,39 @@ def _nb_pad(nb: int) -> int:
     return max(1, 1 << (nb - 1).bit_length())
 
 
-def _stages(kernel: str, dtype: torch.dtype, block_m: int, block_n: int, head_dim: int, num_stages: int) -> int:
+def _shared_limit(device: torch.device) -> int:
+    """Shared memory one block may use on ``device`` (opt-in maximum; sm_90's 232,448 bytes for the
+    interpreter or when the property is missing)."""
+    if device.type == "cuda":
+        props = torch.cuda.get_device_properties(device)
+        return int(getattr(props, "shared_memory_per_block_optin", 0) or SHARED_MEMORY_LIMIT)
+    return SHARED_MEMORY_LIMIT
+
+
+def _stages(kernel: str, dtype: torch.dtype, block_m: int, block_n: int, head_dim: int, num_stages: int,
+            limit: int = SHARED_MEMORY_LIMIT) -> int:
     """Pipeline stages actually launched: ``num_stages`` lowered until the kernel's shared memory
-    (``config.shared_memory_bytes``, an upper bound checked against sm_90 compilations) fits the
-    device; configs offered by ``candidate_configs`` are never lowered."""
-    return fit_stages(kernel, _elem_bytes(dtype), block_m, block_n, _d_pad(head_dim), num_stages)
+    (``config.shared_memory_bytes``, an upper bound checked against sm_90 compilations) fits
+    ``limit``; configs offered by ``candidate_configs`` are never lowered on an H100 / H200."""
+    return fit_stages(kernel, _elem_bytes(dtype), block_m, block_n, _d_pad(head_dim), num_stages, limit)
+
+
+def _check_fits(q: torch.Tensor, cfg: KernelConfig, bcfg: KernelConfig) -> None:
+    """On a GPU, a launch config that needs more shared memory than the device has even at one
+    stage is refused with one line (instead of Triton's OutOfResources at launch)."""
+    if not q.is_cuda:
+        return
+    limit = _shared_limit(q.device)
+    D = q.shape[-1]
+    for kern, c in (("fwd", cfg), ("dq", bcfg), ("dkdv", bcfg), ("dbias", bcfg)):
+        need = shared_memory_bytes(kern, _elem_bytes(q.dtype), c.block_m, c.block_n, _d_pad(D), 1)
+        if need > limit:
+            which = "config" if kern == "fwd" else "bwd_config"
+            raise ValueError(
+                f"triton backend: {which} {c.block_m}x{c.block_n}/w{c.num_warps} needs up to {need} bytes of shared "
+                f"memory in the {kern} kernel at head_dim={D}, {str(q.dtype).replace('torch.', '')}, more than this "
+                f"GPU's {limit}; choose one of kernels.config.candidate_configs / candidate_backward_configs"
+            )
 
 
 def _tile_order(counts: torch.Tensor, block_size: int, tile: int) -> torch.Tensor:
@@ -144,7 +172,7 @@ def _fwd_impl(q, k, v, bias, kv_counts, kv_indices, block_size, scale, block_m, 
             B, H, L, nb, n_tiles, lhs,
             scale * LOG2E,
             BLOCK_M=block_m, BLOCK_N=block_n, NB_PAD=_nb_pad(nb), HAS_BIAS=bias is not None,
-            num_warps=num_warps, num_stages=_stages("fwd", q.dtype, block_m, block_n, D, num_stages),
+            num_warps=num_warps, num_stages=_stages("fwd", q.dtype, block_m, block_n, D, num_stages, _shared_limit(q.device)),
             **consts,
         )
     return out, lse
@@ -163,7 +191,8 @@ def _bwd_impl(do, q, k, v, out, lse, bias, kv_counts, kv_indices, q_counts, q_in
     bias_arg = bias if has_bias else q
     # backward tiles: (block_m, block_n) = (owned, walked): dQ and dBias own block_m query rows and
     # walk block_n keys; dK/dV own block_m keys and walk block_n query rows
-    stages = {kern: _stages(kern, q.dtype, block_m, block_n, D, num_stages) for kern in ("dq", "dkdv", "dbias")}
+    limit = _shared_limit(q.device)
+    stages = {kern: _stages(kern, q.dtype, block_m, block_n, D, num_stages, limit) for kern in ("dq", "dkdv", "dbias")}
 
     dq = torch.empty_like(q)
     dk = torch.empty_like(k)
@@ -385,6 +414,7 @@ def triton_sparse_attention(
     cfg = (config if config is not None else KernelConfig()).for_block(layout.block_size)
     bcfg = (bwd_config if bwd_config is not None else default_backward_config(layout.block_size, D, q.dtype))
     bcfg = bcfg.for_block(layout.block_size)
+    _check_fits(q, cfg, bcfg)
     scale = resolve_scale(D, scale)
     kv_counts, kv_indices, q_counts, q_indices = layout.index_on(q.device)
     out, _ = block_sparse_attention_fwd(

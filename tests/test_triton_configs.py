@@ -133,8 +133,13 @@ def _check(q, k, v, lay, bias, config, bwd_config, seed):
                                    msg=lambda m, name=name: f"{name} ({config}, bwd {bwd_config}, seed={seed}): {m}")
 
 
-@pytest.mark.parametrize("bwd", [(32, 16), (16, 16), (32, 32)], ids=str)
-@pytest.mark.parametrize("bias_batch", [1, 2], ids=["bias1H", "biasBH"])
+@pytest.mark.parametrize("bwd,bias_batch", [
+    ((32, 16), 2),
+    pytest.param((32, 16), 1, marks=pytest.mark.slow),
+    pytest.param((16, 16), 1, marks=pytest.mark.slow),
+    pytest.param((16, 16), 2, marks=pytest.mark.slow),
+    pytest.param((32, 32), 1, marks=pytest.mark.slow),
+], ids=str)
 def test_backward_configs_exact_per_head_ragged(bwd, bias_batch):
     """Per-head layout with an empty query block and an unread key block, ragged L (not a multiple
     of the block), bias shared by the batch or not: out and all four gradients against the
