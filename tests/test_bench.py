@@ -121,7 +121,7 @@ def test_bench_rejects_bad_launch_config():
 
 def test_bench_writes_csv_after_each_case_targets_first(tmp_path, monkeypatch):
     """A run that dies in its second case keeps the first case's rows on disk, and the first case
-    is a target case (row L=4096 before row L=128)."""
+    is a target case (row L=512 before row L=128)."""
     real = bench.run_case
     seen = []
 
@@ -134,12 +134,12 @@ def test_bench_writes_csv_after_each_case_targets_first(tmp_path, monkeypatch):
     monkeypatch.setattr(bench, "run_case", dies_second)
     out = tmp_path / "bench.csv"
     with pytest.raises(KeyboardInterrupt):
-        bench.main(["--device", "cpu", "--workloads", "row", "--lengths", "128,4096", "--sparsities", "90",
+        bench.main(["--device", "cpu", "--workloads", "row", "--lengths", "128,512", "--sparsities", "90",
                     "--passes", "fwd", "--batch", "1", "--backends", "sdpa", "--reps", "1", "--warmup", "0",
                     "--out", str(out)])
-    assert seen == [("row", 4096), ("row", 128)]
+    assert seen == [("row", 512), ("row", 128)]
     rows = _rows(out)
-    assert len(rows) == 1 and rows[0]["L"] == "4096" and rows[0]["status"] == "ok"
+    assert len(rows) == 1 and rows[0]["L"] == "512" and rows[0]["status"] == "ok"
 
 
 def test_gpu_check_modules_import_no_search_stack():
