@@ -26,6 +26,10 @@ minus the RSS just before the call (after ``malloc_trim`` so that freed heap is 
 NaN where /proc is unavailable. Both count everything the call allocates (outputs, intermediates,
 autograd buffers, gradients for fwd+bwd).
 
+Cases run in priority order: the cases the speed targets name (row L=4096, tri L=2048, then L=512)
+first, so that ``--time-budget`` or a timeout only ever cuts the others. The CSV is rewritten,
+complete, after every case (a run stopped part-way keeps every finished case).
+
 The CSV (``benchmarks/results/<device>.csv`` by default; device = ``torch.cuda.get_device_name()``
 or ``cpu-<N>cores``) holds one row per (workload, L, batch, sparsity, pass, backend) with the
 device, dtype, torch/triton versions, times, memory and the speedups over sdpa and flex
