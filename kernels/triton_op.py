@@ -34,6 +34,7 @@ import os
 from typing import Optional
 
 import torch
+from torch.utils.weak import WeakTensorKeyDictionary
 
 from patterns import BlockLayout
 
@@ -109,11 +110,24 @@ def _check_fits(q: torch.Tensor, cfg: KernelConfig, bcfg: KernelConfig) -> None:
             )
 
 
+_TILE_ORDERS = WeakTensorKeyDictionary()  # counts tensor -> {(version, block, tile): order}
+
+
 def _tile_order(counts: torch.Tensor, block_size: int, tile: int) -> torch.Tensor:
     """int32 [layout heads, n_tiles]: the tiles of each layout head, most kept blocks first (stable,
-    so equal rows keep their order)."""
+    so equal rows keep their order). Cached per counts tensor (the layout's device index is built
+    once per layout and device), so a call launches no sorting kernels after the first."""
+    key = (counts._version, block_size, tile)
+    per_counts = _TILE_ORDERS.get(counts)
+    if per_counts is not None and key in per_counts:
+        return per_counts[key]
     per_tile = counts.repeat_interleave(block_size // tile, dim=1)
-    return torch.argsort(per_tile, dim=1, descending=True, stable=True).to(torch.int32).contiguous()
+    order = torch.argsort(per_tile, dim=1, descending=True, stable=True).to(torch.int32).contiguous()
+    if per_counts is None:
+        per_counts = {}
+        _TILE_ORDERS[counts] = per_counts
+    per_counts[key] = order
+    return order
 
 
 def _bias_strides(bias: Optional[torch.Tensor]) -> tuple[int, int, int, int]:

@@ -115,6 +115,9 @@ def test_tile_order_is_heaviest_first_and_stable():
     assert order.dtype == torch.int32 and order.shape == (2, 8)
     assert order[0].tolist() == [2, 3, 4, 5, 0, 1, 6, 7]
     assert order[1].tolist() == list(range(8))
+    assert _tile_order(counts, 32, 16) is order  # cached per counts tensor
+    counts[0, 3] = 9  # an in-place change is seen (tensor version)
+    assert _tile_order(counts, 32, 16)[0].tolist() == [6, 7, 2, 3, 4, 5, 0, 1]
 
 
 # ------------------------------------------------------------------------------------------------
