@@ -8,8 +8,9 @@ test suite.
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, Union
 
 KERNEL_TILES: tuple[int, ...] = (16, 32, 64, 128)
 KERNEL_WARPS: tuple[int, ...] = (2, 4, 8)
@@ -60,17 +61,200 @@ class KernelConfig:
         return cls(**data)
 
 
-def candidate_configs(block_size: int, head_dim: int | None = None) -> list[KernelConfig]:
-    """Every launch config the autotuner may try for a layout of ``block_size``: tiles dividing it
-    (at least 16), 4 or 8 warps, 1 to 3 stages."""
-    out = []
+
+# ------------------------------------------------------------------------------------------------
+# what fits a Hopper GPU (H100 / H200, sm_90), measured by compiling for it (python -m kernels.compile_report)
+# ------------------------------------------------------------------------------------------------
+SHARED_MEMORY_LIMIT = 232_448  # bytes of shared memory one block may use on sm_90 (227 KiB)
+FORWARD_KERNELS = ("fwd",)
+BACKWARD_KERNELS = ("dq", "dkdv", "dbias")
+
+DtypeLike = Union[str, "torch.dtype", int, None]  # noqa: F821
+
+
+def _elem_bytes(dtype: DtypeLike) -> int:
+    """Bytes per element of q/k/v: 4 for float32 (and for None: the worst case), 2 otherwise; an int
+    is taken as the byte count."""
+    if dtype is None:
+        return 4
+    if isinstance(dtype, int):
+        return dtype
+    name = str(dtype).replace("torch.", "")
+    return 4 if name == "float32" else 2
+
+
+def _d_pad(head_dim: int) -> int:
+    return max(16, 1 << (head_dim - 1).bit_length())
+
+
+# Upper bound of Triton's shared-memory allocation per kernel and element size (2: bf16/fp16,
+# 4: float32), linear in the features
+#   (bm*dp*e, S*bn*dp*e, bm*bn*4, S*bm*bn*4, S*bm*dp*e, bn*dp*e, 1)
+# (bm x bn the tile, dp the padded head dim, e the element size, S the stages), fitted as the
+# tightest bound over every compilation in benchmarks/results/compile-sm90-triton*.csv (Triton 3.8
+# and 3.6, the GPU machine's version; a linear
+# programme: minimise the summed ratio bound/actual subject to bound >= actual), then widened by
+# SHARED_MEMORY_MARGIN for Triton versions and shapes that were not compiled.
+SHARED_MEMORY_MODEL: dict[tuple[str, int], tuple[float, ...]] = {
+    ("fwd", 2): (0.0, 1.214, 0.0, 0.419, 0.921, 0.0, 672.6),  # 186 compilations, bound/actual 1.00..3.00
+    ("fwd", 4): (1.011, 1.331, 0.0, 1.008, 0.001, 0.0, 40.4),  # 132 compilations, bound/actual 1.00..1.25
+    ("dq", 2): (1.999, 1.999, 0.25, 0.25, 0.001, 0.001, 9.0),  # 126 compilations, bound/actual 1.00..2.00
+    ("dq", 4): (2.0, 1.0, 0.0, 1.0, 0.0, 1.0, 1.0),  # 78 compilations, bound/actual 1.00..1.22
+    ("dkdv", 2): (2.0, 1.619, 0.707, 0.15, 0.0, 0.952, 25.4),  # 126 compilations, bound/actual 1.00..4.06
+    ("dkdv", 4): (2.0, 1.188, 1.5, 0.5, 0.0, 0.812, 1.0),  # 42 compilations, bound/actual 1.00..1.43
+    ("dbias", 2): (0.0, 1.826, 0.261, 0.0, 2.0, 0.0, 1.0),  # 126 compilations, bound/actual 1.00..2.17
+    ("dbias", 4): (0.962, 0.96, 0.0, 0.004, 1.032, 1.021, 62.4),  # 42 compilations, bound/actual 1.00..1.51
+}
+SHARED_MEMORY_MARGIN = 1.05
+
+
+def shared_memory_bytes(kernel: str, elem_bytes: int, block_m: int, block_n: int, d_pad: int, num_stages: int) -> int:
+    """An upper bound of the shared memory (bytes) Triton allocates for ``kernel`` at this launch
+    config on sm_90 (``SHARED_MEMORY_MODEL`` times ``SHARED_MEMORY_MARGIN``). ``block_m`` x
+    ``block_n`` is the (query, key) tile of "fwd", the (owned, walked) tile of the backward kernels
+    ("dq", "dkdv", "dbias"); ``elem_bytes`` 2 for bf16/fp16, 4 for float32. Checked against every
+    compilation of the committed compile report (never below it)."""
+    key = (kernel, 4 if elem_bytes >= 4 else 2)
+    if key not in SHARED_MEMORY_MODEL:
+        raise ValueError(f"unknown kernel {kernel!r}; choose from {list(FORWARD_KERNELS + BACKWARD_KERNELS)}")
+    e, bm, bn, dp, st = key[1], block_m, block_n, d_pad, max(1, num_stages)
+    feats = (bm * dp * e, st * bn * dp * e, bm * bn * 4, st * bm * bn * 4, st * bm * dp * e, bn * dp * e, 1)
+    return int(math.ceil(SHARED_MEMORY_MARGIN * sum(c * f for c, f in zip(SHARED_MEMORY_MODEL[key], feats))))
+
+
+def fit_stages(kernel: str, elem_bytes: int, block_m: int, block_n: int, d_pad: int, num_stages: int,
+               limit: int = SHARED_MEMORY_LIMIT) -> int:
+    """``num_stages`` lowered until ``shared_memory_bytes`` fits ``limit`` (at least 1): the stages a
+    launch actually uses, so that no launch config raises OutOfResources on an H100 / H200."""
+    s = num_stages
+    while s > 1 and shared_memory_bytes(kernel, elem_bytes, block_m, block_n, d_pad, s) > limit:
+        s -= 1
+    return s
+
+
+def _fits(kernels: tuple[str, ...], cfg: KernelConfig, elem_bytes: int, d_pad: int) -> bool:
+    return all(shared_memory_bytes(k, elem_bytes, cfg.block_m, cfg.block_n, d_pad, cfg.num_stages) <= SHARED_MEMORY_LIMIT
+               for k in kernels)
+
+
+# Launch configs that spill registers on sm_90 (ptxas: bytes spill stores > 0) in some kernel of
+# the group ("fwd"; "bwd": dQ, dK/dV or dBias), per dtype group ("16": bf16/fp16, "32": float32)
+# and padded head dim, as (block_m, block_n, num_warps, num_stages). Taken from the compile report
+# (sm_90: benchmarks/results/compile-sm90-triton*.csv; Triton 3.8, every tile / warps /
+# stages combination at block sizes 64 (bf16, head dims 32, 64) and 128 (bf16 head dim 8; float32
+# head dims 8 and 64, the float32 head-dim-64 backward only partly compiled); Triton 3.6 at block
+# 64, bf16, head dims 32 and 64: no spill); combinations that
+# were not compiled are not flagged. Left out of the candidate lists (``exclude_spilling=True``)
+# and never chosen as a default.
+SPILLING: dict[tuple[str, str, int], frozenset[tuple[int, int, int, int]]] = {
+    ("bwd", "16", 16): frozenset([(16, 16, 4, 1), (128, 64, 4, 1), (128, 64, 4, 2), (128, 64, 4, 3),
+                                  (128, 128, 4, 1), (128, 128, 4, 2), (128, 128, 4, 3), (128, 128, 8, 1),
+                                  (128, 128, 8, 2), (128, 128, 8, 3)]),
+    ("bwd", "16", 32): frozenset([(32, 16, 4, 3)]),
+    ("bwd", "32", 16): frozenset([(16, 16, 4, 1), (32, 16, 4, 2), (64, 64, 4, 2), (64, 64, 4, 3), (128, 16, 4, 1),
+                                  (128, 32, 4, 2), (128, 32, 4, 3), (128, 64, 4, 1), (128, 64, 4, 2), (128, 64, 4, 3),
+                                  (128, 64, 8, 2), (128, 64, 8, 3), (128, 128, 4, 1), (128, 128, 4, 2),
+                                  (128, 128, 4, 3), (128, 128, 8, 1), (128, 128, 8, 2), (128, 128, 8, 3)]),
+    ("bwd", "32", 64): frozenset([(64, 32, 4, 1), (64, 32, 4, 2), (64, 32, 4, 3), (64, 64, 4, 1), (64, 64, 4, 2),
+                                  (64, 64, 4, 3), (64, 64, 8, 1), (64, 64, 8, 2), (64, 64, 8, 3), (128, 16, 4, 1),
+                                  (128, 16, 4, 2), (128, 16, 4, 3), (128, 32, 4, 1), (128, 32, 4, 2), (128, 32, 4, 3),
+                                  (128, 32, 8, 1), (128, 32, 8, 2), (128, 32, 8, 3), (128, 64, 4, 1), (128, 64, 4, 2),
+                                  (128, 64, 4, 3), (128, 64, 8, 1), (128, 64, 8, 2), (128, 64, 8, 3)]),
+    ("fwd", "16", 16): frozenset([(128, 128, 4, 1), (128, 128, 4, 2), (128, 128, 4, 3)]),
+    ("fwd", "32", 16): frozenset([(16, 128, 4, 3), (128, 32, 4, 1), (128, 128, 4, 1), (128, 128, 4, 2),
+                                  (128, 128, 4, 3)]),
+    ("fwd", "32", 64): frozenset([(16, 64, 4, 1), (16, 128, 4, 1), (32, 64, 4, 1), (32, 128, 8, 1), (64, 32, 4, 1),
+                                  (64, 64, 4, 1), (64, 64, 4, 3), (64, 64, 8, 1), (64, 128, 4, 1), (64, 128, 4, 2),
+                                  (64, 128, 4, 3), (128, 16, 4, 1), (128, 16, 4, 2), (128, 16, 4, 3), (128, 32, 4, 1),
+                                  (128, 32, 8, 1), (128, 64, 4, 1), (128, 64, 4, 2), (128, 64, 4, 3), (128, 64, 8, 1),
+                                  (128, 128, 4, 1), (128, 128, 4, 2), (128, 128, 4, 3), (128, 128, 8, 1),
+                                  (128, 128, 8, 2), (128, 128, 8, 3)]),
+}
+
+
+def spills(group: str, cfg: KernelConfig, dtype: DtypeLike, head_dim: int) -> bool:
+    """True if ``cfg`` spills registers in some kernel of ``group`` ("fwd" or "bwd") on sm_90."""
+    key = (group, "32" if _elem_bytes(dtype) == 4 else "16", _d_pad(head_dim))
+    return (cfg.block_m, cfg.block_n, cfg.num_warps, cfg.num_stages) in SPILLING.get(key, frozenset())
+
+
+def _tiles(block_size: int):
     for bm in KERNEL_TILES:
         for bn in KERNEL_TILES:
-            if block_size % bm or block_size % bn:
+            if block_size % bm == 0 and block_size % bn == 0:
+                yield bm, bn
+
+
+def candidate_configs(block_size: int, head_dim: int | None = None, dtype: DtypeLike = None, *,
+                      exclude_spilling: bool = True) -> list[KernelConfig]:
+    """Every forward launch config the autotuner may try for a layout of ``block_size``: tiles
+    dividing it (at least 16), 4 or 8 warps (8 only for tiles of at least 64 x 64), 1 to 3 stages;
+    only configs whose shared memory fits an sm_90 block (``shared_memory_bytes``; head_dim None
+    and dtype None take the worst case, 64 and float32) and, with ``exclude_spilling``, that do not
+    spill registers (``SPILLING``)."""
+    d_pad = _d_pad(head_dim if head_dim is not None else 64)
+    eb = _elem_bytes(dtype)
+    out = []
+    for bm, bn in _tiles(block_size):
+        for w in (4, 8):
+            if bm * bn < 64 * 64 and w == 8:
                 continue
-            for w in (4, 8):
-                if bm * bn < 64 * 64 and w == 8:
+            for s in (1, 2, 3):
+                cfg = KernelConfig(bm, bn, w, s)
+                if not _fits(FORWARD_KERNELS, cfg, eb, d_pad):
                     continue
-                for s in (1, 2, 3):
-                    out.append(KernelConfig(bm, bn, w, s))
+                if exclude_spilling and spills("fwd", cfg, dtype, d_pad):
+                    continue
+                out.append(cfg)
     return out
+
+
+def candidate_backward_configs(block_size: int, head_dim: int | None = None, dtype: DtypeLike = None, *,
+                               exclude_spilling: bool = True) -> list[KernelConfig]:
+    """The backward's own launch configs: (block_m, block_n) is the (owned, walked) tile, so dQ owns
+    block_m query rows and walks block_n keys and dK/dV owns block_m keys and walks block_n query
+    rows (FlashAttention-2, Dao 2023: the Triton tutorial uses 128 x 32 for dQ and 32 x 128 for dK/dV,
+    i.e. a large owned tile and a small walked one). Tiles dividing ``block_size`` with
+    block_m >= block_n, 4 or 8 warps, 1 to 3 stages, fitting shared memory in every backward kernel,
+    and with ``exclude_spilling`` not spilling in any of them."""
+    d_pad = _d_pad(head_dim if head_dim is not None else 64)
+    eb = _elem_bytes(dtype)
+    out = []
+    for bm, bn in _tiles(block_size):
+        if bm < bn:
+            continue
+        for w in (4, 8):
+            if bm * bn < 64 * 64 and w == 8:
+                continue
+            for s in (1, 2, 3):
+                cfg = KernelConfig(bm, bn, w, s)
+                if not _fits(BACKWARD_KERNELS, cfg, eb, d_pad):
+                    continue
+                if exclude_spilling and spills("bwd", cfg, dtype, d_pad):
+                    continue
+                out.append(cfg)
+    return out
+
+
+# preference order of the default backward config (the first that fits the block and neither
+# overflows shared memory nor spills is used)
+BACKWARD_PREFERENCE: tuple[KernelConfig, ...] = (
+    KernelConfig(64, 32, 4, 2),
+    KernelConfig(64, 16, 4, 2),
+    KernelConfig(32, 32, 4, 2),
+    KernelConfig(32, 16, 4, 2),
+    KernelConfig(16, 16, 4, 2),
+)
+
+
+def default_backward_config(block_size: int, head_dim: int | None = None, dtype: DtypeLike = None) -> KernelConfig:
+    """The backward launch config used when none is given: the first of ``BACKWARD_PREFERENCE``
+    that ``candidate_backward_configs`` offers for this block size, head dim and dtype, else the
+    first config it offers."""
+    offered = candidate_backward_configs(block_size, head_dim, dtype)
+    for cfg in BACKWARD_PREFERENCE:
+        if cfg in offered:
+            return cfg
+    if offered:
+        return offered[0]
+    return KernelConfig(16, 16, 4, 1)  # nothing offered (cannot happen for supported shapes): smallest

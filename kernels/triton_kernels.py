@@ -80,6 +80,30 @@ def _load_bias(ptrs, offs_a, offs_b, L, EVEN_L: tl.constexpr):
     return x.to(tl.float32)
 
 
+@triton.jit
+def _program_coords(TileOrder, B, H, N_TILES, LAYOUT_HEAD_STRIDE):
+    """(b, h, tile) of this program. The batch varies fastest, so the B programs that read the same
+    tile of a bias shared over the batch run together (the tile is fetched from HBM once, then hit
+    in L2); then the head; slowest the tile rank: ``TileOrder[layout head, rank]`` lists the tiles
+    of a layout head heaviest first (most kept blocks), so the longest programs start first
+    (longest-processing-time-first scheduling, Graham 1969)."""
+    pid = tl.program_id(0)
+    b = pid % B
+    rest = pid // B
+    h = rest % H
+    rank = rest // H
+    tile = tl.load(TileOrder + h * LAYOUT_HEAD_STRIDE * N_TILES + rank)
+    return b, h, tile
+
+
+@triton.jit
+def _select(vec, offs, j):
+    """vec[j] for a register-resident index vector: the block index of the next iteration does not
+    depend on a memory load, so the software pipeliner can prefetch K/V ``num_stages - 1``
+    iterations ahead (a load inside the loop makes it wait on every copy, ``async_wait num=0``)."""
+    return tl.sum(tl.where(offs == j, vec, 0), 0)
+
+
 # --------------------------------------------------------------------------------------------
 # forward
 # --------------------------------------------------------------------------------------------
@@ -88,18 +112,16 @@ def _attn_fwd_kernel(
     Q, K, V, Bias, Out, Lse,
     KVCounts, KVIndices,
     stride_bias_b, stride_bias_h, stride_bias_m, stride_bias_n,
-    H, L, NB, N_TILES, LAYOUT_HEAD_STRIDE,
+    TileOrder,
+    B, H, L, NB, N_TILES, LAYOUT_HEAD_STRIDE,
     qk_scale,
     HEAD_DIM: tl.constexpr, D_PAD: tl.constexpr,
-    BLOCK_SIZE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    BLOCK_SIZE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, NB_PAD: tl.constexpr,
     HAS_BIAS: tl.constexpr, EVEN_L: tl.constexpr, EVEN_D: tl.constexpr, PREC: tl.constexpr,
 ):
     SUB_N: tl.constexpr = BLOCK_SIZE // BLOCK_N
-    pid = tl.program_id(0)
-    bh = pid // N_TILES
-    tile = pid % N_TILES
-    b = bh // H
-    h = bh % H
+    b, h, tile = _program_coords(TileOrder, B, H, N_TILES, LAYOUT_HEAD_STRIDE)
+    bh = b * H + h
     start_m = tile * BLOCK_M
     row = start_m // BLOCK_SIZE
     hl = h * LAYOUT_HEAD_STRIDE
@@ -120,9 +142,10 @@ def _attn_fwd_kernel(
 
     lay_row = hl * NB + row
     count = tl.load(KVCounts + lay_row)
-    idx_ptr = KVIndices + lay_row * NB
+    offs_nb = tl.arange(0, NB_PAD)
+    row_idx = tl.load(KVIndices + lay_row * NB + offs_nb, mask=offs_nb < count, other=0)
     for it in range(0, count * SUB_N):
-        kb = tl.load(idx_ptr + it // SUB_N)
+        kb = _select(row_idx, offs_nb, it // SUB_N)
         offs_n = kb * BLOCK_SIZE + (it % SUB_N) * BLOCK_N + offs_n0
         k = _load_rows(k_base + offs_n[:, None] * HEAD_DIM, offs_n, offs_d, L, HEAD_DIM, EVEN_L, EVEN_D)
         s = tl.dot(q, tl.trans(k), input_precision=PREC) * qk_scale
@@ -141,9 +164,12 @@ def _attn_fwd_kernel(
         acc = tl.dot(p.to(v.dtype), v, acc, input_precision=PREC)
         m_i = m_new
 
+    # a row with no computed key, or whose computed logits are all -inf, is "dead": zeros (even
+    # where v holds NaN/inf, which reached acc through 0 * v) and lse = +inf; a NaN anywhere in a
+    # live row's logits makes l_i NaN, hence a NaN row (IEEE, as the reference)
     empty = l_i == 0.0
     l_safe = tl.where(empty, 1.0, l_i)
-    acc = acc / l_safe[:, None]
+    acc = tl.where(empty[:, None], 0.0, acc / l_safe[:, None])
     lse = tl.where(empty, float("inf"), m_i + tl.math.log2(l_safe))
     _store_rows(Out + base + offs_m[:, None] * HEAD_DIM + offs_d[None, :], acc.to(Out.dtype.element_ty),
                 offs_m, offs_d, L, HEAD_DIM, EVEN_L, EVEN_D)
@@ -187,10 +213,11 @@ def _attn_bwd_dq_kernel(
     KVCounts, KVIndices,
     stride_bias_b, stride_bias_h, stride_bias_m, stride_bias_n,
     stride_db_b, stride_db_h,
-    H, L, NB, N_TILES, LAYOUT_HEAD_STRIDE,
+    TileOrder,
+    B, H, L, NB, N_TILES, LAYOUT_HEAD_STRIDE,
     qk_scale, sm_scale,
     HEAD_DIM: tl.constexpr, D_PAD: tl.constexpr,
-    BLOCK_SIZE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    BLOCK_SIZE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, NB_PAD: tl.constexpr,
     HAS_BIAS: tl.constexpr, WRITE_DBIAS: tl.constexpr,
     EVEN_L: tl.constexpr, EVEN_D: tl.constexpr, PREC: tl.constexpr,
 ):
@@ -198,11 +225,8 @@ def _attn_bwd_dq_kernel(
     gradient of this (b, h) slice) into DBias, a contiguous [*, *, L, L] buffer addressed with
     strides stride_db_b / stride_db_h (0 on a dimension the buffer does not have)."""
     SUB_N: tl.constexpr = BLOCK_SIZE // BLOCK_N
-    pid = tl.program_id(0)
-    bh = pid // N_TILES
-    tile = pid % N_TILES
-    b = bh // H
-    h = bh % H
+    b, h, tile = _program_coords(TileOrder, B, H, N_TILES, LAYOUT_HEAD_STRIDE)
+    bh = b * H + h
     start_m = tile * BLOCK_M
     row = start_m // BLOCK_SIZE
     hl = h * LAYOUT_HEAD_STRIDE
@@ -217,6 +241,7 @@ def _attn_bwd_dq_kernel(
     # rows past L get lse = +inf, hence p = 0
     lse = _load_vec(Lse + bh.to(tl.int64) * L + offs_m, offs_m, L, float("inf"), EVEN_L)
     delta = _load_vec(Delta + bh.to(tl.int64) * L + offs_m, offs_m, L, 0.0, EVEN_L)
+    dead = lse == float("inf")
     k_base = K + base + offs_d[None, :]
     v_base = V + base + offs_d[None, :]
     if HAS_BIAS:
@@ -227,9 +252,10 @@ def _attn_bwd_dq_kernel(
     dq = tl.zeros([BLOCK_M, D_PAD], dtype=tl.float32)
     lay_row = hl * NB + row
     count = tl.load(KVCounts + lay_row)
-    idx_ptr = KVIndices + lay_row * NB
+    offs_nb = tl.arange(0, NB_PAD)
+    row_idx = tl.load(KVIndices + lay_row * NB + offs_nb, mask=offs_nb < count, other=0)
     for it in range(0, count * SUB_N):
-        kb = tl.load(idx_ptr + it // SUB_N)
+        kb = _select(row_idx, offs_nb, it // SUB_N)
         offs_n = kb * BLOCK_SIZE + (it % SUB_N) * BLOCK_N + offs_n0
         k = _load_rows(k_base + offs_n[:, None] * HEAD_DIM, offs_n, offs_d, L, HEAD_DIM, EVEN_L, EVEN_D)
         v = _load_rows(v_base + offs_n[:, None] * HEAD_DIM, offs_n, offs_d, L, HEAD_DIM, EVEN_L, EVEN_D)
@@ -240,7 +266,8 @@ def _attn_bwd_dq_kernel(
         if not EVEN_L:
             p = tl.where(offs_n[None, :] < L, p, 0.0)
         dp = tl.dot(do, tl.trans(v), input_precision=PREC)
-        ds = p * (dp - delta[:, None])
+        # dead rows (lse = +inf) have p = 0 but dp may be NaN (NaN/inf in v): their dS is 0
+        ds = tl.where(dead[:, None], 0.0, p * (dp - delta[:, None]))
         if WRITE_DBIAS:
             db_ptrs = db_base + offs_n[None, :]
             if EVEN_L:
@@ -249,7 +276,8 @@ def _attn_bwd_dq_kernel(
                 tl.store(db_ptrs, ds.to(DBias.dtype.element_ty), mask=(offs_m[:, None] < L) & (offs_n[None, :] < L))
         dq = tl.dot(ds.to(k.dtype), k, dq, input_precision=PREC)
 
-    dq = dq * sm_scale
+    # a row that accumulated nothing (dead, or no kept key) keeps dq = 0 even for scale = NaN / inf
+    dq = tl.where(dq == 0.0, 0.0, dq * sm_scale)
     _store_rows(DQ + base + row_ptrs, dq.to(DQ.dtype.element_ty), offs_m, offs_d, L, HEAD_DIM, EVEN_L, EVEN_D)
 
 
@@ -258,20 +286,18 @@ def _attn_bwd_dkdv_kernel(
     Q, K, V, Bias, DO, Lse, Delta, DK, DV,
     QCounts, QIndices,
     stride_bias_b, stride_bias_h, stride_bias_m, stride_bias_n,
-    H, L, NB, N_TILES, LAYOUT_HEAD_STRIDE,
+    TileOrder,
+    B, H, L, NB, N_TILES, LAYOUT_HEAD_STRIDE,
     qk_scale, sm_scale,
     HEAD_DIM: tl.constexpr, D_PAD: tl.constexpr,
-    BLOCK_SIZE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    BLOCK_SIZE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, NB_PAD: tl.constexpr,
     HAS_BIAS: tl.constexpr, EVEN_L: tl.constexpr, EVEN_D: tl.constexpr, PREC: tl.constexpr,
 ):
     """dV = P^T dO and dK = scale * dS^T Q for one key tile, over the kept query blocks of its
     layout column (computed transposed: rows are keys)."""
     SUB_M: tl.constexpr = BLOCK_SIZE // BLOCK_M
-    pid = tl.program_id(0)
-    bh = pid // N_TILES
-    tile = pid % N_TILES
-    b = bh // H
-    h = bh % H
+    b, h, tile = _program_coords(TileOrder, B, H, N_TILES, LAYOUT_HEAD_STRIDE)
+    bh = b * H + h
     start_n = tile * BLOCK_N
     col = start_n // BLOCK_SIZE
     hl = h * LAYOUT_HEAD_STRIDE
@@ -294,9 +320,10 @@ def _attn_bwd_dkdv_kernel(
     dv = tl.zeros([BLOCK_N, D_PAD], dtype=tl.float32)
     lay_col = hl * NB + col
     count = tl.load(QCounts + lay_col)
-    idx_ptr = QIndices + lay_col * NB
+    offs_nb = tl.arange(0, NB_PAD)
+    col_idx = tl.load(QIndices + lay_col * NB + offs_nb, mask=offs_nb < count, other=0)
     for it in range(0, count * SUB_M):
-        qb = tl.load(idx_ptr + it // SUB_M)
+        qb = _select(col_idx, offs_nb, it // SUB_M)
         offs_m = qb * BLOCK_SIZE + (it % SUB_M) * BLOCK_M + offs_m0
         q = _load_rows(q_base + offs_m[:, None] * HEAD_DIM, offs_m, offs_d, L, HEAD_DIM, EVEN_L, EVEN_D)
         do = _load_rows(do_base + offs_m[:, None] * HEAD_DIM, offs_m, offs_d, L, HEAD_DIM, EVEN_L, EVEN_D)
@@ -309,10 +336,10 @@ def _attn_bwd_dkdv_kernel(
         pT = tl.math.exp2(sT - lse[None, :])
         dv = tl.dot(pT.to(do.dtype), do, dv, input_precision=PREC)
         dpT = tl.dot(v, tl.trans(do), input_precision=PREC)
-        dsT = pT * (dpT - delta[None, :])
+        dsT = tl.where(lse[None, :] == float("inf"), 0.0, pT * (dpT - delta[None, :]))  # dead rows: 0
         dk = tl.dot(dsT.to(q.dtype), q, dk, input_precision=PREC)
 
-    dk = dk * sm_scale
+    dk = tl.where(dk == 0.0, 0.0, dk * sm_scale)  # keys no live row computes: 0 even for scale = NaN
     _store_rows(DK + base + col_ptrs, dk.to(DK.dtype.element_ty), offs_n, offs_d, L, HEAD_DIM, EVEN_L, EVEN_D)
     _store_rows(DV + base + col_ptrs, dv.to(DV.dtype.element_ty), offs_n, offs_d, L, HEAD_DIM, EVEN_L, EVEN_D)
 
@@ -342,16 +369,16 @@ def _attn_bwd_dbias_kernel(
     lay_row = hl * NB + row
     count = tl.load(KVCounts + lay_row)
     j = slot // SUB_N
-    live = j < count
-    kb = tl.load(KVIndices + lay_row * NB + j)  # in range: j < NB
+    if j >= count:  # a dead slot (past the row's kept count) reads and writes nothing
+        return
+    kb = tl.load(KVIndices + lay_row * NB + j)
     offs_m = start_m + tl.arange(0, BLOCK_M)
     offs_n = kb * BLOCK_SIZE + (slot % SUB_N) * BLOCK_N + tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, D_PAD)
     bias = _load_bias(Bias + h.to(tl.int64) * stride_bias_h + offs_m[:, None] * stride_bias_m + offs_n[None, :] * stride_bias_n,
                       offs_m, offs_n, L, EVEN_L) * 1.4426950408889634
     acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
-    n_batch = tl.where(live, B, 0)
-    for b in range(0, n_batch):
+    for b in range(0, B):
         bh = b * H + h
         base = bh.to(tl.int64) * L * HEAD_DIM
         row_ptrs = offs_m[:, None] * HEAD_DIM + offs_d[None, :]
@@ -365,10 +392,9 @@ def _attn_bwd_dbias_kernel(
         s = tl.dot(q, tl.trans(k), input_precision=PREC) * qk_scale + bias
         p = tl.math.exp2(s - lse[:, None])
         dp = tl.dot(do, tl.trans(v), input_precision=PREC)
-        acc += p * (dp - delta[:, None])
+        acc += tl.where(lse[:, None] == float("inf"), 0.0, p * (dp - delta[:, None]))  # dead rows: 0
     db_ptrs = DBias + h.to(tl.int64) * stride_db_h + offs_m[:, None] * L + offs_n[None, :]
-    row_limit = tl.where(live, L, 0)  # a dead slot stores nothing
     if EVEN_L:
-        tl.store(db_ptrs, acc.to(DBias.dtype.element_ty), mask=offs_m[:, None] < row_limit)
+        tl.store(db_ptrs, acc.to(DBias.dtype.element_ty))
     else:
-        tl.store(db_ptrs, acc.to(DBias.dtype.element_ty), mask=(offs_m[:, None] < row_limit) & (offs_n[None, :] < L))
+        tl.store(db_ptrs, acc.to(DBias.dtype.element_ty), mask=(offs_m[:, None] < L) & (offs_n[None, :] < L))

@@ -3,10 +3,13 @@
 Ops (namespace ``sparse_autotune``):
 
 * ``block_sparse_attention_fwd(q, k, v, bias, kv_counts, kv_indices, q_counts, q_indices,
-  block_size, scale, block_m, block_n, num_warps, num_stages) -> (out, lse)``
+  block_size, scale, block_m, block_n, num_warps, num_stages, bwd_block_m, bwd_block_n,
+  bwd_num_warps, bwd_num_stages) -> (out, lse)``
 * ``block_sparse_attention_bwd(grad_out, q, k, v, out, lse, bias, kv_counts, kv_indices, q_counts,
   q_indices, block_size, scale, block_m, block_n, num_warps, num_stages, compute_dbias)
-  -> (dq, dk, dv, dbias)``
+  -> (dq, dk, dv, dbias)``, launched with the backward's own config: (block_m, block_n) is the
+  (owned, walked) tile, i.e. dQ owns block_m queries and walks block_n keys, dK/dV owns block_m
+  keys and walks block_n queries (the FlashAttention-2 tutorial's 128x32 / 32x128 split).
 
 q, k, v are [B, H, L, D]; ``bias`` is None or a 4-d tensor whose every dimension is 1 or the full
 size of [B, H, L, L] (the entry point adds the leading dimensions); ``lse`` is float32 [B, H, L] in
@@ -31,10 +34,11 @@ import os
 from typing import Optional
 
 import torch
+from torch.utils.weak import WeakTensorKeyDictionary
 
 from patterns import BlockLayout
 
-from .config import KernelConfig
+from .config import SHARED_MEMORY_LIMIT, KernelConfig, default_backward_config, fit_stages, shared_memory_bytes
 from .reference import resolve_scale
 from .triton_kernels import (
     LOG2E,
@@ -63,13 +67,67 @@ def _prec(dtype: torch.dtype) -> str:
     return "ieee" if dtype == torch.float32 else "tf32"
 
 
-def _num_stages(dtype: torch.dtype, block_m: int, block_n: int, head_dim: int, num_stages: int) -> int:
-    """Pipeline stages actually used. float32 tiles of 128 x 128 with a padded head dim of 64 need
-    more than the 227 KiB of shared memory of an H100 / H200 block beyond 1 stage (checked by
-    compiling for sm_90), so they run with 1 stage; every other config runs as given."""
-    if dtype == torch.float32 and block_m * block_n >= 128 * 128 and _d_pad(head_dim) >= 64:
-        return 1
-    return num_stages
+def _elem_bytes(dtype: torch.dtype) -> int:
+    return 4 if dtype == torch.float32 else 2
+
+
+def _nb_pad(nb: int) -> int:
+    return max(1, 1 << (nb - 1).bit_length())
+
+
+def _shared_limit(device: torch.device) -> int:
+    """Shared memory one block may use on ``device`` (opt-in maximum; sm_90's 232,448 bytes for the
+    interpreter or when the property is missing)."""
+    if device.type == "cuda":
+        props = torch.cuda.get_device_properties(device)
+        return int(getattr(props, "shared_memory_per_block_optin", 0) or SHARED_MEMORY_LIMIT)
+    return SHARED_MEMORY_LIMIT
+
+
+def _stages(kernel: str, dtype: torch.dtype, block_m: int, block_n: int, head_dim: int, num_stages: int,
+            limit: int = SHARED_MEMORY_LIMIT) -> int:
+    """Pipeline stages actually launched: ``num_stages`` lowered until the kernel's shared memory
+    (``config.shared_memory_bytes``, an upper bound checked against sm_90 compilations) fits
+    ``limit``; configs offered by ``candidate_configs`` are never lowered on an H100 / H200."""
+    return fit_stages(kernel, _elem_bytes(dtype), block_m, block_n, _d_pad(head_dim), num_stages, limit)
+
+
+def _check_fits(q: torch.Tensor, cfg: KernelConfig, bcfg: KernelConfig) -> None:
+    """On a GPU, a launch config that needs more shared memory than the device has even at one
+    stage is refused with one line (instead of Triton's OutOfResources at launch)."""
+    if not q.is_cuda:
+        return
+    limit = _shared_limit(q.device)
+    D = q.shape[-1]
+    for kern, c in (("fwd", cfg), ("dq", bcfg), ("dkdv", bcfg), ("dbias", bcfg)):
+        need = shared_memory_bytes(kern, _elem_bytes(q.dtype), c.block_m, c.block_n, _d_pad(D), 1)
+        if need > limit:
+            which = "config" if kern == "fwd" else "bwd_config"
+            raise ValueError(
+                f"triton backend: {which} {c.block_m}x{c.block_n}/w{c.num_warps} needs up to {need} bytes of shared "
+                f"memory in the {kern} kernel at head_dim={D}, {str(q.dtype).replace('torch.', '')}, more than this "
+                f"GPU's {limit}; choose one of kernels.config.candidate_configs / candidate_backward_configs"
+            )
+
+
+_TILE_ORDERS = WeakTensorKeyDictionary()  # counts tensor -> {(version, block, tile): order}
+
+
+def _tile_order(counts: torch.Tensor, block_size: int, tile: int) -> torch.Tensor:
+    """int32 [layout heads, n_tiles]: the tiles of each layout head, most kept blocks first (stable,
+    so equal rows keep their order). Cached per counts tensor (the layout's device index is built
+    once per layout and device), so a call launches no sorting kernels after the first."""
+    key = (counts._version, block_size, tile)
+    per_counts = _TILE_ORDERS.get(counts)
+    if per_counts is not None and key in per_counts:
+        return per_counts[key]
+    per_tile = counts.repeat_interleave(block_size // tile, dim=1)
+    order = torch.argsort(per_tile, dim=1, descending=True, stable=True).to(torch.int32).contiguous()
+    if per_counts is None:
+        per_counts = {}
+        _TILE_ORDERS[counts] = per_counts
+    per_counts[key] = order
+    return order
 
 
 def _bias_strides(bias: Optional[torch.Tensor]) -> tuple[int, int, int, int]:
@@ -118,15 +176,17 @@ def _fwd_impl(q, k, v, bias, kv_counts, kv_indices, block_size, scale, block_m, 
     lse = torch.empty((B, H, L), dtype=torch.float32, device=q.device)
     n_tiles = (nb * block_size) // block_m
     sb = _bias_strides(bias)
+    order = _tile_order(kv_counts, block_size, block_m)
     with _device_ctx(q):
         _attn_fwd_kernel[(n_tiles * B * H,)](
             q, k, v, bias if bias is not None else q, out, lse,
             kv_counts, kv_indices,
             sb[0], sb[1], sb[2], sb[3],
-            H, L, nb, n_tiles, lhs,
+            order,
+            B, H, L, nb, n_tiles, lhs,
             scale * LOG2E,
-            BLOCK_M=block_m, BLOCK_N=block_n, HAS_BIAS=bias is not None,
-            num_warps=num_warps, num_stages=_num_stages(q.dtype, block_m, block_n, D, num_stages),
+            BLOCK_M=block_m, BLOCK_N=block_n, NB_PAD=_nb_pad(nb), HAS_BIAS=bias is not None,
+            num_warps=num_warps, num_stages=_stages("fwd", q.dtype, block_m, block_n, D, num_stages, _shared_limit(q.device)),
             **consts,
         )
     return out, lse
@@ -143,7 +203,10 @@ def _bwd_impl(do, q, k, v, out, lse, bias, kv_counts, kv_indices, q_counts, q_in
     compute_dbias = bool(compute_dbias and has_bias)
     sb = _bias_strides(bias)
     bias_arg = bias if has_bias else q
-    launch = dict(num_warps=num_warps, num_stages=_num_stages(q.dtype, block_m, block_n, D, num_stages))
+    # backward tiles: (block_m, block_n) = (owned, walked): dQ and dBias own block_m query rows and
+    # walk block_n keys; dK/dV own block_m keys and walk block_n query rows
+    limit = _shared_limit(q.device)
+    stages = {kern: _stages(kern, q.dtype, block_m, block_n, D, num_stages, limit) for kern in ("dq", "dkdv", "dbias")}
 
     dq = torch.empty_like(q)
     dk = torch.empty_like(k)
@@ -163,7 +226,8 @@ def _bwd_impl(do, q, k, v, out, lse, bias, kv_counts, kv_indices, q_counts, q_in
         db_in_dq = Bb == B or B == 1
 
     n_q_tiles = (nb * block_size) // block_m
-    n_k_tiles = (nb * block_size) // block_n
+    n_k_tiles = (nb * block_size) // block_m
+    nb_pad = _nb_pad(nb)
     with _device_ctx(q):
         _attn_bwd_preprocess_kernel[(triton_cdiv(L, block_m) * B * H,)](
             out, do, delta, L, triton_cdiv(L, block_m),
@@ -176,19 +240,21 @@ def _bwd_impl(do, q, k, v, out, lse, bias, kv_counts, kv_indices, q_counts, q_in
             kv_counts, kv_indices,
             sb[0], sb[1], sb[2], sb[3],
             (H * L * L if (db_in_dq and db_buf.shape[0] > 1) else 0), L * L,
-            H, L, nb, n_q_tiles, lhs,
+            _tile_order(kv_counts, block_size, block_m),
+            B, H, L, nb, n_q_tiles, lhs,
             scale * LOG2E, scale,
-            BLOCK_M=block_m, BLOCK_N=block_n, HAS_BIAS=has_bias, WRITE_DBIAS=db_in_dq,
-            **launch, **consts,
+            BLOCK_M=block_m, BLOCK_N=block_n, NB_PAD=nb_pad, HAS_BIAS=has_bias, WRITE_DBIAS=db_in_dq,
+            num_warps=num_warps, num_stages=stages["dq"], **consts,
         )
         _attn_bwd_dkdv_kernel[(n_k_tiles * B * H,)](
             q, k, v, bias_arg, do, lse, delta, dk, dv,
             q_counts, q_indices,
             sb[0], sb[1], sb[2], sb[3],
-            H, L, nb, n_k_tiles, lhs,
+            _tile_order(q_counts, block_size, block_m),
+            B, H, L, nb, n_k_tiles, lhs,
             scale * LOG2E, scale,
-            BLOCK_M=block_m, BLOCK_N=block_n, HAS_BIAS=has_bias,
-            **launch, **consts,
+            BLOCK_M=block_n, BLOCK_N=block_m, NB_PAD=nb_pad, HAS_BIAS=has_bias,
+            num_warps=num_warps, num_stages=stages["dkdv"], **consts,
         )
         if compute_dbias and not db_in_dq:
             _attn_bwd_dbias_kernel[(n_q_tiles, nb * (block_size // block_n), H)](
@@ -199,7 +265,7 @@ def _bwd_impl(do, q, k, v, out, lse, bias, kv_counts, kv_indices, q_counts, q_in
                 B, H, L, nb, lhs,
                 scale * LOG2E,
                 BLOCK_M=block_m, BLOCK_N=block_n,
-                **launch, **consts,
+                num_warps=num_warps, num_stages=stages["dbias"], **consts,
             )
     if compute_dbias:
         dbias = db_buf
@@ -234,14 +300,20 @@ def block_sparse_attention_fwd(
     block_n: int,
     num_warps: int,
     num_stages: int,
+    bwd_block_m: int,
+    bwd_block_n: int,
+    bwd_num_warps: int,
+    bwd_num_stages: int,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Forward of block-sparse attention: (out [B, H, L, D], lse float32 [B, H, L]).
-    q_counts / q_indices are unused here; they are inputs so that autograd can save them."""
+    q_counts / q_indices and the ``bwd_*`` launch parameters are unused here; they are inputs so
+    that autograd can save them for the backward op."""
     return _fwd_impl(q, k, v, bias, kv_counts, kv_indices, block_size, scale, block_m, block_n, num_warps, num_stages)
 
 
 @block_sparse_attention_fwd.register_fake
-def _(q, k, v, bias, kv_counts, kv_indices, q_counts, q_indices, block_size, scale, block_m, block_n, num_warps, num_stages):
+def _(q, k, v, bias, kv_counts, kv_indices, q_counts, q_indices, block_size, scale, block_m, block_n, num_warps, num_stages,
+      bwd_block_m, bwd_block_n, bwd_num_warps, bwd_num_stages):
     B, H, L, _ = q.shape
     return q.new_empty(q.shape), q.new_empty((B, H, L), dtype=torch.float32)
 
@@ -285,7 +357,7 @@ def _(grad_out, q, k, v, out, lse, bias, kv_counts, kv_indices, q_counts, q_indi
 
 
 def _setup_context(ctx, inputs, output):
-    q, k, v, bias, kv_counts, kv_indices, q_counts, q_indices, block_size, scale, bm, bn, nw, ns = inputs
+    q, k, v, bias, kv_counts, kv_indices, q_counts, q_indices, block_size, scale, _bm, _bn, _nw, _ns, bm, bn, nw, ns = inputs
     out, lse = output
     ctx.save_for_backward(q, k, v, out, lse, bias, kv_counts, kv_indices, q_counts, q_indices)
     ctx.params = (block_size, scale, bm, bn, nw, ns)
@@ -302,7 +374,7 @@ def _backward(ctx, grad_out, grad_lse):
         grad_out, q, k, v, out, lse, bias, kv_counts, kv_indices, q_counts, q_indices,
         block_size, scale, bm, bn, nw, ns, compute_dbias,
     )
-    return dq, dk, dv, (dbias if compute_dbias else None), None, None, None, None, None, None, None, None, None, None
+    return (dq, dk, dv, (dbias if compute_dbias else None)) + (None,) * 14
 
 
 block_sparse_attention_fwd.register_autograd(_backward, setup_context=_setup_context)
@@ -324,13 +396,15 @@ def triton_sparse_attention(
     *,
     scale: Optional[float] = None,
     config: Optional[KernelConfig] = None,
+    bwd_config: Optional[KernelConfig] = None,
 ) -> torch.Tensor:
     """Block-sparse attention with the Triton kernels (differentiable in q, k, v and bias).
 
     q, k, v: [B, H, L, D], D in SUPPORTED_HEAD_DIMS, float32 / float16 / bfloat16 (any strides);
     bias: None or broadcastable to [B, H, L, L] (read in place with stride 0 on broadcast
-    dimensions, never expanded); config: tiles / warps / stages (default KernelConfig()), its tiles
-    clipped to ``layout.block_size``.
+    dimensions, never expanded); config: forward tiles / warps / stages (default KernelConfig()),
+    its tiles clipped to ``layout.block_size``; bwd_config: the backward's own launch config,
+    (block_m, block_n) = (owned, walked) tile (default ``default_backward_config``).
     """
     from . import check_inputs  # shapes, layout length and heads, bias broadcast (shared by all backends)
 
@@ -352,10 +426,14 @@ def triton_sparse_attention(
         while bias.dim() < 4:
             bias = bias.unsqueeze(0)  # a view: the gradient flows back to the caller's shape
     cfg = (config if config is not None else KernelConfig()).for_block(layout.block_size)
+    bcfg = (bwd_config if bwd_config is not None else default_backward_config(layout.block_size, D, q.dtype))
+    bcfg = bcfg.for_block(layout.block_size)
+    _check_fits(q, cfg, bcfg)
     scale = resolve_scale(D, scale)
     kv_counts, kv_indices, q_counts, q_indices = layout.index_on(q.device)
     out, _ = block_sparse_attention_fwd(
         q, k, v, bias, kv_counts, kv_indices, q_counts, q_indices,
         layout.block_size, scale, cfg.block_m, cfg.block_n, cfg.num_warps, cfg.num_stages,
+        bcfg.block_m, bcfg.block_n, bcfg.num_warps, bcfg.num_stages,
     )
     return out

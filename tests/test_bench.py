@@ -117,3 +117,49 @@ def test_bench_triton_launch_config_sweep(tmp_path, monkeypatch, capsys):
 def test_bench_rejects_bad_launch_config():
     with pytest.raises(SystemExit):
         bench.main(["--device", "cpu", "--triton-configs", "64x48/w4/s2"])
+
+
+def test_bench_writes_csv_after_each_case_targets_first(tmp_path, monkeypatch):
+    """A run that dies in its second case keeps the first case's rows on disk, and the first case
+    is a target case (row L=512 before row L=128)."""
+    real = bench.run_case
+    seen = []
+
+    def dies_second(case, *a, **kw):
+        seen.append((case.workload, case.L))
+        if len(seen) == 2:
+            raise KeyboardInterrupt("stopped")
+        return real(case, *a, **kw)
+
+    monkeypatch.setattr(bench, "run_case", dies_second)
+    out = tmp_path / "bench.csv"
+    with pytest.raises(KeyboardInterrupt):
+        bench.main(["--device", "cpu", "--workloads", "row", "--lengths", "128,512", "--sparsities", "90",
+                    "--passes", "fwd", "--batch", "1", "--backends", "sdpa", "--reps", "1", "--warmup", "0",
+                    "--out", str(out)])
+    assert seen == [("row", 512), ("row", 128)]
+    rows = _rows(out)
+    assert len(rows) == 1 and rows[0]["L"] == "512" and rows[0]["status"] == "ok"
+
+
+def test_gpu_check_modules_import_no_search_stack():
+    """What benchmarks/gpu_check.sh runs imports neither optuna, ray nor sqlalchemy (the GPU
+    machine has none of them)."""
+    code = ("import sys, kernels.bench, kernels.triton_op, kernels.compile_report, autotune.evoformer.bench; "
+            "print(sorted(m for m in ('optuna', 'ray', 'sqlalchemy') if m in sys.modules))")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                         cwd=Path(__file__).resolve().parent.parent)
+    assert res.returncode == 0, res.stderr[-1000:]
+    assert res.stdout.strip() == "[]"
+
+
+def test_gpu_check_script_phases_fit_one_call():
+    """The phase timeouts of benchmarks/gpu_check.sh add up to at most 8 minutes, with no -x."""
+    import re
+
+    text = (Path(__file__).resolve().parent.parent / "benchmarks" / "gpu_check.sh").read_text()
+    limits = [int(x) for x in re.findall(r"\btimeout (\d+) ", text)]
+    assert limits and sum(limits) <= 480, limits
+    commands = "\n".join(line for line in text.splitlines() if not line.lstrip().startswith("#"))
+    assert " -x" not in commands and "pip install --no-deps" in commands and "PY=python3" in commands
+    assert text.index("bfloat16") < text.index("kernels.bench") < text.index("autotune.evoformer.bench")

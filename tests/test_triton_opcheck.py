@@ -27,8 +27,8 @@ def _args(bias_shape, requires_grad, L=40, B=2, H=2, D=16, per_head=False):
     bias = None
     if bias_shape is not None:
         bias = torch.randn(*bias_shape, device=DEVICE, requires_grad=requires_grad)
-    # block_size, scale, block_m, block_n, num_warps, num_stages
-    return (q, k, v, bias, kv_counts, kv_indices, q_counts, q_indices, 16, 0.25, 16, 16, 4, 1)
+    # block_size, scale, block_m, block_n, num_warps, num_stages, then the backward's bm, bn, warps, stages
+    return (q, k, v, bias, kv_counts, kv_indices, q_counts, q_indices, 16, 0.25, 16, 16, 4, 1, 16, 16, 4, 1)
 
 
 @pytest.mark.parametrize(
@@ -51,7 +51,8 @@ def test_opcheck_backward(bias_shape, compute_dbias):
     q, k, v, bias, kv_counts, kv_indices, q_counts, q_indices, *params = _args(bias_shape, False)
     out, lse = FWD(q, k, v, bias, kv_counts, kv_indices, q_counts, q_indices, *params)
     grad_out = torch.randn_like(out)
-    args = (grad_out, q, k, v, out, lse, bias, kv_counts, kv_indices, q_counts, q_indices, *params, compute_dbias)
+    args = (grad_out, q, k, v, out, lse, bias, kv_counts, kv_indices, q_counts, q_indices, *params[:2], *params[6:],
+            compute_dbias)
     # the backward op has no autograd formula of its own (no double backward): inputs without grad
     torch.library.opcheck(BWD, args)
 
@@ -59,7 +60,8 @@ def test_opcheck_backward(bias_shape, compute_dbias):
 def test_backward_op_returns_bias_shaped_dbias():
     q, k, v, bias, kv_counts, kv_indices, q_counts, q_indices, *params = _args((1, 2, 40, 40), False)
     out, lse = FWD(q, k, v, bias, kv_counts, kv_indices, q_counts, q_indices, *params)
-    res = BWD(torch.randn_like(out), q, k, v, out, lse, bias, kv_counts, kv_indices, q_counts, q_indices, *params, True)
+    bwd = (*params[:2], *params[6:])
+    res = BWD(torch.randn_like(out), q, k, v, out, lse, bias, kv_counts, kv_indices, q_counts, q_indices, *bwd, True)
     assert [tuple(t.shape) for t in res] == [tuple(q.shape)] * 3 + [tuple(bias.shape)]
-    res = BWD(torch.randn_like(out), q, k, v, out, lse, bias, kv_counts, kv_indices, q_counts, q_indices, *params, False)
+    res = BWD(torch.randn_like(out), q, k, v, out, lse, bias, kv_counts, kv_indices, q_counts, q_indices, *bwd, False)
     assert res[3].numel() == 0
