@@ -385,7 +385,7 @@ class TrialRunner:
 
             r = evaluate_pattern(pcfg, L, buckets=space.buckets, max_chains=space.accuracy_max_chains)
             self.accuracy[key] = {
-                "metrics": {k: float(v) for k, v in r.metrics.items()},
+                "metrics": {k: (None if v is None else float(v)) for k, v in r.metrics.items()},  # None: no data
                 "n_chains": int(r.n_chains),
                 "extrapolated": bool(r.extrapolated),
                 "note": r.note,
@@ -523,7 +523,7 @@ def summarize(space: SearchSpace, result: dict[str, Any]) -> tuple[list[float], 
         elif o == "sparsity":
             v = sum(m["sparsity"] for m in ms) / len(ms)
         else:  # accuracy: the worst bucket
-            vals = [a["metrics"][space.accuracy_metric] for a in acc.values()]
+            vals = [a["metrics"][space.accuracy_metric] for a in acc.values() if a["metrics"].get(space.accuracy_metric) is not None]
             worst = min if ACCURACY_METRIC_DIRECTIONS[space.accuracy_metric] == "max" else max
             v = worst(vals) if vals else float("nan")
         objs.append(float(v))

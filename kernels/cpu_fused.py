@@ -289,7 +289,7 @@ def _forward(q, k, v, bias, layout: BlockLayout, scale: float, reuse: bool):
     B, H, L, D = q.shape
     Lp = layout.n_blocks * layout.block_size
     qp, kp, vp = (_pad_rows(t, Lp) for t in (q, k, v))
-    kt = _block_t(kp, layout.block_size, reuse=_index(layout) if reuse else None)
+    kt = _block_t(kp, layout.block_size, reuse=(_index(layout) if layout.workspace is None else layout.workspace) if reuse else None)
     bias4 = None if bias is None else _bias_view(bias, L)
     o = torch.empty_like(qp)
     lse = torch.empty(B, H, Lp, dtype=q.dtype)

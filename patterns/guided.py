@@ -209,21 +209,23 @@ def pool_signal(signal3: torch.Tensor, block_size: int, pool: str) -> torch.Tens
     bs = block_size
     nb = -(-L // bs)
     pad = nb * bs - L
+    Lp = nb * bs
+    # first over the bs rows of each query block (elementwise over contiguous rows of length Lp,
+    # which vectorises well), then over the bs columns of each tile on the bs-times smaller result
     if pool == "mean":
         if pad:
             s = torch.nn.functional.pad(s, (0, pad, 0, pad), value=0.0)
-        # row pass over contiguous memory first, then the column pass on the smaller tensor
-        t = s.reshape(G, nb * bs, nb, bs).sum(-1).reshape(G, nb, bs, nb).sum(2)
+        t = s.reshape(G, nb, bs, Lp).sum(2).reshape(G, nb, nb, bs).sum(-1)
         sizes = torch.full((nb,), bs, dtype=t.dtype, device=t.device)
         sizes[-1] = L - (nb - 1) * bs
         return t / (sizes[:, None] * sizes[None, :])
     if pad:
         s = torch.nn.functional.pad(s, (0, pad, 0, pad), value=float("-inf"))
     if pool == "max":
-        return s.reshape(G, nb * bs, nb, bs).amax(-1).reshape(G, nb, bs, nb).amax(2)
-    # logsumexp in two passes (row then column), each stable; an all -inf tile gives -inf
-    t = torch.logsumexp(s.reshape(G, nb * bs, nb, bs), dim=-1).reshape(G, nb, bs, nb)
-    return torch.logsumexp(t, dim=2)
+        return s.reshape(G, nb, bs, Lp).amax(2).reshape(G, nb, nb, bs).amax(-1)
+    # logsumexp in two passes (rows, then columns), each max-shifted; an all -inf tile gives -inf
+    t = torch.logsumexp(s.reshape(G, nb, bs, Lp), dim=2).reshape(G, nb, nb, bs)
+    return torch.logsumexp(t, dim=-1)
 
 
 # ---- selection ---------------------------------------------------------------------------------------
@@ -271,8 +273,18 @@ def guided_block_mask(config: GuidedConfig, seq_len: int, signal: torch.Tensor, 
     return mask[0] if signal.dim() == 2 else mask
 
 
-def build_guided_layout(config: GuidedConfig, seq_len: int, signal: torch.Tensor, *, check_nan: bool = True):
-    """The `BlockLayout` of ``config`` chosen from ``signal``, living on the signal's device."""
+_WORKSPACES: dict = {}
+
+
+def build_guided_layout(config: GuidedConfig, seq_len: int, signal: torch.Tensor, *, check_nan: bool = True,
+                        workspace: Optional[dict] = None):
+    """The `BlockLayout` of ``config`` chosen from ``signal``, living on the signal's device.
+
+    ``workspace``: the scratch dict backends may reuse across layouts (see `BlockLayout`); default
+    one dict per config, shared by every layout built from it in this process."""
     from .layout import BlockLayout
 
-    return BlockLayout(guided_block_mask(config, seq_len, signal, check_nan=check_nan), config.block_size, seq_len, config)
+    if workspace is None:
+        workspace = _WORKSPACES.setdefault(config, {})
+    mask = guided_block_mask(config, seq_len, signal, check_nan=check_nan)
+    return BlockLayout(mask, config.block_size, seq_len, config, workspace=workspace)

@@ -49,6 +49,10 @@ class BlockLayout:
         block_size: tile edge in tokens.
         seq_len: L; the last tile row/column is ragged when L % block_size != 0.
         config: the PatternConfig or GuidedConfig it was built from, if any.
+        workspace: scratch buffers a backend may reuse between no-grad calls on every layout that
+            shares this dict (the CPU backend's K^T tiles). None: the backend keeps them with this
+            layout object. Guided layouts, built afresh on every forward, share one per config, so
+            a new layout does not pay a new buffer's first-touch page faults.
     """
 
     block_mask: torch.Tensor
@@ -56,6 +60,7 @@ class BlockLayout:
     seq_len: int
     config: Optional[PatternConfig | GuidedConfig] = None
     _cache: dict = field(default_factory=dict, repr=False)
+    workspace: Optional[dict] = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         bm = self.block_mask

@@ -13,7 +13,8 @@ Metrics (all pooled over the chains of the bucket, so longer chains and contact-
 more than in a per-chain mean):
 
 * ``contact_recall_short|medium|long``: kept contacts / contacts of that range (C-beta < 8 A,
-  separation 6-11, 12-23, >= 24, see `contacts`). A range with no contact in the bucket scores 1.0.
+  separation 6-11, 12-23, >= 24, see `contacts`). A range with no contact in the bucket is ``None``
+  ("no data": 0/0 is never a perfect score; JSON null, "-" in the CLI).
 * ``attention_mass_recall``: the share of dense softmax probability that falls on computed pairs,
   averaged over all (chain, head, query row), under the structure-derived probe of `metrics`
   (pair bias ``log sigmoid((8 A - d_ij) / tau_h)``, tau = 1, 2, 4, 8 A; random q, k, v, seed 0).
@@ -91,7 +92,7 @@ ACCURACY_METRICS: dict[str, str] = {
 
 @dataclass(frozen=True)
 class AccuracyResult:
-    metrics: dict[str, float]  # the keys of ACCURACY_METRICS
+    metrics: dict[str, Optional[float]]  # the keys of ACCURACY_METRICS; None = no data (no contact of that range)
     n_chains: int
     lengths: tuple[int, ...]  # chain lengths evaluated
     extrapolated: bool  # True when no chain reached the bucket and the longest were used
@@ -228,12 +229,13 @@ def _stats_single_threaded(config: PatternConfig, chains: Sequence[Chain]) -> li
             torch.set_num_threads(threads)
 
 
-def aggregate(stats: Sequence[ChainStats]) -> dict[str, float]:
-    """Pool per-chain figures into the metrics of ACCURACY_METRICS (see module docstring)."""
-    out: dict[str, float] = {}
+def aggregate(stats: Sequence[ChainStats]) -> dict[str, Optional[float]]:
+    """Pool per-chain figures into the metrics of ACCURACY_METRICS (see module docstring); a range
+    with no contact in the chains is None (no data), never a perfect score."""
+    out: dict[str, Optional[float]] = {}
     for r, name in enumerate(RANGES):
         tot = sum(s.total[r] for s in stats)
-        out[f"contact_recall_{name}"] = (sum(s.kept[r] for s in stats) / tot) if tot else 1.0
+        out[f"contact_recall_{name}"] = (sum(s.kept[r] for s in stats) / tot) if tot else None
     out["attention_mass_recall"] = sum(s.mass_kept for s in stats) / sum(s.mass_total for s in stats)
     ref = sum(s.ref_sq for s in stats)
     out["output_rel_error"] = math.sqrt(sum(s.err_sq for s in stats) / ref) if ref > 0 else 0.0

@@ -61,3 +61,44 @@ def draw_contacts(chain: Chain, config: PatternConfig, path: str | Path, *, titl
     fig.savefig(path)
     plt.close(fig)
     return path
+
+
+def draw_recall_vs_sparsity(rows, path: str | Path, *, title: Optional[str] = None) -> Path:
+    """PNG of contact recall (one panel per range) against measured sparsity for the rows of
+    `autotune.accuracy.guided.evaluate_guided`: one line per guided noise level, static, random."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    series: dict[str, list] = {}
+    for r in rows:
+        name = r.method if r.method != "guided" else f"guided, sigma {r.sigma:g} A"
+        if r.method == "random":
+            name = "random (same per-row budget)"
+        if r.method == "static":
+            name = "best static"
+        series.setdefault(name, []).append(r)
+    fig, axes = plt.subplots(1, len(RANGES), figsize=(4.2 * len(RANGES), 4), dpi=110, sharey=True)
+    for ax, rng in zip(axes, RANGES):
+        for name, rs in series.items():
+            pts = sorted((r.sparsity, r.metrics[f"contact_recall_{rng}"]) for r in rs
+                         if r.metrics[f"contact_recall_{rng}"] is not None)
+            if not pts:
+                continue
+            style = "--" if name.startswith("random") else (":" if name == "best static" else "-")
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], style, marker="o", ms=3, label=name)
+        ax.set_title(f"{rng}-range contacts")
+        ax.set_xlabel("measured sparsity")
+        ax.set_ylim(0, 1.02)
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("contact recall")
+    axes[-1].legend(fontsize=7, loc="lower left")
+    if title:
+        fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+    return path
