@@ -161,12 +161,11 @@ def _capturing() -> bool:
     return torch.cuda.is_available() and torch.cuda.is_current_stream_capturing()
 
 
-def check_signal(signal: Any, seq_len: int, *, check_nan: bool = True) -> torch.Tensor:
+def check_signal(signal: Any, seq_len: int) -> torch.Tensor:
     """The signal as [G, L, L] (G = H for a per-head bias, 1 for a shared score map).
 
-    Raises ValueError for a missing signal, a non-tensor, a non-floating dtype, a wrong shape or
-    NaN. The NaN check reads one flag back from the device; it is skipped under torch.compile or
-    CUDA graph capture (and with ``check_nan=False``), where a host read is not allowed.
+    Raises ValueError for a missing signal, a non-tensor, a non-floating dtype or a wrong shape
+    (NaN is checked on the pooled tile scores, see `guided_block_mask`).
     """
     if signal is None:
         raise ValueError("a guided pattern needs a signal: build_layout(config, L, signal=...) with a pair bias "
@@ -188,8 +187,6 @@ def check_signal(signal: Any, seq_len: int, *, check_nan: bool = True) -> torch.
             f"signal shape {list(shape)} does not fit seq_len={L}: expected a pair bias [H, {L}, {L}] or "
             f"[1, H, {L}, {L}], or a pair score map [{L}, {L}]"
         )
-    if check_nan and not _capturing() and bool(torch.isnan(s3).any()):
-        raise ValueError("signal contains NaN; a guided layout cannot be chosen from it")
     return s3
 
 
@@ -259,10 +256,21 @@ def _select(scores: torch.Tensor, forced: torch.Tensor, keep: Optional[float], m
 
 
 def guided_block_mask(config: GuidedConfig, seq_len: int, signal: torch.Tensor, *, check_nan: bool = True) -> torch.Tensor:
-    """bool [nb, nb] (score map) or [H, nb, nb] (per-head bias) on the signal's device."""
-    s3 = check_signal(signal, seq_len, check_nan=check_nan)
+    """bool [nb, nb] (score map) or [H, nb, nb] (per-head bias) on the signal's device.
+
+    NaN in the signal is a ValueError. It is detected on the pooled tile scores (max, sum and
+    logsumexp all propagate NaN; with ``mean`` pooling, +inf and -inf in one tile also give NaN and
+    are refused the same way), which costs one read of a [G, nb, nb] flag instead of a second pass
+    over the signal. That read is the only host synchronisation; it is skipped under
+    torch.compile, CUDA graph capture and with ``check_nan=False``."""
+    s3 = check_signal(signal, seq_len)
     with torch.no_grad():
         scores = pool_signal(s3, config.block_size, config.pool)
+        if check_nan and not _capturing() and bool(torch.isnan(scores).any()):
+            raise ValueError(
+                "signal contains NaN" + (" (or +inf and -inf in one tile, whose mean is undefined)" if config.pool == "mean" else "")
+                + "; a guided layout cannot be chosen from it"
+            )
         G, nb, _ = scores.shape
         forced = config.forced_blocks(seq_len, scores.device).unsqueeze(0)
         if config.spread == "row":

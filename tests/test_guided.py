@@ -170,8 +170,10 @@ def test_bad_signals_and_configs():
         build_layout(cfg, 64, signal=torch.zeros(64))
     bad = torch.zeros(2, 64, 64)
     bad[1, 5, 9] = float("nan")
-    with pytest.raises(ValueError, match="NaN"):
-        build_layout(cfg, 64, signal=bad)
+    for pool in ("max", "mean", "logsumexp"):
+        for sig in (bad, bad[1]):
+            with pytest.raises(ValueError, match="NaN"):
+                build_layout(GuidedConfig(16, keep=0.5, pool=pool), 64, signal=sig)
     with pytest.raises(ValueError, match="floating"):
         build_layout(cfg, 64, signal=torch.zeros(64, 64, dtype=torch.int64))
     with pytest.raises(ValueError, match="torch.Tensor"):
