@@ -142,7 +142,7 @@ class TrialRunner:
         ftol = space.gate.get("fwd_tol") or ftol
         btol = space.gate.get("bwd_tol") or btol
         L, B = space.gate["seq_len"], space.gate["batch"]
-        layout = build_layout(pcfg, L)
+        layout = _nominal_layout(pcfg, L)
         kc = kcfg.for_block(pcfg.block_size) if kcfg is not None else None
         gen = torch.Generator().manual_seed(seed)
         out: dict[str, Any] = {"seq_len": L, "sparsity": layout.sparsity, "fwd_tol": ftol, "bwd_tol": btol}
@@ -161,9 +161,10 @@ class TrialRunner:
             if grad:
                 for t in leaves:
                     t.requires_grad_(True)
+            lay = _workload_layout(pcfg, L, layout, bias, w.name)
             with torch.set_grad_enabled(grad):
-                o = sparse_attention(q, k, v, layout, bias, backend=space.backend, config=kc)
-                r = reference_attention(q, k, v, layout, bias)
+                o = sparse_attention(q, k, v, lay, bias, backend=space.backend, config=kc)
+                r = reference_attention(q, k, v, lay, bias)
             e = _rel_err(o.detach(), r.detach())
             out[f"{w.name}.fwd_err"] = e
             if not e <= ftol:
@@ -379,11 +380,14 @@ class TrialRunner:
     def _accuracy(self, space: SearchSpace, pcfg, L: int) -> Optional[dict[str, Any]]:
         if space.accuracy_metric is None:
             return None
-        key = (tuple(sorted(pcfg.to_dict().items())), L, tuple(space.buckets), space.accuracy_max_chains)
+        key = (tuple(sorted(pcfg.to_dict().items())), L, tuple(space.buckets), space.accuracy_max_chains,
+               getattr(space, "accuracy_noise", None))
         if key not in self.accuracy:
             from autotune.accuracy import evaluate_pattern
 
-            r = evaluate_pattern(pcfg, L, buckets=space.buckets, max_chains=space.accuracy_max_chains)
+            noise = getattr(space, "accuracy_noise", None)
+            kw = {} if noise is None else {"noise": noise}  # guided: the degraded structure's noise (default 4 A)
+            r = evaluate_pattern(pcfg, L, buckets=space.buckets, max_chains=space.accuracy_max_chains, **kw)
             self.accuracy[key] = {
                 "metrics": {k: (None if v is None else float(v)) for k, v in r.metrics.items()},  # None: no data
                 "n_chains": int(r.n_chains),
@@ -406,10 +410,11 @@ class TrialRunner:
         self.trials_run += 1
         try:
             from kernels import KernelConfig, sparse_attention
-            from patterns import PatternConfig, build_layout
+            from patterns import pattern_from_dict
 
             space = SearchSpace.from_dict(req.space)
-            pcfg = PatternConfig.from_dict(req.pattern)
+            pcfg = pattern_from_dict(req.pattern)  # PatternConfig, or GuidedConfig (family: guided)
+            guided = getattr(pcfg, "family", "static") == "guided"
             kcfg = KernelConfig.from_dict(req.kernel) if req.kernel is not None else None
             device, dtype = space.device, DTYPES[space.dtype]
             if device == "cuda" and not torch.cuda.is_available():
@@ -429,7 +434,7 @@ class TrialRunner:
 
             gen = torch.Generator().manual_seed(req.seed + 1)
             for L in space.buckets:
-                layout = build_layout(pcfg, L)
+                layout = _nominal_layout(pcfg, L)
                 kc = kcfg.for_block(pcfg.block_size) if kcfg is not None else None
                 for w in space.workloads:
                     if not w.applies(L):
@@ -444,7 +449,13 @@ class TrialRunner:
                             if t is not None:
                                 t.requires_grad_(True)
                     t0 = time.perf_counter()
+                    lay_w = _workload_layout(pcfg, L, layout, bias, w.name)
+
                     def run_on(lay):
+                        if guided:  # the guided layout is built from the bias inside every timed call
+                            return self._callable(space, lambda: sparse_attention(
+                                q, k, v, _workload_layout(pcfg, L, None, bias, w.name), bias, backend=space.backend, config=kc,
+                            ), q, k, v, bias)
                         return self._callable(
                             space, lambda: sparse_attention(q, k, v, lay, bias, backend=space.backend, config=kc), q, k, v, bias
                         )
@@ -463,7 +474,7 @@ class TrialRunner:
                     t0 = time.perf_counter()
                     base = self._baseline(space, w, L, B, q, k, v, bias)
                     timing["baseline_s"] += time.perf_counter() - t0
-                    result["measurements"].append(self._cell(space, w, L, B, layout, tm, mem, mem_method, base))
+                    result["measurements"].append(self._cell(space, w, L, B, lay_w, tm, mem, mem_method, base))
                     del q, k, v, bias
                 t0 = time.perf_counter()
                 acc = self._accuracy(space, pcfg, L)
@@ -481,6 +492,31 @@ class TrialRunner:
                 torch.cuda.empty_cache()
         timing["total_s"] = time.perf_counter() - t_start
         return result
+
+
+# ---- guided patterns -----------------------------------------------------------------------------
+
+
+def _nominal_layout(pcfg, L: int):
+    """The layout of a static pattern; for a guided one a nominal layout (from a constant signal:
+    the per-row budget, where its blocks are is decided per input)."""
+    from patterns import build_layout
+
+    if getattr(pcfg, "family", "static") != "guided":
+        return build_layout(pcfg, L)
+    return build_layout(pcfg, L, signal=torch.zeros(L, L))
+
+
+def _workload_layout(pcfg, L: int, layout, bias, name: str):
+    """The layout a workload runs on: the static layout, or the guided layout chosen from the
+    workload's pair bias (per head)."""
+    from patterns import build_layout
+
+    if getattr(pcfg, "family", "static") != "guided":
+        return layout
+    if bias is None:
+        raise ValueError(f"workload {name}: a guided pattern chooses its blocks from the pair bias; set bias: true")
+    return build_layout(pcfg, L, signal=bias.detach())
 
 
 # ---- driver side: objectives and constraints -------------------------------------------------------

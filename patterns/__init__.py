@@ -1,7 +1,7 @@
 """Sparse attention patterns: what is computed, as composable rules and block layouts."""
 
 from .config import GLOBAL_PLACEMENTS, SUPPORTED_BLOCK_SIZES, PatternConfig
-from .guided import GUIDED_POOLS, GUIDED_SPREADS, GuidedConfig
+from .guided import GUIDED_POOLS, GUIDED_SPREADS, PATTERN_FAMILIES, GuidedConfig, pattern_from_dict
 from .layout import BlockLayout, build_layout
 from .render import render
 from .rules import Full, Global, Intersection, Local, Rule, Strided, Union, tile_tokens
@@ -12,6 +12,8 @@ __all__ = [
     "GuidedConfig",
     "GUIDED_POOLS",
     "GUIDED_SPREADS",
+    "PATTERN_FAMILIES",
+    "pattern_from_dict",
     "SUPPORTED_BLOCK_SIZES",
     "GLOBAL_PLACEMENTS",
     "BlockLayout",

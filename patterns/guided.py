@@ -50,10 +50,14 @@ import torch
 
 from .config import GLOBAL_PLACEMENTS, MAX_RESIDUES, SUPPORTED_BLOCK_SIZES
 
-__all__ = ["GuidedConfig", "GUIDED_POOLS", "GUIDED_SPREADS", "build_guided_layout", "guided_block_mask", "pool_signal"]
+__all__ = [
+    "GuidedConfig", "GUIDED_POOLS", "GUIDED_SPREADS", "PATTERN_FAMILIES", "build_guided_layout", "guided_block_mask",
+    "pool_signal", "pattern_from_dict",
+]
 
 GUIDED_POOLS: tuple[str, ...] = ("max", "mean", "logsumexp")
 GUIDED_SPREADS: tuple[str, ...] = ("row", "layout")
+PATTERN_FAMILIES: tuple[str, ...] = ("static", "guided")
 
 
 @dataclass(frozen=True)
@@ -296,3 +300,19 @@ def build_guided_layout(config: GuidedConfig, seq_len: int, signal: torch.Tensor
         workspace = _WORKSPACES.setdefault(config, {})
     mask = guided_block_mask(config, seq_len, signal, check_nan=check_nan)
     return BlockLayout(mask, config.block_size, seq_len, config, workspace=workspace)
+
+
+def pattern_from_dict(data: Any, *, source: str = "pattern"):
+    """A PatternConfig or a GuidedConfig from a mapping, by its ``family`` key (``static``, the
+    default, or ``guided``); keys of the other family are refused by the chosen class, naming
+    ``source``. This is how tuned files and trial parameters store either family."""
+    from .config import PatternConfig
+
+    if not isinstance(data, dict):
+        raise ValueError(f"{source}: a pattern must be a mapping, got {type(data).__name__}")
+    family = data.get("family", "static")
+    if family not in PATTERN_FAMILIES:
+        raise ValueError(f"{source}: family must be one of {list(PATTERN_FAMILIES)}, got {family!r}")
+    if family == "guided":
+        return GuidedConfig.from_dict(data, source=source)
+    return PatternConfig.from_dict({k: v for k, v in data.items() if k != "family"}, source=source)

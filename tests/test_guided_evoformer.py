@@ -72,6 +72,7 @@ def test_each_module_guides_itself_per_head():
     assert torch.equal(lay.block_mask, build_layout(GUIDED, L, signal=b).block_mask)
 
 
+@pytest.mark.slow
 def test_external_pair_signal_guides_every_attention():
     m, z = _inputs(2)
     g = torch.Generator().manual_seed(7)

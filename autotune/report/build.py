@@ -81,6 +81,10 @@ def _metrics(acc: Any) -> dict[str, float]:
 def _pattern_str(p: Optional[dict]) -> str:
     if not p:
         return "—"
+    if p.get("family") == "guided":  # blocks chosen per input from the pair bias
+        budget = f"keep{p.get('keep')}" if p.get("keep") is not None else f"mass{p.get('mass')}"
+        return (f"guided bs{p.get('block_size')}/{budget}/{p.get('pool', 'max')}/{p.get('spread', 'row')}"
+                f"/w{p.get('window', 0)}/g{p.get('num_global', 0)}")
     s = f"bs{p.get('block_size')}/w{p.get('window')}/g{p.get('num_global')}/s{p.get('stride')}"
     if p.get("num_global") and p.get("global_placement") not in (None, "first"):
         s += f"/{p['global_placement']}"

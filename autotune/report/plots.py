@@ -80,7 +80,12 @@ def pareto(points: Sequence[dict[str, Any]], path: Path, *, xlabel: str, ylabel:
 
 def layout(pattern: dict[str, Any], seq_len: int, path: Path, title: str) -> Path:
     """The tuned pattern's block layout at ``seq_len`` (``patterns.render``)."""
-    from patterns import PatternConfig, build_layout, render
+    import torch
 
-    cfg = PatternConfig.from_dict(pattern)
+    from patterns import build_layout, pattern_from_dict, render
+
+    cfg = pattern_from_dict(pattern)
+    if getattr(cfg, "family", "static") == "guided":  # chosen per input: drawn for a constant signal
+        return render(build_layout(cfg, seq_len, signal=torch.zeros(seq_len, seq_len)), path,
+                      title=f"{title}\n(guided: blocks chosen per input; shown for a constant signal)")
     return render(build_layout(cfg, seq_len), path, title=title)
