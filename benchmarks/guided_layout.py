@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import os
 import platform
 import statistics
 import sys
@@ -76,8 +75,14 @@ def main(argv=None) -> int:
     ap.add_argument("--keep", type=float, default=0.25, help="fraction of key blocks per row (0.25: ~75%% sparsity)")
     ap.add_argument("--workloads", default=",".join(WORKLOADS))
     ap.add_argument("--pools", default="max,mean,logsumexp")
+    ap.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     ap.add_argument("--out", default=None)
     args = ap.parse_args(argv)
+    if args.threads is not None:
+        if args.threads < 1:
+            print("error: --threads must be >= 1", file=sys.stderr)
+            return 2
+        torch.set_num_threads(args.threads)
     if args.rounds < 3:
         print("error: --rounds must be >= 3", file=sys.stderr)
         return 2
