@@ -284,8 +284,16 @@ def test_fresh_guided_layout_each_forward_stays_exact():
     L, bs, H = 64, 16, 2
     g = torch.Generator().manual_seed(5)
     q, k, v = (torch.randn(1, H, L, 16, generator=g) for _ in range(3))
+    cfg = GuidedConfig(bs, keep=0.5)
+    spaces = set()
     for step in range(4):
         bias = torch.randn(1, H, L, L, generator=g)
-        lay = build_layout(GuidedConfig(bs, keep=0.5), L, signal=bias)
+        lay = build_layout(cfg, L, signal=bias)
+        spaces.add(id(lay.workspace))
+        with torch.no_grad():  # no-grad calls reuse the shared workspace
+            out = sparse_attention(q, k, v, lay, bias, backend="cpu")
+        torch.testing.assert_close(out, reference_attention(q, k, v, lay, bias), atol=2e-5, rtol=1e-4)
         out = sparse_attention(q, k, v, lay, bias, backend="cpu")
         torch.testing.assert_close(out, reference_attention(q, k, v, lay, bias), atol=2e-5, rtol=1e-4)
+    assert len(spaces) == 1  # one workspace per config, shared by every layout built from it
+    assert lay.fresh().workspace is None  # a cold copy owns nothing
