@@ -183,7 +183,7 @@ def _index(layout: BlockLayout) -> dict:
     "index", plus cached work lists and workspaces."""
     plan = _PLANS.setdefault(layout, {})
     if "index" not in plan:
-        idx = (layout.kv_counts, layout.kv_indices, layout.q_counts, layout.q_indices)
+        idx = layout.index_on("cpu")  # the C kernel reads host memory, wherever the layout was built
         plan["index"] = tuple(t.to(torch.int32).contiguous() for t in idx)
     return plan
 

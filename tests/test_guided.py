@@ -244,12 +244,13 @@ def _grads(backend, lay, q, k, v, bias, **kw):
     return out.detach(), grads
 
 
+@pytest.mark.parametrize("backend", ("cpu", "dense"))
 @pytest.mark.parametrize("per_head", (True, False))
 @pytest.mark.parametrize("L,bs", ((100, 16), (96, 32)))
-def test_cpu_backend_exact_on_guided_layouts(per_head, L, bs):
+def test_cpu_backend_exact_on_guided_layouts(backend, per_head, L, bs):
     lay, q, k, v, bias = _guided_case(L, bs, 2, per_head)
     ref, rgrads = _grads("reference", lay, q.double(), k.double(), v.double(), bias.double())
-    out, grads = _grads("cpu", lay, q, k, v, bias)
+    out, grads = _grads(backend, lay, q, k, v, bias)
     torch.testing.assert_close(out, ref.float(), atol=2e-5, rtol=1e-4)
     for a, b in zip(grads, rgrads):
         torch.testing.assert_close(a, b.float(), atol=5e-5, rtol=1e-4)
