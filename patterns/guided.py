@@ -58,6 +58,7 @@ __all__ = [
 GUIDED_POOLS: tuple[str, ...] = ("max", "mean", "logsumexp")
 GUIDED_SPREADS: tuple[str, ...] = ("row", "layout")
 PATTERN_FAMILIES: tuple[str, ...] = ("static", "guided")
+_LSE_CHUNK = 1 << 21  # values per chunk of the logsumexp row pass (8 MiB of float32 temporaries)
 
 
 @dataclass(frozen=True)
@@ -224,9 +225,16 @@ def pool_signal(signal3: torch.Tensor, block_size: int, pool: str) -> torch.Tens
         s = torch.nn.functional.pad(s, (0, pad, 0, pad), value=float("-inf"))
     if pool == "max":
         return s.reshape(G, nb, bs, Lp).amax(2).reshape(G, nb, nb, bs).amax(-1)
-    # logsumexp in two passes (rows, then columns), each max-shifted; an all -inf tile gives -inf
-    t = torch.logsumexp(s.reshape(G, nb, bs, Lp), dim=2).reshape(G, nb, nb, bs)
-    return torch.logsumexp(t, dim=-1)
+    # logsumexp in two passes (rows, then columns), each max-shifted; an all -inf tile gives -inf.
+    # The row pass needs an exp temporary as large as its input: it runs on chunks of query-block
+    # rows of at most _LSE_CHUNK values, so the transient memory stays bounded at any L.
+    rows = s.reshape(G * nb, bs, Lp)
+    step = max(1, _LSE_CHUNK // (bs * Lp))
+    if step >= G * nb:
+        t = torch.logsumexp(rows, dim=1)
+    else:
+        t = torch.cat([torch.logsumexp(rows[i : i + step], dim=1) for i in range(0, G * nb, step)])
+    return torch.logsumexp(t.reshape(G, nb, nb, bs), dim=-1)
 
 
 # ---- selection ---------------------------------------------------------------------------------------

@@ -298,3 +298,14 @@ def test_fresh_guided_layout_each_forward_stays_exact():
         torch.testing.assert_close(out, reference_attention(q, k, v, lay, bias), atol=2e-5, rtol=1e-4)
     assert len(spaces) == 1  # one workspace per config, shared by every layout built from it
     assert lay.fresh().workspace is None  # a cold copy owns nothing
+
+
+def test_logsumexp_in_chunks_matches_brute_force(monkeypatch):
+    """The logsumexp row pass runs in chunks of query-block rows (bounded temporaries)."""
+    import patterns.guided as pg
+
+    monkeypatch.setattr(pg, "_LSE_CHUNK", 16 * 16 * 3)  # forces several chunks
+    for L in (37, 100):
+        sig = torch.randn(3, L, L, dtype=torch.float64, generator=torch.Generator().manual_seed(L))
+        _check(GuidedConfig(16, keep=0.3, pool="logsumexp"), L, sig)
+        _check(GuidedConfig(16, mass=0.5, pool="logsumexp", spread="layout"), L, sig[0])
