@@ -137,3 +137,32 @@ def test_load_tuned_guided_entry_and_bad_family(tmp_path):
     p.write_text(yaml.safe_dump({"buckets": [{"seq_len": 128, "pattern": {"family": "x", "block_size": 32}}]}))
     with pytest.raises(ValueError, match="family"):
         load_tuned(p)
+
+
+@pytest.mark.slow
+def test_guided_evoformer_workload_trial_fwd_bwd(tmp_path):
+    """A guided candidate on a whole (tiny) EvoFormer block, forward + backward: the gate compares it
+    with the block whose attention is the dense oracle of the same guided layouts."""
+    import json
+
+    evo = {"name": "evo", "kind": "evoformer", "msa_depth": 3, "c_m": 16, "c_z": 8, "heads": 2, "pair_heads": 2,
+           "head_dim": 8, "c_hidden_opm": 4, "c_hidden_mul": 8, "max_len": 64}
+    data = dict(SPACE, mode="fwd+bwd", buckets=[48, 64], budget={"trials": 2}, gate={"seq_len": 48, "batch": 2},
+                pattern={"family": "guided", "block_size": 16, "window": 0, "num_global": 0,
+                         "keep": {"choices": [0.25, 0.5]}, "pool": "logsumexp", "spread": "layout"},
+                workloads=[evo, SPACE["workloads"][0]])
+    space = load_space(_write(tmp_path, data))
+    db = tmp_path / "evo.db"
+    summary = Search(space, study_name="ge", storage=f"sqlite:///{db}", executor="local", progress=False, num_cpus=1).run()
+    assert summary["completed"] == 2 and summary["failed"] == 0
+    con = sqlite3.connect(db)
+    try:
+        gates = [json.loads(r[0]) for r in con.execute("select gate from at_trials")]
+        ms = con.execute("select workload, sparsity, time_ms from at_measurements").fetchall()
+    finally:
+        con.close()
+    for g in gates:
+        assert g["evo.fwd_z_err"] <= g["fwd_tol"] and g["evo.dtri_start_err"] <= g["bwd_tol"]
+        assert g["row.fwd_err"] <= g["fwd_tol"]
+    assert {m[0] for m in ms} == {"evo", "row"} and all(m[2] > 0 for m in ms)
+    assert any(m[1] > 0 for m in ms)
