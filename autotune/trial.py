@@ -451,10 +451,11 @@ class TrialRunner:
                     t0 = time.perf_counter()
                     lay_w = _workload_layout(pcfg, L, layout, bias, w.name)
 
-                    def run_on(lay):
+                    def run_on(lay, cold=False):
                         if guided:  # the guided layout is built from the bias inside every timed call
                             return self._callable(space, lambda: sparse_attention(
-                                q, k, v, _workload_layout(pcfg, L, None, bias, w.name), bias, backend=space.backend, config=kc,
+                                q, k, v, _workload_layout(pcfg, L, None, bias, w.name, {} if cold else None), bias,
+                                backend=space.backend, config=kc,
                             ), q, k, v, bias)
                         return self._callable(
                             space, lambda: sparse_attention(q, k, v, lay, bias, backend=space.backend, config=kc), q, k, v, bias
@@ -464,7 +465,7 @@ class TrialRunner:
                         tm = time_fn(run_on(layout), device=device, warmup=space.measure["warmup"], repeats=space.measure["repeats"])
                         # a cold call on a new layout object, so that workspaces a backend keeps per
                         # layout (the cpu backend's K^T tiles) count towards the peak
-                        mem, mem_method = peak_memory(run_on(layout.fresh()), device=device)
+                        mem, mem_method = peak_memory(run_on(layout.fresh(), cold=True), device=device)
                     except Exception as e:  # noqa: BLE001
                         if is_oom(e):
                             self._free(space)
@@ -507,16 +508,17 @@ def _nominal_layout(pcfg, L: int):
     return build_layout(pcfg, L, signal=torch.zeros(L, L))
 
 
-def _workload_layout(pcfg, L: int, layout, bias, name: str):
+def _workload_layout(pcfg, L: int, layout, bias, name: str, workspace: Optional[dict] = None):
     """The layout a workload runs on: the static layout, or the guided layout chosen from the
-    workload's pair bias (per head)."""
+    workload's pair bias (per head); ``workspace={}`` makes a cold guided layout (its backend
+    buffers count in a peak-memory call)."""
     from patterns import build_layout
 
     if getattr(pcfg, "family", "static") != "guided":
         return layout
     if bias is None:
         raise ValueError(f"workload {name}: a guided pattern chooses its blocks from the pair bias; set bias: true")
-    return build_layout(pcfg, L, signal=bias.detach())
+    return build_layout(pcfg, L, signal=bias.detach(), workspace=workspace)
 
 
 # ---- driver side: objectives and constraints -------------------------------------------------------

@@ -43,6 +43,7 @@ The selection is not differentiable (it is an index choice); the signal is read 
 from __future__ import annotations
 
 import math
+from collections import OrderedDict
 from dataclasses import asdict, dataclass
 from typing import Any, Literal, Optional
 
@@ -293,7 +294,8 @@ def guided_block_mask(config: GuidedConfig, seq_len: int, signal: torch.Tensor, 
     return mask[0] if signal.dim() == 2 else mask
 
 
-_WORKSPACES: dict = {}
+_WORKSPACES: "OrderedDict[GuidedConfig, dict]" = OrderedDict()
+_MAX_WORKSPACES = 4  # configs whose workspaces are kept (the most recently used); older ones are freed
 
 
 def build_guided_layout(config: GuidedConfig, seq_len: int, signal: torch.Tensor, *, check_nan: bool = True,
@@ -301,11 +303,19 @@ def build_guided_layout(config: GuidedConfig, seq_len: int, signal: torch.Tensor
     """The `BlockLayout` of ``config`` chosen from ``signal``, living on the signal's device.
 
     ``workspace``: the scratch dict backends may reuse across layouts (see `BlockLayout`); default
-    one dict per config, shared by every layout built from it in this process."""
+    one dict per config, shared by every layout built from it in this process (kept for the
+    ``_MAX_WORKSPACES`` most recently used configs, so a search over many configs does not pile
+    up buffers); pass ``{}`` for a cold layout that owns its buffers."""
     from .layout import BlockLayout
 
-    if workspace is None:
-        workspace = _WORKSPACES.setdefault(config, {})
+    if workspace is None:  # shared per config, for the few most recently used configs only
+        workspace = _WORKSPACES.get(config)
+        if workspace is None:
+            workspace = _WORKSPACES[config] = {}
+            while len(_WORKSPACES) > _MAX_WORKSPACES:
+                _WORKSPACES.popitem(last=False)
+        else:
+            _WORKSPACES.move_to_end(config)
     mask = guided_block_mask(config, seq_len, signal, check_nan=check_nan)
     return BlockLayout(mask, config.block_size, seq_len, config, workspace=workspace)
 

@@ -198,6 +198,7 @@ def build_layout(
     block_size: Optional[int] = None,
     *,
     signal: Optional[torch.Tensor] = None,
+    workspace: Optional[dict] = None,
 ) -> BlockLayout:
     """Build the block layout of ``pattern`` for a sequence of ``seq_len`` residues.
 
@@ -206,14 +207,15 @@ def build_layout(
     a pair score map [L, L] for a shared one, see `patterns.guided`), a Rule (``block_size``
     required), or a list of per-head PatternConfigs/Rules (giving a per-head [H, nb, nb] layout).
     A static tile is computed iff the pattern reaches any token pair in it; static patterns need no
-    signal and ignore one if given. A guided layout lives on the signal's device.
+    signal and ignore one if given. A guided layout lives on the signal's device; ``workspace``
+    (guided only): see `patterns.guided.build_guided_layout`.
     """
     if isinstance(seq_len, bool) or not isinstance(seq_len, int) or seq_len < 1:
         raise ValueError(f"seq_len must be a positive integer, got {seq_len!r}")
     if isinstance(pattern, GuidedConfig):
         if block_size is not None and block_size != pattern.block_size:
             raise ValueError(f"block_size={block_size} contradicts GuidedConfig.block_size={pattern.block_size}")
-        return build_guided_layout(pattern, seq_len, signal)
+        return build_guided_layout(pattern, seq_len, signal, workspace=workspace)
     if isinstance(pattern, (list, tuple)):
         if not pattern:
             raise ValueError("a per-head pattern list must not be empty")

@@ -309,3 +309,16 @@ def test_logsumexp_in_chunks_matches_brute_force(monkeypatch):
         sig = torch.randn(3, L, L, dtype=torch.float64, generator=torch.Generator().manual_seed(L))
         _check(GuidedConfig(16, keep=0.3, pool="logsumexp"), L, sig)
         _check(GuidedConfig(16, mass=0.5, pool="logsumexp", spread="layout"), L, sig[0])
+
+
+def test_shared_workspaces_are_bounded_and_cold_layouts_own_theirs():
+    import patterns.guided as pg
+
+    sig = torch.randn(40, 40)
+    cfgs = [GuidedConfig(16, keep=k) for k in (0.2, 0.3, 0.4, 0.5, 0.6, 0.7)]
+    lays = [build_layout(c, 40, signal=sig) for c in cfgs]
+    assert len(pg._WORKSPACES) <= pg._MAX_WORKSPACES
+    assert cfgs[-1] in pg._WORKSPACES and cfgs[0] not in pg._WORKSPACES
+    assert build_layout(cfgs[-1], 40, signal=sig).workspace is lays[-1].workspace
+    own = build_layout(cfgs[-1], 40, signal=sig, workspace={})
+    assert own.workspace == {} and own.workspace is not lays[-1].workspace
