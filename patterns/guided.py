@@ -59,7 +59,7 @@ __all__ = [
 GUIDED_POOLS: tuple[str, ...] = ("max", "mean", "logsumexp")
 GUIDED_SPREADS: tuple[str, ...] = ("row", "layout")
 PATTERN_FAMILIES: tuple[str, ...] = ("static", "guided")
-_LSE_CHUNK = 1 << 21  # values per chunk of the logsumexp row pass (8 MiB of float32 temporaries)
+_LSE_CHUNK = 1 << 19  # values per chunk of the logsumexp row pass (2 MiB of float32 temporaries)
 
 
 @dataclass(frozen=True)
