@@ -152,3 +152,29 @@ def test_cli_guided_bad_input_exit_2(tmp_path, capsys, extra):
     err = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("error:")]
     assert len(err) == 1
     assert not js.exists()
+
+
+def test_cli_tuned_file_with_a_guided_entry(tmp_path, capsys):
+    import yaml
+
+    tuned = tmp_path / "t.yaml"
+    tuned.write_text(yaml.safe_dump({"buckets": [
+        {"seq_len": 140, "pattern": {"family": "guided", "block_size": 16, "keep": 0.3, "pool": "logsumexp",
+                                     "spread": "layout"}},
+        {"seq_len": 300, "pattern": {"block_size": 16, "window": 16, "num_global": 0, "stride": 0}},
+    ]}))
+    d = tmp_path / "prot"
+    d.mkdir()
+    c = hairpin(140)
+    lines = [f"ATOM  {k + 1:5d}  CA  GLY A{k + 1:4d}    {x:8.3f}{y:8.3f}{z:8.3f}  1.00  0.00           C"
+             for k, (x, y, z) in enumerate(c.coords)]
+    (d / "hp.pdb").write_text("\n".join(lines) + "\nEND\n")
+    js, png = tmp_path / "a.json", tmp_path / "a.png"
+    assert cli(["--tuned", str(tuned), "--proteins", str(d), "--json", str(js), "--png", str(png)]) == 0
+    out = capsys.readouterr().out
+    assert "guided b16" in out
+    data = json.loads(js.read_text())
+    g = data["buckets"][0]
+    assert g["config"]["family"] == "guided" and g["sparsity_at_bucket"] is None
+    assert 0.5 < g["sparsity_at_chain_lengths"] < 0.8 and g["metrics"]["contact_recall_long"] > 0.5
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

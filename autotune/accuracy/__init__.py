@@ -100,6 +100,7 @@ class AccuracyResult:
     lengths: tuple[int, ...]  # chain lengths evaluated
     extrapolated: bool  # True when no chain reached the bucket and the longest were used
     note: str
+    sparsity: Optional[float] = None  # layout sparsity at the chains' lengths (mean over chains)
 
 
 class ProteinLoadError(ValueError):
@@ -284,15 +285,15 @@ def evaluate_pattern(
     key = (config, interval, bucket, tuple(c.key for c in sel), float(noise) if guided else None)
     hit = _RESULTS.get(key)
     if hit is not None:  # a fresh metrics dict, so that a caller's edits never reach the cache
-        return AccuracyResult(dict(hit.metrics), hit.n_chains, hit.lengths, hit.extrapolated, hit.note)
+        return AccuracyResult(dict(hit.metrics), hit.n_chains, hit.lengths, hit.extrapolated, hit.note, hit.sparsity)
     stats = _stats_single_threaded(config, sel, float(noise))
     sp_chains = 1.0 - sum(st.density for st in stats) / len(stats)
     if guided:
         note += f"; guided layouts chosen from each chain's structure with {noise:g} A noise, sparsity {sp_chains:.1%}"
     else:
         note += f"; layout sparsity {sp_chains:.1%} at the chains' lengths, {_bucket_sparsity(config, bucket):.1%} at {bucket}"
-    result = AccuracyResult(aggregate(stats), len(sel), tuple(c.length for c in sel), extrapolated, note)
+    result = AccuracyResult(aggregate(stats), len(sel), tuple(c.length for c in sel), extrapolated, note, sp_chains)
     if len(_RESULTS) > _CACHE_LIMIT:
         _RESULTS.clear()
     _RESULTS[key] = result
-    return AccuracyResult(dict(result.metrics), result.n_chains, result.lengths, extrapolated, result.note)
+    return AccuracyResult(dict(result.metrics), result.n_chains, result.lengths, extrapolated, result.note, result.sparsity)

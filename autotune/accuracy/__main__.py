@@ -26,7 +26,7 @@ import sys
 from pathlib import Path
 from typing import Optional, Sequence
 
-from patterns import PatternConfig
+from patterns import GuidedConfig, PatternConfig
 
 from . import (
     ACCURACY_METRICS,
@@ -226,7 +226,10 @@ def _configs(args) -> tuple[list[int], dict[int, PatternConfig], str]:
     return buckets, {b: cfg for b in buckets}, "pattern"
 
 
-def _fmt_cfg(c: PatternConfig) -> str:
+def _fmt_cfg(c) -> str:
+    if isinstance(c, GuidedConfig):
+        budget = f"k{c.keep:g}" if c.keep is not None else f"m{c.mass:g}"
+        return f"guided b{c.block_size} {budget} {c.pool[:3]} {c.spread[:3]}"
     return f"b{c.block_size} w{c.window} g{c.num_global}{'s' if c.global_placement == 'spread' else ''} s{c.stride}"
 
 
@@ -256,14 +259,14 @@ def run(argv: Optional[Sequence[str]] = None) -> int:
     for b in buckets:
         cfg = configs[b]
         res = evaluate_pattern(cfg, b, buckets=buckets, chains=chains, max_chains=args.max_chains)
-        sel, _, _, _ = select_chains(chains, b, buckets)
-        dens = [layout_for(cfg, n)[0].density for n in res.lengths]
+        guided = isinstance(cfg, GuidedConfig)  # a tuned file may hold guided entries
         rows.append(
             {
                 "bucket": b,
                 "config": cfg.to_dict(),
-                "sparsity_at_bucket": layout_for(cfg, b)[0].sparsity,
-                "sparsity_at_chain_lengths": 1.0 - sum(dens) / len(dens),
+                # a guided layout depends on each input: no sparsity at the bucket length
+                "sparsity_at_bucket": None if guided else layout_for(cfg, b)[0].sparsity,
+                "sparsity_at_chain_lengths": res.sparsity,
                 "n_chains": res.n_chains,
                 "lengths": list(res.lengths),
                 "extrapolated": res.extrapolated,
@@ -284,8 +287,9 @@ def run(argv: Optional[Sequence[str]] = None) -> int:
         m = r["metrics"]
         span = f"{min(lens)}-{max(lens)}"
         print(
-            f"{r['bucket']:>6}  {_fmt_cfg(configs[r['bucket']]):<20} {r['sparsity_at_bucket']:>8.1%} "
-            f"{r['sparsity_at_chain_lengths']:>8.1%} {r['n_chains']:>6} {span:>10}  "
+            f"{r['bucket']:>6}  {_fmt_cfg(configs[r['bucket']]):<20} "
+            + (f"{'-':>8} " if r["sparsity_at_bucket"] is None else f"{r['sparsity_at_bucket']:>8.1%} ")
+            + f"{r['sparsity_at_chain_lengths']:>8.1%} {r['n_chains']:>6} {span:>10}  "
             + " ".join(_fmt_metric(m[n]) for n in names)
             + f" {m['attention_mass_recall']:>6.3f} {m['output_rel_error']:>7.3f}"
             + ("  *" if r["extrapolated"] else "")
@@ -338,7 +342,17 @@ def run(argv: Optional[Sequence[str]] = None) -> int:
         else:
             pick = max(evaluated.values(), key=lambda cb: (cb[0].length, cb[0].name))
         chain, b = pick
-        draw_contacts(chain, configs[b], args.png)
+        cfg = configs[b]
+        if isinstance(cfg, GuidedConfig):  # drawn with the layout chosen from the degraded structure
+            from patterns import build_layout
+
+            from . import DEFAULT_NOISE
+            from .guided import contact_signal
+
+            draw_contacts(chain, cfg, args.png,
+                          layout=build_layout(cfg, chain.length, signal=contact_signal(chain, DEFAULT_NOISE)))
+        else:
+            draw_contacts(chain, cfg, args.png)
         print(f"drew {chain.name} (L={chain.length}, bucket {b}) to {args.png}")
     return 0
 

@@ -14,17 +14,23 @@ from .structures import Chain
 _COLORS = {"short": "tab:green", "medium": "tab:orange", "long": "tab:red"}
 
 
-def draw_contacts(chain: Chain, config: PatternConfig, path: str | Path, *, title: Optional[str] = None) -> Path:
+def draw_contacts(chain: Chain, config, path: str | Path, *, title: Optional[str] = None, layout=None) -> Path:
     """PNG of ``chain``'s contacts (points, coloured by range, both triangles) over the tiles the
-    layout of ``config`` keeps at the chain's length (shaded); kept/dropped counts in the legend."""
+    layout of ``config`` keeps at the chain's length (shaded); kept/dropped counts in the legend.
+    ``layout``: the layout to draw (required for a guided config, whose layout depends on its
+    signal); default the static config's layout."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     L = chain.length
-    layout, tm = layout_for(config, L)
-    mask = layout.mask3.any(0).float().numpy()
+    if layout is None:
+        layout, tm = layout_for(config, L)
+    else:
+        tm = layout.token_mask().cpu()
+        tm = tm.any(0) if tm.dim() == 3 else tm
+    mask = layout.mask3.any(0).float().cpu().numpy()
     span = layout.n_blocks * layout.block_size
     fig, ax = plt.subplots(figsize=(6.5, 6.5), dpi=110)
     ax.imshow(mask, cmap="Blues", vmin=0, vmax=2.5, extent=(0, span, span, 0), interpolation="nearest")
@@ -50,8 +56,10 @@ def draw_contacts(chain: Chain, config: PatternConfig, path: str | Path, *, titl
         title
         or (
             f"{chain.name} (L={L}): block={config.block_size} window={config.window} "
-            f"global={config.num_global}/{config.global_placement} stride={config.stride}\n"
-            f"kept tiles shaded, sparsity {layout.sparsity:.1%}; dropped contacts circled"
+            f"global={config.num_global}/{config.global_placement} "
+            + (f"stride={config.stride}\n" if hasattr(config, "stride") else
+               f"guided keep={config.keep} mass={config.mass} pool={config.pool} spread={config.spread}\n")
+            + f"kept tiles shaded, sparsity {layout.sparsity:.1%}; dropped contacts circled"
         ),
         fontsize=8,
     )
