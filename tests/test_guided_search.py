@@ -96,6 +96,12 @@ def test_guided_search_export_and_deploy(tmp_path):
         con.close()
     fams = {("guided" if "guided" in str(p) else "static") for p in pats}
     assert fams == {"static", "guided"}, pats
+    from autotune.report.__main__ import main as report_main
+
+    rep = tmp_path / "REPORT.md"
+    assert report_main(["--storage", f"sqlite:///{db}", "--study", "g", "--out", str(rep)]) in (0, None)
+    text = rep.read_text()
+    assert "Static and guided patterns side by side" in text and "| guided |" in text and "| static |" in text
     out = tmp_path / "tuned.yaml"
     assert export_main(["--study", "g", "--storage", f"sqlite:///{db}", "--out", str(out)]) == 0
     tuned = load_tuned(out)

@@ -667,7 +667,8 @@ class Report:
             pts.append(dict(number=tr.number, x=float(x), y=float(y), feasible=bool(tr.feasible), tuned=tr.number in tuned,
                             front=False, sparsity=sum(c.sparsity for c in cells) / len(cells) if cells else None,
                             pattern=_pattern_str(tr.pattern),
-                            family=(tr.pattern or {}).get("family", "static")))
+                            family=(tr.pattern or {}).get("family", "static"),
+                            memory=_geomean(c.memory_vs_sdpa for c in cells)))
         for p in pts:
             p["front"] = not any(q["x"] >= p["x"] and q["y"] >= p["y"] and (q["x"] > p["x"] or q["y"] > p["y"])
                                  for q in pts)
@@ -695,9 +696,10 @@ class Report:
             for fam in fams:
                 fp = [p for p in pts if p["family"] == fam]
                 for what, best in (("fastest", max(fp, key=lambda p: p["y"])), ("most accurate", max(fp, key=lambda p: p["x"]))):
-                    frows.append([fam, what, f"t#{best['number']}", best["pattern"], f_x(best["y"]), f_num(best["x"]),
-                                  f_num(best["sparsity"])])
-            self.w(*table(["family", "best by", "trial", "pattern", "speedup (geomean)", metric, "mean sparsity"], frows), "")
+                    frows.append([fam, what, f"t#{best['number']}", best["pattern"], f_x(best["y"]),
+                                  f_num(best["memory"], 2), f_num(best["x"]), f_num(best["sparsity"])])
+            self.w(*table(["family", "best by", "trial", "pattern", "speedup (geomean)", "peak memory / SDPA (geomean)",
+                           metric, "mean sparsity"], frows), "")
         p = plots.pareto(pts, self.plots_dir / "pareto.png", xlabel=f"{metric} (worst bucket)",
                          ylabel="speedup over SDPA (geomean)",
                          title=f"study {self.data.study}: {len(pts)} complete trials (at_trials.objectives)")
