@@ -7,7 +7,11 @@ package scores a `PatternConfig` on real structures:
   default: the 127 chains packaged in ``autotune/data/proteins`` (see its README). Residue i is the
   i-th *resolved* residue of the chain (gaps are absent, not contacts); see `structures`.
 * `evaluate_pattern(config, bucket)`: the metrics of `ACCURACY_METRICS` over the chains of a length
-  bucket, each chain evaluated with the layout built at its own length.
+  bucket, each chain evaluated with the layout built at its own length. A `patterns.GuidedConfig`
+  is evaluated with each chain's layout chosen from its structure degraded by ``noise`` Angstrom
+  of Gaussian noise (default 4; `autotune.accuracy.guided`), scored against the true structure.
+* `autotune.accuracy.guided.evaluate_guided`: guided patterns at several noise levels against the
+  best static pattern and a random mask, at matched measured sparsity (``--guided`` on the CLI).
 
 Metrics (all pooled over the chains of the bucket, so longer chains and contact-rich chains weigh
 more than in a per-chain mean):
