@@ -178,3 +178,30 @@ def test_cli_tuned_file_with_a_guided_entry(tmp_path, capsys):
     assert g["config"]["family"] == "guided" and g["sparsity_at_bucket"] is None
     assert 0.5 < g["sparsity_at_chain_lengths"] < 0.8 and g["metrics"]["contact_recall_long"] > 0.5
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_no_data_reaches_the_trial_summary_as_none(tmp_path):
+    """A bucket whose chains have no long-range contact: the trial's accuracy value is None (stored as
+    NULL, shown as "-"), the objective skips it, and the accuracy constraint treats it as unmet."""
+    import yaml
+
+    from autotune.space import load_space
+    from autotune.trial import cell_values, summarize
+
+    p = tmp_path / "s.yaml"
+    p.write_text(yaml.safe_dump({
+        "device": "cpu", "buckets": [16, 256], "pattern": {"block_size": 16, "window": 0, "num_global": 0, "stride": 0},
+        "workloads": [{"name": "row", "kind": "msa_row", "heads": 2, "head_dim": 16, "tokens": 64, "bias": True}],
+        "objectives": ["speedup", "accuracy"],
+        "constraints": {"accuracy": {"metric": "contact_recall_long", "min": 0.1}},
+    }))
+    space = load_space(p)
+    none = {k: None for k in ("contact_recall_short", "contact_recall_medium", "contact_recall_long")}
+    acc = {"16": {"metrics": dict(none, attention_mass_recall=1.0, output_rel_error=0.0)},
+           "256": {"metrics": dict(none, contact_recall_long=0.4, attention_mass_recall=0.9, output_rel_error=0.1)}}
+    ms = [{"bucket": 16, "speedup": 1.0, "memory_vs_sdpa": 1.0, "memory_vs_naive": 1.0, "sparsity": 0.0},
+          {"bucket": 256, "speedup": 2.0, "memory_vs_sdpa": 1.0, "memory_vs_naive": 1.0, "sparsity": 0.5}]
+    assert cell_values(space, ms[0], acc)["accuracy"] is None
+    objs, cons = summarize(space, {"measurements": ms, "accuracy": acc})
+    assert objs[1] == 0.4  # the worst bucket with data, not a perfect 1.0 from the empty one
+    assert cons[0] > 0  # no data cannot show the constraint is met
