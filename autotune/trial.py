@@ -20,7 +20,14 @@ Steps of `TrialRunner.run`:
    process and shape; a baseline that runs out of memory is recorded as missing).
    Out of memory in the candidate ends the trial ("out of memory: ...").
 3. Accuracy: ``autotune.accuracy.evaluate_pattern(config, bucket, buckets=space buckets,
-   max_chains=...)`` per bucket, cached per worker by (pattern, bucket).
+   max_chains=...)`` per bucket, cached per worker by (pattern, bucket). A range with no contact is
+   None ("no data"): left out of the objective, unmet for an accuracy constraint.
+
+A guided candidate (``family: guided``, `patterns.GuidedConfig`) chooses its layout from each
+workload's pair bias: in the gate, and inside every timed call (so the construction is part of the
+candidate's time; the peak-memory call uses a cold layout with its own buffers). Its accuracy uses
+layouts chosen from the chains' structures degraded by the space's ``accuracy_noise`` (default 4 A).
+Its cells' ``sparsity`` is that of the layout chosen from the workload's bias.
 
 An ``evoformer`` workload measures one whole ``autotune.evoformer.EvoformerBlock`` (built once per
 worker from the workload's dims with fixed-seed weights, in the space's dtype on its device) at the
@@ -135,7 +142,6 @@ class TrialRunner:
 
     def _gate(self, space: SearchSpace, pcfg, kcfg, seed: int) -> dict[str, Any]:
         from kernels import reference_attention, sparse_attention
-        from patterns import build_layout
 
         device, dtype = space.device, DTYPES[space.dtype]
         ftol, btol = DEFAULT_TOL[space.dtype]
