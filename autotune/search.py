@@ -291,9 +291,9 @@ class Search:
         pattern, kernel = self.space.split_params(params)
         retry_of = trial.user_attrs.get("retry_of")
         from kernels import KernelConfig
-        from patterns import PatternConfig
+        from patterns import pattern_from_dict
 
-        pattern = PatternConfig.from_dict(pattern).to_dict()  # validated (raises -> failed trial below)
+        pattern = pattern_from_dict(pattern).to_dict()  # validated, static or guided (raises -> failed trial below)
         kernel = KernelConfig.from_dict(kernel).for_block(pattern["block_size"]).to_dict() if kernel is not None else None
         self.db.start_trial(
             run_id=self.run_id, study_name=self.study_name, number=trial.number, optuna_trial_id=trial._trial_id,

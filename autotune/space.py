@@ -16,6 +16,10 @@ or a block size the kernels do not support raises `SpaceError`, whose message is
       num_global: {choices: [0, 16, 32]}
       stride: {low: 0, high: 8}
       global_placement: {choices: [first, spread]}   # optional (default "first")
+      family: {choices: [static, guided]}   # optional (default static); guided = patterns.GuidedConfig:
+      keep: {choices: [0.25, 0.5]}  #   fraction of key blocks kept per row (needed when guided may be
+      pool: {choices: [max, logsumexp]}   #   sampled), pool and spread optional; window/num_global are
+      spread: {choices: [row, layout]}    #   its forced blocks; stride only for static (required then)
     kernel:                         # optional; KernelConfig fields, same forms. Tiles larger than
       block_m: {choices: [32, 64]}  #   the layout block are clipped to it (KernelConfig.for_block)
       block_n: {choices: [32, 64]}
@@ -47,12 +51,17 @@ or a block size the kernels do not support raises `SpaceError`, whose message is
       speedup: {min: 1.0}
       memory_vs_sdpa: {max: 4.0}
       memory_vs_naive: {max: 1.0}
-      accuracy: {metric: contact_recall_long, min: 0.2, max_chains: 8}
+      accuracy: {metric: contact_recall_long, min: 0.2, max_chains: 8}   # noise: 4 (A; guided candidates
     sampler: {name: nsga2, seed: 0, population_size: 16}   # nsga2 | tpe | random
     budget: {trials: 64, timeout: 3600}                     # timeout in seconds
     measure: {warmup: 3, repeats: 10}
     gate: {seq_len: 200, batch: 2, fwd_tol: 0.03, bwd_tol: 0.05}
     execution: {workers: 2, threads_per_worker: 1}          # CPU trials; GPU: one actor per GPU
+
+A guided candidate's layout is chosen from each workload's pair bias inside every timed call (its
+construction counts in the candidate's time); its accuracy is measured with layouts chosen from
+the chains' structures degraded by ``accuracy_noise`` Angstrom of noise (top-level key, or
+``constraints.accuracy.noise`` in a space without a targets section; default 4).
 
 Aggregation of a trial's objectives over its (workload, bucket) cells: speedup and memory ratios
 by geometric mean, sparsity by mean, accuracy by its worst bucket. A constraint's value (Optuna's
@@ -72,6 +81,7 @@ import yaml
 
 from kernels.config import KERNEL_STAGES, KERNEL_TILES, KERNEL_WARPS
 from patterns.config import GLOBAL_PLACEMENTS, SUPPORTED_BLOCK_SIZES
+from patterns.guided import GUIDED_POOLS, GUIDED_SPREADS, PATTERN_FAMILIES
 
 __all__ = [
     "SpaceError",
@@ -121,7 +131,7 @@ EVOFORMER_DEFAULTS = {"c_m": 256, "c_z": 128, "heads": 8, "pair_heads": 4, "head
 
 TOP_KEYS = {
     "name", "device", "backend", "dtype", "mode", "buckets", "pattern", "kernel", "workloads",
-    "objectives", "constraints", "targets", "sampler", "budget", "measure", "gate", "execution",
+    "objectives", "constraints", "targets", "accuracy_noise", "sampler", "budget", "measure", "gate", "execution",
 }
 REQUIRED_TOP = ("buckets", "pattern", "workloads", "objectives")
 
@@ -131,7 +141,15 @@ PATTERN_PARAMS: dict[str, tuple] = {
     "num_global": None,
     "stride": None,
     "global_placement": GLOBAL_PLACEMENTS,
+    # guided patterns (patterns.GuidedConfig); "family" picks static or guided per trial
+    "family": PATTERN_FAMILIES,
+    "keep": None,
+    "pool": GUIDED_POOLS,
+    "spread": GUIDED_SPREADS,
 }
+#: pattern keys that only one family uses (dropped from the other family's trial parameters)
+GUIDED_ONLY_PARAMS = ("keep", "pool", "spread")
+STATIC_ONLY_PARAMS = ("stride", "global_placement")
 KERNEL_PARAMS: dict[str, tuple] = {
     "block_m": KERNEL_TILES,
     "block_n": KERNEL_TILES,
@@ -233,6 +251,7 @@ class SearchSpace:
     execution: dict[str, Any]
     raw: dict[str, Any] = field(repr=False, default_factory=dict)
     targets: Optional["Targets"] = None  # the one set of deployment targets (see `Targets`)
+    accuracy_noise: float = 4.0  # Angstrom: the degraded structure a guided candidate is scored with
 
     def effective_targets(self) -> "Targets":
         """The space's targets; for a space stored before targets existed, its constraints (or the
@@ -291,6 +310,7 @@ class SearchSpace:
         """(pattern dict, kernel dict or None) from flat ``group.field`` params (+ fixed ones)."""
         allp = dict(self.fixed(), **params)
         pattern = {k.split(".", 1)[1]: v for k, v in allp.items() if k.startswith("pattern.")}
+        pattern = _family_params(pattern)
         kernel = {k.split(".", 1)[1]: v for k, v in allp.items() if k.startswith("kernel.")}
         return pattern, (kernel if self.kernel is not None else None)
 
@@ -327,6 +347,7 @@ class SearchSpace:
             "workloads": [w.to_dict() for w in self.workloads], "objectives": list(self.objectives),
             "constraints": [{"name": c.name, "min": c.min, "max": c.max} for c in self.constraints],
             "accuracy_metric": self.accuracy_metric, "accuracy_max_chains": self.accuracy_max_chains,
+            "accuracy_noise": self.accuracy_noise,
             "sampler": self.sampler, "budget": self.budget, "measure": self.measure, "gate": self.gate,
             "execution": self.execution,
             "targets": self.effective_targets().to_dict(),
@@ -344,6 +365,45 @@ class SearchSpace:
 
 # ------------------------------------------------------------------------------------------------
 # validation helpers
+
+
+def _family_params(pattern: dict[str, Any]) -> dict[str, Any]:
+    """A trial's pattern parameters for its family: a guided trial drops the static-only keys
+    (stride, global_placement) and keeps ``family: guided``; a static trial drops the guided-only
+    keys and the family key (so static patterns are stored exactly as before)."""
+    if pattern.get("family", "static") == "guided":
+        return {k: v for k, v in pattern.items() if k not in STATIC_ONLY_PARAMS}
+    return {k: v for k, v in pattern.items() if k not in GUIDED_ONLY_PARAMS and k != "family"}
+
+
+def _fraction_param(V: "_V", v: Any, key: str) -> Any:
+    """pattern.keep: a fraction in (0, 1] or {choices: [fractions]} (not a range: Optuna samples
+    the listed values)."""
+    def frac(x: Any, k: str) -> float:
+        if isinstance(x, bool) or not isinstance(x, (int, float)) or not (math.isfinite(x) and 0.0 < x <= 1.0):
+            V.fail(k, f"must be a fraction in (0, 1], got {_type_name(x)} {x!r}")
+        return float(x)
+
+    if isinstance(v, dict):
+        V.mapping(v, key, {"choices"}, ("choices",))
+        ch = v["choices"]
+        if not isinstance(ch, list) or not ch:
+            V.fail(f"{key}.choices", "must be a non-empty list of fractions")
+        out = [frac(x, f"{key}.choices[{i}]") for i, x in enumerate(ch)]
+        if len(set(out)) != len(out):
+            V.fail(f"{key}.choices", f"duplicate choices in {ch}")
+        return {"choices": out}
+    return frac(v, key)
+
+
+def _check_families(V: "_V", pattern: dict[str, Any]) -> None:
+    """Each family the space may sample has the keys it needs: static needs stride, guided keep."""
+    spec = pattern.get("family", "static")
+    fams = spec["choices"] if isinstance(spec, dict) and "choices" in spec else [spec]
+    if "static" in fams and "stride" not in pattern:
+        V.fail("pattern.stride", "required key is missing (static patterns need it)")
+    if "guided" in fams and "keep" not in pattern:
+        V.fail("pattern.keep", "required key is missing (guided patterns need it: the fraction of key blocks kept)")
 
 
 def _type_name(v: Any) -> str:
@@ -674,13 +734,17 @@ def parse_space(data: Any, source: str = "<space>") -> SearchSpace:
         V.fail("buckets", f"duplicate buckets in {buckets}")
     buckets = sorted(buckets)
 
-    pat = V.mapping(data["pattern"], "pattern", set(PATTERN_PARAMS), ("block_size", "window", "num_global", "stride"))
+    pat = V.mapping(data["pattern"], "pattern", set(PATTERN_PARAMS), ("block_size", "window", "num_global"))
     pattern: dict[str, Any] = {}
     for k, v in pat.items():
+        if k == "keep":
+            pattern[k] = _fraction_param(V, v, "pattern.keep")
+            continue
         pattern[k] = V.param(
             v, f"pattern.{k}", PATTERN_PARAMS[k], what="the kernels" if k == "block_size" else "PatternConfig",
-            is_str=(k == "global_placement"),
+            is_str=(k in ("global_placement", "family", "pool", "spread")),
         )
+    _check_families(V, pattern)
 
     kernel = None
     if data.get("kernel") is not None:
@@ -739,16 +803,20 @@ def parse_space(data: Any, source: str = "<space>") -> SearchSpace:
 
     # constraints (before objectives: the accuracy metric may be named here)
     constraints: list[Constraint] = []
-    acc_metric, acc_chains = None, None
+    acc_metric, acc_chains, acc_noise = None, None, 4.0
     cons = data.get("constraints") or {}
     V.mapping(cons, "constraints", set(CONSTRAINT_NAMES))
     for cname, spec in cons.items():
         key = f"constraints.{cname}"
         if cname == "accuracy":
-            V.mapping(spec, key, {"metric", "min", "max", "max_chains"}, ("metric",))
+            V.mapping(spec, key, {"metric", "min", "max", "max_chains", "noise"}, ("metric",))
             acc_metric = V.choice(spec["metric"], f"{key}.metric", tuple(ACCURACY_METRIC_DIRECTIONS))
             if spec.get("max_chains") is not None:
                 acc_chains = V.integer(spec["max_chains"], f"{key}.max_chains", low=1)
+            if spec.get("noise") is not None:  # guided candidates: noise of the degraded structure, A
+                acc_noise = V.number(spec["noise"], f"{key}.noise", low=0.0)
+                if not math.isfinite(acc_noise) or acc_noise > 100.0:
+                    V.fail(f"{key}.noise", f"must be a finite number of Angstrom in [0, 100], got {acc_noise!r}")
         else:
             V.mapping(spec, key, {"min", "max"})
         lo = None if spec.get("min") is None else V.number(spec["min"], f"{key}.min")
@@ -760,6 +828,10 @@ def parse_space(data: Any, source: str = "<space>") -> SearchSpace:
         if lo is not None and hi is not None and hi < lo:
             V.fail(key, f"empty range: min={lo} > max={hi}")
         constraints.append(Constraint(cname, lo, hi))
+    if data.get("accuracy_noise") is not None:  # guided candidates: noise of the degraded structure, A
+        acc_noise = V.number(data["accuracy_noise"], "accuracy_noise", low=0.0)
+        if not math.isfinite(acc_noise) or acc_noise > 100.0:
+            V.fail("accuracy_noise", f"must be a finite number of Angstrom in [0, 100], got {acc_noise!r}")
 
     objs = data["objectives"]
     if not isinstance(objs, list):
@@ -810,7 +882,7 @@ def parse_space(data: Any, source: str = "<space>") -> SearchSpace:
     return SearchSpace(
         source=source, name=name, device=device, backend=backend, dtype=dtype, mode=mode, buckets=buckets,
         pattern=pattern, kernel=kernel, workloads=workloads, objectives=list(objs), constraints=constraints,
-        accuracy_metric=acc_metric, accuracy_max_chains=acc_chains, sampler=sampler, budget=budget,
+        accuracy_metric=acc_metric, accuracy_max_chains=acc_chains, accuracy_noise=acc_noise, sampler=sampler, budget=budget,
         measure=measure, gate=gate, execution=execution, raw=data,
         targets=parse_targets(V, data.get("targets"), device, constraints, acc_metric, acc_chains),
     )

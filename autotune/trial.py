@@ -24,7 +24,14 @@ Steps of `TrialRunner.run`:
 3. Accuracy: ``autotune.accuracy.evaluate_pattern(config, bucket, buckets=space buckets,
    max_chains=...)`` per bucket, cached per worker by (pattern, bucket): every metric, on the chains
    of the bucket each at its own length; stored with the chain lengths and the layout's sparsity
-   at those lengths (``chain_sparsity``), which is what the recall was measured at.
+   at those lengths (``chain_sparsity``), which is what the recall was measured at. A range with
+   no contact is None ("no data"): left out of the objective, unmet for an accuracy target.
+
+A guided candidate (``family: guided``, `patterns.GuidedConfig`) chooses its layout from each
+workload's pair bias: in the gate, and inside every timed call (so the construction is part of the
+candidate's time; the peak-memory call uses a cold layout with its own buffers). Its accuracy uses
+layouts chosen from the chains' structures degraded by the space's ``accuracy_noise`` (default 4 A).
+Its cells' ``sparsity`` is that of the layout chosen from the workload's bias.
 
 `TrialRunner.confirm` re-measures a bucket's leading candidates together (one interleaved loop per
 workload with SDPA and each other; `autotune.verdict.confirm` stores and uses the figures).
@@ -142,14 +149,13 @@ class TrialRunner:
 
     def _gate(self, space: SearchSpace, pcfg, kcfg, seed: int) -> dict[str, Any]:
         from kernels import reference_attention, sparse_attention
-        from patterns import build_layout
 
         device, dtype = space.device, DTYPES[space.dtype]
         ftol, btol = DEFAULT_TOL[space.dtype]
         ftol = space.gate.get("fwd_tol") or ftol
         btol = space.gate.get("bwd_tol") or btol
         L, B = space.gate["seq_len"], space.gate["batch"]
-        layout = build_layout(pcfg, L)
+        layout = _nominal_layout(pcfg, L)
         kc = kcfg.for_block(pcfg.block_size) if kcfg is not None else None
         gen = torch.Generator().manual_seed(seed)
         out: dict[str, Any] = {"seq_len": L, "sparsity": layout.sparsity, "fwd_tol": ftol, "bwd_tol": btol}
@@ -168,9 +174,10 @@ class TrialRunner:
             if grad:
                 for t in leaves:
                     t.requires_grad_(True)
+            lay = _workload_layout(pcfg, L, layout, bias, w.name)
             with torch.set_grad_enabled(grad):
-                o = sparse_attention(q, k, v, layout, bias, backend=space.backend, config=kc)
-                r = reference_attention(q, k, v, layout, bias)
+                o = sparse_attention(q, k, v, lay, bias, backend=space.backend, config=kc)
+                r = reference_attention(q, k, v, lay, bias)
             e = _rel_err(o.detach(), r.detach())
             out[f"{w.name}.fwd_err"] = e
             if not e <= ftol:
@@ -420,18 +427,21 @@ class TrialRunner:
         if space.accuracy_metric is None and not targets.accuracy_metrics():
             return None
         max_chains = space.accuracy_max_chains if space.accuracy_max_chains is not None else targets.max_chains
-        key = (tuple(sorted(pcfg.to_dict().items())), L, tuple(space.buckets), max_chains)
+        noise = getattr(space, "accuracy_noise", None)
+        key = (tuple(sorted(pcfg.to_dict().items())), L, tuple(space.buckets), max_chains, noise)
         if key not in self.accuracy:
             from autotune.accuracy import evaluate_pattern
             from patterns import build_layout
 
-            r = evaluate_pattern(pcfg, L, buckets=space.buckets, max_chains=max_chains)
+            kw = {} if noise is None else {"noise": noise}  # guided: the degraded structure's noise (default 4 A)
+            r = evaluate_pattern(pcfg, L, buckets=space.buckets, max_chains=max_chains, **kw)
             lengths = [int(n) for n in r.lengths]
             self.accuracy[key] = {
-                "metrics": {k: float(v) for k, v in r.metrics.items()},
+                "metrics": {k: (None if v is None else float(v)) for k, v in r.metrics.items()},  # None: no data
                 "n_chains": int(r.n_chains),
                 "lengths": lengths,
-                "chain_sparsity": (sum(build_layout(pcfg, n).sparsity for n in lengths) / len(lengths)
+                "chain_sparsity": (r.sparsity if r.sparsity is not None else
+                                   sum(build_layout(pcfg, n).sparsity for n in lengths) / len(lengths)
                                    if lengths else None),
                 "max_chains": max_chains,
                 "extrapolated": bool(r.extrapolated),
@@ -445,7 +455,7 @@ class TrialRunner:
         per workload one `time_paired` loop with SDPA and every candidate (``measure.confirm_*``),
         on fresh inputs. One dict per (workload, candidate) with the paired speedup and interval."""
         from kernels import KernelConfig, dense_attention, sparse_attention
-        from patterns import PatternConfig, build_layout
+        from patterns import pattern_from_dict
 
         device, dtype = space.device, DTYPES[space.dtype]
         gen = torch.Generator().manual_seed(seed)
@@ -455,7 +465,7 @@ class TrialRunner:
                 continue
             cfgs = {}
             for number, pattern, kernel in candidates:
-                pcfg = PatternConfig.from_dict(pattern)
+                pcfg = pattern_from_dict(pattern)  # PatternConfig, or GuidedConfig (family: guided)
                 kc = KernelConfig.from_dict(kernel).for_block(pcfg.block_size) if kernel else None
                 cfgs[f"t{number}"] = (number, pcfg, kc)
             if w.kind == "evoformer":
@@ -475,13 +485,16 @@ class TrialRunner:
                         if t is not None:
                             t.requires_grad_(True)
 
-                def cand(lay, kc):
-                    return self._callable(space, lambda: sparse_attention(q, k, v, lay, bias, backend=space.backend,
-                                                                          config=kc), q, k, v, bias)
+                def cand(pcfg, kc):
+                    # a guided candidate chooses its layout from the bias inside every timed call
+                    lay = _nominal_layout(pcfg, L)
+                    return self._callable(space, lambda: sparse_attention(
+                        q, k, v, _workload_layout(pcfg, L, lay, bias, w.name), bias, backend=space.backend, config=kc,
+                    ), q, k, v, bias)
 
                 fns = {"sdpa": self._callable(space, lambda: dense_attention(q, k, v, None, bias), q, k, v, bias)}
                 for name, (_, pcfg, kc) in cfgs.items():
-                    fns[name] = cand(build_layout(pcfg, L), kc)
+                    fns[name] = cand(pcfg, kc)
                 pt = time_paired(fns, baseline="sdpa", device=device, **self._paired_kw(space, confirm=True))
             sd = pt.stats("sdpa")
             for name, (number, _, _) in cfgs.items():
@@ -505,10 +518,11 @@ class TrialRunner:
         self.trials_run += 1
         try:
             from kernels import KernelConfig, dense_attention, sparse_attention
-            from patterns import PatternConfig, build_layout
+            from patterns import pattern_from_dict
 
             space = SearchSpace.from_dict(req.space)
-            pcfg = PatternConfig.from_dict(req.pattern)
+            pcfg = pattern_from_dict(req.pattern)  # PatternConfig, or GuidedConfig (family: guided)
+            guided = getattr(pcfg, "family", "static") == "guided"
             kcfg = KernelConfig.from_dict(req.kernel) if req.kernel is not None else None
             device, dtype = space.device, DTYPES[space.dtype]
             if device == "cuda" and not torch.cuda.is_available():
@@ -528,7 +542,7 @@ class TrialRunner:
 
             gen = torch.Generator().manual_seed(req.seed + 1)
             for L in space.buckets:
-                layout = build_layout(pcfg, L)
+                layout = _nominal_layout(pcfg, L)
                 kc = kcfg.for_block(pcfg.block_size) if kcfg is not None else None
                 for w in space.workloads:
                     if not w.applies(L):
@@ -543,7 +557,14 @@ class TrialRunner:
                             if t is not None:
                                 t.requires_grad_(True)
                     t0 = time.perf_counter()
-                    def run_on(lay):
+                    lay_w = _workload_layout(pcfg, L, layout, bias, w.name)
+
+                    def run_on(lay, cold=False):
+                        if guided:  # the guided layout is built from the bias inside every timed call
+                            return self._callable(space, lambda: sparse_attention(
+                                q, k, v, _workload_layout(pcfg, L, None, bias, w.name, {} if cold else None), bias,
+                                backend=space.backend, config=kc,
+                            ), q, k, v, bias)
                         return self._callable(
                             space, lambda: sparse_attention(q, k, v, lay, bias, backend=space.backend, config=kc), q, k, v, bias
                         )
@@ -554,7 +575,7 @@ class TrialRunner:
                                          **self._paired_kw(space))
                         # a cold call on a new layout object, so that workspaces a backend keeps per
                         # layout (the cpu backend's K^T tiles) count towards the peak
-                        mem, mem_method = peak_memory(run_on(layout.fresh()), device=device)
+                        mem, mem_method = peak_memory(run_on(layout.fresh(), cold=True), device=device)
                     except Exception as e:  # noqa: BLE001
                         if is_oom(e):
                             self._free(space)
@@ -565,7 +586,7 @@ class TrialRunner:
                     t0 = time.perf_counter()
                     base = self._baseline(space, w, L, B, q, k, v, bias)
                     timing["baseline_s"] += time.perf_counter() - t0
-                    result["measurements"].append(self._cell(space, w, L, B, layout, pt, mem, mem_method, base))
+                    result["measurements"].append(self._cell(space, w, L, B, lay_w, pt, mem, mem_method, base))
                     del q, k, v, bias
                 t0 = time.perf_counter()
                 acc = self._accuracy(space, pcfg, L)
@@ -583,6 +604,32 @@ class TrialRunner:
                 torch.cuda.empty_cache()
         timing["total_s"] = time.perf_counter() - t_start
         return result
+
+
+# ---- guided patterns -----------------------------------------------------------------------------
+
+
+def _nominal_layout(pcfg, L: int):
+    """The layout of a static pattern; for a guided one a nominal layout (from a constant signal:
+    the per-row budget, where its blocks are is decided per input)."""
+    from patterns import build_layout
+
+    if getattr(pcfg, "family", "static") != "guided":
+        return build_layout(pcfg, L)
+    return build_layout(pcfg, L, signal=torch.zeros(L, L))
+
+
+def _workload_layout(pcfg, L: int, layout, bias, name: str, workspace: Optional[dict] = None):
+    """The layout a workload runs on: the static layout, or the guided layout chosen from the
+    workload's pair bias (per head); ``workspace={}`` makes a cold guided layout (its backend
+    buffers count in a peak-memory call)."""
+    from patterns import build_layout
+
+    if getattr(pcfg, "family", "static") != "guided":
+        return layout
+    if bias is None:
+        raise ValueError(f"workload {name}: a guided pattern chooses its blocks from the pair bias; set bias: true")
+    return build_layout(pcfg, L, signal=bias.detach(), workspace=workspace)
 
 
 # ---- driver side: objectives and constraints -------------------------------------------------------
@@ -643,7 +690,7 @@ def summarize(space: SearchSpace, result: dict[str, Any]) -> tuple[list[float], 
         elif o == "sparsity":
             v = sum(m["sparsity"] for m in ms) / len(ms)
         else:  # accuracy: the worst bucket
-            vals = [a["metrics"][space.accuracy_metric] for a in acc.values()]
+            vals = [a["metrics"][space.accuracy_metric] for a in acc.values() if a["metrics"].get(space.accuracy_metric) is not None]
             worst = min if ACCURACY_METRIC_DIRECTIONS[space.accuracy_metric] == "max" else max
             v = worst(vals) if vals else float("nan")
         objs.append(float(v))

@@ -188,7 +188,7 @@ def _index(layout: BlockLayout) -> dict:
     "index", plus cached work lists and workspaces."""
     plan = _PLANS.setdefault(layout, {})
     if "index" not in plan:
-        idx = (layout.kv_counts, layout.kv_indices, layout.q_counts, layout.q_indices)
+        idx = layout.index_on("cpu")  # the C kernel reads host memory, wherever the layout was built
         plan["index"] = tuple(t.to(torch.int32).contiguous() for t in idx)
     return plan
 
@@ -294,7 +294,7 @@ def _forward(q, k, v, bias, layout: BlockLayout, scale: float, reuse: bool):
     B, H, L, D = q.shape
     Lp = layout.n_blocks * layout.block_size
     qp, kp, vp = (_pad_rows(t, Lp) for t in (q, k, v))
-    kt = _block_t(kp, layout.block_size, reuse=_index(layout) if reuse else None)
+    kt = _block_t(kp, layout.block_size, reuse=(_index(layout) if layout.workspace is None else layout.workspace) if reuse else None)
     bias4 = None if bias is None else _bias_view(bias, L)
     o = torch.empty_like(qp)
     lse = torch.empty(B, H, Lp, dtype=q.dtype)

@@ -1,6 +1,7 @@
 """Sparse attention patterns: what is computed, as composable rules and block layouts."""
 
 from .config import GLOBAL_PLACEMENTS, SUPPORTED_BLOCK_SIZES, PatternConfig
+from .guided import GUIDED_POOLS, GUIDED_SPREADS, PATTERN_FAMILIES, GuidedConfig, pattern_from_dict
 from .layout import BlockLayout, build_layout
 from .render import render
 from .rules import Full, Global, Intersection, Local, Rule, Strided, Union, tile_tokens
@@ -8,6 +9,11 @@ from .tuned import TunedPatterns, load_tuned
 
 __all__ = [
     "PatternConfig",
+    "GuidedConfig",
+    "GUIDED_POOLS",
+    "GUIDED_SPREADS",
+    "PATTERN_FAMILIES",
+    "pattern_from_dict",
     "SUPPORTED_BLOCK_SIZES",
     "GLOBAL_PLACEMENTS",
     "BlockLayout",

@@ -22,6 +22,7 @@ from typing import Optional
 import torch
 
 from .config import PatternConfig
+from .guided import GuidedConfig, build_guided_layout
 from .rules import Rule
 
 __all__ = ["BlockLayout", "build_layout"]
@@ -34,7 +35,7 @@ def _row_index(mask3: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     order = torch.argsort((~mask3).to(torch.int8), dim=-1, stable=True).to(torch.int32)
     # pad with the last valid index so that accidental reads of padding stay in bounds and local
     last = torch.gather(order, -1, (counts.long() - 1).clamp(min=0).unsqueeze(-1))
-    pos = torch.arange(mask3.shape[-1]).view(1, 1, -1)
+    pos = torch.arange(mask3.shape[-1], device=mask3.device).view(1, 1, -1)
     order = torch.where(pos < counts.unsqueeze(-1), order, last)
     return counts.contiguous(), order.contiguous()
 
@@ -47,14 +48,19 @@ class BlockLayout:
         block_mask: bool [nb, nb] (all heads) or [H, nb, nb] (per head); nb = ceil(seq_len / block_size).
         block_size: tile edge in tokens.
         seq_len: L; the last tile row/column is ragged when L % block_size != 0.
-        config: the PatternConfig it was built from, if any.
+        config: the PatternConfig or GuidedConfig it was built from, if any.
+        workspace: scratch buffers a backend may reuse between no-grad calls on every layout that
+            shares this dict (the CPU backend's K^T tiles). None: the backend keeps them with this
+            layout object. Guided layouts, built afresh on every forward, share one per config, so
+            a new layout does not pay a new buffer's first-touch page faults.
     """
 
     block_mask: torch.Tensor
     block_size: int
     seq_len: int
-    config: Optional[PatternConfig] = None
+    config: Optional[PatternConfig | GuidedConfig] = None
     _cache: dict = field(default_factory=dict, repr=False)
+    workspace: Optional[dict] = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         bm = self.block_mask
@@ -66,7 +72,13 @@ class BlockLayout:
                 f"BlockLayout.block_mask must be [{nb}, {nb}] for seq_len={self.seq_len}, "
                 f"block_size={self.block_size}; got {list(bm.shape)}"
             )
-        self.block_mask = bm.detach().to("cpu").contiguous()
+        # a layout lives where its mask was built (a guided layout: on its signal's device)
+        self.block_mask = bm.detach().contiguous()
+
+    @property
+    def device(self) -> torch.device:
+        """Where ``block_mask`` and the compact index live (CPU for static layouts)."""
+        return self.block_mask.device
 
     # ---- shape -------------------------------------------------------------------------------
     @property
@@ -91,9 +103,9 @@ class BlockLayout:
         return tok[..., :L, :L].contiguous()
 
     def tile_pairs(self) -> torch.Tensor:
-        """Number of real (unpadded) token pairs in each tile, int64 [nb, nb]."""
+        """Number of real (unpadded) token pairs in each tile, int64 [nb, nb] (on the layout's device)."""
         bs, L, nb = self.block_size, self.seq_len, self.n_blocks
-        sizes = torch.full((nb,), bs, dtype=torch.int64)
+        sizes = torch.full((nb,), bs, dtype=torch.int64, device=self.block_mask.device)
         sizes[-1] = L - (nb - 1) * bs
         return sizes[:, None] * sizes[None, :]
 
@@ -144,7 +156,10 @@ class BlockLayout:
 
     def index_on(self, device: torch.device | str) -> tuple[torch.Tensor, ...]:
         """(kv_counts, kv_indices, q_counts, q_indices) on ``device``, cached per device."""
-        key = ("index", str(torch.device(device)))
+        device = torch.device(device)
+        if device.type == "cuda" and device.index is None:
+            device = torch.device("cuda", torch.cuda.current_device())
+        key = ("index", str(device))
         if key not in self._cache:
             self._cache[key] = tuple(t.to(device) for t in self._index())
         return self._cache[key]
@@ -178,18 +193,29 @@ class BlockLayout:
 
 
 def build_layout(
-    pattern: PatternConfig | Rule | list | tuple,
+    pattern: PatternConfig | GuidedConfig | Rule | list | tuple,
     seq_len: int,
     block_size: Optional[int] = None,
+    *,
+    signal: Optional[torch.Tensor] = None,
+    workspace: Optional[dict] = None,
 ) -> BlockLayout:
     """Build the block layout of ``pattern`` for a sequence of ``seq_len`` residues.
 
-    ``pattern`` is a PatternConfig (its own block_size is used), a Rule (``block_size`` required),
-    or a list of per-head PatternConfigs/Rules (giving a per-head [H, nb, nb] layout).
-    A tile is computed iff the pattern reaches any token pair in it.
+    ``pattern`` is a PatternConfig (its own block_size is used), a GuidedConfig (its own
+    block_size; ``signal`` required: a pair bias [H, L, L] / [1, H, L, L] for a per-head layout or
+    a pair score map [L, L] for a shared one, see `patterns.guided`), a Rule (``block_size``
+    required), or a list of per-head PatternConfigs/Rules (giving a per-head [H, nb, nb] layout).
+    A static tile is computed iff the pattern reaches any token pair in it; static patterns need no
+    signal and ignore one if given. A guided layout lives on the signal's device; ``workspace``
+    (guided only): see `patterns.guided.build_guided_layout`.
     """
     if isinstance(seq_len, bool) or not isinstance(seq_len, int) or seq_len < 1:
         raise ValueError(f"seq_len must be a positive integer, got {seq_len!r}")
+    if isinstance(pattern, GuidedConfig):
+        if block_size is not None and block_size != pattern.block_size:
+            raise ValueError(f"block_size={block_size} contradicts GuidedConfig.block_size={pattern.block_size}")
+        return build_guided_layout(pattern, seq_len, signal, workspace=workspace)
     if isinstance(pattern, (list, tuple)):
         if not pattern:
             raise ValueError("a per-head pattern list must not be empty")
@@ -207,4 +233,4 @@ def build_layout(
         if block_size is None:
             raise ValueError("build_layout(rule, seq_len, block_size): block_size is required for a Rule")
         return BlockLayout(pattern.blocks(seq_len, block_size), block_size, seq_len)
-    raise TypeError(f"build_layout: expected PatternConfig, Rule or list of them, got {type(pattern).__name__}")
+    raise TypeError(f"build_layout: expected PatternConfig, GuidedConfig, Rule or list of them, got {type(pattern).__name__}")

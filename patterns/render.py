@@ -18,7 +18,7 @@ def render(layout: BlockLayout, path: str | Path, *, head: int = 0, title: Optio
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    mask = layout.mask3[head].float().numpy()
+    mask = layout.mask3[head].float().cpu().numpy()
     L = layout.seq_len
     extent = (0, layout.n_blocks * layout.block_size, layout.n_blocks * layout.block_size, 0)
     fig, ax = plt.subplots(figsize=(5, 5), dpi=100)

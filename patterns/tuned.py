@@ -1,7 +1,8 @@
 """Deployed tuned patterns: read the file written by ``python -m autotune.export``.
 
     tuned = load_tuned("tuned/protein.yaml")
-    cfg = tuned.config_for(L)              # PatternConfig: build_layout(cfg, L) as is
+    cfg = tuned.config_for(L)              # PatternConfig: build_layout(cfg, L) as is; a GuidedConfig
+                                           # (pattern: {family: guided, ...}): build_layout(cfg, L, signal=bias)
     kcfg = tuned.kernel_config_for(L)      # KernelConfig or None (backend default)
     out = kernels.sparse_attention(q, k, v, build_layout(cfg, L), bias, config=kcfg)
 
@@ -86,6 +87,14 @@ class TunedPatterns:
         return self.entry_for(seq_len).kernel
 
 
+def _pattern(data: Any, source: str):
+    """A bucket's pattern: PatternConfig, or GuidedConfig for ``family: guided`` (built from the
+    deployed model's pair bias at run time: ``build_layout(cfg, L, signal=bias)``)."""
+    from .guided import pattern_from_dict
+
+    return pattern_from_dict(data, source=source)
+
+
 def _fail(path: str, key: str, problem: str) -> ValueError:
     return ValueError(f"{path}: {key}: {problem}")
 
@@ -114,7 +123,7 @@ def parse_tuned(data: Any, path: str = "<tuned>") -> TunedPatterns:
         if L in entries:
             raise _fail(path, f"{key}.seq_len", f"duplicate bucket {L}")
         try:
-            pattern = PatternConfig.from_dict(item["pattern"], source=f"{path}: {key}.pattern")
+            pattern = _pattern(item["pattern"], f"{path}: {key}.pattern")
         except (TypeError, ValueError) as e:
             msg = str(e)
             raise ValueError(msg if msg.startswith(path) else f"{path}: {key}.pattern: {msg}") from None

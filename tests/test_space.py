@@ -61,8 +61,14 @@ def test_split_params_and_grid():
     space = load_space(ROOT / "search_spaces" / "cpu.yaml")
     grid = space.grid()
     placements = space.pattern["global_placement"]["choices"]  # cpu.yaml may fix it to 'first'
-    assert len(grid) == 3 * 5 * 3 * 3 * len(placements)
-    pattern, kernel = space.split_params(grid[0])
+    # guided keys (family, keep, pool, spread) multiply the grid when cpu.yaml searches them
+    extra = 1
+    for key in ("family", "keep", "pool", "spread"):
+        spec = space.pattern.get(key)
+        extra *= len(spec["choices"]) if isinstance(spec, dict) else 1
+    assert len(grid) == 3 * 5 * 3 * 3 * len(placements) * extra
+    static = next(g for g in grid if g.get("pattern.family", "static") == "static")
+    pattern, kernel = space.split_params(static)
     assert set(pattern) == {"block_size", "window", "num_global", "stride", "global_placement"} and kernel is None
 
 

@@ -7,13 +7,18 @@ package scores a `PatternConfig` on real structures:
   default: the 127 chains packaged in ``autotune/data/proteins`` (see its README). Residue i is the
   i-th *resolved* residue of the chain (gaps are absent, not contacts); see `structures`.
 * `evaluate_pattern(config, bucket)`: the metrics of `ACCURACY_METRICS` over the chains of a length
-  bucket, each chain evaluated with the layout built at its own length.
+  bucket, each chain evaluated with the layout built at its own length. A `patterns.GuidedConfig`
+  is evaluated with each chain's layout chosen from its structure degraded by ``noise`` Angstrom
+  of Gaussian noise (default 4; `autotune.accuracy.guided`), scored against the true structure.
+* `autotune.accuracy.guided.evaluate_guided`: guided patterns at several noise levels against the
+  best static pattern and a random mask, at matched measured sparsity (``--guided`` on the CLI).
 
 Metrics (all pooled over the chains of the bucket, so longer chains and contact-rich chains weigh
 more than in a per-chain mean):
 
 * ``contact_recall_short|medium|long``: kept contacts / contacts of that range (C-beta < 8 A,
-  separation 6-11, 12-23, >= 24, see `contacts`). A range with no contact in the bucket scores 1.0.
+  separation 6-11, 12-23, >= 24, see `contacts`). A range with no contact in the bucket is ``None``
+  ("no data": 0/0 is never a perfect score; JSON null, "-" in the CLI).
 * ``attention_mass_recall``: the share of dense softmax probability that falls on computed pairs,
   averaged over all (chain, head, query row), under the structure-derived probe of `metrics`
   (pair bias ``log sigmoid((8 A - d_ij) / tau_h)``, tau = 1, 2, 4, 8 A; random q, k, v, seed 0).
@@ -49,7 +54,7 @@ from typing import Optional, Sequence, Union
 
 import torch
 
-from patterns import PatternConfig, build_layout
+from patterns import GuidedConfig, PatternConfig, build_layout
 
 from .contacts import CONTACT_CUTOFF, RANGES, contact_map, contact_pairs
 from .metrics import ChainStats, chain_stats, layout_for, pair_bias
@@ -59,6 +64,7 @@ __all__ = [
     "AccuracyResult",
     "ACCURACY_METRICS",
     "DEFAULT_BUCKETS",
+    "DEFAULT_NOISE",
     "DATA_DIR",
     "Chain",
     "ProteinLoadError",
@@ -78,6 +84,8 @@ __all__ = [
 
 DATA_DIR: Path = Path(__file__).resolve().parent.parent / "data" / "proteins"
 DEFAULT_BUCKETS: tuple[int, ...] = (256, 512, 1024, 2048, 4096)
+#: noise (Angstrom) of the degraded structure a guided pattern is evaluated with by default
+DEFAULT_NOISE: float = 4.0
 
 #: metric name -> "max" (higher is better) or "min" (lower is better)
 ACCURACY_METRICS: dict[str, str] = {
@@ -91,11 +99,12 @@ ACCURACY_METRICS: dict[str, str] = {
 
 @dataclass(frozen=True)
 class AccuracyResult:
-    metrics: dict[str, float]  # the keys of ACCURACY_METRICS
+    metrics: dict[str, Optional[float]]  # the keys of ACCURACY_METRICS; None = no data (no contact of that range)
     n_chains: int
     lengths: tuple[int, ...]  # chain lengths evaluated
     extrapolated: bool  # True when no chain reached the bucket and the longest were used
     note: str
+    sparsity: Optional[float] = None  # layout sparsity at the chains' lengths (mean over chains)
 
 
 class ProteinLoadError(ValueError):
@@ -198,13 +207,20 @@ _STATS: dict = {}
 _CACHE_LIMIT = 200_000
 
 
-def _stats(config: PatternConfig, chain: Chain) -> ChainStats:
-    key = (config, chain.key)
+def _stats(config: PatternConfig | GuidedConfig, chain: Chain, noise: float = 0.0) -> ChainStats:
+    key = (config, chain.key) if isinstance(config, PatternConfig) else (config, chain.key, noise)
     hit = _STATS.get(key)
     if hit is None:
         if len(_STATS) > _CACHE_LIMIT:
             _STATS.clear()
-        hit = _STATS[key] = chain_stats(config, chain)
+        if isinstance(config, GuidedConfig):  # chosen from the chain's degraded structure
+            from .guided import contact_signal
+            from .metrics import layout_stats
+
+            hit = layout_stats(build_layout(config, chain.length, signal=contact_signal(chain, noise)), chain)
+        else:
+            hit = chain_stats(config, chain)
+        _STATS[key] = hit
     return hit
 
 
@@ -213,27 +229,28 @@ def _bucket_sparsity(config: PatternConfig, bucket: int) -> float:
     return build_layout(config, bucket).sparsity
 
 
-def _stats_single_threaded(config: PatternConfig, chains: Sequence[Chain]) -> list[ChainStats]:
+def _stats_single_threaded(config: PatternConfig | GuidedConfig, chains: Sequence[Chain], noise: float = 0.0) -> list[ChainStats]:
     """Per-chain stats with torch single-threaded for the duration (restored afterwards): the
     per-chain tensors are small, and on shared cores intra-op threads cost 10-100x (spinning)."""
-    if all((config, c.key) in _STATS for c in chains):
+    if isinstance(config, PatternConfig) and all((config, c.key) in _STATS for c in chains):
         return [_STATS[(config, c.key)] for c in chains]
     threads = torch.get_num_threads()
     try:
         if threads != 1:
             torch.set_num_threads(1)
-        return [_stats(config, c) for c in chains]
+        return [_stats(config, c, noise) for c in chains]
     finally:
         if threads != 1:
             torch.set_num_threads(threads)
 
 
-def aggregate(stats: Sequence[ChainStats]) -> dict[str, float]:
-    """Pool per-chain figures into the metrics of ACCURACY_METRICS (see module docstring)."""
-    out: dict[str, float] = {}
+def aggregate(stats: Sequence[ChainStats]) -> dict[str, Optional[float]]:
+    """Pool per-chain figures into the metrics of ACCURACY_METRICS (see module docstring); a range
+    with no contact in the chains is None (no data), never a perfect score."""
+    out: dict[str, Optional[float]] = {}
     for r, name in enumerate(RANGES):
         tot = sum(s.total[r] for s in stats)
-        out[f"contact_recall_{name}"] = (sum(s.kept[r] for s in stats) / tot) if tot else 1.0
+        out[f"contact_recall_{name}"] = (sum(s.kept[r] for s in stats) / tot) if tot else None
     out["attention_mass_recall"] = sum(s.mass_kept for s in stats) / sum(s.mass_total for s in stats)
     ref = sum(s.ref_sq for s in stats)
     out["output_rel_error"] = math.sqrt(sum(s.err_sq for s in stats) / ref) if ref > 0 else 0.0
@@ -241,36 +258,46 @@ def aggregate(stats: Sequence[ChainStats]) -> dict[str, float]:
 
 
 def evaluate_pattern(
-    config: PatternConfig,
+    config: PatternConfig | GuidedConfig,
     bucket: int,
     *,
     buckets: Optional[Sequence[int]] = None,
     chains: Optional[Sequence[Chain]] = None,
     max_chains: Optional[int] = None,
+    noise: float = DEFAULT_NOISE,
 ) -> AccuracyResult:
     """Accuracy of ``config`` on the chains of length bucket ``bucket`` (module docstring rules).
 
     ``chains``: default the packaged set. ``buckets``: the search space's bucket ladder (default
     DEFAULT_BUCKETS), which fixes the bucket's lower edge. ``max_chains``: deterministic cap on the
-    chains evaluated per bucket.
+    chains evaluated per bucket. A GuidedConfig is evaluated with each chain's layout chosen from
+    its degraded structure (`autotune.accuracy.guided.contact_signal` at ``noise`` Angstrom,
+    default 4; the contacts are scored against the true structure); ``noise`` is ignored for a
+    static PatternConfig.
     """
-    if not isinstance(config, PatternConfig):
-        raise TypeError(f"config must be a PatternConfig, got {type(config).__name__}")
+    if not isinstance(config, (PatternConfig, GuidedConfig)):
+        raise TypeError(f"config must be a PatternConfig or a GuidedConfig, got {type(config).__name__}")
+    if not (isinstance(noise, (int, float)) and math.isfinite(noise) and noise >= 0):
+        raise ValueError(f"noise must be a finite number >= 0 (Angstrom), got {noise!r}")
+    guided = isinstance(config, GuidedConfig)
     pool = load_proteins() if chains is None else list(chains)
     sel, extrapolated, note, interval = select_chains(pool, bucket, buckets)
     n_all = len(sel)
     sel = _subsample(sel, max_chains)
     if len(sel) < n_all:
         note += f"; subsampled to {len(sel)} of {n_all} chain(s) at evenly spaced length ranks"
-    key = (config, interval, bucket, tuple(c.key for c in sel))
+    key = (config, interval, bucket, tuple(c.key for c in sel), float(noise) if guided else None)
     hit = _RESULTS.get(key)
     if hit is not None:  # a fresh metrics dict, so that a caller's edits never reach the cache
-        return AccuracyResult(dict(hit.metrics), hit.n_chains, hit.lengths, hit.extrapolated, hit.note)
-    stats = _stats_single_threaded(config, sel)
+        return AccuracyResult(dict(hit.metrics), hit.n_chains, hit.lengths, hit.extrapolated, hit.note, hit.sparsity)
+    stats = _stats_single_threaded(config, sel, float(noise))
     sp_chains = 1.0 - sum(st.density for st in stats) / len(stats)
-    note += f"; layout sparsity {sp_chains:.1%} at the chains' lengths, {_bucket_sparsity(config, bucket):.1%} at {bucket}"
-    result = AccuracyResult(aggregate(stats), len(sel), tuple(c.length for c in sel), extrapolated, note)
+    if guided:
+        note += f"; guided layouts chosen from each chain's structure with {noise:g} A noise, sparsity {sp_chains:.1%}"
+    else:
+        note += f"; layout sparsity {sp_chains:.1%} at the chains' lengths, {_bucket_sparsity(config, bucket):.1%} at {bucket}"
+    result = AccuracyResult(aggregate(stats), len(sel), tuple(c.length for c in sel), extrapolated, note, sp_chains)
     if len(_RESULTS) > _CACHE_LIMIT:
         _RESULTS.clear()
     _RESULTS[key] = result
-    return AccuracyResult(dict(result.metrics), result.n_chains, result.lengths, extrapolated, result.note)
+    return AccuracyResult(dict(result.metrics), result.n_chains, result.lengths, extrapolated, result.note, result.sparsity)

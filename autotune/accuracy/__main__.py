@@ -4,9 +4,15 @@
     python -m autotune.accuracy --block-size 64 --window 128 --num-global 16 --stride 4 \\
         [--global-placement spread] [--buckets 256,512,1024] [--proteins DIR]
         [--json out.json] [--png out.png [--png-chain NAME]] [--max-chains N]
+    python -m autotune.accuracy --guided [--noise 0,2,4,8] [--sparsities 50,75,90] [--min-length 128]
+        [--guided-block-size 16] [--guided-pool logsumexp] [--guided-spread layout] [--json out.json]
+        [--png recall.png] [--max-chains N] [--seed 0]
 
 Prints one row per bucket (contact recall per range, attention-mass recall, output error), writes
 the same as JSON with ``--json`` and draws one chain's contact map under the layout with ``--png``.
+With ``--guided``: guided patterns at each noise level against the best static pattern and a
+random mask, at matched measured sparsity (`autotune.accuracy.guided`); ``--png`` then draws
+recall against sparsity. A range with no contact prints "-" (JSON null): no data, not 1.000.
 Bad input (missing folder, nothing readable, bad pattern, bad tuned file) prints one line on
 stderr and exits with status 2.
 """
@@ -20,7 +26,7 @@ import sys
 from pathlib import Path
 from typing import Optional, Sequence
 
-from patterns import PatternConfig
+from patterns import GuidedConfig, PatternConfig
 
 from . import (
     ACCURACY_METRICS,
@@ -69,7 +75,121 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--json", metavar="OUT", help="write the results as JSON")
     p.add_argument("--png", metavar="OUT", help="draw one chain's contact map under its layout")
     p.add_argument("--png-chain", metavar="NAME", help="chain to draw (default: the longest evaluated chain)")
+    g = p.add_argument_group("guided patterns (--guided): guided at each noise level, best static and random, "
+                             "at matched measured sparsity; --png draws recall against sparsity")
+    g.add_argument("--guided", action="store_true", help="evaluate guided patterns instead of one static pattern")
+    g.add_argument("--noise", default="0,2,4,8", help="comma-separated noise sigmas in Angstrom (default 0,2,4,8)")
+    g.add_argument("--sparsities", default="50,75,90", help="comma-separated target sparsities in percent")
+    g.add_argument("--min-length", type=int, default=128, help="only chains of at least this many residues")
+    g.add_argument("--guided-block-size", type=int, default=16)
+    g.add_argument("--guided-pool", choices=["max", "mean", "logsumexp"], default="logsumexp")
+    g.add_argument("--guided-spread", choices=["row", "layout"], default="layout")
+    g.add_argument("--guided-window", type=int, default=0, help="forced local window, residues")
+    g.add_argument("--guided-global", type=int, default=0, help="forced global residues")
+    g.add_argument("--random-sigma", type=float, default=4.0, help="the random floor copies the guided per-row "
+                   "budget at this noise (default 4)")
+    g.add_argument("--seed", type=int, default=0, help="noise and random-mask seed")
     return p
+
+
+def _parse_floats(text: str, flag: str, lo: float, hi: float, scale: float = 1.0) -> list[float]:
+    """Comma-separated numbers in [lo, hi], each divided by ``scale``; sorted, unique."""
+    try:
+        raw = [float(x) for x in text.replace(" ", "").split(",") if x]
+    except ValueError:
+        raise _UsageError(f"{flag} must be comma-separated numbers, got {text!r}") from None
+    if not raw or any(not (lo <= v <= hi) for v in raw):  # NaN fails the comparison too
+        raise _UsageError(f"{flag} must be comma-separated numbers in [{lo:g}, {hi:g}], got {text!r}")
+    return sorted(set(v / scale for v in raw))
+
+
+def _run_guided(args) -> int:
+    """The --guided mode (see `autotune.accuracy.guided`)."""
+    from patterns import GuidedConfig
+
+    from .guided import evaluate_guided
+
+    try:
+        sigmas = _parse_floats(args.noise, "--noise", 0.0, 100.0)
+        targets = _parse_floats(args.sparsities, "--sparsities", 1.0, 99.0, scale=100.0)
+        if not 0.0 <= args.random_sigma <= 100.0:
+            raise _UsageError(f"--random-sigma must be in [0, 100], got {args.random_sigma}")
+        if args.min_length < 1:
+            raise _UsageError(f"--min-length must be >= 1, got {args.min_length}")
+        if args.max_chains is not None and args.max_chains < 1:
+            raise _UsageError(f"--max-chains must be >= 1, got {args.max_chains}")
+        try:
+            GuidedConfig(args.guided_block_size, keep=0.5, pool=args.guided_pool, window=args.guided_window,
+                         num_global=args.guided_global, spread=args.guided_spread)
+        except ValueError as exc:
+            raise _UsageError(str(exc)) from None
+        try:
+            chains, skipped = load_proteins_report(args.proteins)
+        except ProteinLoadError as exc:
+            raise _UsageError(str(exc)) from None
+        from . import _subsample
+
+        sel = _subsample([c for c in chains if c.length >= args.min_length], args.max_chains)
+        if not sel:
+            raise _UsageError(f"no chain with at least {args.min_length} residues")
+    except _UsageError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    rows = evaluate_guided(
+        sel, sigmas=sigmas, sparsities=targets, block_size=args.guided_block_size, pool=args.guided_pool,
+        spread=args.guided_spread, window=args.guided_window, num_global=args.guided_global,
+        random_sigma=args.random_sigma, seed=args.seed,
+    )
+    names = [f"contact_recall_{r}" for r in RANGES]
+    lens = [c.length for c in sel]
+    print(f"proteins: {args.proteins or 'packaged set'}: {len(sel)} chain(s) of {min(lens)}-{max(lens)} residues "
+          f"(>= {args.min_length}); guided: block {args.guided_block_size}, pool {args.guided_pool}, "
+          f"spread {args.guided_spread}; signal: noisy C-beta contact probabilities, seed {args.seed}")
+    head = (f"{'target':>6}  {'method':<8} {'sigma':>5} {'sparsity':>8}  {'short':>6} {'medium':>6} {'long':>6} "
+            f"{'mass':>6} {'out_err':>7}  detail")
+    print(head)
+    print("-" * len(head))
+    for r in rows:
+        m = r.metrics
+        sig = "-" if r.sigma is None or r.method == "static" else f"{r.sigma:g}"
+        print(f"{r.target:>6.0%}  {r.method:<8} {sig:>5} {r.sparsity:>8.1%}  "
+              + " ".join(_fmt_metric(m[n]) for n in names)
+              + f" {_fmt_metric(m['attention_mass_recall'])} {_fmt_metric(m['output_rel_error'], 7)}  {r.detail}")
+    if args.json:
+        out = {
+            "mode": "guided",
+            "proteins": args.proteins or "packaged",
+            "chains": [{"name": c.name, "length": c.length} for c in sel],
+            "skipped": [{"file": f, "reason": why} for f, why in skipped],
+            "min_length": args.min_length,
+            "noise_sigmas": sigmas,
+            "target_sparsities": targets,
+            "seed": args.seed,
+            "guided": {"block_size": args.guided_block_size, "pool": args.guided_pool, "spread": args.guided_spread,
+                       "window": args.guided_window, "num_global": args.guided_global},
+            "metric_directions": ACCURACY_METRICS,
+            "definitions": {
+                "signal": "log sigmoid((8 A - d~_ij) / sqrt(1 + 2 sigma^2)), d~ from C-beta coordinates plus "
+                          "N(0, sigma^2) per coordinate; pairs with |i - j| < 6 get -1e4",
+                "guided": "GuidedConfig on that signal, keep chosen per chain for the measured sparsity closest to the target",
+                "random": "guided per-row block counts at random_sigma, diagonal forced, other blocks uniform",
+                "static": "best of the static families (pattern_for_sparsity per chain length) by long-range "
+                          "recall within 0.05 of the target sparsity",
+                "sparsity": "measured, pooled over the chains' L x L pairs",
+                "no_data": "null: a range with no contact in the chains",
+            },
+            "rows": [r.to_dict() for r in rows],
+        }
+        path = Path(args.json)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(out, indent=2) + "\n")
+    if args.png:
+        from .plot import draw_recall_vs_sparsity
+
+        draw_recall_vs_sparsity(rows, args.png, title=f"{len(sel)} chains >= {args.min_length} residues, "
+                                f"block {args.guided_block_size}")
+        print(f"drew recall against sparsity to {args.png}")
+    return 0
 
 
 def _configs(args) -> tuple[list[int], dict[int, PatternConfig], str]:
@@ -106,13 +226,23 @@ def _configs(args) -> tuple[list[int], dict[int, PatternConfig], str]:
     return buckets, {b: cfg for b in buckets}, "pattern"
 
 
-def _fmt_cfg(c: PatternConfig) -> str:
+def _fmt_cfg(c) -> str:
+    if isinstance(c, GuidedConfig):
+        budget = f"k{c.keep:g}" if c.keep is not None else f"m{c.mass:g}"
+        return f"guided b{c.block_size} {budget} {c.pool[:3]} {c.spread[:3]}"
     return f"b{c.block_size} w{c.window} g{c.num_global}{'s' if c.global_placement == 'spread' else ''} s{c.stride}"
+
+
+def _fmt_metric(value: Optional[float], width: int = 6) -> str:
+    """A metric for the table; None (a range with no contact: no data) prints as "-"."""
+    return f"{'-':>{width}}" if value is None else f"{value:>{width}.3f}"
 
 
 def run(argv: Optional[Sequence[str]] = None) -> int:
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="warning: %(message)s", stream=sys.stderr)
+    if args.guided:
+        return _run_guided(args)
     try:
         if args.max_chains is not None and args.max_chains < 1:
             raise _UsageError(f"--max-chains must be >= 1, got {args.max_chains}")
@@ -129,14 +259,14 @@ def run(argv: Optional[Sequence[str]] = None) -> int:
     for b in buckets:
         cfg = configs[b]
         res = evaluate_pattern(cfg, b, buckets=buckets, chains=chains, max_chains=args.max_chains)
-        sel, _, _, _ = select_chains(chains, b, buckets)
-        dens = [layout_for(cfg, n)[0].density for n in res.lengths]
+        guided = isinstance(cfg, GuidedConfig)  # a tuned file may hold guided entries
         rows.append(
             {
                 "bucket": b,
                 "config": cfg.to_dict(),
-                "sparsity_at_bucket": layout_for(cfg, b)[0].sparsity,
-                "sparsity_at_chain_lengths": 1.0 - sum(dens) / len(dens),
+                # a guided layout depends on each input: no sparsity at the bucket length
+                "sparsity_at_bucket": None if guided else layout_for(cfg, b)[0].sparsity,
+                "sparsity_at_chain_lengths": res.sparsity,
                 "n_chains": res.n_chains,
                 "lengths": list(res.lengths),
                 "extrapolated": res.extrapolated,
@@ -157,9 +287,10 @@ def run(argv: Optional[Sequence[str]] = None) -> int:
         m = r["metrics"]
         span = f"{min(lens)}-{max(lens)}"
         print(
-            f"{r['bucket']:>6}  {_fmt_cfg(configs[r['bucket']]):<20} {r['sparsity_at_bucket']:>8.1%} "
-            f"{r['sparsity_at_chain_lengths']:>8.1%} {r['n_chains']:>6} {span:>10}  "
-            + " ".join(f"{m[n]:>6.3f}" for n in names)
+            f"{r['bucket']:>6}  {_fmt_cfg(configs[r['bucket']]):<20} "
+            + (f"{'-':>8} " if r["sparsity_at_bucket"] is None else f"{r['sparsity_at_bucket']:>8.1%} ")
+            + f"{r['sparsity_at_chain_lengths']:>8.1%} {r['n_chains']:>6} {span:>10}  "
+            + " ".join(_fmt_metric(m[n]) for n in names)
             + f" {m['attention_mass_recall']:>6.3f} {m['output_rel_error']:>7.3f}"
             + ("  *" if r["extrapolated"] else "")
         )
@@ -211,7 +342,17 @@ def run(argv: Optional[Sequence[str]] = None) -> int:
         else:
             pick = max(evaluated.values(), key=lambda cb: (cb[0].length, cb[0].name))
         chain, b = pick
-        draw_contacts(chain, configs[b], args.png)
+        cfg = configs[b]
+        if isinstance(cfg, GuidedConfig):  # drawn with the layout chosen from the degraded structure
+            from patterns import build_layout
+
+            from . import DEFAULT_NOISE
+            from .guided import contact_signal
+
+            draw_contacts(chain, cfg, args.png,
+                          layout=build_layout(cfg, chain.length, signal=contact_signal(chain, DEFAULT_NOISE)))
+        else:
+            draw_contacts(chain, cfg, args.png)
         print(f"drew {chain.name} (L={chain.length}, bucket {b}) to {args.png}")
     return 0
 

@@ -33,7 +33,10 @@ from patterns import BlockLayout, PatternConfig, build_layout
 from .contacts import CONTACT_CUTOFF, RANGES, contact_pairs
 from .structures import Chain
 
-__all__ = ["PROBE_HEADS", "PROBE_DIM", "PROBE_TAUS", "PROBE_SEED", "ChainStats", "pair_bias", "chain_stats", "layout_for"]
+__all__ = [
+    "PROBE_HEADS", "PROBE_DIM", "PROBE_TAUS", "PROBE_SEED", "ChainStats", "pair_bias", "chain_stats", "layout_stats",
+    "layout_for",
+]
 
 PROBE_TAUS: tuple[float, ...] = (1.0, 2.0, 4.0, 8.0)
 PROBE_HEADS: int = len(PROBE_TAUS)
@@ -90,8 +93,22 @@ def layout_for(config: PatternConfig, seq_len: int) -> tuple[BlockLayout, torch.
 
 def chain_stats(config: PatternConfig, chain: Chain) -> ChainStats:
     """The figures of ``config``'s layout, built at the chain's own length, on ``chain``."""
+    layout, tm = layout_for(config, chain.length)
+    return layout_stats(layout, chain, tm)
+
+
+def layout_stats(layout: BlockLayout, chain: Chain, token_mask: torch.Tensor | None = None) -> ChainStats:
+    """The figures of any layout at the chain's length (a guided layout chosen for this chain, a
+    random mask, ...) on ``chain``; ``token_mask``: the layout's [L, L] pairs if already known
+    (a per-head layout counts a pair as computed if any head computes it)."""
     L = chain.length
-    layout, tm = layout_for(config, L)
+    if layout.seq_len != L:
+        raise ValueError(f"layout is for L={layout.seq_len}, chain {chain.name} has L={L}")
+    tm = token_mask
+    if tm is None:
+        tm = layout.token_mask().cpu()
+        if tm.dim() == 3:
+            tm = tm.any(0)
     pairs = contact_pairs(chain)
     tm_np = tm.numpy()
     kept, total = [], []

@@ -20,6 +20,14 @@ never a flag threaded through ``forward``:
   - ``"identity"``: benchmark only. Returns ``v`` (identity cost), so that timing a block with it
     measures everything except the attention core itself.
 
+  A **guided** pattern (``patterns.GuidedConfig``, fixed or returned by ``config_for(L)``) picks its
+  key blocks on every forward from a pair signal (`patterns.guided`): by default the module's own
+  pair bias after its projection ([*, 1, H, L, L]: one layout per head), or a pair signal given to
+  the block or stack from outside (``pair_signal``: a recycled distance map or contact
+  probabilities, [L, L], one layout for all heads). The selection is not differentiated (the
+  signal is read detached); gradients flow through the attention and the bias as before. The
+  signal must not vary over leading batch dimensions (one protein per call).
+
   ``naive`` and ``sdpa`` also accept a pattern in ``tuned``: the dense computation is then masked to
   the pattern's token mask (-inf outside it). That is the dense-cost oracle of what a sparse pattern
   computes (what the accuracy evaluation and the tests compare the sparse kernels against); without
@@ -27,8 +35,9 @@ never a flag threaded through ``forward``:
 
 * ``EvoformerAttention(msa_row, tri_start, tri_end, msa_col=sdpa)``: one choice per module.
 
-``attend(choice, q, k, v, biases)`` is the single dispatch point: q, k, v are [*, H, L, D] with any
-leading batch dims, ``biases`` a list of tensors broadcastable to [*, H, L, L].
+``attend(choice, q, k, v, biases, guide=None)`` is the single dispatch point: q, k, v are
+[*, H, L, D] with any leading batch dims, ``biases`` a list of tensors broadcastable to
+[*, H, L, L], ``guide`` the pair signal a guided pattern chooses its blocks from.
 """
 
 from __future__ import annotations
@@ -41,7 +50,7 @@ from typing import Any, Optional, Sequence
 import torch
 import torch.nn.functional as F
 
-from patterns import BlockLayout, PatternConfig, build_layout
+from patterns import BlockLayout, GuidedConfig, PatternConfig, build_layout
 
 __all__ = [
     "KINDS",
@@ -51,6 +60,7 @@ __all__ = [
     "naive_attention",
     "sdpa_attention",
     "layout_for",
+    "guide_signal",
 ]
 
 KINDS: tuple[str, ...] = ("naive", "sdpa", "sparse", "identity")
@@ -83,9 +93,9 @@ class AttentionChoice:
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
             raise ValueError(f"AttentionChoice.kind must be one of {list(KINDS)}, got {self.kind!r}")
-        if self.tuned is not None and not isinstance(self.tuned, PatternConfig) and not _is_tuned(self.tuned):
+        if self.tuned is not None and not isinstance(self.tuned, (PatternConfig, GuidedConfig)) and not _is_tuned(self.tuned):
             raise TypeError(
-                "AttentionChoice.tuned must be a PatternConfig or have a config_for(seq_len) method, "
+                "AttentionChoice.tuned must be a PatternConfig, a GuidedConfig or have a config_for(seq_len) method, "
                 f"got {type(self.tuned).__name__}"
             )
         if self.kind == "sparse" and self.tuned is None:
@@ -103,25 +113,32 @@ class AttentionChoice:
             return value
         if isinstance(value, str):
             return cls(kind=value)
-        if isinstance(value, PatternConfig) or _is_tuned(value):
+        if isinstance(value, (PatternConfig, GuidedConfig)) or _is_tuned(value):
             return cls(kind="sparse", tuned=value)
         raise TypeError(f"cannot make an AttentionChoice from {type(value).__name__}: {value!r}")
 
-    def pattern_for(self, seq_len: int) -> Optional[PatternConfig]:
-        """The PatternConfig used at ``seq_len`` (None: full attention)."""
+    def pattern_for(self, seq_len: int) -> Optional[PatternConfig | GuidedConfig]:
+        """The PatternConfig or GuidedConfig used at ``seq_len`` (None: full attention)."""
         if self.tuned is None:
             return None
-        if isinstance(self.tuned, PatternConfig):
+        if isinstance(self.tuned, (PatternConfig, GuidedConfig)):
             return self.tuned
         cfg = self.tuned.config_for(seq_len)
-        if cfg is not None and not isinstance(cfg, PatternConfig):
-            raise TypeError(f"tuned.config_for({seq_len}) returned {type(cfg).__name__}, expected PatternConfig or None")
+        if cfg is not None and not isinstance(cfg, (PatternConfig, GuidedConfig)):
+            raise TypeError(
+                f"tuned.config_for({seq_len}) returned {type(cfg).__name__}, expected PatternConfig, GuidedConfig or None"
+            )
         return cfg
 
-    def layout_for(self, seq_len: int) -> Optional[BlockLayout]:
-        """The (cached) block layout used at ``seq_len``, or None for full attention."""
+    def layout_for(self, seq_len: int, guide: Optional[torch.Tensor] = None) -> Optional[BlockLayout]:
+        """The block layout used at ``seq_len`` (cached for a static pattern; chosen from ``guide``
+        for a guided one), or None for full attention."""
         cfg = self.pattern_for(seq_len)
-        return None if cfg is None else layout_for(cfg, seq_len)
+        if cfg is None:
+            return None
+        if isinstance(cfg, GuidedConfig):
+            return build_layout(cfg, seq_len, signal=guide_signal(guide, seq_len))
+        return layout_for(cfg, seq_len)
 
     def kernel_config_for(self, seq_len: int) -> Any:
         """The KernelConfig for ``seq_len``: the explicit one, else the tuned one, else None."""
@@ -135,8 +152,9 @@ class AttentionChoice:
             return self.kind if self.tuned is None else f"{self.kind}+mask"
         return f"sparse[{self.backend}]"
 
-    def __call__(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, biases: Sequence[torch.Tensor] = ()) -> torch.Tensor:
-        return attend(self, q, k, v, biases)
+    def __call__(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, biases: Sequence[torch.Tensor] = (),
+                 guide: Optional[torch.Tensor] = None) -> torch.Tensor:
+        return attend(self, q, k, v, biases, guide)
 
 
 def _sdpa_default() -> AttentionChoice:
@@ -215,9 +233,29 @@ def _additive_mask(cfg: PatternConfig, seq_len: int, device: str, dtype: torch.d
     return torch.zeros(allowed.shape, dtype=dtype, device=device).masked_fill(~allowed, float("-inf"))
 
 
-def _pattern_mask(choice: AttentionChoice, q: torch.Tensor) -> Optional[torch.Tensor]:
+def guide_signal(guide: Optional[torch.Tensor], seq_len: int) -> torch.Tensor:
+    """The guide of a guided pattern as a `build_layout` signal: [L, L] (a pair signal from outside)
+    or [1, H, L, L] (a module's pair bias, [*, 1, H, L, L] with size-1 leading dims)."""
+    if guide is None:
+        raise ValueError("a guided attention pattern needs a pair signal: the module's pair bias or pair_signal=")
+    if guide.dim() > 4:
+        if any(s != 1 for s in guide.shape[:-3]):
+            raise ValueError(
+                f"guided attention chooses one layout per call; the pair signal of shape {list(guide.shape)} "
+                "varies over leading batch dims (run one protein per call)"
+            )
+        guide = guide.reshape(1, *guide.shape[-3:])
+    return guide.detach()
+
+
+def _pattern_mask(choice: AttentionChoice, q: torch.Tensor, guide: Optional[torch.Tensor] = None) -> Optional[torch.Tensor]:
     cfg = choice.pattern_for(q.shape[-2])
-    if cfg is None or layout_for(cfg, q.shape[-2]).is_full:
+    if cfg is None:
+        return None
+    if isinstance(cfg, GuidedConfig):  # the dense oracle of a guided layout: chosen per call
+        allowed = choice.layout_for(q.shape[-2], guide).token_mask().to(q.device)
+        return torch.zeros(allowed.shape, dtype=q.dtype, device=q.device).masked_fill(~allowed, float("-inf"))
+    if layout_for(cfg, q.shape[-2]).is_full:
         return None
     return _additive_mask(cfg, q.shape[-2], str(q.device), q.dtype)
 
@@ -271,22 +309,24 @@ def sdpa_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, biases: Se
     return out.reshape(*lead, *out.shape[-3:])
 
 
-def attend(choice: AttentionChoice, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, biases: Sequence[torch.Tensor] = ()) -> torch.Tensor:
+def attend(choice: AttentionChoice, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, biases: Sequence[torch.Tensor] = (),
+           guide: Optional[torch.Tensor] = None) -> torch.Tensor:
     """softmax(q k^T / sqrt(d) + sum(biases)) v, computed the way ``choice`` says.
 
     q, k, v: [*, H, L, D]; each bias broadcastable to [*, H, L, L]. Returns [*, H, L, D].
+    ``guide``: the pair signal of a guided pattern (ignored by static patterns and dense kinds).
     """
     kind = choice.kind
     if kind == "identity":
         return v
     if kind == "naive":
-        mask = _pattern_mask(choice, q)
+        mask = _pattern_mask(choice, q, guide)
         return naive_attention(q, k, v, list(biases) + ([mask] if mask is not None else []))
     if kind == "sdpa":
-        return sdpa_attention(q, k, v, biases, _pattern_mask(choice, q))
+        return sdpa_attention(q, k, v, biases, _pattern_mask(choice, q, guide))
     # sparse
     L = q.shape[-2]
-    layout = choice.layout_for(L)
+    layout = choice.layout_for(L, guide)
     if layout is None:
         return sdpa_attention(q, k, v, biases)
     from kernels import sparse_attention

@@ -66,15 +66,17 @@ class GatedAttention(nn.Module):
         self.linear_o = nn.Linear(hc, c_in)
         self.linear_g = nn.Linear(c_in, hc)
 
-    def forward(self, x: torch.Tensor, biases: list[torch.Tensor], choice: AttentionChoice) -> torch.Tensor:
-        """x [*, Q, c_in] (attention over Q); biases broadcastable to [*, H, Q, Q]."""
+    def forward(self, x: torch.Tensor, biases: list[torch.Tensor], choice: AttentionChoice,
+                guide: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """x [*, Q, c_in] (attention over Q); biases broadcastable to [*, H, Q, Q]; ``guide``: the
+        pair signal a guided pattern chooses its blocks from."""
         lead = x.shape[:-1]
         H, C = self.no_heads, self.c_hidden
 
         def heads(t: torch.Tensor) -> torch.Tensor:  # [*, Q, H*C] -> [*, H, Q, C]
             return t.view(*lead, H, C).transpose(-2, -3)
 
-        o = attend(choice, heads(self.linear_q(x)), heads(self.linear_k(x)), heads(self.linear_v(x)), biases)
+        o = attend(choice, heads(self.linear_q(x)), heads(self.linear_k(x)), heads(self.linear_v(x)), biases, guide)
         o = o.transpose(-2, -3)  # [*, Q, H, C]
         g = torch.sigmoid(self.linear_g(x)).view(*lead, H, C)
         return self.linear_o((o * g).reshape(*lead, H * C))
@@ -97,9 +99,12 @@ class MSAAttention(nn.Module):
         self.mha = GatedAttention(c_m, c_hidden, no_heads)
         self.attention = AttentionChoice.coerce(attention)
 
-    def forward(self, m: torch.Tensor, z: Optional[torch.Tensor] = None, mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+    def forward(self, m: torch.Tensor, z: Optional[torch.Tensor] = None, mask: Optional[torch.Tensor] = None,
+                pair_signal: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """``pair_signal`` [L, L]: guides a guided pattern instead of the pair bias."""
         m = self.layer_norm_m(m)
         biases = []
+        guide = pair_signal
         if mask is not None:
             biases.append(_mask_bias(mask, m.dtype))  # [*, S, 1, 1, L]
         if self.pair_bias:
@@ -108,7 +113,9 @@ class MSAAttention(nn.Module):
             b = self.linear_z(self.layer_norm_z(z))  # [*, L, L, H]
             # [*, 1, H, L, L], contiguous: a permuted bias would push SDPA onto its unfused path
             biases.append(b.movedim(-1, -3).unsqueeze(-4).contiguous())
-        return self.mha(m, biases, self.attention)
+            if guide is None:  # a guided pattern chooses its blocks from the pair bias, per head
+                guide = biases[-1]
+        return self.mha(m, biases, self.attention, guide)
 
 
 class MSARowAttentionWithPairBias(MSAAttention):
@@ -248,18 +255,24 @@ class TriangleAttention(nn.Module):
         self.mha = GatedAttention(c_z, c_hidden, no_heads)
         self.attention = AttentionChoice.coerce(attention)
 
-    def forward(self, z: torch.Tensor, mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+    def forward(self, z: torch.Tensor, mask: Optional[torch.Tensor] = None,
+                pair_signal: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """``pair_signal`` [L, L] (pairs (i, j) of z): guides a guided pattern instead of the
+        module's own triangle bias (transposed with z for the ending node)."""
         if not self.starting:
             z = z.transpose(-2, -3)
             if mask is not None:
                 mask = mask.transpose(-1, -2)
+            if pair_signal is not None:
+                pair_signal = pair_signal.transpose(-1, -2)
         z = self.layer_norm(z)
         biases = []
         if mask is not None:
             biases.append(_mask_bias(mask, z.dtype))  # [*, I, 1, 1, J]
         # [*, 1, H, I, J], contiguous (see MSAAttention)
         biases.append(self.linear(z).movedim(-1, -3).unsqueeze(-4).contiguous())
-        out = self.mha(z, biases, self.attention)
+        guide = biases[-1] if pair_signal is None else pair_signal
+        out = self.mha(z, biases, self.attention, guide)
         return out if self.starting else out.transpose(-2, -3)
 
 
@@ -290,11 +303,12 @@ class PairStack(nn.Module):
         self.tri_att_end = TriangleAttentionEndingNode(c_z, c_hidden_pair_att, no_heads_pair)
         self.pair_transition = PairTransition(c_z, transition_n)
 
-    def forward(self, z: torch.Tensor, mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+    def forward(self, z: torch.Tensor, mask: Optional[torch.Tensor] = None,
+                pair_signal: Optional[torch.Tensor] = None) -> torch.Tensor:
         z = z + self.tri_mul_out(z, mask)
         z = z + self.tri_mul_in(z, mask)
-        z = z + self.tri_att_start(z, mask)
-        z = z + self.tri_att_end(z, mask)
+        z = z + self.tri_att_start(z, mask, pair_signal)
+        z = z + self.tri_att_end(z, mask, pair_signal)
         return z + self.pair_transition(z, mask)
 
 
@@ -362,12 +376,15 @@ class EvoformerBlock(nn.Module):
         return self
 
     def forward(self, m: torch.Tensor, z: torch.Tensor, msa_mask: Optional[torch.Tensor] = None,
-                pair_mask: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, torch.Tensor]:
-        m = m + self.msa_att_row(m, z, msa_mask)
+                pair_mask: Optional[torch.Tensor] = None, pair_signal: Optional[torch.Tensor] = None
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``pair_signal`` [L, L] (optional; a recycled distance map or contact probabilities, read
+        as logits): guides every guided attention of the block instead of their own pair biases."""
+        m = m + self.msa_att_row(m, z, msa_mask, pair_signal)
         m = m + self.msa_att_col(m, msa_mask)
         m = m + self.msa_transition(m, msa_mask)
         z = z + self.outer_product_mean(m, msa_mask)
-        z = self.pair_stack(z, pair_mask)
+        z = self.pair_stack(z, pair_mask, pair_signal)
         return m, z
 
 
@@ -392,7 +409,9 @@ class EvoformerStack(nn.Module):
         return self
 
     def forward(self, m: torch.Tensor, z: torch.Tensor, msa_mask: Optional[torch.Tensor] = None,
-                pair_mask: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, torch.Tensor]:
+                pair_mask: Optional[torch.Tensor] = None, pair_signal: Optional[torch.Tensor] = None
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``pair_signal``: as in `EvoformerBlock.forward`, for every block."""
         for block in self.blocks:
-            m, z = block(m, z, msa_mask, pair_mask)
+            m, z = block(m, z, msa_mask, pair_mask, pair_signal)
         return m, z

@@ -86,6 +86,10 @@ def _metrics(acc: Any) -> dict[str, float]:
 def _pattern_str(p: Optional[dict]) -> str:
     if not p:
         return "—"
+    if p.get("family") == "guided":  # blocks chosen per input from the pair bias
+        budget = f"keep{p.get('keep')}" if p.get("keep") is not None else f"mass{p.get('mass')}"
+        return (f"guided bs{p.get('block_size')}/{budget}/{p.get('pool', 'max')}/{p.get('spread', 'row')}"
+                f"/w{p.get('window', 0)}/g{p.get('num_global', 0)}")
     s = f"bs{p.get('block_size')}/w{p.get('window')}/g{p.get('num_global')}/s{p.get('stride')}"
     if p.get("num_global") and p.get("global_placement") not in (None, "first"):
         s += f"/{p['global_placement']}"
@@ -689,7 +693,10 @@ class Report:
                 continue
             pts.append(dict(number=tr.number, x=float(x), y=float(y), feasible=tr.number in feasible_somewhere or bool(tr.feasible),
                             tuned=tr.number in tuned,
-                            front=False, sparsity=sum(c.sparsity for c in cells) / len(cells) if cells else None))
+                            front=False, sparsity=sum(c.sparsity for c in cells) / len(cells) if cells else None,
+                            pattern=_pattern_str(tr.pattern),
+                            family=(tr.pattern or {}).get("family", "static"),
+                            memory=_geomean(c.memory_vs_sdpa for c in cells)))
         for p in pts:
             p["front"] = not any(q["x"] >= p["x"] and q["y"] >= p["y"] and (q["x"] > p["x"] or q["y"] > p["y"])
                                  for q in pts)
@@ -705,10 +712,22 @@ class Report:
         self.w(f"Each complete trial: speedup over SDPA (geometric mean over workloads and buckets, the search "
                f"objective) against {metric} (worst bucket). The Pareto front (no other trial is both faster and "
                f"more accurate):", "")
-        rows = [[f"t#{p['number']}", f_x(p["y"]), f_num(p["x"]), f_num(p["sparsity"]),
+        rows = [[f"t#{p['number']}", p["pattern"], f_x(p["y"]), f_num(p["x"]), f_num(p["sparsity"]),
                  "yes" if p["feasible"] else "no", "yes" if p["tuned"] else ""] for p in
                 sorted((p for p in pts if p["front"]), key=lambda p: -p["y"])]
-        self.w(*table(["trial", "speedup (geomean)", metric, "mean sparsity", "feasible (at some bucket)", "chosen"], rows), "")
+        self.w(*table(["trial", "pattern", "speedup (geomean)", metric, "mean sparsity", "feasible (at some bucket)", "chosen"], rows), "")
+        fams = sorted({p["family"] for p in pts})
+        if len(fams) > 1:  # static and guided side by side: each family's fastest and most accurate trial
+            self.w("Static and guided patterns side by side (guided speedups include building the layout from "
+                   "the bias in every call; guided accuracy: layouts chosen from degraded structures):", "")
+            frows = []
+            for fam in fams:
+                fp = [p for p in pts if p["family"] == fam]
+                for what, best in (("fastest", max(fp, key=lambda p: p["y"])), ("most accurate", max(fp, key=lambda p: p["x"]))):
+                    frows.append([fam, what, f"t#{best['number']}", best["pattern"], f_x(best["y"]),
+                                  f_num(best["memory"], 2), f_num(best["x"]), f_num(best["sparsity"])])
+            self.w(*table(["family", "best by", "trial", "pattern", "speedup (geomean)", "peak memory / SDPA (geomean)",
+                           metric, "mean sparsity"], frows), "")
         p = plots.pareto(pts, self.plots_dir / "pareto.png", xlabel=f"{metric} (worst bucket)",
                          ylabel="speedup over SDPA (geomean)",
                          title=f"study {self.data.study}: {len(pts)} complete trials (at_trials.objectives)")

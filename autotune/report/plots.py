@@ -80,20 +80,25 @@ def pareto(points: Sequence[dict[str, Any]], path: Path, *, xlabel: str, ylabel:
 
 def layout(pattern: dict[str, Any], seq_len: int, path: Path, title: str) -> Path:
     """The tuned pattern's block layout at ``seq_len``: one cell per (query block, key block) tile,
-    filled where the layout computes it, with a legend and the sparsity."""
+    filled where the layout computes it, with a legend and the sparsity. A guided pattern chooses its
+    blocks per input: it is drawn for a constant signal (its per-row budget, not its positions)."""
+    import torch
     from matplotlib.colors import ListedColormap
     from matplotlib.patches import Patch
 
-    from patterns import PatternConfig, build_layout
+    from patterns import build_layout, pattern_from_dict
 
     plt = _plt()
-    cfg = PatternConfig.from_dict(pattern)
-    lay = build_layout(cfg, seq_len)
+    cfg = pattern_from_dict(pattern)
+    guided = getattr(cfg, "family", "static") == "guided"
+    lay = build_layout(cfg, seq_len, signal=torch.zeros(seq_len, seq_len)) if guided else build_layout(cfg, seq_len)
+    if guided:
+        title += "\n(guided: blocks chosen per input; shown for a constant signal)"
     mask = lay.block_mask
     if mask.dim() == 3:
         mask = mask.any(0)
     fig, ax = plt.subplots(figsize=(5, 5), dpi=100)
-    ax.imshow(mask.int().numpy(), cmap=ListedColormap(["#f2f2f2", "#1f4e79"]), vmin=0, vmax=1,
+    ax.imshow(mask.int().cpu().numpy(), cmap=ListedColormap(["#f2f2f2", "#1f4e79"]), vmin=0, vmax=1,
               interpolation="nearest")
     ax.set_xlabel(f"key block ({cfg.block_size} residues)")
     ax.set_ylabel(f"query block ({cfg.block_size} residues)")

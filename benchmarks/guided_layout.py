@@ -1,0 +1,165 @@
+"""Cost of building a guided layout against the sparse attention it feeds.
+
+    python benchmarks/guided_layout.py [--device cpu|cuda] [--rounds 7] [--out benchmarks/results/guided_layout_cpu.csv]
+
+For each workload (MSA row attention: batch = MSA rows, the pair bias [1, H, L, L] shared by all
+rows; triangle attention: batch = L) and each pooling, one round times, interleaved in this order:
+
+* ``build``: `build_layout(GuidedConfig, L, signal=bias)` (per-head layout from the bias) plus its
+  compact index (``kv_counts``), i.e. everything a model does before calling the kernel;
+* ``attn_same``: the sparse attention (backend ``cpu`` on CPU, ``triton`` on CUDA), forward,
+  no grad, on one layout reused across calls (a backend's per-layout preparation amortised);
+* ``attn_fresh``: build a new guided layout and run the attention on it (what a model with
+  guided attention does on every forward);
+* ``attn_fresh_private``: the same with a layout that does not share the guided configs'
+  workspace (``workspace=None``): what a backend's per-layout preparation costs without it.
+
+Medians, 10th and 90th percentiles over ``rounds`` rounds; ``build_share`` = build median /
+attn_same median (target <= 3% for MSA row attention, 64 rows, L = 512, 8 heads x 32, CPU);
+``fresh_overhead`` = attn_fresh median / attn_same median - 1. CUDA timings use events after a
+synchronize.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from kernels import sparse_attention  # noqa: E402
+from patterns import BlockLayout, GuidedConfig, build_layout  # noqa: E402
+
+WORKLOADS = {
+    # name: (batch, heads, L, head_dim)
+    "msa_row_L512": (64, 8, 512, 32),
+    "triangle_L256": (256, 4, 256, 32),
+    "triangle_L512": (512, 4, 512, 32),  # not in the default list: ~1 s per call on one CPU core
+}
+DEFAULT_WORKLOADS = ("msa_row_L512", "triangle_L256")
+
+
+def _timer(device: str):
+    if device == "cuda":
+        def run(fn):
+            torch.cuda.synchronize()
+            a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            a.record()
+            fn()
+            b.record()
+            torch.cuda.synchronize()
+            return a.elapsed_time(b) / 1e3
+    else:
+        def run(fn):
+            t = time.perf_counter()
+            fn()
+            return time.perf_counter() - t
+    return run
+
+
+def _q(xs, p):
+    xs = sorted(xs)
+    return xs[min(len(xs) - 1, max(0, round(p * (len(xs) - 1))))]
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    ap.add_argument("--rounds", type=int, default=7)
+    ap.add_argument("--block-size", type=int, default=64)
+    ap.add_argument("--keep", type=float, default=0.25, help="fraction of key blocks per row (0.25: ~75%% sparsity)")
+    ap.add_argument("--workloads", default=",".join(DEFAULT_WORKLOADS), help=f"comma-separated, of {', '.join(WORKLOADS)}")
+    ap.add_argument("--pools", default="max,mean,logsumexp")
+    ap.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
+    ap.add_argument("--out", default=None)
+    args = ap.parse_args(argv)
+    if args.threads is not None:
+        if args.threads < 1:
+            print("error: --threads must be >= 1", file=sys.stderr)
+            return 2
+        torch.set_num_threads(args.threads)
+    if args.rounds < 3:
+        print("error: --rounds must be >= 3", file=sys.stderr)
+        return 2
+    device = args.device
+    if device == "cuda" and not torch.cuda.is_available():
+        print("error: --device cuda but no CUDA device", file=sys.stderr)
+        return 2
+    backend = "triton" if device == "cuda" else "cpu"
+    timer = _timer(device)
+    rows = []
+    for wl in args.workloads.split(","):
+        if wl not in WORKLOADS:
+            print(f"error: unknown workload {wl!r}; known: {', '.join(WORKLOADS)}", file=sys.stderr)
+            return 2
+        B, H, L, D = WORKLOADS[wl]
+        g = torch.Generator(device=device).manual_seed(0)
+        q, k, v = (torch.randn(B, H, L, D, device=device, generator=g) for _ in range(3))
+        bias = torch.randn(1, H, L, L, device=device, generator=g)
+        for pool in args.pools.split(","):
+            cfg = GuidedConfig(args.block_size, keep=args.keep, pool=pool)
+            lay = build_layout(cfg, L, signal=bias)
+
+            def build():
+                build_layout(cfg, L, signal=bias).kv_counts
+
+            def attn_same():
+                sparse_attention(q, k, v, lay, bias, backend=backend)
+
+            def attn_fresh():
+                sparse_attention(q, k, v, build_layout(cfg, L, signal=bias), bias, backend=backend)
+
+            def attn_fresh_private():
+                fl = build_layout(cfg, L, signal=bias)
+                sparse_attention(q, k, v, BlockLayout(fl.block_mask, fl.block_size, L, cfg), bias, backend=backend)
+
+            fns = {"build": build, "attn_same": attn_same, "attn_fresh": attn_fresh, "attn_fresh_private": attn_fresh_private}
+            times: dict[str, list[float]] = {n: [] for n in fns}
+            with torch.no_grad():
+                for fn in fns.values():  # warm-up (compiles, first-touch pages)
+                    fn()
+                for _ in range(args.rounds):
+                    for name, fn in fns.items():
+                        times[name].append(timer(fn))
+            med = {n: statistics.median(t) for n, t in times.items()}
+            row = {
+                "workload": wl, "device": device, "backend": backend, "B": B, "H": H, "L": L, "D": D,
+                "block_size": args.block_size, "keep": args.keep, "pool": pool,
+                "sparsity": round(lay.sparsity, 4), "rounds": args.rounds,
+            }
+            for n, t in times.items():
+                row[f"{n}_ms_median"] = round(med[n] * 1e3, 3)
+                row[f"{n}_ms_p10"] = round(_q(t, 0.1) * 1e3, 3)
+                row[f"{n}_ms_p90"] = round(_q(t, 0.9) * 1e3, 3)
+            row["build_share"] = round(med["build"] / med["attn_same"], 4)
+            row["fresh_overhead"] = round(med["attn_fresh"] / med["attn_same"] - 1.0, 4)
+            row["fresh_private_overhead"] = round(med["attn_fresh_private"] / med["attn_same"] - 1.0, 4)
+            row["threads"] = torch.get_num_threads()
+            rows.append(row)
+            print(
+                f"{wl:14s} {pool:9s} sparsity {row['sparsity']:.3f}: build {row['build_ms_median']:.3f} ms "
+                f"[{row['build_ms_p10']:.3f}, {row['build_ms_p90']:.3f}], attention {row['attn_same_ms_median']:.2f} ms "
+                f"[{row['attn_same_ms_p10']:.2f}, {row['attn_same_ms_p90']:.2f}] -> build share {row['build_share']:.1%}; "
+                f"fresh layout per call +{row['fresh_overhead']:.1%} (without the shared workspace "
+                f"+{row['fresh_private_overhead']:.1%})",
+                flush=True,
+            )
+    if args.out:
+        out = Path(args.out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        with out.open("w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=list(rows[0]))
+            w.writeheader()
+            w.writerows(rows)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
