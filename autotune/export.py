@@ -144,18 +144,15 @@ def _r(x: Optional[float]) -> Optional[float]:
 
 
 def _sqlite_path(url: str) -> Optional[str]:
-    from sqlalchemy.engine import make_url
+    from .storage import sqlite_file
 
-    u = make_url(url)
-    if u.get_backend_name() == "sqlite" and u.database and u.database != ":memory:":
-        return u.database
-    return None
+    return sqlite_file(url)
 
 
 def _safe(url: str) -> str:
-    from sqlalchemy.engine import make_url
+    from .storage import mask_url
 
-    return make_url(url).render_as_string(hide_password=True)
+    return mask_url(url)
 
 
 def export(study: str, storage: str, out: str) -> dict[str, Any]:
@@ -183,14 +180,17 @@ def export(study: str, storage: str, out: str) -> dict[str, Any]:
 def main(argv: Optional[list[str]] = None) -> int:
     p = argparse.ArgumentParser(prog="python -m autotune.export", description=__doc__.split("\n\n")[0])
     p.add_argument("--study", required=True)
-    p.add_argument("--storage", default=None, help="SQLAlchemy URL (default sqlite:///autotune.db)")
+    p.add_argument("--storage", default=None, help="SQLAlchemy URL or SQLite file (default $AUTOTUNE_STORAGE, "
+                   "else sqlite:///results/autotune.db)")
     p.add_argument("--out", default=None, help="output YAML (default tuned/<study>.yaml)")
     args = p.parse_args(argv)
-    storage = args.storage or os.environ.get("AUTOTUNE_STORAGE") or "sqlite:///autotune.db"
+    from .storage import StorageError, resolve_storage
+
     out = args.out or os.path.join("tuned", f"{args.study}.yaml")
     try:
+        storage = resolve_storage(args.storage, "write").url  # export records its choice in at_tuned
         doc = export(args.study, storage, out)
-    except ExportError as e:
+    except (ExportError, StorageError) as e:
         print(f"autotune.export: error: {e}", file=sys.stderr)
         return 2
     for b in doc["buckets"]:

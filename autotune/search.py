@@ -6,8 +6,8 @@ reference backend first, and every measurement is kept in the results database (
 
 Options (each overrides the space file): ``--trials N`` (total budget, trials already finished in
 the study count), ``--timeout SECONDS`` (no new trial starts after it; running ones finish),
-``--study NAME`` (default: the space's name), ``--storage URL`` (default
-``sqlite:///autotune.db``), ``--executor ray|local``, ``--ray-address ADDRESS``, ``--device
+``--study NAME`` (default: the space's name), ``--storage URL`` (default ``$AUTOTUNE_STORAGE``, else
+``sqlite:///results/autotune.db``; checked by `autotune.storage`), ``--executor ray|local``, ``--ray-address ADDRESS``, ``--device
 cpu|cuda``, ``--workers N``, ``--no-progress``. Exit status: 0 done, 2 invalid input (nothing
 written), 1 other errors.
 
@@ -52,7 +52,7 @@ import sys
 import time
 from typing import Any, Optional
 
-from .space import SearchSpace, SpaceError, load_space
+from .space import MAX_NAME, SearchSpace, SpaceError, load_space
 
 LEASE_SECONDS = 600.0
 HEARTBEAT_SECONDS = 5.0
@@ -69,7 +69,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--trials", type=int, help="total trial budget (finished trials of the study count)")
     p.add_argument("--timeout", type=float, help="seconds after which no new trial starts")
     p.add_argument("--study", help="study name (default: the space's name)")
-    p.add_argument("--storage", help="SQLAlchemy URL (default sqlite:///autotune.db)")
+    p.add_argument("--storage", help="SQLAlchemy URL or SQLite file (default $AUTOTUNE_STORAGE, else "
+                   "sqlite:///results/autotune.db)")
     p.add_argument("--executor", choices=("ray", "local"), default="ray")
     p.add_argument("--ray-address", help="join this Ray cluster instead of starting a local instance")
     p.add_argument("--device", choices=("cpu", "cuda"))
@@ -122,33 +123,6 @@ def make_sampler(space: SearchSpace):
     return optuna.samplers.RandomSampler(seed=seed)
 
 
-def _sqlite_path(url: str) -> Optional[str]:
-    from sqlalchemy.engine import make_url
-
-    u = make_url(url)
-    if u.get_backend_name() == "sqlite" and u.database and u.database != ":memory:":
-        return u.database
-    return None
-
-
-def check_storage(url: str) -> None:
-    """Validate the URL without touching the database (UsageError on a bad URL)."""
-    from sqlalchemy.engine import make_url
-    from sqlalchemy.exc import ArgumentError
-
-    try:
-        u = make_url(url)
-    except ArgumentError as e:
-        raise UsageError(f"--storage: not a database URL: {url!r} ({e})") from None
-    path = _sqlite_path(url)
-    if path:
-        parent = os.path.dirname(os.path.abspath(path))
-        if not os.path.isdir(parent):
-            raise UsageError(f"--storage: directory {parent} does not exist")
-    elif u.get_backend_name() == "sqlite":
-        pass
-
-
 def _seed(study: str, number: int) -> int:
     return int(hashlib.sha256(f"{study}:{number}".encode()).hexdigest()[:8], 16)
 
@@ -167,7 +141,15 @@ class Search:
         self.workers = workers if workers is not None else space.execution.get("workers")
         self.progress = progress
         self.num_cpus = num_cpus
-        self.log = log or (lambda msg: print(f"autotune: {msg}", file=sys.stderr))
+        from .storage import mask_secrets, mask_url
+
+        from sqlalchemy.engine import make_url
+
+        pw = make_url(storage).password
+        self.secrets: tuple[str, ...] = (str(pw),) if pw else ()
+        self.masked_storage = mask_url(storage)
+        raw_log = log or (lambda msg: print(f"autotune: {msg}", file=sys.stderr))
+        self.log = lambda msg: raw_log(mask_secrets(str(msg), self.secrets))  # no password in any log line
         self.stats = {"completed": 0, "failed": 0, "recovered": 0, "retried": 0, "wall_s": 0.0, "measure_s": 0.0,
                       "trial_s": 0.0, "startup_s": 0.0}
         self.best: Optional[float] = None
@@ -208,7 +190,7 @@ class Search:
         self.hardware = hardware.describe(self.space.device)
         self.run_id = self.db.start_run(
             study_name=self.study_name, host=socket.gethostname(), pid=os.getpid(),
-            command_line=hardware.command_line(), device=self.space.device, hardware=self.hardware,
+            command_line=hardware.command_line(secrets=self.secrets), device=self.space.device, hardware=self.hardware,
             versions=hardware.package_versions(), git_revision=hardware.git_revision(),
             space_path=self.space.source, space=self.space.to_dict(), executor=self.executor_kind,
         )
@@ -479,9 +461,7 @@ class Search:
             self.stats["failed"] += 1
 
     def _safe_url(self) -> str:
-        from sqlalchemy.engine import make_url
-
-        return make_url(self.storage).render_as_string(hide_password=True)
+        return self.masked_storage
 
     def _summary(self, done: int, t_start: float) -> dict[str, Any]:
         self.stats["wall_s"] = time.perf_counter() - t_start
@@ -489,7 +469,18 @@ class Search:
                     best_by_bucket=dict(self.best_by_bucket), best_text=self.best_text())
 
 
+def _is_database_error(e: BaseException) -> bool:
+    """SQLAlchemy / DB-API / Optuna storage errors (their text may quote connection details)."""
+    from sqlalchemy.exc import SQLAlchemyError
+
+    names = {c.__name__ for c in type(e).__mro__}
+    return isinstance(e, SQLAlchemyError) or "StorageInternalError" in names or "DatabaseError" in names \
+        or "OperationalError" in names
+
+
 def main(argv: Optional[list[str]] = None) -> int:
+    from .storage import StorageError, mask_secrets, resolve_storage
+
     args = build_parser().parse_args(argv)
     try:
         if args.trials is not None and args.trials < 1:
@@ -507,23 +498,39 @@ def main(argv: Optional[list[str]] = None) -> int:
 
             if not torch.cuda.is_available():
                 raise UsageError(f"{args.space}: device: cuda, but this machine has no CUDA device (use --device cpu)")
-        storage = args.storage or os.environ.get("AUTOTUNE_STORAGE") or "sqlite:///autotune.db"
-        check_storage(storage)
+        study = args.study if args.study is not None else space.name
+        if not study.strip() or len(study) > MAX_NAME or any(ord(c) < 32 or ord(c) == 127 for c in study):
+            raise UsageError(f"--study: a study name must be 1 to {MAX_NAME} printable characters, got {len(study)}")
+        threads = int(space.execution.get("threads_per_worker") or 1)
+        if args.executor == "local" and threads > (os.cpu_count() or 1):
+            raise UsageError(f"{args.space}: execution.threads_per_worker: {threads} is more than the "
+                             f"{os.cpu_count()} CPUs of this machine")
+        storage = resolve_storage(args.storage, "write").url
+    except StorageError as e:
+        print(f"autotune: error: {e}", file=sys.stderr)
+        return 2
     except SpaceError as e:
         print(f"autotune: error: {e}", file=sys.stderr)
         return 2
     except UsageError as e:
         print(f"autotune: error: {e}", file=sys.stderr)
         return 2
-    search = Search(space, study_name=args.study or space.name, storage=storage, executor=args.executor,
+    search = Search(space, study_name=study, storage=storage, executor=args.executor,
                     ray_address=args.ray_address, workers=args.workers, progress=not args.no_progress)
     try:
         summary = search.run()
     except UsageError as e:
-        print(f"autotune: error: {e}", file=sys.stderr)
+        print(f"autotune: error: {mask_secrets(str(e), search.secrets)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130
+    except Exception as e:  # noqa: BLE001 - database errors: one line, no traceback, no password
+        if not _is_database_error(e):
+            raise
+        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        print(f"autotune: error: database {search.masked_storage}: {type(e).__name__}: "
+              f"{mask_secrets(first, search.secrets)[:500]}", file=sys.stderr)
+        return 1
     print(
         f"autotune: study {summary['study']!r}: {summary['completed']} completed, {summary['failed']} failed this run, "
         f"{summary['finished']} finished in total; best feasible speedup per bucket (this run) "

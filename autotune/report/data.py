@@ -58,18 +58,15 @@ class ReportData:
 
 
 def sqlite_path(url: str) -> Optional[str]:
-    from sqlalchemy.engine import make_url
+    from autotune.storage import sqlite_file
 
-    u = make_url(url)
-    if u.get_backend_name() == "sqlite" and u.database and u.database != ":memory:":
-        return u.database
-    return None
+    return sqlite_file(url)
 
 
 def safe_url(url: str) -> str:
-    from sqlalchemy.engine import make_url
+    from autotune.storage import mask_url
 
-    return make_url(url).render_as_string(hide_password=True)
+    return mask_url(url)
 
 
 def _latest_export(rows: list[Any]) -> list[Any]:
@@ -106,6 +103,9 @@ def load(storage: str, study: Optional[str] = None) -> ReportData:
             raise ReportError(f"cannot read --storage {safe_url(storage)}: {str(e).splitlines()[0]}") from None
         has = lambda model: model.__tablename__ in tables  # noqa: E731
         if not (has(TrialRow) or has(BenchRun)):
+            if {"studies", "trials"} <= tables:
+                raise ReportError(f"{safe_url(storage)} holds an Optuna study storage but no autotune tables "
+                                  "(written by Optuna alone, not by python -m autotune.search): nothing to report")
             raise ReportError(f"{safe_url(storage)} holds no autotune tables (empty database): nothing to report")
         with db.Session() as s:
             studies = sorted(set(s.scalars(select(TrialRow.study_name).distinct()).all())) if has(TrialRow) else []
