@@ -377,11 +377,22 @@ class Database:
             self._lock_study(s, study, fields["run_id"])
             rows = s.scalars(select(TrialRow).where(TrialRow.study_name == study)).all()
             occupying = [t for t in rows if self._occupying(t)]
+            retry_of = fields.get("retry_of")
             if not allow_repeats:
                 for t in occupying:
                     if t.params == fields["params"] and t.number != fields["number"]:
+                        if retry_of is not None:  # the retry is not needed: release its reservation
+                            for o in rows:
+                                if o.number == retry_of and o.state == "FAIL":
+                                    o.reason = f"{o.reason} (retry skipped: measured by trial {t.number})"
                         return "duplicate", t.number
-            if len(occupying) >= budget:
+            # a trial run again (interrupted, node lost) keeps a slot reserved for its retry until
+            # the retry is claimed, so a full budget never drops a retry
+            retried = {t.retry_of for t in rows if t.retry_of is not None}
+            reserved = [t for t in rows if not self._occupying(t) and t.state == "FAIL" and t.number not in retried
+                        and "(retry skipped" not in (t.reason or "")]
+            taken = len(occupying) + len(reserved) - (1 if retry_of is not None and any(t.number == retry_of for t in reserved) else 0)
+            if taken >= budget:
                 return "budget", None
             existing = next((t for t in rows if t.number == fields["number"]), None)
             if existing is not None:

@@ -431,7 +431,7 @@ class Search:
     # -- main loop ---------------------------------------------------------------------------
     def run(self) -> dict[str, Any]:
         from .db import utcnow
-        from .executor import make_executor
+        from .executor import ExecutorError, make_executor
 
         t_start = time.perf_counter()
         self.trials: dict[int, Any] = {}
@@ -459,9 +459,12 @@ class Search:
                 self.log(f"study {self.study_name!r} already has {done0} finished trials (budget {budget}); nothing to do")
                 status = "finished"
                 return self._summary(done0, t_start)
-            executor = make_executor(self.executor_kind, device=self.space.device, workers=self.workers,
-                                     threads_per_worker=int(self.space.execution.get("threads_per_worker") or 1),
-                                     address=self.ray_address, num_cpus=self.num_cpus)
+            try:
+                executor = make_executor(self.executor_kind, device=self.space.device, workers=self.workers,
+                                         threads_per_worker=int(self.space.execution.get("threads_per_worker") or 1),
+                                         address=self.ray_address, num_cpus=self.num_cpus)
+            except ExecutorError as e:  # e.g. threads_per_worker beyond every node of --ray-address
+                raise UsageError(f"{self.space.source}: {e}") from None
             self.stats["startup_s"] = time.perf_counter() - t_start
             self.log(f"study {self.study_name!r}: {done0} trials finished, budget {budget}, "
                      f"{executor.workers} {executor.name} worker(s), storage {self._safe_url()}")
@@ -498,6 +501,8 @@ class Search:
                         done += 1
                         if bar is not None:
                             bar.update(1)
+                    else:  # to be run again: its retry takes the slot it reserved
+                        budget_full = False
                 if time.monotonic() - last_hb > HEARTBEAT_SECONDS:
                     self.db.heartbeat(self.run_id, utcnow() + dt.timedelta(seconds=LEASE_SECONDS))
                     last_hb = time.monotonic()
@@ -554,6 +559,7 @@ def _is_database_error(e: BaseException) -> bool:
 
 
 def main(argv: Optional[list[str]] = None) -> int:
+    from .executor import ExecutorError
     from .storage import StorageError, mask_secrets, resolve_storage
 
     args = build_parser().parse_args(argv)
@@ -577,7 +583,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         if not study.strip() or len(study) > MAX_NAME or any(ord(c) < 32 or ord(c) == 127 for c in study):
             raise UsageError(f"--study: a study name must be 1 to {MAX_NAME} printable characters, got {len(study)}")
         threads = int(space.execution.get("threads_per_worker") or 1)
-        if args.executor == "local" and threads > (os.cpu_count() or 1):
+        if not args.ray_address and threads > (os.cpu_count() or 1):  # a cluster's CPUs: checked when joining it
             raise UsageError(f"{args.space}: execution.threads_per_worker: {threads} is more than the "
                              f"{os.cpu_count()} CPUs of this machine")
         storage = resolve_storage(args.storage, "write").url
@@ -600,6 +606,9 @@ def main(argv: Optional[list[str]] = None) -> int:
         return 2
     except KeyboardInterrupt:
         return 130
+    except ExecutorError as e:  # e.g. every Ray worker node left the cluster
+        print(f"autotune: error: {e}", file=sys.stderr)
+        return 1
     except Exception as e:  # noqa: BLE001 - database errors: one line, no traceback, no password
         if not _is_database_error(e):
             raise
