@@ -1,7 +1,7 @@
 """The results database: one SQLAlchemy URL holds Optuna's study storage and our own tables.
 
-``--storage`` (default ``sqlite:///autotune.db`` in the working directory; PostgreSQL works the same
-with ``postgresql+psycopg://user:pass@host/db``) is given both to ``optuna.storages.RDBStorage``
+``--storage`` (checked by `autotune.storage`; default ``sqlite:///results/autotune.db``; PostgreSQL
+works the same with ``postgresql+psycopg://user@host/db``) is given both to ``optuna.storages.RDBStorage``
 (its own ``studies`` / ``trials`` / ... tables) and to the SQLAlchemy 2.0 models below, whose
 tables all start with ``at_``. Only the search driver writes; workers return results.
 
@@ -305,6 +305,12 @@ class Database:
         self.engine = make_engine(url)
         if create:
             create_schema(self.engine)
+        else:  # readers of a database written by an older version: add the new nullable columns
+            try:
+                with self.engine.begin() as conn:
+                    _add_missing_columns(conn)
+            except (OperationalError, ProgrammingError):  # read-only or no tables yet: leave it
+                pass
         self.Session = sessionmaker(self.engine, expire_on_commit=False)
 
     @contextmanager

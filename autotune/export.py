@@ -1,6 +1,6 @@
 """Export a study's best config per bucket: ``python -m autotune.export --study NAME --out FILE``.
 
-Options: ``--storage URL`` (default ``sqlite:///autotune.db``), ``--out FILE`` (default
+Options: ``--storage URL`` (default ``$AUTOTUNE_STORAGE``, else ``sqlite:///results/autotune.db``), ``--out FILE`` (default
 ``tuned/<study>.yaml``).
 
 Choice rule, per bucket: among the study's COMPLETE trials whose measurements at that bucket meet

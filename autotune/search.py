@@ -2,7 +2,7 @@
 
 Finds, per sequence-length bucket, the sparse patterns and kernel launch parameters that are
 fastest and leanest while keeping accuracy; every candidate passes a correctness gate against the
-reference backend first, and every measurement is kept in the results database (`autotune.db`).
+reference backend first, and every measurement is kept in the results database (default ``results/autotune.db``).
 
 Options (each overrides the space file): ``--trials N`` (total budget, trials already finished in
 the study count), ``--timeout SECONDS`` (no new trial starts after it; running ones finish),
