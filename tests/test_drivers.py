@@ -152,7 +152,8 @@ def test_claim_trial_is_exact_and_refuses_duplicates(tmp_path):
     assert db.claim_trial(fields(1, 0), 2) == ("duplicate", 0)
     assert db.claim_trial(fields(1, 0), 2, allow_repeats=True) == ("ok", None)
     assert db.claim_trial(fields(2, 2), 2) == ("budget", None)
-    db.mark_failed("s", 1, "interrupted")  # an interrupted trial frees its slot for its retry
-    assert db.claim_trial(fields(3, 0), 2, allow_repeats=True) == ("ok", None)
+    db.mark_failed("s", 1, "interrupted")  # an interrupted trial keeps its slot for its retry only
+    assert db.claim_trial(fields(3, 3), 2) == ("budget", None)
+    assert db.claim_trial(fields(3, 0, retry_of=1), 2, allow_repeats=True) == ("ok", None)
     assert db.count_finished("s") == 0 and db.count_running("s") == 2
     db.close()
