@@ -184,7 +184,7 @@ def main(argv: Optional[list[str]] = None) -> int:
                    "else sqlite:///results/autotune.db)")
     p.add_argument("--out", default=None, help="output YAML (default tuned/<study>.yaml)")
     args = p.parse_args(argv)
-    from .storage import StorageError, resolve_storage
+    from .storage import StorageError, database_error_line, resolve_storage
 
     out = args.out or os.path.join("tuned", f"{args.study}.yaml")
     try:
@@ -193,6 +193,12 @@ def main(argv: Optional[list[str]] = None) -> int:
     except (ExportError, StorageError) as e:
         print(f"autotune.export: error: {e}", file=sys.stderr)
         return 2
+    except Exception as e:  # noqa: BLE001 - a database error: one line, no password
+        line = database_error_line(e, args.storage or "")
+        if line is None:
+            raise
+        print(f"autotune.export: error: {line}", file=sys.stderr)
+        return 1
     for b in doc["buckets"]:
         print(f"L={b['seq_len']}: trial {b['source']['trial']} {b['pattern']} speedup {b['speedup_geomean']}x",
               file=sys.stderr)

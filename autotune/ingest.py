@@ -157,7 +157,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     p.add_argument("--command", default=None, help="the command line that produced the CSV(s), recorded with them")
     p.add_argument("--force", action="store_true", help="ingest a file again even if its content is already there")
     args = p.parse_args(argv)
-    from .storage import StorageError, mask_secrets, resolve_storage
+    from .storage import StorageError, database_error_line, mask_secrets, resolve_storage
 
     files = [(f, "kernel") for f in args.kernel_csv] + [(f, "evoformer") for f in args.evoformer_csv]
     if not files:
@@ -172,7 +172,14 @@ def main(argv: Optional[list[str]] = None) -> int:
 
     from .db import Database
 
-    db = Database(storage)  # creates the at_ tables, bench tables included (imported above)
+    try:
+        db = Database(storage)  # creates the at_ tables, bench tables included (imported above)
+    except Exception as e:  # noqa: BLE001 - a database error: one line, no password
+        line = database_error_line(e, storage)
+        if line is None:
+            raise
+        print(f"autotune.ingest: error: {line}", file=sys.stderr)
+        return 1
     try:
         for f, kind in files:
             try:

@@ -549,18 +549,9 @@ class Search:
                     best_by_bucket=dict(self.best_by_bucket), best_text=self.best_text())
 
 
-def _is_database_error(e: BaseException) -> bool:
-    """SQLAlchemy / DB-API / Optuna storage errors (their text may quote connection details)."""
-    from sqlalchemy.exc import SQLAlchemyError
-
-    names = {c.__name__ for c in type(e).__mro__}
-    return isinstance(e, SQLAlchemyError) or "StorageInternalError" in names or "DatabaseError" in names \
-        or "OperationalError" in names
-
-
 def main(argv: Optional[list[str]] = None) -> int:
     from .executor import ExecutorError
-    from .storage import StorageError, mask_secrets, resolve_storage
+    from .storage import StorageError, database_error_line, mask_secrets, resolve_storage
 
     args = build_parser().parse_args(argv)
     try:
@@ -610,11 +601,10 @@ def main(argv: Optional[list[str]] = None) -> int:
         print(f"autotune: error: {e}", file=sys.stderr)
         return 1
     except Exception as e:  # noqa: BLE001 - database errors: one line, no traceback, no password
-        if not _is_database_error(e):
+        line = database_error_line(e, storage)
+        if line is None:
             raise
-        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
-        print(f"autotune: error: database {search.masked_storage}: {type(e).__name__}: "
-              f"{mask_secrets(first, search.secrets)[:500]}", file=sys.stderr)
+        print(f"autotune: error: {line}", file=sys.stderr)
         return 1
     print(
         f"autotune: study {summary['study']!r}: {summary['completed']} completed, {summary['failed']} failed this run, "

@@ -31,7 +31,8 @@ from typing import Iterable, Optional
 from urllib.parse import quote, quote_plus
 
 __all__ = ["StorageError", "Storage", "resolve_storage", "mask_url", "mask_secrets", "DEFAULT_STORAGE",
-           "ENV_STORAGE", "SQLITE_MAGIC", "sqlite_file"]
+           "ENV_STORAGE", "SQLITE_MAGIC", "sqlite_file",
+           "is_database_error", "database_error_line"]
 
 DEFAULT_STORAGE = "sqlite:///results/autotune.db"
 ENV_STORAGE = "AUTOTUNE_STORAGE"
@@ -95,6 +96,30 @@ def sqlite_file(url: str) -> Optional[str]:
     if u.get_backend_name() != "sqlite":
         return None
     return _sqlite_file(u.database, dict(u.query))[0]
+
+
+def is_database_error(e: BaseException) -> bool:
+    """SQLAlchemy, DB-API and Optuna storage errors (whose text may quote connection details)."""
+    from sqlalchemy.exc import SQLAlchemyError
+
+    names = {c.__name__ for c in type(e).__mro__}
+    return isinstance(e, SQLAlchemyError) or bool(names & {"StorageInternalError", "DatabaseError", "OperationalError"})
+
+
+def database_error_line(e: BaseException, url: str) -> Optional[str]:
+    """One line for a database error ``e`` on ``url``, without password (None: not a database
+    error). Commands print it instead of a traceback."""
+    if not is_database_error(e):
+        return None
+    from sqlalchemy.engine import make_url
+
+    try:
+        pw = make_url(url).password
+    except Exception:  # noqa: BLE001
+        pw = None
+    text = str(getattr(e, "orig", None) or e).strip()
+    first = text.splitlines()[0] if text else ""
+    return mask_secrets(f"database {mask_url(url)}: {type(e).__name__}: {first}"[:600], [str(pw)] if pw else [])
 
 
 def _sqlite_file(database: Optional[str], query: dict) -> tuple[Optional[str], dict]:
