@@ -8,7 +8,8 @@ Options (each overrides the space file): ``--trials N`` (total budget, trials al
 the study count), ``--timeout SECONDS`` (no new trial starts after it; running ones finish),
 ``--study NAME`` (default: the space's name), ``--storage URL`` (default ``$AUTOTUNE_STORAGE``, else
 ``sqlite:///results/autotune.db``; checked by `autotune.storage`), ``--executor ray|local``, ``--ray-address ADDRESS``, ``--device
-cpu|cuda``, ``--workers N``, ``--no-progress``. Exit status: 0 done, 2 invalid input (nothing
+cpu|cuda``, ``--workers N``, ``--no-progress``, ``--allow-repeats`` (measure a parameter set the
+study already measured or is running). Exit status: 0 done, 2 invalid input (nothing
 written), 1 other errors.
 
 Why plain Optuna ask/tell over Ray actors, not ``study.optimize`` and not Ray Tune
