@@ -408,6 +408,15 @@ class Database:
                 s.add(TrialRow(**fields))
             return "ok", None
 
+    def pending_retries(self, study: str) -> list["TrialRow"]:
+        """Trials of ``study`` failed for a retried reason whose retry has not been claimed yet
+        (each keeps a budget slot reserved for it)."""
+        with self.Session() as s:
+            rows = s.scalars(select(TrialRow).where(TrialRow.study_name == study)).all()
+            retried = {t.retry_of for t in rows if t.retry_of is not None}
+            return [t for t in rows if t.state == "FAIL" and (t.reason or "").startswith(RETRIED_REASONS)
+                    and t.number not in retried and "(retry skipped" not in (t.reason or "")]
+
     def count_running(self, study: str) -> int:
         """Trials of ``study`` in state RUNNING (measured now, by any driver)."""
         with self.Session() as s:

@@ -268,6 +268,12 @@ class Search:
                 self.study.enqueue_trial(dict(ft.params), user_attrs={"retry_of": ft.number}, skip_if_exists=False)
             self.stats["retried"] += 1
             self.log(f"trial {ft.number} was interrupted (its driver is gone): marked failed, enqueued again")
+        if not peers:  # a retry whose queue entry was lost (a driver died between tell and enqueue)
+            queued = {ft.user_attrs.get("retry_of") for ft in self.study.get_trials(deepcopy=False, states=(TrialState.WAITING,))}
+            for row in self.db.pending_retries(self.study_name):
+                if row.number not in queued and row.params:
+                    self.study.enqueue_trial(dict(row.params), user_attrs={"retry_of": row.number}, skip_if_exists=False)
+                    self.log(f"trial {row.number} ({row.reason}) had no retry queued: enqueued again")
 
     def _tell(self, number: int, values: list[float], constraints: list[float]) -> None:
         tid = self.ostorage.get_trial_id_from_study_id_trial_number(self.study._study_id, number)

@@ -157,3 +157,34 @@ def test_claim_trial_is_exact_and_refuses_duplicates(tmp_path):
     assert db.claim_trial(fields(3, 0, retry_of=1), 2, allow_repeats=True) == ("ok", None)
     assert db.count_finished("s") == 0 and db.count_running("s") == 2
     db.close()
+
+
+@pytest.mark.slow
+def test_a_lost_retry_is_enqueued_again(tmp_path):
+    """A trial failed for a retried reason whose queued retry vanished (its driver died between
+    the two writes) is enqueued again by the next driver: its reserved slot is not lost."""
+    import optuna
+
+    from autotune.db import Database
+    from autotune.search import Search
+    from autotune.space import load_space
+
+    space = load_space(write_space(tmp_path, **FAST)).override(trials=2)
+    url = f"sqlite:///{tmp_path / 'r.db'}"
+    Search(space, study_name="tiny", storage=url, executor="local", progress=False).run()
+    db = Database(url)
+    with db.session() as s:  # trial 1 "lost its node" and its retry never reached Optuna's queue
+        from autotune.db import TrialRow
+
+        t = s.query(TrialRow).filter_by(study_name="tiny", number=1).one()
+        t.state, t.reason = "FAIL", "node lost: test"
+        params_1 = t.params
+    db.close()
+    summary = Search(space, study_name="tiny", storage=url, executor="local", progress=False).run()
+    assert summary["finished"] == 2 and summary["completed"] == 1
+    retry = rows(tmp_path / "r.db", "select state, params from at_trials where retry_of = 1")
+    assert len(retry) == 1 and retry[0][0] == "COMPLETE"
+    import json
+
+    assert json.loads(retry[0][1]) == params_1
+    assert optuna.load_study(study_name="tiny", storage=url).get_trials(states=(optuna.trial.TrialState.WAITING,)) == []
