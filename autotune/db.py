@@ -1,7 +1,7 @@
 """The results database: one SQLAlchemy URL holds Optuna's study storage and our own tables.
 
-``--storage`` (default ``sqlite:///autotune.db`` in the working directory; PostgreSQL works the same
-with ``postgresql+psycopg://user:pass@host/db``) is given both to ``optuna.storages.RDBStorage``
+``--storage`` (checked by `autotune.storage`; default ``sqlite:///results/autotune.db``; PostgreSQL
+works the same with ``postgresql+psycopg://user@host/db``) is given both to ``optuna.storages.RDBStorage``
 (its own ``studies`` / ``trials`` / ... tables) and to the SQLAlchemy 2.0 models below, whose
 tables all start with ``at_``. Only the search driver writes; workers return results.
 
@@ -12,7 +12,9 @@ Schema (one row per ...):
     heartbeat_at (refreshed by the live driver), status (running | finished | interrupted | failed),
     host, pid, command_line, device, hardware (JSON: device/GPU or CPU model, driver, CUDA, cores),
     versions (JSON: python, torch, triton, optuna, ray, sqlalchemy, ...), git_revision,
-    space_path, space (JSON: the validated space, after command-line overrides), executor.
+    space_path, space (JSON: the validated space, after command-line overrides), executor,
+    end_reason (why a run ended other than by its driver: "driver died: ..." when the next driver
+    found it dead; status "died").
 
 ``at_trials`` - one Optuna trial (unique per (study_name, number))
     id PK, run_id FK -> at_runs (the run that measured it), study_name, number (Optuna's trial
@@ -45,11 +47,23 @@ Schema (one row per ...):
 
 All of one trial's writes (its at_trials row update and its at_measurements rows) happen in one
 transaction (`Database.record_result`).
+
+Concurrency. Several drivers may share one database (and one study). Schema creation is safe when
+they start at once on a fresh database (`create_schema`: under a PostgreSQL advisory lock, and
+retried when SQLite reports a concurrent creation). A trial's slot in the study's budget is claimed
+atomically (`Database.claim_trial`): the count of the study's occupying trials and the insert of
+the new row happen in one transaction that holds the study's write lock (SQLite: the database
+write lock, taken by the transaction's first statement; PostgreSQL: a transaction-level advisory
+lock on the study name), so drivers sharing a study never exceed its budget and never measure a
+parameter set that is already measured or running. Columns added to the models after a database
+was created are added to it (nullable, `create_schema`).
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
+import time
 from contextlib import contextmanager
 from typing import Any, Iterator, Optional
 
@@ -65,13 +79,20 @@ from sqlalchemy import (
     UniqueConstraint,
     create_engine,
     event,
+    inspect,
     select,
+    text,
 )
+from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, relationship, sessionmaker
 
-DEFAULT_STORAGE = "sqlite:///autotune.db"
+from .storage import DEFAULT_STORAGE  # noqa: F401  (re-exported: the one default)
 PREFIX = "at_"
+# at_trials.reason of trials that were not measured to the end and are run again (a retry row
+# takes their place in the budget): they occupy no budget slot.
+RETRIED_REASONS = ("interrupted", "node lost")
+SCHEMA_LOCK = 0x61745F73  # PostgreSQL advisory-lock key of schema creation ("at_s")
 
 
 def utcnow() -> dt.datetime:
@@ -100,6 +121,7 @@ class Run(Base):
     space_path: Mapped[str] = mapped_column(Text)
     space: Mapped[Any] = mapped_column(JSON)
     executor: Mapped[str] = mapped_column(String(32))
+    end_reason: Mapped[Optional[str]] = mapped_column(Text, nullable=True)
 
 
 class TrialRow(Base):
@@ -204,6 +226,85 @@ def make_engine(url: str) -> Engine:
     return engine
 
 
+def _is_creation_race(e: Exception) -> bool:
+    msg = str(e).lower()
+    return any(s in msg for s in ("already exists", "unique", "duplicate", "locked", "pg_type"))
+
+
+def retry_creation(fn, what: str, attempts: int = 12):
+    """Run ``fn()`` (a schema creation), again after a short pause when it lost a race with another
+    process creating the same schema (the second try finds the tables there)."""
+    for i in range(attempts):
+        try:
+            return fn()
+        except (IntegrityError, OperationalError, ProgrammingError) as e:
+            if i == attempts - 1 or not _is_creation_race(e):
+                raise
+            time.sleep(0.1 * (i + 1))
+    raise AssertionError(what)  # pragma: no cover
+
+
+@contextmanager
+def schema_lock(engine: Engine) -> Iterator[None]:
+    """Serialise schema creation between processes: a PostgreSQL session advisory lock (SQLite:
+    nothing; its creation races are retried by `retry_creation`)."""
+    if engine.dialect.name != "postgresql":
+        yield
+        return
+    with engine.connect() as conn:
+        conn.execute(text("SELECT pg_advisory_lock(:k)"), {"k": SCHEMA_LOCK})
+        conn.commit()
+        try:
+            yield
+        finally:
+            conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": SCHEMA_LOCK})
+            conn.commit()
+
+
+def _add_missing_columns(conn: Any) -> None:
+    """Add model columns missing from an existing table (a database created by an older version);
+    only nullable columns, which need no value for the existing rows."""
+    insp = inspect(conn)
+    for table in Base.metadata.sorted_tables:
+        if not insp.has_table(table.name):
+            continue
+        have = {c["name"] for c in insp.get_columns(table.name)}
+        for col in table.columns:
+            if col.name not in have and col.nullable:
+                ctype = col.type.compile(dialect=conn.dialect)
+                conn.execute(text(f'ALTER TABLE {table.name} ADD COLUMN "{col.name}" {ctype}'))
+
+
+def create_schema(engine: Engine) -> None:
+    """Create our tables (and add new nullable columns), safe when drivers start at once."""
+    def create() -> None:
+        with engine.begin() as conn:
+            Base.metadata.create_all(conn)
+            _add_missing_columns(conn)
+
+    with schema_lock(engine):
+        retry_creation(create, "create the at_ tables")
+
+
+def create_optuna_storage(url: str, engine_kwargs: Optional[dict] = None):
+    """``optuna.storages.RDBStorage(url)``, safe when drivers create it at once on a fresh database
+    (Optuna's own table creation and alembic stamp race otherwise: a unique violation on
+    alembic_version with SQLite, on pg_type with PostgreSQL)."""
+    import optuna
+
+    engine = make_engine(url)
+    try:
+        with schema_lock(engine):
+            return retry_creation(lambda: optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs or {}),
+                                  "create Optuna's tables")
+    finally:
+        engine.dispose()
+
+
+def _study_lock_key(study: str) -> int:
+    return int.from_bytes(hashlib.sha256(study.encode()).digest()[:8], "big", signed=True)
+
+
 class Database:
     """Our tables on ``url`` (created if missing)."""
 
@@ -211,7 +312,13 @@ class Database:
         self.url = url
         self.engine = make_engine(url)
         if create:
-            Base.metadata.create_all(self.engine)
+            create_schema(self.engine)
+        else:  # readers of a database written by an older version: add the new nullable columns
+            try:
+                with self.engine.begin() as conn:
+                    _add_missing_columns(conn)
+            except (OperationalError, ProgrammingError):  # read-only or no tables yet: leave it
+                pass
         self.Session = sessionmaker(self.engine, expire_on_commit=False)
 
     @contextmanager
@@ -244,6 +351,90 @@ class Database:
             run = s.get(Run, run_id)
             run.ended_at = utcnow()
             run.status = status
+
+    def settle_dead_runs(self, alive, by_run: int) -> list[int]:
+        """Mark every unended run whose driver is gone (``alive(run)`` False) ended, status "died",
+        with the reason; ``ended_at`` is its last heartbeat. Returns their ids."""
+        done = []
+        with self.session() as s:
+            for run in s.scalars(select(Run).where(Run.ended_at.is_(None), Run.id != by_run)):
+                if alive(run):
+                    continue
+                last = run.heartbeat_at or run.started_at
+                run.ended_at, run.status = last, "died"
+                run.end_reason = (f"driver died: found gone by run {by_run} at {utcnow():%Y-%m-%d %H:%M:%S} UTC "
+                                  f"(host {run.host}, pid {run.pid}, last heartbeat {last:%Y-%m-%d %H:%M:%S} UTC)")
+                done.append(run.id)
+        return done
+
+    # -- the shared budget -------------------------------------------------------------------------
+    @staticmethod
+    def _occupying(t: "TrialRow") -> bool:
+        """Whether a trial row holds a budget slot: running, complete, or failed for a reason that
+        is not retried (RETRIED_REASONS)."""
+        if t.state in ("RUNNING", "COMPLETE"):
+            return True
+        return t.state == "FAIL" and not (t.reason or "").startswith(RETRIED_REASONS)
+
+    def _lock_study(self, s: Session, study: str, run_id: int) -> None:
+        if self.engine.dialect.name == "postgresql":
+            s.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _study_lock_key(study)})
+        else:  # SQLite: a write as the transaction's first statement takes the database write lock
+            s.execute(text(f"UPDATE {Run.__tablename__} SET heartbeat_at = heartbeat_at WHERE id = :i"), {"i": run_id})
+
+    def claim_trial(self, fields: dict[str, Any], budget: int, *, allow_repeats: bool = False) -> tuple[str, Optional[int]]:
+        """Insert the at_trials row of a new trial if the study has a free budget slot and (unless
+        ``allow_repeats``) no occupying trial with the same params; atomically (module docstring).
+        Returns ("ok", None), ("budget", None) or ("duplicate", number of the earlier trial)."""
+        study = fields["study_name"]
+        with self.session() as s:
+            self._lock_study(s, study, fields["run_id"])
+            rows = s.scalars(select(TrialRow).where(TrialRow.study_name == study)).all()
+            occupying = [t for t in rows if self._occupying(t)]
+            retry_of = fields.get("retry_of")
+            if not allow_repeats:
+                for t in occupying:
+                    if t.params == fields["params"] and t.number != fields["number"]:
+                        if retry_of is not None:  # the retry is not needed: release its reservation
+                            for o in rows:
+                                if o.number == retry_of and o.state == "FAIL":
+                                    o.reason = f"{o.reason} (retry skipped: measured by trial {t.number})"
+                        return "duplicate", t.number
+            # a trial run again (interrupted, node lost) keeps a slot reserved for its retry until
+            # the retry is claimed, so a full budget never drops a retry
+            retried = {t.retry_of for t in rows if t.retry_of is not None}
+            reserved = [t for t in rows if not self._occupying(t) and t.state == "FAIL" and t.number not in retried
+                        and "(retry skipped" not in (t.reason or "")]
+            taken = len(occupying) + len(reserved) - (1 if retry_of is not None and any(t.number == retry_of for t in reserved) else 0)
+            if taken >= budget:
+                return "budget", None
+            existing = next((t for t in rows if t.number == fields["number"]), None)
+            if existing is not None:
+                for k, v in fields.items():
+                    setattr(existing, k, v)
+            else:
+                s.add(TrialRow(**fields))
+            return "ok", None
+
+    def pending_retries(self, study: str) -> list["TrialRow"]:
+        """Trials of ``study`` failed for a retried reason whose retry has not been claimed yet
+        (each keeps a budget slot reserved for it)."""
+        with self.Session() as s:
+            rows = s.scalars(select(TrialRow).where(TrialRow.study_name == study)).all()
+            retried = {t.retry_of for t in rows if t.retry_of is not None}
+            return [t for t in rows if t.state == "FAIL" and (t.reason or "").startswith(RETRIED_REASONS)
+                    and t.number not in retried and "(retry skipped" not in (t.reason or "")]
+
+    def count_running(self, study: str) -> int:
+        """Trials of ``study`` in state RUNNING (measured now, by any driver)."""
+        with self.Session() as s:
+            return len(s.scalars(select(TrialRow.id).where(TrialRow.study_name == study, TrialRow.state == "RUNNING")).all())
+
+    def count_finished(self, study: str) -> int:
+        """Trials of ``study`` finished for good (complete, or failed for a reason not retried)."""
+        with self.Session() as s:
+            rows = s.scalars(select(TrialRow).where(TrialRow.study_name == study, TrialRow.state != "RUNNING")).all()
+            return sum(1 for t in rows if self._occupying(t))
 
     # -- trials --------------------------------------------------------------------------------
     def start_trial(self, **fields: Any) -> None:

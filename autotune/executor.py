@@ -15,6 +15,13 @@ never writes to the database.
     A candidate that kills its process (segfault, illegal memory access, ``os._exit``) takes down
     only its own trial: the driver sees ``RayActorError``, returns a failed result "worker died:
     ...", and starts a replacement actor for the next trial.
+    A worker *node* that leaves the cluster (machine lost, preempted, removed) is another matter:
+    the trial did nothing wrong. Its result is failed with reason "node lost: ..." and marked
+    ``retry`` (the driver records it failed and runs its parameters again); the actor's slot is
+    replaced only if the cluster still has the CPUs for it, else capacity shrinks (no slot waits
+    forever for resources that left; with no slot left the executor raises `ExecutorError`).
+    ``threads_per_worker`` larger than the CPUs of every node would make actors wait forever:
+    refused at start (`ExecutorError`, exit status 2).
 
 `LocalExecutor`
     Runs one trial at a time in the driver process (machines without Ray, debugging). A candidate
@@ -73,6 +80,11 @@ class TrialWorker:
     def ping(self) -> int:
         return os.getpid()
 
+    def node_id(self) -> str:
+        import ray
+
+        return ray.get_runtime_context().get_node_id()
+
     def run(self, request: dict[str, Any]) -> dict[str, Any]:
         return self.runner.run(request)
 
@@ -95,12 +107,19 @@ class RayExecutor:
             kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": True, "logging_level": "ERROR"}
             if address:
                 ray.init(address=address, **kwargs)
+                self._owns_ray = True  # our connection: disconnect at shutdown (the cluster stays)
             else:
                 # The repository root on the workers' path (a source checkout that is not installed).
                 root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
                 pp = os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p)
                 ray.init(num_cpus=num_cpus or os.cpu_count() or 1, runtime_env={"env_vars": {"PYTHONPATH": pp}}, **kwargs)
                 self._owns_ray = True
+        node_cpus = [int(n.get("Resources", {}).get("CPU", 0)) for n in ray.nodes() if n.get("Alive")]
+        if threads_per_worker > max(node_cpus, default=0):
+            self.actors = []
+            self.shutdown()
+            raise ExecutorError(f"execution.threads_per_worker: {threads_per_worker}, but no node of the Ray cluster has "
+                                f"that many CPUs (largest: {max(node_cpus, default=0)}); a worker would wait forever")
         res = ray.cluster_resources()
         self.threads = threads_per_worker
         if device == "cuda":
@@ -117,15 +136,41 @@ class RayExecutor:
             self.options = {"num_cpus": threads_per_worker}
         self.env = {FAULT_ENV: os.environ[FAULT_ENV]} if FAULT_ENV in os.environ else {}
         self.remote_cls = ray.remote(TrialWorker)
-        self.actors = [self._new_actor() for _ in range(n)]
+        self.node_refs: dict[int, Any] = {}
+        self.actors = [self._new_actor(i) for i in range(n)]
         self.idle = list(range(n))
         self.inflight: dict[Any, tuple[int, dict[str, Any]]] = {}
         self.capacity = n
         self.workers = n
         self.restarts = 0
+        self.nodes_lost = 0
+        self.placement: dict[int, Optional[str]] = {}  # trial number -> node id of its worker (when known)
 
-    def _new_actor(self):
-        return self.remote_cls.options(max_restarts=0, max_task_retries=0, **self.options).remote(self.env, self.threads)
+    def _new_actor(self, slot: int):
+        actor = self.remote_cls.options(max_restarts=0, max_task_retries=0, **self.options).remote(self.env, self.threads)
+        self.node_refs[slot] = actor.node_id.remote()
+        return actor
+
+    def node_of(self, slot: int, timeout: float = 0.0) -> Optional[str]:
+        """Node id of the actor in ``slot`` (None until the actor has started)."""
+        try:
+            return self.ray.get(self.node_refs[slot], timeout=timeout)
+        except Exception:  # noqa: BLE001 - not started yet, or dead before it answered
+            return None
+
+    def inflight_numbers(self) -> list[int]:
+        """Trial numbers running now."""
+        return [req["number"] for _, req in list(self.inflight.values())]
+
+    def node_of_trial(self, number: int, timeout: float = 0.0) -> Optional[str]:
+        """Node id of the worker running trial ``number`` (None if unknown or not running)."""
+        for slot, req in list(self.inflight.values()):
+            if req["number"] == number:
+                return self.node_of(slot, timeout)
+        return None
+
+    def _alive_nodes(self) -> set[str]:
+        return {n["NodeID"] for n in self.ray.nodes() if n.get("Alive")}
 
     @property
     def running(self) -> int:
@@ -137,6 +182,7 @@ class RayExecutor:
         slot = self.idle.pop(0)
         ref = self.actors[slot].run.remote(request)
         self.inflight[ref] = (slot, request)
+        self.placement[request["number"]] = self.node_of(slot, timeout=0.0)
 
     def poll(self, timeout: float = 1.0) -> list[tuple[dict[str, Any], dict[str, Any]]]:
         ray = self.ray
@@ -151,14 +197,32 @@ class RayExecutor:
             try:
                 result = ray.get(ref)
             except ray.exceptions.RayActorError as e:
-                # the candidate took its process down: only this trial fails; replace the actor
                 msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-                result = _failed(req, f"worker died: {type(e).__name__}: {msg}"[:2000])
+                node = self.node_of(slot, timeout=5.0)
+                # ActorUnavailableError: the actor's node stopped answering (lost or cut off); the
+                # actor cannot come back (max_restarts=0). ActorDiedError: the process died; its
+                # node is lost only if the cluster says so.
+                unavailable = type(e).__name__ == "ActorUnavailableError"
+                lost = unavailable or self._node_lost(node, str(e))
                 try:
                     ray.kill(self.actors[slot], no_restart=True)
                 except Exception:  # noqa: BLE001 - already gone
                     pass
-                self.actors[slot] = self._new_actor()
+                if lost:  # the machine went away, not the candidate's fault: run it again elsewhere
+                    result = _failed(req, f"node lost: worker node {node or '?'} left the cluster during the trial "
+                                          f"({type(e).__name__})"[:2000])
+                    result["retry"] = True
+                    self.nodes_lost += 1
+                    if not self._room_for_actor(exclude_node=node, slot=slot):
+                        self.capacity -= 1
+                        self.actors[slot] = None
+                        if self.capacity < 1:
+                            raise ExecutorError("every Ray worker node is gone: no worker left to run trials")
+                        out.append((req, result))
+                        continue
+                else:  # the candidate took its process down: only this trial fails
+                    result = _failed(req, f"worker died: {type(e).__name__}: {msg}"[:2000])
+                self.actors[slot] = self._new_actor(slot)
                 self.restarts += 1
             except ray.exceptions.RayTaskError as e:
                 cause = getattr(e, "cause", None) or e
@@ -167,8 +231,42 @@ class RayExecutor:
             out.append((req, result))
         return out
 
+    def _node_lost(self, node: Optional[str], message: str) -> bool:
+        """Whether an actor died with its node: its node is no longer alive in the cluster (waits
+        a few seconds for the cluster to notice), or Ray says so."""
+        import time
+
+        import re
+
+        if re.search(r"\bnode (has |had )?(died|is dead|was removed|was preempted)", message.lower()):
+            return True
+        if node is None:
+            return False
+        for _ in range(20):
+            if node not in self._alive_nodes():
+                return True
+            time.sleep(0.25)
+        return False
+
+    def _room_for_actor(self, exclude_node: Optional[str], slot: int) -> bool:
+        """Whether the alive nodes (without the lost one) hold the resources of one more actor
+        besides the live actors of the other slots."""
+        total: dict[str, float] = {}
+        for n in self.ray.nodes():
+            if n.get("Alive") and n["NodeID"] != exclude_node:
+                for k in ("CPU", "GPU"):
+                    total[k] = total.get(k, 0.0) + float(n.get("Resources", {}).get(k, 0.0))
+        others = sum(1 for i, a in enumerate(self.actors) if a is not None and i != slot)
+        for opt, res in (("num_cpus", "CPU"), ("num_gpus", "GPU")):
+            need = float(self.options.get(opt, 0))
+            if need and total.get(res, 0.0) - others * need < need:
+                return False
+        return True
+
     def shutdown(self) -> None:
         for a in getattr(self, "actors", []):
+            if a is None:
+                continue
             try:
                 self.ray.kill(a, no_restart=True)
             except Exception:  # noqa: BLE001

@@ -1,8 +1,7 @@
 """Export a study's chosen config per bucket: ``python -m autotune.export --study NAME [--out FILE]``.
 
-Options: ``--storage URL`` (default the search's, ``$AUTOTUNE_STORAGE`` or
-`autotune.db.DEFAULT_STORAGE`; a plain file path is read as a SQLite file), ``--out FILE``
-(default ``results/<study>.yaml``).
+Options: ``--storage URL`` (default ``$AUTOTUNE_STORAGE``, else ``sqlite:///results/autotune.db``;
+a plain file path is read as a SQLite file), ``--out FILE`` (default ``results/<study>.yaml``).
 
 Choice rule: the one rule of `autotune.verdict` (also behind the search's verdict and the
 report): per bucket, the study's leaders (COMPLETE trials meeting every non-speedup target at
@@ -45,32 +44,6 @@ class _Dumper(yaml.SafeDumper):
 
     def ignore_aliases(self, data: Any) -> bool:
         return True
-
-
-def storage_url(arg: str, flag: str = "--storage") -> str:
-    """A SQLAlchemy URL from ``arg`` (ExportError with a hint on the usual mistakes): a plain path
-    is a SQLite file; ``sqlite://path`` (two slashes) is refused with the three-slash form; a
-    PostgreSQL URL whose driver is not installed names the extra to install."""
-    from sqlalchemy.engine import make_url
-    from sqlalchemy.exc import ArgumentError
-
-    if "://" not in arg:
-        return f"sqlite:///{arg}"
-    try:
-        u = make_url(arg)
-    except ArgumentError:
-        raise ExportError(f"{flag}: not a database URL: {arg!r} (a SQLite file: sqlite:///results/autotune.db)") from None
-    backend = u.get_backend_name()
-    if backend == "sqlite" and u.host:
-        raise ExportError(f"{flag}: {arg!r} names host {u.host!r}; a SQLite file needs three slashes: "
-                          f"sqlite:///{u.host}/{u.database or ''}".rstrip("/"))
-    if backend == "postgresql":
-        try:
-            u.get_dialect().import_dbapi()
-        except ImportError:
-            raise ExportError(f"{flag}: the PostgreSQL driver for {u.drivername} is not installed: "
-                              f"pip install -e '.[postgres]' (and use postgresql+psycopg://...)") from None
-    return arg
 
 
 def _geomean(xs: list[Optional[float]]) -> float:
@@ -215,18 +188,15 @@ def _r(x: Optional[float]) -> Optional[float]:
 
 
 def _sqlite_path(url: str) -> Optional[str]:
-    from sqlalchemy.engine import make_url
+    from .storage import sqlite_file
 
-    u = make_url(url)
-    if u.get_backend_name() == "sqlite" and u.database and u.database != ":memory:":
-        return u.database
-    return None
+    return sqlite_file(url)
 
 
 def _safe(url: str) -> str:
-    from sqlalchemy.engine import make_url
+    from .storage import mask_url
 
-    return make_url(url).render_as_string(hide_password=True)
+    return mask_url(url)
 
 
 def export(study: str, storage: str, out: str, log=None) -> dict[str, Any]:
@@ -253,20 +223,27 @@ def export(study: str, storage: str, out: str, log=None) -> dict[str, Any]:
 
 
 def main(argv: Optional[list[str]] = None) -> int:
-    from .db import DEFAULT_STORAGE
-
     p = argparse.ArgumentParser(prog="python -m autotune.export", description=__doc__.split("\n\n")[0])
     p.add_argument("--study", required=True)
-    p.add_argument("--storage", default=None, help=f"SQLAlchemy URL or SQLite file (default {DEFAULT_STORAGE})")
+    p.add_argument("--storage", default=None, help="SQLAlchemy URL or SQLite file (default $AUTOTUNE_STORAGE, "
+                   "else sqlite:///results/autotune.db)")
     p.add_argument("--out", default=None, help="output YAML (default results/<study>.yaml)")
     args = p.parse_args(argv)
+    from .storage import StorageError, database_error_line, resolve_storage
+
     out = args.out or os.path.join("results", f"{args.study}.yaml")
     try:
-        storage = storage_url(args.storage or os.environ.get("AUTOTUNE_STORAGE") or DEFAULT_STORAGE)
+        storage = resolve_storage(args.storage, "write").url  # export records its choice in at_tuned
         doc = export(args.study, storage, out)
-    except ExportError as e:
+    except (ExportError, StorageError) as e:
         print(f"autotune.export: error: {e}", file=sys.stderr)
         return 2
+    except Exception as e:  # noqa: BLE001 - a database error: one line, no password
+        line = database_error_line(e, args.storage or "")
+        if line is None:
+            raise
+        print(f"autotune.export: error: {line}", file=sys.stderr)
+        return 1
     for b in doc["buckets"]:
         lo, hi = b["speedup_interval"]
         tie = f", tied with {', '.join(f't#{t}' for t in b['tied_with'])}" if b["tied_with"] else ""

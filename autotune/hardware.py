@@ -94,5 +94,31 @@ def describe(device: str = "cpu") -> dict[str, Any]:
     return info
 
 
-def command_line() -> str:
-    return " ".join([Path(sys.executable).name, *sys.argv])
+def _module_of(script: str) -> Optional[str]:
+    """``autotune.search`` for .../autotune/search.py, ``autotune.report`` for .../report/__main__.py
+    (the module a ``python -m`` run executes), or None for a script outside the package."""
+    p = Path(script).resolve()
+    root = Path(__file__).resolve().parent.parent
+    try:
+        rel = p.relative_to(root)
+    except ValueError:
+        return None
+    if rel.suffix != ".py":
+        return None
+    parts = list(rel.with_suffix("").parts)
+    if parts[-1] == "__main__":
+        parts = parts[:-1]
+    return ".".join(parts) if parts and parts[0] in ("autotune", "kernels", "patterns") else None
+
+
+def command_line(argv: Optional[list[str]] = None, secrets: tuple[str, ...] = ()) -> str:
+    """The command as typed: ``python -m autotune.search --space ...`` (shell-quoted), with every
+    password masked (URL passwords, ``password=`` values and the given ``secrets``)."""
+    import shlex
+
+    from .storage import mask_secrets
+
+    argv = list(sys.argv if argv is None else argv)
+    module = _module_of(argv[0]) if argv and argv[0] not in ("", "-c") else None
+    head = ["python", "-m", module] if module else ["python", *argv[:1]]
+    return mask_secrets(shlex.join([*head, *argv[1:]]), secrets)

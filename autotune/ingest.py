@@ -1,6 +1,6 @@
 """Load benchmark CSVs into the results database: ``python -m autotune.ingest``.
 
-    python -m autotune.ingest --storage sqlite:///autotune.db --kernel-csv benchmarks/results/cpu-2cores.csv \\
+    python -m autotune.ingest --storage sqlite:///results/autotune.db --kernel-csv benchmarks/results/cpu-2cores.csv \\
         [--evoformer-csv benchmarks/results/evoformer-cpu.csv] [--command "python -m kernels.bench ..."]
 
 ``--kernel-csv`` is a CSV of ``python -m kernels.bench``, ``--evoformer-csv`` one of ``python -m
@@ -149,31 +149,42 @@ def ingest_file(db, path: str | os.PathLike, kind: str, *, command: Optional[str
 
 def main(argv: Optional[list[str]] = None) -> int:
     p = argparse.ArgumentParser(prog="python -m autotune.ingest", description=__doc__.split("\n\n")[0])
-    p.add_argument("--storage", default=None, help="SQLAlchemy URL (default sqlite:///autotune.db)")
+    p.add_argument("--storage", default=None, help="SQLAlchemy URL or SQLite file (default $AUTOTUNE_STORAGE, "
+                   "else sqlite:///results/autotune.db)")
     p.add_argument("--kernel-csv", action="append", default=[], help="CSV of python -m kernels.bench (repeatable)")
     p.add_argument("--evoformer-csv", action="append", default=[],
                    help="CSV of python -m autotune.evoformer.bench (repeatable)")
     p.add_argument("--command", default=None, help="the command line that produced the CSV(s), recorded with them")
     p.add_argument("--force", action="store_true", help="ingest a file again even if its content is already there")
     args = p.parse_args(argv)
-    storage = args.storage or os.environ.get("AUTOTUNE_STORAGE") or "sqlite:///autotune.db"
+    from .storage import StorageError, database_error_line, mask_secrets, resolve_storage
+
     files = [(f, "kernel") for f in args.kernel_csv] + [(f, "evoformer") for f in args.evoformer_csv]
     if not files:
         p.error("give at least one --kernel-csv or --evoformer-csv")
-    try:  # check every file before writing any
+    try:  # check every file and the database URL before writing any
         for f, kind in files:
             parse_csv(f, kind)
-    except IngestError as e:
+        storage = resolve_storage(args.storage, "write").url
+    except (IngestError, StorageError) as e:
         print(f"autotune.ingest: error: {e}", file=sys.stderr)
         return 2
 
     from .db import Database
 
-    db = Database(storage)  # creates the at_ tables, bench tables included (imported above)
+    try:
+        db = Database(storage)  # creates the at_ tables, bench tables included (imported above)
+    except Exception as e:  # noqa: BLE001 - a database error: one line, no password
+        line = database_error_line(e, storage)
+        if line is None:
+            raise
+        print(f"autotune.ingest: error: {line}", file=sys.stderr)
+        return 1
     try:
         for f, kind in files:
             try:
-                rid = ingest_file(db, f, kind, command=args.command, force=args.force)
+                rid = ingest_file(db, f, kind, command=mask_secrets(args.command) if args.command else None,
+                                  force=args.force)
             except IngestError as e:
                 print(f"autotune.ingest: error: {e}", file=sys.stderr)
                 return 2

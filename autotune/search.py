@@ -2,13 +2,14 @@
 
 Finds, per sequence-length bucket, the sparse patterns and kernel launch parameters that are
 fastest and leanest while keeping accuracy; every candidate passes a correctness gate against the
-reference backend first, and every measurement is kept in the results database (`autotune.db`).
+reference backend first, and every measurement is kept in the results database (default ``results/autotune.db``).
 
 Options (each overrides the space file): ``--trials N`` (total budget, trials already finished in
 the study count), ``--timeout SECONDS`` (no new trial starts after it; running ones finish),
-``--study NAME`` (default: the space's name), ``--storage URL`` (default
-``sqlite:///autotune.db``), ``--executor ray|local``, ``--ray-address ADDRESS``, ``--device
-cpu|cuda``, ``--workers N``, ``--no-progress``. Exit status: 0 done, 2 invalid input (nothing
+``--study NAME`` (default: the space's name), ``--storage URL`` (default ``$AUTOTUNE_STORAGE``, else
+``sqlite:///results/autotune.db``; checked by `autotune.storage`), ``--executor ray|local``, ``--ray-address ADDRESS``, ``--device
+cpu|cuda``, ``--workers N``, ``--no-progress``, ``--allow-repeats`` (measure a parameter set the
+study already measured or is running). Exit status: 0 done, 2 invalid input (nothing
 written), 1 other errors.
 
 End of a run
@@ -46,7 +47,18 @@ a trial whose results reached our tables is completed from them (``tell`` replay
 measured twice); any other one is marked FAIL with reason "interrupted" in both Optuna and
 ``at_trials`` and its parameters are enqueued again (``retry_of`` records which trial it re-runs),
 so no trial is lost. Trials waiting in Optuna's queue are asked first. The budget counts every
-finished trial except the interrupted ones (their retry counts).
+finished trial except the interrupted ones (their retry counts). Runs whose driver is gone are
+marked ended (status "died", ``end_reason``). The sampler continues from the study: on a study
+with trials its seed is derived from (seed, trials so far, run id) (`sampler_seed`), and a
+proposal whose parameters are already measured or running is pruned unmeasured (user attribute
+``not_run``) and asked again, unless ``--allow-repeats``.
+
+Several drivers
+---------------
+Drivers on other machines (each with its own Ray or local executor) may share one study in one
+PostgreSQL database (SQLite for drivers on one machine). Each trial's budget slot is claimed in
+the database in one locked transaction (`autotune.db.Database.claim_trial`): together they run
+exactly ``--trials`` trials, never one parameter set twice, and each prints the study's true total.
 """
 
 from __future__ import annotations
@@ -62,9 +74,10 @@ import sys
 import time
 from typing import Any, Optional
 
-from .space import SearchSpace, SpaceError, load_space
+from .space import MAX_NAME, SearchSpace, SpaceError, load_space
 
 LEASE_SECONDS = 600.0
+MAX_DUPLICATE_ASKS = 200  # consecutive asks that only re-propose measured parameters: space exhausted
 HEARTBEAT_SECONDS = 5.0
 INTERRUPTED = "interrupted"
 
@@ -79,12 +92,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--trials", type=int, help="total trial budget (finished trials of the study count)")
     p.add_argument("--timeout", type=float, help="seconds after which no new trial starts")
     p.add_argument("--study", help="study name (default: the space's name)")
-    p.add_argument("--storage", help="SQLAlchemy URL (default sqlite:///autotune.db)")
+    p.add_argument("--storage", help="SQLAlchemy URL or SQLite file (default $AUTOTUNE_STORAGE, else "
+                   "sqlite:///results/autotune.db)")
     p.add_argument("--executor", choices=("ray", "local"), default="ray")
     p.add_argument("--ray-address", help="join this Ray cluster instead of starting a local instance")
     p.add_argument("--device", choices=("cpu", "cuda"))
     p.add_argument("--workers", type=int, help="CPU spaces: number of worker actors")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--allow-repeats", action="store_true",
+                   help="measure a parameter set again even if the study already measured it")
     return p
 
 
@@ -110,11 +126,21 @@ def driver_alive(run, now: dt.datetime) -> bool:
     return run.heartbeat_at is not None and (now - run.heartbeat_at).total_seconds() < LEASE_SECONDS
 
 
-def make_sampler(space: SearchSpace):
+def sampler_seed(seed: Optional[int], n_trials: int, run_id: Optional[int]) -> Optional[int]:
+    """The seed of one driver's sampler: the space's seed on a fresh study; on a study that already
+    has trials (a resume, or another driver's study), a seed derived from (seed, number of trials,
+    run id), so the sampler continues from the study instead of replaying the sequence it proposed
+    at the first start (which re-proposed the parameters measured then)."""
+    if seed is None or (n_trials == 0 and run_id is None):
+        return seed
+    return int(hashlib.sha256(f"{seed}:{n_trials}:{run_id}".encode()).hexdigest()[:8], 16)
+
+
+def make_sampler(space: SearchSpace, seed: Optional[int] = None, *, use_space_seed: bool = True):
     import optuna
 
     cfg = space.sampler
-    seed = cfg.get("seed")
+    seed = cfg.get("seed") if use_space_seed else seed
 
     def constraints_func(trial) -> list[float]:
         return list(trial.user_attrs.get("constraints", []))
@@ -132,33 +158,6 @@ def make_sampler(space: SearchSpace):
     return optuna.samplers.RandomSampler(seed=seed)
 
 
-def _sqlite_path(url: str) -> Optional[str]:
-    from sqlalchemy.engine import make_url
-
-    u = make_url(url)
-    if u.get_backend_name() == "sqlite" and u.database and u.database != ":memory:":
-        return u.database
-    return None
-
-
-def check_storage(url: str) -> None:
-    """Validate the URL without touching the database (UsageError on a bad URL)."""
-    from sqlalchemy.engine import make_url
-    from sqlalchemy.exc import ArgumentError
-
-    try:
-        u = make_url(url)
-    except ArgumentError as e:
-        raise UsageError(f"--storage: not a database URL: {url!r} ({e})") from None
-    path = _sqlite_path(url)
-    if path:
-        parent = os.path.dirname(os.path.abspath(path))
-        if not os.path.isdir(parent):
-            raise UsageError(f"--storage: directory {parent} does not exist")
-    elif u.get_backend_name() == "sqlite":
-        pass
-
-
 def _seed(study: str, number: int) -> int:
     return int(hashlib.sha256(f"{study}:{number}".encode()).hexdigest()[:8], 16)
 
@@ -168,7 +167,8 @@ class Search:
 
     def __init__(self, space: SearchSpace, *, study_name: str, storage: str, executor: str = "ray",
                  ray_address: Optional[str] = None, workers: Optional[int] = None, progress: bool = True,
-                 num_cpus: Optional[int] = None, log=None) -> None:
+                 num_cpus: Optional[int] = None, log=None, allow_repeats: bool = False) -> None:
+        self.allow_repeats = allow_repeats
         self.space = space
         self.study_name = study_name
         self.storage = storage
@@ -177,9 +177,18 @@ class Search:
         self.workers = workers if workers is not None else space.execution.get("workers")
         self.progress = progress
         self.num_cpus = num_cpus
-        self.log = log or (lambda msg: print(f"autotune: {msg}", file=sys.stderr))
+        from .storage import mask_secrets, mask_url
+
+        from sqlalchemy.engine import make_url
+
+        pw = make_url(storage).password
+        self.secrets: tuple[str, ...] = (str(pw),) if pw else ()
+        self.masked_storage = mask_url(storage)
+        raw_log = log or (lambda msg: print(f"autotune: {msg}", file=sys.stderr))
+        self.log = lambda msg: raw_log(mask_secrets(str(msg), self.secrets))  # no password in any log line
         self.stats = {"completed": 0, "failed": 0, "recovered": 0, "retried": 0, "wall_s": 0.0, "measure_s": 0.0,
-                      "trial_s": 0.0, "startup_s": 0.0, "timed_s": 0.0, "windows_s": 0.0}
+                      "trial_s": 0.0, "startup_s": 0.0, "timed_s": 0.0, "windows_s": 0.0,
+                      "duplicates_skipped": 0}
         self.cells_by_trial: dict[int, list[dict[str, Any]]] = {}  # complete trials' cells (progress bar)
         self.sdpa_seen: dict[tuple, list[float]] = {}  # (workload, bucket) -> SDPA medians (noise warning)
         self.noisy: set[tuple] = set()
@@ -192,7 +201,7 @@ class Search:
         import optuna
 
         from . import hardware
-        from .db import Database
+        from .db import Database, create_optuna_storage
 
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         self.db = Database(self.storage)
@@ -200,7 +209,7 @@ class Search:
 
         upgrade_schema(self.db.engine)  # a database from before the paired-timing columns
         engine_kwargs = {"connect_args": {"timeout": 60}} if self.storage.startswith("sqlite") else {}
-        self.ostorage = optuna.storages.RDBStorage(self.storage, engine_kwargs=engine_kwargs)
+        self.ostorage = create_optuna_storage(self.storage, engine_kwargs)
         directions = self.space.directions()
         try:
             existing = optuna.load_study(study_name=self.study_name, storage=self.ostorage)
@@ -225,10 +234,14 @@ class Search:
         self.hardware = hardware.describe(self.space.device)
         self.run_id = self.db.start_run(
             study_name=self.study_name, host=socket.gethostname(), pid=os.getpid(),
-            command_line=hardware.command_line(), device=self.space.device, hardware=self.hardware,
+            command_line=hardware.command_line(secrets=self.secrets), device=self.space.device, hardware=self.hardware,
             versions=hardware.package_versions(), git_revision=hardware.git_revision(),
             space_path=self.space.source, space=self.space.to_dict(), executor=self.executor_kind,
         )
+        n_trials = len(self.study.get_trials(deepcopy=False))
+        if n_trials:  # continue from the study: never replay the sequence of an earlier start
+            self.study.sampler = make_sampler(self.space, sampler_seed(self.space.sampler.get("seed"), n_trials, self.run_id),
+                                              use_space_seed=False)
 
     # -- resume ------------------------------------------------------------------------------
     def recover(self) -> None:
@@ -238,8 +251,19 @@ class Search:
         from .db import Run, utcnow
 
         now = utcnow()
+        for rid in self.db.settle_dead_runs(lambda run: driver_alive(run, now), self.run_id):
+            self.log(f"run {rid} had no live driver left: marked ended (status died)")
+        from sqlalchemy import select
+
+        with self.db.Session() as s:  # other drivers of this study still alive (dead ones were just ended)
+            peers = s.scalars(select(Run.id).where(Run.study_name == self.study_name, Run.ended_at.is_(None),
+                                                   Run.id != self.run_id)).all()
         for ft in self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
             row = self.db.trial(self.study_name, ft.number)
+            if row is None and peers:
+                # asked by a live driver that has not claimed it yet (ask, then claim): not ours to
+                # settle; a trial whose driver died in between is settled by a start with no live peer
+                continue
             if row is not None:
                 with self.db.Session() as s:
                     run = s.get(Run, row.run_id)
@@ -262,6 +286,12 @@ class Search:
                 self.study.enqueue_trial(dict(ft.params), user_attrs={"retry_of": ft.number}, skip_if_exists=False)
             self.stats["retried"] += 1
             self.log(f"trial {ft.number} was interrupted (its driver is gone): marked failed, enqueued again")
+        if not peers:  # a retry whose queue entry was lost (a driver died between tell and enqueue)
+            queued = {ft.user_attrs.get("retry_of") for ft in self.study.get_trials(deepcopy=False, states=(TrialState.WAITING,))}
+            for row in self.db.pending_retries(self.study_name):
+                if row.number not in queued and row.params:
+                    self.study.enqueue_trial(dict(row.params), user_attrs={"retry_of": row.number}, skip_if_exists=False)
+                    self.log(f"trial {row.number} ({row.reason}) had no retry queued: enqueued again")
 
     def _tell(self, number: int, values: list[float], constraints: list[float]) -> None:
         from .trial import constraint_names
@@ -273,16 +303,20 @@ class Search:
         self.study.tell(number, values)
 
     def finished_count(self) -> int:
-        from optuna.trial import TrialState
-
-        n = 0
-        for ft in self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.FAIL, TrialState.PRUNED)):
-            if ft.user_attrs.get("fail_reason") != INTERRUPTED:
-                n += 1
-        return n
+        """Trials of the study finished for good, counted in the database (all drivers)."""
+        return self.db.count_finished(self.study_name)
 
     # -- one trial ---------------------------------------------------------------------------
-    def _launch(self, executor) -> None:
+    def _launch(self, executor) -> str:
+        """Ask Optuna for a trial, claim its budget slot in the database and submit it. Returns
+        "launched", "rejected" (invalid parameters: recorded failed), "budget" (the study's budget
+        is taken, by this or another driver) or "duplicate" (the parameters are already measured or
+        running; the asked trial is pruned unmeasured, its user attribute ``not_run`` says why)."""
+        from optuna.trial import TrialState
+
+        from kernels import KernelConfig
+        from patterns import pattern_from_dict
+
         from .db import utcnow
         from .trial import TrialRequest, constraint_names
 
@@ -290,23 +324,42 @@ class Search:
         params = dict(trial.params)
         pattern, kernel = self.space.split_params(params)
         retry_of = trial.user_attrs.get("retry_of")
-        from kernels import KernelConfig
-        from patterns import pattern_from_dict
-
-        pattern = pattern_from_dict(pattern).to_dict()  # validated, static or guided (raises -> failed trial below)
-        kernel = KernelConfig.from_dict(kernel).for_block(pattern["block_size"]).to_dict() if kernel is not None else None
-        self.db.start_trial(
+        invalid = None
+        try:  # a sampled combination the pattern / kernel rejects is a failed trial, not a crash
+            pattern = pattern_from_dict(pattern).to_dict()  # static or guided
+            kernel = KernelConfig.from_dict(kernel).for_block(pattern["block_size"]).to_dict() if kernel is not None else None
+        except (TypeError, ValueError) as e:
+            invalid = f"invalid parameters: {e}"
+        now = utcnow()
+        status, other = self.db.claim_trial(dict(
             run_id=self.run_id, study_name=self.study_name, number=trial.number, optuna_trial_id=trial._trial_id,
-            params=params, pattern=pattern, kernel=kernel, state="RUNNING", retry_of=retry_of,
-            objective_names=list(self.space.objectives), constraint_names=constraint_names(self.space),
-            started_at=utcnow(), lease_until=utcnow() + dt.timedelta(seconds=LEASE_SECONDS),
-        )
+            params=params, pattern=pattern, kernel=kernel, state="FAIL" if invalid else "RUNNING", reason=invalid,
+            retry_of=retry_of, objective_names=list(self.space.objectives), constraint_names=constraint_names(self.space),
+            started_at=now, finished_at=now if invalid else None,
+            lease_until=None if invalid else now + dt.timedelta(seconds=LEASE_SECONDS),
+        ), int(self.space.budget["trials"]), allow_repeats=self.allow_repeats)
+        if status != "ok":
+            why = "budget reached" if status == "budget" else f"duplicate of trial {other}"
+            trial.set_user_attr("not_run", why)
+            self.study.tell(trial, state=TrialState.PRUNED)
+            if status == "duplicate":
+                self.stats["duplicates_skipped"] += 1
+                if retry_of is not None:
+                    self.log(f"retry of trial {retry_of} skipped: its parameters were measured by trial {other}")
+            return status
+        if invalid:
+            trial.set_user_attr("fail_reason", invalid)
+            self.study.tell(trial, state=TrialState.FAIL)
+            self.stats["failed"] += 1
+            return "rejected"
         req = TrialRequest(study=self.study_name, number=trial.number, params=params, pattern=pattern,
                            kernel=kernel, space=self.space.to_dict(), seed=_seed(self.study_name, trial.number))
         self.trials[trial.number] = trial
         executor.submit(req.to_dict())
+        return "launched"
 
-    def _record(self, req: dict[str, Any], res: dict[str, Any]) -> None:
+    def _record(self, req: dict[str, Any], res: dict[str, Any]) -> bool:
+        """Write one returned trial; False when it is to be run again (not finished)."""
         from optuna.trial import TrialState
 
         from .trial import cell_values, cell_violations, summarize
@@ -319,6 +372,15 @@ class Search:
         self.stats["timed_s"] += timing.get("timed_s", 0.0)
         self.stats["windows_s"] += timing.get("candidate_s", 0.0) + timing.get("baseline_s", 0.0)
         fields = {"gate": res.get("gate"), "timing": timing, "worker": res.get("worker")}
+        if res.get("retry"):  # its worker's node was lost: failed with the reason, run again
+            reason = res.get("reason") or "node lost"
+            self.db.record_result(self.study_name, number, state="FAIL", reason=reason, fields=fields, measurements=[])
+            trial.set_user_attr("fail_reason", reason)
+            self.study.tell(trial, state=TrialState.FAIL)
+            self.study.enqueue_trial(dict(trial.params), user_attrs={"retry_of": number}, skip_if_exists=False)
+            self.stats["retried"] += 1
+            self.log(f"trial {number} failed ({reason.splitlines()[0][:200]}): enqueued again")
+            return False
         if res.get("ok"):
             try:
                 objs, cons = summarize(self.space, res)
@@ -365,6 +427,7 @@ class Search:
             self.study.tell(trial, state=TrialState.FAIL)
             self.stats["failed"] += 1
             self.log(f"trial {number} failed: {reason.splitlines()[0][:300]}")
+        return True
 
     def _update_best_by_bucket(self, rows: list[dict[str, Any]], number: Optional[int] = None) -> None:
         """Feed a complete trial's cells to the progress bar's best-so-far (the leaders of
@@ -427,7 +490,7 @@ class Search:
     # -- main loop ---------------------------------------------------------------------------
     def run(self) -> dict[str, Any]:
         from .db import utcnow
-        from .executor import make_executor
+        from .executor import ExecutorError, make_executor
 
         t_start = time.perf_counter()
         self.trials: dict[int, Any] = {}
@@ -482,9 +545,12 @@ class Search:
                          f"(raise --trials above {done0} to add trials)")
                 status = "finished"
                 return self._summary(done0, t_start)
-            executor = make_executor(self.executor_kind, device=self.space.device, workers=self.workers,
-                                     threads_per_worker=int(self.space.execution.get("threads_per_worker") or 1),
-                                     address=self.ray_address, num_cpus=self.num_cpus)
+            try:
+                executor = make_executor(self.executor_kind, device=self.space.device, workers=self.workers,
+                                         threads_per_worker=int(self.space.execution.get("threads_per_worker") or 1),
+                                         address=self.ray_address, num_cpus=self.num_cpus)
+            except ExecutorError as e:  # e.g. threads_per_worker beyond every node of --ray-address
+                raise UsageError(f"{self.space.source}: {e}") from None
             self.stats["startup_s"] = time.perf_counter() - t_start
             try:  # again: starting Ray may have installed its own handler
                 signal.signal(signal.SIGINT, on_int)
@@ -498,25 +564,37 @@ class Search:
                 bar = tqdm(total=budget, initial=done0, desc=self.study_name, unit="trial", dynamic_ncols=True)
             last_hb = 0.0
             done = done0
+            budget_full, dup_streak = False, 0
             while True:
                 if self._stop_requested:
                     raise KeyboardInterrupt
                 now_m = time.monotonic()
                 out_of_time = deadline is not None and now_m >= deadline
-                while (not out_of_time and executor.running < executor.capacity
-                       and done + executor.running < budget):
-                    try:
-                        self._launch(executor)
-                    except ValueError as e:  # a sampled combination the pattern/kernel rejects
-                        self._reject_last(e)
+                while not out_of_time and not budget_full and executor.running < executor.capacity:
+                    status = self._launch(executor)
+                    if status == "budget":
+                        budget_full = True
+                    elif status == "duplicate":
+                        dup_streak += 1
+                        if dup_streak >= MAX_DUPLICATE_ASKS:
+                            self.log(f"the sampler proposed {dup_streak} already measured parameter sets in a row: "
+                                     "the space looks exhausted; stopping (--allow-repeats measures them again)")
+                            budget_full = True
+                    else:
+                        dup_streak = 0
+                    if status == "rejected":
                         done += 1
+                        if bar is not None:
+                            bar.update(1)
                 if executor.running == 0:
                     break
                 for req, res in executor.poll(timeout=1.0):
-                    self._record(req, res)
-                    done += 1
-                    if bar is not None:
-                        bar.update(1)
+                    if self._record(req, res):
+                        done += 1
+                        if bar is not None:
+                            bar.update(1)
+                    else:  # to be run again: its retry takes the slot it reserved
+                        budget_full = False
                 if time.monotonic() - last_hb > HEARTBEAT_SECONDS:
                     self.db.heartbeat(self.run_id, utcnow() + dt.timedelta(seconds=LEASE_SECONDS))
                     last_hb = time.monotonic()
@@ -553,28 +631,21 @@ class Search:
                 except Exception:  # noqa: BLE001
                     pass
 
-    def _reject_last(self, exc: Exception) -> None:
-        from optuna.trial import TrialState
-
-        running = self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
-        mine = [t for t in running if t.number not in self.trials]
-        for ft in mine[-1:]:
-            self.ostorage.set_trial_user_attr(ft._trial_id, "fail_reason", f"invalid parameters: {exc}")
-            self.study.tell(ft.number, state=TrialState.FAIL)
-            self.stats["failed"] += 1
-
     def _safe_url(self) -> str:
-        from sqlalchemy.engine import make_url
-
-        return make_url(self.storage).render_as_string(hide_password=True)
+        return self.masked_storage
 
     def _summary(self, done: int, t_start: float) -> dict[str, Any]:
         self.stats["wall_s"] = time.perf_counter() - t_start
-        return dict(self.stats, finished=done, study=self.study_name, run_id=self.run_id, best_speedup=self.best,
+        # true totals: the study's finished trials in the database, whichever driver measured them
+        return dict(self.stats, finished=self.finished_count(), running_elsewhere=self.db.count_running(self.study_name),
+                    study=self.study_name, run_id=self.run_id, best_speedup=self.best,
                     best_by_bucket=dict(self.best_by_bucket), best_text=self.best_text())
 
 
 def main(argv: Optional[list[str]] = None) -> int:
+    from .executor import ExecutorError
+    from .storage import StorageError, database_error_line, mask_secrets, resolve_storage
+
     args = build_parser().parse_args(argv)
     try:
         if args.trials is not None and args.trials < 1:
@@ -592,26 +663,48 @@ def main(argv: Optional[list[str]] = None) -> int:
 
             if not torch.cuda.is_available():
                 raise UsageError(f"{args.space}: device: cuda, but this machine has no CUDA device (use --device cpu)")
-        storage = args.storage or os.environ.get("AUTOTUNE_STORAGE") or "sqlite:///autotune.db"
-        check_storage(storage)
+        study = args.study if args.study is not None else space.name
+        if not study.strip() or len(study) > MAX_NAME or any(ord(c) < 32 or ord(c) == 127 for c in study):
+            raise UsageError(f"--study: a study name must be 1 to {MAX_NAME} printable characters, got {len(study)}")
+        threads = int(space.execution.get("threads_per_worker") or 1)
+        if not args.ray_address and threads > (os.cpu_count() or 1):  # a cluster's CPUs: checked when joining it
+            raise UsageError(f"{args.space}: execution.threads_per_worker: {threads} is more than the "
+                             f"{os.cpu_count()} CPUs of this machine")
+        storage = resolve_storage(args.storage, "write").url
+    except StorageError as e:
+        print(f"autotune: error: {e}", file=sys.stderr)
+        return 2
     except SpaceError as e:
         print(f"autotune: error: {e}", file=sys.stderr)
         return 2
     except UsageError as e:
         print(f"autotune: error: {e}", file=sys.stderr)
         return 2
-    search = Search(space, study_name=args.study or space.name, storage=storage, executor=args.executor,
-                    ray_address=args.ray_address, workers=args.workers, progress=not args.no_progress)
+    search = Search(space, study_name=study, storage=storage, executor=args.executor,
+                    ray_address=args.ray_address, workers=args.workers, progress=not args.no_progress,
+                    allow_repeats=args.allow_repeats)
     try:
         summary = search.run()
     except UsageError as e:
-        print(f"autotune: error: {e}", file=sys.stderr)
+        print(f"autotune: error: {mask_secrets(str(e), search.secrets)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130
+    except ExecutorError as e:  # e.g. every Ray worker node left the cluster
+        print(f"autotune: error: {e}", file=sys.stderr)
+        return 1
+    except Exception as e:  # noqa: BLE001 - database errors: one line, no traceback, no password
+        line = database_error_line(e, storage)
+        if line is None:
+            raise
+        print(f"autotune: error: {line}", file=sys.stderr)
+        return 1
     print(
         f"autotune: study {summary['study']!r}: {summary['completed']} completed, {summary['failed']} failed this run, "
-        f"{summary['finished']} finished in total; {summary['wall_s']:.1f} s"
+        f"{summary['finished']} finished in total (all drivers"
+        f"{'; %d still running in other drivers' % summary['running_elsewhere'] if summary.get('running_elsewhere') else ''}"
+        f"{'; %d duplicate proposals skipped' % summary['duplicates_skipped'] if summary.get('duplicates_skipped') else ''}); "
+        f"{summary['wall_s']:.1f} s"
         + (f"; measurement overhead {overhead_text(summary)}" if summary["completed"] + summary["failed"] else ""),
         file=sys.stderr,
     )

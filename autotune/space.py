@@ -57,6 +57,15 @@ or a block size the kernels do not support raises `SpaceError`, whose message is
     measure: {warmup: 3, repeats: 10}
     gate: {seq_len: 200, batch: 2, fwd_tol: 0.03, bwd_tol: 0.05}
     execution: {workers: 2, threads_per_worker: 1}          # CPU trials; GPU: one actor per GPU
+    limits: {max_seq_len: 65536}    # optional: raise a machine limit (see LIMITS)
+
+Every number must be finite (``.nan`` / ``.inf`` are rejected), every section a mapping, and the
+values within what a machine can run (`LIMITS`, each raisable in the ``limits`` section): buckets,
+window, global tokens and the gate length at most ``max_seq_len``; heads, head_dim, tokens and
+batches within their limits; and per (workload, bucket) the inputs (q, k, v, output and the pair
+bias; for an EvoFormer block the MSA and pair activations) at most ``max_input_gib`` (default: this
+machine's physical memory for device cpu, the GPU's memory for cuda when one is visible).
+``threads_per_worker`` is checked against the CPUs the executor sees when it starts.
 
 A guided candidate's layout is chosen from each workload's pair bias inside every timed call (its
 construction counts in the candidate's time); its accuracy is measured with layouts chosen from
@@ -73,15 +82,15 @@ from __future__ import annotations
 
 import copy
 import math
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
-import yaml
-
 from kernels.config import KERNEL_STAGES, KERNEL_TILES, KERNEL_WARPS
 from patterns.config import GLOBAL_PLACEMENTS, SUPPORTED_BLOCK_SIZES
 from patterns.guided import GUIDED_POOLS, GUIDED_SPREADS, PATTERN_FAMILIES
+from patterns.safeyaml import YAMLInputError, load_yaml_file
 
 __all__ = [
     "SpaceError",
@@ -132,7 +141,29 @@ EVOFORMER_DEFAULTS = {"c_m": 256, "c_z": 128, "heads": 8, "pair_heads": 4, "head
 TOP_KEYS = {
     "name", "device", "backend", "dtype", "mode", "buckets", "pattern", "kernel", "workloads",
     "objectives", "constraints", "targets", "accuracy_noise", "sampler", "budget", "measure", "gate", "execution",
+    "limits",
 }
+# What one machine can run, as data: each may be raised (or lowered) in the space's ``limits``
+# section. max_input_gib None = this machine's memory (see `_machine_memory_gib`).
+LIMITS: dict[str, Any] = {
+    "max_seq_len": 65536,      # residues: buckets, window, num_global, gate.seq_len
+    "max_heads": 128,
+    "max_head_dim": 256,
+    "max_tokens": 1 << 24,     # msa_row tokens (batch x L)
+    "max_batch": 65536,        # max_batch, msa_depth, gate.batch
+    "max_channels": 4096,      # EvoFormer c_m, c_z, c_hidden_*
+    "max_input_gib": None,
+}
+# Fixed sanity bounds (not machine limits): beyond them a value is a typo.
+MAX_TRIALS = 1_000_000
+MAX_WARMUP = 1000
+MAX_REPEATS = 10_000
+MAX_WORKERS = 4096
+MAX_THREADS = 1024
+MAX_NAME = 256      # study / space name: the database columns hold 256 characters
+MAX_WORKLOAD_NAME = 64
+MAX_SEED = 2**32 - 1  # numpy's seed range
+DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
 REQUIRED_TOP = ("buckets", "pattern", "workloads", "objectives")
 
 PATTERN_PARAMS: dict[str, tuple] = {
@@ -406,6 +437,38 @@ def _check_families(V: "_V", pattern: dict[str, Any]) -> None:
         V.fail("pattern.keep", "required key is missing (guided patterns need it: the fraction of key blocks kept)")
 
 
+def _short(v: Any) -> str:
+    """repr of ``v`` cut to 60 characters (one-line messages)."""
+    r = repr(v)
+    return r if len(r) <= 60 else r[:57] + "..."
+
+
+def _machine_memory_gib(device: str) -> Optional[float]:
+    """Physical memory of this machine (device cpu) or of GPU 0 (cuda, when visible), in GiB."""
+    try:
+        if device == "cpu":
+            return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+        import torch
+
+        if torch.cuda.is_available():
+            return torch.cuda.get_device_properties(0).total_memory / 2**30
+    except (ValueError, OSError, AttributeError, RuntimeError):
+        pass
+    return None
+
+
+def input_gib(w: "Workload", seq_len: int, dtype: str) -> float:
+    """GiB of one (workload, bucket)'s inputs and output: q, k, v, out [B, H, L, D] and the pair
+    bias [1, H, L, L]; for an EvoFormer block the MSA [N_seq, L, c_m] and pair [L, L, c_z]
+    activations, counted four times (input, output, gradient-free intermediates)."""
+    e = DTYPE_BYTES[dtype]
+    L = seq_len
+    if w.kind == "evoformer":
+        return 4.0 * ((w.msa_depth or 1) * L * (w.c_m or 1) + L * L * (w.c_z or 1)) * e / 2**30
+    b = w.batch(L)
+    return (4.0 * b * w.heads * L * w.head_dim + (w.heads * L * L if w.bias else 0)) * e / 2**30
+
+
 def _type_name(v: Any) -> str:
     return {bool: "boolean", int: "integer", float: "number", str: "string", list: "list", dict: "mapping"}.get(
         type(v), type(v).__name__
@@ -430,19 +493,47 @@ class _V:
                 self.fail(f"{key}.{r}" if key else r, "required key is missing")
         return v
 
-    def integer(self, v: Any, key: str, *, low: Optional[int] = None) -> int:
+    def section(self, data: dict, key: str, allowed: set[str], required: tuple[str, ...] = ()) -> dict:
+        """An optional top-level section: absent or null is {}, anything else must be a mapping."""
+        v = data.get(key)
+        if v is None:
+            v = {}
+        return dict(self.mapping(v, key, allowed, required))
+
+    def integer(self, v: Any, key: str, *, low: Optional[int] = None, high: Optional[int] = None,
+                limit: Optional[str] = None) -> int:
         if isinstance(v, bool) or not isinstance(v, int):
-            self.fail(key, f"must be an integer, got {_type_name(v)} {v!r}")
+            self.fail(key, f"must be an integer, got {_type_name(v)} {_short(v)}")
         if low is not None and v < low:
-            self.fail(key, f"must be >= {low}, got {v}")
+            self.fail(key, f"must be >= {low}, got {_short(v)}")
+        if high is not None and v > high:
+            raise_it = f" (raise limits.{limit} if this machine can)" if limit else ""
+            self.fail(key, f"{_short(v)} is above the limit {high}{raise_it}")
         return v
 
     def number(self, v: Any, key: str, *, low: Optional[float] = None) -> float:
         if isinstance(v, bool) or not isinstance(v, (int, float)):
-            self.fail(key, f"must be a number, got {_type_name(v)} {v!r}")
-        if low is not None and v < low:
-            self.fail(key, f"must be >= {low}, got {v}")
-        return float(v)
+            self.fail(key, f"must be a number, got {_type_name(v)} {_short(v)}")
+        try:
+            f = float(v)
+        except OverflowError:
+            f = math.inf
+        if not math.isfinite(f):
+            self.fail(key, f"must be a finite number, got {_short(v)}")
+        if low is not None and f < low:
+            self.fail(key, f"must be >= {low}, got {_short(v)}")
+        return f
+
+    def name(self, v: Any, key: str, max_len: int) -> str:
+        if not isinstance(v, str):
+            self.fail(key, f"must be a string, got {_type_name(v)}")
+        if not v.strip():
+            self.fail(key, "must not be empty")
+        if len(v) > max_len:
+            self.fail(key, f"{len(v)} characters: at most {max_len}")
+        if any(ord(c) < 32 or ord(c) == 127 for c in v):
+            self.fail(key, "must not contain control characters")
+        return v
 
     def choice(self, v: Any, key: str, allowed: tuple) -> Any:
         if not isinstance(v, str):
@@ -456,15 +547,16 @@ class _V:
             self.fail(key, f"must be true or false, got {_type_name(v)} {v!r}")
         return v
 
-    def param(self, v: Any, key: str, allowed: Optional[tuple], *, what: str, is_str: bool = False) -> Any:
+    def param(self, v: Any, key: str, allowed: Optional[tuple], *, what: str, is_str: bool = False,
+              high: Optional[int] = None, limit: Optional[str] = None) -> Any:
         """A searched parameter: a value, {choices: [...]} or {low, high[, step]}."""
 
         def check_value(x: Any, k: str) -> None:
             if is_str:
                 if not isinstance(x, str):
-                    self.fail(k, f"must be a string, got {_type_name(x)} {x!r}")
+                    self.fail(k, f"must be a string, got {_type_name(x)} {_short(x)}")
             else:
-                self.integer(x, k, low=0)
+                self.integer(x, k, low=0, high=high, limit=limit)
             if allowed is not None and x not in allowed:
                 self.fail(k, f"{x!r} is not supported by {what} (supported: {', '.join(map(str, allowed))})")
 
@@ -484,8 +576,8 @@ class _V:
             if is_str or allowed is not None:
                 self.fail(key, "must be a value or {choices: [...]} (a discrete parameter)")
             self.mapping(v, key, {"low", "high", "step"}, ("low", "high"))
-            lo = self.integer(v["low"], f"{key}.low", low=0)
-            hi = self.integer(v["high"], f"{key}.high", low=0)
+            lo = self.integer(v["low"], f"{key}.low", low=0, high=high, limit=limit)
+            hi = self.integer(v["high"], f"{key}.high", low=0, high=high, limit=limit)
             step = self.integer(v.get("step", 1), f"{key}.step", low=1)
             if hi < lo:
                 self.fail(key, f"empty range: low={lo} > high={hi}")
@@ -696,9 +788,9 @@ def _parse_measure(V: "_V", raw: Any) -> dict[str, Any]:
     ``confirm_top`` candidates per bucket."""
     measure = {**MEASURE_DEFAULTS, **(raw or {})}
     V.mapping(measure, "measure", MEASURE_KEYS)
-    V.integer(measure["warmup"], "measure.warmup", low=0)
+    V.integer(measure["warmup"], "measure.warmup", low=0, high=MAX_WARMUP)
     for k in ("repeats", "max_repeats", "confirm_top", "confirm_repeats", "confirm_max_repeats"):
-        V.integer(measure[k], f"measure.{k}", low=1)
+        V.integer(measure[k], f"measure.{k}", low=1, high=MAX_REPEATS)
     for k in ("rel_width", "time_cap_s", "confirm_time_cap_s"):
         V.number(measure[k], f"measure.{k}", low=0)
     if raw and "repeats" in raw and "max_repeats" not in raw:
@@ -709,19 +801,35 @@ def _parse_measure(V: "_V", raw: Any) -> dict[str, Any]:
 
 
 def parse_space(data: Any, source: str = "<space>") -> SearchSpace:
-    """Validate the parsed YAML ``data`` (see module docstring); raise `SpaceError`."""
+    """Validate the parsed YAML ``data`` (see module docstring); raise `SpaceError`.
+
+    The whole input is checked before anything else happens: sections, types, finiteness, ranges
+    and the machine limits (`LIMITS`, raisable in ``limits``)."""
     V = _V(source)
     if data is None:
         V.fail("(file)", "the file is empty")
+    if not isinstance(data, dict):
+        V.fail("(file)", f"must be a mapping of sections (buckets, pattern, ...), got {_type_name(data)}")
     V.mapping(data, "", TOP_KEYS, REQUIRED_TOP)
 
-    name = data.get("name", Path(source).stem)
-    if not isinstance(name, str):
-        V.fail("name", f"must be a string, got {_type_name(name)}")
+    name = V.name(data.get("name", Path(source).stem), "name", MAX_NAME)
     device = V.choice(data.get("device", "cuda"), "device", DEVICES)
     backend = V.choice(data.get("backend", "triton" if device == "cuda" else "cpu"), "backend", BACKENDS)
     dtype = V.choice(data.get("dtype", "bfloat16" if device == "cuda" else "float32"), "dtype", DTYPES)
     mode = V.choice(data.get("mode", "fwd"), "mode", MODES)
+
+    lim_in = V.section(data, "limits", set(LIMITS))
+    limits = dict(LIMITS)
+    for k, v in lim_in.items():
+        if v is None:
+            continue
+        limits[k] = V.number(v, f"limits.{k}", low=1e-3) if k == "max_input_gib" else V.integer(v, f"limits.{k}", low=1)
+    if limits["max_input_gib"] is None:
+        limits["max_input_gib"] = _machine_memory_gib(device)
+    max_L = limits["max_seq_len"]
+
+    def lim_int(v: Any, key: str, limit: str, low: int = 1) -> int:
+        return V.integer(v, key, low=low, high=limits[limit], limit=limit)
 
     buckets = data["buckets"]
     if not isinstance(buckets, list):
@@ -729,9 +837,9 @@ def parse_space(data: Any, source: str = "<space>") -> SearchSpace:
     if not buckets:
         V.fail("buckets", "empty range: no bucket given")
     for i, b in enumerate(buckets):
-        V.integer(b, f"buckets[{i}]", low=1)
+        lim_int(b, f"buckets[{i}]", "max_seq_len")
     if len(set(buckets)) != len(buckets):
-        V.fail("buckets", f"duplicate buckets in {buckets}")
+        V.fail("buckets", f"duplicate buckets in {_short(buckets)}")
     buckets = sorted(buckets)
 
     pat = V.mapping(data["pattern"], "pattern", set(PATTERN_PARAMS), ("block_size", "window", "num_global"))
@@ -743,6 +851,7 @@ def parse_space(data: Any, source: str = "<space>") -> SearchSpace:
         pattern[k] = V.param(
             v, f"pattern.{k}", PATTERN_PARAMS[k], what="the kernels" if k == "block_size" else "PatternConfig",
             is_str=(k in ("global_placement", "family", "pool", "spread")),
+            high=None if k in ("global_placement", "family", "pool", "spread") else max_L, limit="max_seq_len",
         )
     _check_families(V, pattern)
 
@@ -760,8 +869,7 @@ def parse_space(data: Any, source: str = "<space>") -> SearchSpace:
     for i, w in enumerate(wl):
         key = f"workloads[{i}]"
         V.mapping(w, key, ATTENTION_WORKLOAD_KEYS | EVOFORMER_WORKLOAD_KEYS, ("name", "kind"))
-        if not isinstance(w["name"], str):
-            V.fail(f"{key}.name", f"must be a string, got {_type_name(w['name'])}")
+        V.name(w["name"], f"{key}.name", MAX_WORKLOAD_NAME)
         kind = V.choice(w["kind"], f"{key}.kind", WORKLOAD_KINDS)
         if kind == "evoformer":
             for k in w:
@@ -769,14 +877,15 @@ def parse_space(data: Any, source: str = "<space>") -> SearchSpace:
                     V.fail(f"{key}.{k}", f"not a key of kind evoformer (allowed: {', '.join(sorted(EVOFORMER_WORKLOAD_KEYS))})")
             if "msa_depth" not in w:
                 V.fail(f"{key}.msa_depth", "required key is missing (kind evoformer)")
-            dims = {k: V.integer(w.get(k, d), f"{key}.{k}", low=1) for k, d in EVOFORMER_DEFAULTS.items()}
+            lim_of = {"heads": "max_heads", "pair_heads": "max_heads", "head_dim": "max_head_dim"}
+            dims = {k: lim_int(w.get(k, d), f"{key}.{k}", lim_of.get(k, "max_channels")) for k, d in EVOFORMER_DEFAULTS.items()}
             max_len = None if w.get("max_len") is None else V.integer(w["max_len"], f"{key}.max_len", low=1)
             if max_len is not None and not any(b <= max_len for b in buckets):
                 V.fail(f"{key}.max_len", f"{max_len} is below every bucket ({', '.join(map(str, buckets))}): "
                                          "the workload would never be measured")
             workloads.append(Workload(
                 name=w["name"], kind=kind, heads=dims["heads"], head_dim=dims["head_dim"], bias=True,
-                msa_depth=V.integer(w["msa_depth"], f"{key}.msa_depth", low=1), c_m=dims["c_m"], c_z=dims["c_z"],
+                msa_depth=lim_int(w["msa_depth"], f"{key}.msa_depth", "max_batch"), c_m=dims["c_m"], c_z=dims["c_z"],
                 pair_heads=dims["pair_heads"], c_hidden_opm=dims["c_hidden_opm"], c_hidden_mul=dims["c_hidden_mul"],
                 max_len=max_len,
             ))
@@ -791,21 +900,33 @@ def parse_space(data: Any, source: str = "<space>") -> SearchSpace:
             Workload(
                 name=w["name"],
                 kind=kind,
-                heads=V.integer(w["heads"], f"{key}.heads", low=1),
-                head_dim=V.integer(w["head_dim"], f"{key}.head_dim", low=1),
+                heads=lim_int(w["heads"], f"{key}.heads", "max_heads"),
+                head_dim=lim_int(w["head_dim"], f"{key}.head_dim", "max_head_dim"),
                 bias=V.boolean(w.get("bias", True), f"{key}.bias"),
-                tokens=None if w.get("tokens") is None else V.integer(w["tokens"], f"{key}.tokens", low=1),
-                max_batch=None if w.get("max_batch") is None else V.integer(w["max_batch"], f"{key}.max_batch", low=1),
+                tokens=None if w.get("tokens") is None else lim_int(w["tokens"], f"{key}.tokens", "max_tokens"),
+                max_batch=None if w.get("max_batch") is None else lim_int(w["max_batch"], f"{key}.max_batch", "max_batch"),
             )
         )
     if len({w.name for w in workloads}) != len(workloads):
         V.fail("workloads", "workload names must be unique")
+    if limits["max_input_gib"] is not None:
+        for w in workloads:
+            for b in buckets:
+                if not w.applies(b):
+                    continue
+                if w.kind != "evoformer" and w.batch(b) > limits["max_batch"]:
+                    V.fail(f"workloads[{workloads.index(w)}]", f"batch {w.batch(b)} at bucket {b} is above the limit "
+                           f"{limits['max_batch']} (set max_batch, or raise limits.max_batch)")
+                gib = input_gib(w, b, dtype)
+                if gib > limits["max_input_gib"]:
+                    V.fail(f"workloads[{workloads.index(w)}]",
+                           f"inputs of {w.name} at bucket {b} take {gib:.3g} GiB, above the {limits['max_input_gib']:.3g} GiB "
+                           "this machine has (lower tokens/max_batch/buckets, or raise limits.max_input_gib)")
 
     # constraints (before objectives: the accuracy metric may be named here)
     constraints: list[Constraint] = []
     acc_metric, acc_chains, acc_noise = None, None, 4.0
-    cons = data.get("constraints") or {}
-    V.mapping(cons, "constraints", set(CONSTRAINT_NAMES))
+    cons = V.section(data, "constraints", set(CONSTRAINT_NAMES))
     for cname, spec in cons.items():
         key = f"constraints.{cname}"
         if cname == "accuracy":
@@ -847,37 +968,41 @@ def parse_space(data: Any, source: str = "<space>") -> SearchSpace:
     if "accuracy" in objs and acc_metric is None:
         V.fail("objectives", "'accuracy' needs constraints.accuracy.metric")
 
-    sampler = dict(data.get("sampler") or {"name": "nsga2"})
+    sampler = V.section(data, "sampler", {"name", "seed", "population_size", "n_startup_trials"})
+    if data.get("sampler") is None:
+        sampler = {"name": "nsga2"}
     V.mapping(sampler, "sampler", {"name", "seed", "population_size", "n_startup_trials"}, ("name",))
     V.choice(sampler["name"], "sampler.name", SAMPLERS)
-    for k in ("seed", "population_size", "n_startup_trials"):
+    for k, (lo_k, hi_k) in {"seed": (0, MAX_SEED), "population_size": (2, 100_000), "n_startup_trials": (1, MAX_TRIALS)}.items():
         if k in sampler and sampler[k] is not None:
-            V.integer(sampler[k], f"sampler.{k}", low=0 if k == "seed" else 2 if k == "population_size" else 1)
+            V.integer(sampler[k], f"sampler.{k}", low=lo_k, high=hi_k)
 
-    budget = dict(data.get("budget") or {})
-    V.mapping(budget, "budget", {"trials", "timeout"})
-    budget.setdefault("trials", 32)
-    V.integer(budget["trials"], "budget.trials", low=1)
+    budget = V.section(data, "budget", {"trials", "timeout"})
+    if budget.get("trials") is None:
+        budget["trials"] = 32
+    V.integer(budget["trials"], "budget.trials", low=1, high=MAX_TRIALS)
     if budget.get("timeout") is not None:
         budget["timeout"] = V.number(budget["timeout"], "budget.timeout", low=1)
     else:
         budget["timeout"] = None
 
-    measure = _parse_measure(V, data.get("measure"))
+    measure = _parse_measure(V, V.section(data, "measure", MEASURE_KEYS))
 
-    gate = {"seq_len": 200, "batch": 2, "fwd_tol": None, "bwd_tol": None, **(data.get("gate") or {})}
-    V.mapping(gate, "gate", {"seq_len", "batch", "fwd_tol", "bwd_tol"})
-    V.integer(gate["seq_len"], "gate.seq_len", low=1)
-    V.integer(gate["batch"], "gate.batch", low=1)
+    gate = {"seq_len": 200, "batch": 2, "fwd_tol": None, "bwd_tol": None,
+            **V.section(data, "gate", {"seq_len", "batch", "fwd_tol", "bwd_tol"})}
+    lim_int(gate["seq_len"], "gate.seq_len", "max_seq_len")
+    lim_int(gate["batch"], "gate.batch", "max_batch")
     for k in ("fwd_tol", "bwd_tol"):
-        if gate[k] is not None:
-            V.number(gate[k], f"gate.{k}", low=0)
+        if gate[k] is not None:  # 0 is kept: an exact comparison
+            gate[k] = V.number(gate[k], f"gate.{k}", low=0)
 
-    execution = {"workers": None, "threads_per_worker": 1, **(data.get("execution") or {})}
-    V.mapping(execution, "execution", {"workers", "threads_per_worker"})
+    execution = {"workers": None, "threads_per_worker": 1,
+                 **V.section(data, "execution", {"workers", "threads_per_worker"})}
     if execution["workers"] is not None:
-        V.integer(execution["workers"], "execution.workers", low=1)
-    V.integer(execution["threads_per_worker"], "execution.threads_per_worker", low=1)
+        V.integer(execution["workers"], "execution.workers", low=1, high=MAX_WORKERS)
+    if execution["threads_per_worker"] is None:
+        execution["threads_per_worker"] = 1
+    V.integer(execution["threads_per_worker"], "execution.threads_per_worker", low=1, high=MAX_THREADS)
 
     return SearchSpace(
         source=source, name=name, device=device, backend=backend, dtype=dtype, mode=mode, buckets=buckets,
@@ -889,18 +1014,11 @@ def parse_space(data: Any, source: str = "<space>") -> SearchSpace:
 
 
 def load_space(path: str | Path) -> SearchSpace:
-    """Read and validate a space file; raise `SpaceError` (one line naming file, key, problem)."""
+    """Read (`patterns.safeyaml`: UTF-8 only, no duplicate keys, bounded aliases and depth) and
+    validate a space file; raise `SpaceError` (one line naming file, key, problem)."""
     source = str(path)
     try:
-        text = Path(path).read_text()
-    except FileNotFoundError:
-        raise SpaceError(source, "(file)", "no such file") from None
-    except OSError as e:
-        raise SpaceError(source, "(file)", f"cannot read: {e.strerror or e}") from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f"line {mark.line + 1}" if mark is not None else "(file)"
-        raise SpaceError(source, where, f"not valid YAML: {getattr(e, 'problem', None) or e}") from None
+        data = load_yaml_file(path, source)
+    except YAMLInputError as e:
+        raise SpaceError(source, e.where, e.problem) from None
     return parse_space(data, source)

@@ -152,8 +152,10 @@ class TrialRunner:
 
         device, dtype = space.device, DTYPES[space.dtype]
         ftol, btol = DEFAULT_TOL[space.dtype]
-        ftol = space.gate.get("fwd_tol") or ftol
-        btol = space.gate.get("bwd_tol") or btol
+        if space.gate.get("fwd_tol") is not None:  # 0 is an exact comparison, not "use the default"
+            ftol = space.gate["fwd_tol"]
+        if space.gate.get("bwd_tol") is not None:
+            btol = space.gate["bwd_tol"]
         L, B = space.gate["seq_len"], space.gate["batch"]
         layout = _nominal_layout(pcfg, L)
         kc = kcfg.for_block(pcfg.block_size) if kcfg is not None else None

@@ -49,7 +49,8 @@ def test_search_resume_and_export_on_postgresql(tmp_path):
             {"s": study},
         ).scalar_one()
     engine.dispose()
-    assert [t.number for t in trials] == [0, 1, 2]
+    # trial numbers 0, 1, then the next proposal that was not a duplicate (duplicates are pruned unmeasured)
+    assert len(trials) == 3 and [t.number for t in trials[:2]] == [0, 1]
     assert all(t.state == "COMPLETE" for t in trials)
     assert n_meas == 3 * 2 * 2  # trials x buckets x workloads, nothing measured twice
 

@@ -101,7 +101,9 @@ def test_local_search_end_to_end(tmp_path):
     # a larger budget continues the study from trial 3
     summary3, _ = run_search(tmp_path, trials=4)
     assert summary3["completed"] == 1
-    assert [r[0] for r in rows(db, "select number from at_trials order by number")] == [0, 1, 2, 3]
+    measured = rows(db, "select number, params from at_trials order by number")
+    assert len(measured) == 4 and [r[0] for r in measured[:3]] == [0, 1, 2]
+    assert len({r[1] for r in measured}) == 4  # the resumed sampler proposed nothing measured before
 
 
 def test_gate_failure_is_a_failed_trial(tmp_path):
@@ -204,6 +206,7 @@ def test_sigkill_mid_search_then_resume(tmp_path):
     out = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=180)
     assert out.returncode == 0, out.stderr
     assert "trial 3 was interrupted" in out.stderr
+    assert "run 1 had no live driver left" in out.stderr
     trials = rows(db, "select number, state, reason, retry_of, params from at_trials order by number")
     numbers = [t[0] for t in trials]
     assert numbers == sorted(set(numbers)), "a trial number recorded twice"
@@ -214,8 +217,10 @@ def test_sigkill_mid_search_then_resume(tmp_path):
     # budget: 6 finished trials besides the interrupted one; trials 0-2 were not measured again
     assert len([t for t in trials if t[1] == "COMPLETE"]) == 6
     assert rows(db, "select count(distinct trial_id) from at_measurements") == [(6,)]
-    runs = rows(db, "select status, ended_at from at_runs order by id")
-    assert runs[0] == ("running", None) and runs[1][0] == "finished"
+    runs = rows(db, "select status, ended_at, end_reason from at_runs order by id")
+    # the killed driver's run is marked ended by the next driver, with the reason
+    assert runs[0][0] == "died" and runs[0][1] is not None and runs[0][2].startswith("driver died: found gone by run 2")
+    assert runs[1][0] == "finished"
     import optuna
 
     study = optuna.load_study(study_name="tiny", storage=f"sqlite:///{db}")

@@ -18,9 +18,18 @@ BAD = sorted((ROOT / "tests" / "data" / "bad_spaces").glob("*.yaml"))
 
 
 def expected(path: Path) -> str:
-    first = path.read_text().splitlines()[0]
+    """The message a corpus file must give: its first line ``# expect: MESSAGE``, or, for a file
+    whose bytes are not ASCII-readable (UTF-16, Latin-1, ...), the sidecar ``NAME.yaml.expect``."""
+    sidecar = path.with_name(path.name + ".expect")
+    if sidecar.exists():
+        return sidecar.read_text().strip()
+    first = path.read_bytes().split(b"\n", 1)[0].decode("ascii")
     assert first.startswith("# expect:"), f"{path} must start with '# expect: <message>'"
     return first.split("expect:", 1)[1].strip()
+
+
+def test_corpus_size():
+    assert len(BAD) >= 50
 
 
 @pytest.mark.parametrize("name", ["protein.yaml", "cpu.yaml", "cpu_evoformer.yaml"])
@@ -108,3 +117,24 @@ def test_missing_space_file(tmp_path, capsys):
     assert rc == 2
     assert "nope.yaml: (file): no such file" in capsys.readouterr().err
     assert list(tmp_path.iterdir()) == []
+
+
+def test_limits_are_raisable_and_zero_tolerance_is_kept(tmp_path):
+    base = (ROOT / "tests" / "data" / "bad_spaces" / "huge_bucket.yaml").read_text()
+    with pytest.raises(SpaceError, match="raise limits.max_seq_len"):
+        parse_space(__import__("yaml").safe_load(base), "s.yaml")
+    p = tmp_path / "ok.yaml"
+    p.write_text(base + "limits: {max_seq_len: 10000000, max_input_gib: 1.0e+9}\ngate: {fwd_tol: 0, bwd_tol: 0.0}\n")
+    space = load_space(p)
+    assert space.buckets[-1] == 10_000_000
+    assert space.gate["fwd_tol"] == 0.0 and space.gate["bwd_tol"] == 0.0  # 0 is exact, not "default"
+
+
+def test_anchors_within_budget_are_accepted(tmp_path):
+    text = (ROOT / "tests" / "data" / "bad_spaces" / "wrong_type_trials.yaml").read_text()
+    text = text.replace("budget: {trials: ten}", "budget: &b {trials: 4}\nmeasure: {warmup: 1, repeats: 3}")
+    text = text.replace("  block_size: {choices: [16, 32]}", "  block_size: &bs {choices: [16, 32]}")
+    text += "gate: {seq_len: 64, batch: 1}\n"
+    p = tmp_path / "anchors.yaml"
+    p.write_text(text)
+    assert load_space(p).pattern["block_size"] == {"choices": [16, 32]}

@@ -17,24 +17,28 @@ from typing import Optional
 
 
 def main(argv: Optional[list[str]] = None) -> int:
-    from autotune.db import DEFAULT_STORAGE
-
     argv = list(sys.argv[1:] if argv is None else argv)
     p = argparse.ArgumentParser(prog="python -m autotune.report", description=__doc__.split("\n\n")[0])
-    p.add_argument("--storage", default=None, help=f"SQLAlchemy URL or SQLite file (default {DEFAULT_STORAGE})")
+    p.add_argument("--storage", default=None, help="SQLAlchemy URL or SQLite file (default $AUTOTUNE_STORAGE, "
+                   "else sqlite:///results/autotune.db)")
     p.add_argument("--out", default=os.path.join("results", "REPORT.md"), help="Markdown report (default results/REPORT.md)")
     p.add_argument("--study", default=None, help="study to report (default: the latest run's study)")
     p.add_argument("--plots-dir", default=None, help="where the PNGs go (default <out stem>_files/)")
     args = p.parse_args(argv)
-    storage = args.storage or os.environ.get("AUTOTUNE_STORAGE") or DEFAULT_STORAGE
+    from autotune.storage import StorageError, resolve_storage
 
     from .build import build_report
     from .data import ReportError, load
 
     try:
-        data = load(storage, args.study)
-    except ReportError as e:
+        storage = resolve_storage(args.storage, "read")
+        data = load(storage.url, args.study)
+    except (ReportError, StorageError) as e:
         print(f"autotune.report: error: {e}", file=sys.stderr)
+        return 2
+    except (ValueError, TypeError) as e:  # a stored JSON cell that does not decode (hand-edited database)
+        print(f"autotune.report: error: cannot read --storage {storage.masked}: a stored value is corrupted "
+              f"({type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''})", file=sys.stderr)
         return 2
     text, figures = build_report(data, args.out, args.plots_dir, argv=argv)
     print(f"autotune.report: wrote {args.out} ({len(text.splitlines())} lines, {len(figures)} figure(s))", file=sys.stderr)

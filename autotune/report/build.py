@@ -279,7 +279,7 @@ class Report:
     def header(self) -> None:
         d = self.data
         title = f"study `{d.study}`" if d.study else "benchmarks only (no study in the database)"
-        cmd = "python -m autotune.report" + ((" " + shlex.join(self.argv)) if self.argv is not None else "")
+        cmd = _mask("python -m autotune.report" + ((" " + shlex.join(self.argv)) if self.argv is not None else ""))
         self.w(f"# Sparse attention report: {title}", "",
                f"Generated {dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC by `{cmd}` from the results database "
                f"`{safe_url(d.storage)}` alone. Every number cites its rows (`m#` at_measurements, `t#` trial number, "
@@ -763,7 +763,7 @@ class Report:
                 rows.append([f"run#{r.id}", f"{r.started_at:%Y-%m-%d %H:%M:%S}",
                              f"{r.ended_at:%Y-%m-%d %H:%M:%S}" if r.ended_at else "—", r.status, r.device, hw_s,
                              ", ".join(f"{k} {v}" for k, v in (r.versions or {}).items() if v), r.git_revision or "—",
-                             r.executor, f"`{r.command_line}`"])
+                             r.executor, f"`{_mask(r.command_line)}`"])
             self.w(*table(["run", "started (UTC)", "ended (UTC)", "status", "device", "hardware", "versions", "git",
                            "executor", "command"], rows), "")
         self.w("### Benchmark runs", "")
@@ -773,7 +773,7 @@ class Report:
             rows = [[f"bench#{b.id}", b.kind, b.device, b.dtype, str(b.threads),
                      ", ".join(f"{k} {v}" for k, v in (b.versions or {}).items()) or "—",
                      f"{b.measured_at:%Y-%m-%d %H:%M:%S}" if b.measured_at else "—", f"{b.ingested_at:%Y-%m-%d %H:%M:%S}",
-                     str(b.n_rows), f"`{b.command}`" if b.command else "(not recorded)", f"`{Path(b.source_path).name}`"]
+                     str(b.n_rows), f"`{_mask(b.command)}`" if b.command else "(not recorded)", f"`{Path(b.source_path).name}`"]
                     for b in d.bench_runs]
             self.w(*table(["bench", "kind", "device", "dtype", "threads", "versions", "measured (file time, UTC)",
                            "ingested (UTC)", "rows", "command", "file"], rows), "")
@@ -798,6 +798,13 @@ class Report:
                "`speedup_naive`; memory reductions are 1 - `memory_vs_sdpa` / `memory_vs_naive`. Benchmark ratios are "
                "computed from the `ms` / `mib` / `median_ms` columns of the cited rows.",
                "- Decision rule: see the module documentation of `autotune.report.build`.", "")
+
+
+def _mask(text: str) -> str:
+    """Command lines without passwords (also for rows written before they were masked)."""
+    from autotune.storage import mask_secrets
+
+    return mask_secrets(text or "")
 
 
 def build_report(data: ReportData, out: Path, plots_dir: Optional[Path] = None,

@@ -59,18 +59,15 @@ class ReportData:
 
 
 def sqlite_path(url: str) -> Optional[str]:
-    from sqlalchemy.engine import make_url
+    from autotune.storage import sqlite_file
 
-    u = make_url(url)
-    if u.get_backend_name() == "sqlite" and u.database and u.database != ":memory:":
-        return u.database
-    return None
+    return sqlite_file(url)
 
 
 def safe_url(url: str) -> str:
-    from sqlalchemy.engine import make_url
+    from autotune.storage import mask_url
 
-    return make_url(url).render_as_string(hide_password=True)
+    return mask_url(url)
 
 
 def _latest_export(rows: list[Any]) -> list[Any]:
@@ -92,11 +89,11 @@ def load(storage: str, study: Optional[str] = None) -> ReportData:
 
     from autotune.bench_tables import BenchRun, EvoformerBench, KernelBench
     from autotune.db import Database, Measurement, Run, TrialRow, Tuned
-    from autotune.export import ExportError, storage_url
+    from autotune.storage import StorageError, resolve_storage
 
     try:
-        storage = storage_url(storage)
-    except ExportError as e:
+        storage = resolve_storage(storage, "read").url
+    except StorageError as e:
         raise ReportError(str(e)) from None
 
     path = sqlite_path(storage)
@@ -116,6 +113,9 @@ def load(storage: str, study: Optional[str] = None) -> ReportData:
 
         upgrade_schema(db.engine)  # a database from before the paired-timing columns
         if not (has(TrialRow) or has(BenchRun)):
+            if {"studies", "trials"} <= tables:
+                raise ReportError(f"{safe_url(storage)} holds an Optuna study storage but no autotune tables "
+                                  "(written by Optuna alone, not by python -m autotune.search): nothing to report")
             raise ReportError(f"{safe_url(storage)} holds no autotune tables (empty database): nothing to report")
         with db.Session() as s:
             studies = sorted(set(s.scalars(select(TrialRow.study_name).distinct()).all())) if has(TrialRow) else []
