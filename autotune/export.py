@@ -8,7 +8,9 @@ report): per bucket, the study's leaders (COMPLETE trials meeting every non-spee
 every workload there, by geometric-mean paired speedup over SDPA) are re-measured together with
 the baseline; the chosen config is the confirmed leader with the highest confirmed geometric-mean
 speedup whose confirmed interval clears the speedup target at every workload and that meets every
-other target of the space. If the study's latest confirmation does not cover its current trials
+other target of the space; its exported speedups are those of a hold-out re-measurement of the
+chosen config alone against SDPA (free of the selection's upward bias), which must clear the
+speedup target too. If the study's latest confirmation does not cover its current trials
 (or there is none), the export runs it first, on this machine. A bucket without a choice is left
 out of the file and listed with its reason under ``not_exported`` (a deployment then uses the next
 larger bucket, or the largest, see `patterns.tuned`). Exit status 2 with one line if the database
@@ -32,7 +34,8 @@ import yaml
 RULE = ("per bucket (autotune.verdict): the confirmed leader - re-measured interleaved with SDPA and the other "
         "leaders - with the highest confirmed geometric-mean speedup over the workloads whose interval clears the "
         "speedup target and that meets every other target at every workload (ties: lower geometric-mean peak "
-        "memory, then the earlier trial)")
+        "memory, then the earlier trial); its speedups are re-measured once more, alone against SDPA (hold-out: "
+        "free of the selection's upward bias), and must clear the speedup target there too")
 
 
 class ExportError(Exception):
@@ -84,9 +87,6 @@ def choose(study: str, storage: str, *, log=None) -> dict[str, Any]:
     try:
         if not inspect(db.engine).has_table(TrialRow.__tablename__):
             raise ExportError(f"study {study!r}: no autotune tables in {_safe(storage)}")
-        from .verdict import upgrade_schema
-
-        upgrade_schema(db.engine)
         studies = _studies(db)
         if study not in studies:
             raise ExportError(f"study {study!r} does not exist in {_safe(storage)} "
@@ -139,6 +139,7 @@ def choose(study: str, storage: str, *, log=None) -> dict[str, Any]:
                                             "hi": _r(_g(c, "speedup_hi")), "repeats": _g(c, "repeats")} for c in cells},
             "speedup_geomean": _r(v.speedup),
             "speedup_interval": [_r(v.lo), _r(v.hi)],
+            "speedup_from": "holdout" if v.holdout else "confirmation",
             "speedup_min": sb.min if sb is not None else None,
             "tied_with": list(v.tied_with),
             "time_ms": {_g(c, "workload"): _r(_g(c, "time_ms")) for c in cells},

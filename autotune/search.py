@@ -204,10 +204,9 @@ class Search:
         from .db import Database, create_optuna_storage
 
         optuna.logging.set_verbosity(optuna.logging.WARNING)
-        self.db = Database(self.storage)
-        from .verdict import upgrade_schema
+        from . import verdict  # noqa: F401  (at_confirmations is created / upgraded with our tables)
 
-        upgrade_schema(self.db.engine)  # a database from before the paired-timing columns
+        self.db = Database(self.storage)  # a database from an older version gets the new columns
         engine_kwargs = {"connect_args": {"timeout": 60}} if self.storage.startswith("sqlite") else {}
         self.ostorage = create_optuna_storage(self.storage, engine_kwargs)
         directions = self.space.directions()

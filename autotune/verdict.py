@@ -20,6 +20,11 @@ the search's progress bar and end-of-run verdict, ``python -m autotune.export`` 
    target, the highest confirmed geometric-mean speedup; ties as above. Leaders whose geometric-mean
    intervals overlap the winner's are reported as statistically tied with it. A bucket with no such
    leader gets no choice, with the reason.
+4. *Hold-out* (`confirm`): the choice is made on the confirmation's figures, so the winner's
+   figures are biased upwards (the best of several noisy estimates: the winner's curse). The chosen
+   config is therefore measured once more, alone against SDPA on fresh inputs (rows with
+   ``stage = "holdout"``), and those unbiased figures are the ones exported and reported; a choice
+   whose hold-out interval does not clear the speedup target is not deployed.
 
 A confirmation is *current* when it covered the same complete trials the study holds now; the
 search confirms at the end of every run, the export confirms again when the one it finds is not
@@ -45,7 +50,7 @@ from .space import SearchSpace, Targets
 
 __all__ = ["Confirmation", "cell_values", "cell_violations", "cell_ok", "leaders", "decide", "BucketVerdict",
            "confirm", "load_study", "StudyData", "NEAR", "confirmation_current", "verdict_lines",
-           "current_verdicts", "upgrade_schema"]
+           "current_verdicts"]
 
 NEAR = 0.75  # accuracy chains must reach NEAR x the bucket length, else the bucket is extrapolated
 
@@ -56,7 +61,8 @@ class Confirmation(Base):
     confirm_id groups one pass; complete_trials is the number of COMPLETE trials of the study when
     it ran (a later trial makes the pass stale); speedup / speedup_lo / speedup_hi the paired
     estimate and its interval at ``level``; repeats the rounds; time_ms / sdpa_ms the medians of the
-    candidate and of SDPA in the same loop; stop why the loop ended; hardware the machine."""
+    candidate and of SDPA in the same loop; stop why the loop ended; hardware the machine; stage
+    None for the leaders' joint re-measurement, ``"holdout"`` for the chosen config's own one."""
 
     __tablename__ = "at_confirmations"
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
@@ -76,28 +82,8 @@ class Confirmation(Base):
     sdpa_ms: Mapped[float] = mapped_column(Float)
     stop: Mapped[str] = mapped_column(String(32))
     hardware: Mapped[Any] = mapped_column(JSON, nullable=True)
+    stage: Mapped[Optional[str]] = mapped_column(String(16), nullable=True)  # None: confirmation; "holdout"
     created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
-
-
-NEW_MEASUREMENT_COLUMNS = {"speedup_lo": "FLOAT", "speedup_hi": "FLOAT", "speedup_level": "FLOAT",
-                           "timing_stop": "VARCHAR(32)"}
-
-
-def upgrade_schema(engine) -> list[str]:
-    """Add the paired-timing columns to an ``at_measurements`` table created before they existed
-    (NULL for old rows: the rule then reads their point speedup). Returns the columns added."""
-    from sqlalchemy import inspect, text
-
-    insp = inspect(engine)
-    if not insp.has_table("at_measurements"):
-        return []
-    have = {c["name"] for c in insp.get_columns("at_measurements")}
-    added = [c for c in NEW_MEASUREMENT_COLUMNS if c not in have]
-    if added:
-        with engine.begin() as conn:
-            for c in added:
-                conn.execute(text(f"ALTER TABLE at_measurements ADD COLUMN {c} {NEW_MEASUREMENT_COLUMNS[c]}"))
-    return added
 
 
 # ---- per-cell checks ---------------------------------------------------------------------------------
@@ -205,6 +191,8 @@ class BucketVerdict:
     extrapolated: bool = False
     failed: dict[int, str] = field(default_factory=dict)  # leader -> why it was not chosen
     above_bound: list[str] = field(default_factory=list)  # workloads whose speedup exceeds 1.1 / (1 - sparsity)
+    holdout: bool = False  # the figures are the chosen config's hold-out re-measurement (step 4)
+    selected: Optional[Candidate] = None  # the chosen config on the confirmation's figures
 
 
 def above_sparsity_bound(c: Any) -> bool:
@@ -265,9 +253,10 @@ def decide(targets: Targets, cells_by_trial: dict[int, list[Any]], buckets: Iter
     confirmation pass (None: not confirmed yet; the verdict then names the unconfirmed leader and
     never says deploy)."""
     out = []
-    conf_by = {}
+    conf_by, hold_by = {}, {}
     for r in confirmations or []:
-        conf_by.setdefault((_g(r, "bucket"), _g(r, "trial_number")), {})[_g(r, "workload")] = r
+        by = hold_by if _g(r, "stage") == "holdout" else conf_by
+        by.setdefault((_g(r, "bucket"), _g(r, "trial_number")), {})[_g(r, "workload")] = r
     for L in sorted(set(buckets)):
         lead = leaders(targets, cells_by_trial, L, top)
         v = BucketVerdict(L, False, "", leaders=lead)
@@ -311,13 +300,29 @@ def decide(targets: Targets, cells_by_trial: dict[int, list[Any]], buckets: Iter
             out.append(v)
             continue
         confirmed.sort(key=Candidate.key)
-        best = confirmed[0]
+        best = v.selected = confirmed[0]
+        v.tied_with = [c.trial for c in confirmed[1:] if best.lo is not None and c.hi is not None and c.hi >= best.lo]
+        hold = hold_by.get((L, best.trial), {})
+        if hold and all(_g(c, "workload") in hold for c in best.cells):  # step 4: unbiased figures
+            merged = [_merge(c, hold[_g(c, "workload")]) for c in best.cells]
+            for c, m in zip(best.cells, merged):
+                m["confirmation"] = {k: _g(c, k) for k in ("speedup", "speedup_lo", "speedup_hi", "repeats")}
+            best = _candidate(best.trial, merged)
+            best.confirmed = v.holdout = True
+            slow = [_g(c, "workload") for c in merged if cell_violations(targets, c).get("speedup", 0.0) > 0]
+            if slow:
+                v.trial, v.cells, v.speedup, v.lo, v.hi = best.trial, best.cells, best.speedup, best.lo, best.hi
+                v.failed[best.trial] = f"hold-out re-measurement: speedup not met at {', '.join(slow)}"
+                v.why = (f"t#{best.trial}, chosen on the confirmation, does not clear the speedup target in its "
+                         f"independent hold-out re-measurement at {', '.join(slow)}")
+                out.append(v)
+                continue
         v.deploy, v.confirmed = True, True
         v.trial, v.cells, v.speedup, v.lo, v.hi = best.trial, best.cells, best.speedup, best.lo, best.hi
-        v.tied_with = [c.trial for c in confirmed[1:] if best.lo is not None and c.hi is not None and c.hi >= best.lo]
         v.extrapolated = any(extrapolated(c, L) for c in best.cells)
         v.above_bound = [_g(c, "workload") for c in best.cells if above_sparsity_bound(c)]
-        v.why = "meets every target on confirmed figures"
+        v.why = ("meets every target on confirmed figures"
+                 + ("; speedup from the hold-out re-measurement" if v.holdout else ""))
         out.append(v)
     return out
 
@@ -441,6 +446,25 @@ def confirm(storage: str, study: str, *, log=None, threads: Optional[int] = None
                                          rank=rank, hardware=hw, **r))
         with db.session() as s:
             for r in rows:
+                s.add(r)
+        with db.Session() as s:
+            data = load_study(s, study)
+            s.expunge_all()
+        verdicts = decide(targets, data.cells_by_trial, data.buckets, data.confirmations or [], top)
+        # step 4: the chosen config alone against SDPA on fresh inputs, figures free of the selection
+        held = []
+        for v in verdicts:
+            if not v.deploy:
+                continue
+            t = data.trials[v.trial]
+            log(f"hold-out re-measurement of the choice at L={v.bucket}: t#{v.trial}")
+            for r in runner.confirm(space, v.bucket, [(v.trial, t.pattern, t.kernel)], seed=cid * 7919 + v.bucket + 104729):
+                held.append(Confirmation(study_name=study, confirm_id=cid, complete_trials=len(data.trials),
+                                         bucket=v.bucket, rank=0, hardware=hw, stage="holdout", **r))
+        if not held:
+            return verdicts
+        with db.session() as s:
+            for r in held:
                 s.add(r)
         with db.Session() as s:
             data = load_study(s, study)

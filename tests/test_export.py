@@ -56,7 +56,8 @@ def test_export_and_load(study_db, tmp_path, capsys):
 
 def test_export_choice_rule(study_db, tmp_path):
     """The chosen trial at each bucket is the confirmed leader with the highest confirmed geometric-mean
-    speedup, recomputed here from at_confirmations and at_measurements."""
+    speedup, recomputed here from at_confirmations and at_measurements; its exported speedups are its
+    hold-out re-measurement's."""
     import math
     import sqlite3
 
@@ -69,7 +70,10 @@ def test_export_choice_rule(study_db, tmp_path):
     for b in doc["buckets"]:
         L = b["seq_len"]
         rows = con.execute("select trial_number, workload, speedup, speedup_lo, speedup_hi, complete_trials, rank "
-                           "from at_confirmations where confirm_id = ? and bucket = ?", (cid, L)).fetchall()
+                           "from at_confirmations where confirm_id = ? and bucket = ? and stage is null",
+                           (cid, L)).fetchall()
+        held = con.execute("select trial_number, workload, speedup from at_confirmations "
+                           "where confirm_id = ? and bucket = ? and stage = 'holdout'", (cid, L)).fetchall()
         assert rows and all(r[5] == n_complete for r in rows)
         # the leaders: the top (confirm_top = 3) trials by the search's geometric-mean speedup at this bucket
         search = {}
@@ -87,8 +91,10 @@ def test_export_choice_rule(study_db, tmp_path):
             confirmed.setdefault(number, {})[w] = sp
         best = max(confirmed, key=lambda n: gm(list(confirmed[n].values())))
         assert b["source"]["trial"] == best
-        assert math.isclose(b["speedup_geomean"], gm(list(confirmed[best].values())), rel_tol=1e-4)
-        assert {w: x["median"] for w, x in b["speedup"].items()} == pytest.approx(confirmed[best], rel=1e-4)
+        assert {r[0] for r in held} == {best} and b["speedup_from"] == "holdout"
+        holdout = {w: sp for _, w, sp in held}
+        assert math.isclose(b["speedup_geomean"], gm(list(holdout.values())), rel_tol=1e-4)
+        assert {w: x["median"] for w, x in b["speedup"].items()} == pytest.approx(holdout, rel=1e-4)
         lo, hi = b["speedup_interval"]
         assert lo <= b["speedup_geomean"] <= hi
         # no null keys are repeated per workload

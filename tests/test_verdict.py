@@ -45,6 +45,22 @@ def test_an_interval_that_does_not_clear_the_target_is_not_chosen():
     assert v.deploy and v.trial == 1
 
 
+def test_the_holdout_gives_the_exported_figures_and_can_veto():
+    # trial 1 wins the confirmation on a lucky draw; its hold-out re-measurement is what is exported
+    cells = {1: [cell(1, speedup=3.0)], 2: [cell(2, speedup=2.0)]}
+    confs = [conf(1, 2.6, 2.3, 2.9, cid=1), conf(2, 2.0, 1.8, 2.2, cid=2)]
+    (v,) = decide(CPU, cells, [256], confs + [dict(conf(1, 2.1, 1.9, 2.3, cid=3), stage="holdout")])
+    assert v.deploy and v.holdout and v.trial == 1
+    assert (v.speedup, v.lo, v.hi) == pytest.approx((2.1, 1.9, 2.3))
+    assert v.cells[0]["confirmation"]["speedup"] == pytest.approx(2.6) and v.cells[0]["confirmation_id"] == 3
+    # a hold-out interval below the target vetoes the choice (never falls back to an unchecked leader)
+    (v,) = decide(CPU, cells, [256], confs + [dict(conf(1, 1.02, 0.9, 1.2, cid=3), stage="holdout")])
+    assert not v.deploy and v.trial == 1 and "hold-out" in v.why and v.lo == pytest.approx(0.9)
+    # without hold-out rows (an older database) the confirmation's figures stand
+    (v,) = decide(CPU, cells, [256], confs)
+    assert v.deploy and not v.holdout and v.speedup == pytest.approx(2.6)
+
+
 def test_ties_are_reported():
     cells = {1: [cell(1, speedup=2.1)], 2: [cell(2, speedup=2.0)], 3: [cell(3, speedup=1.9)]}
     (v,) = decide(CPU, cells, [256], [conf(1, 2.0, 1.9, 2.1), conf(2, 1.95, 1.92, 2.0), conf(3, 1.5, 1.4, 1.6)])

@@ -99,6 +99,8 @@ def load(storage: str, study: Optional[str] = None) -> ReportData:
     path = sqlite_path(storage)
     if path is not None and not os.path.isfile(path):
         raise ReportError(f"no database file {path} (--storage {safe_url(storage)})")
+    import autotune.verdict  # noqa: F401  (at_confirmations: its new columns are added on open)
+
     try:
         db = Database(storage, create=False)
     except Exception as e:  # noqa: BLE001 - a bad URL or driver
@@ -109,9 +111,6 @@ def load(storage: str, study: Optional[str] = None) -> ReportData:
         except SQLAlchemyError as e:
             raise ReportError(f"cannot read --storage {safe_url(storage)}: {str(e).splitlines()[0]}") from None
         has = lambda model: model.__tablename__ in tables  # noqa: E731
-        from autotune.verdict import upgrade_schema
-
-        upgrade_schema(db.engine)  # a database from before the paired-timing columns
         if not (has(TrialRow) or has(BenchRun)):
             if {"studies", "trials"} <= tables:
                 raise ReportError(f"{safe_url(storage)} holds an Optuna study storage but no autotune tables "
