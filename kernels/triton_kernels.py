@@ -2,9 +2,11 @@
 
 All kernels walk the compact layout index (see ``patterns.layout.BlockLayout``):
 
-* forward and dQ: one program per (query tile of ``BLOCK_M`` rows, batch*head); it reads the
-  kept key blocks of its layout row from ``kv_counts`` / ``kv_indices`` and walks each kept
-  ``BLOCK_SIZE``-wide key block in sub-tiles of ``BLOCK_N`` keys (FlashAttention-2 online softmax);
+* forward and dQ: one program per (query tile of ``BLOCK_M`` rows, batch*head); it loads the
+  kept key blocks of its layout row from ``kv_counts`` / ``kv_indices`` once into registers and
+  walks each kept ``BLOCK_SIZE``-wide key block in sub-tiles of ``BLOCK_N`` keys (FlashAttention-2
+  online softmax, Dao 2023). Programs are ordered batch fastest, then head, then tile rank with the
+  heaviest tiles first (``_program_coords``);
 * dK/dV: one program per (key tile of ``BLOCK_N`` keys, batch*head) walking the kept query blocks
   of its layout column (``q_counts`` / ``q_indices``) in sub-tiles of ``BLOCK_M`` rows, so every
   dK/dV row is owned by one program (no atomics);
@@ -18,9 +20,15 @@ is ``scale * log2(e)`` and the bias is multiplied by log2(e) on load, so ``lse``
 ``log2(sum(exp2(s)))`` of the log2-domain scores. The head dimension is padded to ``D_PAD``
 (a power of two, at least 16, as ``tl.dot`` needs K >= 16) with masked loads.
 
-``EVEN_L`` (L a multiple of the layout block) removes every row/column mask; ``EVEN_D``
-(HEAD_DIM == D_PAD) removes the head-dimension masks. Query rows with no kept key block get
-out = 0 and lse = +inf, so every recomputed probability of such a row is exactly 0.
+``EVEN_L`` (L a multiple of the layout block) removes every row/column mask; otherwise the
+forward masks keys only in the last layout block (a second loop) and reads, for query rows past L,
+the bias of row L - 1 (never stored). ``EVEN_D`` (HEAD_DIM == D_PAD) removes the head-dimension
+masks.
+
+Non-finite values follow ``kernels/reference.py``: only kept tiles are read; a row with no kept key
+block, or whose computed logits are all -inf, is dead: out = 0 and lse = +inf, and every gradient
+term of a dead row is forced to 0 (its dP may be NaN where v holds NaN); NaN / inf elsewhere
+propagate by IEEE arithmetic.
 """
 
 from __future__ import annotations
