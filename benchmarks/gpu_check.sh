@@ -36,7 +36,7 @@ BF16_RC=${PIPESTATUS[0]}
 phase "bf16 tests rc=$BF16_RC"
 
 phase "quick kernel tests (non-finite inputs, launch configs, op registration; every test runs)"
-timeout 80 $PY -m pytest tests/test_triton_nonfinite.py tests/test_triton_configs.py tests/test_triton_opcheck.py \
+timeout 100 $PY -m pytest tests/test_triton_nonfinite.py tests/test_triton_configs.py tests/test_triton_opcheck.py \
     tests/test_triton_kernel.py -q -m "not slow" -k "not bfloat16" -p no:cacheprovider 2>&1 \
     | tee "$LOGS/gpu_check_pytest.log" | tail -15
 TEST_RC=${PIPESTATUS[0]}
@@ -44,14 +44,14 @@ phase "quick tests rc=$TEST_RC"
 
 phase "kernel benchmark (targets first: row L=4096, tri L=2048, L=512; sparsity 0/50/75/90; fwd, fwd+bwd; bf16)"
 CSV="benchmarks/results/$($PY -c "from kernels.bench import device_name, _file_name; import torch; print(_file_name(device_name(torch.device('cuda'))))").csv"
-timeout 200 $PY -m kernels.bench --device cuda --dtype bfloat16 --workloads row,tri \
-    --sparsities 0,50,75,90 --passes fwd,fwdbwd --time-budget 140 --out "$CSV" 2>&1 | tee "$LOGS/gpu_check_bench.log"
+timeout 190 $PY -m kernels.bench --device cuda --dtype bfloat16 --workloads row,tri \
+    --sparsities 0,50,75,90 --passes fwd,fwdbwd --time-budget 130 --out "$CSV" 2>&1 | tee "$LOGS/gpu_check_bench.log"
 BENCH_RC=${PIPESTATUS[0]}
 phase "benchmark rc=$BENCH_RC ($(($(wc -l <"$CSV" 2>/dev/null || echo 1) - 1)) rows in $CSV)"
 
 phase "EvoFormer block (MSA depth 128, L=256,512, fwd; naive / SDPA / sparse at 50, 75, 90%)"
 EVO_CSV="benchmarks/results/evoformer-$($PY -c "import torch, re; print(re.sub(r'[^A-Za-z0-9]+', '-', torch.cuda.get_device_name()).strip('-').lower())").csv"
-timeout 70 $PY -m autotune.evoformer.bench --device cuda --lengths 256 512 --modes fwd \
+timeout 60 $PY -m autotune.evoformer.bench --device cuda --lengths 256 512 --modes fwd \
     --sparsity 0.5 0.75 0.9 --out "$EVO_CSV" 2>&1 | tee "$LOGS/gpu_check_evoformer.log"
 EVO_RC=${PIPESTATUS[0]}
 phase "EvoFormer rc=$EVO_RC"

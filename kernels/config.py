@@ -143,7 +143,8 @@ def _fits(kernels: tuple[str, ...], cfg: KernelConfig, elem_bytes: int, d_pad: i
 # (sm_90: benchmarks/results/compile-sm90-triton*.csv; Triton 3.8, every tile / warps /
 # stages combination at block sizes 64 (bf16, head dims 32, 64) and 128 (bf16 head dim 8; float32
 # head dims 8 and 64, the float32 head-dim-64 backward only partly compiled); Triton 3.6 at block
-# 64, bf16, head dims 32 and 64: no spill); combinations that
+# 64, bf16, head dims 32 and 64: no spill; Triton 3.8, the block-64 float32 candidates at head dim
+# 32); combinations that
 # were not compiled are not flagged. Left out of the candidate lists (``exclude_spilling=True``)
 # and never chosen as a default.
 SPILLING: dict[tuple[str, str, int], frozenset[tuple[int, int, int, int]]] = {
@@ -155,6 +156,7 @@ SPILLING: dict[tuple[str, str, int], frozenset[tuple[int, int, int, int]]] = {
                                   (128, 32, 4, 2), (128, 32, 4, 3), (128, 64, 4, 1), (128, 64, 4, 2), (128, 64, 4, 3),
                                   (128, 64, 8, 2), (128, 64, 8, 3), (128, 128, 4, 1), (128, 128, 4, 2),
                                   (128, 128, 4, 3), (128, 128, 8, 1), (128, 128, 8, 2), (128, 128, 8, 3)]),
+    ("bwd", "32", 32): frozenset([(64, 16, 4, 3), (64, 64, 4, 1), (64, 64, 8, 1), (64, 64, 8, 3)]),
     ("bwd", "32", 64): frozenset([(64, 32, 4, 1), (64, 32, 4, 2), (64, 32, 4, 3), (64, 64, 4, 1), (64, 64, 4, 2),
                                   (64, 64, 4, 3), (64, 64, 8, 1), (64, 64, 8, 2), (64, 64, 8, 3), (128, 16, 4, 1),
                                   (128, 16, 4, 2), (128, 16, 4, 3), (128, 32, 4, 1), (128, 32, 4, 2), (128, 32, 4, 3),
@@ -163,6 +165,7 @@ SPILLING: dict[tuple[str, str, int], frozenset[tuple[int, int, int, int]]] = {
     ("fwd", "16", 16): frozenset([(128, 128, 4, 1), (128, 128, 4, 2), (128, 128, 4, 3)]),
     ("fwd", "32", 16): frozenset([(16, 128, 4, 3), (128, 32, 4, 1), (128, 128, 4, 1), (128, 128, 4, 2),
                                   (128, 128, 4, 3)]),
+    ("fwd", "32", 32): frozenset([(64, 64, 4, 1)]),
     ("fwd", "32", 64): frozenset([(16, 64, 4, 1), (16, 128, 4, 1), (32, 64, 4, 1), (32, 128, 8, 1), (64, 32, 4, 1),
                                   (64, 64, 4, 1), (64, 64, 4, 3), (64, 64, 8, 1), (64, 128, 4, 1), (64, 128, 4, 2),
                                   (64, 128, 4, 3), (128, 16, 4, 1), (128, 16, 4, 2), (128, 16, 4, 3), (128, 32, 4, 1),

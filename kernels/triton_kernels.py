@@ -2,9 +2,11 @@
 
 All kernels walk the compact layout index (see ``patterns.layout.BlockLayout``):
 
-* forward and dQ: one program per (query tile of ``BLOCK_M`` rows, batch*head); it reads the
-  kept key blocks of its layout row from ``kv_counts`` / ``kv_indices`` and walks each kept
-  ``BLOCK_SIZE``-wide key block in sub-tiles of ``BLOCK_N`` keys (FlashAttention-2 online softmax);
+* forward and dQ: one program per (query tile of ``BLOCK_M`` rows, batch*head); it loads the
+  kept key blocks of its layout row from ``kv_counts`` / ``kv_indices`` once into registers and
+  walks each kept ``BLOCK_SIZE``-wide key block in sub-tiles of ``BLOCK_N`` keys (FlashAttention-2
+  online softmax, Dao 2023). Programs are ordered batch fastest, then head, then tile rank with the
+  heaviest tiles first (``_program_coords``);
 * dK/dV: one program per (key tile of ``BLOCK_N`` keys, batch*head) walking the kept query blocks
   of its layout column (``q_counts`` / ``q_indices``) in sub-tiles of ``BLOCK_M`` rows, so every
   dK/dV row is owned by one program (no atomics);
@@ -18,9 +20,15 @@ is ``scale * log2(e)`` and the bias is multiplied by log2(e) on load, so ``lse``
 ``log2(sum(exp2(s)))`` of the log2-domain scores. The head dimension is padded to ``D_PAD``
 (a power of two, at least 16, as ``tl.dot`` needs K >= 16) with masked loads.
 
-``EVEN_L`` (L a multiple of the layout block) removes every row/column mask; ``EVEN_D``
-(HEAD_DIM == D_PAD) removes the head-dimension masks. Query rows with no kept key block get
-out = 0 and lse = +inf, so every recomputed probability of such a row is exactly 0.
+``EVEN_L`` (L a multiple of the layout block) removes every row/column mask; otherwise the
+forward masks keys only in the last layout block (a second loop) and reads, for query rows past L,
+the bias of row L - 1 (never stored). ``EVEN_D`` (HEAD_DIM == D_PAD) removes the head-dimension
+masks.
+
+Non-finite values follow ``kernels/reference.py``: only kept tiles are read; a row with no kept key
+block, or whose computed logits are all -inf, is dead: out = 0 and lse = +inf, and every gradient
+term of a dead row is forced to 0 (its dP may be NaN where v holds NaN); NaN / inf elsewhere
+propagate by IEEE arithmetic.
 """
 
 from __future__ import annotations
@@ -104,6 +112,31 @@ def _select(vec, offs, j):
     return tl.sum(tl.where(offs == j, vec, 0), 0)
 
 
+@triton.jit
+def _fwd_step(acc, l_i, m_i, q, k_base, v_base, bias_base, stride_bias_n, offs_m, offs_n, offs_d, L, qk_scale,
+              HEAD_DIM: tl.constexpr, HAS_BIAS: tl.constexpr, FULL: tl.constexpr, EVEN_D: tl.constexpr,
+              PREC: tl.constexpr):
+    """One [BLOCK_M, BLOCK_N] step of the online softmax (FlashAttention-2, Dao 2023) in the log2
+    domain. FULL: every key of the tile is < L (no key masks); otherwise keys past L are masked to
+    -inf and their loads skipped."""
+    k = _load_rows(k_base + offs_n[:, None] * HEAD_DIM, offs_n, offs_d, L, HEAD_DIM, FULL, EVEN_D)
+    s = tl.dot(q, tl.trans(k), input_precision=PREC) * qk_scale
+    if HAS_BIAS:
+        s += _load_bias(bias_base + offs_n[None, :] * stride_bias_n, offs_m, offs_n, L, FULL) * 1.4426950408889634
+    if not FULL:
+        s = tl.where(offs_n[None, :] < L, s, float("-inf"))
+    m_new = tl.maximum(m_i, tl.max(s, 1))
+    # a row whose scores are all -inf so far (only possible with a -inf bias) must not give NaN
+    m_use = tl.where(m_new == float("-inf"), 0.0, m_new)
+    alpha = tl.math.exp2(m_i - m_use)
+    p = tl.math.exp2(s - m_use[:, None])
+    l_i = l_i * alpha + tl.sum(p, 1)
+    v = _load_rows(v_base + offs_n[:, None] * HEAD_DIM, offs_n, offs_d, L, HEAD_DIM, FULL, EVEN_D)
+    acc = acc * alpha[:, None]
+    acc = tl.dot(p.to(v.dtype), v, acc, input_precision=PREC)
+    return acc, l_i, m_new
+
+
 # --------------------------------------------------------------------------------------------
 # forward
 # --------------------------------------------------------------------------------------------
@@ -134,7 +167,15 @@ def _attn_fwd_kernel(
     k_base = K + base + offs_d[None, :]
     v_base = V + base + offs_d[None, :]
     if HAS_BIAS:
-        bias_base = Bias + b.to(tl.int64) * stride_bias_b + h.to(tl.int64) * stride_bias_h + offs_m[:, None] * stride_bias_m
+        # rows past L (last query tile of a ragged L) read the bias of row L - 1 instead of masking
+        # every load: their results are never stored
+        if EVEN_L:
+            rows_b = offs_m
+        else:
+            rows_b = tl.minimum(offs_m, L - 1)
+        bias_base = Bias + b.to(tl.int64) * stride_bias_b + h.to(tl.int64) * stride_bias_h + rows_b[:, None] * stride_bias_m
+    else:
+        bias_base = Bias
 
     m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
@@ -144,25 +185,23 @@ def _attn_fwd_kernel(
     count = tl.load(KVCounts + lay_row)
     offs_nb = tl.arange(0, NB_PAD)
     row_idx = tl.load(KVIndices + lay_row * NB + offs_nb, mask=offs_nb < count, other=0)
-    for it in range(0, count * SUB_N):
+    if EVEN_L:
+        n_full = count
+    else:
+        # only the last layout block holds keys past L: the kept blocks are ascending, so it can only
+        # be the row's last one; every other block runs without masks
+        last = _select(row_idx, offs_nb, count - 1)
+        n_full = count - tl.where((count > 0) & (last == NB - 1), 1, 0)
+    for it in range(0, n_full * SUB_N):
         kb = _select(row_idx, offs_nb, it // SUB_N)
         offs_n = kb * BLOCK_SIZE + (it % SUB_N) * BLOCK_N + offs_n0
-        k = _load_rows(k_base + offs_n[:, None] * HEAD_DIM, offs_n, offs_d, L, HEAD_DIM, EVEN_L, EVEN_D)
-        s = tl.dot(q, tl.trans(k), input_precision=PREC) * qk_scale
-        if HAS_BIAS:
-            s += _load_bias(bias_base + offs_n[None, :] * stride_bias_n, offs_m, offs_n, L, EVEN_L) * 1.4426950408889634
-        if not EVEN_L:
-            s = tl.where(offs_n[None, :] < L, s, float("-inf"))
-        m_new = tl.maximum(m_i, tl.max(s, 1))
-        # a row whose scores are all -inf so far (only possible with a -inf bias) must not give NaN
-        m_use = tl.where(m_new == float("-inf"), 0.0, m_new)
-        alpha = tl.math.exp2(m_i - m_use)
-        p = tl.math.exp2(s - m_use[:, None])
-        l_i = l_i * alpha + tl.sum(p, 1)
-        v = _load_rows(v_base + offs_n[:, None] * HEAD_DIM, offs_n, offs_d, L, HEAD_DIM, EVEN_L, EVEN_D)
-        acc = acc * alpha[:, None]
-        acc = tl.dot(p.to(v.dtype), v, acc, input_precision=PREC)
-        m_i = m_new
+        acc, l_i, m_i = _fwd_step(acc, l_i, m_i, q, k_base, v_base, bias_base, stride_bias_n, offs_m, offs_n, offs_d,
+                                  L, qk_scale, HEAD_DIM, HAS_BIAS, True, EVEN_D, PREC)
+    for it in range(n_full * SUB_N, count * SUB_N):  # the ragged last block (not EVEN_L only)
+        kb = _select(row_idx, offs_nb, it // SUB_N)
+        offs_n = kb * BLOCK_SIZE + (it % SUB_N) * BLOCK_N + offs_n0
+        acc, l_i, m_i = _fwd_step(acc, l_i, m_i, q, k_base, v_base, bias_base, stride_bias_n, offs_m, offs_n, offs_d,
+                                  L, qk_scale, HEAD_DIM, HAS_BIAS, False, EVEN_D, PREC)
 
     # a row with no computed key, or whose computed logits are all -inf, is "dead": zeros (even
     # where v holds NaN/inf, which reached acc through 0 * v) and lse = +inf; a NaN anywhere in a

@@ -213,3 +213,13 @@ def test_nan_propagation_through_the_public_entry_point():
     ref = reference_attention(q, k, v, _layout(), bias)
     assert torch.equal(out.isnan(), ref.isnan())
     assert math.isnan(float(out[1, 0, 30, 0]))
+
+
+def test_nan_in_the_last_row_of_a_ragged_tile_stays_in_its_row():
+    """L = 40 is not a multiple of the block: the last query tile's rows past L read the bias of
+    row L - 1 (never stored); a NaN there reaches row L - 1 only."""
+    q, k, v, bias = _inputs((1, H, L, L), 18)
+    bias[0, 0, L - 1, 5] = NAN  # pair (block 2, block 0) of head 0: computed
+    out, _ = check(q, k, v, bias)
+    assert out[:, 0, L - 1].isnan().all()
+    assert torch.isfinite(out[:, 0, 32:L - 1]).all()
