@@ -34,7 +34,7 @@ class KernelConfig:
             ("num_stages", KERNEL_STAGES),
         ):
             value = getattr(self, name)
-            if value not in allowed:
+            if isinstance(value, bool) or not isinstance(value, int) or value not in allowed:  # 64.0, True: no
                 raise ValueError(f"KernelConfig.{name} must be one of {list(allowed)}, got {value!r}")
 
     def fits(self, block_size: int) -> bool:

@@ -225,3 +225,11 @@ def test_compile_report_defaults_and_worst_cases(tmp_path):
         s3 = [r for r in csv.DictReader(f) if r["num_stages"] == "3"]
     # (num_stages buffers on the wgmma path, num_stages - 1 on the mma.sync path of tiles under 64 rows)
     assert s3 and all(int(r["async_wait_max"]) > 0 and int(r["kv_buffers"]) >= 2 for r in s3), s3
+
+
+@pytest.mark.parametrize("bad", [{"block_m": 64.0}, {"block_n": True}, {"num_warps": "4"}, {"num_stages": True}])
+def test_kernel_config_takes_real_integers_only(bad):
+    from kernels import KernelConfig
+
+    with pytest.raises(ValueError, match=next(iter(bad))):
+        KernelConfig(**bad)
