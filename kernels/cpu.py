@@ -369,7 +369,7 @@ def cpu_sparse_attention(
     """softmax(q k^T * scale + bias) v over ``layout``'s pairs; q, k, v [B, H, L, D], bias
     broadcasting to [B, H, L, L]. Differentiable in q, k, v and bias."""
     ct = compute_dtype(q.dtype)
-    if layout.is_full:
+    if _is_full(layout):
         out_dtype = q.dtype
         q, k, v = q.to(ct), k.to(ct), v.to(ct)
         mask = None if bias is None else bias.to(ct).contiguous()
@@ -378,6 +378,13 @@ def cpu_sparse_attention(
     if ct == torch.float32 and cpu_fused.supports(q, layout):
         return cpu_fused.fused_sparse_attention(q, k, v, layout, bias, scale=scale)
     return bucket_sparse_attention(q, k, v, layout, bias, scale=scale)
+
+
+@torch.compiler.assume_constant_result
+def _is_full(layout: BlockLayout) -> bool:
+    """``layout.is_full``, read by torch.compile as a constant of the layout (a data-dependent
+    ``bool`` of its mask would break the graph); eager calls just compute it."""
+    return layout.is_full
 
 
 def _rows_with_keys(layout: BlockLayout, L: int, device) -> torch.Tensor:
