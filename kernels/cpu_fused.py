@@ -16,6 +16,22 @@ Non-finite values follow ``kernels/reference.py``: the kernel's exp propagates N
 a row whose kept logits are all -inf (row sum 0) and a block row without kept tiles give zeros and
 zero gradients; tiles that are not kept are never read.
 
+Ops: the kernel is called through two custom ops (namespace ``sparse_autotune``, like the Triton
+backend's), so ``torch.compile(fullgraph=True)`` traces it as one opaque node:
+
+* ``cpu_block_sparse_attention_fwd(q, k, v, bias, kv_counts, kv_indices, q_counts, q_indices,
+  block_size, seq_len, scale) -> (out [B, H, L, D], lse [B, H, nb*block_size])``
+* ``cpu_block_sparse_attention_bwd(grad_out, q, k, v, out, lse, bias, kv_counts, kv_indices,
+  q_counts, q_indices, block_size, seq_len, scale, compute_dbias) -> (dq, dk, dv, dbias)``
+
+float32 CPU tensors; ``bias`` is None or [1 or B, 1 or H, L, L] (the entry point materialises
+row/column broadcasts and keeps batch/head broadcast at size 1; autograd sums ``dbias`` back to
+the caller's shape); the index tensors are the layout's (``BlockLayout.index_on``). Both ops have
+fake implementations; the forward's autograd formula calls the backward op (no double backward).
+The op checks every size it passes to C and raises ValueError naming what does not fit.
+Per-layout plans (work lists, the K^T workspace reused from call to call) are cached inside the
+ops, keyed by the layout's index tensor (weakly: freed with the layout).
+
 Threads: ``torch.get_num_threads()`` Python threads call the kernel at once (ctypes releases the
 GIL); they share an atomic counter over the work items, ordered largest first.
 What it reads and writes: q, k, v, the output and LSE, plus K^T (and V^T in backward), all
