@@ -337,7 +337,18 @@ def _check_op_args(q, k, v, bias, index, block_size: int, seq_len: int) -> tuple
         or tuple(bias.shape[2:]) != (L, L)
     ):
         raise ValueError(f"fused CPU kernel: bias must be float32 [1 or {B}, 1 or {H}, {L}, {L}]; got {bias.dtype} {list(bias.shape)}")
-    return tuple(t.to(torch.int32).contiguous() for t in index)
+    index = tuple(t.to(torch.int32).contiguous() for t in index)
+    for counts, indices, name in ((index[0], index[1], "kv"), (index[2], index[3], "q")):
+        # the block numbers the kernel will read: checked once per index tensor (and version)
+        plan, stamp = _plan(counts), (counts._version, indices._version)
+        checked = plan.get("checked")
+        if checked is None or checked[0] is not indices or checked[1] != stamp:
+            if counts.numel() and (int(counts.min()) < 0 or int(counts.max()) > nb):
+                raise ValueError(f"fused CPU kernel: {name}_counts must lie in [0, {nb}]")
+            if indices.numel() and (int(indices.min()) < 0 or int(indices.max()) >= nb):
+                raise ValueError(f"fused CPU kernel: {name}_indices must lie in [0, {nb})")
+            plan["checked"] = (indices, stamp)
+    return index
 
 
 def _fwd_impl(q, k, v, bias, index, block_size: int, seq_len: int, scale: float):

@@ -218,8 +218,10 @@ def test_backward_op_returns_bias_shaped_dbias():
         (lambda a: (*a[:3], torch.randn(1, H, 40, 39), *a[4:]), "bias"),
         (lambda a: (*a[:4], a[4][:, :-1], *a[5:]), "index"),
         (lambda a: (*a[:8], 24, *a[9:]), "block size"),
+        (lambda a: (*a[:5], a[5] + 3, *a[6:]), "kv_indices"),
+        (lambda a: (*a[:6], a[6] + 100, *a[7:]), "q_counts"),
     ],
-    ids=["seq_len", "dtype", "bias", "index", "block_size"],
+    ids=["seq_len", "dtype", "bias", "index", "block_size", "kv_indices", "q_counts"],
 )
 def test_bad_op_arguments_raise_one_line(change, needle):
     """The C kernel trusts sizes and strides: the op checks them and names what is wrong."""
