@@ -43,6 +43,11 @@ the groups are computed by ``_sdpa``'s plain-op path (materialised logits per gr
 slot's bias gradient (0 * inf there) is dropped; a NaN/inf scale keeps rows without keys out of
 the scaled q's gradient. Finite inputs take exactly the SDPA path above.
 
+Under ``torch.compile`` the fused kernel is a registered op (``kernels.cpu_fused``), the layout's
+fullness is a constant of the layout object (``_is_full``), and a full layout with a bias picks SDPA
+or the exact path above with ``torch.cond`` on the finiteness of v: no graph break. The bucket
+engine's data-dependent checks (empty layout, finite v) still break the graph.
+
 Gradients: q, k, v through autograd of the gathers and SDPA; the bias through ``_BiasGather``, a
 custom autograd.Function that gathers the bias of all groups at once and in backward adds every
 group's gradient into one bias-sized buffer (one ``index_add_`` per bucket).
