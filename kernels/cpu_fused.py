@@ -30,7 +30,8 @@ the caller's shape); the index tensors are the layout's (``BlockLayout.index_on`
 fake implementations; the forward's autograd formula calls the backward op (no double backward).
 The op checks every size it passes to C and raises ValueError naming what does not fit.
 Per-layout plans (work lists, the K^T workspace reused from call to call) are cached inside the
-ops, keyed by the layout's index tensor (weakly: freed with the layout).
+ops, keyed by the layout's index tensor (weakly: freed with the layout). An eager call without
+autograd (and not traced) runs the forward op's implementation directly, skipping the dispatcher.
 
 Threads: ``torch.get_num_threads()`` Python threads call the kernel at once (ctypes releases the
 GIL); they share an atomic counter over the work items, ordered largest first.
@@ -533,8 +534,19 @@ def fused_sparse_attention(
         # broadcast rows / columns materialised here, batch / head broadcast kept at size 1: the
         # op's dbias has this shape and autograd sums it back to the caller's
         bias = _bias_view(bias.to(torch.float32), q.shape[2])
-    kv_counts, kv_indices, q_counts, q_indices = layout.index_on("cpu")
-    out, _ = cpu_block_sparse_attention_fwd(
-        q, k, v, bias, kv_counts, kv_indices, q_counts, q_indices, layout.block_size, layout.seq_len, scale
-    )
+    index = layout.index_on("cpu")
+    if _plain_eager_inference(q, k, v, bias):
+        # the op's own implementation, without the dispatcher (measured ~1% at L = 2048)
+        out = _fwd_impl(q, k, v, bias, index, layout.block_size, layout.seq_len, scale)[0]
+    else:
+        out, _ = cpu_block_sparse_attention_fwd(q, k, v, bias, *index, layout.block_size, layout.seq_len, scale)
     return out.to(out_dtype)
+
+
+def _plain_eager_inference(*tensors: Optional[torch.Tensor]) -> bool:
+    """True for an eager call that needs no graph: no autograd, not traced by torch.compile /
+    torch.export, no dispatch mode (fake tensors, make_fx) and plain tensors only."""
+    if torch.compiler.is_compiling() or torch._C._len_torch_dispatch_stack() > 0:
+        return False
+    grad = torch.is_grad_enabled()
+    return all(t is None or (type(t) is torch.Tensor and not (grad and t.requires_grad)) for t in tensors)

@@ -91,6 +91,8 @@ def test_fullgraph_matches_eager(bias_kind, L, layout_kind):
     eager = _run(fn, q, k, v, bias, grad)
     compiled = _run(torch.compile(fn, fullgraph=True, backend="aot_eager"), q, k, v, bias, grad)
     _assert_same(compiled, eager, f"seed={seed} bias={bias_kind} L={L} {layout_kind}")
+    with torch.no_grad():  # inference: eager runs the op's implementation directly
+        _assert_same([torch.compile(fn, fullgraph=True, backend="aot_eager")(q, k, v, bias)], [fn(q, k, v, bias)], f"seed={seed} no_grad")
 
 
 @pytest.mark.parametrize("layout_kind", ["shared", "full"])
@@ -136,15 +138,18 @@ def test_fullgraph_inductor_matches_eager(layout_kind):
             torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5, msg=lambda m: f"seed={seed} {name}: {m}")
 
 
+@pytest.mark.parametrize("grad", [True, False], ids=["grad", "nograd"])
 @pytest.mark.parametrize("bias_kind", ["1HLL", None])
-def test_no_graph_break(bias_kind):
-    """torch._dynamo.explain: one graph, no break (the ctypes autograd.Function broke it 10 times)."""
+def test_no_graph_break(bias_kind, grad):
+    """torch._dynamo.explain: one graph, no break (the ctypes autograd.Function broke it 8-10
+    times), with autograd and under no_grad (where eager skips the dispatcher)."""
     torch._dynamo.reset()
     L = 64
     layout = _layout("shared", L)
     q, k, v, bias, _ = _inputs(L, None if bias_kind is None else (1, H, L, L), _seed())
     q.requires_grad_(True)
-    ex = torch._dynamo.explain(_attention(layout))(q, k, v, bias)
+    with torch.set_grad_enabled(grad):
+        ex = torch._dynamo.explain(_attention(layout))(q, k, v, bias)
     assert (ex.graph_count, ex.graph_break_count) == (1, 0), [str(r.reason)[:200] for r in ex.break_reasons]
 
 
