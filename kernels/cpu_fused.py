@@ -198,7 +198,7 @@ def supports(q: torch.Tensor, layout: BlockLayout) -> bool:
 
 # ---- work lists and threads ----------------------------------------------------------------------
 # Per-layout plans (work lists, the K^T workspace), keyed by the layout's index tensor itself (the op
-# sees tensors, not the layout) and freed with it; the tensor's version counter is part of every key.
+# sees tensors, not the layout) and freed with it; work lists and checks also key on its version.
 _PLANS = WeakTensorKeyDictionary()
 _POOLS: dict = {}
 
