@@ -43,6 +43,11 @@ the groups are computed by ``_sdpa``'s plain-op path (materialised logits per gr
 slot's bias gradient (0 * inf there) is dropped; a NaN/inf scale keeps rows without keys out of
 the scaled q's gradient. Finite inputs take exactly the SDPA path above.
 
+Under ``torch.compile`` the fused kernel is a registered op (``kernels.cpu_fused``), the layout's
+fullness is a constant of the layout object (``_is_full``), and a full layout with a bias picks SDPA
+or the exact path above with ``torch.cond`` on the finiteness of v: no graph break. The bucket
+engine's data-dependent checks (empty layout, finite v) still break the graph.
+
 Gradients: q, k, v through autograd of the gathers and SDPA; the bias through ``_BiasGather``, a
 custom autograd.Function that gathers the bias of all groups at once and in backward adds every
 group's gradient into one bias-sized buffer (one ``index_add_`` per bucket).
@@ -369,15 +374,37 @@ def cpu_sparse_attention(
     """softmax(q k^T * scale + bias) v over ``layout``'s pairs; q, k, v [B, H, L, D], bias
     broadcasting to [B, H, L, L]. Differentiable in q, k, v and bias."""
     ct = compute_dtype(q.dtype)
-    if layout.is_full:
+    if _is_full(layout):
         out_dtype = q.dtype
         q, k, v = q.to(ct), k.to(ct), v.to(ct)
         mask = None if bias is None else bias.to(ct).contiguous()
+        sc = resolve_scale(q.shape[-1], scale)
+        if mask is not None and torch.compiler.is_compiling():
+            # the finiteness of v is data: torch.compile traces both paths and picks one at run time
+            return torch.cond(
+                torch.isfinite(v).all(),
+                lambda q_, k_, v_, m_: _sdpa(q_, k_, v_, m_, sc, False),
+                lambda q_, k_, v_, m_: _sdpa(q_, k_, v_, m_, sc, True),
+                (q, k, v, mask),
+            ).to(out_dtype)
         exact = bias is not None and not bool(torch.isfinite(v).all())
-        return _sdpa(q, k, v, mask, resolve_scale(q.shape[-1], scale), exact).to(out_dtype)
+        return _sdpa(q, k, v, mask, sc, exact).to(out_dtype)
     if ct == torch.float32 and cpu_fused.supports(q, layout):
         return cpu_fused.fused_sparse_attention(q, k, v, layout, bias, scale=scale)
     return bucket_sparse_attention(q, k, v, layout, bias, scale=scale)
+
+
+@torch.compiler.assume_constant_result
+def _is_full(layout: BlockLayout) -> bool:
+    """``layout.is_full``, read by torch.compile as a constant of the layout (a data-dependent
+    ``bool`` of its mask would break the graph; the compiled code is guarded on the layout object).
+    A sparse layout also gets its compact index built here (``index_on("cpu")``, cached by the
+    layout), so that a compiled call reads it as graph inputs instead of tracing its construction
+    (which would compile the function a second time once the index is cached)."""
+    if layout.is_full:
+        return True
+    layout.index_on("cpu")
+    return False
 
 
 def _rows_with_keys(layout: BlockLayout, L: int, device) -> torch.Tensor:
