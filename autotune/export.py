@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import math
 import os
 import sys
 from pathlib import Path
@@ -44,11 +43,6 @@ class _Dumper(yaml.SafeDumper):
 
     def ignore_aliases(self, data: Any) -> bool:
         return True
-
-
-def _geomean(xs: list[Optional[float]]) -> float:
-    xs = [x for x in xs if x is not None and x > 0 and math.isfinite(x)]
-    return math.exp(sum(map(math.log, xs)) / len(xs)) if xs else 0.0
 
 
 def _studies(db) -> list[str]:
