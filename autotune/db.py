@@ -65,6 +65,7 @@ import datetime as dt
 import hashlib
 import time
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from typing import Any, Iterator, Optional
 
 from sqlalchemy import (
@@ -122,6 +123,7 @@ class Run(Base):
     space: Mapped[Any] = mapped_column(JSON)
     executor: Mapped[str] = mapped_column(String(32))
     end_reason: Mapped[Optional[str]] = mapped_column(Text, nullable=True)
+    optuna_study_id: Mapped[Optional[int]] = mapped_column(Integer, nullable=True)
 
 
 class TrialRow(Base):
@@ -132,6 +134,7 @@ class TrialRow(Base):
     study_name: Mapped[str] = mapped_column(String(256), index=True)
     number: Mapped[int] = mapped_column(Integer)
     optuna_trial_id: Mapped[int] = mapped_column(Integer)
+    optuna_study_id: Mapped[Optional[int]] = mapped_column(Integer, nullable=True)
     params: Mapped[Any] = mapped_column(JSON)
     pattern: Mapped[Any] = mapped_column(JSON)
     kernel: Mapped[Any] = mapped_column(JSON, nullable=True)
@@ -331,6 +334,41 @@ class Database:
     def close(self) -> None:
         self.engine.dispose()
 
+    # -- ties to Optuna ----------------------------------------------------------------------
+    def live_study(self, name: str) -> LiveStudy:
+        with self.Session() as s:
+            return live_study(s, name)
+
+    def orphans(self, name: str) -> Orphans:
+        with self.Session() as s:
+            return find_orphans(s, name)
+
+    def drop_orphans(self, name: str) -> Orphans:
+        """Delete the rows of study ``name`` that Optuna's storage does not hold (`find_orphans`:
+        left by ``optuna delete-study``, or by a study deleted and created again under the same
+        name), in one transaction; and record Optuna's study id on the tied rows that lack it (a
+        database from before the column). Returns what was deleted."""
+        from sqlalchemy import delete, inspect as _inspect, update
+
+        with self.session() as s:
+            o = find_orphans(s, name)
+            if not o.live.has_optuna:
+                return o
+            if o.trial_ids:
+                s.execute(delete(Measurement).where(Measurement.trial_id.in_(o.trial_ids)))
+                s.execute(delete(TrialRow).where(TrialRow.id.in_(o.trial_ids)))
+                tables = set(_inspect(s.get_bind()).get_table_names())
+                if "at_confirmations" in tables:
+                    s.execute(text("DELETE FROM at_confirmations WHERE study_name = :n AND created_at < :c"),
+                              {"n": name, "c": o.cutoff})
+                s.execute(delete(Tuned).where(Tuned.study_name == name, Tuned.exported_at < o.cutoff))
+            if o.run_ids:
+                s.execute(delete(Run).where(Run.id.in_(o.run_ids)))
+            if o.live.study_id is not None:
+                s.execute(update(TrialRow).where(TrialRow.study_name == name, TrialRow.optuna_study_id.is_(None))
+                          .values(optuna_study_id=o.live.study_id))
+            return o
+
     # -- runs ----------------------------------------------------------------------------------
     def start_run(self, **fields: Any) -> int:
         with self.session() as s:
@@ -471,3 +509,129 @@ class Database:
             t.measurements.clear()
             for m in measurements:
                 t.measurements.append(Measurement(**m))
+
+
+# -- ties to Optuna's study and trial ids -------------------------------------------------------------
+
+OPTUNA_TABLES = ("studies", "trials")
+
+
+@dataclass
+class LiveStudy:
+    """What Optuna's storage holds now under a study name (read from its ``studies`` and ``trials``
+    tables): ``study_id`` (None: no such study, e.g. removed by ``optuna delete-study``) and
+    ``trial_ids`` (trial number -> Optuna trial id). ``has_optuna`` is False for a database without
+    Optuna's tables (benchmark rows only): nothing can be checked there and no row is tied.
+
+    An ``at_trials`` row is *tied* (`tied`) when Optuna's study of that name holds a trial with the
+    row's number and Optuna trial id (and, where the row records it, the same study id). Any other
+    row is an orphan: left by a deleted study, or by one deleted and created again under the same
+    name (its trial numbers restart at 0 with new trial ids). Orphans are never cited."""
+
+    name: str
+    has_optuna: bool
+    study_id: Optional[int] = None
+    trial_ids: dict[int, int] = field(default_factory=dict)
+
+    @property
+    def exists(self) -> bool:
+        return self.study_id is not None
+
+    def tied(self, row: Any) -> bool:
+        if not self.has_optuna:
+            return False
+        sid = getattr(row, "optuna_study_id", None)
+        if self.study_id is None or (sid is not None and sid != self.study_id):
+            return False
+        return self.trial_ids.get(row.number) == row.optuna_trial_id
+
+
+def live_study(conn: Any, name: str) -> LiveStudy:
+    """`LiveStudy` of ``name`` read through ``conn`` (a Connection or Session)."""
+    bind = conn.get_bind() if isinstance(conn, Session) else conn
+    tables = set(inspect(bind).get_table_names())
+    if not set(OPTUNA_TABLES) <= tables:
+        return LiveStudy(name, False)
+    sid = conn.execute(text("SELECT study_id FROM studies WHERE study_name = :n"), {"n": name}).scalar()
+    if sid is None:
+        return LiveStudy(name, True)
+    ids = {int(n): int(t) for n, t in conn.execute(text("SELECT number, trial_id FROM trials WHERE study_id = :s"),
+                                                   {"s": sid}).all()}
+    return LiveStudy(name, True, int(sid), ids)
+
+
+@dataclass
+class Orphans:
+    """The rows of a study name that are not tied to Optuna's study of that name (`LiveStudy`):
+    at_trials rows (with their measurements), the at_runs rows only they reference or that record
+    another Optuna study id, and, when any trial row is an orphan, the study's at_confirmations
+    and at_tuned rows written before ``cutoff`` (the first start of a tied trial; now when none)."""
+
+    live: LiveStudy
+    trial_ids: list[int] = field(default_factory=list)  # at_trials.id
+    trial_numbers: list[int] = field(default_factory=list)
+    run_ids: list[int] = field(default_factory=list)
+    cutoff: Optional[dt.datetime] = None
+
+    def __bool__(self) -> bool:
+        return bool(self.trial_ids or self.run_ids)
+
+    def text(self) -> str:
+        return (f"{len(self.trial_ids)} trial row(s) and {len(self.run_ids)} run row(s) of study {self.live.name!r} "
+                f"not in Optuna's study of that name")
+
+
+def find_orphans(s: Session, name: str) -> Orphans:
+    """Our rows of study ``name`` that Optuna's storage does not hold (`Orphans`). Our rows are read
+    before Optuna's (a driver asks Optuna for a trial before it writes the trial's row), so a trial
+    another driver is starting is never taken for an orphan."""
+    trials = s.scalars(select(TrialRow).where(TrialRow.study_name == name)).all()
+    runs = s.scalars(select(Run).where(Run.study_name == name)).all()
+    live = live_study(s, name)
+    o = Orphans(live)
+    if not live.has_optuna:
+        return o
+    tied = [t for t in trials if live.tied(t)]
+    for t in trials:
+        if not live.tied(t):
+            o.trial_ids.append(t.id)
+            o.trial_numbers.append(t.number)
+    used = {t.run_id for t in tied}
+    starts = [t.started_at for t in tied if t.started_at is not None]
+    o.cutoff = min(starts) if starts else utcnow()
+    for r in runs:
+        if r.id in used:
+            continue
+        if r.optuna_study_id is not None:
+            if r.optuna_study_id != live.study_id:
+                o.run_ids.append(r.id)
+        elif o.trial_ids and r.started_at is not None and r.started_at < o.cutoff:
+            o.run_ids.append(r.id)
+    return o
+
+
+def restrict_study_data(data: Any, orphans: Orphans) -> Any:
+    """``data`` (an `autotune.verdict.StudyData`) without the orphans' rows: only trials tied to
+    Optuna's study are left to cite, confirmations only of those trials and not older than
+    ``orphans.cutoff``, the space from the latest run left."""
+    import dataclasses
+
+    from .verdict import confirmation_current
+
+    if not orphans:
+        return data
+    bad = set(orphans.trial_ids)
+    trials = {n: t for n, t in data.trials.items() if t.id not in bad}
+    cells = {n: c for n, c in data.cells_by_trial.items() if n in trials}
+    cutoff = orphans.cutoff
+
+    def keep_conf(r: Any) -> bool:
+        return r.trial_number in trials and not (cutoff is not None and r.created_at is not None and r.created_at < cutoff)
+
+    latest = [r for r in data.latest_confirmation if keep_conf(r)] if orphans.trial_ids else list(data.latest_confirmation)
+    current = latest if confirmation_current(latest, len(trials)) else None
+    runs = [r for r in data.runs if r.id not in set(orphans.run_ids)]
+    space = next((r.space for r in reversed(runs) if r.space), None)
+    return dataclasses.replace(data, trials=trials, cells_by_trial=cells, confirmations=current,
+                               latest_confirmation=latest, runs=runs, space=space,
+                               n_trials=max(0, data.n_trials - len(bad)))

@@ -158,6 +158,61 @@ def make_sampler(space: SearchSpace, seed: Optional[int] = None, *, use_space_se
     return optuna.samplers.RandomSampler(seed=seed)
 
 
+def bucket_view(space: SearchSpace, cells: list[Any]) -> tuple[list[float], dict[str, dict[str, Any]], Optional[int]]:
+    """What Optuna records of one complete trial, from its (workload, bucket) cells (measurement
+    dicts or at_measurements rows, each with its ``violations``: target -> violation, <= 0 met).
+
+    Per bucket: the violation of each target is its worst over the bucket's workloads, the bucket
+    is *feasible* when every target is met there (the candidates `autotune.verdict` can choose at
+    that bucket, on the search's own figures), and its objectives are aggregated over the
+    bucket's workloads as the trial's are over all cells (speedup, its interval's lower end and
+    the memory ratios by geometric mean, sparsity by mean, accuracy by the worse value).
+
+    Returns (constraints, buckets, constraint_bucket): the constraint values Optuna stores are the
+    violations at the trial's *least violating* bucket (smallest worst violation; ties to the
+    shorter length), so a trial is feasible for Optuna - its samplers, ``study.best_trials``,
+    ``optuna best-trials``, ``plot_pareto_front`` - exactly when it meets every target at every
+    workload of at least one bucket; ``buckets`` maps str(L) to that bucket's objectives,
+    violations and feasibility (the trial's user attribute ``buckets``)."""
+    from .aggregate import geomean
+
+    def g(c: Any, k: str) -> Any:
+        return c.get(k) if isinstance(c, dict) else getattr(c, k, None)
+
+    names = space.effective_targets().names()
+    by_bucket: dict[int, list[Any]] = {}
+    for c in cells:
+        by_bucket.setdefault(int(g(c, "bucket")), []).append(c)
+    out: dict[str, dict[str, Any]] = {}
+    best: Optional[tuple[float, int]] = None
+    worse = min
+    if space.accuracy_metric:
+        from .space import ACCURACY_METRIC_DIRECTIONS
+
+        worse = min if ACCURACY_METRIC_DIRECTIONS[space.accuracy_metric] == "max" else max
+    for L in sorted(by_bucket):
+        cs = by_bucket[L]
+        viol = {n: max(float((g(c, "violations") or {}).get(n, 0.0)) for c in cs) for n in names}
+        worst = max(viol.values(), default=0.0)
+        feasible = worst <= 0
+        entry: dict[str, Any] = {"feasible": feasible}
+        for k in ("speedup", "speedup_lo", "memory_vs_sdpa", "memory_vs_naive"):
+            entry[k] = geomean((g(c, k) for c in cs), f"{k} at L={L}", quiet=k == "speedup_lo").value
+        entry["sparsity"] = sum(g(c, "sparsity") for c in cs) / len(cs)
+        accs = [g(c, "accuracy_value") for c in cs if g(c, "accuracy_value") is not None]
+        if space.accuracy_metric:
+            entry[space.accuracy_metric] = worse(accs) if accs else None
+        entry["workloads"] = sorted(str(g(c, "workload")) for c in cs)
+        entry["violations"] = viol
+        out[str(L)] = entry
+        if best is None or worst < best[0]:
+            best = (worst, L)
+    if best is None:
+        return [], out, None
+    at = out[str(best[1])]["violations"]
+    return [float(at[n]) for n in names], out, best[1]
+
+
 def _seed(study: str, number: int) -> int:
     return int(hashlib.sha256(f"{study}:{number}".encode()).hexdigest()[:8], 16)
 
@@ -230,14 +285,21 @@ class Search:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 self.study.set_metric_names(list(self.space.objectives))
-            self.study.set_user_attr("space", self.space.to_dict())
+        # our rows of a study deleted from Optuna's storage (optuna delete-study), or of an earlier
+        # study of the same name, are removed before anything of this one is written
+        gone = self.db.drop_orphans(self.study_name)
+        if gone:
+            self.log(f"removed {gone.text()} (left by a deleted study; never cited)")
         self.hardware = hardware.describe(self.space.device)
         self.run_id = self.db.start_run(
             study_name=self.study_name, host=socket.gethostname(), pid=os.getpid(),
             command_line=hardware.command_line(secrets=self.secrets), device=self.space.device, hardware=self.hardware,
             versions=hardware.package_versions(), git_revision=hardware.git_revision(),
             space_path=self.space.source, space=self.space.to_dict(), executor=self.executor_kind,
+            optuna_study_id=self.study._study_id,
         )
+        if existing is None:  # the space is stored once, in at_runs; the study names the run that holds it
+            self.study.set_user_attr("space_run_id", self.run_id)
         n_trials = len(self.study.get_trials(deepcopy=False))
         if n_trials:  # continue from the study: never replay the sequence of an earlier start
             self.study.sampler = make_sampler(self.space, sampler_seed(self.space.sampler.get("seed"), n_trials, self.run_id),
@@ -271,7 +333,9 @@ class Search:
                 if alive:
                     continue
             if row is not None and row.state == "COMPLETE" and row.objectives is not None:
-                self._tell(ft.number, row.objectives, row.constraints or [])
+                cells = self._cells_of(row.id)
+                cons, buckets, at = bucket_view(self.space, cells) if cells else (row.constraints or [], None, None)
+                self._tell(ft.number, row.objectives, cons or row.constraints or [], buckets, at)
                 self.stats["recovered"] += 1
                 self.log(f"trial {ft.number}: results were stored before the driver stopped; completed from them")
                 continue
@@ -293,14 +357,32 @@ class Search:
                     self.study.enqueue_trial(dict(row.params), user_attrs={"retry_of": row.number}, skip_if_exists=False)
                     self.log(f"trial {row.number} ({row.reason}) had no retry queued: enqueued again")
 
-    def _tell(self, number: int, values: list[float], constraints: list[float]) -> None:
+    def _tell(self, number: int, values: list[float], constraints: list[float],
+              buckets: Optional[dict[str, Any]] = None, constraint_bucket: Optional[int] = None) -> None:
+        """Complete trial ``number`` in Optuna with its values; its constraint values go where
+        Optuna's samplers, ``best_trials`` and plots read them (system attribute ``constraints``)
+        and, with their names and the per-bucket view (`bucket_view`), into user attributes that
+        ``optuna trials``, the dashboard and ``load_study`` show."""
         from .trial import constraint_names
         tid = self.ostorage.get_trial_id_from_study_id_trial_number(self.study._study_id, number)
         if constraints:
             self.ostorage.set_trial_user_attr(tid, "constraints", list(constraints))
             self.ostorage.set_trial_user_attr(tid, "constraint_names", constraint_names(self.space))
             self.ostorage.set_trial_system_attr(tid, "constraints", list(constraints))
+        if buckets is not None:
+            self.ostorage.set_trial_user_attr(tid, "buckets", buckets)
+            self.ostorage.set_trial_user_attr(tid, "feasible_buckets",
+                                              [int(L) for L, b in buckets.items() if b["feasible"]])
+            self.ostorage.set_trial_user_attr(tid, "constraint_bucket", constraint_bucket)
         self.study.tell(number, values)
+
+    def _cells_of(self, trial_row_id: int) -> list[Any]:
+        from sqlalchemy import select
+
+        from .db import Measurement
+
+        with self.db.Session() as s:
+            return list(s.scalars(select(Measurement).where(Measurement.trial_id == trial_row_id)).all())
 
     def finished_count(self) -> int:
         """Trials of the study finished for good, counted in the database (all drivers)."""
@@ -333,6 +415,7 @@ class Search:
         now = utcnow()
         status, other = self.db.claim_trial(dict(
             run_id=self.run_id, study_name=self.study_name, number=trial.number, optuna_trial_id=trial._trial_id,
+            optuna_study_id=self.study._study_id,
             params=params, pattern=pattern, kernel=kernel, state="FAIL" if invalid else "RUNNING", reason=invalid,
             retry_of=retry_of, objective_names=list(self.space.objectives), constraint_names=constraint_names(self.space),
             started_at=now, finished_at=now if invalid else None,
@@ -389,7 +472,6 @@ class Search:
             except Exception as e:  # noqa: BLE001
                 res = dict(res, ok=False, reason=f"could not summarize: {type(e).__name__}: {e}")
         if res.get("ok"):
-            feasible = all(c <= 0 for c in cons)
             rows = []
             for m in res["measurements"]:
                 viol = cell_violations(self.space, m, res.get("accuracy") or {})
@@ -411,10 +493,14 @@ class Search:
                     "accuracy_value": cell_values(self.space, m, res.get("accuracy") or {})["accuracy"],
                     "violations": viol, "feasible": all(v <= 0 for v in viol.values()),
                 })
+            # Optuna's constraint values: the least violating bucket's (bucket_view), so that a
+            # trial the export can choose at some bucket is feasible for Optuna's tools too
+            cons, buckets, cons_bucket = bucket_view(self.space, rows)
+            feasible = all(c <= 0 for c in cons)
             self.db.record_result(self.study_name, number, state="COMPLETE", reason=None,
                                   fields=dict(fields, objectives=objs, constraints=cons, feasible=feasible),
                                   measurements=rows)
-            self._tell(number, objs, cons)
+            self._tell(number, objs, cons, buckets, cons_bucket)
             self.stats["completed"] += 1
             if "speedup" in self.space.objectives and feasible:
                 sp = objs[self.space.objectives.index("speedup")]
