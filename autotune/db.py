@@ -124,6 +124,7 @@ class Run(Base):
     executor: Mapped[str] = mapped_column(String(32))
     end_reason: Mapped[Optional[str]] = mapped_column(Text, nullable=True)
     optuna_study_id: Mapped[Optional[int]] = mapped_column(Integer, nullable=True)
+    optuna_study_uid: Mapped[Optional[str]] = mapped_column(String(64), nullable=True)
 
 
 class TrialRow(Base):
@@ -135,6 +136,7 @@ class TrialRow(Base):
     number: Mapped[int] = mapped_column(Integer)
     optuna_trial_id: Mapped[int] = mapped_column(Integer)
     optuna_study_id: Mapped[Optional[int]] = mapped_column(Integer, nullable=True)
+    optuna_study_uid: Mapped[Optional[str]] = mapped_column(String(64), nullable=True)
     params: Mapped[Any] = mapped_column(JSON)
     pattern: Mapped[Any] = mapped_column(JSON)
     kernel: Mapped[Any] = mapped_column(JSON, nullable=True)
@@ -364,9 +366,12 @@ class Database:
                 s.execute(delete(Tuned).where(Tuned.study_name == name, Tuned.exported_at < o.cutoff))
             if o.run_ids:
                 s.execute(delete(Run).where(Run.id.in_(o.run_ids)))
-            if o.live.study_id is not None:
+            if o.live.study_id is not None:  # rows from before the columns: tied now, recorded
                 s.execute(update(TrialRow).where(TrialRow.study_name == name, TrialRow.optuna_study_id.is_(None))
                           .values(optuna_study_id=o.live.study_id))
+                if o.live.uid is not None:
+                    s.execute(update(TrialRow).where(TrialRow.study_name == name, TrialRow.optuna_study_uid.is_(None))
+                              .values(optuna_study_uid=o.live.uid))
             return o
 
     # -- runs ----------------------------------------------------------------------------------
@@ -430,6 +435,14 @@ class Database:
             rows = s.scalars(select(TrialRow).where(TrialRow.study_name == study)).all()
             occupying = [t for t in rows if self._occupying(t)]
             retry_of = fields.get("retry_of")
+            # a trial run again (interrupted, node lost) keeps a slot reserved for its retry until
+            # the retry is claimed, so a full budget never drops a retry
+            retried = {t.retry_of for t in rows if t.retry_of is not None}
+            reserved = [t for t in rows if not self._occupying(t) and t.state == "FAIL" and t.number not in retried
+                        and "(retry skipped" not in (t.reason or "")]
+            taken = len(occupying) + len(reserved) - (1 if retry_of is not None and any(t.number == retry_of for t in reserved) else 0)
+            if taken >= budget:  # before the duplicate check: a full budget ends the asking at once
+                return "budget", None
             if not allow_repeats:
                 for t in occupying:
                     if t.params == fields["params"] and t.number != fields["number"]:
@@ -438,14 +451,6 @@ class Database:
                                 if o.number == retry_of and o.state == "FAIL":
                                     o.reason = f"{o.reason} (retry skipped: measured by trial {t.number})"
                         return "duplicate", t.number
-            # a trial run again (interrupted, node lost) keeps a slot reserved for its retry until
-            # the retry is claimed, so a full budget never drops a retry
-            retried = {t.retry_of for t in rows if t.retry_of is not None}
-            reserved = [t for t in rows if not self._occupying(t) and t.state == "FAIL" and t.number not in retried
-                        and "(retry skipped" not in (t.reason or "")]
-            taken = len(occupying) + len(reserved) - (1 if retry_of is not None and any(t.number == retry_of for t in reserved) else 0)
-            if taken >= budget:
-                return "budget", None
             existing = next((t for t in rows if t.number == fields["number"]), None)
             if existing is not None:
                 for k, v in fields.items():
@@ -514,6 +519,37 @@ class Database:
 # -- ties to Optuna's study and trial ids -------------------------------------------------------------
 
 OPTUNA_TABLES = ("studies", "trials")
+UID_KEY = "autotune:uid"  # Optuna study system attribute: this study's identity (module docstring)
+
+
+def ensure_study_uid(engine: Engine, study_id: int) -> str:
+    """The identity token of Optuna's study ``study_id`` (its system attribute ``autotune:uid``),
+    created if missing. Optuna reuses ids: SQLite gives a study and trials created after a
+    deletion the ids of the deleted ones, so only this token, deleted with the study, tells a
+    re-created study from the old one. Created atomically by several drivers at once: an insert
+    into Optuna's ``study_system_attributes``, whose unique (study_id, key) lets one win; the
+    others read the winner's token (Optuna's own setter would let the last writer win)."""
+    import json
+    import uuid
+
+    def read() -> Optional[str]:
+        with engine.connect() as conn:
+            v = conn.execute(text("SELECT value_json FROM study_system_attributes WHERE study_id = :s AND key = :k"),
+                             {"s": study_id, "k": UID_KEY}).scalar()
+        return None if v is None else str(json.loads(v))
+
+    have = read()
+    if have is not None:
+        return have
+    try:
+        with engine.begin() as conn:
+            conn.execute(text("INSERT INTO study_system_attributes (study_id, key, value_json) VALUES (:s, :k, :v)"),
+                         {"s": study_id, "k": UID_KEY, "v": json.dumps(uuid.uuid4().hex)})
+    except IntegrityError:  # another driver created it first
+        pass
+    have = read()
+    assert have is not None
+    return have
 
 
 @dataclass
@@ -523,15 +559,18 @@ class LiveStudy:
     ``trial_ids`` (trial number -> Optuna trial id). ``has_optuna`` is False for a database without
     Optuna's tables (benchmark rows only): nothing can be checked there and no row is tied.
 
-    An ``at_trials`` row is *tied* (`tied`) when Optuna's study of that name holds a trial with the
-    row's number and Optuna trial id (and, where the row records it, the same study id). Any other
-    row is an orphan: left by a deleted study, or by one deleted and created again under the same
-    name (its trial numbers restart at 0 with new trial ids). Orphans are never cited."""
+    An ``at_trials`` row is *tied* (`tied`) when it records the study's identity token
+    (``optuna_study_uid``), its study id, and the Optuna trial id that the study holds under the
+    row's number. Any other row is an orphan: left by a deleted study, or by one deleted and
+    created again under the same name (numbers restart at 0, and SQLite hands out the deleted
+    study's ids again). Orphans are never cited. Rows written before the token existed (NULL) are
+    tied by ids and number alone, and get the token when a search or export next opens the study."""
 
     name: str
     has_optuna: bool
     study_id: Optional[int] = None
     trial_ids: dict[int, int] = field(default_factory=dict)
+    uid: Optional[str] = None  # the study's ``autotune:uid`` (`ensure_study_uid`); None: not set yet
 
     @property
     def exists(self) -> bool:
@@ -542,6 +581,9 @@ class LiveStudy:
             return False
         sid = getattr(row, "optuna_study_id", None)
         if self.study_id is None or (sid is not None and sid != self.study_id):
+            return False
+        uid = getattr(row, "optuna_study_uid", None)
+        if uid is not None and uid != self.uid:
             return False
         return self.trial_ids.get(row.number) == row.optuna_trial_id
 
@@ -557,7 +599,14 @@ def live_study(conn: Any, name: str) -> LiveStudy:
         return LiveStudy(name, True)
     ids = {int(n): int(t) for n, t in conn.execute(text("SELECT number, trial_id FROM trials WHERE study_id = :s"),
                                                    {"s": sid}).all()}
-    return LiveStudy(name, True, int(sid), ids)
+    uid = None
+    if "study_system_attributes" in tables:
+        import json
+
+        v = conn.execute(text("SELECT value_json FROM study_system_attributes WHERE study_id = :s AND key = :k"),
+                         {"s": sid, "k": UID_KEY}).scalar()
+        uid = None if v is None else str(json.loads(v))
+    return LiveStudy(name, True, int(sid), ids, uid)
 
 
 @dataclass
@@ -602,8 +651,8 @@ def find_orphans(s: Session, name: str) -> Orphans:
     for r in runs:
         if r.id in used:
             continue
-        if r.optuna_study_id is not None:
-            if r.optuna_study_id != live.study_id:
+        if r.optuna_study_uid is not None or r.optuna_study_id is not None:
+            if r.optuna_study_id != live.study_id or (r.optuna_study_uid is not None and r.optuna_study_uid != live.uid):
                 o.run_ids.append(r.id)
         elif o.trial_ids and r.started_at is not None and r.started_at < o.cutoff:
             o.run_ids.append(r.id)

@@ -287,6 +287,9 @@ class Search:
                 self.study.set_metric_names(list(self.space.objectives))
         # our rows of a study deleted from Optuna's storage (optuna delete-study), or of an earlier
         # study of the same name, are removed before anything of this one is written
+        from .db import ensure_study_uid
+
+        self.study_uid = ensure_study_uid(self.db.engine, self.study._study_id)
         gone = self.db.drop_orphans(self.study_name)
         if gone:
             self.log(f"removed {gone.text()} (left by a deleted study; never cited)")
@@ -296,7 +299,7 @@ class Search:
             command_line=hardware.command_line(secrets=self.secrets), device=self.space.device, hardware=self.hardware,
             versions=hardware.package_versions(), git_revision=hardware.git_revision(),
             space_path=self.space.source, space=self.space.to_dict(), executor=self.executor_kind,
-            optuna_study_id=self.study._study_id,
+            optuna_study_id=self.study._study_id, optuna_study_uid=self.study_uid,
         )
         if existing is None:  # the space is stored once, in at_runs; the study names the run that holds it
             self.study.set_user_attr("space_run_id", self.run_id)
@@ -415,7 +418,7 @@ class Search:
         now = utcnow()
         status, other = self.db.claim_trial(dict(
             run_id=self.run_id, study_name=self.study_name, number=trial.number, optuna_trial_id=trial._trial_id,
-            optuna_study_id=self.study._study_id,
+            optuna_study_id=self.study._study_id, optuna_study_uid=self.study_uid,
             params=params, pattern=pattern, kernel=kernel, state="FAIL" if invalid else "RUNNING", reason=invalid,
             retry_of=retry_of, objective_names=list(self.space.objectives), constraint_names=constraint_names(self.space),
             started_at=now, finished_at=now if invalid else None,
