@@ -14,7 +14,14 @@ Schema (one row per ...):
     versions (JSON: python, torch, triton, optuna, ray, sqlalchemy, ...), git_revision,
     space_path, space (JSON: the validated space, after command-line overrides), executor,
     end_reason (why a run ended other than by its driver: "driver died: ..." when the next driver
-    found it dead; status "died").
+    found it dead; status "died"), optuna_study_id, optuna_study_uid (the Optuna study it ran).
+
+Ties to Optuna. Every at_runs / at_trials row records the Optuna study it belongs to: its id and
+its identity token (the study's system attribute ``autotune:uid``, `ensure_study_uid`; SQLite
+reuses the ids of deleted studies and trials, the token is deleted with the study); at_trials
+also the Optuna trial id. A row whose study no longer holds that trial is an orphan
+(`LiveStudy`, `find_orphans`): export and report never cite it, and the search, the export and
+``python -m autotune.copy_study`` remove or leave it behind (`Database.drop_orphans`).
 
 ``at_trials`` - one Optuna trial (unique per (study_name, number))
     id PK, run_id FK -> at_runs (the run that measured it), study_name, number (Optuna's trial
@@ -26,7 +33,8 @@ Schema (one row per ...):
     constraints (JSON list, <= 0 feasible, worst over cells), constraint_names (JSON list),
     feasible (all constraints <= 0), gate (JSON: gate errors and tolerances), timing (JSON: seconds
     in gate / candidate / baselines / accuracy / total), worker (JSON: host, pid),
-    started_at, finished_at, lease_until (a RUNNING trial whose lease expired belongs to no driver).
+    started_at, finished_at, lease_until (no longer written: Optuna's trial heartbeat replaced it),
+    optuna_study_id and optuna_study_uid (the Optuna study the row belongs to, `LiveStudy`).
 
 ``at_measurements`` - one (trial, workload, bucket)
     id PK, trial_id FK -> at_trials, workload, kind (msa_row | triangle | evoformer), bucket (L), batch, heads,
@@ -291,16 +299,17 @@ def create_schema(engine: Engine) -> None:
         retry_creation(create, "create the at_ tables")
 
 
-def create_optuna_storage(url: str, engine_kwargs: Optional[dict] = None):
-    """``optuna.storages.RDBStorage(url)``, safe when drivers create it at once on a fresh database
-    (Optuna's own table creation and alembic stamp race otherwise: a unique violation on
-    alembic_version with SQLite, on pg_type with PostgreSQL)."""
+def create_optuna_storage(url: str, engine_kwargs: Optional[dict] = None, **options: Any):
+    """``optuna.storages.RDBStorage(url, **options)`` (e.g. ``heartbeat_interval``,
+    ``grace_period``, ``heartbeat_stale_trial_callback``), safe when drivers create it at once on a
+    fresh database (Optuna's own table creation and alembic stamp race otherwise: a unique
+    violation on alembic_version with SQLite, on pg_type with PostgreSQL)."""
     import optuna
 
     engine = make_engine(url)
     try:
         with schema_lock(engine):
-            return retry_creation(lambda: optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs or {}),
+            return retry_creation(lambda: optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs or {}, **options),
                                   "create Optuna's tables")
     finally:
         engine.dispose()
@@ -382,12 +391,12 @@ class Database:
             s.flush()
             return run.id
 
-    def heartbeat(self, run_id: int, lease_until: dt.datetime) -> None:
+    def heartbeat(self, run_id: int) -> None:
+        """The run's own heartbeat (``at_runs.heartbeat_at``: tells other hosts the driver lives);
+        its trials' heartbeats are Optuna's (``RDBStorage.record_heartbeat``)."""
         with self.session() as s:
             run = s.get(Run, run_id)
             run.heartbeat_at = utcnow()
-            for t in s.scalars(select(TrialRow).where(TrialRow.run_id == run_id, TrialRow.state == "RUNNING")):
-                t.lease_until = lease_until
 
     def end_run(self, run_id: int, status: str) -> None:
         with self.session() as s:

@@ -76,9 +76,10 @@ from typing import Any, Optional
 
 from .space import MAX_NAME, SearchSpace, SpaceError, load_space
 
-LEASE_SECONDS = 600.0
+LEASE_SECONDS = 600.0  # a run on another host without a run heartbeat for this long: its driver is gone
 MAX_DUPLICATE_ASKS = 200  # consecutive asks that only re-propose measured parameters: space exhausted
-HEARTBEAT_SECONDS = 5.0
+HEARTBEAT_SECONDS = 5  # Optuna's heartbeat_interval: the driver beats for each of its running trials
+GRACE_SECONDS = 60  # Optuna's grace_period: a running trial without a beat for this long is stale
 INTERRUPTED = "interrupted"
 
 
@@ -264,7 +265,15 @@ class Search:
 
         upgrade_schema(self.db.engine)  # a database from before the paired-timing columns
         engine_kwargs = {"connect_args": {"timeout": 60}} if self.storage.startswith("sqlite") else {}
-        self.ostorage = create_optuna_storage(self.storage, engine_kwargs)
+        # Optuna's trial heartbeat: the driver beats for its running trials (record_heartbeat) and
+        # fails the stale ones of any driver (fail_stale_trials), which calls _on_stale for each
+        import warnings
+
+        with warnings.catch_warnings():  # "experimental": the heartbeat arguments exist since Optuna 2.9
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            self.ostorage = create_optuna_storage(self.storage, engine_kwargs, heartbeat_interval=HEARTBEAT_SECONDS,
+                                                  grace_period=GRACE_SECONDS,
+                                                  heartbeat_stale_trial_callback=self._on_stale)
         directions = self.space.directions()
         try:
             existing = optuna.load_study(study_name=self.study_name, storage=self.ostorage)
@@ -310,7 +319,16 @@ class Search:
 
     # -- resume ------------------------------------------------------------------------------
     def recover(self) -> None:
-        """Settle RUNNING trials left by dead drivers (see module docstring)."""
+        """Settle RUNNING trials left by dead drivers (see module docstring, "Resuming").
+
+        Optuna's heartbeat decides for trials whose driver may still live: `fail_stale_trials`
+        (called here and every few heartbeats by the loop) fails those without a beat for
+        ``GRACE_SECONDS``, and `_on_stale` enqueues their retry. Our code remains for what
+        Optuna cannot know: a trial whose results reached our tables before its driver died is
+        completed from them (nothing measured twice); a trial of a driver known dead (its run
+        ended, or a process of this host that no longer exists: a SIGKILL) is settled at once,
+        without waiting out the grace period; a trial asked but never claimed (no heartbeat, no
+        row) is settled by a driver that starts with no live peer."""
         from optuna.trial import TrialState
 
         from .db import Run, utcnow
@@ -332,9 +350,12 @@ class Search:
             if row is not None:
                 with self.db.Session() as s:
                     run = s.get(Run, row.run_id)
-                    alive = driver_alive(run, now) and (row.lease_until is None or row.lease_until > now)
-                if alive:
-                    continue
+                    alive = driver_alive(run, now)
+                # results stored and not told for longer than the grace period: the tell was lost
+                told_late = (row.state != "RUNNING" and row.finished_at is not None
+                             and (now - row.finished_at).total_seconds() > GRACE_SECONDS)
+                if alive and not told_late:
+                    continue  # a live driver's trial: Optuna's heartbeat watches it (fail_stale_trials below)
             if row is not None and row.state == "COMPLETE" and row.objectives is not None:
                 cells = self._cells_of(row.id)
                 cons, buckets, at = bucket_view(self.space, cells) if cells else (row.constraints or [], None, None)
@@ -353,12 +374,41 @@ class Search:
                 self.study.enqueue_trial(dict(ft.params), user_attrs={"retry_of": ft.number}, skip_if_exists=False)
             self.stats["retried"] += 1
             self.log(f"trial {ft.number} was interrupted (its driver is gone): marked failed, enqueued again")
+        self.fail_stale()
         if not peers:  # a retry whose queue entry was lost (a driver died between tell and enqueue)
             queued = {ft.user_attrs.get("retry_of") for ft in self.study.get_trials(deepcopy=False, states=(TrialState.WAITING,))}
             for row in self.db.pending_retries(self.study_name):
                 if row.number not in queued and row.params:
                     self.study.enqueue_trial(dict(row.params), user_attrs={"retry_of": row.number}, skip_if_exists=False)
                     self.log(f"trial {row.number} ({row.reason}) had no retry queued: enqueued again")
+
+    def fail_stale(self) -> None:
+        """``optuna.storages.fail_stale_trials``: fail the running trials of this study (any
+        driver's) whose heartbeat is older than ``GRACE_SECONDS``; `_on_stale` then settles each."""
+        import warnings
+
+        import optuna
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            optuna.storages.fail_stale_trials(self.study)
+
+    def _on_stale(self, study, trial) -> None:
+        """Optuna's ``heartbeat_stale_trial_callback``: ``trial`` (failed by `fail_stale_trials`:
+        its driver stopped beating) is marked interrupted in our table and enqueued again, with
+        ``retry_of``; its budget slot stays reserved for the retry."""
+        # (Optuna has already finished the trial: its attributes can no longer be set; the reason
+        # is in at_trials)
+        row = self.db.trial(self.study_name, trial.number)
+        if row is not None and row.state == "FAIL":  # its failure was recorded; only the tell was lost
+            return
+        if row is not None:  # running, or complete with the tell lost: Optuna holds it failed now
+            self.db.mark_failed(self.study_name, trial.number, INTERRUPTED)
+        if trial.params:
+            self.study.enqueue_trial(dict(trial.params), user_attrs={"retry_of": trial.number}, skip_if_exists=False)
+        self.stats["retried"] += 1
+        self.log(f"trial {trial.number} was interrupted (no heartbeat from its driver for {GRACE_SECONDS} s): "
+                 "marked failed, enqueued again")
 
     def _tell(self, number: int, values: list[float], constraints: list[float],
               buckets: Optional[dict[str, Any]] = None, constraint_bucket: Optional[int] = None) -> None:
@@ -405,7 +455,11 @@ class Search:
         from .db import utcnow
         from .trial import TrialRequest, constraint_names
 
-        trial = self.study.ask(fixed_distributions=self.space.distributions())
+        import warnings
+
+        with warnings.catch_warnings():  # Optuna assumes study.optimize beats; this driver beats itself
+            warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used with Study.optimize")
+            trial = self.study.ask(fixed_distributions=self.space.distributions())
         params = dict(trial.params)
         pattern, kernel = self.space.split_params(params)
         retry_of = trial.user_attrs.get("retry_of")
@@ -422,7 +476,6 @@ class Search:
             params=params, pattern=pattern, kernel=kernel, state="FAIL" if invalid else "RUNNING", reason=invalid,
             retry_of=retry_of, objective_names=list(self.space.objectives), constraint_names=constraint_names(self.space),
             started_at=now, finished_at=now if invalid else None,
-            lease_until=None if invalid else now + dt.timedelta(seconds=LEASE_SECONDS),
         ), int(self.space.budget["trials"]), allow_repeats=self.allow_repeats)
         if status != "ok":
             why = "budget reached" if status == "budget" else f"duplicate of trial {other}"
@@ -438,6 +491,7 @@ class Search:
             self.study.tell(trial, state=TrialState.FAIL)
             self.stats["failed"] += 1
             return "rejected"
+        self.ostorage.record_heartbeat(trial._trial_id)  # from now on Optuna watches it (fail_stale_trials)
         req = TrialRequest(study=self.study_name, number=trial.number, params=params, pattern=pattern,
                            kernel=kernel, space=self.space.to_dict(), seed=_seed(self.study_name, trial.number))
         self.trials[trial.number] = trial
@@ -452,6 +506,11 @@ class Search:
 
         number = req["number"]
         trial = self.trials.pop(number)
+        if self.ostorage.get_trial(trial._trial_id).state != TrialState.RUNNING:
+            # failed as stale meanwhile (this driver stopped beating for the grace period, e.g. a
+            # database locked for that long): its retry is queued and measures it again
+            self.log(f"trial {number}: dropped its result; the trial was failed as stale and is retried")
+            return False
         timing = res.get("timing") or {}
         self.stats["trial_s"] += timing.get("total_s", 0.0)
         self.stats["measure_s"] += sum(timing.get(k, 0.0) for k in ("gate_s", "candidate_s", "baseline_s", "accuracy_s"))
@@ -652,6 +711,7 @@ class Search:
 
                 bar = tqdm(total=budget, initial=done0, desc=self.study_name, unit="trial", dynamic_ncols=True)
             last_hb = 0.0
+            last_stale = time.monotonic()
             done = done0
             budget_full, dup_streak = False, 0
             while True:
@@ -685,8 +745,13 @@ class Search:
                     else:  # to be run again: its retry takes the slot it reserved
                         budget_full = False
                 if time.monotonic() - last_hb > HEARTBEAT_SECONDS:
-                    self.db.heartbeat(self.run_id, utcnow() + dt.timedelta(seconds=LEASE_SECONDS))
+                    self.db.heartbeat(self.run_id)
+                    for t in list(self.trials.values()):  # Optuna's trial heartbeat, one per running trial
+                        self.ostorage.record_heartbeat(t._trial_id)
                     last_hb = time.monotonic()
+                    if time.monotonic() - last_stale > GRACE_SECONDS / 2:  # trials of drivers that stopped
+                        self.fail_stale()
+                        last_stale = time.monotonic()
                 if bar is not None:
                     left = "-" if deadline is None else f"{max(0.0, deadline - time.monotonic()):.0f}s"
                     bar.set_postfix(ok=self.stats["completed"], failed=self.stats["failed"], running=executor.running,

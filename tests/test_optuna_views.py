@@ -184,3 +184,62 @@ def test_geomean_says_what_it_drops(caplog):
     caplog.clear()
     assert geomean([1.0, 4.0]).value == pytest.approx(2.0) and caplog.text == ""
     assert geomean([None], quiet=True).value is None and caplog.text == ""
+
+
+@pytest.mark.slow
+@pytest.mark.filterwarnings("ignore:Argument ``heartbeat_interval``", "ignore:Heartbeat of storage")
+def test_stale_trial_of_a_live_driver_is_failed_by_optunas_heartbeat(tmp_path, monkeypatch):
+    """A trial whose driver still exists but stopped beating (hung, or on a host whose process
+    table this machine cannot see) is failed by ``optuna.storages.fail_stale_trials`` once its
+    heartbeat is older than the grace period, and run again (``retry_of``)."""
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    import optuna
+
+    import autotune.search as search_mod
+    from autotune.db import Database
+
+    monkeypatch.setattr(search_mod, "GRACE_SECONDS", 1)
+    space = load_space(write_space(tmp_path, **VIEWS)).override(trials=1)
+    url = f"sqlite:///{tmp_path / 'h.db'}"
+    Search(space, study_name="hb", storage=url, executor="local", progress=False).run()
+    # a driver that is alive (a process of this host) but beats no more: its run and one claimed trial
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        storage = optuna.storages.RDBStorage(url, heartbeat_interval=1, grace_period=1)
+        study = optuna.load_study(study_name="hb", storage=storage)
+        import json
+
+        measured = [json.loads(r[0]) for r in rows(tmp_path / "h.db", "select params from at_trials")]
+        fresh = next(p for p in ({"pattern.window": w, "pattern.stride": st} for w in (0, 16) for st in (0, 2))
+                     if p not in measured)
+        study.enqueue_trial(fresh)
+        t = study.ask(fixed_distributions=space.distributions())
+        assert t.params == fresh
+        db = Database(url)
+        run = db.start_run(study_name="hb", host=socket.gethostname(), pid=sleeper.pid, command_line="x", device="cpu",
+                           hardware={}, versions={}, space_path="x", space=space.to_dict(), executor="local",
+                           optuna_study_id=study._study_id)
+        status, _ = db.claim_trial(dict(run_id=run, study_name="hb", number=t.number, optuna_trial_id=t._trial_id,
+                                        optuna_study_id=study._study_id, params=dict(t.params), pattern={}, kernel=None,
+                                        state="RUNNING"), 5)
+        assert status == "ok"
+        storage.record_heartbeat(t._trial_id)
+        db.close()
+        time.sleep(2.5)  # older than the grace period
+        logs: list[str] = []
+        Search(space.override(trials=2), study_name="hb", storage=url, executor="local", progress=False,
+               log=logs.append).run()
+        assert sleeper.poll() is None  # the "driver" was alive throughout: only the heartbeat told
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+    assert any(f"trial {t.number} was interrupted (no heartbeat" in m for m in logs), logs
+    got = dict((n, (s, r, ro)) for n, s, r, ro in rows(tmp_path / "h.db", "select number, state, reason, retry_of from at_trials"))
+    assert got[t.number][:2] == ("FAIL", "interrupted")
+    assert [v[0] for v in got.values() if v[2] == t.number] == ["COMPLETE"]  # its retry ran
+    st = optuna.load_study(study_name="hb", storage=url)
+    assert st.trials[t.number].state == optuna.trial.TrialState.FAIL
