@@ -12,6 +12,24 @@ cpu|cuda``, ``--workers N``, ``--no-progress``, ``--allow-repeats`` (measure a p
 study already measured or is running). Exit status: 0 done, 2 invalid input (nothing
 written), 1 other errors.
 
+What Optuna's own tools show
+----------------------------
+Each complete trial carries its objective values (aggregated over all cells: the sampler's
+view), and, where Optuna's tools read them, per-bucket results (`bucket_view`): user attributes
+``buckets`` (per length: speedup, its interval's lower end, memory ratios, sparsity, accuracy,
+violations, feasible), ``feasible_buckets``, ``constraint_bucket``, ``constraints`` and
+``constraint_names``; the system attribute ``constraints`` holds the violations at the trial's
+least violating bucket, for every target but speedup (judged on confirmed figures only, as the
+verdict does; speedup is an objective). So a trial is feasible for Optuna's samplers,
+``study.best_trials``, ``optuna best-trials`` and ``plot_pareto_front`` exactly when it meets every
+other target at every workload of at least one bucket: when it is a candidate the verdict
+confirms and may choose there. ``best_trials`` is the Pareto front of those over the aggregate
+objectives: every trial the export chooses is feasible, but one chosen for a single length can be
+dominated on the aggregates by a trial better elsewhere; the study's user attribute ``verdict``
+(written at the end of each run) names the choice per bucket. The space is stored once, in ``at_runs.space``; the study's user attribute
+``space_run_id`` names the run that holds it. The study's system attribute ``autotune:uid`` ties
+our rows to it (`autotune.db.LiveStudy`).
+
 End of a run
 ------------
 The progress bar's best-so-far per bucket is the leader by the one rule of `autotune.verdict`
@@ -30,9 +48,10 @@ parameters to a Ray actor, and when the result comes back writes it (our measure
 concurrent writers SQLite fails with "database is locked", which is what ``study.optimize`` in
 many worker processes sharing one storage runs into - and keeps one trial's rows in one
 transaction. ``study.optimize`` would also run the objective in the driver's threads, with no
-isolation from a candidate that crashes its process; Optuna's heartbeat / stale-trial retry only
-works inside ``study.optimize`` (not with ask/tell), so trial leases and the recovery of trials lost
-with a crashed driver or worker are built here (see "Resuming"). Ray Tune would bring its own
+isolation from a candidate that crashes its process. Optuna's trial heartbeat serves an ask/tell
+driver too: the storage is opened with ``heartbeat_interval`` and ``grace_period``, the driver calls
+``storage.record_heartbeat(trial_id)`` for each of its running trials and
+``optuna.storages.fail_stale_trials(study)`` itself (see "Resuming"). Ray Tune would bring its own
 trial scheduler, its own result storage and checkpoint directories next to ours, and its own
 notion of trial state, so the database would no longer be the single record of a study. Ray is used
 for what it is good at: long-lived actors (one per GPU keeps the CUDA context, Triton's compile
@@ -41,12 +60,15 @@ cache and the per-shape baselines warm), placement by resources, detection of de
 Resuming
 --------
 Running the same command with the same ``--study`` resumes. At start the driver looks at every
-trial Optuna holds as RUNNING. If its driver is gone (its run ended, or it ran on this host and its
-process no longer exists, or its lease - refreshed every few seconds by a live driver - expired):
-a trial whose results reached our tables is completed from them (``tell`` replayed, nothing is
-measured twice); any other one is marked FAIL with reason "interrupted" in both Optuna and
-``at_trials`` and its parameters are enqueued again (``retry_of`` records which trial it re-runs),
-so no trial is lost. Trials waiting in Optuna's queue are asked first. The budget counts every
+trial Optuna holds as RUNNING. Optuna's heartbeat (every ``HEARTBEAT_SECONDS`` for each running
+trial, by its driver) decides for trials whose driver may live: ``fail_stale_trials`` - at start and
+every ``GRACE_SECONDS / 2`` while the driver runs - fails those without a beat for
+``GRACE_SECONDS``, and its callback marks them "interrupted" in ``at_trials`` and enqueues their
+parameters again (``retry_of`` records which trial it re-runs). Our own code does only what Optuna
+cannot: a trial whose driver is known gone at once (its run ended, or it ran on this host and its
+process no longer exists) is settled without waiting out the grace period, and a trial whose
+results reached our tables is completed from them (``tell`` replayed, nothing is measured twice);
+any other one is marked FAIL "interrupted" and enqueued again, so no trial is lost. Trials waiting in Optuna's queue are asked first. The budget counts every
 finished trial except the interrupted ones (their retry counts). Runs whose driver is gone are
 marked ended (status "died", ``end_reason``). The sampler continues from the study: on a study
 with trials its seed is derived from (seed, trials so far, run id) (`sampler_seed`), and a
@@ -159,28 +181,39 @@ def make_sampler(space: SearchSpace, seed: Optional[int] = None, *, use_space_se
     return optuna.samplers.RandomSampler(seed=seed)
 
 
+def optuna_constraint_names(space: SearchSpace) -> list[str]:
+    """The targets Optuna's constraint values stand for: every target but ``speedup``, which
+    `autotune.verdict` judges on confirmed figures only (its step 1 admits a trial to a bucket's
+    leaders on every other target); the speedup is an objective."""
+    return [n for n in space.effective_targets().names() if n != "speedup"]
+
+
 def bucket_view(space: SearchSpace, cells: list[Any]) -> tuple[list[float], dict[str, dict[str, Any]], Optional[int]]:
     """What Optuna records of one complete trial, from its (workload, bucket) cells (measurement
     dicts or at_measurements rows, each with its ``violations``: target -> violation, <= 0 met).
 
-    Per bucket: the violation of each target is its worst over the bucket's workloads, the bucket
-    is *feasible* when every target is met there (the candidates `autotune.verdict` can choose at
-    that bucket, on the search's own figures), and its objectives are aggregated over the
-    bucket's workloads as the trial's are over all cells (speedup, its interval's lower end and
-    the memory ratios by geometric mean, sparsity by mean, accuracy by the worse value).
+    Per bucket: the violation of each target is its worst over the bucket's workloads; the bucket
+    is *feasible* when every target but speedup is met there - the trial is then a candidate of
+    that bucket in `autotune.verdict` (step 1: the leaders, re-measured and judged on the speedup
+    target there) - and ``meets_speedup`` says whether the search's own interval already clears
+    the speedup target; its objectives are aggregated over the bucket's workloads as the trial's
+    are over all cells (speedup, its interval's lower end and the memory ratios by geometric mean,
+    sparsity by mean, accuracy by the worse value).
 
-    Returns (constraints, buckets, constraint_bucket): the constraint values Optuna stores are the
-    violations at the trial's *least violating* bucket (smallest worst violation; ties to the
-    shorter length), so a trial is feasible for Optuna - its samplers, ``study.best_trials``,
-    ``optuna best-trials``, ``plot_pareto_front`` - exactly when it meets every target at every
-    workload of at least one bucket; ``buckets`` maps str(L) to that bucket's objectives,
-    violations and feasibility (the trial's user attribute ``buckets``)."""
+    Returns (constraints, buckets, constraint_bucket): the constraint values Optuna stores (in the
+    order of `optuna_constraint_names`) are the violations at the trial's *least violating*
+    bucket (smallest worst violation; ties to the shorter length), so a trial is feasible for
+    Optuna - its samplers, ``study.best_trials``, ``optuna best-trials``, ``plot_pareto_front`` -
+    exactly when it is a candidate of at least one bucket, and every trial the export chooses is
+    feasible there; ``buckets`` maps str(L) to that bucket's objectives, violations and
+    feasibility (the trial's user attribute ``buckets``)."""
     from .aggregate import geomean
 
     def g(c: Any, k: str) -> Any:
         return c.get(k) if isinstance(c, dict) else getattr(c, k, None)
 
-    names = space.effective_targets().names()
+    all_names = space.effective_targets().names()
+    names = optuna_constraint_names(space)
     by_bucket: dict[int, list[Any]] = {}
     for c in cells:
         by_bucket.setdefault(int(g(c, "bucket")), []).append(c)
@@ -193,10 +226,10 @@ def bucket_view(space: SearchSpace, cells: list[Any]) -> tuple[list[float], dict
         worse = min if ACCURACY_METRIC_DIRECTIONS[space.accuracy_metric] == "max" else max
     for L in sorted(by_bucket):
         cs = by_bucket[L]
-        viol = {n: max(float((g(c, "violations") or {}).get(n, 0.0)) for c in cs) for n in names}
-        worst = max(viol.values(), default=0.0)
+        viol = {n: max(float((g(c, "violations") or {}).get(n, 0.0)) for c in cs) for n in all_names}
+        worst = max((viol[n] for n in names), default=0.0)
         feasible = worst <= 0
-        entry: dict[str, Any] = {"feasible": feasible}
+        entry: dict[str, Any] = {"feasible": feasible, "meets_speedup": viol.get("speedup", 0.0) <= 0}
         for k in ("speedup", "speedup_lo", "memory_vs_sdpa", "memory_vs_naive"):
             entry[k] = geomean((g(c, k) for c in cs), f"{k} at L={L}", quiet=k == "speedup_lo").value
         entry["sparsity"] = sum(g(c, "sparsity") for c in cs) / len(cs)
@@ -416,11 +449,10 @@ class Search:
         Optuna's samplers, ``best_trials`` and plots read them (system attribute ``constraints``)
         and, with their names and the per-bucket view (`bucket_view`), into user attributes that
         ``optuna trials``, the dashboard and ``load_study`` show."""
-        from .trial import constraint_names
         tid = self.ostorage.get_trial_id_from_study_id_trial_number(self.study._study_id, number)
         if constraints:
             self.ostorage.set_trial_user_attr(tid, "constraints", list(constraints))
-            self.ostorage.set_trial_user_attr(tid, "constraint_names", constraint_names(self.space))
+            self.ostorage.set_trial_user_attr(tid, "constraint_names", optuna_constraint_names(self.space))
             self.ostorage.set_trial_system_attr(tid, "constraints", list(constraints))
         if buckets is not None:
             self.ostorage.set_trial_user_attr(tid, "buckets", buckets)
@@ -453,7 +485,7 @@ class Search:
         from patterns import pattern_from_dict
 
         from .db import utcnow
-        from .trial import TrialRequest, constraint_names
+        from .trial import TrialRequest
 
         import warnings
 
@@ -474,7 +506,8 @@ class Search:
             run_id=self.run_id, study_name=self.study_name, number=trial.number, optuna_trial_id=trial._trial_id,
             optuna_study_id=self.study._study_id, optuna_study_uid=self.study_uid,
             params=params, pattern=pattern, kernel=kernel, state="FAIL" if invalid else "RUNNING", reason=invalid,
-            retry_of=retry_of, objective_names=list(self.space.objectives), constraint_names=constraint_names(self.space),
+            retry_of=retry_of, objective_names=list(self.space.objectives),
+            constraint_names=optuna_constraint_names(self.space),
             started_at=now, finished_at=now if invalid else None,
         ), int(self.space.budget["trials"]), allow_repeats=self.allow_repeats)
         if status != "ok":
@@ -900,6 +933,29 @@ def study_commands(study: str, storage: str, space: SearchSpace) -> list[str]:
     ]
 
 
+def record_verdict(storage: str, study: str, verdicts: list, log=None) -> None:
+    """The verdict per bucket as the study's user attribute ``verdict`` (str(L) -> deploy, trial,
+    confirmed speedup, confirmed), where Optuna's CLI, ``load_study`` and the dashboard show it next to
+    ``best_trials``: the same choice the export writes."""
+    import optuna
+
+    def r(x):
+        return None if x is None else float(f"{x:.4g}")
+
+    doc = {str(v.bucket): {"deploy": bool(v.deploy), "trial": v.trial, "speedup": r(v.speedup), "lo": r(v.lo),
+                           "confirmed": bool(v.confirmed)} for v in verdicts}
+    try:
+        st = optuna.storages.RDBStorage(storage, skip_table_creation=True, skip_compatibility_check=True)
+        try:
+            optuna.load_study(study_name=study, storage=st).set_user_attr("verdict", doc)
+        finally:
+            st.remove_session()
+            st.engine.dispose()
+    except Exception as e:  # noqa: BLE001 - the verdict is printed and exported anyway
+        if log:
+            log(f"could not record the verdict on the study: {e}")
+
+
 def end_of_run(search: "Search", args) -> int:
     """Confirm the leaders of every bucket (`autotune.verdict.confirm`), print the verdict per
     bucket and the commands that export, check and report the study."""
@@ -915,6 +971,8 @@ def end_of_run(search: "Search", args) -> int:
         log("verdict " + line)
     if not verdicts:
         log("verdict: no complete trial to decide on")
+    else:
+        record_verdict(search.storage, search.study_name, verdicts, log)
     log("next:")
     for c in study_commands(search.study_name, search.storage, search.space):
         print(f"  {c}", file=sys.stderr)

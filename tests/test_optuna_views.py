@@ -30,8 +30,8 @@ VIEWS = dict(
 )
 
 
-def sparse_study(tmp_path: Path, *, trials: int = 4, study: str = "views", db_name: str = "v.db") -> Path:
-    space = load_space(write_space(tmp_path, **VIEWS)).override(trials=trials)
+def sparse_study(tmp_path: Path, *, trials: int = 4, study: str = "views", db_name: str = "v.db", **changes) -> Path:
+    space = load_space(write_space(tmp_path, **dict(VIEWS, **changes))).override(trials=trials)
     db = tmp_path / db_name
     Search(space, study_name=study, storage=f"sqlite:///{db}", executor="local", progress=False).run()
     return db
@@ -77,6 +77,25 @@ def test_per_bucket_view_and_constraints(db):
     assert {n: bool(f) for n, f in ours.items()} == {t.number: t.number == best[0].number for t in done}
 
 
+@pytest.mark.slow
+def test_an_unmet_speedup_target_does_not_make_every_trial_infeasible(tmp_path):
+    """Speedup is judged on confirmed figures (autotune.verdict): a speedup target no trial meets
+    on the search's figures leaves Optuna's feasibility to the other targets."""
+    import optuna
+
+    db = sparse_study(tmp_path, trials=2, constraints={"sparsity": {"min": 0.8}, "speedup": {"min": 1000.0}},
+                      pattern=dict(VIEWS["pattern"], stride={"choices": [0]}))
+    study = optuna.load_study(study_name="views", storage=f"sqlite:///{db}")
+    done = study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))
+    assert len(done) == 2
+    for t in done:
+        assert t.user_attrs["constraint_names"] == ["sparsity"]
+        assert t.user_attrs["buckets"]["128"]["meets_speedup"] is False
+        assert t.user_attrs["buckets"]["128"]["violations"]["speedup"] > 0
+    diag = [t.number for t in done if t.params["pattern.window"] == 0]
+    assert [t.number for t in study.best_trials] == diag
+
+
 def test_export_choice_is_optunas_best(db, tmp_path):
     import optuna
 
@@ -88,6 +107,13 @@ def test_export_choice_is_optunas_best(db, tmp_path):
     best = {t.number for t in study.best_trials}
     assert set(chosen) <= {128} and doc["not_exported"].keys() >= {64}
     assert set(chosen.values()) <= best  # what the export deploys, Optuna lists among its best
+    # the end-of-run verdict, on the study where Optuna's tools show it: the export's choice
+    from autotune.search import record_verdict
+    from autotune.verdict import current_verdicts
+
+    record_verdict(f"sqlite:///{db}", "views", current_verdicts(f"sqlite:///{db}", "views"))
+    v = optuna.load_study(study_name="views", storage=f"sqlite:///{db}").user_attrs["verdict"]
+    assert {int(L): x["trial"] for L, x in v.items() if x["deploy"]} == chosen
 
 
 def test_space_is_stored_once(db):
