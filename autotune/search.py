@@ -974,7 +974,7 @@ def end_of_run(search: "Search", args) -> int:
     else:
         record_verdict(search.storage, search.study_name, verdicts, log)
     log("next:")
-    for c in study_commands(search.study_name, search.storage, search.space):
+    for c in study_commands(search.study_name, search.masked_storage, search.space):  # no password printed
         print(f"  {c}", file=sys.stderr)
     return 0
 
