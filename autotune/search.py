@@ -670,7 +670,6 @@ class Search:
 
     # -- main loop ---------------------------------------------------------------------------
     def run(self) -> dict[str, Any]:
-        from .db import utcnow
         from .executor import ExecutorError, make_executor
 
         t_start = time.perf_counter()

@@ -7,7 +7,6 @@ cited and a study re-created under its name does not inherit its rows."""
 from __future__ import annotations
 
 import shutil
-import sqlite3
 from pathlib import Path
 
 import pytest
