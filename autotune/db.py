@@ -14,7 +14,14 @@ Schema (one row per ...):
     versions (JSON: python, torch, triton, optuna, ray, sqlalchemy, ...), git_revision,
     space_path, space (JSON: the validated space, after command-line overrides), executor,
     end_reason (why a run ended other than by its driver: "driver died: ..." when the next driver
-    found it dead; status "died").
+    found it dead; status "died"), optuna_study_id, optuna_study_uid (the Optuna study it ran).
+
+Ties to Optuna. Every at_runs / at_trials row records the Optuna study it belongs to: its id and
+its identity token (the study's system attribute ``autotune:uid``, `ensure_study_uid`; SQLite
+reuses the ids of deleted studies and trials, the token is deleted with the study); at_trials
+also the Optuna trial id. A row whose study no longer holds that trial is an orphan
+(`LiveStudy`, `find_orphans`): export and report never cite it, and the search, the export and
+``python -m autotune.copy_study`` remove or leave it behind (`Database.drop_orphans`).
 
 ``at_trials`` - one Optuna trial (unique per (study_name, number))
     id PK, run_id FK -> at_runs (the run that measured it), study_name, number (Optuna's trial
@@ -26,7 +33,8 @@ Schema (one row per ...):
     constraints (JSON list, <= 0 feasible, worst over cells), constraint_names (JSON list),
     feasible (all constraints <= 0), gate (JSON: gate errors and tolerances), timing (JSON: seconds
     in gate / candidate / baselines / accuracy / total), worker (JSON: host, pid),
-    started_at, finished_at, lease_until (a RUNNING trial whose lease expired belongs to no driver).
+    started_at, finished_at, lease_until (no longer written: Optuna's trial heartbeat replaced it),
+    optuna_study_id and optuna_study_uid (the Optuna study the row belongs to, `LiveStudy`).
 
 ``at_measurements`` - one (trial, workload, bucket)
     id PK, trial_id FK -> at_trials, workload, kind (msa_row | triangle | evoformer), bucket (L), batch, heads,
@@ -65,6 +73,7 @@ import datetime as dt
 import hashlib
 import time
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from typing import Any, Iterator, Optional
 
 from sqlalchemy import (
@@ -122,6 +131,8 @@ class Run(Base):
     space: Mapped[Any] = mapped_column(JSON)
     executor: Mapped[str] = mapped_column(String(32))
     end_reason: Mapped[Optional[str]] = mapped_column(Text, nullable=True)
+    optuna_study_id: Mapped[Optional[int]] = mapped_column(Integer, nullable=True)
+    optuna_study_uid: Mapped[Optional[str]] = mapped_column(String(64), nullable=True)
 
 
 class TrialRow(Base):
@@ -132,6 +143,8 @@ class TrialRow(Base):
     study_name: Mapped[str] = mapped_column(String(256), index=True)
     number: Mapped[int] = mapped_column(Integer)
     optuna_trial_id: Mapped[int] = mapped_column(Integer)
+    optuna_study_id: Mapped[Optional[int]] = mapped_column(Integer, nullable=True)
+    optuna_study_uid: Mapped[Optional[str]] = mapped_column(String(64), nullable=True)
     params: Mapped[Any] = mapped_column(JSON)
     pattern: Mapped[Any] = mapped_column(JSON)
     kernel: Mapped[Any] = mapped_column(JSON, nullable=True)
@@ -286,16 +299,17 @@ def create_schema(engine: Engine) -> None:
         retry_creation(create, "create the at_ tables")
 
 
-def create_optuna_storage(url: str, engine_kwargs: Optional[dict] = None):
-    """``optuna.storages.RDBStorage(url)``, safe when drivers create it at once on a fresh database
-    (Optuna's own table creation and alembic stamp race otherwise: a unique violation on
-    alembic_version with SQLite, on pg_type with PostgreSQL)."""
+def create_optuna_storage(url: str, engine_kwargs: Optional[dict] = None, **options: Any):
+    """``optuna.storages.RDBStorage(url, **options)`` (e.g. ``heartbeat_interval``,
+    ``grace_period``, ``heartbeat_stale_trial_callback``), safe when drivers create it at once on a
+    fresh database (Optuna's own table creation and alembic stamp race otherwise: a unique
+    violation on alembic_version with SQLite, on pg_type with PostgreSQL)."""
     import optuna
 
     engine = make_engine(url)
     try:
         with schema_lock(engine):
-            return retry_creation(lambda: optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs or {}),
+            return retry_creation(lambda: optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs or {}, **options),
                                   "create Optuna's tables")
     finally:
         engine.dispose()
@@ -331,6 +345,44 @@ class Database:
     def close(self) -> None:
         self.engine.dispose()
 
+    # -- ties to Optuna ----------------------------------------------------------------------
+    def live_study(self, name: str) -> LiveStudy:
+        with self.Session() as s:
+            return live_study(s, name)
+
+    def orphans(self, name: str) -> Orphans:
+        with self.Session() as s:
+            return find_orphans(s, name)
+
+    def drop_orphans(self, name: str) -> Orphans:
+        """Delete the rows of study ``name`` that Optuna's storage does not hold (`find_orphans`:
+        left by ``optuna delete-study``, or by a study deleted and created again under the same
+        name), in one transaction; and record Optuna's study id on the tied rows that lack it (a
+        database from before the column). Returns what was deleted."""
+        from sqlalchemy import delete, inspect as _inspect, update
+
+        with self.session() as s:
+            o = find_orphans(s, name)
+            if not o.live.has_optuna:
+                return o
+            if o.trial_ids:
+                s.execute(delete(Measurement).where(Measurement.trial_id.in_(o.trial_ids)))
+                s.execute(delete(TrialRow).where(TrialRow.id.in_(o.trial_ids)))
+                tables = set(_inspect(s.get_bind()).get_table_names())
+                if "at_confirmations" in tables:
+                    s.execute(text("DELETE FROM at_confirmations WHERE study_name = :n AND created_at < :c"),
+                              {"n": name, "c": o.cutoff})
+                s.execute(delete(Tuned).where(Tuned.study_name == name, Tuned.exported_at < o.cutoff))
+            if o.run_ids:
+                s.execute(delete(Run).where(Run.id.in_(o.run_ids)))
+            if o.live.study_id is not None:  # rows from before the columns: tied now, recorded
+                s.execute(update(TrialRow).where(TrialRow.study_name == name, TrialRow.optuna_study_id.is_(None))
+                          .values(optuna_study_id=o.live.study_id))
+                if o.live.uid is not None:
+                    s.execute(update(TrialRow).where(TrialRow.study_name == name, TrialRow.optuna_study_uid.is_(None))
+                              .values(optuna_study_uid=o.live.uid))
+            return o
+
     # -- runs ----------------------------------------------------------------------------------
     def start_run(self, **fields: Any) -> int:
         with self.session() as s:
@@ -339,12 +391,12 @@ class Database:
             s.flush()
             return run.id
 
-    def heartbeat(self, run_id: int, lease_until: dt.datetime) -> None:
+    def heartbeat(self, run_id: int) -> None:
+        """The run's own heartbeat (``at_runs.heartbeat_at``: tells other hosts the driver lives);
+        its trials' heartbeats are Optuna's (``RDBStorage.record_heartbeat``)."""
         with self.session() as s:
             run = s.get(Run, run_id)
             run.heartbeat_at = utcnow()
-            for t in s.scalars(select(TrialRow).where(TrialRow.run_id == run_id, TrialRow.state == "RUNNING")):
-                t.lease_until = lease_until
 
     def end_run(self, run_id: int, status: str) -> None:
         with self.session() as s:
@@ -392,6 +444,14 @@ class Database:
             rows = s.scalars(select(TrialRow).where(TrialRow.study_name == study)).all()
             occupying = [t for t in rows if self._occupying(t)]
             retry_of = fields.get("retry_of")
+            # a trial run again (interrupted, node lost) keeps a slot reserved for its retry until
+            # the retry is claimed, so a full budget never drops a retry
+            retried = {t.retry_of for t in rows if t.retry_of is not None}
+            reserved = [t for t in rows if not self._occupying(t) and t.state == "FAIL" and t.number not in retried
+                        and "(retry skipped" not in (t.reason or "")]
+            taken = len(occupying) + len(reserved) - (1 if retry_of is not None and any(t.number == retry_of for t in reserved) else 0)
+            if taken >= budget:  # before the duplicate check: a full budget ends the asking at once
+                return "budget", None
             if not allow_repeats:
                 for t in occupying:
                     if t.params == fields["params"] and t.number != fields["number"]:
@@ -400,14 +460,6 @@ class Database:
                                 if o.number == retry_of and o.state == "FAIL":
                                     o.reason = f"{o.reason} (retry skipped: measured by trial {t.number})"
                         return "duplicate", t.number
-            # a trial run again (interrupted, node lost) keeps a slot reserved for its retry until
-            # the retry is claimed, so a full budget never drops a retry
-            retried = {t.retry_of for t in rows if t.retry_of is not None}
-            reserved = [t for t in rows if not self._occupying(t) and t.state == "FAIL" and t.number not in retried
-                        and "(retry skipped" not in (t.reason or "")]
-            taken = len(occupying) + len(reserved) - (1 if retry_of is not None and any(t.number == retry_of for t in reserved) else 0)
-            if taken >= budget:
-                return "budget", None
             existing = next((t for t in rows if t.number == fields["number"]), None)
             if existing is not None:
                 for k, v in fields.items():
@@ -471,3 +523,173 @@ class Database:
             t.measurements.clear()
             for m in measurements:
                 t.measurements.append(Measurement(**m))
+
+
+# -- ties to Optuna's study and trial ids -------------------------------------------------------------
+
+OPTUNA_TABLES = ("studies", "trials")
+UID_KEY = "autotune:uid"  # Optuna study system attribute: this study's identity (module docstring)
+
+
+def ensure_study_uid(engine: Engine, study_id: int) -> str:
+    """The identity token of Optuna's study ``study_id`` (its system attribute ``autotune:uid``),
+    created if missing. Optuna reuses ids: SQLite gives a study and trials created after a
+    deletion the ids of the deleted ones, so only this token, deleted with the study, tells a
+    re-created study from the old one. Created atomically by several drivers at once: an insert
+    into Optuna's ``study_system_attributes``, whose unique (study_id, key) lets one win; the
+    others read the winner's token (Optuna's own setter would let the last writer win)."""
+    import json
+    import uuid
+
+    def read() -> Optional[str]:
+        with engine.connect() as conn:
+            v = conn.execute(text("SELECT value_json FROM study_system_attributes WHERE study_id = :s AND key = :k"),
+                             {"s": study_id, "k": UID_KEY}).scalar()
+        return None if v is None else str(json.loads(v))
+
+    have = read()
+    if have is not None:
+        return have
+    try:
+        with engine.begin() as conn:
+            conn.execute(text("INSERT INTO study_system_attributes (study_id, key, value_json) VALUES (:s, :k, :v)"),
+                         {"s": study_id, "k": UID_KEY, "v": json.dumps(uuid.uuid4().hex)})
+    except IntegrityError:  # another driver created it first
+        pass
+    have = read()
+    assert have is not None
+    return have
+
+
+@dataclass
+class LiveStudy:
+    """What Optuna's storage holds now under a study name (read from its ``studies`` and ``trials``
+    tables): ``study_id`` (None: no such study, e.g. removed by ``optuna delete-study``) and
+    ``trial_ids`` (trial number -> Optuna trial id). ``has_optuna`` is False for a database without
+    Optuna's tables (benchmark rows only): nothing can be checked there and no row is tied.
+
+    An ``at_trials`` row is *tied* (`tied`) when it records the study's identity token
+    (``optuna_study_uid``), its study id, and the Optuna trial id that the study holds under the
+    row's number. Any other row is an orphan: left by a deleted study, or by one deleted and
+    created again under the same name (numbers restart at 0, and SQLite hands out the deleted
+    study's ids again). Orphans are never cited. Rows written before the token existed (NULL) are
+    tied by ids and number alone, and get the token when a search or export next opens the study."""
+
+    name: str
+    has_optuna: bool
+    study_id: Optional[int] = None
+    trial_ids: dict[int, int] = field(default_factory=dict)
+    uid: Optional[str] = None  # the study's ``autotune:uid`` (`ensure_study_uid`); None: not set yet
+
+    @property
+    def exists(self) -> bool:
+        return self.study_id is not None
+
+    def tied(self, row: Any) -> bool:
+        if not self.has_optuna:
+            return False
+        sid = getattr(row, "optuna_study_id", None)
+        if self.study_id is None or (sid is not None and sid != self.study_id):
+            return False
+        uid = getattr(row, "optuna_study_uid", None)
+        if uid is not None and uid != self.uid:
+            return False
+        return self.trial_ids.get(row.number) == row.optuna_trial_id
+
+
+def live_study(conn: Any, name: str) -> LiveStudy:
+    """`LiveStudy` of ``name`` read through ``conn`` (a Connection or Session)."""
+    bind = conn.get_bind() if isinstance(conn, Session) else conn
+    tables = set(inspect(bind).get_table_names())
+    if not set(OPTUNA_TABLES) <= tables:
+        return LiveStudy(name, False)
+    sid = conn.execute(text("SELECT study_id FROM studies WHERE study_name = :n"), {"n": name}).scalar()
+    if sid is None:
+        return LiveStudy(name, True)
+    ids = {int(n): int(t) for n, t in conn.execute(text("SELECT number, trial_id FROM trials WHERE study_id = :s"),
+                                                   {"s": sid}).all()}
+    uid = None
+    if "study_system_attributes" in tables:
+        import json
+
+        v = conn.execute(text("SELECT value_json FROM study_system_attributes WHERE study_id = :s AND key = :k"),
+                         {"s": sid, "k": UID_KEY}).scalar()
+        uid = None if v is None else str(json.loads(v))
+    return LiveStudy(name, True, int(sid), ids, uid)
+
+
+@dataclass
+class Orphans:
+    """The rows of a study name that are not tied to Optuna's study of that name (`LiveStudy`):
+    at_trials rows (with their measurements), the at_runs rows only they reference or that record
+    another Optuna study id, and, when any trial row is an orphan, the study's at_confirmations
+    and at_tuned rows written before ``cutoff`` (the first start of a tied trial; now when none)."""
+
+    live: LiveStudy
+    trial_ids: list[int] = field(default_factory=list)  # at_trials.id
+    trial_numbers: list[int] = field(default_factory=list)
+    run_ids: list[int] = field(default_factory=list)
+    cutoff: Optional[dt.datetime] = None
+
+    def __bool__(self) -> bool:
+        return bool(self.trial_ids or self.run_ids)
+
+    def text(self) -> str:
+        return (f"{len(self.trial_ids)} trial row(s) and {len(self.run_ids)} run row(s) of study {self.live.name!r} "
+                f"not in Optuna's study of that name")
+
+
+def find_orphans(s: Session, name: str) -> Orphans:
+    """Our rows of study ``name`` that Optuna's storage does not hold (`Orphans`). Our rows are read
+    before Optuna's (a driver asks Optuna for a trial before it writes the trial's row), so a trial
+    another driver is starting is never taken for an orphan."""
+    trials = s.scalars(select(TrialRow).where(TrialRow.study_name == name)).all()
+    runs = s.scalars(select(Run).where(Run.study_name == name)).all()
+    live = live_study(s, name)
+    o = Orphans(live)
+    if not live.has_optuna:
+        return o
+    tied = [t for t in trials if live.tied(t)]
+    for t in trials:
+        if not live.tied(t):
+            o.trial_ids.append(t.id)
+            o.trial_numbers.append(t.number)
+    used = {t.run_id for t in tied}
+    starts = [t.started_at for t in tied if t.started_at is not None]
+    o.cutoff = min(starts) if starts else utcnow()
+    for r in runs:
+        if r.id in used:
+            continue
+        if r.optuna_study_uid is not None or r.optuna_study_id is not None:
+            if r.optuna_study_id != live.study_id or (r.optuna_study_uid is not None and r.optuna_study_uid != live.uid):
+                o.run_ids.append(r.id)
+        elif o.trial_ids and r.started_at is not None and r.started_at < o.cutoff:
+            o.run_ids.append(r.id)
+    return o
+
+
+def restrict_study_data(data: Any, orphans: Orphans) -> Any:
+    """``data`` (an `autotune.verdict.StudyData`) without the orphans' rows: only trials tied to
+    Optuna's study are left to cite, confirmations only of those trials and not older than
+    ``orphans.cutoff``, the space from the latest run left."""
+    import dataclasses
+
+    from .verdict import confirmation_current
+
+    if not orphans:
+        return data
+    bad = set(orphans.trial_ids)
+    trials = {n: t for n, t in data.trials.items() if t.id not in bad}
+    cells = {n: c for n, c in data.cells_by_trial.items() if n in trials}
+    cutoff = orphans.cutoff
+
+    def keep_conf(r: Any) -> bool:
+        return r.trial_number in trials and not (cutoff is not None and r.created_at is not None and r.created_at < cutoff)
+
+    latest = [r for r in data.latest_confirmation if keep_conf(r)] if orphans.trial_ids else list(data.latest_confirmation)
+    current = latest if confirmation_current(latest, len(trials)) else None
+    runs = [r for r in data.runs if r.id not in set(orphans.run_ids)]
+    space = next((r.space for r in reversed(runs) if r.space), None)
+    return dataclasses.replace(data, trials=trials, cells_by_trial=cells, confirmations=current,
+                               latest_confirmation=latest, runs=runs, space=space,
+                               n_trials=max(0, data.n_trials - len(bad)))

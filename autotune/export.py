@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import math
 import os
 import sys
 from pathlib import Path
@@ -49,11 +48,6 @@ class _Dumper(yaml.SafeDumper):
         return True
 
 
-def _geomean(xs: list[Optional[float]]) -> float:
-    xs = [x for x in xs if x is not None and x > 0 and math.isfinite(x)]
-    return math.exp(sum(map(math.log, xs)) / len(xs)) if xs else 0.0
-
-
 def _studies(db) -> list[str]:
     from sqlalchemy import select
 
@@ -61,6 +55,35 @@ def _studies(db) -> list[str]:
 
     with db.Session() as s:
         return sorted(set(s.scalars(select(TrialRow.study_name).distinct()).all()))
+
+
+def _check_live(db, study: str, storage: str, studies: list[str]) -> None:
+    """Refuse a study that Optuna's storage does not hold: its rows would cite trials that do not
+    exist (a study removed with ``optuna delete-study`` leaves our tables behind)."""
+    live = db.live_study(study)
+    if not live.has_optuna:
+        raise ExportError(f"study {study!r}: {_safe(storage)} holds no Optuna study storage, so its trials "
+                          "cannot be checked to exist; export from the database the search wrote")
+    if not live.exists:
+        from .db import live_study
+
+        with db.Session() as s:
+            alive = [n for n in studies if live_study(s, n).exists]
+        raise ExportError(f"study {study!r} is not in Optuna's storage in {_safe(storage)} (deleted with optuna "
+                          f"delete-study?); its leftover rows are not exported "
+                          f"(studies there: {', '.join(alive) if alive else 'none'})")
+
+
+def _load_live(db, study: str):
+    """`autotune.verdict.load_study`, restricted to the trials Optuna's study holds now."""
+    from .db import find_orphans, restrict_study_data
+    from .verdict import load_study
+
+    with db.Session() as s:
+        orphans = find_orphans(s, study)
+        data = load_study(s, study)
+        s.expunge_all()
+    return restrict_study_data(data, orphans)
 
 
 def _clean(d: Optional[dict]) -> Optional[dict]:
@@ -77,7 +100,7 @@ def choose(study: str, storage: str, *, log=None) -> dict[str, Any]:
 
     from .db import Database, TrialRow
     from .space import SearchSpace
-    from .verdict import confirm, decide, load_study, memory_ratio
+    from .verdict import confirm, decide, memory_ratio
 
     log = log or (lambda msg: print(f"autotune.export: {msg}", file=sys.stderr))
     path = _sqlite_path(storage)
@@ -91,9 +114,11 @@ def choose(study: str, storage: str, *, log=None) -> dict[str, Any]:
         if study not in studies:
             raise ExportError(f"study {study!r} does not exist in {_safe(storage)} "
                               f"(studies there: {', '.join(studies) if studies else 'none'})")
-        with db.Session() as s:
-            data = load_study(s, study)
-            s.expunge_all()
+        _check_live(db, study, storage, studies)
+        gone = db.drop_orphans(study)  # rows of an earlier study of this name: never cited
+        if gone:
+            log(f"removed {gone.text()} (left by a deleted study)")
+        data = _load_live(db, study)
     finally:
         db.close()
     if not data.trials:
@@ -109,9 +134,7 @@ def choose(study: str, storage: str, *, log=None) -> dict[str, Any]:
             raise ExportError(f"study {study!r}: cannot confirm: {e}") from None
         db = Database(storage, create=False)
         try:
-            with db.Session() as s:
-                data = load_study(s, study)
-                s.expunge_all()
+            data = _load_live(db, study)
         finally:
             db.close()
     verdicts = decide(targets, data.cells_by_trial, data.buckets, data.confirmations or [], top)

@@ -12,6 +12,24 @@ cpu|cuda``, ``--workers N``, ``--no-progress``, ``--allow-repeats`` (measure a p
 study already measured or is running). Exit status: 0 done, 2 invalid input (nothing
 written), 1 other errors.
 
+What Optuna's own tools show
+----------------------------
+Each complete trial carries its objective values (aggregated over all cells: the sampler's
+view), and, where Optuna's tools read them, per-bucket results (`bucket_view`): user attributes
+``buckets`` (per length: speedup, its interval's lower end, memory ratios, sparsity, accuracy,
+violations, feasible), ``feasible_buckets``, ``constraint_bucket``, ``constraints`` and
+``constraint_names``; the system attribute ``constraints`` holds the violations at the trial's
+least violating bucket, for every target but speedup (judged on confirmed figures only, as the
+verdict does; speedup is an objective). So a trial is feasible for Optuna's samplers,
+``study.best_trials``, ``optuna best-trials`` and ``plot_pareto_front`` exactly when it meets every
+other target at every workload of at least one bucket: when it is a candidate the verdict
+confirms and may choose there. ``best_trials`` is the Pareto front of those over the aggregate
+objectives: every trial the export chooses is feasible, but one chosen for a single length can be
+dominated on the aggregates by a trial better elsewhere; the study's user attribute ``verdict``
+(written at the end of each run) names the choice per bucket. The space is stored once, in ``at_runs.space``; the study's user attribute
+``space_run_id`` names the run that holds it. The study's system attribute ``autotune:uid`` ties
+our rows to it (`autotune.db.LiveStudy`).
+
 End of a run
 ------------
 The progress bar's best-so-far per bucket is the leader by the one rule of `autotune.verdict`
@@ -30,9 +48,10 @@ parameters to a Ray actor, and when the result comes back writes it (our measure
 concurrent writers SQLite fails with "database is locked", which is what ``study.optimize`` in
 many worker processes sharing one storage runs into - and keeps one trial's rows in one
 transaction. ``study.optimize`` would also run the objective in the driver's threads, with no
-isolation from a candidate that crashes its process; Optuna's heartbeat / stale-trial retry only
-works inside ``study.optimize`` (not with ask/tell), so trial leases and the recovery of trials lost
-with a crashed driver or worker are built here (see "Resuming"). Ray Tune would bring its own
+isolation from a candidate that crashes its process. Optuna's trial heartbeat serves an ask/tell
+driver too: the storage is opened with ``heartbeat_interval`` and ``grace_period``, the driver calls
+``storage.record_heartbeat(trial_id)`` for each of its running trials and
+``optuna.storages.fail_stale_trials(study)`` itself (see "Resuming"). Ray Tune would bring its own
 trial scheduler, its own result storage and checkpoint directories next to ours, and its own
 notion of trial state, so the database would no longer be the single record of a study. Ray is used
 for what it is good at: long-lived actors (one per GPU keeps the CUDA context, Triton's compile
@@ -41,12 +60,15 @@ cache and the per-shape baselines warm), placement by resources, detection of de
 Resuming
 --------
 Running the same command with the same ``--study`` resumes. At start the driver looks at every
-trial Optuna holds as RUNNING. If its driver is gone (its run ended, or it ran on this host and its
-process no longer exists, or its lease - refreshed every few seconds by a live driver - expired):
-a trial whose results reached our tables is completed from them (``tell`` replayed, nothing is
-measured twice); any other one is marked FAIL with reason "interrupted" in both Optuna and
-``at_trials`` and its parameters are enqueued again (``retry_of`` records which trial it re-runs),
-so no trial is lost. Trials waiting in Optuna's queue are asked first. The budget counts every
+trial Optuna holds as RUNNING. Optuna's heartbeat (every ``HEARTBEAT_SECONDS`` for each running
+trial, by its driver) decides for trials whose driver may live: ``fail_stale_trials`` - at start and
+every ``GRACE_SECONDS / 2`` while the driver runs - fails those without a beat for
+``GRACE_SECONDS``, and its callback marks them "interrupted" in ``at_trials`` and enqueues their
+parameters again (``retry_of`` records which trial it re-runs). Our own code does only what Optuna
+cannot: a trial whose driver is known gone at once (its run ended, or it ran on this host and its
+process no longer exists) is settled without waiting out the grace period, and a trial whose
+results reached our tables is completed from them (``tell`` replayed, nothing is measured twice);
+any other one is marked FAIL "interrupted" and enqueued again, so no trial is lost. Trials waiting in Optuna's queue are asked first. The budget counts every
 finished trial except the interrupted ones (their retry counts). Runs whose driver is gone are
 marked ended (status "died", ``end_reason``). The sampler continues from the study: on a study
 with trials its seed is derived from (seed, trials so far, run id) (`sampler_seed`), and a
@@ -76,9 +98,10 @@ from typing import Any, Optional
 
 from .space import MAX_NAME, SearchSpace, SpaceError, load_space
 
-LEASE_SECONDS = 600.0
+LEASE_SECONDS = 600.0  # a run on another host without a run heartbeat for this long: its driver is gone
 MAX_DUPLICATE_ASKS = 200  # consecutive asks that only re-propose measured parameters: space exhausted
-HEARTBEAT_SECONDS = 5.0
+HEARTBEAT_SECONDS = 5  # Optuna's heartbeat_interval: the driver beats for each of its running trials
+GRACE_SECONDS = 60  # Optuna's grace_period: a running trial without a beat for this long is stale
 INTERRUPTED = "interrupted"
 
 
@@ -158,6 +181,72 @@ def make_sampler(space: SearchSpace, seed: Optional[int] = None, *, use_space_se
     return optuna.samplers.RandomSampler(seed=seed)
 
 
+def optuna_constraint_names(space: SearchSpace) -> list[str]:
+    """The targets Optuna's constraint values stand for: every target but ``speedup``, which
+    `autotune.verdict` judges on confirmed figures only (its step 1 admits a trial to a bucket's
+    leaders on every other target); the speedup is an objective."""
+    return [n for n in space.effective_targets().names() if n != "speedup"]
+
+
+def bucket_view(space: SearchSpace, cells: list[Any]) -> tuple[list[float], dict[str, dict[str, Any]], Optional[int]]:
+    """What Optuna records of one complete trial, from its (workload, bucket) cells (measurement
+    dicts or at_measurements rows, each with its ``violations``: target -> violation, <= 0 met).
+
+    Per bucket: the violation of each target is its worst over the bucket's workloads; the bucket
+    is *feasible* when every target but speedup is met there - the trial is then a candidate of
+    that bucket in `autotune.verdict` (step 1: the leaders, re-measured and judged on the speedup
+    target there) - and ``meets_speedup`` says whether the search's own interval already clears
+    the speedup target; its objectives are aggregated over the bucket's workloads as the trial's
+    are over all cells (speedup, its interval's lower end and the memory ratios by geometric mean,
+    sparsity by mean, accuracy by the worse value).
+
+    Returns (constraints, buckets, constraint_bucket): the constraint values Optuna stores (in the
+    order of `optuna_constraint_names`) are the violations at the trial's *least violating*
+    bucket (smallest worst violation; ties to the shorter length), so a trial is feasible for
+    Optuna - its samplers, ``study.best_trials``, ``optuna best-trials``, ``plot_pareto_front`` -
+    exactly when it is a candidate of at least one bucket, and every trial the export chooses is
+    feasible there; ``buckets`` maps str(L) to that bucket's objectives, violations and
+    feasibility (the trial's user attribute ``buckets``)."""
+    from .aggregate import geomean
+
+    def g(c: Any, k: str) -> Any:
+        return c.get(k) if isinstance(c, dict) else getattr(c, k, None)
+
+    all_names = space.effective_targets().names()
+    names = optuna_constraint_names(space)
+    by_bucket: dict[int, list[Any]] = {}
+    for c in cells:
+        by_bucket.setdefault(int(g(c, "bucket")), []).append(c)
+    out: dict[str, dict[str, Any]] = {}
+    best: Optional[tuple[float, int]] = None
+    worse = min
+    if space.accuracy_metric:
+        from .space import ACCURACY_METRIC_DIRECTIONS
+
+        worse = min if ACCURACY_METRIC_DIRECTIONS[space.accuracy_metric] == "max" else max
+    for L in sorted(by_bucket):
+        cs = by_bucket[L]
+        viol = {n: max(float((g(c, "violations") or {}).get(n, 0.0)) for c in cs) for n in all_names}
+        worst = max((viol[n] for n in names), default=0.0)
+        feasible = worst <= 0
+        entry: dict[str, Any] = {"feasible": feasible, "meets_speedup": viol.get("speedup", 0.0) <= 0}
+        for k in ("speedup", "speedup_lo", "memory_vs_sdpa", "memory_vs_naive"):
+            entry[k] = geomean((g(c, k) for c in cs), f"{k} at L={L}", quiet=k == "speedup_lo").value
+        entry["sparsity"] = sum(g(c, "sparsity") for c in cs) / len(cs)
+        accs = [g(c, "accuracy_value") for c in cs if g(c, "accuracy_value") is not None]
+        if space.accuracy_metric:
+            entry[space.accuracy_metric] = worse(accs) if accs else None
+        entry["workloads"] = sorted(str(g(c, "workload")) for c in cs)
+        entry["violations"] = viol
+        out[str(L)] = entry
+        if best is None or worst < best[0]:
+            best = (worst, L)
+    if best is None:
+        return [], out, None
+    at = out[str(best[1])]["violations"]
+    return [float(at[n]) for n in names], out, best[1]
+
+
 def _seed(study: str, number: int) -> int:
     return int(hashlib.sha256(f"{study}:{number}".encode()).hexdigest()[:8], 16)
 
@@ -208,7 +297,15 @@ class Search:
 
         self.db = Database(self.storage)  # a database from an older version gets the new columns
         engine_kwargs = {"connect_args": {"timeout": 60}} if self.storage.startswith("sqlite") else {}
-        self.ostorage = create_optuna_storage(self.storage, engine_kwargs)
+        # Optuna's trial heartbeat: the driver beats for its running trials (record_heartbeat) and
+        # fails the stale ones of any driver (fail_stale_trials), which calls _on_stale for each
+        import warnings
+
+        with warnings.catch_warnings():  # "experimental": the heartbeat arguments exist since Optuna 2.9
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            self.ostorage = create_optuna_storage(self.storage, engine_kwargs, heartbeat_interval=HEARTBEAT_SECONDS,
+                                                  grace_period=GRACE_SECONDS,
+                                                  heartbeat_stale_trial_callback=self._on_stale)
         directions = self.space.directions()
         try:
             existing = optuna.load_study(study_name=self.study_name, storage=self.ostorage)
@@ -229,14 +326,24 @@ class Search:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 self.study.set_metric_names(list(self.space.objectives))
-            self.study.set_user_attr("space", self.space.to_dict())
+        # our rows of a study deleted from Optuna's storage (optuna delete-study), or of an earlier
+        # study of the same name, are removed before anything of this one is written
+        from .db import ensure_study_uid
+
+        self.study_uid = ensure_study_uid(self.db.engine, self.study._study_id)
+        gone = self.db.drop_orphans(self.study_name)
+        if gone:
+            self.log(f"removed {gone.text()} (left by a deleted study; never cited)")
         self.hardware = hardware.describe(self.space.device)
         self.run_id = self.db.start_run(
             study_name=self.study_name, host=socket.gethostname(), pid=os.getpid(),
             command_line=hardware.command_line(secrets=self.secrets), device=self.space.device, hardware=self.hardware,
             versions=hardware.package_versions(), git_revision=hardware.git_revision(),
             space_path=self.space.source, space=self.space.to_dict(), executor=self.executor_kind,
+            optuna_study_id=self.study._study_id, optuna_study_uid=self.study_uid,
         )
+        if existing is None:  # the space is stored once, in at_runs; the study names the run that holds it
+            self.study.set_user_attr("space_run_id", self.run_id)
         n_trials = len(self.study.get_trials(deepcopy=False))
         if n_trials:  # continue from the study: never replay the sequence of an earlier start
             self.study.sampler = make_sampler(self.space, sampler_seed(self.space.sampler.get("seed"), n_trials, self.run_id),
@@ -244,7 +351,16 @@ class Search:
 
     # -- resume ------------------------------------------------------------------------------
     def recover(self) -> None:
-        """Settle RUNNING trials left by dead drivers (see module docstring)."""
+        """Settle RUNNING trials left by dead drivers (see module docstring, "Resuming").
+
+        Optuna's heartbeat decides for trials whose driver may still live: `fail_stale_trials`
+        (called here and every few heartbeats by the loop) fails those without a beat for
+        ``GRACE_SECONDS``, and `_on_stale` enqueues their retry. Our code remains for what
+        Optuna cannot know: a trial whose results reached our tables before its driver died is
+        completed from them (nothing measured twice); a trial of a driver known dead (its run
+        ended, or a process of this host that no longer exists: a SIGKILL) is settled at once,
+        without waiting out the grace period; a trial asked but never claimed (no heartbeat, no
+        row) is settled by a driver that starts with no live peer."""
         from optuna.trial import TrialState
 
         from .db import Run, utcnow
@@ -266,11 +382,16 @@ class Search:
             if row is not None:
                 with self.db.Session() as s:
                     run = s.get(Run, row.run_id)
-                    alive = driver_alive(run, now) and (row.lease_until is None or row.lease_until > now)
-                if alive:
-                    continue
+                    alive = driver_alive(run, now)
+                # results stored and not told for longer than the grace period: the tell was lost
+                told_late = (row.state != "RUNNING" and row.finished_at is not None
+                             and (now - row.finished_at).total_seconds() > GRACE_SECONDS)
+                if alive and not told_late:
+                    continue  # a live driver's trial: Optuna's heartbeat watches it (fail_stale_trials below)
             if row is not None and row.state == "COMPLETE" and row.objectives is not None:
-                self._tell(ft.number, row.objectives, row.constraints or [])
+                cells = self._cells_of(row.id)
+                cons, buckets, at = bucket_view(self.space, cells) if cells else (row.constraints or [], None, None)
+                self._tell(ft.number, row.objectives, cons or row.constraints or [], buckets, at)
                 self.stats["recovered"] += 1
                 self.log(f"trial {ft.number}: results were stored before the driver stopped; completed from them")
                 continue
@@ -285,6 +406,7 @@ class Search:
                 self.study.enqueue_trial(dict(ft.params), user_attrs={"retry_of": ft.number}, skip_if_exists=False)
             self.stats["retried"] += 1
             self.log(f"trial {ft.number} was interrupted (its driver is gone): marked failed, enqueued again")
+        self.fail_stale()
         if not peers:  # a retry whose queue entry was lost (a driver died between tell and enqueue)
             queued = {ft.user_attrs.get("retry_of") for ft in self.study.get_trials(deepcopy=False, states=(TrialState.WAITING,))}
             for row in self.db.pending_retries(self.study_name):
@@ -292,14 +414,59 @@ class Search:
                     self.study.enqueue_trial(dict(row.params), user_attrs={"retry_of": row.number}, skip_if_exists=False)
                     self.log(f"trial {row.number} ({row.reason}) had no retry queued: enqueued again")
 
-    def _tell(self, number: int, values: list[float], constraints: list[float]) -> None:
-        from .trial import constraint_names
+    def fail_stale(self) -> None:
+        """``optuna.storages.fail_stale_trials``: fail the running trials of this study (any
+        driver's) whose heartbeat is older than ``GRACE_SECONDS``; `_on_stale` then settles each."""
+        import warnings
+
+        import optuna
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            optuna.storages.fail_stale_trials(self.study)
+
+    def _on_stale(self, study, trial) -> None:
+        """Optuna's ``heartbeat_stale_trial_callback``: ``trial`` (failed by `fail_stale_trials`:
+        its driver stopped beating) is marked interrupted in our table and enqueued again, with
+        ``retry_of``; its budget slot stays reserved for the retry."""
+        # (Optuna has already finished the trial: its attributes can no longer be set; the reason
+        # is in at_trials)
+        row = self.db.trial(self.study_name, trial.number)
+        if row is not None and row.state == "FAIL":  # its failure was recorded; only the tell was lost
+            return
+        if row is not None:  # running, or complete with the tell lost: Optuna holds it failed now
+            self.db.mark_failed(self.study_name, trial.number, INTERRUPTED)
+        if trial.params:
+            self.study.enqueue_trial(dict(trial.params), user_attrs={"retry_of": trial.number}, skip_if_exists=False)
+        self.stats["retried"] += 1
+        self.log(f"trial {trial.number} was interrupted (no heartbeat from its driver for {GRACE_SECONDS} s): "
+                 "marked failed, enqueued again")
+
+    def _tell(self, number: int, values: list[float], constraints: list[float],
+              buckets: Optional[dict[str, Any]] = None, constraint_bucket: Optional[int] = None) -> None:
+        """Complete trial ``number`` in Optuna with its values; its constraint values go where
+        Optuna's samplers, ``best_trials`` and plots read them (system attribute ``constraints``)
+        and, with their names and the per-bucket view (`bucket_view`), into user attributes that
+        ``optuna trials``, the dashboard and ``load_study`` show."""
         tid = self.ostorage.get_trial_id_from_study_id_trial_number(self.study._study_id, number)
         if constraints:
             self.ostorage.set_trial_user_attr(tid, "constraints", list(constraints))
-            self.ostorage.set_trial_user_attr(tid, "constraint_names", constraint_names(self.space))
+            self.ostorage.set_trial_user_attr(tid, "constraint_names", optuna_constraint_names(self.space))
             self.ostorage.set_trial_system_attr(tid, "constraints", list(constraints))
+        if buckets is not None:
+            self.ostorage.set_trial_user_attr(tid, "buckets", buckets)
+            self.ostorage.set_trial_user_attr(tid, "feasible_buckets",
+                                              [int(L) for L, b in buckets.items() if b["feasible"]])
+            self.ostorage.set_trial_user_attr(tid, "constraint_bucket", constraint_bucket)
         self.study.tell(number, values)
+
+    def _cells_of(self, trial_row_id: int) -> list[Any]:
+        from sqlalchemy import select
+
+        from .db import Measurement
+
+        with self.db.Session() as s:
+            return list(s.scalars(select(Measurement).where(Measurement.trial_id == trial_row_id)).all())
 
     def finished_count(self) -> int:
         """Trials of the study finished for good, counted in the database (all drivers)."""
@@ -317,9 +484,13 @@ class Search:
         from patterns import pattern_from_dict
 
         from .db import utcnow
-        from .trial import TrialRequest, constraint_names
+        from .trial import TrialRequest
 
-        trial = self.study.ask(fixed_distributions=self.space.distributions())
+        import warnings
+
+        with warnings.catch_warnings():  # Optuna assumes study.optimize beats; this driver beats itself
+            warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used with Study.optimize")
+            trial = self.study.ask(fixed_distributions=self.space.distributions())
         params = dict(trial.params)
         pattern, kernel = self.space.split_params(params)
         retry_of = trial.user_attrs.get("retry_of")
@@ -332,10 +503,11 @@ class Search:
         now = utcnow()
         status, other = self.db.claim_trial(dict(
             run_id=self.run_id, study_name=self.study_name, number=trial.number, optuna_trial_id=trial._trial_id,
+            optuna_study_id=self.study._study_id, optuna_study_uid=self.study_uid,
             params=params, pattern=pattern, kernel=kernel, state="FAIL" if invalid else "RUNNING", reason=invalid,
-            retry_of=retry_of, objective_names=list(self.space.objectives), constraint_names=constraint_names(self.space),
+            retry_of=retry_of, objective_names=list(self.space.objectives),
+            constraint_names=optuna_constraint_names(self.space),
             started_at=now, finished_at=now if invalid else None,
-            lease_until=None if invalid else now + dt.timedelta(seconds=LEASE_SECONDS),
         ), int(self.space.budget["trials"]), allow_repeats=self.allow_repeats)
         if status != "ok":
             why = "budget reached" if status == "budget" else f"duplicate of trial {other}"
@@ -351,6 +523,7 @@ class Search:
             self.study.tell(trial, state=TrialState.FAIL)
             self.stats["failed"] += 1
             return "rejected"
+        self.ostorage.record_heartbeat(trial._trial_id)  # from now on Optuna watches it (fail_stale_trials)
         req = TrialRequest(study=self.study_name, number=trial.number, params=params, pattern=pattern,
                            kernel=kernel, space=self.space.to_dict(), seed=_seed(self.study_name, trial.number))
         self.trials[trial.number] = trial
@@ -365,6 +538,11 @@ class Search:
 
         number = req["number"]
         trial = self.trials.pop(number)
+        if self.ostorage.get_trial(trial._trial_id).state != TrialState.RUNNING:
+            # failed as stale meanwhile (this driver stopped beating for the grace period, e.g. a
+            # database locked for that long): its retry is queued and measures it again
+            self.log(f"trial {number}: dropped its result; the trial was failed as stale and is retried")
+            return False
         timing = res.get("timing") or {}
         self.stats["trial_s"] += timing.get("total_s", 0.0)
         self.stats["measure_s"] += sum(timing.get(k, 0.0) for k in ("gate_s", "candidate_s", "baseline_s", "accuracy_s"))
@@ -388,7 +566,6 @@ class Search:
             except Exception as e:  # noqa: BLE001
                 res = dict(res, ok=False, reason=f"could not summarize: {type(e).__name__}: {e}")
         if res.get("ok"):
-            feasible = all(c <= 0 for c in cons)
             rows = []
             for m in res["measurements"]:
                 viol = cell_violations(self.space, m, res.get("accuracy") or {})
@@ -410,10 +587,14 @@ class Search:
                     "accuracy_value": cell_values(self.space, m, res.get("accuracy") or {})["accuracy"],
                     "violations": viol, "feasible": all(v <= 0 for v in viol.values()),
                 })
+            # Optuna's constraint values: the least violating bucket's (bucket_view), so that a
+            # trial the export can choose at some bucket is feasible for Optuna's tools too
+            cons, buckets, cons_bucket = bucket_view(self.space, rows)
+            feasible = all(c <= 0 for c in cons)
             self.db.record_result(self.study_name, number, state="COMPLETE", reason=None,
                                   fields=dict(fields, objectives=objs, constraints=cons, feasible=feasible),
                                   measurements=rows)
-            self._tell(number, objs, cons)
+            self._tell(number, objs, cons, buckets, cons_bucket)
             self.stats["completed"] += 1
             if "speedup" in self.space.objectives and feasible:
                 sp = objs[self.space.objectives.index("speedup")]
@@ -488,7 +669,6 @@ class Search:
 
     # -- main loop ---------------------------------------------------------------------------
     def run(self) -> dict[str, Any]:
-        from .db import utcnow
         from .executor import ExecutorError, make_executor
 
         t_start = time.perf_counter()
@@ -562,6 +742,7 @@ class Search:
 
                 bar = tqdm(total=budget, initial=done0, desc=self.study_name, unit="trial", dynamic_ncols=True)
             last_hb = 0.0
+            last_stale = time.monotonic()
             done = done0
             budget_full, dup_streak = False, 0
             while True:
@@ -595,8 +776,13 @@ class Search:
                     else:  # to be run again: its retry takes the slot it reserved
                         budget_full = False
                 if time.monotonic() - last_hb > HEARTBEAT_SECONDS:
-                    self.db.heartbeat(self.run_id, utcnow() + dt.timedelta(seconds=LEASE_SECONDS))
+                    self.db.heartbeat(self.run_id)
+                    for t in list(self.trials.values()):  # Optuna's trial heartbeat, one per running trial
+                        self.ostorage.record_heartbeat(t._trial_id)
                     last_hb = time.monotonic()
+                    if time.monotonic() - last_stale > GRACE_SECONDS / 2:  # trials of drivers that stopped
+                        self.fail_stale()
+                        last_stale = time.monotonic()
                 if bar is not None:
                     left = "-" if deadline is None else f"{max(0.0, deadline - time.monotonic()):.0f}s"
                     bar.set_postfix(ok=self.stats["completed"], failed=self.stats["failed"], running=executor.running,
@@ -745,6 +931,29 @@ def study_commands(study: str, storage: str, space: SearchSpace) -> list[str]:
     ]
 
 
+def record_verdict(storage: str, study: str, verdicts: list, log=None) -> None:
+    """The verdict per bucket as the study's user attribute ``verdict`` (str(L) -> deploy, trial,
+    confirmed speedup, confirmed), where Optuna's CLI, ``load_study`` and the dashboard show it next to
+    ``best_trials``: the same choice the export writes."""
+    import optuna
+
+    def r(x):
+        return None if x is None else float(f"{x:.4g}")
+
+    doc = {str(v.bucket): {"deploy": bool(v.deploy), "trial": v.trial, "speedup": r(v.speedup), "lo": r(v.lo),
+                           "confirmed": bool(v.confirmed)} for v in verdicts}
+    try:
+        st = optuna.storages.RDBStorage(storage, skip_table_creation=True, skip_compatibility_check=True)
+        try:
+            optuna.load_study(study_name=study, storage=st).set_user_attr("verdict", doc)
+        finally:
+            st.remove_session()
+            st.engine.dispose()
+    except Exception as e:  # noqa: BLE001 - the verdict is printed and exported anyway
+        if log:
+            log(f"could not record the verdict on the study: {e}")
+
+
 def end_of_run(search: "Search", args) -> int:
     """Confirm the leaders of every bucket (`autotune.verdict.confirm`), print the verdict per
     bucket and the commands that export, check and report the study."""
@@ -760,8 +969,10 @@ def end_of_run(search: "Search", args) -> int:
         log("verdict " + line)
     if not verdicts:
         log("verdict: no complete trial to decide on")
+    else:
+        record_verdict(search.storage, search.study_name, verdicts, log)
     log("next:")
-    for c in study_commands(search.study_name, search.storage, search.space):
+    for c in study_commands(search.study_name, search.masked_storage, search.space):  # no password printed
         print(f"  {c}", file=sys.stderr)
     return 0
 

@@ -73,9 +73,10 @@ the chains' structures degraded by ``accuracy_noise`` Angstrom of noise (top-lev
 ``constraints.accuracy.noise`` in a space without a targets section; default 4).
 
 Aggregation of a trial's objectives over its (workload, bucket) cells: speedup and memory ratios
-by geometric mean, sparsity by mean, accuracy by its worst bucket. A constraint's value (Optuna's
-convention: <= 0 is feasible) is its worst violation over all cells, so a trial is feasible for the
-sampler only if it meets every constraint everywhere; export re-checks feasibility per bucket.
+by geometric mean, sparsity by mean, accuracy by its worst bucket. Optuna's constraint values
+(<= 0 is feasible) are the violations of every target but speedup at the trial's least violating
+bucket (`autotune.search.bucket_view`), so a trial is feasible for the sampler when it is a
+candidate of at least one bucket; the verdict judges the speedup target on confirmed figures.
 """
 
 from __future__ import annotations

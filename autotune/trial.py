@@ -637,11 +637,11 @@ def _workload_layout(pcfg, L: int, layout, bias, name: str, workspace: Optional[
 # ---- driver side: objectives and constraints -------------------------------------------------------
 
 
-def _geomean(xs: list[float]) -> Optional[float]:
-    xs = [x for x in xs if x is not None and x > 0 and math.isfinite(x)]
-    if not xs:
-        return None
-    return math.exp(sum(math.log(x) for x in xs) / len(xs))
+def _geomean(xs: list[float], what: str = "cell values") -> Optional[float]:
+    """`autotune.aggregate.geomean` (logs what it leaves out)."""
+    from .aggregate import geomean
+
+    return geomean(xs, what).value
 
 
 def cell_row(m: dict[str, Any], accuracy: dict[str, Any]) -> dict[str, Any]:
@@ -687,7 +687,7 @@ def summarize(space: SearchSpace, result: dict[str, Any]) -> tuple[list[float], 
     objs: list[float] = []
     for o in space.objectives:
         if o in ("speedup", "memory_vs_sdpa", "memory_vs_naive"):
-            v = _geomean([m.get(o) for m in ms])
+            v = _geomean([m.get(o) for m in ms], o)
             v = v if v is not None else (0.0 if o == "speedup" else 1e9)
         elif o == "sparsity":
             v = sum(m["sparsity"] for m in ms) / len(ms)

@@ -38,13 +38,13 @@ Accuracy is read as the trial measured it: on the chains of the bucket, each at 
 from __future__ import annotations
 
 import datetime as dt
-import math
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Optional
 
 from sqlalchemy import JSON, DateTime, Float, Integer, String
 from sqlalchemy.orm import Mapped, mapped_column
 
+from .aggregate import geomean
 from .db import Base, utcnow
 from .space import SearchSpace, Targets
 
@@ -142,9 +142,9 @@ def cell_ok(targets: Targets, c: Any, skip: Iterable[str] = ()) -> bool:
     return all(v <= 0 for v in cell_violations(targets, c, skip).values())
 
 
-def _geomean(xs: Iterable[Optional[float]]) -> Optional[float]:
-    xs = [x for x in xs if x is not None and x > 0 and math.isfinite(x)]
-    return math.exp(sum(map(math.log, xs)) / len(xs)) if xs else None
+def _geomean(xs: Iterable[Optional[float]], what: str = "cell values") -> Optional[float]:
+    """`autotune.aggregate.geomean` (logs what it leaves out)."""
+    return geomean(xs, what).value
 
 
 def extrapolated(c: Any, bucket: int) -> bool:
@@ -203,10 +203,10 @@ def above_sparsity_bound(c: Any) -> bool:
 
 
 def _candidate(trial: int, cells: list[Any]) -> Candidate:
-    lo = _geomean(_g(c, "speedup_lo") for c in cells) if all(_g(c, "speedup_lo") for c in cells) else None
-    hi = _geomean(_g(c, "speedup_hi") for c in cells) if all(_g(c, "speedup_hi") for c in cells) else None
-    return Candidate(trial, cells, _geomean(_g(c, "speedup") for c in cells), lo, hi,
-                     _geomean(max(_g(c, "peak_mib") or 0.0, 1e-6) for c in cells))
+    lo = _geomean((_g(c, "speedup_lo") for c in cells), f"t#{trial} speedup_lo") if all(_g(c, "speedup_lo") for c in cells) else None
+    hi = _geomean((_g(c, "speedup_hi") for c in cells), f"t#{trial} speedup_hi") if all(_g(c, "speedup_hi") for c in cells) else None
+    return Candidate(trial, cells, _geomean((_g(c, "speedup") for c in cells), f"t#{trial} speedup"), lo, hi,
+                     _geomean((max(_g(c, "peak_mib") or 0.0, 1e-6) for c in cells), f"t#{trial} peak_mib"))
 
 
 def leaders(targets: Targets, cells_by_trial: dict[int, list[Any]], bucket: int, top: Optional[int] = None) -> list[Candidate]:

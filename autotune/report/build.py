@@ -71,9 +71,11 @@ def table(header: list[str], rows: list[list[str]]) -> list[str]:
     return out
 
 
-def _geomean(xs: Iterable[Optional[float]]) -> Optional[float]:
-    xs = [x for x in xs if x is not None and x > 0 and math.isfinite(x)]
-    return math.exp(sum(map(math.log, xs)) / len(xs)) if xs else None
+def _geomean(xs: Iterable[Optional[float]], what: str = "cell values") -> Optional[float]:
+    """`autotune.aggregate.geomean` (logs what it leaves out)."""
+    from autotune.aggregate import geomean
+
+    return geomean(xs, what).value
 
 
 def _metrics(acc: Any) -> dict[str, float]:

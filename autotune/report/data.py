@@ -83,6 +83,15 @@ def _latest_export(rows: list[Any]) -> list[Any]:
     return sorted(out, key=lambda r: r.bucket)
 
 
+def _optuna_holds(s: Any, study: str) -> bool:
+    """Whether Optuna's storage holds ``study`` (True where the database has no Optuna tables:
+    nothing to check against)."""
+    from autotune.db import live_study
+
+    live = live_study(s, study)
+    return live.exists or not live.has_optuna
+
+
 def load(storage: str, study: Optional[str] = None) -> ReportData:
     from sqlalchemy import func, inspect, select
     from sqlalchemy.exc import SQLAlchemyError
@@ -118,7 +127,15 @@ def load(storage: str, study: Optional[str] = None) -> ReportData:
             raise ReportError(f"{safe_url(storage)} holds no autotune tables (empty database): nothing to report")
         with db.Session() as s:
             studies = sorted(set(s.scalars(select(TrialRow.study_name).distinct()).all())) if has(TrialRow) else []
+            # only studies Optuna's storage still holds: the rows of a study removed with
+            # `optuna delete-study` cite trials that no longer exist
+            deleted = [x for x in studies if not _optuna_holds(s, x)]
+            studies = [x for x in studies if x not in deleted]
             n_bench = s.scalar(select(func.count()).select_from(BenchRun)) if has(BenchRun) else 0
+            if study is not None and study in deleted:
+                raise ReportError(f"study {study!r} is not in Optuna's storage in {safe_url(storage)} (deleted with "
+                                  f"optuna delete-study?): its leftover rows are not reported "
+                                  f"(studies: {', '.join(studies) if studies else 'none'})")
             if study is not None and study not in studies:
                 raise ReportError(f"study {study!r} not found in {safe_url(storage)} "
                                   f"(studies: {', '.join(studies) if studies else 'none'})")
@@ -129,16 +146,24 @@ def load(storage: str, study: Optional[str] = None) -> ReportData:
                 study = latest.study_name if latest is not None else studies[-1]
             data = ReportData(storage=storage, study=study, other_studies=[x for x in studies if x != study])
             if study is not None:
-                data.runs = list(s.scalars(select(Run).where(Run.study_name == study).order_by(Run.id)).all())
-                data.trials = list(s.scalars(select(TrialRow).where(TrialRow.study_name == study)
-                                             .order_by(TrialRow.number)).all())
-                data.measurements = list(s.scalars(select(Measurement).join(TrialRow)
-                                                   .where(TrialRow.study_name == study).order_by(Measurement.id)).all())
-                if has(Tuned):
-                    data.tuned = _latest_export(list(s.scalars(select(Tuned).where(Tuned.study_name == study)).all()))
+                from autotune.db import find_orphans, restrict_study_data
                 from autotune.verdict import load_study
 
-                data.study_data = load_study(s, study)
+                orphans = find_orphans(s, study)  # rows not tied to Optuna's study: never cited
+                bad_trials, bad_runs = set(orphans.trial_ids), set(orphans.run_ids)
+                data.runs = [r for r in s.scalars(select(Run).where(Run.study_name == study).order_by(Run.id)).all()
+                             if r.id not in bad_runs]
+                data.trials = [t for t in s.scalars(select(TrialRow).where(TrialRow.study_name == study)
+                                                    .order_by(TrialRow.number)).all() if t.id not in bad_trials]
+                data.measurements = [m for m in s.scalars(select(Measurement).join(TrialRow)
+                                                          .where(TrialRow.study_name == study).order_by(Measurement.id)).all()
+                                     if m.trial_id not in bad_trials]
+                if has(Tuned):
+                    tuned = list(s.scalars(select(Tuned).where(Tuned.study_name == study)).all())
+                    if bad_trials:
+                        tuned = [r for r in tuned if r.exported_at is None or r.exported_at >= orphans.cutoff]
+                    data.tuned = _latest_export(tuned)
+                data.study_data = restrict_study_data(load_study(s, study), orphans)
             if n_bench:
                 data.bench_runs = list(s.scalars(select(BenchRun).order_by(BenchRun.id)).all())
                 if has(KernelBench):

@@ -1,0 +1,270 @@
+"""Optuna's own views of a study agree with the product's: per-bucket objectives and feasibility
+on each trial, Optuna's constraints feasible for a trial the export can choose at some bucket
+(so ``study.best_trials`` holds the export's choice), the space stored once (in at_runs); our rows
+tied to Optuna's study and trial ids, so that a study removed with ``optuna delete-study`` is never
+cited and a study re-created under its name does not inherit its rows."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from autotune.search import Search
+from autotune.space import load_space
+from test_search import rows, write_space
+
+# One bucket-dependent target: a diagonal-only layout (window 0, 16-residue blocks) is 75% sparse
+# at L=64 and 87.5% at L=128, so it meets `sparsity >= 0.8` at L=128 only; a window of 16 or a
+# stride of 2 never does.
+VIEWS = dict(
+    objectives=["speedup", "memory_vs_sdpa"],
+    constraints={"sparsity": {"min": 0.8}},
+    pattern={"block_size": {"choices": [16]}, "window": {"choices": [0, 16]}, "num_global": {"choices": [0]},
+             "stride": {"choices": [0, 2]}},
+    sampler={"name": "random", "seed": 0},
+    measure={"warmup": 0, "repeats": 1, "confirm_top": 1, "confirm_repeats": 2},
+    buckets=[64, 128],
+)
+
+
+def sparse_study(tmp_path: Path, *, trials: int = 4, study: str = "views", db_name: str = "v.db", **changes) -> Path:
+    space = load_space(write_space(tmp_path, **dict(VIEWS, **changes))).override(trials=trials)
+    db = tmp_path / db_name
+    Search(space, study_name=study, storage=f"sqlite:///{db}", executor="local", progress=False).run()
+    return db
+
+
+@pytest.fixture(scope="module")
+def study_db(tmp_path_factory) -> Path:
+    return sparse_study(tmp_path_factory.mktemp("views"))
+
+
+@pytest.fixture
+def db(study_db, tmp_path) -> Path:
+    out = tmp_path / "v.db"
+    shutil.copy(study_db, out)
+    return out
+
+
+def test_per_bucket_view_and_constraints(db):
+    import optuna
+
+    study = optuna.load_study(study_name="views", storage=f"sqlite:///{db}")
+    done = study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))
+    assert len(done) == 4
+    for t in done:
+        p = t.params
+        diag = p["pattern.window"] == 0 and p["pattern.stride"] == 0
+        b = t.user_attrs["buckets"]
+        assert sorted(b) == ["128", "64"]
+        assert b["64"]["feasible"] is False and b["128"]["feasible"] is diag
+        assert b["128"]["sparsity"] >= b["64"]["sparsity"]
+        assert b["64"]["speedup"] > 0 and b["64"]["workloads"] == ["row", "tri"]
+        assert t.user_attrs["feasible_buckets"] == ([128] if diag else [])
+        # Optuna's constraint values: the least violating bucket's (the sparser one; ties: the shorter)
+        at = 128 if b["128"]["sparsity"] > b["64"]["sparsity"] else 64
+        assert t.user_attrs["constraint_bucket"] == at
+        assert t.system_attrs["constraints"] == pytest.approx([0.8 - b[str(at)]["sparsity"]])
+        assert (max(t.system_attrs["constraints"]) <= 0) is diag
+    # the diagonal trial is the only feasible one for Optuna: best_trials is it, not empty
+    best = study.best_trials
+    assert [t.params["pattern.window"] for t in best] == [0] and [t.params["pattern.stride"] for t in best] == [0]
+    # ours agree: at_trials.feasible is "feasible at some bucket", with Optuna's constraint values
+    ours = dict(rows(db, "select number, feasible from at_trials"))
+    assert {n: bool(f) for n, f in ours.items()} == {t.number: t.number == best[0].number for t in done}
+
+
+@pytest.mark.slow
+def test_an_unmet_speedup_target_does_not_make_every_trial_infeasible(tmp_path):
+    """Speedup is judged on confirmed figures (autotune.verdict): a speedup target no trial meets
+    on the search's figures leaves Optuna's feasibility to the other targets."""
+    import optuna
+
+    db = sparse_study(tmp_path, trials=2, constraints={"sparsity": {"min": 0.8}, "speedup": {"min": 1000.0}},
+                      pattern=dict(VIEWS["pattern"], stride={"choices": [0]}))
+    study = optuna.load_study(study_name="views", storage=f"sqlite:///{db}")
+    done = study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))
+    assert len(done) == 2
+    for t in done:
+        assert t.user_attrs["constraint_names"] == ["sparsity"]
+        assert t.user_attrs["buckets"]["128"]["meets_speedup"] is False
+        assert t.user_attrs["buckets"]["128"]["violations"]["speedup"] > 0
+    diag = [t.number for t in done if t.params["pattern.window"] == 0]
+    assert [t.number for t in study.best_trials] == diag
+
+
+def test_export_choice_is_optunas_best(db, tmp_path):
+    import optuna
+
+    from autotune.export import choose
+
+    doc = choose("views", f"sqlite:///{db}", log=lambda m: None)
+    chosen = {b["seq_len"]: b["source"]["trial"] for b in doc["buckets"]}
+    study = optuna.load_study(study_name="views", storage=f"sqlite:///{db}")
+    best = {t.number for t in study.best_trials}
+    assert set(chosen) <= {128} and doc["not_exported"].keys() >= {64}
+    assert set(chosen.values()) <= best  # what the export deploys, Optuna lists among its best
+    # the end-of-run verdict, on the study where Optuna's tools show it: the export's choice
+    from autotune.search import record_verdict
+    from autotune.verdict import current_verdicts
+
+    record_verdict(f"sqlite:///{db}", "views", current_verdicts(f"sqlite:///{db}", "views"))
+    v = optuna.load_study(study_name="views", storage=f"sqlite:///{db}").user_attrs["verdict"]
+    assert {int(L): x["trial"] for L, x in v.items() if x["deploy"]} == chosen
+
+
+def test_space_is_stored_once(db):
+    import json
+
+    import optuna
+
+    study = optuna.load_study(study_name="views", storage=f"sqlite:///{db}")
+    assert "space" not in study.user_attrs
+    run_id = study.user_attrs["space_run_id"]
+    space = json.loads(rows(db, f"select space from at_runs where id = {run_id}")[0][0])
+    assert space["name"] == "tiny" and space["buckets"] == [64, 128]
+    assert all(len(json.dumps(v)) < 200 for v in study.user_attrs.values())
+
+
+def test_rows_are_tied_to_optuna_ids(db):
+    import optuna
+
+    study = optuna.load_study(study_name="views", storage=f"sqlite:///{db}")
+    ids = {t.number: t._trial_id for t in study.trials}
+    ours = rows(db, "select number, optuna_trial_id, optuna_study_id from at_trials")
+    assert ours and all(ids[n] == tid and sid == study._study_id for n, tid, sid in ours)
+    assert rows(db, "select distinct optuna_study_id from at_runs") == [(study._study_id,)]
+
+
+def test_deleted_study_is_never_cited(db, tmp_path, capsys):
+    import optuna
+
+    from autotune.export import main as export_main
+    from autotune.report.__main__ import main as report_main
+
+    url = f"sqlite:///{db}"
+    optuna.delete_study(study_name="views", storage=url)
+    n_rows = rows(db, "select count(*) from at_trials")[0][0]
+    assert n_rows == 4  # Optuna removes its rows only
+    out = tmp_path / "x.yaml"
+    assert export_main(["--study", "views", "--storage", url, "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "not in Optuna's storage" in err[0] and not out.exists()
+    assert report_main(["--storage", url, "--study", "views", "--out", str(tmp_path / "r.md")]) == 2
+    assert "not in Optuna's storage" in capsys.readouterr().err
+    assert rows(db, "select count(*) from at_trials")[0][0] == n_rows  # refusing writes nothing
+
+
+def test_recreated_study_does_not_inherit_rows(db, tmp_path):
+    """Delete, then create the study again under the same name with other trials: the old rows
+    (numbers 0-3) are removed; the export and the report see the new study's trials only."""
+    import optuna
+
+    from autotune.db import Database, find_orphans
+    from autotune.report.data import load as report_load
+
+    url = f"sqlite:///{db}"
+    old = sorted(n for (n,) in rows(db, "select number from at_trials"))
+    assert len(old) == 4
+    optuna.delete_study(study_name="views", storage=url)
+    # re-created outside the product with two trials: our old rows 0-3 are orphans, not its trials
+    new = optuna.create_study(study_name="views", storage=url, directions=["maximize", "minimize"])
+    for _ in range(2):
+        t = new.ask()
+        new.tell(t, [1.0, 1.0])
+    d = Database(url, create=False)
+    with d.Session() as s:
+        o = find_orphans(s, "views")
+    d.close()
+    # SQLite gives the new study and trials the deleted ones' ids: only the study's token tells them apart
+    assert new._study_id == rows(db, "select distinct optuna_study_id from at_trials")[0][0]
+    assert sorted(o.trial_numbers) == old and o.run_ids
+    rep = report_load(url, "views")
+    assert rep.trials == [] and rep.measurements == [] and rep.runs == [] and rep.study_data.trials == {}
+    # the next search on that name removes them (drop_orphans) and measures its own trials
+    optuna.delete_study(study_name="views", storage=url)
+    space = load_space(write_space(tmp_path, **VIEWS)).override(trials=1)
+    logs: list[str] = []
+    Search(space, study_name="views", storage=url, executor="local", progress=False, log=logs.append).run()
+    assert any("removed 4 trial row(s)" in m for m in logs)
+    study = optuna.load_study(study_name="views", storage=url)
+    ours = rows(db, "select number, optuna_trial_id from at_trials")
+    assert ours == [(0, study.trials[0]._trial_id)]
+    assert rows(db, "select count(*) from at_measurements")[0][0] == 4  # 2 buckets x 2 workloads, new trial only
+    assert rows(db, "select count(*) from at_runs")[0][0] == 1
+
+
+def test_geomean_says_what_it_drops(caplog):
+    import math
+
+    from autotune.aggregate import geomean
+
+    g = geomean([2.0, 8.0, None, -1.0, math.inf, math.nan, "x", True], "speedup")
+    assert g.value == pytest.approx(4.0) and g.used == 2
+    assert [(i, why) for i, _, why in g.dropped] == [(2, "missing"), (3, "not positive"), (4, "not finite"),
+                                                      (5, "not finite"), (6, "not a number"), (7, "not a number")]
+    assert "speedup over 2 of 8 values" in caplog.text and "#3 -1.0 (not positive)" in caplog.text
+    caplog.clear()
+    assert geomean([1.0, 4.0]).value == pytest.approx(2.0) and caplog.text == ""
+    assert geomean([None], quiet=True).value is None and caplog.text == ""
+
+
+@pytest.mark.slow
+@pytest.mark.filterwarnings("ignore:Argument ``heartbeat_interval``", "ignore:Heartbeat of storage")
+def test_stale_trial_of_a_live_driver_is_failed_by_optunas_heartbeat(tmp_path, monkeypatch):
+    """A trial whose driver still exists but stopped beating (hung, or on a host whose process
+    table this machine cannot see) is failed by ``optuna.storages.fail_stale_trials`` once its
+    heartbeat is older than the grace period, and run again (``retry_of``)."""
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    import optuna
+
+    import autotune.search as search_mod
+    from autotune.db import Database
+
+    monkeypatch.setattr(search_mod, "GRACE_SECONDS", 1)
+    space = load_space(write_space(tmp_path, **VIEWS)).override(trials=1)
+    url = f"sqlite:///{tmp_path / 'h.db'}"
+    Search(space, study_name="hb", storage=url, executor="local", progress=False).run()
+    # a driver that is alive (a process of this host) but beats no more: its run and one claimed trial
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        storage = optuna.storages.RDBStorage(url, heartbeat_interval=1, grace_period=1)
+        study = optuna.load_study(study_name="hb", storage=storage)
+        import json
+
+        measured = [json.loads(r[0]) for r in rows(tmp_path / "h.db", "select params from at_trials")]
+        fresh = next(p for p in ({"pattern.window": w, "pattern.stride": st} for w in (0, 16) for st in (0, 2))
+                     if p not in measured)
+        study.enqueue_trial(fresh)
+        t = study.ask(fixed_distributions=space.distributions())
+        assert t.params == fresh
+        db = Database(url)
+        run = db.start_run(study_name="hb", host=socket.gethostname(), pid=sleeper.pid, command_line="x", device="cpu",
+                           hardware={}, versions={}, space_path="x", space=space.to_dict(), executor="local",
+                           optuna_study_id=study._study_id)
+        status, _ = db.claim_trial(dict(run_id=run, study_name="hb", number=t.number, optuna_trial_id=t._trial_id,
+                                        optuna_study_id=study._study_id, params=dict(t.params), pattern={}, kernel=None,
+                                        state="RUNNING"), 5)
+        assert status == "ok"
+        storage.record_heartbeat(t._trial_id)
+        db.close()
+        time.sleep(2.5)  # older than the grace period
+        logs: list[str] = []
+        Search(space.override(trials=2), study_name="hb", storage=url, executor="local", progress=False,
+               log=logs.append).run()
+        assert sleeper.poll() is None  # the "driver" was alive throughout: only the heartbeat told
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+    assert any(f"trial {t.number} was interrupted (no heartbeat" in m for m in logs), logs
+    got = dict((n, (s, r, ro)) for n, s, r, ro in rows(tmp_path / "h.db", "select number, state, reason, retry_of from at_trials"))
+    assert got[t.number][:2] == ("FAIL", "interrupted")
+    assert [v[0] for v in got.values() if v[2] == t.number] == ["COMPLETE"]  # its retry ran
+    st = optuna.load_study(study_name="hb", storage=url)
+    assert st.trials[t.number].state == optuna.trial.TrialState.FAIL
