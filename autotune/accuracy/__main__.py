@@ -6,7 +6,7 @@
         [--json out.json] [--png out.png [--png-chain NAME]] [--max-chains N]
     python -m autotune.accuracy --guided [--noise 0,2,4,8] [--sparsities 50,75,90] [--min-length 128]
         [--guided-block-size 16] [--guided-pool logsumexp] [--guided-spread layout] [--json out.json]
-        [--png recall.png] [--max-chains N] [--seed 0]
+        [--png recall.png] [--max-chains N] [--seed 0] [--min-separation 6]
 
 Prints one row per bucket (contact recall per range, attention-mass recall, output error), writes
 the same as JSON with ``--json`` and draws one chain's contact map under the layout with ``--png``.
