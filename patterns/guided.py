@@ -172,8 +172,10 @@ class _single_thread:
 
     The construction is a few short reductions (milliseconds); split over several OpenMP threads,
     each one waits for its slowest thread, and on a machine shared with other jobs a descheduled
-    thread stalls it for a scheduler time slice (measured: 1.3 ms rounds becoming 10-40 ms at 2
-    threads). On one thread its time is its own work. The previous thread count is restored on exit."""
+    thread stalls it for a scheduler time slice (measured: 1-4 ms builds becoming 10-200 ms at 2
+    threads). On one thread its time is its own work. The previous thread count is restored on exit
+    (also when the build raises). The count is process-wide: torch work that other Python threads
+    run during the build (milliseconds) also runs on one thread."""
 
     def __init__(self, device: torch.device):
         self.prev = None
