@@ -1,6 +1,7 @@
 """Cost of building a guided layout against the sparse attention it feeds.
 
-    python benchmarks/guided_layout.py [--device cpu|cuda] [--rounds 7] [--out benchmarks/results/guided_layout_cpu.csv]
+    python benchmarks/guided_layout.py [--device cpu|cuda] [--rounds 7] [--threads N] [--workloads a,b]
+        [--pools max,logsumexp] [--out benchmarks/results/guided_layout_cpu.csv]
 
 For each workload (MSA row attention: batch = MSA rows, the pair bias [1, H, L, L] shared by all
 rows; triangle attention: batch = L) and each pooling, one round times, interleaved in this order:
@@ -12,12 +13,17 @@ rows; triangle attention: batch = L) and each pooling, one round times, interlea
 * ``attn_fresh``: build a new guided layout and run the attention on it (what a model with
   guided attention does on every forward);
 * ``attn_fresh_private``: the same with a layout that does not share the guided configs'
-  workspace (``workspace=None``): what a backend's per-layout preparation costs without it.
+  workspace (``workspace=None``): what a backend's per-layout preparation costs without it;
+* ``sdpa``: dense ``scaled_dot_product_attention`` with the bias (the search's baseline).
+
+The order of the functions rotates from round to round (A B C, B C A, ...), so that a slow
+phase of a shared machine does not always hit the same one.
 
 Medians, 10th and 90th percentiles over ``rounds`` rounds; ``build_share`` = build median /
 attn_same median (target <= 3% for MSA row attention, 64 rows, L = 512, 8 heads x 32, CPU);
-``fresh_overhead`` = attn_fresh median / attn_same median - 1. CUDA timings use events after a
-synchronize.
+``fresh_overhead`` = attn_fresh median / attn_same median - 1; ``speedup_vs_sdpa`` = median over
+rounds of sdpa / attn_fresh (what the search measures for a guided candidate: construction included),
+with its 10th and 90th percentiles. CUDA timings use events after a synchronize.
 """
 
 from __future__ import annotations
@@ -34,7 +40,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from kernels import sparse_attention  # noqa: E402
+from kernels import dense_attention, sparse_attention  # noqa: E402
 from patterns import BlockLayout, GuidedConfig, build_layout  # noqa: E402
 
 WORKLOADS = {
@@ -42,6 +48,14 @@ WORKLOADS = {
     "msa_row_L512": (64, 8, 512, 32),
     "triangle_L256": (256, 4, 256, 32),
     "triangle_L512": (512, 4, 512, 32),  # not in the default list: ~1 s per call on one CPU core
+    # the CPU main job's shapes (search_spaces/cpu.yaml: MSA row attention over 2048 tokens,
+    # triangle attention with the batch capped at 2)
+    "job_row_L256": (8, 8, 256, 32),
+    "job_row_L512": (4, 8, 512, 32),
+    "job_row_L1024": (2, 8, 1024, 32),
+    "job_tri_L256": (2, 4, 256, 32),
+    "job_tri_L512": (2, 4, 512, 32),
+    "job_tri_L1024": (2, 4, 1024, 32),
 }
 DEFAULT_WORKLOADS = ("msa_row_L512", "triangle_L256")
 
@@ -120,14 +134,19 @@ def main(argv=None) -> int:
                 fl = build_layout(cfg, L, signal=bias)
                 sparse_attention(q, k, v, BlockLayout(fl.block_mask, fl.block_size, L, cfg), bias, backend=backend)
 
-            fns = {"build": build, "attn_same": attn_same, "attn_fresh": attn_fresh, "attn_fresh_private": attn_fresh_private}
+            def sdpa():
+                dense_attention(q, k, v, None, bias)
+
+            fns = {"build": build, "attn_same": attn_same, "attn_fresh": attn_fresh, "attn_fresh_private": attn_fresh_private,
+                   "sdpa": sdpa}
             times: dict[str, list[float]] = {n: [] for n in fns}
+            names = list(fns)
             with torch.no_grad():
                 for fn in fns.values():  # warm-up (compiles, first-touch pages)
                     fn()
-                for _ in range(args.rounds):
-                    for name, fn in fns.items():
-                        times[name].append(timer(fn))
+                for r in range(args.rounds):
+                    for name in names[r % len(names):] + names[: r % len(names)]:
+                        times[name].append(timer(fns[name]))
             med = {n: statistics.median(t) for n, t in times.items()}
             row = {
                 "workload": wl, "device": device, "backend": backend, "B": B, "H": H, "L": L, "D": D,
@@ -141,6 +160,10 @@ def main(argv=None) -> int:
             row["build_share"] = round(med["build"] / med["attn_same"], 4)
             row["fresh_overhead"] = round(med["attn_fresh"] / med["attn_same"] - 1.0, 4)
             row["fresh_private_overhead"] = round(med["attn_fresh_private"] / med["attn_same"] - 1.0, 4)
+            ratios = [a / b for a, b in zip(times["sdpa"], times["attn_fresh"])]
+            row["speedup_vs_sdpa"] = round(statistics.median(ratios), 3)
+            row["speedup_vs_sdpa_p10"] = round(_q(ratios, 0.1), 3)
+            row["speedup_vs_sdpa_p90"] = round(_q(ratios, 0.9), 3)
             row["threads"] = torch.get_num_threads()
             rows.append(row)
             print(
@@ -148,7 +171,8 @@ def main(argv=None) -> int:
                 f"[{row['build_ms_p10']:.3f}, {row['build_ms_p90']:.3f}], attention {row['attn_same_ms_median']:.2f} ms "
                 f"[{row['attn_same_ms_p10']:.2f}, {row['attn_same_ms_p90']:.2f}] -> build share {row['build_share']:.1%}; "
                 f"fresh layout per call +{row['fresh_overhead']:.1%} (without the shared workspace "
-                f"+{row['fresh_private_overhead']:.1%})",
+                f"+{row['fresh_private_overhead']:.1%}); vs SDPA {row['sdpa_ms_median']:.2f} ms: "
+                f"{row['speedup_vs_sdpa']:.2f}x [{row['speedup_vs_sdpa_p10']:.2f}, {row['speedup_vs_sdpa_p90']:.2f}]",
                 flush=True,
             )
     if args.out:

@@ -167,6 +167,34 @@ def _capturing() -> bool:
     return torch.cuda.is_available() and torch.cuda.is_current_stream_capturing()
 
 
+class _single_thread:
+    """Run the construction's torch ops on one intra-op thread (CPU signals, outside compilation).
+
+    The construction is a few short reductions (milliseconds); split over several OpenMP threads,
+    each one waits for its slowest thread, and on a machine shared with other jobs a descheduled
+    thread stalls it for a scheduler time slice (measured: 1-4 ms builds becoming 10-200 ms at 2
+    threads). On one thread its time is its own work. The previous thread count is restored on exit
+    (also when the build raises). The count is process-wide: torch work that other Python threads
+    run during the build (milliseconds) also runs on one thread."""
+
+    def __init__(self, device: torch.device):
+        self.prev = None
+        self.active = device.type == "cpu" and not _capturing()
+
+    def __enter__(self):
+        if self.active:
+            n = torch.get_num_threads()
+            if n > 1:
+                self.prev = n
+                torch.set_num_threads(1)
+        return self
+
+    def __exit__(self, *exc):
+        if self.prev is not None:
+            torch.set_num_threads(self.prev)
+        return False
+
+
 def check_signal(signal: Any, seq_len: int) -> torch.Tensor:
     """The signal as [G, L, L] (G = H for a per-head bias, 1 for a shared score map).
 
@@ -224,18 +252,28 @@ def pool_signal(signal3: torch.Tensor, block_size: int, pool: str) -> torch.Tens
         return t / (sizes[:, None] * sizes[None, :])
     if pad:
         s = torch.nn.functional.pad(s, (0, pad, 0, pad), value=float("-inf"))
+    # max: over the bs rows of each query block (a reduction across rows: contiguous, vectorised),
+    # then over the bs columns of each tile on the bs-times smaller result
+    m = s.reshape(G, nb, bs, Lp).amax(2).reshape(G, nb, nb, bs).amax(-1)
     if pool == "max":
-        return s.reshape(G, nb, bs, Lp).amax(2).reshape(G, nb, nb, bs).amax(-1)
-    # logsumexp in two passes (rows, then columns), each max-shifted; an all -inf tile gives -inf.
-    # The row pass needs an exp temporary as large as its input: it runs on chunks of query-block
-    # rows of at most _LSE_CHUNK values, so the transient memory stays bounded at any L.
-    rows = s.reshape(G * nb, bs, Lp)
+        return m
+    # logsumexp of a tile = m + log(sum exp(s - m)), m = the tile's max (so exp never overflows and
+    # the tile's largest pair contributes exactly 1): one exp per pair, in place on a reused buffer
+    # of at most _LSE_CHUNK values, query-block rows at a time (bounded, cache-resident
+    # temporaries). An all -inf tile gives -inf, a +inf pair +inf, NaN propagates.
+    shift = torch.where(torch.isfinite(m), m, torch.zeros_like(m))
+    s5 = s.reshape(G * nb, bs, nb, bs)
+    sh5 = shift.reshape(G * nb, 1, nb, 1)
+    out = torch.empty(G * nb, nb, dtype=s.dtype, device=s.device)
     step = max(1, _LSE_CHUNK // (bs * Lp))
-    if step >= G * nb:
-        t = torch.logsumexp(rows, dim=1)
-    else:
-        t = torch.cat([torch.logsumexp(rows[i : i + step], dim=1) for i in range(0, G * nb, step)])
-    return torch.logsumexp(t.reshape(G, nb, nb, bs), dim=-1)
+    buf = torch.empty(min(step, G * nb), bs, nb, bs, dtype=s.dtype, device=s.device)
+    for i in range(0, G * nb, step):
+        j = min(G * nb, i + step)
+        b = buf[: j - i]
+        torch.sub(s5[i:j], sh5[i:j], out=b)
+        b.exp_()
+        torch.sum(b, dim=(1, 3), out=out[i:j])
+    return out.log_().reshape(G, nb, nb).add_(shift)
 
 
 # ---- selection ---------------------------------------------------------------------------------------
@@ -268,6 +306,24 @@ def _select(scores: torch.Tensor, forced: torch.Tensor, keep: Optional[float], m
     return out.scatter(-1, order, kept_sorted)
 
 
+_FORCED: "OrderedDict[tuple, torch.Tensor]" = OrderedDict()
+_MAX_FORCED = 64
+
+
+def _forced(config: GuidedConfig, seq_len: int, device: torch.device) -> torch.Tensor:
+    """`GuidedConfig.forced_blocks`, cached per (config, L, device) for the most recent 64 keys:
+    it depends on nothing else, and a layout built on every forward should not rebuild it."""
+    key = (config.block_size, config.window, config.num_global, config.global_placement, seq_len, str(device))
+    f = _FORCED.get(key)
+    if f is None:
+        f = _FORCED[key] = config.forced_blocks(seq_len, device)
+        while len(_FORCED) > _MAX_FORCED:
+            _FORCED.popitem(last=False)
+    else:
+        _FORCED.move_to_end(key)
+    return f
+
+
 def guided_block_mask(config: GuidedConfig, seq_len: int, signal: torch.Tensor, *, check_nan: bool = True) -> torch.Tensor:
     """bool [nb, nb] (score map) or [H, nb, nb] (per-head bias) on the signal's device.
 
@@ -277,7 +333,7 @@ def guided_block_mask(config: GuidedConfig, seq_len: int, signal: torch.Tensor, 
     over the signal. That read is the only host synchronisation; it is skipped under
     torch.compile, CUDA graph capture and with ``check_nan=False``."""
     s3 = check_signal(signal, seq_len)
-    with torch.no_grad():
+    with torch.no_grad(), _single_thread(s3.device):
         scores = pool_signal(s3, config.block_size, config.pool)
         if check_nan and not _capturing() and bool(torch.isnan(scores).any()):
             raise ValueError(
@@ -285,7 +341,7 @@ def guided_block_mask(config: GuidedConfig, seq_len: int, signal: torch.Tensor, 
                 + "; a guided layout cannot be chosen from it"
             )
         G, nb, _ = scores.shape
-        forced = config.forced_blocks(seq_len, scores.device).unsqueeze(0)
+        forced = _forced(config, seq_len, scores.device).unsqueeze(0)
         if config.spread == "row":
             mask = _select(scores, forced, config.keep, config.mass)
         else:
@@ -317,7 +373,10 @@ def build_guided_layout(config: GuidedConfig, seq_len: int, signal: torch.Tensor
         else:
             _WORKSPACES.move_to_end(config)
     mask = guided_block_mask(config, seq_len, signal, check_nan=check_nan)
-    return BlockLayout(mask, config.block_size, seq_len, config, workspace=workspace)
+    layout = BlockLayout(mask, config.block_size, seq_len, config, workspace=workspace)
+    with torch.no_grad(), _single_thread(mask.device):
+        layout.kv_counts  # the compact index, built now (every backend reads it), on one thread too
+    return layout
 
 
 def pattern_from_dict(data: Any, *, source: str = "pattern"):

@@ -322,3 +322,44 @@ def test_shared_workspaces_are_bounded_and_cold_layouts_own_theirs():
     assert build_layout(cfgs[-1], 40, signal=sig).workspace is lays[-1].workspace
     own = build_layout(cfgs[-1], 40, signal=sig, workspace={})
     assert own.workspace == {} and own.workspace is not lays[-1].workspace
+
+
+def test_logsumexp_with_minus_inf_tiles_matches_brute_force():
+    """The tile-max-shifted logsumexp: a tile that is all -inf pools to -inf (ranked last), a
+    partly -inf tile pools over its finite pairs."""
+    L, bs = 64, 16
+    sig = torch.randn(2, L, L, dtype=torch.float64, generator=torch.Generator().manual_seed(5))
+    sig[0, :16, 32:48] = -math.inf          # a whole tile
+    sig[1, 16:32, :8] = -math.inf           # half a tile
+    sig[1, 40, 50] = 30.0                   # one dominant pair
+    for spread in ("row", "layout"):
+        _check(GuidedConfig(bs, keep=0.5, pool="logsumexp", spread=spread), L, sig)
+        _check(GuidedConfig(bs, mass=0.7, pool="logsumexp", spread=spread), L, sig)
+
+
+def test_construction_runs_on_one_thread_and_restores_the_count():
+    """The build runs its reductions on one intra-op thread and puts the caller's count back, also
+    when it raises."""
+    import patterns.guided as pg
+
+    prev = torch.get_num_threads()
+    seen = []
+    real = pg.pool_signal
+
+    def spy(*a, **kw):
+        seen.append(torch.get_num_threads())
+        return real(*a, **kw)
+
+    try:
+        torch.set_num_threads(2)
+        pg.pool_signal = spy
+        build_layout(GuidedConfig(16, keep=0.5), 48, signal=torch.randn(2, 48, 48))
+        assert seen == [1] and torch.get_num_threads() == 2
+        bad = torch.randn(48, 48)
+        bad[3, 4] = float("nan")
+        with pytest.raises(ValueError, match="NaN"):
+            build_layout(GuidedConfig(16, keep=0.5), 48, signal=bad)
+        assert torch.get_num_threads() == 2
+    finally:
+        pg.pool_signal = real
+        torch.set_num_threads(prev)

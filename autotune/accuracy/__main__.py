@@ -6,7 +6,7 @@
         [--json out.json] [--png out.png [--png-chain NAME]] [--max-chains N]
     python -m autotune.accuracy --guided [--noise 0,2,4,8] [--sparsities 50,75,90] [--min-length 128]
         [--guided-block-size 16] [--guided-pool logsumexp] [--guided-spread layout] [--json out.json]
-        [--png recall.png] [--max-chains N] [--seed 0]
+        [--png recall.png] [--max-chains N] [--seed 0] [--min-separation 6]
 
 Prints one row per bucket (contact recall per range, attention-mass recall, output error), writes
 the same as JSON with ``--json`` and draws one chain's contact map under the layout with ``--png``.
@@ -89,6 +89,8 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument("--random-sigma", type=float, default=4.0, help="the random floor copies the guided per-row "
                    "budget at this noise (default 4)")
     g.add_argument("--seed", type=int, default=0, help="noise and random-mask seed")
+    g.add_argument("--min-separation", type=int, default=6, help="pairs closer along the chain get no contact "
+                   "probability in the guiding signal (default 6, where the contact ranges start)")
     return p
 
 
@@ -116,6 +118,8 @@ def _run_guided(args) -> int:
             raise _UsageError(f"--random-sigma must be in [0, 100], got {args.random_sigma}")
         if args.min_length < 1:
             raise _UsageError(f"--min-length must be >= 1, got {args.min_length}")
+        if args.min_separation < 0:
+            raise _UsageError(f"--min-separation must be >= 0, got {args.min_separation}")
         if args.max_chains is not None and args.max_chains < 1:
             raise _UsageError(f"--max-chains must be >= 1, got {args.max_chains}")
         try:
@@ -138,7 +142,7 @@ def _run_guided(args) -> int:
     rows = evaluate_guided(
         sel, sigmas=sigmas, sparsities=targets, block_size=args.guided_block_size, pool=args.guided_pool,
         spread=args.guided_spread, window=args.guided_window, num_global=args.guided_global,
-        random_sigma=args.random_sigma, seed=args.seed,
+        random_sigma=args.random_sigma, seed=args.seed, min_separation=args.min_separation,
     )
     names = [f"contact_recall_{r}" for r in RANGES]
     lens = [c.length for c in sel]
@@ -166,11 +170,17 @@ def _run_guided(args) -> int:
             "target_sparsities": targets,
             "seed": args.seed,
             "guided": {"block_size": args.guided_block_size, "pool": args.guided_pool, "spread": args.guided_spread,
-                       "window": args.guided_window, "num_global": args.guided_global},
+                       "window": args.guided_window, "num_global": args.guided_global,
+                       "min_separation": args.min_separation},
             "metric_directions": ACCURACY_METRICS,
             "definitions": {
-                "signal": "log sigmoid((8 A - d~_ij) / sqrt(1 + 2 sigma^2)), d~ from C-beta coordinates plus "
-                          "N(0, sigma^2) per coordinate; pairs with |i - j| < 6 get -1e4",
+                "signal": "log P(d_ij < 8 A | d~_ij, sigma): noncentral chi (3 dof) distribution function of the "
+                          "posterior N(x~_ij, 2 sigma^2 I) of the difference vector (flat prior), floored at 1e-12; "
+                          "d~ from C-beta coordinates plus N(0, sigma^2) per coordinate; pairs with "
+                          "|i - j| < min_separation get -1e4",
+                "sparsity_matching": "per chain: keep = n / tiles with n (bisection) giving the measured pair "
+                                     "sparsity closest to the target; the row's sparsity is pooled over the "
+                                     "chains' L x L pairs",
                 "guided": "GuidedConfig on that signal, keep chosen per chain for the measured sparsity closest to the target",
                 "random": "guided per-row block counts at random_sigma, diagonal forced, other blocks uniform",
                 "static": "best of the static families (pattern_for_sparsity per chain length) by long-range "

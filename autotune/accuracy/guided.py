@@ -8,11 +8,23 @@ against the true one.
   by (``seed``, the chain's name, sigma), so a figure is reproducible and each sigma has its own
   noise. sigma = 0 is the exact structure: the ceiling a selection reaches with a perfect signal.
 * **Signal.** Contact probabilities of the noisy map, for pairs at least 6 apart in sequence
-  (closer pairs are in no contact range and get none), ``p_ij = sigmoid((8 A - d~_ij) / tau)``
-  with ``tau = sqrt(1 + 2 sigma^2)`` A (the noise's standard deviation on a distance, plus 1 A, so
-  the probabilities stay calibrated as the structure degrades), passed to the selection as
-  ``log p`` (a guided signal is read as logits; logsumexp pooling of ``log p`` ranks a tile by its
-  summed contact probability, the expected number of contacts in it).
+  (closer pairs are in no contact range and get none), passed to the selection as ``log p`` (a
+  guided signal is read as logits; logsumexp pooling of ``log p`` ranks a tile by its summed
+  contact probability, the expected number of contacts in it). ``p_ij`` is noise-aware: the
+  probability that the *true* distance is under 8 A given the noisy one and sigma. The noisy
+  difference vector of two points is the true one plus N(0, s^2 I_3), s = sqrt(2) sigma; under a
+  flat prior on the true vector its posterior is N(x~, s^2 I_3), and the chance that its length
+  is under c = 8 A is the noncentral chi (3 degrees of freedom) distribution function at c,
+  with m = d~_ij:
+
+      P(d < c | d~ = m) = Phi((c - m) / s) - Phi((-c - m) / s)
+                          - (s / m) [phi((c - m) / s) - phi((c + m) / s)]
+
+  (Phi, phi: the standard normal distribution and density). sigma = 0 gives the exact contact
+  map (p = 1 or 0). Probabilities are floored at ``PROB_FLOOR`` = 1e-12 so that ``log p`` stays
+  finite. (The first version used a fixed-shape ``sigmoid((8 A - d~) / sqrt(1 + 2 sigma^2))``,
+  whose heavy tail gave every far pair a few percent of a contact: summed over a 256-pair tile,
+  that tail outweighed the few real contacts of a neighbouring tile.)
 * **Guided layout.** `patterns.GuidedConfig` over that signal, its ``keep`` chosen per chain so
   that the measured sparsity is closest to the target (`matched_layout`); default ``spread="layout"`` (one budget per chain, spread by score,
   so rows rich in contacts get more blocks), ``pool="logsumexp"``, 16-residue blocks.
@@ -52,6 +64,7 @@ __all__ = [
     "NOISE_SEED",
     "GuidedRow",
     "noisy_coords",
+    "contact_probability",
     "contact_signal",
     "random_layout",
     "matched_layout",
@@ -63,6 +76,7 @@ DEFAULT_SIGMAS: tuple[float, ...] = (0.0, 2.0, 4.0, 8.0)
 DEFAULT_SPARSITIES: tuple[float, ...] = (0.5, 0.75, 0.9)
 NOISE_SEED: int = 0
 MIN_SEPARATION: int = 6
+PROB_FLOOR: float = 1e-12
 #: static family name -> pattern_for_sparsity keyword arguments (block size filled in)
 STATIC_FAMILIES: dict[str, dict] = {
     "local": {"num_global": 0, "strides": 0},
@@ -98,16 +112,32 @@ def noisy_coords(chain: Chain, sigma: float, seed: int = NOISE_SEED) -> np.ndarr
     return chain.coords + rng.normal(0.0, sigma, size=chain.coords.shape)
 
 
+def contact_probability(distance: torch.Tensor, sigma: float, cutoff: float = CONTACT_CUTOFF) -> torch.Tensor:
+    """P(true distance < cutoff | noisy distance, sigma) (float64, same shape; module docstring):
+    the noncentral chi (3 dof) distribution function of the posterior, s = sqrt(2) sigma;
+    sigma = 0: the indicator ``distance < cutoff``."""
+    d = distance.double()
+    if sigma == 0:
+        return (d < cutoff).double()
+    s = math.sqrt(2.0) * float(sigma)
+    m = d.clamp(min=1e-9)  # at m -> 0 the formula tends to the Maxwell distribution function
+    a, b = (cutoff - m) / s, (cutoff + m) / s
+    ndtr = torch.special.ndtr
+    pdf = lambda x: torch.exp(-0.5 * x * x) / math.sqrt(2.0 * math.pi)  # noqa: E731
+    p = ndtr(a) - ndtr(-b) - (s / m) * (pdf(a) - pdf(b))
+    return p.clamp(0.0, 1.0)
+
+
 def contact_signal(chain: Chain, sigma: float, seed: int = NOISE_SEED, min_separation: int = MIN_SEPARATION) -> torch.Tensor:
-    """float32 [L, L]: log contact probability of the degraded structure (module docstring).
+    """float32 [L, L]: log of the noise-aware contact probability of the degraded structure
+    (`contact_probability`, floored at ``PROB_FLOOR``; module docstring).
 
     Pairs closer than ``min_separation`` (default 6) along the chain belong to no contact range
     (`contacts`), so the predictor gives them no probability: -1e4 (finite, so that pooling and
     the mass budget stay well defined). The forced diagonal tiles hold most of them anyway."""
     xyz = torch.from_numpy(noisy_coords(chain, sigma, seed))
-    d = torch.cdist(xyz, xyz)
-    tau = math.sqrt(1.0 + 2.0 * sigma * sigma)
-    s = torch.nn.functional.logsigmoid((CONTACT_CUTOFF - d) / tau)
+    p = contact_probability(torch.cdist(xyz, xyz), sigma)
+    s = torch.log(p.clamp(min=PROB_FLOOR))
     if min_separation > 0:
         idx = torch.arange(chain.length)
         s = s.masked_fill((idx[:, None] - idx[None, :]).abs() < min_separation, -1e4)
@@ -175,8 +205,11 @@ def evaluate_guided(
     num_global: int = 0,
     random_sigma: float = 4.0,
     seed: int = NOISE_SEED,
+    min_separation: int = MIN_SEPARATION,
 ) -> list[GuidedRow]:
-    """Guided (each sigma), best static and random rows at each target sparsity (module docstring)."""
+    """Guided (each sigma), best static and random rows at each target sparsity (module docstring).
+    ``min_separation``: pairs closer along the chain get no contact probability in the signal
+    (default 6, where the contact ranges start)."""
     if not chains:
         raise ValueError("no chains to evaluate")
     for t in sparsities:
@@ -199,14 +232,15 @@ def evaluate_guided(
                 for c in chains:
                     key = (c.name, c.length, sigma)
                     if key not in signals:
-                        signals[key] = contact_signal(c, sigma, seed)
+                        signals[key] = contact_signal(c, sigma, seed, min_separation)
                     lays.append(matched_layout(cfg, c.length, signals[key], target))
                 per_sigma_layouts[sigma] = lays
             for sigma in sigmas:
                 stats = [layout_stats(lay, c) for lay, c in zip(per_sigma_layouts[sigma], chains)]
                 sp, m = _pool(stats)
                 rows.append(GuidedRow("guided", float(target), sigma, sp, m, len(chains),
-                                      f"block {block_size}, keep matched per chain, pool {pool}, spread {spread}"))
+                                      f"block {block_size}, keep matched per chain, pool {pool}, spread {spread}"
+                                      + (f", signal from separation {min_separation}" if min_separation != MIN_SEPARATION else "")))
             # random floor: the guided per-row budget at random_sigma
             stats = []
             for n, (lay, c) in enumerate(zip(per_sigma_layouts[float(random_sigma)], chains)):
