@@ -38,9 +38,9 @@ def retime(tuned: str, repeats: int = 41, seed: int = 0) -> list[dict[str, Any]]
 
     from autotune.measure import time_paired
     from autotune.space import Workload
-    from autotune.trial import DTYPES, TrialRunner
+    from autotune.trial import DTYPES, TrialRunner, _nominal_layout, _workload_layout
     from kernels import KernelConfig, dense_attention, sparse_attention
-    from patterns import PatternConfig, build_layout
+    from patterns import pattern_from_dict
 
     doc = yaml.safe_load(Path(tuned).read_text())
     device, dtype, mode, backend = doc["device"], DTYPES[doc["dtype"]], doc["mode"], doc["backend"]
@@ -56,9 +56,9 @@ def retime(tuned: str, repeats: int = 41, seed: int = 0) -> list[dict[str, Any]]
     out = []
     for b in doc["buckets"]:
         L = b["seq_len"]
-        pcfg = PatternConfig.from_dict(b["pattern"])
+        pcfg = pattern_from_dict(b["pattern"])  # static, or guided (its layout chosen from the bias per call)
         kc = KernelConfig.from_dict(b["kernel"]).for_block(pcfg.block_size) if b.get("kernel") else None
-        layout = build_layout(pcfg, L)
+        layout = _nominal_layout(pcfg, L)
         for name, exp in b["speedup"].items():
             w = workloads[name]
             if w.kind == "evoformer":
@@ -70,8 +70,9 @@ def retime(tuned: str, repeats: int = 41, seed: int = 0) -> list[dict[str, Any]]
                     if t is not None:
                         t.requires_grad_(True)
             fns = {"sdpa": runner._callable(sp, lambda: dense_attention(q, k, v, None, bias), q, k, v, bias),
-                   "cand": runner._callable(sp, lambda: sparse_attention(q, k, v, layout, bias, backend=backend,
-                                                                         config=kc), q, k, v, bias)}
+                   "cand": runner._callable(sp, lambda: sparse_attention(
+                       q, k, v, _workload_layout(pcfg, L, layout, bias, name), bias, backend=backend, config=kc,
+                   ), q, k, v, bias)}
             pt = time_paired(fns, baseline="sdpa", device=device, warmup=3, repeats=repeats, max_repeats=repeats,
                              rel_width=0.0, time_cap_s=1e9)
             r = pt.ratio("cand")
