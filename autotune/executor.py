@@ -49,7 +49,6 @@ never writes to the database.
 from __future__ import annotations
 
 import os
-import sys
 from typing import Any, Optional
 
 from .trial import FAULT_ENV, TrialRunner
@@ -225,7 +224,6 @@ class RayExecutor:
             kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": True, "logging_level": "ERROR"}
             target, where = cluster_address(address)
             if target is not None:
-                print(f"autotune: joining the Ray cluster at {target} ({where})", file=sys.stderr, flush=True)
                 wait_for_address(target, where, connect_timeout)
                 import tempfile
 
