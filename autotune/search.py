@@ -643,11 +643,25 @@ class Search:
                     best_by_bucket=dict(self.best_by_bucket), best_text=self.best_text())
 
 
+def missing_search_packages(args) -> list[str]:
+    """Packages of the ``search`` extra this run needs and cannot import (the core install has only
+    torch, numpy and pyyaml)."""
+    import importlib.util
+
+    need = ["optuna", "sqlalchemy"] + (["ray"] if args.executor == "ray" else []) + ([] if args.no_progress else ["tqdm"])
+    return [name for name in need if importlib.util.find_spec(name) is None]
+
+
 def main(argv: Optional[list[str]] = None) -> int:
     from .executor import ExecutorError, cluster_address
     from .storage import StorageError, database_error_line, mask_secrets, resolve_storage
 
     args = build_parser().parse_args(argv)
+    missing = missing_search_packages(args)
+    if missing:  # a core (deployment) install: one line, not an ImportError traceback
+        print(f"autotune: error: the search needs the 'search' extra (missing: {', '.join(missing)}): "
+              "pip install 'protein-sparse-autotune[search]'", file=sys.stderr)
+        return 2
     # joining a Ray cluster (--ray-address, else $RAY_ADDRESS): its devices and CPUs are checked there
     joining = args.executor == "ray" and cluster_address(args.ray_address)[0] is not None
     try:

@@ -111,3 +111,32 @@ def test_extras_split_by_use():
     readme = (ROOT / "README.md").read_text()
     assert "pip install -e '.[cpu]' && python -m autotune.search --space search_spaces/cpu.yaml" in readme
     assert "pip install -e '.[test]' && python -m pytest" in readme
+
+
+SEARCH_WITHOUT_EXTRAS = r"""
+import importlib.abc, runpy, sys
+
+class NotInstalled(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.partition(".")[0] in ("optuna", "ray", "sqlalchemy", "tqdm"):
+            raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+        return None
+
+sys.meta_path.insert(0, NotInstalled())
+import importlib.util
+_find = importlib.util.find_spec
+importlib.util.find_spec = lambda name, package=None: (None if name.partition(".")[0] in
+    ("optuna", "ray", "sqlalchemy", "tqdm") else _find(name, package))
+sys.argv = ["autotune.search", "--space", "search_spaces/cpu.yaml", "--storage", "sqlite:///never.db"]
+runpy.run_module("autotune.search", run_name="__main__")
+"""
+
+
+def test_search_on_a_core_install_says_which_extra(tmp_path):
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    out = subprocess.run([sys.executable, "-c", SEARCH_WITHOUT_EXTRAS], cwd=ROOT, env=env, capture_output=True,
+                         text=True, timeout=120)
+    assert out.returncode == 2, out.stderr
+    assert out.stderr.strip() == ("autotune: error: the search needs the 'search' extra (missing: optuna, sqlalchemy, "
+                                  "ray, tqdm): pip install 'protein-sparse-autotune[search]'"), out.stderr
+    assert not (ROOT / "never.db").exists()
