@@ -16,8 +16,8 @@ never writes to the database.
       ``connect_timeout`` seconds, default 20): nothing answering gives `ClusterUnreachable`, one
       line naming the address and where it came from (the search exits with status 2); the probe
       answers SIGINT / SIGTERM at once, where ``ray.init`` alone retries a dead address for minutes
-      inside its C++ client without running Python's signal handlers. Ray's own GCS wait is then
-      bounded (``RAY_gcs_server_port_wait_time_s``, 5 s unless set);
+      inside its C++ client without running Python's signal handlers. Ray's own GCS connection
+      retries are then bounded (``RAY_gcs_server_port_wait_time_s=5`` unless set);
     - ``ray.init`` gets no ``num_cpus`` (Ray refuses resources when joining) and a ``runtime_env``
       whose ``working_dir`` holds this project's packages (`project_runtime_env`): every worker
       runs the driver's version of ``autotune``, ``patterns`` and ``kernels``, not whatever is
