@@ -6,8 +6,25 @@ result)]``, ``running``, ``shutdown()``. A result is the plain dict of `TrialRun
 never writes to the database.
 
 `RayExecutor`
-    Joins the cluster at ``address`` (``--ray-address``) or starts a local Ray instance
-    (``ray.init(num_cpus=..., include_dashboard=False)``). GPU spaces get one long-lived actor per
+    Where: ``address`` (``--ray-address``), else ``$RAY_ADDRESS`` (what ``ray job submit`` sets for
+    its entrypoint), in Ray's own forms: ``HOST:PORT``, ``ray://HOST:PORT`` (Ray Client), ``auto``
+    (the cluster last started on this machine) or ``local``; with neither (or ``local``) a local
+    Ray instance is started (``ray.init(address="local", num_cpus=..., include_dashboard=False)``).
+    Joining a cluster (`cluster_address`):
+
+    - the address is probed first in Python (a TCP connect every 0.5 s, up to
+      ``connect_timeout`` seconds, default 20): nothing answering gives `ClusterUnreachable`, one
+      line naming the address and where it came from (the search exits with status 2); the probe
+      answers SIGINT / SIGTERM at once, where ``ray.init`` alone retries a dead address for minutes
+      inside its C++ client without running Python's signal handlers. Ray's own GCS connection
+      retries are then bounded (``RAY_gcs_server_port_wait_time_s=5`` unless set);
+    - ``ray.init`` gets no ``num_cpus`` (Ray refuses resources when joining) and a ``runtime_env``
+      whose ``working_dir`` holds this project's packages (`project_runtime_env`): every worker
+      runs the driver's version of ``autotune``, ``patterns`` and ``kernels``, not whatever is
+      installed on its node. A job submitted with its own ``py_modules`` or ``working_dir`` (``ray
+      job submit --working-dir``) keeps them: Ray refuses conflicting fields, and the submitter chose.
+
+    GPU spaces get one long-lived actor per
     GPU (``num_gpus=1``): its CUDA context, Triton compile cache and baseline cache stay warm from
     trial to trial, which a plain Ray task (a fresh process each time) would lose. CPU spaces get
     ``execution.workers`` actors (default: cluster CPUs // ``threads_per_worker``), each with
@@ -32,16 +49,114 @@ never writes to the database.
 from __future__ import annotations
 
 import os
-import sys
 from typing import Any, Optional
 
 from .trial import FAULT_ENV, TrialRunner
 
-__all__ = ["LocalExecutor", "RayExecutor", "ExecutorError", "make_executor"]
+__all__ = ["LocalExecutor", "RayExecutor", "ExecutorError", "ClusterUnreachable", "make_executor",
+           "cluster_address", "project_runtime_env", "wait_for_address"]
+
+CONNECT_TIMEOUT_S = 20.0  # how long a cluster address may stay silent before the search gives up
+GCS_WAIT_S = "5"  # Ray's own GCS connection retries once the address answers (RAY_gcs_server_port_wait_time_s)
+PACKAGES = ("autotune", "patterns", "kernels")  # what a joined cluster's workers get from the driver
 
 
 class ExecutorError(RuntimeError):
-    pass
+    """The executor cannot run trials. ``standalone``: the message names its own source (an
+    address, a missing package) rather than a field of the search space."""
+
+    standalone = False
+
+
+class ClusterUnreachable(ExecutorError):
+    """No Ray cluster answers at the address to join (one line)."""
+
+    standalone = True
+
+
+def cluster_address(address: Optional[str] = None) -> tuple[Optional[str], str]:
+    """The Ray address to join and where it came from: ``address`` (``--ray-address``), else
+    ``$RAY_ADDRESS``; ``(None, ...)`` for a local instance (neither given, or ``local``)."""
+    if address:
+        where = "--ray-address"
+    else:
+        address, where = os.environ.get("RAY_ADDRESS", "").strip() or None, "RAY_ADDRESS"
+    if address is None or address == "local":
+        return None, where
+    return address, where
+
+
+def _host_port(address: str, where: str) -> tuple[str, int]:
+    """``HOST:PORT`` / ``ray://HOST:PORT`` / ``[v6]:PORT`` -> (host, port); ``auto`` resolved as
+    Ray resolves it (the cluster last started on this machine)."""
+    if address == "auto":
+        try:
+            from ray._private.services import canonicalize_bootstrap_address
+
+            resolved = canonicalize_bootstrap_address("auto")
+        except Exception as e:  # noqa: BLE001 - ConnectionError when no cluster runs here
+            raise ClusterUnreachable(f"{where} auto: no running Ray cluster found on this machine "
+                                     f"({str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__})") from None
+        if not resolved:
+            raise ClusterUnreachable(f"{where} auto: no running Ray cluster found on this machine")
+        address = resolved
+    rest = address.split("://", 1)[1] if "://" in address else address
+    rest = rest.split("/", 1)[0]
+    host, sep, port = rest.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ClusterUnreachable(f"{where}: {address!r} is not a Ray address (HOST:PORT, ray://HOST:PORT, auto or local)")
+    return host.strip("[]"), int(port)
+
+
+def wait_for_address(address: str, where: str = "--ray-address", timeout: float = CONNECT_TIMEOUT_S) -> None:
+    """Probe ``address`` until something accepts a TCP connection, for at most ``timeout`` seconds;
+    `ClusterUnreachable` (one line) if nothing does. Plain Python between short connects, so SIGINT
+    and SIGTERM handlers run at once."""
+    import socket
+    import time
+
+    host, port = _host_port(address, where)
+    deadline = time.monotonic() + timeout
+    last = "no answer"
+    while True:
+        try:
+            with socket.create_connection((host, port), timeout=min(1.0, max(0.1, deadline - time.monotonic()))):
+                return
+        except OSError as e:
+            last = e.strerror or type(e).__name__
+        if time.monotonic() >= deadline:
+            raise ClusterUnreachable(f"{where} {address}: no Ray cluster answers at {host}:{port} ({last}, "
+                                     f"{timeout:.0f} s); start one there (ray start --head --port {port}) or fix the address")
+        time.sleep(min(0.5, max(0.0, deadline - time.monotonic())))
+
+
+def project_runtime_env(staging: str) -> dict[str, Any]:
+    """The ``runtime_env`` for joining a cluster: a ``working_dir`` holding a copy of this
+    project's packages (the ones this driver imported, without bytecode caches), staged in the
+    empty directory ``staging``. Ray uploads it once per content hash and starts every worker in
+    it, first on ``sys.path``. A ``working_dir`` rather than ``py_modules``: without one, Ray puts
+    the driver's current directory at the front of every worker's path, and a node with another
+    checkout at that path would run its own version."""
+    import importlib
+    import shutil
+
+    for name in PACKAGES:
+        src = os.path.dirname(importlib.import_module(name).__file__)
+        shutil.copytree(src, os.path.join(staging, name), ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    return {"working_dir": staging}
+
+
+def _job_runtime_env() -> dict[str, Any]:
+    """The runtime_env of the Ray job this driver runs in (``ray job submit``), or {}."""
+    import json
+
+    raw = os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR")
+    if not raw:
+        return {}
+    try:
+        return dict(json.loads(raw).get("runtime_env") or {})
+    except (ValueError, AttributeError, TypeError):
+        return {}
 
 
 class LocalExecutor:
@@ -98,21 +213,43 @@ class RayExecutor:
     name = "ray"
 
     def __init__(self, *, device: str, workers: Optional[int] = None, threads_per_worker: int = 1,
-                 address: Optional[str] = None, num_cpus: Optional[int] = None) -> None:
+                 address: Optional[str] = None, num_cpus: Optional[int] = None,
+                 connect_timeout: float = CONNECT_TIMEOUT_S) -> None:
         import ray
 
         self.ray = ray
         self._owns_ray = False
+        self.address: Optional[str] = None  # the cluster joined (None: a local instance, or one already running)
         if not ray.is_initialized():
             kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": True, "logging_level": "ERROR"}
-            if address:
-                ray.init(address=address, **kwargs)
+            target, where = cluster_address(address)
+            if target is not None:
+                wait_for_address(target, where, connect_timeout)
+                import tempfile
+
+                job_env = _job_runtime_env()
+                ship = not ("py_modules" in job_env or "working_dir" in job_env)
+                gcs_wait = os.environ.get("RAY_gcs_server_port_wait_time_s")
+                os.environ.setdefault("RAY_gcs_server_port_wait_time_s", GCS_WAIT_S)
+                try:
+                    with tempfile.TemporaryDirectory(prefix="autotune-ship-") as staging:  # uploaded by ray.init
+                        ray.init(address=target, runtime_env=project_runtime_env(staging) if ship else None, **kwargs)
+                except (ConnectionError, RuntimeError, TimeoutError, ValueError) as e:
+                    first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+                    raise ClusterUnreachable(f"{where} {target}: could not join the Ray cluster: "
+                                             f"{type(e).__name__}: {first}"[:500]) from None
+                finally:
+                    if gcs_wait is None:
+                        os.environ.pop("RAY_gcs_server_port_wait_time_s", None)
                 self._owns_ray = True  # our connection: disconnect at shutdown (the cluster stays)
+                self.address = target
             else:
                 # The repository root on the workers' path (a source checkout that is not installed).
                 root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
                 pp = os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p)
-                ray.init(num_cpus=num_cpus or os.cpu_count() or 1, runtime_env={"env_vars": {"PYTHONPATH": pp}}, **kwargs)
+                # address="local": a new instance even when $RAY_ADDRESS names a cluster (--ray-address local)
+                ray.init(address="local", num_cpus=num_cpus or os.cpu_count() or 1,
+                         runtime_env={"env_vars": {"PYTHONPATH": pp}}, **kwargs)
                 self._owns_ray = True
         node_cpus = [int(n.get("Resources", {}).get("CPU", 0)) for n in ray.nodes() if n.get("Alive")]
         if threads_per_worker > max(node_cpus, default=0):
@@ -284,8 +421,10 @@ def make_executor(kind: str, *, device: str, workers: Optional[int], threads_per
         try:
             import ray  # noqa: F401
         except ImportError:
-            print("autotune: ray is not installed; use --executor local", file=sys.stderr)
-            raise
+            e = ExecutorError("--executor ray: ray is not installed (pip install 'protein-sparse-autotune[search]'), "
+                              "or use --executor local")
+            e.standalone = True
+            raise e from None
         return RayExecutor(device=device, workers=workers, threads_per_worker=threads_per_worker,
                            address=address, num_cpus=num_cpus)
     raise ValueError(f"unknown executor {kind!r}")

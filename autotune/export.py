@@ -12,8 +12,11 @@ other target of the space; its exported speedups are those of a hold-out re-meas
 chosen config alone against SDPA (free of the selection's upward bias), which must clear the
 speedup target too. If the study's latest confirmation does not cover its current trials
 (or there is none), the export runs it first, on this machine. A bucket without a choice is left
-out of the file and listed with its reason under ``not_exported`` (a deployment then uses the next
-larger bucket, or the largest, see `patterns.tuned`). Exit status 2 with one line if the database
+out of the file, listed under ``infeasible_buckets`` and with its reason under ``not_exported``
+(a deployment runs dense attention there, see `patterns.tuned`). The file names the machine it was
+tuned on (``device``, ``device_name``, ``dtype``) and, per bucket, the ``heads`` and ``head_dims``
+measured there; `patterns.load_tuned` checks them where the file is used (format 2; format 1
+files, without these, are still read). Exit status 2 with one line if the database
 or the study does not exist (the line lists the studies that do), or if no bucket has a choice.
 
 The file is read by `patterns.load_tuned`; each choice is also recorded in ``at_tuned``.
@@ -29,6 +32,8 @@ from pathlib import Path
 from typing import Any, Optional
 
 import yaml
+
+from patterns.tuned import FORMAT
 
 RULE = ("per bucket (autotune.verdict): the confirmed leader - re-measured interleaved with SDPA and the other "
         "leaders - with the highest confirmed geometric-mean speedup over the workloads whose interval clears the "
@@ -151,8 +156,11 @@ def choose(study: str, storage: str, *, log=None) -> dict[str, Any]:
         run = runs.get(t.run_id)
         lengths = acc.get("lengths") or []
         sb = targets.bound("speedup")
+        shapes = _shapes(space, v.bucket)
         out_buckets.append({
             "seq_len": v.bucket,
+            "heads": shapes["heads"],
+            "head_dims": shapes["head_dims"],
             "pattern": dict(t.pattern),
             "kernel": dict(t.kernel) if t.kernel else None,
             "source": {"study": study, "trial": t.number, "run_id": t.run_id,
@@ -185,11 +193,13 @@ def choose(study: str, storage: str, *, log=None) -> dict[str, Any]:
                           f"{data.n_trials}): " + "; ".join(f"L={L}: {w}" for L, w in not_exported.items()))
     first_run = runs.get(out_buckets[0]["source"]["run_id"])
     sd = space.to_dict()
+    hw = first_run.hardware if first_run else None
     return {
-        "format": 1,
+        "format": FORMAT,
         "study": study,
         "rule": RULE,
         "device": sd.get("device"),
+        "device_name": (hw or {}).get("device_name"),
         "backend": sd.get("backend"),
         "dtype": sd.get("dtype"),
         "mode": sd.get("mode"),
@@ -205,6 +215,21 @@ def choose(study: str, storage: str, *, log=None) -> dict[str, Any]:
         "not_exported": {int(L): w for L, w in sorted(not_exported.items())},
         "buckets": out_buckets,
     }
+
+
+def _shapes(space, bucket: int) -> dict[str, list[int]]:
+    """Heads and head dims of the attention the space measured at ``bucket`` (every workload that
+    applies there; an EvoFormer workload contributes its MSA and its triangle attention heads)."""
+    heads: set[int] = set()
+    dims: set[int] = set()
+    for w in space.workloads:
+        if not w.applies(bucket):
+            continue
+        heads.add(int(w.heads))
+        if getattr(w, "pair_heads", None):
+            heads.add(int(w.pair_heads))
+        dims.add(int(w.head_dim))
+    return {"heads": sorted(heads), "head_dims": sorted(dims)}
 
 
 def _r(x: Optional[float]) -> Optional[float]:

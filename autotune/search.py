@@ -118,7 +118,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--storage", help="SQLAlchemy URL or SQLite file (default $AUTOTUNE_STORAGE, else "
                    "sqlite:///results/autotune.db)")
     p.add_argument("--executor", choices=("ray", "local"), default="ray")
-    p.add_argument("--ray-address", help="join this Ray cluster instead of starting a local instance")
+    p.add_argument("--ray-address", help="join this Ray cluster (HOST:PORT, ray://HOST:PORT, auto; default $RAY_ADDRESS) "
+                   "instead of starting a local instance (local)")
     p.add_argument("--device", choices=("cpu", "cuda"))
     p.add_argument("--workers", type=int, help="CPU spaces: number of worker actors")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -728,8 +729,8 @@ class Search:
                 executor = make_executor(self.executor_kind, device=self.space.device, workers=self.workers,
                                          threads_per_worker=int(self.space.execution.get("threads_per_worker") or 1),
                                          address=self.ray_address, num_cpus=self.num_cpus)
-            except ExecutorError as e:  # e.g. threads_per_worker beyond every node of --ray-address
-                raise UsageError(f"{self.space.source}: {e}") from None
+            except ExecutorError as e:  # threads_per_worker beyond every node, an unreachable cluster, no ray
+                raise UsageError(str(e) if e.standalone else f"{self.space.source}: {e}") from None
             self.stats["startup_s"] = time.perf_counter() - t_start
             try:  # again: starting Ray may have installed its own handler
                 signal.signal(signal.SIGINT, on_int)
@@ -827,11 +828,27 @@ class Search:
                     best_by_bucket=dict(self.best_by_bucket), best_text=self.best_text())
 
 
+def missing_search_packages(args) -> list[str]:
+    """Packages of the ``search`` extra this run needs and cannot import (the core install has only
+    torch, numpy and pyyaml)."""
+    import importlib.util
+
+    need = ["optuna", "sqlalchemy"] + (["ray"] if args.executor == "ray" else []) + ([] if args.no_progress else ["tqdm"])
+    return [name for name in need if importlib.util.find_spec(name) is None]
+
+
 def main(argv: Optional[list[str]] = None) -> int:
-    from .executor import ExecutorError
+    from .executor import ExecutorError, cluster_address
     from .storage import StorageError, database_error_line, mask_secrets, resolve_storage
 
     args = build_parser().parse_args(argv)
+    missing = missing_search_packages(args)
+    if missing:  # a core (deployment) install: one line, not an ImportError traceback
+        print(f"autotune: error: the search needs the 'search' extra (missing: {', '.join(missing)}): "
+              "pip install 'protein-sparse-autotune[search]'", file=sys.stderr)
+        return 2
+    # joining a Ray cluster (--ray-address, else $RAY_ADDRESS): its devices and CPUs are checked there
+    joining = args.executor == "ray" and cluster_address(args.ray_address)[0] is not None
     try:
         if args.trials is not None and args.trials < 1:
             raise UsageError(f"--trials must be >= 1, got {args.trials}")
@@ -843,7 +860,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         if space.device == "cpu" and space.backend == "triton":
             print("autotune: --device cpu: candidate backend triton -> cpu", file=sys.stderr)
             space.backend = "cpu"
-        if space.device == "cuda" and not args.ray_address:
+        if space.device == "cuda" and not joining:
             import torch
 
             if not torch.cuda.is_available():
@@ -852,7 +869,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         if not study.strip() or len(study) > MAX_NAME or any(ord(c) < 32 or ord(c) == 127 for c in study):
             raise UsageError(f"--study: a study name must be 1 to {MAX_NAME} printable characters, got {len(study)}")
         threads = int(space.execution.get("threads_per_worker") or 1)
-        if not args.ray_address and threads > (os.cpu_count() or 1):  # a cluster's CPUs: checked when joining it
+        if not joining and threads > (os.cpu_count() or 1):  # a cluster's CPUs: checked when joining it
             raise UsageError(f"{args.space}: execution.threads_per_worker: {threads} is more than the "
                              f"{os.cpu_count()} CPUs of this machine")
         storage = resolve_storage(args.storage, "write").url

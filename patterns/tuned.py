@@ -1,42 +1,66 @@
 """Deployed tuned patterns: read the file written by ``python -m autotune.export``.
 
-    tuned = load_tuned("tuned/protein.yaml")
-    cfg = tuned.config_for(L)              # PatternConfig: build_layout(cfg, L) as is; a GuidedConfig
-                                           # (pattern: {family: guided, ...}): build_layout(cfg, L, signal=bias)
-    kcfg = tuned.kernel_config_for(L)      # KernelConfig or None (backend default)
-    out = kernels.sparse_attention(q, k, v, build_layout(cfg, L), bias, config=kcfg)
+    tuned = load_tuned("tuned/protein.yaml")             # strict=True: mismatches raise
+    cfg = tuned.config_for(L, device=q.device, dtype=q.dtype, heads=H, head_dim=D)
+    if cfg is None:                                      # no pattern pays off here: dense attention
+        out = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=bias)
+    else:                                                # build_layout(cfg, L, signal=bias) for a GuidedConfig
+        out = kernels.sparse_attention(q, k, v, build_layout(cfg, L), bias, config=tuned.kernel_config_for(L))
 
-Bucket rule: a sequence of length L uses the smallest bucket >= L; longer than every bucket, the
-largest bucket. (A bucket's config was measured at the bucket's length; a pattern is defined in
-residues, so it applies to any length.)
+Bucket rule: a sequence of length L is decided by the smallest *measured* bucket >= L - the
+exported buckets and the ``infeasible_buckets`` the study measured without finding a pattern worth
+running. An exported bucket gives its pattern (a pattern is defined in residues, so it applies to
+any length up to the bucket's). An infeasible bucket, or a length beyond every measured bucket (not
+measured: unknown), gives ``None`` from `TunedPatterns.config_for` and `kernel_config_for`: use
+dense attention there (``EvoformerAttention.sparse(tuned)`` does), never a neighbour's pattern.
 
-File format (YAML; only ``buckets`` and, in each entry, ``seq_len`` and ``pattern`` are required):
+File format 2 (YAML; only ``buckets`` and, in each entry, ``seq_len`` and ``pattern`` are required):
 
-    format: 1
+    format: 2
     study: NAME
-    device: cuda
+    device: cuda                      # where it was tuned: cuda or cpu
+    device_name: NVIDIA H100 80GB HBM3  # torch.cuda.get_device_name, or the CPU model
     dtype: bfloat16
-    hardware: {...}
+    hardware: {...}                   # informative
+    infeasible_buckets: [2048]        # measured, no pattern worth running: dense attention
     buckets:
       - seq_len: 256
+        heads: [4, 8]                 # attention heads and head dims it was measured with
+        head_dims: [32]
         pattern: {block_size: 64, window: 128, num_global: 16, stride: 0, global_placement: first}
         kernel: {block_m: 64, block_n: 64, num_warps: 4, num_stages: 2}   # or null
         source: {study: NAME, trial: 12}
         speedup: {...}, peak_mib: {...}, accuracy: {...}                   # informative
 
-Validation (`parse_tuned`): ``format`` must be 1 when given, ``dtype`` one of float32 / bfloat16 /
-float16, ``device`` cuda or cpu; pattern and kernel fields must be real integers (``64.0`` and
-``true`` are refused as launch parameters) with the values the kernels support. The file is read
-with `patterns.safeyaml` (UTF-8 only, duplicate keys refused, aliases and nesting bounded). Every
-problem raises ``ValueError`` with one line ``FILE: KEY: problem``; a missing file raises
-``FileNotFoundError`` naming it.
+Format 1 (the previous exporter) is read too: it has no ``device_name`` at the top (taken from
+``hardware.device_name`` when there) and no ``heads`` / ``head_dims`` (not checked). A newer format
+is refused: its fields may mean something this reader does not know.
 
-This module imports only yaml and the project's patterns / kernels packages: it is deployed
-without optuna, ray or sqlalchemy.
+Where it is used (`load_tuned(path, device=..., dtype=...)` once; `config_for(L, device=..., dtype=...,
+heads=..., head_dim=...)` per call; arguments left out are not checked): the device type must be
+the file's ``device``, the device's name its ``device_name`` (the current CUDA device's name, or
+this machine's CPU model), the dtype its ``dtype``, and the heads / head dim among the bucket's.
+``load_tuned`` without ``device`` checks the file's own device type here (is there a CUDA device
+for a ``cuda`` file, is it the same model). A mismatch is a `TunedMismatchWarning` (one line,
+once per file and kind of mismatch) by default; with ``strict=True`` a `TunedMismatchError`
+(a ``ValueError``) - the tuned speedups were measured on another machine or shape.
+
+Validation (`parse_tuned`): ``format`` must be 1 or 2 when given, ``dtype`` one of float32 /
+bfloat16 / float16, ``device`` cuda or cpu; pattern and kernel fields must be real integers
+(``64.0`` and ``true`` are refused as launch parameters) with the values the kernels support. The
+file is read with `patterns.safeyaml` (UTF-8 only, duplicate keys refused, aliases and nesting
+bounded). Every problem raises ``ValueError`` with one line ``FILE: KEY: problem``; a missing file
+raises ``FileNotFoundError`` naming it.
+
+This module imports only yaml, torch and the project's patterns / kernels packages (and the
+standard-library-only ``autotune.hardware`` for the CPU model): it is deployed without optuna,
+ray, sqlalchemy or triton (the ``pip install`` core).
 """
 
 from __future__ import annotations
 
+import functools
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional, Union
@@ -47,13 +71,24 @@ from .safeyaml import YAMLInputError, load_yaml_file
 if TYPE_CHECKING:  # kernels imports patterns: import it lazily to keep `import patterns` acyclic
     from kernels.config import KernelConfig
 
-__all__ = ["TunedPatterns", "TunedEntry", "load_tuned", "parse_tuned", "FORMAT"]
+__all__ = ["TunedPatterns", "TunedEntry", "TunedMismatchError", "TunedMismatchWarning", "load_tuned", "parse_tuned",
+           "FORMAT", "FORMATS"]
 
-FORMAT = 1
+FORMAT = 2  # what autotune.export writes
+FORMATS = (1, 2)  # what this reader reads
 DTYPES = ("float32", "bfloat16", "float16")
 DEVICES = ("cuda", "cpu")
 _KERNEL_KEYS = ("block_m", "block_n", "num_warps", "num_stages")
 _PATTERN_INT_KEYS = ("block_size", "window", "num_global", "stride")
+
+
+class TunedMismatchError(ValueError):
+    """A tuned file used where it was not tuned (device, device name, dtype, heads, head dim), in
+    strict mode."""
+
+
+class TunedMismatchWarning(UserWarning):
+    """The same mismatch as `TunedMismatchError`, outside strict mode."""
 
 
 @dataclass(frozen=True)
@@ -62,41 +97,154 @@ class TunedEntry:
     pattern: PatternConfig
     kernel: Optional["KernelConfig"]
     info: dict = field(default_factory=dict, compare=False)
+    heads: Optional[tuple[int, ...]] = None  # heads it was measured with (None: not recorded, format 1)
+    head_dims: Optional[tuple[int, ...]] = None
+
+
+def _dtype_name(dtype: Any) -> str:
+    """``torch.bfloat16`` / ``"bfloat16"`` -> ``"bfloat16"``."""
+    return str(dtype).rsplit(".", 1)[-1]
+
+
+def _device_type(device: Any) -> str:
+    """``torch.device("cuda:1")`` / ``"cuda:1"`` / ``"cuda"`` -> ``"cuda"``."""
+    return str(getattr(device, "type", None) or str(device).split(":", 1)[0])
+
+
+def device_name(device: Any = "cpu") -> Optional[str]:
+    """This machine's name for ``device``: ``torch.cuda.get_device_name`` of that CUDA device, or the
+    CPU model (`autotune.hardware.cpu_model`, what the export records); None if it has none."""
+    if _device_type(device) == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():
+            return None
+        idx = getattr(device, "index", None)
+        if idx is None and ":" in str(device):
+            idx = int(str(device).split(":", 1)[1])
+        return _cuda_name(torch.cuda.current_device() if idx is None else idx)
+    return _cpu_name()
+
+
+@functools.lru_cache(maxsize=None)
+def _cuda_name(index: int) -> str:
+    import torch
+
+    return torch.cuda.get_device_name(index)
+
+
+@functools.lru_cache(maxsize=1)
+def _cpu_name() -> Optional[str]:
+    from autotune.hardware import cpu_model
+
+    return cpu_model()
 
 
 @dataclass
 class TunedPatterns:
-    """Per-bucket tuned configs (see module docstring for the bucket rule)."""
+    """Per-bucket tuned configs (see module docstring for the bucket rule and the checks).
+
+    ``infeasible``: buckets the study measured without an exported pattern (dense attention there).
+    ``strict``: mismatches raise `TunedMismatchError` instead of warning."""
 
     entries: dict[int, TunedEntry]
     meta: dict = field(default_factory=dict)
     path: Optional[str] = None
+    infeasible: frozenset = frozenset()
+    strict: bool = False
+    _warned: set = field(default_factory=set, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if not self.entries:
             raise ValueError(f"{self.path or 'TunedPatterns'}: buckets: no bucket given")
+        self.infeasible = frozenset(self.infeasible)
 
     @property
     def buckets(self) -> list[int]:
+        """The exported buckets (each with a pattern)."""
         return sorted(self.entries)
 
-    def bucket_for(self, seq_len: int) -> int:
-        """The smallest bucket >= seq_len, else the largest bucket."""
+    @property
+    def measured_buckets(self) -> list[int]:
+        """Every bucket the study measured: exported and infeasible."""
+        return sorted(set(self.entries) | self.infeasible)
+
+    @property
+    def device(self) -> Optional[str]:
+        return self.meta.get("device")
+
+    @property
+    def dtype(self) -> Optional[str]:
+        return self.meta.get("dtype")
+
+    @property
+    def device_name(self) -> Optional[str]:
+        name = self.meta.get("device_name")
+        if name is None and isinstance(self.meta.get("hardware"), dict):
+            name = self.meta["hardware"].get("device_name")
+        return name
+
+    def bucket_for(self, seq_len: int) -> Optional[int]:
+        """The smallest measured bucket >= seq_len (exported or infeasible); None beyond every one."""
         if isinstance(seq_len, bool) or not isinstance(seq_len, int) or seq_len < 1:
             raise ValueError(f"seq_len must be a positive integer, got {seq_len!r}")
-        for b in self.buckets:
+        for b in self.measured_buckets:
             if b >= seq_len:
                 return b
-        return self.buckets[-1]
+        return None
 
-    def entry_for(self, seq_len: int) -> TunedEntry:
-        return self.entries[self.bucket_for(seq_len)]
+    def entry_for(self, seq_len: int, **where: Any) -> Optional[TunedEntry]:
+        """The exported entry deciding ``seq_len``, or None (infeasible bucket, or beyond every
+        measured bucket): use dense attention. ``where``: device, dtype, heads, head_dim to check."""
+        b = self.bucket_for(seq_len)
+        entry = self.entries.get(b) if b is not None else None
+        self.check(entry=entry, **where)
+        return entry
 
-    def config_for(self, seq_len: int) -> PatternConfig:
-        return self.entry_for(seq_len).pattern
+    def config_for(self, seq_len: int, *, device: Any = None, dtype: Any = None, heads: Optional[int] = None,
+                   head_dim: Optional[int] = None) -> Optional[PatternConfig]:
+        """The pattern for length ``seq_len`` (PatternConfig or GuidedConfig), or None: dense attention
+        (an infeasible bucket, or a length beyond every measured bucket). The arguments given are
+        checked against the file (warning, or `TunedMismatchError` when strict)."""
+        e = self.entry_for(seq_len, device=device, dtype=dtype, heads=heads, head_dim=head_dim)
+        return None if e is None else e.pattern
 
-    def kernel_config_for(self, seq_len: int) -> Optional["KernelConfig"]:
-        return self.entry_for(seq_len).kernel
+    def kernel_config_for(self, seq_len: int, **where: Any) -> Optional["KernelConfig"]:
+        """The bucket's KernelConfig, or None (backend default, or dense attention there)."""
+        e = self.entry_for(seq_len, **where)
+        return None if e is None else e.kernel
+
+    def check(self, *, device: Any = None, dtype: Any = None, heads: Optional[int] = None,
+              head_dim: Optional[int] = None, entry: Optional[TunedEntry] = None) -> list[str]:
+        """Mismatches between the file and where it is used (arguments left out are not checked);
+        each warned once (`TunedMismatchWarning`), or the first raised when strict. Returns them."""
+        problems: list[str] = []
+        if device is not None and self.device is not None:
+            used = _device_type(device)
+            if used != self.device:
+                problems.append(f"device: tuned on {self.device} ({self.device_name or 'model not recorded'}), "
+                                f"used on {used}")
+            elif self.device_name is not None:
+                here = device_name(device)
+                if here is not None and here != self.device_name:
+                    problems.append(f"device_name: tuned on {self.device_name!r}, used on {here!r}")
+        if dtype is not None and self.dtype is not None and _dtype_name(dtype) != self.dtype:
+            problems.append(f"dtype: tuned in {self.dtype}, used in {_dtype_name(dtype)}")
+        if entry is not None:
+            if heads is not None and entry.heads and heads not in entry.heads:
+                problems.append(f"buckets[seq_len={entry.seq_len}].heads: measured with {list(entry.heads)} heads, "
+                                f"used with {heads}")
+            if head_dim is not None and entry.head_dims and head_dim not in entry.head_dims:
+                problems.append(f"buckets[seq_len={entry.seq_len}].head_dims: measured with head dim "
+                                f"{list(entry.head_dims)}, used with {head_dim}")
+        for msg in problems:
+            line = f"{self.path or 'tuned patterns'}: {msg}: its patterns and speedups were measured elsewhere"
+            if self.strict:
+                raise TunedMismatchError(line)
+            if line not in self._warned:
+                self._warned.add(line)
+                warnings.warn(line, TunedMismatchWarning, stacklevel=3)
+        return problems
 
 
 def _pattern(data: Any, source: str):
@@ -117,7 +265,18 @@ def _strict_ints(path: str, key: str, d: dict, names: tuple[str, ...]) -> None:
             raise _fail(path, f"{key}.{k}", f"must be an integer, got {type(d[k]).__name__} {d[k]!r}")
 
 
-def parse_tuned(data: Any, path: str = "<tuned>") -> TunedPatterns:
+def _int_list(path: str, key: str, value: Any) -> tuple[int, ...]:
+    """A non-empty list of positive integers (a single integer is read as a list of one)."""
+    items = [value] if isinstance(value, int) and not isinstance(value, bool) else value
+    if not isinstance(items, list) or not items:
+        raise _fail(path, key, f"must be a non-empty list of positive integers, got {value!r}")
+    for x in items:
+        if isinstance(x, bool) or not isinstance(x, int) or x < 1:
+            raise _fail(path, key, f"must be a non-empty list of positive integers, got {value!r}")
+    return tuple(sorted(set(items)))
+
+
+def parse_tuned(data: Any, path: str = "<tuned>", *, strict: bool = False) -> TunedPatterns:
     """Validate the parsed tuned file ``data`` (module docstring) into `TunedPatterns`."""
     from kernels.config import KernelConfig
 
@@ -128,18 +287,22 @@ def parse_tuned(data: Any, path: str = "<tuned>") -> TunedPatterns:
     for k in data:
         if not isinstance(k, str):
             raise _fail(path, repr(k), "keys must be strings")
-    if "format" in data and (isinstance(data["format"], bool) or data["format"] != FORMAT):
-        raise _fail(path, "format", f"unsupported format {data['format']!r} (this reader reads format {FORMAT})")
+    if "format" in data and (isinstance(data["format"], bool) or data["format"] not in FORMATS):
+        raise _fail(path, "format", f"unsupported format {data['format']!r} (this reader reads format "
+                                    f"{' and '.join(map(str, FORMATS))})")
     if data.get("dtype") is not None and data["dtype"] not in DTYPES:
         raise _fail(path, "dtype", f"{data['dtype']!r} is not one of {', '.join(DTYPES)}")
     if data.get("device") is not None and data["device"] not in DEVICES:
         raise _fail(path, "device", f"{data['device']!r} is not one of {', '.join(DEVICES)}")
-    for k in ("study",):
+    for k in ("study", "device_name"):
         if data.get(k) is not None and not isinstance(data[k], str):
             raise _fail(path, k, f"must be a string, got {type(data[k]).__name__}")
     for k in ("hardware",):
         if data.get(k) is not None and not isinstance(data[k], dict):
             raise _fail(path, k, f"must be a mapping, got {type(data[k]).__name__}")
+    infeasible: tuple[int, ...] = ()
+    if data.get("infeasible_buckets") not in (None, []):
+        infeasible = _int_list(path, "infeasible_buckets", data["infeasible_buckets"])
     if "buckets" not in data:
         raise _fail(path, "buckets", "required key is missing")
     items = data["buckets"]
@@ -158,6 +321,8 @@ def parse_tuned(data: Any, path: str = "<tuned>") -> TunedPatterns:
             raise _fail(path, f"{key}.seq_len", f"must be a positive integer, got {L!r}")
         if L in entries:
             raise _fail(path, f"{key}.seq_len", f"duplicate bucket {L}")
+        if L in infeasible:
+            raise _fail(path, f"{key}.seq_len", f"bucket {L} is also listed in infeasible_buckets")
         if isinstance(item["pattern"], dict):
             _strict_ints(path, f"{key}.pattern", item["pattern"], _PATTERN_INT_KEYS)
             gp = item["pattern"].get("global_placement", "first")
@@ -179,14 +344,19 @@ def parse_tuned(data: Any, path: str = "<tuned>") -> TunedPatterns:
                 raise _fail(path, f"{key}.kernel", str(e).splitlines()[0]) from None
             if not kernel.fits(pattern.block_size):
                 raise _fail(path, f"{key}.kernel", f"tiles {kernel.block_m}x{kernel.block_n} do not divide block_size={pattern.block_size}")
-        info = {k: v for k, v in item.items() if k not in ("seq_len", "pattern", "kernel")}
-        entries[L] = TunedEntry(L, pattern, kernel, info)
+        heads = _int_list(path, f"{key}.heads", item["heads"]) if item.get("heads") is not None else None
+        head_dims = _int_list(path, f"{key}.head_dims", item["head_dims"]) if item.get("head_dims") is not None else None
+        info = {k: v for k, v in item.items() if k not in ("seq_len", "pattern", "kernel", "heads", "head_dims")}
+        entries[L] = TunedEntry(L, pattern, kernel, info, heads, head_dims)
     meta = {k: v for k, v in data.items() if k != "buckets"}
-    return TunedPatterns(entries, meta, path)
+    return TunedPatterns(entries, meta, path, frozenset(infeasible), strict)
 
 
-def load_tuned(path: Union[str, Path]) -> TunedPatterns:
-    """Read a tuned-patterns file (FileNotFoundError / ValueError naming the file and the key)."""
+def load_tuned(path: Union[str, Path], *, strict: bool = False, device: Any = None, dtype: Any = None) -> TunedPatterns:
+    """Read a tuned-patterns file (FileNotFoundError / ValueError naming the file and the key) and
+    check it against where it is used: ``device`` (default: the file's own device type, on this
+    machine) and ``dtype`` when given. Mismatches warn (`TunedMismatchWarning`), or raise
+    `TunedMismatchError` with ``strict=True``; ``strict`` also holds for later `config_for` calls."""
     p = Path(path)
     if not p.exists():
         raise FileNotFoundError(f"{path}: no such tuned-patterns file")
@@ -194,4 +364,17 @@ def load_tuned(path: Union[str, Path]) -> TunedPatterns:
         data = load_yaml_file(p, str(path))
     except YAMLInputError as e:
         raise ValueError(str(e)) from None
-    return parse_tuned(data, str(path))
+    tuned = parse_tuned(data, str(path), strict=strict)
+    where = device if device is not None else tuned.device
+    if where is not None:
+        if _device_type(where) == "cuda" and device is None:
+            import torch
+
+            if not torch.cuda.is_available():
+                tuned.check(device="cpu")  # a cuda file on a machine without CUDA runs on the CPU
+                where = None
+        if where is not None:
+            tuned.check(device=where)
+    if dtype is not None:
+        tuned.check(dtype=dtype)
+    return tuned

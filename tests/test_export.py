@@ -28,15 +28,18 @@ def test_export_and_load(study_db, tmp_path, capsys):
     doc = yaml.safe_load(out.read_text())
     assert doc["study"] == "tiny" and doc["hardware"]["device"] == "cpu" and "rule" in doc
     assert [b["seq_len"] for b in doc["buckets"]] == [64, 128]
+    # format 2: the machine and, per bucket, the shapes it was tuned for
+    assert doc["format"] == 2 and doc["device"] == "cpu" and doc["device_name"] == doc["hardware"]["device_name"]
+    assert all(b["heads"] == [2] and b["head_dims"] == [16] for b in doc["buckets"])  # both workloads: 2 x 16
     for b in doc["buckets"]:
         assert b["source"]["study"] == "tiny" and isinstance(b["source"]["trial"], int)
         assert set(b["speedup"]) == {"row", "tri"} and "contact_recall_long" in b["accuracy"]
 
     tuned = load_tuned(out)
     assert isinstance(tuned, TunedPatterns) and tuned.buckets == [64, 128]
-    # bucket rule: smallest bucket >= L, else the largest
+    # bucket rule: smallest measured bucket >= L; beyond every measured bucket: none (dense attention)
     assert tuned.bucket_for(1) == 64 and tuned.bucket_for(64) == 64 and tuned.bucket_for(65) == 128
-    assert tuned.bucket_for(5000) == 128
+    assert tuned.bucket_for(5000) is None and tuned.config_for(5000) is None
     cfg = tuned.config_for(100)
     assert isinstance(cfg, PatternConfig) and cfg.to_dict() == doc["buckets"][1]["pattern"]
     assert tuned.kernel_config_for(100) is None

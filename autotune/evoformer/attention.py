@@ -15,8 +15,10 @@ never a flag threaded through ``forward``:
     or any object with that method) or a fixed ``PatternConfig`` gives the pattern for the current
     length, ``build_layout`` turns it into a layout (cached per (config, L)), and
     ``kernels.sparse_attention(..., backend=backend, config=kernel_config)`` computes it. If
-    ``config_for(L)`` returns None (no sparse pattern pays off at that length) the module runs dense
-    SDPA.
+    ``config_for(L)`` returns None (no sparse pattern pays off at that length: a ``TunedPatterns``
+    bucket the study found infeasible, or a length beyond every measured bucket) the module runs
+    dense SDPA. A ``TunedPatterns`` is also given the call's device, dtype, heads and head dim to
+    check against the machine and shapes it was tuned for (`patterns.tuned`).
   - ``"identity"``: benchmark only. Returns ``v`` (identity cost), so that timing a block with it
     measures everything except the attention core itself.
 
@@ -51,6 +53,7 @@ import torch
 import torch.nn.functional as F
 
 from patterns import BlockLayout, GuidedConfig, PatternConfig, build_layout
+from patterns.tuned import TunedPatterns
 
 __all__ = [
     "KINDS",
@@ -117,23 +120,28 @@ class AttentionChoice:
             return cls(kind="sparse", tuned=value)
         raise TypeError(f"cannot make an AttentionChoice from {type(value).__name__}: {value!r}")
 
-    def pattern_for(self, seq_len: int) -> Optional[PatternConfig | GuidedConfig]:
-        """The PatternConfig or GuidedConfig used at ``seq_len`` (None: full attention)."""
+    def pattern_for(self, seq_len: int, where: Optional[dict] = None) -> Optional[PatternConfig | GuidedConfig]:
+        """The PatternConfig or GuidedConfig used at ``seq_len`` (None: full attention). ``where``
+        (device, dtype, heads, head_dim of the call) is checked by a ``TunedPatterns``."""
         if self.tuned is None:
             return None
         if isinstance(self.tuned, (PatternConfig, GuidedConfig)):
             return self.tuned
-        cfg = self.tuned.config_for(seq_len)
+        if where and isinstance(self.tuned, TunedPatterns):
+            cfg = self.tuned.config_for(seq_len, **where)
+        else:
+            cfg = self.tuned.config_for(seq_len)
         if cfg is not None and not isinstance(cfg, (PatternConfig, GuidedConfig)):
             raise TypeError(
                 f"tuned.config_for({seq_len}) returned {type(cfg).__name__}, expected PatternConfig, GuidedConfig or None"
             )
         return cfg
 
-    def layout_for(self, seq_len: int, guide: Optional[torch.Tensor] = None) -> Optional[BlockLayout]:
+    def layout_for(self, seq_len: int, guide: Optional[torch.Tensor] = None,
+                   where: Optional[dict] = None) -> Optional[BlockLayout]:
         """The block layout used at ``seq_len`` (cached for a static pattern; chosen from ``guide``
         for a guided one), or None for full attention."""
-        cfg = self.pattern_for(seq_len)
+        cfg = self.pattern_for(seq_len, where)
         if cfg is None:
             return None
         if isinstance(cfg, GuidedConfig):
@@ -326,8 +334,11 @@ def attend(choice: AttentionChoice, q: torch.Tensor, k: torch.Tensor, v: torch.T
         return sdpa_attention(q, k, v, biases, _pattern_mask(choice, q, guide))
     # sparse
     L = q.shape[-2]
-    layout = choice.layout_for(L, guide)
-    if layout is None:
+    if isinstance(choice.tuned, TunedPatterns):  # it checks where it is used (warning, or an error when strict)
+        layout = choice.layout_for(L, guide, dict(device=q.device, dtype=q.dtype, heads=q.shape[-3], head_dim=q.shape[-1]))
+    else:
+        layout = choice.layout_for(L, guide)
+    if layout is None:  # no pattern pays off at this length (infeasible or unmeasured bucket): dense
         return sdpa_attention(q, k, v, biases)
     from kernels import sparse_attention
 

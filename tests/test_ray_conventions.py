@@ -1,0 +1,261 @@
+"""Ray's conventions: ``$RAY_ADDRESS`` and ``auto`` honoured, the project's packages shipped to a
+joined cluster as ``py_modules``, one line (exit 2) for an address where no cluster answers, and
+SIGINT / SIGTERM answered while connecting. The cluster tests start their own head with ``ray
+start --head`` on free ports (never the default ones) and stop exactly its process group."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+
+import autotune.executor as ex
+from autotune.executor import ClusterUnreachable, cluster_address, project_runtime_env, wait_for_address
+from test_search import ROOT, rows, write_space
+
+FAST = dict(objectives=["speedup", "memory_vs_sdpa"], constraints={"memory_vs_naive": {"max": 50.0}},
+            measure={"warmup": 0, "repeats": 1}, buckets=[64])
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _env(**extra) -> dict[str, str]:
+    env = dict(os.environ, PYTHONPATH=str(ROOT), RAY_USAGE_STATS_ENABLED="0", RAY_AUTH_MODE="disabled", **extra)
+    for k in ("AUTOTUNE_FAULT_INJECT", "RAY_JOB_CONFIG_JSON_ENV_VAR"):
+        env.pop(k, None)
+    if "RAY_ADDRESS" not in extra:
+        env.pop("RAY_ADDRESS", None)
+    return env
+
+
+# ---- fast: address resolution, probing, the runtime_env ----------------------------------------
+
+
+def test_address_from_flag_then_environment(monkeypatch):
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    assert cluster_address(None) == (None, "RAY_ADDRESS")  # nothing given: a local instance
+    monkeypatch.setenv("RAY_ADDRESS", "10.0.0.5:6379")
+    assert cluster_address(None) == ("10.0.0.5:6379", "RAY_ADDRESS")  # what `ray job submit` sets
+    assert cluster_address("auto") == ("auto", "--ray-address")  # the flag wins
+    assert cluster_address("local") == (None, "--ray-address")  # local: a new instance despite RAY_ADDRESS
+    monkeypatch.setenv("RAY_ADDRESS", "local")
+    assert cluster_address(None) == (None, "RAY_ADDRESS")
+
+
+@pytest.mark.parametrize("address", ["nohost", "host:port", "host:0", "ray://:10001", "h:70000"])
+def test_malformed_address_is_one_line(address):
+    with pytest.raises(ClusterUnreachable) as ei:
+        wait_for_address(address, "RAY_ADDRESS", timeout=0.5)
+    msg = str(ei.value)
+    assert msg.startswith("RAY_ADDRESS: ") and repr(address) in msg and "\n" not in msg, msg
+
+
+def test_unreachable_address_gives_up_in_time_with_one_line():
+    port = _free_port()  # bound and released: nothing listens there
+    t0 = time.monotonic()
+    with pytest.raises(ClusterUnreachable) as ei:
+        wait_for_address(f"127.0.0.1:{port}", "--ray-address", timeout=1.5)
+    took = time.monotonic() - t0
+    msg = str(ei.value)
+    assert 1.4 <= took < 5.0, took
+    assert msg.startswith(f"--ray-address 127.0.0.1:{port}: no Ray cluster answers at 127.0.0.1:{port}"), msg
+    assert f"ray start --head --port {port}" in msg and "\n" not in msg
+
+
+def test_listening_address_passes_the_probe():
+    with socket.socket() as srv:
+        srv.bind(("127.0.0.1", 0))
+        srv.listen(1)
+        port = srv.getsockname()[1]
+        t0 = time.monotonic()
+        wait_for_address(f"ray://127.0.0.1:{port}", timeout=5.0)  # Ray Client form: same probe
+        assert time.monotonic() - t0 < 2.0
+
+
+def test_auto_without_a_cluster_is_one_line(monkeypatch):
+    import ray._private.services as services
+
+    def none_running(addr, temp_dir=None):
+        raise ConnectionError("Could not find any running Ray instance. Please specify the one to connect to.\nmore")
+
+    monkeypatch.setattr(services, "canonicalize_bootstrap_address", none_running)
+    with pytest.raises(ClusterUnreachable) as ei:
+        wait_for_address("auto", "--ray-address", timeout=0.5)
+    assert str(ei.value) == ("--ray-address auto: no running Ray cluster found on this machine (Could not find any "
+                             "running Ray instance. Please specify the one to connect to.)")
+
+
+def test_runtime_env_ships_this_checkout(monkeypatch, tmp_path):
+    env = project_runtime_env(str(tmp_path))
+    assert env == {"working_dir": str(tmp_path)}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["autotune", "kernels", "patterns"]
+    for name in ("autotune/executor.py", "patterns/tuned.py", "kernels/__init__.py", "kernels/csrc"):
+        assert (tmp_path / name).exists(), name
+    assert (tmp_path / "autotune/executor.py").read_bytes() == (ROOT / "autotune/executor.py").read_bytes()
+    assert not list(tmp_path.rglob("__pycache__")) and not list(tmp_path.rglob("*.pyc"))
+    monkeypatch.setenv("RAY_JOB_CONFIG_JSON_ENV_VAR", json.dumps({"runtime_env": {"working_dir": "s3://b/x.zip"}}))
+    assert ex._job_runtime_env() == {"working_dir": "s3://b/x.zip"}  # a submitted job's code is kept
+    monkeypatch.setenv("RAY_JOB_CONFIG_JSON_ENV_VAR", "not json")
+    assert ex._job_runtime_env() == {}
+
+
+# ---- the command line: unreachable cluster, interrupted while connecting ------------------------
+
+
+def _search_cmd(space: Path, db: Path) -> list[str]:
+    return [sys.executable, "-m", "autotune.search", "--space", str(space), "--storage", f"sqlite:///{db}",
+            "--executor", "ray", "--trials", "2", "--no-progress"]
+
+
+@pytest.mark.slow
+def test_unreachable_ray_address_env_exits_2_with_one_line(tmp_path):
+    port = _free_port()
+    space = write_space(tmp_path, **FAST)
+    out = subprocess.run(_search_cmd(space, tmp_path / "a.db"), cwd=tmp_path, capture_output=True, text=True,
+                         timeout=200, env=_env(RAY_ADDRESS=f"127.0.0.1:{port}"))
+    assert out.returncode == 2, out.stderr
+    errors = [ln for ln in out.stderr.strip().splitlines() if ln.startswith("autotune: error:")]
+    assert errors == [f"autotune: error: RAY_ADDRESS 127.0.0.1:{port}: no Ray cluster answers at 127.0.0.1:{port} "
+                      f"(Connection refused, 20 s); start one there (ray start --head --port {port}) or fix the address"], out.stderr
+    assert "Traceback" not in out.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_interrupted_while_connecting(tmp_path, sig):
+    port = _free_port()
+    space = write_space(tmp_path, **FAST)
+    db = tmp_path / "a.db"
+    proc = subprocess.Popen(_search_cmd(space, db) + ["--ray-address", f"127.0.0.1:{port}"],
+                            cwd=tmp_path, env=_env(), stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while True:  # the run is recorded just before the executor connects
+            try:
+                if db.exists() and rows(db, "select count(*) from at_runs") == [(1,)]:
+                    break
+            except Exception:  # noqa: BLE001 - tables not created yet
+                pass
+            assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read()
+            time.sleep(0.2)
+        time.sleep(3.0)  # inside the probe (it waits 20 s for the address)
+        assert proc.poll() is None
+        t0 = time.monotonic()
+        proc.send_signal(sig)
+        rc = proc.wait(60)
+        took = time.monotonic() - t0
+        err = proc.stderr.read()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+    assert rc == 130, err
+    assert took < 5.0, (took, err)
+    assert "Traceback" not in err, err
+    assert rows(db, "select status from at_runs") == [("interrupted",)]
+
+
+# ---- a real cluster: RAY_ADDRESS without num_cpus, the packages shipped -----------------------
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    port = _free_port()
+    temp_dir = tempfile.mkdtemp(prefix="atrc")  # short: Ray's socket paths must stay < 108 bytes
+    cwd = tempfile.mkdtemp(prefix="atrc_cwd")
+    env = _env()
+    env.pop("PYTHONPATH")  # the nodes see no checkout: the driver must ship its packages
+    head = subprocess.Popen(
+        ["ray", "start", "--head", "--block", f"--port={port}", "--num-cpus=2", "--include-dashboard=false",
+         f"--dashboard-port={_free_port()}", f"--temp-dir={temp_dir}", f"--node-manager-port={_free_port()}",
+         f"--object-manager-port={_free_port()}", "--disable-usage-stats"],
+        cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    try:
+        deadline = time.time() + 120
+        while True:  # until the head answers
+            probe = subprocess.run(["ray", "status", f"--address=127.0.0.1:{port}"], env=env, capture_output=True,
+                                   text=True, timeout=60)
+            if probe.returncode == 0:
+                break
+            assert head.poll() is None and time.time() < deadline, probe.stdout + probe.stderr
+            time.sleep(1)
+        yield f"127.0.0.1:{port}"
+    finally:
+        try:
+            os.killpg(head.pid, signal.SIGTERM)
+            head.wait(30)
+        except (ProcessLookupError, subprocess.TimeoutExpired):
+            pass
+        try:
+            os.killpg(head.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        head.wait(10)
+        left = subprocess.run(["pgrep", "-f", temp_dir], capture_output=True, text=True).stdout.split()
+        for pid in left:  # Ray processes of this cluster that left the group: stop them by id
+            try:
+                os.kill(int(pid), signal.SIGKILL)
+            except (ProcessLookupError, ValueError):
+                pass
+        shutil.rmtree(temp_dir, ignore_errors=True)
+        shutil.rmtree(cwd, ignore_errors=True)
+
+
+def _digest(path: str) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+@pytest.mark.slow
+def test_joined_cluster_runs_the_drivers_packages(cluster, monkeypatch):
+    import ray
+
+    monkeypatch.setenv("RAY_ADDRESS", cluster)
+    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
+    monkeypatch.delenv("RAY_JOB_CONFIG_JSON_ENV_VAR", raising=False)
+    assert not ray.is_initialized()
+    executor = ex.RayExecutor(device="cpu", workers=1)  # RAY_ADDRESS: joined without num_cpus
+    try:
+        assert executor.address == cluster and executor.workers == 1
+
+        @ray.remote(num_cpus=0)
+        def where():
+            import autotune.executor
+            import kernels
+            import patterns
+
+            return [m.__file__ for m in (autotune.executor, patterns, kernels)]
+
+        files = ray.get(where.remote(), timeout=120)
+        ours = [ex.__file__, sys.modules["patterns"].__file__, sys.modules["kernels"].__file__]
+        assert [_digest(f) for f in files] == [_digest(f) for f in ours]  # the driver's code, byte for byte
+        assert not any(f.startswith(str(ROOT)) for f in files), files  # a shipped copy, not this checkout
+        assert ray.get(executor.actors[0].ping.remote(), timeout=120) > 0  # the trial actor starts with it
+    finally:
+        executor.shutdown()
+    assert not ray.is_initialized()
+
+
+@pytest.mark.slow
+def test_search_under_ray_address_env(cluster, tmp_path):
+    space = write_space(tmp_path, **FAST)
+    db = tmp_path / "a.db"
+    env = _env(RAY_ADDRESS=cluster)  # as `ray job submit` runs its entrypoint: no --ray-address
+    out = subprocess.run(_search_cmd(space, db), cwd=tmp_path, env=env, capture_output=True, text=True, timeout=400)
+    assert out.returncode == 0, out.stderr
+    assert "num_cpus and num_gpus must not be provided" not in out.stderr
+    assert "2 ray worker(s)" in out.stderr and "2 finished in total" in out.stderr, out.stderr
+    assert rows(db, "select count(*) from at_trials where state = 'COMPLETE'") == [(2,)]
