@@ -459,3 +459,22 @@ def test_cli_tuned_real_file(tmp_path, capsys):
     (tmp_path / "bad.yaml").write_text("buckets: 3\n")
     assert cli(["--tuned", str(tmp_path / "bad.yaml"), "--proteins", str(d)]) == 2
     assert capsys.readouterr().err.strip().splitlines()[-1].startswith("error:")
+
+
+def test_cli_tuned_skips_buckets_that_deploy_dense_attention(tmp_path, capsys):
+    pytest.importorskip("patterns.tuned")
+    d = _tiny_folder(tmp_path)
+    tuned = tmp_path / "protein.yaml"
+    tuned.write_text(
+        "format: 1\n"
+        "infeasible_buckets: [96]\n"
+        "buckets:\n"
+        "  - seq_len: 48\n"
+        "    pattern: {block_size: 16, window: 16, num_global: 0, stride: 0, global_placement: first}\n"
+    )
+    out_json = tmp_path / "t.json"
+    assert cli(["--tuned", str(tuned), "--proteins", str(d), "--buckets", "48,96", "--json", str(out_json)]) == 0
+    assert [b["bucket"] for b in json.loads(out_json.read_text())["buckets"]] == [48]
+    assert "L=96: the tuned file deploys dense attention" in capsys.readouterr().err
+    assert cli(["--tuned", str(tuned), "--proteins", str(d), "--buckets", "96"]) == 2
+    assert "dense attention at every requested bucket" in capsys.readouterr().err

@@ -221,6 +221,14 @@ def _configs(args) -> tuple[list[int], dict[int, PatternConfig], str]:
             raise _UsageError(f"cannot use tuned file {args.tuned}: {exc}") from None
         if not buckets:
             raise _UsageError(f"tuned file {args.tuned} lists no bucket")
+        dense = [b for b in buckets if configs[b] is None]  # infeasible or unmeasured: dense attention there
+        if dense:
+            print(f"autotune.accuracy: L={', '.join(map(str, dense))}: the tuned file deploys dense attention there "
+                  "(no sparse pattern to evaluate)", file=sys.stderr)
+            buckets = [b for b in buckets if configs[b] is not None]
+            configs = {b: configs[b] for b in buckets}
+            if not buckets:
+                raise _UsageError(f"tuned file {args.tuned}: dense attention at every requested bucket, nothing to evaluate")
         return buckets, configs, f"tuned:{args.tuned}"
     buckets = _parse_buckets(args.buckets) if args.buckets else list(DEFAULT_BUCKETS)
     try:
