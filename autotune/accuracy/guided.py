@@ -51,7 +51,7 @@ from typing import Optional, Sequence
 import numpy as np
 import torch
 
-from patterns import BlockLayout, GuidedConfig, PatternConfig, build_layout
+from patterns import BlockLayout, GuidedConfig, build_layout
 from patterns.sparsity import pattern_for_sparsity
 
 from .contacts import CONTACT_CUTOFF

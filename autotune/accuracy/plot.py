@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Optional
 
-from patterns import PatternConfig
 
 from .contacts import RANGES, contact_pairs
 from .metrics import layout_for

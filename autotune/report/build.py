@@ -34,7 +34,7 @@ from typing import Any, Iterable, Optional
 
 from . import plots
 from .data import ReportData, safe_url
-from .targets import BASELINE_NAMES, describe
+from .targets import describe
 
 MIB_FLOOR = 1.0  # memory ratios use max(baseline peak, 1 MiB), as at_measurements.memory_vs_* does
 NOT_MEASURED = "not measured"
