@@ -71,6 +71,7 @@ from patterns import BlockLayout
 
 from . import cpu_fused
 from .reference import compute_dtype, resolve_scale
+from .compile_marks import assume_constant_result
 
 __all__ = ["cpu_sparse_attention", "bucket_sparse_attention"]
 
@@ -394,7 +395,7 @@ def cpu_sparse_attention(
     return bucket_sparse_attention(q, k, v, layout, bias, scale=scale)
 
 
-@torch.compiler.assume_constant_result
+@assume_constant_result
 def _is_full(layout: BlockLayout) -> bool:
     """``layout.is_full``, read by torch.compile as a constant of the layout (a data-dependent
     ``bool`` of its mask would break the graph; the compiled code is guarded on the layout object).

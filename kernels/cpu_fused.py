@@ -62,6 +62,7 @@ from torch.utils.weak import WeakTensorKeyDictionary
 from patterns import BlockLayout
 
 from .reference import resolve_scale
+from .compile_marks import assume_constant_result
 
 __all__ = ["available", "unavailable_reason", "supports", "fused_sparse_attention"]
 
@@ -175,7 +176,7 @@ def _load() -> tuple[Optional[ctypes.CDLL], str]:
         return lib, reason
 
 
-@torch.compiler.assume_constant_result
+@assume_constant_result
 def available() -> bool:
     """True when the fused kernel is built (or can be built) and loaded on this machine."""
     return _load()[0] is not None

@@ -234,3 +234,20 @@ def test_bad_op_arguments_raise_one_line(change, needle):
     with pytest.raises(ValueError, match=needle) as err:
         FWD(*args)
     assert "\n" not in str(err.value)
+
+
+def test_compile_mark_is_the_one_torch_sets():
+    """kernels.compile_marks sets torch.compile's constant-result marker without importing dynamo;
+    the marker must stay the one torch.compiler.assume_constant_result sets."""
+    from kernels import compile_marks
+
+    def f():
+        return 0
+
+    def g():
+        return 0
+
+    torch.compiler.assume_constant_result(f)
+    compile_marks.assume_constant_result(g)
+    marked = {k for k, v in vars(f).items() if v is True}
+    assert marked == {k for k, v in vars(g).items() if v is True} == {compile_marks._MARKER}

@@ -107,7 +107,7 @@ def test_extras_split_by_use():
     assert names["accuracy"] == {"biotite"} and names["plots"] == {"matplotlib"} and names["triton"] == {"triton"}
     # the README's two commands still do the full set-up
     assert "protein-sparse-autotune[search,accuracy,plots]" in extras["cpu"]
-    assert "protein-sparse-autotune[cpu]" in extras["test"] and "triton" in names["test"]
+    assert "protein-sparse-autotune[cpu,postgres]" in extras["test"] and "triton" in names["test"]
     readme = (ROOT / "README.md").read_text()
     assert "pip install -e '.[cpu]' && python -m autotune.search --space search_spaces/cpu.yaml" in readme
     assert "pip install -e '.[test]' && python -m pytest" in readme
