@@ -6,8 +6,6 @@ their own Ray processes (never the default ports) and always stop exactly those.
 from __future__ import annotations
 
 import os
-import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -19,7 +17,7 @@ import pytest
 
 from autotune.search import Search
 from autotune.space import load_space
-from test_search import ROOT, rows, write_space
+from test_search import ROOT, rows, stop_ray_head, write_space
 
 FAST = dict(objectives=["speedup", "memory_vs_sdpa"], constraints={"memory_vs_naive": {"max": 50.0}},
             measure={"warmup": 0, "repeats": 1}, buckets=[64])
@@ -130,20 +128,4 @@ def test_ray_address_of_a_cluster_started_with_ray_start(tmp_path):
         assert bad.returncode == 2 and "threads_per_worker: 64" in bad.stderr, bad.stderr
         assert len(bad.stderr.strip().splitlines()) == 1, bad.stderr
     finally:
-        try:
-            os.killpg(head.pid, signal.SIGTERM)
-            head.wait(30)
-        except (ProcessLookupError, subprocess.TimeoutExpired):
-            pass
-        try:
-            os.killpg(head.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        head.wait(10)
-        left = subprocess.run(["pgrep", "-f", temp_dir], capture_output=True, text=True).stdout.split()
-        for pid in left:  # Ray processes of this cluster that left the group: stop them by id
-            try:
-                os.kill(int(pid), signal.SIGKILL)
-            except (ProcessLookupError, ValueError):
-                pass
-        shutil.rmtree(temp_dir, ignore_errors=True)
+        stop_ray_head(head, temp_dir)

@@ -21,7 +21,7 @@ import pytest
 
 import autotune.executor as ex
 from autotune.executor import ClusterUnreachable, cluster_address, project_runtime_env, wait_for_address
-from test_search import ROOT, rows, write_space
+from test_search import ROOT, rows, stop_ray_head, write_space
 
 FAST = dict(objectives=["speedup", "memory_vs_sdpa"], constraints={"memory_vs_naive": {"max": 50.0}},
             measure={"warmup": 0, "repeats": 1}, buckets=[64])
@@ -195,23 +195,7 @@ def cluster():
             time.sleep(1)
         yield f"127.0.0.1:{port}"
     finally:
-        try:
-            os.killpg(head.pid, signal.SIGTERM)
-            head.wait(30)
-        except (ProcessLookupError, subprocess.TimeoutExpired):
-            pass
-        try:
-            os.killpg(head.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        head.wait(10)
-        left = subprocess.run(["pgrep", "-f", temp_dir], capture_output=True, text=True).stdout.split()
-        for pid in left:  # Ray processes of this cluster that left the group: stop them by id
-            try:
-                os.kill(int(pid), signal.SIGKILL)
-            except (ProcessLookupError, ValueError):
-                pass
-        shutil.rmtree(temp_dir, ignore_errors=True)
+        stop_ray_head(head, temp_dir)
         shutil.rmtree(cwd, ignore_errors=True)
 
 

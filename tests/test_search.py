@@ -4,6 +4,7 @@ and over a real local Ray instance with 2 CPUs; failing and crashing workers; SI
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import sqlite3
 import subprocess
@@ -226,3 +227,26 @@ def test_sigkill_mid_search_then_resume(tmp_path):
     study = optuna.load_study(study_name="tiny", storage=f"sqlite:///{db}")
     states = [t.state.name for t in study.trials]
     assert "RUNNING" not in states and "WAITING" not in states
+
+
+def stop_ray_head(head: subprocess.Popen, temp_dir: str) -> None:
+    """Stop a ``ray start --head --block`` started in its own process group by a test (never
+    ``ray stop``: other Ray instances may run on the machine), then any process of that cluster
+    that left the group (found by its temp dir), and remove the temp dir."""
+    try:
+        os.killpg(head.pid, signal.SIGTERM)
+        head.wait(30)
+    except (ProcessLookupError, subprocess.TimeoutExpired):
+        pass
+    try:
+        os.killpg(head.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    head.wait(10)
+    left = subprocess.run(["pgrep", "-f", temp_dir], capture_output=True, text=True).stdout.split()
+    for pid in left:
+        try:
+            os.kill(int(pid), signal.SIGKILL)
+        except (ProcessLookupError, ValueError):
+            pass
+    shutil.rmtree(temp_dir, ignore_errors=True)

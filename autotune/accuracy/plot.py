@@ -62,12 +62,7 @@ def draw_contacts(chain: Chain, config, path: str | Path, *, title: Optional[str
         ),
         fontsize=8,
     )
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return _save(fig, plt, path)
 
 
 def draw_recall_vs_sparsity(rows, path: str | Path, *, title: Optional[str] = None) -> Path:
@@ -103,6 +98,11 @@ def draw_recall_vs_sparsity(rows, path: str | Path, *, title: Optional[str] = No
     axes[-1].legend(fontsize=7, loc="lower left")
     if title:
         fig.suptitle(title, fontsize=9)
+    return _save(fig, plt, path)
+
+
+def _save(fig, plt, path) -> Path:
+    """Lay out, write the PNG (creating its folder) and close ``fig``; returns the path."""
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
