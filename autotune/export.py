@@ -297,7 +297,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         lo, hi = b["speedup_interval"]
         tie = f", tied with {', '.join(f't#{t}' for t in b['tied_with'])}" if b["tied_with"] else ""
         print(f"L={b['seq_len']}: trial {b['source']['trial']} {b['pattern']} speedup {b['speedup_geomean']}x "
-              f"[{lo}, {hi}] confirmed{tie}", file=sys.stderr)
+              f"[{lo}, {hi}] {'hold-out' if b.get('speedup_from') == 'holdout' else 'confirmed'}{tie}", file=sys.stderr)
     for L, why in doc["not_exported"].items():
         print(f"autotune.export: L={L} not exported: {why}", file=sys.stderr)
     print(f"autotune.export: wrote {out}", file=sys.stderr)

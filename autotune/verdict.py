@@ -311,6 +311,7 @@ def decide(targets: Targets, cells_by_trial: dict[int, list[Any]], buckets: Iter
             best.confirmed = v.holdout = True
             slow = [_g(c, "workload") for c in merged if cell_violations(targets, c).get("speedup", 0.0) > 0]
             if slow:
+                v.confirmed = True  # decided on measured figures: not deployed (never "undecided")
                 v.trial, v.cells, v.speedup, v.lo, v.hi = best.trial, best.cells, best.speedup, best.lo, best.hi
                 v.failed[best.trial] = f"hold-out re-measurement: speedup not met at {', '.join(slow)}"
                 v.why = (f"t#{best.trial}, chosen on the confirmation, does not clear the speedup target in its "
@@ -343,7 +344,7 @@ def verdict_lines(verdicts: list[BucketVerdict]) -> list[str]:
             ext += (f"; speedup above the sparsity bound 1.1/(1-s) at {', '.join(v.above_bound)}: "
                     f"a loaded machine or a slow baseline, re-time before quoting")
         out.append(f"L={v.bucket}: deploy t#{v.trial}: {v.speedup:.2f}x over SDPA "
-                   f"[{v.lo:.2f}, {v.hi:.2f}] confirmed{tie}{ext}")
+                   f"[{v.lo:.2f}, {v.hi:.2f}] {'hold-out' if v.holdout else 'confirmed'}{tie}{ext}")
     return out
 
 

@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from autotune.space import SpaceError, default_targets, load_space, parse_space
-from autotune.verdict import cell_violations, decide, extrapolated
+from autotune.verdict import cell_violations, decide, extrapolated, verdict_lines
 
 CPU = default_targets("cpu")
 GOOD_ACC = {"metrics": {"contact_recall_long": 0.608, "output_rel_error": 0.444}, "lengths": [900, 1000]}
@@ -56,6 +56,7 @@ def test_the_holdout_gives_the_exported_figures_and_can_veto():
     # a hold-out interval below the target vetoes the choice (never falls back to an unchecked leader)
     (v,) = decide(CPU, cells, [256], confs + [dict(conf(1, 1.02, 0.9, 1.2, cid=3), stage="holdout")])
     assert not v.deploy and v.trial == 1 and "hold-out" in v.why and v.lo == pytest.approx(0.9)
+    assert verdict_lines([v])[0].startswith("L=256: do not deploy: t#1, chosen on the confirmation")
     # without hold-out rows (an older database) the confirmation's figures stand
     (v,) = decide(CPU, cells, [256], confs)
     assert v.deploy and not v.holdout and v.speedup == pytest.approx(2.6)
