@@ -250,14 +250,7 @@ class Constraint:
     def violation(self, value: Optional[float]) -> float:
         """Optuna convention: <= 0 feasible. A missing value (e.g. baseline out of memory) is
         neutral for memory ratios and speedup (0), and infinitely bad for accuracy."""
-        if value is None or (isinstance(value, float) and math.isnan(value)):
-            return 0.0 if self.name != "accuracy" else 1e9
-        v = -math.inf
-        if self.min is not None:
-            v = max(v, self.min - value)
-        if self.max is not None:
-            v = max(v, value - self.max)
-        return float(v)
+        return Bound(self.name, self.min, self.max).violation(value)
 
 
 @dataclass

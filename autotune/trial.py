@@ -139,9 +139,12 @@ class TrialRunner:
         self.trials_run = 0
 
     # -- helpers ------------------------------------------------------------------------------
-    def _inputs(self, B: int, H: int, L: int, D: int, bias: bool, device: str, dtype: torch.dtype, gen: torch.Generator):
+    def _inputs(self, B: int, H: int, L: int, D: int, bias: bool, device: str, dtype: torch.dtype, gen: torch.Generator,
+                grad: bool = False):
+        """Fresh random q, k, v [B, H, L, D] and pair bias [1, H, L, L] (or None); leaves that
+        require grad when ``grad`` (fwd+bwd)."""
         def rnd(*shape):
-            return torch.randn(*shape, generator=gen).to(device=device, dtype=dtype)
+            return torch.randn(*shape, generator=gen).to(device=device, dtype=dtype).requires_grad_(grad)
 
         q, k, v = rnd(B, H, L, D), rnd(B, H, L, D), rnd(B, H, L, D)
         b = rnd(1, H, L, L).contiguous() if bias else None
@@ -170,12 +173,9 @@ class TrialRunner:
             if shape in seen:
                 continue
             seen.add(shape)
-            q, k, v, bias = self._inputs(B, w.heads, L, w.head_dim, w.bias, device, dtype, gen)
             grad = space.mode == "fwd+bwd"
+            q, k, v, bias = self._inputs(B, w.heads, L, w.head_dim, w.bias, device, dtype, gen, grad)
             leaves = [t for t in (q, k, v, bias) if t is not None]
-            if grad:
-                for t in leaves:
-                    t.requires_grad_(True)
             lay = _workload_layout(pcfg, L, layout, bias, w.name)
             with torch.set_grad_enabled(grad):
                 o = sparse_attention(q, k, v, lay, bias, backend=space.backend, config=kc)
@@ -481,11 +481,8 @@ class TrialRunner:
                     block.set_attention(None)
             else:
                 B = w.batch(L)
-                q, k, v, bias = self._inputs(B, w.heads, L, w.head_dim, w.bias, device, dtype, gen)
-                if space.mode == "fwd+bwd":
-                    for t in (q, k, v, bias):
-                        if t is not None:
-                            t.requires_grad_(True)
+                q, k, v, bias = self._inputs(B, w.heads, L, w.head_dim, w.bias, device, dtype, gen,
+                                             space.mode == "fwd+bwd")
 
                 def cand(pcfg, kc):
                     # a guided candidate chooses its layout from the bias inside every timed call
@@ -553,11 +550,8 @@ class TrialRunner:
                         result["measurements"].append(self._measure_evoformer(space, w, pcfg, kc, layout, L, gen, timing))
                         continue
                     B = w.batch(L)
-                    q, k, v, bias = self._inputs(B, w.heads, L, w.head_dim, w.bias, device, dtype, gen)
-                    if space.mode == "fwd+bwd":
-                        for t in (q, k, v, bias):
-                            if t is not None:
-                                t.requires_grad_(True)
+                    q, k, v, bias = self._inputs(B, w.heads, L, w.head_dim, w.bias, device, dtype, gen,
+                                                 space.mode == "fwd+bwd")
                     t0 = time.perf_counter()
                     lay_w = _workload_layout(pcfg, L, layout, bias, w.name)
 

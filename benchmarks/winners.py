@@ -64,11 +64,7 @@ def retime(tuned: str, repeats: int = 41, seed: int = 0) -> list[dict[str, Any]]
             if w.kind == "evoformer":
                 continue  # whole-block re-timing: python -m autotune.evoformer.bench
             B = w.batch(L)
-            q, k, v, bias = runner._inputs(B, w.heads, L, w.head_dim, w.bias, device, dtype, gen)
-            if mode == "fwd+bwd":
-                for t in (q, k, v, bias):
-                    if t is not None:
-                        t.requires_grad_(True)
+            q, k, v, bias = runner._inputs(B, w.heads, L, w.head_dim, w.bias, device, dtype, gen, mode == "fwd+bwd")
             fns = {"sdpa": runner._callable(sp, lambda: dense_attention(q, k, v, None, bias), q, k, v, bias),
                    "cand": runner._callable(sp, lambda: sparse_attention(
                        q, k, v, _workload_layout(pcfg, L, layout, bias, name), bias, backend=backend, config=kc,

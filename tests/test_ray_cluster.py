@@ -6,7 +6,6 @@ their own Ray processes (never the default ports) and always stop exactly those.
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import tempfile
@@ -17,16 +16,8 @@ import pytest
 
 from autotune.search import Search
 from autotune.space import load_space
-from test_search import ROOT, rows, stop_ray_head, write_space
+from test_search import FAST, ROOT, free_port as _free_port, rows, stop_ray_head, write_space
 
-FAST = dict(objectives=["speedup", "memory_vs_sdpa"], constraints={"memory_vs_naive": {"max": 50.0}},
-            measure={"warmup": 0, "repeats": 1}, buckets=[64])
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.mark.slow

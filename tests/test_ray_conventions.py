@@ -21,16 +21,8 @@ import pytest
 
 import autotune.executor as ex
 from autotune.executor import ClusterUnreachable, cluster_address, project_runtime_env, wait_for_address
-from test_search import ROOT, rows, stop_ray_head, write_space
+from test_search import FAST, ROOT, free_port as _free_port, rows, stop_ray_head, write_space
 
-FAST = dict(objectives=["speedup", "memory_vs_sdpa"], constraints={"memory_vs_naive": {"max": 50.0}},
-            measure={"warmup": 0, "repeats": 1}, buckets=[64])
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _env(**extra) -> dict[str, str]:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import shutil
 import signal
+import socket
 import sqlite3
 import subprocess
 import sys
@@ -250,3 +251,15 @@ def stop_ray_head(head: subprocess.Popen, temp_dir: str) -> None:
         except (ProcessLookupError, ValueError):
             pass
     shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+# a space section that makes a trial cheap (the Ray cluster tests)
+FAST = dict(objectives=["speedup", "memory_vs_sdpa"], constraints={"memory_vs_naive": {"max": 50.0}},
+            measure={"warmup": 0, "repeats": 1}, buckets=[64])
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that was free a moment ago."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
