@@ -56,6 +56,9 @@ WORKLOADS = {
     "job_tri_L256": (2, 4, 256, 32),
     "job_tri_L512": (2, 4, 512, 32),
     "job_tri_L1024": (2, 4, 1024, 32),
+    # GPU shapes: MSA row attention over 32768 tokens (as kernels.bench), triangle attention at L = 1024
+    "gpu_row_L2048": (16, 8, 2048, 32),
+    "gpu_tri_L1024": (1024, 4, 1024, 32),
 }
 DEFAULT_WORKLOADS = ("msa_row_L512", "triangle_L256")
 
@@ -91,6 +94,7 @@ def main(argv=None) -> int:
     ap.add_argument("--keep", type=float, default=0.25, help="fraction of key blocks per row (0.25: ~75%% sparsity)")
     ap.add_argument("--workloads", default=",".join(DEFAULT_WORKLOADS), help=f"comma-separated, of {', '.join(WORKLOADS)}")
     ap.add_argument("--pools", default="max,mean,logsumexp")
+    ap.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32", help="q, k, v and bias dtype")
     ap.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     ap.add_argument("--out", default=None)
     args = ap.parse_args(argv)
@@ -115,8 +119,9 @@ def main(argv=None) -> int:
             return 2
         B, H, L, D = WORKLOADS[wl]
         g = torch.Generator(device=device).manual_seed(0)
-        q, k, v = (torch.randn(B, H, L, D, device=device, generator=g) for _ in range(3))
-        bias = torch.randn(1, H, L, L, device=device, generator=g)
+        dtype = getattr(torch, args.dtype)
+        q, k, v = (torch.randn(B, H, L, D, device=device, generator=g).to(dtype) for _ in range(3))
+        bias = torch.randn(1, H, L, L, device=device, generator=g).to(dtype)
         for pool in args.pools.split(","):
             cfg = GuidedConfig(args.block_size, keep=args.keep, pool=pool)
             lay = build_layout(cfg, L, signal=bias)
@@ -149,7 +154,7 @@ def main(argv=None) -> int:
                         times[name].append(timer(fns[name]))
             med = {n: statistics.median(t) for n, t in times.items()}
             row = {
-                "workload": wl, "device": device, "backend": backend, "B": B, "H": H, "L": L, "D": D,
+                "workload": wl, "device": device, "dtype": args.dtype, "backend": backend, "B": B, "H": H, "L": L, "D": D,
                 "block_size": args.block_size, "keep": args.keep, "pool": pool,
                 "sparsity": round(lay.sparsity, 4), "rounds": args.rounds,
             }

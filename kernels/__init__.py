@@ -56,10 +56,9 @@ def check_inputs(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layout: Bloc
     if bias is not None:
         if bias.dim() > 4:
             raise ValueError(f"bias must broadcast to [B, H, L, L]; got {list(bias.shape)}")
-        try:
-            torch.broadcast_shapes(tuple(bias.shape), (B, H, L, L))
-        except RuntimeError:
-            raise ValueError(f"bias of shape {list(bias.shape)} does not broadcast to [{B}, {H}, {L}, {L}]") from None
+        # right-aligned broadcasting, checked by hand (torch.broadcast_shapes costs ~0.1 ms a call)
+        if any(b != 1 and b != t for b, t in zip(reversed(bias.shape), (L, L, H, B))):
+            raise ValueError(f"bias of shape {list(bias.shape)} does not broadcast to [{B}, {H}, {L}, {L}]")
 
 
 def sparse_attention(

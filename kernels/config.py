@@ -8,6 +8,7 @@ test suite.
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import asdict, dataclass
 from typing import Any, Union
@@ -250,6 +251,7 @@ BACKWARD_PREFERENCE: tuple[KernelConfig, ...] = (
 )
 
 
+@functools.lru_cache(maxsize=512)  # called on every Triton call: a pure function of hashable arguments
 def default_backward_config(block_size: int, head_dim: int | None = None, dtype: DtypeLike = None) -> KernelConfig:
     """The backward launch config used when none is given: the first of ``BACKWARD_PREFERENCE``
     that ``candidate_backward_configs`` offers for this block size, head dim and dtype, else the

@@ -30,6 +30,7 @@ deterministic.
 
 from __future__ import annotations
 
+import functools
 import os
 from typing import Optional
 
@@ -97,15 +98,20 @@ def _check_fits(q: torch.Tensor, cfg: KernelConfig, bcfg: KernelConfig) -> None:
     stage is refused with one line (instead of Triton's OutOfResources at launch)."""
     if not q.is_cuda:
         return
-    limit = _shared_limit(q.device)
-    D = q.shape[-1]
+    _check_fits_on(q.device, q.dtype, q.shape[-1], cfg, bcfg)
+
+
+@functools.lru_cache(maxsize=512)  # per call otherwise: four shared-memory bounds in Python
+def _check_fits_on(device: torch.device, dtype: torch.dtype, D: int, cfg: KernelConfig, bcfg: KernelConfig) -> None:
+    limit = _shared_limit(device)
+    elem = _elem_bytes(dtype)
     for kern, c in (("fwd", cfg), ("dq", bcfg), ("dkdv", bcfg), ("dbias", bcfg)):
-        need = shared_memory_bytes(kern, _elem_bytes(q.dtype), c.block_m, c.block_n, _d_pad(D), 1)
+        need = shared_memory_bytes(kern, elem, c.block_m, c.block_n, _d_pad(D), 1)
         if need > limit:
             which = "config" if kern == "fwd" else "bwd_config"
             raise ValueError(
                 f"triton backend: {which} {c.block_m}x{c.block_n}/w{c.num_warps} needs up to {need} bytes of shared "
-                f"memory in the {kern} kernel at head_dim={D}, {str(q.dtype).replace('torch.', '')}, more than this "
+                f"memory in the {kern} kernel at head_dim={D}, {str(dtype).replace('torch.', '')}, more than this "
                 f"GPU's {limit}; choose one of kernels.config.candidate_configs / candidate_backward_configs"
             )
 
@@ -387,6 +393,16 @@ def _interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 
 
+def _needs_op(q, k, v, bias) -> bool:
+    """True unless the call is eager and nothing needs a gradient: then the registered op (autograd,
+    torch.compile, fake tensors) adds only dispatch cost, and the forward is launched directly."""
+    if torch.compiler.is_compiling():
+        return True
+    if not torch.is_grad_enabled():
+        return False
+    return any(t is not None and t.requires_grad for t in (q, k, v, bias))
+
+
 def triton_sparse_attention(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -431,6 +447,9 @@ def triton_sparse_attention(
     _check_fits(q, cfg, bcfg)
     scale = resolve_scale(D, scale)
     kv_counts, kv_indices, q_counts, q_indices = layout.index_on(q.device)
+    if not _needs_op(q, k, v, bias):  # eager inference: launch directly (the op's dispatch costs ~0.1 ms a call)
+        return _fwd_impl(q, k, v, bias, kv_counts, kv_indices, layout.block_size, scale,
+                         cfg.block_m, cfg.block_n, cfg.num_warps, cfg.num_stages)[0]
     out, _ = block_sparse_attention_fwd(
         q, k, v, bias, kv_counts, kv_indices, q_counts, q_indices,
         layout.block_size, scale, cfg.block_m, cfg.block_n, cfg.num_warps, cfg.num_stages,

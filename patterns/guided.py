@@ -60,6 +60,9 @@ GUIDED_POOLS: tuple[str, ...] = ("max", "mean", "logsumexp")
 GUIDED_SPREADS: tuple[str, ...] = ("row", "layout")
 PATTERN_FAMILIES: tuple[str, ...] = ("static", "guided")
 _LSE_CHUNK = 1 << 19  # values per chunk of the logsumexp row pass (2 MiB of float32 temporaries)
+# on a GPU each chunk costs three kernel launches; chunks of 2**25 values (128 MiB of float32) keep
+# the pass to one or a few launches while bounding the temporary
+_LSE_CHUNK_CUDA = 1 << 25
 
 
 @dataclass(frozen=True)
@@ -247,8 +250,9 @@ def pool_signal(signal3: torch.Tensor, block_size: int, pool: str) -> torch.Tens
         if pad:
             s = torch.nn.functional.pad(s, (0, pad, 0, pad), value=0.0)
         t = s.reshape(G, nb, bs, Lp).sum(2).reshape(G, nb, nb, bs).sum(-1)
-        sizes = torch.full((nb,), bs, dtype=t.dtype, device=t.device)
-        sizes[-1] = L - (nb - 1) * bs
+        # rows/columns per block: bs, the last one L - (nb - 1) * bs (arithmetic: an indexed write
+        # of a Python number would be a host-to-device copy, a synchronisation on CUDA)
+        sizes = torch.clamp(L - torch.arange(nb, device=t.device, dtype=t.dtype) * bs, max=bs)
         return t / (sizes[:, None] * sizes[None, :])
     if pad:
         s = torch.nn.functional.pad(s, (0, pad, 0, pad), value=float("-inf"))
@@ -265,7 +269,7 @@ def pool_signal(signal3: torch.Tensor, block_size: int, pool: str) -> torch.Tens
     s5 = s.reshape(G * nb, bs, nb, bs)
     sh5 = shift.reshape(G * nb, 1, nb, 1)
     out = torch.empty(G * nb, nb, dtype=s.dtype, device=s.device)
-    step = max(1, _LSE_CHUNK // (bs * Lp))
+    step = max(1, (_LSE_CHUNK_CUDA if s.is_cuda else _LSE_CHUNK) // (bs * Lp))
     buf = torch.empty(min(step, G * nb), bs, nb, bs, dtype=s.dtype, device=s.device)
     for i in range(0, G * nb, step):
         j = min(G * nb, i + step)
@@ -324,6 +328,16 @@ def _forced(config: GuidedConfig, seq_len: int, device: torch.device) -> torch.T
     return f
 
 
+def _check_scores(scores: torch.Tensor, config: GuidedConfig, check_nan: bool) -> None:
+    """ValueError if the pooled scores hold NaN (skipped without ``check_nan`` and while compiling or
+    capturing: the one host synchronisation of a build)."""
+    if check_nan and not _capturing() and bool(torch.isnan(scores).any()):
+        raise ValueError(
+            "signal contains NaN" + (" (or +inf and -inf in one tile, whose mean is undefined)" if config.pool == "mean" else "")
+            + "; a guided layout cannot be chosen from it"
+        )
+
+
 def guided_block_mask(config: GuidedConfig, seq_len: int, signal: torch.Tensor, *, check_nan: bool = True) -> torch.Tensor:
     """bool [nb, nb] (score map) or [H, nb, nb] (per-head bias) on the signal's device.
 
@@ -335,19 +349,73 @@ def guided_block_mask(config: GuidedConfig, seq_len: int, signal: torch.Tensor, 
     s3 = check_signal(signal, seq_len)
     with torch.no_grad(), _single_thread(s3.device):
         scores = pool_signal(s3, config.block_size, config.pool)
-        if check_nan and not _capturing() and bool(torch.isnan(scores).any()):
-            raise ValueError(
-                "signal contains NaN" + (" (or +inf and -inf in one tile, whose mean is undefined)" if config.pool == "mean" else "")
-                + "; a guided layout cannot be chosen from it"
-            )
-        G, nb, _ = scores.shape
-        forced = _forced(config, seq_len, scores.device).unsqueeze(0)
-        if config.spread == "row":
-            mask = _select(scores, forced, config.keep, config.mass)
-        else:
-            mask = _select(scores.reshape(G, 1, nb * nb), forced.reshape(1, 1, nb * nb), config.keep, config.mass)
-            mask = mask.reshape(G, nb, nb)
+        _check_scores(scores, config, check_nan)
+        mask = _select_mask(config, seq_len, scores)
     return mask[0] if signal.dim() == 2 else mask
+
+
+def _select_mask(config: GuidedConfig, seq_len: int, scores: torch.Tensor) -> torch.Tensor:
+    """bool [G, nb, nb]: steps 2-3 of the module docstring on pooled scores [G, nb, nb]."""
+    G, nb, _ = scores.shape
+    forced = _forced(config, seq_len, scores.device).unsqueeze(0)
+    if config.spread == "row":
+        return _select(scores, forced, config.keep, config.mass)
+    mask = _select(scores.reshape(G, 1, nb * nb), forced.reshape(1, 1, nb * nb), config.keep, config.mass)
+    return mask.reshape(G, nb, nb)
+
+
+def _select_and_index(config: GuidedConfig, seq_len: int, scores: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """(mask [G, nb, nb], kv_counts, kv_indices, q_counts, q_indices) from pooled scores."""
+    from .layout import _row_index  # layout imports this module
+
+    mask = _select_mask(config, seq_len, scores)
+    return (mask, *_row_index(mask), *_row_index(mask.transpose(-1, -2)))
+
+
+# ---- CUDA: selection and index replayed from a captured graph ----------------------------------------
+# Selection and index are ~150 small tensor ops; on a GPU their launches (a few microseconds of
+# host time each) cost far more than the arithmetic (measured on an H200: ~1.2 ms a build, more
+# than the sparse attention it feeds at L <= 2048). Their inputs are the pooled scores [G, nb, nb]
+# (small), so they are captured once per (config, L, scores shape, dtype, device) in a CUDA graph
+# fed from a static copy of the scores, and replayed: one copy, one replay, five small clones
+# (a layout must own its tensors: the next replay overwrites the graph's outputs).
+_GRAPHS: "OrderedDict[tuple, Optional[tuple]]" = OrderedDict()
+_MAX_GRAPHS = 32
+GRAPH_REPLAY = True  # set False to build every guided layout eagerly on CUDA too
+
+
+def _graphed_select_and_index(config: GuidedConfig, seq_len: int, scores: torch.Tensor) -> Optional[tuple[torch.Tensor, ...]]:
+    """`_select_and_index` by CUDA graph replay; None when the graph cannot be captured (the
+    caller then runs it eagerly, and this key is not tried again)."""
+    key = (config, seq_len, tuple(scores.shape), scores.dtype, str(scores.device))
+    if key in _GRAPHS:
+        entry = _GRAPHS[key]
+        _GRAPHS.move_to_end(key)
+    else:
+        entry = None
+        try:
+            static = scores.clone()
+            current = torch.cuda.current_stream(scores.device)
+            side = torch.cuda.Stream(scores.device)
+            side.wait_stream(current)
+            with torch.cuda.stream(side):
+                _select_and_index(config, seq_len, static)  # warm-up: forced-block cache, allocator
+            current.wait_stream(side)
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph):
+                outs = _select_and_index(config, seq_len, static)
+            entry = (graph, static, outs)
+        except RuntimeError:
+            entry = None
+        _GRAPHS[key] = entry
+        while len(_GRAPHS) > _MAX_GRAPHS:
+            _GRAPHS.popitem(last=False)
+    if entry is None:
+        return None
+    graph, static, outs = entry
+    static.copy_(scores)
+    graph.replay()
+    return tuple(o.clone() for o in outs)
 
 
 _WORKSPACES: "OrderedDict[GuidedConfig, dict]" = OrderedDict()
@@ -372,6 +440,18 @@ def build_guided_layout(config: GuidedConfig, seq_len: int, signal: torch.Tensor
                 _WORKSPACES.popitem(last=False)
         else:
             _WORKSPACES.move_to_end(config)
+    if GRAPH_REPLAY and isinstance(signal, torch.Tensor) and signal.is_cuda and not _capturing():
+        s3 = check_signal(signal, seq_len)
+        with torch.no_grad():
+            scores = pool_signal(s3, config.block_size, config.pool)
+            _check_scores(scores, config, check_nan)
+            built = _graphed_select_and_index(config, seq_len, scores)
+        if built is not None:
+            mask, kv_counts, kv_indices, q_counts, q_indices = built
+            layout = BlockLayout(mask[0] if signal.dim() == 2 else mask, config.block_size, seq_len, config,
+                                 workspace=workspace)
+            layout._cache["index"] = (kv_counts, kv_indices, q_counts, q_indices)
+            return layout
     mask = guided_block_mask(config, seq_len, signal, check_nan=check_nan)
     layout = BlockLayout(mask, config.block_size, seq_len, config, workspace=workspace)
     with torch.no_grad(), _single_thread(mask.device):

@@ -239,7 +239,7 @@ def _guided_case(L, bs, H, per_head, seed=0):
 def _grads(backend, lay, q, k, v, bias, **kw):
     ins = [t.detach().clone().requires_grad_(True) for t in (q, k, v, bias)]
     out = sparse_attention(*ins[:3], lay, ins[3], backend=backend, **kw)
-    go = torch.ones_like(out) * torch.linspace(-1, 1, out.shape[-1])
+    go = torch.ones_like(out) * torch.linspace(-1, 1, out.shape[-1], device=out.device)
     grads = torch.autograd.grad(out, ins, go)
     return out.detach(), grads
 

@@ -186,7 +186,7 @@ def test_empty_rows_give_zeros_and_finite_grads(bias):
     assert torch.equal(dk[:, :, 16:32], torch.zeros_like(dk[:, :, 16:32]))
     assert torch.equal(dv[:, :, 16:32], torch.zeros_like(dv[:, :, 16:32]))
     assert torch.equal(db[..., 16:32, :], torch.zeros_like(db[..., 16:32, :]))
-    allowed = lay.token_mask()
+    allowed = lay.token_mask().to(db.device)
     assert torch.equal(db.masked_fill(allowed, 0.0), torch.zeros_like(db)), "dbias nonzero outside the layout"
 
 
