@@ -140,3 +140,15 @@ def test_graph_replayed_build_equals_eager_and_owns_its_tensors(cfg, per_head, m
         assert torch.equal(a.block_mask, b.block_mask)
         for x, y in zip(a.index_on(a.device), b.index_on(b.device)):
             assert torch.equal(x, y)
+
+
+@pytest.mark.parametrize("per_head", (True, False))
+def test_nan_signal_is_refused_on_cuda(per_head):
+    L, H = 130, 2
+    bias = torch.randn(1, H, L, L, device="cuda")
+    bias[0, 1, 77, 5] = float("nan")
+    signal = bias if per_head else bias[0, 1]
+    for cfg in (GuidedConfig(32, keep=0.5), GuidedConfig(32, mass=0.5, pool="logsumexp")):
+        build_layout(cfg, L, signal=torch.randn_like(signal))  # a clean build first (captures the graph)
+        with pytest.raises(ValueError, match="NaN"):
+            build_layout(cfg, L, signal=signal)
