@@ -332,14 +332,10 @@ def _check_scores(scores: torch.Tensor, config: GuidedConfig, check_nan: bool) -
     """ValueError if the pooled scores hold NaN (skipped without ``check_nan`` and while compiling or
     capturing: the one host synchronisation of a build)."""
     if check_nan and not _capturing() and bool(torch.isnan(scores).any()):
-        raise _nan_error(config)
-
-
-def _nan_error(config: GuidedConfig) -> ValueError:
-    return ValueError(
-        "signal contains NaN" + (" (or +inf and -inf in one tile, whose mean is undefined)" if config.pool == "mean" else "")
-        + "; a guided layout cannot be chosen from it"
-    )
+        raise ValueError(
+            "signal contains NaN" + (" (or +inf and -inf in one tile, whose mean is undefined)" if config.pool == "mean" else "")
+            + "; a guided layout cannot be chosen from it"
+        )
 
 
 def guided_block_mask(config: GuidedConfig, seq_len: int, signal: torch.Tensor, *, check_nan: bool = True) -> torch.Tensor:
@@ -376,46 +372,38 @@ def _select_and_index(config: GuidedConfig, seq_len: int, scores: torch.Tensor) 
     return (mask, *_row_index(mask), *_row_index(mask.transpose(-1, -2)))
 
 
-# ---- CUDA: the whole build replayed from a captured graph --------------------------------------------
-# Pooling, selection and index are ~200 small tensor ops; on a GPU their launches (microseconds of
-# host time each) cost far more than the arithmetic (measured on an H200: ~1.2 ms a build eagerly,
-# more than the sparse attention it feeds at L <= 2048). The build is captured once per (config, L,
-# signal shape, dtype, device) in a CUDA graph fed from a static copy of the signal (a device copy
-# of H*L*L values: microseconds), and replayed: one copy, one replay, five small clones (a layout
-# must own its tensors: the next replay overwrites the graph's outputs). The NaN flag is computed
-# inside the graph; reading it is the build's one host synchronisation, skipped with check_nan=False.
+# ---- CUDA: selection and index replayed from a captured graph ----------------------------------------
+# Selection and index are ~150 small tensor ops; on a GPU their launches (a few microseconds of
+# host time each) cost far more than the arithmetic (measured on an H200: ~1.2 ms a build, more
+# than the sparse attention it feeds at L <= 2048). Their inputs are the pooled scores [G, nb, nb]
+# (small), so they are captured once per (config, L, scores shape, dtype, device) in a CUDA graph
+# fed from a static copy of the scores, and replayed: one copy, one replay, five small clones
+# (a layout must own its tensors: the next replay overwrites the graph's outputs).
 _GRAPHS: "OrderedDict[tuple, Optional[tuple]]" = OrderedDict()
-_MAX_GRAPHS = 8  # each holds a static copy of its signal (e.g. 64 MiB for a bf16 [8, 2048, 2048] bias)
+_MAX_GRAPHS = 32
 GRAPH_REPLAY = True  # set False to build every guided layout eagerly on CUDA too
 
 
-def _build_tensors(config: GuidedConfig, seq_len: int, s3: torch.Tensor) -> tuple[torch.Tensor, ...]:
-    """(NaN flag, mask [G, nb, nb], kv_counts, kv_indices, q_counts, q_indices) from a [G, L, L] signal."""
-    scores = pool_signal(s3, config.block_size, config.pool)
-    return (torch.isnan(scores).any(), *_select_and_index(config, seq_len, scores))
-
-
-def _graphed_build(config: GuidedConfig, seq_len: int, s3: torch.Tensor, check_nan: bool) -> Optional[tuple[torch.Tensor, ...]]:
-    """`_build_tensors` by CUDA graph replay, NaN flag checked (ValueError) when ``check_nan``;
-    None when the graph cannot be captured (the caller then builds eagerly, and this key is not
-    tried again)."""
-    key = (config, seq_len, tuple(s3.shape), s3.dtype, str(s3.device))
+def _graphed_select_and_index(config: GuidedConfig, seq_len: int, scores: torch.Tensor) -> Optional[tuple[torch.Tensor, ...]]:
+    """`_select_and_index` by CUDA graph replay; None when the graph cannot be captured (the
+    caller then runs it eagerly, and this key is not tried again)."""
+    key = (config, seq_len, tuple(scores.shape), scores.dtype, str(scores.device))
     if key in _GRAPHS:
         entry = _GRAPHS[key]
         _GRAPHS.move_to_end(key)
     else:
         entry = None
         try:
-            static = s3.detach().clone(memory_format=torch.contiguous_format)
-            current = torch.cuda.current_stream(s3.device)
-            side = torch.cuda.Stream(s3.device)
+            static = scores.clone()
+            current = torch.cuda.current_stream(scores.device)
+            side = torch.cuda.Stream(scores.device)
             side.wait_stream(current)
             with torch.cuda.stream(side):
-                _build_tensors(config, seq_len, static)  # warm-up: forced-block cache, allocator
+                _select_and_index(config, seq_len, static)  # warm-up: forced-block cache, allocator
             current.wait_stream(side)
             graph = torch.cuda.CUDAGraph()
             with torch.cuda.graph(graph):
-                outs = _build_tensors(config, seq_len, static)
+                outs = _select_and_index(config, seq_len, static)
             entry = (graph, static, outs)
         except RuntimeError:
             entry = None
@@ -425,11 +413,9 @@ def _graphed_build(config: GuidedConfig, seq_len: int, s3: torch.Tensor, check_n
     if entry is None:
         return None
     graph, static, outs = entry
-    static.copy_(s3)
+    static.copy_(scores)
     graph.replay()
-    if check_nan and bool(outs[0]):
-        raise _nan_error(config)
-    return tuple(o.clone() for o in outs[1:])
+    return tuple(o.clone() for o in outs)
 
 
 _WORKSPACES: "OrderedDict[GuidedConfig, dict]" = OrderedDict()
@@ -457,7 +443,9 @@ def build_guided_layout(config: GuidedConfig, seq_len: int, signal: torch.Tensor
     if GRAPH_REPLAY and isinstance(signal, torch.Tensor) and signal.is_cuda and not _capturing():
         s3 = check_signal(signal, seq_len)
         with torch.no_grad():
-            built = _graphed_build(config, seq_len, s3, check_nan)
+            scores = pool_signal(s3, config.block_size, config.pool)
+            _check_scores(scores, config, check_nan)
+            built = _graphed_select_and_index(config, seq_len, scores)
         if built is not None:
             mask, kv_counts, kv_indices, q_counts, q_indices = built
             layout = BlockLayout(mask[0] if signal.dim() == 2 else mask, config.block_size, seq_len, config,
