@@ -164,7 +164,7 @@ def make_sampler(space: SearchSpace, seed: Optional[int] = None, *, use_space_se
     import optuna
 
     cfg = space.sampler
-    seed = cfg.get("seed") if use_space_seed else seed
+    seed = cfg.seed if use_space_seed else seed
 
     def constraints_func(trial) -> list[float]:
         return list(trial.user_attrs.get("constraints", []))
@@ -174,10 +174,10 @@ def make_sampler(space: SearchSpace, seed: Optional[int] = None, *, use_space_se
     # themselves (and deprecate constraints_func); Optuna 4 samplers need constraints_func.
     new_api = hasattr(optuna.trial.Trial, "set_constraint")
     cons = constraints_func if (space.constraints and not new_api) else None
-    if cfg["name"] == "nsga2":
-        return optuna.samplers.NSGAIISampler(population_size=cfg.get("population_size") or 16, seed=seed, constraints_func=cons)
-    if cfg["name"] == "tpe":
-        return optuna.samplers.TPESampler(n_startup_trials=cfg.get("n_startup_trials") or 10, seed=seed,
+    if cfg.name == "nsga2":
+        return optuna.samplers.NSGAIISampler(population_size=cfg.population, seed=seed, constraints_func=cons)
+    if cfg.name == "tpe":
+        return optuna.samplers.TPESampler(n_startup_trials=cfg.startup_trials, seed=seed,
                                           multivariate=True, constraints_func=cons)
     return optuna.samplers.RandomSampler(seed=seed)
 
@@ -264,7 +264,7 @@ class Search:
         self.storage = storage
         self.executor_kind = executor
         self.ray_address = ray_address
-        self.workers = workers if workers is not None else space.execution.get("workers")
+        self.workers = workers if workers is not None else space.execution.workers
         self.progress = progress
         self.num_cpus = num_cpus
         from .storage import mask_secrets, mask_url
@@ -347,7 +347,7 @@ class Search:
             self.study.set_user_attr("space_run_id", self.run_id)
         n_trials = len(self.study.get_trials(deepcopy=False))
         if n_trials:  # continue from the study: never replay the sequence of an earlier start
-            self.study.sampler = make_sampler(self.space, sampler_seed(self.space.sampler.get("seed"), n_trials, self.run_id),
+            self.study.sampler = make_sampler(self.space, sampler_seed(self.space.sampler.seed, n_trials, self.run_id),
                                               use_space_seed=False)
 
     # -- resume ------------------------------------------------------------------------------
@@ -509,7 +509,7 @@ class Search:
             retry_of=retry_of, objective_names=list(self.space.objectives),
             constraint_names=optuna_constraint_names(self.space),
             started_at=now, finished_at=now if invalid else None,
-        ), int(self.space.budget["trials"]), allow_repeats=self.allow_repeats)
+        ), self.space.budget.trials, allow_repeats=self.allow_repeats)
         if status != "ok":
             why = "budget reached" if status == "budget" else f"duplicate of trial {other}"
             trial.set_user_attr("not_run", why)
@@ -708,8 +708,8 @@ class Search:
         try:
             self._open()
             self.recover()
-            budget = int(self.space.budget["trials"])
-            timeout = self.space.budget.get("timeout")
+            budget = self.space.budget.trials
+            timeout = self.space.budget.timeout
             deadline = None if timeout is None else time.monotonic() + float(timeout)
             done0 = self.finished_count()
             self._load_cells()
@@ -727,7 +727,7 @@ class Search:
                 return self._summary(done0, t_start)
             try:
                 executor = make_executor(self.executor_kind, device=self.space.device, workers=self.workers,
-                                         threads_per_worker=int(self.space.execution.get("threads_per_worker") or 1),
+                                         threads_per_worker=self.space.execution.threads_per_worker,
                                          address=self.ray_address, num_cpus=self.num_cpus)
             except ExecutorError as e:  # threads_per_worker beyond every node, an unreachable cluster, no ray
                 raise UsageError(str(e) if e.standalone else f"{self.space.source}: {e}") from None
@@ -868,7 +868,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         study = args.study if args.study is not None else space.name
         if not study.strip() or len(study) > MAX_NAME or any(ord(c) < 32 or ord(c) == 127 for c in study):
             raise UsageError(f"--study: a study name must be 1 to {MAX_NAME} printable characters, got {len(study)}")
-        threads = int(space.execution.get("threads_per_worker") or 1)
+        threads = space.execution.threads_per_worker
         if not joining and threads > (os.cpu_count() or 1):  # a cluster's CPUs: checked when joining it
             raise UsageError(f"{args.space}: execution.threads_per_worker: {threads} is more than the "
                              f"{os.cpu_count()} CPUs of this machine")

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from autotune.search import main
-from autotune.space import SpaceError, load_space, parse_space
+from autotune.space import Choices, SpaceError, load_space, parse_space
 
 ROOT = Path(__file__).resolve().parent.parent
 BAD = sorted((ROOT / "tests" / "data" / "bad_spaces").glob("*.yaml"))
@@ -69,12 +69,12 @@ def test_cpu_spaces_keep_the_block_out_of_the_main_cpu_job():
 def test_split_params_and_grid():
     space = load_space(ROOT / "search_spaces" / "cpu.yaml")
     grid = space.grid()
-    placements = space.pattern["global_placement"]["choices"]  # cpu.yaml may fix it to 'first'
+    placements = space.pattern["global_placement"].values  # cpu.yaml may fix it to 'first'
     # guided keys (family, keep, pool, spread) multiply the grid when cpu.yaml searches them
     extra = 1
     for key in ("family", "keep", "pool", "spread"):
         spec = space.pattern.get(key)
-        extra *= len(spec["choices"]) if isinstance(spec, dict) else 1
+        extra *= len(spec.values) if isinstance(spec, Choices) else 1
     assert len(grid) == 3 * 5 * 3 * 3 * len(placements) * extra
     static = next(g for g in grid if g.get("pattern.family", "static") == "static")
     pattern, kernel = space.split_params(static)
@@ -127,7 +127,8 @@ def test_limits_are_raisable_and_zero_tolerance_is_kept(tmp_path):
     p.write_text(base + "limits: {max_seq_len: 10000000, max_input_gib: 1.0e+9}\ngate: {fwd_tol: 0, bwd_tol: 0.0}\n")
     space = load_space(p)
     assert space.buckets[-1] == 10_000_000
-    assert space.gate["fwd_tol"] == 0.0 and space.gate["bwd_tol"] == 0.0  # 0 is exact, not "default"
+    assert space.gate.fwd_tol == 0.0 and space.gate.bwd_tol == 0.0  # 0 is exact, not "default"
+    assert space.gate.tolerances((1e-4, 1e-3)) == (0.0, 0.0)
 
 
 def test_anchors_within_budget_are_accepted(tmp_path):
@@ -137,4 +138,4 @@ def test_anchors_within_budget_are_accepted(tmp_path):
     text += "gate: {seq_len: 64, batch: 1}\n"
     p = tmp_path / "anchors.yaml"
     p.write_text(text)
-    assert load_space(p).pattern["block_size"] == {"choices": [16, 32]}
+    assert load_space(p).pattern["block_size"] == Choices((16, 32))
