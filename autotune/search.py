@@ -94,9 +94,12 @@ import signal
 import socket
 import sys
 import time
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 from .space import MAX_NAME, SearchSpace, SpaceError, load_space
+
+if TYPE_CHECKING:
+    from .trial import TrialResult
 
 LEASE_SECONDS = 600.0  # a run on another host without a run heartbeat for this long: its driver is gone
 MAX_DUPLICATE_ASKS = 200  # consecutive asks that only re-propose measured parameters: space exhausted
@@ -531,11 +534,9 @@ class Search:
         executor.submit(req.to_dict())
         return "launched"
 
-    def _record(self, req: dict[str, Any], res: dict[str, Any]) -> bool:
+    def _record(self, req: dict[str, Any], res: "TrialResult") -> bool:
         """Write one returned trial; False when it is to be run again (not finished)."""
         from optuna.trial import TrialState
-
-        from .trial import cell_values, cell_violations, summarize
 
         number = req["number"]
         trial = self.trials.pop(number)
@@ -544,71 +545,78 @@ class Search:
             # database locked for that long): its retry is queued and measures it again
             self.log(f"trial {number}: dropped its result; the trial was failed as stale and is retried")
             return False
-        timing = res.get("timing") or {}
-        self.stats["trial_s"] += timing.get("total_s", 0.0)
-        self.stats["measure_s"] += sum(timing.get(k, 0.0) for k in ("gate_s", "candidate_s", "baseline_s", "accuracy_s"))
-        self.stats["timed_s"] += timing.get("timed_s", 0.0)
-        self.stats["windows_s"] += timing.get("candidate_s", 0.0) + timing.get("baseline_s", 0.0)
-        fields = {"gate": res.get("gate"), "timing": timing, "worker": res.get("worker")}
-        if res.get("retry"):  # its worker's node was lost: failed with the reason, run again
-            reason = res.get("reason") or "node lost"
-            self.db.record_result(self.study_name, number, state="FAIL", reason=reason, fields=fields, measurements=[])
-            trial.set_user_attr("fail_reason", reason)
-            self.study.tell(trial, state=TrialState.FAIL)
-            self.study.enqueue_trial(dict(trial.params), user_attrs={"retry_of": number}, skip_if_exists=False)
-            self.stats["retried"] += 1
-            self.log(f"trial {number} failed ({reason.splitlines()[0][:200]}): enqueued again")
+        self._account_timing(res)
+        if res.retry:  # its worker's node was lost: failed with the reason, run again
+            self._record_retry(trial, res)
             return False
-        if res.get("ok"):
-            try:
-                objs, cons = summarize(self.space, res)
-                if any(not math.isfinite(v) for v in objs):
-                    raise ValueError(f"non-finite objective values {objs}")
-            except Exception as e:  # noqa: BLE001
-                res = dict(res, ok=False, reason=f"could not summarize: {type(e).__name__}: {e}")
-        if res.get("ok"):
-            rows = []
-            for m in res["measurements"]:
-                viol = cell_violations(self.space, m, res.get("accuracy") or {})
-                acc = (res.get("accuracy") or {}).get(str(m["bucket"]))
-                mib = lambda b: None if b is None else b / float(1 << 20)  # noqa: E731
-                rows.append({
-                    "workload": m["workload"], "kind": m["kind"], "bucket": m["bucket"], "batch": m["batch"],
-                    "heads": m["heads"], "head_dim": m["head_dim"], "dtype": m["dtype"], "mode": m["mode"],
-                    "sparsity": m["sparsity"], "time_ms": m["time_ms"], "time_p10_ms": m["time_p10_ms"],
-                    "time_p90_ms": m["time_p90_ms"], "repeats": m["repeats"], "peak_mib": mib(m["peak_bytes"]),
-                    "memory_method": m["memory_method"], "sdpa_ms": m["sdpa_ms"], "sdpa_p10_ms": m["sdpa_p10_ms"],
-                    "sdpa_p90_ms": m["sdpa_p90_ms"], "sdpa_peak_mib": mib(m["sdpa_peak_bytes"]),
-                    "naive_ms": m["naive_ms"], "naive_peak_mib": mib(m["naive_peak_bytes"]),
-                    "speedup": m["speedup"], "speedup_lo": m.get("speedup_lo"), "speedup_hi": m.get("speedup_hi"),
-                    "speedup_level": m.get("speedup_level"), "timing_stop": m.get("timing_stop"),
-                    "speedup_naive": m["speedup_naive"],
-                    "memory_vs_sdpa": m["memory_vs_sdpa"], "memory_vs_naive": m["memory_vs_naive"],
-                    "accuracy": acc, "accuracy_metric": self.space.accuracy_metric,
-                    "accuracy_value": cell_values(self.space, m, res.get("accuracy") or {})["accuracy"],
-                    "violations": viol, "feasible": all(v <= 0 for v in viol.values()),
-                })
-            # Optuna's constraint values: the least violating bucket's (bucket_view), so that a
-            # trial the export can choose at some bucket is feasible for Optuna's tools too
-            cons, buckets, cons_bucket = bucket_view(self.space, rows)
-            feasible = all(c <= 0 for c in cons)
-            self.db.record_result(self.study_name, number, state="COMPLETE", reason=None,
-                                  fields=dict(fields, objectives=objs, constraints=cons, feasible=feasible),
-                                  measurements=rows)
-            self._tell(number, objs, cons, buckets, cons_bucket)
-            self.stats["completed"] += 1
-            if "speedup" in self.space.objectives and feasible:
-                sp = objs[self.space.objectives.index("speedup")]
-                self.best = sp if self.best is None else max(self.best, sp)
-            self._update_best_by_bucket(rows, number)
+        if res.ok:
+            self._summarize(res)
+        if res.ok:
+            self._record_complete(trial, res)
         else:
-            reason = res.get("reason") or "unknown failure"
-            self.db.record_result(self.study_name, number, state="FAIL", reason=reason, fields=fields, measurements=[])
-            trial.set_user_attr("fail_reason", reason)
-            self.study.tell(trial, state=TrialState.FAIL)
-            self.stats["failed"] += 1
-            self.log(f"trial {number} failed: {reason.splitlines()[0][:300]}")
+            self._record_failed(trial, res)
         return True
+
+    def _account_timing(self, res: "TrialResult") -> None:
+        """Add a returned trial's stage times to the run's statistics (the overhead line)."""
+        t = res.timing
+        if t is None:
+            return
+        self.stats["trial_s"] += t.total_s
+        self.stats["measure_s"] += t.gate_s + t.candidate_s + t.baseline_s + t.accuracy_s
+        self.stats["timed_s"] += t.timed_s
+        self.stats["windows_s"] += t.candidate_s + t.baseline_s
+
+    def _summarize(self, res: "TrialResult") -> None:
+        """Objectives of a successful trial and its cells' judgement; a result that cannot be
+        summarised (non-finite objectives) becomes a failed trial."""
+        from .trial import summarize
+
+        try:
+            objs, _ = summarize(self.space, res)
+            if any(not math.isfinite(v) for v in objs):
+                raise ValueError(f"non-finite objective values {objs}")
+            res.judge(self.space)
+        except Exception as e:  # noqa: BLE001
+            res.ok, res.reason = False, f"could not summarize: {type(e).__name__}: {e}"
+            return
+        res.objectives = objs
+
+    def _record_complete(self, trial, res: "TrialResult") -> None:
+        """Store a complete trial, tell Optuna, update the best-so-far."""
+        # Optuna's constraint values: the least violating bucket's (bucket_view), so that a
+        # trial the export can choose at some bucket is feasible for Optuna's tools too
+        cons, buckets, cons_bucket = bucket_view(self.space, res.cells)
+        res.conclude(res.objectives or [], cons)
+        self.db.write_trial_result(self.study_name, res.number, res)
+        self._tell(res.number, res.objectives, cons, buckets, cons_bucket)
+        self.stats["completed"] += 1
+        if "speedup" in self.space.objectives and res.feasible:
+            sp = res.objectives[self.space.objectives.index("speedup")]
+            self.best = sp if self.best is None else max(self.best, sp)
+        self._update_best_by_bucket([c.to_dict() for c in res.cells], res.number)
+
+    def _record_failed(self, trial, res: "TrialResult") -> None:
+        from optuna.trial import TrialState
+
+        res.reason = res.reason or "unknown failure"
+        self.db.write_trial_result(self.study_name, res.number, res)
+        trial.set_user_attr("fail_reason", res.reason)
+        self.study.tell(trial, state=TrialState.FAIL)
+        self.stats["failed"] += 1
+        self.log(f"trial {res.number} failed: {res.reason.splitlines()[0][:300]}")
+
+    def _record_retry(self, trial, res: "TrialResult") -> None:
+        """A trial whose worker's node was lost: recorded failed with the reason, enqueued again."""
+        from optuna.trial import TrialState
+
+        res.reason = res.reason or "node lost"
+        self.db.write_trial_result(self.study_name, res.number, res)
+        trial.set_user_attr("fail_reason", res.reason)
+        self.study.tell(trial, state=TrialState.FAIL)
+        self.study.enqueue_trial(dict(trial.params), user_attrs={"retry_of": res.number}, skip_if_exists=False)
+        self.stats["retried"] += 1
+        self.log(f"trial {res.number} failed ({res.reason.splitlines()[0][:200]}): enqueued again")
 
     def _update_best_by_bucket(self, rows: list[dict[str, Any]], number: Optional[int] = None) -> None:
         """Feed a complete trial's cells to the progress bar's best-so-far (the leaders of
