@@ -678,124 +678,25 @@ class Search:
 
     # -- main loop ---------------------------------------------------------------------------
     def run(self) -> dict[str, Any]:
-        from .executor import ExecutorError, make_executor
-
+        """One driver run (module docstring): open the study and settle what earlier drivers left
+        (`_begin`), start the workers (`_start_executor`), then launch and record trials until the
+        budget or the timeout (`_loop`); the run is ended in the database whatever happens (`_end`)."""
         t_start = time.perf_counter()
         self.trials: dict[int, Any] = {}
-        status = "failed"
-        executor = None
-        bar = None
+        self._executor = self._bar = None
         self.db = self.run_id = None
-        old_term = signal.getsignal(signal.SIGTERM)
-
-        def on_term(signum, frame):
-            raise KeyboardInterrupt
-
-        old_int = signal.getsignal(signal.SIGINT)
         self._stop_requested = False
-
-        def on_int(signum, frame):
-            # One Ctrl-C always stops the search: the loop checks the flag every second, and the
-            # interrupt is raised at once unless the main thread is inside a finaliser (__del__),
-            # where Python would swallow it ("Exception ignored in ...") and the search go on.
-            if not self._stop_requested:
-                self._stop_requested = True
-                self.log("interrupt received: stopping")
-            f = frame
-            while f is not None:
-                if f.f_code.co_name == "__del__":
-                    return
-                f = f.f_back
-            raise KeyboardInterrupt
-
+        handlers = self._install_signal_handlers()
+        status = "failed"
         try:
-            signal.signal(signal.SIGTERM, on_term)
-            signal.signal(signal.SIGINT, on_int)
-        except ValueError:  # not the main thread
-            pass
-        try:
-            self._open()
-            self.recover()
-            budget = self.space.budget.trials
-            timeout = self.space.budget.timeout
-            deadline = None if timeout is None else time.monotonic() + float(timeout)
-            done0 = self.finished_count()
-            self._load_cells()
-            if done0 or self.stats["retried"]:
-                from optuna.trial import TrialState
-
-                retry = sum(1 for t in self.study.get_trials(deepcopy=False, states=(TrialState.WAITING,))
-                            if "retry_of" in t.user_attrs)
-                self.log(f"resuming study {self.study_name!r}: {done0} finished trial(s) kept, "
-                         f"{retry} interrupted trial(s) retried")
+            done0, budget, deadline = self._begin()
             if done0 >= budget:
                 self.log(f"study {self.study_name!r} already has {done0} finished trials (budget {budget}); nothing to do "
                          f"(raise --trials above {done0} to add trials)")
                 status = "finished"
                 return self._summary(done0, t_start)
-            try:
-                executor = make_executor(self.executor_kind, device=self.space.device, workers=self.workers,
-                                         threads_per_worker=self.space.execution.threads_per_worker,
-                                         address=self.ray_address, num_cpus=self.num_cpus)
-            except ExecutorError as e:  # threads_per_worker beyond every node, an unreachable cluster, no ray
-                raise UsageError(str(e) if e.standalone else f"{self.space.source}: {e}") from None
-            self.stats["startup_s"] = time.perf_counter() - t_start
-            try:  # again: starting Ray may have installed its own handler
-                signal.signal(signal.SIGINT, on_int)
-            except ValueError:
-                pass
-            self.log(f"study {self.study_name!r}: {done0} trials finished, budget {budget}, "
-                     f"{executor.workers} {executor.name} worker(s), storage {self._safe_url()}")
-            if self.progress:
-                from tqdm import tqdm
-
-                bar = tqdm(total=budget, initial=done0, desc=self.study_name, unit="trial", dynamic_ncols=True)
-            last_hb = 0.0
-            last_stale = time.monotonic()
-            done = done0
-            budget_full, dup_streak = False, 0
-            while True:
-                if self._stop_requested:
-                    raise KeyboardInterrupt
-                now_m = time.monotonic()
-                out_of_time = deadline is not None and now_m >= deadline
-                while not out_of_time and not budget_full and executor.running < executor.capacity:
-                    status = self._launch(executor)
-                    if status == "budget":
-                        budget_full = True
-                    elif status == "duplicate":
-                        dup_streak += 1
-                        if dup_streak >= MAX_DUPLICATE_ASKS:
-                            self.log(f"the sampler proposed {dup_streak} already measured parameter sets in a row: "
-                                     "the space looks exhausted; stopping (--allow-repeats measures them again)")
-                            budget_full = True
-                    else:
-                        dup_streak = 0
-                    if status == "rejected":
-                        done += 1
-                        if bar is not None:
-                            bar.update(1)
-                if executor.running == 0:
-                    break
-                for req, res in executor.poll(timeout=1.0):
-                    if self._record(req, res):
-                        done += 1
-                        if bar is not None:
-                            bar.update(1)
-                    else:  # to be run again: its retry takes the slot it reserved
-                        budget_full = False
-                if time.monotonic() - last_hb > HEARTBEAT_SECONDS:
-                    self.db.heartbeat(self.run_id)
-                    for t in list(self.trials.values()):  # Optuna's trial heartbeat, one per running trial
-                        self.ostorage.record_heartbeat(t._trial_id)
-                    last_hb = time.monotonic()
-                    if time.monotonic() - last_stale > GRACE_SECONDS / 2:  # trials of drivers that stopped
-                        self.fail_stale()
-                        last_stale = time.monotonic()
-                if bar is not None:
-                    left = "-" if deadline is None else f"{max(0.0, deadline - time.monotonic()):.0f}s"
-                    bar.set_postfix(ok=self.stats["completed"], failed=self.stats["failed"], running=executor.running,
-                                    best=self.best_text(), left=left, refresh=False)
+            self._start_executor(t_start, budget, done0)
+            done = self._loop(deadline, done0)
             status = "finished"
             return self._summary(done, t_start)
         except KeyboardInterrupt:
@@ -804,26 +705,164 @@ class Search:
             self.log("interrupted: running trials were marked interrupted and will be retried on resume")
             raise
         finally:
-            try:
-                signal.signal(signal.SIGTERM, old_term)
-                signal.signal(signal.SIGINT, old_int)
-            except ValueError:
-                pass
+            self._end(status, handlers)
+
+    def _on_int(self, signum, frame) -> None:
+        """SIGINT: one Ctrl-C always stops the search: the loop checks the flag every second, and
+        the interrupt is raised at once unless the main thread is inside a finaliser (__del__),
+        where Python would swallow it ("Exception ignored in ...") and the search go on."""
+        if not self._stop_requested:
+            self._stop_requested = True
+            self.log("interrupt received: stopping")
+        f = frame
+        while f is not None:
+            if f.f_code.co_name == "__del__":
+                return
+            f = f.f_back
+        raise KeyboardInterrupt
+
+    def _install_signal_handlers(self) -> tuple[Any, Any]:
+        """SIGTERM and SIGINT stop the search (as KeyboardInterrupt); returns the old handlers."""
+        old_term = signal.getsignal(signal.SIGTERM)
+        old_int = signal.getsignal(signal.SIGINT)
+
+        def on_term(signum, frame):
+            raise KeyboardInterrupt
+
+        try:
+            signal.signal(signal.SIGTERM, on_term)
+            signal.signal(signal.SIGINT, self._on_int)
+        except ValueError:  # not the main thread
+            pass
+        return old_term, old_int
+
+    def _begin(self) -> tuple[int, int, Optional[float]]:
+        """Open the study, settle the trials earlier drivers left, load the cells of its complete
+        trials. Returns (trials finished so far, budget, monotonic deadline or None)."""
+        self._open()
+        self.recover()
+        budget = self.space.budget.trials
+        timeout = self.space.budget.timeout
+        deadline = None if timeout is None else time.monotonic() + float(timeout)
+        done0 = self.finished_count()
+        self._load_cells()
+        if done0 or self.stats["retried"]:
+            from optuna.trial import TrialState
+
+            retry = sum(1 for t in self.study.get_trials(deepcopy=False, states=(TrialState.WAITING,))
+                        if "retry_of" in t.user_attrs)
+            self.log(f"resuming study {self.study_name!r}: {done0} finished trial(s) kept, "
+                     f"{retry} interrupted trial(s) retried")
+        return done0, budget, deadline
+
+    def _start_executor(self, t_start: float, budget: int, done0: int) -> None:
+        """Start the workers (an executor that cannot start is invalid input: `UsageError`) and
+        the progress bar."""
+        from .executor import ExecutorError, make_executor
+
+        try:
+            self._executor = make_executor(self.executor_kind, device=self.space.device, workers=self.workers,
+                                           threads_per_worker=self.space.execution.threads_per_worker,
+                                           address=self.ray_address, num_cpus=self.num_cpus)
+        except ExecutorError as e:  # threads_per_worker beyond every node, an unreachable cluster, no ray
+            raise UsageError(str(e) if e.standalone else f"{self.space.source}: {e}") from None
+        self.stats["startup_s"] = time.perf_counter() - t_start
+        try:  # again: starting Ray may have installed its own handler
+            signal.signal(signal.SIGINT, self._on_int)
+        except ValueError:
+            pass
+        executor = self._executor
+        self.log(f"study {self.study_name!r}: {done0} trials finished, budget {budget}, "
+                 f"{executor.workers} {executor.name} worker(s), storage {self._safe_url()}")
+        if self.progress:
+            from tqdm import tqdm
+
+            self._bar = tqdm(total=budget, initial=done0, desc=self.study_name, unit="trial", dynamic_ncols=True)
+
+    def _loop(self, deadline: Optional[float], done: int) -> int:
+        """Launch trials while workers are free (`_fill`), record the returned ones, beat for the
+        running ones (`_beat`), until nothing runs and nothing may start. Returns the finished count."""
+        executor, bar = self._executor, self._bar
+        state = {"budget_full": False, "dup_streak": 0, "last_hb": 0.0, "last_stale": time.monotonic()}
+        while True:
+            if self._stop_requested:
+                raise KeyboardInterrupt
+            done += self._fill(executor, deadline, state)
+            if executor.running == 0:
+                break
+            for req, res in executor.poll(timeout=1.0):
+                if self._record(req, res):
+                    done += 1
+                    if bar is not None:
+                        bar.update(1)
+                else:  # to be run again: its retry takes the slot it reserved
+                    state["budget_full"] = False
+            self._beat(state)
             if bar is not None:
-                bar.close()
-            if executor is not None:
-                executor.shutdown()
+                left = "-" if deadline is None else f"{max(0.0, deadline - time.monotonic()):.0f}s"
+                bar.set_postfix(ok=self.stats["completed"], failed=self.stats["failed"], running=executor.running,
+                                best=self.best_text(), left=left, refresh=False)
+        return done
+
+    def _fill(self, executor, deadline: Optional[float], state: dict[str, Any]) -> int:
+        """Launch trials while a worker is free, the budget has room and time is left; returns the
+        number of proposals rejected as invalid (finished at once)."""
+        rejected = 0
+        out_of_time = deadline is not None and time.monotonic() >= deadline
+        while not out_of_time and not state["budget_full"] and executor.running < executor.capacity:
+            launch = self._launch(executor)
+            if launch == "budget":
+                state["budget_full"] = True
+            elif launch == "duplicate":
+                state["dup_streak"] += 1
+                if state["dup_streak"] >= MAX_DUPLICATE_ASKS:
+                    self.log(f"the sampler proposed {state['dup_streak']} already measured parameter sets in a row: "
+                             "the space looks exhausted; stopping (--allow-repeats measures them again)")
+                    state["budget_full"] = True
+            else:
+                state["dup_streak"] = 0
+            if launch == "rejected":
+                rejected += 1
+                if self._bar is not None:
+                    self._bar.update(1)
+        return rejected
+
+    def _beat(self, state: dict[str, Any]) -> None:
+        """Every ``HEARTBEAT_SECONDS``: the run's heartbeat and Optuna's for each running trial;
+        every ``GRACE_SECONDS / 2``: fail the stale trials of drivers that stopped."""
+        if time.monotonic() - state["last_hb"] <= HEARTBEAT_SECONDS:
+            return
+        self.db.heartbeat(self.run_id)
+        for t in list(self.trials.values()):  # Optuna's trial heartbeat, one per running trial
+            self.ostorage.record_heartbeat(t._trial_id)
+        state["last_hb"] = time.monotonic()
+        if time.monotonic() - state["last_stale"] > GRACE_SECONDS / 2:  # trials of drivers that stopped
+            self.fail_stale()
+            state["last_stale"] = time.monotonic()
+
+    def _end(self, status: str, handlers: tuple[Any, Any]) -> None:
+        """Restore the signal handlers, stop the workers, end the run with ``status``, close the
+        database and Optuna's storage."""
+        try:
+            signal.signal(signal.SIGTERM, handlers[0])
+            signal.signal(signal.SIGINT, handlers[1])
+        except ValueError:
+            pass
+        if self._bar is not None:
+            self._bar.close()
+        if self._executor is not None:
+            self._executor.shutdown()
+        try:
+            if getattr(self, "run_id", None) is not None:
+                self.db.end_run(self.run_id, status)
+        finally:
+            if getattr(self, "db", None) is not None:
+                self.db.close()
             try:
-                if getattr(self, "run_id", None) is not None:
-                    self.db.end_run(self.run_id, status)
-            finally:
-                if getattr(self, "db", None) is not None:
-                    self.db.close()
-                try:
-                    self.ostorage.remove_session()
-                    self.ostorage.engine.dispose()
-                except Exception:  # noqa: BLE001
-                    pass
+                self.ostorage.remove_session()
+                self.ostorage.engine.dispose()
+            except Exception:  # noqa: BLE001
+                pass
 
     def _safe_url(self) -> str:
         return self.masked_storage

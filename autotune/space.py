@@ -130,7 +130,6 @@ DTYPES = ("float32", "bfloat16", "float16")
 MODES = ("fwd", "fwd+bwd")
 DEVICES = ("cuda", "cpu")
 SAMPLERS = ("nsga2", "tpe", "random")
-WORKLOAD_KINDS = ("msa_row", "triangle", "evoformer")
 # The keys of a workload entry and their defaults are its record class's (`WORKLOAD_TYPES`): an
 # EvoFormer workload times one whole block, its attention dims default to AlphaFold2's.
 
@@ -601,6 +600,7 @@ class EvoformerWorkload(Workload):
 #: workload kind -> its record class (the parser's and the stored form's dispatch)
 WORKLOAD_TYPES: dict[str, type[Workload]] = {"msa_row": AttentionWorkload, "triangle": AttentionWorkload,
                                              "evoformer": EvoformerWorkload}
+WORKLOAD_KINDS = tuple(WORKLOAD_TYPES)
 
 
 @dataclass(frozen=True)

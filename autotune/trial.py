@@ -80,8 +80,8 @@ import torch
 
 from .measure import is_oom
 from .space import ACCURACY_METRIC_DIRECTIONS, SearchSpace
-from .workloads import (DEFAULT_TOL, DTYPES, MEMORY_FLOOR_BYTES, CellMeasurement, GateFailed, TrialTiming, bench_for,
-                        nominal_layout, one_pass, random_qkv)
+from .workloads import (DEFAULT_TOL, MEMORY_FLOOR_BYTES, CellMeasurement, GateFailed, TrialTiming, bench_for,
+                        nominal_layout)
 
 __all__ = ["TrialRequest", "TrialRunner", "TrialResult", "CellMeasurement", "AccuracyResult", "GateReport",
            "WorkerInfo", "TrialTiming", "summarize", "DEFAULT_TOL", "FAULT_ENV", "MEMORY_FLOOR_BYTES"]
@@ -260,17 +260,6 @@ class TrialRunner:
         self.pid = os.getpid()
         self.host = socket.gethostname()
         self.trials_run = 0
-
-    # -- compatibility helpers (benchmarks) ---------------------------------------------------
-    def _inputs(self, B: int, H: int, L: int, D: int, bias: bool, device: str, dtype: torch.dtype, gen: torch.Generator,
-                grad: bool = False):
-        """`autotune.workloads.random_qkv`."""
-        return random_qkv(B, H, L, D, bias, device, dtype, gen, grad)
-
-    @staticmethod
-    def _callable(space: Any, f, q, k, v, bias):
-        """`autotune.workloads.one_pass` in the space's mode."""
-        return one_pass(space.mode, f, q, k, v, bias)
 
     # -- steps of a trial ---------------------------------------------------------------------
     @staticmethod
