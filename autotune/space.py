@@ -72,6 +72,15 @@ construction counts in the candidate's time); its accuracy is measured with layo
 the chains' structures degraded by ``accuracy_noise`` Angstrom of noise (top-level key, or
 ``constraints.accuracy.noise`` in a space without a targets section; default 4).
 
+Each section becomes a frozen record with its defaults in the field definitions (`parse_space`
+validates each in one place, step by step): ``sampler`` `SamplerSettings`, ``budget``
+`BudgetSettings`, ``measure`` `MeasureSettings`, ``gate`` `GateSettings`, ``execution``
+`ExecutionSettings`; ``pattern`` and ``kernel`` a `ParamSpace` (name -> `Choices`, `IntRange` or a
+fixed value, in the file's order); each workload the `Workload` record of its kind
+(`WORKLOAD_TYPES`: `AttentionWorkload`, `EvoformerWorkload`). `SearchSpace.to_dict` is what every
+run stores (JSON, with the run); `SearchSpace.from_dict` reads it back, also from a database written
+by an older version (missing keys take the defaults).
+
 Aggregation of a trial's objectives over its (workload, bucket) cells: speedup and memory ratios
 by geometric mean, sparsity by mean, accuracy by its worst bucket. Optuna's constraint values
 (<= 0 is feasible) are the violations of every target but speedup at the trial's least violating
@@ -97,6 +106,17 @@ __all__ = [
     "SpaceError",
     "SearchSpace",
     "Workload",
+    "AttentionWorkload",
+    "EvoformerWorkload",
+    "WORKLOAD_TYPES",
+    "ParamSpace",
+    "Choices",
+    "IntRange",
+    "SamplerSettings",
+    "BudgetSettings",
+    "MeasureSettings",
+    "GateSettings",
+    "ExecutionSettings",
     "Constraint",
     "load_space",
     "parse_space",
