@@ -44,21 +44,23 @@ Its cells' ``sparsity`` is that of the layout chosen from the workload's bias.
 `TrialRunner.confirm` re-measures a bucket's leading candidates together (one interleaved loop per
 workload with SDPA and each other; `autotune.verdict.confirm` stores and uses the figures).
 
-An ``evoformer`` workload (`autotune.workloads.EvoformerBench`) measures one whole ``autotune.evoformer.EvoformerBlock`` (built once per
-worker from the workload's dims with fixed-seed weights, in the space's dtype on its device) at the
-buckets up to its ``max_len``: inputs m [msa_depth, L, c_m] and z [L, L, c_z]; the candidate is the
-block with the trial's pattern on MSA row attention and both triangle attentions (sparse, the
-space's backend and the trial's kernel config; column attention dense SDPA), the baselines the
-same block with dense SDPA attention everywhere (contiguous bias: the fair dense baseline; its
-time and peak are ``sdpa_*``, so ``speedup`` is the block's speedup over the SDPA block) and with
-OpenFold's materialised naive attention (``naive_*``). One pass is the block's forward (``fwd``) or
-forward and backward into the parameter gradients (``fwd+bwd``; `autotune.workloads.block_pass`, the
-EvoFormer benchmark's pass), timed and measured with `measure.time_fn` / `measure.peak_memory`. ``batch`` is the MSA
-depth, ``heads`` / ``head_dim`` the MSA attention's. Its gate: the sparse block against the same
-block whose three attentions are ``naive`` masked to the pattern (the dense-cost oracle), at
-``gate.seq_len`` residues and ``gate.batch`` MSA rows: both outputs (error relative to max |ref|),
-and in fwd+bwd the parameter gradients of the MSA row, triangle-start and triangle-end attention
-modules and of the rest of the block (per group, relative to the group's max |ref|).
+An ``evoformer`` workload (`autotune.workloads.EvoformerBench`) measures one whole
+``autotune.evoformer.EvoformerBlock`` (built once per worker from the workload's dims with
+fixed-seed weights, in the space's dtype on its device) at the buckets up to its ``max_len``: inputs
+m [msa_depth, L, c_m] and z [L, L, c_z]; the candidate is the block with the trial's pattern on MSA
+row attention and both triangle attentions (sparse, the space's backend and the trial's kernel
+config; column attention dense SDPA), the baselines the same block with dense SDPA attention
+everywhere (contiguous bias: the fair dense baseline; its time and peak are ``sdpa_*``, so
+``speedup`` is the block's speedup over the SDPA block) and with OpenFold's materialised naive
+attention (``naive_*``). One pass is the block's forward (``fwd``) or forward and backward into the
+parameter gradients (``fwd+bwd``; `autotune.workloads.block_pass`, the EvoFormer benchmark's pass),
+timed paired and measured with `measure.time_paired` / `measure.peak_memory` (the naive block with
+`measure.time_fn`). ``batch`` is the MSA depth, ``heads`` / ``head_dim`` the MSA attention's. Its
+gate: the sparse block against the same block whose three attentions are ``naive`` masked to the
+pattern (the dense-cost oracle), at ``gate.seq_len`` residues and ``gate.batch`` MSA rows: both
+outputs (error relative to max |ref|), and in fwd+bwd the parameter gradients of the MSA row,
+triangle-start and triangle-end attention modules and of the rest of the block (per group, relative
+to the group's max |ref|).
 
 Test-only fault injection: the environment variable ``AUTOTUNE_FAULT_INJECT`` holds a
 comma-separated list of ``raise:<trial number>`` (the trial raises after its gate),
