@@ -524,6 +524,25 @@ class Database:
             for m in measurements:
                 t.measurements.append(Measurement(**m))
 
+    def write_trial_result(self, study: str, number: int, result: Any) -> None:
+        """Write one trial's ``autotune.trial.TrialResult`` in one transaction: its state
+        (COMPLETE when ``ok``, else FAIL with its ``reason``), gate, timing and worker, and for a
+        complete trial the driver's objectives, constraint values and feasibility and one
+        ``at_measurements`` row per cell (a `CellMeasurement`'s fields are named as the columns,
+        units in the names). The record is read through its attributes: this layer does not import
+        the trials, which sit above it."""
+        fields: dict[str, Any] = {"gate": None if result.gate is None else result.gate.to_dict(),
+                                  "timing": {} if result.timing is None else result.timing.to_dict(),
+                                  "worker": None if result.worker is None else result.worker.to_dict()}
+        rows: list[dict[str, Any]] = []
+        if result.ok:
+            fields.update(objectives=list(result.objectives), constraints=list(result.constraints),
+                          feasible=bool(result.feasible))
+            columns = [c for c in Measurement.__table__.columns.keys() if c not in ("id", "trial_id")]
+            rows = [{c: getattr(cell, c) for c in columns} for cell in result.cells]
+        self.record_result(study, number, state=result.state, reason=None if result.ok else result.reason,
+                           fields=fields, measurements=rows)
+
 
 # -- ties to Optuna's study and trial ids -------------------------------------------------------------
 

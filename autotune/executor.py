@@ -2,8 +2,9 @@
 
 Both executors have the same small interface, used only by the search driver:
 ``capacity`` (trials that may run at once), ``submit(request)``, ``poll(timeout) -> [(request,
-result)]``, ``running``, ``shutdown()``. A result is the plain dict of `TrialRunner.run`; a worker
-never writes to the database.
+result)]``, ``running``, ``shutdown()``. A request is a `TrialRequest` as a plain dict, a result the
+`autotune.trial.TrialResult` of `TrialRunner.run` (plain dataclasses: Ray pickles them across the
+actor boundary); a worker never writes to the database.
 
 `RayExecutor`
     Where: ``address`` (``--ray-address``), else ``$RAY_ADDRESS`` (what ``ray job submit`` sets for
@@ -51,7 +52,7 @@ from __future__ import annotations
 import os
 from typing import Any, Optional
 
-from .trial import FAULT_ENV, TrialRunner
+from .trial import FAULT_ENV, TrialResult, TrialRunner
 
 __all__ = ["LocalExecutor", "RayExecutor", "ExecutorError", "ClusterUnreachable", "make_executor",
            "cluster_address", "project_runtime_env", "wait_for_address"]
@@ -175,7 +176,7 @@ class LocalExecutor:
     def submit(self, request: dict[str, Any]) -> None:
         self.queue.append(request)
 
-    def poll(self, timeout: float = 1.0) -> list[tuple[dict[str, Any], dict[str, Any]]]:
+    def poll(self, timeout: float = 1.0) -> list[tuple[dict[str, Any], TrialResult]]:
         if not self.queue:
             return []
         req = self.queue.pop(0)
@@ -200,13 +201,13 @@ class TrialWorker:
 
         return ray.get_runtime_context().get_node_id()
 
-    def run(self, request: dict[str, Any]) -> dict[str, Any]:
+    def run(self, request: dict[str, Any]) -> TrialResult:
         return self.runner.run(request)
 
 
-def _failed(request: dict[str, Any], reason: str) -> dict[str, Any]:
-    return {"number": request["number"], "ok": False, "reason": reason, "gate": None, "measurements": [],
-            "accuracy": {}, "worker": None, "timing": {}}
+def _failed(request: dict[str, Any], reason: str, retry: bool = False) -> TrialResult:
+    """The result of a trial whose worker returned nothing (``retry``: run it again)."""
+    return TrialResult.failed(request["number"], reason, retry=retry)
 
 
 class RayExecutor:
@@ -321,7 +322,7 @@ class RayExecutor:
         self.inflight[ref] = (slot, request)
         self.placement[request["number"]] = self.node_of(slot, timeout=0.0)
 
-    def poll(self, timeout: float = 1.0) -> list[tuple[dict[str, Any], dict[str, Any]]]:
+    def poll(self, timeout: float = 1.0) -> list[tuple[dict[str, Any], TrialResult]]:
         ray = self.ray
         if not self.inflight:
             return []
@@ -347,8 +348,7 @@ class RayExecutor:
                     pass
                 if lost:  # the machine went away, not the candidate's fault: run it again elsewhere
                     result = _failed(req, f"node lost: worker node {node or '?'} left the cluster during the trial "
-                                          f"({type(e).__name__})"[:2000])
-                    result["retry"] = True
+                                          f"({type(e).__name__})"[:2000], retry=True)
                     self.nodes_lost += 1
                     if not self._room_for_actor(exclude_node=node, slot=slot):
                         self.capacity -= 1

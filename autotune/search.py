@@ -94,9 +94,12 @@ import signal
 import socket
 import sys
 import time
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 from .space import MAX_NAME, SearchSpace, SpaceError, load_space
+
+if TYPE_CHECKING:
+    from .trial import TrialResult
 
 LEASE_SECONDS = 600.0  # a run on another host without a run heartbeat for this long: its driver is gone
 MAX_DUPLICATE_ASKS = 200  # consecutive asks that only re-propose measured parameters: space exhausted
@@ -164,7 +167,7 @@ def make_sampler(space: SearchSpace, seed: Optional[int] = None, *, use_space_se
     import optuna
 
     cfg = space.sampler
-    seed = cfg.get("seed") if use_space_seed else seed
+    seed = cfg.seed if use_space_seed else seed
 
     def constraints_func(trial) -> list[float]:
         return list(trial.user_attrs.get("constraints", []))
@@ -174,10 +177,10 @@ def make_sampler(space: SearchSpace, seed: Optional[int] = None, *, use_space_se
     # themselves (and deprecate constraints_func); Optuna 4 samplers need constraints_func.
     new_api = hasattr(optuna.trial.Trial, "set_constraint")
     cons = constraints_func if (space.constraints and not new_api) else None
-    if cfg["name"] == "nsga2":
-        return optuna.samplers.NSGAIISampler(population_size=cfg.get("population_size") or 16, seed=seed, constraints_func=cons)
-    if cfg["name"] == "tpe":
-        return optuna.samplers.TPESampler(n_startup_trials=cfg.get("n_startup_trials") or 10, seed=seed,
+    if cfg.name == "nsga2":
+        return optuna.samplers.NSGAIISampler(population_size=cfg.population, seed=seed, constraints_func=cons)
+    if cfg.name == "tpe":
+        return optuna.samplers.TPESampler(n_startup_trials=cfg.startup_trials, seed=seed,
                                           multivariate=True, constraints_func=cons)
     return optuna.samplers.RandomSampler(seed=seed)
 
@@ -264,7 +267,7 @@ class Search:
         self.storage = storage
         self.executor_kind = executor
         self.ray_address = ray_address
-        self.workers = workers if workers is not None else space.execution.get("workers")
+        self.workers = workers if workers is not None else space.execution.workers
         self.progress = progress
         self.num_cpus = num_cpus
         from .storage import mask_secrets, mask_url
@@ -347,7 +350,7 @@ class Search:
             self.study.set_user_attr("space_run_id", self.run_id)
         n_trials = len(self.study.get_trials(deepcopy=False))
         if n_trials:  # continue from the study: never replay the sequence of an earlier start
-            self.study.sampler = make_sampler(self.space, sampler_seed(self.space.sampler.get("seed"), n_trials, self.run_id),
+            self.study.sampler = make_sampler(self.space, sampler_seed(self.space.sampler.seed, n_trials, self.run_id),
                                               use_space_seed=False)
 
     # -- resume ------------------------------------------------------------------------------
@@ -509,7 +512,7 @@ class Search:
             retry_of=retry_of, objective_names=list(self.space.objectives),
             constraint_names=optuna_constraint_names(self.space),
             started_at=now, finished_at=now if invalid else None,
-        ), int(self.space.budget["trials"]), allow_repeats=self.allow_repeats)
+        ), self.space.budget.trials, allow_repeats=self.allow_repeats)
         if status != "ok":
             why = "budget reached" if status == "budget" else f"duplicate of trial {other}"
             trial.set_user_attr("not_run", why)
@@ -531,11 +534,9 @@ class Search:
         executor.submit(req.to_dict())
         return "launched"
 
-    def _record(self, req: dict[str, Any], res: dict[str, Any]) -> bool:
+    def _record(self, req: dict[str, Any], res: "TrialResult") -> bool:
         """Write one returned trial; False when it is to be run again (not finished)."""
         from optuna.trial import TrialState
-
-        from .trial import cell_values, cell_violations, summarize
 
         number = req["number"]
         trial = self.trials.pop(number)
@@ -544,71 +545,78 @@ class Search:
             # database locked for that long): its retry is queued and measures it again
             self.log(f"trial {number}: dropped its result; the trial was failed as stale and is retried")
             return False
-        timing = res.get("timing") or {}
-        self.stats["trial_s"] += timing.get("total_s", 0.0)
-        self.stats["measure_s"] += sum(timing.get(k, 0.0) for k in ("gate_s", "candidate_s", "baseline_s", "accuracy_s"))
-        self.stats["timed_s"] += timing.get("timed_s", 0.0)
-        self.stats["windows_s"] += timing.get("candidate_s", 0.0) + timing.get("baseline_s", 0.0)
-        fields = {"gate": res.get("gate"), "timing": timing, "worker": res.get("worker")}
-        if res.get("retry"):  # its worker's node was lost: failed with the reason, run again
-            reason = res.get("reason") or "node lost"
-            self.db.record_result(self.study_name, number, state="FAIL", reason=reason, fields=fields, measurements=[])
-            trial.set_user_attr("fail_reason", reason)
-            self.study.tell(trial, state=TrialState.FAIL)
-            self.study.enqueue_trial(dict(trial.params), user_attrs={"retry_of": number}, skip_if_exists=False)
-            self.stats["retried"] += 1
-            self.log(f"trial {number} failed ({reason.splitlines()[0][:200]}): enqueued again")
+        self._account_timing(res)
+        if res.retry:  # its worker's node was lost: failed with the reason, run again
+            self._record_retry(trial, res)
             return False
-        if res.get("ok"):
-            try:
-                objs, cons = summarize(self.space, res)
-                if any(not math.isfinite(v) for v in objs):
-                    raise ValueError(f"non-finite objective values {objs}")
-            except Exception as e:  # noqa: BLE001
-                res = dict(res, ok=False, reason=f"could not summarize: {type(e).__name__}: {e}")
-        if res.get("ok"):
-            rows = []
-            for m in res["measurements"]:
-                viol = cell_violations(self.space, m, res.get("accuracy") or {})
-                acc = (res.get("accuracy") or {}).get(str(m["bucket"]))
-                mib = lambda b: None if b is None else b / float(1 << 20)  # noqa: E731
-                rows.append({
-                    "workload": m["workload"], "kind": m["kind"], "bucket": m["bucket"], "batch": m["batch"],
-                    "heads": m["heads"], "head_dim": m["head_dim"], "dtype": m["dtype"], "mode": m["mode"],
-                    "sparsity": m["sparsity"], "time_ms": m["time_ms"], "time_p10_ms": m["time_p10_ms"],
-                    "time_p90_ms": m["time_p90_ms"], "repeats": m["repeats"], "peak_mib": mib(m["peak_bytes"]),
-                    "memory_method": m["memory_method"], "sdpa_ms": m["sdpa_ms"], "sdpa_p10_ms": m["sdpa_p10_ms"],
-                    "sdpa_p90_ms": m["sdpa_p90_ms"], "sdpa_peak_mib": mib(m["sdpa_peak_bytes"]),
-                    "naive_ms": m["naive_ms"], "naive_peak_mib": mib(m["naive_peak_bytes"]),
-                    "speedup": m["speedup"], "speedup_lo": m.get("speedup_lo"), "speedup_hi": m.get("speedup_hi"),
-                    "speedup_level": m.get("speedup_level"), "timing_stop": m.get("timing_stop"),
-                    "speedup_naive": m["speedup_naive"],
-                    "memory_vs_sdpa": m["memory_vs_sdpa"], "memory_vs_naive": m["memory_vs_naive"],
-                    "accuracy": acc, "accuracy_metric": self.space.accuracy_metric,
-                    "accuracy_value": cell_values(self.space, m, res.get("accuracy") or {})["accuracy"],
-                    "violations": viol, "feasible": all(v <= 0 for v in viol.values()),
-                })
-            # Optuna's constraint values: the least violating bucket's (bucket_view), so that a
-            # trial the export can choose at some bucket is feasible for Optuna's tools too
-            cons, buckets, cons_bucket = bucket_view(self.space, rows)
-            feasible = all(c <= 0 for c in cons)
-            self.db.record_result(self.study_name, number, state="COMPLETE", reason=None,
-                                  fields=dict(fields, objectives=objs, constraints=cons, feasible=feasible),
-                                  measurements=rows)
-            self._tell(number, objs, cons, buckets, cons_bucket)
-            self.stats["completed"] += 1
-            if "speedup" in self.space.objectives and feasible:
-                sp = objs[self.space.objectives.index("speedup")]
-                self.best = sp if self.best is None else max(self.best, sp)
-            self._update_best_by_bucket(rows, number)
+        if res.ok:
+            self._summarize(res)
+        if res.ok:
+            self._record_complete(trial, res)
         else:
-            reason = res.get("reason") or "unknown failure"
-            self.db.record_result(self.study_name, number, state="FAIL", reason=reason, fields=fields, measurements=[])
-            trial.set_user_attr("fail_reason", reason)
-            self.study.tell(trial, state=TrialState.FAIL)
-            self.stats["failed"] += 1
-            self.log(f"trial {number} failed: {reason.splitlines()[0][:300]}")
+            self._record_failed(trial, res)
         return True
+
+    def _account_timing(self, res: "TrialResult") -> None:
+        """Add a returned trial's stage times to the run's statistics (the overhead line)."""
+        t = res.timing
+        if t is None:
+            return
+        self.stats["trial_s"] += t.total_s
+        self.stats["measure_s"] += t.gate_s + t.candidate_s + t.baseline_s + t.accuracy_s
+        self.stats["timed_s"] += t.timed_s
+        self.stats["windows_s"] += t.candidate_s + t.baseline_s
+
+    def _summarize(self, res: "TrialResult") -> None:
+        """Objectives of a successful trial and its cells' judgement; a result that cannot be
+        summarised (non-finite objectives) becomes a failed trial."""
+        from .trial import summarize
+
+        try:
+            objs, _ = summarize(self.space, res)
+            if any(not math.isfinite(v) for v in objs):
+                raise ValueError(f"non-finite objective values {objs}")
+            res.judge(self.space)
+        except Exception as e:  # noqa: BLE001
+            res.ok, res.reason = False, f"could not summarize: {type(e).__name__}: {e}"
+            return
+        res.objectives = objs
+
+    def _record_complete(self, trial, res: "TrialResult") -> None:
+        """Store a complete trial, tell Optuna, update the best-so-far."""
+        # Optuna's constraint values: the least violating bucket's (bucket_view), so that a
+        # trial the export can choose at some bucket is feasible for Optuna's tools too
+        cons, buckets, cons_bucket = bucket_view(self.space, res.cells)
+        res.conclude(res.objectives or [], cons)
+        self.db.write_trial_result(self.study_name, res.number, res)
+        self._tell(res.number, res.objectives, cons, buckets, cons_bucket)
+        self.stats["completed"] += 1
+        if "speedup" in self.space.objectives and res.feasible:
+            sp = res.objectives[self.space.objectives.index("speedup")]
+            self.best = sp if self.best is None else max(self.best, sp)
+        self._update_best_by_bucket([c.to_dict() for c in res.cells], res.number)
+
+    def _record_failed(self, trial, res: "TrialResult") -> None:
+        from optuna.trial import TrialState
+
+        res.reason = res.reason or "unknown failure"
+        self.db.write_trial_result(self.study_name, res.number, res)
+        trial.set_user_attr("fail_reason", res.reason)
+        self.study.tell(trial, state=TrialState.FAIL)
+        self.stats["failed"] += 1
+        self.log(f"trial {res.number} failed: {res.reason.splitlines()[0][:300]}")
+
+    def _record_retry(self, trial, res: "TrialResult") -> None:
+        """A trial whose worker's node was lost: recorded failed with the reason, enqueued again."""
+        from optuna.trial import TrialState
+
+        res.reason = res.reason or "node lost"
+        self.db.write_trial_result(self.study_name, res.number, res)
+        trial.set_user_attr("fail_reason", res.reason)
+        self.study.tell(trial, state=TrialState.FAIL)
+        self.study.enqueue_trial(dict(trial.params), user_attrs={"retry_of": res.number}, skip_if_exists=False)
+        self.stats["retried"] += 1
+        self.log(f"trial {res.number} failed ({res.reason.splitlines()[0][:200]}): enqueued again")
 
     def _update_best_by_bucket(self, rows: list[dict[str, Any]], number: Optional[int] = None) -> None:
         """Feed a complete trial's cells to the progress bar's best-so-far (the leaders of
@@ -670,124 +678,25 @@ class Search:
 
     # -- main loop ---------------------------------------------------------------------------
     def run(self) -> dict[str, Any]:
-        from .executor import ExecutorError, make_executor
-
+        """One driver run (module docstring): open the study and settle what earlier drivers left
+        (`_begin`), start the workers (`_start_executor`), then launch and record trials until the
+        budget or the timeout (`_loop`); the run is ended in the database whatever happens (`_end`)."""
         t_start = time.perf_counter()
         self.trials: dict[int, Any] = {}
-        status = "failed"
-        executor = None
-        bar = None
+        self._executor = self._bar = None
         self.db = self.run_id = None
-        old_term = signal.getsignal(signal.SIGTERM)
-
-        def on_term(signum, frame):
-            raise KeyboardInterrupt
-
-        old_int = signal.getsignal(signal.SIGINT)
         self._stop_requested = False
-
-        def on_int(signum, frame):
-            # One Ctrl-C always stops the search: the loop checks the flag every second, and the
-            # interrupt is raised at once unless the main thread is inside a finaliser (__del__),
-            # where Python would swallow it ("Exception ignored in ...") and the search go on.
-            if not self._stop_requested:
-                self._stop_requested = True
-                self.log("interrupt received: stopping")
-            f = frame
-            while f is not None:
-                if f.f_code.co_name == "__del__":
-                    return
-                f = f.f_back
-            raise KeyboardInterrupt
-
+        handlers = self._install_signal_handlers()
+        status = "failed"
         try:
-            signal.signal(signal.SIGTERM, on_term)
-            signal.signal(signal.SIGINT, on_int)
-        except ValueError:  # not the main thread
-            pass
-        try:
-            self._open()
-            self.recover()
-            budget = int(self.space.budget["trials"])
-            timeout = self.space.budget.get("timeout")
-            deadline = None if timeout is None else time.monotonic() + float(timeout)
-            done0 = self.finished_count()
-            self._load_cells()
-            if done0 or self.stats["retried"]:
-                from optuna.trial import TrialState
-
-                retry = sum(1 for t in self.study.get_trials(deepcopy=False, states=(TrialState.WAITING,))
-                            if "retry_of" in t.user_attrs)
-                self.log(f"resuming study {self.study_name!r}: {done0} finished trial(s) kept, "
-                         f"{retry} interrupted trial(s) retried")
+            done0, budget, deadline = self._begin()
             if done0 >= budget:
                 self.log(f"study {self.study_name!r} already has {done0} finished trials (budget {budget}); nothing to do "
                          f"(raise --trials above {done0} to add trials)")
                 status = "finished"
                 return self._summary(done0, t_start)
-            try:
-                executor = make_executor(self.executor_kind, device=self.space.device, workers=self.workers,
-                                         threads_per_worker=int(self.space.execution.get("threads_per_worker") or 1),
-                                         address=self.ray_address, num_cpus=self.num_cpus)
-            except ExecutorError as e:  # threads_per_worker beyond every node, an unreachable cluster, no ray
-                raise UsageError(str(e) if e.standalone else f"{self.space.source}: {e}") from None
-            self.stats["startup_s"] = time.perf_counter() - t_start
-            try:  # again: starting Ray may have installed its own handler
-                signal.signal(signal.SIGINT, on_int)
-            except ValueError:
-                pass
-            self.log(f"study {self.study_name!r}: {done0} trials finished, budget {budget}, "
-                     f"{executor.workers} {executor.name} worker(s), storage {self._safe_url()}")
-            if self.progress:
-                from tqdm import tqdm
-
-                bar = tqdm(total=budget, initial=done0, desc=self.study_name, unit="trial", dynamic_ncols=True)
-            last_hb = 0.0
-            last_stale = time.monotonic()
-            done = done0
-            budget_full, dup_streak = False, 0
-            while True:
-                if self._stop_requested:
-                    raise KeyboardInterrupt
-                now_m = time.monotonic()
-                out_of_time = deadline is not None and now_m >= deadline
-                while not out_of_time and not budget_full and executor.running < executor.capacity:
-                    status = self._launch(executor)
-                    if status == "budget":
-                        budget_full = True
-                    elif status == "duplicate":
-                        dup_streak += 1
-                        if dup_streak >= MAX_DUPLICATE_ASKS:
-                            self.log(f"the sampler proposed {dup_streak} already measured parameter sets in a row: "
-                                     "the space looks exhausted; stopping (--allow-repeats measures them again)")
-                            budget_full = True
-                    else:
-                        dup_streak = 0
-                    if status == "rejected":
-                        done += 1
-                        if bar is not None:
-                            bar.update(1)
-                if executor.running == 0:
-                    break
-                for req, res in executor.poll(timeout=1.0):
-                    if self._record(req, res):
-                        done += 1
-                        if bar is not None:
-                            bar.update(1)
-                    else:  # to be run again: its retry takes the slot it reserved
-                        budget_full = False
-                if time.monotonic() - last_hb > HEARTBEAT_SECONDS:
-                    self.db.heartbeat(self.run_id)
-                    for t in list(self.trials.values()):  # Optuna's trial heartbeat, one per running trial
-                        self.ostorage.record_heartbeat(t._trial_id)
-                    last_hb = time.monotonic()
-                    if time.monotonic() - last_stale > GRACE_SECONDS / 2:  # trials of drivers that stopped
-                        self.fail_stale()
-                        last_stale = time.monotonic()
-                if bar is not None:
-                    left = "-" if deadline is None else f"{max(0.0, deadline - time.monotonic()):.0f}s"
-                    bar.set_postfix(ok=self.stats["completed"], failed=self.stats["failed"], running=executor.running,
-                                    best=self.best_text(), left=left, refresh=False)
+            self._start_executor(t_start, budget, done0)
+            done = self._loop(deadline, done0)
             status = "finished"
             return self._summary(done, t_start)
         except KeyboardInterrupt:
@@ -796,26 +705,164 @@ class Search:
             self.log("interrupted: running trials were marked interrupted and will be retried on resume")
             raise
         finally:
-            try:
-                signal.signal(signal.SIGTERM, old_term)
-                signal.signal(signal.SIGINT, old_int)
-            except ValueError:
-                pass
+            self._end(status, handlers)
+
+    def _on_int(self, signum, frame) -> None:
+        """SIGINT: one Ctrl-C always stops the search: the loop checks the flag every second, and
+        the interrupt is raised at once unless the main thread is inside a finaliser (__del__),
+        where Python would swallow it ("Exception ignored in ...") and the search go on."""
+        if not self._stop_requested:
+            self._stop_requested = True
+            self.log("interrupt received: stopping")
+        f = frame
+        while f is not None:
+            if f.f_code.co_name == "__del__":
+                return
+            f = f.f_back
+        raise KeyboardInterrupt
+
+    def _install_signal_handlers(self) -> tuple[Any, Any]:
+        """SIGTERM and SIGINT stop the search (as KeyboardInterrupt); returns the old handlers."""
+        old_term = signal.getsignal(signal.SIGTERM)
+        old_int = signal.getsignal(signal.SIGINT)
+
+        def on_term(signum, frame):
+            raise KeyboardInterrupt
+
+        try:
+            signal.signal(signal.SIGTERM, on_term)
+            signal.signal(signal.SIGINT, self._on_int)
+        except ValueError:  # not the main thread
+            pass
+        return old_term, old_int
+
+    def _begin(self) -> tuple[int, int, Optional[float]]:
+        """Open the study, settle the trials earlier drivers left, load the cells of its complete
+        trials. Returns (trials finished so far, budget, monotonic deadline or None)."""
+        self._open()
+        self.recover()
+        budget = self.space.budget.trials
+        timeout = self.space.budget.timeout
+        deadline = None if timeout is None else time.monotonic() + float(timeout)
+        done0 = self.finished_count()
+        self._load_cells()
+        if done0 or self.stats["retried"]:
+            from optuna.trial import TrialState
+
+            retry = sum(1 for t in self.study.get_trials(deepcopy=False, states=(TrialState.WAITING,))
+                        if "retry_of" in t.user_attrs)
+            self.log(f"resuming study {self.study_name!r}: {done0} finished trial(s) kept, "
+                     f"{retry} interrupted trial(s) retried")
+        return done0, budget, deadline
+
+    def _start_executor(self, t_start: float, budget: int, done0: int) -> None:
+        """Start the workers (an executor that cannot start is invalid input: `UsageError`) and
+        the progress bar."""
+        from .executor import ExecutorError, make_executor
+
+        try:
+            self._executor = make_executor(self.executor_kind, device=self.space.device, workers=self.workers,
+                                           threads_per_worker=self.space.execution.threads_per_worker,
+                                           address=self.ray_address, num_cpus=self.num_cpus)
+        except ExecutorError as e:  # threads_per_worker beyond every node, an unreachable cluster, no ray
+            raise UsageError(str(e) if e.standalone else f"{self.space.source}: {e}") from None
+        self.stats["startup_s"] = time.perf_counter() - t_start
+        try:  # again: starting Ray may have installed its own handler
+            signal.signal(signal.SIGINT, self._on_int)
+        except ValueError:
+            pass
+        executor = self._executor
+        self.log(f"study {self.study_name!r}: {done0} trials finished, budget {budget}, "
+                 f"{executor.workers} {executor.name} worker(s), storage {self._safe_url()}")
+        if self.progress:
+            from tqdm import tqdm
+
+            self._bar = tqdm(total=budget, initial=done0, desc=self.study_name, unit="trial", dynamic_ncols=True)
+
+    def _loop(self, deadline: Optional[float], done: int) -> int:
+        """Launch trials while workers are free (`_fill`), record the returned ones, beat for the
+        running ones (`_beat`), until nothing runs and nothing may start. Returns the finished count."""
+        executor, bar = self._executor, self._bar
+        state = {"budget_full": False, "dup_streak": 0, "last_hb": 0.0, "last_stale": time.monotonic()}
+        while True:
+            if self._stop_requested:
+                raise KeyboardInterrupt
+            done += self._fill(executor, deadline, state)
+            if executor.running == 0:
+                break
+            for req, res in executor.poll(timeout=1.0):
+                if self._record(req, res):
+                    done += 1
+                    if bar is not None:
+                        bar.update(1)
+                else:  # to be run again: its retry takes the slot it reserved
+                    state["budget_full"] = False
+            self._beat(state)
             if bar is not None:
-                bar.close()
-            if executor is not None:
-                executor.shutdown()
+                left = "-" if deadline is None else f"{max(0.0, deadline - time.monotonic()):.0f}s"
+                bar.set_postfix(ok=self.stats["completed"], failed=self.stats["failed"], running=executor.running,
+                                best=self.best_text(), left=left, refresh=False)
+        return done
+
+    def _fill(self, executor, deadline: Optional[float], state: dict[str, Any]) -> int:
+        """Launch trials while a worker is free, the budget has room and time is left; returns the
+        number of proposals rejected as invalid (finished at once)."""
+        rejected = 0
+        out_of_time = deadline is not None and time.monotonic() >= deadline
+        while not out_of_time and not state["budget_full"] and executor.running < executor.capacity:
+            launch = self._launch(executor)
+            if launch == "budget":
+                state["budget_full"] = True
+            elif launch == "duplicate":
+                state["dup_streak"] += 1
+                if state["dup_streak"] >= MAX_DUPLICATE_ASKS:
+                    self.log(f"the sampler proposed {state['dup_streak']} already measured parameter sets in a row: "
+                             "the space looks exhausted; stopping (--allow-repeats measures them again)")
+                    state["budget_full"] = True
+            else:
+                state["dup_streak"] = 0
+            if launch == "rejected":
+                rejected += 1
+                if self._bar is not None:
+                    self._bar.update(1)
+        return rejected
+
+    def _beat(self, state: dict[str, Any]) -> None:
+        """Every ``HEARTBEAT_SECONDS``: the run's heartbeat and Optuna's for each running trial;
+        every ``GRACE_SECONDS / 2``: fail the stale trials of drivers that stopped."""
+        if time.monotonic() - state["last_hb"] <= HEARTBEAT_SECONDS:
+            return
+        self.db.heartbeat(self.run_id)
+        for t in list(self.trials.values()):  # Optuna's trial heartbeat, one per running trial
+            self.ostorage.record_heartbeat(t._trial_id)
+        state["last_hb"] = time.monotonic()
+        if time.monotonic() - state["last_stale"] > GRACE_SECONDS / 2:  # trials of drivers that stopped
+            self.fail_stale()
+            state["last_stale"] = time.monotonic()
+
+    def _end(self, status: str, handlers: tuple[Any, Any]) -> None:
+        """Restore the signal handlers, stop the workers, end the run with ``status``, close the
+        database and Optuna's storage."""
+        try:
+            signal.signal(signal.SIGTERM, handlers[0])
+            signal.signal(signal.SIGINT, handlers[1])
+        except ValueError:
+            pass
+        if self._bar is not None:
+            self._bar.close()
+        if self._executor is not None:
+            self._executor.shutdown()
+        try:
+            if getattr(self, "run_id", None) is not None:
+                self.db.end_run(self.run_id, status)
+        finally:
+            if getattr(self, "db", None) is not None:
+                self.db.close()
             try:
-                if getattr(self, "run_id", None) is not None:
-                    self.db.end_run(self.run_id, status)
-            finally:
-                if getattr(self, "db", None) is not None:
-                    self.db.close()
-                try:
-                    self.ostorage.remove_session()
-                    self.ostorage.engine.dispose()
-                except Exception:  # noqa: BLE001
-                    pass
+                self.ostorage.remove_session()
+                self.ostorage.engine.dispose()
+            except Exception:  # noqa: BLE001
+                pass
 
     def _safe_url(self) -> str:
         return self.masked_storage
@@ -868,7 +915,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         study = args.study if args.study is not None else space.name
         if not study.strip() or len(study) > MAX_NAME or any(ord(c) < 32 or ord(c) == 127 for c in study):
             raise UsageError(f"--study: a study name must be 1 to {MAX_NAME} printable characters, got {len(study)}")
-        threads = int(space.execution.get("threads_per_worker") or 1)
+        threads = space.execution.threads_per_worker
         if not joining and threads > (os.cpu_count() or 1):  # a cluster's CPUs: checked when joining it
             raise UsageError(f"{args.space}: execution.threads_per_worker: {threads} is more than the "
                              f"{os.cpu_count()} CPUs of this machine")

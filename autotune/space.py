@@ -72,6 +72,15 @@ construction counts in the candidate's time); its accuracy is measured with layo
 the chains' structures degraded by ``accuracy_noise`` Angstrom of noise (top-level key, or
 ``constraints.accuracy.noise`` in a space without a targets section; default 4).
 
+Each section becomes a frozen record with its defaults in the field definitions (`parse_space`
+validates each in one place, step by step): ``sampler`` `SamplerSettings`, ``budget``
+`BudgetSettings`, ``measure`` `MeasureSettings`, ``gate`` `GateSettings`, ``execution``
+`ExecutionSettings`; ``pattern`` and ``kernel`` a `ParamSpace` (name -> `Choices`, `IntRange` or a
+fixed value, in the file's order); each workload the `Workload` record of its kind
+(`WORKLOAD_TYPES`: `AttentionWorkload`, `EvoformerWorkload`). `SearchSpace.to_dict` is what every
+run stores (JSON, with the run); `SearchSpace.from_dict` reads it back, also from a database written
+by an older version (missing keys take the defaults).
+
 Aggregation of a trial's objectives over its (workload, bucket) cells: speedup and memory ratios
 by geometric mean, sparsity by mean, accuracy by its worst bucket. Optuna's constraint values
 (<= 0 is feasible) are the violations of every target but speedup at the trial's least violating
@@ -84,9 +93,9 @@ from __future__ import annotations
 import copy
 import math
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, ClassVar, Optional
 
 from kernels.config import KERNEL_STAGES, KERNEL_TILES, KERNEL_WARPS
 from patterns.config import GLOBAL_PLACEMENTS, SUPPORTED_BLOCK_SIZES
@@ -97,6 +106,17 @@ __all__ = [
     "SpaceError",
     "SearchSpace",
     "Workload",
+    "AttentionWorkload",
+    "EvoformerWorkload",
+    "WORKLOAD_TYPES",
+    "ParamSpace",
+    "Choices",
+    "IntRange",
+    "SamplerSettings",
+    "BudgetSettings",
+    "MeasureSettings",
+    "GateSettings",
+    "ExecutionSettings",
     "Constraint",
     "load_space",
     "parse_space",
@@ -130,14 +150,8 @@ DTYPES = ("float32", "bfloat16", "float16")
 MODES = ("fwd", "fwd+bwd")
 DEVICES = ("cuda", "cpu")
 SAMPLERS = ("nsga2", "tpe", "random")
-WORKLOAD_KINDS = ("msa_row", "triangle", "evoformer")
-# Keys of a workload entry, per kind. An EvoFormer workload times one whole block; its attention
-# dims default to AlphaFold2's (EVOFORMER_DEFAULTS) and its batch is the MSA depth.
-ATTENTION_WORKLOAD_KEYS = {"name", "kind", "heads", "head_dim", "bias", "tokens", "max_batch"}
-EVOFORMER_WORKLOAD_KEYS = {"name", "kind", "msa_depth", "c_m", "c_z", "heads", "pair_heads", "head_dim",
-                           "c_hidden_opm", "c_hidden_mul", "max_len"}
-EVOFORMER_DEFAULTS = {"c_m": 256, "c_z": 128, "heads": 8, "pair_heads": 4, "head_dim": 32,
-                      "c_hidden_opm": 32, "c_hidden_mul": 128}
+# The keys of a workload entry and their defaults are its record class's (`WORKLOAD_TYPES`): an
+# EvoFormer workload times one whole block, its attention dims default to AlphaFold2's.
 
 TOP_KEYS = {
     "name", "device", "backend", "dtype", "mode", "buckets", "pattern", "kernel", "workloads",
@@ -198,47 +212,415 @@ class SpaceError(ValueError):
         super().__init__(f"{source}: {key}: {problem}")
 
 
+# ------------------------------------------------------------------------------------------------
+# searched parameters: a fixed value, a list of choices or an integer range
+
+
 @dataclass(frozen=True)
+class Choices:
+    """``{choices: [...]}``: Optuna samples one of ``values`` (categorical)."""
+
+    values: tuple
+
+    def to_data(self) -> dict[str, Any]:
+        return {"choices": list(self.values)}
+
+
+@dataclass(frozen=True)
+class IntRange:
+    """``{low: a, high: b[, step: s]}``: an integer in [low, high] on the grid low + k * step."""
+
+    low: int
+    high: int
+    step: int = 1
+
+    def to_data(self) -> dict[str, Any]:
+        return {"low": self.low, "high": self.high, "step": self.step}
+
+
+def _spec_to_data(spec: Any) -> Any:
+    return spec.to_data() if isinstance(spec, (Choices, IntRange)) else spec
+
+
+def _spec_from_data(d: Any) -> Any:
+    """The stored form of one parameter (`_spec_to_data`) back to its spec."""
+    if isinstance(d, dict) and "choices" in d:
+        return Choices(tuple(d["choices"]))
+    if isinstance(d, dict):
+        return IntRange(int(d["low"]), int(d["high"]), int(d.get("step", 1)))
+    return d
+
+
+@dataclass(frozen=True)
+class ParamSpace:
+    """The ``pattern`` or ``kernel`` section: parameter name -> `Choices`, `IntRange` or a fixed
+    value, in the file's order (the order Optuna is asked in, so a seed proposes the same trials).
+    Parameters that are not given take `patterns.PatternConfig` / `kernels.KernelConfig` defaults."""
+
+    params: tuple[tuple[str, Any], ...] = ()
+
+    def items(self) -> list[tuple[str, Any]]:
+        return list(self.params)
+
+    def keys(self) -> list[str]:
+        return [k for k, _ in self.params]
+
+    def get(self, key: str, default: Any = None) -> Any:
+        return next((v for k, v in self.params if k == key), default)
+
+    def __getitem__(self, key: str) -> Any:
+        for k, v in self.params:
+            if k == key:
+                return v
+        raise KeyError(key)
+
+    def __contains__(self, key: object) -> bool:
+        return any(k == key for k, _ in self.params)
+
+    def __len__(self) -> int:
+        return len(self.params)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: _spec_to_data(v) for k, v in self.params}
+
+    @classmethod
+    def from_dict(cls, d: Optional[dict[str, Any]]) -> "ParamSpace":
+        return cls(tuple((k, _spec_from_data(v)) for k, v in (d or {}).items()))
+
+
+# ------------------------------------------------------------------------------------------------
+# the settings sections: one frozen record each, defaults in the field definitions
+
+
+def _field_names(cls_or_obj: Any) -> tuple[str, ...]:
+    """The dataclass fields (class variables left out)."""
+    return tuple(f.name for f in fields(cls_or_obj))
+
+
+class _Section:
+    """Shared by the settings records: plain data for storage (`to_dict` / `from_dict`: a space is
+    stored as JSON with each run, and read back by workers, the export and the report), and a
+    read-only mapping view (``get``, ``[]``) kept for modules that still read a section as the dict
+    it used to be."""
+
+    #: optional fields left out of `to_dict` while unset (stored only when the file gave them)
+    _OMIT_NONE: ClassVar[tuple[str, ...]] = ()
+
+    def get(self, key: str, default: Any = None) -> Any:
+        return getattr(self, key) if key in _field_names(self) else default
+
+    def __getitem__(self, key: str) -> Any:
+        if key not in _field_names(self):
+            raise KeyError(key)
+        return getattr(self, key)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: getattr(self, k) for k in _field_names(self)
+                if not (k in self._OMIT_NONE and getattr(self, k) is None)}
+
+    @classmethod
+    def from_dict(cls, d: Optional[dict[str, Any]]):
+        """A stored section; keys this version no longer has are dropped, missing ones take the
+        field defaults (a space stored by an older version loads)."""
+        names = _field_names(cls)
+        return cls(**{k: v for k, v in (d or {}).items() if k in names})
+
+
+@dataclass(frozen=True)
+class SamplerSettings(_Section):
+    """``sampler``: the Optuna sampler. Unset numbers take the sampler's defaults
+    (`POPULATION_DEFAULT`, `STARTUP_DEFAULT`); ``seed`` None is unseeded."""
+
+    name: str = "nsga2"  # nsga2 | tpe | random
+    seed: Optional[int] = None
+    population_size: Optional[int] = None  # nsga2
+    n_startup_trials: Optional[int] = None  # tpe
+
+    KEYS: ClassVar[tuple[str, ...]] = ("name", "seed", "population_size", "n_startup_trials")
+    POPULATION_DEFAULT: ClassVar[int] = 16
+    STARTUP_DEFAULT: ClassVar[int] = 10
+    _OMIT_NONE: ClassVar[tuple[str, ...]] = ("seed", "population_size", "n_startup_trials")
+
+    @property
+    def population(self) -> int:
+        return self.POPULATION_DEFAULT if self.population_size is None else self.population_size
+
+    @property
+    def startup_trials(self) -> int:
+        return self.STARTUP_DEFAULT if self.n_startup_trials is None else self.n_startup_trials
+
+    @classmethod
+    def parse(cls, V: "_V", data: dict[str, Any]) -> "SamplerSettings":
+        sampler = V.section(data, "sampler", set(cls.KEYS))
+        if data.get("sampler") is None:
+            sampler = {"name": "nsga2"}
+        V.mapping(sampler, "sampler", set(cls.KEYS), ("name",))
+        V.choice(sampler["name"], "sampler.name", SAMPLERS)
+        for k, (lo_k, hi_k) in {"seed": (0, MAX_SEED), "population_size": (2, 100_000),
+                                "n_startup_trials": (1, MAX_TRIALS)}.items():
+            if k in sampler and sampler[k] is not None:
+                V.integer(sampler[k], f"sampler.{k}", low=lo_k, high=hi_k)
+        return cls(**sampler)
+
+
+@dataclass(frozen=True)
+class BudgetSettings(_Section):
+    """``budget``: ``trials`` in total (finished trials of the study count), ``timeout`` seconds
+    after which no new trial starts (None: no limit)."""
+
+    trials: int = 32
+    timeout: Optional[float] = None
+
+    @classmethod
+    def parse(cls, V: "_V", data: dict[str, Any]) -> "BudgetSettings":
+        budget = V.section(data, "budget", {"trials", "timeout"})
+        trials = cls.trials if budget.get("trials") is None else budget["trials"]
+        V.integer(trials, "budget.trials", low=1, high=MAX_TRIALS)
+        timeout = None if budget.get("timeout") is None else V.number(budget["timeout"], "budget.timeout", low=1)
+        return cls(trials=trials, timeout=timeout)
+
+
+@dataclass(frozen=True)
+class MeasureSettings(_Section):
+    """``measure`` (see `autotune.measure.time_paired`): ``warmup`` untimed rounds, ``repeats``
+    minimum and ``max_repeats`` maximum timed rounds, ``rel_width`` the interval half-width
+    (fraction of the speedup) at which timing stops early, ``time_cap_s`` seconds of timed calls
+    per (workload, bucket); ``confirm_*`` the same for the confirmation of the top ``confirm_top``
+    candidates per bucket."""
+
+    warmup: int = 2
+    repeats: int = 7
+    max_repeats: int = 41
+    rel_width: float = 0.05
+    time_cap_s: float = 3.0
+    confirm_top: int = 3
+    confirm_repeats: int = 21
+    confirm_max_repeats: int = 81
+    confirm_time_cap_s: float = 20.0
+
+    @classmethod
+    def parse(cls, V: "_V", raw: Any) -> "MeasureSettings":
+        """``max_repeats`` is at least ``repeats`` (and, when only ``repeats`` is given, at least
+        the default); the same for ``confirm_max_repeats``."""
+        measure = {**MEASURE_DEFAULTS, **(raw or {})}
+        V.mapping(measure, "measure", MEASURE_KEYS)
+        V.integer(measure["warmup"], "measure.warmup", low=0, high=MAX_WARMUP)
+        for k in ("repeats", "max_repeats", "confirm_top", "confirm_repeats", "confirm_max_repeats"):
+            V.integer(measure[k], f"measure.{k}", low=1, high=MAX_REPEATS)
+        for k in ("rel_width", "time_cap_s", "confirm_time_cap_s"):
+            V.number(measure[k], f"measure.{k}", low=0)
+        if raw and "repeats" in raw and "max_repeats" not in raw:
+            measure["max_repeats"] = max(measure["repeats"], MEASURE_DEFAULTS["max_repeats"])
+        measure["max_repeats"] = max(measure["max_repeats"], measure["repeats"])
+        measure["confirm_max_repeats"] = max(measure["confirm_max_repeats"], measure["confirm_repeats"])
+        return cls(**measure)
+
+    def paired_kwargs(self, level: float, confirm: bool = False) -> dict[str, Any]:
+        """Keyword arguments of `autotune.measure.time_paired` for a trial, or (``confirm``) for
+        the confirmation of a bucket's leaders; ``level`` is the interval's confidence."""
+        if confirm:
+            return dict(warmup=self.warmup, repeats=self.confirm_repeats, max_repeats=self.confirm_max_repeats,
+                        rel_width=self.rel_width, time_cap_s=self.confirm_time_cap_s, level=level)
+        return dict(warmup=self.warmup, repeats=self.repeats, max_repeats=self.max_repeats, rel_width=self.rel_width,
+                    time_cap_s=self.time_cap_s, level=level)
+
+
+@dataclass(frozen=True)
+class GateSettings(_Section):
+    """``gate``: the correctness gate's shape (``seq_len`` residues, ``batch`` rows or MSA
+    sequences) and its tolerances, relative to max |reference|; None takes the dtype's default
+    (`autotune.trial.DEFAULT_TOL`), 0 is an exact comparison."""
+
+    seq_len: int = 200
+    batch: int = 2
+    fwd_tol: Optional[float] = None
+    bwd_tol: Optional[float] = None
+
+    @classmethod
+    def parse(cls, V: "_V", data: dict[str, Any], lim_int) -> "GateSettings":
+        gate = {**cls().to_dict(), **V.section(data, "gate", set(_field_names(cls)))}
+        lim_int(gate["seq_len"], "gate.seq_len", "max_seq_len")
+        lim_int(gate["batch"], "gate.batch", "max_batch")
+        for k in ("fwd_tol", "bwd_tol"):
+            if gate[k] is not None:  # 0 is kept: an exact comparison
+                gate[k] = V.number(gate[k], f"gate.{k}", low=0)
+        return cls(**gate)
+
+    def tolerances(self, default: tuple[float, float]) -> tuple[float, float]:
+        """(forward, backward) tolerance: the space's where given (0 included), else ``default``."""
+        return (default[0] if self.fwd_tol is None else self.fwd_tol,
+                default[1] if self.bwd_tol is None else self.bwd_tol)
+
+
+@dataclass(frozen=True)
+class ExecutionSettings(_Section):
+    """``execution``: CPU spaces run ``workers`` actors (None: the CPUs // threads) with
+    ``threads_per_worker`` intra-op threads each; GPU spaces one actor per GPU."""
+
+    workers: Optional[int] = None
+    threads_per_worker: int = 1
+
+    @classmethod
+    def parse(cls, V: "_V", data: dict[str, Any]) -> "ExecutionSettings":
+        execution = {**cls().to_dict(), **V.section(data, "execution", set(_field_names(cls)))}
+        if execution["workers"] is not None:
+            V.integer(execution["workers"], "execution.workers", low=1, high=MAX_WORKERS)
+        if execution["threads_per_worker"] is None:
+            execution["threads_per_worker"] = cls.threads_per_worker
+        V.integer(execution["threads_per_worker"], "execution.threads_per_worker", low=1, high=MAX_THREADS)
+        return cls(**execution)
+
+
+# ------------------------------------------------------------------------------------------------
+# workloads: one record class per kind (what the file gives; what a trial does with it is
+# `autotune.workloads`)
+
+#: a workload as stored (at_runs.space, the tuned file): every kind's keys, None where not its own
+STORED_WORKLOAD_KEYS = ("name", "kind", "heads", "head_dim", "bias", "tokens", "max_batch", "msa_depth", "c_m", "c_z",
+                        "pair_heads", "c_hidden_opm", "c_hidden_mul", "max_len")
+
+
+@dataclass(frozen=True, kw_only=True)
 class Workload:
+    """One ``workloads`` entry: a measured shape. ``heads`` / ``head_dim`` are the attention's
+    (an EvoFormer block's: its MSA attention's). Subclasses, one per family of kinds
+    (`WORKLOAD_TYPES`), add their keys, their batch rule and their input size."""
+
     name: str
     kind: str
     heads: int
     head_dim: int
     bias: bool = True
-    tokens: Optional[int] = None  # msa_row: batch = tokens // L
-    max_batch: Optional[int] = None
-    # evoformer only (None for the attention kinds): heads / head_dim above are the MSA attention's
-    msa_depth: Optional[int] = None  # N_seq; the "batch" of the block
-    c_m: Optional[int] = None
-    c_z: Optional[int] = None
-    pair_heads: Optional[int] = None  # triangle attention heads (head_dim as the MSA attention's)
-    c_hidden_opm: Optional[int] = None
-    c_hidden_mul: Optional[int] = None
-    max_len: Optional[int] = None  # buckets above it are not measured for this workload
+
+    #: the YAML keys an entry of this class may have
+    KEYS: ClassVar[frozenset[str]] = frozenset()
 
     def applies(self, seq_len: int) -> bool:
-        """Whether this workload is measured at bucket ``seq_len`` (``max_len``)."""
-        return self.max_len is None or seq_len <= self.max_len
-
-    def block_kwargs(self) -> dict[str, int]:
-        """``EvoformerBlock`` constructor arguments of an evoformer workload."""
-        return dict(c_m=self.c_m, c_z=self.c_z, c_hidden_msa_att=self.head_dim, no_heads_msa=self.heads,
-                    c_hidden_pair_att=self.head_dim, no_heads_pair=self.pair_heads,
-                    c_hidden_opm=self.c_hidden_opm, c_hidden_mul=self.c_hidden_mul)
+        """Whether this workload is measured at bucket ``seq_len``."""
+        return True
 
     def batch(self, seq_len: int) -> int:
-        if self.kind == "evoformer":
-            return int(self.msa_depth or 1)
+        raise NotImplementedError
+
+    def input_gib(self, seq_len: int, dtype: str) -> float:
+        raise NotImplementedError
+
+    def to_dict(self) -> dict[str, Any]:
+        """The stored form (`STORED_WORKLOAD_KEYS`, the same for every kind)."""
+        return {k: getattr(self, k, None) for k in STORED_WORKLOAD_KEYS}
+
+    @staticmethod
+    def from_dict(d: dict[str, Any]) -> "Workload":
+        """A stored workload (`to_dict`) back to the record of its kind."""
+        cls = WORKLOAD_TYPES[d["kind"]]
+        names = _field_names(cls)
+        return cls(**{k: v for k, v in d.items() if k in names})
+
+
+@dataclass(frozen=True, kw_only=True)
+class AttentionWorkload(Workload):
+    """``msa_row`` (batch = tokens // L, at least 1) or ``triangle`` (batch = L) attention with
+    an optional pair bias [1, H, L, L]; ``max_batch`` caps the batch."""
+
+    tokens: Optional[int] = None  # msa_row: batch = tokens // L
+    max_batch: Optional[int] = None
+
+    KEYS: ClassVar[frozenset[str]] = frozenset({"name", "kind", "heads", "head_dim", "bias", "tokens", "max_batch"})
+
+    def batch(self, seq_len: int) -> int:
         if self.kind == "msa_row":
-            b = max(1, (self.tokens or seq_len) // seq_len)
+            b = max(1, (seq_len if self.tokens is None else self.tokens) // seq_len)
         else:
             b = seq_len
         if self.max_batch is not None:
             b = min(b, self.max_batch)
         return max(1, b)
 
-    def to_dict(self) -> dict[str, Any]:
-        return {k: getattr(self, k) for k in self.__dataclass_fields__}
+    def input_gib(self, seq_len: int, dtype: str) -> float:
+        """q, k, v, out [B, H, L, D] and the pair bias [1, H, L, L]."""
+        L = seq_len
+        return (4.0 * self.batch(L) * self.heads * L * self.head_dim + (self.heads * L * L if self.bias else 0)) \
+            * DTYPE_BYTES[dtype] / 2**30
+
+    @classmethod
+    def parse(cls, V: "_V", w: dict[str, Any], key: str, kind: str, lim_int, buckets: list[int]) -> "AttentionWorkload":
+        for k in w:
+            if k not in cls.KEYS:
+                V.fail(f"{key}.{k}", f"only for kind evoformer (allowed for {kind}: {', '.join(sorted(cls.KEYS))})")
+        for r in ("heads", "head_dim"):
+            if r not in w:
+                V.fail(f"{key}.{r}", "required key is missing")
+        return cls(
+            name=w["name"],
+            kind=kind,
+            heads=lim_int(w["heads"], f"{key}.heads", "max_heads"),
+            head_dim=lim_int(w["head_dim"], f"{key}.head_dim", "max_head_dim"),
+            bias=V.boolean(w.get("bias", True), f"{key}.bias"),
+            tokens=None if w.get("tokens") is None else lim_int(w["tokens"], f"{key}.tokens", "max_tokens"),
+            max_batch=None if w.get("max_batch") is None else lim_int(w["max_batch"], f"{key}.max_batch", "max_batch"),
+        )
+
+
+@dataclass(frozen=True, kw_only=True)
+class EvoformerWorkload(Workload):
+    """``evoformer``: one whole EvoformerBlock (AF2 Alg. 6) with AlphaFold2's dims by default;
+    its batch is the MSA depth N_seq, its attentions always have their pair bias, and buckets above
+    ``max_len`` are not measured."""
+
+    heads: int = 8  # MSA attention heads
+    head_dim: int = 32  # MSA and triangle attention head dim
+    msa_depth: int  # N_seq
+    c_m: int = 256
+    c_z: int = 128
+    pair_heads: int = 4  # triangle attention heads
+    c_hidden_opm: int = 32
+    c_hidden_mul: int = 128
+    max_len: Optional[int] = None
+
+    KEYS: ClassVar[frozenset[str]] = frozenset({"name", "kind", "msa_depth", "c_m", "c_z", "heads", "pair_heads",
+                                                "head_dim", "c_hidden_opm", "c_hidden_mul", "max_len"})
+    DIMS: ClassVar[tuple[str, ...]] = ("c_m", "c_z", "heads", "pair_heads", "head_dim", "c_hidden_opm", "c_hidden_mul")
+
+    def applies(self, seq_len: int) -> bool:
+        return self.max_len is None or seq_len <= self.max_len
+
+    def batch(self, seq_len: int) -> int:
+        return self.msa_depth
+
+    def input_gib(self, seq_len: int, dtype: str) -> float:
+        """The MSA [N_seq, L, c_m] and pair [L, L, c_z] activations, counted four times (input,
+        output, gradient-free intermediates)."""
+        L = seq_len
+        return 4.0 * (self.msa_depth * L * self.c_m + L * L * self.c_z) * DTYPE_BYTES[dtype] / 2**30
+
+    def block_kwargs(self) -> dict[str, int]:
+        """``EvoformerBlock`` constructor arguments."""
+        return dict(c_m=self.c_m, c_z=self.c_z, c_hidden_msa_att=self.head_dim, no_heads_msa=self.heads,
+                    c_hidden_pair_att=self.head_dim, no_heads_pair=self.pair_heads,
+                    c_hidden_opm=self.c_hidden_opm, c_hidden_mul=self.c_hidden_mul)
+
+    @classmethod
+    def parse(cls, V: "_V", w: dict[str, Any], key: str, kind: str, lim_int, buckets: list[int]) -> "EvoformerWorkload":
+        for k in w:
+            if k not in cls.KEYS:
+                V.fail(f"{key}.{k}", f"not a key of kind evoformer (allowed: {', '.join(sorted(cls.KEYS))})")
+        if "msa_depth" not in w:
+            V.fail(f"{key}.msa_depth", "required key is missing (kind evoformer)")
+        lim_of = {"heads": "max_heads", "pair_heads": "max_heads", "head_dim": "max_head_dim"}
+        dims = {k: lim_int(w.get(k, cls.__dataclass_fields__[k].default), f"{key}.{k}", lim_of.get(k, "max_channels"))
+                for k in cls.DIMS}
+        max_len = None if w.get("max_len") is None else V.integer(w["max_len"], f"{key}.max_len", low=1)
+        if max_len is not None and not any(b <= max_len for b in buckets):
+            V.fail(f"{key}.max_len", f"{max_len} is below every bucket ({', '.join(map(str, buckets))}): "
+                                     "the workload would never be measured")
+        return cls(name=w["name"], kind=kind, msa_depth=lim_int(w["msa_depth"], f"{key}.msa_depth", "max_batch"),
+                   max_len=max_len, **dims)
+
+
+#: workload kind -> its record class (the parser's and the stored form's dispatch)
+WORKLOAD_TYPES: dict[str, type[Workload]] = {"msa_row": AttentionWorkload, "triangle": AttentionWorkload,
+                                             "evoformer": EvoformerWorkload}
+WORKLOAD_KINDS = tuple(WORKLOAD_TYPES)
 
 
 @dataclass(frozen=True)
@@ -262,18 +644,18 @@ class SearchSpace:
     dtype: str
     mode: str
     buckets: list[int]
-    pattern: dict[str, Any]  # name -> spec (value | {"choices": [...]} | {"low","high","step"})
-    kernel: Optional[dict[str, Any]]
+    pattern: ParamSpace
+    kernel: Optional[ParamSpace]
     workloads: list[Workload]
     objectives: list[str]
     constraints: list[Constraint]
     accuracy_metric: Optional[str]
     accuracy_max_chains: Optional[int]
-    sampler: dict[str, Any]
-    budget: dict[str, Any]
-    measure: dict[str, Any]
-    gate: dict[str, Any]
-    execution: dict[str, Any]
+    sampler: SamplerSettings = field(default_factory=SamplerSettings)
+    budget: BudgetSettings = field(default_factory=BudgetSettings)
+    measure: MeasureSettings = field(default_factory=MeasureSettings)
+    gate: GateSettings = field(default_factory=GateSettings)
+    execution: ExecutionSettings = field(default_factory=ExecutionSettings)
     raw: dict[str, Any] = field(repr=False, default_factory=dict)
     targets: Optional["Targets"] = None  # the one set of deployment targets (see `Targets`)
     accuracy_noise: float = 4.0  # Angstrom: the degraded structure a guided candidate is scored with
@@ -287,33 +669,34 @@ class SearchSpace:
                              self.accuracy_max_chains)
 
     # -- Optuna ----------------------------------------------------------------------------
+    def _groups(self) -> tuple[tuple[str, ParamSpace], ...]:
+        return (("pattern", self.pattern), ("kernel", self.kernel or ParamSpace()))
+
     def distributions(self) -> dict[str, Any]:
         """Optuna distributions of the searched parameters (fixed values are not searched).
         Names: ``pattern.<field>`` and ``kernel.<field>``."""
         import optuna.distributions as od
 
         out: dict[str, Any] = {}
-        for group, specs in (("pattern", self.pattern), ("kernel", self.kernel or {})):
+        for group, specs in self._groups():
             for key, spec in specs.items():
-                if isinstance(spec, dict) and "choices" in spec:
-                    if len(spec["choices"]) > 1:
-                        out[f"{group}.{key}"] = od.CategoricalDistribution(list(spec["choices"]))
-                elif isinstance(spec, dict):
-                    if spec["high"] > spec["low"]:
-                        out[f"{group}.{key}"] = od.IntDistribution(spec["low"], spec["high"], step=spec.get("step", 1))
+                if isinstance(spec, Choices) and len(spec.values) > 1:
+                    out[f"{group}.{key}"] = od.CategoricalDistribution(list(spec.values))
+                elif isinstance(spec, IntRange) and spec.high > spec.low:
+                    out[f"{group}.{key}"] = od.IntDistribution(spec.low, spec.high, step=spec.step)
         return out
 
     def fixed(self) -> dict[str, Any]:
         """Parameters with a single value."""
         out: dict[str, Any] = {}
-        for group, specs in (("pattern", self.pattern), ("kernel", self.kernel or {})):
+        for group, specs in self._groups():
             for key, spec in specs.items():
-                if isinstance(spec, dict) and "choices" in spec:
-                    if len(spec["choices"]) == 1:
-                        out[f"{group}.{key}"] = spec["choices"][0]
-                elif isinstance(spec, dict):
-                    if spec["high"] == spec["low"]:
-                        out[f"{group}.{key}"] = spec["low"]
+                if isinstance(spec, Choices):
+                    if len(spec.values) == 1:
+                        out[f"{group}.{key}"] = spec.values[0]
+                elif isinstance(spec, IntRange):
+                    if spec.high == spec.low:
+                        out[f"{group}.{key}"] = spec.low
                 else:
                     out[f"{group}.{key}"] = spec
         return out
@@ -354,11 +737,10 @@ class SearchSpace:
 
     def override(self, *, trials: Optional[int] = None, timeout: Optional[float] = None, device: Optional[str] = None) -> "SearchSpace":
         new = copy.copy(self)
-        new.budget = dict(self.budget)
         if trials is not None:
-            new.budget["trials"] = int(trials)
+            new.budget = replace(new.budget, trials=int(trials))
         if timeout is not None:
-            new.budget["timeout"] = float(timeout)
+            new.budget = replace(new.budget, timeout=float(timeout))
         if device is not None:
             new.device = device
         return new
@@ -368,24 +750,31 @@ class SearchSpace:
         return {
             "source": self.source, "name": self.name, "device": self.device, "backend": self.backend,
             "dtype": self.dtype, "mode": self.mode, "buckets": list(self.buckets),
-            "pattern": self.pattern, "kernel": self.kernel,
+            "pattern": self.pattern.to_dict(), "kernel": None if self.kernel is None else self.kernel.to_dict(),
             "workloads": [w.to_dict() for w in self.workloads], "objectives": list(self.objectives),
             "constraints": [{"name": c.name, "min": c.min, "max": c.max} for c in self.constraints],
             "accuracy_metric": self.accuracy_metric, "accuracy_max_chains": self.accuracy_max_chains,
             "accuracy_noise": self.accuracy_noise,
-            "sampler": self.sampler, "budget": self.budget, "measure": self.measure, "gate": self.gate,
-            "execution": self.execution,
+            "sampler": self.sampler.to_dict(), "budget": self.budget.to_dict(), "measure": self.measure.to_dict(),
+            "gate": self.gate.to_dict(), "execution": self.execution.to_dict(),
             "targets": self.effective_targets().to_dict(),
         }
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "SearchSpace":
-        """Inverse of `to_dict` (used by workers: the driver ships the validated space)."""
+        """Inverse of `to_dict` (used by workers: the driver ships the validated space; and by the
+        export and report, on the space stored with a run)."""
         d = dict(d)
-        d["workloads"] = [Workload(**w) for w in d["workloads"]]
+        d["pattern"] = ParamSpace.from_dict(d["pattern"])
+        d["kernel"] = None if d.get("kernel") is None else ParamSpace.from_dict(d["kernel"])
+        d["workloads"] = [Workload.from_dict(w) for w in d["workloads"]]
         d["constraints"] = [Constraint(**c) for c in d["constraints"]]
         d["targets"] = Targets.from_dict(d["targets"]) if d.get("targets") else None
+        for key, section in (("sampler", SamplerSettings), ("budget", BudgetSettings), ("measure", MeasureSettings),
+                             ("gate", GateSettings), ("execution", ExecutionSettings)):
+            d[key] = section.from_dict(d.get(key))
         return cls(**d)
+
 
 
 # ------------------------------------------------------------------------------------------------
@@ -452,15 +841,8 @@ def _machine_memory_gib(device: str) -> Optional[float]:
 
 
 def input_gib(w: "Workload", seq_len: int, dtype: str) -> float:
-    """GiB of one (workload, bucket)'s inputs and output: q, k, v, out [B, H, L, D] and the pair
-    bias [1, H, L, L]; for an EvoFormer block the MSA [N_seq, L, c_m] and pair [L, L, c_z]
-    activations, counted four times (input, output, gradient-free intermediates)."""
-    e = DTYPE_BYTES[dtype]
-    L = seq_len
-    if w.kind == "evoformer":
-        return 4.0 * ((w.msa_depth or 1) * L * (w.c_m or 1) + L * L * (w.c_z or 1)) * e / 2**30
-    b = w.batch(L)
-    return (4.0 * b * w.heads * L * w.head_dim + (w.heads * L * L if w.bias else 0)) * e / 2**30
+    """GiB of one (workload, bucket)'s inputs and output (`Workload.input_gib` of its kind)."""
+    return w.input_gib(seq_len, dtype)
 
 
 def _type_name(v: Any) -> str:
@@ -768,50 +1150,31 @@ def _targets_accuracy_metric(data: dict[str, Any]) -> Optional[str]:
     return None
 
 
-MEASURE_KEYS = {"warmup", "repeats", "max_repeats", "rel_width", "time_cap_s", "confirm_top", "confirm_repeats",
-                "confirm_max_repeats", "confirm_time_cap_s"}
-MEASURE_DEFAULTS = {"warmup": 2, "repeats": 7, "max_repeats": 41, "rel_width": 0.05, "time_cap_s": 3.0,
-                    "confirm_top": 3, "confirm_repeats": 21, "confirm_max_repeats": 81, "confirm_time_cap_s": 20.0}
+MEASURE_KEYS = set(_field_names(MeasureSettings))
+MEASURE_DEFAULTS = MeasureSettings().to_dict()
 
 
-def _parse_measure(V: "_V", raw: Any) -> dict[str, Any]:
-    """The ``measure`` section (see `autotune.measure.time_paired`): ``warmup`` untimed rounds,
-    ``repeats`` minimum and ``max_repeats`` maximum timed rounds, ``rel_width`` the interval
-    half-width (fraction of the speedup) at which timing stops early, ``time_cap_s`` seconds of
-    timed calls per (workload, bucket); ``confirm_*`` the same for the confirmation of the top
-    ``confirm_top`` candidates per bucket."""
-    measure = {**MEASURE_DEFAULTS, **(raw or {})}
-    V.mapping(measure, "measure", MEASURE_KEYS)
-    V.integer(measure["warmup"], "measure.warmup", low=0, high=MAX_WARMUP)
-    for k in ("repeats", "max_repeats", "confirm_top", "confirm_repeats", "confirm_max_repeats"):
-        V.integer(measure[k], f"measure.{k}", low=1, high=MAX_REPEATS)
-    for k in ("rel_width", "time_cap_s", "confirm_time_cap_s"):
-        V.number(measure[k], f"measure.{k}", low=0)
-    if raw and "repeats" in raw and "max_repeats" not in raw:
-        measure["max_repeats"] = max(measure["repeats"], MEASURE_DEFAULTS["max_repeats"])
-    measure["max_repeats"] = max(measure["max_repeats"], measure["repeats"])
-    measure["confirm_max_repeats"] = max(measure["confirm_max_repeats"], measure["confirm_repeats"])
-    return measure
+def _parse_measure(V: "_V", raw: Any) -> MeasureSettings:
+    """The ``measure`` section (`MeasureSettings.parse`)."""
+    return MeasureSettings.parse(V, raw)
 
 
-def parse_space(data: Any, source: str = "<space>") -> SearchSpace:
-    """Validate the parsed YAML ``data`` (see module docstring); raise `SpaceError`.
+# ---- parse_space, step by step (each step validates one part of the file, in the file's order of
+# checks, so a file with several errors always names the same first one)
 
-    The whole input is checked before anything else happens: sections, types, finiteness, ranges
-    and the machine limits (`LIMITS`, raisable in ``limits``)."""
-    V = _V(source)
+
+def _check_file(V: "_V", data: Any) -> dict[str, Any]:
+    """The file is a mapping of known sections with the required ones present."""
     if data is None:
         V.fail("(file)", "the file is empty")
     if not isinstance(data, dict):
         V.fail("(file)", f"must be a mapping of sections (buckets, pattern, ...), got {_type_name(data)}")
     V.mapping(data, "", TOP_KEYS, REQUIRED_TOP)
+    return data
 
-    name = V.name(data.get("name", Path(source).stem), "name", MAX_NAME)
-    device = V.choice(data.get("device", "cuda"), "device", DEVICES)
-    backend = V.choice(data.get("backend", "triton" if device == "cuda" else "cpu"), "backend", BACKENDS)
-    dtype = V.choice(data.get("dtype", "bfloat16" if device == "cuda" else "float32"), "dtype", DTYPES)
-    mode = V.choice(data.get("mode", "fwd"), "mode", MODES)
 
+def _parse_limits(V: "_V", data: dict[str, Any], device: str) -> dict[str, Any]:
+    """`LIMITS` with the file's ``limits`` over them; ``max_input_gib`` unset is this machine's memory."""
     lim_in = V.section(data, "limits", set(LIMITS))
     limits = dict(LIMITS)
     for k, v in lim_in.items():
@@ -820,11 +1183,11 @@ def parse_space(data: Any, source: str = "<space>") -> SearchSpace:
         limits[k] = V.number(v, f"limits.{k}", low=1e-3) if k == "max_input_gib" else V.integer(v, f"limits.{k}", low=1)
     if limits["max_input_gib"] is None:
         limits["max_input_gib"] = _machine_memory_gib(device)
-    max_L = limits["max_seq_len"]
+    return limits
 
-    def lim_int(v: Any, key: str, limit: str, low: int = 1) -> int:
-        return V.integer(v, key, low=low, high=limits[limit], limit=limit)
 
+def _parse_buckets(V: "_V", data: dict[str, Any], lim_int) -> list[int]:
+    """Distinct sequence lengths within ``max_seq_len``, sorted."""
     buckets = data["buckets"]
     if not isinstance(buckets, list):
         V.fail("buckets", f"must be a list of sequence lengths, got {_type_name(buckets)}")
@@ -834,9 +1197,12 @@ def parse_space(data: Any, source: str = "<space>") -> SearchSpace:
         lim_int(b, f"buckets[{i}]", "max_seq_len")
     if len(set(buckets)) != len(buckets):
         V.fail("buckets", f"duplicate buckets in {_short(buckets)}")
-    buckets = sorted(buckets)
+    return sorted(buckets)
 
-    pat = V.mapping(data["pattern"], "pattern", set(PATTERN_PARAMS), ("block_size", "window", "num_global"))
+
+def _parse_pattern(V: "_V", raw: Any, max_L: int) -> ParamSpace:
+    """The ``pattern`` section: PatternConfig / GuidedConfig fields, each a value or a searched spec."""
+    pat = V.mapping(raw, "pattern", set(PATTERN_PARAMS), ("block_size", "window", "num_global"))
     pattern: dict[str, Any] = {}
     for k, v in pat.items():
         if k == "keep":
@@ -848,90 +1214,89 @@ def parse_space(data: Any, source: str = "<space>") -> SearchSpace:
             high=None if k in ("global_placement", "family", "pool", "spread") else max_L, limit="max_seq_len",
         )
     _check_families(V, pattern)
+    return ParamSpace.from_dict(pattern)
 
-    kernel = None
-    if data.get("kernel") is not None:
-        ker = V.mapping(data["kernel"], "kernel", set(KERNEL_PARAMS))
-        kernel = {k: V.param(v, f"kernel.{k}", KERNEL_PARAMS[k], what="the Triton kernel") for k, v in ker.items()}
 
+def _parse_kernel(V: "_V", raw: Any) -> Optional[ParamSpace]:
+    """The optional ``kernel`` section: KernelConfig fields."""
+    if raw is None:
+        return None
+    ker = V.mapping(raw, "kernel", set(KERNEL_PARAMS))
+    return ParamSpace.from_dict({k: V.param(v, f"kernel.{k}", KERNEL_PARAMS[k], what="the Triton kernel")
+                                 for k, v in ker.items()})
+
+
+def _parse_workloads(V: "_V", data: dict[str, Any], buckets: list[int], lim_int) -> list[Workload]:
+    """Each entry by the record class of its kind (`WORKLOAD_TYPES`); names unique."""
     wl = data["workloads"]
     if not isinstance(wl, list):
         V.fail("workloads", f"must be a list, got {_type_name(wl)}")
     if not wl:
         V.fail("workloads", "empty range: no workload given")
+    all_keys = set().union(*(t.KEYS for t in WORKLOAD_TYPES.values()))
     workloads = []
     for i, w in enumerate(wl):
         key = f"workloads[{i}]"
-        V.mapping(w, key, ATTENTION_WORKLOAD_KEYS | EVOFORMER_WORKLOAD_KEYS, ("name", "kind"))
+        V.mapping(w, key, all_keys, ("name", "kind"))
         V.name(w["name"], f"{key}.name", MAX_WORKLOAD_NAME)
         kind = V.choice(w["kind"], f"{key}.kind", WORKLOAD_KINDS)
-        if kind == "evoformer":
-            for k in w:
-                if k not in EVOFORMER_WORKLOAD_KEYS:
-                    V.fail(f"{key}.{k}", f"not a key of kind evoformer (allowed: {', '.join(sorted(EVOFORMER_WORKLOAD_KEYS))})")
-            if "msa_depth" not in w:
-                V.fail(f"{key}.msa_depth", "required key is missing (kind evoformer)")
-            lim_of = {"heads": "max_heads", "pair_heads": "max_heads", "head_dim": "max_head_dim"}
-            dims = {k: lim_int(w.get(k, d), f"{key}.{k}", lim_of.get(k, "max_channels")) for k, d in EVOFORMER_DEFAULTS.items()}
-            max_len = None if w.get("max_len") is None else V.integer(w["max_len"], f"{key}.max_len", low=1)
-            if max_len is not None and not any(b <= max_len for b in buckets):
-                V.fail(f"{key}.max_len", f"{max_len} is below every bucket ({', '.join(map(str, buckets))}): "
-                                         "the workload would never be measured")
-            workloads.append(Workload(
-                name=w["name"], kind=kind, heads=dims["heads"], head_dim=dims["head_dim"], bias=True,
-                msa_depth=lim_int(w["msa_depth"], f"{key}.msa_depth", "max_batch"), c_m=dims["c_m"], c_z=dims["c_z"],
-                pair_heads=dims["pair_heads"], c_hidden_opm=dims["c_hidden_opm"], c_hidden_mul=dims["c_hidden_mul"],
-                max_len=max_len,
-            ))
-            continue
-        for k in w:
-            if k not in ATTENTION_WORKLOAD_KEYS:
-                V.fail(f"{key}.{k}", f"only for kind evoformer (allowed for {kind}: {', '.join(sorted(ATTENTION_WORKLOAD_KEYS))})")
-        for r in ("heads", "head_dim"):
-            if r not in w:
-                V.fail(f"{key}.{r}", "required key is missing")
-        workloads.append(
-            Workload(
-                name=w["name"],
-                kind=kind,
-                heads=lim_int(w["heads"], f"{key}.heads", "max_heads"),
-                head_dim=lim_int(w["head_dim"], f"{key}.head_dim", "max_head_dim"),
-                bias=V.boolean(w.get("bias", True), f"{key}.bias"),
-                tokens=None if w.get("tokens") is None else lim_int(w["tokens"], f"{key}.tokens", "max_tokens"),
-                max_batch=None if w.get("max_batch") is None else lim_int(w["max_batch"], f"{key}.max_batch", "max_batch"),
-            )
-        )
+        workloads.append(WORKLOAD_TYPES[kind].parse(V, w, key, kind, lim_int, buckets))
     if len({w.name for w in workloads}) != len(workloads):
         V.fail("workloads", "workload names must be unique")
-    if limits["max_input_gib"] is not None:
-        for w in workloads:
-            for b in buckets:
-                if not w.applies(b):
-                    continue
-                if w.kind != "evoformer" and w.batch(b) > limits["max_batch"]:
-                    V.fail(f"workloads[{workloads.index(w)}]", f"batch {w.batch(b)} at bucket {b} is above the limit "
-                           f"{limits['max_batch']} (set max_batch, or raise limits.max_batch)")
-                gib = input_gib(w, b, dtype)
-                if gib > limits["max_input_gib"]:
-                    V.fail(f"workloads[{workloads.index(w)}]",
-                           f"inputs of {w.name} at bucket {b} take {gib:.3g} GiB, above the {limits['max_input_gib']:.3g} GiB "
-                           "this machine has (lower tokens/max_batch/buckets, or raise limits.max_input_gib)")
+    return workloads
 
-    # constraints (before objectives: the accuracy metric may be named here)
+
+def _check_inputs_fit(V: "_V", workloads: list[Workload], buckets: list[int], limits: dict[str, Any],
+                      dtype: str) -> None:
+    """Per (workload, bucket): the batch within ``max_batch`` and the inputs within ``max_input_gib``."""
+    if limits["max_input_gib"] is None:
+        return
+    for i, w in enumerate(workloads):
+        for b in buckets:
+            if not w.applies(b):
+                continue
+            if w.batch(b) > limits["max_batch"]:  # an EvoFormer's batch (msa_depth) was checked when parsed
+                V.fail(f"workloads[{i}]", f"batch {w.batch(b)} at bucket {b} is above the limit "
+                       f"{limits['max_batch']} (set max_batch, or raise limits.max_batch)")
+            gib = w.input_gib(b, dtype)
+            if gib > limits["max_input_gib"]:
+                V.fail(f"workloads[{i}]",
+                       f"inputs of {w.name} at bucket {b} take {gib:.3g} GiB, above the {limits['max_input_gib']:.3g} GiB "
+                       "this machine has (lower tokens/max_batch/buckets, or raise limits.max_input_gib)")
+
+
+def _parse_noise(V: "_V", v: Any, key: str) -> float:
+    """Angstrom of noise of the degraded structure guided candidates are scored with."""
+    noise = V.number(v, key, low=0.0)
+    if not math.isfinite(noise) or noise > 100.0:
+        V.fail(key, f"must be a finite number of Angstrom in [0, 100], got {noise!r}")
+    return noise
+
+
+@dataclass(frozen=True)
+class _Accuracy:
+    """What the ``constraints.accuracy`` entry and ``accuracy_noise`` say (parse step result)."""
+
+    metric: Optional[str] = None
+    max_chains: Optional[int] = None
+    noise: float = 4.0
+
+
+def _parse_constraints(V: "_V", data: dict[str, Any]) -> tuple[list[Constraint], _Accuracy]:
+    """The ``constraints`` section (its accuracy entry may name the accuracy metric) and the
+    top-level ``accuracy_noise`` (it wins over ``constraints.accuracy.noise``)."""
     constraints: list[Constraint] = []
-    acc_metric, acc_chains, acc_noise = None, None, 4.0
+    acc = _Accuracy()
     cons = V.section(data, "constraints", set(CONSTRAINT_NAMES))
     for cname, spec in cons.items():
         key = f"constraints.{cname}"
         if cname == "accuracy":
             V.mapping(spec, key, {"metric", "min", "max", "max_chains", "noise"}, ("metric",))
-            acc_metric = V.choice(spec["metric"], f"{key}.metric", tuple(ACCURACY_METRIC_DIRECTIONS))
+            acc = replace(acc, metric=V.choice(spec["metric"], f"{key}.metric", tuple(ACCURACY_METRIC_DIRECTIONS)))
             if spec.get("max_chains") is not None:
-                acc_chains = V.integer(spec["max_chains"], f"{key}.max_chains", low=1)
-            if spec.get("noise") is not None:  # guided candidates: noise of the degraded structure, A
-                acc_noise = V.number(spec["noise"], f"{key}.noise", low=0.0)
-                if not math.isfinite(acc_noise) or acc_noise > 100.0:
-                    V.fail(f"{key}.noise", f"must be a finite number of Angstrom in [0, 100], got {acc_noise!r}")
+                acc = replace(acc, max_chains=V.integer(spec["max_chains"], f"{key}.max_chains", low=1))
+            if spec.get("noise") is not None:
+                acc = replace(acc, noise=_parse_noise(V, spec["noise"], f"{key}.noise"))
         else:
             V.mapping(spec, key, {"min", "max"})
         lo = None if spec.get("min") is None else V.number(spec["min"], f"{key}.min")
@@ -943,11 +1308,14 @@ def parse_space(data: Any, source: str = "<space>") -> SearchSpace:
         if lo is not None and hi is not None and hi < lo:
             V.fail(key, f"empty range: min={lo} > max={hi}")
         constraints.append(Constraint(cname, lo, hi))
-    if data.get("accuracy_noise") is not None:  # guided candidates: noise of the degraded structure, A
-        acc_noise = V.number(data["accuracy_noise"], "accuracy_noise", low=0.0)
-        if not math.isfinite(acc_noise) or acc_noise > 100.0:
-            V.fail("accuracy_noise", f"must be a finite number of Angstrom in [0, 100], got {acc_noise!r}")
+    if data.get("accuracy_noise") is not None:
+        acc = replace(acc, noise=_parse_noise(V, data["accuracy_noise"], "accuracy_noise"))
+    return constraints, acc
 
+
+def _parse_objectives(V: "_V", data: dict[str, Any], acc_metric: Optional[str]) -> tuple[list[str], Optional[str]]:
+    """Distinct known objectives, and the accuracy metric (from the constraints, else the first
+    of the ``targets`` section); ``accuracy`` needs one."""
     objs = data["objectives"]
     if not isinstance(objs, list):
         V.fail("objectives", f"must be a list, got {_type_name(objs)}")
@@ -961,50 +1329,46 @@ def parse_space(data: Any, source: str = "<space>") -> SearchSpace:
         acc_metric = _targets_accuracy_metric(data)
     if "accuracy" in objs and acc_metric is None:
         V.fail("objectives", "'accuracy' needs constraints.accuracy.metric")
+    return list(objs), acc_metric
 
-    sampler = V.section(data, "sampler", {"name", "seed", "population_size", "n_startup_trials"})
-    if data.get("sampler") is None:
-        sampler = {"name": "nsga2"}
-    V.mapping(sampler, "sampler", {"name", "seed", "population_size", "n_startup_trials"}, ("name",))
-    V.choice(sampler["name"], "sampler.name", SAMPLERS)
-    for k, (lo_k, hi_k) in {"seed": (0, MAX_SEED), "population_size": (2, 100_000), "n_startup_trials": (1, MAX_TRIALS)}.items():
-        if k in sampler and sampler[k] is not None:
-            V.integer(sampler[k], f"sampler.{k}", low=lo_k, high=hi_k)
 
-    budget = V.section(data, "budget", {"trials", "timeout"})
-    if budget.get("trials") is None:
-        budget["trials"] = 32
-    V.integer(budget["trials"], "budget.trials", low=1, high=MAX_TRIALS)
-    if budget.get("timeout") is not None:
-        budget["timeout"] = V.number(budget["timeout"], "budget.timeout", low=1)
-    else:
-        budget["timeout"] = None
+def parse_space(data: Any, source: str = "<space>") -> SearchSpace:
+    """Validate the parsed YAML ``data`` (see module docstring); raise `SpaceError`.
 
-    measure = _parse_measure(V, V.section(data, "measure", MEASURE_KEYS))
+    The whole input is checked before anything else happens: sections, types, finiteness, ranges
+    and the machine limits (`LIMITS`, raisable in ``limits``)."""
+    V = _V(source)
+    data = _check_file(V, data)
+    name = V.name(data.get("name", Path(source).stem), "name", MAX_NAME)
+    device = V.choice(data.get("device", "cuda"), "device", DEVICES)
+    backend = V.choice(data.get("backend", "triton" if device == "cuda" else "cpu"), "backend", BACKENDS)
+    dtype = V.choice(data.get("dtype", "bfloat16" if device == "cuda" else "float32"), "dtype", DTYPES)
+    mode = V.choice(data.get("mode", "fwd"), "mode", MODES)
+    limits = _parse_limits(V, data, device)
 
-    gate = {"seq_len": 200, "batch": 2, "fwd_tol": None, "bwd_tol": None,
-            **V.section(data, "gate", {"seq_len", "batch", "fwd_tol", "bwd_tol"})}
-    lim_int(gate["seq_len"], "gate.seq_len", "max_seq_len")
-    lim_int(gate["batch"], "gate.batch", "max_batch")
-    for k in ("fwd_tol", "bwd_tol"):
-        if gate[k] is not None:  # 0 is kept: an exact comparison
-            gate[k] = V.number(gate[k], f"gate.{k}", low=0)
+    def lim_int(v: Any, key: str, limit: str, low: int = 1) -> int:
+        return V.integer(v, key, low=low, high=limits[limit], limit=limit)
 
-    execution = {"workers": None, "threads_per_worker": 1,
-                 **V.section(data, "execution", {"workers", "threads_per_worker"})}
-    if execution["workers"] is not None:
-        V.integer(execution["workers"], "execution.workers", low=1, high=MAX_WORKERS)
-    if execution["threads_per_worker"] is None:
-        execution["threads_per_worker"] = 1
-    V.integer(execution["threads_per_worker"], "execution.threads_per_worker", low=1, high=MAX_THREADS)
-
+    buckets = _parse_buckets(V, data, lim_int)
+    pattern = _parse_pattern(V, data["pattern"], limits["max_seq_len"])
+    kernel = _parse_kernel(V, data.get("kernel"))
+    workloads = _parse_workloads(V, data, buckets, lim_int)
+    _check_inputs_fit(V, workloads, buckets, limits, dtype)
+    constraints, acc = _parse_constraints(V, data)  # before objectives: the accuracy metric may be named here
+    objectives, acc_metric = _parse_objectives(V, data, acc.metric)
+    sampler = SamplerSettings.parse(V, data)
+    budget = BudgetSettings.parse(V, data)
+    measure = MeasureSettings.parse(V, V.section(data, "measure", MEASURE_KEYS))
+    gate = GateSettings.parse(V, data, lim_int)
+    execution = ExecutionSettings.parse(V, data)
     return SearchSpace(
         source=source, name=name, device=device, backend=backend, dtype=dtype, mode=mode, buckets=buckets,
-        pattern=pattern, kernel=kernel, workloads=workloads, objectives=list(objs), constraints=constraints,
-        accuracy_metric=acc_metric, accuracy_max_chains=acc_chains, accuracy_noise=acc_noise, sampler=sampler, budget=budget,
-        measure=measure, gate=gate, execution=execution, raw=data,
-        targets=parse_targets(V, data.get("targets"), device, constraints, acc_metric, acc_chains),
+        pattern=pattern, kernel=kernel, workloads=workloads, objectives=objectives, constraints=constraints,
+        accuracy_metric=acc_metric, accuracy_max_chains=acc.max_chains, accuracy_noise=acc.noise, sampler=sampler,
+        budget=budget, measure=measure, gate=gate, execution=execution, raw=data,
+        targets=parse_targets(V, data.get("targets"), device, constraints, acc_metric, acc.max_chains),
     )
+
 
 
 def load_space(path: str | Path) -> SearchSpace:

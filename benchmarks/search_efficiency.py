@@ -33,13 +33,13 @@ def throughput(workers: int, trials: int) -> dict:
     import ray
 
     from autotune.search import Search
-    from autotune.space import load_space
+    from autotune.space import BudgetSettings, ExecutionSettings, MeasureSettings, load_space
 
     space = load_space(ROOT / "search_spaces" / "cpu.yaml").override(trials=trials)
     space.buckets = [256, 512]
-    space.measure = {"warmup": 1, "repeats": 3}
-    space.budget["timeout"] = None
-    space.execution = {"workers": workers, "threads_per_worker": 1}  # N single-threaded workers
+    space.measure = MeasureSettings(warmup=1, repeats=3)
+    space.budget = BudgetSettings(trials=space.budget.trials, timeout=None)
+    space.execution = ExecutionSettings(workers=workers, threads_per_worker=1)  # N single-threaded workers
     with tempfile.TemporaryDirectory() as d:
         s = Search(space, study_name=f"eff-{workers}", storage=f"sqlite:///{d}/a.db", executor="ray",
                    workers=workers, progress=False, num_cpus=2)
@@ -86,8 +86,8 @@ def grid_table(seed: int = 0) -> tuple[list[dict], object]:
         pattern, kernel = space.split_params(params)
         req = TrialRequest("grid", i, params, pattern, kernel, space.to_dict(), seed)
         res = runner.run(req.to_dict())
-        if not res["ok"]:
-            table.append({"params": params, "ok": False, "reason": res["reason"]})
+        if not res.ok:
+            table.append({"params": params, "ok": False, "reason": res.reason})
             continue
         objs, cons = summarize(space, res)
         table.append({"params": params, "ok": True, "objs": objs, "cons": cons, "feasible": all(c <= 0 for c in cons)})
@@ -112,7 +112,9 @@ def replay(table: list[dict], space, sampler_name: str, budget: int, seed: int,
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     from autotune.search import make_sampler
 
-    space.sampler = {"name": sampler_name, "seed": seed, "population_size": 4, "n_startup_trials": 4}
+    from autotune.space import SamplerSettings
+
+    space.sampler = SamplerSettings(name=sampler_name, seed=seed, population_size=4, n_startup_trials=4)
     lookup = {tuple(sorted(r["params"].items())): r for r in table}
     study = optuna.create_study(directions=space.directions(), sampler=make_sampler(space))
     dists = space.distributions()

@@ -38,36 +38,29 @@ def retime(tuned: str, repeats: int = 41, seed: int = 0) -> list[dict[str, Any]]
 
     from autotune.measure import time_paired
     from autotune.space import Workload
-    from autotune.trial import DTYPES, TrialRunner, _nominal_layout, _workload_layout
+    from autotune.workloads import DTYPES, nominal_layout, one_pass, random_qkv, workload_layout
     from kernels import KernelConfig, dense_attention, sparse_attention
     from patterns import pattern_from_dict
 
     doc = yaml.safe_load(Path(tuned).read_text())
     device, dtype, mode, backend = doc["device"], DTYPES[doc["dtype"]], doc["mode"], doc["backend"]
-    workloads = {w["name"]: Workload(**w) for w in doc["workloads"]}
-    runner = TrialRunner(threads=None)
-
-    class _Space:  # what TrialRunner._callable reads
-        pass
-
-    sp = _Space()
-    sp.mode = mode
+    workloads = {w["name"]: Workload.from_dict(w) for w in doc["workloads"]}
     gen = torch.Generator().manual_seed(seed)
     out = []
     for b in doc["buckets"]:
         L = b["seq_len"]
         pcfg = pattern_from_dict(b["pattern"])  # static, or guided (its layout chosen from the bias per call)
         kc = KernelConfig.from_dict(b["kernel"]).for_block(pcfg.block_size) if b.get("kernel") else None
-        layout = _nominal_layout(pcfg, L)
+        layout = nominal_layout(pcfg, L)
         for name, exp in b["speedup"].items():
             w = workloads[name]
             if w.kind == "evoformer":
                 continue  # whole-block re-timing: python -m autotune.evoformer.bench
             B = w.batch(L)
-            q, k, v, bias = runner._inputs(B, w.heads, L, w.head_dim, w.bias, device, dtype, gen, mode == "fwd+bwd")
-            fns = {"sdpa": runner._callable(sp, lambda: dense_attention(q, k, v, None, bias), q, k, v, bias),
-                   "cand": runner._callable(sp, lambda: sparse_attention(
-                       q, k, v, _workload_layout(pcfg, L, layout, bias, name), bias, backend=backend, config=kc,
+            q, k, v, bias = random_qkv(B, w.heads, L, w.head_dim, w.bias, device, dtype, gen, mode == "fwd+bwd")
+            fns = {"sdpa": one_pass(mode, lambda: dense_attention(q, k, v, None, bias), q, k, v, bias),
+                   "cand": one_pass(mode, lambda: sparse_attention(
+                       q, k, v, workload_layout(pcfg, L, layout, bias, name), bias, backend=backend, config=kc,
                    ), q, k, v, bias)}
             pt = time_paired(fns, baseline="sdpa", device=device, warmup=3, repeats=repeats, max_repeats=repeats,
                              rel_width=0.0, time_cap_s=1e9)

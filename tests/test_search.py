@@ -263,3 +263,30 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def test_trial_result_crosses_process_boundaries_and_names_the_columns(tmp_path):
+    """A TrialResult pickles (Ray ships it from the actor) with its typed records intact, and each
+    at_measurements column is a field of its cells (the one writer reads them by name)."""
+    import dataclasses
+    import pickle
+
+    from autotune.db import Measurement
+    from autotune.space import WORKLOAD_TYPES
+    from autotune.trial import CellMeasurement, TrialRequest, TrialResult, TrialRunner
+    from autotune.workloads import BENCHES
+
+    assert set(BENCHES) == set(WORKLOAD_TYPES)
+    columns = set(Measurement.__table__.columns.keys()) - {"id", "trial_id"}
+    assert columns <= {f.name for f in dataclasses.fields(CellMeasurement)}
+    space = load_space(write_space(tmp_path, buckets=[64], workloads=TINY["workloads"][:1]))
+    pattern, kernel = space.split_params({"pattern.block_size": 16, "pattern.window": 16, "pattern.num_global": 0,
+                                          "pattern.stride": 0})
+    res = TrialRunner().run(TrialRequest("tiny", 0, {}, pattern, kernel, space.to_dict()).to_dict())
+    assert isinstance(res, TrialResult) and res.ok, res.reason
+    back = pickle.loads(pickle.dumps(res))
+    assert back == res and isinstance(back.cells[0], CellMeasurement)
+    cell = back.cells[0]
+    assert (cell.workload, cell.bucket, cell.batch) == ("row", 64, 4) and cell.peak_mib >= 0
+    assert cell.speedup_lo <= cell.speedup <= cell.speedup_hi
+    assert set(back.accuracy) == {64} and back.gate.seq_len == 72 and back.timing.total_s > 0

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from autotune.search import main
-from autotune.space import SpaceError, load_space, parse_space
+from autotune.space import Choices, SpaceError, load_space, parse_space
 
 ROOT = Path(__file__).resolve().parent.parent
 BAD = sorted((ROOT / "tests" / "data" / "bad_spaces").glob("*.yaml"))
@@ -69,12 +69,12 @@ def test_cpu_spaces_keep_the_block_out_of_the_main_cpu_job():
 def test_split_params_and_grid():
     space = load_space(ROOT / "search_spaces" / "cpu.yaml")
     grid = space.grid()
-    placements = space.pattern["global_placement"]["choices"]  # cpu.yaml may fix it to 'first'
+    placements = space.pattern["global_placement"].values  # cpu.yaml may fix it to 'first'
     # guided keys (family, keep, pool, spread) multiply the grid when cpu.yaml searches them
     extra = 1
     for key in ("family", "keep", "pool", "spread"):
         spec = space.pattern.get(key)
-        extra *= len(spec["choices"]) if isinstance(spec, dict) else 1
+        extra *= len(spec.values) if isinstance(spec, Choices) else 1
     assert len(grid) == 3 * 5 * 3 * 3 * len(placements) * extra
     static = next(g for g in grid if g.get("pattern.family", "static") == "static")
     pattern, kernel = space.split_params(static)
@@ -127,7 +127,8 @@ def test_limits_are_raisable_and_zero_tolerance_is_kept(tmp_path):
     p.write_text(base + "limits: {max_seq_len: 10000000, max_input_gib: 1.0e+9}\ngate: {fwd_tol: 0, bwd_tol: 0.0}\n")
     space = load_space(p)
     assert space.buckets[-1] == 10_000_000
-    assert space.gate["fwd_tol"] == 0.0 and space.gate["bwd_tol"] == 0.0  # 0 is exact, not "default"
+    assert space.gate.fwd_tol == 0.0 and space.gate.bwd_tol == 0.0  # 0 is exact, not "default"
+    assert space.gate.tolerances((1e-4, 1e-3)) == (0.0, 0.0)
 
 
 def test_anchors_within_budget_are_accepted(tmp_path):
@@ -137,4 +138,65 @@ def test_anchors_within_budget_are_accepted(tmp_path):
     text += "gate: {seq_len: 64, batch: 1}\n"
     p = tmp_path / "anchors.yaml"
     p.write_text(text)
-    assert load_space(p).pattern["block_size"] == {"choices": [16, 32]}
+    assert load_space(p).pattern["block_size"] == Choices((16, 32))
+
+
+def test_sections_are_typed_records_that_round_trip():
+    """Every settings section is a frozen record with its defaults; a space's stored form loads
+    back to the same records and stores the same data again."""
+    import dataclasses
+
+    from autotune.space import (BudgetSettings, ExecutionSettings, GateSettings, MeasureSettings, SamplerSettings,
+                                SearchSpace)
+
+    space = load_space(ROOT / "search_spaces" / "cpu.yaml")
+    for section, cls in (("sampler", SamplerSettings), ("budget", BudgetSettings), ("measure", MeasureSettings),
+                         ("gate", GateSettings), ("execution", ExecutionSettings)):
+        value = getattr(space, section)
+        assert type(value) is cls and dataclasses.is_dataclass(value)
+        with pytest.raises(dataclasses.FrozenInstanceError):
+            setattr(value, dataclasses.fields(value)[0].name, None)
+    stored = space.to_dict()
+    again = SearchSpace.from_dict(stored)
+    assert again.to_dict() == stored
+    assert (again.sampler, again.budget, again.measure, again.gate, again.execution, again.pattern, again.kernel) == (
+        space.sampler, space.budget, space.measure, space.gate, space.execution, space.pattern, space.kernel)
+    assert again.distributions() == space.distributions()
+
+
+def test_a_space_stored_by_an_older_version_loads():
+    """Sections stored with fewer keys (and a key this version no longer has) take the field
+    defaults; workloads stored with every kind's keys load as the record of their kind."""
+    from autotune.space import AttentionWorkload, EvoformerWorkload, SearchSpace
+
+    space = load_space(ROOT / "search_spaces" / "protein.yaml")
+    stored = space.to_dict()
+    stored.pop("targets")
+    stored.pop("accuracy_noise")
+    stored["measure"] = {"warmup": 3, "repeats": 10, "retired_key": 1}
+    stored["sampler"] = {"name": "tpe"}
+    old = SearchSpace.from_dict(stored)
+    assert (old.measure.warmup, old.measure.repeats, old.measure.max_repeats, old.measure.confirm_top) == (3, 10, 41, 3)
+    assert old.sampler.seed is None and old.sampler.startup_trials == 10 and old.accuracy_noise == 4.0
+    kinds = {w.kind: type(w) for w in old.workloads}
+    assert kinds == {"msa_row": AttentionWorkload, "triangle": AttentionWorkload, "evoformer": EvoformerWorkload}
+    assert [w.to_dict() for w in old.workloads] == [w.to_dict() for w in space.workloads]
+
+
+def test_zero_tolerance_reaches_the_gate(tmp_path):
+    """gate.fwd_tol / bwd_tol 0 is an exact comparison in the trial, not the dtype default."""
+    import yaml
+
+    from autotune.trial import TrialRequest, TrialRunner
+
+    data = yaml.safe_load((ROOT / "search_spaces" / "cpu.yaml").read_text())
+    data.update(backend="reference", buckets=[64], gate={"seq_len": 40, "batch": 1, "fwd_tol": 0, "bwd_tol": 0},
+                pattern={"block_size": 16, "window": 16, "num_global": 0, "stride": 0},
+                workloads=[{"name": "row", "kind": "msa_row", "heads": 2, "head_dim": 16, "tokens": 64}])
+    space = parse_space(data, "zero.yaml")
+    assert space.gate.tolerances((1e-4, 1e-3)) == (0.0, 0.0)
+    runner = TrialRunner()
+    pattern, kernel = space.split_params({})
+    cand = runner._parse(TrialRequest("z", 0, {}, pattern, kernel, space.to_dict()))
+    report = runner._gate(cand, seed=0)
+    assert (report.fwd_tol, report.bwd_tol) == (0.0, 0.0) and report.values["row.fwd_err"] == 0.0
