@@ -33,7 +33,7 @@ from typing import Any, Optional
 
 import yaml
 
-from patterns.tuned import FORMAT
+from kernels.tuned import FORMAT, TunedFile
 
 RULE = ("per bucket (autotune.verdict): the confirmed leader - re-measured interleaved with SDPA and the other "
         "leaders - with the highest confirmed geometric-mean speedup over the workloads whose interval clears the "
@@ -252,12 +252,8 @@ def export(study: str, storage: str, out: str, log=None) -> dict[str, Any]:
     from .db import Database, Tuned
 
     doc = choose(study, storage, log=log)
-    Path(out).parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(str(out) + ".tmp")
-    tmp.write_text(f"# Tuned sparse attention patterns, exported from study {study!r}.\n"
-                   f"# Rule: {RULE}.\n# Read with patterns.load_tuned(path).\n"
-                   + yaml.dump(doc, Dumper=_Dumper, sort_keys=False, default_flow_style=None, width=110))
-    os.replace(tmp, out)
+    TunedFile.from_dict(doc, str(out)).write(out, header=f"Tuned sparse attention patterns, exported from study "
+                                             f"{study!r}.\nRule: {RULE}.\nRead with kernels.load_tuned(path).")
     db = Database(storage)
     try:
         with db.session() as s:

@@ -1,4 +1,4 @@
-"""Tuned files given to `patterns.load_tuned`: every malformed file in tests/data/bad_tuned is
+"""Tuned files given to `kernels.load_tuned`: every malformed file in tests/data/bad_tuned is
 refused with one line naming the file and its expected message, fast (no hang on alias bombs or
 deep nesting); the deployment reader imports neither the autotune package nor optuna/ray/sqlalchemy."""
 
@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from patterns import load_tuned
+from kernels import load_tuned
 
 ROOT = Path(__file__).resolve().parent.parent
 BAD = sorted((ROOT / "tests" / "data" / "bad_tuned").glob("*.yaml"))
@@ -68,7 +68,7 @@ def test_directory_and_missing_file(tmp_path):
 def test_deployment_imports_no_autotune_optuna_ray_sqlalchemy(tmp_path):
     p = tmp_path / "t.yaml"
     p.write_text(GOOD)
-    code = ("import sys; from patterns import load_tuned; load_tuned(sys.argv[1]); "
+    code = ("import sys; from kernels import load_tuned; load_tuned(sys.argv[1]); "
             "bad = [m for m in ('autotune', 'optuna', 'ray', 'sqlalchemy') if m in sys.modules]; "
             "print(bad); sys.exit(1 if bad else 0)")
     env = dict(os.environ, PYTHONPATH=str(ROOT))

@@ -13,9 +13,9 @@ import yaml
 from autotune.evoformer.attention import AttentionChoice, EvoformerAttention, attend, sdpa_attention
 from autotune.export import _shapes
 from autotune.space import load_space
-from kernels import reference_attention
-from patterns import PatternConfig, build_layout, load_tuned
-from patterns.tuned import TunedMismatchError, TunedMismatchWarning, device_name
+from kernels import load_tuned, reference_attention
+from kernels.tuned import TunedMismatchError, TunedMismatchWarning, device_name
+from patterns import PatternConfig, build_layout
 
 BAND = {"block_size": 16, "window": 16, "num_global": 0, "stride": 0}
 WIDE = {"block_size": 32, "window": 64, "num_global": 0, "stride": 0}

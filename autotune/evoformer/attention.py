@@ -11,14 +11,14 @@ never a flag threaded through ``forward``:
   - ``"sdpa"``: dense ``torch.nn.functional.scaled_dot_product_attention`` with the summed bias as
     a float ``attn_mask``. The bias is always made contiguous: a pair bias that comes out of a
     ``permute`` has a non-unit last stride and SDPA would silently drop to its unfused path.
-  - ``"sparse"``: a block-sparse pattern: ``tuned.config_for(L)`` (a ``patterns.tuned.TunedPatterns``
+  - ``"sparse"``: a block-sparse pattern: ``tuned.config_for(L)`` (a ``kernels.tuned.TunedPatterns``
     or any object with that method) or a fixed ``PatternConfig`` gives the pattern for the current
     length, ``build_layout`` turns it into a layout (cached per (config, L)), and
     ``kernels.sparse_attention(..., backend=backend, config=kernel_config)`` computes it. If
     ``config_for(L)`` returns None (no sparse pattern pays off at that length: a ``TunedPatterns``
     bucket the study found infeasible, or a length beyond every measured bucket) the module runs
     dense SDPA. A ``TunedPatterns`` is also given the call's device, dtype, heads and head dim to
-    check against the machine and shapes it was tuned for (`patterns.tuned`).
+    check against the machine and shapes it was tuned for (`kernels.tuned`).
   - ``"identity"``: benchmark only. Returns ``v`` (identity cost), so that timing a block with it
     measures everything except the attention core itself.
 
@@ -53,7 +53,7 @@ import torch
 import torch.nn.functional as F
 
 from patterns import BlockLayout, GuidedConfig, PatternConfig, build_layout
-from patterns.tuned import TunedPatterns
+from kernels.tuned import TunedPatterns
 
 __all__ = [
     "KINDS",
