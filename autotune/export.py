@@ -28,12 +28,10 @@ import argparse
 import datetime as dt
 import os
 import sys
-from pathlib import Path
 from typing import Any, Optional
 
-import yaml
-
 from kernels.tuned import FORMAT, TunedFile
+from patterns.errors import InputError, report_input_error
 
 RULE = ("per bucket (autotune.verdict): the confirmed leader - re-measured interleaved with SDPA and the other "
         "leaders - with the highest confirmed geometric-mean speedup over the workloads whose interval clears the "
@@ -42,15 +40,8 @@ RULE = ("per bucket (autotune.verdict): the confirmed leader - re-measured inter
         "free of the selection's upward bias), and must clear the speedup target there too")
 
 
-class ExportError(Exception):
+class ExportError(InputError):
     pass
-
-
-class _Dumper(yaml.SafeDumper):
-    """Plain YAML: no &anchors / *aliases for repeated mappings (e.g. the hardware)."""
-
-    def ignore_aliases(self, data: Any) -> bool:
-        return True
 
 
 def _studies(db) -> list[str]:
@@ -280,9 +271,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     try:
         storage = resolve_storage(args.storage, "write").url  # export records its choice in at_tuned
         doc = export(args.study, storage, out)
-    except (ExportError, StorageError) as e:
-        print(f"autotune.export: error: {e}", file=sys.stderr)
-        return 2
+    except InputError as e:  # ExportError, StorageError, ...
+        return report_input_error(e, "autotune.export")
     except Exception as e:  # noqa: BLE001 - a database error: one line, no password
         line = database_error_line(e, args.storage or "")
         if line is None:

@@ -32,6 +32,8 @@ import yaml
 from yaml.events import AliasEvent
 from yaml.nodes import MappingNode, ScalarNode, SequenceNode
 
+from .errors import InputError
+
 __all__ = ["YAMLInputError", "load_yaml", "load_yaml_file", "MAX_BYTES", "MAX_DEPTH", "MAX_ALIASES", "MAX_NODES"]
 
 MAX_BYTES = 4 << 20
@@ -45,7 +47,7 @@ _BOMS = (
 )
 
 
-class YAMLInputError(ValueError):
+class YAMLInputError(InputError):
     """A file the safe reader refuses; ``str()`` is one line ``SOURCE: WHERE: problem``."""
 
     def __init__(self, source: str, where: str, problem: str) -> None:
