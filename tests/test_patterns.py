@@ -285,3 +285,29 @@ def test_error_base_loads_no_torch():
     code = "import sys, patterns.errors; sys.exit(1 if 'torch' in sys.modules else 0)"
     root = Path(__file__).resolve().parent.parent
     assert subprocess.run([sys.executable, "-c", code], cwd=root, timeout=120).returncode == 0
+
+
+def test_every_project_error_class_is_an_input_error():
+    """Every exception class the project defines (found in the source, wherever it moves) derives
+    from patterns.errors.InputError, so each command line maps it to one line and exit status 2 -
+    except ExecutorError: it reaches the search's command line only mid-run (every Ray worker node
+    gone: exit status 1); at start-up the search turns it into a UsageError (exit 2)."""
+    import ast
+    import importlib
+    from pathlib import Path
+
+    from patterns.errors import InputError
+
+    root = Path(__file__).resolve().parent.parent
+    not_input = {"ExecutorError"}
+    found = {}
+    for pkg in ("patterns", "kernels", "search_spaces", "results", "autotune"):
+        for path in sorted((root / pkg).rglob("*.py")):
+            for node in ast.walk(ast.parse(path.read_text())):
+                if isinstance(node, ast.ClassDef) and node.name.endswith("Error"):
+                    mod = ".".join(path.relative_to(root).with_suffix("").parts).removesuffix(".__init__")
+                    found[node.name] = getattr(importlib.import_module(mod), node.name)
+    assert {"SpaceError", "StorageError", "ReportError", "TunedFileError", "TunedMismatchError", "YAMLInputError",
+            "UsageError", "ExportError", "IngestError", "CopyError", "ProteinLoadError"} <= set(found), sorted(found)
+    for name, cls in found.items():
+        assert issubclass(cls, InputError) != (name in not_input), name

@@ -167,3 +167,12 @@ def test_evoformer_strict_file_refuses_other_dtype(tmp_path):
     q = torch.randn(1, 2, 100, 16, dtype=torch.float64)
     with pytest.raises(TunedMismatchError, match="dtype: tuned in float32, used in float64"):
         attend(choice, q, q, q)
+
+
+def test_reader_and_export_name_this_cpu_alike():
+    """The reader (kernels, deployable) and the export's hardware record (autotune) read the CPU
+    model with the same rule: a CPU file tuned here matches here."""
+    from autotune.hardware import cpu_model as recorded
+    from kernels.tuned import cpu_model
+
+    assert cpu_model() == recorded() == device_name("cpu")
