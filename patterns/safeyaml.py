@@ -17,9 +17,9 @@ and adds these limits:
   node it refers to), so a bomb is refused after reading it once, without expanding it;
 - no duplicate key in a mapping (merge keys ``<<`` excepted).
 
-Every problem raises `YAMLInputError`, a ``ValueError`` whose message is one line
-``SOURCE: WHERE: problem`` (``WHERE`` is ``line N`` or ``(file)``). This module needs only PyYAML:
-both the deployment reader (`patterns.tuned`) and the autotuner's space loader use it.
+Every problem raises `YAMLInputError`, a `patterns.errors.InputError` (so a ``ValueError``) whose
+message is one line ``SOURCE: WHERE: problem`` (``WHERE`` is ``line N`` or ``(file)``). This module
+needs only PyYAML: both the deployment reader (`kernels.tuned`) and the autotuner's space loader use it.
 """
 
 from __future__ import annotations
