@@ -335,8 +335,8 @@ def _device_type(device: Any) -> str:
 
 def cpu_model() -> Optional[str]:
     """This machine's CPU model: the ``model name`` line of ``/proc/cpuinfo``, else
-    ``platform.processor()``; None if neither says. The same rule as ``autotune.hardware.cpu_model``,
-    which the export records as a CPU file's ``device_name`` (a test holds the two equal)."""
+    ``platform.processor()``; None if neither says. ``autotune.hardware`` records it as a CPU
+    study's ``device_name`` (the export's), so a CPU file tuned here matches here."""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.lower().startswith("model name"):
