@@ -382,15 +382,19 @@ class TunedPatterns:
     path: Optional[str] = None
     strict: bool = False
     _warned: set = field(default_factory=set, repr=False, compare=False)
+    _entries: dict = field(init=False, repr=False, compare=False)
+    _measured: list = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if not self.file.buckets:
             raise TunedFileError(f"{self.path or 'TunedPatterns'}: buckets: no bucket given")
+        self._entries = {b.seq_len: b for b in self.file.buckets}  # the file is frozen: looked up per call
+        self._measured = sorted(set(self._entries) | set(self.file.infeasible_buckets))
 
     @property
     def entries(self) -> dict[int, TunedBucket]:
         """Exported bucket -> its `TunedBucket`."""
-        return {b.seq_len: b for b in self.file.buckets}
+        return dict(self._entries)
 
     @property
     def infeasible(self) -> frozenset:
@@ -407,12 +411,12 @@ class TunedPatterns:
     @property
     def buckets(self) -> list[int]:
         """The exported buckets (each with a pattern)."""
-        return sorted(b.seq_len for b in self.file.buckets)
+        return sorted(self._entries)
 
     @property
     def measured_buckets(self) -> list[int]:
         """Every bucket the study measured: exported and infeasible."""
-        return sorted(set(self.buckets) | self.infeasible)
+        return list(self._measured)
 
     @property
     def device(self) -> Optional[str]:
@@ -433,7 +437,7 @@ class TunedPatterns:
         """The smallest measured bucket >= seq_len (exported or infeasible); None beyond every one."""
         if isinstance(seq_len, bool) or not isinstance(seq_len, int) or seq_len < 1:
             raise ValueError(f"seq_len must be a positive integer, got {seq_len!r}")
-        for b in self.measured_buckets:
+        for b in self._measured:
             if b >= seq_len:
                 return b
         return None
@@ -442,7 +446,7 @@ class TunedPatterns:
         """The exported bucket deciding ``seq_len``, or None (infeasible bucket, or beyond every
         measured bucket): use dense attention. ``where``: device, dtype, heads, head_dim to check."""
         b = self.bucket_for(seq_len)
-        entry = self.entries.get(b) if b is not None else None
+        entry = self._entries.get(b) if b is not None else None
         self.check(entry=entry, **where)
         return entry
 
