@@ -25,8 +25,10 @@ import sys
 from dataclasses import dataclass
 from typing import Any, Optional
 
+from patterns.errors import InputError, report_input_error
 
-class CopyError(Exception):
+
+class CopyError(InputError):
     """Invalid input found before anything is written: exit status 2."""
 
 
@@ -176,9 +178,8 @@ def main(argv: Optional[list[str]] = None) -> int:
         if src == dst and (args.to_study or args.study) == args.study:
             raise CopyError("--to: the same database and study name as --from (use --to-study NAME)")
         r = copy_study(args.study, src, dst, args.to_study)
-    except CopyError as e:
-        print(f"autotune.copy_study: error: {e}", file=sys.stderr)
-        return 2
+    except InputError as e:  # CopyError, ...
+        return report_input_error(e, "autotune.copy_study")
     except Exception as e:  # noqa: BLE001 - a database error: one line, no password
         line = database_error_line(e, args.dst)
         if line is None:

@@ -28,12 +28,10 @@ import argparse
 import datetime as dt
 import os
 import sys
-from pathlib import Path
 from typing import Any, Optional
 
-import yaml
-
-from patterns.tuned import FORMAT
+from kernels.tuned import FORMAT, TunedFile
+from patterns.errors import InputError, report_input_error
 
 RULE = ("per bucket (autotune.verdict): the confirmed leader - re-measured interleaved with SDPA and the other "
         "leaders - with the highest confirmed geometric-mean speedup over the workloads whose interval clears the "
@@ -42,15 +40,8 @@ RULE = ("per bucket (autotune.verdict): the confirmed leader - re-measured inter
         "free of the selection's upward bias), and must clear the speedup target there too")
 
 
-class ExportError(Exception):
+class ExportError(InputError):
     pass
-
-
-class _Dumper(yaml.SafeDumper):
-    """Plain YAML: no &anchors / *aliases for repeated mappings (e.g. the hardware)."""
-
-    def ignore_aliases(self, data: Any) -> bool:
-        return True
 
 
 def _studies(db) -> list[str]:
@@ -252,12 +243,8 @@ def export(study: str, storage: str, out: str, log=None) -> dict[str, Any]:
     from .db import Database, Tuned
 
     doc = choose(study, storage, log=log)
-    Path(out).parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(str(out) + ".tmp")
-    tmp.write_text(f"# Tuned sparse attention patterns, exported from study {study!r}.\n"
-                   f"# Rule: {RULE}.\n# Read with patterns.load_tuned(path).\n"
-                   + yaml.dump(doc, Dumper=_Dumper, sort_keys=False, default_flow_style=None, width=110))
-    os.replace(tmp, out)
+    TunedFile.from_dict(doc, str(out)).write(out, header=f"Tuned sparse attention patterns, exported from study "
+                                             f"{study!r}.\nRule: {RULE}.\nRead with kernels.load_tuned(path).")
     db = Database(storage)
     try:
         with db.session() as s:
@@ -284,9 +271,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     try:
         storage = resolve_storage(args.storage, "write").url  # export records its choice in at_tuned
         doc = export(args.study, storage, out)
-    except (ExportError, StorageError) as e:
-        print(f"autotune.export: error: {e}", file=sys.stderr)
-        return 2
+    except InputError as e:  # ExportError, StorageError, ...
+        return report_input_error(e, "autotune.export")
     except Exception as e:  # noqa: BLE001 - a database error: one line, no password
         line = database_error_line(e, args.storage or "")
         if line is None:

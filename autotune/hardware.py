@@ -14,17 +14,9 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any, Optional
 
+from kernels.tuned import cpu_model  # one rule for the CPU model: what the export records, the reader compares
+
 PACKAGES = ("torch", "triton", "optuna", "ray", "sqlalchemy", "numpy", "pyyaml", "biotite")
-
-
-def cpu_model() -> Optional[str]:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.lower().startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or None
 
 
 def _nvidia_driver() -> Optional[str]:

@@ -28,12 +28,14 @@ import sys
 from pathlib import Path
 from typing import Any, Optional
 
+from patterns.errors import InputError, report_input_error
+
 from .bench_tables import KINDS, BenchRun
 
 __all__ = ["IngestError", "parse_csv", "ingest_file", "main"]
 
 
-class IngestError(Exception):
+class IngestError(InputError):
     """A CSV that cannot be ingested; nothing was written."""
 
 
@@ -166,9 +168,8 @@ def main(argv: Optional[list[str]] = None) -> int:
         for f, kind in files:
             parse_csv(f, kind)
         storage = resolve_storage(args.storage, "write").url
-    except (IngestError, StorageError) as e:
-        print(f"autotune.ingest: error: {e}", file=sys.stderr)
-        return 2
+    except InputError as e:  # IngestError, StorageError, ...
+        return report_input_error(e, "autotune.ingest")
 
     from .db import Database
 
@@ -185,9 +186,8 @@ def main(argv: Optional[list[str]] = None) -> int:
             try:
                 rid = ingest_file(db, f, kind, command=mask_secrets(args.command) if args.command else None,
                                   force=args.force)
-            except IngestError as e:
-                print(f"autotune.ingest: error: {e}", file=sys.stderr)
-                return 2
+            except InputError as e:
+                return report_input_error(e, "autotune.ingest")
             if rid is None:
                 print(f"autotune.ingest: {f}: already ingested as {kind} (same content); skipped (--force to add again)",
                       file=sys.stderr)

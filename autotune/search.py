@@ -96,6 +96,8 @@ import sys
 import time
 from typing import TYPE_CHECKING, Any, Optional
 
+from patterns.errors import InputError, report_input_error
+
 from .space import MAX_NAME, SearchSpace, SpaceError, load_space
 
 if TYPE_CHECKING:
@@ -108,7 +110,7 @@ GRACE_SECONDS = 60  # Optuna's grace_period: a running trial without a beat for 
 INTERRUPTED = "interrupted"
 
 
-class UsageError(Exception):
+class UsageError(InputError):
     """Invalid input found before anything is written: exit status 2."""
 
 
@@ -920,23 +922,15 @@ def main(argv: Optional[list[str]] = None) -> int:
             raise UsageError(f"{args.space}: execution.threads_per_worker: {threads} is more than the "
                              f"{os.cpu_count()} CPUs of this machine")
         storage = resolve_storage(args.storage, "write").url
-    except StorageError as e:
-        print(f"autotune: error: {e}", file=sys.stderr)
-        return 2
-    except SpaceError as e:
-        print(f"autotune: error: {e}", file=sys.stderr)
-        return 2
-    except UsageError as e:
-        print(f"autotune: error: {e}", file=sys.stderr)
-        return 2
+    except InputError as e:  # SpaceError, StorageError, UsageError, ...
+        return report_input_error(e, "autotune")
     search = Search(space, study_name=study, storage=storage, executor=args.executor,
                     ray_address=args.ray_address, workers=args.workers, progress=not args.no_progress,
                     allow_repeats=args.allow_repeats)
     try:
         summary = search.run()
-    except UsageError as e:
-        print(f"autotune: error: {mask_secrets(str(e), search.secrets)}", file=sys.stderr)
-        return 2
+    except InputError as e:
+        return report_input_error(e, "autotune", message=mask_secrets(str(e), search.secrets))
     except KeyboardInterrupt:
         return 130
     except ExecutorError as e:  # e.g. every Ray worker node left the cluster

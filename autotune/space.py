@@ -99,6 +99,7 @@ from typing import Any, ClassVar, Optional
 
 from kernels.config import KERNEL_STAGES, KERNEL_TILES, KERNEL_WARPS
 from patterns.config import GLOBAL_PLACEMENTS, SUPPORTED_BLOCK_SIZES
+from patterns.errors import InputError
 from patterns.guided import GUIDED_POOLS, GUIDED_SPREADS, PATTERN_FAMILIES
 from patterns.safeyaml import YAMLInputError, load_yaml_file
 
@@ -204,7 +205,7 @@ KERNEL_PARAMS: dict[str, tuple] = {
 }
 
 
-class SpaceError(ValueError):
+class SpaceError(InputError):
     """An invalid search-space file; ``str()`` is one line: ``FILE: KEY: problem``."""
 
     def __init__(self, source: str, key: str, problem: str) -> None:

@@ -30,6 +30,8 @@ from dataclasses import dataclass
 from typing import Iterable, Optional
 from urllib.parse import quote, quote_plus
 
+from patterns.errors import InputError
+
 __all__ = ["StorageError", "Storage", "resolve_storage", "mask_url", "mask_secrets", "DEFAULT_STORAGE",
            "ENV_STORAGE", "SQLITE_MAGIC", "sqlite_file",
            "is_database_error", "database_error_line"]
@@ -45,7 +47,7 @@ _URL_PASSWORD = re.compile(r"(?P<head>\b[a-zA-Z][a-zA-Z0-9+.\-]*://[^:/@\s]*:)(?
 _KV_PASSWORD = re.compile(r"(?P<head>\bpassword\s*=\s*)(?P<pw>[^\s&;']+)", re.IGNORECASE)
 
 
-class StorageError(ValueError):
+class StorageError(InputError):
     """A ``--storage`` value that cannot be used; ``str()`` is one line."""
 
 

@@ -93,3 +93,9 @@ def sparse_attention(
     from .cpu import cpu_sparse_attention
 
     return cpu_sparse_attention(q, k, v, layout, bias, scale=scale)
+
+
+# the deployed tuned-file reader (kernels/tuned.py): what a deployment loads next to sparse_attention
+from .tuned import TunedFile, TunedPatterns, load_tuned  # noqa: E402
+
+__all__ += ["TunedFile", "TunedPatterns", "load_tuned"]

@@ -463,4 +463,7 @@ def _write_csv(path: Path, rows: list[dict]) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    from patterns.errors import exit_on_input_error
+
+    with exit_on_input_error("python -m kernels.bench"):  # bad input: one line, exit status 2
+        main(sys.argv[1:])

@@ -1,11 +1,36 @@
-"""Sparse attention patterns: what is computed, as composable rules and block layouts."""
+"""Sparse attention patterns: what is computed, as composable rules and block layouts.
 
-from .config import GLOBAL_PLACEMENTS, SUPPORTED_BLOCK_SIZES, PatternConfig
-from .guided import GUIDED_POOLS, GUIDED_SPREADS, PATTERN_FAMILIES, GuidedConfig, pattern_from_dict
-from .layout import BlockLayout, build_layout
+The public names below are loaded on first use (PEP 562), so that ``import patterns.errors`` - the
+error base class every command line maps to exit status 2 - does not load torch: command lines
+such as ``python -m autotune.ingest`` never need it.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+from .errors import InputError
 from .render import render
-from .rules import Full, Global, Intersection, Local, Rule, Strided, Union, tile_tokens
-from .tuned import TunedPatterns, load_tuned
+
+#: public name -> the submodule that defines it
+_LAZY = {
+    "PatternConfig": "config", "SUPPORTED_BLOCK_SIZES": "config", "GLOBAL_PLACEMENTS": "config",
+    "GuidedConfig": "guided", "GUIDED_POOLS": "guided", "GUIDED_SPREADS": "guided", "PATTERN_FAMILIES": "guided",
+    "pattern_from_dict": "guided",
+    "BlockLayout": "layout", "build_layout": "layout",
+    "Rule": "rules", "Local": "rules", "Global": "rules", "Strided": "rules", "Union": "rules",
+    "Intersection": "rules", "Full": "rules", "tile_tokens": "rules",
+    "pattern_for_sparsity": "sparsity", "pattern_label": "render",
+}
+
+if TYPE_CHECKING:
+    from .config import GLOBAL_PLACEMENTS, SUPPORTED_BLOCK_SIZES, PatternConfig
+    from .guided import GUIDED_POOLS, GUIDED_SPREADS, PATTERN_FAMILIES, GuidedConfig, pattern_from_dict
+    from .layout import BlockLayout, build_layout
+    from .render import pattern_label
+    from .rules import Full, Global, Intersection, Local, Rule, Strided, Union, tile_tokens
+    from .sparsity import pattern_for_sparsity
 
 __all__ = [
     "PatternConfig",
@@ -19,6 +44,8 @@ __all__ = [
     "BlockLayout",
     "build_layout",
     "render",
+    "pattern_label",
+    "pattern_for_sparsity",
     "Rule",
     "Local",
     "Global",
@@ -27,6 +54,25 @@ __all__ = [
     "Intersection",
     "Full",
     "tile_tokens",
-    "TunedPatterns",
-    "load_tuned",
+    "InputError",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is not None:
+        value = getattr(importlib.import_module(f".{module}", __name__), name)
+        globals()[name] = value
+        return value
+    if name in ("load_tuned", "TunedPatterns"):
+        # Kept for compatibility only: the tuned-file reader moved to `kernels.tuned` (``from kernels
+        # import load_tuned``); tests/test_postgres.py and tests/test_guided_search.py still import it
+        # from here. Remove once they import from ``kernels``: ``patterns`` imports nothing of the project.
+        import kernels.tuned
+
+        return getattr(kernels.tuned, name)
+    raise AttributeError(f"module 'patterns' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

@@ -17,9 +17,9 @@ and adds these limits:
   node it refers to), so a bomb is refused after reading it once, without expanding it;
 - no duplicate key in a mapping (merge keys ``<<`` excepted).
 
-Every problem raises `YAMLInputError`, a ``ValueError`` whose message is one line
-``SOURCE: WHERE: problem`` (``WHERE`` is ``line N`` or ``(file)``). This module needs only PyYAML:
-both the deployment reader (`patterns.tuned`) and the autotuner's space loader use it.
+Every problem raises `YAMLInputError`, a `patterns.errors.InputError` (so a ``ValueError``) whose
+message is one line ``SOURCE: WHERE: problem`` (``WHERE`` is ``line N`` or ``(file)``). This module
+needs only PyYAML: both the deployment reader (`kernels.tuned`) and the autotuner's space loader use it.
 """
 
 from __future__ import annotations
@@ -31,6 +31,8 @@ from typing import Any, Union
 import yaml
 from yaml.events import AliasEvent
 from yaml.nodes import MappingNode, ScalarNode, SequenceNode
+
+from .errors import InputError
 
 __all__ = ["YAMLInputError", "load_yaml", "load_yaml_file", "MAX_BYTES", "MAX_DEPTH", "MAX_ALIASES", "MAX_NODES"]
 
@@ -45,7 +47,7 @@ _BOMS = (
 )
 
 
-class YAMLInputError(ValueError):
+class YAMLInputError(InputError):
     """A file the safe reader refuses; ``str()`` is one line ``SOURCE: WHERE: problem``."""
 
     def __init__(self, source: str, where: str, problem: str) -> None:

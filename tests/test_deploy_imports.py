@@ -42,7 +42,8 @@ import torch
 before = sorted(m for m in EXTRAS if m in sys.modules)
 
 import kernels, patterns
-from patterns import build_layout, load_tuned
+from kernels import load_tuned
+from patterns import build_layout
 from autotune.evoformer import EvoformerBlock
 from autotune.evoformer.attention import EvoformerAttention
 
@@ -62,7 +63,7 @@ print(json.dumps({{"before": before, "after": after, "attempts": attempts}}))
 
 
 def _tuned(tmp_path):
-    from patterns.tuned import device_name
+    from kernels.tuned import device_name
 
     p = tmp_path / "tuned.yaml"
     p.write_text(yaml.safe_dump({"format": 2, "device": "cpu", "device_name": device_name("cpu"), "dtype": "float32",

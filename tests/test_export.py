@@ -1,4 +1,4 @@
-"""Export a study's per-bucket choice and deploy it with patterns.load_tuned."""
+"""Export a study's per-bucket choice and deploy it with kernels.load_tuned."""
 
 from __future__ import annotations
 
@@ -7,9 +7,9 @@ import torch
 import yaml
 
 from autotune.export import main as export_main
-from kernels import KernelConfig, reference_attention, sparse_attention
-from patterns import PatternConfig, TunedPatterns, build_layout, load_tuned
-from patterns.tuned import parse_tuned
+from kernels import KernelConfig, TunedPatterns, load_tuned, reference_attention, sparse_attention
+from kernels.tuned import parse_tuned
+from patterns import PatternConfig, build_layout
 from test_search import run_search
 
 
@@ -200,7 +200,7 @@ def test_tuned_imports_no_search_stack():
     import subprocess
     import sys
 
-    code = ("import sys; import patterns.tuned; bad = [m for m in ('optuna', 'ray', 'sqlalchemy', 'autotune') "
+    code = ("import sys; import kernels.tuned; bad = [m for m in ('optuna', 'ray', 'sqlalchemy', 'autotune') "
             "if m in sys.modules]; print(bad); sys.exit(1 if bad else 0)")
     from pathlib import Path
 

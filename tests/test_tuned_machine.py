@@ -13,9 +13,9 @@ import yaml
 from autotune.evoformer.attention import AttentionChoice, EvoformerAttention, attend, sdpa_attention
 from autotune.export import _shapes
 from autotune.space import load_space
-from kernels import reference_attention
-from patterns import PatternConfig, build_layout, load_tuned
-from patterns.tuned import TunedMismatchError, TunedMismatchWarning, device_name
+from kernels import load_tuned, reference_attention
+from kernels.tuned import TunedMismatchError, TunedMismatchWarning, device_name
+from patterns import PatternConfig, build_layout
 
 BAND = {"block_size": 16, "window": 16, "num_global": 0, "stride": 0}
 WIDE = {"block_size": 32, "window": 64, "num_global": 0, "stride": 0}
@@ -167,3 +167,11 @@ def test_evoformer_strict_file_refuses_other_dtype(tmp_path):
     q = torch.randn(1, 2, 100, 16, dtype=torch.float64)
     with pytest.raises(TunedMismatchError, match="dtype: tuned in float32, used in float64"):
         attend(choice, q, q, q)
+
+
+def test_reader_and_export_name_this_cpu_alike():
+    """The machine name the export records for a CPU study (the run's hardware record) is the one
+    the reader compares with: a CPU file tuned here matches here."""
+    from autotune.hardware import describe
+
+    assert describe("cpu")["device_name"] == device_name("cpu")

@@ -55,6 +55,7 @@ from typing import Optional, Sequence, Union
 import torch
 
 from patterns import GuidedConfig, PatternConfig, build_layout
+from patterns.errors import InputError
 
 from .contacts import CONTACT_CUTOFF, RANGES, contact_map, contact_pairs
 from .metrics import ChainStats, chain_stats, layout_for, pair_bias
@@ -107,7 +108,7 @@ class AccuracyResult:
     sparsity: Optional[float] = None  # layout sparsity at the chains' lengths (mean over chains)
 
 
-class ProteinLoadError(ValueError):
+class ProteinLoadError(InputError):
     """No usable chain could be loaded (missing folder, nothing readable)."""
 
 

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from patterns import GuidedConfig, PatternConfig
+from patterns.errors import InputError, report_input_error
 
 from . import (
     ACCURACY_METRICS,
@@ -41,7 +42,7 @@ from . import (
 from .metrics import PROBE_DIM, PROBE_HEADS, PROBE_SEED, PROBE_TAUS, layout_for
 
 
-class _UsageError(Exception):
+class _UsageError(InputError):
     pass
 
 
@@ -136,9 +137,8 @@ def _run_guided(args) -> int:
         sel = _subsample([c for c in chains if c.length >= args.min_length], args.max_chains)
         if not sel:
             raise _UsageError(f"no chain with at least {args.min_length} residues")
-    except _UsageError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    except InputError as exc:
+        return report_input_error(exc)
     rows = evaluate_guided(
         sel, sigmas=sigmas, sparsities=targets, block_size=args.guided_block_size, pool=args.guided_pool,
         spread=args.guided_spread, window=args.guided_window, num_global=args.guided_global,
@@ -269,9 +269,8 @@ def run(argv: Optional[Sequence[str]] = None) -> int:
             chains, skipped = load_proteins_report(args.proteins)
         except ProteinLoadError as exc:
             raise _UsageError(str(exc)) from None
-    except _UsageError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    except InputError as exc:
+        return report_input_error(exc)
 
     rows = []
     for b in buckets:

@@ -435,4 +435,7 @@ def main(argv: Optional[Sequence[str]] = None) -> list[dict]:
 
 
 if __name__ == "__main__":
-    main()
+    from patterns.errors import exit_on_input_error
+
+    with exit_on_input_error("python -m autotune.evoformer.bench"):  # bad input: one line, exit status 2
+        main()

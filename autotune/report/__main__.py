@@ -15,6 +15,8 @@ import os
 import sys
 from typing import Optional
 
+from patterns.errors import InputError, report_input_error
+
 
 def main(argv: Optional[list[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -33,9 +35,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     try:
         storage = resolve_storage(args.storage, "read")
         data = load(storage.url, args.study)
-    except (ReportError, StorageError) as e:
-        print(f"autotune.report: error: {e}", file=sys.stderr)
-        return 2
+    except InputError as e:  # ReportError, StorageError, ...
+        return report_input_error(e, "autotune.report")
     except (ValueError, TypeError) as e:  # a stored JSON cell that does not decode (hand-edited database)
         print(f"autotune.report: error: cannot read --storage {storage.masked}: a stored value is corrupted "
               f"({type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''})", file=sys.stderr)

@@ -12,8 +12,10 @@ import os
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
+from patterns.errors import InputError
 
-class ReportError(Exception):
+
+class ReportError(InputError):
     """The report cannot be built (missing or empty database, unknown study): exit status 2."""
 
 

@@ -1,0 +1,529 @@
+"""Deployed tuned patterns: the tuned-file schema (`TunedFile`), written by ``python -m autotune.export``
+and read here by `load_tuned`.
+
+    from kernels import load_tuned
+    tuned = load_tuned("tuned/protein.yaml")             # strict=True: mismatches raise
+    cfg = tuned.config_for(L, device=q.device, dtype=q.dtype, heads=H, head_dim=D)
+    if cfg is None:                                      # no pattern pays off here: dense attention
+        out = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=bias)
+    else:                                                # build_layout(cfg, L, signal=bias) for a GuidedConfig
+        out = kernels.sparse_attention(q, k, v, build_layout(cfg, L), bias, config=tuned.kernel_config_for(L))
+
+Bucket rule: a sequence of length L is decided by the smallest *measured* bucket >= L - the
+exported buckets and the ``infeasible_buckets`` the study measured without finding a pattern worth
+running. An exported bucket gives its pattern (a pattern is defined in residues, so it applies to
+any length up to the bucket's). An infeasible bucket, or a length beyond every measured bucket (not
+measured: unknown), gives ``None`` from `TunedPatterns.config_for` and `kernel_config_for`: use
+dense attention there (``EvoformerAttention.sparse(tuned)`` does), never a neighbour's pattern.
+
+File format 2 (YAML; only ``buckets`` and, in each entry, ``seq_len`` and ``pattern`` are required).
+`TunedFile` is this schema: one field per top-level key, in the order the export writes them, and
+`TunedBucket` per entry of ``buckets``:
+
+    format: 2
+    study: NAME
+    rule: ...                         # informative: how the export chose (not checked)
+    device: cuda                      # where it was tuned: cuda or cpu
+    device_name: NVIDIA H100 80GB HBM3  # torch.cuda.get_device_name, or the CPU model
+    backend: ..., mode: ..., workloads: [...], targets: {...}   # informative
+    dtype: bfloat16
+    hardware: {...}                   # informative
+    versions: {...}, git_revision: ..., exported_at: ...        # informative
+    infeasible_buckets: [2048]        # measured, no pattern worth running: dense attention
+    not_exported: {2048: why}         # informative
+    buckets:
+      - seq_len: 256
+        heads: [4, 8]                 # attention heads and head dims it was measured with
+        head_dims: [32]
+        pattern: {block_size: 64, window: 128, num_global: 16, stride: 0, global_placement: first}
+        kernel: {block_m: 64, block_n: 64, num_warps: 4, num_stages: 2}   # or null
+        source: {study: NAME, trial: 12}
+        speedup: {...}, peak_mib: {...}, accuracy: {...}                   # informative
+
+Format 1 (the previous exporter) is read too: it has no ``device_name`` at the top (taken from
+``hardware.device_name`` when there) and no ``heads`` / ``head_dims`` (not checked). A newer format
+is refused: its fields may mean something this reader does not know.
+
+Where it is used (`load_tuned(path, device=..., dtype=...)` once; `config_for(L, device=..., dtype=...,
+heads=..., head_dim=...)` per call; arguments left out are not checked): the device type must be
+the file's ``device``, the device's name its ``device_name`` (the current CUDA device's name, or
+this machine's CPU model), the dtype its ``dtype``, and the heads / head dim among the bucket's.
+``load_tuned`` without ``device`` checks the file's own device type here (is there a CUDA device
+for a ``cuda`` file, is it the same model). A mismatch is a `TunedMismatchWarning` (one line,
+once per file and kind of mismatch) by default; with ``strict=True`` a `TunedMismatchError`
+(a `patterns.errors.InputError`, so a ``ValueError``) - the tuned speedups were measured on another
+machine or shape.
+
+Validation (`TunedFile.from_dict`): ``format`` must be 1 or 2 when given, ``dtype`` one of float32 /
+bfloat16 / float16, ``device`` cuda or cpu; pattern and kernel fields must be real integers
+(``64.0`` and ``true`` are refused as launch parameters) with the values the kernels support. The
+file is read with `patterns.safeyaml` (UTF-8 only, duplicate keys refused, aliases and nesting
+bounded). Every problem raises `TunedFileError` (an ``InputError``) with one line
+``FILE: KEY: problem``; a missing file raises ``FileNotFoundError`` naming it. The informative
+fields are kept as they are, not checked.
+
+Writing (`TunedFile.dumps` / `TunedFile.write`): plain YAML (no anchors or aliases), keys in schema
+order, an optional ``#`` comment header; `write` replaces the file atomically.
+
+This module imports only yaml, torch and the project's patterns / kernels packages: it is deployed
+without optuna, ray, sqlalchemy or triton (the ``pip install`` core).
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import platform
+import warnings
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, Optional, Union
+
+from patterns.config import PatternConfig
+from patterns.errors import InputError
+from patterns.guided import GuidedConfig, pattern_from_dict
+from patterns.safeyaml import YAMLInputError, load_yaml_file
+
+from .config import KernelConfig
+
+__all__ = ["TunedFile", "TunedBucket", "TunedPatterns", "TunedFileError", "TunedMismatchError",
+           "TunedMismatchWarning", "load_tuned", "parse_tuned", "device_name", "cpu_model", "FORMAT", "FORMATS"]
+
+FORMAT = 2  # what autotune.export writes
+FORMATS = (1, 2)  # what this reader reads
+DTYPES = ("float32", "bfloat16", "float16")
+DEVICES = ("cuda", "cpu")
+_KERNEL_KEYS = ("block_m", "block_n", "num_warps", "num_stages")
+_PATTERN_INT_KEYS = ("block_size", "window", "num_global", "stride")
+
+
+class TunedFileError(InputError):
+    """A malformed tuned file: one line ``FILE: KEY: problem``."""
+
+
+class TunedMismatchError(InputError):
+    """A tuned file used where it was not tuned (device, device name, dtype, heads, head dim), in
+    strict mode."""
+
+
+class TunedMismatchWarning(UserWarning):
+    """The same mismatch as `TunedMismatchError`, outside strict mode."""
+
+
+# ---- the schema ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TunedBucket:
+    """One entry of ``buckets``: the pattern (and Triton launch config) for lengths up to ``seq_len``.
+
+    ``heads`` / ``head_dims``: the shapes it was measured with (None: not recorded, format 1).
+    ``info``: the informative fields (source, speedups, memory, accuracy, ...), in file order."""
+
+    seq_len: int
+    pattern: Union[PatternConfig, GuidedConfig]
+    kernel: Optional[KernelConfig] = None
+    heads: Optional[tuple[int, ...]] = None
+    head_dims: Optional[tuple[int, ...]] = None
+    info: dict = field(default_factory=dict, compare=False)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The entry as written: seq_len, heads, head_dims, pattern, kernel, then ``info``."""
+        return {
+            "seq_len": self.seq_len,
+            "heads": None if self.heads is None else list(self.heads),
+            "head_dims": None if self.head_dims is None else list(self.head_dims),
+            "pattern": self.pattern.to_dict(),
+            "kernel": None if self.kernel is None else self.kernel.to_dict(),
+            **self.info,
+        }
+
+
+@dataclass(frozen=True)
+class TunedFile:
+    """A tuned file (module docstring): one field per top-level key, in file order. The fields the
+    reader checks and uses are typed; the informative ones (``rule``, ``backend``, ``mode``,
+    ``workloads``, ``targets``, ``versions``, ``git_revision``, ``exported_at``, ``not_exported``)
+    are kept as written. ``extra``: top-level keys this schema does not name (written before
+    ``buckets``). ``format`` None: the file did not say (read as format 1 or 2)."""
+
+    buckets: tuple[TunedBucket, ...]
+    format: Optional[int] = FORMAT
+    study: Optional[str] = None
+    rule: Any = None
+    device: Optional[str] = None
+    device_name: Optional[str] = None
+    backend: Any = None
+    dtype: Optional[str] = None
+    mode: Any = None
+    workloads: Any = None
+    targets: Any = None
+    hardware: Optional[dict] = None
+    versions: Any = None
+    git_revision: Any = None
+    exported_at: Any = None
+    infeasible_buckets: tuple[int, ...] = ()
+    not_exported: Any = None
+    extra: dict = field(default_factory=dict, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "buckets", tuple(self.buckets))
+        object.__setattr__(self, "infeasible_buckets", tuple(self.infeasible_buckets))
+
+    def to_dict(self) -> dict[str, Any]:
+        """The file's mapping, keys in schema order (``format`` left out when None, ``extra``
+        before ``buckets``)."""
+        out: dict[str, Any] = {}
+        for f in fields(self):
+            if f.name in ("buckets", "extra") or (f.name == "format" and self.format is None):
+                continue
+            value = getattr(self, f.name)
+            out[f.name] = list(value) if f.name == "infeasible_buckets" else value
+        out.update(self.extra)
+        out["buckets"] = [b.to_dict() for b in self.buckets]
+        return out
+
+    def dumps(self, header: str = "") -> str:
+        """The file's text: ``header`` (each line made a ``#`` comment) then plain YAML (no anchors
+        or aliases, keys in schema order, flow style for leaf collections, width 110)."""
+        import yaml
+
+        class _Dumper(yaml.SafeDumper):
+            def ignore_aliases(self, data: Any) -> bool:  # e.g. the hardware, repeated per bucket
+                return True
+
+        head = "".join(f"# {line}\n" if line else "#\n" for line in header.splitlines())
+        return head + yaml.dump(self.to_dict(), Dumper=_Dumper, sort_keys=False, default_flow_style=None, width=110)
+
+    def write(self, path: Union[str, Path], header: str = "") -> Path:
+        """Write `dumps` to ``path`` atomically (a temporary file beside it, then renamed): a reader
+        never sees a half-written file."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(self.dumps(header))
+        os.replace(tmp, path)
+        return path
+
+    @classmethod
+    def from_dict(cls, data: Any, source: str = "<tuned>") -> "TunedFile":
+        """Validate a parsed tuned file (module docstring) into a `TunedFile`; `TunedFileError`
+        naming ``source`` and the key otherwise."""
+        _check_top(data, source)
+        infeasible: tuple[int, ...] = ()
+        if data.get("infeasible_buckets") not in (None, []):
+            infeasible = _int_list(source, "infeasible_buckets", data["infeasible_buckets"])
+        if "buckets" not in data:
+            raise _fail(source, "buckets", "required key is missing")
+        items = data["buckets"]
+        if not isinstance(items, list) or not items:
+            raise _fail(source, "buckets", "must be a non-empty list")
+        buckets: dict[int, TunedBucket] = {}
+        for i, item in enumerate(items):
+            b = _bucket(item, source, f"buckets[{i}]", seen=buckets.keys(), infeasible=infeasible)
+            buckets[b.seq_len] = b
+        named = {f.name for f in fields(cls)} - {"buckets", "extra", "infeasible_buckets"}
+        kw = {k: data.get(k) for k in named}
+        extra = {k: v for k, v in data.items() if k not in named and k not in ("buckets", "infeasible_buckets")}
+        return cls(buckets=tuple(buckets.values()), infeasible_buckets=infeasible, extra=extra, **kw)
+
+
+# ---- validation ------------------------------------------------------------------------------------
+
+
+def _fail(path: str, key: str, problem: str) -> TunedFileError:
+    return TunedFileError(f"{path}: {key}: {problem}")
+
+
+def _strict_ints(path: str, key: str, d: dict, names: tuple[str, ...]) -> None:
+    for k in names:
+        if k in d and (isinstance(d[k], bool) or not isinstance(d[k], int)):
+            raise _fail(path, f"{key}.{k}", f"must be an integer, got {type(d[k]).__name__} {d[k]!r}")
+
+
+def _int_list(path: str, key: str, value: Any) -> tuple[int, ...]:
+    """A non-empty list of positive integers (a single integer is read as a list of one)."""
+    items = [value] if isinstance(value, int) and not isinstance(value, bool) else value
+    if not isinstance(items, list) or not items:
+        raise _fail(path, key, f"must be a non-empty list of positive integers, got {value!r}")
+    for x in items:
+        if isinstance(x, bool) or not isinstance(x, int) or x < 1:
+            raise _fail(path, key, f"must be a non-empty list of positive integers, got {value!r}")
+    return tuple(sorted(set(items)))
+
+
+def _check_top(data: Any, path: str) -> None:
+    """The top-level checks: a mapping with string keys; format, dtype, device, study, device_name
+    and hardware of the right kind."""
+    if data is None:
+        raise _fail(path, "(file)", "the file is empty")
+    if not isinstance(data, dict):
+        raise _fail(path, "(file)", f"must be a mapping with a 'buckets' list, got {type(data).__name__}")
+    for k in data:
+        if not isinstance(k, str):
+            raise _fail(path, repr(k), "keys must be strings")
+    if "format" in data and (isinstance(data["format"], bool) or data["format"] not in FORMATS):
+        raise _fail(path, "format", f"unsupported format {data['format']!r} (this reader reads format "
+                                    f"{' and '.join(map(str, FORMATS))})")
+    if data.get("dtype") is not None and data["dtype"] not in DTYPES:
+        raise _fail(path, "dtype", f"{data['dtype']!r} is not one of {', '.join(DTYPES)}")
+    if data.get("device") is not None and data["device"] not in DEVICES:
+        raise _fail(path, "device", f"{data['device']!r} is not one of {', '.join(DEVICES)}")
+    for k in ("study", "device_name"):
+        if data.get(k) is not None and not isinstance(data[k], str):
+            raise _fail(path, k, f"must be a string, got {type(data[k]).__name__}")
+    for k in ("hardware",):
+        if data.get(k) is not None and not isinstance(data[k], dict):
+            raise _fail(path, k, f"must be a mapping, got {type(data[k]).__name__}")
+
+
+def _bucket(item: Any, path: str, key: str, seen: Any = (), infeasible: Any = ()) -> TunedBucket:
+    """One ``buckets`` entry: seq_len (not one of the buckets ``seen`` before it, nor ``infeasible``),
+    pattern (static or ``family: guided``), kernel (fitting the pattern's block size), heads,
+    head_dims; the other keys are kept as ``info``."""
+    if not isinstance(item, dict):
+        raise _fail(path, key, f"must be a mapping, got {type(item).__name__}")
+    for req in ("seq_len", "pattern"):
+        if req not in item:
+            raise _fail(path, f"{key}.{req}", "required key is missing")
+    L = item["seq_len"]
+    if isinstance(L, bool) or not isinstance(L, int) or L < 1:
+        raise _fail(path, f"{key}.seq_len", f"must be a positive integer, got {L!r}")
+    if L in seen:
+        raise _fail(path, f"{key}.seq_len", f"duplicate bucket {L}")
+    if L in infeasible:
+        raise _fail(path, f"{key}.seq_len", f"bucket {L} is also listed in infeasible_buckets")
+    if isinstance(item["pattern"], dict):
+        _strict_ints(path, f"{key}.pattern", item["pattern"], _PATTERN_INT_KEYS)
+        gp = item["pattern"].get("global_placement", "first")
+        if not isinstance(gp, str):
+            raise _fail(path, f"{key}.pattern.global_placement", f"must be a string, got {type(gp).__name__}")
+    try:  # a GuidedConfig is built from the deployed model's pair bias at run time
+        pattern = pattern_from_dict(item["pattern"], source=f"{path}: {key}.pattern")
+    except (TypeError, ValueError) as e:
+        msg = str(e)
+        raise TunedFileError(msg if msg.startswith(path) else f"{path}: {key}.pattern: {msg}") from None
+    kernel = None
+    if item.get("kernel") is not None:
+        if not isinstance(item["kernel"], dict):
+            raise _fail(path, f"{key}.kernel", f"must be a mapping or null, got {type(item['kernel']).__name__}")
+        _strict_ints(path, f"{key}.kernel", item["kernel"], _KERNEL_KEYS)
+        try:
+            kernel = KernelConfig.from_dict(item["kernel"])
+        except (TypeError, ValueError) as e:
+            raise _fail(path, f"{key}.kernel", str(e).splitlines()[0]) from None
+        if not kernel.fits(pattern.block_size):
+            raise _fail(path, f"{key}.kernel", f"tiles {kernel.block_m}x{kernel.block_n} do not divide block_size={pattern.block_size}")
+    heads = _int_list(path, f"{key}.heads", item["heads"]) if item.get("heads") is not None else None
+    head_dims = _int_list(path, f"{key}.head_dims", item["head_dims"]) if item.get("head_dims") is not None else None
+    info = {k: v for k, v in item.items() if k not in ("seq_len", "pattern", "kernel", "heads", "head_dims")}
+    return TunedBucket(L, pattern, kernel, heads, head_dims, info)
+
+
+# ---- where it is used ------------------------------------------------------------------------------
+
+
+def _dtype_name(dtype: Any) -> str:
+    """``torch.bfloat16`` / ``"bfloat16"`` -> ``"bfloat16"``."""
+    return str(dtype).rsplit(".", 1)[-1]
+
+
+def _device_type(device: Any) -> str:
+    """``torch.device("cuda:1")`` / ``"cuda:1"`` / ``"cuda"`` -> ``"cuda"``."""
+    return str(getattr(device, "type", None) or str(device).split(":", 1)[0])
+
+
+def cpu_model() -> Optional[str]:
+    """This machine's CPU model: the ``model name`` line of ``/proc/cpuinfo``, else
+    ``platform.processor()``; None if neither says. ``autotune.hardware`` records it as a CPU
+    study's ``device_name`` (the export's), so a CPU file tuned here matches here."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.lower().startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or None
+
+
+def device_name(device: Any = "cpu") -> Optional[str]:
+    """This machine's name for ``device``: ``torch.cuda.get_device_name`` of that CUDA device, or the
+    CPU model (`cpu_model`, what the export records); None if it has none."""
+    if _device_type(device) == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():
+            return None
+        idx = getattr(device, "index", None)
+        if idx is None and ":" in str(device):
+            idx = int(str(device).split(":", 1)[1])
+        return _cuda_name(torch.cuda.current_device() if idx is None else idx)
+    return _cpu_name()
+
+
+@functools.lru_cache(maxsize=None)
+def _cuda_name(index: int) -> str:
+    import torch
+
+    return torch.cuda.get_device_name(index)
+
+
+@functools.lru_cache(maxsize=1)
+def _cpu_name() -> Optional[str]:
+    return cpu_model()
+
+
+@dataclass
+class TunedPatterns:
+    """A loaded `TunedFile` and where it is used: the bucket rule and the checks (module
+    docstring). ``strict``: mismatches raise `TunedMismatchError` instead of warning."""
+
+    file: TunedFile
+    path: Optional[str] = None
+    strict: bool = False
+    _warned: set = field(default_factory=set, repr=False, compare=False)
+    _entries: dict = field(init=False, repr=False, compare=False)
+    _measured: list = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        if not self.file.buckets:
+            raise TunedFileError(f"{self.path or 'TunedPatterns'}: buckets: no bucket given")
+        self._entries = {b.seq_len: b for b in self.file.buckets}  # the file is frozen: looked up per call
+        self._measured = sorted(set(self._entries) | set(self.file.infeasible_buckets))
+
+    @property
+    def entries(self) -> dict[int, TunedBucket]:
+        """Exported bucket -> its `TunedBucket`."""
+        return dict(self._entries)
+
+    @property
+    def infeasible(self) -> frozenset:
+        """Buckets the study measured without an exported pattern (dense attention there)."""
+        return frozenset(self.file.infeasible_buckets)
+
+    @property
+    def meta(self) -> dict:
+        """The file's top-level fields other than ``buckets``."""
+        d = self.file.to_dict()
+        d.pop("buckets")
+        return d
+
+    @property
+    def buckets(self) -> list[int]:
+        """The exported buckets (each with a pattern)."""
+        return sorted(self._entries)
+
+    @property
+    def measured_buckets(self) -> list[int]:
+        """Every bucket the study measured: exported and infeasible."""
+        return list(self._measured)
+
+    @property
+    def device(self) -> Optional[str]:
+        return self.file.device
+
+    @property
+    def dtype(self) -> Optional[str]:
+        return self.file.dtype
+
+    @property
+    def device_name(self) -> Optional[str]:
+        name = self.file.device_name
+        if name is None and isinstance(self.file.hardware, dict):
+            name = self.file.hardware.get("device_name")
+        return name
+
+    def bucket_for(self, seq_len: int) -> Optional[int]:
+        """The smallest measured bucket >= seq_len (exported or infeasible); None beyond every one."""
+        if isinstance(seq_len, bool) or not isinstance(seq_len, int) or seq_len < 1:
+            raise ValueError(f"seq_len must be a positive integer, got {seq_len!r}")
+        for b in self._measured:
+            if b >= seq_len:
+                return b
+        return None
+
+    def entry_for(self, seq_len: int, **where: Any) -> Optional[TunedBucket]:
+        """The exported bucket deciding ``seq_len``, or None (infeasible bucket, or beyond every
+        measured bucket): use dense attention. ``where``: device, dtype, heads, head_dim to check."""
+        b = self.bucket_for(seq_len)
+        entry = self._entries.get(b) if b is not None else None
+        self.check(entry=entry, **where)
+        return entry
+
+    def config_for(self, seq_len: int, *, device: Any = None, dtype: Any = None, heads: Optional[int] = None,
+                   head_dim: Optional[int] = None) -> Optional[Union[PatternConfig, GuidedConfig]]:
+        """The pattern for length ``seq_len`` (PatternConfig or GuidedConfig), or None: dense attention
+        (an infeasible bucket, or a length beyond every measured bucket). The arguments given are
+        checked against the file (warning, or `TunedMismatchError` when strict)."""
+        e = self.entry_for(seq_len, device=device, dtype=dtype, heads=heads, head_dim=head_dim)
+        return None if e is None else e.pattern
+
+    def kernel_config_for(self, seq_len: int, **where: Any) -> Optional[KernelConfig]:
+        """The bucket's KernelConfig, or None (backend default, or dense attention there)."""
+        e = self.entry_for(seq_len, **where)
+        return None if e is None else e.kernel
+
+    def check(self, *, device: Any = None, dtype: Any = None, heads: Optional[int] = None,
+              head_dim: Optional[int] = None, entry: Optional[TunedBucket] = None) -> list[str]:
+        """Mismatches between the file and where it is used (arguments left out are not checked);
+        each warned once (`TunedMismatchWarning`), or the first raised when strict. Returns them."""
+        problems: list[str] = []
+        if device is not None and self.device is not None:
+            used = _device_type(device)
+            if used != self.device:
+                problems.append(f"device: tuned on {self.device} ({self.device_name or 'model not recorded'}), "
+                                f"used on {used}")
+            elif self.device_name is not None:
+                here = device_name(device)
+                if here is not None and here != self.device_name:
+                    problems.append(f"device_name: tuned on {self.device_name!r}, used on {here!r}")
+        if dtype is not None and self.dtype is not None and _dtype_name(dtype) != self.dtype:
+            problems.append(f"dtype: tuned in {self.dtype}, used in {_dtype_name(dtype)}")
+        if entry is not None:
+            if heads is not None and entry.heads and heads not in entry.heads:
+                problems.append(f"buckets[seq_len={entry.seq_len}].heads: measured with {list(entry.heads)} heads, "
+                                f"used with {heads}")
+            if head_dim is not None and entry.head_dims and head_dim not in entry.head_dims:
+                problems.append(f"buckets[seq_len={entry.seq_len}].head_dims: measured with head dim "
+                                f"{list(entry.head_dims)}, used with {head_dim}")
+        for msg in problems:
+            line = f"{self.path or 'tuned patterns'}: {msg}: its patterns and speedups were measured elsewhere"
+            if self.strict:
+                raise TunedMismatchError(line)
+            if line not in self._warned:
+                self._warned.add(line)
+                warnings.warn(line, TunedMismatchWarning, stacklevel=3)
+        return problems
+
+
+def parse_tuned(data: Any, path: str = "<tuned>", *, strict: bool = False) -> TunedPatterns:
+    """Validate the parsed tuned file ``data`` (`TunedFile.from_dict`) into `TunedPatterns`."""
+    return TunedPatterns(TunedFile.from_dict(data, path), path, strict)
+
+
+def load_tuned(path: Union[str, Path], *, strict: bool = False, device: Any = None, dtype: Any = None) -> TunedPatterns:
+    """Read a tuned-patterns file (FileNotFoundError / `TunedFileError` naming the file and the key)
+    and check it against where it is used: ``device`` (default: the file's own device type, on this
+    machine) and ``dtype`` when given. Mismatches warn (`TunedMismatchWarning`), or raise
+    `TunedMismatchError` with ``strict=True``; ``strict`` also holds for later `config_for` calls."""
+    p = Path(path)
+    if not p.exists():
+        raise FileNotFoundError(f"{path}: no such tuned-patterns file")
+    try:
+        data = load_yaml_file(p, str(path))
+    except YAMLInputError as e:
+        raise TunedFileError(str(e)) from None
+    tuned = parse_tuned(data, str(path), strict=strict)
+    where = device if device is not None else tuned.device
+    if where is not None:
+        if _device_type(where) == "cuda" and device is None:
+            import torch
+
+            if not torch.cuda.is_available():
+                tuned.check(device="cpu")  # a cuda file on a machine without CUDA runs on the CPU
+                where = None
+        if where is not None:
+            tuned.check(device=where)
+    if dtype is not None:
+        tuned.check(dtype=dtype)
+    return tuned
