@@ -274,8 +274,7 @@ def pool_signal(signal3: torch.Tensor, block_size: int, pool: str) -> torch.Tens
     for i in range(0, G * Lp, step):
         x = seg_in[i:i + step]
         mx = torch.amax(x, -1)
-        c = torch.sub(mx, torch.log_softmax(x, -1).amax(-1), out=seg[i:i + step])
-        torch.where(torch.isinf(mx), mx, c, out=c)
+        seg[i:i + step] = torch.where(torch.isinf(mx), mx, mx - torch.log_softmax(x, -1).amax(-1))
     return torch.logsumexp(seg.reshape(G, nb, bs, nb), 2)
 
 
