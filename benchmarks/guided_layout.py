@@ -1,7 +1,7 @@
 """Cost of building a guided layout against the sparse attention it feeds.
 
     python benchmarks/guided_layout.py [--device cpu|cuda] [--rounds 7] [--threads N] [--workloads a,b]
-        [--pools max,logsumexp] [--out benchmarks/results/guided_layout_cpu.csv]
+        [--pools max,logsumexp] [--clock wall|cpu] [--out benchmarks/results/guided_layout_cpu.csv]
 
 For each workload (MSA row attention: batch = MSA rows, the pair bias [1, H, L, L] shared by all
 rows; triangle attention: batch = L) and each pooling, one round times, interleaved in this order:
@@ -16,7 +16,10 @@ rows; triangle attention: batch = L) and each pooling, one round times, interlea
   guided attention does on every forward);
 * ``attn_fresh_private``: the same with a layout that does not share the guided configs'
   workspace (``workspace=None``): what a backend's per-layout preparation costs without it;
-* ``sdpa``: dense ``scaled_dot_product_attention`` with the bias (the search's baseline).
+* ``sdpa``: dense ``scaled_dot_product_attention`` with the bias (the search's baseline);
+* ``build_prev`` (``logsumexp`` only): the same build with the previous ``logsumexp`` pooling
+  (`_lse_two_pass`: tile max, then ``exp(s - max)`` on a reused buffer and a sum per tile), kept
+  here as the baseline of the current one (the fused ``log_softmax`` row pass) in the same rounds.
 
 The order of the functions rotates from round to round (A B C, B C A, ...), so that a slow
 phase of a shared machine does not always hit the same one.
@@ -25,13 +28,17 @@ Medians, 10th and 90th percentiles over ``rounds`` rounds; ``build_share`` = bui
 attn_same median (target <= 3% for MSA row attention, 64 rows, L = 512, 8 heads x 32, CPU);
 ``fresh_overhead`` = attn_fresh median / attn_same median - 1; ``speedup_vs_sdpa`` = median over
 rounds of sdpa / attn_fresh (what the search measures for a guided candidate: construction included),
-with its 10th and 90th percentiles. CUDA timings use events after a synchronize.
+with its 10th and 90th percentiles; ``build_prev_share`` = build_prev median / attn_same median.
+``load_start``/``load_end``: the 1-minute load average before and after the workload (the machine
+may be shared). CUDA timings use events after a synchronize.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
+import os
 import platform
 import statistics
 import sys
@@ -42,6 +49,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+import patterns.guided as _guided  # noqa: E402
 from kernels import dense_attention, sparse_attention  # noqa: E402
 from patterns import BlockLayout, GuidedConfig, build_layout  # noqa: E402
 from patterns.guided import build_guided_layout  # noqa: E402
@@ -66,8 +74,13 @@ WORKLOADS = {
 DEFAULT_WORKLOADS = ("msa_row_L512", "triangle_L256")
 
 
-def _timer(device: str):
-    if device == "cuda":
+def _timer(device: str, clock: str = "wall"):
+    if clock == "cpu":  # CPU time of this thread: all of the work when torch runs on one thread
+        def run(fn):
+            t = time.thread_time()
+            fn()
+            return time.thread_time() - t
+    elif device == "cuda":
         def run(fn):
             torch.cuda.synchronize()
             a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
@@ -82,6 +95,49 @@ def _timer(device: str):
             fn()
             return time.perf_counter() - t
     return run
+
+
+def _lse_two_pass(s3: torch.Tensor, bs: int) -> torch.Tensor:
+    """The previous ``logsumexp`` tile pooling (the baseline): tile max m (rows, then columns), then
+    ``m + log(sum(exp(s - m)))`` with the subtraction and the exp in place on a reused buffer of at
+    most 2^19 values, query-block rows at a time. [G, L, L] -> [G, nb, nb]."""
+    s = s3.detach()
+    if s.dtype in (torch.float16, torch.bfloat16):
+        s = s.float()
+    G, L, _ = s.shape
+    nb = -(-L // bs)
+    Lp = nb * bs
+    if Lp != L:
+        s = torch.nn.functional.pad(s, (0, Lp - L, 0, Lp - L), value=float("-inf"))
+    m = s.reshape(G, nb, bs, Lp).amax(2).reshape(G, nb, nb, bs).amax(-1)
+    shift = torch.where(torch.isfinite(m), m, torch.zeros_like(m))
+    s5 = s.reshape(G * nb, bs, nb, bs)
+    sh5 = shift.reshape(G * nb, 1, nb, 1)
+    out = torch.empty(G * nb, nb, dtype=s.dtype, device=s.device)
+    step = max(1, (1 << 19) // (bs * Lp))
+    buf = torch.empty(min(step, G * nb), bs, nb, bs, dtype=s.dtype, device=s.device)
+    for i in range(0, G * nb, step):
+        j = min(G * nb, i + step)
+        b = buf[: j - i]
+        torch.sub(s5[i:j], sh5[i:j], out=b)
+        b.exp_()
+        torch.sum(b, dim=(1, 3), out=out[i:j])
+    return out.log_().reshape(G, nb, nb).add_(shift)
+
+
+@contextlib.contextmanager
+def _previous_logsumexp():
+    """`build_layout` with `_lse_two_pass` as its ``logsumexp`` pooling, for the baseline timing."""
+    current = _guided.pool_signal
+
+    def pool(s3, bs, pool):
+        return _lse_two_pass(s3, bs) if pool == "logsumexp" else current(s3, bs, pool)
+
+    _guided.pool_signal = pool
+    try:
+        yield
+    finally:
+        _guided.pool_signal = current
 
 
 def _q(xs, p):
@@ -99,6 +155,9 @@ def main(argv=None) -> int:
     ap.add_argument("--pools", default="max,mean,logsumexp")
     ap.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32", help="q, k, v and bias dtype")
     ap.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
+    ap.add_argument("--clock", choices=["wall", "cpu"], default="wall",
+                    help="wall: elapsed time; cpu: this thread's CPU time (CPU device, --threads 1 only), which "
+                         "a machine shared with other jobs inflates much less")
     ap.add_argument("--out", default=None)
     args = ap.parse_args(argv)
     if args.threads is not None:
@@ -113,8 +172,11 @@ def main(argv=None) -> int:
     if device == "cuda" and not torch.cuda.is_available():
         print("error: --device cuda but no CUDA device", file=sys.stderr)
         return 2
+    if args.clock == "cpu" and (device != "cpu" or torch.get_num_threads() != 1):
+        print("error: --clock cpu needs --device cpu and --threads 1 (all the work on the timed thread)", file=sys.stderr)
+        return 2
     backend = "triton" if device == "cuda" else "cpu"
-    timer = _timer(device)
+    timer = _timer(device, args.clock)
     rows = []
     for wl in args.workloads.split(","):
         if wl not in WORKLOADS:
@@ -148,8 +210,19 @@ def main(argv=None) -> int:
             def sdpa():
                 dense_attention(q, k, v, None, bias)
 
+            def build_prev():
+                with _previous_logsumexp():
+                    build_layout(cfg, L, signal=bias).kv_counts
+
             fns = {"build": build, "build_nocheck": build_nocheck, "attn_same": attn_same, "attn_fresh": attn_fresh, "attn_fresh_private": attn_fresh_private,
                    "sdpa": sdpa}
+            if pool == "logsumexp":
+                fns["build_prev"] = build_prev
+                with _previous_logsumexp():  # the baseline selects the same blocks
+                    prev_mask = build_layout(cfg, L, signal=bias).block_mask
+                if not torch.equal(prev_mask, lay.block_mask):
+                    print(f"warning: {wl}: the previous logsumexp pooling selects other blocks", file=sys.stderr)
+            load_start = os.getloadavg()[0]
             times: dict[str, list[float]] = {n: [] for n in fns}
             names = list(fns)
             with torch.no_grad():
@@ -159,17 +232,20 @@ def main(argv=None) -> int:
                     for name in names[r % len(names):] + names[: r % len(names)]:
                         times[name].append(timer(fns[name]))
             med = {n: statistics.median(t) for n, t in times.items()}
+            load_end = os.getloadavg()[0]
             row = {
                 "workload": wl, "device": device, "dtype": args.dtype, "backend": backend, "B": B, "H": H, "L": L, "D": D,
                 "block_size": args.block_size, "keep": args.keep, "pool": pool,
-                "sparsity": round(lay.sparsity, 4), "rounds": args.rounds,
+                "sparsity": round(lay.sparsity, 4), "rounds": args.rounds, "clock": args.clock,
             }
-            for n, t in times.items():
-                row[f"{n}_ms_median"] = round(med[n] * 1e3, 3)
-                row[f"{n}_ms_p10"] = round(_q(t, 0.1) * 1e3, 3)
-                row[f"{n}_ms_p90"] = round(_q(t, 0.9) * 1e3, 3)
+            for n in dict.fromkeys((*fns, "build_prev")):
+                t = times.get(n)
+                row[f"{n}_ms_median"] = round(med[n] * 1e3, 3) if t else None
+                row[f"{n}_ms_p10"] = round(_q(t, 0.1) * 1e3, 3) if t else None
+                row[f"{n}_ms_p90"] = round(_q(t, 0.9) * 1e3, 3) if t else None
             row["build_share"] = round(med["build"] / med["attn_same"], 4)
             row["build_nocheck_share"] = round(med["build_nocheck"] / med["attn_same"], 4)
+            row["build_prev_share"] = round(med["build_prev"] / med["attn_same"], 4) if "build_prev" in med else None
             row["fresh_overhead"] = round(med["attn_fresh"] / med["attn_same"] - 1.0, 4)
             row["fresh_private_overhead"] = round(med["attn_fresh_private"] / med["attn_same"] - 1.0, 4)
             ratios = [a / b for a, b in zip(times["sdpa"], times["attn_fresh"])]
@@ -177,6 +253,7 @@ def main(argv=None) -> int:
             row["speedup_vs_sdpa_p10"] = round(_q(ratios, 0.1), 3)
             row["speedup_vs_sdpa_p90"] = round(_q(ratios, 0.9), 3)
             row["threads"] = torch.get_num_threads()
+            row["load_start"], row["load_end"] = round(load_start, 2), round(load_end, 2)
             rows.append(row)
             print(
                 f"{wl:14s} {pool:9s} sparsity {row['sparsity']:.3f}: build {row['build_ms_median']:.3f} ms "
@@ -185,7 +262,10 @@ def main(argv=None) -> int:
                 f"(without the NaN check {row['build_nocheck_ms_median']:.3f} ms, {row['build_nocheck_share']:.1%}); "
                 f"fresh layout per call +{row['fresh_overhead']:.1%} (without the shared workspace "
                 f"+{row['fresh_private_overhead']:.1%}); vs SDPA {row['sdpa_ms_median']:.2f} ms: "
-                f"{row['speedup_vs_sdpa']:.2f}x [{row['speedup_vs_sdpa_p10']:.2f}, {row['speedup_vs_sdpa_p90']:.2f}]",
+                f"{row['speedup_vs_sdpa']:.2f}x [{row['speedup_vs_sdpa_p10']:.2f}, {row['speedup_vs_sdpa_p90']:.2f}]"
+                + (f"; previous logsumexp build {row['build_prev_ms_median']:.3f} ms [{row['build_prev_ms_p10']:.3f}, "
+                   f"{row['build_prev_ms_p90']:.3f}] = {row['build_prev_share']:.1%}" if row["build_prev_share"] is not None else "")
+                + f"; load {load_start:.1f} -> {load_end:.1f}",
                 flush=True,
             )
     if args.out:

@@ -20,6 +20,10 @@ host synchronisation apart from the optional NaN check):
    tiles hold only their real pairs) and each tile gets one score: ``max``, ``mean`` or
    ``logsumexp`` of its pairs. ``logsumexp`` is the log of the tile's unnormalised softmax mass
    under the signal; ``max`` favours a single strong pair; ``mean`` a uniformly strong tile.
+   ``logsumexp`` is computed in two levels (`pool_signal`): per query row and tile, the fused
+   ``log_softmax`` kernel gives ``max + log(sum(exp(x - max)))`` over the row's bs keys in one
+   pass with one exp per pair; then ``logsumexp`` over the tile's bs rows on the bs-times smaller
+   result.
 2. **Order.** Within a selection group (a query-block row with ``spread="row"``; the whole
    layout of a head with ``spread="layout"``) the tiles are ordered: forced tiles first, then by
    score descending, ties by position ascending (column within a row; row-major within a layout).
@@ -59,8 +63,8 @@ __all__ = [
 GUIDED_POOLS: tuple[str, ...] = ("max", "mean", "logsumexp")
 GUIDED_SPREADS: tuple[str, ...] = ("row", "layout")
 PATTERN_FAMILIES: tuple[str, ...] = ("static", "guided")
-_LSE_CHUNK = 1 << 19  # values per chunk of the logsumexp row pass (2 MiB of float32 temporaries)
-# on a GPU each chunk costs three kernel launches; chunks of 2**25 values (128 MiB of float32) keep
+_LSE_CHUNK = 1 << 18  # signal values per chunk of the logsumexp row pass (1 MiB of float32 in, 1 MiB out: L2-sized)
+# on a GPU each chunk costs a few kernel launches: chunks of 2**25 values (128 MiB of float32) keep
 # the pass to one or a few launches while bounding the temporary
 _LSE_CHUNK_CUDA = 1 << 25
 
@@ -258,26 +262,24 @@ def pool_signal(signal3: torch.Tensor, block_size: int, pool: str) -> torch.Tens
         s = torch.nn.functional.pad(s, (0, pad, 0, pad), value=float("-inf"))
     # max: over the bs rows of each query block (a reduction across rows: contiguous, vectorised),
     # then over the bs columns of each tile on the bs-times smaller result
-    m = s.reshape(G, nb, bs, Lp).amax(2).reshape(G, nb, nb, bs).amax(-1)
     if pool == "max":
-        return m
-    # logsumexp of a tile = m + log(sum exp(s - m)), m = the tile's max (so exp never overflows and
-    # the tile's largest pair contributes exactly 1): one exp per pair, in place on a reused buffer
-    # of at most _LSE_CHUNK values, query-block rows at a time (bounded, cache-resident
-    # temporaries). An all -inf tile gives -inf, a +inf pair +inf, NaN propagates.
-    shift = torch.where(torch.isfinite(m), m, torch.zeros_like(m))
-    s5 = s.reshape(G * nb, bs, nb, bs)
-    sh5 = shift.reshape(G * nb, 1, nb, 1)
-    out = torch.empty(G * nb, nb, dtype=s.dtype, device=s.device)
-    step = max(1, (_LSE_CHUNK_CUDA if s.is_cuda else _LSE_CHUNK) // (bs * Lp))
-    buf = torch.empty(min(step, G * nb), bs, nb, bs, dtype=s.dtype, device=s.device)
-    for i in range(0, G * nb, step):
-        j = min(G * nb, i + step)
-        b = buf[: j - i]
-        torch.sub(s5[i:j], sh5[i:j], out=b)
-        b.exp_()
-        torch.sum(b, dim=(1, 3), out=out[i:j])
-    return out.log_().reshape(G, nb, nb).add_(shift)
+        return s.reshape(G, nb, bs, Lp).amax(2).reshape(G, nb, nb, bs).amax(-1)
+    # logsumexp in two levels, exact up to rounding (logsumexp is associative):
+    # 1. per row segment (one query row's bs keys of a tile, contiguous), the fused log_softmax
+    #    kernel computes c = max + log(sum(exp(x - max))) in one pass with one exp per pair and
+    #    writes o = x - c; at the segment's argmax x = max and o = -log(sum) exactly, so
+    #    c = max(x) - max(o). Rows go in chunks of at most _LSE_CHUNK values (bounded, cache-resident
+    #    temporaries). A segment whose max is +-inf has c = its max (log_softmax gives NaN there);
+    #    NaN propagates through max(x).
+    # 2. per tile, torch.logsumexp over its bs row segments, on the bs-times smaller [G, nb, bs, nb].
+    seg_in = s.reshape(G * Lp, nb, bs)
+    seg = torch.empty(G * Lp, nb, dtype=s.dtype, device=s.device)
+    step = max(1, (_LSE_CHUNK_CUDA if s.is_cuda else _LSE_CHUNK) // Lp)
+    for i in range(0, G * Lp, step):
+        x = seg_in[i:i + step]
+        mx = torch.amax(x, -1)
+        seg[i:i + step] = torch.where(torch.isinf(mx), mx, mx - torch.log_softmax(x, -1).amax(-1))
+    return torch.logsumexp(seg.reshape(G, nb, bs, nb), 2)
 
 
 # ---- selection ---------------------------------------------------------------------------------------

@@ -363,3 +363,32 @@ def test_construction_runs_on_one_thread_and_restores_the_count():
     finally:
         pg.pool_signal = real
         torch.set_num_threads(prev)
+
+
+def test_logsumexp_pool_values_and_non_finite_tiles():
+    """The two-level logsumexp (fused log_softmax per row segment, then over the tile's rows) equals
+    each tile's logsumexp over its real pairs; an all -inf tile gives -inf, a +inf pair +inf, a NaN
+    pair NaN (whatever else its row segment holds)."""
+    from patterns.guided import pool_signal
+
+    L, bs = 70, 16
+    nb = -(-L // bs)
+    s = torch.randn(2, L, L, dtype=torch.float64, generator=torch.Generator().manual_seed(11)) * 4
+    s[0, :16, 16:32] = -math.inf               # a whole tile
+    s[0, 20, 40] = math.inf                    # +inf in a row segment with finite values
+    s[1, 33, 3] = math.nan                     # NaN in a row segment with finite values
+    s[1, 64:, 64:] = -math.inf                 # the ragged corner tile
+    got = pool_signal(s, bs, "logsumexp")
+    for g in range(2):
+        for i in range(nb):
+            for j in range(nb):
+                want = torch.logsumexp(s[g, i * bs:(i + 1) * bs, j * bs:(j + 1) * bs].reshape(-1), 0)
+                if torch.isnan(s[g, i * bs:(i + 1) * bs, j * bs:(j + 1) * bs]).any():
+                    assert torch.isnan(got[g, i, j]), (g, i, j)
+                else:
+                    torch.testing.assert_close(got[g, i, j], want, rtol=1e-12, atol=0, msg=f"tile {(g, i, j)}")
+    assert got[0, 0, 1] == -math.inf and got[0, 1, 2] == math.inf and got[1, 4, 4] == -math.inf
+    # float32 signals: within rounding of the float64 value
+    s32 = torch.randn(3, 100, 100, generator=torch.Generator().manual_seed(12)) * 3
+    torch.testing.assert_close(pool_signal(s32, 32, "logsumexp").double(), pool_signal(s32.double(), 32, "logsumexp"),
+                               rtol=1e-6, atol=1e-6)

@@ -137,6 +137,22 @@ def test_cli_guided_mode(tmp_path, capsys):
     methods = {(r["method"], r["target"]) for r in data["rows"]}
     assert ("guided", 0.75) in methods and ("random", 0.9) in methods
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    g0 = [r for r in data["rows"] if r["method"] == "guided" and r["sigma"] == 0.0 and r["target"] == 0.75][0]
+    pc = g0["per_chain_long"]  # one chain: its recall is the pooled one
+    assert pc["n_chains"] == 1 and pc["min_chain"] == pc["max_chain"] == "hp"
+    assert pc["min"] == pc["median"] == pc["max"] == pytest.approx(g0["metrics"]["contact_recall_long"])
+    assert data["guided"]["min_separation"] == 12
+
+
+def test_per_chain_spread_of_long_range_recall():
+    """Two chains, one whose long-range contacts the guided layout finds and one without any: the
+    spread covers the chain with contacts only; min <= pooled <= max."""
+    a, b = hairpin(160, "a"), hairpin(192, "b")
+    rows = evaluate_guided([a, b, line_chain(140)], sigmas=(0.0, 8.0), sparsities=(0.9,), block_size=16)
+    for r in rows:
+        pc = r.per_chain_long
+        assert pc["n_chains"] == 2 and {pc["min_chain"], pc["max_chain"]} <= {"a", "b"}
+        assert pc["min"] <= r.metrics["contact_recall_long"] + 1e-12 <= pc["max"] + 2e-12
 
 
 @pytest.mark.parametrize("extra", [["--noise", "-1"], ["--noise", "nan"], ["--sparsities", "0"],

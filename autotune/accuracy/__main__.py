@@ -6,7 +6,7 @@
         [--json out.json] [--png out.png [--png-chain NAME]] [--max-chains N]
     python -m autotune.accuracy --guided [--noise 0,2,4,8] [--sparsities 50,75,90] [--min-length 128]
         [--guided-block-size 16] [--guided-pool logsumexp] [--guided-spread layout] [--json out.json]
-        [--png recall.png] [--max-chains N] [--seed 0] [--min-separation 6]
+        [--png recall.png] [--max-chains N] [--seed 0] [--min-separation 12]
 
 Prints one row per bucket (contact recall per range, attention-mass recall, output error), writes
 the same as JSON with ``--json`` and draws one chain's contact map under the layout with ``--png``.
@@ -39,6 +39,7 @@ from . import (
     load_proteins_report,
     select_chains,
 )
+from .guided import MIN_SEPARATION
 from .metrics import PROBE_DIM, PROBE_HEADS, PROBE_SEED, PROBE_TAUS, layout_for
 
 
@@ -90,8 +91,9 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument("--random-sigma", type=float, default=4.0, help="the random floor copies the guided per-row "
                    "budget at this noise (default 4)")
     g.add_argument("--seed", type=int, default=0, help="noise and random-mask seed")
-    g.add_argument("--min-separation", type=int, default=6, help="pairs closer along the chain get no contact "
-                   "probability in the guiding signal (default 6, where the contact ranges start)")
+    g.add_argument("--min-separation", type=int, default=MIN_SEPARATION, help="pairs closer along the chain get no "
+                   f"contact probability in the guiding signal (default {MIN_SEPARATION}: medium and long range; "
+                   "6 is where the contact ranges start)")
     return p
 
 
@@ -106,37 +108,103 @@ def _parse_floats(text: str, flag: str, lo: float, hi: float, scale: float = 1.0
     return sorted(set(v / scale for v in raw))
 
 
-def _run_guided(args) -> int:
-    """The --guided mode (see `autotune.accuracy.guided`)."""
-    from patterns import GuidedConfig
+def _guided_inputs(args) -> tuple[list[float], list[float], list, list]:
+    """Step 1 of --guided: (noise sigmas, target sparsities, chains of >= --min-length, skipped
+    files), validated; raises _UsageError naming the flag or folder."""
+    from . import _subsample
 
+    sigmas = _parse_floats(args.noise, "--noise", 0.0, 100.0)
+    targets = _parse_floats(args.sparsities, "--sparsities", 1.0, 99.0, scale=100.0)
+    if not 0.0 <= args.random_sigma <= 100.0:
+        raise _UsageError(f"--random-sigma must be in [0, 100], got {args.random_sigma}")
+    if args.min_length < 1:
+        raise _UsageError(f"--min-length must be >= 1, got {args.min_length}")
+    if args.min_separation < 0:
+        raise _UsageError(f"--min-separation must be >= 0, got {args.min_separation}")
+    if args.max_chains is not None and args.max_chains < 1:
+        raise _UsageError(f"--max-chains must be >= 1, got {args.max_chains}")
+    try:
+        GuidedConfig(args.guided_block_size, keep=0.5, pool=args.guided_pool, window=args.guided_window,
+                     num_global=args.guided_global, spread=args.guided_spread)
+    except ValueError as exc:
+        raise _UsageError(str(exc)) from None
+    try:
+        chains, skipped = load_proteins_report(args.proteins)
+    except ProteinLoadError as exc:
+        raise _UsageError(str(exc)) from None
+    sel = _subsample([c for c in chains if c.length >= args.min_length], args.max_chains)
+    if not sel:
+        raise _UsageError(f"no chain with at least {args.min_length} residues")
+    return sigmas, targets, sel, skipped
+
+
+def _fmt_spread(pc: Optional[dict]) -> str:
+    """Per-chain long-range recall as ``min-max`` for the table ("-": no chain with such contacts)."""
+    return f"{'-':>11}" if pc is None else f"{pc['min']:.3f}-{pc['max']:.3f}"
+
+
+def _print_guided_table(args, rows, sel) -> None:
+    """Step 3 of --guided: the header line and one row per (target, method, sigma)."""
+    names = [f"contact_recall_{r}" for r in RANGES]
+    lens = [c.length for c in sel]
+    print(f"proteins: {args.proteins or 'packaged set'}: {len(sel)} chain(s) of {min(lens)}-{max(lens)} residues "
+          f"(>= {args.min_length}); guided: block {args.guided_block_size}, pool {args.guided_pool}, "
+          f"spread {args.guided_spread}; signal: noisy C-beta contact probabilities from separation "
+          f"{args.min_separation}, seed {args.seed}")
+    head = (f"{'target':>6}  {'method':<8} {'sigma':>5} {'sparsity':>8}  {'short':>6} {'medium':>6} {'long':>6} "
+            f"{'long/chain':>11} {'mass':>6} {'out_err':>7}  detail")
+    print(head)
+    print("-" * len(head))
+    for r in rows:
+        m = r.metrics
+        sig = "-" if r.sigma is None or r.method == "static" else f"{r.sigma:g}"
+        print(f"{r.target:>6.0%}  {r.method:<8} {sig:>5} {r.sparsity:>8.1%}  "
+              + " ".join(_fmt_metric(m[n]) for n in names) + f" {_fmt_spread(r.per_chain_long)}"
+              + f" {_fmt_metric(m['attention_mass_recall'])} {_fmt_metric(m['output_rel_error'], 7)}  {r.detail}")
+
+
+def _guided_json(args, rows, sel, skipped, sigmas, targets) -> dict:
+    """Step 4 of --guided: the JSON document (settings, definitions, rows)."""
+    return {
+        "mode": "guided",
+        "proteins": args.proteins or "packaged",
+        "chains": [{"name": c.name, "length": c.length} for c in sel],
+        "skipped": [{"file": f, "reason": why} for f, why in skipped],
+        "min_length": args.min_length,
+        "noise_sigmas": sigmas,
+        "target_sparsities": targets,
+        "seed": args.seed,
+        "guided": {"block_size": args.guided_block_size, "pool": args.guided_pool, "spread": args.guided_spread,
+                   "window": args.guided_window, "num_global": args.guided_global,
+                   "min_separation": args.min_separation},
+        "metric_directions": ACCURACY_METRICS,
+        "definitions": {
+            "signal": "log P(d_ij < 8 A | d~_ij, sigma): noncentral chi (3 dof) distribution function of the "
+                      "posterior N(x~_ij, 2 sigma^2 I) of the difference vector (flat prior; the nominal sigma is "
+                      "given to the selection), floored at 1e-12; d~ from C-beta coordinates plus N(0, sigma^2) "
+                      "per coordinate; pairs with |i - j| < min_separation get -1e4",
+            "sparsity_matching": "per chain: keep = n / tiles with n (bisection) giving the measured pair "
+                                 "sparsity closest to the target; the row's sparsity is pooled over the "
+                                 "chains' L x L pairs",
+            "guided": "GuidedConfig on that signal, keep chosen per chain for the measured sparsity closest to the target",
+            "random": "guided per-row block counts at random_sigma, diagonal forced, other blocks uniform",
+            "static": "best of the static families (pattern_for_sparsity per chain length) by long-range "
+                      "recall within 0.05 of the target sparsity",
+            "sparsity": "measured, pooled over the chains' L x L pairs",
+            "per_chain_long": "per-chain long-range contact recall (chains with long-range contacts): min, median, "
+                              "max and the chains at the extremes",
+            "no_data": "null: a range with no contact in the chains",
+        },
+        "rows": [r.to_dict() for r in rows],
+    }
+
+
+def _run_guided(args) -> int:
+    """The --guided mode (see `autotune.accuracy.guided`): inputs, evaluation, table, JSON, PNG."""
     from .guided import evaluate_guided
 
     try:
-        sigmas = _parse_floats(args.noise, "--noise", 0.0, 100.0)
-        targets = _parse_floats(args.sparsities, "--sparsities", 1.0, 99.0, scale=100.0)
-        if not 0.0 <= args.random_sigma <= 100.0:
-            raise _UsageError(f"--random-sigma must be in [0, 100], got {args.random_sigma}")
-        if args.min_length < 1:
-            raise _UsageError(f"--min-length must be >= 1, got {args.min_length}")
-        if args.min_separation < 0:
-            raise _UsageError(f"--min-separation must be >= 0, got {args.min_separation}")
-        if args.max_chains is not None and args.max_chains < 1:
-            raise _UsageError(f"--max-chains must be >= 1, got {args.max_chains}")
-        try:
-            GuidedConfig(args.guided_block_size, keep=0.5, pool=args.guided_pool, window=args.guided_window,
-                         num_global=args.guided_global, spread=args.guided_spread)
-        except ValueError as exc:
-            raise _UsageError(str(exc)) from None
-        try:
-            chains, skipped = load_proteins_report(args.proteins)
-        except ProteinLoadError as exc:
-            raise _UsageError(str(exc)) from None
-        from . import _subsample
-
-        sel = _subsample([c for c in chains if c.length >= args.min_length], args.max_chains)
-        if not sel:
-            raise _UsageError(f"no chain with at least {args.min_length} residues")
+        sigmas, targets, sel, skipped = _guided_inputs(args)
     except InputError as exc:
         return report_input_error(exc)
     rows = evaluate_guided(
@@ -144,55 +212,9 @@ def _run_guided(args) -> int:
         spread=args.guided_spread, window=args.guided_window, num_global=args.guided_global,
         random_sigma=args.random_sigma, seed=args.seed, min_separation=args.min_separation,
     )
-    names = [f"contact_recall_{r}" for r in RANGES]
-    lens = [c.length for c in sel]
-    print(f"proteins: {args.proteins or 'packaged set'}: {len(sel)} chain(s) of {min(lens)}-{max(lens)} residues "
-          f"(>= {args.min_length}); guided: block {args.guided_block_size}, pool {args.guided_pool}, "
-          f"spread {args.guided_spread}; signal: noisy C-beta contact probabilities, seed {args.seed}")
-    head = (f"{'target':>6}  {'method':<8} {'sigma':>5} {'sparsity':>8}  {'short':>6} {'medium':>6} {'long':>6} "
-            f"{'mass':>6} {'out_err':>7}  detail")
-    print(head)
-    print("-" * len(head))
-    for r in rows:
-        m = r.metrics
-        sig = "-" if r.sigma is None or r.method == "static" else f"{r.sigma:g}"
-        print(f"{r.target:>6.0%}  {r.method:<8} {sig:>5} {r.sparsity:>8.1%}  "
-              + " ".join(_fmt_metric(m[n]) for n in names)
-              + f" {_fmt_metric(m['attention_mass_recall'])} {_fmt_metric(m['output_rel_error'], 7)}  {r.detail}")
+    _print_guided_table(args, rows, sel)
     if args.json:
-        out = {
-            "mode": "guided",
-            "proteins": args.proteins or "packaged",
-            "chains": [{"name": c.name, "length": c.length} for c in sel],
-            "skipped": [{"file": f, "reason": why} for f, why in skipped],
-            "min_length": args.min_length,
-            "noise_sigmas": sigmas,
-            "target_sparsities": targets,
-            "seed": args.seed,
-            "guided": {"block_size": args.guided_block_size, "pool": args.guided_pool, "spread": args.guided_spread,
-                       "window": args.guided_window, "num_global": args.guided_global,
-                       "min_separation": args.min_separation},
-            "metric_directions": ACCURACY_METRICS,
-            "definitions": {
-                "signal": "log P(d_ij < 8 A | d~_ij, sigma): noncentral chi (3 dof) distribution function of the "
-                          "posterior N(x~_ij, 2 sigma^2 I) of the difference vector (flat prior), floored at 1e-12; "
-                          "d~ from C-beta coordinates plus N(0, sigma^2) per coordinate; pairs with "
-                          "|i - j| < min_separation get -1e4",
-                "sparsity_matching": "per chain: keep = n / tiles with n (bisection) giving the measured pair "
-                                     "sparsity closest to the target; the row's sparsity is pooled over the "
-                                     "chains' L x L pairs",
-                "guided": "GuidedConfig on that signal, keep chosen per chain for the measured sparsity closest to the target",
-                "random": "guided per-row block counts at random_sigma, diagonal forced, other blocks uniform",
-                "static": "best of the static families (pattern_for_sparsity per chain length) by long-range "
-                          "recall within 0.05 of the target sparsity",
-                "sparsity": "measured, pooled over the chains' L x L pairs",
-                "no_data": "null: a range with no contact in the chains",
-            },
-            "rows": [r.to_dict() for r in rows],
-        }
-        path = Path(args.json)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(out, indent=2) + "\n")
+        _write_json(args.json, _guided_json(args, rows, sel, skipped, sigmas, targets))
     if args.png:
         from .plot import draw_recall_vs_sparsity
 
@@ -200,6 +222,12 @@ def _run_guided(args) -> int:
                                 f"block {args.guided_block_size}")
         print(f"drew recall against sparsity to {args.png}")
     return 0
+
+
+def _write_json(path: str, doc: dict) -> None:
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(doc, indent=2) + "\n")
 
 
 def _configs(args) -> tuple[list[int], dict[int, PatternConfig], str]:
@@ -256,22 +284,21 @@ def _fmt_metric(value: Optional[float], width: int = 6) -> str:
     return f"{'-':>{width}}" if value is None else f"{value:>{width}.3f}"
 
 
-def run(argv: Optional[Sequence[str]] = None) -> int:
-    args = _parser().parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format="warning: %(message)s", stream=sys.stderr)
-    if args.guided:
-        return _run_guided(args)
+def _pattern_inputs(args) -> tuple[list[int], dict, str, list, list]:
+    """Step 1 of the pattern mode: (buckets, bucket -> config, pattern source, chains, skipped
+    files), validated; raises _UsageError naming the flag, file or folder."""
+    if args.max_chains is not None and args.max_chains < 1:
+        raise _UsageError(f"--max-chains must be >= 1, got {args.max_chains}")
+    buckets, configs, source = _configs(args)
     try:
-        if args.max_chains is not None and args.max_chains < 1:
-            raise _UsageError(f"--max-chains must be >= 1, got {args.max_chains}")
-        buckets, configs, source = _configs(args)
-        try:
-            chains, skipped = load_proteins_report(args.proteins)
-        except ProteinLoadError as exc:
-            raise _UsageError(str(exc)) from None
-    except InputError as exc:
-        return report_input_error(exc)
+        chains, skipped = load_proteins_report(args.proteins)
+    except ProteinLoadError as exc:
+        raise _UsageError(str(exc)) from None
+    return buckets, configs, source, chains, skipped
 
+
+def _evaluate_buckets(args, buckets, configs, chains) -> list[dict]:
+    """Step 2: one result row per bucket (`evaluate_pattern` on the bucket's chains)."""
     rows = []
     for b in buckets:
         cfg = configs[b]
@@ -291,7 +318,11 @@ def run(argv: Optional[Sequence[str]] = None) -> int:
                 "metrics": res.metrics,
             }
         )
+    return rows
 
+
+def _print_pattern_table(args, rows, configs, source, chains, skipped) -> None:
+    """Step 3: the header line, one row per bucket and the extrapolation notes."""
     names = [f"contact_recall_{r}" for r in RANGES]
     head = (f"{'bucket':>6}  {'pattern':<20} {'sparsity':>8} {'@chains':>8} {'chains':>6} {'lengths':>10}  "
             f"{'short':>6} {'medium':>6} {'long':>6} {'mass':>6} {'out_err':>7}")
@@ -314,63 +345,85 @@ def run(argv: Optional[Sequence[str]] = None) -> int:
     if any(r["extrapolated"] for r in rows):
         print("* extrapolated: " + " | ".join(f"{r['bucket']}: {r['note']}" for r in rows if r["extrapolated"]))
 
-    if args.json:
-        out = {
-            "proteins": str(args.proteins) if args.proteins else "packaged",
-            "patterns": source,
-            "n_chains_loaded": len(chains),
-            "skipped": [{"file": f, "reason": why} for f, why in skipped],
-            "metric_directions": ACCURACY_METRICS,
-            "definitions": {
-                "residue_index": "position in the chain's resolved residue list (gaps are absent)",
-                "contact": f"C-beta (C-alpha for glycine / missing C-beta) distance < {CONTACT_CUTOFF} A",
-                "ranges": {k: list(v) for k, v in RANGES.items()},
-                "bucket_rule": "chains with previous bucket < length <= bucket, layout built at each chain's length",
-                "contact_recall": "pooled: kept contacts / contacts over the bucket's chains",
-                "probe": {
-                    "bias": "log sigmoid((8 A - d_ij) / tau_h)",
-                    "tau_per_head": list(PROBE_TAUS),
-                    "heads": PROBE_HEADS,
-                    "head_dim": PROBE_DIM,
-                    "seed": PROBE_SEED,
-                },
+
+def _pattern_json(args, rows, source, chains, skipped) -> dict:
+    """Step 4: the JSON document (settings, definitions, one entry per bucket)."""
+    return {
+        "proteins": str(args.proteins) if args.proteins else "packaged",
+        "patterns": source,
+        "n_chains_loaded": len(chains),
+        "skipped": [{"file": f, "reason": why} for f, why in skipped],
+        "metric_directions": ACCURACY_METRICS,
+        "definitions": {
+            "residue_index": "position in the chain's resolved residue list (gaps are absent)",
+            "contact": f"C-beta (C-alpha for glycine / missing C-beta) distance < {CONTACT_CUTOFF} A",
+            "ranges": {k: list(v) for k, v in RANGES.items()},
+            "bucket_rule": "chains with previous bucket < length <= bucket, layout built at each chain's length",
+            "contact_recall": "pooled: kept contacts / contacts over the bucket's chains",
+            "probe": {
+                "bias": "log sigmoid((8 A - d_ij) / tau_h)",
+                "tau_per_head": list(PROBE_TAUS),
+                "heads": PROBE_HEADS,
+                "head_dim": PROBE_DIM,
+                "seed": PROBE_SEED,
             },
-            "buckets": rows,
-        }
-        path = Path(args.json)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(out, indent=2) + "\n")
+        },
+        "buckets": rows,
+    }
+
+
+def _draw_pattern_png(args, rows, buckets, configs, chains) -> int:
+    """Step 5: one chain's contact map under its bucket's layout (a guided layout chosen from the
+    degraded structure); 2 when --png-chain names no chain."""
+    from .plot import draw_contacts
+
+    evaluated = {}
+    for r in rows:
+        sel, _, _, _ = select_chains(chains, r["bucket"], buckets)
+        for c in sel:
+            evaluated.setdefault(c.name, (c, r["bucket"]))
+    if args.png_chain:
+        pick = evaluated.get(args.png_chain)
+        if pick is None:
+            match = [c for c in chains if c.name == args.png_chain]
+            if not match:
+                print(f"error: no chain named {args.png_chain!r}", file=sys.stderr)
+                return 2
+            pick = (match[0], buckets[-1])
+    else:
+        pick = max(evaluated.values(), key=lambda cb: (cb[0].length, cb[0].name))
+    chain, b = pick
+    cfg = configs[b]
+    if isinstance(cfg, GuidedConfig):  # drawn with the layout chosen from the degraded structure
+        from patterns import build_layout
+
+        from . import DEFAULT_NOISE
+        from .guided import contact_signal
+
+        draw_contacts(chain, cfg, args.png,
+                      layout=build_layout(cfg, chain.length, signal=contact_signal(chain, DEFAULT_NOISE)))
+    else:
+        draw_contacts(chain, cfg, args.png)
+    print(f"drew {chain.name} (L={chain.length}, bucket {b}) to {args.png}")
+    return 0
+
+
+def run(argv: Optional[Sequence[str]] = None) -> int:
+    """The command line (module docstring): 0 on success, 2 on bad input (one line on stderr)."""
+    args = _parser().parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="warning: %(message)s", stream=sys.stderr)
+    if args.guided:
+        return _run_guided(args)
+    try:
+        buckets, configs, source, chains, skipped = _pattern_inputs(args)
+    except InputError as exc:
+        return report_input_error(exc)
+    rows = _evaluate_buckets(args, buckets, configs, chains)
+    _print_pattern_table(args, rows, configs, source, chains, skipped)
+    if args.json:
+        _write_json(args.json, _pattern_json(args, rows, source, chains, skipped))
     if args.png:
-        from .plot import draw_contacts
-
-        evaluated = {}
-        for r in rows:
-            sel, _, _, _ = select_chains(chains, r["bucket"], buckets)
-            for c in sel:
-                evaluated.setdefault(c.name, (c, r["bucket"]))
-        if args.png_chain:
-            pick = evaluated.get(args.png_chain)
-            if pick is None:
-                match = [c for c in chains if c.name == args.png_chain]
-                if not match:
-                    print(f"error: no chain named {args.png_chain!r}", file=sys.stderr)
-                    return 2
-                pick = (match[0], buckets[-1])
-        else:
-            pick = max(evaluated.values(), key=lambda cb: (cb[0].length, cb[0].name))
-        chain, b = pick
-        cfg = configs[b]
-        if isinstance(cfg, GuidedConfig):  # drawn with the layout chosen from the degraded structure
-            from patterns import build_layout
-
-            from . import DEFAULT_NOISE
-            from .guided import contact_signal
-
-            draw_contacts(chain, cfg, args.png,
-                          layout=build_layout(cfg, chain.length, signal=contact_signal(chain, DEFAULT_NOISE)))
-        else:
-            draw_contacts(chain, cfg, args.png)
-        print(f"drew {chain.name} (L={chain.length}, bucket {b}) to {args.png}")
+        return _draw_pattern_png(args, rows, buckets, configs, chains)
     return 0
 
 
