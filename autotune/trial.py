@@ -10,7 +10,7 @@ Steps of `TrialRunner.run`:
    the small gate shape (``gate.seq_len`` residues, ``gate.batch`` rows), the trial's layout
    pattern and launch parameters through the candidate backend, against ``reference`` on the same
    inputs: forward, and the gradients of q, k, v and the bias when the mode is fwd+bwd. Error =
-   max |candidate - reference| / max |reference|; default tolerances per dtype (`DEFAULT_TOL`),
+   max |candidate - reference| / max |reference|; default tolerances per dtype (`kernels.measure.TOLERANCES`),
    overridable in the space file. A failure ends the trial ("gate failed: ...").
 2. For every (workload, bucket): build the layout, then time the candidate and the dense SDPA
    baseline *paired* - interleaved in one loop on the same inputs (`measure.time_paired`: warm-up
@@ -71,18 +71,14 @@ from typing import Any, Optional
 
 import torch
 
-from .measure import is_oom, naive_attention, peak_memory, time_fn, time_paired
+from kernels.measure import TOLERANCES, is_oom, naive_attention, peak_memory, time_fn, time_paired
 from .space import ACCURACY_METRIC_DIRECTIONS, SearchSpace
 
 __all__ = ["TrialRequest", "TrialRunner", "summarize", "DEFAULT_TOL", "FAULT_ENV", "MEMORY_FLOOR_BYTES"]
 
 FAULT_ENV = "AUTOTUNE_FAULT_INJECT"
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-DEFAULT_TOL = {  # (forward, backward) relative to max |reference|
-    "float32": (1e-4, 1e-3),
-    "bfloat16": (2e-2, 5e-2),
-    "float16": (5e-3, 2e-2),
-}
+DEFAULT_TOL = TOLERANCES  # (forward, backward) relative to max |reference|: `kernels.measure.TOLERANCES`
 # Memory ratios divide by max(baseline, 1 MiB): a fused SDPA forward can need almost nothing above
 # its inputs, and a ratio against a few pages of noise would mean nothing.
 MEMORY_FLOOR_BYTES = 1 << 20

@@ -1,4 +1,18 @@
-"""Timing and peak-memory measurement, on GPU and on CPU, and the naive attention baseline.
+"""The one measurement layer: timer, peak-memory probe, OOM detector and tolerance table.
+
+Every benchmark and the search measure through this module (`kernels.bench`, the EvoFormer
+benchmark, the trials), so that one number means one thing wherever it is reported.
+
+**The timer.** One stopwatch (`Stopwatch`) times a sequence of calls: on CUDA each call between its
+own pair of CUDA events (device time; the host synchronises once, after the sequence), on a CPU
+with ``time.perf_counter`` around each call (wall time). `timer_method` names it
+(``"cuda_events"`` or ``"perf_counter"``) and every CSV and record stores that name next to the
+times it produced. Two ways to use it:
+
+* `time_fn` / `measure_time`: one function on its own, median / p10 / p90 (linear-interpolated
+  percentiles) of ``repeats`` calls after ``warmup`` untimed calls (the kernel benchmark, the
+  EvoFormer benchmark, the naive baseline of the trials);
+* `time_paired`: the candidate(s) and the baseline interleaved (the search's method, below).
 
 Paired time (`time_paired`, what trials and the confirmation use): the candidate(s) and the
 baseline run interleaved in one loop. One *round* calls every function once, in an order that
@@ -10,53 +24,70 @@ ratios ``t_baseline / t_candidate`` (the two calls of a pair are adjacent in tim
 estimate is the median of the ratios, the interval the distribution-free confidence interval of
 that median from order statistics (the binomial method: the k-th smallest and k-th largest ratio,
 k the largest index with P(Binomial(n, 1/2) < k) <= (1 - level) / 2; Conover, *Practical
-Nonparametric Statistics*, 3rd ed., sec. 3.2). Repeats adapt: at least ``min_repeats`` rounds, then
+Nonparametric Statistics*, 3rd ed., sec. 3.2). Repeats adapt: at least ``repeats`` rounds, then
 more until every candidate's interval is narrower than ``rel_width`` of its estimate on each side
 (short kernels and quiet machines stop early, noisy ones take more rounds), ``max_repeats`` is
 reached, or ``time_cap_s`` of timed calls is spent. A call shorter than ``min_call_ms`` is repeated
-``inner`` times inside one timed sample (timer resolution). On CUDA every call is timed with its own
-pair of CUDA events (device time) and the host synchronises once per round; on CPU with
-``time.perf_counter``. With fewer rounds than the level allows (n < 6 at 95%) the interval is the
-full range of the ratios and its achieved level is reported.
+``inner`` times inside one timed sample (timer resolution). A round is one `Stopwatch` sequence
+(one host synchronisation per round on CUDA). With fewer rounds than the level allows (n < 6 at
+95%) the interval is the full range of the ratios and its achieved level is reported.
 
-`time_fn` (one function on its own: median / p10 / p90 after warm-up) remains for single timings
-(the naive baseline and the EvoFormer benchmarks).
-
-Peak memory above the inputs (everything the call allocates at its high point: output, logits,
-workspaces, gradients in fwd+bwd), measured, never estimated:
+**The peak-memory probe** (`peak_memory`): bytes allocated above the current level at the high
+point of one call (output, logits, workspaces, gradients in fwd+bwd), measured, never estimated:
 
 * CUDA: the caching allocator's statistics, ``max_memory_allocated() - memory_allocated()`` around
-  one call after ``reset_peak_memory_stats()``.
+  one call after ``reset_peak_memory_stats()`` (method ``"cuda_allocator"``).
 * CPU: the kernel's own high-water mark of the process's resident set. Before the call we return
   freed heap pages to the OS (glibc ``malloc_trim(0)``) and reset the high-water mark by writing
   ``5`` to ``/proc/self/clear_refs`` (Linux >= 4.0); after the call the peak is
-  ``VmHWM - VmRSS(before)`` from ``/proc/self/status``. Page granularity, includes every thread of
-  the process (other threads of an idle Ray worker allocate next to nothing). Where clear_refs is
-  not available, a thread samples VmRSS every 0.2 ms during the call instead (may miss very short
-  peaks); ``peak_memory`` returns which method was used.
+  ``VmHWM - VmRSS(before)`` from ``/proc/self/status`` (method ``"rss_hwm"``). Page granularity,
+  includes every thread of the process (other threads of an idle Ray worker allocate next to
+  nothing). Where clear_refs is not available, a thread samples VmRSS every 0.2 ms during the call
+  instead (``"rss_sampled"``; may miss very short peaks).
+
+**The OOM detector** (`is_oom`): ``MemoryError``, ``torch.cuda.OutOfMemoryError``, or an error whose
+message says the allocator ran out ("out of memory", "can't allocate memory", "not enough
+memory"); `release_memory` collects garbage and empties the CUDA cache after one.
+
+**The tolerance table** (`TOLERANCES`, `tolerance`): per dtype the largest accepted error of a
+forward output and of a gradient against the reference, both *relative to the reference's
+largest magnitude* (`relative_error`: max |x - ref| / max |ref|; a non-finite error is infinite).
+Half-precision rows allow for the output's own rounding (bf16 keeps 8 significant bits:
+2^-8 = 0.4% per value) on top of a float32-accumulating kernel.
+
+`naive_attention` (the materialised softmax the trials time as their naive baseline) also lives
+here.
 """
 
 from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import gc
 import math
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Optional
+from typing import Callable, NamedTuple, Optional, Sequence, Union
 
 import torch
 
-__all__ = ["time_fn", "time_paired", "PairedTiming", "RatioEstimate", "median_ci", "peak_memory",
-           "naive_attention", "is_oom", "percentile", "PAIRED_DEFAULTS"]
+__all__ = ["Stopwatch", "timer_method", "Timing", "measure_time", "time_fn", "time_paired", "PairedTiming",
+           "RatioEstimate", "median_ci", "percentile", "PAIRED_DEFAULTS", "PeakMemory", "peak_memory", "is_oom",
+           "release_memory", "Tolerance", "TOLERANCES", "tolerance", "relative_error", "naive_attention",
+           "TIMER_CUDA_EVENTS", "TIMER_PERF_COUNTER"]
+
+Device = Union[str, torch.device]
 
 # Defaults of the paired timer (the space's ``measure`` section overrides them).
 PAIRED_DEFAULTS = {"warmup": 2, "repeats": 7, "max_repeats": 41, "rel_width": 0.05, "time_cap_s": 3.0,
                    "level": 0.95, "min_call_ms": 0.5}
 
+TIMER_CUDA_EVENTS = "cuda_events"
+TIMER_PERF_COUNTER = "perf_counter"
 
-def percentile(values: list[float], q: float) -> float:
+
+def percentile(values: Sequence[float], q: float) -> float:
     """Linear-interpolated percentile (q in [0, 100]) of a non-empty list."""
     xs = sorted(values)
     if len(xs) == 1:
@@ -66,36 +97,105 @@ def percentile(values: list[float], q: float) -> float:
     return xs[lo] + (xs[hi] - xs[lo]) * (pos - lo)
 
 
-def _sync(device: str) -> None:
-    if device == "cuda":
-        torch.cuda.synchronize()
+def _is_cuda(device: Device) -> bool:
+    return (device.type if isinstance(device, torch.device) else str(device).split(":")[0]) == "cuda"
 
 
-def time_fn(fn: Callable[[], object], *, device: str, warmup: int = 3, repeats: int = 10) -> dict[str, float]:
-    """Median / p10 / p90 wall (CPU) or device (CUDA event) time of ``fn()`` in milliseconds."""
+def timer_method(device: Device) -> str:
+    """The name of the timer `Stopwatch` uses on ``device``: ``"cuda_events"`` or ``"perf_counter"``."""
+    return TIMER_CUDA_EVENTS if _is_cuda(device) else TIMER_PERF_COUNTER
+
+
+# ---- the timer ------------------------------------------------------------------------------------
+
+
+class Stopwatch:
+    """The one timer: times a sequence of calls, each between its own marks.
+
+    CUDA: a pair of CUDA events per call recorded on the current stream (device time), one host
+    synchronisation after the whole sequence. CPU: ``time.perf_counter`` before and after each call
+    (wall time; the call itself returns when the work is done)."""
+
+    def __init__(self, device: Device) -> None:
+        self.cuda = _is_cuda(device)
+        self.method = timer_method(device)
+
+    def sync(self) -> None:
+        """Wait for the device's queued work (no-op on a CPU)."""
+        if self.cuda:
+            torch.cuda.synchronize()
+
+    def run(self, calls: Sequence[Callable[[], object]], inner: int = 1) -> list[float]:
+        """Call each of ``calls`` ``inner`` times in order; milliseconds per call of each."""
+        if self.cuda:
+            marks = []
+            for fn in calls:
+                start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                start.record()
+                for _ in range(inner):
+                    fn()
+                end.record()
+                marks.append((start, end))
+            torch.cuda.synchronize()
+            return [float(s.elapsed_time(e)) / inner for s, e in marks]
+        out = []
+        for fn in calls:
+            t0 = time.perf_counter()
+            for _ in range(inner):
+                fn()
+            out.append((time.perf_counter() - t0) * 1e3 / inner)
+        return out
+
+
+@dataclass(frozen=True)
+class Timing:
+    """Times of one function called on its own (`measure_time`), in milliseconds per call."""
+
+    times_ms: tuple[float, ...]
+    method: str  # the timer: "cuda_events" | "perf_counter"
+    warmup: int
+
+    @property
+    def median_ms(self) -> float:
+        return percentile(self.times_ms, 50)
+
+    @property
+    def p10_ms(self) -> float:
+        return percentile(self.times_ms, 10)
+
+    @property
+    def p90_ms(self) -> float:
+        return percentile(self.times_ms, 90)
+
+    @property
+    def min_ms(self) -> float:
+        return min(self.times_ms)
+
+    @property
+    def repeats(self) -> int:
+        return len(self.times_ms)
+
+    def to_dict(self) -> dict[str, object]:
+        return {"median_ms": self.median_ms, "p10_ms": self.p10_ms, "p90_ms": self.p90_ms,
+                "repeats": self.repeats, "method": self.method}
+
+
+def measure_time(fn: Callable[[], object], *, device: Device, warmup: int = 3, repeats: int = 10) -> Timing:
+    """``repeats`` timed calls of ``fn()`` after ``warmup`` untimed ones (`Stopwatch`: CUDA events or
+    perf_counter); on CUDA the host synchronises after every call, so calls do not overlap."""
+    if repeats < 1:
+        raise ValueError(f"repeats must be >= 1, got {repeats}")
+    watch = Stopwatch(device)
     for _ in range(warmup):
         fn()
-    _sync(device)
-    times: list[float] = []
-    if device == "cuda":
-        for _ in range(repeats):
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            fn()
-            end.record()
-            end.synchronize()
-            times.append(float(start.elapsed_time(end)))
-    else:
-        for _ in range(repeats):
-            t0 = time.perf_counter()
-            fn()
-            times.append((time.perf_counter() - t0) * 1e3)
-    return {
-        "median_ms": percentile(times, 50),
-        "p10_ms": percentile(times, 10),
-        "p90_ms": percentile(times, 90),
-        "repeats": len(times),
-    }
+    watch.sync()
+    times = [watch.run([fn])[0] for _ in range(repeats)]
+    return Timing(tuple(times), watch.method, warmup)
+
+
+def time_fn(fn: Callable[[], object], *, device: Device, warmup: int = 3, repeats: int = 10) -> dict[str, object]:
+    """`measure_time` as a dict: median / p10 / p90 milliseconds, repeats and the timer's ``method``."""
+    return measure_time(fn, device=device, warmup=warmup, repeats=repeats).to_dict()
 
 
 # ---- paired (interleaved) timing --------------------------------------------------------------------
@@ -158,6 +258,7 @@ class PairedTiming:
     wall_s: float  # seconds of the whole measurement
     level: float
     ratios: dict[str, RatioEstimate] = field(default_factory=dict)
+    method: str = TIMER_PERF_COUNTER  # the timer (`timer_method`)
 
     @property
     def rounds(self) -> int:
@@ -184,7 +285,7 @@ def _estimate(times: dict[str, list[float]], baseline: str, level: float) -> dic
     return out
 
 
-def time_paired(fns: dict[str, Callable[[], object]], *, baseline: str, device: str,
+def time_paired(fns: dict[str, Callable[[], object]], *, baseline: str, device: Device,
                 warmup: int = PAIRED_DEFAULTS["warmup"], repeats: int = PAIRED_DEFAULTS["repeats"],
                 max_repeats: int = PAIRED_DEFAULTS["max_repeats"], rel_width: float = PAIRED_DEFAULTS["rel_width"],
                 time_cap_s: float = PAIRED_DEFAULTS["time_cap_s"], level: float = PAIRED_DEFAULTS["level"],
@@ -200,29 +301,11 @@ def time_paired(fns: dict[str, Callable[[], object]], *, baseline: str, device: 
     max_repeats = max(max_repeats, repeats)
     t_wall = time.perf_counter()
     timed = 0.0
-    cuda = device == "cuda"
+    watch = Stopwatch(device)
 
     def one_round(order: list[str], inner: int) -> dict[str, float]:
         nonlocal timed
-        out: dict[str, float] = {}
-        if cuda:
-            evs = {}
-            for name in order:
-                s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-                s.record()
-                for _ in range(inner):
-                    fns[name]()
-                e.record()
-                evs[name] = (s, e)
-            torch.cuda.synchronize()
-            for name, (s, e) in evs.items():
-                out[name] = float(s.elapsed_time(e)) / inner
-        else:
-            for name in order:
-                t0 = time.perf_counter()
-                for _ in range(inner):
-                    fns[name]()
-                out[name] = (time.perf_counter() - t0) * 1e3 / inner
+        out = dict(zip(order, watch.run([fns[name] for name in order], inner)))
         timed += sum(out.values()) * inner / 1e3
         return out
 
@@ -253,7 +336,7 @@ def time_paired(fns: dict[str, Callable[[], object]], *, baseline: str, device: 
                 break
     return PairedTiming(baseline=baseline, times_ms=times, warmup=max(1, int(warmup)), inner=inner, stop=stop,
                         timed_s=timed, wall_s=time.perf_counter() - t_wall, level=level,
-                        ratios=_estimate(times, baseline, level))
+                        ratios=_estimate(times, baseline, level), method=watch.method)
 
 
 # ---- CPU resident-set measurement ----------------------------------------------------------------
@@ -321,16 +404,88 @@ def _cpu_peak(fn: Callable[[], object]) -> tuple[int, str]:
     return max(0, max(peak[0], v) - before) * 1024, "rss_sampled"
 
 
-def peak_memory(fn: Callable[[], object], *, device: str) -> tuple[int, str]:
-    """(bytes allocated above the current level at the peak of one ``fn()`` call, method)."""
-    if device == "cuda":
+class PeakMemory(NamedTuple):
+    """Result of `peak_memory`: bytes above the level before the call at its high point, and how
+    they were measured (``"cuda_allocator"``, ``"rss_hwm"`` or ``"rss_sampled"``)."""
+
+    nbytes: int
+    method: str
+
+    @property
+    def mib(self) -> float:
+        return self.nbytes / 2**20
+
+
+def peak_memory(fn: Callable[[], object], *, device: Device) -> PeakMemory:
+    """Peak memory of one ``fn()`` call above what was allocated before it (module docstring);
+    unpacks as ``(bytes, method)``."""
+    if _is_cuda(device):
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
         before = torch.cuda.memory_allocated()
         fn()
         torch.cuda.synchronize()
-        return max(0, torch.cuda.max_memory_allocated() - before), "cuda_allocator"
-    return _cpu_peak(fn)
+        return PeakMemory(max(0, torch.cuda.max_memory_allocated() - before), "cuda_allocator")
+    return PeakMemory(*_cpu_peak(fn))
+
+
+# ---- out of memory --------------------------------------------------------------------------------
+
+_OOM_MESSAGES = ("out of memory", "can't allocate memory", "not enough memory")
+
+
+def is_oom(exc: BaseException) -> bool:
+    """Whether ``exc`` means the allocator ran out of memory (CUDA or host; module docstring)."""
+    if isinstance(exc, (MemoryError, getattr(torch.cuda, "OutOfMemoryError", MemoryError))):
+        return True
+    msg = str(exc).lower()
+    return any(m in msg for m in _OOM_MESSAGES)
+
+
+def release_memory(device: Device) -> None:
+    """Collect garbage and, on CUDA, return the caching allocator's free blocks (after an OOM, or
+    before a memory measurement)."""
+    gc.collect()
+    if _is_cuda(device) and torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+# ---- tolerances -----------------------------------------------------------------------------------
+
+
+class Tolerance(NamedTuple):
+    """Largest accepted `relative_error` of a forward output (``fwd``) and of a gradient (``bwd``)
+    against the reference; unpacks as ``(fwd, bwd)``."""
+
+    fwd: float
+    bwd: float
+
+
+TOLERANCES: dict[str, Tolerance] = {
+    "float64": Tolerance(1e-9, 1e-8),
+    "float32": Tolerance(1e-4, 1e-3),
+    "bfloat16": Tolerance(2e-2, 5e-2),
+    "float16": Tolerance(5e-3, 2e-2),
+}
+
+
+def tolerance(dtype: Union[str, torch.dtype]) -> Tolerance:
+    """The `TOLERANCES` row of ``dtype`` (a torch dtype or its name, e.g. ``"bfloat16"``)."""
+    name = str(dtype).replace("torch.", "")
+    if name not in TOLERANCES:
+        raise ValueError(f"no tolerance for dtype {name!r}; known: {', '.join(TOLERANCES)}")
+    return TOLERANCES[name]
+
+
+def relative_error(x: torch.Tensor, ref: torch.Tensor) -> float:
+    """max |x - ref| / max |ref| in float32 (the denominator at least 1e-12); ``inf`` when the error
+    is not finite (NaN or inf on either side where the other differs)."""
+    x, ref = x.detach().float(), ref.detach().float()
+    err = (x - ref).abs().max().item() if x.numel() else 0.0
+    if not math.isfinite(err):
+        return math.inf
+    denom = ref.abs().max().item() if ref.numel() else 0.0
+    return err / max(denom, 1e-12)
 
 
 # ---- baselines --------------------------------------------------------------------------------------
@@ -343,10 +498,3 @@ def naive_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: Opt
     if bias is not None:
         s = s + bias
     return torch.matmul(torch.softmax(s, dim=-1), v)
-
-
-def is_oom(exc: BaseException) -> bool:
-    if isinstance(exc, (MemoryError, getattr(torch.cuda, "OutOfMemoryError", MemoryError))):
-        return True
-    msg = str(exc).lower()
-    return "out of memory" in msg or "can't allocate memory" in msg or "not enough memory" in msg
