@@ -275,18 +275,20 @@ def _case_inputs(case: Case, heads: int, device, dtype):
 
 def _pass_fn(name: str, p: str, inputs, lay: CaseLayout, cold: bool, kernel: dict) -> Callable[[], None]:
     """One call of backend ``name`` in pass ``p`` (``fwd`` under no_grad; ``fwdbwd``: forward, then
-    backward into q, k, v and the bias); a guided case builds its layout from the bias inside it."""
+    backward into q, k, v and the bias); a guided case builds its layout from the bias inside it,
+    except for ``sdpa``, the dense baseline, which reads no layout."""
     q, k, v, bias = inputs
+    layout_of = (lambda signal: lay.layout) if name == "sdpa" else (lambda signal: lay.for_call(signal, cold))
     if p == "fwd":
         def fwd():
             with torch.no_grad():
-                _run_backend(name, q, k, v, lay.for_call(bias, cold), bias, **kernel)
+                _run_backend(name, q, k, v, layout_of(bias), bias, **kernel)
         return fwd
     qg, kg, vg, bg = (t.detach().requires_grad_(True) for t in (q, k, v, bias))
     grad = torch.randn_like(q)
 
     def fwd_bwd():
-        out = _run_backend(name, qg, kg, vg, lay.for_call(bg.detach(), cold), bg, **kernel)
+        out = _run_backend(name, qg, kg, vg, layout_of(bg.detach()), bg, **kernel)
         torch.autograd.backward(out, grad, inputs=[qg, kg, vg, bg])
         qg.grad = kg.grad = vg.grad = bg.grad = None
     return fwd_bwd
