@@ -272,3 +272,56 @@ def test_bench_rejects_bad_options_with_exit_2(flag, value, capsys):
     assert exc.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert flag in err[-1]
+
+
+# ---- the EvoFormer block benchmark on the measurement layer ------------------------------------------
+
+EVO_SMALL = dict(c_m=16, c_z=8, c_hidden_msa_att=4, no_heads_msa=2, c_hidden_pair_att=4, no_heads_pair=2,
+                 c_hidden_opm=4, c_hidden_mul=8)
+
+
+def test_block_pass_is_the_public_pass_and_the_old_name_still_works():
+    from autotune.evoformer import bench as evo
+    from autotune.evoformer.modules import EvoformerBlock
+    from autotune.evoformer.passes import block_pass
+
+    assert evo._pass_fn is block_pass  # kept until every caller uses the public name
+    torch.manual_seed(0)
+    block = EvoformerBlock(**EVO_SMALL)
+    m, z = torch.randn(2, 16, 16), torch.randn(16, 16, 8)
+    block_pass(block, m, z, "fwd")()
+    assert all(p.grad is None for p in block.parameters())
+    block_pass(block, m, z, "fwd+bwd")()
+    assert all(p.grad is None for p in block.parameters())  # cleared after each call: every call does the same work
+    with pytest.raises(ValueError, match="mode"):
+        block_pass(block, m, z, "bwd")
+
+
+def test_evoformer_bench_records_timer_and_maps_oom_and_missing_backends(tmp_path, monkeypatch):
+    """Rows name the timer and the memory method; out of memory (kernels.measure.is_oom) gives
+    status 'oom', a missing backend 'unavailable: ...', any other error is raised."""
+    from autotune.evoformer import bench as evo
+    from kernels import measure
+
+    real = measure.measure_time
+    faults = iter([RuntimeError("CUDA out of memory. Tried to allocate 4 GiB"), NotImplementedError("no flex here")])
+
+    def faulty(fn, **kw):
+        err = next(faults, None)
+        if err is not None:
+            raise err
+        return real(fn, **kw)
+
+    monkeypatch.setattr(evo, "measure_time", faulty)
+    rows = evo.run_evoformer_bench([16], 2, dims=EVO_SMALL, kinds=("naive", "sdpa", "sdpa"), modes=("fwd",), warmup=0,
+                                   repeats=1, device="cpu", dtype=torch.float32, measure_share=False,
+                                   csv_path=tmp_path / "evo.csv")
+    assert [r["status"] for r in rows] == ["oom", "unavailable: NotImplementedError", "ok"]
+    assert all(r["timer"] == "perf_counter" for r in rows)
+    assert rows[2]["memory_method"] in ("rss_hwm", "rss_sampled") and rows[0]["memory_method"] == ""
+    header = (tmp_path / "evo.csv").read_text().splitlines()[0].split(",")
+    assert header == evo.CSV_FIELDS and "timer" in header and "memory_method" in header
+    monkeypatch.setattr(evo, "measure_time", lambda fn, **kw: (_ for _ in ()).throw(RuntimeError("shape mismatch")))
+    with pytest.raises(RuntimeError, match="shape mismatch"):
+        evo.run_evoformer_bench([16], 2, dims=EVO_SMALL, kinds=("sdpa",), modes=("fwd",), warmup=0, repeats=1,
+                                device="cpu", measure_share=False, csv_path=False)
