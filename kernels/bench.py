@@ -77,6 +77,8 @@ WORKLOADS = {"row": 8, "tri": 4}  # heads
 GPU_LENGTHS = {"row": (512, 1024, 2048, 4096), "tri": (512, 1024, 2048)}
 CPU_LENGTHS = {"row": (1024, 2048, 4096), "tri": (256,)}
 SPARSITIES = (0, 50, 75, 90)
+DTYPES = ("bfloat16", "float16", "float32", "float64")
+BACKENDS = ("sdpa", "flex", "triton", "cpu", "naive")  # in the order they run
 RESULTS_DIR = Path(__file__).resolve().parent.parent / "benchmarks" / "results"
 
 CSV_FIELDS = [
@@ -189,7 +191,8 @@ def _config_text(cfg: Optional[KernelConfig]) -> str:
 
 def _pick_triton_config(q, k, v, layout, bias, args, device) -> tuple[bool, str, dict]:
     """Gate every launch config of ``args.triton_configs`` that fits the layout block, time the
-    forward pass of those that pass, and return the fastest (ok, gate message, {"config": cfg})."""
+    forward pass of those that pass (on the case's layout, for a guided case the one chosen from
+    the bias, built once), and return the fastest (ok, gate message, {"config": cfg})."""
     best: Optional[tuple[float, KernelConfig, str]] = None
     failed = []
     for cfg in args.triton_configs:
@@ -249,7 +252,7 @@ class CaseLayout:
 
 def _backends(device: torch.device, selected: Optional[list[str]]) -> list[str]:
     if selected is not None:  # explicit choice (triton on a CPU runs under TRITON_INTERPRET=1)
-        return [n for n in ("sdpa", "flex", "triton", "cpu", "naive") if n in selected]
+        return [n for n in BACKENDS if n in selected]
     return ["sdpa", "flex", "triton" if device.type == "cuda" else "cpu", "naive"]
 
 
@@ -466,9 +469,18 @@ def parse_args(argv: Optional[list[str]]) -> argparse.Namespace:
                    help="Triton launch configs to try, 'BMxBN/wW/sS' comma list, or 'sweep' for the built-in "
                         "set (default: sweep on CUDA, the default config otherwise)")
     args = p.parse_args(argv)
-    args.device = torch.device(args.device)
+    try:
+        args.device = torch.device(args.device)
+    except RuntimeError:
+        p.error(f"--device: {args.device!r} is not a device (cpu, cuda, cuda:N)")
+    if args.device.type not in ("cpu", "cuda") or (args.device.type == "cuda" and not torch.cuda.is_available()):
+        p.error(f"--device: {args.device} is not available here")
     if args.dtype is None:
         args.dtype = "bfloat16" if args.device.type == "cuda" else "float32"
+    if args.dtype not in DTYPES:
+        p.error(f"--dtype: unknown {args.dtype!r}; choose from {','.join(DTYPES)}")
+    if args.batch is not None and args.batch < 1:
+        p.error(f"--batch must be at least 1, got {args.batch}")
     args.workloads = [w for w in args.workloads.split(",") if w]
     for w in args.workloads:
         if w not in WORKLOADS:
@@ -487,7 +499,7 @@ def parse_args(argv: Optional[list[str]]) -> argparse.Namespace:
             p.error(f"--sparsities: {x} is not a percentage in [0, 100)")
     args.families = _choices(p, "--families", args.families, PATTERN_FAMILIES)
     args.pools = _choices(p, "--pools", args.pools, GUIDED_POOLS)
-    args.backends = None if args.backends is None else [b for b in args.backends.split(",") if b]
+    args.backends = None if args.backends is None else _choices(p, "--backends", args.backends, BACKENDS)
     cpu = args.device.type == "cpu"
     if args.reps is None:
         args.reps = (3 if args.quick else 7) if cpu else 20

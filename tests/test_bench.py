@@ -265,7 +265,8 @@ def test_bench_guided_triton_under_the_interpreter(tmp_path):
 
 @pytest.mark.parametrize("flag, value", [("--families", "static,random"), ("--pools", "median"),
                                          ("--sparsities", "100"), ("--sparsities", "fifty"), ("--lengths", "0"),
-                                         ("--reps", "0")])
+                                         ("--reps", "0"), ("--dtype", "float8"), ("--batch", "0"),
+                                         ("--backends", "sdpa,cuda")])
 def test_bench_rejects_bad_options_with_exit_2(flag, value, capsys):
     with pytest.raises(SystemExit) as exc:
         bench.main(["--device", "cpu", flag, value])
