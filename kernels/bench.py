@@ -21,7 +21,8 @@ Layout families (``--families``, default ``static``):
   key blocks chosen per head from the case's pair bias (`patterns.guided`, built on the bias's
   device). Every timed call of a sparse backend builds the layout from the bias first, as a model
   does on each forward, so the construction is counted in its time; the build alone is timed too
-  (``build_ms``, median) and ``build_share`` = build_ms / ms is its share of the timed call.
+  (``build_ms``, median of a loop of builds, so with warm caches) and ``build_share`` =
+  build_ms / ms is its share of the timed call.
 
 The actual layout sparsity is printed and stored (for guided, that of the layout chosen from the
 benchmark's bias, mean over heads). Correctness gate: before a backend is timed its output on the
