@@ -59,11 +59,11 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable, Optional, Union
 
 import torch
 
-from patterns import GuidedConfig, build_layout
+from patterns import BlockLayout, GuidedConfig, PatternConfig, build_layout
 from patterns.guided import GUIDED_POOLS, PATTERN_FAMILIES
 from patterns.sparsity import pattern_for_sparsity
 
@@ -241,8 +241,8 @@ class CaseLayout:
     plans or workspaces), or for a guided case a layout built from ``signal`` in that call
     (``cold``: with a workspace of its own)."""
 
-    config: object
-    layout: object
+    config: Union[PatternConfig, GuidedConfig]
+    layout: BlockLayout
     guided: bool
 
     def for_call(self, signal: Optional[torch.Tensor], cold: bool = False):
