@@ -63,6 +63,13 @@ KERNEL_COLUMNS: dict[str, tuple[str, type, bool]] = {
     "speedup_vs_sdpa": ("speedup_vs_sdpa", float, False),
     "speedup_vs_flex": ("speedup_vs_flex", float, False),
     "kernel_config": ("kernel_config", str, False),
+    # since the guided family and the one measurement layer (absent from older CSVs: NULL)
+    "family": ("family", str, False),
+    "pool": ("pool", str, False),
+    "build_ms": ("build_ms", float, False),
+    "build_share": ("build_share", float, False),
+    "timer": ("timer", str, False),
+    "memory_method": ("memory_method", str, False),
 }
 EVOFORMER_RUN_COLUMNS: dict[str, tuple[str, type, bool]] = {
     "device": ("device", str, True),
@@ -86,6 +93,8 @@ EVOFORMER_COLUMNS: dict[str, tuple[str, type, bool]] = {
     "attn4_share": ("attn4_share", float, False),
     "core_share": ("core_share", float, False),
     "max_len": ("max_len", int, False),
+    "timer": ("timer", str, False),  # absent from older CSVs: NULL
+    "memory_method": ("memory_method", str, False),
 }
 
 
@@ -129,6 +138,12 @@ class KernelBench(Base):
     speedup_vs_sdpa: Mapped[Optional[float]] = mapped_column(Float, nullable=True)
     speedup_vs_flex: Mapped[Optional[float]] = mapped_column(Float, nullable=True)
     kernel_config: Mapped[Optional[str]] = mapped_column(String(32), nullable=True)
+    family: Mapped[Optional[str]] = mapped_column(String(16), nullable=True)
+    pool: Mapped[Optional[str]] = mapped_column(String(16), nullable=True)
+    build_ms: Mapped[Optional[float]] = mapped_column(Float, nullable=True)
+    build_share: Mapped[Optional[float]] = mapped_column(Float, nullable=True)
+    timer: Mapped[Optional[str]] = mapped_column(String(32), nullable=True)
+    memory_method: Mapped[Optional[str]] = mapped_column(String(32), nullable=True)
 
 
 class EvoformerBench(Base):
@@ -152,6 +167,8 @@ class EvoformerBench(Base):
     attn4_share: Mapped[Optional[float]] = mapped_column(Float, nullable=True)
     core_share: Mapped[Optional[float]] = mapped_column(Float, nullable=True)
     max_len: Mapped[Optional[int]] = mapped_column(Integer, nullable=True)
+    timer: Mapped[Optional[str]] = mapped_column(String(32), nullable=True)
+    memory_method: Mapped[Optional[str]] = mapped_column(String(32), nullable=True)
 
 
 # kind -> (per-file columns, per-row columns, row model)

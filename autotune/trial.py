@@ -18,7 +18,7 @@ Steps of `TrialRunner.run`:
    the small gate shape (``gate.seq_len`` residues, ``gate.batch`` rows), the trial's layout
    pattern and launch parameters through the candidate backend, against ``reference`` on the same
    inputs: forward, and the gradients of q, k, v and the bias when the mode is fwd+bwd. Error =
-   max |candidate - reference| / max |reference|; default tolerances per dtype (`DEFAULT_TOL`),
+   max |candidate - reference| / max |reference|; default tolerances per dtype (`kernels.measure.TOLERANCES`),
    overridable in the space file. A failure ends the trial ("gate failed: ...").
 2. For every (workload, bucket): build the layout, then time the candidate and the dense SDPA
    baseline *paired* - interleaved in one loop on the same inputs (`measure.time_paired`: warm-up
@@ -80,7 +80,7 @@ from typing import Any, Optional, Union
 
 import torch
 
-from .measure import is_oom
+from kernels.measure import is_oom
 from .space import ACCURACY_METRIC_DIRECTIONS, SearchSpace
 from .workloads import (DEFAULT_TOL, MEMORY_FLOOR_BYTES, CellMeasurement, GateFailed, TrialTiming, bench_for,
                         nominal_layout)

@@ -8,7 +8,7 @@ kind; what is measured on it is a `WorkloadBench` here, looked up by kind in `BE
     `kernels.sparse_attention` on the trial's layout with the space's backend and kernel config (a
     guided pattern chooses its layout from the bias inside every timed call). Baselines: dense SDPA
     (`kernels.dense_attention`, timed paired with the candidate) and materialised naive attention
-    (`autotune.measure.naive_attention`). Gate: the candidate against ``reference`` on the same
+    (`kernels.measure.naive_attention`). Gate: the candidate against ``reference`` on the same
     inputs at the gate shape; forward, and the gradients of q, k, v and the bias in fwd+bwd.
 `EvoformerBench` (``evoformer``)
     Inputs: m [N_seq, L, c_m] and z [L, L, c_z] for one whole ``autotune.evoformer.EvoformerBlock``
@@ -35,7 +35,7 @@ from typing import Any, Callable, Optional
 
 import torch
 
-from .measure import PairedTiming, is_oom, naive_attention, peak_memory, time_fn, time_paired
+from kernels.measure import TOLERANCES, PairedTiming, is_oom, naive_attention, peak_memory, time_fn, time_paired
 from .space import SearchSpace, Workload
 
 __all__ = ["CellMeasurement", "Baseline", "Baselines", "TrialTiming", "GateFailed", "WorkloadBench", "AttentionBench",
@@ -43,11 +43,7 @@ __all__ = ["CellMeasurement", "Baseline", "Baselines", "TrialTiming", "GateFaile
            "nominal_layout", "workload_layout", "rel_err"]
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-DEFAULT_TOL = {  # (forward, backward) relative to max |reference|
-    "float32": (1e-4, 1e-3),
-    "bfloat16": (2e-2, 5e-2),
-    "float16": (5e-3, 2e-2),
-}
+DEFAULT_TOL = TOLERANCES  # (forward, backward) relative to max |reference|: `kernels.measure.TOLERANCES`
 # Memory ratios divide by max(baseline, 1 MiB): a fused SDPA forward can need almost nothing above
 # its inputs, and a ratio against a few pages of noise would mean nothing.
 MEMORY_FLOOR_BYTES = 1 << 20

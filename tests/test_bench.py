@@ -18,6 +18,7 @@ def _rows(path: Path) -> list[dict]:
         return list(csv.DictReader(f))
 
 
+@pytest.mark.slow
 def test_bench_cpu_tiny(tmp_path):
     out = tmp_path / "bench.csv"
     bench.main([
@@ -42,6 +43,9 @@ def test_bench_cpu_tiny(tmp_path):
         sdpa = float(by_key[(w, L, s, p, "sdpa")]["ms"])
         assert float(r["speedup_vs_sdpa"]) == pytest.approx(sdpa / float(r["ms"]), rel=2e-3, abs=2e-3)
         assert r["speedup_vs_flex"] == ""  # flex not run
+    # the default run is the static family only, timed with the one timer of kernels.measure
+    assert all(r["family"] == "static" and r["pool"] == "" and r["build_ms"] == "" for r in rows)
+    assert all(r["timer"] == "perf_counter" and r["memory_method"] in ("rss_hwm", "rss_sampled") for r in rows)
     zero = [r for r in rows if r["sparsity_target"] == "0.0"]
     assert all(float(r["sparsity_actual"]) == 0.0 for r in zero)
     assert any(float(r["sparsity_actual"]) > 0.2 for r in rows if r["sparsity_target"] == "0.5")
@@ -164,3 +168,162 @@ def test_gpu_check_script_phases_fit_one_call():
     assert " -x" not in commands and "pip install --no-deps" in commands and "PY=python3" in commands
     commands_order = [commands.index(m) for m in ("pytest", "guided_layout.py", "-m kernels.bench", "autotune.evoformer.bench")]
     assert commands_order == sorted(commands_order), "tests, guided layout cost, kernel benchmark, EvoFormer: in that order"
+
+
+# ---- guided layouts ------------------------------------------------------------------------------
+
+
+def test_bench_guided_rows(tmp_path):
+    """--families static,guided: one case per pool next to the static one, the guided layout's own
+    sparsity, the build time alone and its share of the timed call, speedups within each case."""
+    from patterns import GuidedConfig, build_layout
+
+    out = tmp_path / "bench.csv"
+    bench.main(["--device", "cpu", "--workloads", "row", "--lengths", "160", "--sparsities", "75",
+                "--passes", "fwd,fwdbwd", "--batch", "1", "--backends", "sdpa,cpu", "--reps", "1", "--warmup", "1",
+                "--families", "static,guided", "--pools", "max,mean", "--out", str(out)])
+    rows = _rows(out)
+    assert len(rows) == 3 * 2 * 2  # (static, guided max, guided mean) x 2 passes x 2 backends
+    assert all(r["status"] == "ok" for r in rows)
+    assert {(r["family"], r["pool"]) for r in rows} == {("static", ""), ("guided", "max"), ("guided", "mean")}
+    case = bench.Case("row", 160, 1, 75, "guided", "max")
+    _, _, _, bias = bench._case_inputs(case, bench.WORKLOADS["row"], torch.device("cpu"), torch.float32)
+    for pool in ("max", "mean"):
+        expect = build_layout(GuidedConfig(64, keep=0.25, pool=pool), 160, signal=bias)
+        assert expect.num_heads == 8  # one layout per head, from the case's bias
+        g = [r for r in rows if r["pool"] == pool]
+        assert all(float(r["sparsity_actual"]) == pytest.approx(round(expect.sparsity, 4)) for r in g)
+        for r in g:
+            if r["backend"] == "sdpa":  # the dense baseline builds nothing
+                assert r["build_ms"] == "" and r["build_share"] == "" and float(r["speedup_vs_sdpa"]) == 1.0
+            else:
+                build, ms = float(r["build_ms"]), float(r["ms"])
+                assert build > 0 and float(r["build_share"]) == pytest.approx(build / ms, rel=1e-3, abs=1e-4)
+                sdpa = next(x for x in g if x["backend"] == "sdpa" and x["pass"] == r["pass"])
+                assert float(r["speedup_vs_sdpa"]) == pytest.approx(float(sdpa["ms"]) / ms, rel=2e-3, abs=2e-3)
+    static = [r for r in rows if r["family"] == "static"]
+    assert all(r["build_ms"] == "" and r["stride"] != "" for r in static)
+
+
+def test_bench_guided_layout_is_built_in_every_timed_call(tmp_path, monkeypatch):
+    """A guided case builds its layout from the bias inside each timed call of a sparse backend (so
+    the construction is in its time), the cold memory call with a workspace of its own; a static
+    case builds its layout once, before timing."""
+    calls = []
+    real = bench.build_layout
+
+    def counting(cfg, L, *a, **kw):
+        calls.append((type(cfg).__name__, "signal" in kw, kw.get("workspace") is not None))
+        return real(cfg, L, *a, **kw)
+
+    monkeypatch.setattr(bench, "build_layout", counting)
+    args = ["--device", "cpu", "--workloads", "row", "--lengths", "128", "--sparsities", "50", "--passes", "fwd",
+            "--batch", "1", "--backends", "sdpa,cpu", "--reps", "3", "--warmup", "1", "--out", str(tmp_path / "b.csv")]
+    bench.main(args + ["--families", "guided"])
+    assert all(name == "GuidedConfig" and signal for name, signal, _ in calls)
+    # case layout 1, build alone (warm-up 1 + reps 3), cpu timed calls (1 + 3), cold memory call 1;
+    # sdpa builds nothing
+    assert len(calls) == 1 + 4 + 4 + 1
+    assert [own for _, _, own in calls].count(True) == 1  # only the cold call has a workspace of its own
+    calls.clear()
+    bench.main(args + ["--families", "static"])
+    assert len(calls) == 1 and calls[0][0] == "PatternConfig"
+
+
+def test_bench_guided_gate_uses_the_guided_layout(tmp_path, monkeypatch):
+    """A backend that ignores the guided layout (computes a static dense one) fails the gate."""
+    from patterns import PatternConfig, build_layout
+
+    real = bench._run_backend
+
+    def ignores_layout(name, q, k, v, layout, bias, **kernel):
+        if name == "cpu":
+            layout = build_layout(PatternConfig(64, window=10**4, num_global=0, stride=0), layout.seq_len)
+        return real(name, q, k, v, layout, bias, **kernel)
+
+    monkeypatch.setattr(bench, "_run_backend", ignores_layout)
+    out = tmp_path / "bench.csv"
+    bench.main(["--device", "cpu", "--workloads", "tri", "--lengths", "256", "--sparsities", "75", "--passes", "fwd",
+                "--batch", "1", "--backends", "sdpa,cpu", "--reps", "1", "--families", "guided", "--out", str(out)])
+    rows = {r["backend"]: r for r in _rows(out)}
+    assert rows["cpu"]["status"] == "FAIL" and rows["cpu"]["family"] == "guided" and rows["cpu"]["ms"] == ""
+    assert rows["sdpa"]["status"] == "ok"
+
+
+def test_bench_guided_triton_under_the_interpreter(tmp_path):
+    """The Triton backend on a per-head guided layout built in the call (interpreter on a CPU)."""
+    import os
+
+    if not torch.cuda.is_available():
+        assert os.environ.get("TRITON_INTERPRET") == "1"
+    out = tmp_path / "bench.csv"
+    bench.main(["--device", "cpu", "--workloads", "tri", "--lengths", "128", "--sparsities", "50", "--passes", "fwd",
+                "--batch", "1", "--backends", "sdpa,triton", "--reps", "1", "--warmup", "0", "--families", "guided",
+                "--out", str(out)])
+    rows = {r["backend"]: r for r in _rows(out)}
+    assert rows["triton"]["status"] == "ok" and float(rows["triton"]["build_ms"]) > 0
+
+
+@pytest.mark.parametrize("flag, value", [("--families", "static,random"), ("--pools", "median"),
+                                         ("--sparsities", "100"), ("--sparsities", "fifty"), ("--lengths", "0"),
+                                         ("--reps", "0"), ("--dtype", "float8"), ("--batch", "0"),
+                                         ("--backends", "sdpa,cuda")])
+def test_bench_rejects_bad_options_with_exit_2(flag, value, capsys):
+    with pytest.raises(SystemExit) as exc:
+        bench.main(["--device", "cpu", flag, value])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert flag in err[-1]
+
+
+# ---- the EvoFormer block benchmark on the measurement layer ------------------------------------------
+
+EVO_SMALL = dict(c_m=16, c_z=8, c_hidden_msa_att=4, no_heads_msa=2, c_hidden_pair_att=4, no_heads_pair=2,
+                 c_hidden_opm=4, c_hidden_mul=8)
+
+
+def test_block_pass_is_the_public_pass_and_the_old_name_still_works():
+    from autotune.evoformer import bench as evo
+    from autotune.evoformer.modules import EvoformerBlock
+    from autotune.evoformer.passes import block_pass
+
+    assert evo._pass_fn is block_pass  # kept until every caller uses the public name
+    torch.manual_seed(0)
+    block = EvoformerBlock(**EVO_SMALL)
+    m, z = torch.randn(2, 16, 16), torch.randn(16, 16, 8)
+    block_pass(block, m, z, "fwd")()
+    assert all(p.grad is None for p in block.parameters())
+    block_pass(block, m, z, "fwd+bwd")()
+    assert all(p.grad is None for p in block.parameters())  # cleared after each call: every call does the same work
+    with pytest.raises(ValueError, match="mode"):
+        block_pass(block, m, z, "bwd")
+
+
+def test_evoformer_bench_records_timer_and_maps_oom_and_missing_backends(tmp_path, monkeypatch):
+    """Rows name the timer and the memory method; out of memory (kernels.measure.is_oom) gives
+    status 'oom', a missing backend 'unavailable: ...', any other error is raised."""
+    from autotune.evoformer import bench as evo
+    from kernels import measure
+
+    real = measure.measure_time
+    faults = iter([RuntimeError("CUDA out of memory. Tried to allocate 4 GiB"), NotImplementedError("no flex here")])
+
+    def faulty(fn, **kw):
+        err = next(faults, None)
+        if err is not None:
+            raise err
+        return real(fn, **kw)
+
+    monkeypatch.setattr(evo, "measure_time", faulty)
+    rows = evo.run_evoformer_bench([16], 2, dims=EVO_SMALL, kinds=("naive", "sdpa", "sdpa"), modes=("fwd",), warmup=0,
+                                   repeats=1, device="cpu", dtype=torch.float32, measure_share=False,
+                                   csv_path=tmp_path / "evo.csv")
+    assert [r["status"] for r in rows] == ["oom", "unavailable: NotImplementedError", "ok"]
+    assert all(r["timer"] == "perf_counter" for r in rows)
+    assert rows[2]["memory_method"] in ("rss_hwm", "rss_sampled") and rows[0]["memory_method"] == ""
+    header = (tmp_path / "evo.csv").read_text().splitlines()[0].split(",")
+    assert header == evo.CSV_FIELDS and "timer" in header and "memory_method" in header
+    monkeypatch.setattr(evo, "measure_time", lambda fn, **kw: (_ for _ in ()).throw(RuntimeError("shape mismatch")))
+    with pytest.raises(RuntimeError, match="shape mismatch"):
+        evo.run_evoformer_bench([16], 2, dims=EVO_SMALL, kinds=("sdpa",), modes=("fwd",), warmup=0, repeats=1,
+                                device="cpu", measure_share=False, csv_path=False)

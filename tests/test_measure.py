@@ -1,4 +1,5 @@
-"""The paired timer (`autotune.measure.time_paired`) and its order-statistics interval."""
+"""The measurement layer (`kernels.measure`): the paired timer and its order-statistics interval,
+the single-function timer, the peak-memory probe, the OOM detector and the tolerance table."""
 
 from __future__ import annotations
 
@@ -7,8 +8,10 @@ import random
 
 import pytest
 
-from autotune import measure
-from autotune.measure import median_ci, time_paired
+import torch
+
+from kernels import measure
+from kernels.measure import median_ci, time_paired
 
 
 class FakeClock:
@@ -159,3 +162,76 @@ def test_paired_timing_with_cuda_events():
                      baseline="sdpa", device="cuda", warmup=2, repeats=7, max_repeats=41, time_cap_s=2.0)
     r = pt.ratio("cand")
     assert 2.5 < r.point < 5.5 and r.lo <= r.point <= r.hi  # about 4x less device work
+
+
+def test_single_timer_excludes_warmup_and_names_its_method(clock):
+    calls = []
+
+    def fn():
+        calls.append(1)
+        clock.t += (100.0 if len(calls) <= 2 else float(len(calls))) / 1e3  # two slow warm-up calls
+
+    t = measure.measure_time(fn, device="cpu", warmup=2, repeats=5)
+    assert t.times_ms == pytest.approx((3.0, 4.0, 5.0, 6.0, 7.0)) and t.method == "perf_counter"
+    assert (t.median_ms, t.min_ms, t.repeats) == pytest.approx((5.0, 3.0, 5))
+    assert t.p10_ms == pytest.approx(3.4) and t.p90_ms == pytest.approx(6.6)
+    d = measure.time_fn(fn, device="cpu", warmup=0, repeats=3)
+    assert d["method"] == "perf_counter" and d["repeats"] == 3 and d["median_ms"] == pytest.approx(9.0)
+    with pytest.raises(ValueError):
+        measure.measure_time(fn, device="cpu", repeats=0)
+
+
+def test_paired_and_single_timers_are_the_same_timer(clock):
+    pt = time_paired({"sdpa": clock.work(2.0), "cand": clock.work(1.0)}, baseline="sdpa", device="cpu",
+                     warmup=1, repeats=5, min_call_ms=0.0)
+    assert pt.method == measure.timer_method("cpu") == measure.Stopwatch("cpu").method == "perf_counter"
+    assert measure.timer_method("cuda") == measure.timer_method(torch.device("cuda", 0)) == "cuda_events"
+    assert measure.Stopwatch("cpu").run([clock.work(2.0), clock.work(0.5)], inner=4) == pytest.approx([2.0, 0.5])
+
+
+def test_peak_memory_sees_a_temporary_allocation():
+    """A call that allocates and touches 64 MiB, then frees it: the probe reports its high point."""
+    def alloc():
+        x = torch.ones(16 << 20)  # 64 MiB of float32, written
+        return float(x[-1])
+
+    res = measure.peak_memory(alloc, device="cpu")
+    nbytes, method = res  # unpacks as (bytes, method)
+    assert method in ("rss_hwm", "rss_sampled")
+    assert 60 << 20 <= nbytes < 512 << 20 and res.mib == pytest.approx(nbytes / 2**20)
+    small, _ = measure.peak_memory(lambda: None, device="cpu")
+    assert small < 16 << 20
+
+
+def test_oom_detector():
+    assert measure.is_oom(MemoryError())
+    assert measure.is_oom(RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB"))
+    assert measure.is_oom(RuntimeError("[enforce fail at alloc_cpu.cpp:117] DefaultCPUAllocator: can't allocate memory"))
+    if hasattr(torch.cuda, "OutOfMemoryError"):
+        assert measure.is_oom(torch.cuda.OutOfMemoryError("x"))
+    assert not measure.is_oom(RuntimeError("shape mismatch"))
+    assert not measure.is_oom(ValueError("memory_vs_sdpa must be a number"))
+
+
+def test_tolerance_table_and_relative_error():
+    assert measure.tolerance(torch.bfloat16) == measure.tolerance("bfloat16") == measure.TOLERANCES["bfloat16"]
+    fwd, bwd = measure.tolerance(torch.float32)
+    assert 0 < fwd <= bwd
+    for name, tol in measure.TOLERANCES.items():
+        assert getattr(torch, name).is_floating_point and 0 < tol.fwd <= tol.bwd < 0.1
+    assert measure.tolerance("float64").fwd < measure.tolerance("float32").fwd < measure.tolerance("float16").fwd \
+        < measure.tolerance("bfloat16").fwd
+    with pytest.raises(ValueError, match="int8"):
+        measure.tolerance(torch.int8)
+    ref = torch.tensor([[2.0, -4.0], [1.0, 0.5]])
+    assert measure.relative_error(ref + torch.tensor([[0.0, 0.2], [0.0, 0.0]]), ref) == pytest.approx(0.05)
+    assert measure.relative_error(ref, ref) == 0.0
+    assert measure.relative_error(ref * float("nan"), ref) == math.inf
+    assert measure.relative_error(ref.to(torch.bfloat16), ref) <= measure.tolerance("bfloat16").fwd
+
+
+def test_old_import_path_is_the_same_layer():
+    from autotune import measure as old
+
+    for name in ("time_paired", "time_fn", "peak_memory", "is_oom", "naive_attention", "PAIRED_DEFAULTS", "TOLERANCES"):
+        assert getattr(old, name) is getattr(measure, name)

@@ -6,14 +6,18 @@
 
 What is measured, per (L, pass, variant):
 
-* ``median_ms``: median wall time of ``repeats`` runs after ``warmup`` runs (CUDA synchronised).
-  Passes: ``fwd`` (under ``torch.no_grad``, inference) and ``fwd+bwd`` (forward, then backward of
-  the sum of both outputs into the parameter gradients).
+* ``median_ms``: median time of ``repeats`` runs after ``warmup`` runs, timed by the one timer of
+  ``kernels.measure`` (``measure_time``: CUDA events per run on CUDA, ``time.perf_counter`` on a
+  CPU; the ``timer`` column names which). Passes (`autotune.evoformer.passes.block_pass`):
+  ``fwd`` (under ``torch.no_grad``, inference) and ``fwd+bwd`` (forward, then backward of the sum
+  of both outputs into the parameter gradients).
 * ``peak_mib``: peak memory above what was allocated before the run (parameters and inputs), in a
-  separate run after the timing. CUDA: ``torch.cuda.max_memory_allocated`` after
-  ``reset_peak_memory_stats``. CPU: the process's resident-set high-water mark
-  above the resident set just before the run (``autotune.measure.peak_memory``, after
-  ``gc.collect()`` and glibc ``malloc_trim(0)``); it counts allocator caching.
+  separate cold run after the timing (``kernels.measure.peak_memory``, after ``gc.collect()``;
+  the ``memory_method`` column names the method). CUDA: ``torch.cuda.max_memory_allocated`` after
+  ``reset_peak_memory_stats``. CPU: the process's resident-set high-water mark above the resident
+  set just before the run (after glibc ``malloc_trim(0)``); it counts allocator caching.
+* Out of memory (``kernels.measure.is_oom``) gives the status ``oom``; a variant whose backend is
+  not available here ``unavailable: <error>``.
 * Attention share, measured by timing the same block with attention removed:
   ``attn3_share`` = 1 - t(block with MSA row and both triangle attention modules replaced by
   zero-output no-ops) / t(variant); ``attn4_share`` the same with MSA column attention removed too;
@@ -30,32 +34,32 @@ global block + strided pattern whose layout at that L is closest to the target. 
 apply to MSA row and both triangle attentions; column attention stays dense SDPA.
 
 Writes a CSV (default ``benchmarks/results/evoformer-<device>.csv`` under the working directory)
-and prints a table. ``run_evoformer_bench(...)`` returns the rows as dicts.
+and prints a table. ``run_evoformer_bench(...)`` returns the rows as dicts. Its steps:
+`_settings` (defaults by device), then per length `_bench_length`: per pass the reference timings
+of the attention share (`_share_baselines`) and one row per variant (`_variant_row`).
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
-import gc
 import math
 import os
 import re
-import statistics
 import sys
-import time
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Optional, Sequence
 
 import torch
 
+from kernels.measure import Timing, is_oom, measure_time, peak_memory, release_memory, timer_method
 from patterns import PatternConfig, build_layout
-
-from ..measure import peak_memory
 
 from .attention import EvoformerAttention, layout_for
 from .modules import EvoformerBlock
+from .passes import PASS_MODES, block_pass
 
 __all__ = ["run_evoformer_bench", "pattern_for_sparsity", "default_block_size", "device_tag", "format_table", "main"]
 
@@ -64,7 +68,7 @@ SMALL_DIMS = dict(c_m=64, c_z=32, c_hidden_msa_att=16, no_heads_msa=4, c_hidden_
 CSV_FIELDS = [
     "device", "dtype", "threads", "L", "depth", "mode", "variant", "pattern", "sparsity", "status",
     "median_ms", "min_ms", "peak_mib", "speedup_vs_sdpa", "speedup_vs_naive",
-    "attn3_share", "attn4_share", "core_share", "max_len",
+    "attn3_share", "attn4_share", "core_share", "max_len", "timer", "memory_method",
 ]
 
 
@@ -121,53 +125,14 @@ def device_tag(device: torch.device) -> str:
     return re.sub(r"[^a-z0-9]+", "-", name.replace("nvidia", "")).strip("-") or "cuda"
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def _is_oom(exc: BaseException) -> bool:
-    oom = getattr(torch.cuda, "OutOfMemoryError", ())
-    return (oom and isinstance(exc, oom)) or "out of memory" in str(exc).lower()
-
-
-def _free(device: torch.device) -> None:
-    gc.collect()
-    if device.type == "cuda":
-        torch.cuda.empty_cache()
-
-
-def _time_ms(fn: Callable[[], None], device: torch.device, warmup: int, repeats: int) -> list[float]:
-    for _ in range(warmup):
-        fn()
-    _sync(device)
-    times = []
-    for _ in range(repeats):
-        if device.type == "cuda":
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            fn()
-            end.record()
-            torch.cuda.synchronize(device)
-            times.append(start.elapsed_time(end))
-        else:
-            t0 = time.perf_counter()
-            fn()
-            times.append((time.perf_counter() - t0) * 1e3)
-    return times
-
-
-_PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
-
-
-def _peak_mib(fn: Callable[[], None], device: torch.device) -> float:
-    """Peak memory above the current allocation while ``fn`` runs once, in MiB
-    (``autotune.measure.peak_memory``). The layout cache is emptied first, so the run is a cold
+def _peak_mib(fn: Callable[[], None], device: torch.device) -> tuple[float, str]:
+    """(peak memory above the current allocation while ``fn`` runs once in MiB, method)
+    (``kernels.measure.peak_memory``). The layout cache is emptied first, so the run is a cold
     call that counts the workspaces a sparse backend allocates per layout and keeps."""
     layout_for.cache_clear()
-    _free(device)
-    nbytes, _method = peak_memory(fn, device=device.type)
-    return nbytes / 2**20
+    release_memory(device)
+    res = peak_memory(fn, device=device)
+    return res.mib, res.method
 
 
 @contextmanager
@@ -185,19 +150,9 @@ def _without_attention_modules(block: EvoformerBlock, include_col: bool):
             del mod.forward
 
 
-def _pass_fn(block: EvoformerBlock, m: torch.Tensor, z: torch.Tensor, mode: str) -> Callable[[], None]:
-    if mode == "fwd":
-        def fwd() -> None:
-            with torch.no_grad():
-                block(m, z)
-        return fwd
-
-    def fwd_bwd() -> None:
-        om, oz = block(m, z)
-        (om.float().sum() + oz.float().sum()).backward()
-        for p in block.parameters():
-            p.grad = None
-    return fwd_bwd
+# Kept for compatibility: the trial imported this private name; the public one is
+# `autotune.evoformer.passes.block_pass`.
+_pass_fn = block_pass
 
 
 # ---- the benchmark -----------------------------------------------------------------------------------
@@ -231,18 +186,154 @@ def _max_len(block, attention, start_L: int, depth: int, dims: dict, mode: str, 
         try:
             m = torch.randn(depth, L, dims["c_m"], dtype=dtype, device=device)
             z = torch.randn(L, L, dims["c_z"], dtype=dtype, device=device)
-            _pass_fn(block, m, z, mode)()
-            _sync(device)
+            block_pass(block, m, z, mode)()
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
             best = L
         except Exception as exc:  # noqa: BLE001
-            if not _is_oom(exc):
+            if not is_oom(exc):
                 raise
             break
         finally:
             m = z = None
-            _free(device)
+            release_memory(device)
         L *= 2
     return best
+
+
+@dataclass
+class BenchSettings:
+    """The resolved arguments of one `run_evoformer_bench` call (defaults filled in by `_settings`)."""
+
+    device: torch.device
+    dtype: torch.dtype
+    depth: int
+    lengths: list[int]
+    dims: dict
+    kinds: Sequence[str]
+    patterns: Optional[Sequence[PatternConfig]]
+    sparsities: Sequence[float]
+    tuned: Any
+    sparse_backend: str
+    block_size: Optional[int]
+    modes: Sequence[str]
+    warmup: int
+    repeats: int
+    measure_share: bool
+    measure_memory: bool
+    find_max_len: bool
+    max_len_limit: int
+    seed: int
+    verbose: bool
+
+    @property
+    def tag(self) -> str:
+        return device_tag(self.device)
+
+    def log(self, msg: str) -> None:
+        if self.verbose:
+            print(msg, file=sys.stderr, flush=True)
+
+
+def _settings(lengths, depth, device, dtype, dims, tuned, modes, **rest) -> BenchSettings:
+    """Defaults by device: CUDA (bf16, depth 128, L = 256..2048) or CPU (float32, depth 16, L = 64..256);
+    a ``tuned`` path is loaded; an unknown mode is a ValueError."""
+    device = torch.device(device if device is not None else ("cuda" if torch.cuda.is_available() else "cpu"))
+    on_gpu = device.type == "cuda"
+    if isinstance(tuned, (str, os.PathLike)):
+        from patterns.tuned import load_tuned
+
+        tuned = load_tuned(tuned)
+    for mode in modes:
+        if mode not in PASS_MODES:
+            raise ValueError(f"mode must be 'fwd' or 'fwd+bwd', got {mode!r}")
+    return BenchSettings(
+        device=device, dtype=dtype or (torch.bfloat16 if on_gpu else torch.float32), depth=depth or (128 if on_gpu else 16),
+        lengths=list(lengths or ((256, 512, 1024, 2048) if on_gpu else (64, 128, 256))),
+        dims={**dict(c_m=256, c_z=128), **(dims or {})}, tuned=tuned, modes=modes, **rest,
+    )
+
+
+def _timed(fn: Callable[[], None], st: BenchSettings, label: str) -> tuple[str, Optional[Timing]]:
+    """(status, timing) of ``fn``: ``ok``, ``oom`` (out of memory) or ``unavailable: <error>``
+    (NotImplementedError / ImportError: a backend this machine lacks); any other error is raised."""
+    try:
+        return "ok", measure_time(fn, device=st.device, warmup=st.warmup, repeats=st.repeats)
+    except Exception as exc:  # noqa: BLE001
+        release_memory(st.device)
+        if is_oom(exc):
+            st.log(f"  {label}: out of memory")
+            return "oom", None
+        if isinstance(exc, (NotImplementedError, ImportError)):
+            st.log(f"  {label}: unavailable ({exc})")
+            return f"unavailable: {type(exc).__name__}", None
+        raise
+
+
+def _share_baselines(block: EvoformerBlock, fn: Callable[[], None], st: BenchSettings, where: str) -> dict[str, float]:
+    """Median times (ms) of the SDPA block without its row and triangle attentions (``attn3``),
+    without all four (``attn4``), and with identity attention cores (``core``); NaN if one fails."""
+    base: dict[str, float] = {}
+    block.set_attention("sdpa")
+    for key, col in (("attn3", False), ("attn4", True)):
+        with _without_attention_modules(block, col):
+            _, t = _timed(fn, st, f"{where} no-{key}")
+        base[key] = t.median_ms if t else float("nan")
+    block.set_attention("identity")
+    _, t = _timed(fn, st, f"{where} identity-core")
+    base["core"] = t.median_ms if t else float("nan")
+    return base
+
+
+def _variant_row(block: EvoformerBlock, fn: Callable[[], None], variant, L: int, mode: str, base: dict,
+                 st: BenchSettings) -> dict:
+    """Time one variant's pass (and its peak memory, maximum length); its CSV row without speedups."""
+    name, attention, cfg = variant
+    block.set_attention(attention)
+    status, t = _timed(fn, st, f"L={L} {mode} {name}")
+    med = t.median_ms if t else float("nan")
+    peak, mem_method = float("nan"), ""
+    if status == "ok" and st.measure_memory:
+        try:
+            peak, mem_method = _peak_mib(fn, st.device)
+        except Exception as exc:  # noqa: BLE001
+            if not is_oom(exc):
+                raise
+            release_memory(st.device)
+    share = {k: (1 - base[k] / med if st.measure_share else float("nan")) for k in ("attn3", "attn4", "core")}
+    row = {
+        "device": st.tag, "dtype": str(st.dtype).replace("torch.", ""), "threads": torch.get_num_threads(),
+        "L": L, "depth": st.depth, "mode": mode, "variant": name, "pattern": _pattern_str(cfg),
+        "sparsity": round(layout_for(cfg, L).sparsity, 4) if cfg is not None else 0.0,
+        "status": status, "median_ms": med, "min_ms": t.min_ms if t else float("nan"), "peak_mib": peak,
+        "attn3_share": share["attn3"], "attn4_share": share["attn4"], "core_share": share["core"], "max_len": "",
+        "timer": timer_method(st.device), "memory_method": mem_method,
+    }
+    if st.find_max_len and st.device.type == "cuda":
+        row["max_len"] = _max_len(block, attention, max(st.lengths), st.depth, st.dims, mode, st.dtype, st.device,
+                                  st.max_len_limit)
+    st.log(f"  L={L} {mode} {name}: {med:.2f} ms, {peak:.1f} MiB")
+    return row
+
+
+def _bench_length(block: EvoformerBlock, L: int, st: BenchSettings) -> list[dict]:
+    """Every (mode, variant) row at length L, on inputs drawn from ``seed + L``; speedups are ratios
+    of the medians within one mode."""
+    gen = torch.Generator(device="cpu").manual_seed(st.seed + L)
+    m = torch.randn(st.depth, L, st.dims["c_m"], generator=gen).to(device=st.device, dtype=st.dtype)
+    z = torch.randn(L, L, st.dims["c_z"], generator=gen).to(device=st.device, dtype=st.dtype)
+    variants = _variants(st.kinds, L, st.patterns, st.sparsities, st.tuned, st.sparse_backend, st.block_size)
+    rows: list[dict] = []
+    for mode in st.modes:
+        fn = block_pass(block, m, z, mode)
+        base = _share_baselines(block, fn, st, f"L={L} {mode}") if st.measure_share else {}
+        mode_rows = [_variant_row(block, fn, v, L, mode, base, st) for v in variants]
+        ref = {r["variant"]: r["median_ms"] for r in mode_rows}
+        for r in mode_rows:
+            r["speedup_vs_sdpa"] = ref.get("sdpa", float("nan")) / r["median_ms"]
+            r["speedup_vs_naive"] = ref.get("naive", float("nan")) / r["median_ms"]
+        rows.extend(mode_rows)
+    return rows
 
 
 def run_evoformer_bench(
@@ -276,103 +367,24 @@ def run_evoformer_bench(
     ``tuned``: a TunedPatterns or a path for ``patterns.tuned.load_tuned``. ``csv_path``: None
     writes ``benchmarks/results/evoformer-<device>.csv``, False writes nothing.
     """
-    device = torch.device(device if device is not None else ("cuda" if torch.cuda.is_available() else "cpu"))
-    on_gpu = device.type == "cuda"
-    dtype = dtype or (torch.bfloat16 if on_gpu else torch.float32)
-    depth = depth or (128 if on_gpu else 16)
-    lengths = list(lengths or ((256, 512, 1024, 2048) if on_gpu else (64, 128, 256)))
-    dims = {**dict(c_m=256, c_z=128), **(dims or {})}
-    if isinstance(tuned, (str, os.PathLike)):
-        from patterns.tuned import load_tuned
-
-        tuned = load_tuned(tuned)
-    for mode in modes:
-        if mode not in ("fwd", "fwd+bwd"):
-            raise ValueError(f"mode must be 'fwd' or 'fwd+bwd', got {mode!r}")
-
+    st = _settings(lengths, depth, device, dtype, dims, tuned, modes, kinds=kinds, patterns=patterns,
+                   sparsities=sparsities, sparse_backend=sparse_backend, block_size=block_size, warmup=warmup,
+                   repeats=repeats, measure_share=measure_share, measure_memory=measure_memory,
+                   find_max_len=find_max_len, max_len_limit=max_len_limit, seed=seed, verbose=verbose)
     torch.manual_seed(seed)
-    block = EvoformerBlock(**dims).to(device=device, dtype=dtype)
-    tag = device_tag(device)
-    rows: list[dict] = []
+    block = EvoformerBlock(**st.dims).to(device=st.device, dtype=st.dtype)
     path = None
     if csv_path is not False:
-        path = Path(csv_path) if csv_path else Path("benchmarks") / "results" / f"evoformer-{tag}.csv"
-
-    def log(msg: str) -> None:
-        if verbose:
-            print(msg, file=sys.stderr, flush=True)
-
-    for L in lengths:
-        gen = torch.Generator(device="cpu").manual_seed(seed + L)
-        m = torch.randn(depth, L, dims["c_m"], generator=gen).to(device=device, dtype=dtype)
-        z = torch.randn(L, L, dims["c_z"], generator=gen).to(device=device, dtype=dtype)
-        variants = _variants(kinds, L, patterns, sparsities, tuned, sparse_backend, block_size)
-        for mode in modes:
-            fn = _pass_fn(block, m, z, mode)
-
-            def timed(label: str) -> tuple[str, list[float]]:
-                try:
-                    return "ok", _time_ms(fn, device, warmup, repeats)
-                except Exception as exc:  # noqa: BLE001
-                    _free(device)
-                    if _is_oom(exc):
-                        log(f"  L={L} {mode} {label}: out of memory")
-                        return "oom", []
-                    if isinstance(exc, (NotImplementedError, ImportError)):
-                        log(f"  L={L} {mode} {label}: unavailable ({exc})")
-                        return f"unavailable: {type(exc).__name__}", []
-                    raise
-
-            base: dict[str, float] = {}
-            if measure_share:
-                block.set_attention("sdpa")
-                for key, col in (("attn3", False), ("attn4", True)):
-                    with _without_attention_modules(block, col):
-                        st, t = timed(f"no-{key}")
-                    base[key] = statistics.median(t) if t else float("nan")
-                block.set_attention("identity")
-                st, t = timed("identity-core")
-                base["core"] = statistics.median(t) if t else float("nan")
-
-            mode_rows = []
-            for name, attention, cfg in variants:
-                block.set_attention(attention)
-                status, times = timed(name)
-                med = statistics.median(times) if times else float("nan")
-                peak = float("nan")
-                if status == "ok" and measure_memory:
-                    try:
-                        peak = _peak_mib(fn, device)
-                    except Exception as exc:  # noqa: BLE001
-                        if not _is_oom(exc):
-                            raise
-                        _free(device)
-                row = {
-                    "device": tag, "dtype": str(dtype).replace("torch.", ""), "threads": torch.get_num_threads(),
-                    "L": L, "depth": depth, "mode": mode, "variant": name, "pattern": _pattern_str(cfg),
-                    "sparsity": round(layout_for(cfg, L).sparsity, 4) if cfg is not None else 0.0,
-                    "status": status, "median_ms": med, "min_ms": min(times) if times else float("nan"),
-                    "peak_mib": peak,
-                    "attn3_share": 1 - base["attn3"] / med if measure_share else float("nan"),
-                    "attn4_share": 1 - base["attn4"] / med if measure_share else float("nan"),
-                    "core_share": 1 - base["core"] / med if measure_share else float("nan"),
-                    "max_len": "",
-                }
-                if find_max_len and on_gpu:
-                    row["max_len"] = _max_len(block, attention, max(lengths), depth, dims, mode, dtype, device, max_len_limit)
-                log(f"  L={L} {mode} {name}: {med:.2f} ms, {peak:.1f} MiB")
-                mode_rows.append(row)
-            ref = {r["variant"]: r["median_ms"] for r in mode_rows}
-            for r in mode_rows:
-                r["speedup_vs_sdpa"] = ref.get("sdpa", float("nan")) / r["median_ms"]
-                r["speedup_vs_naive"] = ref.get("naive", float("nan")) / r["median_ms"]
-            rows.extend(mode_rows)
-        m = z = None
-        _free(device)
-        if path is not None:  # rewritten after every length, so partial results survive
-            _write_csv(path, rows)
-    block.set_attention(None)
-
+        path = Path(csv_path) if csv_path else Path("benchmarks") / "results" / f"evoformer-{st.tag}.csv"
+    rows: list[dict] = []
+    try:
+        for L in st.lengths:
+            rows.extend(_bench_length(block, L, st))
+            release_memory(st.device)
+            if path is not None:  # rewritten after every length, so partial results survive
+                _write_csv(path, rows)
+    finally:
+        block.set_attention(None)
     return rows
 
 
