@@ -1,17 +1,13 @@
-"""The CPU backend: the fastest correct block-sparse attention on a CPU.
+"""The CPU backend's SDPA-bucket engine: block-sparse attention as a few fused SDPA calls.
 
     O = softmax(Q K^T * scale + bias, masked to the layout) V      (exactly ``reference_attention``)
 
-``cpu_sparse_attention`` picks one of three engines:
+The CPU backend (``kernels.cpu``) uses this engine where its fused C kernel cannot run: float64,
+head dims other than 8/16/32/64, block sizes other than 16/32/64/128, or no C compiler on the
+machine. ``kernels.dense`` also answers non-finite inputs on a sparse layout with it. It runs on any
+device ``scaled_dot_product_attention`` runs on (CUDA tensors too).
 
-* a full layout: ``scaled_dot_product_attention`` with the bias (the dense baseline itself, so the
-  backend is never slower than dense at 0% sparsity);
-* float32 (and half, computed in float32) with head dim 8/16/32/64: the fused C kernel of
-  ``kernels.cpu_fused`` (one pass over the kept tiles, bias read in place, no gathered buffers);
-* otherwise (float64, other head dims, or no C compiler on the machine): the SDPA-bucket engine
-  below, ``bucket_sparse_attention``.
-
-SDPA-bucket engine design:
+Design:
 
 * Query block rows are split into a few groups, not into runs of consecutive rows:
   - the full rows (every key block kept, e.g. global tokens) form one dense SDPA call: their query
@@ -33,25 +29,27 @@ SDPA-bucket engine design:
 * With a ragged L the bias is padded once to whole blocks (-inf on the padded keys); without a bias
   a small cached key mask does the same. Rows are put back in order with one index_select; a row
   with no kept key block gives zeros (never NaN, forward or backward).
-* A full layout calls SDPA directly with the contiguous bias (the dense baseline is the best plan
-  there), so it is never slower than dense. Per-head layouts run the same plan per head.
+* Per-head layouts run the same plan per head.
+
+Plans: the buckets are cut on the host from the layout's compact index (``kernels.plans.host_index``:
+the layout's own for a CPU layout, one copy per layout for a layout built on a GPU) and their
+index tensors are moved once to the device of q; they are kept per (layout, device of q, B*H) in
+the one plan cache (``kernels.plans``, cleared by ``kernels.clear_plan_caches()``). So a layout on
+another device than q (a guided layout built on the GPU given to CPU tensors, a CPU layout given to
+CUDA tensors) gives the same answer, and costs one host transfer of its index per layout, none per
+call after the first. A layout on the ``meta`` device is refused with a ValueError.
 
 Non-finite values follow ``kernels/reference.py`` (only the kept tiles are gathered, so values
 outside the layout are never read). Where SDPA alone would differ, a check over v (O(L*D)) picks an
 exact path: when v holds NaN/inf, a row whose logits are all -inf would get 0 * NaN from SDPA, so
-the groups are computed by ``_sdpa``'s plain-op path (materialised logits per group), and a padded
+the groups are computed by ``sdpa``'s plain-op path (materialised logits per group), and a padded
 slot's bias gradient (0 * inf there) is dropped; a NaN/inf scale keeps rows without keys out of
-the scaled q's gradient. Finite inputs take exactly the SDPA path above.
-
-Under ``torch.compile`` the fused kernel is a registered op (``kernels.cpu_fused``), the layout's
-fullness is a constant of the layout object (``_is_full``), and a full layout with a bias picks SDPA
-or the exact path above with ``torch.cond`` on the finiteness of v: no graph break. The bucket
-engine's data-dependent checks (empty layout, finite v) still break the graph.
+the scaled q's gradient. Finite inputs take exactly the SDPA path above. The engine's data-dependent
+checks (empty layout, finite v) break a ``torch.compile`` graph.
 
 Gradients: q, k, v through autograd of the gathers and SDPA; the bias through ``_BiasGather``, a
 custom autograd.Function that gathers the bias of all groups at once and in backward adds every
 group's gradient into one bias-sized buffer (one ``index_add_`` per bucket).
-The plans (groups, index tensors) are cached per (layout, device, B*H) in a weak dictionary.
 Half-precision inputs are computed in float32, like the reference.
 ``torch.set_num_threads`` is left to the caller.
 """
@@ -60,7 +58,6 @@ from __future__ import annotations
 
 import math
 import threading
-import weakref
 from dataclasses import dataclass, field
 from typing import Optional
 
@@ -69,11 +66,10 @@ import torch.nn.functional as F
 
 from patterns import BlockLayout
 
-from . import cpu_fused
+from .plans import host_index, layout_plans
 from .reference import compute_dtype, resolve_scale
-from .compile_marks import assume_constant_result
 
-__all__ = ["cpu_sparse_attention", "bucket_sparse_attention"]
+__all__ = ["bucket_sparse_attention", "sdpa"]
 
 
 # A bucket may pad its rows by at most this fraction of its largest count (more rows of a lower
@@ -107,9 +103,6 @@ class _Plan:
     buckets: list
     inverse: torch.Tensor      # [nb] position of each query block in cat(group outputs, zero block)
     work: dict = field(default_factory=dict)  # reusable no-grad buffers, per thread
-
-
-_PLANS: "weakref.WeakKeyDictionary[BlockLayout, dict]" = weakref.WeakKeyDictionary()
 
 
 def _make_plan(counts: torch.Tensor, indices: torch.Tensor, bs: int, nb: int, hb: int, device) -> _Plan:
@@ -164,11 +157,13 @@ def _make_plan(counts: torch.Tensor, indices: torch.Tensor, bs: int, nb: int, hb
 
 
 def _plans(layout: BlockLayout, device: torch.device, bh: int) -> list[_Plan]:
-    per_layout = _PLANS.setdefault(layout, {})
-    key = (str(device), bh)
+    """The layout's bucket plans (one per layout head) for inputs on ``device`` with ``bh``
+    (batch x heads) rows of the bias, cut on the host and kept in ``kernels.plans``."""
+    counts, indices = host_index(layout)[:2]
+    per_layout = layout_plans(counts)
+    key = ("bucket", str(device), bh)
     if key not in per_layout:
         bs, nb = layout.block_size, layout.n_blocks
-        counts, indices = layout.kv_counts, layout.kv_indices
         per_layout[key] = [_make_plan(counts[h], indices[h], bs, nb, bh, device) for h in range(counts.shape[0])]
     return per_layout[key]
 
@@ -272,7 +267,7 @@ def _key_mask(bk: _Bucket, H: int, bs: int, L: int, ref: torch.Tensor) -> torch.
 
 def _attend_plan(q, k, v, bias, plan: _Plan, bs: int, L: int, exact: bool = False) -> torch.Tensor:
     """q, k, v [B, H, Lp, D] (q already scaled, zero-padded past L); bias [Bb, Hb, Lp, Lp] (-inf on
-    keys past L) or None; ``exact``: v holds NaN/inf (see ``_sdpa``)."""
+    keys past L) or None; ``exact``: v holds NaN/inf (see ``sdpa``)."""
     B, H, Lp, D = q.shape
     nb = Lp // bs
     q5, k5, v5 = q.view(B, H, nb, bs, D), k.view(B, H, nb, bs, D), v.view(B, H, nb, bs, D)
@@ -298,7 +293,7 @@ def _attend_plan(q, k, v, bias, plan: _Plan, bs: int, L: int, exact: bool = Fals
         elif Lp != L:
             mask = torch.zeros(1, 1, 1, Lp, dtype=q.dtype, device=q.device)
             mask[..., L:] = float("-inf")
-        o = _sdpa(qf, k, v, mask, 1.0, exact)
+        o = sdpa(qf, k, v, mask, 1.0, exact)
         outs.append(o.view(B, H, -1, bs, D))
     reuse = plan if not grad_mode else None
     for i, bk in enumerate(plan.buckets):
@@ -321,14 +316,14 @@ def _attend_plan(q, k, v, bias, plan: _Plan, bs: int, L: int, exact: bool = Fals
             mask = _key_mask(bk, H, bs, L, q)
         else:
             mask = None
-        o = _sdpa(qg, kv[0], kv[1], mask, 1.0, exact)
+        o = sdpa(qg, kv[0], kv[1], mask, 1.0, exact)
         outs.append(o.view(B, H, nq, bs, D))
     outs.append(q.new_zeros(B, H, 1, bs, D))
     out = torch.cat(outs, dim=2).index_select(2, plan.inverse)                # [B, H, nb, bs, D]
     return out.view(B, H, Lp, D)
 
 
-def _sdpa(q, k, v, mask, scale: float, exact: bool) -> torch.Tensor:
+def sdpa(q, k, v, mask, scale: float, exact: bool) -> torch.Tensor:
     """softmax(q k^T * scale + mask) v: ``scaled_dot_product_attention``, or with ``exact`` (v holds
     NaN/inf) the same in plain ops. SDPA gives a row whose logits are all -inf P = 0, hence 0 * NaN =
     NaN in P V and in its backward (dP = dO V^T); the semantics of ``kernels/reference.py`` want
@@ -363,54 +358,9 @@ class _Zeros(torch.autograd.Function):
         return (None, *grads)
 
 
-def cpu_sparse_attention(
-    q: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
-    layout: BlockLayout,
-    bias: Optional[torch.Tensor] = None,
-    *,
-    scale: Optional[float] = None,
-) -> torch.Tensor:
-    """softmax(q k^T * scale + bias) v over ``layout``'s pairs; q, k, v [B, H, L, D], bias
-    broadcasting to [B, H, L, L]. Differentiable in q, k, v and bias."""
-    ct = compute_dtype(q.dtype)
-    if _is_full(layout):
-        out_dtype = q.dtype
-        q, k, v = q.to(ct), k.to(ct), v.to(ct)
-        mask = None if bias is None else bias.to(ct).contiguous()
-        sc = resolve_scale(q.shape[-1], scale)
-        if mask is not None and torch.compiler.is_compiling():
-            # the finiteness of v is data: torch.compile traces both paths and picks one at run time
-            return torch.cond(
-                torch.isfinite(v).all(),
-                lambda q_, k_, v_, m_: _sdpa(q_, k_, v_, m_, sc, False),
-                lambda q_, k_, v_, m_: _sdpa(q_, k_, v_, m_, sc, True),
-                (q, k, v, mask),
-            ).to(out_dtype)
-        exact = bias is not None and not bool(torch.isfinite(v).all())
-        return _sdpa(q, k, v, mask, sc, exact).to(out_dtype)
-    if ct == torch.float32 and cpu_fused.supports(q, layout):
-        return cpu_fused.fused_sparse_attention(q, k, v, layout, bias, scale=scale)
-    return bucket_sparse_attention(q, k, v, layout, bias, scale=scale)
-
-
-@assume_constant_result
-def _is_full(layout: BlockLayout) -> bool:
-    """``layout.is_full``, read by torch.compile as a constant of the layout (a data-dependent
-    ``bool`` of its mask would break the graph; the compiled code is guarded on the layout object).
-    A sparse layout also gets its compact index built here (``index_on("cpu")``, cached by the
-    layout), so that a compiled call reads it as graph inputs instead of tracing its construction
-    (which would compile the function a second time once the index is cached)."""
-    if layout.is_full:
-        return True
-    layout.index_on("cpu")
-    return False
-
-
-def _rows_with_keys(layout: BlockLayout, L: int, device) -> torch.Tensor:
+def _rows_with_keys(kv_counts: torch.Tensor, bs: int, L: int, device) -> torch.Tensor:
     """[lh, L, 1] bool: query rows that keep at least one key block (lh = 1 or the layout's heads)."""
-    rows = (layout.kv_counts > 0).repeat_interleave(layout.block_size, dim=-1)[:, :L]
+    rows = (kv_counts > 0).repeat_interleave(bs, dim=-1)[:, :L]
     return rows.unsqueeze(-1).to(device)
 
 
@@ -433,14 +383,15 @@ def bucket_sparse_attention(
     if bias is not None:
         bias = bias.to(ct)
     bs = layout.block_size
-    if not bool(layout.block_mask.any()):
+    kv_counts = host_index(layout)[0]  # on the host: no device sync per call for a GPU layout
+    if not bool(kv_counts.any()):
         return _Zeros.apply((B, H, L, D), q, k, v, bias).to(out_dtype)
     Lp = layout.n_blocks * bs
     if math.isfinite(scale):
         q = q * scale
     else:
         # rows with no kept key never read q; keep a NaN/inf scale out of their (zero) gradient
-        q = torch.where(_rows_with_keys(layout, L, q.device), q, torch.zeros((), dtype=q.dtype, device=q.device)) * scale
+        q = torch.where(_rows_with_keys(kv_counts, bs, L, q.device), q, torch.zeros((), dtype=q.dtype, device=q.device)) * scale
     if Lp != L:  # zero-pad the ragged tail to whole blocks (cheap: D is small)
         q, k, v = (F.pad(t, (0, 0, 0, Lp - L)) for t in (q, k, v))
     if bias is not None:

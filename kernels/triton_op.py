@@ -34,11 +34,12 @@ import os
 from typing import Optional
 
 import torch
-from torch.utils.weak import WeakTensorKeyDictionary
 
 from patterns import BlockLayout
 
+from .backends import TRITON_DTYPES, TRITON_HEAD_DIMS
 from .config import SHARED_MEMORY_LIMIT, KernelConfig, default_backward_config, fit_stages, shared_memory_bytes
+from .plans import layout_plans
 from .reference import resolve_scale
 from .triton_kernels import (
     LOG2E,
@@ -51,8 +52,8 @@ from .triton_kernels import (
 
 __all__ = ["triton_sparse_attention", "SUPPORTED_HEAD_DIMS", "SUPPORTED_DTYPES"]
 
-SUPPORTED_HEAD_DIMS: tuple[int, ...] = (8, 16, 32, 64)
-SUPPORTED_DTYPES: tuple[torch.dtype, ...] = (torch.float32, torch.float16, torch.bfloat16)
+SUPPORTED_HEAD_DIMS: tuple[int, ...] = TRITON_HEAD_DIMS  # the registry's record (kernels.backends)
+SUPPORTED_DTYPES: tuple[torch.dtype, ...] = tuple(getattr(torch, name) for name in TRITON_DTYPES)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -110,23 +111,17 @@ def _check_fits(q: torch.Tensor, cfg: KernelConfig, bcfg: KernelConfig) -> None:
             )
 
 
-_TILE_ORDERS = WeakTensorKeyDictionary()  # counts tensor -> {(version, block, tile): order}
-
-
 def _tile_order(counts: torch.Tensor, block_size: int, tile: int) -> torch.Tensor:
     """int32 [layout heads, n_tiles]: the tiles of each layout head, most kept blocks first (stable,
-    so equal rows keep their order). Cached per counts tensor (the layout's device index is built
-    once per layout and device), so a call launches no sorting kernels after the first."""
-    key = (counts._version, block_size, tile)
-    per_counts = _TILE_ORDERS.get(counts)
-    if per_counts is not None and key in per_counts:
-        return per_counts[key]
-    per_tile = counts.repeat_interleave(block_size // tile, dim=1)
-    order = torch.argsort(per_tile, dim=1, descending=True, stable=True).to(torch.int32).contiguous()
-    if per_counts is None:
-        per_counts = {}
-        _TILE_ORDERS[counts] = per_counts
-    per_counts[key] = order
+    so equal rows keep their order). Kept with the layout's plans (``kernels.plans``, keyed by the
+    counts tensor: the layout's device index is built once per layout and device), so a call
+    launches no sorting kernels after the first."""
+    plans = layout_plans(counts)
+    key = ("triton-tile-order", counts._version, block_size, tile)
+    order = plans.get(key)
+    if order is None:
+        per_tile = counts.repeat_interleave(block_size // tile, dim=1)
+        order = plans[key] = torch.argsort(per_tile, dim=1, descending=True, stable=True).to(torch.int32).contiguous()
     return order
 
 
@@ -154,6 +149,10 @@ class _device_ctx:
 
 
 def _common(q: torch.Tensor, kv_counts: torch.Tensor, block_size: int):
+    if kv_counts.device != q.device:
+        # the kernels read the index through device pointers: it must live where q does
+        raise ValueError(f"triton backend: the layout's index is on {kv_counts.device} but q is on {q.device} "
+                         "(pass BlockLayout.index_on(q.device))")
     B, H, L, D = q.shape
     nb = kv_counts.shape[-1]
     layout_head_stride = 1 if kv_counts.shape[0] > 1 else 0
