@@ -65,6 +65,7 @@ from patterns import BlockLayout
 
 from .backends import FUSED_CPU_HEAD_DIMS, LAYOUT_BLOCK_SIZES
 from .compile_marks import assume_constant_result
+from .opdefs import declare_attention_ops
 from .plans import host_index, layout_plans, shared
 from .reference import resolve_scale
 
@@ -427,86 +428,26 @@ def _group_items(q_counts: torch.Tensor, gB: int, gH: int, B: int, H: int) -> to
 
 
 # ---- custom ops (what torch.compile sees) ---------------------------------------------------------
-@torch.library.custom_op("sparse_autotune::cpu_block_sparse_attention_fwd", mutates_args=(), device_types="cpu")
-def cpu_block_sparse_attention_fwd(
-    q: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
-    bias: Optional[torch.Tensor],
-    kv_counts: torch.Tensor,
-    kv_indices: torch.Tensor,
-    q_counts: torch.Tensor,
-    q_indices: torch.Tensor,
-    block_size: int,
-    seq_len: int,
-    scale: float,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Forward of the fused kernel: (out float32 [B, H, L, D], lse float32 [B, H, nb*block_size]).
-    q, k, v float32 CPU [B, H, L, D] (L == seq_len); bias None or float32 [1 or B, 1 or H, L, L];
-    the layout's compact index (``BlockLayout.index_on``). q_counts / q_indices are read by the
-    backward only; they are inputs so that autograd can save them."""
-    return _fwd_impl(q, k, v, bias, (kv_counts, kv_indices, q_counts, q_indices), block_size, seq_len, scale)
-
-
-@cpu_block_sparse_attention_fwd.register_fake
-def _(q, k, v, bias, kv_counts, kv_indices, q_counts, q_indices, block_size, seq_len, scale):
+def _fwd_fake(q, k, v, bias, index, block_size, seq_len, scale):
     B, H, _, _ = q.shape
-    return q.new_empty(q.shape), q.new_empty((B, H, kv_counts.shape[-1] * block_size))
+    return q.new_empty(q.shape), q.new_empty((B, H, index[0].shape[-1] * block_size))
 
 
-@torch.library.custom_op("sparse_autotune::cpu_block_sparse_attention_bwd", mutates_args=(), device_types="cpu")
-def cpu_block_sparse_attention_bwd(
-    grad_out: torch.Tensor,
-    q: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
-    out: torch.Tensor,
-    lse: torch.Tensor,
-    bias: Optional[torch.Tensor],
-    kv_counts: torch.Tensor,
-    kv_indices: torch.Tensor,
-    q_counts: torch.Tensor,
-    q_indices: torch.Tensor,
-    block_size: int,
-    seq_len: int,
-    scale: float,
-    compute_dbias: bool,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Backward of the fused kernel (FlashAttention-2 style, deterministic): (dq, dk, dv, dbias);
-    dbias has bias's shape when ``compute_dbias`` and a bias is given, otherwise it is empty."""
-    return _bwd_impl(grad_out, q, k, v, out, lse, bias, (kv_counts, kv_indices, q_counts, q_indices),
-                     block_size, seq_len, scale, compute_dbias)
-
-
-@cpu_block_sparse_attention_bwd.register_fake
-def _(grad_out, q, k, v, out, lse, bias, kv_counts, kv_indices, q_counts, q_indices, block_size, seq_len, scale, compute_dbias):
-    dq, dk, dv = q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape)
-    dbias = bias.new_empty(bias.shape) if compute_dbias and bias is not None else q.new_empty((0,))
-    return dq, dk, dv, dbias
-
-
-def _setup_context(ctx, inputs, output):
-    q, k, v, bias, kv_counts, kv_indices, q_counts, q_indices, block_size, seq_len, scale = inputs
-    out, lse = output
-    ctx.save_for_backward(q, k, v, out, lse, bias, kv_counts, kv_indices, q_counts, q_indices)
-    ctx.params = (block_size, seq_len, scale)
-    ctx.has_bias = bias is not None
-
-
-def _backward(ctx, grad_out, grad_lse):
-    q, k, v, out, lse, bias, kv_counts, kv_indices, q_counts, q_indices = ctx.saved_tensors
-    block_size, seq_len, scale = ctx.params
-    compute_dbias = bool(ctx.has_bias and ctx.needs_input_grad[3])
-    if grad_out is None:
-        grad_out = torch.zeros_like(out)
-    dq, dk, dv, dbias = cpu_block_sparse_attention_bwd(
-        grad_out, q, k, v, out, lse, bias, kv_counts, kv_indices, q_counts, q_indices,
-        block_size, seq_len, scale, compute_dbias,
-    )
-    return dq, dk, dv, (dbias if compute_dbias else None), None, None, None, None, None, None, None
-
-
-cpu_block_sparse_attention_fwd.register_autograd(_backward, setup_context=_setup_context)
+# Forward: (out float32 [B, H, L, D], lse float32 [B, H, nb*block_size]) from float32 CPU q, k, v
+# [B, H, L, D] (L == seq_len), bias None or float32 [1 or B, 1 or H, L, L] and the layout's compact
+# index (``BlockLayout.index_on``). Backward (FlashAttention-2 style, deterministic): (dq, dk, dv,
+# dbias). Argument lists and autograd shared with the Triton ops (``kernels.opdefs``).
+cpu_block_sparse_attention_fwd, cpu_block_sparse_attention_bwd = declare_attention_ops(
+    "sparse_autotune::cpu_block_sparse_attention_fwd",
+    "sparse_autotune::cpu_block_sparse_attention_bwd",
+    forward_params="int block_size, int seq_len, float scale",
+    backward_params="int block_size, int seq_len, float scale",
+    forward=_fwd_impl,
+    forward_fake=_fwd_fake,
+    backward=_bwd_impl,
+    backward_args=lambda params: params,
+    device_types="cpu",
+)
 
 
 def fused_sparse_attention(
