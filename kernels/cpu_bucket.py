@@ -24,8 +24,10 @@ Design:
 * The bias of the kept pairs is read with one ``index_select`` over the bias seen as rows of
   ``bs`` contiguous elements ([Bb, Hb, L*nb, bs]): cost proportional to the kept pairs, 256-byte
   runs. A bias broadcast over B is never expanded (SDPA broadcasts it). No [B, H, L, L] copy is made.
-* Without autograd the gathered buffers (bias, keys, values) are reused from call to call (kept with
-  the plan, per thread): a fresh multi-MB buffer costs more in page faults than the copy itself.
+* Without autograd the gathered buffers (bias, keys, values) are reused from call to call (per
+  thread, grown when needed): a fresh multi-MB buffer costs more in page faults than the copy
+  itself. They are kept with the plan, or for guided layouts in the workspace all layouts of one
+  config share (``BlockLayout.workspace``), so that a new layout per forward reuses them too.
 * With a ragged L the bias is padded once to whole blocks (-inf on the padded keys); without a bias
   a small cached key mask does the same. Rows are put back in order with one index_select; a row
   with no kept key block gives zeros (never NaN, forward or backward).
@@ -168,16 +170,20 @@ def _plans(layout: BlockLayout, device: torch.device, bh: int) -> list[_Plan]:
     return per_layout[key]
 
 
-def _buffer(plan: Optional[_Plan], name, shape, like: torch.Tensor) -> Optional[torch.Tensor]:
-    """A reusable buffer kept with the plan (no-grad calls only; None otherwise: allocate fresh)."""
-    if plan is None:
+def _buffer(store: Optional[dict], name, shape, like: torch.Tensor) -> Optional[torch.Tensor]:
+    """A reusable buffer of ``shape`` (no-grad calls only; ``store`` None: allocate fresh). ``store``
+    is the layout's shared workspace (guided layouts of one config, so that a new layout per forward
+    writes into the buffers of the previous one) or the plan's own dict. One flat buffer per
+    (thread, name), grown when a call needs more, viewed as a contiguous prefix."""
+    if store is None:
         return None
-    key = (threading.get_ident(), name)
-    buf = plan.work.get(key)
-    if buf is None or buf.shape != shape or buf.dtype != like.dtype or buf.device != like.device:
-        buf = like.new_empty(shape)
-        plan.work[key] = buf
-    return buf
+    key = ("bucket", threading.get_ident(), name)
+    n = math.prod(shape)
+    flat = store.get(key)
+    if flat is None or flat.numel() < n or flat.dtype != like.dtype or flat.device != like.device:
+        flat = like.new_empty(n)
+        store[key] = flat
+    return flat[:n].view(shape)
 
 
 def _full_rows_bias(bias: torch.Tensor, plan: _Plan, bs: int) -> torch.Tensor:
@@ -188,13 +194,13 @@ def _full_rows_bias(bias: torch.Tensor, plan: _Plan, bs: int) -> torch.Tensor:
     return bias.index_select(2, tok)
 
 
-def _gather_bias(bias: torch.Tensor, plan: _Plan, bs: int, reuse: bool) -> list:
+def _gather_bias(bias: torch.Tensor, plan: _Plan, bs: int, store: Optional[dict]) -> list:
     """[full rows' bias [Bb, Hb, nf*bs, Lp] or None] + [bias of each bucket, [Bb, Hb, nq*bs*c, bs]]."""
     Bb, Hb, Lp, _ = bias.shape
     rows = bias.view(Bb, Hb, Lp * (Lp // bs), bs)
     out = [None if plan.full_rows is None else _full_rows_bias(bias, plan, bs)]
     for i, bk in enumerate(plan.buckets):
-        buf = _buffer(plan if reuse else None, ("bias", i), (Bb, Hb, bk.bias_idx.numel(), bs), bias)
+        buf = _buffer(store, ("bias", i), (Bb, Hb, bk.bias_idx.numel(), bs), bias)
         g = torch.index_select(rows, 2, bk.bias_idx, out=buf) if buf is not None else rows.index_select(2, bk.bias_idx)
         if bk.pad_idx is not None:
             g.index_fill_(2, bk.pad_idx, float("-inf"))
@@ -209,7 +215,7 @@ class _BiasGather(torch.autograd.Function):
     @staticmethod
     def forward(ctx, bias, plan, bs):
         ctx.plan, ctx.bs, ctx.shape = plan, bs, bias.shape
-        outs = _gather_bias(bias, plan, bs, reuse=False)
+        outs = _gather_bias(bias, plan, bs, None)
         if outs[0] is not None and plan.full_span is not None:
             outs[0] = outs[0].clone()  # not a view of the input (autograd.Function outputs)
         return tuple(o for o in outs if o is not None)
@@ -265,13 +271,17 @@ def _key_mask(bk: _Bucket, H: int, bs: int, L: int, ref: torch.Tensor) -> torch.
     return bk.key_mask[key]
 
 
-def _attend_plan(q, k, v, bias, plan: _Plan, bs: int, L: int, exact: bool = False) -> torch.Tensor:
+def _attend_plan(q, k, v, bias, plan: _Plan, bs: int, L: int, exact: bool = False,
+                 workspace: Optional[dict] = None) -> torch.Tensor:
     """q, k, v [B, H, Lp, D] (q already scaled, zero-padded past L); bias [Bb, Hb, Lp, Lp] (-inf on
-    keys past L) or None; ``exact``: v holds NaN/inf (see ``sdpa``)."""
+    keys past L) or None; ``exact``: v holds NaN/inf (see ``sdpa``); ``workspace``: the layout's
+    shared scratch dict (``BlockLayout.workspace``) or None (the plan's own)."""
     B, H, Lp, D = q.shape
     nb = Lp // bs
     q5, k5, v5 = q.view(B, H, nb, bs, D), k.view(B, H, nb, bs, D), v.view(B, H, nb, bs, D)
     grad_mode = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (q, k, v, bias))
+    # without autograd the gathered buffers are reused from call to call (never saved for backward)
+    store = None if grad_mode else (plan.work if workspace is None else workspace)
     masks = None
     if bias is not None:
         if grad_mode and bias.requires_grad:
@@ -279,7 +289,7 @@ def _attend_plan(q, k, v, bias, plan: _Plan, bs: int, L: int, exact: bool = Fals
             if plan.full_rows is None:
                 masks.insert(0, None)
         else:
-            masks = _gather_bias(bias, plan, bs, reuse=not grad_mode)
+            masks = _gather_bias(bias, plan, bs, store)
     outs = []
     if plan.full_rows is not None:
         if plan.full_span is not None:
@@ -295,14 +305,13 @@ def _attend_plan(q, k, v, bias, plan: _Plan, bs: int, L: int, exact: bool = Fals
             mask[..., L:] = float("-inf")
         o = sdpa(qf, k, v, mask, 1.0, exact)
         outs.append(o.view(B, H, -1, bs, D))
-    reuse = plan if not grad_mode else None
     for i, bk in enumerate(plan.buckets):
         nq, c = bk.nq, bk.c
         # each query block row is one "head" of a fused SDPA call over its c*bs gathered keys
         qg = q5.index_select(2, bk.rows).view(B, H * nq, bs, D)
         kv = []
         for name, t in (("k", k5), ("v", v5)):
-            buf = _buffer(reuse, (name, i), (B, H, nq * c, bs, D), t)
+            buf = _buffer(store, (name, i), (B, H, nq * c, bs, D), t)
             g = torch.index_select(t, 2, bk.flat_blocks, out=buf) if buf is not None else t.index_select(2, bk.flat_blocks)
             kv.append(g.view(B, H * nq, c * bs, D))
         if masks is not None:
@@ -401,7 +410,7 @@ def bucket_sparse_attention(
     plans = _plans(layout, q.device, B * (H if layout.num_heads is None else 1))
     exact = not bool(torch.isfinite(v).all())
     if len(plans) == 1:
-        out = _attend_plan(q, k, v, bias, plans[0], bs, L, exact)
+        out = _attend_plan(q, k, v, bias, plans[0], bs, L, exact, layout.workspace)
     else:
         heads = []
         for h, plan in enumerate(plans):
@@ -409,7 +418,7 @@ def bucket_sparse_attention(
             if bias is not None:
                 bh = bias[:, h : h + 1] if bias.shape[1] > 1 else bias
             sl = slice(h, h + 1)
-            heads.append(_attend_plan(q[:, sl], k[:, sl], v[:, sl], bh, plan, bs, L, exact))
+            heads.append(_attend_plan(q[:, sl], k[:, sl], v[:, sl], bh, plan, bs, L, exact, layout.workspace))
         out = torch.cat(heads, dim=1)
     if Lp != L:
         out = out[:, :, :L]

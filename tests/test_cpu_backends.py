@@ -259,3 +259,28 @@ def test_a_guided_layout_per_forward_is_exact_and_its_plans_do_not_pile_up():
         del lay
         gc.collect()
         assert plans.cached_layouts() == 0
+
+
+def test_bucket_engine_reuses_the_guided_workspace_across_fresh_layouts():
+    """float64 takes the SDPA-bucket engine: a new guided layout per forward writes its gathered
+    buffers into the config's shared workspace (no new allocation once grown), stays exact, and an
+    earlier output is never overwritten by a later call."""
+    seed = _seed()
+    g = torch.Generator().manual_seed(seed)
+    B, H, L, D = 2, 2, 96, 16
+    cfg = GuidedConfig(block_size=16, keep=0.3)
+    outs, ptrs, cases = [], [], []
+    for _ in range(3):
+        q, k, v = (torch.randn(B, H, L, D, generator=g, dtype=torch.float64) for _ in range(3))
+        bias = torch.randn(1, H, L, L, generator=g, dtype=torch.float64)
+        lay = build_layout(cfg, L, signal=bias.float())
+        with torch.no_grad():
+            outs.append(sparse_attention(q, k, v, lay, bias, backend="cpu"))
+        bufs = {key: t for key, t in lay.workspace.items() if isinstance(key, tuple) and key[0] == "bucket"}
+        assert bufs, "the bucket engine did not use the guided layout's workspace"
+        ptrs.append({key: t.data_ptr() for key, t in bufs.items()})
+        cases.append((q, k, v, lay, bias))
+    shared_keys = set(ptrs[1]) & set(ptrs[2])
+    assert any(ptrs[1][key] == ptrs[2][key] for key in shared_keys), "no buffer was reused across layouts"
+    for out, (q, k, v, lay, bias) in zip(outs, cases):
+        torch.testing.assert_close(out, _ref(q, k, v, lay, bias), atol=1e-10, rtol=1e-9, msg=f"seed={seed}")
