@@ -15,6 +15,12 @@ Backends:
   dense      scaled_dot_product_attention with the bias (the dense baseline)
   cpu        the fastest correct CPU path
   auto       triton on CUDA tensors, cpu otherwise
+
+What each backend supports (devices, dtypes, head dims, gradients, launch-config type,
+availability) is one record per backend in ``kernels.backends``, which the dispatcher reads.
+A layout may live on the CPU or on the device of q (a guided layout is built on its signal's
+device); every backend reads its index where it runs. Per-layout plans that backends keep are in
+one cache, ``kernels.plans``; ``clear_plan_caches()`` empties it (before a cold measurement).
 """
 
 from __future__ import annotations
@@ -25,11 +31,13 @@ import torch
 
 from patterns import BlockLayout
 
+from . import backends as _backends
 from .config import KernelConfig, candidate_configs
 from .dense import dense_attention
+from .plans import check_layout_device, clear_plan_caches
 from .reference import reference_attention
 
-BACKENDS: tuple[str, ...] = ("auto", "reference", "triton", "flex", "dense", "cpu")
+BACKENDS: tuple[str, ...] = ("auto", *_backends.names())
 
 __all__ = [
     "sparse_attention",
@@ -39,11 +47,13 @@ __all__ = [
     "candidate_configs",
     "BACKENDS",
     "check_inputs",
+    "clear_plan_caches",
 ]
 
 
 def check_inputs(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layout: BlockLayout, bias: Optional[torch.Tensor]) -> None:
-    """Raise ValueError naming the argument when shapes do not fit together."""
+    """Raise ValueError naming the argument when shapes do not fit together (or the layout holds no
+    data: a layout on the meta device)."""
     if q.dim() != 4 or k.shape != q.shape or v.shape != q.shape:
         raise ValueError(
             f"q, k, v must all be [B, H, L, D] with the same shape; got {list(q.shape)}, {list(k.shape)}, {list(v.shape)}"
@@ -53,6 +63,7 @@ def check_inputs(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layout: Bloc
         raise ValueError(f"layout.seq_len={layout.seq_len} but q has L={L}")
     if layout.num_heads is not None and layout.num_heads != H:
         raise ValueError(f"per-head layout has {layout.num_heads} heads but q has H={H}")
+    check_layout_device(layout)
     if bias is not None:
         if bias.dim() > 4:
             raise ValueError(f"bias must broadcast to [B, H, L, L]; got {list(bias.shape)}")
@@ -72,27 +83,13 @@ def sparse_attention(
     backend: str = "auto",
     config: Optional[KernelConfig] = None,
 ) -> torch.Tensor:
-    """Block-sparse attention of [B, H, L, D] inputs on ``layout`` (see module docstring)."""
+    """Block-sparse attention of [B, H, L, D] inputs on ``layout`` (see module docstring). The
+    backend is looked up in the registry (``kernels.backends``); ``config`` goes to a backend that
+    takes a launch config (triton) and is ignored by the others."""
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {list(BACKENDS)}, got {backend!r}")
     check_inputs(q, k, v, layout, bias)
-    if backend == "auto":
-        backend = "triton" if q.is_cuda else "cpu"
-    if backend == "reference":
-        return reference_attention(q, k, v, layout, bias, scale)
-    if backend == "dense":
-        return dense_attention(q, k, v, layout, bias, scale)
-    if backend == "triton":
-        from .triton_op import triton_sparse_attention
-
-        return triton_sparse_attention(q, k, v, layout, bias, scale=scale, config=config)
-    if backend == "flex":
-        from .flex import flex_sparse_attention
-
-        return flex_sparse_attention(q, k, v, layout, bias, scale=scale)
-    from .cpu import cpu_sparse_attention
-
-    return cpu_sparse_attention(q, k, v, layout, bias, scale=scale)
+    return _backends.resolve(backend, q.device).run(q, k, v, layout, bias, scale=scale, config=config)
 
 
 # the deployed tuned-file reader (kernels/tuned.py): what a deployment loads next to sparse_attention

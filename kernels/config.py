@@ -189,6 +189,31 @@ def _tiles(block_size: int):
                 yield bm, bn
 
 
+def _candidates(group: str, kernels: tuple[str, ...], block_size: int, head_dim: int | None, dtype: DtypeLike,
+                exclude_spilling: bool, owned_at_least_walked: bool) -> list[KernelConfig]:
+    """Launch configs of one kernel group ("fwd" or "bwd", whose kernels are ``kernels``): tiles
+    dividing ``block_size`` (with ``owned_at_least_walked``, block_m >= block_n), 4 or 8 warps (8
+    only for tiles of at least 64 x 64), 1 to 3 stages, fitting an sm_90 block's shared memory in
+    every kernel of the group and, with ``exclude_spilling``, spilling in none of them."""
+    d_pad = _d_pad(head_dim if head_dim is not None else 64)
+    eb = _elem_bytes(dtype)
+    out = []
+    for bm, bn in _tiles(block_size):
+        if owned_at_least_walked and bm < bn:
+            continue
+        for w in (4, 8):
+            if bm * bn < 64 * 64 and w == 8:
+                continue
+            for s in (1, 2, 3):
+                cfg = KernelConfig(bm, bn, w, s)
+                if not _fits(kernels, cfg, eb, d_pad):
+                    continue
+                if exclude_spilling and spills(group, cfg, dtype, d_pad):
+                    continue
+                out.append(cfg)
+    return out
+
+
 def candidate_configs(block_size: int, head_dim: int | None = None, dtype: DtypeLike = None, *,
                       exclude_spilling: bool = True) -> list[KernelConfig]:
     """Every forward launch config the autotuner may try for a layout of ``block_size``: tiles
@@ -196,21 +221,7 @@ def candidate_configs(block_size: int, head_dim: int | None = None, dtype: Dtype
     only configs whose shared memory fits an sm_90 block (``shared_memory_bytes``; head_dim None
     and dtype None take the worst case, 64 and float32) and, with ``exclude_spilling``, that do not
     spill registers (``SPILLING``)."""
-    d_pad = _d_pad(head_dim if head_dim is not None else 64)
-    eb = _elem_bytes(dtype)
-    out = []
-    for bm, bn in _tiles(block_size):
-        for w in (4, 8):
-            if bm * bn < 64 * 64 and w == 8:
-                continue
-            for s in (1, 2, 3):
-                cfg = KernelConfig(bm, bn, w, s)
-                if not _fits(FORWARD_KERNELS, cfg, eb, d_pad):
-                    continue
-                if exclude_spilling and spills("fwd", cfg, dtype, d_pad):
-                    continue
-                out.append(cfg)
-    return out
+    return _candidates("fwd", FORWARD_KERNELS, block_size, head_dim, dtype, exclude_spilling, False)
 
 
 def candidate_backward_configs(block_size: int, head_dim: int | None = None, dtype: DtypeLike = None, *,
@@ -221,23 +232,7 @@ def candidate_backward_configs(block_size: int, head_dim: int | None = None, dty
     i.e. a large owned tile and a small walked one). Tiles dividing ``block_size`` with
     block_m >= block_n, 4 or 8 warps, 1 to 3 stages, fitting shared memory in every backward kernel,
     and with ``exclude_spilling`` not spilling in any of them."""
-    d_pad = _d_pad(head_dim if head_dim is not None else 64)
-    eb = _elem_bytes(dtype)
-    out = []
-    for bm, bn in _tiles(block_size):
-        if bm < bn:
-            continue
-        for w in (4, 8):
-            if bm * bn < 64 * 64 and w == 8:
-                continue
-            for s in (1, 2, 3):
-                cfg = KernelConfig(bm, bn, w, s)
-                if not _fits(BACKWARD_KERNELS, cfg, eb, d_pad):
-                    continue
-                if exclude_spilling and spills("bwd", cfg, dtype, d_pad):
-                    continue
-                out.append(cfg)
-    return out
+    return _candidates("bwd", BACKWARD_KERNELS, block_size, head_dim, dtype, exclude_spilling, True)
 
 
 # preference order of the default backward config (the first that fits the block and neither

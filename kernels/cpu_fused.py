@@ -29,8 +29,11 @@ row/column broadcasts and keeps batch/head broadcast at size 1; autograd sums ``
 the caller's shape); the index tensors are the layout's (``BlockLayout.index_on``). Both ops have
 fake implementations; the forward's autograd formula calls the backward op (no double backward).
 The op checks every size it passes to C and raises ValueError naming what does not fit.
-Per-layout plans (work lists, the K^T workspace reused from call to call) are cached inside the
-ops, keyed by the layout's index tensor (weakly: freed with the layout). An eager call without
+Per-layout plans (work lists, the K^T workspace reused from call to call) are kept in the one
+plan cache of ``kernels.plans``, keyed by the layout's index tensor (weakly: freed with the layout;
+``kernels.clear_plan_caches()`` drops them). The index must be on the CPU: a layout built on a GPU
+(a guided layout follows its signal) is read through ``BlockLayout.index_on("cpu")``, one copy per
+layout. An eager call without
 autograd (and not traced) runs the forward op's implementation directly, skipping the dispatcher.
 
 Threads: ``torch.get_num_threads()`` Python threads call the kernel at once (ctypes releases the
@@ -57,19 +60,21 @@ from typing import Optional
 
 import torch
 import torch.nn.functional as F
-from torch.utils.weak import WeakTensorKeyDictionary
 
 from patterns import BlockLayout
 
-from .reference import resolve_scale
+from .backends import FUSED_CPU_HEAD_DIMS, LAYOUT_BLOCK_SIZES
 from .compile_marks import assume_constant_result
+from .opdefs import declare_attention_ops
+from .plans import host_index, layout_plans, shared
+from .reference import resolve_scale
 
 __all__ = ["available", "unavailable_reason", "supports", "fused_sparse_attention"]
 
 SOURCE = Path(__file__).with_name("csrc") / "block_sparse_cpu.c"
 ABI_VERSION = 1
-HEAD_DIMS = (8, 16, 32, 64)
-BLOCK_SIZES = (16, 32, 64, 128)
+HEAD_DIMS = FUSED_CPU_HEAD_DIMS  # the registry's record (kernels.backends)
+BLOCK_SIZES = LAYOUT_BLOCK_SIZES
 
 
 class _Args(ctypes.Structure):
@@ -198,18 +203,10 @@ def supports(q: torch.Tensor, layout: BlockLayout) -> bool:
 
 
 # ---- work lists and threads ----------------------------------------------------------------------
-# Per-layout plans (work lists, the K^T workspace), keyed by the layout's index tensor itself (the op
-# sees tensors, not the layout) and freed with it; work lists and checks also key on its version.
-_PLANS = WeakTensorKeyDictionary()
+# Per-layout plans (work lists, the checked index, the K^T workspace) live in ``kernels.plans``, keyed
+# by the layout's index tensor itself (the op sees tensors, not the layout) and freed with it; work
+# lists and checks also key on its version.
 _POOLS: dict = {}
-
-
-def _plan(index: torch.Tensor) -> dict:
-    """This backend's cached work lists and workspaces for one layout, found by its index tensor."""
-    plan = _PLANS.get(index)
-    if plan is None:
-        plan = _PLANS[index] = {}
-    return plan
 
 
 def _pool(n: int) -> ThreadPoolExecutor:
@@ -271,13 +268,8 @@ def _block_t(t: torch.Tensor, bs: int, reuse: Optional[dict] = None, name: str =
     return out
 
 
-_ARANGE: dict = {}
-
-
 def _arange(n: int) -> torch.Tensor:
-    if n not in _ARANGE:
-        _ARANGE[n] = torch.arange(n, dtype=torch.int64)
-    return _ARANGE[n]
+    return shared(("arange", n), lambda: torch.arange(n, dtype=torch.int64))
 
 
 def _bias_view(bias: torch.Tensor, L: int) -> torch.Tensor:
@@ -325,6 +317,12 @@ def _check_op_args(q, k, v, bias, index, block_size: int, seq_len: int) -> tuple
             f"block size in {BLOCK_SIZES} (got {block_size})"
         )
     kc, ki, qc, qi = index
+    if any(t.device.type != "cpu" for t in index):
+        # the kernel reads the index through host pointers: a CUDA (or meta) tensor would be garbage
+        raise ValueError(
+            f"fused CPU kernel: the layout's index tensors must be CPU tensors (BlockLayout.index_on('cpu')); "
+            f"got {sorted({str(t.device) for t in index})}"
+        )
     lh, nb = kc.shape[0], kc.shape[-1]
     if (
         kc.dim() != 2 or qc.shape != kc.shape or ki.shape != (lh, nb, nb) or qi.shape != ki.shape
@@ -342,7 +340,7 @@ def _check_op_args(q, k, v, bias, index, block_size: int, seq_len: int) -> tuple
     index = tuple(t.to(torch.int32).contiguous() for t in index)
     for counts, indices, name in ((index[0], index[1], "kv"), (index[2], index[3], "q")):
         # the block numbers the kernel will read: checked once per index tensor (and version)
-        plan, stamp = _plan(counts), (counts._version, indices._version)
+        plan, stamp = layout_plans(counts), (counts._version, indices._version)
         checked = plan.get("checked")
         if checked is None or checked[0] is not indices or checked[1] != stamp:
             if counts.numel() and (int(counts.min()) < 0 or int(counts.max()) > nb):
@@ -362,7 +360,7 @@ def _fwd_impl(q, k, v, bias, index, block_size: int, seq_len: int, scale: float,
     qp, kp, vp = (_pad_rows(t, Lp) for t in (q, k, v))
     # K^T goes into a reused buffer: the layout's plan's, or the workspace guided layouts of one
     # config share (so that a fresh layout per forward does not pay a fresh allocation)
-    kt = _block_t(kp, block_size, reuse=_plan(index[0]) if workspace is None else workspace)
+    kt = _block_t(kp, block_size, reuse=layout_plans(index[0]) if workspace is None else workspace)
     bias4 = None if bias is None else _bias_view(bias, L)
     o = torch.empty_like(qp)
     lse = torch.empty(B, H, Lp, dtype=q.dtype)
@@ -382,7 +380,7 @@ def _bwd_impl(grad, q, k, v, out, lse, bias, index, block_size: int, seq_len: in
     qp, kp, vp, o = (_pad_rows(t, Lp) for t in (q, k, v, out))
     dout = _pad_rows(grad.to(qp.dtype), Lp)
     delta = (dout * o).sum(-1).contiguous()
-    plan = _plan(index[0])
+    plan = layout_plans(index[0])
     kt = _block_t(kp, block_size, reuse=plan)
     vt = _block_t(vp, block_size)
     dq, dk, dv = torch.empty_like(qp), torch.empty_like(kp), torch.empty_like(vp)
@@ -404,7 +402,7 @@ def _bwd_impl(grad, q, k, v, out, lse, bias, index, block_size: int, seq_len: in
 
 def _fwd_items(kv_counts: torch.Tensor, B: int, H: int) -> torch.Tensor:
     """(b, h, query block) items, flat id (b*H + h)*nb + qb, largest tile count first."""
-    plan = _plan(kv_counts)
+    plan = layout_plans(kv_counts)
     key = ("rows", B, H, kv_counts._version)
     if key not in plan:
         kc = kv_counts.to(torch.int64)  # [lh, nb]
@@ -417,7 +415,7 @@ def _fwd_items(kv_counts: torch.Tensor, B: int, H: int) -> torch.Tensor:
 def _group_items(q_counts: torch.Tensor, gB: int, gH: int, B: int, H: int) -> torch.Tensor:
     """(bg, hg, key block) items for the key-column pass, flat id (bg*gH + hg)*nb + kb; an item
     covers every (b, h) its bias group shares, so its cost is the summed tile count."""
-    plan = _plan(q_counts)
+    plan = layout_plans(q_counts)
     key = ("cols", gB, gH, B, H, q_counts._version)
     if key not in plan:
         qc = q_counts.to(torch.int64)  # [lh, nb]
@@ -430,86 +428,26 @@ def _group_items(q_counts: torch.Tensor, gB: int, gH: int, B: int, H: int) -> to
 
 
 # ---- custom ops (what torch.compile sees) ---------------------------------------------------------
-@torch.library.custom_op("sparse_autotune::cpu_block_sparse_attention_fwd", mutates_args=(), device_types="cpu")
-def cpu_block_sparse_attention_fwd(
-    q: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
-    bias: Optional[torch.Tensor],
-    kv_counts: torch.Tensor,
-    kv_indices: torch.Tensor,
-    q_counts: torch.Tensor,
-    q_indices: torch.Tensor,
-    block_size: int,
-    seq_len: int,
-    scale: float,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Forward of the fused kernel: (out float32 [B, H, L, D], lse float32 [B, H, nb*block_size]).
-    q, k, v float32 CPU [B, H, L, D] (L == seq_len); bias None or float32 [1 or B, 1 or H, L, L];
-    the layout's compact index (``BlockLayout.index_on``). q_counts / q_indices are read by the
-    backward only; they are inputs so that autograd can save them."""
-    return _fwd_impl(q, k, v, bias, (kv_counts, kv_indices, q_counts, q_indices), block_size, seq_len, scale)
-
-
-@cpu_block_sparse_attention_fwd.register_fake
-def _(q, k, v, bias, kv_counts, kv_indices, q_counts, q_indices, block_size, seq_len, scale):
+def _fwd_fake(q, k, v, bias, index, block_size, seq_len, scale):
     B, H, _, _ = q.shape
-    return q.new_empty(q.shape), q.new_empty((B, H, kv_counts.shape[-1] * block_size))
+    return q.new_empty(q.shape), q.new_empty((B, H, index[0].shape[-1] * block_size))
 
 
-@torch.library.custom_op("sparse_autotune::cpu_block_sparse_attention_bwd", mutates_args=(), device_types="cpu")
-def cpu_block_sparse_attention_bwd(
-    grad_out: torch.Tensor,
-    q: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
-    out: torch.Tensor,
-    lse: torch.Tensor,
-    bias: Optional[torch.Tensor],
-    kv_counts: torch.Tensor,
-    kv_indices: torch.Tensor,
-    q_counts: torch.Tensor,
-    q_indices: torch.Tensor,
-    block_size: int,
-    seq_len: int,
-    scale: float,
-    compute_dbias: bool,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Backward of the fused kernel (FlashAttention-2 style, deterministic): (dq, dk, dv, dbias);
-    dbias has bias's shape when ``compute_dbias`` and a bias is given, otherwise it is empty."""
-    return _bwd_impl(grad_out, q, k, v, out, lse, bias, (kv_counts, kv_indices, q_counts, q_indices),
-                     block_size, seq_len, scale, compute_dbias)
-
-
-@cpu_block_sparse_attention_bwd.register_fake
-def _(grad_out, q, k, v, out, lse, bias, kv_counts, kv_indices, q_counts, q_indices, block_size, seq_len, scale, compute_dbias):
-    dq, dk, dv = q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape)
-    dbias = bias.new_empty(bias.shape) if compute_dbias and bias is not None else q.new_empty((0,))
-    return dq, dk, dv, dbias
-
-
-def _setup_context(ctx, inputs, output):
-    q, k, v, bias, kv_counts, kv_indices, q_counts, q_indices, block_size, seq_len, scale = inputs
-    out, lse = output
-    ctx.save_for_backward(q, k, v, out, lse, bias, kv_counts, kv_indices, q_counts, q_indices)
-    ctx.params = (block_size, seq_len, scale)
-    ctx.has_bias = bias is not None
-
-
-def _backward(ctx, grad_out, grad_lse):
-    q, k, v, out, lse, bias, kv_counts, kv_indices, q_counts, q_indices = ctx.saved_tensors
-    block_size, seq_len, scale = ctx.params
-    compute_dbias = bool(ctx.has_bias and ctx.needs_input_grad[3])
-    if grad_out is None:
-        grad_out = torch.zeros_like(out)
-    dq, dk, dv, dbias = cpu_block_sparse_attention_bwd(
-        grad_out, q, k, v, out, lse, bias, kv_counts, kv_indices, q_counts, q_indices,
-        block_size, seq_len, scale, compute_dbias,
-    )
-    return dq, dk, dv, (dbias if compute_dbias else None), None, None, None, None, None, None, None
-
-
-cpu_block_sparse_attention_fwd.register_autograd(_backward, setup_context=_setup_context)
+# Forward: (out float32 [B, H, L, D], lse float32 [B, H, nb*block_size]) from float32 CPU q, k, v
+# [B, H, L, D] (L == seq_len), bias None or float32 [1 or B, 1 or H, L, L] and the layout's compact
+# index (``BlockLayout.index_on``). Backward (FlashAttention-2 style, deterministic): (dq, dk, dv,
+# dbias). Argument lists and autograd shared with the Triton ops (``kernels.opdefs``).
+cpu_block_sparse_attention_fwd, cpu_block_sparse_attention_bwd = declare_attention_ops(
+    "sparse_autotune::cpu_block_sparse_attention_fwd",
+    "sparse_autotune::cpu_block_sparse_attention_bwd",
+    forward_params="int block_size, int seq_len, float scale",
+    backward_params="int block_size, int seq_len, float scale",
+    forward=_fwd_impl,
+    forward_fake=_fwd_fake,
+    backward=_bwd_impl,
+    backward_args=lambda params: params,
+    device_types="cpu",
+)
 
 
 def fused_sparse_attention(
@@ -538,7 +476,7 @@ def fused_sparse_attention(
         # broadcast rows / columns materialised here, batch / head broadcast kept at size 1: the
         # op's dbias has this shape and autograd sums it back to the caller's
         bias = _bias_view(bias.to(torch.float32), q.shape[2])
-    index = layout.index_on("cpu")
+    index = host_index(layout)  # a layout built on a GPU: its index copied to the host once
     if _plain_eager_inference(q, k, v, bias):
         # the op's own implementation, without the dispatcher (measured ~1% at L = 2048)
         out = _fwd_impl(q, k, v, bias, index, layout.block_size, layout.seq_len, scale, layout.workspace)[0]

@@ -13,7 +13,7 @@ With a sparse layout, a dense computation reads every pair, so a non-finite valu
 layout does not compute would leak into rows (forward: 0 * NaN in P V) or gradients (the
 backward's 0 * NaN). So whenever q, k, v or the scale is non-finite, or the SDPA output is (a NaN
 or +inf bias at a computed pair), the call is answered by the block-sparse SDPA-bucket engine of
-``kernels.cpu`` instead, which only reads the computed pairs and handles those rows. Only
+``kernels.cpu_bucket`` instead, which only reads the computed pairs and handles those rows. Only
 ``layout=None`` (the timed baseline, no check added to it) keeps SDPA's own behaviour there.
 """
 
@@ -54,6 +54,6 @@ def dense_attention(
         out = torch.where(live, out, torch.zeros((), dtype=out.dtype, device=out.device))
         if bool(torch.isfinite(out).all()):
             return out
-    from .cpu import bucket_sparse_attention  # reads only the computed pairs
+    from .cpu_bucket import bucket_sparse_attention  # reads only the computed pairs
 
     return bucket_sparse_attention(q, k, v, layout, bias, scale=s)

@@ -5,7 +5,8 @@
   the layout's block size, ``seq_lengths=(L, L)``. No mask_mod: every pair inside a kept tile
   attends, and FlexAttention itself masks the pairs past L of a ragged last tile. Query block rows
   with no kept tile give zeros (FlexAttention's convention for fully masked rows, which is also
-  the reference's). BlockMasks are cached per (layout, device).
+  the reference's). BlockMasks are kept per (layout, device) with the layout's plans
+  (``kernels.plans``).
 * The bias enters through ``score_mod``: ``score + bias[b, h, q_idx, kv_idx]`` on the bias
   *expanded* (a stride-0 view, never a copy) to [B, H, L, L], so [1, H, L, L] and [B, H, L, L]
   biases and any other broadcast go through the same code.
@@ -27,19 +28,18 @@
 from __future__ import annotations
 
 import math
-import weakref
 from typing import Optional
 
 import torch
 
 from patterns import BlockLayout
 
+from .plans import layout_plans
 from .reference import resolve_scale
 
 __all__ = ["flex_sparse_attention", "block_mask_for"]
 
 _RECOMPILE_LIMIT = 256
-_BLOCK_MASKS: "weakref.WeakKeyDictionary[BlockLayout, dict]" = weakref.WeakKeyDictionary()
 _COMPILED: dict[tuple, object] = {}
 
 
@@ -59,22 +59,22 @@ def _raise_recompile_limits() -> None:
 
 
 def block_mask_for(layout: BlockLayout, device: torch.device | str):
-    """The FlexAttention BlockMask of ``layout`` on ``device`` (cached)."""
+    """The FlexAttention BlockMask of ``layout`` on ``device`` (kept with the layout's plans,
+    ``kernels.plans``)."""
     from torch.nn.attention.flex_attention import BlockMask
 
-    device = torch.device(device)
-    per = _BLOCK_MASKS.setdefault(layout, {})
-    key = str(device)
-    if key not in per:
-        kv_counts, kv_indices, _, _ = layout.index_on(device)
+    kv_counts, kv_indices, _, _ = layout.index_on(device)
+    plans = layout_plans(kv_counts)
+    block_mask = plans.get("flex-block-mask")
+    if block_mask is None:
         L = layout.seq_len
-        per[key] = BlockMask.from_kv_blocks(
+        block_mask = plans["flex-block-mask"] = BlockMask.from_kv_blocks(
             kv_counts.unsqueeze(0).to(torch.int32).contiguous(),   # [1, H or 1, nb]
             kv_indices.unsqueeze(0).to(torch.int32).contiguous(),  # [1, H or 1, nb, nb]
             BLOCK_SIZE=layout.block_size,
             seq_lengths=(L, L),
         )
-    return per[key]
+    return block_mask
 
 
 def _kernel_options(device: torch.device, block_size: int) -> Optional[dict]:

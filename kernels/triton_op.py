@@ -35,11 +35,13 @@ import os
 from typing import Optional
 
 import torch
-from torch.utils.weak import WeakTensorKeyDictionary
 
 from patterns import BlockLayout
 
+from .backends import TRITON_DTYPES, TRITON_HEAD_DIMS
 from .config import SHARED_MEMORY_LIMIT, KernelConfig, default_backward_config, fit_stages, shared_memory_bytes
+from .opdefs import declare_attention_ops
+from .plans import layout_plans
 from .reference import resolve_scale
 from .triton_kernels import (
     LOG2E,
@@ -52,8 +54,8 @@ from .triton_kernels import (
 
 __all__ = ["triton_sparse_attention", "SUPPORTED_HEAD_DIMS", "SUPPORTED_DTYPES"]
 
-SUPPORTED_HEAD_DIMS: tuple[int, ...] = (8, 16, 32, 64)
-SUPPORTED_DTYPES: tuple[torch.dtype, ...] = (torch.float32, torch.float16, torch.bfloat16)
+SUPPORTED_HEAD_DIMS: tuple[int, ...] = TRITON_HEAD_DIMS  # the registry's record (kernels.backends)
+SUPPORTED_DTYPES: tuple[torch.dtype, ...] = tuple(getattr(torch, name) for name in TRITON_DTYPES)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -116,23 +118,17 @@ def _check_fits_on(device: torch.device, dtype: torch.dtype, D: int, cfg: Kernel
             )
 
 
-_TILE_ORDERS = WeakTensorKeyDictionary()  # counts tensor -> {(version, block, tile): order}
-
-
 def _tile_order(counts: torch.Tensor, block_size: int, tile: int) -> torch.Tensor:
     """int32 [layout heads, n_tiles]: the tiles of each layout head, most kept blocks first (stable,
-    so equal rows keep their order). Cached per counts tensor (the layout's device index is built
-    once per layout and device), so a call launches no sorting kernels after the first."""
-    key = (counts._version, block_size, tile)
-    per_counts = _TILE_ORDERS.get(counts)
-    if per_counts is not None and key in per_counts:
-        return per_counts[key]
-    per_tile = counts.repeat_interleave(block_size // tile, dim=1)
-    order = torch.argsort(per_tile, dim=1, descending=True, stable=True).to(torch.int32).contiguous()
-    if per_counts is None:
-        per_counts = {}
-        _TILE_ORDERS[counts] = per_counts
-    per_counts[key] = order
+    so equal rows keep their order). Kept with the layout's plans (``kernels.plans``, keyed by the
+    counts tensor: the layout's device index is built once per layout and device), so a call
+    launches no sorting kernels after the first."""
+    plans = layout_plans(counts)
+    key = ("triton-tile-order", counts._version, block_size, tile)
+    order = plans.get(key)
+    if order is None:
+        per_tile = counts.repeat_interleave(block_size // tile, dim=1)
+        order = plans[key] = torch.argsort(per_tile, dim=1, descending=True, stable=True).to(torch.int32).contiguous()
     return order
 
 
@@ -160,6 +156,10 @@ class _device_ctx:
 
 
 def _common(q: torch.Tensor, kv_counts: torch.Tensor, block_size: int):
+    if kv_counts.device != q.device:
+        # the kernels read the index through device pointers: it must live where q does
+        raise ValueError(f"triton backend: the layout's index is on {kv_counts.device} but q is on {q.device} "
+                         "(pass BlockLayout.index_on(q.device))")
     B, H, L, D = q.shape
     nb = kv_counts.shape[-1]
     layout_head_stride = 1 if kv_counts.shape[0] > 1 else 0
@@ -288,102 +288,40 @@ def triton_cdiv(a: int, b: int) -> int:
 
 
 # ------------------------------------------------------------------------------------------------
-# custom ops
+# custom ops (argument lists and autograd shared with the CPU fused kernel's: kernels.opdefs)
 # ------------------------------------------------------------------------------------------------
-@torch.library.custom_op("sparse_autotune::block_sparse_attention_fwd", mutates_args=())
-def block_sparse_attention_fwd(
-    q: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
-    bias: Optional[torch.Tensor],
-    kv_counts: torch.Tensor,
-    kv_indices: torch.Tensor,
-    q_counts: torch.Tensor,
-    q_indices: torch.Tensor,
-    block_size: int,
-    scale: float,
-    block_m: int,
-    block_n: int,
-    num_warps: int,
-    num_stages: int,
-    bwd_block_m: int,
-    bwd_block_n: int,
-    bwd_num_warps: int,
-    bwd_num_stages: int,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Forward of block-sparse attention: (out [B, H, L, D], lse float32 [B, H, L]).
-    q_counts / q_indices and the ``bwd_*`` launch parameters are unused here; they are inputs so
-    that autograd can save them for the backward op."""
-    return _fwd_impl(q, k, v, bias, kv_counts, kv_indices, block_size, scale, block_m, block_n, num_warps, num_stages)
+def _fwd_op(q, k, v, bias, index, block_size, scale, block_m, block_n, num_warps, num_stages, *bwd_config):
+    """Forward of block-sparse attention: (out [B, H, L, D], lse float32 [B, H, L]). q_counts /
+    q_indices and the ``bwd_*`` launch parameters are unused here; they are inputs so that
+    autograd can save them for the backward op."""
+    return _fwd_impl(q, k, v, bias, index[0], index[1], block_size, scale, block_m, block_n, num_warps, num_stages)
 
 
-@block_sparse_attention_fwd.register_fake
-def _(q, k, v, bias, kv_counts, kv_indices, q_counts, q_indices, block_size, scale, block_m, block_n, num_warps, num_stages,
-      bwd_block_m, bwd_block_n, bwd_num_warps, bwd_num_stages):
+def _fwd_fake(q, k, v, bias, index, *params):
     B, H, L, _ = q.shape
     return q.new_empty(q.shape), q.new_empty((B, H, L), dtype=torch.float32)
 
 
-@torch.library.custom_op("sparse_autotune::block_sparse_attention_bwd", mutates_args=())
-def block_sparse_attention_bwd(
-    grad_out: torch.Tensor,
-    q: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
-    out: torch.Tensor,
-    lse: torch.Tensor,
-    bias: Optional[torch.Tensor],
-    kv_counts: torch.Tensor,
-    kv_indices: torch.Tensor,
-    q_counts: torch.Tensor,
-    q_indices: torch.Tensor,
-    block_size: int,
-    scale: float,
-    block_m: int,
-    block_n: int,
-    num_warps: int,
-    num_stages: int,
-    compute_dbias: bool,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+def _bwd_op(grad_out, q, k, v, out, lse, bias, index, block_size, scale, block_m, block_n, num_warps, num_stages,
+            compute_dbias):
     """Backward of block-sparse attention: (dq, dk, dv, dbias); dbias is empty unless
     ``compute_dbias`` and a bias is given."""
-    return _bwd_impl(grad_out, q, k, v, out, lse, bias, kv_counts, kv_indices, q_counts, q_indices,
+    return _bwd_impl(grad_out, q, k, v, out, lse, bias, *index,
                      block_size, scale, block_m, block_n, num_warps, num_stages, compute_dbias)
 
 
-@block_sparse_attention_bwd.register_fake
-def _(grad_out, q, k, v, out, lse, bias, kv_counts, kv_indices, q_counts, q_indices,
-      block_size, scale, block_m, block_n, num_warps, num_stages, compute_dbias):
-    dq, dk, dv = q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape)
-    if compute_dbias and bias is not None:
-        dbias = bias.new_empty(bias.shape)
-    else:
-        dbias = q.new_empty((0,))
-    return dq, dk, dv, dbias
-
-
-def _setup_context(ctx, inputs, output):
-    q, k, v, bias, kv_counts, kv_indices, q_counts, q_indices, block_size, scale, _bm, _bn, _nw, _ns, bm, bn, nw, ns = inputs
-    out, lse = output
-    ctx.save_for_backward(q, k, v, out, lse, bias, kv_counts, kv_indices, q_counts, q_indices)
-    ctx.params = (block_size, scale, bm, bn, nw, ns)
-    ctx.has_bias = bias is not None
-
-
-def _backward(ctx, grad_out, grad_lse):
-    q, k, v, out, lse, bias, kv_counts, kv_indices, q_counts, q_indices = ctx.saved_tensors
-    block_size, scale, bm, bn, nw, ns = ctx.params
-    compute_dbias = bool(ctx.has_bias and ctx.needs_input_grad[3])
-    if grad_out is None:
-        grad_out = torch.zeros_like(out)
-    dq, dk, dv, dbias = block_sparse_attention_bwd(
-        grad_out, q, k, v, out, lse, bias, kv_counts, kv_indices, q_counts, q_indices,
-        block_size, scale, bm, bn, nw, ns, compute_dbias,
-    )
-    return (dq, dk, dv, (dbias if compute_dbias else None)) + (None,) * 14
-
-
-block_sparse_attention_fwd.register_autograd(_backward, setup_context=_setup_context)
+block_sparse_attention_fwd, block_sparse_attention_bwd = declare_attention_ops(
+    "sparse_autotune::block_sparse_attention_fwd",
+    "sparse_autotune::block_sparse_attention_bwd",
+    forward_params=("int block_size, float scale, int block_m, int block_n, int num_warps, int num_stages, "
+                    "int bwd_block_m, int bwd_block_n, int bwd_num_warps, int bwd_num_stages"),
+    backward_params="int block_size, float scale, int block_m, int block_n, int num_warps, int num_stages",
+    forward=_fwd_op,
+    forward_fake=_fwd_fake,
+    backward=_bwd_op,
+    # the backward launches with the forward's bwd_* config
+    backward_args=lambda p: (p[0], p[1], *p[6:10]),
+)
 
 
 # ------------------------------------------------------------------------------------------------

@@ -1,0 +1,106 @@
+"""The block-sparse attention custom ops, declared once for every backend that has them.
+
+The CPU fused kernel (``kernels.cpu_fused``) and the Triton kernels (``kernels.triton_op``) each
+register a forward and a backward op (namespace ``sparse_autotune``) with the same leading
+arguments and the same autograd wiring; only their trailing parameters (block size, scale, launch
+config, ...) and their implementations differ:
+
+* forward ``(q, k, v, bias, kv_counts, kv_indices, q_counts, q_indices, <forward params>)
+  -> (out, lse)``: q_counts / q_indices are read by the backward only, they are inputs so that
+  autograd can save them;
+* backward ``(grad_out, q, k, v, out, lse, bias, kv_counts, kv_indices, q_counts, q_indices,
+  <backward params>, compute_dbias) -> (dq, dk, dv, dbias)``: dbias has the bias's shape when
+  ``compute_dbias`` and a bias is given, otherwise it is an empty tensor;
+* the forward's autograd formula saves q, k, v, out, lse, the bias and the index and calls the
+  backward op (no double backward); the gradient of ``lse`` (an auxiliary output) is ignored;
+* the backward's fake (meta) implementation is the same for both; each forward brings its own
+  (the LSE's shape differs).
+
+``declare_attention_ops`` writes the schemas from these shared argument lists, registers the ops,
+their fakes and the autograd formula, and returns the two op objects.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+
+__all__ = ["FORWARD_ARGS", "BACKWARD_ARGS", "declare_attention_ops"]
+
+FORWARD_ARGS = (
+    "Tensor q, Tensor k, Tensor v, Tensor? bias, "
+    "Tensor kv_counts, Tensor kv_indices, Tensor q_counts, Tensor q_indices"
+)
+BACKWARD_ARGS = (
+    "Tensor grad_out, Tensor q, Tensor k, Tensor v, Tensor out, Tensor lse, Tensor? bias, "
+    "Tensor kv_counts, Tensor kv_indices, Tensor q_counts, Tensor q_indices"
+)
+N_TENSORS = 8  # forward tensor inputs before the backend's own parameters
+
+
+def _backward_fake(grad_out, q, k, v, out, lse, bias, kv_counts, kv_indices, q_counts, q_indices, *params):
+    compute_dbias = params[-1]
+    dq, dk, dv = q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape)
+    dbias = bias.new_empty(bias.shape) if compute_dbias and bias is not None else q.new_empty((0,))
+    return dq, dk, dv, dbias
+
+
+def declare_attention_ops(
+    forward_name: str,
+    backward_name: str,
+    *,
+    forward_params: str,
+    backward_params: str,
+    forward: Callable,
+    forward_fake: Callable,
+    backward: Callable,
+    backward_args: Callable[[tuple], tuple],
+    device_types=None,
+):
+    """Register the forward and backward op of one backend; returns (forward_op, backward_op).
+
+    ``forward_params`` / ``backward_params``: the schema text of the backend's trailing parameters
+    (``compute_dbias`` is appended to the backward's). The implementations get the layout's index
+    as one tuple ``index = (kv_counts, kv_indices, q_counts, q_indices)``: ``forward(q, k, v, bias,
+    index, *params)`` and ``forward_fake`` (same arguments) give (out, lse); ``backward(grad_out,
+    q, k, v, out, lse, bias, index, *backward_params, compute_dbias)`` gives (dq, dk, dv, dbias);
+    ``backward_args(params)`` picks the backward op's parameters out of the forward's."""
+    def fwd(q, k, v, bias, kv_counts, kv_indices, q_counts, q_indices, *params):
+        return forward(q, k, v, bias, (kv_counts, kv_indices, q_counts, q_indices), *params)
+
+    def fwd_fake(q, k, v, bias, kv_counts, kv_indices, q_counts, q_indices, *params):
+        return forward_fake(q, k, v, bias, (kv_counts, kv_indices, q_counts, q_indices), *params)
+
+    def bwd(grad_out, q, k, v, out, lse, bias, kv_counts, kv_indices, q_counts, q_indices, *params):
+        return backward(grad_out, q, k, v, out, lse, bias, (kv_counts, kv_indices, q_counts, q_indices), *params)
+
+    fwd_op = torch.library.custom_op(
+        forward_name, mutates_args=(), device_types=device_types,
+        schema=f"({FORWARD_ARGS}, {forward_params}) -> (Tensor, Tensor)",
+    )(fwd)
+    fwd_op.register_fake(fwd_fake)
+    bwd_op = torch.library.custom_op(
+        backward_name, mutates_args=(), device_types=device_types,
+        schema=f"({BACKWARD_ARGS}, {backward_params}, bool compute_dbias) -> (Tensor, Tensor, Tensor, Tensor)",
+    )(bwd)
+    bwd_op.register_fake(_backward_fake)
+
+    def setup_context(ctx, inputs, output):
+        q, k, v, bias, kv_counts, kv_indices, q_counts, q_indices = inputs[:N_TENSORS]
+        out, lse = output
+        ctx.save_for_backward(q, k, v, out, lse, bias, kv_counts, kv_indices, q_counts, q_indices)
+        ctx.params = backward_args(tuple(inputs[N_TENSORS:]))
+        ctx.n_inputs = len(inputs)
+        ctx.has_bias = bias is not None
+
+    def autograd_backward(ctx, grad_out, grad_lse):
+        saved = ctx.saved_tensors  # q, k, v, out, lse, bias, kv_counts, kv_indices, q_counts, q_indices
+        compute_dbias = bool(ctx.has_bias and ctx.needs_input_grad[3])
+        if grad_out is None:
+            grad_out = torch.zeros_like(saved[3])
+        dq, dk, dv, dbias = bwd_op(grad_out, *saved, *ctx.params, compute_dbias)
+        return (dq, dk, dv, dbias if compute_dbias else None) + (None,) * (ctx.n_inputs - 4)
+
+    fwd_op.register_autograd(autograd_backward, setup_context=setup_context)
+    return fwd_op, bwd_op
