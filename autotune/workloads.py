@@ -35,6 +35,7 @@ from typing import Any, Callable, Optional
 
 import torch
 
+from kernels import clear_plan_caches
 from kernels.measure import TOLERANCES, PairedTiming, is_oom, naive_attention, peak_memory, time_fn, time_paired
 from .space import SearchSpace, Workload
 
@@ -382,6 +383,7 @@ class AttentionBench(WorkloadBench):
                              **paired_kwargs(space))
             # a cold call on a new layout object, so that workspaces a backend keeps per layout (the
             # cpu backend's K^T tiles) count towards the peak
+            clear_plan_caches()
             mem, mem_method = peak_memory(run_on(layout.fresh(), cold=True), device=self.device)
         except Exception as e:  # noqa: BLE001
             if is_oom(e):
@@ -537,9 +539,10 @@ class EvoformerBench(WorkloadBench):
         try:
             pt = time_paired(self._fns(block, m, z, {"cand": self.candidate(pcfg, kc)}), baseline="sdpa",
                              device=self.device, **paired_kwargs(space))
-            from autotune.evoformer.attention import layout_for
+            from autotune.evoformer.attention import cached_layout
 
-            layout_for.cache_clear()  # a cold call: per-layout workspaces of the backend count
+            cached_layout.cache_clear()  # a cold call: per-layout workspaces of the backend count
+            clear_plan_caches()
             block.set_attention(self.candidate(pcfg, kc))
             mem, mem_method = peak_memory(fn, device=self.device)
         except Exception as e:  # noqa: BLE001

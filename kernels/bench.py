@@ -67,7 +67,9 @@ from patterns import BlockLayout, GuidedConfig, PatternConfig, build_layout
 from patterns.guided import GUIDED_POOLS, PATTERN_FAMILIES
 from patterns.sparsity import pattern_for_sparsity
 
+from . import backends as registry
 from .config import KernelConfig
+from .plans import clear_plan_caches
 from .dense import dense_attention
 from .measure import measure_time, peak_memory, relative_error, release_memory, timer_method, tolerance
 from .reference import reference_attention
@@ -147,23 +149,13 @@ def peak_mib(fn: Callable[[], None], device: torch.device) -> tuple[float, str]:
 
 # ---- backends ------------------------------------------------------------------------------------
 def _run_backend(name: str, q, k, v, layout, bias, **kernel):
+    """One call of ``name``: ``sdpa`` (the dense baseline, no layout), ``naive`` (the materialised
+    reference), or a registered sparse backend through the registry (`kernels.backends`)."""
     if name == "sdpa":
         return dense_attention(q, k, v, None, bias)
     if name == "naive":
         return reference_attention(q, k, v, layout, bias)
-    if name == "flex":
-        from .flex import flex_sparse_attention  # noqa: PLC0415
-
-        return flex_sparse_attention(q, k, v, layout, bias)
-    if name == "cpu":
-        from .cpu import cpu_sparse_attention  # noqa: PLC0415
-
-        return cpu_sparse_attention(q, k, v, layout, bias)
-    if name == "triton":
-        from .triton_op import triton_sparse_attention  # noqa: PLC0415
-
-        return triton_sparse_attention(q, k, v, layout, bias, config=kernel.get("config"))
-    raise ValueError(f"unknown backend {name!r}")
+    return registry.get(name).run(q, k, v, layout, bias, scale=None, config=kernel.get("config"))
 
 
 def check_backend(name: str, q, k, v, layout, bias, max_ref_elems: int, **kernel) -> tuple[bool, str]:
@@ -254,7 +246,7 @@ class CaseLayout:
 def _backends(device: torch.device, selected: Optional[list[str]]) -> list[str]:
     if selected is not None:  # explicit choice (triton on a CPU runs under TRITON_INTERPRET=1)
         return [n for n in BACKENDS if n in selected]
-    return ["sdpa", "flex", "triton" if device.type == "cuda" else "cpu", "naive"]
+    return ["sdpa", "flex", registry.auto_backend(device), "naive"]
 
 
 def case_layout(case: Case, bias: torch.Tensor) -> CaseLayout:
@@ -327,6 +319,7 @@ def _measure_pass(name: str, p: str, inputs, lay: CaseLayout, kernel: dict, buil
         ms = time_ms(_pass_fn(name, p, inputs, lay, False, kernel), device, args.reps, args.warmup)
         # memory of a cold call on a new layout object: workspaces a backend allocates once per
         # layout and keeps (the cpu backend's K^T tiles) are counted
+        clear_plan_caches()  # a cold call: no backend plan kept from the timed calls
         mib, mem_method = peak_mib(_pass_fn(name, p, inputs, lay, True, kernel), device)
     except Exception as exc:  # noqa: BLE001 - one failing backend must not stop the run
         print(f"    {name:7s} {p:6s} error {type(exc).__name__}: {str(exc)[:200]}", flush=True)
@@ -370,8 +363,8 @@ def run_case(case: Case, args, device, dtype, backends, rows, t_start) -> None:
             rows.extend({**base, "pass": p, "backend": name, "status": "FAIL"} for p in args.passes)
             continue
         for p in args.passes:
-            if p == "fwdbwd" and name == "flex" and device.type != "cuda":
-                continue  # FlexAttention on CPU is forward-only
+            if p == "fwdbwd" and name not in ("sdpa", "naive") and not registry.get(name).supports_grad(device):
+                continue  # a backend without gradients on this device (FlexAttention on CPU)
             if p == "fwdbwd" and name == "flex" and inputs[0].shape[0] * inputs[0].shape[1] * inputs[0].shape[2] ** 2 >= FLEX_BWD_MAX_SCORES:
                 # FlexAttention's backward with a bias gradient over B*H*L*L >= 2^31 scores hit an
                 # illegal memory access on an H200 (torch 2.11, triangle attention at L = 2048), which
