@@ -21,7 +21,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from autotune.evoformer import EvoformerAttention, EvoformerBlock  # noqa: E402
-from autotune.evoformer.bench import pattern_for_sparsity  # noqa: E402
+from autotune.evoformer.bench import sparsity_pattern  # noqa: E402
 from patterns import GuidedConfig  # noqa: E402
 
 
@@ -41,7 +41,7 @@ def main(argv=None) -> int:
     bs = 32 if args.L <= 256 else 64
     variants = {
         "sdpa": EvoformerAttention.uniform("sdpa"),
-        "static@0.75": EvoformerAttention.sparse(pattern_for_sparsity(0.75, args.L, bs)),
+        "static@0.75": EvoformerAttention.sparse(sparsity_pattern(0.75, args.L, bs)),
         "guided keep 0.25": EvoformerAttention.sparse(GuidedConfig(bs, keep=0.25, pool="max")),
     }
     acts = [torch.profiler.ProfilerActivity.CPU] + ([torch.profiler.ProfilerActivity.CUDA] if dev.type == "cuda" else [])

@@ -410,7 +410,7 @@ def test_cli_module_entry_point(tmp_path):
 
 
 def test_cli_tuned_uses_config_for_each_bucket(tmp_path, capsys, monkeypatch):
-    # stands in for patterns.tuned (load_tuned(path) -> object with .buckets and .config_for)
+    # stands in for kernels.tuned (load_tuned(path) -> object with .buckets and .config_for)
     import types
 
     calls = []
@@ -422,9 +422,9 @@ def test_cli_tuned_uses_config_for_each_bucket(tmp_path, capsys, monkeypatch):
             calls.append(seq_len)
             return PatternConfig(16, window=0 if seq_len <= 48 else 16)
 
-    fake = types.ModuleType("patterns.tuned")
+    fake = types.ModuleType("kernels.tuned")
     fake.load_tuned = lambda path: _Tuned()
-    monkeypatch.setitem(sys.modules, "patterns.tuned", fake)
+    monkeypatch.setitem(sys.modules, "kernels.tuned", fake)
     d = _tiny_folder(tmp_path)
     tuned = tmp_path / "protein.yaml"
     tuned.write_text("# read by the stand-in\n")
@@ -438,7 +438,7 @@ def test_cli_tuned_uses_config_for_each_bucket(tmp_path, capsys, monkeypatch):
 
 
 def test_cli_tuned_real_file(tmp_path, capsys):
-    pytest.importorskip("patterns.tuned")
+    pytest.importorskip("kernels.tuned")
     d = _tiny_folder(tmp_path)
     tuned = tmp_path / "protein.yaml"
     tuned.write_text(
@@ -462,7 +462,7 @@ def test_cli_tuned_real_file(tmp_path, capsys):
 
 
 def test_cli_tuned_skips_buckets_that_deploy_dense_attention(tmp_path, capsys):
-    pytest.importorskip("patterns.tuned")
+    pytest.importorskip("kernels.tuned")
     d = _tiny_folder(tmp_path)
     tuned = tmp_path / "protein.yaml"
     tuned.write_text(

@@ -14,7 +14,7 @@ from autotune.evoformer import (
     EvoformerStack,
     TriangleAttention,
     TriangleMultiplicativeUpdate,
-    layout_for,
+    cached_layout,
     load_openfold_state_dict,
     openfold_block_keys,
 )
@@ -28,7 +28,7 @@ BAND = PatternConfig(block_size=16, window=8)  # local band: drops far tiles at 
 
 
 class Tuned:
-    """Stands in for patterns.tuned.TunedPatterns."""
+    """Stands in for kernels.tuned.TunedPatterns."""
 
     def __init__(self, cfg):
         self.cfg, self.asked = cfg, []
@@ -117,9 +117,9 @@ def test_set_attention_per_module_and_no_state():
 
 
 def test_layouts_cached_per_config_and_length():
-    assert layout_for(BAND, 48) is layout_for(BAND, 48)
-    assert layout_for(BAND, 48) is not layout_for(BAND, 64)
-    assert layout_for(BAND, 48).sparsity > 0
+    assert cached_layout(BAND, 48) is cached_layout(BAND, 48)
+    assert cached_layout(BAND, 48) is not cached_layout(BAND, 64)
+    assert cached_layout(BAND, 48).sparsity > 0
 
 
 # ---- numerics ------------------------------------------------------------------------------------
@@ -147,7 +147,7 @@ def test_dense_pattern_sparse_reference_equals_naive():
 
 def test_sparse_pattern_equals_masked_naive_and_differs_from_dense():
     L = 48
-    assert layout_for(BAND, L).sparsity > 0.2
+    assert cached_layout(BAND, L).sparsity > 0.2
     block = _block()
     m, z = _inputs(L)
     dense = _run(block.set_attention("naive"), m, z)

@@ -14,7 +14,8 @@ import yaml
 from autotune.export import main as export_main
 from autotune.search import Search
 from autotune.space import SpaceError, load_space
-from patterns import GuidedConfig, PatternConfig, build_layout, load_tuned
+from kernels import load_tuned
+from patterns import GuidedConfig, PatternConfig, build_layout
 
 SPACE = {
     "name": "guided-tiny",

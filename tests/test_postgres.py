@@ -14,7 +14,8 @@ import sqlalchemy as sa
 
 from autotune.search import Search
 from autotune.space import load_space
-from patterns import build_layout, load_tuned
+from kernels import load_tuned
+from patterns import build_layout
 
 from test_search import ROOT, write_space
 

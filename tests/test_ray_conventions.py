@@ -95,7 +95,7 @@ def test_runtime_env_ships_this_checkout(monkeypatch, tmp_path):
     env = project_runtime_env(str(tmp_path))
     assert env == {"working_dir": str(tmp_path)}
     assert sorted(p.name for p in tmp_path.iterdir()) == ["autotune", "kernels", "patterns"]
-    for name in ("autotune/executor.py", "patterns/tuned.py", "kernels/__init__.py", "kernels/csrc"):
+    for name in ("autotune/executor.py", "kernels/tuned.py", "kernels/__init__.py", "kernels/csrc"):
         assert (tmp_path / name).exists(), name
     assert (tmp_path / "autotune/executor.py").read_bytes() == (ROOT / "autotune/executor.py").read_bytes()
     assert not list(tmp_path.rglob("__pycache__")) and not list(tmp_path.rglob("*.pyc"))

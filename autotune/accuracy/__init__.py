@@ -58,7 +58,7 @@ from patterns import GuidedConfig, PatternConfig, build_layout
 from patterns.errors import InputError
 
 from .contacts import CONTACT_CUTOFF, RANGES, contact_map, contact_pairs
-from .metrics import ChainStats, chain_stats, layout_for, pair_bias
+from .metrics import ChainStats, chain_stats, layout_and_token_mask, pair_bias
 from .structures import Chain, read_chains, read_structure_file, structure_files
 
 __all__ = [
@@ -74,7 +74,7 @@ __all__ = [
     "evaluate_pattern",
     "select_chains",
     "chain_stats",
-    "layout_for",
+    "layout_and_token_mask",
     "read_structure_file",
     "contact_pairs",
     "contact_map",

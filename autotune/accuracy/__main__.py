@@ -40,7 +40,7 @@ from . import (
     select_chains,
 )
 from .guided import MIN_SEPARATION
-from .metrics import PROBE_DIM, PROBE_HEADS, PROBE_SEED, PROBE_TAUS, layout_for
+from .metrics import PROBE_DIM, PROBE_HEADS, PROBE_SEED, PROBE_TAUS, layout_and_token_mask
 
 
 class _UsageError(InputError):
@@ -234,9 +234,9 @@ def _configs(args) -> tuple[list[int], dict[int, PatternConfig], str]:
     """(buckets, bucket -> config, description of the pattern source)."""
     if args.tuned:
         try:
-            from patterns.tuned import load_tuned
+            from kernels.tuned import load_tuned
         except ImportError as exc:
-            raise _UsageError(f"--tuned needs patterns.tuned, which is not available ({exc})") from None
+            raise _UsageError(f"--tuned needs kernels.tuned, which is not available ({exc})") from None
         if not Path(args.tuned).is_file():
             raise _UsageError(f"tuned file not found: {args.tuned}")
         try:
@@ -309,7 +309,7 @@ def _evaluate_buckets(args, buckets, configs, chains) -> list[dict]:
                 "bucket": b,
                 "config": cfg.to_dict(),
                 # a guided layout depends on each input: no sparsity at the bucket length
-                "sparsity_at_bucket": None if guided else layout_for(cfg, b)[0].sparsity,
+                "sparsity_at_bucket": None if guided else layout_and_token_mask(cfg, b)[0].sparsity,
                 "sparsity_at_chain_lengths": res.sparsity,
                 "n_chains": res.n_chains,
                 "lengths": list(res.lengths),

@@ -35,7 +35,7 @@ from .structures import Chain
 
 __all__ = [
     "PROBE_HEADS", "PROBE_DIM", "PROBE_TAUS", "PROBE_SEED", "ChainStats", "pair_bias", "chain_stats", "layout_stats",
-    "layout_for",
+    "layout_and_token_mask",
 ]
 
 PROBE_TAUS: tuple[float, ...] = (1.0, 2.0, 4.0, 8.0)
@@ -82,7 +82,7 @@ def _probe(chain: Chain):
 
 
 @lru_cache(maxsize=1024)
-def layout_for(config: PatternConfig, seq_len: int) -> tuple[BlockLayout, torch.Tensor]:
+def layout_and_token_mask(config: PatternConfig, seq_len: int) -> tuple[BlockLayout, torch.Tensor]:
     """(layout, token_mask) of ``config`` at ``seq_len``, cached."""
     layout = build_layout(config, seq_len)
     tm = layout.token_mask()
@@ -93,7 +93,7 @@ def layout_for(config: PatternConfig, seq_len: int) -> tuple[BlockLayout, torch.
 
 def chain_stats(config: PatternConfig, chain: Chain) -> ChainStats:
     """The figures of ``config``'s layout, built at the chain's own length, on ``chain``."""
-    layout, tm = layout_for(config, chain.length)
+    layout, tm = layout_and_token_mask(config, chain.length)
     return layout_stats(layout, chain, tm)
 
 

@@ -7,7 +7,7 @@ from typing import Optional
 
 
 from .contacts import RANGES, contact_pairs
-from .metrics import layout_for
+from .metrics import layout_and_token_mask
 from .structures import Chain
 
 _COLORS = {"short": "tab:green", "medium": "tab:orange", "long": "tab:red"}
@@ -25,7 +25,7 @@ def draw_contacts(chain: Chain, config, path: str | Path, *, title: Optional[str
 
     L = chain.length
     if layout is None:
-        layout, tm = layout_for(config, L)
+        layout, tm = layout_and_token_mask(config, L)
     else:
         tm = layout.token_mask().cpu()
         tm = tm.any(0) if tm.dim() == 3 else tm

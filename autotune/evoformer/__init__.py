@@ -2,8 +2,8 @@
 or tuned block-sparse attention, with OpenFold-compatible parameters, and its benchmark
 (``python -m autotune.evoformer.bench``)."""
 
-from .attention import (KINDS, AttentionChoice, EvoformerAttention, attend, cached_layout, layout_for, naive_attention,
-                        openfold_attention, sdpa_attention)
+from .attention import (KINDS, AttentionChoice, EvoformerAttention, attend, cached_layout, openfold_attention,
+                        sdpa_attention)
 from .modules import (
     EvoformerBlock,
     EvoformerStack,
@@ -29,8 +29,6 @@ __all__ = [
     "attend",
     "cached_layout",
     "openfold_attention",
-    "layout_for",  # old names of the two above, kept for compatibility
-    "naive_attention",
     "sdpa_attention",
     "EvoformerBlock",
     "EvoformerStack",

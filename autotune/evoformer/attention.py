@@ -63,8 +63,6 @@ __all__ = [
     "openfold_attention",
     "sdpa_attention",
     "cached_layout",
-    "naive_attention",
-    "layout_for",
     "guide_signal",
 ]
 
@@ -351,11 +349,3 @@ def attend(choice: AttentionChoice, q: torch.Tensor, k: torch.Tensor, v: torch.T
         scale=1.0 / math.sqrt(q.shape[-1]), backend=choice.backend, config=choice.kernel_config_for(L),
     )
     return out.reshape(*lead, *out.shape[-3:])
-
-
-# Kept for compatibility only: the old names, which collided with ``autotune.measure.naive_attention``
-# (the timed baseline) and ``autotune.accuracy.metrics.layout_for`` (a layout and its token mask).
-# autotune/evoformer/__init__.py, autotune/evoformer/bench.py, autotune/trial.py and
-# tests/test_evoformer.py still use them; remove once they use the names above.
-layout_for = cached_layout
-naive_attention = openfold_attention

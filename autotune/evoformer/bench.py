@@ -29,7 +29,7 @@ What is measured, per (L, pass, variant):
 
 Variants: ``naive`` (OpenFold's materialised softmax), ``sdpa`` (dense, contiguous bias: the fair
 dense baseline), and ``sparse`` with (a) given PatternConfigs, (b) a ``--tuned`` file
-(``patterns.tuned.load_tuned``), or (c) by default, for each target sparsity, the local + one
+(``kernels.load_tuned``), or (c) by default, for each target sparsity, the local + one
 global block + strided pattern whose layout at that L is closest to the target. Sparse patterns
 apply to MSA row and both triangle attentions; column attention stays dense SDPA.
 
@@ -43,7 +43,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import math
 import os
 import re
 import sys
@@ -55,13 +54,13 @@ from typing import Any, Callable, Iterable, Optional, Sequence
 import torch
 
 from kernels.measure import Timing, is_oom, measure_time, peak_memory, release_memory, timer_method
-from patterns import PatternConfig, build_layout
+from patterns import PatternConfig, build_layout, pattern_for_sparsity, pattern_label
 
-from .attention import EvoformerAttention, layout_for
+from .attention import EvoformerAttention, cached_layout
 from .modules import EvoformerBlock
 from .passes import PASS_MODES, block_pass
 
-__all__ = ["run_evoformer_bench", "pattern_for_sparsity", "default_block_size", "device_tag", "format_table", "main"]
+__all__ = ["run_evoformer_bench", "sparsity_pattern", "default_block_size", "device_tag", "format_table", "main"]
 
 SMALL_DIMS = dict(c_m=64, c_z=32, c_hidden_msa_att=16, no_heads_msa=4, c_hidden_pair_att=16, no_heads_pair=2,
                   c_hidden_opm=16, c_hidden_mul=32)
@@ -83,28 +82,10 @@ def default_block_size(seq_len: int) -> int:
     return 16
 
 
-def pattern_for_sparsity(target: float, seq_len: int, block_size: Optional[int] = None) -> PatternConfig:
-    """The local band + (one global block) + strided pattern whose layout at ``seq_len`` is closest to
-    ``target`` sparsity, in steps of 0.02 (ties: with a global block, then wider band, then
-    without strides)."""
-    bs = block_size or default_block_size(seq_len)
-    nb = math.ceil(seq_len / bs)
-    best, best_key = None, None
-    for k in range(0, max(1, nb // 2) + 1):
-        for g in (bs, 0):
-            for stride in [0] + list(range(2, nb)):
-                cfg = PatternConfig(block_size=bs, window=k * bs, num_global=g, stride=stride)
-                s = build_layout(cfg, seq_len).sparsity
-                key = (round(abs(s - target) / 0.02), g == 0, -k, stride != 0, abs(s - target))
-                if best_key is None or key < best_key:
-                    best, best_key = cfg, key
-    return best
-
-
-def _pattern_str(cfg: Optional[PatternConfig]) -> str:
-    if cfg is None:
-        return ""
-    return f"bs{cfg.block_size}/w{cfg.window}/g{cfg.num_global}{'s' if cfg.global_placement == 'spread' else ''}/s{cfg.stride}"
+def sparsity_pattern(target: float, seq_len: int, block_size: Optional[int] = None) -> PatternConfig:
+    """The local band + (one global block) + strided pattern closest to ``target`` sparsity at
+    ``seq_len`` (`patterns.pattern_for_sparsity` with ``rule="band"``; block size by length)."""
+    return pattern_for_sparsity(seq_len, target, block_size or default_block_size(seq_len), rule="band")
 
 
 def parse_pattern(text: str) -> PatternConfig:
@@ -129,7 +110,7 @@ def _peak_mib(fn: Callable[[], None], device: torch.device) -> tuple[float, str]
     """(peak memory above the current allocation while ``fn`` runs once in MiB, method)
     (``kernels.measure.peak_memory``). The layout cache is emptied first, so the run is a cold
     call that counts the workspaces a sparse backend allocates per layout and keeps."""
-    layout_for.cache_clear()
+    cached_layout.cache_clear()
     release_memory(device)
     res = peak_memory(fn, device=device)
     return res.mib, res.method
@@ -168,10 +149,10 @@ def _variants(kinds: Sequence[str], L: int, patterns, sparsities, tuned, backend
             if tuned is not None:
                 out.append(("sparse[tuned]", EvoformerAttention.sparse(tuned, backend), tuned.config_for(L)))
             for cfg in patterns or ():
-                out.append((f"sparse[{_pattern_str(cfg)}]", EvoformerAttention.sparse(cfg, backend), cfg))
+                out.append((f"sparse[{pattern_label(cfg, missing='')}]", EvoformerAttention.sparse(cfg, backend), cfg))
             if tuned is None and not patterns:
                 for s in sparsities:
-                    cfg = pattern_for_sparsity(s, L, block_size)
+                    cfg = sparsity_pattern(s, L, block_size)
                     out.append((f"sparse@{s:g}", EvoformerAttention.sparse(cfg, backend), cfg))
         else:
             raise ValueError(f"unknown variant kind {kind!r}; use naive, sdpa, sparse")
@@ -241,7 +222,7 @@ def _settings(lengths, depth, device, dtype, dims, tuned, modes, **rest) -> Benc
     device = torch.device(device if device is not None else ("cuda" if torch.cuda.is_available() else "cpu"))
     on_gpu = device.type == "cuda"
     if isinstance(tuned, (str, os.PathLike)):
-        from patterns.tuned import load_tuned
+        from kernels.tuned import load_tuned
 
         tuned = load_tuned(tuned)
     for mode in modes:
@@ -303,8 +284,8 @@ def _variant_row(block: EvoformerBlock, fn: Callable[[], None], variant, L: int,
     share = {k: (1 - base[k] / med if st.measure_share else float("nan")) for k in ("attn3", "attn4", "core")}
     row = {
         "device": st.tag, "dtype": str(st.dtype).replace("torch.", ""), "threads": torch.get_num_threads(),
-        "L": L, "depth": st.depth, "mode": mode, "variant": name, "pattern": _pattern_str(cfg),
-        "sparsity": round(layout_for(cfg, L).sparsity, 4) if cfg is not None else 0.0,
+        "L": L, "depth": st.depth, "mode": mode, "variant": name, "pattern": pattern_label(cfg, missing=""),
+        "sparsity": round(cached_layout(cfg, L).sparsity, 4) if cfg is not None else 0.0,
         "status": status, "median_ms": med, "min_ms": t.min_ms if t else float("nan"), "peak_mib": peak,
         "attn3_share": share["attn3"], "attn4_share": share["attn4"], "core_share": share["core"], "max_len": "",
         "timer": timer_method(st.device), "memory_method": mem_method,
@@ -364,7 +345,7 @@ def run_evoformer_bench(
 
     Defaults: CUDA if available (bf16, depth 128, L = 256, 512, 1024, 2048), else CPU (float32,
     depth 16, L = 64, 128, 256); AlphaFold2 dims (``dims`` overrides ``EvoformerBlock`` kwargs).
-    ``tuned``: a TunedPatterns or a path for ``patterns.tuned.load_tuned``. ``csv_path``: None
+    ``tuned``: a TunedPatterns or a path for ``kernels.load_tuned``. ``csv_path``: None
     writes ``benchmarks/results/evoformer-<device>.csv``, False writes nothing.
     """
     st = _settings(lengths, depth, device, dtype, dims, tuned, modes, kinds=kinds, patterns=patterns,
@@ -421,7 +402,7 @@ def main(argv: Optional[Sequence[str]] = None) -> list[dict]:
     p.add_argument("--modes", nargs="+", default=["fwd", "fwd+bwd"], choices=["fwd", "fwd+bwd"])
     p.add_argument("--sparsity", type=float, nargs="+", default=[0.5, 0.75, 0.9], help="target sparsities")
     p.add_argument("--pattern", type=parse_pattern, action="append", help="block_size,window,num_global,stride (repeatable)")
-    p.add_argument("--tuned", help="tuned pattern file (patterns.tuned.load_tuned)")
+    p.add_argument("--tuned", help="tuned pattern file (kernels.load_tuned)")
     p.add_argument("--backend", default="auto", help="kernels.sparse_attention backend for the sparse variants")
     p.add_argument("--block-size", type=int, help="block size of the target-sparsity patterns (default by L)")
     p.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), help="default: GPU bfloat16, CPU float32")
