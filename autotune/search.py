@@ -110,13 +110,14 @@ class UsageError(Exception):
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from results.storage import STORAGE_HELP
+
     p = argparse.ArgumentParser(prog="python -m autotune.search", description=__doc__.split("\n\n")[0])
     p.add_argument("--space", required=True, help="search-space YAML file")
     p.add_argument("--trials", type=int, help="total trial budget (finished trials of the study count)")
     p.add_argument("--timeout", type=float, help="seconds after which no new trial starts")
     p.add_argument("--study", help="study name (default: the space's name)")
-    p.add_argument("--storage", help="SQLAlchemy URL or SQLite file (default $AUTOTUNE_STORAGE, else "
-                   "sqlite:///results/autotune.db)")
+    p.add_argument("--storage", help=STORAGE_HELP)
     p.add_argument("--executor", choices=("ray", "local"), default="ray")
     p.add_argument("--ray-address", help="join this Ray cluster (HOST:PORT, ray://HOST:PORT, auto; default $RAY_ADDRESS) "
                    "instead of starting a local instance (local)")
@@ -887,7 +888,7 @@ def main(argv: Optional[list[str]] = None) -> int:
                     allow_repeats=args.allow_repeats)
     try:
         summary = search.run()
-    except UsageError as e:
+    except (UsageError, StorageError) as e:  # StorageError: a database at another schema version
         print(f"autotune: error: {mask_secrets(str(e), search.secrets)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
@@ -974,7 +975,8 @@ def record_verdict(storage: str, study: str, verdicts: list, log=None) -> None:
 def end_of_run(search: "Search", args) -> int:
     """Confirm the leaders of every bucket (`autotune.verdict.confirm`), print the verdict per
     bucket and the commands that export, check and report the study."""
-    from .verdict import current_verdicts, verdict_lines
+    from .confirm import current_verdicts
+    from .verdict import verdict_lines
 
     log = search.log
     try:

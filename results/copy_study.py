@@ -1,4 +1,4 @@
-"""Copy a study with its measurements to another database:
+"""Copy a study with its measurements to another database: `copy_study`, behind
 ``python -m autotune.copy_study --study NAME --from URL --to URL [--to-study NAME]``.
 
 ``optuna.copy_study`` copies Optuna's side of a study (trials, values, parameters, attributes)
@@ -10,7 +10,7 @@ report give the same answer at the destination (a confirmation stays current: it
 same trials). Any pair of databases works, SQLite to PostgreSQL included (moving a study off a
 laptop onto a shared server).
 
-Only the rows tied to Optuna's study are copied (`autotune.db.LiveStudy`): rows left by a deleted
+Only the rows tied to Optuna's study are copied (`results.db.LiveStudy`): rows left by a deleted
 study of the same name stay behind. The source is only read. Refused with one line and exit status
 2, with nothing written: a bad URL, a source without the study, a study with trials still running
 (copy it when no driver is running on it), a destination that already holds a study of that name.
@@ -20,8 +20,6 @@ deleted again, so a failed copy leaves nothing behind.
 
 from __future__ import annotations
 
-import argparse
-import sys
 from dataclasses import dataclass
 from typing import Any, Optional
 
@@ -50,13 +48,13 @@ def _columns(row: Any, **override: Any) -> dict[str, Any]:
 
 def copy_study(study: str, src: str, dst: str, to_study: Optional[str] = None) -> CopyResult:
     """Copy ``study`` from the database ``src`` to ``dst`` as ``to_study`` (module docstring).
-    Both are checked URLs (`autotune.storage.resolve_storage`)."""
+    Both are checked URLs (`results.storage.resolve_storage`)."""
     import optuna
     from sqlalchemy import inspect, select
 
-    from .db import Database, Measurement, Run, TrialRow, Tuned, create_optuna_storage, find_orphans, live_study
+    from .db import (Confirmation, Database, Measurement, Run, TrialRow, Tuned, create_optuna_storage, find_orphans,
+                     live_study)
     from .storage import mask_url
-    from .verdict import Confirmation
 
     to_study = to_study or study
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -90,6 +88,7 @@ def copy_study(study: str, src: str, dst: str, to_study: Optional[str] = None) -
             s.expunge_all()
     finally:
         sdb.close()
+    Database(dst, create=False).close()  # a destination at another schema version: refused before any write
     sstore = optuna.storages.RDBStorage(src, skip_table_creation=True, skip_compatibility_check=True)
     try:
         source = optuna.load_study(study_name=study, storage=sstore)
@@ -153,43 +152,3 @@ def copy_study(study: str, src: str, dst: str, to_study: Optional[str] = None) -
         sstore.remove_session()
         sstore.engine.dispose()
     return CopyResult(study, to_study, n_optuna, len(trials), len(ms), len(runs), len(confs), len(tuned))
-
-
-def main(argv: Optional[list[str]] = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m autotune.copy_study", description=__doc__.split("\n\n")[0])
-    p.add_argument("--study", required=True, help="study to copy")
-    p.add_argument("--from", dest="src", required=True, help="source: SQLAlchemy URL or SQLite file")
-    p.add_argument("--to", dest="dst", required=True, help="destination: SQLAlchemy URL or SQLite file")
-    p.add_argument("--to-study", help="name at the destination (default: the same)")
-    args = p.parse_args(argv)
-    from .storage import StorageError, database_error_line, mask_url, resolve_storage
-
-    try:
-        try:
-            src = resolve_storage(args.src, "read").url
-        except StorageError as e:
-            raise CopyError(f"--from: {e}") from None
-        try:
-            dst = resolve_storage(args.dst, "write").url
-        except StorageError as e:
-            raise CopyError(f"--to: {e}") from None
-        if src == dst and (args.to_study or args.study) == args.study:
-            raise CopyError("--to: the same database and study name as --from (use --to-study NAME)")
-        r = copy_study(args.study, src, dst, args.to_study)
-    except CopyError as e:
-        print(f"autotune.copy_study: error: {e}", file=sys.stderr)
-        return 2
-    except Exception as e:  # noqa: BLE001 - a database error: one line, no password
-        line = database_error_line(e, args.dst)
-        if line is None:
-            raise
-        print(f"autotune.copy_study: error: {line}", file=sys.stderr)
-        return 1
-    print(f"autotune.copy_study: copied study {r.study!r} from {mask_url(src)} to {mask_url(dst)} as {r.to_study!r}: "
-          f"{r.trials} Optuna trial(s), {r.trial_rows} trial row(s), {r.measurements} measurement(s), {r.runs} run(s), "
-          f"{r.confirmations} confirmation row(s), {r.exports} export row(s)", file=sys.stderr)
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

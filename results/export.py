@@ -1,33 +1,30 @@
-"""Export a study's chosen config per bucket: ``python -m autotune.export --study NAME [--out FILE]``.
+"""The export writer: a study's chosen config per bucket as a tuned file (``python -m autotune.export``).
 
-Options: ``--storage URL`` (default ``$AUTOTUNE_STORAGE``, else ``sqlite:///results/autotune.db``;
-a plain file path is read as a SQLite file), ``--out FILE`` (default ``results/<study>.yaml``).
+`open_study` reads the study (refusing a missing database, study or complete trial with
+`ExportError`), `document` builds the file's content from the one rule of `results.verdict` (also
+behind the search's verdict and the report) on the study's targets and its current confirmation,
+and `write` writes the file and records each choice in ``at_tuned``. Confirming the leaders when
+the study has no current confirmation re-measures, so it is the command's step
+(`autotune.export.choose`, with `autotune.confirm`), not this module's.
 
-Choice rule: the one rule of `autotune.verdict` (also behind the search's verdict and the
-report): per bucket, the study's leaders (COMPLETE trials meeting every non-speedup target at
+Choice rule: per bucket, the study's leaders (COMPLETE trials meeting every non-speedup target at
 every workload there, by geometric-mean paired speedup over SDPA) are re-measured together with
 the baseline; the chosen config is the confirmed leader with the highest confirmed geometric-mean
 speedup whose confirmed interval clears the speedup target at every workload and that meets every
 other target of the space; its exported speedups are those of a hold-out re-measurement of the
 chosen config alone against SDPA (free of the selection's upward bias), which must clear the
-speedup target too. If the study's latest confirmation does not cover its current trials
-(or there is none), the export runs it first, on this machine. A bucket without a choice is left
-out of the file, listed under ``infeasible_buckets`` and with its reason under ``not_exported``
-(a deployment runs dense attention there, see `patterns.tuned`). The file names the machine it was
-tuned on (``device``, ``device_name``, ``dtype``) and, per bucket, the ``heads`` and ``head_dims``
-measured there; `patterns.load_tuned` checks them where the file is used (format 2; format 1
-files, without these, are still read). Exit status 2 with one line if the database
-or the study does not exist (the line lists the studies that do), or if no bucket has a choice.
-
-The file is read by `patterns.load_tuned`; each choice is also recorded in ``at_tuned``.
+speedup target too. A bucket without a choice is left out of the file, listed under
+``infeasible_buckets`` and with its reason under ``not_exported`` (a deployment runs dense
+attention there, see `patterns.tuned`). The file names the machine it was tuned on (``device``,
+``device_name``, ``dtype``) and, per bucket, the ``heads`` and ``head_dims`` measured there;
+`patterns.load_tuned` checks them where the file is used (format 2; format 1 files, without these,
+are still read).
 """
 
 from __future__ import annotations
 
-import argparse
 import datetime as dt
 import os
-import sys
 from pathlib import Path
 from typing import Any, Optional
 
@@ -43,7 +40,7 @@ RULE = ("per bucket (autotune.verdict): the confirmed leader - re-measured inter
 
 
 class ExportError(Exception):
-    pass
+    """The study cannot be exported (missing database or study, nothing to choose): exit status 2."""
 
 
 class _Dumper(yaml.SafeDumper):
@@ -80,7 +77,7 @@ def _check_live(db, study: str, storage: str, studies: list[str]) -> None:
 
 
 def _load_live(db, study: str):
-    """`autotune.verdict.load_study`, restricted to the trials Optuna's study holds now."""
+    """`results.verdict.load_study`, restricted to the trials Optuna's study holds now."""
     from .db import find_orphans, restrict_study_data
     from .verdict import load_study
 
@@ -99,15 +96,15 @@ def _g(c: Any, k: str) -> Any:
     return c.get(k) if isinstance(c, dict) else getattr(c, k, None)
 
 
-def choose(study: str, storage: str, *, log=None) -> dict[str, Any]:
-    """The export document for ``study`` (raises ExportError); confirms first when needed."""
+def open_study(study: str, storage: str, *, log) -> Any:
+    """The study's `results.verdict.StudyData`, restricted to the trials Optuna's study holds now
+    (raises ExportError: no database file, no autotune tables, no such study, a study Optuna's
+    storage no longer holds, no complete trial). Rows left by a deleted study of the same name are
+    removed first (``log`` says so)."""
     from sqlalchemy import inspect
 
     from .db import Database, TrialRow
-    from .space import SearchSpace
-    from .verdict import confirm, decide, memory_ratio
 
-    log = log or (lambda msg: print(f"autotune.export: {msg}", file=sys.stderr))
     path = _sqlite_path(storage)
     if path is not None and not os.path.isfile(path):
         raise ExportError(f"--storage: no database file {path}")
@@ -128,70 +125,102 @@ def choose(study: str, storage: str, *, log=None) -> dict[str, Any]:
         db.close()
     if not data.trials:
         raise ExportError(f"study {study!r} has no complete trial ({data.n_trials} recorded)")
+    return data
+
+
+def load_live(study: str, storage: str) -> Any:
+    """`open_study`'s data read again (after a confirmation pass), without the checks."""
+    from .db import Database
+
+    db = Database(storage, create=False)
+    try:
+        return _load_live(db, study)
+    finally:
+        db.close()
+
+
+def document(study: str, data: Any) -> dict[str, Any]:
+    """The export document of ``study`` from its data (`open_study`): per bucket, the choice of the
+    one rule (`results.verdict.decide` on the study's targets and its current confirmation, which
+    must exist: ``data.confirmations``), or the reason under ``not_exported``. Raises ExportError
+    when no bucket has a choice."""
+    from search_spaces.space import SearchSpace
+
+    from .verdict import decide
+
     space = SearchSpace.from_dict(data.space)
     targets = space.effective_targets()
     top = int(space.measure.get("confirm_top", 3))
-    if data.confirmations is None:
-        log("the study's leaders have no current confirmation; confirming them on this machine")
-        try:
-            confirm(storage, study, log=log)
-        except RuntimeError as e:
-            raise ExportError(f"study {study!r}: cannot confirm: {e}") from None
-        db = Database(storage, create=False)
-        try:
-            data = _load_live(db, study)
-        finally:
-            db.close()
     verdicts = decide(targets, data.cells_by_trial, data.buckets, data.confirmations or [], top)
     runs = {r.id: r for r in data.runs}
-    floor = targets.memory_floor_mib
     out_buckets, not_exported = [], {}
     for v in verdicts:
-        if not v.deploy:
+        if v.deploy:
+            out_buckets.append(_bucket(study, v, data.trials[v.trial], runs, space, targets))
+        else:
             not_exported[v.bucket] = v.why
-            continue
-        t = data.trials[v.trial]
-        cells = v.cells
-        acc = _g(cells[0], "accuracy") or {}
-        run = runs.get(t.run_id)
-        lengths = acc.get("lengths") or []
-        sb = targets.bound("speedup")
-        shapes = _shapes(space, v.bucket)
-        out_buckets.append({
-            "seq_len": v.bucket,
-            "heads": shapes["heads"],
-            "head_dims": shapes["head_dims"],
-            "pattern": dict(t.pattern),
-            "kernel": dict(t.kernel) if t.kernel else None,
-            "source": {"study": study, "trial": t.number, "run_id": t.run_id,
-                       "confirmation": sorted({_g(c, "confirmation_id") for c in cells if _g(c, "confirmation_id")})},
-            "sparsity": round(_g(cells[0], "sparsity"), 6),
-            "speedup": {_g(c, "workload"): {"median": _r(_g(c, "speedup")), "lo": _r(_g(c, "speedup_lo")),
-                                            "hi": _r(_g(c, "speedup_hi")), "repeats": _g(c, "repeats")} for c in cells},
-            "speedup_geomean": _r(v.speedup),
-            "speedup_interval": [_r(v.lo), _r(v.hi)],
-            "speedup_from": "holdout" if v.holdout else "confirmation",
-            "speedup_min": sb.min if sb is not None else None,
-            "tied_with": list(v.tied_with),
-            "time_ms": {_g(c, "workload"): _r(_g(c, "time_ms")) for c in cells},
-            "sdpa_ms": {_g(c, "workload"): _r(_g(c, "sdpa_ms")) for c in cells},
-            "peak_mib": {_g(c, "workload"): _r(_g(c, "peak_mib")) for c in cells},
-            "sdpa_peak_mib": {_g(c, "workload"): _r(_g(c, "sdpa_peak_mib")) for c in cells},
-            "naive_peak_mib": {_g(c, "workload"): _r(_g(c, "naive_peak_mib")) for c in cells},
-            "memory_vs_naive": {_g(c, "workload"): _r(memory_ratio(_g(c, "peak_mib"), _g(c, "naive_peak_mib"), floor))
-                                for c in cells},
-            "memory_vs_sdpa": {_g(c, "workload"): _r(memory_ratio(_g(c, "peak_mib"), _g(c, "sdpa_peak_mib"), floor))
-                               for c in cells},
-            "accuracy": {k: _r(x) for k, x in (acc.get("metrics") or {}).items()},
-            "accuracy_chains": {"n": acc.get("n_chains"), "lengths": [min(lengths), max(lengths)] if lengths else None,
-                                "sparsity": _r(acc.get("chain_sparsity")), "max_chains": acc.get("max_chains")},
-            "accuracy_extrapolated": bool(v.extrapolated),
-            "hardware": (run.hardware if run else None),
-        })
     if not out_buckets:
         raise ExportError(f"study {study!r} has no feasible trial at any bucket ({len(data.trials)} complete of "
                           f"{data.n_trials}): " + "; ".join(f"L={L}: {w}" for L, w in not_exported.items()))
-    first_run = runs.get(out_buckets[0]["source"]["run_id"])
+    return _header(study, space, targets, runs.get(out_buckets[0]["source"]["run_id"])) | {
+        "infeasible_buckets": sorted(not_exported),
+        "not_exported": {int(L): w for L, w in sorted(not_exported.items())},
+        "buckets": out_buckets,
+    }
+
+
+def _per_workload(cells: list[Any], key: str) -> dict[str, Optional[float]]:
+    return {_g(c, "workload"): _r(_g(c, key)) for c in cells}
+
+
+def _bucket(study: str, v: Any, t: Any, runs: dict[int, Any], space: Any, targets: Any) -> dict[str, Any]:
+    """One bucket's entry of the file: the chosen trial's pattern and kernel, where it came from, its
+    confirmed (or hold-out) speedups, memory, accuracy and the machine."""
+    from .verdict import memory_ratio
+
+    cells = v.cells
+    acc = _g(cells[0], "accuracy") or {}
+    run = runs.get(t.run_id)
+    lengths = acc.get("lengths") or []
+    sb = targets.bound("speedup")
+    floor = targets.memory_floor_mib
+    shapes = _shapes(space, v.bucket)
+    return {
+        "seq_len": v.bucket,
+        "heads": shapes["heads"],
+        "head_dims": shapes["head_dims"],
+        "pattern": dict(t.pattern),
+        "kernel": dict(t.kernel) if t.kernel else None,
+        "source": {"study": study, "trial": t.number, "run_id": t.run_id,
+                   "confirmation": sorted({_g(c, "confirmation_id") for c in cells if _g(c, "confirmation_id")})},
+        "sparsity": round(_g(cells[0], "sparsity"), 6),
+        "speedup": {_g(c, "workload"): {"median": _r(_g(c, "speedup")), "lo": _r(_g(c, "speedup_lo")),
+                                        "hi": _r(_g(c, "speedup_hi")), "repeats": _g(c, "repeats")} for c in cells},
+        "speedup_geomean": _r(v.speedup),
+        "speedup_interval": [_r(v.lo), _r(v.hi)],
+        "speedup_from": "holdout" if v.holdout else "confirmation",
+        "speedup_min": sb.min if sb is not None else None,
+        "tied_with": list(v.tied_with),
+        "time_ms": _per_workload(cells, "time_ms"),
+        "sdpa_ms": _per_workload(cells, "sdpa_ms"),
+        "peak_mib": _per_workload(cells, "peak_mib"),
+        "sdpa_peak_mib": _per_workload(cells, "sdpa_peak_mib"),
+        "naive_peak_mib": _per_workload(cells, "naive_peak_mib"),
+        "memory_vs_naive": {_g(c, "workload"): _r(memory_ratio(_g(c, "peak_mib"), _g(c, "naive_peak_mib"), floor))
+                            for c in cells},
+        "memory_vs_sdpa": {_g(c, "workload"): _r(memory_ratio(_g(c, "peak_mib"), _g(c, "sdpa_peak_mib"), floor))
+                           for c in cells},
+        "accuracy": {k: _r(x) for k, x in (acc.get("metrics") or {}).items()},
+        "accuracy_chains": {"n": acc.get("n_chains"), "lengths": [min(lengths), max(lengths)] if lengths else None,
+                            "sparsity": _r(acc.get("chain_sparsity")), "max_chains": acc.get("max_chains")},
+        "accuracy_extrapolated": bool(v.extrapolated),
+        "hardware": (run.hardware if run else None),
+    }
+
+
+def _header(study: str, space: Any, targets: Any, first_run: Any) -> dict[str, Any]:
+    """The file's head: format, rule, the machine and settings the study measured on, its targets
+    and provenance (from the run that measured the first exported bucket)."""
     sd = space.to_dict()
     hw = first_run.hardware if first_run else None
     return {
@@ -211,9 +240,6 @@ def choose(study: str, storage: str, *, log=None) -> dict[str, Any]:
         "versions": first_run.versions if first_run else None,
         "git_revision": first_run.git_revision if first_run else None,
         "exported_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        "infeasible_buckets": sorted(not_exported),
-        "not_exported": {int(L): w for L, w in sorted(not_exported.items())},
-        "buckets": out_buckets,
     }
 
 
@@ -248,10 +274,12 @@ def _safe(url: str) -> str:
     return mask_url(url)
 
 
-def export(study: str, storage: str, out: str, log=None) -> dict[str, Any]:
+def write(doc: dict[str, Any], storage: str, out: str) -> None:
+    """Write ``doc`` to ``out`` (YAML with a comment head; through a temporary file, so a failed
+    write leaves no half file) and record each bucket's choice in ``at_tuned``."""
     from .db import Database, Tuned
 
-    doc = choose(study, storage, log=log)
+    study = doc["study"]
     Path(out).parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(str(out) + ".tmp")
     tmp.write_text(f"# Tuned sparse attention patterns, exported from study {study!r}.\n"
@@ -268,41 +296,3 @@ def export(study: str, storage: str, out: str, log=None) -> dict[str, Any]:
                             hardware=b["hardware"], rule=RULE, out_path=str(out)))
     finally:
         db.close()
-    return doc
-
-
-def main(argv: Optional[list[str]] = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m autotune.export", description=__doc__.split("\n\n")[0])
-    p.add_argument("--study", required=True)
-    p.add_argument("--storage", default=None, help="SQLAlchemy URL or SQLite file (default $AUTOTUNE_STORAGE, "
-                   "else sqlite:///results/autotune.db)")
-    p.add_argument("--out", default=None, help="output YAML (default results/<study>.yaml)")
-    args = p.parse_args(argv)
-    from .storage import StorageError, database_error_line, resolve_storage
-
-    out = args.out or os.path.join("results", f"{args.study}.yaml")
-    try:
-        storage = resolve_storage(args.storage, "write").url  # export records its choice in at_tuned
-        doc = export(args.study, storage, out)
-    except (ExportError, StorageError) as e:
-        print(f"autotune.export: error: {e}", file=sys.stderr)
-        return 2
-    except Exception as e:  # noqa: BLE001 - a database error: one line, no password
-        line = database_error_line(e, args.storage or "")
-        if line is None:
-            raise
-        print(f"autotune.export: error: {line}", file=sys.stderr)
-        return 1
-    for b in doc["buckets"]:
-        lo, hi = b["speedup_interval"]
-        tie = f", tied with {', '.join(f't#{t}' for t in b['tied_with'])}" if b["tied_with"] else ""
-        print(f"L={b['seq_len']}: trial {b['source']['trial']} {b['pattern']} speedup {b['speedup_geomean']}x "
-              f"[{lo}, {hi}] {'hold-out' if b.get('speedup_from') == 'holdout' else 'confirmed'}{tie}", file=sys.stderr)
-    for L, why in doc["not_exported"].items():
-        print(f"autotune.export: L={L} not exported: {why}", file=sys.stderr)
-    print(f"autotune.export: wrote {out}", file=sys.stderr)
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,4 +1,4 @@
-"""Load benchmark CSVs into the results database: ``python -m autotune.ingest``.
+"""Load benchmark CSVs into the results database (the library of ``python -m autotune.ingest``).
 
     python -m autotune.ingest --storage sqlite:///results/autotune.db --kernel-csv benchmarks/results/cpu-2cores.csv \\
         [--evoformer-csv benchmarks/results/evoformer-cpu.csv] [--command "python -m kernels.bench ..."]
@@ -6,7 +6,7 @@
 ``--kernel-csv`` is a CSV of ``python -m kernels.bench``, ``--evoformer-csv`` one of ``python -m
 autotune.evoformer.bench`` (each option may be repeated; at least one file is needed). Each file
 becomes one ``at_bench_runs`` row and its rows ``at_kernel_bench`` / ``at_evoformer_bench`` rows
-(`autotune.bench_tables`), written in one transaction per file. ``--command`` records how the CSV
+(`results.bench_tables`), written in one transaction per file. ``--command`` records how the CSV
 was produced (the benchmarks do not write their command line into the file).
 
 Every file is read and checked before anything is written: a missing required column, a value
@@ -18,19 +18,17 @@ same kind is skipped unless ``--force``.
 
 from __future__ import annotations
 
-import argparse
 import csv
 import datetime as dt
 import hashlib
 import math
 import os
-import sys
 from pathlib import Path
 from typing import Any, Optional
 
 from .bench_tables import KINDS, BenchRun
 
-__all__ = ["IngestError", "parse_csv", "ingest_file", "main"]
+__all__ = ["IngestError", "parse_csv", "ingest_file"]
 
 
 class IngestError(Exception):
@@ -145,58 +143,3 @@ def ingest_file(db, path: str | os.PathLike, kind: str, *, command: Optional[str
         s.flush()
         s.add_all(model(bench_run_id=br.id, **r) for r in rows)
         return br.id
-
-
-def main(argv: Optional[list[str]] = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m autotune.ingest", description=__doc__.split("\n\n")[0])
-    p.add_argument("--storage", default=None, help="SQLAlchemy URL or SQLite file (default $AUTOTUNE_STORAGE, "
-                   "else sqlite:///results/autotune.db)")
-    p.add_argument("--kernel-csv", action="append", default=[], help="CSV of python -m kernels.bench (repeatable)")
-    p.add_argument("--evoformer-csv", action="append", default=[],
-                   help="CSV of python -m autotune.evoformer.bench (repeatable)")
-    p.add_argument("--command", default=None, help="the command line that produced the CSV(s), recorded with them")
-    p.add_argument("--force", action="store_true", help="ingest a file again even if its content is already there")
-    args = p.parse_args(argv)
-    from .storage import StorageError, database_error_line, mask_secrets, resolve_storage
-
-    files = [(f, "kernel") for f in args.kernel_csv] + [(f, "evoformer") for f in args.evoformer_csv]
-    if not files:
-        p.error("give at least one --kernel-csv or --evoformer-csv")
-    try:  # check every file and the database URL before writing any
-        for f, kind in files:
-            parse_csv(f, kind)
-        storage = resolve_storage(args.storage, "write").url
-    except (IngestError, StorageError) as e:
-        print(f"autotune.ingest: error: {e}", file=sys.stderr)
-        return 2
-
-    from .db import Database
-
-    try:
-        db = Database(storage)  # creates the at_ tables, bench tables included (imported above)
-    except Exception as e:  # noqa: BLE001 - a database error: one line, no password
-        line = database_error_line(e, storage)
-        if line is None:
-            raise
-        print(f"autotune.ingest: error: {line}", file=sys.stderr)
-        return 1
-    try:
-        for f, kind in files:
-            try:
-                rid = ingest_file(db, f, kind, command=mask_secrets(args.command) if args.command else None,
-                                  force=args.force)
-            except IngestError as e:
-                print(f"autotune.ingest: error: {e}", file=sys.stderr)
-                return 2
-            if rid is None:
-                print(f"autotune.ingest: {f}: already ingested as {kind} (same content); skipped (--force to add again)",
-                      file=sys.stderr)
-            else:
-                print(f"autotune.ingest: {f}: {kind} benchmark -> at_bench_runs id {rid}", file=sys.stderr)
-    finally:
-        db.close()
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

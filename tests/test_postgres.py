@@ -13,7 +13,7 @@ import pytest
 import sqlalchemy as sa
 
 from autotune.search import Search
-from autotune.space import load_space
+from search_spaces.space import load_space
 from patterns import build_layout, load_tuned
 
 from test_search import ROOT, write_space

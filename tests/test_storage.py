@@ -1,4 +1,4 @@
-"""``--storage`` values (autotune.storage) and secrets: every malformed URL gives one line and exit
+"""``--storage`` values (results.storage) and secrets: every malformed URL gives one line and exit
 status 2 with nothing written; a password given in a URL appears in no table, log line, report or
 error message."""
 
@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from autotune.storage import DEFAULT_STORAGE, StorageError, mask_secrets, resolve_storage
+from results.storage import DEFAULT_STORAGE, StorageError, mask_secrets, resolve_storage
 
 ROOT = Path(__file__).resolve().parent.parent
 PG_URL = os.environ.get("AUTOTUNE_TEST_POSTGRES_URL")

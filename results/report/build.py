@@ -6,7 +6,7 @@ Every number comes from a database row and is cited next to it: ``m#`` = ``at_me
 ``at_bench_runs.id``. Derived numbers (ratios, reductions) are computed from the cited rows with
 the formula stated beside them.
 
-Recommendation rule, per length bucket: the one rule of `autotune.verdict` (the same function
+Recommendation rule, per length bucket: the one rule of `results.verdict` (the same function
 the search's verdict and the export call), on the study's targets (the space's ``targets`` section
 over the per-device defaults, stored with every run): the bucket's leaders re-measured together
 with SDPA (``at_confirmations``), the confirmed leader with the highest geometric-mean speedup
@@ -72,8 +72,8 @@ def table(header: list[str], rows: list[list[str]]) -> list[str]:
 
 
 def _geomean(xs: Iterable[Optional[float]], what: str = "cell values") -> Optional[float]:
-    """`autotune.aggregate.geomean` (logs what it leaves out)."""
-    from autotune.aggregate import geomean
+    """`results.aggregate.geomean` (logs what it leaves out)."""
+    from results.aggregate import geomean
 
     return geomean(xs, what).value
 
@@ -117,7 +117,7 @@ class Decision:
     cells: list = field(default_factory=list)
     checks: list[Check] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
-    verdict: Any = None  # the autotune.verdict.BucketVerdict behind it
+    verdict: Any = None  # the results.verdict.BucketVerdict behind it
 
 
 def _speedup(c: Any, baseline: str) -> Optional[float]:
@@ -129,7 +129,7 @@ def _base_peak(c: Any, baseline: str) -> Optional[float]:
 
 
 def _reduction(c: Any, baseline: str, floor: float = MIB_FLOOR) -> Optional[float]:
-    from autotune.verdict import memory_ratio
+    from results.verdict import memory_ratio
 
     ratio = memory_ratio(c.peak_mib, _base_peak(c, baseline), floor)
     return None if ratio is None else 1.0 - ratio
@@ -148,8 +148,8 @@ def noisy_shapes(data: ReportData) -> list[tuple[str, int, float, float, int]]:
 
 
 def decide(data: ReportData, targets: Any) -> list[Decision]:
-    """The verdict of `autotune.verdict.decide` per bucket, with one `Check` per target."""
-    from autotune.verdict import cell_values, decide as rule, extrapolated
+    """The verdict of `results.verdict.decide` per bucket, with one `Check` per target."""
+    from results.verdict import cell_values, decide as rule, extrapolated
 
     sd = data.study_data
     tuned = {t.bucket: t for t in data.tuned}
@@ -331,7 +331,7 @@ class Report:
         if d.study:
             comp = sum(1 for x in d.trials if x.state == "COMPLETE")
             fail = sum(1 for x in d.trials if x.state == "FAIL")
-            from autotune.verdict import cell_ok
+            from results.verdict import cell_ok
 
             feas = sum(1 for x in d.trials if x.state == "COMPLETE" and t is not None and any(
                 (cs := d.cells(x.id, L)) and all(cell_ok(t, c) for c in cs) for L in d.buckets))
@@ -413,7 +413,7 @@ class Report:
         if not self.decisions:
             self.not_measured("recommendation", "No trial measurements in the database (run `python -m autotune.search`).")
             return
-        self.w("Rule (`autotune.verdict`, shared with the search's verdict and the export): the bucket's leaders by the "
+        self.w("Rule (`results.verdict`, shared with the search's verdict and the export): the bucket's leaders by the "
                "search's paired timing are re-measured together with SDPA (`at_confirmations`); deploy the confirmed "
                "leader with the highest geometric-mean speedup whose confirmed interval clears the speedup target and "
                "that meets every other target at every workload; the chosen config is then re-measured alone "
@@ -643,7 +643,7 @@ class Report:
         if not xs:
             self.not_measured("accuracy of tuned patterns", "No tuned pattern with measurements.")
             return
-        from autotune.verdict import NEAR, extrapolated
+        from results.verdict import NEAR, extrapolated
 
         self.w("Static patterns against real contacts of the protein set (C-beta < 8 Å; short 6-11, medium 12-23, "
                "long >= 24 residues apart): the share of contacts whose residue pair the pattern computes, the "
@@ -802,12 +802,12 @@ class Report:
                "naive ratios `speedup_naive` (= naive_ms / time_ms) and "
                "`speedup_naive`; memory reductions are 1 - `memory_vs_sdpa` / `memory_vs_naive`. Benchmark ratios are "
                "computed from the `ms` / `mib` / `median_ms` columns of the cited rows.",
-               "- Decision rule: see the module documentation of `autotune.report.build`.", "")
+               "- Decision rule: see the module documentation of `results.report.build`.", "")
 
 
 def _mask(text: str) -> str:
     """Command lines without passwords (also for rows written before they were masked)."""
-    from autotune.storage import mask_secrets
+    from results.storage import mask_secrets
 
     return mask_secrets(text or "")
 

@@ -29,7 +29,7 @@ class ReportData:
     bench_runs: list[Any] = field(default_factory=list)      # at_bench_runs (all)
     kernel_rows: list[Any] = field(default_factory=list)     # at_kernel_bench (all)
     evoformer_rows: list[Any] = field(default_factory=list)  # at_evoformer_bench (all)
-    study_data: Any = None  # autotune.verdict.StudyData of the study (what the one rule reads)
+    study_data: Any = None  # results.verdict.StudyData of the study (what the one rule reads)
     _by_trial: Optional[dict] = field(default=None, repr=False)
 
     # -- lookups -------------------------------------------------------------------------------
@@ -59,13 +59,13 @@ class ReportData:
 
 
 def sqlite_path(url: str) -> Optional[str]:
-    from autotune.storage import sqlite_file
+    from results.storage import sqlite_file
 
     return sqlite_file(url)
 
 
 def safe_url(url: str) -> str:
-    from autotune.storage import mask_url
+    from results.storage import mask_url
 
     return mask_url(url)
 
@@ -86,7 +86,7 @@ def _latest_export(rows: list[Any]) -> list[Any]:
 def _optuna_holds(s: Any, study: str) -> bool:
     """Whether Optuna's storage holds ``study`` (True where the database has no Optuna tables:
     nothing to check against)."""
-    from autotune.db import live_study
+    from results.db import live_study
 
     live = live_study(s, study)
     return live.exists or not live.has_optuna
@@ -96,9 +96,9 @@ def load(storage: str, study: Optional[str] = None) -> ReportData:
     from sqlalchemy import func, inspect, select
     from sqlalchemy.exc import SQLAlchemyError
 
-    from autotune.bench_tables import BenchRun, EvoformerBench, KernelBench
-    from autotune.db import Database, Measurement, Run, TrialRow, Tuned
-    from autotune.storage import StorageError, resolve_storage
+    from results.bench_tables import BenchRun, EvoformerBench, KernelBench
+    from results.db import Database, Measurement, Run, SchemaError, TrialRow, Tuned
+    from results.storage import StorageError, resolve_storage
 
     try:
         storage = resolve_storage(storage, "read").url
@@ -108,10 +108,12 @@ def load(storage: str, study: Optional[str] = None) -> ReportData:
     path = sqlite_path(storage)
     if path is not None and not os.path.isfile(path):
         raise ReportError(f"no database file {path} (--storage {safe_url(storage)})")
-    import autotune.verdict  # noqa: F401  (at_confirmations: its new columns are added on open)
-
     try:
         db = Database(storage, create=False)
+    except SchemaError:  # another schema version: its own line (and the upgrade command)
+        raise
+    except SQLAlchemyError as e:  # the server does not answer, ...: checking the schema reads it
+        raise ReportError(f"cannot read --storage {safe_url(storage)}: {str(e).splitlines()[0]}") from None
     except Exception as e:  # noqa: BLE001 - a bad URL or driver
         raise ReportError(f"cannot open --storage {safe_url(storage)}: {e}") from None
     try:
@@ -146,8 +148,8 @@ def load(storage: str, study: Optional[str] = None) -> ReportData:
                 study = latest.study_name if latest is not None else studies[-1]
             data = ReportData(storage=storage, study=study, other_studies=[x for x in studies if x != study])
             if study is not None:
-                from autotune.db import find_orphans, restrict_study_data
-                from autotune.verdict import load_study
+                from results.db import find_orphans, restrict_study_data
+                from results.verdict import load_study
 
                 orphans = find_orphans(s, study)  # rows not tied to Optuna's study: never cited
                 bad_trials, bad_runs = set(orphans.trial_ids), set(orphans.run_ids)
