@@ -46,18 +46,25 @@ def _columns(row: Any, **override: Any) -> dict[str, Any]:
     return out
 
 
-def copy_study(study: str, src: str, dst: str, to_study: Optional[str] = None) -> CopyResult:
-    """Copy ``study`` from the database ``src`` to ``dst`` as ``to_study`` (module docstring).
-    Both are checked URLs (`results.storage.resolve_storage`)."""
-    import optuna
+@dataclass
+class _Rows:
+    """Our rows of a study in the source, tied to its Optuna study (detached ORM rows)."""
+
+    trials: list[Any]
+    runs: list[Any]
+    measurements: list[Any]
+    confirmations: list[Any]
+    tuned: list[Any]
+
+
+def _read_source(study: str, src: str) -> _Rows:
+    """Our rows of ``study`` in ``src`` that Optuna's study of that name holds (orphans left behind);
+    raises CopyError when the source has no autotune tables or no such study."""
     from sqlalchemy import inspect, select
 
-    from .db import (Confirmation, Database, Measurement, Run, TrialRow, Tuned, create_optuna_storage, find_orphans,
-                     live_study)
+    from .db import Confirmation, Database, Measurement, Run, TrialRow, Tuned, find_orphans, live_study
     from .storage import mask_url
 
-    to_study = to_study or study
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
     sdb = Database(src, create=False)
     try:
         tables = set(inspect(sdb.engine).get_table_names())
@@ -88,6 +95,56 @@ def copy_study(study: str, src: str, dst: str, to_study: Optional[str] = None) -
             s.expunge_all()
     finally:
         sdb.close()
+    return _Rows(trials, runs, list(ms), list(confs), list(tuned))
+
+
+def _write_rows(s: Any, rows: _Rows, to_study: str, n_optuna: int) -> dict[int, int]:
+    """Add ``rows`` to the destination session ``s`` as study ``to_study``, tied to the copied
+    Optuna study's ids; returns the run id map (source -> destination)."""
+    from .db import Confirmation, Measurement, Run, TrialRow, Tuned, live_study
+
+    dlive = live_study(s, to_study)
+    missing = [t.number for t in rows.trials if t.number not in dlive.trial_ids]
+    if missing or len(dlive.trial_ids) != n_optuna:
+        raise RuntimeError(f"the copied Optuna study has {len(dlive.trial_ids)} trials, "
+                           f"expected {n_optuna} (missing numbers {missing[:10]})")
+    run_map: dict[int, int] = {}
+    for r in rows.runs:
+        nr = Run(**_columns(r, study_name=to_study, optuna_study_id=dlive.study_id))
+        s.add(nr)
+        s.flush()
+        run_map[r.id] = nr.id
+    trial_map: dict[int, int] = {}
+    for t in rows.trials:
+        if t.run_id not in run_map:
+            raise RuntimeError(f"trial {t.number} refers to run {t.run_id}, which is not copied")
+        nt = TrialRow(**_columns(t, study_name=to_study, run_id=run_map[t.run_id],
+                                 optuna_trial_id=dlive.trial_ids[t.number], optuna_study_id=dlive.study_id))
+        s.add(nt)
+        s.flush()
+        trial_map[t.id] = nt.id
+    for m in rows.measurements:
+        s.add(Measurement(**_columns(m, trial_id=trial_map[m.trial_id])))
+    for c in rows.confirmations:
+        s.add(Confirmation(**_columns(c, study_name=to_study)))
+    for r in rows.tuned:
+        s.add(Tuned(**_columns(r, study_name=to_study)))
+    return run_map
+
+
+def copy_study(study: str, src: str, dst: str, to_study: Optional[str] = None) -> CopyResult:
+    """Copy ``study`` from the database ``src`` to ``dst`` as ``to_study`` (module docstring):
+    read our rows, check the source study and the destination, copy Optuna's study, then write our
+    rows in one transaction (deleting the copied Optuna study again if that fails). Both are checked
+    URLs (`results.storage.resolve_storage`)."""
+    import optuna
+
+    from .db import Database, create_optuna_storage, live_study
+    from .storage import mask_url
+
+    to_study = to_study or study
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    rows = _read_source(study, src)
     Database(dst, create=False).close()  # a destination at another schema version: refused before any write
     sstore = optuna.storages.RDBStorage(src, skip_table_creation=True, skip_compatibility_check=True)
     try:
@@ -110,33 +167,8 @@ def copy_study(study: str, src: str, dst: str, to_study: Optional[str] = None) -
                 optuna.copy_study(from_study_name=study, from_storage=sstore, to_storage=dstore, to_study_name=to_study)
                 try:
                     with ddb.session() as s:
+                        run_map = _write_rows(s, rows, to_study, n_optuna)
                         dlive = live_study(s, to_study)
-                        missing = [t.number for t in trials if t.number not in dlive.trial_ids]
-                        if missing or len(dlive.trial_ids) != n_optuna:
-                            raise RuntimeError(f"the copied Optuna study has {len(dlive.trial_ids)} trials, "
-                                               f"expected {n_optuna} (missing numbers {missing[:10]})")
-                        run_map: dict[int, int] = {}
-                        for r in runs:
-                            nr = Run(**_columns(r, study_name=to_study, optuna_study_id=dlive.study_id))
-                            s.add(nr)
-                            s.flush()
-                            run_map[r.id] = nr.id
-                        trial_map: dict[int, int] = {}
-                        for t in trials:
-                            if t.run_id not in run_map:
-                                raise RuntimeError(f"trial {t.number} refers to run {t.run_id}, which is not copied")
-                            nt = TrialRow(**_columns(t, study_name=to_study, run_id=run_map[t.run_id],
-                                                     optuna_trial_id=dlive.trial_ids[t.number],
-                                                     optuna_study_id=dlive.study_id))
-                            s.add(nt)
-                            s.flush()
-                            trial_map[t.id] = nt.id
-                        for m in ms:
-                            s.add(Measurement(**_columns(m, trial_id=trial_map[m.trial_id])))
-                        for c in confs:
-                            s.add(Confirmation(**_columns(c, study_name=to_study)))
-                        for r in tuned:
-                            s.add(Tuned(**_columns(r, study_name=to_study)))
                     old = source.user_attrs.get("space_run_id")
                     if old in run_map:  # the study names the run that holds its space
                         dstore.set_study_user_attr(dlive.study_id, "space_run_id", run_map[old])
@@ -151,4 +183,5 @@ def copy_study(study: str, src: str, dst: str, to_study: Optional[str] = None) -
     finally:
         sstore.remove_session()
         sstore.engine.dispose()
-    return CopyResult(study, to_study, n_optuna, len(trials), len(ms), len(runs), len(confs), len(tuned))
+    return CopyResult(study, to_study, n_optuna, len(rows.trials), len(rows.measurements), len(rows.runs),
+                      len(rows.confirmations), len(rows.tuned))

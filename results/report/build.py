@@ -290,34 +290,51 @@ class Report:
             self.w(f"Other studies in this database (not reported here; use `--study`): {', '.join(d.other_studies)}.", "")
 
     def summary(self) -> None:
-        d, t = self.data, self.t
+        """The executive summary: the recommendation per bucket, the targets, noise, the search, and
+        the headline of each ingested benchmark (each step below writes its own bullet points)."""
         self.w("## Executive summary", "")
+        self.summary_recommendation()
+        self.summary_targets()
+        self.summary_search()
+        for br in [b for b in self.data.bench_runs if b.kind == "kernel"]:
+            self.summary_kernel_bench(br)
+        self.summary_evoformer()
+        if self.absent:
+            self.w(f"- {NOT_MEASURED.capitalize()}: {'; '.join(self.absent)}.")
+        self.w("")
+
+    def summary_recommendation(self) -> None:
+        """Where to deploy and where not, with each chosen pattern's confirmed speedup and memory."""
         dep = [x.bucket for x in self.decisions if x.deploy]
         nodep = [x for x in self.decisions if not x.deploy]
         if not self.decisions:
             self.w(f"- **Recommendation: {NOT_MEASURED}** — the database holds no trial measurements to decide on.")
+            return
+        if dep:
+            self.w(f"- **Deploy the tuned pattern at L = {', '.join(map(str, dep))}**"
+                   + (f"; **do not deploy at L = {', '.join(str(x.bucket) for x in nodep)}**." if nodep else "."))
         else:
-            if dep:
-                self.w(f"- **Deploy the tuned pattern at L = {', '.join(map(str, dep))}**"
-                       + (f"; **do not deploy at L = {', '.join(str(x.bucket) for x in nodep)}**." if nodep else "."))
-            else:
-                self.w(f"- **Do not deploy at any bucket** (L = {', '.join(str(x.bucket) for x in nodep)}): "
-                       f"no tuned pattern meets every target on confirmed figures.")
-            for x in self.decisions:
-                if x.deploy:
-                    v = x.verdict
-                    red = [(c.workload, _reduction(c, "naive", self.floor), c.naive_peak_mib) for c in x.cells]
-                    self.w(f"  - L={x.bucket}: t#{v.trial} ({_pattern_str(x.trial.pattern if x.trial else None)}, "
-                           f"sparsity {x.cells[0].sparsity:.2f}) {f_x(v.speedup)} over SDPA, "
-                           f"{'hold-out' if v.holdout else 'confirmed'} interval "
-                           f"[{f_x(v.lo)}, {f_x(v.hi)}]; memory "
-                           + ", ".join(f"{w} {f_pct(r)} less than naive attention" if nv is not None and nv >= self.floor
-                                       else f"{w} naive peak under the {self.floor:g} MiB resolution"
-                                       for w, r, nv in red)
-                           + f" ({cite('m', [c.id for c in x.cells])})"
-                           + (f"; {'; '.join(x.notes)}" if x.notes else "") + ".")
-                else:
-                    self.w(f"  - L={x.bucket}: {x.why}.")
+            self.w(f"- **Do not deploy at any bucket** (L = {', '.join(str(x.bucket) for x in nodep)}): "
+                   f"no tuned pattern meets every target on confirmed figures.")
+        for x in self.decisions:
+            if not x.deploy:
+                self.w(f"  - L={x.bucket}: {x.why}.")
+                continue
+            v = x.verdict
+            red = [(c.workload, _reduction(c, "naive", self.floor), c.naive_peak_mib) for c in x.cells]
+            self.w(f"  - L={x.bucket}: t#{v.trial} ({_pattern_str(x.trial.pattern if x.trial else None)}, "
+                   f"sparsity {x.cells[0].sparsity:.2f}) {f_x(v.speedup)} over SDPA, "
+                   f"{'hold-out' if v.holdout else 'confirmed'} interval "
+                   f"[{f_x(v.lo)}, {f_x(v.hi)}]; memory "
+                   + ", ".join(f"{w} {f_pct(r)} less than naive attention" if nv is not None and nv >= self.floor
+                               else f"{w} naive peak under the {self.floor:g} MiB resolution"
+                               for w, r, nv in red)
+                   + f" ({cite('m', [c.id for c in x.cells])})"
+                   + (f"; {'; '.join(x.notes)}" if x.notes else "") + ".")
+
+    def summary_targets(self) -> None:
+        """The study's targets, and a warning where the SDPA baseline was noisy."""
+        t = self.t
         if t is not None:
             self.w(f"- Targets (from the study's space, {t.source}; read alike by the search, the export and this "
                    f"report): " + "; ".join(b.text() for b in t.bounds)
@@ -328,58 +345,72 @@ class Report:
                    + ", ".join(f"{w} L={L} ({f_ms(lo)}-{f_ms(hi)} ms, {n} trials)" for w, L, lo, hi, n in self.noisy)
                    + "; single-trial speedups are unreliable there, the choices rest on the confirmation's interleaved "
                    "re-measurement.")
-        if d.study:
-            comp = sum(1 for x in d.trials if x.state == "COMPLETE")
-            fail = sum(1 for x in d.trials if x.state == "FAIL")
-            from results.verdict import cell_ok
 
-            feas = sum(1 for x in d.trials if x.state == "COMPLETE" and t is not None and any(
-                (cs := d.cells(x.id, L)) and all(cell_ok(t, c) for c in cs) for L in d.buckets))
-            devs = sorted({(r.hardware or {}).get("device_name") or r.device for r in d.runs})
-            self.w(f"- Search: {len(d.trials)} trial(s) ({comp} complete, {feas} meeting every target at some bucket "
-                   f"on their own timing, {fail} failed) in "
-                   f"{len(d.runs)} run(s) on {', '.join(map(str, devs)) or '?'}; buckets "
-                   f"{', '.join(map(str, d.buckets)) or NOT_MEASURED}.")
-            reasons: dict[str, list[int]] = {}
-            for x in d.trials:
-                if x.state == "FAIL":
-                    reasons.setdefault((x.reason or "no reason recorded").split(":")[0][:60], []).append(x.number)
-            if reasons:
-                self.w("  - Failed trials by reason: " + "; ".join(
-                    f"{r}: {len(n)} ({cite('t', n[:6])}{'...' if len(n) > 6 else ''})"
-                    for r, n in sorted(reasons.items(), key=lambda kv: -len(kv[1]))) + ".")
-        for br in [b for b in d.bench_runs if b.kind == "kernel"]:
-            cases = [kc for kc in kernel_cases([r for r in d.kernel_rows if r.bench_run_id == br.id]) if kc.target > 0]
-            parts = []
-            for s in sorted({kc.target for kc in cases}):
-                # per workload and pass: the largest L measured (the regime sparsity is for), not the best cell
-                at = [kc for kc in cases if kc.target == s and kc.ours and kc.ratio("sdpa", kc.ours)]
-                top = {}
-                for kc in at:
-                    k = (kc.workload, kc.pass_)
-                    if k not in top or kc.L > top[k].L:
-                        top[k] = kc
-                cells = []
-                for kc in sorted(top.values(), key=lambda kc: (kc.workload, kc.pass_)):
-                    vs_flex = kc.ratio("flex", kc.ours)
-                    cells.append(f"{kc.workload} {kc.pass_} L={kc.L} {f_x(kc.ratio('sdpa', kc.ours))}"
-                                 + (f" ({f_x(vs_flex)} vs flex)" if vs_flex else "")
-                                 + f" at s={kc.actual:.2f} (ideal {f_x(1 / (1 - kc.actual)) if kc.actual < 1 else '—'}; "
-                                 f"{cite('kb', [r.id for r in kc.rows.values()])})")
-                if cells:
-                    parts.append(f"target {s:.0%}: " + ", ".join(cells))
-            if parts:
-                self.w(f"- Kernel benchmark bench#{br.id} ({br.device}, {br.dtype}), our kernel's speedup over dense "
-                       f"SDPA at the largest L measured: " + "; ".join(parts) + ".")
-            mem = [(kc, kc.mib(kc.ours), kc.mib("sdpa"), kc.mib("naive")) for kc in cases if kc.ours]
-            mem = [m for m in mem if None not in m[1:]]
-            if mem:
-                ours_naive = max(1 - m[1] / max(m[3], MIB_FLOOR) for m in mem)
-                sdpa_naive = max(1 - m[2] / max(m[3], MIB_FLOOR) for m in mem)
-                ours_sdpa = max(1 - m[1] / max(m[2], MIB_FLOOR) for m in mem)
-                self.w(f"  - Memory: our kernel saves up to {f_pct(ours_naive)} against naive attention, but dense SDPA "
-                       f"alone saves up to {f_pct(sdpa_naive)} against it (a reduction against naive attention comes "
-                       f"from fusion, not sparsity); against SDPA at best {f_pct(ours_sdpa)}.")
+    def summary_search(self) -> None:
+        """How many trials ran, completed, met the targets and failed (by reason), where."""
+        d, t = self.data, self.t
+        if not d.study:
+            return
+        from results.verdict import cell_ok
+
+        comp = sum(1 for x in d.trials if x.state == "COMPLETE")
+        fail = sum(1 for x in d.trials if x.state == "FAIL")
+        feas = sum(1 for x in d.trials if x.state == "COMPLETE" and t is not None and any(
+            (cs := d.cells(x.id, L)) and all(cell_ok(t, c) for c in cs) for L in d.buckets))
+        devs = sorted({(r.hardware or {}).get("device_name") or r.device for r in d.runs})
+        self.w(f"- Search: {len(d.trials)} trial(s) ({comp} complete, {feas} meeting every target at some bucket "
+               f"on their own timing, {fail} failed) in "
+               f"{len(d.runs)} run(s) on {', '.join(map(str, devs)) or '?'}; buckets "
+               f"{', '.join(map(str, d.buckets)) or NOT_MEASURED}.")
+        reasons: dict[str, list[int]] = {}
+        for x in d.trials:
+            if x.state == "FAIL":
+                reasons.setdefault((x.reason or "no reason recorded").split(":")[0][:60], []).append(x.number)
+        if reasons:
+            self.w("  - Failed trials by reason: " + "; ".join(
+                f"{r}: {len(n)} ({cite('t', n[:6])}{'...' if len(n) > 6 else ''})"
+                for r, n in sorted(reasons.items(), key=lambda kv: -len(kv[1]))) + ".")
+
+    def summary_kernel_bench(self, br: Any) -> None:
+        """One kernel benchmark run: our kernel's speedup over SDPA at the largest L per target
+        sparsity, and what its memory saves against naive attention and SDPA."""
+        d = self.data
+        cases = [kc for kc in kernel_cases([r for r in d.kernel_rows if r.bench_run_id == br.id]) if kc.target > 0]
+        parts = []
+        for s in sorted({kc.target for kc in cases}):
+            # per workload and pass: the largest L measured (the regime sparsity is for), not the best cell
+            at = [kc for kc in cases if kc.target == s and kc.ours and kc.ratio("sdpa", kc.ours)]
+            top = {}
+            for kc in at:
+                k = (kc.workload, kc.pass_)
+                if k not in top or kc.L > top[k].L:
+                    top[k] = kc
+            cells = []
+            for kc in sorted(top.values(), key=lambda kc: (kc.workload, kc.pass_)):
+                vs_flex = kc.ratio("flex", kc.ours)
+                cells.append(f"{kc.workload} {kc.pass_} L={kc.L} {f_x(kc.ratio('sdpa', kc.ours))}"
+                             + (f" ({f_x(vs_flex)} vs flex)" if vs_flex else "")
+                             + f" at s={kc.actual:.2f} (ideal {f_x(1 / (1 - kc.actual)) if kc.actual < 1 else '—'}; "
+                             f"{cite('kb', [r.id for r in kc.rows.values()])})")
+            if cells:
+                parts.append(f"target {s:.0%}: " + ", ".join(cells))
+        if parts:
+            self.w(f"- Kernel benchmark bench#{br.id} ({br.device}, {br.dtype}), our kernel's speedup over dense "
+                   f"SDPA at the largest L measured: " + "; ".join(parts) + ".")
+        mem = [(kc, kc.mib(kc.ours), kc.mib("sdpa"), kc.mib("naive")) for kc in cases if kc.ours]
+        mem = [m for m in mem if None not in m[1:]]
+        if mem:
+            ours_naive = max(1 - m[1] / max(m[3], MIB_FLOOR) for m in mem)
+            sdpa_naive = max(1 - m[2] / max(m[3], MIB_FLOOR) for m in mem)
+            ours_sdpa = max(1 - m[1] / max(m[2], MIB_FLOOR) for m in mem)
+            self.w(f"  - Memory: our kernel saves up to {f_pct(ours_naive)} against naive attention, but dense SDPA "
+                   f"alone saves up to {f_pct(sdpa_naive)} against it (a reduction against naive attention comes "
+                   f"from fusion, not sparsity); against SDPA at best {f_pct(ours_sdpa)}.")
+
+    def summary_evoformer(self) -> None:
+        """The EvoFormer block: in the search (kind ``evoformer``) and in each ingested block benchmark,
+        the sparse block against the dense SDPA block."""
+        d = self.data
         evo = self.evoformer_cells()
         if evo:
             self.w("- EvoFormer block in the search (kind `evoformer`), sparse block vs dense SDPA block: " + "; ".join(
@@ -403,9 +434,6 @@ class Report:
             if parts:
                 self.w(f"- EvoFormer block bench#{br.id} ({br.device}, {br.dtype}), best sparse block vs dense SDPA "
                        f"block: " + "; ".join(parts) + ".")
-        if self.absent:
-            self.w(f"- {NOT_MEASURED.capitalize()}: {'; '.join(self.absent)}.")
-        self.w("")
 
     def recommendations(self) -> None:
         t = self.t

@@ -92,12 +92,12 @@ def _optuna_holds(s: Any, study: str) -> bool:
     return live.exists or not live.has_optuna
 
 
-def load(storage: str, study: Optional[str] = None) -> ReportData:
-    from sqlalchemy import func, inspect, select
+def _open(storage: str) -> tuple[str, Any]:
+    """The checked URL and the open `results.db.Database` of ``storage`` (ReportError: a bad value,
+    a missing file, a server that does not answer; `results.db.SchemaError`: another version)."""
     from sqlalchemy.exc import SQLAlchemyError
 
-    from results.bench_tables import BenchRun, EvoformerBench, KernelBench
-    from results.db import Database, Measurement, Run, SchemaError, TrialRow, Tuned
+    from results.db import Database, SchemaError
     from results.storage import StorageError, resolve_storage
 
     try:
@@ -109,13 +109,95 @@ def load(storage: str, study: Optional[str] = None) -> ReportData:
     if path is not None and not os.path.isfile(path):
         raise ReportError(f"no database file {path} (--storage {safe_url(storage)})")
     try:
-        db = Database(storage, create=False)
+        return storage, Database(storage, create=False)
     except SchemaError:  # another schema version: its own line (and the upgrade command)
         raise
     except SQLAlchemyError as e:  # the server does not answer, ...: checking the schema reads it
         raise ReportError(f"cannot read --storage {safe_url(storage)}: {str(e).splitlines()[0]}") from None
     except Exception as e:  # noqa: BLE001 - a bad URL or driver
         raise ReportError(f"cannot open --storage {safe_url(storage)}: {e}") from None
+
+
+def _pick_study(s: Any, storage: str, study: Optional[str], has: Any) -> tuple[Optional[str], list[str]]:
+    """(the study to report, the other studies Optuna's storage holds): ``study``, else the latest
+    run's. ReportError: no autotune tables, an empty database, an unknown or deleted study."""
+    from sqlalchemy import func, select
+
+    from results.bench_tables import BenchRun
+    from results.db import Run, TrialRow
+
+    studies = sorted(set(s.scalars(select(TrialRow.study_name).distinct()).all())) if has(TrialRow) else []
+    # only studies Optuna's storage still holds: the rows of a study removed with
+    # `optuna delete-study` cite trials that no longer exist
+    deleted = [x for x in studies if not _optuna_holds(s, x)]
+    studies = [x for x in studies if x not in deleted]
+    n_bench = s.scalar(select(func.count()).select_from(BenchRun)) if has(BenchRun) else 0
+    if study is not None and study in deleted:
+        raise ReportError(f"study {study!r} is not in Optuna's storage in {safe_url(storage)} (deleted with "
+                          f"optuna delete-study?): its leftover rows are not reported "
+                          f"(studies: {', '.join(studies) if studies else 'none'})")
+    if study is not None and study not in studies:
+        raise ReportError(f"study {study!r} not found in {safe_url(storage)} "
+                          f"(studies: {', '.join(studies) if studies else 'none'})")
+    if not studies and not n_bench:
+        raise ReportError(f"{safe_url(storage)} is empty: no trial and no ingested benchmark rows")
+    if study is None and studies:
+        latest = s.scalar(select(Run).where(Run.study_name.in_(studies)).order_by(Run.id.desc()).limit(1))
+        study = latest.study_name if latest is not None else studies[-1]
+    return study, [x for x in studies if x != study]
+
+
+def _study_rows(s: Any, data: ReportData, has: Any) -> None:
+    """The study's runs, trials, measurements, latest export and `StudyData`, without the rows that
+    are not tied to Optuna's study (never cited)."""
+    from sqlalchemy import select
+
+    from results.db import Measurement, Run, TrialRow, Tuned, find_orphans, restrict_study_data
+    from results.verdict import load_study
+
+    study = data.study
+    orphans = find_orphans(s, study)
+    bad_trials, bad_runs = set(orphans.trial_ids), set(orphans.run_ids)
+    data.runs = [r for r in s.scalars(select(Run).where(Run.study_name == study).order_by(Run.id)).all()
+                 if r.id not in bad_runs]
+    data.trials = [t for t in s.scalars(select(TrialRow).where(TrialRow.study_name == study)
+                                        .order_by(TrialRow.number)).all() if t.id not in bad_trials]
+    data.measurements = [m for m in s.scalars(select(Measurement).join(TrialRow)
+                                              .where(TrialRow.study_name == study).order_by(Measurement.id)).all()
+                         if m.trial_id not in bad_trials]
+    if has(Tuned):
+        tuned = list(s.scalars(select(Tuned).where(Tuned.study_name == study)).all())
+        if bad_trials:
+            tuned = [r for r in tuned if r.exported_at is None or r.exported_at >= orphans.cutoff]
+        data.tuned = _latest_export(tuned)
+    data.study_data = restrict_study_data(load_study(s, study), orphans)
+
+
+def _bench_rows(s: Any, data: ReportData, has: Any) -> None:
+    """Every ingested benchmark run and its rows."""
+    from sqlalchemy import select
+
+    from results.bench_tables import BenchRun, EvoformerBench, KernelBench
+
+    if not has(BenchRun):
+        return
+    data.bench_runs = list(s.scalars(select(BenchRun).order_by(BenchRun.id)).all())
+    if data.bench_runs and has(KernelBench):
+        data.kernel_rows = list(s.scalars(select(KernelBench).order_by(KernelBench.id)).all())
+    if data.bench_runs and has(EvoformerBench):
+        data.evoformer_rows = list(s.scalars(select(EvoformerBench).order_by(EvoformerBench.id)).all())
+
+
+def load(storage: str, study: Optional[str] = None) -> ReportData:
+    """Everything the report of ``study`` (default: the latest run's) shows, read from ``storage``
+    (module docstring). Raises ReportError (exit status 2) when there is nothing to report."""
+    from sqlalchemy import inspect
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from results.bench_tables import BenchRun
+    from results.db import TrialRow
+
+    storage, db = _open(storage)
     try:
         try:
             tables = set(inspect(db.engine).get_table_names())
@@ -128,50 +210,11 @@ def load(storage: str, study: Optional[str] = None) -> ReportData:
                                   "(written by Optuna alone, not by python -m autotune.search): nothing to report")
             raise ReportError(f"{safe_url(storage)} holds no autotune tables (empty database): nothing to report")
         with db.Session() as s:
-            studies = sorted(set(s.scalars(select(TrialRow.study_name).distinct()).all())) if has(TrialRow) else []
-            # only studies Optuna's storage still holds: the rows of a study removed with
-            # `optuna delete-study` cite trials that no longer exist
-            deleted = [x for x in studies if not _optuna_holds(s, x)]
-            studies = [x for x in studies if x not in deleted]
-            n_bench = s.scalar(select(func.count()).select_from(BenchRun)) if has(BenchRun) else 0
-            if study is not None and study in deleted:
-                raise ReportError(f"study {study!r} is not in Optuna's storage in {safe_url(storage)} (deleted with "
-                                  f"optuna delete-study?): its leftover rows are not reported "
-                                  f"(studies: {', '.join(studies) if studies else 'none'})")
-            if study is not None and study not in studies:
-                raise ReportError(f"study {study!r} not found in {safe_url(storage)} "
-                                  f"(studies: {', '.join(studies) if studies else 'none'})")
-            if not studies and not n_bench:
-                raise ReportError(f"{safe_url(storage)} is empty: no trial and no ingested benchmark rows")
-            if study is None and studies:
-                latest = s.scalar(select(Run).where(Run.study_name.in_(studies)).order_by(Run.id.desc()).limit(1))
-                study = latest.study_name if latest is not None else studies[-1]
-            data = ReportData(storage=storage, study=study, other_studies=[x for x in studies if x != study])
+            study, others = _pick_study(s, storage, study, has)
+            data = ReportData(storage=storage, study=study, other_studies=others)
             if study is not None:
-                from results.db import find_orphans, restrict_study_data
-                from results.verdict import load_study
-
-                orphans = find_orphans(s, study)  # rows not tied to Optuna's study: never cited
-                bad_trials, bad_runs = set(orphans.trial_ids), set(orphans.run_ids)
-                data.runs = [r for r in s.scalars(select(Run).where(Run.study_name == study).order_by(Run.id)).all()
-                             if r.id not in bad_runs]
-                data.trials = [t for t in s.scalars(select(TrialRow).where(TrialRow.study_name == study)
-                                                    .order_by(TrialRow.number)).all() if t.id not in bad_trials]
-                data.measurements = [m for m in s.scalars(select(Measurement).join(TrialRow)
-                                                          .where(TrialRow.study_name == study).order_by(Measurement.id)).all()
-                                     if m.trial_id not in bad_trials]
-                if has(Tuned):
-                    tuned = list(s.scalars(select(Tuned).where(Tuned.study_name == study)).all())
-                    if bad_trials:
-                        tuned = [r for r in tuned if r.exported_at is None or r.exported_at >= orphans.cutoff]
-                    data.tuned = _latest_export(tuned)
-                data.study_data = restrict_study_data(load_study(s, study), orphans)
-            if n_bench:
-                data.bench_runs = list(s.scalars(select(BenchRun).order_by(BenchRun.id)).all())
-                if has(KernelBench):
-                    data.kernel_rows = list(s.scalars(select(KernelBench).order_by(KernelBench.id)).all())
-                if has(EvoformerBench):
-                    data.evoformer_rows = list(s.scalars(select(EvoformerBench).order_by(EvoformerBench.id)).all())
+                _study_rows(s, data, has)
+            _bench_rows(s, data, has)
             s.expunge_all()
         return data
     finally:
