@@ -8,6 +8,7 @@ is refused with one line, exit status 2, and nothing written."""
 from __future__ import annotations
 
 import hashlib
+import os
 import sqlite3
 import subprocess
 import sys
@@ -178,3 +179,48 @@ def test_upgrade_refuses_what_it_cannot_upgrade(tmp_path, capsys):
     assert upgrade_main(["--storage", str(empty)]) == 2
     assert "no autotune tables" in capsys.readouterr().err
     assert rows(empty, "select name from sqlite_master") == []
+
+
+PG_URL = os.environ.get("AUTOTUNE_TEST_POSTGRES_URL")
+
+
+@pytest.mark.skipif(not PG_URL, reason="set AUTOTUNE_TEST_POSTGRES_URL to a PostgreSQL database to run")
+def test_postgresql_versions(capsys):
+    """On PostgreSQL (in a schema of its own): an older database - today's tables without
+    ``at_schema`` and without a column added since - is refused, upgraded, then opens; a newer one
+    is refused with nothing written."""
+    import uuid
+
+    from sqlalchemy import create_engine, text
+
+    from results.db import Base, _all_tables
+
+    name = f"v1_{uuid.uuid4().hex[:10]}"
+    admin = create_engine(PG_URL)
+    with admin.begin() as c:
+        c.execute(text(f"CREATE SCHEMA {name}"))
+    url = f"{PG_URL}{'&' if '?' in PG_URL else '?'}options=-csearch_path%3D{name}"
+    try:
+        _all_tables()
+        old = create_engine(url)
+        with old.begin() as c:
+            Base.metadata.create_all(c, tables=[t for t in Base.metadata.sorted_tables if t.name != "at_schema"])
+            c.execute(text("ALTER TABLE at_confirmations DROP COLUMN stage"))
+        old.dispose()
+        with pytest.raises(SchemaError, match="older schema"):
+            Database(url)
+        assert upgrade_main(["--storage", url]) == 0
+        d = Database(url)
+        with d.engine.connect() as c:
+            assert c.execute(text("SELECT version FROM at_schema")).all() == [(SCHEMA_VERSION,)]
+            c.execute(text("UPDATE at_schema SET version = :v"), {"v": SCHEMA_VERSION + 1})
+            c.commit()
+        d.close()
+        capsys.readouterr()
+        assert export_main(["--study", "x", "--storage", url, "--out", "never.yaml"]) == 2
+        assert "newer than this code's" in capsys.readouterr().err
+        assert not Path("never.yaml").exists()
+    finally:
+        with admin.begin() as c:
+            c.execute(text(f"DROP SCHEMA {name} CASCADE"))
+        admin.dispose()
