@@ -18,6 +18,7 @@ If copying our rows fails after Optuna's study was created at the destination, t
 deleted again, so a failed copy leaves nothing behind. The copying is `results.copy_study`'s; this
 module is the command line.
 """
+
 from __future__ import annotations
 
 import argparse

@@ -16,6 +16,7 @@ nothing is written (exit status 2). A file whose content (SHA-256) was already i
 same kind is skipped unless ``--force``. The reading and writing are `results.ingest`'s; this
 module is the command line.
 """
+
 from __future__ import annotations
 
 import argparse

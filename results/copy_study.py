@@ -1,21 +1,13 @@
-"""Copy a study with its measurements to another database: `copy_study`, behind
-``python -m autotune.copy_study --study NAME --from URL --to URL [--to-study NAME]``.
+"""A study with its measurements to another database (`copy_study`, behind
+``python -m autotune.copy_study``, whose docstring says what is refused).
 
-``optuna.copy_study`` copies Optuna's side of a study (trials, values, parameters, attributes)
-and nothing of ours, so export and report at the destination would see no measurement. This
-command copies both: Optuna's study through ``optuna.copy_study``, then, in one transaction, our
-rows of the study - ``at_runs``, ``at_trials`` (tied to the destination's Optuna study and trial
-ids), ``at_measurements``, ``at_confirmations`` and ``at_tuned`` - so that the export and the
-report give the same answer at the destination (a confirmation stays current: it covered the
-same trials). Any pair of databases works, SQLite to PostgreSQL included (moving a study off a
-laptop onto a shared server).
-
-Only the rows tied to Optuna's study are copied (`results.db.LiveStudy`): rows left by a deleted
-study of the same name stay behind. The source is only read. Refused with one line and exit status
-2, with nothing written: a bad URL, a source without the study, a study with trials still running
-(copy it when no driver is running on it), a destination that already holds a study of that name.
-If copying our rows fails after Optuna's study was created at the destination, that study is
-deleted again, so a failed copy leaves nothing behind.
+``optuna.copy_study`` copies Optuna's side of a study and nothing of ours, so the export and the
+report at the destination would see no measurement. `copy_study` copies Optuna's study, then, in
+one transaction, our rows of it (``at_runs``, ``at_trials`` tied to the destination's Optuna study
+and trial ids, ``at_measurements``, ``at_confirmations``, ``at_tuned``): the export and the report
+give the same answer at the destination. Only rows tied to Optuna's study are copied
+(`results.db.LiveStudy`); the source is only read; if writing our rows fails, the copied Optuna
+study is deleted again, so a failed copy leaves nothing behind.
 """
 
 from __future__ import annotations

@@ -32,6 +32,8 @@ import yaml
 
 from patterns.tuned import FORMAT
 
+from .storage import mask_url, sqlite_file
+
 RULE = ("per bucket (autotune.verdict): the confirmed leader - re-measured interleaved with SDPA and the other "
         "leaders - with the highest confirmed geometric-mean speedup over the workloads whose interval clears the "
         "speedup target and that meets every other target at every workload (ties: lower geometric-mean peak "
@@ -64,14 +66,14 @@ def _check_live(db, study: str, storage: str, studies: list[str]) -> None:
     exist (a study removed with ``optuna delete-study`` leaves our tables behind)."""
     live = db.live_study(study)
     if not live.has_optuna:
-        raise ExportError(f"study {study!r}: {_safe(storage)} holds no Optuna study storage, so its trials "
+        raise ExportError(f"study {study!r}: {mask_url(storage)} holds no Optuna study storage, so its trials "
                           "cannot be checked to exist; export from the database the search wrote")
     if not live.exists:
         from .db import live_study
 
         with db.Session() as s:
             alive = [n for n in studies if live_study(s, n).exists]
-        raise ExportError(f"study {study!r} is not in Optuna's storage in {_safe(storage)} (deleted with optuna "
+        raise ExportError(f"study {study!r} is not in Optuna's storage in {mask_url(storage)} (deleted with optuna "
                           f"delete-study?); its leftover rows are not exported "
                           f"(studies there: {', '.join(alive) if alive else 'none'})")
 
@@ -105,16 +107,16 @@ def open_study(study: str, storage: str, *, log) -> Any:
 
     from .db import Database, TrialRow
 
-    path = _sqlite_path(storage)
+    path = sqlite_file(storage)
     if path is not None and not os.path.isfile(path):
         raise ExportError(f"--storage: no database file {path}")
     db = Database(storage, create=False)
     try:
         if not inspect(db.engine).has_table(TrialRow.__tablename__):
-            raise ExportError(f"study {study!r}: no autotune tables in {_safe(storage)}")
+            raise ExportError(f"study {study!r}: no autotune tables in {mask_url(storage)}")
         studies = _studies(db)
         if study not in studies:
-            raise ExportError(f"study {study!r} does not exist in {_safe(storage)} "
+            raise ExportError(f"study {study!r} does not exist in {mask_url(storage)} "
                               f"(studies there: {', '.join(studies) if studies else 'none'})")
         _check_live(db, study, storage, studies)
         gone = db.drop_orphans(study)  # rows of an earlier study of this name: never cited
@@ -260,18 +262,6 @@ def _shapes(space, bucket: int) -> dict[str, list[int]]:
 
 def _r(x: Optional[float]) -> Optional[float]:
     return None if x is None else float(f"{x:.6g}")
-
-
-def _sqlite_path(url: str) -> Optional[str]:
-    from .storage import sqlite_file
-
-    return sqlite_file(url)
-
-
-def _safe(url: str) -> str:
-    from .storage import mask_url
-
-    return mask_url(url)
 
 
 def write(doc: dict[str, Any], storage: str, out: str) -> None:

@@ -1,19 +1,11 @@
-"""Load benchmark CSVs into the results database (the library of ``python -m autotune.ingest``).
+"""Benchmark CSVs into the results database (behind ``python -m autotune.ingest``, whose docstring
+says what the command checks and refuses).
 
-    python -m autotune.ingest --storage sqlite:///results/autotune.db --kernel-csv benchmarks/results/cpu-2cores.csv \\
-        [--evoformer-csv benchmarks/results/evoformer-cpu.csv] [--command "python -m kernels.bench ..."]
-
-``--kernel-csv`` is a CSV of ``python -m kernels.bench``, ``--evoformer-csv`` one of ``python -m
-autotune.evoformer.bench`` (each option may be repeated; at least one file is needed). Each file
-becomes one ``at_bench_runs`` row and its rows ``at_kernel_bench`` / ``at_evoformer_bench`` rows
-(`results.bench_tables`), written in one transaction per file. ``--command`` records how the CSV
-was produced (the benchmarks do not write their command line into the file).
-
-Every file is read and checked before anything is written: a missing required column, a value
-that is not a number where one is expected, a per-file column (device, dtype, ...) that changes
-within the file or a file without data rows is an error naming the file, line and column, and
-nothing is written (exit status 2). A file whose content (SHA-256) was already ingested as the
-same kind is skipped unless ``--force``.
+`parse_csv` reads and checks one CSV of ``python -m kernels.bench`` (kind ``kernel``) or of
+``python -m autotune.evoformer.bench`` (kind ``evoformer``) against the column mapping of
+`results.bench_tables`, raising `IngestError` with the file, line and column of the first problem;
+`ingest_file` writes one checked file as one ``at_bench_runs`` row and its rows in one
+transaction, skipping content (SHA-256) already ingested as the same kind unless ``force``.
 """
 
 from __future__ import annotations

@@ -346,6 +346,10 @@ def confirmation_current(rows: list[Any], n_complete: int) -> bool:
 
 
 def load_study(session, study: str) -> StudyData:
+    """What the rule needs of ``study`` (`StudyData`), read through ``session``: its complete trials
+    and their measurements, its runs and space, and its latest confirmation pass (current or not).
+    Other drivers may write meanwhile: measurements of a trial completed after the trials were read
+    are left for the next read."""
     from sqlalchemy import inspect, select
 
     from .db import Measurement, Run, TrialRow
@@ -356,8 +360,9 @@ def load_study(session, study: str) -> StudyData:
                          .where(TrialRow.study_name == study, TrialRow.state == "COMPLETE")).all()
     by_id = {t.id: t.number for t in complete.values()}
     cells: dict[int, list[Any]] = {}
-    for m in ms:
-        cells.setdefault(by_id[m.trial_id], []).append(m)
+    for m in ms:  # a trial another driver completed between the two reads waits for the next read
+        if m.trial_id in by_id:
+            cells.setdefault(by_id[m.trial_id], []).append(m)
     runs = list(session.scalars(select(Run).where(Run.study_name == study).order_by(Run.id)).all())
     space = next((r.space for r in reversed(runs) if r.space), None)
     latest: list[Any] = []

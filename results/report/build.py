@@ -32,8 +32,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Optional
 
+from results.storage import mask_url
+
 from . import plots
-from .data import ReportData, safe_url
+from .data import ReportData
 from .targets import describe
 
 MIB_FLOOR = 1.0  # memory ratios use max(baseline peak, 1 MiB), as at_measurements.memory_vs_* does
@@ -284,7 +286,7 @@ class Report:
         cmd = _mask("python -m autotune.report" + ((" " + shlex.join(self.argv)) if self.argv is not None else ""))
         self.w(f"# Sparse attention report: {title}", "",
                f"Generated {dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC by `{cmd}` from the results database "
-               f"`{safe_url(d.storage)}` alone. Every number cites its rows (`m#` at_measurements, `t#` trial number, "
+               f"`{mask_url(d.storage)}` alone. Every number cites its rows (`m#` at_measurements, `t#` trial number, "
                f"`kb#` at_kernel_bench, `eb#` at_evoformer_bench, ...; see [Sources](#sources)).", "")
         if d.other_studies:
             self.w(f"Other studies in this database (not reported here; use `--study`): {', '.join(d.other_studies)}.", "")

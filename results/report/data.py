@@ -12,6 +12,8 @@ import os
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
+from results.storage import mask_url, sqlite_file
+
 
 class ReportError(Exception):
     """The report cannot be built (missing or empty database, unknown study): exit status 2."""
@@ -58,18 +60,6 @@ class ReportData:
         return None
 
 
-def sqlite_path(url: str) -> Optional[str]:
-    from results.storage import sqlite_file
-
-    return sqlite_file(url)
-
-
-def safe_url(url: str) -> str:
-    from results.storage import mask_url
-
-    return mask_url(url)
-
-
 def _latest_export(rows: list[Any]) -> list[Any]:
     """The at_tuned rows written by the study's last export: one export writes its buckets in one
     transaction, in increasing bucket order, so they are the run of consecutive ids (same out_path,
@@ -105,17 +95,17 @@ def _open(storage: str) -> tuple[str, Any]:
     except StorageError as e:
         raise ReportError(str(e)) from None
 
-    path = sqlite_path(storage)
+    path = sqlite_file(storage)
     if path is not None and not os.path.isfile(path):
-        raise ReportError(f"no database file {path} (--storage {safe_url(storage)})")
+        raise ReportError(f"no database file {path} (--storage {mask_url(storage)})")
     try:
         return storage, Database(storage, create=False)
     except SchemaError:  # another schema version: its own line (and the upgrade command)
         raise
     except SQLAlchemyError as e:  # the server does not answer, ...: checking the schema reads it
-        raise ReportError(f"cannot read --storage {safe_url(storage)}: {str(e).splitlines()[0]}") from None
+        raise ReportError(f"cannot read --storage {mask_url(storage)}: {str(e).splitlines()[0]}") from None
     except Exception as e:  # noqa: BLE001 - a bad URL or driver
-        raise ReportError(f"cannot open --storage {safe_url(storage)}: {e}") from None
+        raise ReportError(f"cannot open --storage {mask_url(storage)}: {e}") from None
 
 
 def _pick_study(s: Any, storage: str, study: Optional[str], has: Any) -> tuple[Optional[str], list[str]]:
@@ -133,14 +123,14 @@ def _pick_study(s: Any, storage: str, study: Optional[str], has: Any) -> tuple[O
     studies = [x for x in studies if x not in deleted]
     n_bench = s.scalar(select(func.count()).select_from(BenchRun)) if has(BenchRun) else 0
     if study is not None and study in deleted:
-        raise ReportError(f"study {study!r} is not in Optuna's storage in {safe_url(storage)} (deleted with "
+        raise ReportError(f"study {study!r} is not in Optuna's storage in {mask_url(storage)} (deleted with "
                           f"optuna delete-study?): its leftover rows are not reported "
                           f"(studies: {', '.join(studies) if studies else 'none'})")
     if study is not None and study not in studies:
-        raise ReportError(f"study {study!r} not found in {safe_url(storage)} "
+        raise ReportError(f"study {study!r} not found in {mask_url(storage)} "
                           f"(studies: {', '.join(studies) if studies else 'none'})")
     if not studies and not n_bench:
-        raise ReportError(f"{safe_url(storage)} is empty: no trial and no ingested benchmark rows")
+        raise ReportError(f"{mask_url(storage)} is empty: no trial and no ingested benchmark rows")
     if study is None and studies:
         latest = s.scalar(select(Run).where(Run.study_name.in_(studies)).order_by(Run.id.desc()).limit(1))
         study = latest.study_name if latest is not None else studies[-1]
@@ -202,13 +192,13 @@ def load(storage: str, study: Optional[str] = None) -> ReportData:
         try:
             tables = set(inspect(db.engine).get_table_names())
         except SQLAlchemyError as e:
-            raise ReportError(f"cannot read --storage {safe_url(storage)}: {str(e).splitlines()[0]}") from None
+            raise ReportError(f"cannot read --storage {mask_url(storage)}: {str(e).splitlines()[0]}") from None
         has = lambda model: model.__tablename__ in tables  # noqa: E731
         if not (has(TrialRow) or has(BenchRun)):
             if {"studies", "trials"} <= tables:
-                raise ReportError(f"{safe_url(storage)} holds an Optuna study storage but no autotune tables "
+                raise ReportError(f"{mask_url(storage)} holds an Optuna study storage but no autotune tables "
                                   "(written by Optuna alone, not by python -m autotune.search): nothing to report")
-            raise ReportError(f"{safe_url(storage)} holds no autotune tables (empty database): nothing to report")
+            raise ReportError(f"{mask_url(storage)} holds no autotune tables (empty database): nothing to report")
         with db.Session() as s:
             study, others = _pick_study(s, storage, study, has)
             data = ReportData(storage=storage, study=study, other_studies=others)
