@@ -137,7 +137,6 @@ def copy_study(study: str, src: str, dst: str, to_study: Optional[str] = None) -
     to_study = to_study or study
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     rows = _read_source(study, src)
-    Database(dst, create=False).close()  # a destination at another schema version: refused before any write
     sstore = optuna.storages.RDBStorage(src, skip_table_creation=True, skip_compatibility_check=True)
     try:
         source = optuna.load_study(study_name=study, storage=sstore)
@@ -146,6 +145,7 @@ def copy_study(study: str, src: str, dst: str, to_study: Optional[str] = None) -
             raise CopyError(f"--study: study {study!r} has {len(running)} running trial(s) "
                             f"({', '.join(map(str, running[:10]))}): copy it when no driver is running on it")
         n_optuna = len(source.get_trials(deepcopy=False))
+        Database(dst, create=False).close()  # a destination at another schema version: refused before any write
         dstore = create_optuna_storage(dst)
         try:
             try:
