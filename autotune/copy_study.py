@@ -10,151 +10,26 @@ report give the same answer at the destination (a confirmation stays current: it
 same trials). Any pair of databases works, SQLite to PostgreSQL included (moving a study off a
 laptop onto a shared server).
 
-Only the rows tied to Optuna's study are copied (`autotune.db.LiveStudy`): rows left by a deleted
+Only the rows tied to Optuna's study are copied (`results.db.LiveStudy`): rows left by a deleted
 study of the same name stay behind. The source is only read. Refused with one line and exit status
 2, with nothing written: a bad URL, a source without the study, a study with trials still running
 (copy it when no driver is running on it), a destination that already holds a study of that name.
 If copying our rows fails after Optuna's study was created at the destination, that study is
-deleted again, so a failed copy leaves nothing behind.
+deleted again, so a failed copy leaves nothing behind. The copying is `results.copy_study`'s; this
+module is the command line.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
-from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Optional
 
 from patterns.errors import InputError, report_input_error
 
+from results.copy_study import CopyError, CopyResult, copy_study  # noqa: F401
 
-class CopyError(InputError):
-    """Invalid input found before anything is written: exit status 2."""
-
-
-@dataclass
-class CopyResult:
-    study: str
-    to_study: str
-    trials: int  # Optuna trials copied
-    trial_rows: int  # at_trials rows
-    measurements: int
-    runs: int
-    confirmations: int
-    exports: int
-
-
-def _columns(row: Any, **override: Any) -> dict[str, Any]:
-    out = {c.key: getattr(row, c.key) for c in row.__table__.columns if c.key != "id"}
-    out.update(override)
-    return out
-
-
-def copy_study(study: str, src: str, dst: str, to_study: Optional[str] = None) -> CopyResult:
-    """Copy ``study`` from the database ``src`` to ``dst`` as ``to_study`` (module docstring).
-    Both are checked URLs (`autotune.storage.resolve_storage`)."""
-    import optuna
-    from sqlalchemy import inspect, select
-
-    from .db import Database, Measurement, Run, TrialRow, Tuned, create_optuna_storage, find_orphans, live_study
-    from .storage import mask_url
-    from .verdict import Confirmation
-
-    to_study = to_study or study
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    sdb = Database(src, create=False)
-    try:
-        tables = set(inspect(sdb.engine).get_table_names())
-        if TrialRow.__tablename__ not in tables:
-            raise CopyError(f"--from: {mask_url(src)} holds no autotune tables")
-        with sdb.Session() as s:
-            orphans = find_orphans(s, study)
-            live = orphans.live
-            if not live.has_optuna or not live.exists:
-                names = sorted(set(s.scalars(select(TrialRow.study_name).distinct()).all()))
-                names = [n for n in names if live_study(s, n).exists]
-                raise CopyError(f"--study: no study {study!r} in Optuna's storage in {mask_url(src)} "
-                                f"(studies there: {', '.join(names) if names else 'none'})")
-            bad_t, bad_r = set(orphans.trial_ids), set(orphans.run_ids)
-            trials = [t for t in s.scalars(select(TrialRow).where(TrialRow.study_name == study)
-                                           .order_by(TrialRow.number)).all() if t.id not in bad_t]
-            runs = [r for r in s.scalars(select(Run).where(Run.study_name == study).order_by(Run.id)).all()
-                    if r.id not in bad_r]
-            ms = s.scalars(select(Measurement).where(Measurement.trial_id.in_([t.id for t in trials]))
-                           .order_by(Measurement.id)).all() if trials else []
-            confs = (s.scalars(select(Confirmation).where(Confirmation.study_name == study)
-                               .order_by(Confirmation.id)).all() if Confirmation.__tablename__ in tables else [])
-            tuned = (s.scalars(select(Tuned).where(Tuned.study_name == study).order_by(Tuned.id)).all()
-                     if Tuned.__tablename__ in tables else [])
-            if bad_t:  # records of the deleted study of the same name stay behind
-                confs = [c for c in confs if c.created_at is None or c.created_at >= orphans.cutoff]
-                tuned = [r for r in tuned if r.exported_at is None or r.exported_at >= orphans.cutoff]
-            s.expunge_all()
-    finally:
-        sdb.close()
-    sstore = optuna.storages.RDBStorage(src, skip_table_creation=True, skip_compatibility_check=True)
-    try:
-        source = optuna.load_study(study_name=study, storage=sstore)
-        running = [t.number for t in source.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))]
-        if running:
-            raise CopyError(f"--study: study {study!r} has {len(running)} running trial(s) "
-                            f"({', '.join(map(str, running[:10]))}): copy it when no driver is running on it")
-        n_optuna = len(source.get_trials(deepcopy=False))
-        dstore = create_optuna_storage(dst)
-        try:
-            try:
-                optuna.load_study(study_name=to_study, storage=dstore)
-                raise CopyError(f"--to: {mask_url(dst)} already holds a study {to_study!r} (use --to-study NAME)")
-            except KeyError:
-                pass
-            ddb = Database(dst)
-            try:
-                ddb.drop_orphans(to_study)  # rows of a study of that name deleted there earlier
-                optuna.copy_study(from_study_name=study, from_storage=sstore, to_storage=dstore, to_study_name=to_study)
-                try:
-                    with ddb.session() as s:
-                        dlive = live_study(s, to_study)
-                        missing = [t.number for t in trials if t.number not in dlive.trial_ids]
-                        if missing or len(dlive.trial_ids) != n_optuna:
-                            raise RuntimeError(f"the copied Optuna study has {len(dlive.trial_ids)} trials, "
-                                               f"expected {n_optuna} (missing numbers {missing[:10]})")
-                        run_map: dict[int, int] = {}
-                        for r in runs:
-                            nr = Run(**_columns(r, study_name=to_study, optuna_study_id=dlive.study_id))
-                            s.add(nr)
-                            s.flush()
-                            run_map[r.id] = nr.id
-                        trial_map: dict[int, int] = {}
-                        for t in trials:
-                            if t.run_id not in run_map:
-                                raise RuntimeError(f"trial {t.number} refers to run {t.run_id}, which is not copied")
-                            nt = TrialRow(**_columns(t, study_name=to_study, run_id=run_map[t.run_id],
-                                                     optuna_trial_id=dlive.trial_ids[t.number],
-                                                     optuna_study_id=dlive.study_id))
-                            s.add(nt)
-                            s.flush()
-                            trial_map[t.id] = nt.id
-                        for m in ms:
-                            s.add(Measurement(**_columns(m, trial_id=trial_map[m.trial_id])))
-                        for c in confs:
-                            s.add(Confirmation(**_columns(c, study_name=to_study)))
-                        for r in tuned:
-                            s.add(Tuned(**_columns(r, study_name=to_study)))
-                    old = source.user_attrs.get("space_run_id")
-                    if old in run_map:  # the study names the run that holds its space
-                        dstore.set_study_user_attr(dlive.study_id, "space_run_id", run_map[old])
-                except BaseException:
-                    optuna.delete_study(study_name=to_study, storage=dstore)  # nothing half-written
-                    raise
-            finally:
-                ddb.close()
-        finally:
-            dstore.remove_session()
-            dstore.engine.dispose()
-    finally:
-        sstore.remove_session()
-        sstore.engine.dispose()
-    return CopyResult(study, to_study, n_optuna, len(trials), len(ms), len(runs), len(confs), len(tuned))
+__all__ = ["CopyError", "CopyResult", "copy_study", "main"]
 
 
 def main(argv: Optional[list[str]] = None) -> int:
@@ -164,7 +39,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     p.add_argument("--to", dest="dst", required=True, help="destination: SQLAlchemy URL or SQLite file")
     p.add_argument("--to-study", help="name at the destination (default: the same)")
     args = p.parse_args(argv)
-    from .storage import StorageError, database_error_line, mask_url, resolve_storage
+    from results.storage import StorageError, database_error_line, mask_url, resolve_storage
 
     try:
         try:
@@ -178,7 +53,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         if src == dst and (args.to_study or args.study) == args.study:
             raise CopyError("--to: the same database and study name as --from (use --to-study NAME)")
         r = copy_study(args.study, src, dst, args.to_study)
-    except InputError as e:  # CopyError, ...
+    except InputError as e:  # CopyError, StorageError (a database at another schema version), ...
         return report_input_error(e, "autotune.copy_study")
     except Exception as e:  # noqa: BLE001 - a database error: one line, no password
         line = database_error_line(e, args.dst)

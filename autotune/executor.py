@@ -59,7 +59,7 @@ __all__ = ["LocalExecutor", "RayExecutor", "ExecutorError", "ClusterUnreachable"
 
 CONNECT_TIMEOUT_S = 20.0  # how long a cluster address may stay silent before the search gives up
 GCS_WAIT_S = "5"  # Ray's own GCS connection retries once the address answers (RAY_gcs_server_port_wait_time_s)
-PACKAGES = ("autotune", "patterns", "kernels")  # what a joined cluster's workers get from the driver
+PACKAGES = ("autotune", "patterns", "kernels", "search_spaces", "results")  # what a joined cluster's workers get from the driver
 
 
 class ExecutorError(RuntimeError):
@@ -141,9 +141,16 @@ def project_runtime_env(staging: str) -> dict[str, Any]:
     import importlib
     import shutil
 
+    caches = shutil.ignore_patterns("__pycache__", "*.pyc")
+
+    def modules_only(folder: str, names: list[str]) -> set[str]:
+        # results/ is also the folder of one's own databases, tuned files and reports: only its modules
+        return set(caches(folder, names)) | {n for n in names if not n.endswith(".py")
+                                             and not os.path.isfile(os.path.join(folder, n, "__init__.py"))}
+
     for name in PACKAGES:
         src = os.path.dirname(importlib.import_module(name).__file__)
-        shutil.copytree(src, os.path.join(staging, name), ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+        shutil.copytree(src, os.path.join(staging, name), ignore=modules_only if name == "results" else caches)
     return {"working_dir": staging}
 
 

@@ -108,7 +108,7 @@ def command_line(argv: Optional[list[str]] = None, secrets: tuple[str, ...] = ()
     password masked (URL passwords, ``password=`` values and the given ``secrets``)."""
     import shlex
 
-    from .storage import mask_secrets
+    from results.storage import mask_secrets
 
     argv = list(sys.argv if argv is None else argv)
     module = _module_of(argv[0]) if argv and argv[0] not in ("", "-c") else None

@@ -2,12 +2,12 @@
 
 Finds, per sequence-length bucket, the sparse patterns and kernel launch parameters that are
 fastest and leanest while keeping accuracy; every candidate passes a correctness gate against the
-reference backend first, and every measurement is kept in the results database (default ``results/autotune.db``).
+reference backend first, and every measurement is kept in the results database (default ``results/results.db``).
 
 Options (each overrides the space file): ``--trials N`` (total budget, trials already finished in
 the study count), ``--timeout SECONDS`` (no new trial starts after it; running ones finish),
 ``--study NAME`` (default: the space's name), ``--storage URL`` (default ``$AUTOTUNE_STORAGE``, else
-``sqlite:///results/autotune.db``; checked by `autotune.storage`), ``--executor ray|local``, ``--ray-address ADDRESS``, ``--device
+``sqlite:///results/results.db``; checked by `results.storage`), ``--executor ray|local``, ``--ray-address ADDRESS``, ``--device
 cpu|cuda``, ``--workers N``, ``--no-progress``, ``--allow-repeats`` (measure a parameter set the
 study already measured or is running). Exit status: 0 done, 2 invalid input (nothing
 written), 1 other errors.
@@ -28,13 +28,13 @@ objectives: every trial the export chooses is feasible, but one chosen for a sin
 dominated on the aggregates by a trial better elsewhere; the study's user attribute ``verdict``
 (written at the end of each run) names the choice per bucket. The space is stored once, in ``at_runs.space``; the study's user attribute
 ``space_run_id`` names the run that holds it. The study's system attribute ``autotune:uid`` ties
-our rows to it (`autotune.db.LiveStudy`).
+our rows to it (`results.db.LiveStudy`).
 
 End of a run
 ------------
-The progress bar's best-so-far per bucket is the leader by the one rule of `autotune.verdict`
+The progress bar's best-so-far per bucket is the leader by the one rule of `results.verdict`
 (marked ``?``: unconfirmed). When the run ends the leaders of every bucket are re-measured together
-with SDPA (`autotune.verdict.confirm`, in the driver process, after the workers have stopped) and
+with SDPA (`autotune.confirm.confirm`, in the driver process, after the workers have stopped) and
 the run prints one verdict line per bucket - the same choice ``python -m autotune.export`` writes and
 ``python -m autotune.report`` shows - and the export, accuracy and report commands for the study. A
 shape whose SDPA baseline spreads more than 2x across trials is warned about as it happens. One
@@ -79,7 +79,7 @@ Several drivers
 ---------------
 Drivers on other machines (each with its own Ray or local executor) may share one study in one
 PostgreSQL database (SQLite for drivers on one machine). Each trial's budget slot is claimed in
-the database in one locked transaction (`autotune.db.Database.claim_trial`): together they run
+the database in one locked transaction (`results.db.Database.claim_trial`): together they run
 exactly ``--trials`` trials, never one parameter set twice, and each prints the study's true total.
 """
 
@@ -98,7 +98,7 @@ from typing import TYPE_CHECKING, Any, Optional
 
 from patterns.errors import InputError, report_input_error
 
-from .space import MAX_NAME, SearchSpace, SpaceError, load_space
+from search_spaces.space import MAX_NAME, SearchSpace, SpaceError, load_space
 
 if TYPE_CHECKING:
     from .trial import TrialResult
@@ -115,13 +115,14 @@ class UsageError(InputError):
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from results.storage import STORAGE_HELP
+
     p = argparse.ArgumentParser(prog="python -m autotune.search", description=__doc__.split("\n\n")[0])
     p.add_argument("--space", required=True, help="search-space YAML file")
     p.add_argument("--trials", type=int, help="total trial budget (finished trials of the study count)")
     p.add_argument("--timeout", type=float, help="seconds after which no new trial starts")
     p.add_argument("--study", help="study name (default: the space's name)")
-    p.add_argument("--storage", help="SQLAlchemy URL or SQLite file (default $AUTOTUNE_STORAGE, else "
-                   "sqlite:///results/autotune.db)")
+    p.add_argument("--storage", help=STORAGE_HELP)
     p.add_argument("--executor", choices=("ray", "local"), default="ray")
     p.add_argument("--ray-address", help="join this Ray cluster (HOST:PORT, ray://HOST:PORT, auto; default $RAY_ADDRESS) "
                    "instead of starting a local instance (local)")
@@ -189,7 +190,7 @@ def make_sampler(space: SearchSpace, seed: Optional[int] = None, *, use_space_se
 
 def optuna_constraint_names(space: SearchSpace) -> list[str]:
     """The targets Optuna's constraint values stand for: every target but ``speedup``, which
-    `autotune.verdict` judges on confirmed figures only (its step 1 admits a trial to a bucket's
+    `results.verdict` judges on confirmed figures only (its step 1 admits a trial to a bucket's
     leaders on every other target); the speedup is an objective."""
     return [n for n in space.effective_targets().names() if n != "speedup"]
 
@@ -200,7 +201,7 @@ def bucket_view(space: SearchSpace, cells: list[Any]) -> tuple[list[float], dict
 
     Per bucket: the violation of each target is its worst over the bucket's workloads; the bucket
     is *feasible* when every target but speedup is met there - the trial is then a candidate of
-    that bucket in `autotune.verdict` (step 1: the leaders, re-measured and judged on the speedup
+    that bucket in `results.verdict` (step 1: the leaders, re-measured and judged on the speedup
     target there) - and ``meets_speedup`` says whether the search's own interval already clears
     the speedup target; its objectives are aggregated over the bucket's workloads as the trial's
     are over all cells (speedup, its interval's lower end and the memory ratios by geometric mean,
@@ -213,7 +214,7 @@ def bucket_view(space: SearchSpace, cells: list[Any]) -> tuple[list[float], dict
     exactly when it is a candidate of at least one bucket, and every trial the export chooses is
     feasible there; ``buckets`` maps str(L) to that bucket's objectives, violations and
     feasibility (the trial's user attribute ``buckets``)."""
-    from .aggregate import geomean
+    from results.aggregate import geomean
 
     def g(c: Any, k: str) -> Any:
         return c.get(k) if isinstance(c, dict) else getattr(c, k, None)
@@ -227,7 +228,7 @@ def bucket_view(space: SearchSpace, cells: list[Any]) -> tuple[list[float], dict
     best: Optional[tuple[float, int]] = None
     worse = min
     if space.accuracy_metric:
-        from .space import ACCURACY_METRIC_DIRECTIONS
+        from search_spaces.space import ACCURACY_METRIC_DIRECTIONS
 
         worse = min if ACCURACY_METRIC_DIRECTIONS[space.accuracy_metric] == "max" else max
     for L in sorted(by_bucket):
@@ -272,7 +273,7 @@ class Search:
         self.workers = workers if workers is not None else space.execution.workers
         self.progress = progress
         self.num_cpus = num_cpus
-        from .storage import mask_secrets, mask_url
+        from results.storage import mask_secrets, mask_url
 
         from sqlalchemy.engine import make_url
 
@@ -296,10 +297,10 @@ class Search:
         import optuna
 
         from . import hardware
-        from .db import Database, create_optuna_storage
+        from results.db import Database, create_optuna_storage
 
         optuna.logging.set_verbosity(optuna.logging.WARNING)
-        from . import verdict  # noqa: F401  (at_confirmations is created / upgraded with our tables)
+        from results import verdict  # noqa: F401  (at_confirmations is created / upgraded with our tables)
 
         self.db = Database(self.storage)  # a database from an older version gets the new columns
         engine_kwargs = {"connect_args": {"timeout": 60}} if self.storage.startswith("sqlite") else {}
@@ -334,7 +335,7 @@ class Search:
                 self.study.set_metric_names(list(self.space.objectives))
         # our rows of a study deleted from Optuna's storage (optuna delete-study), or of an earlier
         # study of the same name, are removed before anything of this one is written
-        from .db import ensure_study_uid
+        from results.db import ensure_study_uid
 
         self.study_uid = ensure_study_uid(self.db.engine, self.study._study_id)
         gone = self.db.drop_orphans(self.study_name)
@@ -369,7 +370,7 @@ class Search:
         row) is settled by a driver that starts with no live peer."""
         from optuna.trial import TrialState
 
-        from .db import Run, utcnow
+        from results.db import Run, utcnow
 
         now = utcnow()
         for rid in self.db.settle_dead_runs(lambda run: driver_alive(run, now), self.run_id):
@@ -469,7 +470,7 @@ class Search:
     def _cells_of(self, trial_row_id: int) -> list[Any]:
         from sqlalchemy import select
 
-        from .db import Measurement
+        from results.db import Measurement
 
         with self.db.Session() as s:
             return list(s.scalars(select(Measurement).where(Measurement.trial_id == trial_row_id)).all())
@@ -489,7 +490,7 @@ class Search:
         from kernels import KernelConfig
         from patterns import pattern_from_dict
 
-        from .db import utcnow
+        from results.db import utcnow
         from .trial import TrialRequest
 
         import warnings
@@ -622,12 +623,12 @@ class Search:
 
     def _update_best_by_bucket(self, rows: list[dict[str, Any]], number: Optional[int] = None) -> None:
         """Feed a complete trial's cells to the progress bar's best-so-far (the leaders of
-        `autotune.verdict`, the rule export and report use; unconfirmed until the end of the run)
+        `results.verdict`, the rule export and report use; unconfirmed until the end of the run)
         and to the baseline-noise watch."""
         if number is not None:
             self.cells_by_trial[number] = rows
         self._watch_noise(rows)
-        from .verdict import leaders
+        from results.verdict import leaders
 
         targets = self.space.effective_targets()
         for bucket in sorted({r["bucket"] for r in rows}):
@@ -651,7 +652,7 @@ class Search:
 
     def _load_cells(self) -> None:
         """Cells of the study's complete trials from earlier runs (resume), for the best-so-far."""
-        from .verdict import load_study
+        from results.verdict import load_study
 
         with self.db.Session() as s:
             data = load_study(s, self.study_name)
@@ -888,7 +889,7 @@ def missing_search_packages(args) -> list[str]:
 
 def main(argv: Optional[list[str]] = None) -> int:
     from .executor import ExecutorError, cluster_address
-    from .storage import StorageError, database_error_line, mask_secrets, resolve_storage
+    from results.storage import StorageError, database_error_line, mask_secrets, resolve_storage
 
     args = build_parser().parse_args(argv)
     missing = missing_search_packages(args)
@@ -929,7 +930,7 @@ def main(argv: Optional[list[str]] = None) -> int:
                     allow_repeats=args.allow_repeats)
     try:
         summary = search.run()
-    except InputError as e:
+    except InputError as e:  # UsageError, StorageError (a database at another schema version), ...
         return report_input_error(e, "autotune", message=mask_secrets(str(e), search.secrets))
     except KeyboardInterrupt:
         return 130
@@ -973,7 +974,7 @@ def study_commands(study: str, storage: str, space: SearchSpace) -> list[str]:
     """The export, accuracy and report commands for ``study`` (what the end of a run prints)."""
     import shlex
 
-    from .db import DEFAULT_STORAGE
+    from results.db import DEFAULT_STORAGE
 
     out = os.path.join("results", f"{study}.yaml")
     st = "" if storage == DEFAULT_STORAGE else f" --storage {shlex.quote(storage)}"
@@ -1013,9 +1014,10 @@ def record_verdict(storage: str, study: str, verdicts: list, log=None) -> None:
 
 
 def end_of_run(search: "Search", args) -> int:
-    """Confirm the leaders of every bucket (`autotune.verdict.confirm`), print the verdict per
+    """Confirm the leaders of every bucket (`autotune.confirm.confirm`), print the verdict per
     bucket and the commands that export, check and report the study."""
-    from .verdict import current_verdicts, verdict_lines
+    from .confirm import current_verdicts
+    from results.verdict import verdict_lines
 
     log = search.log
     try:

@@ -42,7 +42,7 @@ layouts chosen from the chains' structures degraded by the space's ``accuracy_no
 Its cells' ``sparsity`` is that of the layout chosen from the workload's bias.
 
 `TrialRunner.confirm` re-measures a bucket's leading candidates together (one interleaved loop per
-workload with SDPA and each other; `autotune.verdict.confirm` stores and uses the figures).
+workload with SDPA and each other; `autotune.confirm.confirm` stores and uses the figures).
 
 An ``evoformer`` workload (`autotune.workloads.EvoformerBench`) measures one whole
 ``autotune.evoformer.EvoformerBlock`` (built once per worker from the workload's dims with
@@ -81,7 +81,7 @@ from typing import Any, Optional, Union
 import torch
 
 from kernels.measure import is_oom
-from .space import ACCURACY_METRIC_DIRECTIONS, SearchSpace
+from search_spaces.space import ACCURACY_METRIC_DIRECTIONS, SearchSpace
 from .workloads import (DEFAULT_TOL, MEMORY_FLOOR_BYTES, CellMeasurement, GateFailed, TrialTiming, bench_for,
                         nominal_layout)
 
@@ -346,7 +346,7 @@ class TrialRunner:
         """Re-measure ``candidates`` ((trial number, pattern dict, kernel dict)) at bucket L together:
         per workload one `time_paired` loop with SDPA and every candidate (``measure.confirm_*``),
         on fresh inputs. One dict per (workload, candidate) with the paired speedup and interval
-        (the columns of ``autotune.verdict``'s confirmation rows)."""
+        (the columns of ``results.verdict``'s confirmation rows)."""
         from kernels import KernelConfig
         from patterns import pattern_from_dict
 
@@ -400,8 +400,8 @@ class TrialRunner:
 
 
 def _geomean(xs: list[float], what: str = "cell values") -> Optional[float]:
-    """`autotune.aggregate.geomean` (logs what it leaves out)."""
-    from .aggregate import geomean
+    """`results.aggregate.geomean` (logs what it leaves out)."""
+    from results.aggregate import geomean
 
     return geomean(xs, what).value
 
@@ -420,7 +420,7 @@ def _bucket_accuracy(accuracy: Optional[AccuracyMap], bucket: int) -> Optional[d
 
 
 def cell_row(m: Cell, accuracy: Optional[AccuracyMap]) -> dict[str, Any]:
-    """A cell as the dict `autotune.verdict` reads, with its bucket's accuracy attached (a dict
+    """A cell as the dict `results.verdict` reads, with its bucket's accuracy attached (a dict
     cell with byte peaks, the older form, gets MiB peaks)."""
     row = m.to_dict() if isinstance(m, CellMeasurement) else dict(m)
     row["accuracy"] = _bucket_accuracy(accuracy, row["bucket"])
@@ -431,9 +431,9 @@ def cell_row(m: Cell, accuracy: Optional[AccuracyMap]) -> dict[str, Any]:
 
 
 def cell_values(space: SearchSpace, m: Cell, accuracy: Optional[AccuracyMap]) -> dict[str, Optional[float]]:
-    """The targeted quantities of one (workload, bucket) measurement (`autotune.verdict.cell_values`),
+    """The targeted quantities of one (workload, bucket) measurement (`results.verdict.cell_values`),
     plus ``accuracy``: the value of the space's accuracy objective metric."""
-    from .verdict import cell_values as values
+    from results.verdict import cell_values as values
 
     row = cell_row(m, accuracy)
     out = values(space.effective_targets(), row)
@@ -444,7 +444,7 @@ def cell_values(space: SearchSpace, m: Cell, accuracy: Optional[AccuracyMap]) ->
 
 def cell_violations(space: SearchSpace, m: Cell, accuracy: Optional[AccuracyMap]) -> dict[str, float]:
     """Target name -> violation (<= 0 met) at this cell: the space's targets, one rule for all."""
-    from .verdict import cell_violations as violations
+    from results.verdict import cell_violations as violations
 
     return violations(space.effective_targets(), cell_row(m, accuracy))
 

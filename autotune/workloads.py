@@ -1,6 +1,6 @@
 """What a trial does with each kind of workload: its inputs, the candidate, the baselines, the gate.
 
-A workload's record (its shape, parsed from the space file) is a `autotune.space.Workload` of its
+A workload's record (its shape, parsed from the space file) is a `search_spaces.space.Workload` of its
 kind; what is measured on it is a `WorkloadBench` here, looked up by kind in `BENCHES`:
 
 `AttentionBench` (``msa_row``, ``triangle``)
@@ -22,7 +22,7 @@ kind; what is measured on it is a `WorkloadBench` here, looked up by kind in `BE
 Every bench returns its (workload, bucket) figures as one `CellMeasurement` (units in the field
 names), with the candidate's time and memory against both baselines. Baselines are measured once
 per worker process and shape (`TrialRunner` holds the caches); one that runs out of memory is
-recorded as missing. A new workload kind is a record class in `autotune.space.WORKLOAD_TYPES` (its
+recorded as missing. A new workload kind is a record class in `search_spaces.space.WORKLOAD_TYPES` (its
 keys, batch and input size) and a `WorkloadBench` subclass registered in `BENCHES`.
 """
 
@@ -37,7 +37,7 @@ import torch
 
 from kernels import clear_plan_caches
 from kernels.measure import TOLERANCES, PairedTiming, is_oom, naive_attention, peak_memory, time_fn, time_paired
-from .space import SearchSpace, Workload
+from search_spaces.space import SearchSpace, Workload
 
 __all__ = ["CellMeasurement", "Baseline", "Baselines", "TrialTiming", "GateFailed", "WorkloadBench", "AttentionBench",
            "EvoformerBench", "BENCHES", "bench_for", "DTYPES", "DEFAULT_TOL", "MEMORY_FLOOR_BYTES", "block_pass",

@@ -33,7 +33,7 @@ def throughput(workers: int, trials: int) -> dict:
     import ray
 
     from autotune.search import Search
-    from autotune.space import BudgetSettings, ExecutionSettings, MeasureSettings, load_space
+    from search_spaces.space import BudgetSettings, ExecutionSettings, MeasureSettings, load_space
 
     space = load_space(ROOT / "search_spaces" / "cpu.yaml").override(trials=trials)
     space.buckets = [256, 512]
@@ -65,7 +65,7 @@ def throughput(workers: int, trials: int) -> dict:
 
 
 def grid_table(seed: int = 0) -> tuple[list[dict], object]:
-    from autotune.space import parse_space
+    from search_spaces.space import parse_space
     from autotune.trial import TrialRequest, TrialRunner, summarize
 
     import yaml
@@ -112,7 +112,7 @@ def replay(table: list[dict], space, sampler_name: str, budget: int, seed: int,
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     from autotune.search import make_sampler
 
-    from autotune.space import SamplerSettings
+    from search_spaces.space import SamplerSettings
 
     space.sampler = SamplerSettings(name=sampler_name, seed=seed, population_size=4, n_startup_trials=4)
     lookup = {tuple(sorted(r["params"].items())): r for r in table}

@@ -2,11 +2,11 @@
 search's measurement overhead.
 
     python benchmarks/winners.py retime --tuned results/protein-cpu.yaml [--repeats 41]
-    python benchmarks/winners.py overhead --storage sqlite:///results/autotune.db --study protein-cpu
+    python benchmarks/winners.py overhead --storage sqlite:///results/results.db --study protein-cpu
     python benchmarks/winners.py repeat --space search_spaces/cpu.yaml --runs 3 [--trials N] [--out DIR]
 
 ``retime``: every exported (bucket, workload) timed again with ``--repeats`` interleaved rounds of
-candidate and SDPA (`autotune.measure.time_paired`, no early stop), on fresh inputs; the speedup
+candidate and SDPA (`kernels.measure.time_paired`, no early stop), on fresh inputs; the speedup
 (median of per-round ratios) and its 95% interval, whether it lies inside the exported interval
 and whether it clears the exported speedup target. ``overhead``: share of a study's search wall
 time (its runs, start to end) spent outside the candidate and baseline timing, two ways: outside
@@ -36,8 +36,8 @@ def retime(tuned: str, repeats: int = 41, seed: int = 0) -> list[dict[str, Any]]
     import torch
     import yaml
 
-    from autotune.measure import time_paired
-    from autotune.space import Workload
+    from kernels.measure import time_paired
+    from search_spaces.space import Workload
     from autotune.workloads import DTYPES, nominal_layout, one_pass, random_qkv, workload_layout
     from kernels import KernelConfig, dense_attention, sparse_attention
     from patterns import pattern_from_dict
@@ -80,7 +80,7 @@ def retime(tuned: str, repeats: int = 41, seed: int = 0) -> list[dict[str, Any]]
 def overhead(storage: str, study: str) -> dict[str, Any]:
     from sqlalchemy import select
 
-    from autotune.db import Database, Run, TrialRow
+    from results.db import Database, Run, TrialRow
 
     db = Database(storage, create=False)
     try:

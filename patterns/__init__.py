@@ -64,13 +64,6 @@ def __getattr__(name: str) -> Any:
         value = getattr(importlib.import_module(f".{module}", __name__), name)
         globals()[name] = value
         return value
-    if name in ("load_tuned", "TunedPatterns"):
-        # Kept for compatibility only: the tuned-file reader moved to `kernels.tuned` (``from kernels
-        # import load_tuned``); tests/test_postgres.py and tests/test_guided_search.py still import it
-        # from here. Remove once they import from ``kernels``: ``patterns`` imports nothing of the project.
-        import kernels.tuned
-
-        return getattr(kernels.tuned, name)
     raise AttributeError(f"module 'patterns' has no attribute {name!r}")
 
 

@@ -17,7 +17,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def _db_with_one_run(path: Path) -> str:
-    from autotune.db import Database
+    from results.db import Database
 
     url = f"sqlite:///{path}"
     db = Database(url)

@@ -39,7 +39,7 @@ def src(exported_db, tmp_path) -> Path:
 def _counts(url: str, study: str) -> dict[str, int]:
     from sqlalchemy import text
 
-    from autotune.db import Database
+    from results.db import Database
 
     d = Database(url, create=False)
     try:
@@ -60,7 +60,7 @@ def _counts(url: str, study: str) -> dict[str, int]:
 def _same_answer(src_url: str, dst_url: str, to_study: str) -> None:
     import optuna
 
-    from autotune.db import Database, find_orphans
+    from results.db import Database, find_orphans
     from autotune.export import choose
 
     a = choose("src", src_url, log=lambda m: pytest.fail(f"source re-confirmed: {m}"))
@@ -88,7 +88,7 @@ def _same_answer(src_url: str, dst_url: str, to_study: str) -> None:
 def _run_exists(url: str, run_id: int, study: str) -> bool:
     from sqlalchemy import text
 
-    from autotune.db import Database
+    from results.db import Database
 
     d = Database(url, create=False)
     try:
@@ -159,7 +159,7 @@ def test_copy_leaves_a_deleted_studys_rows_behind(src, tmp_path):
 def test_a_failed_copy_leaves_nothing(src, tmp_path, monkeypatch):
     import optuna
 
-    import autotune.copy_study as cs
+    import results.copy_study as cs
 
     dst = tmp_path / "dst.db"
 
@@ -191,7 +191,7 @@ def test_copy_sqlite_to_postgresql(src, capsys):
             optuna.delete_study(study_name=name, storage=PG_URL)
         except KeyError:
             pass
-        from autotune.db import Database
+        from results.db import Database
 
         d = Database(PG_URL, create=False)
         d.drop_orphans(name)  # our rows of the test study go with it

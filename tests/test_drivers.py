@@ -114,7 +114,7 @@ def test_two_drivers_share_one_budget_on_a_fresh_postgresql_database(tmp_path):
 
 
 def _open_schema(url: str, barrier) -> None:
-    from autotune.db import Database, create_optuna_storage
+    from results.db import Database, create_optuna_storage
 
     barrier.wait()
     Database(url).close()
@@ -138,7 +138,7 @@ def test_schema_creation_race_on_a_fresh_sqlite_database(tmp_path):
 
 
 def test_claim_trial_is_exact_and_refuses_duplicates(tmp_path):
-    from autotune.db import Database
+    from results.db import Database
 
     db = Database(f"sqlite:///{tmp_path / 'c.db'}")
     run = db.start_run(study_name="s", host="h", pid=1, command_line="c", device="cpu", hardware={}, versions={},
@@ -165,16 +165,16 @@ def test_a_lost_retry_is_enqueued_again(tmp_path):
     the two writes) is enqueued again by the next driver: its reserved slot is not lost."""
     import optuna
 
-    from autotune.db import Database
+    from results.db import Database
     from autotune.search import Search
-    from autotune.space import load_space
+    from search_spaces.space import load_space
 
     space = load_space(write_space(tmp_path, **FAST)).override(trials=2)
     url = f"sqlite:///{tmp_path / 'r.db'}"
     Search(space, study_name="tiny", storage=url, executor="local", progress=False).run()
     db = Database(url)
     with db.session() as s:  # trial 1 "lost its node" and its retry never reached Optuna's queue
-        from autotune.db import TrialRow
+        from results.db import TrialRow
 
         t = s.query(TrialRow).filter_by(study_name="tiny", number=1).one()
         t.state, t.reason = "FAIL", "node lost: test"

@@ -203,7 +203,7 @@ def test_no_data_reaches_the_trial_summary_as_none(tmp_path):
     NULL, shown as "-"), the objective skips it, and the accuracy constraint treats it as unmet."""
     import yaml
 
-    from autotune.space import load_space
+    from search_spaces.space import load_space
     from autotune.trial import cell_values, summarize
 
     p = tmp_path / "s.yaml"

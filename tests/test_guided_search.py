@@ -13,7 +13,7 @@ import yaml
 
 from autotune.export import main as export_main
 from autotune.search import Search
-from autotune.space import SpaceError, load_space
+from search_spaces.space import SpaceError, load_space
 from kernels import load_tuned
 from patterns import GuidedConfig, PatternConfig, build_layout
 
@@ -87,7 +87,7 @@ def test_space_family_params_and_errors(tmp_path):
 @pytest.mark.slow
 def test_guided_search_export_and_deploy(tmp_path):
     space = load_space(_write(tmp_path, SPACE))
-    db = tmp_path / "autotune.db"
+    db = tmp_path / "results.db"
     summary = Search(space, study_name="g", storage=f"sqlite:///{db}", executor="local", progress=False, num_cpus=1).run()
     assert summary["completed"] == 6 and summary["failed"] == 0
     con = sqlite3.connect(db)

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from autotune.search import Search
-from autotune.space import load_space
+from search_spaces.space import load_space
 from test_search import rows, write_space
 
 # One bucket-dependent target: a diagonal-only layout (window 0, 16-residue blocks) is 75% sparse
@@ -78,7 +78,7 @@ def test_per_bucket_view_and_constraints(db):
 
 @pytest.mark.slow
 def test_an_unmet_speedup_target_does_not_make_every_trial_infeasible(tmp_path):
-    """Speedup is judged on confirmed figures (autotune.verdict): a speedup target no trial meets
+    """Speedup is judged on confirmed figures (results.verdict): a speedup target no trial meets
     on the search's figures leaves Optuna's feasibility to the other targets."""
     import optuna
 
@@ -108,7 +108,7 @@ def test_export_choice_is_optunas_best(db, tmp_path):
     assert set(chosen.values()) <= best  # what the export deploys, Optuna lists among its best
     # the end-of-run verdict, on the study where Optuna's tools show it: the export's choice
     from autotune.search import record_verdict
-    from autotune.verdict import current_verdicts
+    from autotune.confirm import current_verdicts
 
     record_verdict(f"sqlite:///{db}", "views", current_verdicts(f"sqlite:///{db}", "views"))
     v = optuna.load_study(study_name="views", storage=f"sqlite:///{db}").user_attrs["verdict"]
@@ -162,8 +162,8 @@ def test_recreated_study_does_not_inherit_rows(db, tmp_path):
     (numbers 0-3) are removed; the export and the report see the new study's trials only."""
     import optuna
 
-    from autotune.db import Database, find_orphans
-    from autotune.report.data import load as report_load
+    from results.db import Database, find_orphans
+    from results.report.data import load as report_load
 
     url = f"sqlite:///{db}"
     old = sorted(n for (n,) in rows(db, "select number from at_trials"))
@@ -199,7 +199,7 @@ def test_recreated_study_does_not_inherit_rows(db, tmp_path):
 def test_geomean_says_what_it_drops(caplog):
     import math
 
-    from autotune.aggregate import geomean
+    from results.aggregate import geomean
 
     g = geomean([2.0, 8.0, None, -1.0, math.inf, math.nan, "x", True], "speedup")
     assert g.value == pytest.approx(4.0) and g.used == 2
@@ -225,7 +225,7 @@ def test_stale_trial_of_a_live_driver_is_failed_by_optunas_heartbeat(tmp_path, m
     import optuna
 
     import autotune.search as search_mod
-    from autotune.db import Database
+    from results.db import Database
 
     monkeypatch.setattr(search_mod, "GRACE_SECONDS", 1)
     space = load_space(write_space(tmp_path, **VIEWS)).override(trials=1)

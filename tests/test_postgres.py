@@ -13,9 +13,9 @@ import pytest
 import sqlalchemy as sa
 
 from autotune.search import Search
-from autotune.space import load_space
 from kernels import load_tuned
 from patterns import build_layout
+from search_spaces.space import load_space
 
 from test_search import ROOT, write_space
 

@@ -15,7 +15,7 @@ import time
 import pytest
 
 from autotune.search import Search
-from autotune.space import load_space
+from search_spaces.space import load_space
 from test_search import FAST, ROOT, free_port as _free_port, rows, stop_ray_head, write_space
 
 
@@ -62,7 +62,7 @@ def test_worker_node_removed_mid_trial(tmp_path, monkeypatch):
         t = threading.Thread(target=remove_node_of_trial_1, daemon=True)
         t.start()
         space = load_space(write_space(tmp_path, **FAST)).override(trials=4)
-        db = tmp_path / "autotune.db"
+        db = tmp_path / "results.db"
         summary = Search(space, study_name="tiny", storage=f"sqlite:///{db}", executor="ray", workers=2,
                          ray_address=cluster.address, progress=False).run()
         t.join(5)

@@ -94,7 +94,8 @@ def test_auto_without_a_cluster_is_one_line(monkeypatch):
 def test_runtime_env_ships_this_checkout(monkeypatch, tmp_path):
     env = project_runtime_env(str(tmp_path))
     assert env == {"working_dir": str(tmp_path)}
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["autotune", "kernels", "patterns"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["autotune", "kernels", "patterns", "results", "search_spaces"]
+    assert all(p.suffix == ".py" or p.is_dir() for p in (tmp_path / "results").rglob("*"))  # no database shipped
     for name in ("autotune/executor.py", "kernels/tuned.py", "kernels/__init__.py", "kernels/csrc"):
         assert (tmp_path / name).exists(), name
     assert (tmp_path / "autotune/executor.py").read_bytes() == (ROOT / "autotune/executor.py").read_bytes()

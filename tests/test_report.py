@@ -179,13 +179,13 @@ def test_attention_table_matches_kernel_bench_rows(built):
 @pytest.mark.slow
 def test_recommendation_follows_rule_and_cites_measurements(built):
     d, url, out, md = built
-    from autotune.space import SearchSpace
-    from autotune.verdict import decide
+    from search_spaces.space import SearchSpace
+    from results.verdict import decide
 
     rec = next(t for t in _tables(md, "L") if t and "decision" in t[0])
     tuned = {r["bucket"]: r for r in _rows(url, "SELECT * FROM at_tuned")}
     assert [int(r["L"]) for r in rec] == [64, 128]
-    # the rule, recomputed from the rows: autotune.verdict.decide on the study's own targets and its
+    # the rule, recomputed from the rows: results.verdict.decide on the study's own targets and its
     # latest confirmation
     (run,) = _rows(url, "SELECT * FROM at_runs")
     targets = SearchSpace.from_dict(json.loads(run["space"])).effective_targets()
@@ -344,7 +344,7 @@ def test_missing_database_is_exit_2_and_creates_nothing(tmp_path, capsys):
 
 
 def test_empty_database_is_exit_2(tmp_path, capsys):
-    from autotune.db import Database
+    from results.db import Database
 
     db = tmp_path / "empty.db"
     db.touch()
@@ -436,9 +436,9 @@ def test_malformed_csv_names_file_and_column_and_writes_nothing(tmp_path, capsys
 
 def test_ingest_one_file_is_one_transaction(tmp_path, monkeypatch):
     """A failure while writing a file's rows leaves no trace of that file."""
-    from autotune import bench_tables
-    from autotune.db import Database
-    from autotune.ingest import ingest_file
+    from results import bench_tables
+    from results.db import Database
+    from results.ingest import ingest_file
 
     csv = tmp_path / "k.csv"
     csv.write_text("\n".join([KERNEL_HEADER, *KERNEL_ROWS]) + "\n")
@@ -461,7 +461,7 @@ def test_ingest_one_file_is_one_transaction(tmp_path, monkeypatch):
 
 def test_evoformer_csv_columns_match_the_benchmark():
     """The column mapping is kept in one place and matches what the benchmarks write."""
-    from autotune.bench_tables import EVOFORMER_COLUMNS, EVOFORMER_RUN_COLUMNS, KERNEL_COLUMNS, KERNEL_RUN_COLUMNS
+    from results.bench_tables import EVOFORMER_COLUMNS, EVOFORMER_RUN_COLUMNS, KERNEL_COLUMNS, KERNEL_RUN_COLUMNS
     from autotune.evoformer.bench import CSV_FIELDS as EVO_FIELDS
     from kernels.bench import CSV_FIELDS as KERNEL_FIELDS
 

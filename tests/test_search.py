@@ -17,7 +17,7 @@ import pytest
 import yaml
 
 from autotune.search import Search
-from autotune.space import load_space
+from search_spaces.space import load_space
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -68,7 +68,7 @@ def rows(db: Path, sql: str):
 
 def run_search(tmp_path: Path, *, executor: str = "local", trials: int = 4, study: str = "tiny", **changes):
     space = load_space(write_space(tmp_path, **changes)).override(trials=trials)
-    db = tmp_path / "autotune.db"
+    db = tmp_path / "results.db"
     s = Search(space, study_name=study, storage=f"sqlite:///{db}", executor=executor, progress=False, num_cpus=2)
     return s.run(), db
 
@@ -180,7 +180,7 @@ def test_ray_search_with_failing_and_crashing_workers(tmp_path, monkeypatch):
 @pytest.mark.slow
 def test_sigkill_mid_search_then_resume(tmp_path):
     space = write_space(tmp_path)
-    db = tmp_path / "autotune.db"
+    db = tmp_path / "results.db"
     cmd = [sys.executable, "-m", "autotune.search", "--space", str(space), "--storage", f"sqlite:///{db}",
            "--executor", "local", "--trials", "6", "--no-progress"]
     env = dict(os.environ, PYTHONPATH=str(ROOT), AUTOTUNE_FAULT_INJECT="sleep:3")
@@ -271,8 +271,8 @@ def test_trial_result_crosses_process_boundaries_and_names_the_columns(tmp_path)
     import dataclasses
     import pickle
 
-    from autotune.db import Measurement
-    from autotune.space import WORKLOAD_TYPES
+    from results.db import Measurement
+    from search_spaces.space import WORKLOAD_TYPES
     from autotune.trial import CellMeasurement, TrialRequest, TrialResult, TrialRunner
     from autotune.workloads import BENCHES
 

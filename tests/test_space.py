@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from autotune.search import main
-from autotune.space import Choices, SpaceError, load_space, parse_space
+from search_spaces.space import Choices, SpaceError, load_space, parse_space
 
 ROOT = Path(__file__).resolve().parent.parent
 BAD = sorted((ROOT / "tests" / "data" / "bad_spaces").glob("*.yaml"))
@@ -40,7 +40,7 @@ def test_shipped_spaces_load(name):
     assert "pattern.block_size" in dists and "pattern.window" in dists
     assert len(space.directions()) == len(space.objectives)
     # round trip through the plain dict the workers receive
-    from autotune.space import SearchSpace
+    from search_spaces.space import SearchSpace
 
     again = SearchSpace.from_dict(space.to_dict())
     assert again.workloads == space.workloads and again.constraints == space.constraints
@@ -146,7 +146,7 @@ def test_sections_are_typed_records_that_round_trip():
     back to the same records and stores the same data again."""
     import dataclasses
 
-    from autotune.space import (BudgetSettings, ExecutionSettings, GateSettings, MeasureSettings, SamplerSettings,
+    from search_spaces.space import (BudgetSettings, ExecutionSettings, GateSettings, MeasureSettings, SamplerSettings,
                                 SearchSpace)
 
     space = load_space(ROOT / "search_spaces" / "cpu.yaml")
@@ -167,7 +167,7 @@ def test_sections_are_typed_records_that_round_trip():
 def test_a_space_stored_by_an_older_version_loads():
     """Sections stored with fewer keys (and a key this version no longer has) take the field
     defaults; workloads stored with every kind's keys load as the record of their kind."""
-    from autotune.space import AttentionWorkload, EvoformerWorkload, SearchSpace
+    from search_spaces.space import AttentionWorkload, EvoformerWorkload, SearchSpace
 
     space = load_space(ROOT / "search_spaces" / "protein.yaml")
     stored = space.to_dict()

@@ -1,4 +1,4 @@
-"""``--storage`` values (autotune.storage) and secrets: every malformed URL gives one line and exit
+"""``--storage`` values (results.storage) and secrets: every malformed URL gives one line and exit
 status 2 with nothing written; a password given in a URL appears in no table, log line, report or
 error message."""
 
@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from autotune.storage import DEFAULT_STORAGE, StorageError, mask_secrets, resolve_storage
+from results.storage import DEFAULT_STORAGE, StorageError, mask_secrets, resolve_storage
 
 ROOT = Path(__file__).resolve().parent.parent
 PG_URL = os.environ.get("AUTOTUNE_TEST_POSTGRES_URL")
@@ -68,7 +68,7 @@ def test_good_storage_values(here, monkeypatch):
     assert resolve_storage(str(here / "real.db"), "read").sqlite_path == str(here / "real.db")
     pg = resolve_storage(f"postgresql+psycopg://me:{PASSWORD}@db.example/x", "write")
     assert PASSWORD not in pg.masked and "***" in pg.masked and pg.password == PASSWORD
-    # default: results/autotune.db, folder created only when writing
+    # default: results/results.db, folder created only when writing
     d = resolve_storage(None, "write")
     assert d.url == DEFAULT_STORAGE and (here / "results").is_dir()
     monkeypatch.setenv("AUTOTUNE_STORAGE", "sqlite:///real.db")

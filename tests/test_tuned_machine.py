@@ -12,7 +12,7 @@ import yaml
 
 from autotune.evoformer.attention import AttentionChoice, EvoformerAttention, attend, sdpa_attention
 from autotune.export import _shapes
-from autotune.space import load_space
+from search_spaces.space import load_space
 from kernels import load_tuned, reference_attention
 from kernels.tuned import TunedMismatchError, TunedMismatchWarning, device_name
 from patterns import PatternConfig, build_layout

@@ -1,4 +1,4 @@
-"""The one verdict (`autotune.verdict`): targets, the best-per-bucket rule with confirmation, and the
+"""The one verdict (`results.verdict`): targets, the best-per-bucket rule with confirmation, and the
 agreement of the search, the export and the report on a real small study."""
 
 from __future__ import annotations
@@ -8,8 +8,8 @@ import re
 import pytest
 import yaml
 
-from autotune.space import SpaceError, default_targets, load_space, parse_space
-from autotune.verdict import cell_violations, decide, extrapolated, verdict_lines
+from search_spaces.space import SpaceError, default_targets, load_space, parse_space
+from results.verdict import cell_violations, decide, extrapolated, verdict_lines
 
 CPU = default_targets("cpu")
 GOOD_ACC = {"metrics": {"contact_recall_long": 0.608, "output_rel_error": 0.444}, "lengths": [900, 1000]}

@@ -17,20 +17,20 @@ from typing import Optional
 
 from patterns.errors import InputError, report_input_error
 
+from results.storage import STORAGE_HELP
+
 
 def main(argv: Optional[list[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     p = argparse.ArgumentParser(prog="python -m autotune.report", description=__doc__.split("\n\n")[0])
-    p.add_argument("--storage", default=None, help="SQLAlchemy URL or SQLite file (default $AUTOTUNE_STORAGE, "
-                   "else sqlite:///results/autotune.db)")
+    p.add_argument("--storage", default=None, help=STORAGE_HELP)
     p.add_argument("--out", default=os.path.join("results", "REPORT.md"), help="Markdown report (default results/REPORT.md)")
     p.add_argument("--study", default=None, help="study to report (default: the latest run's study)")
     p.add_argument("--plots-dir", default=None, help="where the PNGs go (default <out stem>_files/)")
     args = p.parse_args(argv)
-    from autotune.storage import StorageError, resolve_storage
-
-    from .build import build_report
-    from .data import ReportError, load
+    from results.report.build import build_report
+    from results.report.data import load
+    from results.storage import resolve_storage
 
     try:
         storage = resolve_storage(args.storage, "read")

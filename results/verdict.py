@@ -1,6 +1,6 @@
 """One verdict per length bucket, shared by the search, the export and the report.
 
-The targets (`autotune.space.Targets`: the space's ``targets`` section over per-device defaults)
+The targets (`search_spaces.space.Targets`: the space's ``targets`` section over per-device defaults)
 are the only thresholds. They are checked per (workload, bucket) cell by `cell_violations`, which
 the search uses for Optuna's constraint values, and the one best-per-bucket rule (`decide`) that
 the search's progress bar and end-of-run verdict, ``python -m autotune.export`` and
@@ -9,10 +9,11 @@ the search's progress bar and end-of-run verdict, ``python -m autotune.export`` 
 1. *Candidates*: the study's COMPLETE trials that meet every target other than speedup at every
    workload of the bucket (memory, sparsity, accuracy from the trial's measurements), ranked by
    the geometric mean over the workloads of their paired speedup over SDPA (median of per-round
-   ratios, `autotune.measure.time_paired`); ties to the lower geometric-mean peak memory, then the
+   ratios, `kernels.measure.time_paired`); ties to the lower geometric-mean peak memory, then the
    earlier trial. The first ``measure.confirm_top`` are the bucket's *leaders* - what the progress
    bar shows, marked unconfirmed.
-2. *Confirmation* (`confirm`): the leaders are re-measured together - one interleaved loop per
+2. *Confirmation* (`autotune.confirm.confirm`, which measures and so lives in the layer that runs
+   trials): the leaders are re-measured together - one interleaved loop per
    workload with the SDPA baseline and each other, more rounds (``measure.confirm_*``) - and the
    figures are stored in ``at_confirmations``.
 3. *Choice*: among the confirmed leaders whose confirmed interval clears the speedup target at
@@ -20,7 +21,7 @@ the search's progress bar and end-of-run verdict, ``python -m autotune.export`` 
    target, the highest confirmed geometric-mean speedup; ties as above. Leaders whose geometric-mean
    intervals overlap the winner's are reported as statistically tied with it. A bucket with no such
    leader gets no choice, with the reason.
-4. *Hold-out* (`confirm`): the choice is made on the confirmation's figures, so the winner's
+4. *Hold-out* (`autotune.confirm.confirm`): the choice is made on the confirmation's figures, so the winner's
    figures are biased upwards (the best of several noisy estimates: the winner's curse). The chosen
    config is therefore measured once more, alone against SDPA on fresh inputs (rows with
    ``stage = "holdout"``), and those unbiased figures are the ones exported and reported; a choice
@@ -33,57 +34,25 @@ current (the measuring happens on the machine that runs the export).
 Accuracy is read as the trial measured it: on the chains of the bucket, each at its own length;
 `extrapolated` marks a bucket whose chains do not come near its length (no chain of at least
 ``NEAR`` x the bucket) or that the accuracy module marked extrapolated.
+
+This module only reads: the rule (`leaders`, `decide`), the per-cell values (`cell_values`), the
+verdict lines and `load_study`. The steps that re-measure (2 and 4) are `autotune.confirm`.
 """
 
 from __future__ import annotations
 
-import datetime as dt
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Optional
 
-from sqlalchemy import JSON, DateTime, Float, Integer, String
-from sqlalchemy.orm import Mapped, mapped_column
+from search_spaces.space import SearchSpace, Targets
 
 from .aggregate import geomean
-from .db import Base, utcnow
-from .space import SearchSpace, Targets
+from .db import Confirmation  # noqa: F401  (the at_confirmations table; named here for compatibility)
 
 __all__ = ["Confirmation", "cell_values", "cell_violations", "cell_ok", "leaders", "decide", "BucketVerdict",
-           "confirm", "load_study", "StudyData", "NEAR", "confirmation_current", "verdict_lines",
-           "current_verdicts"]
+           "load_study", "StudyData", "NEAR", "confirmation_current", "verdict_lines"]
 
 NEAR = 0.75  # accuracy chains must reach NEAR x the bucket length, else the bucket is extrapolated
-
-
-class Confirmation(Base):
-    """``at_confirmations``: one (confirmation pass, bucket, workload, trial) re-measurement.
-
-    confirm_id groups one pass; complete_trials is the number of COMPLETE trials of the study when
-    it ran (a later trial makes the pass stale); speedup / speedup_lo / speedup_hi the paired
-    estimate and its interval at ``level``; repeats the rounds; time_ms / sdpa_ms the medians of the
-    candidate and of SDPA in the same loop; stop why the loop ended; hardware the machine; stage
-    None for the leaders' joint re-measurement, ``"holdout"`` for the chosen config's own one."""
-
-    __tablename__ = "at_confirmations"
-    id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    study_name: Mapped[str] = mapped_column(String(256), index=True)
-    confirm_id: Mapped[int] = mapped_column(Integer, index=True)
-    complete_trials: Mapped[int] = mapped_column(Integer)
-    bucket: Mapped[int] = mapped_column(Integer)
-    workload: Mapped[str] = mapped_column(String(64))
-    trial_number: Mapped[int] = mapped_column(Integer)
-    rank: Mapped[int] = mapped_column(Integer)  # rank among the bucket's leaders before confirmation
-    speedup: Mapped[float] = mapped_column(Float)
-    speedup_lo: Mapped[float] = mapped_column(Float)
-    speedup_hi: Mapped[float] = mapped_column(Float)
-    level: Mapped[float] = mapped_column(Float)
-    repeats: Mapped[int] = mapped_column(Integer)
-    time_ms: Mapped[float] = mapped_column(Float)
-    sdpa_ms: Mapped[float] = mapped_column(Float)
-    stop: Mapped[str] = mapped_column(String(32))
-    hardware: Mapped[Any] = mapped_column(JSON, nullable=True)
-    stage: Mapped[Optional[str]] = mapped_column(String(16), nullable=True)  # None: confirmation; "holdout"
-    created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
 
 
 # ---- per-cell checks ---------------------------------------------------------------------------------
@@ -143,7 +112,7 @@ def cell_ok(targets: Targets, c: Any, skip: Iterable[str] = ()) -> bool:
 
 
 def _geomean(xs: Iterable[Optional[float]], what: str = "cell values") -> Optional[float]:
-    """`autotune.aggregate.geomean` (logs what it leaves out)."""
+    """`results.aggregate.geomean` (logs what it leaves out)."""
     return geomean(xs, what).value
 
 
@@ -377,6 +346,10 @@ def confirmation_current(rows: list[Any], n_complete: int) -> bool:
 
 
 def load_study(session, study: str) -> StudyData:
+    """What the rule needs of ``study`` (`StudyData`), read through ``session``: its complete trials
+    and their measurements, its runs and space, and its latest confirmation pass (current or not).
+    Other drivers may write meanwhile: measurements of a trial completed after the trials were read
+    are left for the next read."""
     from sqlalchemy import inspect, select
 
     from .db import Measurement, Run, TrialRow
@@ -387,8 +360,9 @@ def load_study(session, study: str) -> StudyData:
                          .where(TrialRow.study_name == study, TrialRow.state == "COMPLETE")).all()
     by_id = {t.id: t.number for t in complete.values()}
     cells: dict[int, list[Any]] = {}
-    for m in ms:
-        cells.setdefault(by_id[m.trial_id], []).append(m)
+    for m in ms:  # a trial another driver completed between the two reads waits for the next read
+        if m.trial_id in by_id:
+            cells.setdefault(by_id[m.trial_id], []).append(m)
     runs = list(session.scalars(select(Run).where(Run.study_name == study).order_by(Run.id)).all())
     space = next((r.space for r in reversed(runs) if r.space), None)
     latest: list[Any] = []
@@ -400,96 +374,3 @@ def load_study(session, study: str) -> StudyData:
                                                                      Confirmation.confirm_id == last)).all())
     current = latest if confirmation_current(latest, len(complete)) else None
     return StudyData(study, space, complete, len(trials), cells, current, latest, runs)
-
-
-# ---- confirmation ------------------------------------------------------------------------------------
-
-
-def confirm(storage: str, study: str, *, log=None, threads: Optional[int] = None) -> list[BucketVerdict]:
-    """Re-measure the leaders of every bucket together (module docstring, step 2), store the pass
-    in ``at_confirmations``, and return the verdicts on it. Runs in this process, on this machine."""
-    import torch
-
-    from . import hardware
-    from .db import Database
-    from .trial import TrialRunner
-
-    log = log or (lambda msg: None)
-    db = Database(storage)
-    try:
-        with db.Session() as s:
-            data = load_study(s, study)
-            s.expunge_all()
-        if data.space is None or not data.trials:
-            return []
-        space = SearchSpace.from_dict(data.space)
-        targets = space.effective_targets()
-        top = int(space.measure.get("confirm_top", 3))
-        if space.device == "cuda" and not torch.cuda.is_available():
-            raise RuntimeError("the study was measured on CUDA; confirm it on a machine with a CUDA device")
-        runner = TrialRunner(threads=threads or int(space.execution.get("threads_per_worker") or 1))
-        rows = []
-        with db.Session() as s:
-            from sqlalchemy import func, select
-
-            last = s.scalar(select(func.max(Confirmation.confirm_id)))
-        cid = (last or 0) + 1
-        hw = hardware.describe(space.device)
-        for L in data.buckets:
-            lead = leaders(targets, data.cells_by_trial, L, top)
-            if not lead:
-                continue
-            cands = [(c.trial, data.trials[c.trial].pattern, data.trials[c.trial].kernel) for c in lead]
-            log(f"confirming L={L}: " + ", ".join(f"t#{c.trial} ({c.speedup:.2f}x)" for c in lead))
-            for r in runner.confirm(space, L, cands, seed=cid * 7919 + L):
-                rank = next(i for i, c in enumerate(lead) if c.trial == r["trial_number"])
-                rows.append(Confirmation(study_name=study, confirm_id=cid, complete_trials=len(data.trials), bucket=L,
-                                         rank=rank, hardware=hw, **r))
-        with db.session() as s:
-            for r in rows:
-                s.add(r)
-        with db.Session() as s:
-            data = load_study(s, study)
-            s.expunge_all()
-        verdicts = decide(targets, data.cells_by_trial, data.buckets, data.confirmations or [], top)
-        # step 4: the chosen config alone against SDPA on fresh inputs, figures free of the selection
-        held = []
-        for v in verdicts:
-            if not v.deploy:
-                continue
-            t = data.trials[v.trial]
-            log(f"hold-out re-measurement of the choice at L={v.bucket}: t#{v.trial}")
-            for r in runner.confirm(space, v.bucket, [(v.trial, t.pattern, t.kernel)], seed=cid * 7919 + v.bucket + 104729):
-                held.append(Confirmation(study_name=study, confirm_id=cid, complete_trials=len(data.trials),
-                                         bucket=v.bucket, rank=0, hardware=hw, stage="holdout", **r))
-        if not held:
-            return verdicts
-        with db.session() as s:
-            for r in held:
-                s.add(r)
-        with db.Session() as s:
-            data = load_study(s, study)
-            s.expunge_all()
-        return decide(targets, data.cells_by_trial, data.buckets, data.confirmations or [], top)
-    finally:
-        db.close()
-
-
-def current_verdicts(storage: str, study: str, *, log=None) -> list[BucketVerdict]:
-    """The study's verdicts on its current confirmation, confirming first when there is none."""
-    from .db import Database
-
-    db = Database(storage)
-    try:
-        with db.Session() as s:
-            data = load_study(s, study)
-            s.expunge_all()
-    finally:
-        db.close()
-    if data.space is None or not data.trials:
-        return []
-    if data.confirmations is None:
-        return confirm(storage, study, log=log)
-    space = SearchSpace.from_dict(data.space)
-    return decide(space.effective_targets(), data.cells_by_trial, data.buckets, data.confirmations,
-                  int(space.measure.get("confirm_top", 3)))

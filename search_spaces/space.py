@@ -383,7 +383,7 @@ class BudgetSettings(_Section):
 
 @dataclass(frozen=True)
 class MeasureSettings(_Section):
-    """``measure`` (see `autotune.measure.time_paired`): ``warmup`` untimed rounds, ``repeats``
+    """``measure`` (see `kernels.measure.time_paired`): ``warmup`` untimed rounds, ``repeats``
     minimum and ``max_repeats`` maximum timed rounds, ``rel_width`` the interval half-width
     (fraction of the speedup) at which timing stops early, ``time_cap_s`` seconds of timed calls
     per (workload, bucket); ``confirm_*`` the same for the confirmation of the top ``confirm_top``
@@ -417,7 +417,7 @@ class MeasureSettings(_Section):
         return cls(**measure)
 
     def paired_kwargs(self, level: float, confirm: bool = False) -> dict[str, Any]:
-        """Keyword arguments of `autotune.measure.time_paired` for a trial, or (``confirm``) for
+        """Keyword arguments of `kernels.measure.time_paired` for a trial, or (``confirm``) for
         the confirmation of a bucket's leaders; ``level`` is the interval's confidence."""
         if confirm:
             return dict(warmup=self.warmup, repeats=self.confirm_repeats, max_repeats=self.confirm_max_repeats,

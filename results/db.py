@@ -1,6 +1,6 @@
 """The results database: one SQLAlchemy URL holds Optuna's study storage and our own tables.
 
-``--storage`` (checked by `autotune.storage`; default ``sqlite:///results/autotune.db``; PostgreSQL
+``--storage`` (checked by `results.storage`; default ``sqlite:///results/autotune.db``; PostgreSQL
 works the same with ``postgresql+psycopg://user@host/db``) is given both to ``optuna.storages.RDBStorage``
 (its own ``studies`` / ``trials`` / ... tables) and to the SQLAlchemy 2.0 models below, whose
 tables all start with ``at_``. Only the search driver writes; workers return results.
@@ -53,6 +53,21 @@ also the Optuna trial id. A row whose study no longer holds that trial is an orp
     workload), peak_mib (JSON per workload), accuracy (JSON), hardware (JSON), rule, out_path,
     exported_at.
 
+``at_confirmations`` - one re-measurement of a bucket's leader (`Confirmation`, written by
+    ``autotune.confirm``, read by the rule of `results.verdict`).
+
+``at_bench_runs``, ``at_kernel_bench``, ``at_evoformer_bench`` - ingested benchmark CSVs
+    (`results.bench_tables`).
+
+``at_schema`` - one row: the schema version the database was written with (`SchemaVersion`).
+
+Schema version. ``SCHEMA_VERSION`` is the version of the tables above; a new database gets the row
+when its tables are created. Opening a database checks it before anything is written
+(`check_schema`): an older one (version 1 = a database written before the version row existed:
+our tables, no ``at_schema``) is refused with one line naming the command that upgrades it
+(``python -m autotune.upgrade --storage URL``, `upgrade_schema`), a newer one with one line saying
+that this code is too old for it (`SchemaError`, exit status 2 in every command).
+
 All of one trial's writes (its at_trials row update and its at_measurements rows) happen in one
 transaction (`Database.record_result`).
 
@@ -63,8 +78,8 @@ atomically (`Database.claim_trial`): the count of the study's occupying trials a
 the new row happen in one transaction that holds the study's write lock (SQLite: the database
 write lock, taken by the transaction's first statement; PostgreSQL: a transaction-level advisory
 lock on the study name), so drivers sharing a study never exceed its budget and never measure a
-parameter set that is already measured or running. Columns added to the models after a database
-was created are added to it (nullable, `create_schema`).
+parameter set that is already measured or running. A database's schema changes only through
+`upgrade_schema` (its version row says which steps it has had).
 """
 
 from __future__ import annotations
@@ -96,8 +111,14 @@ from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, relationship, sessionmaker
 
-from .storage import DEFAULT_STORAGE  # noqa: F401  (re-exported: the one default)
+from .storage import DEFAULT_STORAGE, StorageError, mask_url  # noqa: F401  (DEFAULT_STORAGE: re-exported)
+
 PREFIX = "at_"
+# The version of the schema this code reads and writes (module docstring). Version 1: databases
+# written before the version row existed. Version 2: the at_schema row.
+SCHEMA_VERSION = 2
+UNVERSIONED = 1
+UPGRADE_COMMAND = "python -m autotune.upgrade --storage {url}"
 # at_trials.reason of trials that were not measured to the end and are run again (a retry row
 # takes their place in the budget): they occupy no budget slot.
 RETRIED_REASONS = ("interrupted", "node lost")
@@ -191,7 +212,7 @@ class Measurement(Base):
     naive_ms: Mapped[Optional[float]] = mapped_column(Float, nullable=True)
     naive_peak_mib: Mapped[Optional[float]] = mapped_column(Float, nullable=True)
     speedup: Mapped[Optional[float]] = mapped_column(Float, nullable=True)
-    # paired timing (autotune.measure.time_paired): the speedup's confidence interval, its achieved
+    # paired timing (kernels.measure.time_paired): the speedup's confidence interval, its achieved
     # level and why the loop stopped (converged | max_repeats | time_cap); repeats = rounds
     speedup_lo: Mapped[Optional[float]] = mapped_column(Float, nullable=True)
     speedup_hi: Mapped[Optional[float]] = mapped_column(Float, nullable=True)
@@ -223,6 +244,56 @@ class Tuned(Base):
     rule: Mapped[str] = mapped_column(Text)
     out_path: Mapped[str] = mapped_column(Text)
     exported_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
+
+
+class Confirmation(Base):
+    """``at_confirmations``: one (confirmation pass, bucket, workload, trial) re-measurement.
+
+    confirm_id groups one pass; complete_trials is the number of COMPLETE trials of the study when
+    it ran (a later trial makes the pass stale); speedup / speedup_lo / speedup_hi the paired
+    estimate and its interval at ``level``; repeats the rounds; time_ms / sdpa_ms the medians of the
+    candidate and of SDPA in the same loop; stop why the loop ended; hardware the machine; stage
+    None for the leaders' joint re-measurement, ``"holdout"`` for the chosen config's own one."""
+
+    __tablename__ = "at_confirmations"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    study_name: Mapped[str] = mapped_column(String(256), index=True)
+    confirm_id: Mapped[int] = mapped_column(Integer, index=True)
+    complete_trials: Mapped[int] = mapped_column(Integer)
+    bucket: Mapped[int] = mapped_column(Integer)
+    workload: Mapped[str] = mapped_column(String(64))
+    trial_number: Mapped[int] = mapped_column(Integer)
+    rank: Mapped[int] = mapped_column(Integer)  # rank among the bucket's leaders before confirmation
+    speedup: Mapped[float] = mapped_column(Float)
+    speedup_lo: Mapped[float] = mapped_column(Float)
+    speedup_hi: Mapped[float] = mapped_column(Float)
+    level: Mapped[float] = mapped_column(Float)
+    repeats: Mapped[int] = mapped_column(Integer)
+    time_ms: Mapped[float] = mapped_column(Float)
+    sdpa_ms: Mapped[float] = mapped_column(Float)
+    stop: Mapped[str] = mapped_column(String(32))
+    hardware: Mapped[Any] = mapped_column(JSON, nullable=True)
+    stage: Mapped[Optional[str]] = mapped_column(String(16), nullable=True)  # None: confirmation; "holdout"
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
+
+
+class SchemaVersion(Base):
+    """``at_schema``: one row (id 1), the schema version of the database and when it was written."""
+
+    __tablename__ = PREFIX + "schema"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    version: Mapped[int] = mapped_column(Integer)
+    written_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
+
+
+class SchemaError(StorageError):
+    """A database whose schema version is not this code's (`check_schema`); ``str()`` is one line.
+    ``found`` is the database's version, ``older`` whether it is older than the code's."""
+
+    def __init__(self, message: str, found: int) -> None:
+        super().__init__(message)
+        self.found = found
+        self.older = found < SCHEMA_VERSION
 
 
 def make_engine(url: str) -> Engine:
@@ -288,15 +359,96 @@ def _add_missing_columns(conn: Any) -> None:
                 conn.execute(text(f'ALTER TABLE {table.name} ADD COLUMN "{col.name}" {ctype}'))
 
 
+def _all_tables() -> None:
+    """Put every at_ table on ``Base.metadata`` (the benchmark tables live in their own module)."""
+    from . import bench_tables  # noqa: F401
+
+
+def schema_version(conn: Any) -> Optional[int]:
+    """The schema version of the database on ``conn``: its ``at_schema`` row; `UNVERSIONED` for a
+    database with our tables but no ``at_schema`` table (written before the row existed); None for
+    one without our tables (new, or Optuna's alone) and for one whose schema is being created by
+    another process right now (``at_schema`` is the first table created, its row follows)."""
+    tables = [t for t in inspect(conn).get_table_names() if t.startswith(PREFIX)]
+    if not tables:
+        return None
+    if SchemaVersion.__tablename__ not in tables:
+        return UNVERSIONED
+    return conn.execute(select(SchemaVersion.version).where(SchemaVersion.id == 1)).scalar()
+
+
+def check_schema(conn: Any, url: str) -> Optional[int]:
+    """Raise `SchemaError` (one line) unless the database on ``conn`` is new or at `SCHEMA_VERSION`;
+    returns its version (None: no tables of ours yet)."""
+    found = schema_version(conn)
+    if found is None or found == SCHEMA_VERSION:
+        return found
+    where = mask_url(url)
+    if found < SCHEMA_VERSION:
+        what = "no at_schema row: written before schema versions" if found == UNVERSIONED else f"version {found}"
+        raise SchemaError(f"database {where} has an older schema ({what}) than this code's (version {SCHEMA_VERSION}); "
+                          f"upgrade it with: {UPGRADE_COMMAND.format(url=where)}", found)
+    raise SchemaError(f"database {where} has schema version {found}, newer than this code's (version {SCHEMA_VERSION}): "
+                      f"use a newer protein-sparse-autotune for it; nothing was written", found)
+
+
 def create_schema(engine: Engine) -> None:
-    """Create our tables (and add new nullable columns), safe when drivers start at once."""
+    """Create our tables with the version row, safe when drivers start at once: under a PostgreSQL
+    advisory lock; SQLite creation races are retried. ``at_schema`` is created before the other
+    tables (SQLite commits each CREATE TABLE at once), so a database that has our tables but no
+    ``at_schema`` is always an old one, never one being created. A database at another version
+    raises `SchemaError` and is left as it was."""
+    _all_tables()
+
     def create() -> None:
         with engine.begin() as conn:
+            found = check_schema(conn, engine.url.render_as_string(hide_password=False))
+            if found == SCHEMA_VERSION:
+                Base.metadata.create_all(conn)  # tables of this version missing from it: nothing else
+                return
+            SchemaVersion.__table__.create(conn, checkfirst=True)
             Base.metadata.create_all(conn)
-            _add_missing_columns(conn)
+            if conn.execute(select(SchemaVersion.id).where(SchemaVersion.id == 1)).scalar() is None:
+                conn.execute(SchemaVersion.__table__.insert().values(id=1, version=SCHEMA_VERSION, written_at=utcnow()))
 
     with schema_lock(engine):
         retry_creation(create, "create the at_ tables")
+
+
+# the steps from one schema version to the next: version -> fn(conn), run in one transaction
+def _upgrade_from_1(conn: Any) -> None:
+    """Version 1 (before the version row) -> 2: the tables and nullable columns added since the
+    database was created (at_confirmations, its stage column, ...), and the version row."""
+    SchemaVersion.__table__.create(conn, checkfirst=True)
+    Base.metadata.create_all(conn)
+    _add_missing_columns(conn)
+
+
+UPGRADES = {1: _upgrade_from_1}
+
+
+def upgrade_schema(url: str) -> tuple[Optional[int], int]:
+    """Bring the database at ``url`` to `SCHEMA_VERSION` (``python -m autotune.upgrade``): run the
+    steps of `UPGRADES` from its version on and write the version row, in one transaction (under
+    the schema lock). Returns (version found, version now). A database without our tables or newer
+    than the code raises `SchemaError` / `StorageError` and is not touched."""
+    _all_tables()
+    engine = make_engine(url)
+    try:
+        with schema_lock(engine), engine.begin() as conn:
+            found = schema_version(conn)
+            if found is None:
+                raise StorageError(f"database {mask_url(url)} holds no autotune tables: nothing to upgrade")
+            if found > SCHEMA_VERSION:
+                check_schema(conn, url)
+            for v in range(found, SCHEMA_VERSION):
+                UPGRADES[v](conn)
+            if found < SCHEMA_VERSION:
+                conn.execute(text(f"DELETE FROM {SchemaVersion.__tablename__}"))
+                conn.execute(SchemaVersion.__table__.insert().values(id=1, version=SCHEMA_VERSION, written_at=utcnow()))
+        return found, SCHEMA_VERSION
+    finally:
+        engine.dispose()
 
 
 def create_optuna_storage(url: str, engine_kwargs: Optional[dict] = None, **options: Any):
@@ -320,19 +472,21 @@ def _study_lock_key(study: str) -> int:
 
 
 class Database:
-    """Our tables on ``url`` (created if missing)."""
+    """Our tables on ``url``: created with the version row if missing (``create``), refused with
+    `SchemaError` when the database is at another schema version (`check_schema`)."""
 
     def __init__(self, url: str, *, create: bool = True) -> None:
         self.url = url
         self.engine = make_engine(url)
-        if create:
-            create_schema(self.engine)
-        else:  # readers of a database written by an older version: add the new nullable columns
-            try:
-                with self.engine.begin() as conn:
-                    _add_missing_columns(conn)
-            except (OperationalError, ProgrammingError):  # read-only or no tables yet: leave it
-                pass
+        try:
+            if create:
+                create_schema(self.engine)
+            else:  # readers: nothing is written; another version is refused (`check_schema`)
+                with self.engine.connect() as conn:
+                    check_schema(conn, url)
+        except BaseException:
+            self.engine.dispose()
+            raise
         self.Session = sessionmaker(self.engine, expire_on_commit=False)
 
     @contextmanager
@@ -688,7 +842,7 @@ def find_orphans(s: Session, name: str) -> Orphans:
 
 
 def restrict_study_data(data: Any, orphans: Orphans) -> Any:
-    """``data`` (an `autotune.verdict.StudyData`) without the orphans' rows: only trials tied to
+    """``data`` (an `results.verdict.StudyData`) without the orphans' rows: only trials tied to
     Optuna's study are left to cite, confirmations only of those trials and not older than
     ``orphans.cutoff``, the space from the latest run left."""
     import dataclasses

@@ -6,7 +6,7 @@ Every number comes from a database row and is cited next to it: ``m#`` = ``at_me
 ``at_bench_runs.id``. Derived numbers (ratios, reductions) are computed from the cited rows with
 the formula stated beside them.
 
-Recommendation rule, per length bucket: the one rule of `autotune.verdict` (the same function
+Recommendation rule, per length bucket: the one rule of `results.verdict` (the same function
 the search's verdict and the export call), on the study's targets (the space's ``targets`` section
 over the per-device defaults, stored with every run): the bucket's leaders re-measured together
 with SDPA (``at_confirmations``), the confirmed leader with the highest geometric-mean speedup
@@ -32,8 +32,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Optional
 
+from results.storage import mask_url
+
 from . import plots
-from .data import ReportData, safe_url
+from .data import ReportData
 from .targets import describe
 
 MIB_FLOOR = 1.0  # memory ratios use max(baseline peak, 1 MiB), as at_measurements.memory_vs_* does
@@ -72,8 +74,8 @@ def table(header: list[str], rows: list[list[str]]) -> list[str]:
 
 
 def _geomean(xs: Iterable[Optional[float]], what: str = "cell values") -> Optional[float]:
-    """`autotune.aggregate.geomean` (logs what it leaves out)."""
-    from autotune.aggregate import geomean
+    """`results.aggregate.geomean` (logs what it leaves out)."""
+    from results.aggregate import geomean
 
     return geomean(xs, what).value
 
@@ -117,7 +119,7 @@ class Decision:
     cells: list = field(default_factory=list)
     checks: list[Check] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
-    verdict: Any = None  # the autotune.verdict.BucketVerdict behind it
+    verdict: Any = None  # the results.verdict.BucketVerdict behind it
 
 
 def _speedup(c: Any, baseline: str) -> Optional[float]:
@@ -129,7 +131,7 @@ def _base_peak(c: Any, baseline: str) -> Optional[float]:
 
 
 def _reduction(c: Any, baseline: str, floor: float = MIB_FLOOR) -> Optional[float]:
-    from autotune.verdict import memory_ratio
+    from results.verdict import memory_ratio
 
     ratio = memory_ratio(c.peak_mib, _base_peak(c, baseline), floor)
     return None if ratio is None else 1.0 - ratio
@@ -148,8 +150,8 @@ def noisy_shapes(data: ReportData) -> list[tuple[str, int, float, float, int]]:
 
 
 def decide(data: ReportData, targets: Any) -> list[Decision]:
-    """The verdict of `autotune.verdict.decide` per bucket, with one `Check` per target."""
-    from autotune.verdict import cell_values, decide as rule, extrapolated
+    """The verdict of `results.verdict.decide` per bucket, with one `Check` per target."""
+    from results.verdict import cell_values, decide as rule, extrapolated
 
     sd = data.study_data
     tuned = {t.bucket: t for t in data.tuned}
@@ -284,40 +286,57 @@ class Report:
         cmd = _mask("python -m autotune.report" + ((" " + shlex.join(self.argv)) if self.argv is not None else ""))
         self.w(f"# Sparse attention report: {title}", "",
                f"Generated {dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC by `{cmd}` from the results database "
-               f"`{safe_url(d.storage)}` alone. Every number cites its rows (`m#` at_measurements, `t#` trial number, "
+               f"`{mask_url(d.storage)}` alone. Every number cites its rows (`m#` at_measurements, `t#` trial number, "
                f"`kb#` at_kernel_bench, `eb#` at_evoformer_bench, ...; see [Sources](#sources)).", "")
         if d.other_studies:
             self.w(f"Other studies in this database (not reported here; use `--study`): {', '.join(d.other_studies)}.", "")
 
     def summary(self) -> None:
-        d, t = self.data, self.t
+        """The executive summary: the recommendation per bucket, the targets, noise, the search, and
+        the headline of each ingested benchmark (each step below writes its own bullet points)."""
         self.w("## Executive summary", "")
+        self.summary_recommendation()
+        self.summary_targets()
+        self.summary_search()
+        for br in [b for b in self.data.bench_runs if b.kind == "kernel"]:
+            self.summary_kernel_bench(br)
+        self.summary_evoformer()
+        if self.absent:
+            self.w(f"- {NOT_MEASURED.capitalize()}: {'; '.join(self.absent)}.")
+        self.w("")
+
+    def summary_recommendation(self) -> None:
+        """Where to deploy and where not, with each chosen pattern's confirmed speedup and memory."""
         dep = [x.bucket for x in self.decisions if x.deploy]
         nodep = [x for x in self.decisions if not x.deploy]
         if not self.decisions:
             self.w(f"- **Recommendation: {NOT_MEASURED}** — the database holds no trial measurements to decide on.")
+            return
+        if dep:
+            self.w(f"- **Deploy the tuned pattern at L = {', '.join(map(str, dep))}**"
+                   + (f"; **do not deploy at L = {', '.join(str(x.bucket) for x in nodep)}**." if nodep else "."))
         else:
-            if dep:
-                self.w(f"- **Deploy the tuned pattern at L = {', '.join(map(str, dep))}**"
-                       + (f"; **do not deploy at L = {', '.join(str(x.bucket) for x in nodep)}**." if nodep else "."))
-            else:
-                self.w(f"- **Do not deploy at any bucket** (L = {', '.join(str(x.bucket) for x in nodep)}): "
-                       f"no tuned pattern meets every target on confirmed figures.")
-            for x in self.decisions:
-                if x.deploy:
-                    v = x.verdict
-                    red = [(c.workload, _reduction(c, "naive", self.floor), c.naive_peak_mib) for c in x.cells]
-                    self.w(f"  - L={x.bucket}: t#{v.trial} ({_pattern_str(x.trial.pattern if x.trial else None)}, "
-                           f"sparsity {x.cells[0].sparsity:.2f}) {f_x(v.speedup)} over SDPA, "
-                           f"{'hold-out' if v.holdout else 'confirmed'} interval "
-                           f"[{f_x(v.lo)}, {f_x(v.hi)}]; memory "
-                           + ", ".join(f"{w} {f_pct(r)} less than naive attention" if nv is not None and nv >= self.floor
-                                       else f"{w} naive peak under the {self.floor:g} MiB resolution"
-                                       for w, r, nv in red)
-                           + f" ({cite('m', [c.id for c in x.cells])})"
-                           + (f"; {'; '.join(x.notes)}" if x.notes else "") + ".")
-                else:
-                    self.w(f"  - L={x.bucket}: {x.why}.")
+            self.w(f"- **Do not deploy at any bucket** (L = {', '.join(str(x.bucket) for x in nodep)}): "
+                   f"no tuned pattern meets every target on confirmed figures.")
+        for x in self.decisions:
+            if not x.deploy:
+                self.w(f"  - L={x.bucket}: {x.why}.")
+                continue
+            v = x.verdict
+            red = [(c.workload, _reduction(c, "naive", self.floor), c.naive_peak_mib) for c in x.cells]
+            self.w(f"  - L={x.bucket}: t#{v.trial} ({_pattern_str(x.trial.pattern if x.trial else None)}, "
+                   f"sparsity {x.cells[0].sparsity:.2f}) {f_x(v.speedup)} over SDPA, "
+                   f"{'hold-out' if v.holdout else 'confirmed'} interval "
+                   f"[{f_x(v.lo)}, {f_x(v.hi)}]; memory "
+                   + ", ".join(f"{w} {f_pct(r)} less than naive attention" if nv is not None and nv >= self.floor
+                               else f"{w} naive peak under the {self.floor:g} MiB resolution"
+                               for w, r, nv in red)
+                   + f" ({cite('m', [c.id for c in x.cells])})"
+                   + (f"; {'; '.join(x.notes)}" if x.notes else "") + ".")
+
+    def summary_targets(self) -> None:
+        """The study's targets, and a warning where the SDPA baseline was noisy."""
+        t = self.t
         if t is not None:
             self.w(f"- Targets (from the study's space, {t.source}; read alike by the search, the export and this "
                    f"report): " + "; ".join(b.text() for b in t.bounds)
@@ -328,58 +347,72 @@ class Report:
                    + ", ".join(f"{w} L={L} ({f_ms(lo)}-{f_ms(hi)} ms, {n} trials)" for w, L, lo, hi, n in self.noisy)
                    + "; single-trial speedups are unreliable there, the choices rest on the confirmation's interleaved "
                    "re-measurement.")
-        if d.study:
-            comp = sum(1 for x in d.trials if x.state == "COMPLETE")
-            fail = sum(1 for x in d.trials if x.state == "FAIL")
-            from autotune.verdict import cell_ok
 
-            feas = sum(1 for x in d.trials if x.state == "COMPLETE" and t is not None and any(
-                (cs := d.cells(x.id, L)) and all(cell_ok(t, c) for c in cs) for L in d.buckets))
-            devs = sorted({(r.hardware or {}).get("device_name") or r.device for r in d.runs})
-            self.w(f"- Search: {len(d.trials)} trial(s) ({comp} complete, {feas} meeting every target at some bucket "
-                   f"on their own timing, {fail} failed) in "
-                   f"{len(d.runs)} run(s) on {', '.join(map(str, devs)) or '?'}; buckets "
-                   f"{', '.join(map(str, d.buckets)) or NOT_MEASURED}.")
-            reasons: dict[str, list[int]] = {}
-            for x in d.trials:
-                if x.state == "FAIL":
-                    reasons.setdefault((x.reason or "no reason recorded").split(":")[0][:60], []).append(x.number)
-            if reasons:
-                self.w("  - Failed trials by reason: " + "; ".join(
-                    f"{r}: {len(n)} ({cite('t', n[:6])}{'...' if len(n) > 6 else ''})"
-                    for r, n in sorted(reasons.items(), key=lambda kv: -len(kv[1]))) + ".")
-        for br in [b for b in d.bench_runs if b.kind == "kernel"]:
-            cases = [kc for kc in kernel_cases([r for r in d.kernel_rows if r.bench_run_id == br.id]) if kc.target > 0]
-            parts = []
-            for s in sorted({kc.target for kc in cases}):
-                # per workload and pass: the largest L measured (the regime sparsity is for), not the best cell
-                at = [kc for kc in cases if kc.target == s and kc.ours and kc.ratio("sdpa", kc.ours)]
-                top = {}
-                for kc in at:
-                    k = (kc.workload, kc.pass_)
-                    if k not in top or kc.L > top[k].L:
-                        top[k] = kc
-                cells = []
-                for kc in sorted(top.values(), key=lambda kc: (kc.workload, kc.pass_)):
-                    vs_flex = kc.ratio("flex", kc.ours)
-                    cells.append(f"{kc.workload} {kc.pass_} L={kc.L} {f_x(kc.ratio('sdpa', kc.ours))}"
-                                 + (f" ({f_x(vs_flex)} vs flex)" if vs_flex else "")
-                                 + f" at s={kc.actual:.2f} (ideal {f_x(1 / (1 - kc.actual)) if kc.actual < 1 else '—'}; "
-                                 f"{cite('kb', [r.id for r in kc.rows.values()])})")
-                if cells:
-                    parts.append(f"target {s:.0%}: " + ", ".join(cells))
-            if parts:
-                self.w(f"- Kernel benchmark bench#{br.id} ({br.device}, {br.dtype}), our kernel's speedup over dense "
-                       f"SDPA at the largest L measured: " + "; ".join(parts) + ".")
-            mem = [(kc, kc.mib(kc.ours), kc.mib("sdpa"), kc.mib("naive")) for kc in cases if kc.ours]
-            mem = [m for m in mem if None not in m[1:]]
-            if mem:
-                ours_naive = max(1 - m[1] / max(m[3], MIB_FLOOR) for m in mem)
-                sdpa_naive = max(1 - m[2] / max(m[3], MIB_FLOOR) for m in mem)
-                ours_sdpa = max(1 - m[1] / max(m[2], MIB_FLOOR) for m in mem)
-                self.w(f"  - Memory: our kernel saves up to {f_pct(ours_naive)} against naive attention, but dense SDPA "
-                       f"alone saves up to {f_pct(sdpa_naive)} against it (a reduction against naive attention comes "
-                       f"from fusion, not sparsity); against SDPA at best {f_pct(ours_sdpa)}.")
+    def summary_search(self) -> None:
+        """How many trials ran, completed, met the targets and failed (by reason), where."""
+        d, t = self.data, self.t
+        if not d.study:
+            return
+        from results.verdict import cell_ok
+
+        comp = sum(1 for x in d.trials if x.state == "COMPLETE")
+        fail = sum(1 for x in d.trials if x.state == "FAIL")
+        feas = sum(1 for x in d.trials if x.state == "COMPLETE" and t is not None and any(
+            (cs := d.cells(x.id, L)) and all(cell_ok(t, c) for c in cs) for L in d.buckets))
+        devs = sorted({(r.hardware or {}).get("device_name") or r.device for r in d.runs})
+        self.w(f"- Search: {len(d.trials)} trial(s) ({comp} complete, {feas} meeting every target at some bucket "
+               f"on their own timing, {fail} failed) in "
+               f"{len(d.runs)} run(s) on {', '.join(map(str, devs)) or '?'}; buckets "
+               f"{', '.join(map(str, d.buckets)) or NOT_MEASURED}.")
+        reasons: dict[str, list[int]] = {}
+        for x in d.trials:
+            if x.state == "FAIL":
+                reasons.setdefault((x.reason or "no reason recorded").split(":")[0][:60], []).append(x.number)
+        if reasons:
+            self.w("  - Failed trials by reason: " + "; ".join(
+                f"{r}: {len(n)} ({cite('t', n[:6])}{'...' if len(n) > 6 else ''})"
+                for r, n in sorted(reasons.items(), key=lambda kv: -len(kv[1]))) + ".")
+
+    def summary_kernel_bench(self, br: Any) -> None:
+        """One kernel benchmark run: our kernel's speedup over SDPA at the largest L per target
+        sparsity, and what its memory saves against naive attention and SDPA."""
+        d = self.data
+        cases = [kc for kc in kernel_cases([r for r in d.kernel_rows if r.bench_run_id == br.id]) if kc.target > 0]
+        parts = []
+        for s in sorted({kc.target for kc in cases}):
+            # per workload and pass: the largest L measured (the regime sparsity is for), not the best cell
+            at = [kc for kc in cases if kc.target == s and kc.ours and kc.ratio("sdpa", kc.ours)]
+            top = {}
+            for kc in at:
+                k = (kc.workload, kc.pass_)
+                if k not in top or kc.L > top[k].L:
+                    top[k] = kc
+            cells = []
+            for kc in sorted(top.values(), key=lambda kc: (kc.workload, kc.pass_)):
+                vs_flex = kc.ratio("flex", kc.ours)
+                cells.append(f"{kc.workload} {kc.pass_} L={kc.L} {f_x(kc.ratio('sdpa', kc.ours))}"
+                             + (f" ({f_x(vs_flex)} vs flex)" if vs_flex else "")
+                             + f" at s={kc.actual:.2f} (ideal {f_x(1 / (1 - kc.actual)) if kc.actual < 1 else '—'}; "
+                             f"{cite('kb', [r.id for r in kc.rows.values()])})")
+            if cells:
+                parts.append(f"target {s:.0%}: " + ", ".join(cells))
+        if parts:
+            self.w(f"- Kernel benchmark bench#{br.id} ({br.device}, {br.dtype}), our kernel's speedup over dense "
+                   f"SDPA at the largest L measured: " + "; ".join(parts) + ".")
+        mem = [(kc, kc.mib(kc.ours), kc.mib("sdpa"), kc.mib("naive")) for kc in cases if kc.ours]
+        mem = [m for m in mem if None not in m[1:]]
+        if mem:
+            ours_naive = max(1 - m[1] / max(m[3], MIB_FLOOR) for m in mem)
+            sdpa_naive = max(1 - m[2] / max(m[3], MIB_FLOOR) for m in mem)
+            ours_sdpa = max(1 - m[1] / max(m[2], MIB_FLOOR) for m in mem)
+            self.w(f"  - Memory: our kernel saves up to {f_pct(ours_naive)} against naive attention, but dense SDPA "
+                   f"alone saves up to {f_pct(sdpa_naive)} against it (a reduction against naive attention comes "
+                   f"from fusion, not sparsity); against SDPA at best {f_pct(ours_sdpa)}.")
+
+    def summary_evoformer(self) -> None:
+        """The EvoFormer block: in the search (kind ``evoformer``) and in each ingested block benchmark,
+        the sparse block against the dense SDPA block."""
+        d = self.data
         evo = self.evoformer_cells()
         if evo:
             self.w("- EvoFormer block in the search (kind `evoformer`), sparse block vs dense SDPA block: " + "; ".join(
@@ -403,9 +436,6 @@ class Report:
             if parts:
                 self.w(f"- EvoFormer block bench#{br.id} ({br.device}, {br.dtype}), best sparse block vs dense SDPA "
                        f"block: " + "; ".join(parts) + ".")
-        if self.absent:
-            self.w(f"- {NOT_MEASURED.capitalize()}: {'; '.join(self.absent)}.")
-        self.w("")
 
     def recommendations(self) -> None:
         t = self.t
@@ -413,7 +443,7 @@ class Report:
         if not self.decisions:
             self.not_measured("recommendation", "No trial measurements in the database (run `python -m autotune.search`).")
             return
-        self.w("Rule (`autotune.verdict`, shared with the search's verdict and the export): the bucket's leaders by the "
+        self.w("Rule (`results.verdict`, shared with the search's verdict and the export): the bucket's leaders by the "
                "search's paired timing are re-measured together with SDPA (`at_confirmations`); deploy the confirmed "
                "leader with the highest geometric-mean speedup whose confirmed interval clears the speedup target and "
                "that meets every other target at every workload; the chosen config is then re-measured alone "
@@ -643,7 +673,7 @@ class Report:
         if not xs:
             self.not_measured("accuracy of tuned patterns", "No tuned pattern with measurements.")
             return
-        from autotune.verdict import NEAR, extrapolated
+        from results.verdict import NEAR, extrapolated
 
         self.w("Static patterns against real contacts of the protein set (C-beta < 8 Å; short 6-11, medium 12-23, "
                "long >= 24 residues apart): the share of contacts whose residue pair the pattern computes, the "
@@ -802,12 +832,12 @@ class Report:
                "naive ratios `speedup_naive` (= naive_ms / time_ms) and "
                "`speedup_naive`; memory reductions are 1 - `memory_vs_sdpa` / `memory_vs_naive`. Benchmark ratios are "
                "computed from the `ms` / `mib` / `median_ms` columns of the cited rows.",
-               "- Decision rule: see the module documentation of `autotune.report.build`.", "")
+               "- Decision rule: see the module documentation of `results.report.build`.", "")
 
 
 def _mask(text: str) -> str:
     """Command lines without passwords (also for rows written before they were masked)."""
-    from autotune.storage import mask_secrets
+    from results.storage import mask_secrets
 
     return mask_secrets(text or "")
 

@@ -1,7 +1,7 @@
 """Benchmark tables: the CSVs of ``kernels.bench`` and ``autotune.evoformer.bench`` in the results database.
 
 The two benchmarks write CSV files (they stay importable without sqlalchemy); ``python -m
-autotune.ingest`` loads them into these tables, on the same declarative ``Base`` as `autotune.db`
+autotune.ingest`` loads them into these tables, on the same declarative ``Base`` as `results.db`
 (so ``Base.metadata.create_all`` creates them with the others), and ``python -m autotune.report``
 reads them from there.
 
@@ -32,7 +32,7 @@ from typing import Any, Optional
 from sqlalchemy import JSON, DateTime, Float, ForeignKey, Integer, String, Text
 from sqlalchemy.orm import Mapped, mapped_column
 
-from autotune.db import PREFIX, Base, utcnow
+from .db import PREFIX, Base, utcnow
 
 # CSV column -> (attribute, type, required). "required" columns must be in the header; values may be
 # empty only in float columns (a row whose status is not "ok" has no time). Types: str, int, float.

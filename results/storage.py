@@ -1,7 +1,9 @@
 """One place that turns ``--storage`` into a database URL, checks it, and hides its password.
 
 `resolve_storage(value, purpose)` is used by every command that opens the results database
-(``autotune.search``, ``autotune.export``, ``autotune.report``, ``autotune.ingest``):
+(``autotune.search``, ``autotune.export``, ``autotune.report``, ``autotune.ingest``,
+``autotune.copy_study``, ``autotune.upgrade``), and `DEFAULT_STORAGE` is the one default they share
+(``STORAGE_HELP`` is their ``--storage`` help):
 
 - no value: ``$AUTOTUNE_STORAGE``, else ``DEFAULT_STORAGE`` (``sqlite:///results/autotune.db``,
   whose folder is created when the command writes);
@@ -33,11 +35,12 @@ from urllib.parse import quote, quote_plus
 from patterns.errors import InputError
 
 __all__ = ["StorageError", "Storage", "resolve_storage", "mask_url", "mask_secrets", "DEFAULT_STORAGE",
-           "ENV_STORAGE", "SQLITE_MAGIC", "sqlite_file",
+           "ENV_STORAGE", "STORAGE_HELP", "SQLITE_MAGIC", "sqlite_file",
            "is_database_error", "database_error_line"]
 
-DEFAULT_STORAGE = "sqlite:///results/autotune.db"
+DEFAULT_STORAGE = "sqlite:///results/autotune.db"  # the one default database of every command
 ENV_STORAGE = "AUTOTUNE_STORAGE"
+STORAGE_HELP = f"SQLAlchemy URL or SQLite file (default ${ENV_STORAGE}, else {DEFAULT_STORAGE})"  # --storage's help
 SQLITE_MAGIC = b"SQLite format 3\x00"
 PURPOSES = ("write", "read")
 
@@ -166,7 +169,7 @@ def resolve_storage(value: Optional[str], purpose: str = "write", *, create_dirs
         if value is None:
             value, is_default = DEFAULT_STORAGE, True
     if not value.strip():
-        raise StorageError("--storage: empty URL (give a SQLAlchemy URL such as sqlite:///results/autotune.db, "
+        raise StorageError(f"--storage: empty URL (give a SQLAlchemy URL such as {DEFAULT_STORAGE}, "
                            "or a path to a SQLite file)")
     value = value.strip()
     if "://" not in value:
@@ -209,7 +212,7 @@ def resolve_storage(value: Optional[str], purpose: str = "write", *, create_dirs
     path, opts = _sqlite_file(u.database, dict(u.query))
     if path is None:
         raise StorageError(f"--storage: {masked} is an in-memory database: every result would be lost when the "
-                           "command ends; give a file, e.g. sqlite:///results/autotune.db")
+                           f"command ends; give a file, e.g. {DEFAULT_STORAGE}")
     mode = opts.get("mode")
     if purpose == "write" and mode == "ro":
         raise StorageError(f"--storage: {masked} is opened read-only (mode=ro) but this command writes")

@@ -1,0 +1,279 @@
+"""The export writer: a study's chosen config per bucket as a tuned file (``python -m autotune.export``).
+
+`open_study` reads the study (refusing a missing database, study or complete trial with
+`ExportError`), `document` builds the file's content from the one rule of `results.verdict` (also
+behind the search's verdict and the report) on the study's targets and its current confirmation,
+and `write` writes the file and records each choice in ``at_tuned``. Confirming the leaders when
+the study has no current confirmation re-measures, so it is the command's step
+(`autotune.export.choose`, with `autotune.confirm`), not this module's.
+
+Choice rule: per bucket, the study's leaders (COMPLETE trials meeting every non-speedup target at
+every workload there, by geometric-mean paired speedup over SDPA) are re-measured together with
+the baseline; the chosen config is the confirmed leader with the highest confirmed geometric-mean
+speedup whose confirmed interval clears the speedup target at every workload and that meets every
+other target of the space; its exported speedups are those of a hold-out re-measurement of the
+chosen config alone against SDPA (free of the selection's upward bias), which must clear the
+speedup target too. A bucket without a choice is left out of the file, listed under
+``infeasible_buckets`` and with its reason under ``not_exported`` (a deployment runs dense
+attention there, see `kernels.tuned`). The file names the machine it was tuned on (``device``,
+``device_name``, ``dtype``) and, per bucket, the ``heads`` and ``head_dims`` measured there;
+`kernels.load_tuned` checks them where the file is used (format 2; format 1 files, without these,
+are still read).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+from typing import Any, Optional
+
+from patterns.errors import InputError
+
+
+from kernels.tuned import FORMAT, TunedFile
+
+from .storage import mask_url, sqlite_file
+
+RULE = ("per bucket (autotune.verdict): the confirmed leader - re-measured interleaved with SDPA and the other "
+        "leaders - with the highest confirmed geometric-mean speedup over the workloads whose interval clears the "
+        "speedup target and that meets every other target at every workload (ties: lower geometric-mean peak "
+        "memory, then the earlier trial); its speedups are re-measured once more, alone against SDPA (hold-out: "
+        "free of the selection's upward bias), and must clear the speedup target there too")
+
+
+class ExportError(InputError):
+    """The study cannot be exported (missing database or study, nothing to choose): exit status 2."""
+
+
+def _studies(db) -> list[str]:
+    from sqlalchemy import select
+
+    from .db import TrialRow
+
+    with db.Session() as s:
+        return sorted(set(s.scalars(select(TrialRow.study_name).distinct()).all()))
+
+
+def _check_live(db, study: str, storage: str, studies: list[str]) -> None:
+    """Refuse a study that Optuna's storage does not hold: its rows would cite trials that do not
+    exist (a study removed with ``optuna delete-study`` leaves our tables behind)."""
+    live = db.live_study(study)
+    if not live.has_optuna:
+        raise ExportError(f"study {study!r}: {mask_url(storage)} holds no Optuna study storage, so its trials "
+                          "cannot be checked to exist; export from the database the search wrote")
+    if not live.exists:
+        from .db import live_study
+
+        with db.Session() as s:
+            alive = [n for n in studies if live_study(s, n).exists]
+        raise ExportError(f"study {study!r} is not in Optuna's storage in {mask_url(storage)} (deleted with optuna "
+                          f"delete-study?); its leftover rows are not exported "
+                          f"(studies there: {', '.join(alive) if alive else 'none'})")
+
+
+def _load_live(db, study: str):
+    """`results.verdict.load_study`, restricted to the trials Optuna's study holds now."""
+    from .db import find_orphans, restrict_study_data
+    from .verdict import load_study
+
+    with db.Session() as s:
+        orphans = find_orphans(s, study)
+        data = load_study(s, study)
+        s.expunge_all()
+    return restrict_study_data(data, orphans)
+
+
+def _clean(d: Optional[dict]) -> Optional[dict]:
+    return None if d is None else {k: v for k, v in d.items() if v is not None}
+
+
+def _g(c: Any, k: str) -> Any:
+    return c.get(k) if isinstance(c, dict) else getattr(c, k, None)
+
+
+def open_study(study: str, storage: str, *, log) -> Any:
+    """The study's `results.verdict.StudyData`, restricted to the trials Optuna's study holds now
+    (raises ExportError: no database file, no autotune tables, no such study, a study Optuna's
+    storage no longer holds, no complete trial). Rows left by a deleted study of the same name are
+    removed first (``log`` says so)."""
+    from sqlalchemy import inspect
+
+    from .db import Database, TrialRow
+
+    path = sqlite_file(storage)
+    if path is not None and not os.path.isfile(path):
+        raise ExportError(f"--storage: no database file {path}")
+    db = Database(storage, create=False)
+    try:
+        if not inspect(db.engine).has_table(TrialRow.__tablename__):
+            raise ExportError(f"study {study!r}: no autotune tables in {mask_url(storage)}")
+        studies = _studies(db)
+        if study not in studies:
+            raise ExportError(f"study {study!r} does not exist in {mask_url(storage)} "
+                              f"(studies there: {', '.join(studies) if studies else 'none'})")
+        _check_live(db, study, storage, studies)
+        gone = db.drop_orphans(study)  # rows of an earlier study of this name: never cited
+        if gone:
+            log(f"removed {gone.text()} (left by a deleted study)")
+        data = _load_live(db, study)
+    finally:
+        db.close()
+    if not data.trials:
+        raise ExportError(f"study {study!r} has no complete trial ({data.n_trials} recorded)")
+    return data
+
+
+def load_live(study: str, storage: str) -> Any:
+    """`open_study`'s data read again (after a confirmation pass), without the checks."""
+    from .db import Database
+
+    db = Database(storage, create=False)
+    try:
+        return _load_live(db, study)
+    finally:
+        db.close()
+
+
+def document(study: str, data: Any) -> dict[str, Any]:
+    """The export document of ``study`` from its data (`open_study`): per bucket, the choice of the
+    one rule (`results.verdict.decide` on the study's targets and its current confirmation, which
+    must exist: ``data.confirmations``), or the reason under ``not_exported``. Raises ExportError
+    when no bucket has a choice."""
+    from search_spaces.space import SearchSpace
+
+    from .verdict import decide
+
+    space = SearchSpace.from_dict(data.space)
+    targets = space.effective_targets()
+    top = int(space.measure.get("confirm_top", 3))
+    verdicts = decide(targets, data.cells_by_trial, data.buckets, data.confirmations or [], top)
+    runs = {r.id: r for r in data.runs}
+    out_buckets, not_exported = [], {}
+    for v in verdicts:
+        if v.deploy:
+            out_buckets.append(_bucket(study, v, data.trials[v.trial], runs, space, targets))
+        else:
+            not_exported[v.bucket] = v.why
+    if not out_buckets:
+        raise ExportError(f"study {study!r} has no feasible trial at any bucket ({len(data.trials)} complete of "
+                          f"{data.n_trials}): " + "; ".join(f"L={L}: {w}" for L, w in not_exported.items()))
+    return _header(study, space, targets, runs.get(out_buckets[0]["source"]["run_id"])) | {
+        "infeasible_buckets": sorted(not_exported),
+        "not_exported": {int(L): w for L, w in sorted(not_exported.items())},
+        "buckets": out_buckets,
+    }
+
+
+def _per_workload(cells: list[Any], key: str) -> dict[str, Optional[float]]:
+    return {_g(c, "workload"): _r(_g(c, key)) for c in cells}
+
+
+def _bucket(study: str, v: Any, t: Any, runs: dict[int, Any], space: Any, targets: Any) -> dict[str, Any]:
+    """One bucket's entry of the file: the chosen trial's pattern and kernel, where it came from, its
+    confirmed (or hold-out) speedups, memory, accuracy and the machine."""
+    from .verdict import memory_ratio
+
+    cells = v.cells
+    acc = _g(cells[0], "accuracy") or {}
+    run = runs.get(t.run_id)
+    lengths = acc.get("lengths") or []
+    sb = targets.bound("speedup")
+    floor = targets.memory_floor_mib
+    shapes = _shapes(space, v.bucket)
+    return {
+        "seq_len": v.bucket,
+        "heads": shapes["heads"],
+        "head_dims": shapes["head_dims"],
+        "pattern": dict(t.pattern),
+        "kernel": dict(t.kernel) if t.kernel else None,
+        "source": {"study": study, "trial": t.number, "run_id": t.run_id,
+                   "confirmation": sorted({_g(c, "confirmation_id") for c in cells if _g(c, "confirmation_id")})},
+        "sparsity": round(_g(cells[0], "sparsity"), 6),
+        "speedup": {_g(c, "workload"): {"median": _r(_g(c, "speedup")), "lo": _r(_g(c, "speedup_lo")),
+                                        "hi": _r(_g(c, "speedup_hi")), "repeats": _g(c, "repeats")} for c in cells},
+        "speedup_geomean": _r(v.speedup),
+        "speedup_interval": [_r(v.lo), _r(v.hi)],
+        "speedup_from": "holdout" if v.holdout else "confirmation",
+        "speedup_min": sb.min if sb is not None else None,
+        "tied_with": list(v.tied_with),
+        "time_ms": _per_workload(cells, "time_ms"),
+        "sdpa_ms": _per_workload(cells, "sdpa_ms"),
+        "peak_mib": _per_workload(cells, "peak_mib"),
+        "sdpa_peak_mib": _per_workload(cells, "sdpa_peak_mib"),
+        "naive_peak_mib": _per_workload(cells, "naive_peak_mib"),
+        "memory_vs_naive": {_g(c, "workload"): _r(memory_ratio(_g(c, "peak_mib"), _g(c, "naive_peak_mib"), floor))
+                            for c in cells},
+        "memory_vs_sdpa": {_g(c, "workload"): _r(memory_ratio(_g(c, "peak_mib"), _g(c, "sdpa_peak_mib"), floor))
+                           for c in cells},
+        "accuracy": {k: _r(x) for k, x in (acc.get("metrics") or {}).items()},
+        "accuracy_chains": {"n": acc.get("n_chains"), "lengths": [min(lengths), max(lengths)] if lengths else None,
+                            "sparsity": _r(acc.get("chain_sparsity")), "max_chains": acc.get("max_chains")},
+        "accuracy_extrapolated": bool(v.extrapolated),
+        "hardware": (run.hardware if run else None),
+    }
+
+
+def _header(study: str, space: Any, targets: Any, first_run: Any) -> dict[str, Any]:
+    """The file's head: format, rule, the machine and settings the study measured on, its targets
+    and provenance (from the run that measured the first exported bucket)."""
+    sd = space.to_dict()
+    hw = first_run.hardware if first_run else None
+    return {
+        "format": FORMAT,
+        "study": study,
+        "rule": RULE,
+        "device": sd.get("device"),
+        "device_name": (hw or {}).get("device_name"),
+        "backend": sd.get("backend"),
+        "dtype": sd.get("dtype"),
+        "mode": sd.get("mode"),
+        "workloads": [_clean(w) for w in sd.get("workloads") or []],
+        "targets": {"bounds": [_clean(b) for b in targets.to_dict()["bounds"]],
+                    "memory_floor_mib": targets.memory_floor_mib, "confidence": targets.confidence,
+                    "source": targets.source},
+        "hardware": first_run.hardware if first_run else None,
+        "versions": first_run.versions if first_run else None,
+        "git_revision": first_run.git_revision if first_run else None,
+        "exported_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+    }
+
+
+def _shapes(space, bucket: int) -> dict[str, list[int]]:
+    """Heads and head dims of the attention the space measured at ``bucket`` (every workload that
+    applies there; an EvoFormer workload contributes its MSA and its triangle attention heads)."""
+    heads: set[int] = set()
+    dims: set[int] = set()
+    for w in space.workloads:
+        if not w.applies(bucket):
+            continue
+        heads.add(int(w.heads))
+        if getattr(w, "pair_heads", None):
+            heads.add(int(w.pair_heads))
+        dims.add(int(w.head_dim))
+    return {"heads": sorted(heads), "head_dims": sorted(dims)}
+
+
+def _r(x: Optional[float]) -> Optional[float]:
+    return None if x is None else float(f"{x:.6g}")
+
+
+def write(doc: dict[str, Any], storage: str, out: str) -> None:
+    """Write ``doc`` to ``out`` (YAML with a comment head; through a temporary file, so a failed
+    write leaves no half file) and record each bucket's choice in ``at_tuned``."""
+    from .db import Database, Tuned
+
+    study = doc["study"]
+    # one schema object (kernels.tuned.TunedFile) for the file: the document is validated as the
+    # reader will read it (a file the loader would refuse is never written), then written atomically
+    TunedFile.from_dict(doc, str(out)).write(out, header=f"Tuned sparse attention patterns, exported from study "
+                                             f"{study!r}.\nRule: {RULE}.\nRead with kernels.load_tuned(path).")
+    db = Database(storage)
+    try:
+        with db.session() as s:
+            for b in doc["buckets"]:
+                s.add(Tuned(study_name=study, bucket=b["seq_len"], trial_number=b["source"]["trial"], pattern=b["pattern"],
+                            kernel=b["kernel"], speedup={w: x["median"] for w, x in b["speedup"].items()},
+                            peak_mib=b["peak_mib"], accuracy=b["accuracy"],
+                            hardware=b["hardware"], rule=RULE, out_path=str(out)))
+    finally:
+        db.close()
