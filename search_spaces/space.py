@@ -97,6 +97,7 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, ClassVar, Optional
 
+from kernels import backends
 from kernels.config import KERNEL_STAGES, KERNEL_TILES, KERNEL_WARPS
 from patterns.config import GLOBAL_PLACEMENTS, SUPPORTED_BLOCK_SIZES
 from patterns.errors import InputError
@@ -146,7 +147,7 @@ OBJECTIVES: dict[str, str] = {
     "accuracy": "max",  # replaced by the metric's direction
 }
 CONSTRAINT_NAMES = ("speedup", "memory_vs_sdpa", "memory_vs_naive", "sparsity", "accuracy")
-BACKENDS = ("triton", "cpu", "flex", "reference", "dense")
+BACKENDS = backends.names()  # the registered backends (kernels.backends)
 DTYPES = ("float32", "bfloat16", "float16")
 MODES = ("fwd", "fwd+bwd")
 DEVICES = ("cuda", "cpu")
@@ -1342,7 +1343,7 @@ def parse_space(data: Any, source: str = "<space>") -> SearchSpace:
     data = _check_file(V, data)
     name = V.name(data.get("name", Path(source).stem), "name", MAX_NAME)
     device = V.choice(data.get("device", "cuda"), "device", DEVICES)
-    backend = V.choice(data.get("backend", "triton" if device == "cuda" else "cpu"), "backend", BACKENDS)
+    backend = V.choice(data.get("backend", backends.auto_backend(device)), "backend", BACKENDS)
     dtype = V.choice(data.get("dtype", "bfloat16" if device == "cuda" else "float32"), "dtype", DTYPES)
     mode = V.choice(data.get("mode", "fwd"), "mode", MODES)
     limits = _parse_limits(V, data, device)

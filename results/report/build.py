@@ -34,6 +34,7 @@ from typing import Any, Iterable, Optional
 
 from results.storage import mask_url
 
+from patterns import pattern_label
 from . import plots
 from .data import ReportData
 from .targets import describe
@@ -85,19 +86,6 @@ def _metrics(acc: Any) -> dict[str, float]:
         return {}
     m = acc.get("metrics", acc)
     return {k: v for k, v in m.items() if isinstance(v, (int, float))}
-
-
-def _pattern_str(p: Optional[dict]) -> str:
-    if not p:
-        return "—"
-    if p.get("family") == "guided":  # blocks chosen per input from the pair bias
-        budget = f"keep{p.get('keep')}" if p.get("keep") is not None else f"mass{p.get('mass')}"
-        return (f"guided bs{p.get('block_size')}/{budget}/{p.get('pool', 'max')}/{p.get('spread', 'row')}"
-                f"/w{p.get('window', 0)}/g{p.get('num_global', 0)}")
-    s = f"bs{p.get('block_size')}/w{p.get('window')}/g{p.get('num_global')}/s{p.get('stride')}"
-    if p.get("num_global") and p.get("global_placement") not in (None, "first"):
-        s += f"/{p['global_placement']}"
-    return s
 
 
 # ---- the recommendation --------------------------------------------------------------------------
@@ -324,7 +312,7 @@ class Report:
                 continue
             v = x.verdict
             red = [(c.workload, _reduction(c, "naive", self.floor), c.naive_peak_mib) for c in x.cells]
-            self.w(f"  - L={x.bucket}: t#{v.trial} ({_pattern_str(x.trial.pattern if x.trial else None)}, "
+            self.w(f"  - L={x.bucket}: t#{v.trial} ({pattern_label(x.trial.pattern if x.trial else None)}, "
                    f"sparsity {x.cells[0].sparsity:.2f}) {f_x(v.speedup)} over SDPA, "
                    f"{'hold-out' if v.holdout else 'confirmed'} interval "
                    f"[{f_x(v.lo)}, {f_x(v.hi)}]; memory "
@@ -457,7 +445,7 @@ class Report:
             rows.append([
                 str(x.bucket), "**deploy**" if x.deploy else "do not deploy",
                 f"t#{x.trial.number}" if x.trial else "—",
-                _pattern_str(x.trial.pattern) if x.trial else "—",
+                pattern_label(x.trial.pattern) if x.trial else "—",
                 f"{x.cells[0].sparsity:.3f}" if x.cells else "—",
                 ", ".join(f"{c.workload} {f_x(c.speedup)} [{f_x(c.speedup_lo)}, {f_x(c.speedup_hi)}]"
                           for c in x.cells) or "—",
@@ -624,7 +612,7 @@ class Report:
             tr = by_id.get(c.trial_id)
             naive = f_ms(c.naive_ms) if c.naive_ms is not None else "out of memory"
             rows.append([str(c.bucket), c.workload, label, f"t#{tr.number}" if tr else "—",
-                         _pattern_str(tr.pattern if tr else None), f"{c.sparsity:.3f}", str(c.batch), c.mode,
+                         pattern_label(tr.pattern if tr else None), f"{c.sparsity:.3f}", str(c.batch), c.mode,
                          f_ms(c.time_ms), f_ms(c.sdpa_ms), naive, f_x(c.speedup), f_x(c.speedup_naive),
                          f_ms(c.peak_mib), f_ms(c.sdpa_peak_mib),
                          f_ms(c.naive_peak_mib) if c.naive_peak_mib is not None else "out of memory",
@@ -729,7 +717,7 @@ class Report:
             pts.append(dict(number=tr.number, x=float(x), y=float(y), feasible=tr.number in feasible_somewhere or bool(tr.feasible),
                             tuned=tr.number in tuned,
                             front=False, sparsity=sum(c.sparsity for c in cells) / len(cells) if cells else None,
-                            pattern=_pattern_str(tr.pattern),
+                            pattern=pattern_label(tr.pattern),
                             family=(tr.pattern or {}).get("family", "static"),
                             memory=_geomean(c.memory_vs_sdpa for c in cells)))
         for p in pts:
@@ -776,7 +764,7 @@ class Report:
         for tu in self.data.tuned:
             try:
                 p = plots.layout(tu.pattern, tu.bucket, self.plots_dir / f"layout_L{tu.bucket}.png",
-                                 f"L={tu.bucket}, t#{tu.trial_number}: {_pattern_str(tu.pattern)}")
+                                 f"L={tu.bucket}, t#{tu.trial_number}: {pattern_label(tu.pattern)}")
             except Exception as e:  # noqa: BLE001 - a pattern this checkout can no longer build
                 self.w(f"L={tu.bucket} ({cite('tu', [tu.id])}): layout not drawn ({type(e).__name__}: {e}).", "")
                 continue
