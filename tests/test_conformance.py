@@ -17,13 +17,14 @@ The cases cover whole and ragged L (L % block_size != 0, down to L = 1), every b
 empty rows and an empty layout, guided layouts (``patterns.GuidedConfig`` built from the bias or a
 shared score map), non-contiguous inputs, a custom scale, a bias without gradient and a bias that
 is the only input with one.
-The reference itself is held to the attention formula written row by row
-(``_formula``: softmax over each row's computed keys, written independently of the reference).
+The reference itself is held to the attention formula written pair by pair (``_formula``: the
+softmax over each row's computed keys from exp and sums, written independently of the reference).
 
-The engines come from ``kernels.BACKENDS`` (``test_every_backend_has_an_engine`` fails when a
-backend is added without one). Engines that need CUDA are collected and skipped without it.
-Under the Triton interpreter (a CPU machine) only a few small Triton cases are in the quick suite;
-the others, and FlexAttention on a CPU (compiled per shape), are marked slow.
+Every name in ``kernels.BACKENDS`` has an engine here (``test_every_backend_has_an_engine`` fails
+when a backend is added without one). Engines that need CUDA are collected and skipped without it;
+on a CUDA machine the Triton engine runs natively on every case. Under the Triton interpreter (a
+CPU machine) one small Triton case is in the quick suite and the others are marked slow, as is
+FlexAttention on a CPU (compiled per shape, a few cases).
 
 Seeds: every case draws its inputs from its own seed, derived from one per-run seed and the case's
 id, so cases differ from each other and from run to run. The per-run seed is in every failure
