@@ -18,6 +18,7 @@ def _rows(path: Path) -> list[dict]:
         return list(csv.DictReader(f))
 
 
+@pytest.mark.slow
 def test_bench_cpu_tiny(tmp_path):
     out = tmp_path / "bench.csv"
     bench.main([
