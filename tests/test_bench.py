@@ -68,6 +68,7 @@ def test_bench_gate_marks_fail(tmp_path, monkeypatch):
     assert rows["sdpa"]["status"] == "ok"
 
 
+@pytest.mark.slow
 def test_bench_module_entry_point_help():
     res = subprocess.run([sys.executable, "-m", "kernels.bench", "--help"], capture_output=True, text=True,
                          cwd=Path(__file__).resolve().parent.parent, timeout=120)
@@ -146,6 +147,7 @@ def test_bench_writes_csv_after_each_case_targets_first(tmp_path, monkeypatch):
     assert len(rows) == 1 and rows[0]["L"] == "512" and rows[0]["status"] == "ok"
 
 
+@pytest.mark.slow
 def test_gpu_check_modules_import_no_search_stack():
     """What benchmarks/gpu_check.sh runs imports neither optuna, ray nor sqlalchemy (the GPU
     machine has none of them)."""

@@ -1,6 +1,9 @@
 """The fused C kernel of ``kernels.cpu_fused`` (forward + gradients in q, k, v, bias) against the
-float64 reference, its edge cases (empty rows, -inf bias, half inputs, determinism), its dispatch
-through ``sparse_attention(..., backend="cpu")`` and its build/cache/fallback behaviour.
+float64 reference over its head dims and block sizes, its own edge cases (-inf bias tiles, half
+inputs, determinism), its dispatch through ``sparse_attention(..., backend="cpu")`` and its
+build/cache/fallback behaviour. The cases every backend shares (bias shapes, ragged L, empty rows
+and layouts, per-head and guided layouts, non-contiguous and expanded inputs, a bias without
+gradient) run through the dispatcher in tests/test_conformance.py.
 
 Inputs are fresh random every run; the seed is in every assertion message (rerun a failure with
 the same seed through ``_inputs(..., seed=SEED)``).
@@ -138,65 +141,6 @@ def test_fused_extreme_ragged_lengths(bs):
         q, k, v, bias = _inputs(1, 2, L, D, _bias_shape(bias_kind, 1, 2, L), seed + i)
         what = f"seed={seed} L={L} bs={bs} D={D} bias={bias_kind} mask={m.int().tolist()}"
         _check_against_reference(q, k, v, BlockLayout(m, bs, L), bias, None, what, gseed=seed + i)
-
-
-def test_fused_non_contiguous_and_expanded_inputs():
-    """q, k, v as permuted views ([B, L, H, D] storage), a transposed bias, a batch-expanded bias
-    (stride 0), and a bias that does not require grad."""
-    seed = _seed()
-    B, H, L, D, bs = 2, 3, 100, 16, 32
-    g = torch.Generator().manual_seed(seed)
-    layout = build_layout(pattern_for_sparsity(L, 0.5, block_size=bs), L)
-    q, k, v = (torch.randn(B, L, H, D, generator=g).permute(0, 2, 1, 3) for _ in range(3))
-    assert not q.is_contiguous()
-    bias_t = torch.randn(1, H, L, L, generator=g).transpose(-1, -2)
-    _check_against_reference(q, k, v, layout, bias_t, None, f"seed={seed} transposed bias", gseed=seed)
-    bias_e = torch.randn(1, H, L, L, generator=g).expand(B, H, L, L)
-    _check_against_reference(q, k, v, layout, bias_e, 0.5, f"seed={seed} expanded bias", gseed=seed + 1)
-    # a constant bias: no bias gradient requested
-    bias_c = torch.randn(H, L, L, generator=g)
-    x = [t.clone().requires_grad_(True) for t in (q, k, v)]
-    out = cpu_fused.fused_sparse_attention(*x, layout, bias_c)
-    ref = reference_attention(*(t.detach().double().requires_grad_(True) for t in (q, k, v)), layout, bias_c.double())
-    _close(out, ref, 2e-5, 1e-4, f"seed={seed} constant bias")
-    gq, = torch.autograd.grad(out.sum(), x[0])
-    assert torch.isfinite(gq).all()
-
-
-# ---- 2. empty rows -------------------------------------------------------------------------------
-@pytest.mark.parametrize("bias_kind", ["1HLL", None])
-def test_fused_empty_rows(bias_kind):
-    seed = _seed()
-    B, H, L, D, bs = 2, 2, 100, 16, 16
-    nb = -(-L // bs)
-    m = torch.rand(nb, nb, generator=torch.Generator().manual_seed(seed)) < 0.5
-    m[1, 1] = True
-    m[0, :] = False
-    m[3, :] = False
-    m[nb - 1, :] = False  # the ragged last row
-    m[:, 2] = False       # and an empty key column
-    layout = BlockLayout(m, bs, L)
-    q, k, v, bias = _inputs(B, H, L, D, _bias_shape(bias_kind, B, H, L), seed)
-    what = f"seed={seed} empty rows bias={bias_kind}"
-    out, grads = _check_against_reference(q, k, v, layout, bias, None, what, gseed=seed)
-    for r in (0, 3, nb - 1):
-        rows = out[:, :, r * bs : (r + 1) * bs]
-        assert (rows == 0).all(), f"{what}: query block row {r} not exactly zero (max {rows.abs().max()})"
-        assert (grads[0][:, :, r * bs : (r + 1) * bs] == 0).all(), f"{what}: dq of empty row {r} not zero"
-    # keys of an empty column get no gradient
-    assert (grads[1][:, :, 2 * bs : 3 * bs] == 0).all() and (grads[2][:, :, 2 * bs : 3 * bs] == 0).all(), what
-
-
-def test_fused_no_kept_block_at_all():
-    seed = _seed()
-    B, H, L, D, bs = 2, 2, 70, 8, 32
-    nb = -(-L // bs)
-    layout = BlockLayout(torch.zeros(nb, nb, dtype=torch.bool), bs, L)
-    q, k, v, bias = _inputs(B, H, L, D, (1, H, L, L), seed)
-    out, grads = _check_against_reference(q, k, v, layout, bias, None, f"seed={seed} empty layout", gseed=seed)
-    assert (out == 0).all()
-    for name, gr in zip("qkvb", grads):
-        assert (gr == 0).all(), f"seed={seed}: grad {name} of an empty layout is not zero"
 
 
 # ---- 3. -inf in the bias ---------------------------------------------------------------------------

@@ -196,6 +196,7 @@ def test_load_tuned_missing_file(tmp_path):
         parse_tuned([1, 2], "x.yaml")
 
 
+@pytest.mark.slow
 def test_tuned_imports_no_search_stack():
     import subprocess
     import sys

@@ -98,6 +98,7 @@ def test_mask_secrets():
     assert PASSWORD not in out and "p%40ss" not in out and out.count("***") >= 3
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("value,message", [("", "empty URL"), ("sqlite://", "in-memory"), ("sqlite:///notdb.db", "not an SQLite"),
                                            ("sqlite:///adir", "is a directory")])
 def test_search_export_report_ingest_refuse_bad_storage(here, value, message):

@@ -142,6 +142,7 @@ def test_nan_in_bias_and_plus_inf(bias_shape):
     assert not out[0, 0, 4].isnan().any()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("bias_shape", BIAS_SHAPES)
 def test_non_finite_values_outside_the_layout_are_never_read(bias_shape):
     """NaN / inf in k, v and bias at pairs no row computes: outputs and every gradient are
@@ -162,6 +163,7 @@ def test_non_finite_values_outside_the_layout_are_never_read(bias_shape):
     assert torch.isfinite(out).all()
 
 
+@pytest.mark.slow
 def test_nan_in_k_v_at_keys_no_row_computes():
     """A key block that no query block of a head computes: NaN there never reaches anything."""
     q, k, v, bias = _inputs((1, H, L, L), 14)
@@ -180,6 +182,7 @@ def test_nan_in_k_v_at_keys_no_row_computes():
     assert torch.equal(res[1][2][:, :, 16:32].cpu(), torch.zeros(B, H, 16, D))  # dk of the unread keys
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("bias_shape", [(1, H, L, L), (B, H, L, L)], ids=["bias1H", "biasBH"])
 def test_all_minus_inf_bias_rows_give_zeros_and_zero_grads(bias_shape):
     """A row whose computed logits are all -inf is dead: zeros whatever v holds (NaN and inf at

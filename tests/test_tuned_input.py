@@ -67,6 +67,7 @@ def test_directory_and_missing_file(tmp_path):
         load_tuned(tmp_path / "nope.yaml")
 
 
+@pytest.mark.slow
 def test_deployment_imports_no_autotune_optuna_ray_sqlalchemy(tmp_path):
     p = tmp_path / "t.yaml"
     p.write_text(GOOD)
