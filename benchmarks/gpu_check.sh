@@ -39,7 +39,7 @@ XDIST=""
 $PY -c "import xdist" 2>/dev/null && XDIST="-n 8"
 phase "kernel tests on the GPU (${XDIST:-serial}): Triton (bf16, fp32, non-finite, launch configs, op registration), guided layouts on the GPU"
 timeout 120 $PY -m pytest $XDIST -q -p no:cacheprovider -o addopts="" -rfE \
-    tests/test_gpu_guided.py tests/test_triton_kernel.py tests/test_triton_nonfinite.py tests/test_triton_configs.py \
+    tests/test_gpu_guided.py tests/test_conformance.py tests/test_triton_kernel.py tests/test_triton_nonfinite.py tests/test_triton_configs.py \
     tests/test_triton_opcheck.py tests/test_guided.py tests/test_measure.py 2>&1 | tee "$LOGS/gpu_check_pytest.log" | tail -40
 TEST_RC=${PIPESTATUS[0]}
 phase "tests rc=$TEST_RC"

@@ -227,57 +227,8 @@ def test_selection_is_not_differentiated():
 
 
 # ---- kernels on guided layouts -----------------------------------------------------------------------
-def _guided_case(L, bs, H, per_head, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    bias = torch.randn(1, H, L, L, generator=g)
-    signal = bias if per_head else bias[0, 0]
-    lay = build_layout(GuidedConfig(bs, keep=0.4, pool="logsumexp", window=3), L, signal=signal)
-    q, k, v = (torch.randn(2, H, L, 16, generator=g) for _ in range(3))
-    return lay, q, k, v, bias
-
-
-def _grads(backend, lay, q, k, v, bias, **kw):
-    ins = [t.detach().clone().requires_grad_(True) for t in (q, k, v, bias)]
-    out = sparse_attention(*ins[:3], lay, ins[3], backend=backend, **kw)
-    go = torch.ones_like(out) * torch.linspace(-1, 1, out.shape[-1], device=out.device)
-    grads = torch.autograd.grad(out, ins, go)
-    return out.detach(), grads
-
-
-@pytest.mark.parametrize("backend", ("cpu", "dense"))
-@pytest.mark.parametrize("per_head", (True, False))
-@pytest.mark.parametrize("L,bs", ((100, 16), (96, 32)))
-def test_cpu_backend_exact_on_guided_layouts(backend, per_head, L, bs):
-    lay, q, k, v, bias = _guided_case(L, bs, 2, per_head)
-    ref, rgrads = _grads("reference", lay, q.double(), k.double(), v.double(), bias.double())
-    out, grads = _grads(backend, lay, q, k, v, bias)
-    torch.testing.assert_close(out, ref.float(), atol=2e-5, rtol=1e-4)
-    for a, b in zip(grads, rgrads):
-        torch.testing.assert_close(a, b.float(), atol=5e-5, rtol=1e-4)
-
-
-@pytest.mark.parametrize("per_head", (True, False))
-def test_triton_backend_exact_on_guided_layouts(per_head):
-    pytest.importorskip("triton")
-    from kernels import KernelConfig
-
-    lay, q, k, v, bias = _guided_case(40, 16, 2, per_head, seed=1)
-    dev = "cuda" if torch.cuda.is_available() else "cpu"
-    q, k, v, bias = (t.to(dev) for t in (q, k, v, bias))
-    ref, rgrads = _grads("reference", lay, q.double(), k.double(), v.double(), bias.double())
-    out, grads = _grads("triton", lay, q, k, v, bias, config=KernelConfig(16, 16, 2, 1))
-    torch.testing.assert_close(out, ref.float(), atol=1e-4, rtol=1e-3)
-    for a, b in zip(grads, rgrads):
-        torch.testing.assert_close(a, b.float(), atol=2e-4, rtol=1e-3)
-
-
-@pytest.mark.slow
-def test_flex_forward_exact_on_guided_layout():
-    lay, q, k, v, bias = _guided_case(80, 16, 2, True, seed=2)
-    with torch.no_grad():
-        out = sparse_attention(q, k, v, lay, bias, backend="flex")
-        ref = reference_attention(q.double(), k.double(), v.double(), lay, bias.double()).float()
-    torch.testing.assert_close(out, ref, atol=2e-5, rtol=1e-4)
+# Exactness of every backend on guided layouts (per head and shared, ragged L, forward and gradients):
+# tests/test_conformance.py.
 
 
 def test_fresh_guided_layout_each_forward_stays_exact():
