@@ -198,6 +198,16 @@ def _fwd_impl(q, k, v, bias, kv_counts, kv_indices, block_size, scale, block_m, 
     return out, lse
 
 
+def _dbias_plan(bias: torch.Tensor, B: int, H: int, L: int, device) -> tuple[torch.Tensor, bool, list[int]]:
+    """dBias plan: (a zero-filled buffer [Bb, H, L, L] - zeros outside the layout, Bb = the bias
+    batch, float32 when broadcast dimensions are summed afterwards; whether the dQ kernel writes it
+    (one bias per batch element, or B = 1); the broadcast dimensions to sum over)."""
+    Bb = bias.shape[0]
+    reduce_dims = [i for i in (1, 2, 3) if bias.shape[i] == 1 and (H if i == 1 else L) > 1]
+    buf_dtype = bias.dtype if not reduce_dims else torch.float32
+    return torch.zeros((Bb, H, L, L), dtype=buf_dtype, device=device), Bb == B or B == 1, reduce_dims
+
+
 def _bwd_impl(do, q, k, v, out, lse, bias, kv_counts, kv_indices, q_counts, q_indices,
               block_size, scale, block_m, block_n, num_warps, num_stages, compute_dbias):
     q, k, v, out, do = (t.contiguous() for t in (q, k, v, out, do))
@@ -219,17 +229,8 @@ def _bwd_impl(do, q, k, v, out, lse, bias, kv_counts, kv_indices, q_counts, q_in
     dv = torch.empty_like(v)
     delta = torch.empty((B, H, L), dtype=torch.float32, device=q.device)
 
-    # dBias plan: a zero-filled buffer [Bb, H, L, L] (zeros outside the layout), Bb = bias batch
     dbias = q.new_empty((0,))
-    db_buf = None
-    db_in_dq = False
-    reduce_dims: list[int] = []
-    if compute_dbias:
-        Bb = bias.shape[0]
-        reduce_dims = [i for i in (1, 2, 3) if bias.shape[i] == 1 and (H if i == 1 else L) > 1]
-        buf_dtype = bias.dtype if not reduce_dims else torch.float32
-        db_buf = torch.zeros((Bb, H, L, L), dtype=buf_dtype, device=q.device)
-        db_in_dq = Bb == B or B == 1
+    db_buf, db_in_dq, reduce_dims = _dbias_plan(bias, B, H, L, q.device) if compute_dbias else (None, False, [])
 
     n_q_tiles = (nb * block_size) // block_m
     n_k_tiles = (nb * block_size) // block_m
