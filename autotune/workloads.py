@@ -35,6 +35,7 @@ from typing import Any, Callable, Optional
 
 import torch
 
+from autotune.evoformer.passes import block_pass
 from kernels import clear_plan_caches
 from kernels.measure import TOLERANCES, PairedTiming, is_oom, naive_attention, peak_memory, time_fn, time_paired
 from search_spaces.space import SearchSpace, Workload
@@ -211,24 +212,6 @@ def one_pass(mode: str, f: Callable[[], torch.Tensor], q, k, v, bias) -> Callabl
     def fwd_bwd():
         with torch.enable_grad():
             torch.autograd.grad(f(), leaves, go)
-    return fwd_bwd
-
-
-def block_pass(block, m: torch.Tensor, z: torch.Tensor, mode: str) -> Callable[[], None]:
-    """One pass of an EvoFormer block: its forward without autograd (``fwd``), or forward and
-    backward into the parameter gradients (``fwd+bwd``; the gradients are dropped after each
-    call) - the pass ``autotune.evoformer.bench`` times."""
-    if mode == "fwd":
-        def fwd() -> None:
-            with torch.no_grad():
-                block(m, z)
-        return fwd
-
-    def fwd_bwd() -> None:
-        om, oz = block(m, z)
-        (om.float().sum() + oz.float().sum()).backward()
-        for p in block.parameters():
-            p.grad = None
     return fwd_bwd
 
 

@@ -131,11 +131,6 @@ def _without_attention_modules(block: EvoformerBlock, include_col: bool):
             del mod.forward
 
 
-# Kept for compatibility: the trial imported this private name; the public one is
-# `autotune.evoformer.passes.block_pass`.
-_pass_fn = block_pass
-
-
 # ---- the benchmark -----------------------------------------------------------------------------------
 
 
