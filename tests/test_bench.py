@@ -284,12 +284,13 @@ EVO_SMALL = dict(c_m=16, c_z=8, c_hidden_msa_att=4, no_heads_msa=2, c_hidden_pai
                  c_hidden_opm=4, c_hidden_mul=8)
 
 
-def test_block_pass_is_the_public_pass_and_the_old_name_still_works():
+def test_block_pass_is_the_one_pass_of_benchmark_and_trial():
+    from autotune import workloads
     from autotune.evoformer import bench as evo
     from autotune.evoformer.modules import EvoformerBlock
     from autotune.evoformer.passes import block_pass
 
-    assert evo._pass_fn is block_pass  # kept until every caller uses the public name
+    assert evo.block_pass is block_pass and workloads.block_pass is block_pass  # one pass, not copies
     torch.manual_seed(0)
     block = EvoformerBlock(**EVO_SMALL)
     m, z = torch.randn(2, 16, 16), torch.randn(16, 16, 8)
