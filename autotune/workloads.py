@@ -28,7 +28,6 @@ keys, batch and input size) and a `WorkloadBench` subclass registered in `BENCHE
 
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import asdict, dataclass
 from typing import Any, Callable, Optional
@@ -37,12 +36,13 @@ import torch
 
 from autotune.evoformer.passes import block_pass
 from kernels import clear_plan_caches
-from kernels.measure import TOLERANCES, PairedTiming, is_oom, naive_attention, peak_memory, time_fn, time_paired
+from kernels.measure import (TOLERANCES, PairedTiming, is_oom, naive_attention, peak_memory, relative_error, release_memory,
+                             time_fn, time_paired)
 from search_spaces.space import SearchSpace, Workload
 
 __all__ = ["CellMeasurement", "Baseline", "Baselines", "TrialTiming", "GateFailed", "WorkloadBench", "AttentionBench",
            "EvoformerBench", "BENCHES", "bench_for", "DTYPES", "DEFAULT_TOL", "MEMORY_FLOOR_BYTES", "block_pass",
-           "nominal_layout", "workload_layout", "rel_err"]
+           "nominal_layout", "workload_layout"]
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 DEFAULT_TOL = TOLERANCES  # (forward, backward) relative to max |reference|: `kernels.measure.TOLERANCES`
@@ -176,16 +176,6 @@ class CellMeasurement:
 # ---- shared steps ----------------------------------------------------------------------------------
 
 
-def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
-    """max |a - b| / max |b| (inf when the difference is not finite)."""
-    a, b = a.float(), b.float()
-    denom = b.abs().max().item()
-    err = (a - b).abs().max().item()
-    if not math.isfinite(err):
-        return math.inf
-    return err / max(denom, 1e-12)
-
-
 def random_qkv(B: int, H: int, L: int, D: int, bias: bool, device: str, dtype: torch.dtype, gen: torch.Generator,
                grad: bool = False):
     """Fresh random q, k, v [B, H, L, D] and pair bias [1, H, L, L] (or None); leaves that
@@ -215,11 +205,6 @@ def one_pass(mode: str, f: Callable[[], torch.Tensor], q, k, v, bias) -> Callabl
     return fwd_bwd
 
 
-def free_memory(space: SearchSpace) -> None:
-    if space.device == "cuda":
-        torch.cuda.empty_cache()
-
-
 def measure_baseline(space: SearchSpace, fn: Callable[[], None], time_it: bool = True) -> Optional[Baseline]:
     """Peak memory (and, with ``time_it``, median/p10/p90 time) of one baseline; None when it
     runs out of memory."""
@@ -230,7 +215,7 @@ def measure_baseline(space: SearchSpace, fn: Callable[[], None], time_it: bool =
     except Exception as e:  # noqa: BLE001 - a baseline that does not fit is recorded missing
         if not is_oom(e):
             raise
-        free_memory(space)
+        release_memory(space.device)
         return None
     return Baseline(t["median_ms"], t["p10_ms"], t["p90_ms"], mem)
 
@@ -326,7 +311,7 @@ class AttentionBench(WorkloadBench):
             o = sparse_attention(q, k, v, lay, bias, backend=space.backend, config=kc)
             r = reference_attention(q, k, v, lay, bias)
         out: dict[str, float] = {}
-        e = rel_err(o.detach(), r.detach())
+        e = relative_error(o.detach(), r.detach())
         out[f"{w.name}.fwd_err"] = e
         if not e <= ftol:
             raise GateFailed(f"gate failed: {w.name} forward error {e:.3g} > {ftol:g} (L={L})")
@@ -335,7 +320,7 @@ class AttentionBench(WorkloadBench):
             g1 = torch.autograd.grad(o, leaves, go)
             g2 = torch.autograd.grad(r, leaves, go)
             for name, a, b in zip(("dq", "dk", "dv", "dbias"), g1, g2):
-                e = rel_err(a, b)
+                e = relative_error(a, b)
                 out[f"{w.name}.{name}_err"] = e
                 if not e <= btol:
                     raise GateFailed(f"gate failed: {w.name} {name} error {e:.3g} > {btol:g} (L={L})")
@@ -370,7 +355,7 @@ class AttentionBench(WorkloadBench):
             mem, mem_method = peak_memory(run_on(layout.fresh(), cold=True), device=self.device)
         except Exception as e:  # noqa: BLE001
             if is_oom(e):
-                free_memory(space)
+                release_memory(space.device)
                 raise RuntimeError(f"out of memory: {w.name} L={L} batch={B}") from None
             raise
         timing.candidate_s += time.perf_counter() - t0
@@ -488,7 +473,7 @@ class EvoformerBench(WorkloadBench):
         out: dict[str, float] = {f"{w.name}.msa_depth": depth}
         (om_c, oz_c, g_c), (om_r, oz_r, g_r) = res
         for name, a, b in (("m", om_c, om_r), ("z", oz_c, oz_r)):
-            e = rel_err(a, b)
+            e = relative_error(a, b)
             out[f"{w.name}.fwd_{name}_err"] = e
             if not e <= ftol:
                 raise GateFailed(f"gate failed: {w.name} forward error ({name}) {e:.3g} > {ftol:g} (L={L})")
@@ -507,7 +492,7 @@ class EvoformerBench(WorkloadBench):
                 continue
             a = torch.cat([x.float().flatten() for x, _ in pairs])
             b = torch.cat([y.float().flatten() for _, y in pairs])
-            e = rel_err(a, b)
+            e = relative_error(a, b)
             out[f"{name}.d{group}_err"] = e
             if not e <= btol:
                 raise GateFailed(f"gate failed: {name} {group} parameter gradient error {e:.3g} > {btol:g} (L={L})")
@@ -530,7 +515,7 @@ class EvoformerBench(WorkloadBench):
             mem, mem_method = peak_memory(fn, device=self.device)
         except Exception as e:  # noqa: BLE001
             if is_oom(e):
-                free_memory(space)
+                release_memory(space.device)
                 raise RuntimeError(f"out of memory: {w.name} L={L} msa_depth={w.msa_depth}") from None
             raise
         finally:
