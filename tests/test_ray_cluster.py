@@ -8,7 +8,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 
@@ -16,7 +15,7 @@ import pytest
 
 from autotune.search import Search
 from search_spaces.space import load_space
-from test_search import FAST, ROOT, free_port as _free_port, rows, stop_ray_head, write_space
+from test_search import FAST, ROOT, ray_head, rows, write_space
 
 
 
@@ -85,29 +84,14 @@ def test_worker_node_removed_mid_trial(tmp_path, monkeypatch):
 
 @pytest.mark.slow
 def test_ray_address_of_a_cluster_started_with_ray_start(tmp_path):
-    port = _free_port()
-    temp_dir = tempfile.mkdtemp(prefix="atray")  # short: Ray's socket paths must stay < 108 bytes
     # a cluster of this test only: token authentication off (no token file is shared with the driver)
     env = dict(os.environ, PYTHONPATH=str(ROOT), RAY_USAGE_STATS_ENABLED="0", RAY_AUTH_MODE="disabled")
     env.pop("AUTOTUNE_FAULT_INJECT", None)
-    head = subprocess.Popen(
-        ["ray", "start", "--head", "--block", f"--port={port}", "--num-cpus=2", "--include-dashboard=false", f"--dashboard-port={_free_port()}",
-         f"--temp-dir={temp_dir}", f"--node-manager-port={_free_port()}",
-         f"--object-manager-port={_free_port()}", "--disable-usage-stats"],
-        cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
-    try:
+    with ray_head(tmp_path, env, "atray") as address:
         space = write_space(tmp_path, **FAST)
         db = tmp_path / "a.db"
         cmd = [sys.executable, "-m", "autotune.search", "--space", str(space), "--storage", f"sqlite:///{db}",
-               "--executor", "ray", "--ray-address", f"127.0.0.1:{port}", "--trials", "3", "--no-progress"]
-        deadline = time.time() + 120
-        while True:  # until the head answers
-            probe = subprocess.run(["ray", "status", f"--address=127.0.0.1:{port}"], env=env, capture_output=True,
-                                   text=True, timeout=60)
-            if probe.returncode == 0:
-                break
-            assert head.poll() is None and time.time() < deadline, probe.stdout + probe.stderr
-            time.sleep(1)
+               "--executor", "ray", "--ray-address", address, "--trials", "3", "--no-progress"]
         out = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=400)
         assert out.returncode == 0, out.stderr
         assert "2 ray worker(s)" in out.stderr and "3 finished in total" in out.stderr
@@ -118,5 +102,3 @@ def test_ray_address_of_a_cluster_started_with_ray_start(tmp_path):
                              timeout=300)
         assert bad.returncode == 2 and "threads_per_worker: 64" in bad.stderr, bad.stderr
         assert len(bad.stderr.strip().splitlines()) == 1, bad.stderr
-    finally:
-        stop_ray_head(head, temp_dir)

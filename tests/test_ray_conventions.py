@@ -21,7 +21,7 @@ import pytest
 
 import autotune.executor as ex
 from autotune.executor import ClusterUnreachable, cluster_address, project_runtime_env, wait_for_address
-from test_search import FAST, ROOT, free_port as _free_port, rows, stop_ray_head, write_space
+from test_search import FAST, ROOT, free_port as _free_port, ray_head, rows, write_space
 
 
 
@@ -167,28 +167,13 @@ def test_interrupted_while_connecting(tmp_path, sig):
 
 @pytest.fixture(scope="module")
 def cluster():
-    port = _free_port()
-    temp_dir = tempfile.mkdtemp(prefix="atrc")  # short: Ray's socket paths must stay < 108 bytes
     cwd = tempfile.mkdtemp(prefix="atrc_cwd")
     env = _env()
     env.pop("PYTHONPATH")  # the nodes see no checkout: the driver must ship its packages
-    head = subprocess.Popen(
-        ["ray", "start", "--head", "--block", f"--port={port}", "--num-cpus=2", "--include-dashboard=false",
-         f"--dashboard-port={_free_port()}", f"--temp-dir={temp_dir}", f"--node-manager-port={_free_port()}",
-         f"--object-manager-port={_free_port()}", "--disable-usage-stats"],
-        cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
     try:
-        deadline = time.time() + 120
-        while True:  # until the head answers
-            probe = subprocess.run(["ray", "status", f"--address=127.0.0.1:{port}"], env=env, capture_output=True,
-                                   text=True, timeout=60)
-            if probe.returncode == 0:
-                break
-            assert head.poll() is None and time.time() < deadline, probe.stdout + probe.stderr
-            time.sleep(1)
-        yield f"127.0.0.1:{port}"
+        with ray_head(cwd, env, "atrc") as address:
+            yield address
     finally:
-        stop_ray_head(head, temp_dir)
         shutil.rmtree(cwd, ignore_errors=True)
 
 

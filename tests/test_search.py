@@ -3,6 +3,7 @@ and over a real local Ray instance with 2 CPUs; failing and crashing workers; SI
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -10,6 +11,7 @@ import socket
 import sqlite3
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -251,6 +253,31 @@ def stop_ray_head(head: subprocess.Popen, temp_dir: str) -> None:
         except (ProcessLookupError, ValueError):
             pass
     shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def ray_head(cwd, env: dict, prefix: str):
+    """A one-node cluster of this test only: ``ray start --head --block`` in its own process group,
+    waited for until it answers ``ray status``; yields its address and stops it (`stop_ray_head`)."""
+    port = free_port()
+    temp_dir = tempfile.mkdtemp(prefix=prefix)  # short: Ray's socket paths must stay < 108 bytes
+    head = subprocess.Popen(
+        ["ray", "start", "--head", "--block", f"--port={port}", "--num-cpus=2", "--include-dashboard=false",
+         f"--dashboard-port={free_port()}", f"--temp-dir={temp_dir}", f"--node-manager-port={free_port()}",
+         f"--object-manager-port={free_port()}", "--disable-usage-stats"],
+        cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    try:
+        deadline = time.time() + 120
+        while True:  # until the head answers
+            probe = subprocess.run(["ray", "status", f"--address=127.0.0.1:{port}"], env=env, capture_output=True,
+                                   text=True, timeout=60)
+            if probe.returncode == 0:
+                break
+            assert head.poll() is None and time.time() < deadline, probe.stdout + probe.stderr
+            time.sleep(1)
+        yield f"127.0.0.1:{port}"
+    finally:
+        stop_ray_head(head, temp_dir)
 
 
 # a space section that makes a trial cheap (the Ray cluster tests)
