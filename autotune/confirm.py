@@ -40,10 +40,10 @@ def confirm(storage: str, study: str, *, log=None, threads: Optional[int] = None
             return []
         space = SearchSpace.from_dict(data.space)
         targets = space.effective_targets()
-        top = int(space.measure.get("confirm_top", 3))
+        top = space.measure.confirm_top
         if space.device == "cuda" and not torch.cuda.is_available():
             raise RuntimeError("the study was measured on CUDA; confirm it on a machine with a CUDA device")
-        runner = TrialRunner(threads=threads or int(space.execution.get("threads_per_worker") or 1))
+        runner = TrialRunner(threads=threads or space.execution.threads_per_worker)
         rows = []
         with db.Session() as s:
             from sqlalchemy import func, select
@@ -61,13 +61,7 @@ def confirm(storage: str, study: str, *, log=None, threads: Optional[int] = None
                 rank = next(i for i, c in enumerate(lead) if c.trial == r["trial_number"])
                 rows.append(Confirmation(study_name=study, confirm_id=cid, complete_trials=len(data.trials), bucket=L,
                                          rank=rank, hardware=hw, **r))
-        with db.session() as s:
-            for r in rows:
-                s.add(r)
-        with db.Session() as s:
-            data = load_study(s, study)
-            s.expunge_all()
-        verdicts = decide(targets, data.cells_by_trial, data.buckets, data.confirmations or [], top)
+        data, verdicts = _store_and_decide(db, study, rows, targets, top)
         # step 4: the chosen config alone against SDPA on fresh inputs, figures free of the selection
         held = []
         for v in verdicts:
@@ -80,15 +74,20 @@ def confirm(storage: str, study: str, *, log=None, threads: Optional[int] = None
                                          bucket=v.bucket, rank=0, hardware=hw, stage="holdout", **r))
         if not held:
             return verdicts
-        with db.session() as s:
-            for r in held:
-                s.add(r)
-        with db.Session() as s:
-            data = load_study(s, study)
-            s.expunge_all()
-        return decide(targets, data.cells_by_trial, data.buckets, data.confirmations or [], top)
+        return _store_and_decide(db, study, held, targets, top)[1]
     finally:
         db.close()
+
+
+def _store_and_decide(db, study: str, rows: list, targets, top):
+    """Store the new confirmation rows, reload the study and apply the rule: (study data, verdicts)."""
+    with db.session() as s:
+        for r in rows:
+            s.add(r)
+    with db.Session() as s:
+        data = load_study(s, study)
+        s.expunge_all()
+    return data, decide(targets, data.cells_by_trial, data.buckets, data.confirmations or [], top)
 
 
 def current_verdicts(storage: str, study: str, *, log=None) -> list[BucketVerdict]:
@@ -108,4 +107,4 @@ def current_verdicts(storage: str, study: str, *, log=None) -> list[BucketVerdic
         return confirm(storage, study, log=log)
     space = SearchSpace.from_dict(data.space)
     return decide(space.effective_targets(), data.cells_by_trial, data.buckets, data.confirmations,
-                  int(space.measure.get("confirm_top", 3)))
+                  space.measure.confirm_top)

@@ -17,6 +17,7 @@ import argparse
 import sys
 from typing import Optional
 
+from patterns.errors import InputError, report_input_error
 from results.storage import STORAGE_HELP
 
 
@@ -35,9 +36,8 @@ def main(argv: Optional[list[str]] = None) -> int:
             if not os.path.isfile(storage.sqlite_path):
                 raise StorageError(f"--storage {storage.masked}: no database file {storage.sqlite_path}")
         found, now = upgrade_schema(storage.url)
-    except StorageError as e:
-        print(f"autotune.upgrade: error: {e}", file=sys.stderr)
-        return 2
+    except InputError as e:  # StorageError (a newer schema, no database file), ...
+        return report_input_error(e, "autotune.upgrade")
     except Exception as e:  # noqa: BLE001 - a database error: one line, no password
         line = database_error_line(e, args.storage or "")
         if line is None:

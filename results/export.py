@@ -145,7 +145,7 @@ def document(study: str, data: Any) -> dict[str, Any]:
 
     space = SearchSpace.from_dict(data.space)
     targets = space.effective_targets()
-    top = int(space.measure.get("confirm_top", 3))
+    top = space.measure.confirm_top
     verdicts = decide(targets, data.cells_by_trial, data.buckets, data.confirmations or [], top)
     runs = {r.id: r for r in data.runs}
     out_buckets, not_exported = [], {}

@@ -301,20 +301,10 @@ def _field_names(cls_or_obj: Any) -> tuple[str, ...]:
 
 class _Section:
     """Shared by the settings records: plain data for storage (`to_dict` / `from_dict`: a space is
-    stored as JSON with each run, and read back by workers, the export and the report), and a
-    read-only mapping view (``get``, ``[]``) kept for modules that still read a section as the dict
-    it used to be."""
+    stored as JSON with each run, and read back by workers, the export and the report)."""
 
     #: optional fields left out of `to_dict` while unset (stored only when the file gave them)
     _OMIT_NONE: ClassVar[tuple[str, ...]] = ()
-
-    def get(self, key: str, default: Any = None) -> Any:
-        return getattr(self, key) if key in _field_names(self) else default
-
-    def __getitem__(self, key: str) -> Any:
-        if key not in _field_names(self):
-            raise KeyError(key)
-        return getattr(self, key)
 
     def to_dict(self) -> dict[str, Any]:
         return {k: getattr(self, k) for k in _field_names(self)
