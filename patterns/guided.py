@@ -368,10 +368,10 @@ def _select_mask(config: GuidedConfig, seq_len: int, scores: torch.Tensor) -> to
 
 def _select_and_index(config: GuidedConfig, seq_len: int, scores: torch.Tensor) -> tuple[torch.Tensor, ...]:
     """(mask [G, nb, nb], kv_counts, kv_indices, q_counts, q_indices) from pooled scores."""
-    from .layout import _row_index  # layout imports this module
+    from .layout import compact_index  # layout imports this module
 
     mask = _select_mask(config, seq_len, scores)
-    return (mask, *_row_index(mask), *_row_index(mask.transpose(-1, -2)))
+    return (mask, *compact_index(mask))
 
 
 # ---- CUDA: selection and index replayed from a captured graph ----------------------------------------

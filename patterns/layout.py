@@ -40,6 +40,12 @@ def _row_index(mask3: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return counts.contiguous(), order.contiguous()
 
 
+def compact_index(mask3: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(kv_counts, kv_indices, q_counts, q_indices) of a [H, nb, nb] block mask (see the module
+    docstring): the rows' index and the columns' (the transpose's)."""
+    return (*_row_index(mask3), *_row_index(mask3.transpose(-1, -2)))
+
+
 @dataclass(eq=False)
 class BlockLayout:
     """A block-sparse attention layout for one sequence length.
@@ -132,10 +138,7 @@ class BlockLayout:
     # ---- compact index for kernels -----------------------------------------------------------
     def _index(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         if "index" not in self._cache:
-            m = self.mask3
-            kv_counts, kv_indices = _row_index(m)
-            q_counts, q_indices = _row_index(m.transpose(-1, -2))
-            self._cache["index"] = (kv_counts, kv_indices, q_counts, q_indices)
+            self._cache["index"] = compact_index(self.mask3)
         return self._cache["index"]
 
     @property
