@@ -15,6 +15,7 @@ import yaml
 
 from kernels import KernelConfig, load_tuned
 from patterns import GuidedConfig
+from test_space import expected  # the corpus convention: "# expect: MESSAGE" or a sidecar
 
 ROOT = Path(__file__).resolve().parent.parent
 BAD = sorted((ROOT / "tests" / "data" / "bad_tuned").glob("*.yaml"))
@@ -26,15 +27,6 @@ buckets:
     pattern: {block_size: 64, window: 128, num_global: 16, stride: 0, global_placement: first}
     kernel: {block_m: 64, block_n: 64, num_warps: 4, num_stages: 2}
 """
-
-
-def expected(path: Path) -> str:
-    sidecar = path.with_name(path.name + ".expect")
-    if sidecar.exists():
-        return sidecar.read_text().strip()
-    first = path.read_bytes().split(b"\n", 1)[0].decode("ascii")
-    assert first.startswith("# expect:"), f"{path} must start with '# expect: <message>'"
-    return first.split("expect:", 1)[1].strip()
 
 
 def test_corpus_size():
