@@ -21,6 +21,7 @@ from kernels import cpu as cpu_backend
 from kernels import cpu_fused, reference_attention, sparse_attention
 from patterns import BlockLayout, PatternConfig, build_layout
 from patterns.sparsity import pattern_for_sparsity
+from test_conformance import _bias_shape  # the bias-shape names shared with the conformance suite
 
 F32, F64 = torch.float32, torch.float64
 HEAD_DIMS = (8, 16, 32, 64)
@@ -31,18 +32,6 @@ LAYOUT_KINDS = ("half", "diag", "strided+global", "random", "per-head")
 
 def _seed() -> int:
     return secrets.randbelow(2**31 - 1)
-
-
-def _bias_shape(kind, B, H, L):
-    return {
-        None: None,
-        "1HLL": (1, H, L, L),
-        "BHLL": (B, H, L, L),
-        "HLL": (H, L, L),
-        "LL": (L, L),
-        "B11L": (B, 1, 1, L),
-        "11L1": (1, 1, L, 1),
-    }[kind]
 
 
 def _inputs(B, H, L, D, bias_shape, seed, dtype=F32):
