@@ -59,7 +59,7 @@ __all__ = ["LocalExecutor", "RayExecutor", "ExecutorError", "ClusterUnreachable"
 
 CONNECT_TIMEOUT_S = 20.0  # how long a cluster address may stay silent before the search gives up
 GCS_WAIT_S = "5"  # Ray's own GCS connection retries once the address answers (RAY_gcs_server_port_wait_time_s)
-PACKAGES = ("autotune", "patterns", "kernels", "search_spaces", "results")  # what a joined cluster's workers get from the driver
+PACKAGES = ("autotune", "patterns", "kernels", "models", "search_spaces", "results")  # what a joined cluster's workers get from the driver
 
 
 class ExecutorError(RuntimeError):

@@ -45,7 +45,7 @@ Its cells' ``sparsity`` is that of the layout chosen from the workload's bias.
 workload with SDPA and each other; `autotune.confirm.confirm` stores and uses the figures).
 
 An ``evoformer`` workload (`autotune.workloads.EvoformerBench`) measures one whole
-``autotune.evoformer.EvoformerBlock`` (built once per worker from the workload's dims with
+``models.evoformer.EvoformerBlock`` (built once per worker from the workload's dims with
 fixed-seed weights, in the space's dtype on its device) at the buckets up to its ``max_len``: inputs
 m [msa_depth, L, c_m] and z [L, L, c_z]; the candidate is the block with the trial's pattern on MSA
 row attention and both triangle attentions (sparse, the space's backend and the trial's kernel

@@ -11,7 +11,7 @@ kind; what is measured on it is a `WorkloadBench` here, looked up by kind in `BE
     (`kernels.measure.naive_attention`). Gate: the candidate against ``reference`` on the same
     inputs at the gate shape; forward, and the gradients of q, k, v and the bias in fwd+bwd.
 `EvoformerBench` (``evoformer``)
-    Inputs: m [N_seq, L, c_m] and z [L, L, c_z] for one whole ``autotune.evoformer.EvoformerBlock``
+    Inputs: m [N_seq, L, c_m] and z [L, L, c_z] for one whole ``models.evoformer.EvoformerBlock``
     (fixed-seed weights, built once per worker). Candidate: the block with the trial's pattern on
     MSA row and both triangle attentions (column attention dense SDPA). Baselines: the same block
     with dense SDPA everywhere (``sdpa_*``: the fair dense baseline, timed paired) and with
@@ -406,7 +406,7 @@ class EvoformerBench(WorkloadBench):
         space, w = self.space, self.w
         key = (tuple(sorted(w.block_kwargs().items())), space.dtype, space.device)
         if key not in self.caches.blocks:
-            from autotune.evoformer import EvoformerBlock
+            from models.evoformer import EvoformerBlock
 
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(0)
@@ -424,7 +424,7 @@ class EvoformerBench(WorkloadBench):
 
     def candidate(self, pcfg, kc):
         """The sparse attention choice of the block (MSA row and both triangle attentions)."""
-        from autotune.evoformer import EvoformerAttention
+        from models.evoformer import EvoformerAttention
 
         return EvoformerAttention.sparse(pcfg, self.space.backend, kc)
 
@@ -457,7 +457,7 @@ class EvoformerBench(WorkloadBench):
         return om.detach(), oz.detach(), grads
 
     def gate(self, pcfg, kc, layout, gen, ftol, btol):
-        from autotune.evoformer import AttentionChoice, EvoformerAttention
+        from models.evoformer import AttentionChoice, EvoformerAttention
 
         space, w = self.space, self.w
         L, depth = space.gate.seq_len, min(space.gate.batch, w.msa_depth)
@@ -507,7 +507,7 @@ class EvoformerBench(WorkloadBench):
         try:
             pt = time_paired(self._fns(block, m, z, {"cand": self.candidate(pcfg, kc)}), baseline="sdpa",
                              device=self.device, **paired_kwargs(space))
-            from autotune.evoformer.attention import cached_layout
+            from models.evoformer.attention import cached_layout
 
             cached_layout.cache_clear()  # a cold call: per-layout workspaces of the backend count
             clear_plan_caches()

@@ -20,7 +20,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from autotune.evoformer import EvoformerAttention, EvoformerBlock  # noqa: E402
+from models.evoformer import EvoformerAttention, EvoformerBlock  # noqa: E402
 from autotune.evoformer.bench import sparsity_pattern  # noqa: E402
 from patterns import GuidedConfig  # noqa: E402
 

@@ -287,7 +287,7 @@ EVO_SMALL = dict(c_m=16, c_z=8, c_hidden_msa_att=4, no_heads_msa=2, c_hidden_pai
 def test_block_pass_is_the_one_pass_of_benchmark_and_trial():
     from autotune import workloads
     from autotune.evoformer import bench as evo
-    from autotune.evoformer.modules import EvoformerBlock
+    from models.evoformer.modules import EvoformerBlock
     from autotune.evoformer.passes import block_pass
 
     assert evo.block_pass is block_pass and workloads.block_pass is block_pass  # one pass, not copies

@@ -44,8 +44,8 @@ before = sorted(m for m in EXTRAS if m in sys.modules)
 import kernels, patterns
 from kernels import load_tuned
 from patterns import build_layout
-from autotune.evoformer import EvoformerBlock
-from autotune.evoformer.attention import EvoformerAttention
+from models.evoformer import EvoformerBlock
+from models.evoformer.attention import EvoformerAttention
 
 tuned = load_tuned({path!r}, strict=True, device="cpu", dtype=torch.float32)
 L = 96

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from autotune.evoformer import (
+from models.evoformer import (
     AttentionChoice,
     EvoformerAttention,
     EvoformerBlock,

@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from autotune.evoformer import EvoformerAttention, EvoformerBlock, EvoformerStack
-from autotune.evoformer.attention import AttentionChoice, attend
+from models.evoformer import EvoformerAttention, EvoformerBlock, EvoformerStack
+from models.evoformer.attention import AttentionChoice, attend
 from patterns import GuidedConfig, build_layout
 
 SMALL = dict(c_m=32, c_z=16, c_hidden_msa_att=8, no_heads_msa=2, c_hidden_pair_att=8, no_heads_pair=2,

@@ -120,7 +120,7 @@ def test_guided_search_export_and_deploy(tmp_path):
     lay = build_layout(g, 80, signal=bias)
     assert lay.num_heads == 2
 
-    from autotune.evoformer import EvoformerAttention, EvoformerBlock
+    from models.evoformer import EvoformerAttention, EvoformerBlock
 
     block = EvoformerBlock(c_m=16, c_z=8, c_hidden_msa_att=8, no_heads_msa=2, c_hidden_pair_att=8, no_heads_pair=2,
                            c_hidden_opm=4, c_hidden_mul=8, attention=EvoformerAttention.sparse(load_tuned(out), backend="cpu"))

@@ -1,15 +1,15 @@
 """The layering of the project's packages, checked on every module's source.
 
 Layers, bottom to top: ``patterns`` (rules, layouts) < ``kernels`` (backends, their registry, the
-measurement layer) < ``search_spaces`` (the search-space schema) < ``results`` (database, export
-writer, report) < ``autotune`` (trials, workloads, executors, driver, accuracy, EvoFormer model,
-command lines). A module may import its own package and the packages below it, nothing above:
+measurement layer) < ``models`` (the deployable EvoFormer) < ``search_spaces`` (the search-space
+schema) < ``results`` (database, export writer, report) < ``autotune`` (trials, workloads,
+executors, driver, accuracy, benchmarks, command lines). A module may import its own package and the packages below it, nothing above:
 no cycle between packages, lazy imports included. Every import counts - at module level, inside
 functions, under ``if TYPE_CHECKING:`` - relative ones resolved against the module's package, and
-``importlib.import_module("...")`` / ``__import__("...")`` with a constant name. Within
-``autotune``, the EvoFormer model (``autotune/evoformer/``, except its benchmark command
-``bench.py``) imports nothing of the search side: only ``patterns``, ``kernels`` and itself, so a
-deployment runs it without the tuner (``tests/test_deploy_imports.py`` checks the extras).
+``importlib.import_module("...")`` / ``__import__("...")`` with a constant name. The layering alone
+keeps the deployable model (``models``) free of the search side: it can import only ``patterns``,
+``kernels`` and itself, so a deployment runs it without the tuner (``tests/test_deploy_imports.py``
+checks the extras).
 """
 
 from __future__ import annotations
@@ -21,10 +21,8 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-LAYERS = ("patterns", "kernels", "search_spaces", "results", "autotune")
+LAYERS = ("patterns", "kernels", "models", "search_spaces", "results", "autotune")
 RANK = {p: i for i, p in enumerate(LAYERS)}
-EVOFORMER = "autotune.evoformer"
-EVOFORMER_CLI = "autotune.evoformer.bench"
 
 # Imports against the layering that other work removes; delete an entry (and, when empty, this
 # allow-list) once that work is merged - the test then holds without exceptions.
@@ -84,7 +82,6 @@ def violations() -> list[str]:
     bad = []
     for name, path in modules():
         own = name.partition(".")[0]
-        evo_model = (name == EVOFORMER or name.startswith(EVOFORMER + ".")) and name != EVOFORMER_CLI
         for line, target in imports(name, path):
             if not project(target):
                 continue
@@ -93,10 +90,6 @@ def violations() -> list[str]:
             if RANK[top] > RANK[own] and not any(name == m and (target == t or target.startswith(t + "."))
                                                  for m, t in KNOWN):
                 bad.append(f"{where} (layer {top} is above {own})")
-            if evo_model and top == "autotune" and not (target == EVOFORMER or target.startswith(EVOFORMER + ".")):
-                bad.append(f"{where} (the EvoFormer model imports nothing of the search side)")
-            if evo_model and top in ("search_spaces", "results"):
-                bad.append(f"{where} (the EvoFormer model imports nothing of the search side)")
     return bad
 
 
@@ -117,31 +110,18 @@ def exists(target: str) -> bool:
 
 
 def test_every_imported_project_module_exists():
-    """An import of a project module names a file of this checkout (or an attribute of one, or an
-    old path `autotune.MOVED` keeps): a stale path would otherwise load an installed older copy."""
-    from autotune import MOVED
-
+    """An import of a project module names a file of this checkout (or an attribute of one): a stale
+    path would otherwise load an installed older copy."""
     bad = []
     for name, path in modules():
         for line, target in imports(name, path):
-            if not project(target) or target in MOVED or exists(target):
+            if not project(target) or exists(target):
                 continue
             parent = target.rpartition(".")[0]  # `from pkg import attribute`
-            if parent and (exists(parent) or parent in MOVED):
+            if parent and exists(parent):
                 continue
             bad.append(f"{path.relative_to(ROOT)}:{line}: {target}")
     assert bad == []
-
-
-def test_moved_modules_are_the_same_objects():
-    """An old import path gives the module at its new place (one module, one set of tables)."""
-    import importlib
-
-    from autotune import MOVED
-
-    for old, new in MOVED.items():
-        assert importlib.import_module(old) is importlib.import_module(new), old
-        assert not exists(old), f"{old}: a file at the old path would shadow the move"
 
 
 @pytest.mark.parametrize("source, expected", [
@@ -170,10 +150,10 @@ def test_a_violation_is_reported(tmp_path, monkeypatch):
     fake.mkdir()
     (fake / "__init__.py").write_text("")
     (fake / "bad.py").write_text("def f():\n    from autotune.trial import TrialRunner\n")
-    (tmp_path / "autotune" / "evoformer").mkdir(parents=True)
-    (tmp_path / "autotune" / "__init__.py").write_text("")
-    (tmp_path / "autotune" / "evoformer" / "model.py").write_text("from autotune.search import Search\n")
+    (tmp_path / "models" / "evoformer").mkdir(parents=True)
+    (tmp_path / "models" / "__init__.py").write_text("")
+    (tmp_path / "models" / "evoformer" / "model.py").write_text("from autotune.search import Search\n")
     monkeypatch.setattr(sys.modules[__name__], "ROOT", tmp_path)
     found = violations()
     assert any("results.bad imports autotune.trial" in v for v in found), found
-    assert any("autotune.evoformer.model imports autotune.search" in v for v in found), found
+    assert any("models.evoformer.model imports autotune.search" in v for v in found), found

@@ -10,7 +10,7 @@ import pytest
 import torch
 import yaml
 
-from autotune.evoformer.attention import AttentionChoice, EvoformerAttention, attend, sdpa_attention
+from models.evoformer.attention import AttentionChoice, EvoformerAttention, attend, sdpa_attention
 from autotune.export import _shapes
 from search_spaces.space import load_space
 from kernels import load_tuned, reference_attention

@@ -56,8 +56,7 @@ import torch
 from kernels.measure import Timing, is_oom, measure_time, peak_memory, release_memory, timer_method
 from patterns import PatternConfig, build_layout, pattern_for_sparsity, pattern_label
 
-from .attention import EvoformerAttention, cached_layout
-from .modules import EvoformerBlock
+from models.evoformer import EvoformerAttention, EvoformerBlock, cached_layout
 from .passes import PASS_MODES, block_pass
 
 __all__ = ["run_evoformer_bench", "sparsity_pattern", "default_block_size", "device_tag", "format_table", "main"]

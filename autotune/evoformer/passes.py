@@ -11,7 +11,7 @@ from typing import Callable
 
 import torch
 
-from .modules import EvoformerBlock
+from models.evoformer import EvoformerBlock
 
 __all__ = ["PASS_MODES", "block_pass"]
 
