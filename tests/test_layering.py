@@ -45,14 +45,31 @@ def modules() -> list[tuple[str, Path]]:
     return out
 
 
+def statements(name: str, path: Path) -> list[tuple[int, str, tuple[str, ...]]]:
+    """(line, absolute module name, names taken from it) of every import in the module ``name`` at
+    ``path``: ``import x`` and ``importlib.import_module("x")`` take no name, ``from x import a, b``
+    takes ``("a", "b")``."""
+    return [(line, target, names) for line, target, names, _ in _read(name, path)]
+
+
 def imports(name: str, path: Path) -> list[tuple[int, str]]:
     """(line, absolute module name) of every import in the module ``name`` at ``path``."""
+    out: list[tuple[int, str]] = []
+    for line, target, names, bare in _read(name, path):
+        if bare:  # `from . import x`: x may be a module
+            out += [(line, f"{target}.{a}") for a in names if a != "*"]
+        out.append((line, target))
+    return out
+
+
+def _read(name: str, path: Path) -> list[tuple[int, str, tuple[str, ...], bool]]:
+    """`statements`, each with whether it is a ``from . import x`` (no module named)."""
     tree = ast.parse(path.read_text(), str(path))
     package = name if path.name == "__init__.py" else name.rpartition(".")[0]
-    out: list[tuple[int, str]] = []
+    out: list[tuple[int, str, tuple[str, ...], bool]] = []
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):
-            out += [(node.lineno, a.name) for a in node.names]
+            out += [(node.lineno, a.name, (), False) for a in node.names]
         elif isinstance(node, ast.ImportFrom):
             if node.level:
                 base = package.split(".")
@@ -62,15 +79,13 @@ def imports(name: str, path: Path) -> list[tuple[int, str]]:
                 target = ".".join(base + ([node.module] if node.module else []))
             else:
                 target = node.module or ""
-            if node.module is None:  # `from . import x`: x may be a module
-                out += [(node.lineno, f"{target}.{a.name}") for a in node.names if a.name != "*"]
-            out.append((node.lineno, target))
+            out.append((node.lineno, target, tuple(a.name for a in node.names), node.module is None))
         elif isinstance(node, ast.Call):
             f = node.func
             fname = f.attr if isinstance(f, ast.Attribute) else f.id if isinstance(f, ast.Name) else None
             if fname in ("import_module", "__import__") and node.args and isinstance(node.args[0], ast.Constant) \
                     and isinstance(node.args[0].value, str) and not node.args[0].value.startswith("."):
-                out.append((node.lineno, node.args[0].value))
+                out.append((node.lineno, node.args[0].value, (), False))
     return out
 
 
