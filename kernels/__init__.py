@@ -34,7 +34,8 @@ from patterns import BlockLayout
 from . import backends as _backends
 from .config import KernelConfig, candidate_configs
 from .dense import dense_attention
-from .plans import check_layout_device, clear_plan_caches
+from .inputs import check_inputs
+from .plans import clear_plan_caches
 from .reference import reference_attention
 
 BACKENDS: tuple[str, ...] = ("auto", *_backends.names())
@@ -49,27 +50,6 @@ __all__ = [
     "check_inputs",
     "clear_plan_caches",
 ]
-
-
-def check_inputs(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layout: BlockLayout, bias: Optional[torch.Tensor]) -> None:
-    """Raise ValueError naming the argument when shapes do not fit together (or the layout holds no
-    data: a layout on the meta device)."""
-    if q.dim() != 4 or k.shape != q.shape or v.shape != q.shape:
-        raise ValueError(
-            f"q, k, v must all be [B, H, L, D] with the same shape; got {list(q.shape)}, {list(k.shape)}, {list(v.shape)}"
-        )
-    B, H, L, D = q.shape
-    if layout.seq_len != L:
-        raise ValueError(f"layout.seq_len={layout.seq_len} but q has L={L}")
-    if layout.num_heads is not None and layout.num_heads != H:
-        raise ValueError(f"per-head layout has {layout.num_heads} heads but q has H={H}")
-    check_layout_device(layout)
-    if bias is not None:
-        if bias.dim() > 4:
-            raise ValueError(f"bias must broadcast to [B, H, L, L]; got {list(bias.shape)}")
-        # right-aligned broadcasting, checked by hand (torch.broadcast_shapes costs ~0.1 ms a call)
-        if any(b != 1 and b != t for b, t in zip(reversed(bias.shape), (L, L, H, B))):
-            raise ValueError(f"bias of shape {list(bias.shape)} does not broadcast to [{B}, {H}, {L}, {L}]")
 
 
 def sparse_attention(

@@ -22,8 +22,7 @@ from typing import Callable, Optional, Union
 
 import torch
 
-from patterns.config import SUPPORTED_BLOCK_SIZES
-
+from .capabilities import FUSED_CPU_HEAD_DIMS, LAYOUT_BLOCK_SIZES, TRITON_DTYPES, TRITON_HEAD_DIMS
 from .config import KernelConfig
 
 __all__ = [
@@ -34,13 +33,6 @@ __all__ = [
 DeviceLike = Union[str, torch.device]
 DtypeLike = Union[str, torch.dtype]
 
-# Head dims and dtypes of the Triton kernels (``kernels.triton_op`` reads them from here).
-TRITON_HEAD_DIMS: tuple[int, ...] = (8, 16, 32, 64)
-TRITON_DTYPES: tuple[str, ...] = ("float32", "float16", "bfloat16")
-# Head dims of the CPU backend's fused C kernel (other head dims take its SDPA-bucket engine).
-FUSED_CPU_HEAD_DIMS: tuple[int, ...] = (8, 16, 32, 64)
-# Layout block sizes the block-sparse kernels take (every block size a pattern may have).
-LAYOUT_BLOCK_SIZES: tuple[int, ...] = tuple(SUPPORTED_BLOCK_SIZES)
 _ALL_DTYPES: tuple[str, ...] = ("float32", "float64", "float16", "bfloat16")
 
 

@@ -63,7 +63,7 @@ import torch.nn.functional as F
 
 from patterns import BlockLayout
 
-from .backends import FUSED_CPU_HEAD_DIMS, LAYOUT_BLOCK_SIZES
+from .capabilities import FUSED_CPU_HEAD_DIMS, LAYOUT_BLOCK_SIZES
 from .compile_marks import assume_constant_result
 from .opdefs import declare_attention_ops
 from .plans import host_index, layout_plans, shared

@@ -38,7 +38,7 @@ import torch
 
 from patterns import BlockLayout
 
-from .backends import TRITON_DTYPES, TRITON_HEAD_DIMS
+from .capabilities import TRITON_DTYPES, TRITON_HEAD_DIMS
 from .config import SHARED_MEMORY_LIMIT, KernelConfig, default_backward_config, fit_stages, shared_memory_bytes
 from .opdefs import declare_attention_ops
 from .plans import layout_plans
@@ -361,7 +361,7 @@ def triton_sparse_attention(
     its tiles clipped to ``layout.block_size``; bwd_config: the backward's own launch config,
     (block_m, block_n) = (owned, walked) tile (default ``default_backward_config``).
     """
-    from . import check_inputs  # shapes, layout length and heads, bias broadcast (shared by all backends)
+    from .inputs import check_inputs  # shapes, layout length and heads, bias broadcast (shared by all backends)
 
     check_inputs(q, k, v, layout, bias)
     B, H, L, D = q.shape

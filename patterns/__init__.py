@@ -18,7 +18,7 @@ _LAZY = {
     "PatternConfig": "config", "SUPPORTED_BLOCK_SIZES": "config", "GLOBAL_PLACEMENTS": "config",
     "GuidedConfig": "guided", "GUIDED_POOLS": "guided", "GUIDED_SPREADS": "guided", "PATTERN_FAMILIES": "guided",
     "pattern_from_dict": "guided",
-    "BlockLayout": "layout", "build_layout": "layout",
+    "BlockLayout": "layout", "build_layout": "build",
     "Rule": "rules", "Local": "rules", "Global": "rules", "Strided": "rules", "Union": "rules",
     "Intersection": "rules", "Full": "rules", "tile_tokens": "rules",
     "pattern_for_sparsity": "sparsity", "pattern_label": "render",
@@ -27,7 +27,8 @@ _LAZY = {
 if TYPE_CHECKING:
     from .config import GLOBAL_PLACEMENTS, SUPPORTED_BLOCK_SIZES, PatternConfig
     from .guided import GUIDED_POOLS, GUIDED_SPREADS, PATTERN_FAMILIES, GuidedConfig, pattern_from_dict
-    from .layout import BlockLayout, build_layout
+    from .build import build_layout
+    from .layout import BlockLayout
     from .render import pattern_label
     from .rules import Full, Global, Intersection, Local, Rule, Strided, Union, tile_tokens
     from .sparsity import pattern_for_sparsity

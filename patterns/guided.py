@@ -368,7 +368,7 @@ def _select_mask(config: GuidedConfig, seq_len: int, scores: torch.Tensor) -> to
 
 def _select_and_index(config: GuidedConfig, seq_len: int, scores: torch.Tensor) -> tuple[torch.Tensor, ...]:
     """(mask [G, nb, nb], kv_counts, kv_indices, q_counts, q_indices) from pooled scores."""
-    from .layout import compact_index  # layout imports this module
+    from .layout import compact_index
 
     mask = _select_mask(config, seq_len, scores)
     return (mask, *compact_index(mask))

@@ -17,15 +17,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Any, Optional
 
 import torch
 
-from .config import PatternConfig
-from .guided import GuidedConfig, build_guided_layout
-from .rules import Rule
 
-__all__ = ["BlockLayout", "build_layout"]
+__all__ = ["BlockLayout", "compact_index"]
 
 
 def _row_index(mask3: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -64,7 +61,7 @@ class BlockLayout:
     block_mask: torch.Tensor
     block_size: int
     seq_len: int
-    config: Optional[PatternConfig | GuidedConfig] = None
+    config: Optional[Any] = None  # a PatternConfig or a patterns.guided.GuidedConfig
     _cache: dict = field(default_factory=dict, repr=False)
     workspace: Optional[dict] = field(default=None, repr=False)
 
@@ -193,47 +190,3 @@ class BlockLayout:
             f"BlockLayout(seq_len={self.seq_len}, block_size={self.block_size}, n_blocks={self.n_blocks}"
             f"{heads}, sparsity={self.sparsity:.3f})"
         )
-
-
-def build_layout(
-    pattern: PatternConfig | GuidedConfig | Rule | list | tuple,
-    seq_len: int,
-    block_size: Optional[int] = None,
-    *,
-    signal: Optional[torch.Tensor] = None,
-    workspace: Optional[dict] = None,
-) -> BlockLayout:
-    """Build the block layout of ``pattern`` for a sequence of ``seq_len`` residues.
-
-    ``pattern`` is a PatternConfig (its own block_size is used), a GuidedConfig (its own
-    block_size; ``signal`` required: a pair bias [H, L, L] / [1, H, L, L] for a per-head layout or
-    a pair score map [L, L] for a shared one, see `patterns.guided`), a Rule (``block_size``
-    required), or a list of per-head PatternConfigs/Rules (giving a per-head [H, nb, nb] layout).
-    A static tile is computed iff the pattern reaches any token pair in it; static patterns need no
-    signal and ignore one if given. A guided layout lives on the signal's device; ``workspace``
-    (guided only): see `patterns.guided.build_guided_layout`.
-    """
-    if isinstance(seq_len, bool) or not isinstance(seq_len, int) or seq_len < 1:
-        raise ValueError(f"seq_len must be a positive integer, got {seq_len!r}")
-    if isinstance(pattern, GuidedConfig):
-        if block_size is not None and block_size != pattern.block_size:
-            raise ValueError(f"block_size={block_size} contradicts GuidedConfig.block_size={pattern.block_size}")
-        return build_guided_layout(pattern, seq_len, signal, workspace=workspace)
-    if isinstance(pattern, (list, tuple)):
-        if not pattern:
-            raise ValueError("a per-head pattern list must not be empty")
-        layouts = [build_layout(p, seq_len, block_size) for p in pattern]
-        sizes = {lay.block_size for lay in layouts}
-        if len(sizes) != 1:
-            raise ValueError(f"per-head patterns must share one block_size, got {sorted(sizes)}")
-        return BlockLayout(torch.stack([lay.block_mask for lay in layouts]), layouts[0].block_size, seq_len)
-    if isinstance(pattern, PatternConfig):
-        if block_size is not None and block_size != pattern.block_size:
-            raise ValueError(f"block_size={block_size} contradicts PatternConfig.block_size={pattern.block_size}")
-        bs = pattern.block_size
-        return BlockLayout(pattern.rule().blocks(seq_len, bs), bs, seq_len, pattern)
-    if isinstance(pattern, Rule):
-        if block_size is None:
-            raise ValueError("build_layout(rule, seq_len, block_size): block_size is required for a Rule")
-        return BlockLayout(pattern.blocks(seq_len, block_size), block_size, seq_len)
-    raise TypeError(f"build_layout: expected PatternConfig, GuidedConfig, Rule or list of them, got {type(pattern).__name__}")

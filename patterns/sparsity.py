@@ -31,7 +31,7 @@ import math
 from typing import Iterable, Literal, Optional, Union as _U
 
 from .config import PatternConfig
-from .layout import build_layout
+from .build import build_layout
 
 __all__ = ["pattern_for_sparsity", "SPARSITY_RULES"]
 

@@ -32,7 +32,7 @@ from typing import Any, Optional
 from sqlalchemy import JSON, DateTime, Float, ForeignKey, Integer, String, Text
 from sqlalchemy.orm import Mapped, mapped_column
 
-from .db import PREFIX, Base, utcnow
+from .base import PREFIX, Base, utcnow
 
 # CSV column -> (attribute, type, required). "required" columns must be in the header; values may be
 # empty only in float columns (a row whose status is not "ok" has no time). Types: str, int, float.
@@ -114,7 +114,7 @@ class BenchRun(Base):
     n_rows: Mapped[int] = mapped_column(Integer)
 
 
-class KernelBench(Base):
+class KernelBenchRow(Base):
     __tablename__ = PREFIX + "kernel_bench"
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     bench_run_id: Mapped[int] = mapped_column(ForeignKey(PREFIX + "bench_runs.id"), index=True)
@@ -146,7 +146,7 @@ class KernelBench(Base):
     memory_method: Mapped[Optional[str]] = mapped_column(String(32), nullable=True)
 
 
-class EvoformerBench(Base):
+class EvoformerBenchRow(Base):
     __tablename__ = PREFIX + "evoformer_bench"
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     bench_run_id: Mapped[int] = mapped_column(ForeignKey(PREFIX + "bench_runs.id"), index=True)
@@ -173,6 +173,6 @@ class EvoformerBench(Base):
 
 # kind -> (per-file columns, per-row columns, row model)
 KINDS: dict[str, tuple[dict, dict, type]] = {
-    "kernel": (KERNEL_RUN_COLUMNS, KERNEL_COLUMNS, KernelBench),
-    "evoformer": (EVOFORMER_RUN_COLUMNS, EVOFORMER_COLUMNS, EvoformerBench),
+    "kernel": (KERNEL_RUN_COLUMNS, KERNEL_COLUMNS, KernelBenchRow),
+    "evoformer": (EVOFORMER_RUN_COLUMNS, EVOFORMER_COLUMNS, EvoformerBenchRow),
 }

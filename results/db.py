@@ -109,11 +109,12 @@ from sqlalchemy import (
 )
 from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError
 from sqlalchemy.engine import Engine
-from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, relationship, sessionmaker
+from sqlalchemy.orm import Mapped, Session, mapped_column, relationship, sessionmaker
 
+from .base import PREFIX, Base, utcnow
+from .bench_tables import BenchRun, EvoformerBenchRow, KernelBenchRow  # noqa: F401  (created with the tables below)
 from .storage import DEFAULT_STORAGE, StorageError, mask_url  # noqa: F401  (DEFAULT_STORAGE: re-exported)
 
-PREFIX = "at_"
 # The version of the schema this code reads and writes (module docstring). Version 1: databases
 # written before the version row existed. Version 2: the at_schema row.
 SCHEMA_VERSION = 2
@@ -123,14 +124,6 @@ UPGRADE_COMMAND = "python -m autotune.upgrade --storage {url}"
 # takes their place in the budget): they occupy no budget slot.
 RETRIED_REASONS = ("interrupted", "node lost")
 SCHEMA_LOCK = 0x61745F73  # PostgreSQL advisory-lock key of schema creation ("at_s")
-
-
-def utcnow() -> dt.datetime:
-    return dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
-
-
-class Base(DeclarativeBase):
-    pass
 
 
 class Run(Base):
@@ -359,11 +352,6 @@ def _add_missing_columns(conn: Any) -> None:
                 conn.execute(text(f'ALTER TABLE {table.name} ADD COLUMN "{col.name}" {ctype}'))
 
 
-def _all_tables() -> None:
-    """Put every at_ table on ``Base.metadata`` (the benchmark tables live in their own module)."""
-    from . import bench_tables  # noqa: F401
-
-
 def schema_version(conn: Any) -> Optional[int]:
     """The schema version of the database on ``conn``: its ``at_schema`` row; `UNVERSIONED` for a
     database with our tables but no ``at_schema`` table (written before the row existed); None for
@@ -398,7 +386,6 @@ def create_schema(engine: Engine) -> None:
     tables (SQLite commits each CREATE TABLE at once), so a database that has our tables but no
     ``at_schema`` is always an old one, never one being created. A database at another version
     raises `SchemaError` and is left as it was."""
-    _all_tables()
 
     def create() -> None:
         with engine.begin() as conn:
@@ -432,7 +419,6 @@ def upgrade_schema(url: str) -> tuple[Optional[int], int]:
     steps of `UPGRADES` from its version on and write the version row, in one transaction (under
     the schema lock). Returns (version found, version now). A database without our tables or newer
     than the code raises `SchemaError` / `StorageError` and is not touched."""
-    _all_tables()
     engine = make_engine(url)
     try:
         with schema_lock(engine), engine.begin() as conn:
@@ -839,30 +825,3 @@ def find_orphans(s: Session, name: str) -> Orphans:
         elif o.trial_ids and r.started_at is not None and r.started_at < o.cutoff:
             o.run_ids.append(r.id)
     return o
-
-
-def restrict_study_data(data: Any, orphans: Orphans) -> Any:
-    """``data`` (an `results.verdict.StudyData`) without the orphans' rows: only trials tied to
-    Optuna's study are left to cite, confirmations only of those trials and not older than
-    ``orphans.cutoff``, the space from the latest run left."""
-    import dataclasses
-
-    from .verdict import confirmation_current
-
-    if not orphans:
-        return data
-    bad = set(orphans.trial_ids)
-    trials = {n: t for n, t in data.trials.items() if t.id not in bad}
-    cells = {n: c for n, c in data.cells_by_trial.items() if n in trials}
-    cutoff = orphans.cutoff
-
-    def keep_conf(r: Any) -> bool:
-        return r.trial_number in trials and not (cutoff is not None and r.created_at is not None and r.created_at < cutoff)
-
-    latest = [r for r in data.latest_confirmation if keep_conf(r)] if orphans.trial_ids else list(data.latest_confirmation)
-    current = latest if confirmation_current(latest, len(trials)) else None
-    runs = [r for r in data.runs if r.id not in set(orphans.run_ids)]
-    space = next((r.space for r in reversed(runs) if r.space), None)
-    return dataclasses.replace(data, trials=trials, cells_by_trial=cells, confirmations=current,
-                               latest_confirmation=latest, runs=runs, space=space,
-                               n_trials=max(0, data.n_trials - len(bad)))

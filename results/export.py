@@ -73,8 +73,8 @@ def _check_live(db, study: str, storage: str, studies: list[str]) -> None:
 
 def _load_live(db, study: str):
     """`results.verdict.load_study`, restricted to the trials Optuna's study holds now."""
-    from .db import find_orphans, restrict_study_data
-    from .verdict import load_study
+    from .db import find_orphans
+    from .verdict import load_study, restrict_study_data
 
     with db.Session() as s:
         orphans = find_orphans(s, study)

@@ -47,10 +47,11 @@ from typing import Any, Iterable, Optional
 from search_spaces.space import SearchSpace, Targets
 
 from .aggregate import geomean
-from .db import Confirmation  # noqa: F401  (the at_confirmations table; named here for compatibility)
+from .db import Confirmation, Orphans  # noqa: F401  (Confirmation: the at_confirmations table; named here for compatibility)
 
 __all__ = ["Confirmation", "cell_values", "cell_violations", "cell_ok", "leaders", "decide", "BucketVerdict",
-           "load_study", "StudyData", "NEAR", "confirmation_current", "verdict_lines"]
+           "load_study", "StudyData", "NEAR", "confirmation_current", "verdict_lines",
+           "restrict_study_data"]
 
 NEAR = 0.75  # accuracy chains must reach NEAR x the bucket length, else the bucket is extrapolated
 
@@ -374,3 +375,28 @@ def load_study(session, study: str) -> StudyData:
                                                                      Confirmation.confirm_id == last)).all())
     current = latest if confirmation_current(latest, len(complete)) else None
     return StudyData(study, space, complete, len(trials), cells, current, latest, runs)
+
+
+def restrict_study_data(data: StudyData, orphans: Orphans) -> StudyData:
+    """``data`` without the orphans' rows (`results.db.find_orphans`): only trials tied to
+    Optuna's study are left to cite, confirmations only of those trials and not older than
+    ``orphans.cutoff``, the space from the latest run left."""
+    import dataclasses
+
+    if not orphans:
+        return data
+    bad = set(orphans.trial_ids)
+    trials = {n: t for n, t in data.trials.items() if t.id not in bad}
+    cells = {n: c for n, c in data.cells_by_trial.items() if n in trials}
+    cutoff = orphans.cutoff
+
+    def keep_conf(r: Any) -> bool:
+        return r.trial_number in trials and not (cutoff is not None and r.created_at is not None and r.created_at < cutoff)
+
+    latest = [r for r in data.latest_confirmation if keep_conf(r)] if orphans.trial_ids else list(data.latest_confirmation)
+    current = latest if confirmation_current(latest, len(trials)) else None
+    runs = [r for r in data.runs if r.id not in set(orphans.run_ids)]
+    space = next((r.space for r in reversed(runs) if r.space), None)
+    return dataclasses.replace(data, trials=trials, cells_by_trial=cells, confirmations=current,
+                               latest_confirmation=latest, runs=runs, space=space,
+                               n_trials=max(0, data.n_trials - len(bad)))

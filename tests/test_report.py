@@ -443,7 +443,7 @@ def test_ingest_one_file_is_one_transaction(tmp_path, monkeypatch):
     csv = tmp_path / "k.csv"
     csv.write_text("\n".join([KERNEL_HEADER, *KERNEL_ROWS]) + "\n")
     db = Database(f"sqlite:///{tmp_path / 'r.db'}")
-    orig = bench_tables.KernelBench.__init__
+    orig = bench_tables.KernelBenchRow.__init__
     calls = []
 
     def boom(self, **kw):
@@ -452,7 +452,7 @@ def test_ingest_one_file_is_one_transaction(tmp_path, monkeypatch):
             raise RuntimeError("disk full")
         orig(self, **kw)
 
-    monkeypatch.setattr(bench_tables.KernelBench, "__init__", boom)
+    monkeypatch.setattr(bench_tables.KernelBenchRow, "__init__", boom)
     with pytest.raises(RuntimeError):
         ingest_file(db, csv, "kernel")
     db.close()

@@ -58,7 +58,7 @@ from patterns import GuidedConfig, PatternConfig, build_layout
 from patterns.errors import InputError
 
 from .contacts import CONTACT_CUTOFF, RANGES, contact_map, contact_pairs
-from .metrics import ChainStats, chain_stats, layout_and_token_mask, pair_bias
+from .metrics import ChainStats, aggregate, chain_stats, layout_and_token_mask, pair_bias
 from .structures import Chain, read_chains, read_structure_file, structure_files
 
 __all__ = [
@@ -243,19 +243,6 @@ def _stats_single_threaded(config: PatternConfig | GuidedConfig, chains: Sequenc
     finally:
         if threads != 1:
             torch.set_num_threads(threads)
-
-
-def aggregate(stats: Sequence[ChainStats]) -> dict[str, Optional[float]]:
-    """Pool per-chain figures into the metrics of ACCURACY_METRICS (see module docstring); a range
-    with no contact in the chains is None (no data), never a perfect score."""
-    out: dict[str, Optional[float]] = {}
-    for r, name in enumerate(RANGES):
-        tot = sum(s.total[r] for s in stats)
-        out[f"contact_recall_{name}"] = (sum(s.kept[r] for s in stats) / tot) if tot else None
-    out["attention_mass_recall"] = sum(s.mass_kept for s in stats) / sum(s.mass_total for s in stats)
-    ref = sum(s.ref_sq for s in stats)
-    out["output_rel_error"] = math.sqrt(sum(s.err_sq for s in stats) / ref) if ref > 0 else 0.0
-    return out
 
 
 def evaluate_pattern(

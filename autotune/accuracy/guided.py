@@ -198,7 +198,7 @@ def matched_layout(config: GuidedConfig, chain_length: int, signal: torch.Tensor
 
 
 def _pool(stats: Sequence[ChainStats]) -> tuple[float, dict]:
-    from . import aggregate
+    from .metrics import aggregate
 
     pairs = sum(s.length * s.length for s in stats)
     density = sum(s.density * s.length * s.length for s in stats) / pairs

@@ -24,6 +24,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from functools import lru_cache
+from typing import Optional, Sequence
 
 import torch
 
@@ -35,7 +36,7 @@ from .structures import Chain
 
 __all__ = [
     "PROBE_HEADS", "PROBE_DIM", "PROBE_TAUS", "PROBE_SEED", "ChainStats", "pair_bias", "chain_stats", "layout_stats",
-    "layout_and_token_mask",
+    "layout_and_token_mask", "aggregate",
 ]
 
 PROBE_TAUS: tuple[float, ...] = (1.0, 2.0, 4.0, 8.0)
@@ -126,3 +127,17 @@ def layout_stats(layout: BlockLayout, chain: Chain, token_mask: torch.Tensor | N
             sparse = reference_attention(q, k, v, layout, bias, 1.0 / math.sqrt(PROBE_DIM))
         err_sq = float(((sparse - dense) ** 2).sum())
     return ChainStats(L, tuple(kept), tuple(total), min(mass_kept, mass_total), mass_total, err_sq, ref_sq, layout.density)
+
+
+def aggregate(stats: Sequence[ChainStats]) -> dict[str, Optional[float]]:
+    """Pool per-chain figures into the metrics of `autotune.accuracy.ACCURACY_METRICS` (see that
+    package's docstring); a range with no contact in the chains is None (no data), never a perfect
+    score."""
+    out: dict[str, Optional[float]] = {}
+    for r, name in enumerate(RANGES):
+        tot = sum(s.total[r] for s in stats)
+        out[f"contact_recall_{name}"] = (sum(s.kept[r] for s in stats) / tot) if tot else None
+    out["attention_mass_recall"] = sum(s.mass_kept for s in stats) / sum(s.mass_total for s in stats)
+    ref = sum(s.ref_sq for s in stats)
+    out["output_rel_error"] = math.sqrt(sum(s.err_sq for s in stats) / ref) if ref > 0 else 0.0
+    return out

@@ -144,8 +144,8 @@ def _study_rows(s: Any, data: ReportData, has: Any) -> None:
     are not tied to Optuna's study (never cited)."""
     from sqlalchemy import select
 
-    from results.db import Measurement, Run, TrialRow, Tuned, find_orphans, restrict_study_data
-    from results.verdict import load_study
+    from results.db import Measurement, Run, TrialRow, Tuned, find_orphans
+    from results.verdict import load_study, restrict_study_data
 
     study = data.study
     orphans = find_orphans(s, study)
@@ -169,15 +169,15 @@ def _bench_rows(s: Any, data: ReportData, has: Any) -> None:
     """Every ingested benchmark run and its rows."""
     from sqlalchemy import select
 
-    from results.bench_tables import BenchRun, EvoformerBench, KernelBench
+    from results.bench_tables import BenchRun, EvoformerBenchRow, KernelBenchRow
 
     if not has(BenchRun):
         return
     data.bench_runs = list(s.scalars(select(BenchRun).order_by(BenchRun.id)).all())
-    if data.bench_runs and has(KernelBench):
-        data.kernel_rows = list(s.scalars(select(KernelBench).order_by(KernelBench.id)).all())
-    if data.bench_runs and has(EvoformerBench):
-        data.evoformer_rows = list(s.scalars(select(EvoformerBench).order_by(EvoformerBench.id)).all())
+    if data.bench_runs and has(KernelBenchRow):
+        data.kernel_rows = list(s.scalars(select(KernelBenchRow).order_by(KernelBenchRow.id)).all())
+    if data.bench_runs and has(EvoformerBenchRow):
+        data.evoformer_rows = list(s.scalars(select(EvoformerBenchRow).order_by(EvoformerBenchRow.id)).all())
 
 
 def load(storage: str, study: Optional[str] = None) -> ReportData:
