@@ -25,11 +25,11 @@ import argparse
 import sys
 from typing import Optional
 
-from patterns.errors import InputError, report_input_error
+from patterns.errors import run_command
 
-from results.copy_study import CopyError, CopyResult, copy_study  # noqa: F401
+__all__ = ["main"]
 
-__all__ = ["CopyError", "CopyResult", "copy_study", "main"]
+PROG = "autotune.copy_study"
 
 
 def main(argv: Optional[list[str]] = None) -> int:
@@ -39,29 +39,28 @@ def main(argv: Optional[list[str]] = None) -> int:
     p.add_argument("--to", dest="dst", required=True, help="destination: SQLAlchemy URL or SQLite file")
     p.add_argument("--to-study", help="name at the destination (default: the same)")
     args = p.parse_args(argv)
-    from results.storage import StorageError, database_error_line, mask_url, resolve_storage
+    from results.storage import database_error_line
+
+    return run_command(lambda: _copy(args), PROG, failure=lambda e: database_error_line(e, args.dst))
+
+
+def _copy(args: argparse.Namespace) -> int:
+    """Resolve both URLs (refusing a copy onto itself), copy, and say what was copied."""
+    from results.copy_study import CopyError, copy_study
+    from results.storage import StorageError, mask_url, resolve_storage
 
     try:
-        try:
-            src = resolve_storage(args.src, "read").url
-        except StorageError as e:
-            raise CopyError(f"--from: {e}") from None
-        try:
-            dst = resolve_storage(args.dst, "write").url
-        except StorageError as e:
-            raise CopyError(f"--to: {e}") from None
-        if src == dst and (args.to_study or args.study) == args.study:
-            raise CopyError("--to: the same database and study name as --from (use --to-study NAME)")
-        r = copy_study(args.study, src, dst, args.to_study)
-    except InputError as e:  # CopyError, StorageError (a database at another schema version), ...
-        return report_input_error(e, "autotune.copy_study")
-    except Exception as e:  # noqa: BLE001 - a database error: one line, no password
-        line = database_error_line(e, args.dst)
-        if line is None:
-            raise
-        print(f"autotune.copy_study: error: {line}", file=sys.stderr)
-        return 1
-    print(f"autotune.copy_study: copied study {r.study!r} from {mask_url(src)} to {mask_url(dst)} as {r.to_study!r}: "
+        src = resolve_storage(args.src, "read").url
+    except StorageError as e:
+        raise CopyError(f"--from: {e}") from None
+    try:
+        dst = resolve_storage(args.dst, "write").url
+    except StorageError as e:
+        raise CopyError(f"--to: {e}") from None
+    if src == dst and (args.to_study or args.study) == args.study:
+        raise CopyError("--to: the same database and study name as --from (use --to-study NAME)")
+    r = copy_study(args.study, src, dst, args.to_study)
+    print(f"{PROG}: copied study {r.study!r} from {mask_url(src)} to {mask_url(dst)} as {r.to_study!r}: "
           f"{r.trials} Optuna trial(s), {r.trial_rows} trial row(s), {r.measurements} measurement(s), {r.runs} run(s), "
           f"{r.confirmations} confirmation row(s), {r.exports} export row(s)", file=sys.stderr)
     return 0

@@ -31,7 +31,7 @@ import os
 import sys
 from typing import Any, Optional
 
-from patterns.errors import InputError, report_input_error
+from patterns.errors import exit_status
 
 from results.storage import STORAGE_HELP
 from results.export import RULE, ExportError, _shapes, document, load_live, open_study, write  # noqa: F401
@@ -75,14 +75,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     try:
         storage = resolve_storage(args.storage, "write").url  # export records its choice in at_tuned
         doc = export(args.study, storage, out)
-    except InputError as e:  # ExportError, StorageError (also a database at another schema version), ...
-        return report_input_error(e, "autotune.export")
-    except Exception as e:  # noqa: BLE001 - a database error: one line, no password
-        line = database_error_line(e, args.storage or "")
-        if line is None:
-            raise
-        print(f"autotune.export: error: {line}", file=sys.stderr)
-        return 1
+    except BaseException as e:  # noqa: BLE001 - ExportError, StorageError (also another schema version): 2; database: 1
+        return exit_status(e, "autotune.export", failure=lambda e: database_error_line(e, args.storage or ""))
     for b in doc["buckets"]:
         lo, hi = b["speedup_interval"]
         tie = f", tied with {', '.join(f't#{t}' for t in b['tied_with'])}" if b["tied_with"] else ""

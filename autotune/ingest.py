@@ -23,12 +23,13 @@ import argparse
 import sys
 from typing import Optional
 
-from patterns.errors import InputError, report_input_error
+from patterns.errors import run_command
 
 from results.storage import STORAGE_HELP
-from results.ingest import IngestError, ingest_file, parse_csv
 
-__all__ = ["IngestError", "parse_csv", "ingest_file", "main"]
+__all__ = ["main"]
+
+PROG = "autotune.ingest"
 
 
 def main(argv: Optional[list[str]] = None) -> int:
@@ -40,42 +41,34 @@ def main(argv: Optional[list[str]] = None) -> int:
     p.add_argument("--command", default=None, help="the command line that produced the CSV(s), recorded with them")
     p.add_argument("--force", action="store_true", help="ingest a file again even if its content is already there")
     args = p.parse_args(argv)
-    from results.storage import database_error_line, mask_secrets, resolve_storage
+    from results.storage import database_error_line
 
     files = [(f, "kernel") for f in args.kernel_csv] + [(f, "evoformer") for f in args.evoformer_csv]
     if not files:
         p.error("give at least one --kernel-csv or --evoformer-csv")
-    try:  # check every file and the database URL before writing any
-        for f, kind in files:
-            parse_csv(f, kind)
-        storage = resolve_storage(args.storage, "write").url
-    except InputError as e:  # IngestError, StorageError, ...
-        return report_input_error(e, "autotune.ingest")
+    where = [args.storage or ""]  # the database URL once resolved: its password is masked in a database error
+    return run_command(lambda: _ingest(args, files, where), PROG, failure=lambda e: database_error_line(e, where[0]))
 
+
+def _ingest(args: argparse.Namespace, files: list[tuple[str, str]], where: list[str]) -> int:
+    """Check every file and the database URL, then write each file in its own transaction."""
     from results.db import Database
+    from results.ingest import ingest_file, parse_csv
+    from results.storage import mask_secrets, resolve_storage
 
-    try:
-        db = Database(storage)  # creates the at_ tables, bench tables included
-    except InputError as e:  # a database at another schema version (results.db.SchemaError)
-        return report_input_error(e, "autotune.ingest")
-    except Exception as e:  # noqa: BLE001 - a database error: one line, no password
-        line = database_error_line(e, storage)
-        if line is None:
-            raise
-        print(f"autotune.ingest: error: {line}", file=sys.stderr)
-        return 1
+    for f, kind in files:  # check every file and the database URL before writing any
+        parse_csv(f, kind)
+    where[0] = storage = resolve_storage(args.storage, "write").url
+    db = Database(storage)  # creates the at_ tables, bench tables included
     try:
         for f, kind in files:
-            try:
-                rid = ingest_file(db, f, kind, command=mask_secrets(args.command) if args.command else None,
-                                  force=args.force)
-            except InputError as e:
-                return report_input_error(e, "autotune.ingest")
+            rid = ingest_file(db, f, kind, command=mask_secrets(args.command) if args.command else None,
+                              force=args.force)
             if rid is None:
-                print(f"autotune.ingest: {f}: already ingested as {kind} (same content); skipped (--force to add again)",
+                print(f"{PROG}: {f}: already ingested as {kind} (same content); skipped (--force to add again)",
                       file=sys.stderr)
             else:
-                print(f"autotune.ingest: {f}: {kind} benchmark -> at_bench_runs id {rid}", file=sys.stderr)
+                print(f"{PROG}: {f}: {kind} benchmark -> at_bench_runs id {rid}", file=sys.stderr)
     finally:
         db.close()
     return 0

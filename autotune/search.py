@@ -96,7 +96,7 @@ import sys
 import time
 from typing import TYPE_CHECKING, Any, Optional
 
-from patterns.errors import InputError, report_input_error
+from patterns.errors import InputError, exit_status
 
 from search_spaces.space import MAX_NAME, SearchSpace, SpaceError, load_space
 
@@ -894,9 +894,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     missing = missing_search_packages(args)
     if missing:  # a core (deployment) install: one line, not an ImportError traceback
-        print(f"autotune: error: the search needs the 'search' extra (missing: {', '.join(missing)}): "
-              "pip install 'protein-sparse-autotune[search]'", file=sys.stderr)
-        return 2
+        return exit_status(UsageError(f"the search needs the 'search' extra (missing: {', '.join(missing)}): "
+                                      "pip install 'protein-sparse-autotune[search]'"), "autotune")
     # joining a Ray cluster (--ray-address, else $RAY_ADDRESS): its devices and CPUs are checked there
     joining = args.executor == "ray" and cluster_address(args.ray_address)[0] is not None
     try:
@@ -924,25 +923,15 @@ def main(argv: Optional[list[str]] = None) -> int:
                              f"{os.cpu_count()} CPUs of this machine")
         storage = resolve_storage(args.storage, "write").url
     except InputError as e:  # SpaceError, StorageError, UsageError, ...
-        return report_input_error(e, "autotune")
+        return exit_status(e, "autotune")
     search = Search(space, study_name=study, storage=storage, executor=args.executor,
                     ray_address=args.ray_address, workers=args.workers, progress=not args.no_progress,
                     allow_repeats=args.allow_repeats)
     try:
         summary = search.run()
-    except InputError as e:  # UsageError, StorageError (a database at another schema version), ...
-        return report_input_error(e, "autotune", message=mask_secrets(str(e), search.secrets))
-    except KeyboardInterrupt:
-        return 130
-    except ExecutorError as e:  # e.g. every Ray worker node left the cluster
-        print(f"autotune: error: {e}", file=sys.stderr)
-        return 1
-    except Exception as e:  # noqa: BLE001 - database errors: one line, no traceback, no password
-        line = database_error_line(e, storage)
-        if line is None:
-            raise
-        print(f"autotune: error: {line}", file=sys.stderr)
-        return 1
+    except BaseException as e:  # noqa: BLE001 - UsageError, StorageError: 2; Ctrl-C: 130; Ray cluster gone, database: 1
+        return exit_status(e, "autotune", mask=lambda text: mask_secrets(text, search.secrets),
+                           failure=lambda e: str(e) if isinstance(e, ExecutorError) else database_error_line(e, storage))
     print(
         f"autotune: study {summary['study']!r}: {summary['completed']} completed, {summary['failed']} failed this run, "
         f"{summary['finished']} finished in total (all drivers"
@@ -954,9 +943,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     )
     try:
         return end_of_run(search, args)
-    except KeyboardInterrupt:
-        print("autotune: interrupted during the confirmation; python -m autotune.export confirms again", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as e:
+        return exit_status(e, "autotune", message="interrupted during the confirmation; python -m autotune.export confirms again")
 
 
 def overhead_text(summary: dict[str, Any]) -> str:

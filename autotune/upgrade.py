@@ -17,7 +17,7 @@ import argparse
 import sys
 from typing import Optional
 
-from patterns.errors import InputError, report_input_error
+from patterns.errors import exit_status
 from results.storage import STORAGE_HELP
 
 
@@ -36,14 +36,8 @@ def main(argv: Optional[list[str]] = None) -> int:
             if not os.path.isfile(storage.sqlite_path):
                 raise StorageError(f"--storage {storage.masked}: no database file {storage.sqlite_path}")
         found, now = upgrade_schema(storage.url)
-    except InputError as e:  # StorageError (a newer schema, no database file), ...
-        return report_input_error(e, "autotune.upgrade")
-    except Exception as e:  # noqa: BLE001 - a database error: one line, no password
-        line = database_error_line(e, args.storage or "")
-        if line is None:
-            raise
-        print(f"autotune.upgrade: error: {line}", file=sys.stderr)
-        return 1
+    except BaseException as e:  # noqa: BLE001 - StorageError (a newer schema, no database file): 2; a database error: 1
+        return exit_status(e, "autotune.upgrade", failure=lambda e: database_error_line(e, args.storage or ""))
     if found == now:
         print(f"autotune.upgrade: {storage.masked} is at schema version {now} already; nothing to do", file=sys.stderr)
     else:

@@ -387,8 +387,7 @@ def _draw_pattern_png(args, rows, buckets, configs, chains) -> int:
         if pick is None:
             match = [c for c in chains if c.name == args.png_chain]
             if not match:
-                print(f"error: no chain named {args.png_chain!r}", file=sys.stderr)
-                return 2
+                return report_input_error(InputError(f"no chain named {args.png_chain!r}"))
             pick = (match[0], buckets[-1])
     else:
         pick = max(evaluated.values(), key=lambda cb: (cb[0].length, cb[0].name))

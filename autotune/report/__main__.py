@@ -15,9 +15,11 @@ import os
 import sys
 from typing import Optional
 
-from patterns.errors import InputError, report_input_error
+from patterns.errors import InputError, run_command
 
 from results.storage import STORAGE_HELP
+
+PROG = "autotune.report"
 
 
 def main(argv: Optional[list[str]] = None) -> int:
@@ -28,21 +30,24 @@ def main(argv: Optional[list[str]] = None) -> int:
     p.add_argument("--study", default=None, help="study to report (default: the latest run's study)")
     p.add_argument("--plots-dir", default=None, help="where the PNGs go (default <out stem>_files/)")
     args = p.parse_args(argv)
-    from results.report.build import build_report
-    from results.report.data import load
+    return run_command(lambda: _report(args, argv), PROG)
+
+
+def _report(args: argparse.Namespace, argv: list[str]) -> int:
+    """Read the study (`results.report.load`), write the report and its figures."""
+    from results.report import ReportError, build_report, load
     from results.storage import resolve_storage
 
+    storage = resolve_storage(args.storage, "read")
     try:
-        storage = resolve_storage(args.storage, "read")
         data = load(storage.url, args.study)
-    except InputError as e:  # ReportError, StorageError, ...
-        return report_input_error(e, "autotune.report")
+    except InputError:  # ReportError, StorageError, ...: as they are
+        raise
     except (ValueError, TypeError) as e:  # a stored JSON cell that does not decode (hand-edited database)
-        print(f"autotune.report: error: cannot read --storage {storage.masked}: a stored value is corrupted "
-              f"({type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''})", file=sys.stderr)
-        return 2
+        raise ReportError(f"cannot read --storage {storage.masked}: a stored value is corrupted "
+                          f"({type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''})") from None
     text, figures = build_report(data, args.out, args.plots_dir, argv=argv)
-    print(f"autotune.report: wrote {args.out} ({len(text.splitlines())} lines, {len(figures)} figure(s))", file=sys.stderr)
+    print(f"{PROG}: wrote {args.out} ({len(text.splitlines())} lines, {len(figures)} figure(s))", file=sys.stderr)
     return 0
 
 
