@@ -1,6 +1,6 @@
 """Export a study's chosen config per bucket: ``python -m autotune.export --study NAME [--out FILE]``.
 
-Options: ``--storage URL`` (default ``$AUTOTUNE_STORAGE``, else ``sqlite:///results/results.db``;
+Options: ``--storage URL`` (default ``$AUTOTUNE_STORAGE``, else ``sqlite:///results/autotune.db``;
 a plain file path is read as a SQLite file), ``--out FILE`` (default ``results/<study>.yaml``).
 
 Choice rule: the one rule of `results.verdict` (also behind the search's verdict and the

@@ -1,6 +1,6 @@
 """Load benchmark CSVs into the results database: ``python -m autotune.ingest``.
 
-    python -m autotune.ingest --storage sqlite:///results/results.db --kernel-csv benchmarks/results/cpu-2cores.csv \\
+    python -m autotune.ingest --storage sqlite:///results/autotune.db --kernel-csv benchmarks/results/cpu-2cores.csv \\
         [--evoformer-csv benchmarks/results/evoformer-cpu.csv] [--command "python -m kernels.bench ..."]
 
 ``--kernel-csv`` is a CSV of ``python -m kernels.bench``, ``--evoformer-csv`` one of ``python -m

@@ -2,12 +2,12 @@
 
 Finds, per sequence-length bucket, the sparse patterns and kernel launch parameters that are
 fastest and leanest while keeping accuracy; every candidate passes a correctness gate against the
-reference backend first, and every measurement is kept in the results database (default ``results/results.db``).
+reference backend first, and every measurement is kept in the results database (default ``results/autotune.db``).
 
 Options (each overrides the space file): ``--trials N`` (total budget, trials already finished in
 the study count), ``--timeout SECONDS`` (no new trial starts after it; running ones finish),
 ``--study NAME`` (default: the space's name), ``--storage URL`` (default ``$AUTOTUNE_STORAGE``, else
-``sqlite:///results/results.db``; checked by `results.storage`), ``--executor ray|local``, ``--ray-address ADDRESS``, ``--device
+``sqlite:///results/autotune.db``; checked by `results.storage`), ``--executor ray|local``, ``--ray-address ADDRESS``, ``--device
 cpu|cuda``, ``--workers N``, ``--no-progress``, ``--allow-repeats`` (measure a parameter set the
 study already measured or is running). Exit status: 0 done, 2 invalid input (nothing
 written), 1 other errors.

@@ -2,7 +2,7 @@
 search's measurement overhead.
 
     python benchmarks/winners.py retime --tuned results/protein-cpu.yaml [--repeats 41]
-    python benchmarks/winners.py overhead --storage sqlite:///results/results.db --study protein-cpu
+    python benchmarks/winners.py overhead --storage sqlite:///results/autotune.db --study protein-cpu
     python benchmarks/winners.py repeat --space search_spaces/cpu.yaml --runs 3 [--trials N] [--out DIR]
 
 ``retime``: every exported (bucket, workload) timed again with ``--repeats`` interleaved rounds of

@@ -34,7 +34,7 @@ from kernels.tuned import FORMAT, TunedFile
 
 from .storage import mask_url, sqlite_file
 
-RULE = ("per bucket (autotune.verdict): the confirmed leader - re-measured interleaved with SDPA and the other "
+RULE = ("per bucket (results.verdict): the confirmed leader - re-measured interleaved with SDPA and the other "
         "leaders - with the highest confirmed geometric-mean speedup over the workloads whose interval clears the "
         "speedup target and that meets every other target at every workload (ties: lower geometric-mean peak "
         "memory, then the earlier trial); its speedups are re-measured once more, alone against SDPA (hold-out: "

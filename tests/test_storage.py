@@ -68,7 +68,7 @@ def test_good_storage_values(here, monkeypatch):
     assert resolve_storage(str(here / "real.db"), "read").sqlite_path == str(here / "real.db")
     pg = resolve_storage(f"postgresql+psycopg://me:{PASSWORD}@db.example/x", "write")
     assert PASSWORD not in pg.masked and "***" in pg.masked and pg.password == PASSWORD
-    # default: results/results.db, folder created only when writing
+    # default: results/autotune.db, folder created only when writing
     d = resolve_storage(None, "write")
     assert d.url == DEFAULT_STORAGE and (here / "results").is_dir()
     monkeypatch.setenv("AUTOTUNE_STORAGE", "sqlite:///real.db")
