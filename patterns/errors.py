@@ -11,7 +11,7 @@ nothing else (no traceback).
 by every command (through `run_command`, or `exit_on_input_error` around a command that returns no
 status): bad input -> one line, 2; a failure that is not the input's (a database error: its
 classes live in ``results``, above this layer, so the command passes its own ``failure``
-recogniser) -> one line, 1; Ctrl-C -> one line, 130; anything else is a bug and keeps its
+recogniser) -> one line, 1; Ctrl-C -> 130; anything else is a bug and keeps its
 traceback.
 
 `InputError` subclasses ``ValueError``, so ``except ValueError`` and ``pytest.raises(ValueError)``
@@ -71,10 +71,11 @@ def _no_failure(exc: BaseException) -> Optional[str]:
 def exit_status(exc: BaseException, prog: Optional[str] = None, *, failure: Failure = _no_failure,
                 mask: Callable[[str], str] = str, message: Optional[str] = None) -> int:
     """The exit status of a command line stopped by ``exc``, after its one line on stderr: an
-    `InputError` -> ``PROG: error: TEXT``, 2; a ``KeyboardInterrupt`` -> ``PROG: interrupted``, 130;
-    an exception that ``failure`` gives a line for -> ``PROG: error: LINE``, 1. Any other exception
-    (``SystemExit`` included) is raised again. ``mask`` rewrites the printed text (hiding
-    passwords); ``message`` replaces it. Called in a command's ``except BaseException`` clause::
+    `InputError` -> ``PROG: error: TEXT``, 2; a ``KeyboardInterrupt`` -> 130, silent (the command
+    says what it left behind) unless ``message`` is given (``PROG: MESSAGE``); an exception that
+    ``failure`` gives a line for -> ``PROG: error: LINE``, 1. Any other exception (``SystemExit``
+    included) is raised again. ``mask`` rewrites the printed text (hiding passwords); ``message``
+    replaces it. Called in a command's ``except BaseException`` clause::
 
         except BaseException as e:
             return exit_status(e, "autotune.export", failure=lambda e: database_error_line(e, url))
@@ -82,8 +83,8 @@ def exit_status(exc: BaseException, prog: Optional[str] = None, *, failure: Fail
     if isinstance(exc, InputError):
         return report_input_error(exc, prog, message=mask(str(exc) if message is None else message))
     if isinstance(exc, KeyboardInterrupt):
-        text = "interrupted" if message is None else message
-        print(f"{prog}: {text}" if prog else text, file=sys.stderr)
+        if message is not None:
+            print(f"{prog}: {message}" if prog else message, file=sys.stderr)
         return EXIT_INTERRUPTED
     line = failure(exc) if isinstance(exc, Exception) else None
     if line is None:
