@@ -208,7 +208,8 @@ def _bucket(study: str, v: Any, t: Any, runs: dict[int, Any], space: Any, target
         "accuracy": {k: _r(x) for k, x in (acc.get("metrics") or {}).items()},
         "accuracy_chains": {"n": acc.get("n_chains"), "lengths": [min(lengths), max(lengths)] if lengths else None,
                             "sparsity": _r(acc.get("chain_sparsity")), "max_chains": acc.get("max_chains"),
-                            "buckets": list(space.buckets)},  # the ladder the chains were chosen by
+                            "buckets": list(space.buckets),  # the ladder the chains were chosen by
+                            "noise": space.accuracy_noise},  # a guided pattern's degraded structure (A)
         "accuracy_extrapolated": bool(v.extrapolated),
         "provisional": v.provisional,  # reached while the noise check fired (results.verdict.caveats)
         "caveats": caveats(v),  # every caveat the search's verdict line and the report show
