@@ -983,7 +983,7 @@ def storage_option(storage: str, from_env: bool = False) -> tuple[str, Optional[
     password becomes ``--storage "$AUTOTUNE_STORAGE"``, which the note says to set."""
     import shlex
 
-    from sqlalchemy.engine import make_url
+    from sqlalchemy.engine import URL, make_url
 
     from results.db import DEFAULT_STORAGE
     from results.storage import ENV_STORAGE
@@ -994,7 +994,8 @@ def storage_option(storage: str, from_env: bool = False) -> tuple[str, Optional[
     if url.password is None:
         return f" --storage {shlex.quote(storage)}", None
     if url.get_backend_name() == "postgresql":
-        bare = url.set(password=None).render_as_string(hide_password=False)
+        bare = URL.create(url.drivername, url.username, None, url.host, url.port, url.database,
+                          url.query).render_as_string(hide_password=False)
         return (f" --storage {shlex.quote(bare)}",
                 f"the password is not printed: give it in PGPASSWORD or ~/.pgpass (or export {ENV_STORAGE}=<the full "
                 f"URL> and leave --storage out)")
