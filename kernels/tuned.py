@@ -21,16 +21,20 @@ File format 2 (YAML; only ``buckets`` and, in each entry, ``seq_len`` and ``patt
 `TunedBucket` per entry of ``buckets``:
 
     format: 2
+    integrity: {buckets: 2, sha256: HEX}  # the bucket count and a digest of the buckets (`integrity_of`)
     study: NAME
     rule: ...                         # informative: how the export chose (not checked)
     device: cuda                      # where it was tuned: cuda or cpu
     device_name: NVIDIA H100 80GB HBM3  # torch.cuda.get_device_name, or the CPU model
-    backend: ..., mode: ..., workloads: [...], targets: {...}   # informative
+    backend: triton                   # the kernels.sparse_attention backend it was tuned with
     dtype: bfloat16
-    hardware: {...}                   # informative
-    versions: {...}, git_revision: ..., exported_at: ...        # informative
+    mode: fwd                         # fwd (inference) or fwd+bwd (training)
+    workloads: [...], targets: {...}, hardware: {...}             # informative
+    versions: {torch: ..., triton: ..., protein-sparse-autotune: ...}  # informative
+    kernel_fingerprint: sha256:0123456789abcdef  # `kernel_fingerprint(backend)` when exported
+    git_revision: ..., exported_at: ...                           # informative
     infeasible_buckets: [2048]        # measured, no pattern worth running: dense attention
-    not_exported: {2048: why}         # informative
+    not_exported: {2048: why}         # the verdict's reason and caveats (informative)
     buckets:
       - seq_len: 256
         heads: [4, 8]                 # attention heads and head dims it was measured with
@@ -38,7 +42,9 @@ File format 2 (YAML; only ``buckets`` and, in each entry, ``seq_len`` and ``patt
         pattern: {block_size: 64, window: 128, num_global: 16, stride: 0, global_placement: first}
         kernel: {block_m: 64, block_n: 64, num_warps: 4, num_stages: 2}   # or null
         source: {study: NAME, trial: 12}
-        speedup: {...}, peak_mib: {...}, accuracy: {...}                   # informative
+        speedup: {...}, peak_mib: {...}, accuracy: {...}, accuracy_chains: {...}   # informative
+        provisional: false            # decided while the noise check fired (re-run on a quiet machine)
+        caveats: [...]                # the verdict's caveats, as the search and the report word them
 
 Format 1 (the previous exporter) is read too: it has no ``device_name`` at the top (taken from
 ``hardware.device_name`` when there) and no ``heads`` / ``head_dims`` (not checked). A newer format
@@ -50,12 +56,25 @@ the file's ``device``, the device's name its ``device_name`` (the current CUDA d
 this machine's CPU model), the dtype its ``dtype``, and the heads / head dim among the bucket's.
 ``load_tuned`` without ``device`` checks the file's own device type here (is there a CUDA device
 for a ``cuda`` file, is it the same model). A mismatch is a `TunedMismatchWarning` (one line,
-once per file and kind of mismatch) by default; with ``strict=True`` a `TunedMismatchError`
-(a `patterns.errors.InputError`, so a ``ValueError``) - the tuned speedups were measured on another
-machine or shape.
+once per file and kind of mismatch, attributed to the caller's line: the first frame outside the
+project's packages) by default; with ``strict=True`` a `TunedMismatchError` (a
+`patterns.errors.InputError`, so a ``ValueError``) - the tuned speedups were measured on another
+machine or shape. What it was tuned for is checked the same way: ``mode`` (``config_for(...,
+mode="fwd+bwd")`` for training use; `EvoformerAttention.sparse(tuned, mode=...)`), ``backend``
+(``config_for(..., backend=...)``) and, in `load_tuned`, ``kernel_fingerprint`` against the kernels
+installed here (`kernel_fingerprint`: a digest of the backend's sources, cached). `explain(L)`
+says in one line why a length gets a pattern or dense attention (the reason behind a ``None``).
+
+Integrity: the export writes ``integrity`` (the bucket count and the SHA-256 of the buckets and
+``infeasible_buckets`` in canonical JSON) before the buckets. `load_tuned` refuses, strict or not,
+a file whose entries are fewer or more than recorded (cut off at a bucket boundary) or whose
+digest differs (edited): `TunedFileError` ``FILE: integrity.buckets|integrity.sha256: ...``.
+A deliberate edit: ``load_tuned(path, verify=False)``, or delete the ``integrity`` entry. A file
+without it (older exports) loads with a `TunedFileWarning` saying to re-export it.
 
 Validation (`TunedFile.from_dict`): ``format`` must be 1 or 2 when given, ``dtype`` one of float32 /
-bfloat16 / float16, ``device`` cuda or cpu; pattern and kernel fields must be real integers
+bfloat16 / float16, ``device`` cuda or cpu, ``mode`` fwd or fwd+bwd, ``integrity`` a mapping
+{buckets, sha256}; pattern and kernel fields must be real integers
 (``64.0`` and ``true`` are refused as launch parameters) with the values the kernels support. The
 file is read with `patterns.safeyaml` (UTF-8 only, duplicate keys refused, aliases and nesting
 bounded). Every problem raises `TunedFileError` (an ``InputError``) with one line

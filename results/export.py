@@ -18,7 +18,13 @@ speedup target too. A bucket without a choice is left out of the file, listed un
 attention there, see `kernels.tuned`). The file names the machine it was tuned on (``device``,
 ``device_name``, ``dtype``) and, per bucket, the ``heads`` and ``head_dims`` measured there;
 `kernels.load_tuned` checks them where the file is used (format 2; format 1 files, without these,
-are still read).
+are still read). It also records what it was tuned for - ``mode``, ``backend``, ``versions``
+(the run's, with the project's) and ``kernel_fingerprint`` (`kernels.tuned.kernel_fingerprint` of
+the backend, at export time) - and, per bucket, ``provisional`` and ``caveats``
+(`results.verdict.caveats`: what the search's verdict line and the report say) and the chains'
+``accuracy_chains.buckets`` ladder (what ``autotune.accuracy --tuned`` re-evaluates); the
+writer seals it with its ``integrity`` field. `file_status` compares a tuned file on disk with
+the current verdicts (the search's last lines and the report print it).
 """
 
 from __future__ import annotations
