@@ -425,8 +425,8 @@ def kernel_fingerprint(backend: Optional[str]) -> Optional[str]:
     """``sha256:`` + 16 hex digits: a digest of the sources in `KERNEL_SOURCES` for ``backend``
     (the shared ones and its own; their paths and bytes) and, for Triton, its version - as Triton
     keys its compile cache on the kernel's source and the compiler's version. The export records
-    it; `load_tuned` compares it with the kernels installed here. None for an unknown backend.
-    Reads about 100 KB once per backend (cached)."""
+    it; `load_tuned` compares it with the kernels installed here. None (not checked) for an unknown
+    backend, or Triton where it is not installed. Reads about 100 KB once per backend (cached)."""
     if backend not in KERNEL_SOURCES or backend == "shared":
         return None
     h = hashlib.sha256()
@@ -439,7 +439,7 @@ def kernel_fingerprint(backend: Optional[str]) -> Optional[str]:
         try:
             h.update(b"triton " + metadata.version("triton").encode())
         except metadata.PackageNotFoundError:
-            pass
+            return None
     return "sha256:" + h.hexdigest()[:16]
 
 
