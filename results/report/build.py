@@ -142,7 +142,7 @@ def noisy_shapes(data: ReportData) -> list[tuple[str, int, float, float, int]]:
 
 def decide(data: ReportData, targets: Any) -> list[Decision]:
     """The verdict of `results.verdict.decide` per bucket, with one `Check` per target."""
-    from results.verdict import caveats, cell_values, decide as rule, extrapolated
+    from results.verdict import caveats, cell_values, decide as rule
 
     sd = data.study_data
     tuned = {t.bucket: t for t in data.tuned}
@@ -162,8 +162,6 @@ def decide(data: ReportData, targets: Any) -> list[Decision]:
             d.checks.append(Check(b.text(), ok, ", ".join(f"{w} {f_num(x) if x is not None else NOT_MEASURED}"
                                                            for w, x in vals.items()), measured=bool(vals) and not miss))
         d.notes.extend(caveats(v))  # the same caveats the search prints and the tuned file carries
-        if not v.deploy and d.cells and any(extrapolated(c, v.bucket) for c in d.cells):
-            d.notes.append("accuracy extrapolated: no chain of the set comes near this length")
         if sd.confirmations is None and v.trial is not None:
             d.why += "; python -m autotune.export confirms the leaders and decides"
         out.append(d)
