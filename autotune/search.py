@@ -1071,19 +1071,21 @@ def end_of_run(search: "Search", args) -> int:
 
 
 def deployed_file_lines(search: "Search", verdicts: list) -> None:
-    """Compare the verdicts with the tuned file on disk (`results.export.file_status`) and say when
-    it is out of date or missing."""
-    from results.export import file_status, load_live
+    """Compare the verdicts with the tuned file on disk (the latest export's, else
+    `tuned_path`; `results.export.file_status`) and say when it is out of date or missing."""
+    from results.export import file_status, latest_out_path, load_live
 
-    try:
+    path = tuned_path(search.study_name)
+    try:  # the latest export's file, else where the printed export command writes
+        path = latest_out_path(search.study_name, search.storage) or path
         trials = load_live(search.study_name, search.storage).trials
-        lines = file_status(tuned_path(search.study_name), verdicts, trials, search.study_name)
+        lines = file_status(path, verdicts, trials, search.study_name)
     except Exception as e:  # noqa: BLE001 - the verdict is printed anyway
         lines = [f"could not compare with the tuned file: {e}"]
     for line in lines:
         search.log(line)
     if not lines:
-        search.log(f"{tuned_path(search.study_name)} deploys exactly this verdict")
+        search.log(f"{path} deploys exactly this verdict")
 
 
 if __name__ == "__main__":

@@ -302,6 +302,21 @@ def write(doc: dict[str, Any], storage: str, out: str) -> None:
         db.close()
 
 
+def latest_out_path(study: str, storage: str) -> Optional[str]:
+    """Where the study's latest export wrote its tuned file (``at_tuned.out_path``), or None."""
+    from sqlalchemy import select
+
+    from .db import Database, Tuned
+
+    db = Database(storage, create=False)
+    try:
+        with db.Session() as s:
+            return s.scalars(select(Tuned.out_path).where(Tuned.study_name == study)
+                             .order_by(Tuned.id.desc()).limit(1)).first()
+    finally:
+        db.close()
+
+
 def file_status(path: str, verdicts: list, trials: dict[int, Any], study: str) -> list[str]:
     """Whether the tuned file at ``path`` says what the verdicts (`results.verdict.decide`, what an
     export would write now) decide: [] when it does, else one line per difference - the file is
