@@ -452,7 +452,10 @@ _LIBRARY = tuple(str(_ROOT / pkg) + os.sep for pkg in ("kernels", "models", "pat
 def _caller_stacklevel() -> int:
     """The ``stacklevel`` for a `warnings.warn` made by the function calling this one that names the
     first frame outside the project's packages: the user's line that called into the library."""
-    level, f = 1, sys._getframe(2)  # frame 2: the caller of the function that warns
+    try:
+        level, f = 1, sys._getframe(2)  # frame 2: the caller of the function that warns
+    except ValueError:  # called from the top of the stack
+        return 2
     while f is not None and os.path.abspath(f.f_code.co_filename).startswith(_LIBRARY):
         f, level = f.f_back, level + 1
     return level + 1
