@@ -958,20 +958,50 @@ def overhead_text(summary: dict[str, Any]) -> str:
             f"({100 * (1 - windows / wall):.0f}% outside the timing and memory windows)")
 
 
-def study_commands(study: str, storage: str, space: SearchSpace) -> list[str]:
-    """The export, accuracy and report commands for ``study`` (what the end of a run prints)."""
+def tuned_path(study: str) -> str:
+    """Where the printed export command writes the study's tuned file (and the end of a run looks)."""
+    return os.path.join("results", f"{study}.yaml")
+
+
+def storage_option(storage: str, from_env: bool = False) -> tuple[str, Optional[str]]:
+    """(the ``--storage`` option the printed commands carry, a note to print before them or None).
+    The password never appears: a URL from ``$AUTOTUNE_STORAGE`` (``from_env``) or the default is
+    left out (the commands read the same variable); a PostgreSQL URL with a password is printed
+    without it (the driver takes it from ``PGPASSWORD`` or ``~/.pgpass``); any other URL with a
+    password becomes ``--storage "$AUTOTUNE_STORAGE"``, which the note says to set."""
     import shlex
 
-    from results.db import DEFAULT_STORAGE
+    from sqlalchemy.engine import URL, make_url
 
-    out = os.path.join("results", f"{study}.yaml")
-    st = "" if storage == DEFAULT_STORAGE else f" --storage {shlex.quote(storage)}"
-    t = space.effective_targets()
-    chains = space.accuracy_max_chains if space.accuracy_max_chains is not None else t.max_chains
+    from results.db import DEFAULT_STORAGE
+    from results.storage import ENV_STORAGE
+
+    if from_env or storage == DEFAULT_STORAGE:
+        return "", None
+    url = make_url(storage)
+    if url.password is None:
+        return f" --storage {shlex.quote(storage)}", None
+    if url.get_backend_name() == "postgresql":
+        bare = URL.create(url.drivername, url.username, None, url.host, url.port, url.database,
+                          url.query).render_as_string(hide_password=False)
+        return (f" --storage {shlex.quote(bare)}",
+                f"the password is not printed: give it in PGPASSWORD or ~/.pgpass (or export {ENV_STORAGE}=<the full "
+                f"URL> and leave --storage out)")
+    return (f' --storage "${ENV_STORAGE}"',
+            f"the password is not printed: export {ENV_STORAGE}=<the full --storage URL> before these commands")
+
+
+def study_commands(study: str, storage: str, space: SearchSpace, from_env: bool = False) -> list[str]:
+    """The export, accuracy and report commands for ``study`` (what the end of a run prints), with
+    the storage as `storage_option` gives it: never a password. The accuracy command takes what
+    it evaluates from the tuned file (the buckets, their chains and chain cap)."""
+    import shlex
+
+    st, _ = storage_option(storage, from_env)
+    out = tuned_path(study)
     return [
         f"python -m autotune.export --study {shlex.quote(study)}{st} --out {shlex.quote(out)}",
-        f"python -m autotune.accuracy --tuned {shlex.quote(out)} --buckets {','.join(map(str, space.buckets))}"
-        + (f" --max-chains {chains}" if chains else "")
+        f"python -m autotune.accuracy --tuned {shlex.quote(out)}"
         + f" --json {shlex.quote(os.path.join('results', study + '_accuracy.json'))}",
         f"python -m autotune.report --study {shlex.quote(study)}{st} --out "
         f"{shlex.quote(os.path.join('results', study + '_REPORT.md'))}",
@@ -1019,10 +1049,31 @@ def end_of_run(search: "Search", args) -> int:
         log("verdict: no complete trial to decide on")
     else:
         record_verdict(search.storage, search.study_name, verdicts, log)
-    log("next:")
-    for c in study_commands(search.study_name, search.masked_storage, search.space):  # no password printed
+        deployed_file_lines(search, verdicts)
+    from_env = getattr(args, "storage", None) is None and bool(os.environ.get("AUTOTUNE_STORAGE"))
+    _, note = storage_option(search.storage, from_env)
+    log("next:" + (f" ({note})" if note else ""))
+    for c in study_commands(search.study_name, search.storage, search.space, from_env):  # no password printed
         print(f"  {c}", file=sys.stderr)
     return 0
+
+
+def deployed_file_lines(search: "Search", verdicts: list) -> None:
+    """Compare the verdicts with the tuned file on disk (the latest export's, else
+    `tuned_path`; `results.export.file_status`) and say when it is out of date or missing."""
+    from results.export import file_status, latest_out_path, load_live
+
+    path = tuned_path(search.study_name)
+    try:  # the latest export's file, else where the printed export command writes
+        path = latest_out_path(search.study_name, search.storage) or path
+        trials = load_live(search.study_name, search.storage).trials
+        lines = file_status(path, verdicts, trials, search.study_name)
+    except Exception as e:  # noqa: BLE001 - the verdict is printed anyway
+        lines = [f"could not compare with the tuned file: {e}"]
+    for line in lines:
+        search.log(line)
+    if not lines:
+        search.log(f"{path} deploys exactly this verdict")
 
 
 if __name__ == "__main__":

@@ -4,8 +4,10 @@
   (``DEFAULT_STORAGE``), password masking;
 - `results.db`: the schema (``at_`` tables, its version row) and the store the search writes
   through (`Database`), the ties to Optuna's study, the schema upgrade;
+- `results.base`: the declarative base every ``at_`` table is declared on;
 - `results.bench_tables` and `results.ingest`: benchmark CSVs in the database;
-- `results.verdict`: the one best-per-bucket rule (search progress bar, export, report);
+- `results.verdict`: the one best-per-bucket rule (search progress bar, export, report) and the
+  study's data it reads, without orphan rows;
 - `results.export`: the tuned-file writer; `results.report`: the report;
 - `results.copy_study`: a study with its rows to another database;
 - `results.aggregate`: the one geometric mean.

@@ -18,7 +18,13 @@ speedup target too. A bucket without a choice is left out of the file, listed un
 attention there, see `kernels.tuned`). The file names the machine it was tuned on (``device``,
 ``device_name``, ``dtype``) and, per bucket, the ``heads`` and ``head_dims`` measured there;
 `kernels.load_tuned` checks them where the file is used (format 2; format 1 files, without these,
-are still read).
+are still read). It also records what it was tuned for - ``mode``, ``backend``, ``versions``
+(the run's, with the project's) and ``kernel_fingerprint`` (`kernels.tuned.kernel_fingerprint` of
+the backend, at export time) - and, per bucket, ``provisional`` and ``caveats``
+(`results.verdict.caveats`: what the search's verdict line and the report say) and the chains'
+``accuracy_chains.buckets`` ladder (what ``autotune.accuracy --tuned`` re-evaluates); the
+writer seals it with its ``integrity`` field. `file_status` compares a tuned file on disk with
+the current verdicts (the search's last lines and the report print it).
 """
 
 from __future__ import annotations
@@ -30,7 +36,7 @@ from typing import Any, Optional
 from patterns.errors import InputError
 
 
-from kernels.tuned import FORMAT, TunedFile
+from kernels.tuned import FORMAT, TunedFile, kernel_fingerprint
 
 from .storage import mask_url, sqlite_file
 
@@ -141,7 +147,7 @@ def document(study: str, data: Any) -> dict[str, Any]:
     when no bucket has a choice."""
     from search_spaces.space import SearchSpace
 
-    from .verdict import decide
+    from .verdict import caveats, decide
 
     space = SearchSpace.from_dict(data.space)
     targets = space.effective_targets()
@@ -152,8 +158,8 @@ def document(study: str, data: Any) -> dict[str, Any]:
     for v in verdicts:
         if v.deploy:
             out_buckets.append(_bucket(study, v, data.trials[v.trial], runs, space, targets))
-        else:
-            not_exported[v.bucket] = v.why
+        else:  # the reason with every caveat the report shows (a provisional verdict, ...)
+            not_exported[v.bucket] = "; ".join([v.why] + caveats(v))
     if not out_buckets:
         raise ExportError(f"study {study!r} has no feasible trial at any bucket ({len(data.trials)} complete of "
                           f"{data.n_trials}): " + "; ".join(f"L={L}: {w}" for L, w in not_exported.items()))
@@ -171,7 +177,7 @@ def _per_workload(cells: list[Any], key: str) -> dict[str, Optional[float]]:
 def _bucket(study: str, v: Any, t: Any, runs: dict[int, Any], space: Any, targets: Any) -> dict[str, Any]:
     """One bucket's entry of the file: the chosen trial's pattern and kernel, where it came from, its
     confirmed (or hold-out) speedups, memory, accuracy and the machine."""
-    from .verdict import memory_ratio
+    from .verdict import caveats, memory_ratio
 
     cells = v.cells
     acc = _g(cells[0], "accuracy") or {}
@@ -207,8 +213,12 @@ def _bucket(study: str, v: Any, t: Any, runs: dict[int, Any], space: Any, target
                            for c in cells},
         "accuracy": {k: _r(x) for k, x in (acc.get("metrics") or {}).items()},
         "accuracy_chains": {"n": acc.get("n_chains"), "lengths": [min(lengths), max(lengths)] if lengths else None,
-                            "sparsity": _r(acc.get("chain_sparsity")), "max_chains": acc.get("max_chains")},
+                            "sparsity": _r(acc.get("chain_sparsity")), "max_chains": acc.get("max_chains"),
+                            "buckets": list(space.buckets),  # the ladder the chains were chosen by
+                            "noise": space.accuracy_noise},  # a guided pattern's degraded structure (A)
         "accuracy_extrapolated": bool(v.extrapolated),
+        "provisional": v.provisional,  # reached while the noise check fired (results.verdict.caveats)
+        "caveats": caveats(v),  # every caveat the search's verdict line and the report show
         "hardware": (run.hardware if run else None),
     }
 
@@ -232,10 +242,23 @@ def _header(study: str, space: Any, targets: Any, first_run: Any) -> dict[str, A
                     "memory_floor_mib": targets.memory_floor_mib, "confidence": targets.confidence,
                     "source": targets.source},
         "hardware": first_run.hardware if first_run else None,
-        "versions": first_run.versions if first_run else None,
+        "versions": _versions(first_run),
+        "kernel_fingerprint": kernel_fingerprint(sd.get("backend")),
         "git_revision": first_run.git_revision if first_run else None,
         "exported_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
     }
+
+
+def _versions(run: Any) -> Optional[dict[str, Any]]:
+    """The versions the study measured with (the run's torch, triton, ...) and the project's own."""
+    from importlib import metadata
+
+    out = dict(run.versions) if run is not None and isinstance(run.versions, dict) else {}
+    try:
+        out["protein-sparse-autotune"] = metadata.version("protein-sparse-autotune")
+    except metadata.PackageNotFoundError:
+        out.setdefault("protein-sparse-autotune", None)
+    return out or None
 
 
 def _shapes(space, bucket: int) -> dict[str, list[int]]:
@@ -277,3 +300,76 @@ def write(doc: dict[str, Any], storage: str, out: str) -> None:
                             hardware=b["hardware"], rule=RULE, out_path=str(out)))
     finally:
         db.close()
+
+
+def latest_out_path(study: str, storage: str) -> Optional[str]:
+    """Where the study's latest export wrote its tuned file (``at_tuned.out_path``), or None."""
+    from sqlalchemy import select
+
+    from .db import Database, Tuned
+
+    db = Database(storage, create=False)
+    try:
+        with db.Session() as s:
+            return s.scalars(select(Tuned.out_path).where(Tuned.study_name == study)
+                             .order_by(Tuned.id.desc()).limit(1)).first()
+    finally:
+        db.close()
+
+
+def file_status(path: str, verdicts: list, trials: dict[int, Any], study: str) -> list[str]:
+    """Whether the tuned file at ``path`` says what the verdicts (`results.verdict.decide`, what an
+    export would write now) decide: [] when it does, else one line per difference - the file is
+    missing or unreadable, it holds another study, a bucket deploys another trial, layout or launch
+    config than the verdict (or deploys where the verdict does not, or the reverse), or its
+    provisional mark differs. ``trials``: number -> trial row (``pattern``, ``kernel``).
+    Undecided buckets (no current confirmation) are not compared. The search's last lines and
+    the report print these lines."""
+    import warnings
+
+    from patterns.guided import pattern_from_dict
+    from patterns.safeyaml import YAMLInputError, load_yaml_file
+
+    if not os.path.isfile(path):
+        return [f"{path}: no tuned file there: the verdict is not deployed yet"]
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            f = TunedFile.from_dict(load_yaml_file(path, path), path)
+    except (YAMLInputError, InputError, OSError) as e:
+        return [f"{path}: cannot be read ({str(e).splitlines()[0] if str(e) else type(e).__name__})"]
+    if f.study is not None and f.study != study:
+        return [f"{path}: holds study {f.study!r}'s patterns, not {study!r}'s"]
+
+    def norm(p: Any) -> Any:
+        return None if p is None else pattern_from_dict(dict(p)).to_dict()
+
+    def norm_kernel(k: Any) -> Any:
+        from kernels.config import KernelConfig
+
+        return KernelConfig.from_dict(dict(k)).to_dict() if k else None
+
+    entries, out = {b.seq_len: b for b in f.buckets}, []
+    for v in verdicts:
+        e = entries.pop(v.bucket, None)
+        if v.trial is not None and not v.confirmed:
+            continue  # undecided: nothing to compare yet
+        if not v.deploy:
+            if e is not None:
+                out.append(f"L={v.bucket}: the file deploys t#{(e.info.get('source') or {}).get('trial')}, "
+                           f"the verdict is do not deploy")
+            continue
+        t = trials.get(v.trial)
+        if e is None:
+            out.append(f"L={v.bucket}: the file runs dense attention, the verdict deploys t#{v.trial}")
+        elif (e.info.get("source") or {}).get("trial") != v.trial:
+            out.append(f"L={v.bucket}: the file deploys t#{(e.info.get('source') or {}).get('trial')}, "
+                       f"the verdict t#{v.trial}")
+        elif t is not None and (e.pattern.to_dict() != norm(t.pattern)
+                                or (e.kernel.to_dict() if e.kernel else None) != norm_kernel(t.kernel)):
+            out.append(f"L={v.bucket}: the file's layout or launch config differs from t#{v.trial}'s")
+        elif bool(e.info.get("provisional")) != v.provisional:
+            out.append(f"L={v.bucket}: the verdict is {'' if v.provisional else 'no longer '}provisional, the file "
+                       f"{'does not say so' if v.provisional else 'still says provisional'}")
+    out += [f"L={L}: in the file, not a bucket of the study" for L in sorted(entries)]
+    return [f"{path} is out of date: {line}" for line in out]

@@ -50,10 +50,11 @@ from .aggregate import geomean
 from .db import Confirmation, Orphans  # noqa: F401  (Confirmation: the at_confirmations table; named here for compatibility)
 
 __all__ = ["Confirmation", "cell_values", "cell_violations", "cell_ok", "leaders", "decide", "BucketVerdict",
-           "load_study", "StudyData", "NEAR", "confirmation_current", "verdict_lines",
-           "restrict_study_data"]
+           "load_study", "StudyData", "NEAR", "NOISE_SPREAD", "confirmation_current", "verdict_lines", "caveats",
+           "noisy_workloads", "restrict_study_data"]
 
 NEAR = 0.75  # accuracy chains must reach NEAR x the bucket length, else the bucket is extrapolated
+NOISE_SPREAD = 2.0  # the noise check: an SDPA baseline whose median spreads more than this across trials
 
 
 # ---- per-cell checks ---------------------------------------------------------------------------------
@@ -163,6 +164,47 @@ class BucketVerdict:
     above_bound: list[str] = field(default_factory=list)  # workloads whose speedup exceeds 1.1 / (1 - sparsity)
     holdout: bool = False  # the figures are the chosen config's hold-out re-measurement (step 4)
     selected: Optional[Candidate] = None  # the chosen config on the confirmation's figures
+    noisy: list[str] = field(default_factory=list)  # workloads where the noise check fired at this bucket
+
+    @property
+    def provisional(self) -> bool:
+        """Reached while the noise check fired at this bucket (`noisy_workloads`): the search's
+        timings there were unreliable, so the verdict is provisional until re-run on a quiet machine."""
+        return bool(self.noisy)
+
+
+def noisy_workloads(cells_by_trial: dict[int, list[Any]]) -> dict[int, list[str]]:
+    """bucket -> workloads whose SDPA baseline median spread more than `NOISE_SPREAD` x across the
+    complete trials' cells (the noise check the search warns with as it runs and the report shows)."""
+    seen: dict[tuple, list[float]] = {}
+    for cells in cells_by_trial.values():
+        for c in cells:
+            if _g(c, "sdpa_ms"):
+                seen.setdefault((_g(c, "bucket"), _g(c, "workload")), []).append(_g(c, "sdpa_ms"))
+    out: dict[int, list[str]] = {}
+    for (L, w), xs in sorted(seen.items()):
+        if len(xs) > 1 and max(xs) > NOISE_SPREAD * min(xs):
+            out.setdefault(L, []).append(w)
+    return out
+
+
+def caveats(v: "BucketVerdict") -> list[str]:
+    """Every caveat of a verdict, one phrase each, in the words the search's verdict lines, the
+    tuned file (``caveats`` per bucket) and the report all use: provisional (noise check), tied
+    leaders, extrapolated accuracy, a speedup above the sparsity bound."""
+    out = []
+    if v.provisional:
+        out.append(f"provisional: the SDPA baseline of {', '.join(v.noisy)} varied more than {NOISE_SPREAD:g}x across "
+                   f"trials (a noisy machine); re-run the search on a quiet machine before relying on it")
+    if v.deploy and v.tied_with:
+        out.append(f"statistically tied with {', '.join(f't#{t}' for t in v.tied_with)} (overlapping confirmed "
+                   f"intervals)")
+    if v.deploy and v.extrapolated:
+        out.append("accuracy extrapolated: no chain of the set comes near this length")
+    if v.deploy and v.above_bound:
+        out.append(f"speedup above the sparsity bound 1.1/(1-s) at {', '.join(v.above_bound)}: a loaded machine or "
+                   f"a slow baseline, re-time before quoting")
+    return out
 
 
 def above_sparsity_bound(c: Any) -> bool:
@@ -224,12 +266,13 @@ def decide(targets: Targets, cells_by_trial: dict[int, list[Any]], buckets: Iter
     never says deploy)."""
     out = []
     conf_by, hold_by = {}, {}
+    noisy = noisy_workloads(cells_by_trial)
     for r in confirmations or []:
         by = hold_by if _g(r, "stage") == "holdout" else conf_by
         by.setdefault((_g(r, "bucket"), _g(r, "trial_number")), {})[_g(r, "workload")] = r
     for L in sorted(set(buckets)):
         lead = leaders(targets, cells_by_trial, L, top)
-        v = BucketVerdict(L, False, "", leaders=lead)
+        v = BucketVerdict(L, False, "", leaders=lead, noisy=list(noisy.get(L, [])))
         if not lead:
             n = len(cells_by_trial)
             v.why = f"no trial meets the non-speedup targets at every workload ({n} complete trial(s))"
@@ -302,19 +345,15 @@ def verdict_lines(verdicts: list[BucketVerdict]) -> list[str]:
     """One line per bucket, the same words everywhere."""
     out = []
     for v in verdicts:
+        notes = "".join(f"; {c}" for c in caveats(v))
         if v.trial is None or not v.deploy:
             head = f"L={v.bucket}: do not deploy"
             if v.trial is not None and not v.confirmed:
                 head = f"L={v.bucket}: undecided, leader t#{v.trial} {v.speedup:.2f}x (unconfirmed)"
-            out.append(f"{head}: {v.why}")
+            out.append(f"{head}: {v.why}{notes}")
             continue
-        tie = f"; statistically tied with {', '.join(f't#{t}' for t in v.tied_with)}" if v.tied_with else ""
-        ext = "; accuracy extrapolated (no chain near this length)" if v.extrapolated else ""
-        if v.above_bound:
-            ext += (f"; speedup above the sparsity bound 1.1/(1-s) at {', '.join(v.above_bound)}: "
-                    f"a loaded machine or a slow baseline, re-time before quoting")
-        out.append(f"L={v.bucket}: deploy t#{v.trial}: {v.speedup:.2f}x over SDPA "
-                   f"[{v.lo:.2f}, {v.hi:.2f}] {'hold-out' if v.holdout else 'confirmed'}{tie}{ext}")
+        out.append(f"L={v.bucket}: deploy t#{v.trial}{' (provisional)' if v.provisional else ''}: {v.speedup:.2f}x "
+                   f"over SDPA [{v.lo:.2f}, {v.hi:.2f}] {'hold-out' if v.holdout else 'confirmed'}{notes}")
     return out
 
 

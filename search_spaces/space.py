@@ -1363,9 +1363,29 @@ def parse_space(data: Any, source: str = "<space>") -> SearchSpace:
 
 
 
+def find_space(name: str | Path) -> Path:
+    """The space file ``name`` names: the path itself when it exists, else the file of that name in
+    the packaged ``search_spaces/`` folder (``protein.yaml``, or ``protein`` with ``.yaml`` added).
+    Raises `SpaceError` saying where it looked and which spaces are there."""
+    p = Path(name)
+    if p.exists():
+        return p
+    here = Path(__file__).resolve().parent
+    tries = [here / p.name] + ([here / (p.name + ".yaml")] if p.suffix not in (".yaml", ".yml") else [])
+    if p.name != str(name):  # a path into some folder: only there
+        raise SpaceError(str(name), "(file)", "no such file")
+    for c in tries:
+        if c.is_file():
+            return c
+    known = ", ".join(sorted(f.stem for f in here.glob("*.yaml")))
+    raise SpaceError(str(name), "(file)", f"no such file here nor in the packaged spaces ({here}{os.sep}: {known})")
+
+
 def load_space(path: str | Path) -> SearchSpace:
     """Read (`patterns.safeyaml`: UTF-8 only, no duplicate keys, bounded aliases and depth) and
-    validate a space file; raise `SpaceError` (one line naming file, key, problem)."""
+    validate a space file; raise `SpaceError` (one line naming file, key, problem). ``path`` may
+    also name a packaged space (`find_space`: ``protein`` or ``protein.yaml``)."""
+    path = find_space(path)
     source = str(path)
     try:
         data = load_yaml_file(path, source)

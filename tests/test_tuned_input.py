@@ -8,12 +8,14 @@ import os
 import subprocess
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import pytest
 import yaml
 
 from kernels import KernelConfig, load_tuned
+from kernels.tuned import TunedFileWarning
 from patterns import GuidedConfig
 from test_space import expected  # the corpus convention: "# expect: MESSAGE" or a sidecar
 
@@ -108,7 +110,7 @@ def _old_writer(doc, header):
 def test_tuned_file_writes_the_export_document_byte_for_byte(tmp_path):
     import copy
 
-    from kernels.tuned import TunedFile
+    from kernels.tuned import TunedFile, integrity_of
 
     doc = copy.deepcopy(EXPORTED)
     doc["buckets"][1]["pattern"] = GuidedConfig(32, keep=0.25, spread="layout", window=32).to_dict()
@@ -116,6 +118,10 @@ def test_tuned_file_writes_the_export_document_byte_for_byte(tmp_path):
     assert f.to_dict() == doc and list(f.to_dict()) == list(doc)
     assert [list(b.to_dict()) for b in f.buckets] == [list(b) for b in doc["buckets"]]
     header = "Tuned sparse attention patterns, exported from study 's'.\nRule: r.\nRead with kernels.load_tuned(path)."
+    # what is written: the document sealed with its integrity field, right after format
+    sealed = {"format": 2, "integrity": integrity_of(doc["buckets"], doc["infeasible_buckets"]), **doc}
+    assert f.to_dict(seal=True) == sealed and list(f.to_dict(seal=True)) == list(sealed)
+    doc = sealed
     old = _old_writer(doc, "# Tuned sparse attention patterns, exported from study 's'.\n# Rule: r.\n"
                            "# Read with kernels.load_tuned(path).\n")
     assert f.dumps(header) == old
@@ -136,11 +142,14 @@ def test_tuned_file_round_trips_a_format_1_file(tmp_path):
 
     p = tmp_path / "t.yaml"
     p.write_text(GOOD)
-    t = load_tuned(p)
-    assert t.file.format == 1 and t.file.buckets[0].heads is None and t.file.extra == {}
+    with pytest.warns(TunedFileWarning, match="no integrity field .* re-export it"):  # an older export's file
+        t = load_tuned(p)
+    assert t.file.format == 1 and t.file.integrity is None and t.file.buckets[0].heads is None and t.file.extra == {}
     again = tmp_path / "again.yaml"
-    t.file.write(again)
-    assert load_tuned(again).file == t.file
+    t.file.write(again)  # written again: sealed, and read back without a warning
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert load_tuned(again).file == t.file and load_tuned(again).file.integrity["buckets"] == 1
     doc = dict(yaml.safe_load(GOOD), note="kept")  # a key this schema does not name: kept, before buckets
     f = TunedFile.from_dict(doc, "x.yaml")
     assert f.extra == {"note": "kept"} and list(f.to_dict())[-2:] == ["note", "buckets"]

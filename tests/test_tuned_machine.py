@@ -14,19 +14,24 @@ from models.evoformer.attention import AttentionChoice, EvoformerAttention, atte
 from autotune.export import _shapes
 from search_spaces.space import load_space
 from kernels import load_tuned, reference_attention
-from kernels.tuned import TunedMismatchError, TunedMismatchWarning, device_name
+from kernels.tuned import TunedMismatchError, TunedMismatchWarning, device_name, integrity_of
 from patterns import PatternConfig, build_layout
 
 BAND = {"block_size": 16, "window": 16, "num_global": 0, "stride": 0}
 WIDE = {"block_size": 32, "window": 64, "num_global": 0, "stride": 0}
 
 
-def write(tmp_path, **doc):
+def write(tmp_path, seal=True, **doc):
+    """A tuned file for this machine with ``doc``'s keys replaced; ``seal``: with its integrity field,
+    as the export writes it (False: a file from an older export)."""
     base = {"format": 2, "device": "cpu", "device_name": device_name("cpu"), "dtype": "float32",
             "infeasible_buckets": [64],
             "buckets": [{"seq_len": 128, "heads": [2, 4], "head_dims": [16], "pattern": BAND},
                         {"seq_len": 256, "heads": [4], "head_dims": [32], "pattern": WIDE}]}
     base.update(doc)
+    inf = base.get("infeasible_buckets") or []
+    if seal and isinstance(base.get("buckets"), list) and isinstance(inf, list) and "integrity" not in doc:
+        base = {"integrity": integrity_of(base["buckets"], inf), **base}
     p = tmp_path / "tuned.yaml"
     p.write_text(yaml.safe_dump(base, sort_keys=False))
     return p

@@ -230,8 +230,26 @@ def _write_json(path: str, doc: dict) -> None:
     out.write_text(json.dumps(doc, indent=2) + "\n")
 
 
-def _configs(args) -> tuple[list[int], dict[int, PatternConfig], str]:
-    """(buckets, bucket -> config, description of the pattern source)."""
+def _deployed_plan(tuned, buckets: list[int], max_chains: Optional[int]) -> dict[int, dict]:
+    """bucket -> how the search evaluated the pattern the tuned file deploys there (``ladder``: the
+    study's bucket ladder, which fixes the bucket's lower edge, so the chains are exactly the
+    bucket's - never the shorter ones that deployment runs dense; ``max_chains`` and ``noise`` as
+    recorded under the bucket's ``accuracy_chains``; ``max_chains`` given on the command line wins)."""
+    measured = list(getattr(tuned, "measured_buckets", None) or tuned.buckets)
+    entries = getattr(tuned, "entries", None) or {}
+    out = {}
+    for b in buckets:
+        e = entries.get(b)
+        chains = (e.info.get("accuracy_chains") if e is not None else None) or {}
+        out[b] = {"ladder": sorted(set(chains.get("buckets") or measured) | {b}),
+                  "max_chains": max_chains if max_chains is not None else chains.get("max_chains"),
+                  "noise": chains.get("noise")}
+    return out
+
+
+def _configs(args) -> tuple[list[int], dict[int, PatternConfig], str, dict[int, dict]]:
+    """(buckets, bucket -> config, description of the pattern source, bucket -> evaluation plan:
+    ``ladder``, ``max_chains``, ``noise``; see `_deployed_plan`)."""
     if args.tuned:
         try:
             from kernels.tuned import load_tuned
@@ -257,7 +275,7 @@ def _configs(args) -> tuple[list[int], dict[int, PatternConfig], str]:
             configs = {b: configs[b] for b in buckets}
             if not buckets:
                 raise _UsageError(f"tuned file {args.tuned}: dense attention at every requested bucket, nothing to evaluate")
-        return buckets, configs, f"tuned:{args.tuned}"
+        return buckets, configs, f"tuned:{args.tuned}", _deployed_plan(tuned, buckets, args.max_chains)
     buckets = _parse_buckets(args.buckets) if args.buckets else list(DEFAULT_BUCKETS)
     try:
         cfg = PatternConfig(
@@ -269,7 +287,8 @@ def _configs(args) -> tuple[list[int], dict[int, PatternConfig], str]:
         )
     except ValueError as exc:
         raise _UsageError(str(exc)) from None
-    return buckets, {b: cfg for b in buckets}, "pattern"
+    plan = {b: {"ladder": buckets, "max_chains": args.max_chains, "noise": None} for b in buckets}
+    return buckets, {b: cfg for b in buckets}, "pattern", plan
 
 
 def _fmt_cfg(c) -> str:
@@ -284,25 +303,28 @@ def _fmt_metric(value: Optional[float], width: int = 6) -> str:
     return f"{'-':>{width}}" if value is None else f"{value:>{width}.3f}"
 
 
-def _pattern_inputs(args) -> tuple[list[int], dict, str, list, list]:
+def _pattern_inputs(args) -> tuple[list[int], dict, str, list, list, dict]:
     """Step 1 of the pattern mode: (buckets, bucket -> config, pattern source, chains, skipped
-    files), validated; raises _UsageError naming the flag, file or folder."""
+    files, bucket -> evaluation plan), validated; raises _UsageError naming the flag, file or folder."""
     if args.max_chains is not None and args.max_chains < 1:
         raise _UsageError(f"--max-chains must be >= 1, got {args.max_chains}")
-    buckets, configs, source = _configs(args)
+    buckets, configs, source, plan = _configs(args)
     try:
         chains, skipped = load_proteins_report(args.proteins)
     except ProteinLoadError as exc:
         raise _UsageError(str(exc)) from None
-    return buckets, configs, source, chains, skipped
+    return buckets, configs, source, chains, skipped, plan
 
 
-def _evaluate_buckets(args, buckets, configs, chains) -> list[dict]:
-    """Step 2: one result row per bucket (`evaluate_pattern` on the bucket's chains)."""
+def _evaluate_buckets(args, buckets, configs, chains, plan: Optional[dict] = None) -> list[dict]:
+    """Step 2: one result row per bucket (`evaluate_pattern` on the bucket's chains, chosen by the
+    bucket's ``plan``: the ladder, chain cap and noise the search evaluated the deployed pattern with)."""
     rows = []
     for b in buckets:
         cfg = configs[b]
-        res = evaluate_pattern(cfg, b, buckets=buckets, chains=chains, max_chains=args.max_chains)
+        pb = (plan or {}).get(b) or {"ladder": buckets, "max_chains": args.max_chains, "noise": None}
+        kw = {"noise": pb["noise"]} if pb.get("noise") is not None else {}
+        res = evaluate_pattern(cfg, b, buckets=pb["ladder"], chains=chains, max_chains=pb["max_chains"], **kw)
         guided = isinstance(cfg, GuidedConfig)  # a tuned file may hold guided entries
         rows.append(
             {
@@ -414,10 +436,10 @@ def run(argv: Optional[Sequence[str]] = None) -> int:
     if args.guided:
         return _run_guided(args)
     try:
-        buckets, configs, source, chains, skipped = _pattern_inputs(args)
+        buckets, configs, source, chains, skipped, plan = _pattern_inputs(args)
     except InputError as exc:
         return report_input_error(exc)
-    rows = _evaluate_buckets(args, buckets, configs, chains)
+    rows = _evaluate_buckets(args, buckets, configs, chains, plan)
     _print_pattern_table(args, rows, configs, source, chains, skipped)
     if args.json:
         _write_json(args.json, _pattern_json(args, rows, source, chains, skipped))

@@ -199,8 +199,14 @@ class EvoformerAttention:
         return cls(c, c, c, c if include_msa_col else AttentionChoice("sdpa"))
 
     @classmethod
-    def sparse(cls, tuned: Any, backend: str = "auto", kernel_config: Any = None) -> "EvoformerAttention":
-        """Sparse MSA row and triangle attention with one tuned pattern set; dense SDPA columns."""
+    def sparse(cls, tuned: Any, backend: str = "auto", kernel_config: Any = None,
+               mode: Optional[str] = None) -> "EvoformerAttention":
+        """Sparse MSA row and triangle attention with one tuned pattern set; dense SDPA columns.
+        ``mode``: "fwd" (inference) or "fwd+bwd" (training); a ``TunedPatterns`` checks it, the
+        backend (when not "auto") and its kernels against what it was tuned for (warning, or an
+        error when strict)."""
+        if isinstance(tuned, TunedPatterns):
+            tuned.check(mode=mode, backend=None if backend == "auto" else backend)
         return cls.uniform(AttentionChoice("sparse", tuned, backend, kernel_config))
 
     @classmethod

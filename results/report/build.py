@@ -14,8 +14,11 @@ whose interval clears the speedup target and that meets every other target at ev
 Without a current confirmation (a trial finished after it, or none) the bucket is undecided and
 the report says which command confirms (the export). The report never measures and never
 re-decides with other thresholds: the report, the search and the export cannot disagree. The
-latest export's choice (``at_tuned``) is shown beside it, and a mismatch (a stale export) is
-flagged.
+tuned file on disk (the latest export's ``at_tuned.out_path``, else ``results/<study>.yaml``) is
+compared with the verdict (`results.export.file_status`): a missing file, or one with other
+layouts, launch configs, verdicts or provisional marks, is said to be out of date. A verdict reached
+while the noise check fired is marked provisional, and every caveat is the one
+`results.verdict.caveats` gives (the search and the tuned file carry the same).
 
 Memory: the headline is the reduction against naive attention (materialised logits, what
 OpenFold's default attention computes); against SDPA (already flash-style) only the
@@ -139,7 +142,7 @@ def noisy_shapes(data: ReportData) -> list[tuple[str, int, float, float, int]]:
 
 def decide(data: ReportData, targets: Any) -> list[Decision]:
     """The verdict of `results.verdict.decide` per bucket, with one `Check` per target."""
-    from results.verdict import cell_values, decide as rule, extrapolated
+    from results.verdict import caveats, cell_values, decide as rule
 
     sd = data.study_data
     tuned = {t.bucket: t for t in data.tuned}
@@ -158,17 +161,7 @@ def decide(data: ReportData, targets: Any) -> list[Decision]:
             ok = bool(vals) and all(b.violation(x) <= 0 for x in vals.values())
             d.checks.append(Check(b.text(), ok, ", ".join(f"{w} {f_num(x) if x is not None else NOT_MEASURED}"
                                                            for w, x in vals.items()), measured=bool(vals) and not miss))
-        if v.tied_with:
-            d.notes.append(f"statistically tied with {cite('t', v.tied_with)} (overlapping confirmed intervals)")
-        if v.above_bound:
-            d.notes.append(f"‡ speedup above the sparsity bound 1.1 / (1 - sparsity) at {', '.join(v.above_bound)} "
-                           f"(more than skipping work explains: a loaded machine or a slow baseline; re-time before "
-                           f"quoting it)")
-        if d.cells and any(extrapolated(c, v.bucket) for c in d.cells):
-            d.notes.append("accuracy extrapolated: no chain of the set comes near this length")
-        if v.deploy and (tu is None or tu.trial_number != v.trial):
-            d.notes.append("the latest export " + (f"chose t#{tu.trial_number}" if tu is not None else "has no config")
-                           + " here: export again (python -m autotune.export)")
+        d.notes.extend(caveats(v))  # the same caveats the search prints and the tuned file carries
         if sd.confirmations is None and v.trial is not None:
             d.why += "; python -m autotune.export confirms the leaders and decides"
         out.append(d)
@@ -226,6 +219,21 @@ def _mem_red(kc: KernelCase, base: str, who: Optional[str]) -> str:
     return f_pct(1 - m / max(b, MIB_FLOOR)) + ("†" if b < MIB_FLOOR else "")
 
 
+def deployed_file(data: ReportData, decisions: list[Decision]) -> tuple[Optional[str], list[str]]:
+    """(the tuned file on disk - the latest export's ``out_path``, else ``results/<study>.yaml`` -,
+    the lines saying where it differs from the verdict: `results.export.file_status`; [] when it
+    deploys exactly the verdict). None, [] without a study or a decided bucket."""
+    import os
+
+    from results.export import file_status
+
+    sd = data.study_data
+    if not data.study or sd is None or not decisions:
+        return None, []
+    path = data.tuned[-1].out_path if data.tuned else os.path.join("results", f"{data.study}.yaml")
+    return path, file_status(path, [x.verdict for x in decisions], sd.trials, data.study)
+
+
 # ---- the report ----------------------------------------------------------------------------------
 class Report:
     def __init__(self, data: ReportData, out: Path, plots_dir: Path, argv: Optional[list[str]] = None):
@@ -238,6 +246,7 @@ class Report:
         self.absent: list[str] = []
         self.figures: list[Path] = []
         self.decisions = decide(data, targets)
+        self.tuned_file, self.stale = deployed_file(data, self.decisions)
 
     def w(self, *lines: str) -> None:
         self.lines.extend(lines)
@@ -306,9 +315,10 @@ class Report:
         else:
             self.w(f"- **Do not deploy at any bucket** (L = {', '.join(str(x.bucket) for x in nodep)}): "
                    f"no tuned pattern meets every target on confirmed figures.")
+        self.summary_tuned_file()
         for x in self.decisions:
             if not x.deploy:
-                self.w(f"  - L={x.bucket}: {x.why}.")
+                self.w(f"  - L={x.bucket}: {x.why}" + (f"; {'; '.join(x.notes)}" if x.notes else "") + ".")
                 continue
             v = x.verdict
             red = [(c.workload, _reduction(c, "naive", self.floor), c.naive_peak_mib) for c in x.cells]
@@ -321,6 +331,23 @@ class Report:
                                for w, r, nv in red)
                    + f" ({cite('m', [c.id for c in x.cells])})"
                    + (f"; {'; '.join(x.notes)}" if x.notes else "") + ".")
+
+    def summary_tuned_file(self) -> None:
+        """Whether the tuned file on disk deploys this verdict (`deployed_file`), and which buckets
+        are provisional (decided while the noise check fired)."""
+        prov = [x.bucket for x in self.decisions if x.verdict is not None and x.verdict.provisional]
+        if prov:
+            self.w(f"- **Provisional at L = {', '.join(map(str, prov))}**: decided while the SDPA baseline varied more "
+                   f"than 2x across trials (a noisy machine); re-run the search on a quiet machine before relying on it.")
+        if self.tuned_file is None:
+            return
+        if self.stale:
+            self.w(f"- **The tuned file `{self.tuned_file}` is out of date** (export again: `python -m autotune.export "
+                   f"--study {shlex.quote(self.data.study)} --out {shlex.quote(self.tuned_file)}`, with this report's "
+                   f"storage):")
+            self.w(*(f"  - {line.split(' is out of date: ', 1)[-1]}" for line in self.stale))
+        else:
+            self.w(f"- The tuned file `{self.tuned_file}` deploys exactly this verdict.")
 
     def summary_targets(self) -> None:
         """The study's targets, and a warning where the SDPA baseline was noisy."""
