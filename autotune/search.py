@@ -692,6 +692,7 @@ class Search:
         handlers = self._install_signal_handlers()
         status = "failed"
         try:
+            self._join_cluster()  # before anything is written: a failed join leaves no study, no run
             done0, budget, deadline = self._begin()
             if done0 >= budget:
                 self.log(f"study {self.study_name!r} already has {done0} finished trials (budget {budget}); nothing to do "
@@ -761,14 +762,9 @@ class Search:
     def _start_executor(self, t_start: float, budget: int, done0: int) -> None:
         """Start the workers (an executor that cannot start is invalid input: `UsageError`) and
         the progress bar."""
-        from .executor import ExecutorError, make_executor
-
-        try:
-            self._executor = make_executor(self.executor_kind, device=self.space.device, workers=self.workers,
-                                           threads_per_worker=self.space.execution.threads_per_worker,
-                                           address=self.ray_address, num_cpus=self.num_cpus)
-        except ExecutorError as e:  # threads_per_worker beyond every node, an unreachable cluster, no ray
-            raise UsageError(str(e) if e.standalone else f"{self.space.source}: {e}") from None
+        if self._executor is None:
+            self._executor = self._make_executor()
+        self.db.record_cluster(self.run_id, self._executor.cluster)
         self.stats["startup_s"] = time.perf_counter() - t_start
         try:  # again: starting Ray may have installed its own handler
             signal.signal(signal.SIGINT, self._on_int)
@@ -781,6 +777,35 @@ class Search:
             from tqdm import tqdm
 
             self._bar = tqdm(total=budget, initial=done0, desc=self.study_name, unit="trial", dynamic_ncols=True)
+
+    def _join_cluster(self) -> None:
+        """Join the Ray cluster named by ``--ray-address`` / ``$RAY_ADDRESS``, if any, before the
+        study or the run is written: a join that fails leaves the database as it was."""
+        from .executor import cluster_address
+
+        target, where = cluster_address(self.ray_address)
+        if self.executor_kind == "ray" and target is not None:
+            self.log(f"joining the Ray cluster at {target} ({where}) ...")
+            self._executor = self._make_executor()
+
+    def _make_executor(self):
+        """The executor (an executor that cannot start is invalid input: `UsageError`)."""
+        from .executor import ExecutorError, cluster_address, make_executor
+
+        if self.executor_kind == "ray" and cluster_address(self.ray_address)[0] is None:
+            self.log(f"starting a local Ray instance ({self.num_cpus or os.cpu_count()} CPUs) ...")
+        t0 = time.perf_counter()
+        try:
+            executor = make_executor(self.executor_kind, device=self.space.device, workers=self.workers,
+                                     threads_per_worker=self.space.execution.threads_per_worker,
+                                     address=self.ray_address, num_cpus=self.num_cpus)
+        except ExecutorError as e:  # threads_per_worker beyond every node, an unreachable cluster, no ray
+            raise UsageError(str(e) if e.standalone else f"{self.space.source}: {e}") from None
+        if executor.cluster:
+            c = executor.cluster
+            self.log(f"Ray {c['ray']} ready in {time.perf_counter() - t0:.1f} s: {c['address']}, "
+                     f"authentication {c['auth']}")
+        return executor
 
     def _loop(self, deadline: Optional[float], done: int) -> int:
         """Launch trials while workers are free (`_fill`), record the returned ones, beat for the

@@ -14,7 +14,9 @@ Schema (one row per ...):
     versions (JSON: python, torch, triton, optuna, ray, sqlalchemy, ...), git_revision,
     space_path, space (JSON: the validated space, after command-line overrides), executor,
     end_reason (why a run ended other than by its driver: "driver died: ..." when the next driver
-    found it dead; status "died"), optuna_study_id, optuna_study_uid (the Optuna study it ran).
+    found it dead; status "died"), optuna_study_id, optuna_study_uid (the Optuna study it ran),
+    cluster (JSON, schema version 3: the Ray cluster the run's workers ran on - address, where the
+    address came from, Ray version, authentication mode; NULL for the local executor).
 
 Ties to Optuna. Every at_runs / at_trials row records the Optuna study it belongs to: its id and
 its identity token (the study's system attribute ``autotune:uid``, `ensure_study_uid`; SQLite
@@ -115,8 +117,8 @@ from .storage import DEFAULT_STORAGE, StorageError, mask_url  # noqa: F401  (DEF
 
 PREFIX = "at_"
 # The version of the schema this code reads and writes (module docstring). Version 1: databases
-# written before the version row existed. Version 2: the at_schema row.
-SCHEMA_VERSION = 2
+# written before the version row existed. Version 2: the at_schema row. Version 3: at_runs.cluster.
+SCHEMA_VERSION = 3
 UNVERSIONED = 1
 UPGRADE_COMMAND = "python -m autotune.upgrade --storage {url}"
 # at_trials.reason of trials that were not measured to the end and are run again (a retry row
@@ -154,6 +156,7 @@ class Run(Base):
     end_reason: Mapped[Optional[str]] = mapped_column(Text, nullable=True)
     optuna_study_id: Mapped[Optional[int]] = mapped_column(Integer, nullable=True)
     optuna_study_uid: Mapped[Optional[str]] = mapped_column(String(64), nullable=True)
+    cluster: Mapped[Any] = mapped_column(JSON, nullable=True)
 
 
 class TrialRow(Base):
@@ -424,7 +427,12 @@ def _upgrade_from_1(conn: Any) -> None:
     _add_missing_columns(conn)
 
 
-UPGRADES = {1: _upgrade_from_1}
+def _upgrade_from_2(conn: Any) -> None:
+    """Version 2 -> 3: at_runs.cluster (NULL for the runs before it)."""
+    _add_missing_columns(conn)
+
+
+UPGRADES = {1: _upgrade_from_1, 2: _upgrade_from_2}
 
 
 def upgrade_schema(url: str) -> tuple[Optional[int], int]:
@@ -544,6 +552,11 @@ class Database:
             s.add(run)
             s.flush()
             return run.id
+
+    def record_cluster(self, run_id: int, cluster: dict[str, Any]) -> None:
+        """The Ray cluster the run's workers joined (``at_runs.cluster``)."""
+        with self.session() as s:
+            s.get(Run, run_id).cluster = dict(cluster) if cluster else None
 
     def heartbeat(self, run_id: int) -> None:
         """The run's own heartbeat (``at_runs.heartbeat_at``: tells other hosts the driver lives);
