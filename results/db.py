@@ -609,13 +609,8 @@ class Database:
         with self.session() as s:
             self._lock_study(s, study, fields["run_id"])
             rows = s.scalars(select(TrialRow).where(TrialRow.study_name == study)).all()
-            occupying = [t for t in rows if self._occupying(t)]
             retry_of = fields.get("retry_of")
-            # a trial run again (interrupted, node lost) keeps a slot reserved for its retry until
-            # the retry is claimed, so a full budget never drops a retry
-            retried = {t.retry_of for t in rows if t.retry_of is not None}
-            reserved = [t for t in rows if not self._occupying(t) and t.state == "FAIL" and t.number not in retried
-                        and "(retry skipped" not in (t.reason or "")]
+            occupying, reserved = self._slots(rows)
             taken = len(occupying) + len(reserved) - (1 if retry_of is not None and any(t.number == retry_of for t in reserved) else 0)
             if taken >= budget:  # before the duplicate check: a full budget ends the asking at once
                 return "budget", None
@@ -634,6 +629,21 @@ class Database:
             else:
                 s.add(TrialRow(**fields))
             return "ok", None
+
+    def _slots(self, rows: list["TrialRow"]) -> tuple[list["TrialRow"], list["TrialRow"]]:
+        """(occupying trials, trials whose slot is reserved for their retry) among ``rows``: a
+        trial run again (interrupted, node lost) keeps a slot reserved for its retry until the
+        retry is claimed, so a full budget never drops a retry."""
+        retried = {t.retry_of for t in rows if t.retry_of is not None}
+        reserved = [t for t in rows if not self._occupying(t) and t.state == "FAIL" and t.number not in retried
+                    and "(retry skipped" not in (t.reason or "")]
+        return [t for t in rows if self._occupying(t)], reserved
+
+    def budget_taken(self, study: str) -> int:
+        """Budget slots of ``study`` taken now, by any driver (what `claim_trial` counts)."""
+        with self.Session() as s:
+            occupying, reserved = self._slots(s.scalars(select(TrialRow).where(TrialRow.study_name == study)).all())
+            return len(occupying) + len(reserved)
 
     def pending_retries(self, study: str) -> list["TrialRow"]:
         """Trials of ``study`` failed for a retried reason whose retry has not been claimed yet

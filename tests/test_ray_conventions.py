@@ -162,9 +162,14 @@ def test_interrupted_while_connecting(tmp_path, sig):
         assert proc.poll() is None
         t0 = time.monotonic()
         proc.send_signal(sig)
+        err = ""
+        while "interrupted before anything was written" not in err:  # the search's last line
+            more = proc.stderr.readline()
+            assert more, err
+            err += more
+        took = time.monotonic() - t0  # answered; the interpreter's own exit (torch, ray) follows
         rc = proc.wait(60)
-        took = time.monotonic() - t0
-        err = proc.stderr.read()
+        err += proc.stderr.read()
     finally:
         if proc.poll() is None:
             proc.kill()
