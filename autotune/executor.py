@@ -265,8 +265,9 @@ def join_error_line(where: str, target: str, error: BaseException, logged: list[
     """One line for a failed ``ray.init`` on a cluster address that answered: the cause when it is
     authentication (Ray's ``AuthenticationError``, or ``InvalidAuthToken`` in its client's log)."""
     head = f"{where} {target}: could not join the Ray cluster: "
-    if type(error).__name__ == "AuthenticationError":
-        return head + f"Ray token authentication is on (RAY_AUTH_MODE=token) but this driver has no token; {AUTH_HOWTO}"
+    if type(error).__name__ == "AuthenticationError":  # Ray's first sentence names the cause
+        cause = str(getattr(error, "message", "") or error).strip().splitlines()[0].split(". ")[0]
+        return head + f"Ray token authentication: {cause}; {AUTH_HOWTO}"
     if any("InvalidAuthToken" in ln or "Unauthenticated" in ln for ln in logged):
         why = ("the cluster rejected this driver's authentication token (InvalidAuthToken: not the cluster's token)"
                if mode == "token" else
@@ -351,7 +352,10 @@ class RayExecutor:
                 ship = not ("py_modules" in job_env or "working_dir" in job_env)
                 gcs_wait = os.environ.get("RAY_gcs_server_port_wait_time_s")
                 os.environ.setdefault("RAY_gcs_server_port_wait_time_s", GCS_WAIT_S)
-                auth = use_token_if_available()
+                try:
+                    auth = use_token_if_available()
+                except ray.exceptions.RayError as e:  # e.g. RAY_AUTH_TOKEN_PATH names no readable file
+                    raise ClusterUnreachable(join_error_line(where, target, e, [], _auth_mode_name())) from None
                 try:
                     with tempfile.TemporaryDirectory(prefix="autotune-ship-") as staging, _ray_log_lines() as logged:
                         ray.init(address=target, runtime_env=project_runtime_env(staging) if ship else None, **kwargs)

@@ -214,6 +214,41 @@ def test_parameters_are_suggested_only_where_in_effect(tmp_path):
     assert suggest_params(study.ask(), space) == first[0]
 
 
+def test_export_and_report_are_the_studys_artifacts(db, tmp_path, capsys):
+    """The tuned file and the report go to Optuna's artifact store (artifacts/ next to them by
+    default), linked to the study: what optuna-dashboard lists and downloads is the file on disk."""
+    import optuna
+    from optuna.artifacts import FileSystemArtifactStore, download_artifact, get_all_artifact_meta
+
+    from autotune.export import main as export_main
+    from autotune.report.__main__ import main as report_main
+
+    url = f"sqlite:///{db}"
+    out, rep = tmp_path / "out" / "views.yaml", tmp_path / "out" / "views_REPORT.md"
+    assert export_main(["--study", "views", "--storage", url, "--out", str(out)]) == 0
+    assert report_main(["--storage", url, "--study", "views", "--out", str(rep)]) == 0
+    assert "also in Optuna's artifact store" in capsys.readouterr().err
+    study = optuna.load_study(study_name="views", storage=url)
+    metas = {m.filename: m for m in get_all_artifact_meta(study)}
+    assert {"views.yaml", "views_REPORT.md"} <= set(metas), metas
+    assert metas["views.yaml"].mimetype == "text/yaml" and metas["views_REPORT.md"].mimetype == "text/markdown"
+    store = FileSystemArtifactStore(str(tmp_path / "out" / "artifacts"))
+    for name, path in (("views.yaml", out), ("views_REPORT.md", rep)):
+        got = tmp_path / f"got-{name}"
+        download_artifact(artifact_store=store, file_path=str(got), artifact_id=metas[name].artifact_id)
+        assert got.read_bytes() == path.read_bytes()
+        assert study.user_attrs[f"artifact:{name}"] == metas[name].artifact_id  # the latest one
+    # a store that is not a folder: one line, exit 2, nothing written
+    bad = tmp_path / "a-file"
+    bad.write_text("x")
+    assert export_main(["--study", "views", "--storage", url, "--out", str(tmp_path / "n.yaml"),
+                        "--artifacts", str(bad)]) == 2
+    assert not (tmp_path / "n.yaml").exists()
+    assert capsys.readouterr().err.strip() == f"autotune.export: error: --artifacts {bad}: not a folder"
+    assert export_main(["--study", "views", "--storage", url, "--out", str(tmp_path / "m.yaml"), "--artifacts", "none"]) == 0
+    assert not (tmp_path / "artifacts").exists()
+
+
 def test_rows_are_tied_to_optuna_ids(db):
     import optuna
 

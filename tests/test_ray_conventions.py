@@ -251,7 +251,7 @@ def test_search_under_ray_address_env(cluster, tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("token", ["wrong", "none"])
+@pytest.mark.parametrize("token", ["wrong", "none", "missing-file", "mode-without-token"])
 def test_join_refused_for_authentication_is_one_line_and_writes_nothing(cluster, tmp_path, token):
     """A driver without the cluster's token: exit 2, one line naming authentication as the cause,
     no database written (no study, no failed run)."""
@@ -260,9 +260,17 @@ def test_join_refused_for_authentication_is_one_line_and_writes_nothing(cluster,
     if token == "wrong":
         env = _env(RAY_AUTH_TOKEN_PATH=token_file(str(tmp_path)))
         why = "the cluster rejected this driver's authentication token"
-    else:
-        env = _env(RAY_AUTH_TOKEN_PATH=str(tmp_path / "no-such-token"), HOME=str(tmp_path))
-        why = "the cluster uses Ray token authentication and this driver sent no token (RAY_AUTH_MODE=disabled)"
+    elif token == "missing-file":
+        env = _env(RAY_AUTH_TOKEN_PATH=str(tmp_path / "no-such-token"))
+        why = "Ray token authentication: RAY_AUTH_TOKEN_PATH is set but file cannot be opened or is empty"
+    else:  # no token anywhere (a home without ~/.ray/auth_token)
+        env = _env(HOME=str(tmp_path))
+        env.pop("RAY_AUTH_TOKEN_PATH")
+        if token == "none":
+            why = "the cluster uses Ray token authentication and this driver sent no token (RAY_AUTH_MODE=disabled)"
+        else:
+            env["RAY_AUTH_MODE"] = "token"
+            why = "Ray token authentication: Token authentication is enabled but no authentication token was found"
     out = subprocess.run(_search_cmd(space, db) + ["--ray-address", cluster], cwd=tmp_path, env=env,
                          capture_output=True, text=True, timeout=200)
     assert out.returncode == 2, out.stderr

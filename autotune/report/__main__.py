@@ -17,6 +17,7 @@ from typing import Optional
 
 from patterns.errors import InputError, report_input_error
 
+from results.artifacts import ARTIFACTS_HELP
 from results.storage import STORAGE_HELP
 
 
@@ -27,12 +28,15 @@ def main(argv: Optional[list[str]] = None) -> int:
     p.add_argument("--out", default=os.path.join("results", "REPORT.md"), help="Markdown report (default results/REPORT.md)")
     p.add_argument("--study", default=None, help="study to report (default: the latest run's study)")
     p.add_argument("--plots-dir", default=None, help="where the PNGs go (default <out stem>_files/)")
+    p.add_argument("--artifacts", default=None, help=ARTIFACTS_HELP)
     args = p.parse_args(argv)
+    from results.artifacts import artifact_dir, upload_and_say
     from results.report.build import build_report
     from results.report.data import load
     from results.storage import resolve_storage
 
     try:
+        artifacts = artifact_dir(args.artifacts, args.out)
         storage = resolve_storage(args.storage, "read")
         data = load(storage.url, args.study)
     except InputError as e:  # ReportError, StorageError, ...
@@ -43,6 +47,8 @@ def main(argv: Optional[list[str]] = None) -> int:
         return 2
     text, figures = build_report(data, args.out, args.plots_dir, argv=argv)
     print(f"autotune.report: wrote {args.out} ({len(text.splitlines())} lines, {len(figures)} figure(s))", file=sys.stderr)
+    if data.study is not None:  # the report and its figures, linked to the study it reports
+        upload_and_say("autotune.report", storage.url, data.study, [args.out, *map(str, figures)], artifacts)
     return 0
 
 
