@@ -824,13 +824,14 @@ class Search:
         from kernels import cpu_fused
 
         t0 = time.perf_counter()
-        load = threading.Thread(target=cpu_fused.available, daemon=True)
+        got: list[bool] = []
+        load = threading.Thread(target=lambda: got.append(cpu_fused.available()), daemon=True)
         load.start()
         load.join(1.0)
         if load.is_alive():
             self.log("compiling the fused C kernel (first use on this machine; cached after) ...")
             load.join()
-            ok = cpu_fused.available()
+            ok = bool(got and got[0])
             self.log(f"fused C kernel {'compiled' if ok else 'not available'} in {time.perf_counter() - t0:.1f} s"
                      + ("" if ok else f": {cpu_fused.unavailable_reason()}"))
 
