@@ -389,3 +389,12 @@ def test_stale_trial_of_a_live_driver_is_failed_by_optunas_heartbeat(tmp_path, m
     assert [v[0] for v in got.values() if v[2] == t.number] == ["COMPLETE"]  # its retry ran
     st = optuna.load_study(study_name="hb", storage=url)
     assert st.trials[t.number].state == optuna.trial.TrialState.FAIL
+
+
+def test_plots_extra_installs_what_optuna_visualization_needs():
+    import tomllib
+
+    extras = tomllib.loads((Path(__file__).resolve().parent.parent / "pyproject.toml").read_text())["project"][
+        "optional-dependencies"]
+    assert any(dep.startswith("plotly") for dep in extras["plots"])  # optuna.visualization's backend
+    assert any(dep.startswith("matplotlib") for dep in extras["plots"])
