@@ -776,7 +776,6 @@ class Search:
     def _begin(self) -> tuple[int, int, Optional[float]]:
         """Open the study, settle the trials earlier drivers left, load the cells of its complete
         trials. Returns (trials finished so far, budget, monotonic deadline or None)."""
-        self.log(f"opening study {self.study_name!r} in {self.masked_storage} ...")
         self._open()
         self.recover()
         budget = self.space.budget.trials

@@ -26,7 +26,6 @@ def test_log_lines_sit_above_the_progress_bar(tmp_path, monkeypatch, capsys):
     space = load_space(write_space(tmp_path, **FAST)).override(trials=2)
     Search(space, study_name="bar", storage=f"sqlite:///{tmp_path / 'b.db'}", executor="local", progress=True).run()
     err = capsys.readouterr().err
-    assert "autotune: opening study 'bar'" in err
     logged = [seg for seg in _segments(err) if "autotune: trial 0 failed" in seg]
     assert logged and all(seg.startswith("autotune: trial 0 failed") for seg in logged), logged  # not glued
     assert any("trial" in seg and "|" in seg for seg in _segments(err))  # the bar itself was drawn
