@@ -19,6 +19,12 @@ actor boundary); a worker never writes to the database.
       answers SIGINT / SIGTERM at once, where ``ray.init`` alone retries a dead address for minutes
       inside its C++ client without running Python's signal handlers. Ray's own GCS connection
       retries are then bounded (``RAY_gcs_server_port_wait_time_s=5`` unless set);
+    - Ray's token authentication (on by default in ``ray start --head`` once a token exists): with
+      ``RAY_AUTH_MODE`` unset and a token available (``~/.ray/auth_token``, ``$RAY_AUTH_TOKEN`` or
+      ``$RAY_AUTH_TOKEN_PATH``) the join uses it, as Ray itself does for ``auto`` (`TokenAuth`); a
+      join refused for authentication is one line naming that cause (`join_error_line`), Ray's
+      repeated ``InvalidAuthToken`` log lines left out. ``cluster`` holds what the run records
+      (``at_runs.cluster``): address, where it came from, Ray version, authentication mode;
     - ``ray.init`` gets no ``num_cpus`` (Ray refuses resources when joining) and a ``runtime_env``
       whose ``working_dir`` holds this project's packages (`project_runtime_env`): every worker
       runs the driver's version of ``autotune``, ``patterns`` and ``kernels``, not whatever is
@@ -50,12 +56,14 @@ actor boundary); a worker never writes to the database.
 from __future__ import annotations
 
 import os
+import sys
+from contextlib import contextmanager
 from typing import Any, Optional
 
 from .trial import FAULT_ENV, TrialResult, TrialRunner
 
 __all__ = ["LocalExecutor", "RayExecutor", "ExecutorError", "ClusterUnreachable", "make_executor",
-           "cluster_address", "project_runtime_env", "wait_for_address"]
+           "cluster_address", "project_runtime_env", "wait_for_address", "use_token_if_available", "join_error_line"]
 
 CONNECT_TIMEOUT_S = 20.0  # how long a cluster address may stay silent before the search gives up
 GCS_WAIT_S = "5"  # Ray's own GCS connection retries once the address answers (RAY_gcs_server_port_wait_time_s)
@@ -167,6 +175,108 @@ def _job_runtime_env() -> dict[str, Any]:
         return {}
 
 
+AUTH_HOWTO = ("give this driver the cluster's token (`ray get-auth-token` on the head): in ~/.ray/auth_token, "
+              "or RAY_AUTH_TOKEN / RAY_AUTH_TOKEN_PATH")
+
+
+class TokenAuth:
+    """Ray's token authentication for joining a cluster (Ray >= 2.5x: ``ray start --head`` turns it
+    on when a token exists, ``~/.ray/auth_token`` or ``$RAY_AUTH_TOKEN`` / ``$RAY_AUTH_TOKEN_PATH``).
+    Ray's client turns it on by itself only for ``auto``; for an explicit address (``--ray-address``,
+    ``$RAY_ADDRESS``) `use_token_if_available` does what ``auto`` does: with ``RAY_AUTH_MODE`` unset
+    and a token available, ``RAY_AUTH_MODE=token`` for this process until `restore`. ``mode``: the
+    authentication mode the join used ("token", "disabled"; "none" for a Ray without it)."""
+
+    def __init__(self, mode: str, changed: bool) -> None:
+        self.mode, self.changed = mode, changed
+
+    def restore(self) -> None:
+        if self.changed:
+            os.environ.pop("RAY_AUTH_MODE", None)
+            _reload_ray_config()
+            self.changed = False
+
+
+def _reload_ray_config() -> None:
+    try:
+        from ray._raylet import Config
+
+        Config.initialize("")  # Ray reads RAY_AUTH_MODE into its cached config
+    except (ImportError, AttributeError):
+        pass
+
+
+def _auth_mode_name() -> str:
+    """Ray's authentication mode in this process ("token", "disabled"; "none": a Ray without it)."""
+    try:
+        from ray._private.authentication.authentication_utils import get_authentication_mode_name
+        from ray._raylet import get_authentication_mode
+
+        return str(get_authentication_mode_name(get_authentication_mode())).lower()
+    except (ImportError, AttributeError):
+        return "none"
+
+
+def use_token_if_available() -> TokenAuth:
+    """``RAY_AUTH_MODE=token`` when it is unset and Ray finds a token (`TokenAuth`); an explicit
+    ``RAY_AUTH_MODE`` (``disabled`` included) is kept as it is."""
+    changed = False
+    if os.environ.get("RAY_AUTH_MODE") is None:
+        try:
+            from ray._raylet import AuthenticationTokenLoader
+
+            has = AuthenticationTokenLoader.instance().has_token(ignore_auth_mode=True)
+        except (ImportError, AttributeError, TypeError):
+            has = False
+        if has:
+            os.environ["RAY_AUTH_MODE"] = "token"
+            _reload_ray_config()
+            changed = True
+    return TokenAuth(_auth_mode_name(), changed)
+
+
+@contextmanager
+def _ray_log_lines():
+    """Collect what is written to file descriptor 2 (Ray's C++ client logs there) inside the
+    block into the yielded list; on exit write it back, less the repeated ``InvalidAuthToken``
+    lines (the one-line error names the cause instead)."""
+    import tempfile
+
+    lines: list[str] = []
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile(mode="w+b") as buf:
+        os.dup2(buf.fileno(), 2)
+        try:
+            yield lines
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            buf.seek(0)
+            lines.extend(buf.read().decode(errors="replace").splitlines())
+            keep = [ln for ln in lines if "InvalidAuthToken" not in ln]
+            if keep:
+                sys.stderr.write("\n".join(keep) + "\n")
+                sys.stderr.flush()
+
+
+def join_error_line(where: str, target: str, error: BaseException, logged: list[str], mode: str) -> str:
+    """One line for a failed ``ray.init`` on a cluster address that answered: the cause when it is
+    authentication (Ray's ``AuthenticationError``, or ``InvalidAuthToken`` in its client's log)."""
+    head = f"{where} {target}: could not join the Ray cluster: "
+    if type(error).__name__ == "AuthenticationError":  # Ray's first sentence names the cause
+        cause = str(getattr(error, "message", "") or error).strip().splitlines()[0].split(". ")[0]
+        return head + f"Ray token authentication: {cause}; {AUTH_HOWTO}"
+    if any("InvalidAuthToken" in ln or "Unauthenticated" in ln for ln in logged):
+        why = ("the cluster rejected this driver's authentication token (InvalidAuthToken: not the cluster's token)"
+               if mode == "token" else
+               f"the cluster uses Ray token authentication and this driver sent no token (RAY_AUTH_MODE={mode})")
+        return head + f"{why}; {AUTH_HOWTO}"
+    first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    return (head + f"{type(error).__name__}: {first}")[:500]
+
+
 class LocalExecutor:
     name = "local"
 
@@ -175,6 +285,7 @@ class LocalExecutor:
         self.queue: list[dict[str, Any]] = []
         self.capacity = 1
         self.workers = 1
+        self.cluster: dict[str, Any] = {}  # no Ray cluster
 
     @property
     def running(self) -> int:
@@ -227,6 +338,8 @@ class RayExecutor:
 
         self.ray = ray
         self._owns_ray = False
+        self._auth: Optional[TokenAuth] = None
+        self.cluster: dict[str, Any] = {}  # what the run records (at_runs.cluster): address, Ray version, auth
         self.address: Optional[str] = None  # the cluster joined (None: a local instance, or one already running)
         if not ray.is_initialized():
             kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": True, "logging_level": "ERROR"}
@@ -240,17 +353,22 @@ class RayExecutor:
                 gcs_wait = os.environ.get("RAY_gcs_server_port_wait_time_s")
                 os.environ.setdefault("RAY_gcs_server_port_wait_time_s", GCS_WAIT_S)
                 try:
-                    with tempfile.TemporaryDirectory(prefix="autotune-ship-") as staging:  # uploaded by ray.init
+                    auth = use_token_if_available()
+                except ray.exceptions.RayError as e:  # e.g. RAY_AUTH_TOKEN_PATH names no readable file
+                    raise ClusterUnreachable(join_error_line(where, target, e, [], _auth_mode_name())) from None
+                try:
+                    with tempfile.TemporaryDirectory(prefix="autotune-ship-") as staging, _ray_log_lines() as logged:
                         ray.init(address=target, runtime_env=project_runtime_env(staging) if ship else None, **kwargs)
-                except (ConnectionError, RuntimeError, TimeoutError, ValueError) as e:
-                    first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-                    raise ClusterUnreachable(f"{where} {target}: could not join the Ray cluster: "
-                                             f"{type(e).__name__}: {first}"[:500]) from None
+                except (ConnectionError, RuntimeError, TimeoutError, ValueError, ray.exceptions.RayError) as e:
+                    auth.restore()
+                    raise ClusterUnreachable(join_error_line(where, target, e, logged, auth.mode)) from None
                 finally:
                     if gcs_wait is None:
                         os.environ.pop("RAY_gcs_server_port_wait_time_s", None)
+                self._auth = auth
                 self._owns_ray = True  # our connection: disconnect at shutdown (the cluster stays)
                 self.address = target
+                self.cluster = {"address": target, "source": where, "ray": ray.__version__, "auth": auth.mode}
             else:
                 # The repository root on the workers' path (a source checkout that is not installed).
                 root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -259,6 +377,11 @@ class RayExecutor:
                 ray.init(address="local", num_cpus=num_cpus or os.cpu_count() or 1,
                          runtime_env={"env_vars": {"PYTHONPATH": pp}}, **kwargs)
                 self._owns_ray = True
+                self.cluster = {"address": "local", "source": "local", "ray": ray.__version__,
+                                "auth": _auth_mode_name()}
+        else:  # a Ray instance this process was already connected to
+            self.cluster = {"address": ray.get_runtime_context().gcs_address, "source": "ray.init", "ray": ray.__version__,
+                            "auth": _auth_mode_name()}
         node_cpus = [int(n.get("Resources", {}).get("CPU", 0)) for n in ray.nodes() if n.get("Alive")]
         if threads_per_worker > max(node_cpus, default=0):
             self.actors = []
@@ -418,6 +541,9 @@ class RayExecutor:
         self.actors = []
         if self._owns_ray and self.ray.is_initialized():
             self.ray.shutdown()
+        if self._auth is not None:
+            self._auth.restore()
+            self._auth = None
 
 
 def make_executor(kind: str, *, device: str, workers: Optional[int], threads_per_worker: int,

@@ -34,6 +34,7 @@ from typing import Any, Optional
 from patterns.errors import exit_status
 
 from results.storage import STORAGE_HELP
+from results.artifacts import ARTIFACTS_HELP
 from results.export import RULE, ExportError, _shapes, document, load_live, open_study, write  # noqa: F401
 
 __all__ = ["choose", "export", "main", "ExportError", "RULE"]
@@ -68,11 +69,14 @@ def main(argv: Optional[list[str]] = None) -> int:
     p.add_argument("--study", required=True)
     p.add_argument("--storage", default=None, help=STORAGE_HELP)
     p.add_argument("--out", default=None, help="output YAML (default results/<study>.yaml)")
+    p.add_argument("--artifacts", default=None, help=ARTIFACTS_HELP)
     args = p.parse_args(argv)
+    from results.artifacts import artifact_dir, upload_and_say
     from results.storage import database_error_line, resolve_storage
 
     out = args.out or os.path.join("results", f"{args.study}.yaml")
     try:
+        artifacts = artifact_dir(args.artifacts, out)
         storage = resolve_storage(args.storage, "write").url  # export records its choice in at_tuned
         doc = export(args.study, storage, out)
     except BaseException as e:  # noqa: BLE001 - ExportError, StorageError (also another schema version): 2; database: 1
@@ -85,6 +89,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     for L, why in doc["not_exported"].items():
         print(f"autotune.export: L={L} not exported: {why}", file=sys.stderr)
     print(f"autotune.export: wrote {out}", file=sys.stderr)
+    upload_and_say("autotune.export", storage, args.study, [out], artifacts)
     return 0
 
 

@@ -15,9 +15,9 @@ written), 1 other errors.
 What Optuna's own tools show
 ----------------------------
 Each complete trial carries its objective values (aggregated over all cells: the sampler's
-view), and, where Optuna's tools read them, per-bucket results (`bucket_view`): user attributes
-``buckets`` (per length: speedup, its interval's lower end, memory ratios, sparsity, accuracy,
-violations, feasible), ``feasible_buckets``, ``constraint_bucket``, ``constraints`` and
+view), and, where Optuna's tools read them, per-bucket results (`bucket_view`): flat user
+attributes, one per bucket and metric (`autotune.trial.bucket_attrs`: ``L64.speedup``,
+``L64.sparsity``, ``L64.feasible``, ``L64.violated``, ...), ``feasible_buckets``, ``constraint_bucket``, ``constraints`` and
 ``constraint_names``; the system attribute ``constraints`` holds the violations at the trial's
 least violating bucket, for every target but speedup (judged on confirmed figures only, as the
 verdict does; speedup is an objective). So a trial is feasible for Optuna's samplers,
@@ -25,8 +25,11 @@ verdict does; speedup is an objective). So a trial is feasible for Optuna's samp
 other target at every workload of at least one bucket: when it is a candidate the verdict
 confirms and may choose there. ``best_trials`` is the Pareto front of those over the aggregate
 objectives: every trial the export chooses is feasible, but one chosen for a single length can be
-dominated on the aggregates by a trial better elsewhere; the study's user attribute ``verdict``
-(written at the end of each run) names the choice per bucket. The space is stored once, in ``at_runs.space``; the study's user attribute
+dominated on the aggregates by a trial better elsewhere; the study's user attributes
+``verdict.L<bucket>`` (written at the end of each run) name the choice per bucket. Parameters are
+suggested define-by-run (`autotune.trial.suggest_params`): a trial carries only the parameters
+of its pattern family. Optuna's objective names (``set_metric_names``) call ``accuracy`` by its
+metric (e.g. ``contact_recall_long``). The space is stored once, in ``at_runs.space``; the study's user attribute
 ``space_run_id`` names the run that holds it. The study's system attribute ``autotune:uid`` ties
 our rows to it (`results.db.LiveStudy`).
 
@@ -94,7 +97,8 @@ import signal
 import socket
 import sys
 import time
-from typing import TYPE_CHECKING, Any, Optional
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any, Iterator, Optional
 
 from patterns.errors import InputError, exit_status
 
@@ -167,6 +171,8 @@ def sampler_seed(seed: Optional[int], n_trials: int, run_id: Optional[int]) -> O
 
 
 def make_sampler(space: SearchSpace, seed: Optional[int] = None, *, use_space_seed: bool = True):
+    import warnings
+
     import optuna
 
     cfg = space.sampler
@@ -183,8 +189,10 @@ def make_sampler(space: SearchSpace, seed: Optional[int] = None, *, use_space_se
     if cfg.name == "nsga2":
         return optuna.samplers.NSGAIISampler(population_size=cfg.population, seed=seed, constraints_func=cons)
     if cfg.name == "tpe":
-        return optuna.samplers.TPESampler(n_startup_trials=cfg.startup_trials, seed=seed,
-                                          multivariate=True, constraints_func=cons)
+        with warnings.catch_warnings():  # group: the conditional (per-family) parameters, sampled jointly
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            return optuna.samplers.TPESampler(n_startup_trials=cfg.startup_trials, seed=seed,
+                                              multivariate=True, group=True, constraints_func=cons)
     return optuna.samplers.RandomSampler(seed=seed)
 
 
@@ -256,6 +264,24 @@ def bucket_view(space: SearchSpace, cells: list[Any]) -> tuple[list[float], dict
 
 def _seed(study: str, number: int) -> int:
     return int(hashlib.sha256(f"{study}:{number}".encode()).hexdigest()[:8], 16)
+
+
+@contextmanager
+def bar_safe_stderr(bar) -> Iterator[None]:
+    """While the progress bar ``bar`` shows (None: no bar), whatever is written to ``sys.stderr``
+    (our log lines, Python warnings, Ray's copies of its workers' output) goes through
+    ``tqdm.write``, on its own line above the bar (tqdm's ``DummyTqdmFile``), never glued to it."""
+    if bar is None:
+        yield
+        return
+    from tqdm.contrib import DummyTqdmFile
+
+    real = sys.stderr
+    sys.stderr = DummyTqdmFile(real)
+    try:
+        yield
+    finally:
+        sys.stderr = real
 
 
 class Search:
@@ -332,7 +358,9 @@ class Search:
 
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                self.study.set_metric_names(list(self.space.objectives))
+                from .trial import metric_names
+
+                self.study.set_metric_names(metric_names(self.space))  # accuracy: named for its metric
         # our rows of a study deleted from Optuna's storage (optuna delete-study), or of an earlier
         # study of the same name, are removed before anything of this one is written
         from results.db import ensure_study_uid
@@ -461,7 +489,10 @@ class Search:
             self.ostorage.set_trial_user_attr(tid, "constraint_names", optuna_constraint_names(self.space))
             self.ostorage.set_trial_system_attr(tid, "constraints", list(constraints))
         if buckets is not None:
-            self.ostorage.set_trial_user_attr(tid, "buckets", buckets)
+            from .trial import bucket_attrs
+
+            for key, value in bucket_attrs(buckets).items():  # flat: one per bucket and metric
+                self.ostorage.set_trial_user_attr(tid, key, value)
             self.ostorage.set_trial_user_attr(tid, "feasible_buckets",
                                               [int(L) for L, b in buckets.items() if b["feasible"]])
             self.ostorage.set_trial_user_attr(tid, "constraint_bucket", constraint_bucket)
@@ -491,14 +522,14 @@ class Search:
         from patterns import pattern_from_dict
 
         from results.db import utcnow
-        from .trial import TrialRequest
+        from .trial import TrialRequest, suggest_params
 
         import warnings
 
         with warnings.catch_warnings():  # Optuna assumes study.optimize beats; this driver beats itself
             warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used with Study.optimize")
-            trial = self.study.ask(fixed_distributions=self.space.distributions())
-        params = dict(trial.params)
+            trial = self.study.ask()
+            params = suggest_params(trial, self.space)  # define-by-run: only the parameters in effect
         pattern, kernel = self.space.split_params(params)
         retry_of = trial.user_attrs.get("retry_of")
         invalid = None
@@ -692,6 +723,7 @@ class Search:
         handlers = self._install_signal_handlers()
         status = "failed"
         try:
+            self._join_cluster()  # before anything is written: a failed join leaves no study, no run
             done0, budget, deadline = self._begin()
             if done0 >= budget:
                 self.log(f"study {self.study_name!r} already has {done0} finished trials (budget {budget}); nothing to do "
@@ -699,13 +731,15 @@ class Search:
                 status = "finished"
                 return self._summary(done0, t_start)
             self._start_executor(t_start, budget, done0)
-            done = self._loop(deadline, done0)
+            with bar_safe_stderr(self._bar):  # log lines, warnings and workers' output above the bar
+                done = self._loop(deadline, done0)
             status = "finished"
             return self._summary(done, t_start)
         except KeyboardInterrupt:
             status = "interrupted"
             self._interrupt_running()
-            self.log("interrupted: running trials were marked interrupted and will be retried on resume")
+            self.log("interrupted: running trials were marked interrupted and will be retried on resume"
+                     if self.run_id is not None else "interrupted before anything was written")
             raise
         finally:
             self._end(status, handlers)
@@ -761,14 +795,11 @@ class Search:
     def _start_executor(self, t_start: float, budget: int, done0: int) -> None:
         """Start the workers (an executor that cannot start is invalid input: `UsageError`) and
         the progress bar."""
-        from .executor import ExecutorError, make_executor
-
-        try:
-            self._executor = make_executor(self.executor_kind, device=self.space.device, workers=self.workers,
-                                           threads_per_worker=self.space.execution.threads_per_worker,
-                                           address=self.ray_address, num_cpus=self.num_cpus)
-        except ExecutorError as e:  # threads_per_worker beyond every node, an unreachable cluster, no ray
-            raise UsageError(str(e) if e.standalone else f"{self.space.source}: {e}") from None
+        if self.space.device == "cpu":
+            self._prepare_c_kernel()
+        if self._executor is None:
+            self._executor = self._make_executor()
+        self.db.record_cluster(self.run_id, self._executor.cluster)
         self.stats["startup_s"] = time.perf_counter() - t_start
         try:  # again: starting Ray may have installed its own handler
             signal.signal(signal.SIGINT, self._on_int)
@@ -780,7 +811,61 @@ class Search:
         if self.progress:
             from tqdm import tqdm
 
-            self._bar = tqdm(total=budget, initial=done0, desc=self.study_name, unit="trial", dynamic_ncols=True)
+            self._bar = tqdm(total=budget, initial=done0, desc=self.study_name, unit="trial", dynamic_ncols=True,
+                             file=sys.stderr)
+
+    def _prepare_c_kernel(self) -> None:
+        """Load the fused C kernel in the driver before the workers start: on its first use on a
+        machine it is compiled (seconds; `kernels.cpu_fused`, cached after), said so when it takes
+        more than a second, instead of silence inside the first trials."""
+        import threading
+
+        from kernels import cpu_fused
+
+        t0 = time.perf_counter()
+        got: list[bool] = []
+        load = threading.Thread(target=lambda: got.append(cpu_fused.available()), daemon=True)
+        load.start()
+        load.join(1.0)
+        if load.is_alive():
+            self.log("compiling the fused C kernel (first use on this machine; cached after) ...")
+            load.join()
+            ok = bool(got and got[0])
+            self.log(f"fused C kernel {'compiled' if ok else 'not available'} in {time.perf_counter() - t0:.1f} s"
+                     + ("" if ok else f": {cpu_fused.unavailable_reason()}"))
+
+    def _join_cluster(self) -> None:
+        """Join the Ray cluster named by ``--ray-address`` / ``$RAY_ADDRESS``, if any, before the
+        study or the run is written: a join that fails leaves the database as it was."""
+        from .executor import cluster_address
+
+        target, where = cluster_address(self.ray_address)
+        if self.executor_kind == "ray" and target is not None:
+            try:
+                import ray  # noqa: F401  (seconds: before the line below, which the probe follows at once)
+            except ImportError:
+                pass  # make_executor says so in one line
+            self.log(f"joining the Ray cluster at {target} ({where}) ...")
+            self._executor = self._make_executor()
+
+    def _make_executor(self):
+        """The executor (an executor that cannot start is invalid input: `UsageError`)."""
+        from .executor import ExecutorError, cluster_address, make_executor
+
+        if self.executor_kind == "ray" and cluster_address(self.ray_address)[0] is None:
+            self.log(f"starting a local Ray instance ({self.num_cpus or os.cpu_count()} CPUs) ...")
+        t0 = time.perf_counter()
+        try:
+            executor = make_executor(self.executor_kind, device=self.space.device, workers=self.workers,
+                                     threads_per_worker=self.space.execution.threads_per_worker,
+                                     address=self.ray_address, num_cpus=self.num_cpus)
+        except ExecutorError as e:  # threads_per_worker beyond every node, an unreachable cluster, no ray
+            raise UsageError(str(e) if e.standalone else f"{self.space.source}: {e}") from None
+        if executor.cluster:
+            c = executor.cluster
+            self.log(f"Ray {c['ray']} ready in {time.perf_counter() - t0:.1f} s: {c['address']}, "
+                     f"authentication {c['auth']}")
+        return executor
 
     def _loop(self, deadline: Optional[float], done: int) -> int:
         """Launch trials while workers are free (`_fill`), record the returned ones, beat for the
@@ -812,8 +897,10 @@ class Search:
         number of proposals rejected as invalid (finished at once)."""
         rejected = 0
         out_of_time = deadline is not None and time.monotonic() >= deadline
+        if out_of_time and not state["budget_full"]:
+            self.stats["time_limit_stop"] = True  # the final summary says so (when the budget is not met)
         while not out_of_time and not state["budget_full"] and executor.running < executor.capacity:
-            launch = self._launch(executor)
+            launch = "budget" if self._budget_taken() else self._launch(executor)
             if launch == "budget":
                 state["budget_full"] = True
             elif launch == "duplicate":
@@ -829,6 +916,16 @@ class Search:
                 if self._bar is not None:
                     self._bar.update(1)
         return rejected
+
+    def _budget_taken(self) -> bool:
+        """The study's budget is taken (by this or another driver) and no retry waits in Optuna's
+        queue: a trial asked now could only be stored pruned ("budget reached"), so none is asked
+        and ``--trials N`` leaves N trials (drivers sharing a study may still race for a last slot)."""
+        from optuna.trial import TrialState
+
+        if self.db.budget_taken(self.study_name) < self.space.budget.trials:
+            return False
+        return not self.study.get_trials(deepcopy=False, states=(TrialState.WAITING,))
 
     def _beat(self, state: dict[str, Any]) -> None:
         """Every ``HEARTBEAT_SECONDS``: the run's heartbeat and Optuna's for each running trial;
@@ -938,6 +1035,9 @@ def main(argv: Optional[list[str]] = None) -> int:
         f"{'; %d still running in other drivers' % summary['running_elsewhere'] if summary.get('running_elsewhere') else ''}"
         f"{'; %d duplicate proposals skipped' % summary['duplicates_skipped'] if summary.get('duplicates_skipped') else ''}); "
         f"{summary['wall_s']:.1f} s"
+        + (f"; stopped at the time limit ({space.budget.timeout:g} s): {summary['finished']} of "
+           f"{space.budget.trials} trials" if summary.get("time_limit_stop") and summary["finished"] < space.budget.trials
+           else "")
         + (f"; measurement overhead {overhead_text(summary)}" if summary["completed"] + summary["failed"] else ""),
         file=sys.stderr,
     )
@@ -1009,20 +1109,24 @@ def study_commands(study: str, storage: str, space: SearchSpace, from_env: bool 
 
 
 def record_verdict(storage: str, study: str, verdicts: list, log=None) -> None:
-    """The verdict per bucket as the study's user attribute ``verdict`` (str(L) -> deploy, trial,
-    confirmed speedup, confirmed), where Optuna's CLI, ``load_study`` and the dashboard show it next to
+    """The verdict per bucket as the study's user attributes ``verdict.L<bucket>``: the words the
+    search prints (`results.verdict.verdict_lines`, e.g. "deploy t#3: 1.92x over SDPA [1.80, 2.05]
+    confirmed"), where Optuna's CLI, ``load_study`` and the dashboard show them next to
     ``best_trials``: the same choice the export writes."""
     import optuna
 
-    def r(x):
-        return None if x is None else float(f"{x:.4g}")
+    from results.verdict import verdict_lines
 
-    doc = {str(v.bucket): {"deploy": bool(v.deploy), "trial": v.trial, "speedup": r(v.speedup), "lo": r(v.lo),
-                           "confirmed": bool(v.confirmed)} for v in verdicts}
+    from .trial import ATTR_LIMIT
+
+    doc = {f"verdict.L{v.bucket}": line.split(": ", 1)[-1][:ATTR_LIMIT]
+           for v, line in zip(verdicts, verdict_lines(verdicts))}
     try:
         st = optuna.storages.RDBStorage(storage, skip_table_creation=True, skip_compatibility_check=True)
         try:
-            optuna.load_study(study_name=study, storage=st).set_user_attr("verdict", doc)
+            s = optuna.load_study(study_name=study, storage=st)
+            for key, line in doc.items():
+                s.set_user_attr(key, line)
         finally:
             st.remove_session()
             st.engine.dispose()

@@ -479,3 +479,63 @@ def summarize(space: SearchSpace, result: Union[TrialResult, dict[str, Any]]) ->
     viols = [cell_violations(space, r, acc) for r in rows]
     cons = [max(v[name] for v in viols) for name in constraint_names(space)]
     return objs, cons
+
+
+# ---- what Optuna's tools show of a trial ------------------------------------------------------------
+
+#: pattern parameters in effect for one family only (`search_spaces.space`): a trial of the other
+#: family never suggests them, so Optuna's importance and slice plots see only parameters in effect
+_ONLY_FOR = {"guided": ("pattern.stride", "pattern.global_placement"),
+             "static": ("pattern.keep", "pattern.pool", "pattern.spread")}
+ATTR_LIMIT = 1000  # bytes: the largest user attribute written (the dashboard's trial page, plot hovers)
+
+
+def suggest_params(trial: Any, space: SearchSpace) -> dict[str, Any]:
+    """The searched parameters of ``trial`` by Optuna's define-by-run API: ``pattern.family``
+    first (when searched), then every other parameter of `SearchSpace.distributions` in its
+    order, less those its family does not use (`_ONLY_FOR`). An enqueued trial (a retry) gets its
+    enqueued values back from ``suggest_*``. Same sampler seed, same suggestions: reproducible."""
+    dists = space.distributions()
+    fixed = space.fixed()
+    params: dict[str, Any] = {}
+    if "pattern.family" in dists:
+        params["pattern.family"] = _suggest(trial, "pattern.family", dists["pattern.family"])
+    family = params.get("pattern.family", fixed.get("pattern.family", "static"))
+    skip = set(_ONLY_FOR.get(family, ()))
+    for name, dist in dists.items():
+        if name not in params and name not in skip:
+            params[name] = _suggest(trial, name, dist)
+    return params
+
+
+def _suggest(trial: Any, name: str, dist: Any) -> Any:
+    """``trial.suggest_categorical`` / ``suggest_int`` for one of `SearchSpace.distributions`."""
+    if hasattr(dist, "choices"):
+        return trial.suggest_categorical(name, list(dist.choices))
+    return trial.suggest_int(name, dist.low, dist.high, step=dist.step)
+
+
+def metric_names(space: SearchSpace) -> list[str]:
+    """Optuna's names of the objectives (``study.set_metric_names``): ``accuracy`` is named for
+    the metric it measures (``contact_recall_long``: long-range contact recall); our tables keep
+    the space's objective names."""
+    metric = space.accuracy_metric or "contact_recall_long"
+    return [metric if o == "accuracy" else o for o in space.objectives]
+
+
+def bucket_attrs(buckets: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """Flat user attributes of a trial's per-bucket view (`autotune.search.bucket_view`), one per
+    bucket and metric, each a number, a flag or a short string: ``L64.speedup``,
+    ``L64.speedup_lo``, ``L64.memory_vs_sdpa``, ``L64.sparsity``, ``L64.<accuracy metric>``,
+    ``L64.feasible`` (every target but speedup met there), ``L64.meets_speedup``,
+    ``L64.violated`` (the targets not met, comma-separated, "" when none) and ``L64.workloads``."""
+    out: dict[str, Any] = {}
+    for L, b in buckets.items():
+        for k, v in b.items():
+            if k == "violations":
+                out[f"L{L}.violated"] = ",".join(n for n, x in v.items() if x > 0)
+            elif k == "workloads":
+                out[f"L{L}.workloads"] = ",".join(v)[:ATTR_LIMIT]
+            else:
+                out[f"L{L}.{k}"] = v
+    return out

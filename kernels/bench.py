@@ -43,8 +43,9 @@ Cases run in priority order: the cases the speed targets name (row L=4096, tri L
 first, so that ``--time-budget`` or a timeout only ever cuts the others. The CSV is rewritten,
 complete, after every case (a run stopped part-way keeps every finished case).
 
-The CSV (``benchmarks/results/<device>.csv`` by default; device = ``torch.cuda.get_device_name()``
-or ``cpu-<N>cores``) holds one row per (workload, L, batch, sparsity, family, pool, pass, backend)
+The CSV (``results/bench/<device>.csv`` under the current folder by default, `default_out`: a run
+never overwrites the committed results of ``benchmarks/results/`` unless ``--out`` names them;
+device = ``torch.cuda.get_device_name()`` or ``cpu-<N>cores``) holds one row per (workload, L, batch, sparsity, family, pool, pass, backend)
 with the device, dtype, torch/triton versions, times, memory, the timer and memory methods and
 the speedups over sdpa and flex (ratios of the ms columns of the same case).
 """
@@ -469,7 +470,8 @@ def parse_args(argv: Optional[list[str]]) -> argparse.Namespace:
     p.add_argument("--warmup", type=int, default=None)
     p.add_argument("--quick", action="store_true", help="fewer lengths and repetitions")
     p.add_argument("--time-budget", type=float, default=None, help="seconds; stop starting new configurations after it")
-    p.add_argument("--out", default=None, help="CSV path (default benchmarks/results/<device>.csv)")
+    p.add_argument("--out", default=None, help="CSV path (default results/bench/<device>.csv; the committed "
+                   "results in benchmarks/results/ are written only when named here)")
     p.add_argument("--triton-configs", default=None,
                    help="Triton launch configs to try, 'BMxBN/wW/sS' comma list, or 'sweep' for the built-in "
                         "set (default: sweep on CUDA, the default config otherwise)")
@@ -516,6 +518,12 @@ def parse_args(argv: Optional[list[str]]) -> argparse.Namespace:
     return args
 
 
+def default_out(device: str) -> Path:
+    """Where a run writes without ``--out``: ``results/bench/<device>.csv`` under the current
+    folder (one's own outputs), never the committed ``benchmarks/results/`` (`RESULTS_DIR`)."""
+    return Path("results") / "bench" / f"{_file_name(device)}.csv"
+
+
 def main(argv: Optional[list[str]] = None) -> list[dict]:
     args = parse_args(argv)
     device = args.device
@@ -547,7 +555,7 @@ def main(argv: Optional[list[str]] = None) -> list[dict]:
           f"{len(cases)} configurations", flush=True)
     rows: list[dict] = []
     t0 = time.perf_counter()
-    out = Path(args.out) if args.out else RESULTS_DIR / f"{_file_name(args.device_name)}.csv"
+    out = Path(args.out) if args.out else default_out(args.device_name)
     out.parent.mkdir(parents=True, exist_ok=True)
     # the CSV is rewritten, complete, after every case: a run stopped by a timeout keeps the rows of
     # every case it finished (the target cases come first)

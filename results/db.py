@@ -14,7 +14,9 @@ Schema (one row per ...):
     versions (JSON: python, torch, triton, optuna, ray, sqlalchemy, ...), git_revision,
     space_path, space (JSON: the validated space, after command-line overrides), executor,
     end_reason (why a run ended other than by its driver: "driver died: ..." when the next driver
-    found it dead; status "died"), optuna_study_id, optuna_study_uid (the Optuna study it ran).
+    found it dead; status "died"), optuna_study_id, optuna_study_uid (the Optuna study it ran),
+    cluster (JSON, schema version 3: the Ray cluster the run's workers ran on - address, where the
+    address came from, Ray version, authentication mode; NULL for the local executor).
 
 Ties to Optuna. Every at_runs / at_trials row records the Optuna study it belongs to: its id and
 its identity token (the study's system attribute ``autotune:uid``, `ensure_study_uid`; SQLite
@@ -116,8 +118,8 @@ from .bench_tables import BenchRun, EvoformerBenchRow, KernelBenchRow  # noqa: F
 from .storage import DEFAULT_STORAGE, StorageError, mask_url  # noqa: F401  (DEFAULT_STORAGE: re-exported)
 
 # The version of the schema this code reads and writes (module docstring). Version 1: databases
-# written before the version row existed. Version 2: the at_schema row.
-SCHEMA_VERSION = 2
+# written before the version row existed. Version 2: the at_schema row. Version 3: at_runs.cluster.
+SCHEMA_VERSION = 3
 UNVERSIONED = 1
 UPGRADE_COMMAND = "python -m autotune.upgrade --storage {url}"
 # at_trials.reason of trials that were not measured to the end and are run again (a retry row
@@ -147,6 +149,7 @@ class Run(Base):
     end_reason: Mapped[Optional[str]] = mapped_column(Text, nullable=True)
     optuna_study_id: Mapped[Optional[int]] = mapped_column(Integer, nullable=True)
     optuna_study_uid: Mapped[Optional[str]] = mapped_column(String(64), nullable=True)
+    cluster: Mapped[Any] = mapped_column(JSON, nullable=True)
 
 
 class TrialRow(Base):
@@ -411,7 +414,12 @@ def _upgrade_from_1(conn: Any) -> None:
     _add_missing_columns(conn)
 
 
-UPGRADES = {1: _upgrade_from_1}
+def _upgrade_from_2(conn: Any) -> None:
+    """Version 2 -> 3: at_runs.cluster (NULL for the runs before it)."""
+    _add_missing_columns(conn)
+
+
+UPGRADES = {1: _upgrade_from_1, 2: _upgrade_from_2}
 
 
 def upgrade_schema(url: str) -> tuple[Optional[int], int]:
@@ -531,6 +539,11 @@ class Database:
             s.flush()
             return run.id
 
+    def record_cluster(self, run_id: int, cluster: dict[str, Any]) -> None:
+        """The Ray cluster the run's workers joined (``at_runs.cluster``)."""
+        with self.session() as s:
+            s.get(Run, run_id).cluster = dict(cluster) if cluster else None
+
     def heartbeat(self, run_id: int) -> None:
         """The run's own heartbeat (``at_runs.heartbeat_at``: tells other hosts the driver lives);
         its trials' heartbeats are Optuna's (``RDBStorage.record_heartbeat``)."""
@@ -582,13 +595,8 @@ class Database:
         with self.session() as s:
             self._lock_study(s, study, fields["run_id"])
             rows = s.scalars(select(TrialRow).where(TrialRow.study_name == study)).all()
-            occupying = [t for t in rows if self._occupying(t)]
             retry_of = fields.get("retry_of")
-            # a trial run again (interrupted, node lost) keeps a slot reserved for its retry until
-            # the retry is claimed, so a full budget never drops a retry
-            retried = {t.retry_of for t in rows if t.retry_of is not None}
-            reserved = [t for t in rows if not self._occupying(t) and t.state == "FAIL" and t.number not in retried
-                        and "(retry skipped" not in (t.reason or "")]
+            occupying, reserved = self._slots(rows)
             taken = len(occupying) + len(reserved) - (1 if retry_of is not None and any(t.number == retry_of for t in reserved) else 0)
             if taken >= budget:  # before the duplicate check: a full budget ends the asking at once
                 return "budget", None
@@ -607,6 +615,21 @@ class Database:
             else:
                 s.add(TrialRow(**fields))
             return "ok", None
+
+    def _slots(self, rows: list["TrialRow"]) -> tuple[list["TrialRow"], list["TrialRow"]]:
+        """(occupying trials, trials whose slot is reserved for their retry) among ``rows``: a
+        trial run again (interrupted, node lost) keeps a slot reserved for its retry until the
+        retry is claimed, so a full budget never drops a retry."""
+        retried = {t.retry_of for t in rows if t.retry_of is not None}
+        reserved = [t for t in rows if not self._occupying(t) and t.state == "FAIL" and t.number not in retried
+                    and "(retry skipped" not in (t.reason or "")]
+        return [t for t in rows if self._occupying(t)], reserved
+
+    def budget_taken(self, study: str) -> int:
+        """Budget slots of ``study`` taken now, by any driver (what `claim_trial` counts)."""
+        with self.Session() as s:
+            occupying, reserved = self._slots(s.scalars(select(TrialRow).where(TrialRow.study_name == study)).all())
+            return len(occupying) + len(reserved)
 
     def pending_retries(self, study: str) -> list["TrialRow"]:
         """Trials of ``study`` failed for a retried reason whose retry has not been claimed yet

@@ -330,3 +330,18 @@ def test_evoformer_bench_records_timer_and_maps_oom_and_missing_backends(tmp_pat
     with pytest.raises(RuntimeError, match="shape mismatch"):
         evo.run_evoformer_bench([16], 2, dims=EVO_SMALL, kinds=("sdpa",), modes=("fwd",), warmup=0, repeats=1,
                                 device="cpu", measure_share=False, csv_path=False)
+
+
+def test_bench_default_output_leaves_the_committed_results_alone(tmp_path, monkeypatch):
+    """Without --out a run writes results/bench/<device>.csv under the current folder, never the
+    committed benchmarks/results/ files."""
+    import hashlib
+
+    committed = {p: hashlib.sha256(p.read_bytes()).hexdigest() for p in bench.RESULTS_DIR.glob("*.csv")}
+    monkeypatch.chdir(tmp_path)
+    bench.main(["--device", "cpu", "--workloads", "row", "--lengths", "64", "--sparsities", "50", "--passes", "fwd",
+                "--batch", "1", "--backends", "sdpa,cpu", "--reps", "1"])
+    out = tmp_path / "results" / "bench" / f"{bench._file_name(bench.device_name(torch.device('cpu')))}.csv"
+    assert out.exists() and {r["backend"] for r in _rows(out)} == {"sdpa", "cpu"}
+    assert bench.default_out("x") == Path("results") / "bench" / "x.csv"
+    assert {p: hashlib.sha256(p.read_bytes()).hexdigest() for p in bench.RESULTS_DIR.glob("*.csv")} == committed

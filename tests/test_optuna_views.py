@@ -48,20 +48,35 @@ def db(study_db, tmp_path) -> Path:
     return out
 
 
+def per_bucket(trial) -> dict[str, dict]:
+    """A trial's flat user attributes ``L<bucket>.<metric>`` regrouped by bucket."""
+    out: dict[str, dict] = {}
+    for k, v in trial.user_attrs.items():
+        if k.startswith("L") and "." in k:
+            L, metric = k[1:].split(".", 1)
+            out.setdefault(L, {})[metric] = v
+    return out
+
+
 def test_per_bucket_view_and_constraints(db):
     import optuna
 
     study = optuna.load_study(study_name="views", storage=f"sqlite:///{db}")
     done = study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))
     assert len(done) == 4
+    # --trials 4 stores 4 trials: none asked past the budget (only proposals already measured are
+    # kept, pruned unmeasured, with their reason)
+    assert all(t.user_attrs["not_run"].startswith("duplicate of trial") for t in study.trials
+               if t.state.name != "COMPLETE")
     for t in done:
         p = t.params
         diag = p["pattern.window"] == 0 and p["pattern.stride"] == 0
-        b = t.user_attrs["buckets"]
+        b = per_bucket(t)
         assert sorted(b) == ["128", "64"]
         assert b["64"]["feasible"] is False and b["128"]["feasible"] is diag
         assert b["128"]["sparsity"] >= b["64"]["sparsity"]
-        assert b["64"]["speedup"] > 0 and b["64"]["workloads"] == ["row", "tri"]
+        assert b["64"]["speedup"] > 0 and b["64"]["workloads"] == "row,tri"
+        assert b["64"]["violated"] == "sparsity" and b["128"]["violated"] == ("" if diag else "sparsity")
         assert t.user_attrs["feasible_buckets"] == ([128] if diag else [])
         # Optuna's constraint values: the least violating bucket's (the sparser one; ties: the shorter)
         at = 128 if b["128"]["sparsity"] > b["64"]["sparsity"] else 64
@@ -89,8 +104,8 @@ def test_an_unmet_speedup_target_does_not_make_every_trial_infeasible(tmp_path):
     assert len(done) == 2
     for t in done:
         assert t.user_attrs["constraint_names"] == ["sparsity"]
-        assert t.user_attrs["buckets"]["128"]["meets_speedup"] is False
-        assert t.user_attrs["buckets"]["128"]["violations"]["speedup"] > 0
+        assert t.user_attrs["L128.meets_speedup"] is False
+        assert "speedup" in t.user_attrs["L128.violated"].split(",")
     diag = [t.number for t in done if t.params["pattern.window"] == 0]
     assert [t.number for t in study.best_trials] == diag
 
@@ -110,9 +125,15 @@ def test_export_choice_is_optunas_best(db, tmp_path):
     from autotune.search import record_verdict
     from autotune.confirm import current_verdicts
 
+    import re
+
     record_verdict(f"sqlite:///{db}", "views", current_verdicts(f"sqlite:///{db}", "views"))
-    v = optuna.load_study(study_name="views", storage=f"sqlite:///{db}").user_attrs["verdict"]
-    assert {int(L): x["trial"] for L, x in v.items() if x["deploy"]} == chosen
+    attrs = optuna.load_study(study_name="views", storage=f"sqlite:///{db}").user_attrs
+    v = {int(k.split(".L")[1]): line for k, line in attrs.items() if k.startswith("verdict.L")}
+    assert sorted(v) == [64, 128] and all(isinstance(line, str) for line in v.values())  # words, not JSON
+    assert {L: int(re.match(r"deploy t#(\d+): ", line).group(1)) for L, line in v.items()
+            if line.startswith("deploy")} == chosen
+    assert v[64].startswith("do not deploy") or v[64].startswith("undecided")
 
 
 def test_space_is_stored_once(db):
@@ -126,6 +147,106 @@ def test_space_is_stored_once(db):
     space = json.loads(rows(db, f"select space from at_runs where id = {run_id}")[0][0])
     assert space["name"] == "tiny" and space["buckets"] == [64, 128]
     assert all(len(json.dumps(v)) < 200 for v in study.user_attrs.values())
+
+
+def test_user_attributes_are_small_and_flat(db):
+    """Each user attribute of a trial or the study is a number, flag or short string under 1 KB
+    (the dashboard's trial page and the Pareto plot's hover texts show them all)."""
+    import json
+
+    import optuna
+
+    study = optuna.load_study(study_name="views", storage=f"sqlite:///{db}")
+    attrs = [v for t in study.trials for v in t.user_attrs.values()] + list(study.user_attrs.values())
+    assert attrs and max(len(json.dumps(v)) for v in attrs) < 1000
+    assert all(not isinstance(v, dict) for v in attrs)
+    assert study.metric_names == ["speedup", "memory_vs_sdpa"]
+
+
+def test_objective_accuracy_is_named_for_its_metric(tmp_path):
+    from autotune.trial import metric_names
+
+    space = load_space(write_space(tmp_path, objectives=["speedup", "accuracy"],
+                                   constraints={"accuracy": {"metric": "contact_recall_long", "min": 0.0}}))
+    assert metric_names(space) == ["speedup", "contact_recall_long"]
+    assert space.objectives == ["speedup", "accuracy"]  # our tables keep the space's names
+
+
+GUIDED_OR_STATIC = dict(VIEWS, pattern={"family": {"choices": ["static", "guided"]}, "block_size": 16,
+                                        "window": {"choices": [0, 16]}, "num_global": 0,
+                                        "stride": {"choices": [0, 2]}, "keep": {"choices": [0.25, 0.5]},
+                                        "pool": {"choices": ["max", "logsumexp"]}, "spread": "layout"})
+
+
+def test_parameters_are_suggested_only_where_in_effect(tmp_path):
+    """Define-by-run: a static trial carries no guided-only parameter (keep, pool), a guided one
+    no stride, so Optuna's importance and slice plots rank only parameters in effect; the same
+    seed gives the same suggestions; an enqueued retry gets its parameters back."""
+    import optuna
+
+    from autotune.search import make_sampler
+    from autotune.trial import suggest_params
+
+    space = load_space(write_space(tmp_path, **GUIDED_OR_STATIC))
+
+    def sample(db: str, n: int = 12) -> list[dict]:
+        study = optuna.create_study(storage=f"sqlite:///{tmp_path / db}", directions=space.directions(),
+                                    sampler=make_sampler(space))
+        out = []
+        for _ in range(n):
+            trial = study.ask()
+            out.append(suggest_params(trial, space))
+            study.tell(trial, [1.0, 1.0])
+        assert [t.params for t in study.trials] == out  # Optuna stores exactly what was suggested
+        return out
+
+    first = sample("a.db")
+    families = {p["pattern.family"] for p in first}
+    assert families == {"static", "guided"}
+    for p in first:
+        if p["pattern.family"] == "static":
+            assert "pattern.stride" in p and not {"pattern.keep", "pattern.pool"} & set(p), p
+        else:
+            assert "pattern.stride" not in p and {"pattern.keep", "pattern.pool"} <= set(p), p
+    assert sample("b.db") == first  # reproducible under the space's seed
+    study = optuna.create_study(storage=f"sqlite:///{tmp_path / 'c.db'}", directions=space.directions())
+    study.enqueue_trial(first[0], user_attrs={"retry_of": 0})
+    assert suggest_params(study.ask(), space) == first[0]
+
+
+def test_export_and_report_are_the_studys_artifacts(db, tmp_path, capsys):
+    """The tuned file and the report go to Optuna's artifact store (artifacts/ next to them by
+    default), linked to the study: what optuna-dashboard lists and downloads is the file on disk."""
+    import optuna
+    from optuna.artifacts import FileSystemArtifactStore, download_artifact, get_all_artifact_meta
+
+    from autotune.export import main as export_main
+    from autotune.report.__main__ import main as report_main
+
+    url = f"sqlite:///{db}"
+    out, rep = tmp_path / "out" / "views.yaml", tmp_path / "out" / "views_REPORT.md"
+    assert export_main(["--study", "views", "--storage", url, "--out", str(out)]) == 0
+    assert report_main(["--storage", url, "--study", "views", "--out", str(rep)]) == 0
+    assert "also in Optuna's artifact store" in capsys.readouterr().err
+    study = optuna.load_study(study_name="views", storage=url)
+    metas = {m.filename: m for m in get_all_artifact_meta(study)}
+    assert {"views.yaml", "views_REPORT.md"} <= set(metas), metas
+    assert metas["views.yaml"].mimetype == "text/yaml" and metas["views_REPORT.md"].mimetype == "text/markdown"
+    store = FileSystemArtifactStore(str(tmp_path / "out" / "artifacts"))
+    for name, path in (("views.yaml", out), ("views_REPORT.md", rep)):
+        got = tmp_path / f"got-{name}"
+        download_artifact(artifact_store=store, file_path=str(got), artifact_id=metas[name].artifact_id)
+        assert got.read_bytes() == path.read_bytes()
+        assert study.user_attrs[f"artifact:{name}"] == metas[name].artifact_id  # the latest one
+    # a store that is not a folder: one line, exit 2, nothing written
+    bad = tmp_path / "a-file"
+    bad.write_text("x")
+    assert export_main(["--study", "views", "--storage", url, "--out", str(tmp_path / "n.yaml"),
+                        "--artifacts", str(bad)]) == 2
+    assert not (tmp_path / "n.yaml").exists()
+    assert capsys.readouterr().err.strip() == f"autotune.export: error: --artifacts {bad}: not a folder"
+    assert export_main(["--study", "views", "--storage", url, "--out", str(tmp_path / "m.yaml"), "--artifacts", "none"]) == 0
+    assert not (tmp_path / "artifacts").exists()
 
 
 def test_rows_are_tied_to_optuna_ids(db):
@@ -268,3 +389,12 @@ def test_stale_trial_of_a_live_driver_is_failed_by_optunas_heartbeat(tmp_path, m
     assert [v[0] for v in got.values() if v[2] == t.number] == ["COMPLETE"]  # its retry ran
     st = optuna.load_study(study_name="hb", storage=url)
     assert st.trials[t.number].state == optuna.trial.TrialState.FAIL
+
+
+def test_plots_extra_installs_what_optuna_visualization_needs():
+    import tomllib
+
+    extras = tomllib.loads((Path(__file__).resolve().parent.parent / "pyproject.toml").read_text())["project"][
+        "optional-dependencies"]
+    assert any(dep.startswith("plotly") for dep in extras["plots"])  # optuna.visualization's backend
+    assert any(dep.startswith("matplotlib") for dep in extras["plots"])

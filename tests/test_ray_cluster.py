@@ -84,9 +84,11 @@ def test_worker_node_removed_mid_trial(tmp_path, monkeypatch):
 
 @pytest.mark.slow
 def test_ray_address_of_a_cluster_started_with_ray_start(tmp_path):
-    # a cluster of this test only: token authentication off (no token file is shared with the driver)
-    env = dict(os.environ, PYTHONPATH=str(ROOT), RAY_USAGE_STATS_ENABLED="0", RAY_AUTH_MODE="disabled")
-    env.pop("AUTOTUNE_FAULT_INJECT", None)
+    # a cluster of this test only, with Ray's default authentication: the head and the driver share
+    # a token (as a user's ~/.ray/auth_token), so `ray start --head` turns token authentication on
+    from test_ray_conventions import _env, token_file
+
+    env = _env(RAY_AUTH_TOKEN_PATH=token_file(str(tmp_path)))
     with ray_head(tmp_path, env, "atray") as address:
         space = write_space(tmp_path, **FAST)
         db = tmp_path / "a.db"
@@ -96,9 +98,12 @@ def test_ray_address_of_a_cluster_started_with_ray_start(tmp_path):
         assert out.returncode == 0, out.stderr
         assert "2 ray worker(s)" in out.stderr and "3 finished in total" in out.stderr
         assert rows(db, "select count(*) from at_trials where state = 'COMPLETE'") == [(3,)]
+        assert rows(db, "select json_extract(cluster, '$.address'), json_extract(cluster, '$.auth') from at_runs") == \
+            [(address, "token")]
         # threads_per_worker beyond every node of the cluster: one line, exit 2, no hang
         big = write_space(tmp_path, execution={"workers": 1, "threads_per_worker": 64}, **FAST)
         bad = subprocess.run(cmd[:4] + [str(big)] + cmd[5:] + ["--study", "big"], cwd=tmp_path, env=env, capture_output=True, text=True,
                              timeout=300)
-        assert bad.returncode == 2 and "threads_per_worker: 64" in bad.stderr, bad.stderr
-        assert len(bad.stderr.strip().splitlines()) == 1, bad.stderr
+        errors = [ln for ln in bad.stderr.strip().splitlines() if not ln.endswith(" ...")]  # less the progress line
+        assert bad.returncode == 2 and len(errors) == 1 and "threads_per_worker: 64" in errors[0], bad.stderr
+        assert rows(db, "select count(*) from at_runs where study_name = 'big'") == [(0,)]  # refused at the join

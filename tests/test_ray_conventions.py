@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -25,9 +26,28 @@ from test_search import FAST, ROOT, free_port as _free_port, ray_head, rows, wri
 
 
 
+def token_file(folder: str, token: str = "") -> str:
+    """A Ray authentication token in a file of ``folder`` (``$RAY_AUTH_TOKEN_PATH``): what ``ray
+    get-auth-token --generate`` writes to ~/.ray/auth_token, without touching the user's home."""
+    path = os.path.join(folder, "auth_token")
+    with open(path, "w") as f:
+        f.write(token or secrets.token_hex(32))
+    return path
+
+
+_TOKEN_DIR = tempfile.mkdtemp(prefix="attok")
+
+
 def _env(**extra) -> dict[str, str]:
-    env = dict(os.environ, PYTHONPATH=str(ROOT), RAY_USAGE_STATS_ENABLED="0", RAY_AUTH_MODE="disabled", **extra)
-    for k in ("AUTOTUNE_FAULT_INJECT", "RAY_JOB_CONFIG_JSON_ENV_VAR"):
+    """The environment of a test's Ray head and drivers: Ray's default authentication (no
+    RAY_AUTH_MODE), with a token of the test session: ``ray start --head`` turns token
+    authentication on, as it does for a user who has a token."""
+    env = dict(os.environ, PYTHONPATH=str(ROOT), RAY_USAGE_STATS_ENABLED="0", **extra)
+    if "RAY_AUTH_TOKEN_PATH" not in extra:
+        env["RAY_AUTH_TOKEN_PATH"] = os.path.join(_TOKEN_DIR, "auth_token")
+        if not os.path.exists(env["RAY_AUTH_TOKEN_PATH"]):
+            token_file(_TOKEN_DIR)
+    for k in ("AUTOTUNE_FAULT_INJECT", "RAY_JOB_CONFIG_JSON_ENV_VAR", "RAY_AUTH_MODE", "RAY_AUTH_TOKEN"):
         env.pop(k, None)
     if "RAY_ADDRESS" not in extra:
         env.pop("RAY_ADDRESS", None)
@@ -94,7 +114,7 @@ def test_auto_without_a_cluster_is_one_line(monkeypatch):
 def test_runtime_env_ships_this_checkout(monkeypatch, tmp_path):
     env = project_runtime_env(str(tmp_path))
     assert env == {"working_dir": str(tmp_path)}
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["autotune", "kernels", "patterns", "results", "search_spaces"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["autotune", "kernels", "models", "patterns", "results", "search_spaces"]
     assert all(p.suffix == ".py" or p.is_dir() for p in (tmp_path / "results").rglob("*"))  # no database shipped
     for name in ("autotune/executor.py", "kernels/tuned.py", "kernels/__init__.py", "kernels/csrc"):
         assert (tmp_path / name).exists(), name
@@ -136,22 +156,20 @@ def test_interrupted_while_connecting(tmp_path, sig):
     proc = subprocess.Popen(_search_cmd(space, db) + ["--ray-address", f"127.0.0.1:{port}"],
                             cwd=tmp_path, env=_env(), stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
     try:
-        deadline = time.monotonic() + 120
-        while True:  # the run is recorded just before the executor connects
-            try:
-                if db.exists() and rows(db, "select count(*) from at_runs") == [(1,)]:
-                    break
-            except Exception:  # noqa: BLE001 - tables not created yet
-                pass
-            assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read()
-            time.sleep(0.2)
+        line = proc.stderr.readline()  # the first line: the join starts before anything is written
+        assert "joining the Ray cluster" in line, line
         time.sleep(3.0)  # inside the probe (it waits 20 s for the address)
         assert proc.poll() is None
         t0 = time.monotonic()
         proc.send_signal(sig)
+        err = ""
+        while "interrupted before anything was written" not in err:  # the search's last line
+            more = proc.stderr.readline()
+            assert more, err
+            err += more
+        took = time.monotonic() - t0  # answered; the interpreter's own exit (torch, ray) follows
         rc = proc.wait(60)
-        took = time.monotonic() - t0
-        err = proc.stderr.read()
+        err += proc.stderr.read()
     finally:
         if proc.poll() is None:
             proc.kill()
@@ -159,7 +177,7 @@ def test_interrupted_while_connecting(tmp_path, sig):
     assert rc == 130, err
     assert took < 5.0, (took, err)
     assert "Traceback" not in err, err
-    assert rows(db, "select status from at_runs") == [("interrupted",)]
+    assert not db.exists()  # a join that never happened writes nothing: no study, no run
 
 
 # ---- a real cluster: RAY_ADDRESS without num_cpus, the packages shipped -----------------------
@@ -186,12 +204,14 @@ def test_joined_cluster_runs_the_drivers_packages(cluster, monkeypatch):
     import ray
 
     monkeypatch.setenv("RAY_ADDRESS", cluster)
-    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
+    monkeypatch.delenv("RAY_AUTH_MODE", raising=False)  # Ray's default: the token is found and used
+    monkeypatch.setenv("RAY_AUTH_TOKEN_PATH", _env()["RAY_AUTH_TOKEN_PATH"])
     monkeypatch.delenv("RAY_JOB_CONFIG_JSON_ENV_VAR", raising=False)
     assert not ray.is_initialized()
     executor = ex.RayExecutor(device="cpu", workers=1)  # RAY_ADDRESS: joined without num_cpus
     try:
         assert executor.address == cluster and executor.workers == 1
+        assert executor.cluster == {"address": cluster, "source": "RAY_ADDRESS", "ray": ray.__version__, "auth": "token"}
 
         @ray.remote(num_cpus=0)
         def where():
@@ -209,6 +229,7 @@ def test_joined_cluster_runs_the_drivers_packages(cluster, monkeypatch):
     finally:
         executor.shutdown()
     assert not ray.is_initialized()
+    assert "RAY_AUTH_MODE" not in os.environ  # the token mode of the join ends with it
 
 
 @pytest.mark.slow
@@ -221,3 +242,40 @@ def test_search_under_ray_address_env(cluster, tmp_path):
     assert "num_cpus and num_gpus must not be provided" not in out.stderr
     assert "2 ray worker(s)" in out.stderr and "2 finished in total" in out.stderr, out.stderr
     assert rows(db, "select count(*) from at_trials where state = 'COMPLETE'") == [(2,)]
+    # Ray's default authentication: the cluster's token found and used; the run records the cluster
+    assert "InvalidAuthToken" not in out.stderr and "authentication token" in out.stderr, out.stderr
+    import ray
+
+    (run,) = rows(db, "select cluster from at_runs")
+    assert json.loads(run[0]) == {"address": cluster, "source": "RAY_ADDRESS", "ray": ray.__version__, "auth": "token"}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("token", ["wrong", "none", "missing-file", "mode-without-token"])
+def test_join_refused_for_authentication_is_one_line_and_writes_nothing(cluster, tmp_path, token):
+    """A driver without the cluster's token: exit 2, one line naming authentication as the cause,
+    no database written (no study, no failed run)."""
+    space = write_space(tmp_path, **FAST)
+    db = tmp_path / "a.db"
+    if token == "wrong":
+        env = _env(RAY_AUTH_TOKEN_PATH=token_file(str(tmp_path)))
+        why = "the cluster rejected this driver's authentication token"
+    elif token == "missing-file":
+        env = _env(RAY_AUTH_TOKEN_PATH=str(tmp_path / "no-such-token"))
+        why = "Ray token authentication: RAY_AUTH_TOKEN_PATH is set but file cannot be opened or is empty"
+    else:  # no token anywhere (a home without ~/.ray/auth_token)
+        env = _env(HOME=str(tmp_path))
+        env.pop("RAY_AUTH_TOKEN_PATH")
+        if token == "none":
+            why = "the cluster uses Ray token authentication and this driver sent no token (RAY_AUTH_MODE=disabled)"
+        else:
+            env["RAY_AUTH_MODE"] = "token"
+            why = "Ray token authentication: Token authentication is enabled but no authentication token was found"
+    out = subprocess.run(_search_cmd(space, db) + ["--ray-address", cluster], cwd=tmp_path, env=env,
+                         capture_output=True, text=True, timeout=200)
+    assert out.returncode == 2, out.stderr
+    errors = [ln for ln in out.stderr.strip().splitlines() if ln.startswith("autotune: error:")]
+    assert len(errors) == 1 and errors[0].startswith(f"autotune: error: --ray-address {cluster}: could not join"), out.stderr
+    assert why in errors[0] and "ray get-auth-token" in errors[0] and "RAY_AUTH_TOKEN" in errors[0], errors
+    assert "InvalidAuthToken: Authentication token is missing" not in out.stderr  # Ray's repeated log lines left out
+    assert not db.exists()

@@ -292,6 +292,34 @@ def test_provenance_targets_and_plots(built):
 
 
 @pytest.mark.slow
+def test_pareto_figure_shows_each_trial_at_each_bucket(built, tmp_path):
+    """The Pareto figure's points: every complete trial at every bucket, at its speedup and
+    accuracy there (not its worst bucket), "meets every target" only when every target is met
+    there and it is faster than SDPA; the chosen trial of a bucket is the one the verdict deploys."""
+    from results.report.build import Report
+    from results.report.data import load
+
+    d, url, out, md = built
+    rep = Report(load(url, STUDY), tmp_path / "R.md", tmp_path / "figs", [])
+    rep.build()
+    pts = rep.bucket_points()
+    complete = [r["number"] for r in _rows(url, "SELECT number FROM at_trials WHERE state = 'COMPLETE'")]
+    assert sorted(pts) == [64, 128] and all(sorted(p["number"] for p in pts[L]) == sorted(complete) for L in pts)
+    for L, ps in pts.items():
+        for p in ps:
+            cells = _rows(url, "SELECT m.* FROM at_measurements m JOIN at_trials t ON m.trial_id = t.id "
+                               "WHERE t.number = ? AND t.study_name = ? AND m.bucket = ?", (p["number"], STUDY, L))
+            speedups = [c["speedup"] for c in cells]
+            assert math.isclose(p["y"], math.exp(sum(map(math.log, speedups)) / len(speedups)), rel_tol=1e-9)
+            assert p["x"] == min(c["accuracy_value"] for c in cells)
+            meets = all(v <= 0 for c in cells for v in json.loads(c["violations"]).values())
+            assert p["feasible"] == (meets and min(speedups) > 1)  # slower than SDPA: never "meets every target"
+    deployed = {x.bucket: x.verdict.trial for x in rep.decisions if x.deploy}
+    assert {L: p["number"] for L, ps in pts.items() for p in ps if p["chosen"]} == deployed
+    assert (tmp_path / "figs" / "pareto.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.slow
 def test_absent_sections_say_not_measured(real_db, tmp_path):
     d, url, study_only = real_db
     out = tmp_path / "r.md"

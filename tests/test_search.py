@@ -266,10 +266,13 @@ def ray_head(cwd, env: dict, prefix: str):
          f"--dashboard-port={free_port()}", f"--temp-dir={temp_dir}", f"--node-manager-port={free_port()}",
          f"--object-manager-port={free_port()}", "--disable-usage-stats"],
         cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    # `ray status` uses a token only with RAY_AUTH_MODE=token (a driver joining an address finds it itself)
+    token = "RAY_AUTH_MODE" not in env and ("RAY_AUTH_TOKEN_PATH" in env or "RAY_AUTH_TOKEN" in env)
+    probe_env = dict(env, RAY_AUTH_MODE="token") if token else env
     try:
         deadline = time.time() + 120
         while True:  # until the head answers
-            probe = subprocess.run(["ray", "status", f"--address=127.0.0.1:{port}"], env=env, capture_output=True,
+            probe = subprocess.run(["ray", "status", f"--address=127.0.0.1:{port}"], env=probe_env, capture_output=True,
                                    text=True, timeout=60)
             if probe.returncode == 0:
                 break

@@ -17,6 +17,7 @@ from typing import Optional
 
 from patterns.errors import InputError, run_command
 
+from results.artifacts import ARTIFACTS_HELP
 from results.storage import STORAGE_HELP
 
 PROG = "autotune.report"
@@ -29,16 +30,20 @@ def main(argv: Optional[list[str]] = None) -> int:
     p.add_argument("--out", default=os.path.join("results", "REPORT.md"), help="Markdown report (default results/REPORT.md)")
     p.add_argument("--study", default=None, help="study to report (default: the latest run's study)")
     p.add_argument("--plots-dir", default=None, help="where the PNGs go (default <out stem>_files/)")
+    p.add_argument("--artifacts", default=None, help=ARTIFACTS_HELP)
     args = p.parse_args(argv)
     return run_command(lambda: _report(args, argv), PROG)
 
 
 def _report(args: argparse.Namespace, argv: list[str]) -> int:
-    """Read the study (`results.report.load`), write the report and its figures."""
+    """Read the study (`results.report.load`), write the report and its figures, and link both to
+    the study in Optuna's artifact store."""
+    from results.artifacts import artifact_dir, upload_and_say
     from results.report import ReportError, build_report, load
     from results.storage import resolve_storage
 
     storage = resolve_storage(args.storage, "read")
+    artifacts = artifact_dir(args.artifacts, args.out)
     try:
         data = load(storage.url, args.study)
     except InputError:  # ReportError, StorageError, ...: as they are
@@ -48,6 +53,8 @@ def _report(args: argparse.Namespace, argv: list[str]) -> int:
                           f"({type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''})") from None
     text, figures = build_report(data, args.out, args.plots_dir, argv=argv)
     print(f"{PROG}: wrote {args.out} ({len(text.splitlines())} lines, {len(figures)} figure(s))", file=sys.stderr)
+    if data.study is not None:  # the report and its figures, linked to the study it reports
+        upload_and_say(PROG, storage.url, data.study, [args.out, *map(str, figures)], artifacts)
     return 0
 
 

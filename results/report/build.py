@@ -778,10 +778,34 @@ class Report:
                                   f_num(best["memory"], 2), f_num(best["x"]), f_num(best["sparsity"])])
             self.w(*table(["family", "best by", "trial", "pattern", "speedup (geomean)", "peak memory / SDPA (geomean)",
                            metric, "mean sparsity"], frows), "")
-        p = plots.pareto(pts, self.plots_dir / "pareto.png", xlabel=f"{metric} (worst bucket)",
-                         ylabel="speedup over SDPA (geomean)",
-                         title=f"study {self.data.study}: {len(pts)} complete trials (at_trials.objectives)")
-        self.fig(p, "speed/accuracy Pareto front")
+        p = plots.pareto_by_bucket(self.bucket_points(), self.plots_dir / "pareto.png", xlabel=f"{metric} at L",
+                                   title=f"study {self.data.study}: each complete trial at each bucket (at_measurements)")
+        self.fig(p, "speed/accuracy Pareto front per bucket")
+
+    def bucket_points(self) -> dict[int, list[dict[str, Any]]]:
+        """Each complete trial at each bucket L (the figure's points): its speedup over SDPA there
+        (geometric mean over the workloads), its accuracy there (the worse over the workloads),
+        ``feasible`` when every target is met at every workload of L and it is faster than SDPA
+        there, ``chosen`` when the verdict deploys it for L."""
+        d = self.data
+        chosen = {x.bucket: x.verdict.trial for x in self.decisions if x.deploy and x.verdict is not None}
+        out: dict[int, list[dict[str, Any]]] = {}
+        for tr in d.trials:
+            if tr.state != "COMPLETE":
+                continue
+            by_L: dict[int, list[Any]] = {}
+            for c in d.cells(tr.id):
+                by_L.setdefault(int(c.bucket), []).append(c)
+            for L, cells in sorted(by_L.items()):
+                y = _geomean(c.speedup for c in cells)
+                accs = [c.accuracy_value for c in cells if c.accuracy_value is not None]
+                if y is None or not accs or not math.isfinite(y):
+                    continue
+                meets = all(v <= 0 for c in cells for v in (c.violations or {}).values())
+                out.setdefault(L, []).append(dict(number=tr.number, x=float(min(accs)), y=float(y),
+                                                  feasible=meets and all((c.speedup or 0) > 1 for c in cells),
+                                                  chosen=chosen.get(L) == tr.number))
+        return out
 
     def layouts(self) -> None:
         self.w("## Layouts of the tuned patterns", "")

@@ -49,28 +49,43 @@ def speedup_vs_length(series: dict[tuple[str, str], dict[float, list[tuple[int, 
     return path
 
 
-def pareto(points: Sequence[dict[str, Any]], path: Path, *, xlabel: str, ylabel: str, title: str) -> Path:
-    """Scatter of the study's trials (``x`` accuracy, ``y`` speedup; ``feasible``, ``front``,
-    ``tuned`` flags, ``number``), the Pareto front joined by a step line, tuned trials labelled."""
+def pareto_front(points: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The points no other point beats on both ``x`` and ``y`` (higher is better on both)."""
+    return [p for p in points if not any(q["x"] >= p["x"] and q["y"] >= p["y"] and (q["x"] > p["x"] or q["y"] > p["y"])
+                                         for q in points)]
+
+
+def pareto_by_bucket(points: dict[int, Sequence[dict[str, Any]]], path: Path, *, xlabel: str, title: str) -> Path:
+    """One panel per bucket L: every complete trial at that L (``x`` its accuracy there, ``y`` its
+    speedup over SDPA there; not its worst or mean over buckets), marked "meets every target" only
+    when ``feasible`` (every target at L, faster than SDPA included), the bucket's Pareto front
+    (`pareto_front`) joined by a step line, the trial chosen for L (``chosen``) labelled.
+
+    ``points[L] = [{"number", "x", "y", "feasible", "chosen"}, ...]``."""
     plt = _plt()
-    fig, ax = plt.subplots(figsize=(6, 4.5), dpi=100)
-    for flag, style, label in ((True, dict(c="C0", marker="o"), "feasible"), (False, dict(c="C3", marker="x"), "infeasible")):
-        pts = [p for p in points if bool(p["feasible"]) == flag and not p["front"]]
-        if pts:
-            ax.scatter([p["x"] for p in pts], [p["y"] for p in pts], s=20, alpha=0.6, label=label, **style)
-    front = sorted((p for p in points if p["front"]), key=lambda p: p["x"])
-    if front:
-        ax.plot([p["x"] for p in front], [p["y"] for p in front], "-", color="C2", drawstyle="steps-post", lw=1)
-        ax.scatter([p["x"] for p in front], [p["y"] for p in front], s=40, color="C2", zorder=3, label="Pareto front")
-    for p in points:
-        if p["tuned"] or p["front"]:
-            ax.annotate(f"t{p['number']}" + (" (chosen)" if p["tuned"] else ""), (p["x"], p["y"]), fontsize=7,
-                        xytext=(3, 3), textcoords="offset points")
-    ax.axhline(1.0, color="grey", lw=0.8)
-    ax.set_xlabel(xlabel)
-    ax.set_ylabel(ylabel)
-    ax.set_title(title, fontsize=10)
-    ax.legend(fontsize=7)
+    buckets = sorted(L for L in points if points[L])
+    fig, axes = plt.subplots(1, max(1, len(buckets)), figsize=(5 * max(1, len(buckets)), 4.5), dpi=100, squeeze=False)
+    for ax, L in zip(axes[0], buckets):
+        pts = list(points[L])
+        for flag, style, label in ((True, dict(c="C0", marker="o"), "meets every target (incl. faster than SDPA)"),
+                                   (False, dict(c="C3", marker="x"), "misses a target")):
+            sel = [p for p in pts if bool(p["feasible"]) == flag]
+            if sel:
+                ax.scatter([p["x"] for p in sel], [p["y"] for p in sel], s=22, alpha=0.7, label=label, **style)
+        front = sorted(pareto_front(pts), key=lambda p: p["x"])
+        ax.plot([p["x"] for p in front], [p["y"] for p in front], "-", color="C2", drawstyle="steps-post", lw=1,
+                label="Pareto front at this L")
+        for p in pts:
+            if p["chosen"]:
+                ax.scatter([p["x"]], [p["y"]], s=90, facecolors="none", edgecolors="k", zorder=3)
+                ax.annotate(f"t{p['number']} (chosen)", (p["x"], p["y"]), fontsize=7, xytext=(4, 4),
+                            textcoords="offset points")
+        ax.axhline(1.0, color="grey", lw=0.8)
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel(f"speedup over SDPA at L={L}")
+        ax.set_title(f"L={L}: {len(pts)} trials", fontsize=9)
+        ax.legend(fontsize=6)
+    fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path)
