@@ -98,7 +98,8 @@ from typing import TYPE_CHECKING, Any, Optional
 
 from patterns.errors import InputError, report_input_error
 
-from search_spaces.space import MAX_NAME, SearchSpace, SpaceError, load_space
+from patterns.names import check_study_name
+from search_spaces.space import SearchSpace, SpaceError, check_overrides, load_space
 
 if TYPE_CHECKING:
     from .trial import TrialResult
@@ -900,12 +901,10 @@ def main(argv: Optional[list[str]] = None) -> int:
     # joining a Ray cluster (--ray-address, else $RAY_ADDRESS): its devices and CPUs are checked there
     joining = args.executor == "ray" and cluster_address(args.ray_address)[0] is not None
     try:
-        if args.trials is not None and args.trials < 1:
-            raise UsageError(f"--trials must be >= 1, got {args.trials}")
-        if args.timeout is not None and args.timeout <= 0:
-            raise UsageError(f"--timeout must be > 0, got {args.timeout}")
-        if args.workers is not None and args.workers < 1:
-            raise UsageError(f"--workers must be >= 1, got {args.workers}")
+        # the command line's numbers under the file's own rules, before the file is read
+        check_overrides(trials=args.trials, timeout=args.timeout, workers=args.workers)
+        if args.study is not None:
+            check_study_name(args.study, "--study")
         space = load_space(args.space).override(trials=args.trials, timeout=args.timeout, device=args.device)
         if space.device == "cpu" and space.backend == "triton":
             print("autotune: --device cpu: candidate backend triton -> cpu", file=sys.stderr)
@@ -915,9 +914,7 @@ def main(argv: Optional[list[str]] = None) -> int:
 
             if not torch.cuda.is_available():
                 raise UsageError(f"{args.space}: device: cuda, but this machine has no CUDA device (use --device cpu)")
-        study = args.study if args.study is not None else space.name
-        if not study.strip() or len(study) > MAX_NAME or any(ord(c) < 32 or ord(c) == 127 for c in study):
-            raise UsageError(f"--study: a study name must be 1 to {MAX_NAME} printable characters, got {len(study)}")
+        study = check_study_name(args.study if args.study is not None else space.name, "--study")
         threads = space.execution.threads_per_worker
         if not joining and threads > (os.cpu_count() or 1):  # a cluster's CPUs: checked when joining it
             raise UsageError(f"{args.space}: execution.threads_per_worker: {threads} is more than the "

@@ -193,13 +193,16 @@ class _StrictLoader(yaml.reader.Reader, yaml.scanner.Scanner, yaml.parser.Parser
         """A decimal integer; the other forms of an integer are refused (module docstring)."""
         value = str(self.construct_scalar(node))
         if _DECIMAL.fullmatch(value):
+            if len(value) > 100:  # no count or length has 100 digits; int() of 4300 digits raises
+                self._fail(_line(node), f"{_short(value)}: an integer of {len(value)} digits is refused")
             return int(value)
         if re.fullmatch(r"[-+]?0[0-9]+", value):
             self._fail(_line(node), f"{_short(value)}: an integer with a leading zero is refused (octal in YAML 1.1, "
-                                    f"decimal in YAML 1.2); write {int(value)}, or quote it for a string")
+                                    f"decimal in YAML 1.2); write {int(value) if len(value) < 40 else 'it without the zeros'}, "
+                                    "or quote it for a string")
         if _CORE_INT.fullmatch(value):
             self._fail(_line(node), f"{_short(value)}: only decimal numbers are read (no 0o or 0x forms); write "
-                                    f"{int(value, 0)}, or quote it for a string")
+                                    f"{int(value, 0) if len(value) < 40 else 'it in decimal'}, or quote it for a string")
         self._fail(_line(node), f"{_short(value)} is not a decimal integer")
 
     def construct_core_float(self, node: Any) -> float:
