@@ -90,6 +90,7 @@ import datetime as dt
 import hashlib
 import math
 import os
+import re
 import signal
 import socket
 import sys
@@ -115,20 +116,34 @@ class UsageError(InputError):
     """Invalid input found before anything is written: exit status 2."""
 
 
+def flag_number(text: str) -> Any:
+    """A number on the command line read as the space file reads one (YAML 1.2 core, decimal): an
+    integer, a float (``1e20``, ``nan``, ``inf`` included), else the text itself; `check_overrides`
+    then applies the file's rule, so ``--trials 1e20`` and ``budget: {trials: 1e20}`` give the same
+    one-line refusal instead of argparse's usage text."""
+    t = text.strip()
+    if re.fullmatch(r"[-+]?[0-9]{1,100}", t):
+        return int(t)
+    if re.fullmatch(r"[-+]?(?:\.[0-9]+|[0-9]+(?:\.[0-9]*)?)(?:[eE][-+]?[0-9]+)?|[-+]?\.?(?:inf|infinity)|\.?nan", t,
+                    re.IGNORECASE):
+        return float(t.replace(".inf", "inf").replace(".nan", "nan").replace(".INF", "inf").replace(".NAN", "nan"))
+    return text
+
+
 def build_parser() -> argparse.ArgumentParser:
     from results.storage import STORAGE_HELP
 
     p = argparse.ArgumentParser(prog="python -m autotune.search", description=__doc__.split("\n\n")[0])
     p.add_argument("--space", required=True, help="search-space YAML file")
-    p.add_argument("--trials", type=int, help="total trial budget (finished trials of the study count)")
-    p.add_argument("--timeout", type=float, help="seconds after which no new trial starts")
+    p.add_argument("--trials", type=flag_number, help="total trial budget (finished trials of the study count)")
+    p.add_argument("--timeout", type=flag_number, help="seconds after which no new trial starts")
     p.add_argument("--study", help="study name (default: the space's name)")
     p.add_argument("--storage", help=STORAGE_HELP)
     p.add_argument("--executor", choices=("ray", "local"), default="ray")
     p.add_argument("--ray-address", help="join this Ray cluster (HOST:PORT, ray://HOST:PORT, auto; default $RAY_ADDRESS) "
                    "instead of starting a local instance (local)")
     p.add_argument("--device", choices=("cpu", "cuda"))
-    p.add_argument("--workers", type=int, help="CPU spaces: number of worker actors")
+    p.add_argument("--workers", type=flag_number, help="CPU spaces: number of worker actors")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--allow-repeats", action="store_true",
                    help="measure a parameter set again even if the study already measured it")
