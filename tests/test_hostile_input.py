@@ -250,6 +250,8 @@ def test_every_command_taking_a_study_name_refuses_it(tmp_path, capsys, command,
     (["--json", "{tmp}/file/below.json"], "cannot write"),
     (["--png", "{tmp}"], "--png: "),
     (["--guided", "--json", "/proc/version"], "--json: /proc/version is not a regular file"),
+    (["--guided", "--seed", "-1"], "--seed must be in [0, 4294967295], got -1"),
+    (["--guided", "--seed", "100000000000000000000000"], "--seed must be in [0, 4294967295]"),
 ])
 def test_accuracy_refuses_up_front(tmp_path, capsys, argv, words):
     from autotune.accuracy.__main__ import run

@@ -167,6 +167,8 @@ def _guided_inputs(args) -> tuple[list[float], list[float], list, list]:
         raise _UsageError(f"--min-length must be >= 1, got {args.min_length}")
     if args.min_separation < 0:
         raise _UsageError(f"--min-separation must be >= 0, got {args.min_separation}")
+    if not 0 <= args.seed <= 2**32 - 1:  # numpy's seed range, as the space's sampler.seed
+        raise _UsageError(f"--seed must be in [0, {2**32 - 1}], got {args.seed}")
     if args.max_chains is not None and args.max_chains < 1:
         raise _UsageError(f"--max-chains must be >= 1, got {args.max_chains}")
     _check_out(args.json, "--json")
