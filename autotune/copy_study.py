@@ -26,6 +26,7 @@ import sys
 from typing import Optional
 
 from patterns.errors import InputError, report_input_error
+from patterns.names import check_argv
 
 from results.copy_study import CopyError, CopyResult, copy_study  # noqa: F401
 
@@ -42,6 +43,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     from results.storage import StorageError, database_error_line, mask_url, resolve_storage
 
     try:
+        check_argv(sys.argv[1:] if argv is None else argv)  # not UTF-8: nothing could store it
         try:
             src = resolve_storage(args.src, "read").url
         except StorageError as e:

@@ -69,11 +69,12 @@ def main(argv: Optional[list[str]] = None) -> int:
     p.add_argument("--storage", default=None, help=STORAGE_HELP)
     p.add_argument("--out", default=None, help="output YAML (default results/<study>.yaml)")
     args = p.parse_args(argv)
-    from patterns.names import check_study_name
+    from patterns.names import check_argv, check_study_name
     from results.storage import database_error_line, resolve_storage
 
     out = args.out or os.path.join("results", f"{args.study}.yaml")
     try:
+        check_argv(sys.argv[1:] if argv is None else argv)
         check_study_name(args.study, "--study")
         storage = resolve_storage(args.storage, "write").url  # export records its choice in at_tuned
         doc = export(args.study, storage, out)

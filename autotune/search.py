@@ -99,7 +99,7 @@ from typing import TYPE_CHECKING, Any, Optional
 
 from patterns.errors import InputError, report_input_error
 
-from patterns.names import check_study_name
+from patterns.names import check_argv, check_study_name
 from search_spaces.space import SearchSpace, SpaceError, check_overrides, load_space
 
 if TYPE_CHECKING:
@@ -916,6 +916,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     # joining a Ray cluster (--ray-address, else $RAY_ADDRESS): its devices and CPUs are checked there
     joining = args.executor == "ray" and cluster_address(args.ray_address)[0] is not None
     try:
+        check_argv(sys.argv[1:] if argv is None else argv)  # not UTF-8: nothing could store it
         # the command line's numbers under the file's own rules, before the file is read
         check_overrides(trials=args.trials, timeout=args.timeout, workers=args.workers)
         if args.study is not None:

@@ -11,18 +11,20 @@ no line or paragraph separators (Zl, Zp), no spaces other than U+0020 (Zs), no l
 unassigned code points (Co, Cn). Two names that render alike then differ visibly.
 
 `name_problem` says what is wrong (None: nothing); `check_study_name` raises `NameInputError`
-(an `InputError`) with one line ``WHAT: problem``. This module is at the bottom of the layering
+(an `InputError`) with one line ``WHAT: problem``. `check_argv` refuses a command line whose
+arguments are not all UTF-8 (a path or name given as raw bytes reaches Python as lone surrogates,
+which no database, file or log can encode) before anything is created. This module is at the bottom of the layering
 with `patterns.errors`: every command line and the space loader use the same rule.
 """
 
 from __future__ import annotations
 
 import unicodedata
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 from .errors import InputError
 
-__all__ = ["MAX_STUDY_NAME", "NameInputError", "name_problem", "check_study_name"]
+__all__ = ["MAX_STUDY_NAME", "NameInputError", "name_problem", "check_study_name", "check_argv"]
 
 #: study / space name: the database columns hold 256 characters
 MAX_STUDY_NAME = 256
@@ -66,3 +68,20 @@ def check_study_name(value: Any, what: str = "--study", max_len: int = MAX_STUDY
     if problem is not None:
         raise NameInputError(f"{what}: {problem} (a study name is 1 to {max_len} printable characters)")
     return value
+
+
+def check_argv(argv: Sequence[str]) -> None:
+    """Raise `NameInputError` ``FLAG: ...`` for the first argument holding a lone surrogate (the
+    bytes of an argument that was not UTF-8); ``FLAG`` is the option it belongs to."""
+    for i, arg in enumerate(argv):
+        bad = next((j for j, c in enumerate(arg) if 0xD800 <= ord(c) <= 0xDFFF), None)
+        if bad is None:
+            continue
+        if arg.startswith("--") and "=" in arg:
+            flag = arg.split("=", 1)[0]
+        elif i > 0 and argv[i - 1].startswith("-"):
+            flag = argv[i - 1]
+        else:
+            flag = f"argument {i + 1}"
+        raise NameInputError(f"{flag}: must not contain a lone surrogate ({_describe(arg[bad])} at position {bad}: "
+                             "the argument was not UTF-8 text; rename the file or give UTF-8 text)")

@@ -158,10 +158,34 @@ def test_the_file_refuses_what_the_flag_refuses(tmp_path, capsys):
 
 
 def test_a_space_file_name_that_is_not_utf8_is_refused_before_the_database(tmp_path, capsys):
+    """The command line refuses the path; a space loaded by its path takes its default name (the
+    file's stem) under the name rule."""
+    from search_spaces.space import SpaceError, load_space
+
     name = os.fsdecode(b"bad\xff.yaml")  # what Python makes of such an argument: a lone surrogate
     assert _search(tmp_path, SPACE.format(device="cpu"), name=name) == 2
-    assert "name: must not contain a lone surrogate (U+DCFF" in one_line(capsys)
+    assert "--space: must not contain a lone surrogate (U+DCFF" in one_line(capsys)
     assert not (tmp_path / "out").exists()
+    with pytest.raises(SpaceError, match=r"name: must not contain a lone surrogate \(U\+DCFF"):
+        load_space(tmp_path / "in" / name)
+
+
+def test_arguments_that_are_not_utf8_are_refused_before_anything_is_created(tmp_path, capsys):
+    """A storage path or a space path given as raw bytes (lone surrogates in Python) could not be
+    stored: refused with one line before the database file exists."""
+    from autotune.search import main
+
+    space = tmp_path / os.fsdecode(b"sp\xff.yaml")
+    space.write_text("name: fine\n" + SPACE.format(device="cpu"))
+    good = tmp_path / "good.yaml"
+    good.write_text(SPACE.format(device="cpu"))
+    db = tmp_path / os.fsdecode(b"db\xfe.db")
+    for argv, flag in (([str(space), "--storage", f"sqlite:///{tmp_path / 'a.db'}"], "--space"),
+                       ([str(good), "--storage", str(db)], "--storage"),
+                       ([str(good), f"--storage=sqlite:///{db}"], "--storage")):
+        assert main(["--space", *argv, "--executor", "local", "--no-progress", "--device", "cpu"]) == 2
+        assert one_line(capsys).startswith(f"autotune: error: {flag}: must not contain a lone surrogate")
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([space.name, "good.yaml"])
 
 
 HUGE = SPACE.replace("buckets: [64, 128]", "buckets: [64, 65536]").replace(
@@ -217,7 +241,7 @@ def _db(tmp_path) -> str:
 
 
 @pytest.mark.parametrize("command", ["export", "report", "copy_study", "copy_study_to"])
-@pytest.mark.parametrize("name", ["a\u200bb", "\u202eab", "a\u2028b", "a\x01b", "a\udcffb"])
+@pytest.mark.parametrize("name", ["a\u200bb", "\u202eab", "a\u2028b", "a\x01b", "a\udcffb", "a\u00adb"])
 def test_every_command_taking_a_study_name_refuses_it(tmp_path, capsys, command, name):
     from autotune.copy_study import main as copy_main
     from autotune.export import main as export_main
@@ -237,6 +261,27 @@ def test_every_command_taking_a_study_name_refuses_it(tmp_path, capsys, command,
     assert rc == 2
     line = one_line(capsys)
     assert ("--to-study: " if command == "copy_study_to" else "--study: ") in line, line
+    assert sorted(p.name for p in tmp_path.iterdir()) == before
+
+
+@pytest.mark.parametrize("command", ["export", "report", "copy_study"])
+def test_other_commands_refuse_arguments_that_are_not_utf8(tmp_path, capsys, command):
+    from autotune.copy_study import main as copy_main
+    from autotune.export import main as export_main
+    from autotune.report.__main__ import main as report_main
+
+    url = _db(tmp_path)
+    before = sorted(p.name for p in tmp_path.iterdir())
+    bad = str(tmp_path / os.fsdecode(b"out\xff"))
+    if command == "export":
+        rc = export_main(["--study", "s", "--storage", url, "--out", bad])
+    elif command == "report":
+        rc = report_main(["--storage", url, "--out", bad])
+    else:
+        rc = copy_main(["--study", "s", "--from", url, "--to", bad])
+    assert rc == 2
+    flag = "--to" if command == "copy_study" else "--out"
+    assert one_line(capsys).startswith(f"autotune.{command}: error: {flag}: must not contain a lone surrogate")
     assert sorted(p.name for p in tmp_path.iterdir()) == before
 
 

@@ -30,10 +30,11 @@ def main(argv: Optional[list[str]] = None) -> int:
     args = p.parse_args(argv)
     from results.report.build import build_report
     from results.report.data import load
-    from patterns.names import check_study_name
+    from patterns.names import check_argv, check_study_name
     from results.storage import resolve_storage
 
     try:
+        check_argv(argv)
         if args.study is not None:
             check_study_name(args.study, "--study")
         storage = resolve_storage(args.storage, "read")
