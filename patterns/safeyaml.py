@@ -17,7 +17,8 @@ and adds these limits:
   node it refers to), so a bomb is refused after reading it once, without expanding it;
 - no duplicate key in a mapping;
 - no control character in the text (C0 and C1 controls other than tab, line feed and carriage
-  return, DEL) and no lone surrogate, in the text or produced by an escape in a quoted scalar
+  return, DEL; NEL, LINE SEPARATOR and PARAGRAPH SEPARATOR, line breaks in YAML 1.1 only) and no
+  lone surrogate, in the text or produced by an escape in a quoted scalar
   (`check_text`); mapping keys must be printable;
 - one reading of every plain scalar, the YAML 1.2 core schema (`CoreResolver`), not PyYAML's YAML
   1.1 one: ``null``/``~``/empty is null, ``true``/``false`` (three spellings each) are booleans,
@@ -80,6 +81,9 @@ def _line(node_or_mark: Any) -> str:
 #: what PyYAML's reader refuses, plus the lone surrogates a str may hold (a file read as UTF-8 cannot)
 _NON_PRINTABLE = re.compile("[^\x09\x0A\x0D\x20-\x7E\x85\xA0-\uD7FF\uE000-\uFFFD\U00010000-\U0010FFFF]")
 _SURROGATE = re.compile("[\uD800-\uDFFF]")
+#: NEL, LINE SEPARATOR, PARAGRAPH SEPARATOR: line breaks in YAML 1.1 (and PyYAML), characters in 1.2,
+#: so a comment or a plain scalar holding one has two readings
+_BREAKS_11 = re.compile("[\x85\u2028\u2029]")
 #: the tags of the YAML 1.2 core schema, the only ones a file may use (explicitly or resolved)
 CORE_TAGS = frozenset(f"tag:yaml.org,2002:{t}" for t in ("str", "int", "float", "bool", "null", "seq", "map"))
 _DECIMAL = re.compile(r"[-+]?(?:0|[1-9][0-9]*)")
@@ -93,13 +97,15 @@ def check_text(text: str, source: str) -> None:
     """Refuse ``text`` holding a character YAML does not allow (C0/C1 controls but tab, line feed
     and carriage return; DEL; U+FFFE/U+FFFF) or a lone surrogate, naming its line and code point;
     PyYAML's reader would raise its own ``ReaderError`` (or a later encode a ``UnicodeEncodeError``)."""
-    m = _NON_PRINTABLE.search(text)
+    m = _NON_PRINTABLE.search(text) or _BREAKS_11.search(text)
     if m is None:
         return
     c, i = m.group(), m.start()
     line, col = text.count("\n", 0, i) + 1, i - (text.rfind("\n", 0, i) + 1) + 1
     what = ("a lone surrogate (not UTF-8 text)" if _SURROGATE.match(c) else
-            "a NUL byte" if c == "\x00" else "a control character")
+            "a NUL byte" if c == "\x00" else
+            "a line break of YAML 1.1 only (1.2 reads it as a character)" if _BREAKS_11.match(c) else
+            "a control character")
     raise YAMLInputError(source, f"line {line}", f"{what} U+{ord(c):04X} at column {col}: refused")
 
 
