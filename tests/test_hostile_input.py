@@ -357,3 +357,29 @@ def test_report_on_a_corrupted_sqlite_file_is_one_line(tmp_path, capsys, damage)
     assert not out.exists()
     with pytest.raises(sqlite3.DatabaseError):  # the file is really unreadable, not refused for another reason
         sqlite3.connect(path).execute("select count(*) from at_runs").fetchall()
+
+
+@pytest.mark.slow  # one report per page of the database (about 5 s)
+def test_report_on_a_database_with_one_damaged_page_is_one_line_or_a_report(tmp_path, capsys):
+    """Each page of a real study database in turn overwritten with noise: the report is written
+    (a page it does not read) or refused with one line and exit status 2, never a traceback; the
+    pages of the tables it reads are found damaged."""
+    from autotune.report.__main__ import main as report_main
+
+    _db(tmp_path)
+    good = (tmp_path / "c.db").read_bytes()
+    page = sqlite3.connect(tmp_path / "c.db").execute("pragma page_size").fetchone()[0]
+    refused = 0
+    for n in range(1, len(good) // page):
+        bad = bytearray(good)
+        bad[n * page:(n + 1) * page] = bytes((i * 7919 + n) % 251 for i in range(page))
+        path = tmp_path / f"p{n}.db"
+        path.write_bytes(bytes(bad))
+        out = tmp_path / f"r{n}.md"
+        rc = report_main(["--storage", str(path), "--out", str(out)])
+        err = capsys.readouterr().err.strip().splitlines()
+        assert rc in (0, 2) and len(err) == 1, (n, err)
+        if rc == 2:
+            refused += 1
+            assert "error: cannot read --storage" in err[0] and not out.exists(), (n, err)
+    assert refused >= 3

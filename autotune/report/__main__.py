@@ -31,7 +31,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     from results.report.build import build_report
     from results.report.data import load
     from patterns.names import check_argv, check_study_name
-    from results.storage import resolve_storage
+    from results.storage import database_error_line, resolve_storage
 
     try:
         check_argv(argv)
@@ -44,6 +44,12 @@ def main(argv: Optional[list[str]] = None) -> int:
     except (ValueError, TypeError) as e:  # a stored JSON cell that does not decode (hand-edited database)
         print(f"autotune.report: error: cannot read --storage {storage.masked}: a stored value is corrupted "
               f"({type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''})", file=sys.stderr)
+        return 2
+    except Exception as e:  # noqa: BLE001 - a corrupted database file (a damaged page): one line, no traceback
+        line = database_error_line(e, storage.url)
+        if line is None:
+            raise
+        print(f"autotune.report: error: cannot read --storage: {line} (a damaged database file?)", file=sys.stderr)
         return 2
     text, figures = build_report(data, args.out, args.plots_dir, argv=argv)
     print(f"autotune.report: wrote {args.out} ({len(text.splitlines())} lines, {len(figures)} figure(s))", file=sys.stderr)
