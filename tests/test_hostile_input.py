@@ -9,6 +9,8 @@ from __future__ import annotations
 import math
 import os
 import sqlite3
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -383,3 +385,23 @@ def test_report_on_a_database_with_one_damaged_page_is_one_line_or_a_report(tmp_
             refused += 1
             assert "error: cannot read --storage" in err[0] and not out.exists(), (n, err)
     assert refused >= 3
+
+
+@pytest.mark.slow  # three interpreters (about 10 s)
+@pytest.mark.parametrize("case", ["control byte in the space", "storage name not UTF-8", "trials 1e20"])
+def test_the_real_command_line_is_one_line_and_exit_2(tmp_path, case):
+    """Through a real interpreter, where arguments are bytes: exit status 2, one line, no file."""
+    space = tmp_path / "s.yaml"
+    space.write_bytes(SPACE.format(device="cpu").replace("window: 16", "window: 16\x01").encode())
+    good = tmp_path / "g.yaml"
+    good.write_text(SPACE.format(device="cpu"))
+    args = {"control byte in the space": [os.fsencode(space), b"--storage", b"sqlite:///a.db"],
+            "storage name not UTF-8": [os.fsencode(good), b"--storage", b"b\xff.db"],
+            "trials 1e20": [os.fsencode(good), b"--storage", b"c.db", b"--trials", b"1e20"]}[case]
+    before = sorted(tmp_path.iterdir())
+    proc = subprocess.run([sys.executable.encode(), b"-m", b"autotune.search", b"--space", *args, b"--executor", b"local",
+                           b"--device", b"cpu", b"--no-progress"], cwd=tmp_path, capture_output=True, timeout=120,
+                          env=dict(os.environ, PYTHONPATH=str(ROOT)))
+    err = proc.stderr.decode("utf-8", "replace").strip().splitlines()
+    assert proc.returncode == 2 and len(err) == 1 and err[0].startswith("autotune: error: "), err
+    assert sorted(tmp_path.iterdir()) == before
