@@ -313,6 +313,15 @@ def test_accuracy_refuses_up_front(tmp_path, capsys, argv, words):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["file"] and (tmp_path / "file").read_text() == "mine\n"
 
 
+def test_accuracy_refuses_a_tuned_bucket_beyond_the_longest_length(tmp_path, capsys):
+    from autotune.accuracy.__main__ import run
+
+    p = tmp_path / "t.yaml"
+    p.write_text(TUNED.format(seq_len=70000))
+    assert run(["--tuned", str(p)]) == 2
+    assert f"tuned file {p}: bucket 70000 is above 65536" in one_line(capsys)
+
+
 @pytest.mark.parametrize("seq_len,words", [
     ("0400", "'0400': an integer with a leading zero is refused"),  # YAML 1.1 read 256
     ("0x100", "only decimal numbers are read"),
