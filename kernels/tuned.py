@@ -82,7 +82,7 @@ from typing import Any, Optional, Union
 from patterns.config import PatternConfig
 from patterns.errors import InputError
 from patterns.guided import GuidedConfig, pattern_from_dict
-from patterns.safeyaml import YAMLInputError, load_yaml_file
+from patterns.safeyaml import CoreDumper, YAMLInputError, load_yaml_file
 
 from .config import KernelConfig
 
@@ -188,7 +188,7 @@ class TunedFile:
         or aliases, keys in schema order, flow style for leaf collections, width 110)."""
         import yaml
 
-        class _Dumper(yaml.SafeDumper):
+        class _Dumper(CoreDumper):  # quotes what YAML 1.1 or 1.2 reads as another type
             def ignore_aliases(self, data: Any) -> bool:  # e.g. the hardware, repeated per bucket
                 return True
 

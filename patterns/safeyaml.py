@@ -51,7 +51,7 @@ from yaml.nodes import MappingNode, ScalarNode, SequenceNode
 
 from .errors import InputError
 
-__all__ = ["YAMLInputError", "load_yaml", "load_yaml_file", "check_text", "MAX_BYTES", "MAX_DEPTH", "MAX_ALIASES", "MAX_NODES"]
+__all__ = ["YAMLInputError", "CoreDumper", "load_yaml", "load_yaml_file", "check_text", "MAX_BYTES", "MAX_DEPTH", "MAX_ALIASES", "MAX_NODES"]
 
 MAX_BYTES = 4 << 20
 MAX_DEPTH = 64
@@ -122,6 +122,17 @@ CoreResolver.add_implicit_resolver("tag:yaml.org,2002:int", re.compile(f"^(?:{_C
                                    list("-+0123456789"))
 CoreResolver.add_implicit_resolver("tag:yaml.org,2002:float", re.compile(f"^(?:{_CORE_FLOAT.pattern})$"),
                                    list("-+.0123456789"))
+
+
+class CoreDumper(yaml.SafeDumper):
+    """PyYAML's safe dumper that quotes every string YAML 1.1 or the 1.2 core schema would read as
+    something else (``1e3``, ``0o17``, ``1.5e3`` as well as ``yes``, ``0200``), so a file written with
+    it reads back with `load_yaml` as written (a tuned file of a study named ``1e3``)."""
+
+
+for _first, _resolvers in CoreResolver.yaml_implicit_resolvers.items():
+    for _tag, _regexp in _resolvers:
+        CoreDumper.add_implicit_resolver(_tag, _regexp, [_first])
 
 
 class _StrictLoader(yaml.reader.Reader, yaml.scanner.Scanner, yaml.parser.Parser, yaml.composer.Composer,

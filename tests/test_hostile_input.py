@@ -340,6 +340,20 @@ def test_tuned_files_have_one_reading_and_bounded_lengths(tmp_path, seq_len, wor
     assert str(ei.value).startswith(f"{p}: ") and words in str(ei.value) and "\n" not in str(ei.value)
 
 
+@pytest.mark.parametrize("study", ["1e3", "1.5e3", "0o17", "0x1F", "0200", "yes", "1:30", "+.5", "-.INF", "~"])
+def test_a_tuned_file_written_reads_back_as_written(tmp_path, study):
+    """The writer quotes every string YAML 1.1 or 1.2 would read as another type: a study named
+    like a number gives a tuned file that loads, with its name."""
+    from kernels import load_tuned
+
+    p = tmp_path / "t.yaml"
+    p.write_text(TUNED.format(seq_len=256) + f"study: {study!r}\n")
+    again = tmp_path / "again.yaml"
+    again.write_text(load_tuned(p).file.dumps())
+    assert load_tuned(again).file.to_dict() == load_tuned(p).file.to_dict()
+    assert load_tuned(again).file.to_dict()["study"] == study
+
+
 def test_tuned_file_length_in_decimal_loads(tmp_path):
     from kernels import load_tuned
 
