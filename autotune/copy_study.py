@@ -26,6 +26,7 @@ import sys
 from typing import Optional
 
 from patterns.errors import run_command
+from patterns.names import check_argv
 
 __all__ = ["main"]
 
@@ -41,15 +42,16 @@ def main(argv: Optional[list[str]] = None) -> int:
     args = p.parse_args(argv)
     from results.storage import database_error_line
 
-    return run_command(lambda: _copy(args), PROG, failure=lambda e: database_error_line(e, args.dst))
+    return run_command(lambda: _copy(args, argv), PROG, failure=lambda e: database_error_line(e, args.dst))
 
 
-def _copy(args: argparse.Namespace) -> int:
+def _copy(args: argparse.Namespace, argv: Optional[list[str]]) -> int:
     """Resolve both URLs (refusing a copy onto itself), copy, and say what was copied."""
     from results.copy_study import CopyError, copy_study
     from results.storage import StorageError, mask_url, resolve_storage
 
     try:
+        check_argv(sys.argv[1:] if argv is None else argv)  # not UTF-8: nothing could store it
         src = resolve_storage(args.src, "read").url
     except StorageError as e:
         raise CopyError(f"--from: {e}") from None

@@ -71,11 +71,14 @@ def main(argv: Optional[list[str]] = None) -> int:
     p.add_argument("--out", default=None, help="output YAML (default results/<study>.yaml)")
     p.add_argument("--artifacts", default=None, help=ARTIFACTS_HELP)
     args = p.parse_args(argv)
+    from patterns.names import check_argv, check_study_name
     from results.artifacts import artifact_dir, upload_and_say
     from results.storage import database_error_line, resolve_storage
 
     out = args.out or os.path.join("results", f"{args.study}.yaml")
     try:
+        check_argv(sys.argv[1:] if argv is None else argv)
+        check_study_name(args.study, "--study")
         artifacts = artifact_dir(args.artifacts, out)
         storage = resolve_storage(args.storage, "write").url  # export records its choice in at_tuned
         doc = export(args.study, storage, out)

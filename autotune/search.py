@@ -93,6 +93,7 @@ import datetime as dt
 import hashlib
 import math
 import os
+import re
 import signal
 import socket
 import sys
@@ -102,7 +103,8 @@ from typing import TYPE_CHECKING, Any, Iterator, Optional
 
 from patterns.errors import InputError, exit_status
 
-from search_spaces.space import MAX_NAME, SearchSpace, SpaceError, load_space
+from patterns.names import check_argv, check_study_name
+from search_spaces.space import SearchSpace, SpaceError, check_overrides, load_space
 
 if TYPE_CHECKING:
     from .trial import TrialResult
@@ -118,20 +120,34 @@ class UsageError(InputError):
     """Invalid input found before anything is written: exit status 2."""
 
 
+def flag_number(text: str) -> Any:
+    """A number on the command line read as the space file reads one (YAML 1.2 core, decimal): an
+    integer, a float (``1e20``, ``nan``, ``inf`` included), else the text itself; `check_overrides`
+    then applies the file's rule, so ``--trials 1e20`` and ``budget: {trials: 1e20}`` give the same
+    one-line refusal instead of argparse's usage text."""
+    t = text.strip()
+    if re.fullmatch(r"[-+]?[0-9]{1,100}", t):
+        return int(t)
+    if re.fullmatch(r"[-+]?(?:\.[0-9]+|[0-9]+(?:\.[0-9]*)?)(?:[eE][-+]?[0-9]+)?|[-+]?\.?(?:inf|infinity)|\.?nan", t,
+                    re.IGNORECASE):
+        return float(t.replace(".inf", "inf").replace(".nan", "nan").replace(".INF", "inf").replace(".NAN", "nan"))
+    return text
+
+
 def build_parser() -> argparse.ArgumentParser:
     from results.storage import STORAGE_HELP
 
     p = argparse.ArgumentParser(prog="python -m autotune.search", description=__doc__.split("\n\n")[0])
     p.add_argument("--space", required=True, help="search-space YAML file")
-    p.add_argument("--trials", type=int, help="total trial budget (finished trials of the study count)")
-    p.add_argument("--timeout", type=float, help="seconds after which no new trial starts")
+    p.add_argument("--trials", type=flag_number, help="total trial budget (finished trials of the study count)")
+    p.add_argument("--timeout", type=flag_number, help="seconds after which no new trial starts")
     p.add_argument("--study", help="study name (default: the space's name)")
     p.add_argument("--storage", help=STORAGE_HELP)
     p.add_argument("--executor", choices=("ray", "local"), default="ray")
     p.add_argument("--ray-address", help="join this Ray cluster (HOST:PORT, ray://HOST:PORT, auto; default $RAY_ADDRESS) "
                    "instead of starting a local instance (local)")
     p.add_argument("--device", choices=("cpu", "cuda"))
-    p.add_argument("--workers", type=int, help="CPU spaces: number of worker actors")
+    p.add_argument("--workers", type=flag_number, help="CPU spaces: number of worker actors")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--allow-repeats", action="store_true",
                    help="measure a parameter set again even if the study already measured it")
@@ -996,12 +1012,11 @@ def main(argv: Optional[list[str]] = None) -> int:
     # joining a Ray cluster (--ray-address, else $RAY_ADDRESS): its devices and CPUs are checked there
     joining = args.executor == "ray" and cluster_address(args.ray_address)[0] is not None
     try:
-        if args.trials is not None and args.trials < 1:
-            raise UsageError(f"--trials must be >= 1, got {args.trials}")
-        if args.timeout is not None and args.timeout <= 0:
-            raise UsageError(f"--timeout must be > 0, got {args.timeout}")
-        if args.workers is not None and args.workers < 1:
-            raise UsageError(f"--workers must be >= 1, got {args.workers}")
+        check_argv(sys.argv[1:] if argv is None else argv)  # not UTF-8: nothing could store it
+        # the command line's numbers under the file's own rules, before the file is read
+        check_overrides(trials=args.trials, timeout=args.timeout, workers=args.workers)
+        if args.study is not None:
+            check_study_name(args.study, "--study")
         space = load_space(args.space).override(trials=args.trials, timeout=args.timeout, device=args.device)
         if space.device == "cpu" and space.backend == "triton":
             print("autotune: --device cpu: candidate backend triton -> cpu", file=sys.stderr)
@@ -1011,9 +1026,7 @@ def main(argv: Optional[list[str]] = None) -> int:
 
             if not torch.cuda.is_available():
                 raise UsageError(f"{args.space}: device: cuda, but this machine has no CUDA device (use --device cpu)")
-        study = args.study if args.study is not None else space.name
-        if not study.strip() or len(study) > MAX_NAME or any(ord(c) < 32 or ord(c) == 127 for c in study):
-            raise UsageError(f"--study: a study name must be 1 to {MAX_NAME} printable characters, got {len(study)}")
+        study = check_study_name(args.study if args.study is not None else space.name, "--study")
         threads = space.execution.threads_per_worker
         if not joining and threads > (os.cpu_count() or 1):  # a cluster's CPUs: checked when joining it
             raise UsageError(f"{args.space}: execution.threads_per_worker: {threads} is more than the "

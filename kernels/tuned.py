@@ -104,7 +104,7 @@ from typing import Any, Optional, Union
 from patterns.config import PatternConfig
 from patterns.errors import InputError
 from patterns.guided import GuidedConfig, pattern_from_dict
-from patterns.safeyaml import YAMLInputError, load_yaml_file
+from patterns.safeyaml import CoreDumper, YAMLInputError, load_yaml_file
 
 from .config import KernelConfig
 
@@ -225,7 +225,7 @@ class TunedFile:
         ``integrity`` field (before the buckets, so a cut-off file keeps it) is computed here."""
         import yaml
 
-        class _Dumper(yaml.SafeDumper):
+        class _Dumper(CoreDumper):  # quotes what YAML 1.1 or 1.2 reads as another type
             def ignore_aliases(self, data: Any) -> bool:  # e.g. the hardware, repeated per bucket
                 return True
 
@@ -287,8 +287,9 @@ def _int_list(path: str, key: str, value: Any) -> tuple[int, ...]:
     if not isinstance(items, list) or not items:
         raise _fail(path, key, f"must be a non-empty list of positive integers, got {value!r}")
     for x in items:
-        if isinstance(x, bool) or not isinstance(x, int) or x < 1:
-            raise _fail(path, key, f"must be a non-empty list of positive integers, got {value!r}")
+        if isinstance(x, bool) or not isinstance(x, int) or x < 1 or x > MAX_TUNED_SEQ_LEN:
+            raise _fail(path, key, f"must be a non-empty list of positive integers up to {MAX_TUNED_SEQ_LEN}, "
+                                   f"got {str(value)[:60]}")
     return tuple(sorted(set(items)))
 
 
@@ -323,6 +324,10 @@ def _check_top(data: Any, path: str) -> None:
             raise _fail(path, k, f"must be a mapping, got {type(data[k]).__name__}")
 
 
+#: the longest bucket a tuned file may name: the kernels index positions with 32-bit integers
+MAX_TUNED_SEQ_LEN = 2**31 - 1
+
+
 def _bucket(item: Any, path: str, key: str, seen: Any = (), infeasible: Any = ()) -> TunedBucket:
     """One ``buckets`` entry: seq_len (not one of the buckets ``seen`` before it, nor ``infeasible``),
     pattern (static or ``family: guided``), kernel (fitting the pattern's block size), heads,
@@ -335,6 +340,8 @@ def _bucket(item: Any, path: str, key: str, seen: Any = (), infeasible: Any = ()
     L = item["seq_len"]
     if isinstance(L, bool) or not isinstance(L, int) or L < 1:
         raise _fail(path, f"{key}.seq_len", f"must be a positive integer, got {L!r}")
+    if L > MAX_TUNED_SEQ_LEN:  # e.g. 10**30: no kernel indexes that far
+        raise _fail(path, f"{key}.seq_len", f"{str(L)[:40]} is above the limit {MAX_TUNED_SEQ_LEN} (2**31 - 1)")
     if L in seen:
         raise _fail(path, f"{key}.seq_len", f"duplicate bucket {L}")
     if L in infeasible:

@@ -49,6 +49,7 @@ def error_line(exc: BaseException, prog: Optional[str] = None, message: Optional
     """``"PROG: error: MESSAGE"`` (``"error: MESSAGE"`` without ``prog``); ``message`` defaults to
     ``str(exc)`` (give it to print a masked or reworded text)."""
     text = str(exc) if message is None else message
+    text = text.encode("utf-8", "backslashreplace").decode("utf-8")  # a lone surrogate (a non-UTF-8 file name) as \udcff
     return f"{prog}: error: {text}" if prog else f"error: {text}"
 
 

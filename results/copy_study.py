@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any, Optional
 
 from patterns.errors import InputError
+from patterns.names import check_study_name
 
 
 class CopyError(InputError):
@@ -136,7 +137,8 @@ def copy_study(study: str, src: str, dst: str, to_study: Optional[str] = None) -
     from .db import Database, create_optuna_storage, live_study
     from .storage import mask_url
 
-    to_study = to_study or study
+    check_study_name(study, "--study")  # the one name rule (patterns.names), before anything is read or written
+    to_study = check_study_name(to_study, "--to-study") if to_study is not None else study
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     rows = _read_source(study, src)
     sstore = optuna.storages.RDBStorage(src, skip_table_creation=True, skip_compatibility_check=True)

@@ -102,10 +102,15 @@ from kernels.config import KERNEL_STAGES, KERNEL_TILES, KERNEL_WARPS
 from patterns.config import GLOBAL_PLACEMENTS, SUPPORTED_BLOCK_SIZES
 from patterns.errors import InputError
 from patterns.guided import GUIDED_POOLS, GUIDED_SPREADS, PATTERN_FAMILIES
+from patterns.names import name_problem
 from patterns.safeyaml import YAMLInputError, load_yaml_file
 
 __all__ = [
     "SpaceError",
+    "OverrideError",
+    "check_overrides",
+    "check_fits",
+    "check_bound",
     "SearchSpace",
     "Workload",
     "AttentionWorkload",
@@ -497,6 +502,10 @@ class Workload:
     def input_gib(self, seq_len: int, dtype: str) -> float:
         raise NotImplementedError
 
+    def gate_gib(self, seq_len: int, batch: int, dtype: str) -> float:
+        """GiB the correctness gate takes at ``seq_len`` residues and ``batch`` rows."""
+        raise NotImplementedError
+
     def to_dict(self) -> dict[str, Any]:
         """The stored form (`STORED_WORKLOAD_KEYS`, the same for every kind)."""
         return {k: getattr(self, k, None) for k in STORED_WORKLOAD_KEYS}
@@ -533,6 +542,13 @@ class AttentionWorkload(Workload):
         L = seq_len
         return (4.0 * self.batch(L) * self.heads * L * self.head_dim + (self.heads * L * L if self.bias else 0)) \
             * DTYPE_BYTES[dtype] / 2**30
+
+    def gate_gib(self, seq_len: int, batch: int, dtype: str) -> float:
+        """q, k, v, out [batch, H, L, D] and the bias, plus the dense reference's float32 scores
+        [batch, H, L, L] (the gate compares against materialised attention)."""
+        L = seq_len
+        return ((4.0 * batch * self.heads * L * self.head_dim + (self.heads * L * L if self.bias else 0))
+                * DTYPE_BYTES[dtype] + 4.0 * batch * self.heads * L * L) / 2**30
 
     @classmethod
     def parse(cls, V: "_V", w: dict[str, Any], key: str, kind: str, lim_int, buckets: list[int]) -> "AttentionWorkload":
@@ -584,6 +600,13 @@ class EvoformerWorkload(Workload):
         output, gradient-free intermediates)."""
         L = seq_len
         return 4.0 * (self.msa_depth * L * self.c_m + L * L * self.c_z) * DTYPE_BYTES[dtype] / 2**30
+
+    def gate_gib(self, seq_len: int, batch: int, dtype: str) -> float:
+        """The activations at ``batch`` MSA rows (`input_gib`), plus the float32 scores of the
+        naive oracle: MSA row attention [batch, H, L, L] and triangle attention [L, H_pair, L, L]."""
+        L = seq_len
+        return (4.0 * (batch * L * self.c_m + L * L * self.c_z) * DTYPE_BYTES[dtype]
+                + 4.0 * (batch * self.heads * L * L + self.pair_heads * L * L * L)) / 2**30
 
     def block_kwargs(self) -> dict[str, int]:
         """``EvoformerBlock`` constructor arguments."""
@@ -728,6 +751,11 @@ class SearchSpace:
         return [c.name for c in self.constraints]
 
     def override(self, *, trials: Optional[int] = None, timeout: Optional[float] = None, device: Optional[str] = None) -> "SearchSpace":
+        """The space with the command line's values; they follow the file's rules (`check_overrides`)
+        and a new device has its memory checked again (`check_fits`)."""
+        check_overrides(trials=trials, timeout=timeout)
+        if device is not None and device not in DEVICES:
+            raise OverrideError(f"--device: {device!r} is not one of {', '.join(DEVICES)}")
         new = copy.copy(self)
         if trials is not None:
             new.budget = replace(new.budget, trials=int(trials))
@@ -735,6 +763,7 @@ class SearchSpace:
             new.budget = replace(new.budget, timeout=float(timeout))
         if device is not None:
             new.device = device
+            check_fits(new)
         return new
 
     def to_dict(self) -> dict[str, Any]:
@@ -893,14 +922,13 @@ class _V:
         return f
 
     def name(self, v: Any, key: str, max_len: int) -> str:
+        """A study or workload name under the one rule of `patterns.names` (printable, 1 to
+        ``max_len`` characters; no control, invisible, bidi-control or separator character)."""
         if not isinstance(v, str):
             self.fail(key, f"must be a string, got {_type_name(v)}")
-        if not v.strip():
-            self.fail(key, "must not be empty")
-        if len(v) > max_len:
-            self.fail(key, f"{len(v)} characters: at most {max_len}")
-        if any(ord(c) < 32 or ord(c) == 127 for c in v):
-            self.fail(key, "must not contain control characters")
+        problem = name_problem(v, max_len)
+        if problem is not None:
+            self.fail(key, problem)
         return v
 
     def choice(self, v: Any, key: str, allowed: tuple) -> Any:
@@ -1070,6 +1098,32 @@ def default_targets(device: str) -> Targets:
     return _targets_from_spec(copy.deepcopy(TARGET_DEFAULTS.get(device, TARGET_DEFAULTS["cpu"])), f"defaults:{device}")
 
 
+#: what each bounded quantity can be: ratios (speedup, memory) are > 0, a sparsity is a fraction of the
+#: pairs in [0, 1), recalls are fractions in [0, 1], an error is >= 0
+_BOUND_RANGES: dict[str, tuple[float, float, bool, bool, str]] = {  # low, high, low open, high open, what
+    "speedup": (0.0, math.inf, True, True, "a ratio"),
+    "memory_vs_sdpa": (0.0, math.inf, True, True, "a ratio"),
+    "memory_vs_naive": (0.0, math.inf, True, True, "a ratio"),
+    "sparsity": (0.0, 1.0, False, True, "a fraction of the pairs"),
+    "output_rel_error": (0.0, math.inf, False, True, "a relative error"),
+}
+_RECALL_RANGE = (0.0, 1.0, False, False, "a fraction")
+
+
+def check_bound(V: "_V", key: str, quantity: str, lo: Optional[float], hi: Optional[float]) -> None:
+    """A target or constraint on ``quantity`` (a `TARGET_NAMES` entry or an accuracy metric): each
+    given bound within what the quantity can be (`_BOUND_RANGES`), and ``min <= max``."""
+    a, b, a_open, b_open, what = _BOUND_RANGES.get(quantity, _RECALL_RANGE)
+    for side, v in (("min", lo), ("max", hi)):
+        if v is None:
+            continue
+        if v < a or (a_open and v == a) or v > b or (b_open and v == b):
+            span = f"{'(' if a_open else '['}{a:g}, {b:g}{')' if b_open else ']'}"
+            V.fail(f"{key}.{side}", f"must be in {span} ({quantity} is {what}), got {v!r}")
+    if lo is not None and hi is not None and hi < lo:
+        V.fail(key, f"empty range: min={lo} > max={hi}")
+
+
 def parse_targets(V: "_V", raw: Any, device: str, constraints: list["Constraint"], acc_metric: Optional[str],
                   acc_chains: Optional[int]) -> Targets:
     """The space's targets: the device defaults, overridden by the ``targets`` section and then by
@@ -1095,6 +1149,7 @@ def parse_targets(V: "_V", raw: Any, device: str, constraints: list["Constraint"
                 spec[k] = {b: V.number(v[b], f"{key}.{b}") for b in ("min", "max") if v.get(b) is not None}
                 if not spec[k]:
                     V.fail(key, "give min or max (or null to drop the target)")
+                check_bound(V, key, k, spec[k].get("min"), spec[k].get("max"))
             elif k == "accuracy":
                 if v is None:
                     spec["accuracy"] = {}
@@ -1108,6 +1163,7 @@ def parse_targets(V: "_V", raw: Any, device: str, constraints: list["Constraint"
                     acc[m] = {x: V.number(b[x], f"{key}.{m}.{x}") for x in ("min", "max") if b.get(x) is not None}
                     if not acc[m]:
                         V.fail(f"{key}.{m}", "give min or max (or null to drop the target)")
+                    check_bound(V, f"{key}.{m}", m, acc[m].get("min"), acc[m].get("max"))
                 spec["accuracy"] = acc
             elif k == "memory_floor_mib":
                 spec[k] = V.number(v, key, low=0)
@@ -1257,6 +1313,53 @@ def _check_inputs_fit(V: "_V", workloads: list[Workload], buckets: list[int], li
                        "this machine has (lower tokens/max_batch/buckets, or raise limits.max_input_gib)")
 
 
+def _check_gate_fits(V: "_V", workloads: list[Workload], gate: "GateSettings", limits: dict[str, Any],
+                     dtype: str) -> None:
+    """The correctness gate (``gate.seq_len`` x ``gate.batch``, every workload) within ``max_input_gib``."""
+    if limits["max_input_gib"] is None:
+        return
+    for w in workloads:
+        gib = w.gate_gib(gate.seq_len, gate.batch, dtype)
+        if gib > limits["max_input_gib"]:
+            V.fail("gate", f"the correctness gate of {w.name} at seq_len {gate.seq_len}, batch {gate.batch} takes "
+                           f"{gib:.3g} GiB (inputs and the dense reference's scores), above the "
+                           f"{limits['max_input_gib']:.3g} GiB this machine has (lower gate.seq_len or gate.batch, "
+                           "or raise limits.max_input_gib)")
+
+
+def check_fits(space: "SearchSpace") -> None:
+    """Every (workload, bucket)'s inputs and the gate within the memory of the space's device (the
+    file's ``limits`` over this machine's); run again after a command line changes the device."""
+    V = _V(space.source)
+    limits = _parse_limits(V, space.raw or {}, space.device)
+    _check_inputs_fit(V, space.workloads, space.buckets, limits, space.dtype)
+    _check_gate_fits(V, space.workloads, space.gate, limits, space.dtype)
+
+
+class OverrideError(InputError):
+    """A command-line value refused by the rule of the file key it overrides; one line ``FLAG: problem``."""
+
+
+class _FlagV(_V):
+    """`_V`'s checks for command-line values: the same rules, the flag named instead of the key."""
+
+    def fail(self, key: str, problem: str) -> None:
+        raise OverrideError(f"{key}: {problem}")
+
+
+def check_overrides(*, trials: Any = None, timeout: Any = None, workers: Any = None) -> None:
+    """``--trials``, ``--timeout`` and ``--workers`` under exactly the rules of ``budget.trials``,
+    ``budget.timeout`` and ``execution.workers`` in the file (`BudgetSettings.parse`,
+    `ExecutionSettings.parse`): integers in range, finite numbers."""
+    V = _FlagV("(command line)")
+    if trials is not None:
+        V.integer(trials, "--trials", low=1, high=MAX_TRIALS)
+    if timeout is not None:
+        V.number(timeout, "--timeout", low=1)
+    if workers is not None:
+        V.integer(workers, "--workers", low=1, high=MAX_WORKERS)
+
+
 def _parse_noise(V: "_V", v: Any, key: str) -> float:
     """Angstrom of noise of the degraded structure guided candidates are scored with."""
     noise = V.number(v, key, low=0.0)
@@ -1297,8 +1400,7 @@ def _parse_constraints(V: "_V", data: dict[str, Any]) -> tuple[list[Constraint],
             if cname == "accuracy":
                 V.fail(key, "give min (or max for output_rel_error)")
             V.fail(key, "give min or max")
-        if lo is not None and hi is not None and hi < lo:
-            V.fail(key, f"empty range: min={lo} > max={hi}")
+        check_bound(V, key, acc.metric if cname == "accuracy" else cname, lo, hi)
         constraints.append(Constraint(cname, lo, hi))
     if data.get("accuracy_noise") is not None:
         acc = replace(acc, noise=_parse_noise(V, data["accuracy_noise"], "accuracy_noise"))
@@ -1352,6 +1454,7 @@ def parse_space(data: Any, source: str = "<space>") -> SearchSpace:
     budget = BudgetSettings.parse(V, data)
     measure = MeasureSettings.parse(V, V.section(data, "measure", MEASURE_KEYS))
     gate = GateSettings.parse(V, data, lim_int)
+    _check_gate_fits(V, workloads, gate, limits, dtype)
     execution = ExecutionSettings.parse(V, data)
     return SearchSpace(
         source=source, name=name, device=device, backend=backend, dtype=dtype, mode=mode, buckets=buckets,

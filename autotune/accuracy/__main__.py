@@ -47,6 +47,19 @@ class _UsageError(InputError):
     pass
 
 
+#: the longest bucket evaluated: a search space's default ``limits.max_seq_len``; the bucket's
+#: L x L token mask alone takes L^2 bytes (4 GiB here), so a typo such as 100000000 is refused up front
+MAX_BUCKET = 65536
+
+
+def _check_buckets(buckets: Sequence[int], what: str) -> None:
+    """Every bucket within `MAX_BUCKET` (``what`` names the flag or file they came from)."""
+    big = [b for b in buckets if b > MAX_BUCKET]
+    if big:
+        raise _UsageError(f"{what}: bucket {big[0]} is above {MAX_BUCKET}, the longest length evaluated "
+                          f"(its {big[0]} x {big[0]} token mask alone would take {big[0] ** 2 / 2**30:.3g} GiB)")
+
+
 def _parse_buckets(text: str) -> list[int]:
     try:
         out = [int(x) for x in text.replace(" ", "").split(",") if x]
@@ -54,7 +67,40 @@ def _parse_buckets(text: str) -> list[int]:
         raise _UsageError(f"--buckets must be comma-separated positive integers, got {text!r}") from None
     if not out or any(b < 1 for b in out):
         raise _UsageError(f"--buckets must be comma-separated positive integers, got {text!r}")
+    _check_buckets(out, "--buckets")
     return sorted(set(out))
+
+
+def _check_out(path: Optional[str], flag: str) -> None:
+    """An output path that can be written, checked before the evaluation: not a directory, device or
+    other special file, not an unwritable file, in a folder (or below a path) that is one."""
+    if not path:
+        return
+    import os
+    import stat
+
+    p = Path(path)
+    try:
+        st = os.stat(p)
+    except FileNotFoundError:
+        st = None
+    except OSError as exc:  # below a regular file (ENOTDIR), a loop, ...
+        raise _UsageError(f"{flag}: cannot write {path}: {exc.strerror or exc}") from None
+    if st is not None:
+        if stat.S_ISDIR(st.st_mode):
+            raise _UsageError(f"{flag}: {path} is a directory, not a file")
+        if not stat.S_ISREG(st.st_mode) or str(p.resolve()).startswith(("/proc/", "/sys/", "/dev/")):
+            raise _UsageError(f"{flag}: {path} is not a regular file (refused: nothing is written there)")
+        if not os.access(p, os.W_OK):
+            raise _UsageError(f"{flag}: {path} is not writable")
+        return
+    parent = p.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent  # _write_json creates the missing folders below the first existing one
+    if not parent.is_dir():
+        raise _UsageError(f"{flag}: cannot write {path}: {parent} is not a folder")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise _UsageError(f"{flag}: cannot write {path}: {parent} is not writable")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -121,8 +167,12 @@ def _guided_inputs(args) -> tuple[list[float], list[float], list, list]:
         raise _UsageError(f"--min-length must be >= 1, got {args.min_length}")
     if args.min_separation < 0:
         raise _UsageError(f"--min-separation must be >= 0, got {args.min_separation}")
+    if not 0 <= args.seed <= 2**32 - 1:  # numpy's seed range, as the space's sampler.seed
+        raise _UsageError(f"--seed must be in [0, {2**32 - 1}], got {args.seed}")
     if args.max_chains is not None and args.max_chains < 1:
         raise _UsageError(f"--max-chains must be >= 1, got {args.max_chains}")
+    _check_out(args.json, "--json")
+    _check_out(args.png, "--png")
     try:
         GuidedConfig(args.guided_block_size, keep=0.5, pool=args.guided_pool, window=args.guided_window,
                      num_global=args.guided_global, spread=args.guided_spread)
@@ -214,7 +264,10 @@ def _run_guided(args) -> int:
     )
     _print_guided_table(args, rows, sel)
     if args.json:
-        _write_json(args.json, _guided_json(args, rows, sel, skipped, sigmas, targets))
+        try:
+            _write_json(args.json, _guided_json(args, rows, sel, skipped, sigmas, targets))
+        except InputError as exc:
+            return report_input_error(exc)
     if args.png:
         from .plot import draw_recall_vs_sparsity
 
@@ -225,9 +278,14 @@ def _run_guided(args) -> int:
 
 
 def _write_json(path: str, doc: dict) -> None:
+    """Write ``doc``; a failure the up-front check (`_check_out`) could not foresee (a full disk, a
+    folder removed meanwhile) is one line (`_UsageError`), not a traceback."""
     out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(doc, indent=2) + "\n")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(doc, indent=2) + "\n")
+    except OSError as exc:
+        raise _UsageError(f"--json: cannot write {path}: {exc.strerror or exc}") from None
 
 
 def _deployed_plan(tuned, buckets: list[int], max_chains: Optional[int]) -> dict[int, dict]:
@@ -260,6 +318,7 @@ def _configs(args) -> tuple[list[int], dict[int, PatternConfig], str, dict[int, 
         try:
             tuned = load_tuned(args.tuned)
             buckets = _parse_buckets(args.buckets) if args.buckets else sorted(int(b) for b in tuned.buckets)
+            _check_buckets(buckets, f"tuned file {args.tuned}")
             configs = {b: tuned.config_for(b) for b in buckets}
         except _UsageError:
             raise
@@ -308,6 +367,8 @@ def _pattern_inputs(args) -> tuple[list[int], dict, str, list, list, dict]:
     files, bucket -> evaluation plan), validated; raises _UsageError naming the flag, file or folder."""
     if args.max_chains is not None and args.max_chains < 1:
         raise _UsageError(f"--max-chains must be >= 1, got {args.max_chains}")
+    _check_out(args.json, "--json")
+    _check_out(args.png, "--png")
     buckets, configs, source, plan = _configs(args)
     try:
         chains, skipped = load_proteins_report(args.proteins)
@@ -442,7 +503,10 @@ def run(argv: Optional[Sequence[str]] = None) -> int:
     rows = _evaluate_buckets(args, buckets, configs, chains, plan)
     _print_pattern_table(args, rows, configs, source, chains, skipped)
     if args.json:
-        _write_json(args.json, _pattern_json(args, rows, source, chains, skipped))
+        try:
+            _write_json(args.json, _pattern_json(args, rows, source, chains, skipped))
+        except InputError as exc:
+            return report_input_error(exc)
     if args.png:
         return _draw_pattern_png(args, rows, buckets, configs, chains)
     return 0

@@ -38,10 +38,14 @@ def main(argv: Optional[list[str]] = None) -> int:
 def _report(args: argparse.Namespace, argv: list[str]) -> int:
     """Read the study (`results.report.load`), write the report and its figures, and link both to
     the study in Optuna's artifact store."""
+    from patterns.names import check_argv, check_study_name
     from results.artifacts import artifact_dir, upload_and_say
     from results.report import ReportError, build_report, load
-    from results.storage import resolve_storage
+    from results.storage import database_error_line, resolve_storage
 
+    check_argv(argv)
+    if args.study is not None:
+        check_study_name(args.study, "--study")
     storage = resolve_storage(args.storage, "read")
     artifacts = artifact_dir(args.artifacts, args.out)
     try:
@@ -51,6 +55,11 @@ def _report(args: argparse.Namespace, argv: list[str]) -> int:
     except (ValueError, TypeError) as e:  # a stored JSON cell that does not decode (hand-edited database)
         raise ReportError(f"cannot read --storage {storage.masked}: a stored value is corrupted "
                           f"({type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''})") from None
+    except Exception as e:  # noqa: BLE001 - a corrupted database file (a damaged page): one line, exit 2
+        line = database_error_line(e, storage.url)
+        if line is None:
+            raise
+        raise ReportError(f"cannot read --storage: {line} (a damaged database file?)") from None
     text, figures = build_report(data, args.out, args.plots_dir, argv=argv)
     print(f"{PROG}: wrote {args.out} ({len(text.splitlines())} lines, {len(figures)} figure(s))", file=sys.stderr)
     if data.study is not None:  # the report and its figures, linked to the study it reports
