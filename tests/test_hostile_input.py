@@ -350,7 +350,7 @@ def test_a_tuned_file_written_reads_back_as_written(tmp_path, study):
     p.write_text(TUNED.format(seq_len=256) + f"study: {study!r}\n")
     again = tmp_path / "again.yaml"
     again.write_text(load_tuned(p).file.dumps())
-    assert load_tuned(again).file.to_dict() == load_tuned(p).file.to_dict()
+    assert load_tuned(again).file == load_tuned(p).file  # equal apart from the integrity seal the writer adds
     assert load_tuned(again).file.to_dict()["study"] == study
 
 
