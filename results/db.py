@@ -154,6 +154,7 @@ class Run(Base):
     end_reason: Mapped[Optional[str]] = mapped_column(Text, nullable=True)
     optuna_study_id: Mapped[Optional[int]] = mapped_column(Integer, nullable=True)
     optuna_study_uid: Mapped[Optional[str]] = mapped_column(String(64), nullable=True)
+    stats: Mapped[Any] = mapped_column(JSON, nullable=True)  # the run's phases and rates (autotune.search.run_stats)
 
 
 class TrialRow(Base):
@@ -557,6 +558,11 @@ class Database:
             run = s.get(Run, run_id)
             run.ended_at = utcnow()
             run.status = status
+
+    def set_run_stats(self, run_id: int, stats: dict) -> None:
+        """Store a run's statistics (trials per minute, phase shares) on its at_runs row."""
+        with self.session() as s:
+            s.get(Run, run_id).stats = stats
 
     def settle_dead_runs(self, alive, by_run: int) -> list[int]:
         """Mark every unended run whose driver is gone (``alive(run)`` False) ended, status "died",

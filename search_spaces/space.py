@@ -151,7 +151,7 @@ BACKENDS = backends.names()  # the registered backends (kernels.backends)
 DTYPES = ("float32", "bfloat16", "float16")
 MODES = ("fwd", "fwd+bwd")
 DEVICES = ("cuda", "cpu")
-SAMPLERS = ("nsga2", "tpe", "random")
+SAMPLERS = ("nsga2", "tpe", "gp", "random")
 # The keys of a workload entry and their defaults are its record class's (`WORKLOAD_TYPES`): an
 # EvoFormer workload times one whole block, its attention dims default to AlphaFold2's.
 
@@ -323,7 +323,7 @@ class SamplerSettings(_Section):
     """``sampler``: the Optuna sampler. Unset numbers take the sampler's defaults
     (`POPULATION_DEFAULT`, `STARTUP_DEFAULT`); ``seed`` None is unseeded."""
 
-    name: str = "nsga2"  # nsga2 | tpe | random
+    name: str = "nsga2"  # nsga2 | tpe | gp | random
     seed: Optional[int] = None
     population_size: Optional[int] = None  # nsga2
     n_startup_trials: Optional[int] = None  # tpe
