@@ -80,16 +80,21 @@ class CompileLedger:
     """The compile keys one worker process has met, and what each compile phase cost."""
 
     seen: dict[str, CompileRecord] = field(default_factory=dict)
+    failed: dict[str, str] = field(default_factory=dict)  # key -> the reason its compile failed
     hits: int = 0
 
     def ensure(self, key: tuple, compile_fn: Callable[[], object]) -> Optional[CompileRecord]:
         """Run ``compile_fn`` (one untimed call of the candidate) unless ``key`` was compiled in
         this process; returns its record, None when skipped. Any exception becomes `CompileFailed`
-        (out of memory excepted: that stays the trial's own "out of memory" failure)."""
+        (out of memory excepted: that stays the trial's own "out of memory" failure), and a key
+        that failed once raises the same `CompileFailed` again without compiling."""
         k = repr(key)
         if k in self.seen:
             self.hits += 1
             return None
+        if k in self.failed:  # a config that failed to compile fails again without compiling
+            self.hits += 1
+            raise CompileFailed(self.failed[k])
         t0 = time.perf_counter()
         try:
             compile_fn()
@@ -98,7 +103,8 @@ class CompileLedger:
 
             if is_oom(e):
                 raise
-            raise CompileFailed(f"compile failed: {type(e).__name__}: {str(e).splitlines()[0][:300] if str(e) else ''}") from e
+            self.failed[k] = f"compile failed: {type(e).__name__}: {str(e).splitlines()[0][:300] if str(e) else ''}"
+            raise CompileFailed(self.failed[k]) from e
         dt = time.perf_counter() - t0
         rec = CompileRecord(k, dt, cache_load=dt < DISK_HIT_S)
         self.seen[k] = rec

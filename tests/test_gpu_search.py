@@ -89,6 +89,9 @@ def test_ledger_compiles_a_key_once_and_turns_failures_into_reasons():
     assert ledger.ensure(_key(), fake_compile) is None and ledger.hits == 1 and len(calls) == 1
     with pytest.raises(CompileFailed, match="compile failed: RuntimeError: out of resources: shared memory"):
         ledger.ensure(_key(head_dim=64), lambda: (_ for _ in ()).throw(RuntimeError("out of resources: shared memory")))
+    with pytest.raises(CompileFailed, match="out of resources"):  # again, without compiling
+        ledger.ensure(_key(head_dim=64), lambda: calls.append(2))
+    assert len(calls) == 1
     stats = study_compile_stats([first.to_dict(), first.to_dict(), {"key": "k", "seconds": 0.01, "cache_load": True}])
     assert stats["compiled"] == 1 and stats["compiled_twice"] == 1 and stats["cache_loads"] == 1
 
