@@ -5,7 +5,9 @@ fastest and leanest while keeping accuracy; every candidate passes a correctness
 reference backend first, and every measurement is kept in the results database (default ``results/results.db``).
 
 Options (each overrides the space file): ``--trials N`` (total budget, trials already finished in
-the study count), ``--timeout SECONDS`` (no new trial starts after it; running ones finish),
+the study count), ``--timeout SECONDS`` (no new trial starts after it; a trial still running
+``autotune.trial.CUT_GRACE_S`` later is cut: interrupted, retried on a resume),
+``--warm-start STUDY`` / ``--warm-start-storage URL`` (`autotune.warmstart`),
 ``--study NAME`` (default: the space's name), ``--storage URL`` (default ``$AUTOTUNE_STORAGE``, else
 ``sqlite:///results/results.db``; checked by `results.storage`), ``--executor ray|local``, ``--ray-address ADDRESS``, ``--device
 cpu|cuda``, ``--workers N``, ``--no-progress``, ``--allow-repeats`` (measure a parameter set the

@@ -5,6 +5,7 @@
 #
 #   bash benchmarks/gpu_search.sh            # on the GPU node (about 5.5 minutes)
 #   GPU_SEARCH_DRY=1 bash benchmarks/gpu_search.sh   # the same steps on a CPU with a 2-trial CPU study
+#   (GPU_SEARCH_SPACE: another space for the dry run; GPU_SEARCH_OUT: where its files go)
 #
 # Before: on a machine with internet access prepare the wheels for the node's Python into .whl/
 # (ignored by git; copy it with the checkout):
@@ -28,7 +29,7 @@ export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 WHEELS=${WHEELS:-.whl}
 
 if [ -n "${GPU_SEARCH_DRY:-}" ]; then  # the CPU rehearsal of every step: a 2-trial CPU study
-    SPACE=search_spaces/cpu.yaml; EXTRA=(--device cpu --trials 2 --timeout 120); NAME=dry-run-cpu
+    SPACE=${GPU_SEARCH_SPACE:-search_spaces/cpu.yaml}; EXTRA=(--device cpu --trials 2 --timeout 120); NAME=dry-run-cpu
     RES=${GPU_SEARCH_OUT:-$(mktemp -d)}; SEARCH_LIMIT=400
 else
     SPACE=search_spaces/protein-quick.yaml; EXTRA=(); SEARCH_LIMIT=320
