@@ -10,13 +10,14 @@
    Every sampler is then replayed against that table (the same measurements for every sampler, so
    the comparison is not blurred by timing noise) with a budget of a third of the grid over 10
    seeds: whether it found the grid's best feasible speedup, the best found / the grid's best, and
-   the hypervolume of the feasible (speedup, recall) front found / the grid's. Samplers: NSGA-II,
+   the hypervolume of the feasible (speedup, recall) front found / the grid's. As in the search, a
+   proposal already measured is pruned and asked again without costing budget. Samplers: NSGA-II,
    TPE (independent and multivariate), the Gaussian-process sampler (`optuna.samplers.GPSampler`,
    constrained log-EHVI) and random.
 3. Warm start (`autotune.warmstart`): single-objective studies at bucket 512 (its feasible
    speedup; an infeasible config scores 0), cold, or warm-started with the confirmed leaders of a
    study at bucket 256 (the 3 best feasible configs there, enqueued first): trials until the best
-   found is within 5% of the bucket's best, median over 3 seeds.
+   found is within 5% of the bucket's best, median over 3 seeds; and the same from 512 to 256.
 
     python benchmarks/search_efficiency.py [--grid FILE] [--seeds 10] [--out FILE] [--throughput]
 """
@@ -127,6 +128,26 @@ def _key(params: dict) -> tuple:
     return tuple(sorted(params.items()))
 
 
+MAX_DUPLICATE_ASKS = 200  # as the search: that many re-proposals in a row end the study
+
+
+def _ask_new(study, space, lookup: dict, asked: set):
+    """Ask until the sampler proposes a config not measured yet, as the search does (a proposal
+    already measured is pruned unmeasured and asked again; it costs no budget). Returns (trial,
+    table row), or (None, None) when the space looks exhausted."""
+    import optuna
+
+    dists = space.distributions()
+    for _ in range(MAX_DUPLICATE_ASKS):
+        t = study.ask(fixed_distributions=dists)
+        key = _key(dict(space.fixed(), **t.params))
+        if key not in asked:
+            asked.add(key)
+            return t, lookup[key]
+        study.tell(t, state=optuna.trial.TrialState.PRUNED)
+    return None, None
+
+
 def replay_sampler(name: str, seed: int, space, directions: list[str]):
     """The Optuna sampler ``name`` as the search builds it (`autotune.search.make_sampler`), with
     ``tpe_independent`` (TPE without the multivariate model) for comparison."""
@@ -153,11 +174,12 @@ def replay(table: list[dict], space, sampler_name: str, budget: int, seed: int,
     lookup = {_key(r["params"]): r for r in table}
     study = optuna.create_study(directions=space.directions(),
                                 sampler=replay_sampler(sampler_name, seed, space, space.directions()))
-    dists = space.distributions()
     found = []
+    asked: set[tuple] = set()
     for _ in range(budget):
-        t = study.ask(fixed_distributions=dists)
-        r = lookup[_key(dict(space.fixed(), **t.params))]
+        t, r = _ask_new(study, space, lookup, asked)
+        if t is None:
+            break
         if not r["ok"]:
             study.tell(t, state=optuna.trial.TrialState.FAIL)
             continue
@@ -170,8 +192,10 @@ def replay(table: list[dict], space, sampler_name: str, budget: int, seed: int,
     return best, hv2([tuple(r["objs"]) for r in feas])
 
 
-def sampler_replays(table: list[dict], seeds: int, budget: int) -> tuple[dict, dict]:
-    """Every sampler of `SAMPLERS` over ``seeds`` seeds at ``budget`` trials (module docstring, 2)."""
+def sampler_replays(table: list[dict], seeds: int, budget: int, samplers: tuple[str, ...] = SAMPLERS,
+                    seeds_of: Optional[dict[str, int]] = None) -> tuple[dict, dict]:
+    """Every sampler of ``samplers`` over ``seeds`` seeds (``seeds_of`` per sampler) at ``budget``
+    trials (module docstring, 2)."""
     space = grid_space()
     feas = [r for r in table if r.get("ok") and r["feasible"]]
     constrained = bool(feas)
@@ -182,25 +206,27 @@ def sampler_replays(table: list[dict], seeds: int, budget: int) -> tuple[dict, d
     grid = {"configs": len(table), "constrained": constrained, "feasible": len(feas),
             "best_speedup": round(grid_best, 4), "hypervolume": round(grid_hv, 4), "budget": budget}
     out = {}
-    for name in SAMPLERS:
+    for name in samplers:
         t0 = time.perf_counter()
         ratios, hvs = [], []
-        for seed in range(seeds):
+        n_seeds = (seeds_of or {}).get(name, seeds)
+        for seed in range(n_seeds):
             best, hv = replay(table, grid_space(), name, budget, seed, constrained)
             ratios.append(best / grid_best)
             hvs.append(hv / grid_hv if grid_hv else 0.0)
-        out[name] = {"budget": budget, "seeds": seeds, "found_grid_best": sum(r >= 0.999 for r in ratios),
+        out[name] = {"budget": budget, "seeds": n_seeds, "found_grid_best": sum(r >= 0.999 for r in ratios),
                      "best_ratio_mean": round(statistics.mean(ratios), 3), "best_ratio_min": round(min(ratios), 3),
                      "hv_ratio_mean": round(statistics.mean(hvs), 3), "seconds": round(time.perf_counter() - t0, 1)}
         print(f"{name}: {out[name]}", flush=True)
     return grid, out
 
 
-def warm_start_replay(table: list[dict], sampler_name: str, seed: int, warm: bool, budget: int) -> Optional[int]:
-    """Trials a single-objective study at bucket ``WARM_TO`` needs until its best feasible speedup
-    there is within 5% of the bucket's best (None: not within ``budget``). ``warm``: the ``WARM_TOP``
-    best feasible configs at ``WARM_FROM`` (the earlier study's confirmed leaders) are enqueued first
-    through `autotune.warmstart.enqueue_leaders`."""
+def warm_start_replay(table: list[dict], sampler_name: str, seed: int, warm: bool, budget: int,
+                      src_bucket: int = WARM_FROM, dst_bucket: int = WARM_TO) -> Optional[int]:
+    """Trials a single-objective study at bucket ``dst_bucket`` needs until its best feasible
+    speedup there is within 5% of the bucket's best (None: not within ``budget``). ``warm``: the
+    ``WARM_TOP`` best feasible configs at ``src_bucket`` (the earlier study's confirmed leaders) are
+    enqueued first through `autotune.warmstart.enqueue_leaders`."""
     import optuna
 
     from autotune.warmstart import Leader, enqueue_leaders
@@ -213,18 +239,20 @@ def warm_start_replay(table: list[dict], sampler_name: str, seed: int, warm: boo
         b = r.get("buckets", {}).get(str(L)) if r.get("ok") else None
         return b["speedup"] if b and b["feasible"] else 0.0
 
-    target = 0.95 * max(score(r, WARM_TO) for r in table)
+    target = 0.95 * max(score(r, dst_bucket) for r in table)
     study = optuna.create_study(direction="maximize", sampler=replay_sampler(sampler_name, seed, space, ["maximize"]))
     if warm:
-        src = sorted((r for r in table if score(r, WARM_FROM) > 0), key=lambda r: -score(r, WARM_FROM))[:WARM_TOP]
-        leaders = [Leader(bucket=WARM_FROM, trial=i, params=r["params"], speedup=score(r, WARM_FROM))
+        src = sorted((r for r in table if score(r, src_bucket) > 0), key=lambda r: -score(r, src_bucket))[:WARM_TOP]
+        leaders = [Leader(bucket=src_bucket, trial=i, params=r["params"], speedup=score(r, src_bucket))
                    for i, r in enumerate(src)]
         enqueue_leaders(study, space, leaders, log=lambda m: None)
-    dists = space.distributions()
     best = 0.0
+    asked: set[tuple] = set()
     for n in range(1, budget + 1):
-        t = study.ask(fixed_distributions=dists)
-        v = score(lookup[_key(dict(space.fixed(), **t.params))], WARM_TO)
+        t, r = _ask_new(study, space, lookup, asked)
+        if t is None:
+            return None
+        v = score(r, dst_bucket)
         study.tell(t, v)
         best = max(best, v)
         if best >= target:
@@ -232,13 +260,13 @@ def warm_start_replay(table: list[dict], sampler_name: str, seed: int, warm: boo
     return None
 
 
-def warm_start(table: list[dict], sampler_name: str, seeds: int = 3) -> dict:
+def warm_start(table: list[dict], sampler_name: str, seeds: int = 3, src: int = WARM_FROM, dst: int = WARM_TO) -> dict:
     """Cold against warm start (module docstring, 3): trials to within 5%, median over ``seeds``."""
     budget = len(table)
-    res: dict[str, Any] = {"sampler": sampler_name, "from_bucket": WARM_FROM, "to_bucket": WARM_TO,
+    res: dict[str, Any] = {"sampler": sampler_name, "from_bucket": src, "to_bucket": dst,
                            "leaders": WARM_TOP, "seeds": seeds, "within": 0.05}
     for mode in ("cold", "warm"):
-        ns = [warm_start_replay(table, sampler_name, s, mode == "warm", budget) for s in range(seeds)]
+        ns = [warm_start_replay(table, sampler_name, s, mode == "warm", budget, src, dst) for s in range(seeds)]
         res[mode] = {"trials": ns, "median": statistics.median(n if n is not None else budget + 1 for n in ns)}
     res["warm_over_cold"] = round(res["warm"]["median"] / res["cold"]["median"], 3)
     print(f"warm start: {res}", flush=True)
@@ -254,6 +282,8 @@ def main() -> None:
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "search_efficiency.json"))
     ap.add_argument("--throughput", action="store_true", help="also time 1 and 2 Ray workers")
     ap.add_argument("--trials", type=int, default=12, help="trials per throughput run")
+    ap.add_argument("--samplers", default=",".join(SAMPLERS), help="comma-separated, of " + ", ".join(SAMPLERS))
+    ap.add_argument("--gp-seeds", type=int, help="seeds of the GP sampler (slow: seconds per trial on 2 cores)")
     args = ap.parse_args()
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     result: dict = {"machine": "2-core CPU, float32"}
@@ -269,11 +299,16 @@ def main() -> None:
         grid_path.write_text(json.dumps({"space": grid_space().to_dict(), "seconds": round(time.perf_counter() - t0, 1),
                                          "table": table}, indent=1))
     budget = args.budget or len(table) // 3
-    result["grid"], result["samplers"] = sampler_replays(table, args.seeds, budget)
-    winner = max(SAMPLERS, key=lambda n: (result["samplers"][n]["found_grid_best"], result["samplers"][n]["hv_ratio_mean"]))
+    names = tuple(n for n in args.samplers.split(",") if n)
+    result["grid"], result["samplers"] = sampler_replays(
+        table, args.seeds, budget, names, {"gp": args.gp_seeds} if args.gp_seeds else None)
+    # the winner: most seeds that found the grid's best, as a share of its seeds; then the front
+    winner = max(names, key=lambda n: (result["samplers"][n]["found_grid_best"] / result["samplers"][n]["seeds"],
+                                       result["samplers"][n]["hv_ratio_mean"]))
     result["winner"] = winner
     print(f"winner: {winner}", flush=True)
-    result["warm_start"] = [warm_start(table, name) for name in dict.fromkeys([winner, "tpe"])]
+    result["warm_start"] = [warm_start(table, name, src=a, dst=b) for name in dict.fromkeys([winner, "tpe", "random"])
+                            for a, b in ((WARM_FROM, WARM_TO), (WARM_TO, WARM_FROM))]
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=2))
     print(f"wrote {args.out}")
