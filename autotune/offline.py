@@ -38,6 +38,7 @@ from patterns.errors import InputError, report_input_error
 PACKAGES = ("optuna", "sqlalchemy", "alembic", "biotite")
 # what a CUDA PyTorch image provides (never downloaded: torch and triton are the image's own builds)
 IMAGE_PACKAGES = ("torch", "triton", "numpy", "pyyaml", "tqdm", "scipy", "networkx", "requests", "msgpack",
+                  "packaging", "typing-extensions", "markupsafe", "certifi", "charset-normalizer", "idna", "urllib3",
                   "ray")
 IMAGE_PREFIXES = ("nvidia-",)
 MANYLINUX = ("manylinux2014_x86_64", "manylinux_2_17_x86_64", "manylinux_2_27_x86_64", "manylinux_2_28_x86_64")
@@ -113,16 +114,18 @@ def _pip(cmd: list[str], what: str) -> None:
         raise RuntimeError(f"{what} failed (exit {res.returncode}):\n{tail}")
 
 
-def install(folder: Path, project: Optional[Path] = ROOT, editable: bool = True) -> None:
-    """Install ``folder``'s requirements from the folder alone, then ``project`` with ``--no-deps``
-    (None: not at all), then check that the search imports."""
+def install(folder: Path, project: Optional[Path] = ROOT, editable: bool = True, target: Optional[Path] = None,
+            check: bool = True) -> None:
+    """Install ``folder``'s requirements from the folder alone (into ``target`` with ``pip
+    --target`` when given: then put it on PYTHONPATH), then ``project`` with ``--no-deps`` (None:
+    not at all), then (``check``) check that the search imports."""
     req = folder / REQUIREMENTS
     if not folder.is_dir():
         raise OfflineError(f"install: {folder}: no such folder (make it with: python -m autotune.offline prepare)")
     if not req.is_file():
         raise OfflineError(f"install: {folder}: no {REQUIREMENTS} (make the folder with: python -m autotune.offline prepare)")
     pip = [sys.executable, "-m", "pip", "install", "--no-index", "--find-links", str(folder), "--no-cache-dir"]
-    _pip(pip + ["-r", str(req)], "pip install (wheels)")
+    _pip(pip + (["--target", str(target)] if target else []) + ["-r", str(req)], "pip install (wheels)")
     if project is not None:
         spec = ["-e", str(project)] if editable else [str(project)]
         try:
@@ -130,8 +133,9 @@ def install(folder: Path, project: Optional[Path] = ROOT, editable: bool = True)
         except RuntimeError as e:  # no fitting setuptools in the image: the checkout on the path instead
             print(f"autotune: {str(e).splitlines()[0]}; putting {project} on the path instead", file=sys.stderr)
             _add_to_path(project)
-    check = "import optuna, sqlalchemy, alembic, biotite, autotune.search; print('search imports:', optuna.__version__)"
-    _pip([sys.executable, "-c", check], "import check")
+    if check:
+        code = "import optuna, sqlalchemy, alembic, biotite, autotune.search; print('search imports:', optuna.__version__)"
+        _pip([sys.executable, "-c", code], "import check")
 
 
 def _add_to_path(project: Path) -> None:
@@ -149,18 +153,25 @@ def main(argv: Optional[list[str]] = None) -> int:
     p.add_argument("--dest", required=True, type=Path)
     p.add_argument("--python-version", help="the node's Python, e.g. 3.12 (default: this interpreter's)")
     p.add_argument("--platform", action="append", help=f"the node's platform tags (default: {', '.join(MANYLINUX)})")
+    p.add_argument("--packages", default=",".join(PACKAGES),
+                   help="comma-separated (default: %(default)s; biotite's wheel alone is about 55 MiB: prepare it "
+                        "into its own folder when a transfer limits the size)")
     i = sub.add_parser("install", help="install the wheels on the node, then the project (--no-deps)")
     i.add_argument("folder", type=Path)
     i.add_argument("--no-project", action="store_true", help="install the wheels only")
     i.add_argument("--no-editable", action="store_true", help="install the project as a copy, not editable")
+    i.add_argument("--target", type=Path, help="install the wheels into this folder (pip --target; add it to PYTHONPATH)")
+    i.add_argument("--no-check", action="store_true", help="skip the import check (a partial set of wheels)")
     args = ap.parse_args(argv)
     try:
         if args.cmd == "prepare":
-            kept = prepare(args.dest, args.python_version, args.platform)
+            kept = prepare(args.dest, args.python_version, args.platform,
+                           tuple(p.strip() for p in args.packages.split(",") if p.strip()))
             size = sum(w.stat().st_size for w in kept) / 2**20
             print(f"autotune: {len(kept)} wheels ({size:.1f} MiB) in {args.dest}: {', '.join(w.name for w in kept)}")
         else:
-            install(args.folder, None if args.no_project else ROOT, editable=not args.no_editable)
+            install(args.folder, None if args.no_project else ROOT, editable=not args.no_editable,
+                    target=args.target, check=not args.no_check)
             print(f"autotune: installed the search's packages from {args.folder}")
     except InputError as e:
         return report_input_error(e, "autotune")

@@ -236,9 +236,11 @@ CUT_GRACE_S = 5.0  # a trial still running this long after the search's deadline
 TIMEOUT_REASON = "interrupted: the search's timeout"
 
 
-class DeadlineReached(Exception):
+class DeadlineReached(BaseException):
     """The search's timeout passed while this trial ran: it stops at the next cell (or is cut
-    ``CUT_GRACE_S`` after the deadline); recorded as interrupted and enqueued for a resume."""
+    ``CUT_GRACE_S`` after the deadline); recorded as interrupted and enqueued for a resume. A
+    BaseException, like KeyboardInterrupt, so that no ``except Exception`` on its way (a compile
+    phase, a bench's out-of-memory handler) mistakes it for the candidate's own failure."""
 
 
 def _check_deadline(deadline: Optional[float]) -> None:

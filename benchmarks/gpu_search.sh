@@ -11,7 +11,12 @@
 # (ignored by git; copy it with the checkout):
 #   python -m autotune.offline prepare --dest .whl --python-version 3.12
 # The node needs torch and triton (its own CUDA build), numpy, pyyaml, tqdm; nothing is downloaded.
-# When the search's packages import already, the wheels are not needed.
+# When the search's packages import already, the wheels are not needed. Where a transfer limits
+# the size (biotite's wheel is ~55 MiB), prepare biotite into its own folder and install it first
+# into .site/ (kept on the node; this script puts .site on PYTHONPATH):
+#   python -m autotune.offline prepare --dest .whl-bio --packages biotite --python-version 3.12
+#   python -m autotune.offline prepare --dest .whl --packages optuna,sqlalchemy,alembic --python-version 3.12
+#   (node) python3 -m autotune.offline install .whl-bio --no-project --no-check --target .site
 #
 # Writes to benchmarks/results/ (GPU_SEARCH_OUT in a dry run, default a temporary folder):
 # protein-quick-<gpu>.yaml (the tuned file), protein-quick-<gpu>_REPORT.md, protein-quick-<gpu>.log
@@ -26,6 +31,7 @@ phase() { echo "=== [$(( $(date +%s) - T0 ))s] $*"; }
 PY=${PY:-python3}
 export PYTHONUNBUFFERED=1
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+[ -d .site ] && export PYTHONPATH="$PYTHONPATH:$PWD/.site"
 WHEELS=${WHEELS:-.whl}
 
 if [ -n "${GPU_SEARCH_DRY:-}" ]; then  # the CPU rehearsal of every step: a 2-trial CPU study
@@ -58,6 +64,9 @@ else
     echo "missing: prepare them with: python -m autotune.offline prepare --dest $WHEELS --python-version 3.12" | tee -a "$LOG"
     INSTALL_RC=2
 fi
+
+phase "the paired timer's L2 flush (tests/test_gpu_timing.py)" | tee -a "$LOG"
+timeout 90 $PY -m pytest -q -p no:cacheprovider -o addopts="" tests/test_gpu_timing.py 2>&1 | tail -3 | tee -a "$LOG"
 
 phase "search: $SPACE --executor local ${EXTRA[*]}" | tee -a "$LOG"
 timeout "$SEARCH_LIMIT" $PY -m autotune.search --space "$SPACE" --executor local --study "$NAME" --storage "$STORAGE" \

@@ -92,6 +92,11 @@ def test_ledger_compiles_a_key_once_and_turns_failures_into_reasons():
     with pytest.raises(CompileFailed, match="out of resources"):  # again, without compiling
         ledger.ensure(_key(head_dim=64), lambda: calls.append(2))
     assert len(calls) == 1
+    from autotune.trial import DeadlineReached
+
+    with pytest.raises(DeadlineReached):  # the search's timeout is no compile failure
+        ledger.ensure(_key(head_dim=128), lambda: (_ for _ in ()).throw(DeadlineReached("timeout")))
+    assert repr(_key(head_dim=128)) not in ledger.failed
     stats = study_compile_stats([first.to_dict(), first.to_dict(), {"key": "k", "seconds": 0.01, "cache_load": True}])
     assert stats["compiled"] == 1 and stats["compiled_twice"] == 1 and stats["cache_loads"] == 1
 
