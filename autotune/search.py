@@ -5,7 +5,9 @@ fastest and leanest while keeping accuracy; every candidate passes a correctness
 reference backend first, and every measurement is kept in the results database (default ``results/autotune.db``).
 
 Options (each overrides the space file): ``--trials N`` (total budget, trials already finished in
-the study count), ``--timeout SECONDS`` (no new trial starts after it; running ones finish),
+the study count), ``--timeout SECONDS`` (no new trial starts after it; a trial still running
+``autotune.trial.CUT_GRACE_S`` later is cut: interrupted, retried on a resume),
+``--warm-start STUDY`` / ``--warm-start-storage URL`` (`autotune.warmstart`),
 ``--study NAME`` (default: the space's name), ``--storage URL`` (default ``$AUTOTUNE_STORAGE``, else
 ``sqlite:///results/autotune.db``; checked by `results.storage`), ``--executor ray|local``, ``--ray-address ADDRESS``, ``--device
 cpu|cuda``, ``--workers N``, ``--no-progress``, ``--allow-repeats`` (measure a parameter set the
@@ -151,6 +153,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--allow-repeats", action="store_true",
                    help="measure a parameter set again even if the study already measured it")
+    p.add_argument("--warm-start", metavar="STUDY",
+                   help="enqueue this earlier study's confirmed leaders as the first trials (autotune.warmstart)")
+    p.add_argument("--warm-start-storage", metavar="URL",
+                   help="results database of the --warm-start study (default: --storage)")
     return p
 
 
@@ -209,6 +215,8 @@ def make_sampler(space: SearchSpace, seed: Optional[int] = None, *, use_space_se
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             return optuna.samplers.TPESampler(n_startup_trials=cfg.startup_trials, seed=seed,
                                               multivariate=True, group=True, constraints_func=cons)
+    if cfg.name == "gp":  # Gaussian process, constrained log-EHVI (Optuna >= 4.2; needs torch)
+        return optuna.samplers.GPSampler(n_startup_trials=cfg.startup_trials, seed=seed, constraints_func=cons)
     return optuna.samplers.RandomSampler(seed=seed)
 
 
@@ -305,8 +313,11 @@ class Search:
 
     def __init__(self, space: SearchSpace, *, study_name: str, storage: str, executor: str = "ray",
                  ray_address: Optional[str] = None, workers: Optional[int] = None, progress: bool = True,
-                 num_cpus: Optional[int] = None, log=None, allow_repeats: bool = False) -> None:
+                 num_cpus: Optional[int] = None, log=None, allow_repeats: bool = False,
+                 warm_start: Optional[tuple[str, str]] = None) -> None:
         self.allow_repeats = allow_repeats
+        self.warm_start = warm_start  # (earlier study, its storage URL): `autotune.warmstart`
+        self.deadline_epoch: Optional[float] = None
         self.space = space
         self.study_name = study_name
         self.storage = storage
@@ -326,7 +337,8 @@ class Search:
         self.log = lambda msg: raw_log(mask_secrets(str(msg), self.secrets))  # no password in any log line
         self.stats = {"completed": 0, "failed": 0, "recovered": 0, "retried": 0, "wall_s": 0.0, "measure_s": 0.0,
                       "trial_s": 0.0, "startup_s": 0.0, "timed_s": 0.0, "windows_s": 0.0,
-                      "duplicates_skipped": 0}
+                      "duplicates_skipped": 0, "compile_s": 0.0}
+        self.compile_records: list[dict[str, Any]] = []  # every compile phase of this run's trials
         self.cells_by_trial: dict[int, list[dict[str, Any]]] = {}  # complete trials' cells (progress bar)
         self.sdpa_seen: dict[tuple, list[float]] = {}  # (workload, bucket) -> SDPA medians (noise warning)
         self.noisy: set[tuple] = set()
@@ -579,7 +591,8 @@ class Search:
             return "rejected"
         self.ostorage.record_heartbeat(trial._trial_id)  # from now on Optuna watches it (fail_stale_trials)
         req = TrialRequest(study=self.study_name, number=trial.number, params=params, pattern=pattern,
-                           kernel=kernel, space=self.space.to_dict(), seed=_seed(self.study_name, trial.number))
+                           kernel=kernel, space=self.space.to_dict(), seed=_seed(self.study_name, trial.number),
+                           deadline=self.deadline_epoch)
         self.trials[trial.number] = trial
         executor.submit(req.to_dict())
         return "launched"
@@ -613,6 +626,8 @@ class Search:
         if t is None:
             return
         self.stats["trial_s"] += t.total_s
+        self.stats["compile_s"] += getattr(t, "compile_s", 0.0)
+        self.compile_records.extend(res.compiles or [])
         self.stats["measure_s"] += t.gate_s + t.candidate_s + t.baseline_s + t.accuracy_s
         self.stats["timed_s"] += t.timed_s
         self.stats["windows_s"] += t.candidate_s + t.baseline_s
@@ -794,9 +809,15 @@ class Search:
         trials. Returns (trials finished so far, budget, monotonic deadline or None)."""
         self._open()
         self.recover()
+        if self.warm_start is not None:  # the earlier study's leaders first (a new study only)
+            from .warmstart import warm_start
+
+            warm_start(self.study, self.space, self.warm_start[0], self.warm_start[1], log=self.log)
         budget = self.space.budget.trials
         timeout = self.space.budget.timeout
         deadline = None if timeout is None else time.monotonic() + float(timeout)
+        # the trials see it as epoch seconds (`autotune.trial.DeadlineReached`: cut at the timeout)
+        self.deadline_epoch = None if timeout is None else time.time() + float(timeout)
         done0 = self.finished_count()
         self._load_cells()
         if done0 or self.stats["retried"]:
@@ -986,9 +1007,14 @@ class Search:
     def _summary(self, done: int, t_start: float) -> dict[str, Any]:
         self.stats["wall_s"] = time.perf_counter() - t_start
         # true totals: the study's finished trials in the database, whichever driver measured them
+        from kernels.compile_cache import study_compile_stats
+
         return dict(self.stats, finished=self.finished_count(), running_elsewhere=self.db.count_running(self.study_name),
                     study=self.study_name, run_id=self.run_id, best_speedup=self.best,
-                    best_by_bucket=dict(self.best_by_bucket), best_text=self.best_text())
+                    best_by_bucket=dict(self.best_by_bucket), best_text=self.best_text(),
+                    compiles=study_compile_stats(self.compile_records), workers_used=getattr(self._executor, "workers", 1),
+                    sdpa_spread={f"{w}@{L}": round(max(v) / min(v), 3) for (w, L), v in self.sdpa_seen.items()
+                                 if len(v) > 1 and min(v) > 0})
 
 
 def missing_search_packages(args) -> list[str]:
@@ -1024,19 +1050,36 @@ def main(argv: Optional[list[str]] = None) -> int:
         if space.device == "cuda" and not joining:
             import torch
 
-            if not torch.cuda.is_available():
-                raise UsageError(f"{args.space}: device: cuda, but this machine has no CUDA device (use --device cpu)")
+            if not torch.cuda.is_available():  # a GPU-sized study would take hours on a CPU: name the CPU space
+                raise UsageError(f"{args.space}: device: cuda, but this machine has no CUDA device; on a CPU search "
+                                 f"the CPU-sized space: --space search_spaces/cpu.yaml")
         study = check_study_name(args.study if args.study is not None else space.name, "--study")
         threads = space.execution.threads_per_worker
         if not joining and threads > (os.cpu_count() or 1):  # a cluster's CPUs: checked when joining it
             raise UsageError(f"{args.space}: execution.threads_per_worker: {threads} is more than the "
                              f"{os.cpu_count()} CPUs of this machine")
         storage = resolve_storage(args.storage, "write").url
+        warm = None
+        if args.warm_start is not None:
+            try:
+                warm = (args.warm_start, resolve_storage(args.warm_start_storage, "read").url
+                        if args.warm_start_storage else storage)
+            except StorageError as e:  # its message names --storage: say which flag
+                raise UsageError(str(e).replace("--storage", "--warm-start-storage", 1)) from None
+            from .warmstart import read_leaders
+
+            read_leaders(*warm)  # a missing study or database: one line, exit 2, nothing written
+        elif args.warm_start_storage is not None:
+            raise UsageError("--warm-start-storage needs --warm-start STUDY")
+        if space.device == "cuda" and space.backend == "triton":  # before any Triton import in the workers
+            from kernels.compile_cache import use_cache_dir
+
+            use_cache_dir(storage)
     except InputError as e:  # SpaceError, StorageError, UsageError, ...
         return exit_status(e, "autotune")
     search = Search(space, study_name=study, storage=storage, executor=args.executor,
                     ray_address=args.ray_address, workers=args.workers, progress=not args.no_progress,
-                    allow_repeats=args.allow_repeats)
+                    allow_repeats=args.allow_repeats, warm_start=warm)
     try:
         summary = search.run()
     except BaseException as e:  # noqa: BLE001 - UsageError, StorageError: 2; Ctrl-C: 130; Ray cluster gone, database: 1
@@ -1055,7 +1098,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         file=sys.stderr,
     )
     try:
-        return end_of_run(search, args)
+        return end_of_run(search, args, summary)
     except KeyboardInterrupt as e:
         return exit_status(e, "autotune", message="interrupted during the confirmation; python -m autotune.export confirms again")
 
@@ -1069,6 +1112,20 @@ def overhead_text(summary: dict[str, Any]) -> str:
     windows = summary.get("windows_s", 0.0)
     return (f"{100 * (1 - timed / wall):.0f}% of wall time outside the timed calls "
             f"({100 * (1 - windows / wall):.0f}% outside the timing and memory windows)")
+
+
+def _store_run_stats(search: "Search", st: dict[str, Any]) -> None:
+    """`run_stats` onto the run's at_runs row (``stats``); a failure is logged, never raised."""
+    from results.db import Database
+
+    try:
+        db = Database(search.storage)
+        try:
+            db.set_run_stats(search.run_id, st)
+        finally:
+            db.close()
+    except Exception as e:  # noqa: BLE001 - the line above was printed anyway
+        search.log(f"could not store the run's statistics: {e}")
 
 
 def tuned_path(study: str) -> str:
@@ -1148,18 +1205,54 @@ def record_verdict(storage: str, study: str, verdicts: list, log=None) -> None:
             log(f"could not record the verdict on the study: {e}")
 
 
-def end_of_run(search: "Search", args) -> int:
+def run_stats(summary: dict[str, Any], confirm_s: float) -> dict[str, Any]:
+    """A run's rates and where its wall time went. Trials per minute: trials finished this run
+    (complete or failed) over the search loop's wall time. Shares of the run's capacity (workers x
+    the search's wall time, plus the confirmation's wall time, which runs alone in the driver):
+    ``compiling`` (the trials' compile phases, `kernels.compile_cache`), ``measuring`` (gate,
+    candidate and baseline timing, memory, accuracy), ``confirming`` (the end-of-run confirmation)
+    and ``idle`` (the rest: start-up, sampling, database writes, workers waiting)."""
+    wall = float(summary.get("wall_s") or 0.0)
+    workers = int(summary.get("workers_used") or 1)
+    n = int(summary.get("completed", 0)) + int(summary.get("failed", 0))
+    capacity = workers * wall + confirm_s
+    busy = {"compiling": float(summary.get("compile_s", 0.0)), "measuring": float(summary.get("measure_s", 0.0)),
+            "confirming": confirm_s}
+    busy["idle"] = max(0.0, capacity - sum(busy.values()))
+    return {"trials": n, "search_wall_s": round(wall, 2), "confirm_s": round(confirm_s, 2), "workers": workers,
+            "trials_per_min": round(60.0 * n / wall, 2) if wall > 0 else None,
+            "share": {k: (round(v / capacity, 4) if capacity > 0 else None) for k, v in busy.items()},
+            "compiles": summary.get("compiles"), "sdpa_spread": summary.get("sdpa_spread")}
+
+
+def run_stats_text(st: dict[str, Any]) -> str:
+    """One line of `run_stats`."""
+    sh = st["share"]
+    pct = ", ".join(f"{k} {100 * v:.0f}%" for k, v in sh.items() if v is not None)
+    c = st.get("compiles") or {}
+    return (f"{st['trials']} trials, {st['trials_per_min'] or 0:.1f} trials/min; wall time: {pct}; "
+            f"{c.get('compiled', 0)} launch configs compiled ({c.get('compiled_twice', 0)} twice, "
+            f"{c.get('cache_loads', 0)} disk-cache loads)")
+
+
+def end_of_run(search: "Search", args, summary: Optional[dict[str, Any]] = None) -> int:
     """Confirm the leaders of every bucket (`autotune.confirm.confirm`), print the verdict per
-    bucket and the commands that export, check and report the study."""
+    bucket, the run's rates and phase shares (`run_stats`, also stored on its at_runs row) and the
+    commands that export, check and report the study."""
     from .confirm import current_verdicts
     from results.verdict import verdict_lines
 
     log = search.log
+    t0 = time.perf_counter()
     try:
         verdicts = current_verdicts(search.storage, search.study_name, log=log)
     except RuntimeError as e:
         log(f"confirmation not run: {e}")
         verdicts = []
+    if summary is not None:
+        st = run_stats(summary, time.perf_counter() - t0)
+        log("run: " + run_stats_text(st))
+        _store_run_stats(search, st)
     for line in verdict_lines(verdicts):
         log("verdict " + line)
     if not verdicts:

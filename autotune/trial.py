@@ -101,6 +101,7 @@ class TrialRequest:
     kernel: Optional[dict[str, Any]]
     space: dict[str, Any]  # SearchSpace.to_dict()
     seed: int = 0
+    deadline: Optional[float] = None  # epoch seconds: the search's timeout (`DeadlineReached`)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -174,6 +175,7 @@ class TrialResult:
     worker: Optional[WorkerInfo] = None
     timing: Optional[TrialTiming] = None
     retry: bool = False
+    compiles: list[dict[str, Any]] = field(default_factory=list)  # `kernels.compile_cache.CompileRecord`s
     # the driver's: aggregate objectives, Optuna's constraint values, feasibility (`conclude`)
     objectives: Optional[list[float]] = None
     constraints: Optional[list[float]] = None
@@ -230,6 +232,54 @@ def _inject_fault(number: int) -> None:
         raise RuntimeError(f"injected fault ({FAULT_ENV}) in trial {number}")
 
 
+CUT_GRACE_S = 5.0  # a trial still running this long after the search's deadline is cut (SIGALRM)
+TIMEOUT_REASON = "interrupted: the search's timeout"
+
+
+class DeadlineReached(BaseException):
+    """The search's timeout passed while this trial ran: it stops at the next cell (or is cut
+    ``CUT_GRACE_S`` after the deadline); recorded as interrupted and enqueued for a resume. A
+    BaseException, like KeyboardInterrupt, so that no ``except Exception`` on its way (a compile
+    phase, a bench's out-of-memory handler) mistakes it for the candidate's own failure."""
+
+
+def _check_deadline(deadline: Optional[float]) -> None:
+    if deadline is not None and time.time() >= deadline:
+        raise DeadlineReached(TIMEOUT_REASON)
+
+
+class _DeadlineAlarm:
+    """Raise `DeadlineReached` in the trial ``CUT_GRACE_S`` after ``deadline`` (SIGALRM; only in a
+    process's main thread - the local executor, a Ray actor - elsewhere the checks between cells
+    alone bound the trial). A kernel call in flight returns first: the cut lands between calls."""
+
+    def __init__(self, deadline: Optional[float]) -> None:
+        self.deadline, self.old = deadline, None
+
+    def __enter__(self):
+        import signal
+        import threading
+
+        if self.deadline is None or threading.current_thread() is not threading.main_thread() \
+                or not hasattr(signal, "setitimer"):
+            return self
+
+        def cut(signum, frame):
+            raise DeadlineReached(TIMEOUT_REASON)
+
+        self.old = signal.signal(signal.SIGALRM, cut)
+        signal.setitimer(signal.ITIMER_REAL, max(0.01, self.deadline + CUT_GRACE_S - time.time()))
+        return self
+
+    def __exit__(self, *exc):
+        if self.old is not None:
+            import signal
+
+            signal.setitimer(signal.ITIMER_REAL, 0)
+            signal.signal(signal.SIGALRM, self.old)
+        return False
+
+
 def _failure_reason(e: BaseException) -> str:
     """One line: the exception and where it was raised (cut to 2000 characters)."""
     tb = traceback.extract_tb(e.__traceback__)
@@ -262,6 +312,9 @@ class TrialRunner:
         self.pid = os.getpid()
         self.host = socket.gethostname()
         self.trials_run = 0
+        from kernels.compile_cache import CompileLedger
+
+        self.compiles = CompileLedger()  # launch configs compiled in this process (compile once)
 
     # -- steps of a trial ---------------------------------------------------------------------
     @staticmethod
@@ -295,16 +348,59 @@ class TrialRunner:
             report.values.update(bench.gate(pcfg, kc, layout, gen, ftol, btol))
         return report
 
-    def _measure_buckets(self, cand: _Candidate, seed: int, result: TrialResult) -> None:
-        """Steps 2 and 3: every (workload, bucket) cell, then the bucket's accuracy."""
+    def _compile_phase(self, cand: _Candidate, L: int, B: Optional[int], result: TrialResult, seed: int) -> None:
+        """A compile phase per attention workload at length L (batch B, default the workload's):
+        one untimed call of the candidate on inputs of the cell's shape, the first time its compile
+        key is met in this worker (`kernels.compile_cache`); Triton backend only (the CPU backends
+        compile nothing). Its seconds go to ``timing.compile_s``, its record to ``result.compiles``."""
+        space, pcfg = cand.space, cand.pcfg
+        if space.backend != "triton":
+            return
+        from kernels.compile_cache import compile_key
+
+        kc = cand.kernel_at(pcfg.block_size)
+        for w in space.workloads:
+            if w.kind not in ("msa_row", "triangle") or not w.applies(L):
+                continue
+            batch = B if B is not None else w.batch(L)
+            key = compile_key(backend=space.backend, dtype=space.dtype, mode=space.mode, heads=w.heads,
+                              head_dim=w.head_dim, bias=w.bias, batch=batch, length=L,
+                              block_size=pcfg.block_size, kernel=None if kc is None else kc.to_dict())
+            rec = self.compiles.ensure(key, lambda: self.compile_step(space, w, pcfg, kc, L, batch, seed))
+            if rec is not None:
+                result.timing.compile_s += rec.seconds
+                result.compiles.append(rec.to_dict())
+
+    def compile_step(self, space: SearchSpace, w, pcfg, kc, L: int, batch: int, seed: int) -> None:
+        """One pass of the candidate at (L, batch) on fresh inputs (what compiles its kernels)."""
+        from kernels import sparse_attention
+
+        from .workloads import DTYPES, one_pass, random_qkv, workload_layout
+
+        gen = torch.Generator().manual_seed(seed + 2)
+        q, k, v, bias = random_qkv(batch, w.heads, L, w.head_dim, w.bias, space.device, DTYPES[space.dtype], gen,
+                                   space.mode == "fwd+bwd")
+        lay = workload_layout(pcfg, L, nominal_layout(pcfg, L), bias, w.name)
+        one_pass(space.mode, lambda: sparse_attention(q, k, v, lay, bias, backend=space.backend, config=kc),
+                 q, k, v, bias)()
+        if space.device == "cuda":
+            torch.cuda.synchronize()
+
+    def _measure_buckets(self, cand: _Candidate, seed: int, result: TrialResult,
+                         deadline: Optional[float] = None) -> None:
+        """Steps 2 and 3: every (workload, bucket) cell (after its compile phase), then the bucket's
+        accuracy; `DeadlineReached` between cells once the search's timeout has passed."""
         space, pcfg = cand.space, cand.pcfg
         timing = result.timing
         gen = torch.Generator().manual_seed(seed + 1)
         for L in space.buckets:
             layout = nominal_layout(pcfg, L)
             kc = cand.kernel_at(pcfg.block_size)
+            _check_deadline(deadline)
+            self._compile_phase(cand, L, None, result, seed)
             for w in space.workloads:
                 if w.applies(L):
+                    _check_deadline(deadline)
                     result.cells.append(bench_for(space, w, self).measure(pcfg, kc, layout, L, gen, timing))
             t0 = time.perf_counter()
             acc = self._accuracy(space, pcfg, L)
@@ -379,13 +475,17 @@ class TrialRunner:
                              timing=TrialTiming())
         self.trials_run += 1
         try:
-            cand = self._parse(req)
-            t0 = time.perf_counter()
-            result.gate = self._gate(cand, req.seed)
-            result.timing.gate_s = time.perf_counter() - t0
-            _inject_fault(req.number)
-            self._measure_buckets(cand, req.seed, result)
-            result.ok = True
+            with _DeadlineAlarm(req.deadline):
+                cand = self._parse(req)
+                self._compile_phase(cand, cand.space.gate.seq_len, cand.space.gate.batch, result, req.seed)
+                t0 = time.perf_counter()
+                result.gate = self._gate(cand, req.seed)
+                result.timing.gate_s = time.perf_counter() - t0
+                _inject_fault(req.number)
+                self._measure_buckets(cand, req.seed, result, req.deadline)
+                result.ok = True
+        except DeadlineReached as e:  # not the candidate's fault: run again when the study resumes
+            result.reason, result.retry, result.cells = str(e), True, []
         except GateFailed as e:
             result.reason = str(e)
         except Exception as e:  # noqa: BLE001 - any failure is this trial's, recorded with its reason

@@ -66,6 +66,7 @@ class TrialTiming:
     (``timed_s``, inside the candidate windows) and the whole trial."""
 
     gate_s: float = 0.0
+    compile_s: float = 0.0  # the compile phases (`kernels.compile_cache`), apart from the gate and timing
     candidate_s: float = 0.0
     baseline_s: float = 0.0
     accuracy_s: float = 0.0

@@ -1,17 +1,25 @@
-"""How efficient is the search? Two figures, on CPU.
+"""How efficient is the search? Three figures, on CPU.
 
-1. Throughput: trials per minute with 1 and 2 Ray workers on a small CPU space (cpu.yaml reduced
-   to buckets 256 and 512, 3 repeats), and the share of wall time spent outside measurement:
-   1 - (seconds the workers spent measuring: gate + candidate + baselines + accuracy) /
-   (workers x wall seconds of the search loop). Start-up (Ray, actors) is reported separately.
-2. Sampler quality: a reduced discrete space (block 32/64, window 0/64/128, global 0/16,
-   stride 0/4: 24 configs; buckets 256/512; the row workload) is measured exhaustively once; the
-   samplers are then replayed against that table (same measurements for every sampler, so the
-   comparison is not blurred by timing noise) with a budget of N trials over several seeds:
-   best feasible speedup found / best feasible speedup of the grid, and the hypervolume of the
-   feasible (speedup, accuracy) front found / the grid's. NSGA-II and TPE against RandomSampler.
+1. Throughput (``--throughput``): trials per minute with 1 and 2 Ray workers on a small CPU space
+   (cpu.yaml reduced to buckets 256 and 512, 3 repeats), and the share of wall time spent outside
+   measurement. Start-up (Ray, actors) is reported separately.
+2. Sampler quality: a discrete space (block 32/64/128, window 0/64/128/192, global 0/16/32,
+   stride 0/4/8: 108 static configs; buckets 256/512; the MSA-row workload; objectives speedup and
+   long-range contact recall; the cpu.yaml targets, under which several configs are feasible) is
+   measured exhaustively once (`build_grid`, written to ``--grid``; reused when the file exists).
+   Every sampler is then replayed against that table (the same measurements for every sampler, so
+   the comparison is not blurred by timing noise) with a budget of a third of the grid over 10
+   seeds: whether it found the grid's best feasible speedup, the best found / the grid's best, and
+   the hypervolume of the feasible (speedup, recall) front found / the grid's. As in the search, a
+   proposal already measured is pruned and asked again without costing budget. Samplers: NSGA-II,
+   TPE (independent and multivariate), the Gaussian-process sampler (`optuna.samplers.GPSampler`,
+   constrained log-EHVI) and random.
+3. Warm start (`autotune.warmstart`): single-objective studies at bucket 512 (its feasible
+   speedup; an infeasible config scores 0), cold, or warm-started with the confirmed leaders of a
+   study at bucket 256 (the 3 best feasible configs there, enqueued first): trials until the best
+   found is within 5% of the bucket's best, median over 3 seeds; and the same from 512 to 256.
 
-    python benchmarks/search_efficiency.py [--trials 12] [--budget 8] [--seeds 10] [--out FILE]
+    python benchmarks/search_efficiency.py [--grid FILE] [--seeds 10] [--out FILE] [--throughput]
 """
 
 from __future__ import annotations
@@ -24,9 +32,16 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any, Optional
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+
+GRID_PATTERN = {"block_size": {"choices": [32, 64, 128]}, "window": {"choices": [0, 64, 128, 192]},
+                "num_global": {"choices": [0, 16, 32]}, "stride": {"choices": [0, 4, 8]}}
+GRID_BUCKETS = [256, 512]
+SAMPLERS = ("nsga2", "tpe", "tpe_independent", "gp", "random")
+WARM_FROM, WARM_TO, WARM_TOP = 256, 512, 3
 
 
 def throughput(workers: int, trials: int) -> dict:
@@ -48,50 +63,54 @@ def throughput(workers: int, trials: int) -> dict:
         wall = time.perf_counter() - t0
     if ray.is_initialized():
         ray.shutdown()
-    out = {
-        "workers": workers,
-        "trials": summary["completed"] + summary["failed"],
-        "failed": summary["failed"],
-        "wall_s": round(wall, 2),
-        "trials_per_min": round(60 * (summary["completed"] + summary["failed"]) / wall, 2),
-        "measure_s": round(summary["measure_s"], 2),
-        "trial_s": round(summary["trial_s"], 2),
-        "startup_s": round(summary["startup_s"], 2),
+    n = summary["completed"] + summary["failed"]
+    return {
+        "workers": workers, "trials": n, "failed": summary["failed"], "wall_s": round(wall, 2),
+        "trials_per_min": round(60 * n / wall, 2), "measure_s": round(summary["measure_s"], 2),
+        "trial_s": round(summary["trial_s"], 2), "startup_s": round(summary["startup_s"], 2),
         "outside_measurement_share": round(1 - summary["measure_s"] / (workers * wall), 3),
-        "outside_measurement_share_after_startup": round(
-            1 - summary["measure_s"] / (workers * (summary["wall_s"] - summary["startup_s"])), 3),
     }
-    return out
 
 
-def grid_table(seed: int = 0) -> tuple[list[dict], object]:
-    from search_spaces.space import parse_space
-    from autotune.trial import TrialRequest, TrialRunner, summarize
-
+def grid_space(sampler: Optional[dict] = None):
+    """The replay's space: cpu.yaml with the grid's pattern axes, buckets and the row workload."""
     import yaml
 
+    from search_spaces.space import parse_space
+
     data = yaml.safe_load((ROOT / "search_spaces" / "cpu.yaml").read_text())
-    data.update(
-        buckets=[256, 512],
-        pattern={"block_size": {"choices": [32, 64]}, "window": {"choices": [0, 64, 128]},
-                 "num_global": {"choices": [0, 16]}, "stride": {"choices": [0, 4]}},
-        workloads=[w for w in data["workloads"] if w["kind"] == "msa_row"],
-        objectives=["speedup", "accuracy"],
-        measure={"warmup": 1, "repeats": 5},
-    )
-    space = parse_space(data, "cpu.yaml (reduced grid)")
+    data.update(buckets=GRID_BUCKETS, pattern=GRID_PATTERN,
+                workloads=[w for w in data["workloads"] if w["kind"] == "msa_row"],
+                objectives=["speedup", "accuracy"], measure={"warmup": 1, "repeats": 5})
+    if sampler is not None:
+        data["sampler"] = sampler
+    return parse_space(data, "cpu.yaml (replay grid)")
+
+
+def build_grid(seed: int = 0) -> list[dict]:
+    """Measure every config of `grid_space` once (one trial each, as the search would): the
+    aggregate objectives and Optuna constraint values, and per bucket (`bucket_view`) the speedup
+    and whether every target but speedup is met there."""
+    from autotune.search import bucket_view
+    from autotune.trial import TrialRequest, TrialRunner, summarize
+
+    space = grid_space()
     runner = TrialRunner(threads=2)
     table = []
     for i, params in enumerate(space.grid()):
         pattern, kernel = space.split_params(params)
-        req = TrialRequest("grid", i, params, pattern, kernel, space.to_dict(), seed)
-        res = runner.run(req.to_dict())
+        res = runner.run(TrialRequest("grid", i, params, pattern, kernel, space.to_dict(), seed).to_dict())
         if not res.ok:
             table.append({"params": params, "ok": False, "reason": res.reason})
             continue
-        objs, cons = summarize(space, res)
-        table.append({"params": params, "ok": True, "objs": objs, "cons": cons, "feasible": all(c <= 0 for c in cons)})
-    return table, space
+        objs, _ = summarize(space, res)
+        res.judge(space)
+        cons, buckets, _ = bucket_view(space, [c.to_dict() for c in res.cells])
+        table.append({"params": params, "ok": True, "objs": objs, "cons": cons,
+                      "feasible": all(c <= 0 for c in cons),
+                      "buckets": {L: {"speedup": b["speedup"], "feasible": b["feasible"]} for L, b in buckets.items()}})
+        print(f"grid {i + 1}: {params} -> {[round(o, 3) for o in objs]} feasible={table[-1]['feasible']}", flush=True)
+    return table
 
 
 def hv2(points: list[tuple[float, float]], ref: tuple[float, float] = (0.0, 0.0)) -> float:
@@ -105,23 +124,62 @@ def hv2(points: list[tuple[float, float]], ref: tuple[float, float] = (0.0, 0.0)
     return area
 
 
+def _key(params: dict) -> tuple:
+    return tuple(sorted(params.items()))
+
+
+MAX_DUPLICATE_ASKS = 200  # as the search: that many re-proposals in a row end the study
+
+
+def _ask_new(study, space, lookup: dict, asked: set):
+    """Ask until the sampler proposes a config not measured yet, as the search does (a proposal
+    already measured is pruned unmeasured and asked again; it costs no budget). Returns (trial,
+    table row), or (None, None) when the space looks exhausted."""
+    import optuna
+
+    dists = space.distributions()
+    for _ in range(MAX_DUPLICATE_ASKS):
+        t = study.ask(fixed_distributions=dists)
+        key = _key(dict(space.fixed(), **t.params))
+        if key not in asked:
+            asked.add(key)
+            return t, lookup[key]
+        study.tell(t, state=optuna.trial.TrialState.PRUNED)
+    return None, None
+
+
+def replay_sampler(name: str, seed: int, space, directions: list[str]):
+    """The Optuna sampler ``name`` as the search builds it (`autotune.search.make_sampler`), with
+    ``tpe_independent`` (TPE without the multivariate model) for comparison."""
+    import optuna
+
+    from autotune.search import make_sampler
+    from search_spaces.space import SamplerSettings
+
+    if name == "tpe_independent":
+        return optuna.samplers.TPESampler(seed=seed, n_startup_trials=SamplerSettings.STARTUP_DEFAULT)
+    from dataclasses import replace
+
+    space.sampler = replace(space.sampler, name=name, seed=seed)
+    return make_sampler(space)
+
+
 def replay(table: list[dict], space, sampler_name: str, budget: int, seed: int,
            constrained: bool = True) -> tuple[float, float]:
+    """One seeded study of ``budget`` trials answered from ``table``. Returns (best feasible speedup
+    found, hypervolume of the feasible points found)."""
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    from autotune.search import make_sampler
-
-    from search_spaces.space import SamplerSettings
-
-    space.sampler = SamplerSettings(name=sampler_name, seed=seed, population_size=4, n_startup_trials=4)
-    lookup = {tuple(sorted(r["params"].items())): r for r in table}
-    study = optuna.create_study(directions=space.directions(), sampler=make_sampler(space))
-    dists = space.distributions()
+    lookup = {_key(r["params"]): r for r in table}
+    study = optuna.create_study(directions=space.directions(),
+                                sampler=replay_sampler(sampler_name, seed, space, space.directions()))
     found = []
+    asked: set[tuple] = set()
     for _ in range(budget):
-        t = study.ask(fixed_distributions=dists)
-        r = lookup[tuple(sorted(dict(space.fixed(), **t.params).items()))]
+        t, r = _ask_new(study, space, lookup, asked)
+        if t is None:
+            break
         if not r["ok"]:
             study.tell(t, state=optuna.trial.TrialState.FAIL)
             continue
@@ -134,48 +192,123 @@ def replay(table: list[dict], space, sampler_name: str, budget: int, seed: int,
     return best, hv2([tuple(r["objs"]) for r in feas])
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--trials", type=int, default=12, help="trials per throughput run")
-    ap.add_argument("--budget", type=int, default=8, help="sampler budget in the grid replay")
-    ap.add_argument("--seeds", type=int, default=10)
-    ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "search_efficiency.json"))
-    ap.add_argument("--skip-throughput", action="store_true")
-    args = ap.parse_args()
-    os.environ.setdefault("OMP_NUM_THREADS", "1")
-    result: dict = {}
-    if not args.skip_throughput:
-        result["throughput"] = [throughput(w, args.trials) for w in (1, 2)]
-        for r in result["throughput"]:
-            print(f"throughput: {r}", flush=True)
-    t0 = time.perf_counter()
-    table, space = grid_table()
-    grid_s = time.perf_counter() - t0
+def sampler_replays(table: list[dict], seeds: int, budget: int, samplers: tuple[str, ...] = SAMPLERS,
+                    seeds_of: Optional[dict[str, int]] = None) -> tuple[dict, dict]:
+    """Every sampler of ``samplers`` over ``seeds`` seeds (``seeds_of`` per sampler) at ``budget``
+    trials (module docstring, 2)."""
+    space = grid_space()
     feas = [r for r in table if r.get("ok") and r["feasible"]]
     constrained = bool(feas)
-    if not constrained:  # no config meets the space's constraints: compare on all measured points
-        print("grid: no feasible config; comparing samplers without constraints", flush=True)
+    if not constrained:
         feas = [r for r in table if r.get("ok")]
-    grid_best = max((r["objs"][0] for r in feas), default=0.0)
+    grid_best = max(r["objs"][0] for r in feas)
     grid_hv = hv2([tuple(r["objs"]) for r in feas])
-    result["grid"] = {"configs": len(table), "constrained": constrained, "points": len(feas), "best_speedup": grid_best, "hypervolume": grid_hv,
-                      "seconds": round(grid_s, 1)}
-    print(f"grid: {result['grid']}", flush=True)
-    result["samplers"] = {}
-    for name in ("nsga2", "tpe", "random"):
+    grid = {"configs": len(table), "constrained": constrained, "feasible": len(feas),
+            "best_speedup": round(grid_best, 4), "hypervolume": round(grid_hv, 4), "budget": budget}
+    out = {}
+    for name in samplers:
+        t0 = time.perf_counter()
         ratios, hvs = [], []
-        for seed in range(args.seeds):
-            best, hv = replay(table, space, name, args.budget, seed, constrained)
-            ratios.append(best / grid_best if grid_best else 0.0)
+        n_seeds = (seeds_of or {}).get(name, seeds)
+        for seed in range(n_seeds):
+            best, hv = replay(table, grid_space(), name, budget, seed, constrained)
+            ratios.append(best / grid_best)
             hvs.append(hv / grid_hv if grid_hv else 0.0)
-        result["samplers"][name] = {
-            "budget": args.budget, "seeds": args.seeds,
-            "best_ratio_mean": round(statistics.mean(ratios), 3), "best_ratio_min": round(min(ratios), 3),
-            "found_grid_best": sum(r >= 0.999 for r in ratios),
-            "hv_ratio_mean": round(statistics.mean(hvs), 3),
-        }
-        print(f"{name}: {result['samplers'][name]}", flush=True)
-    result["grid_table"] = table
+        out[name] = {"budget": budget, "seeds": n_seeds, "found_grid_best": sum(r >= 0.999 for r in ratios),
+                     "best_ratio_mean": round(statistics.mean(ratios), 3), "best_ratio_min": round(min(ratios), 3),
+                     "hv_ratio_mean": round(statistics.mean(hvs), 3), "seconds": round(time.perf_counter() - t0, 1)}
+        print(f"{name}: {out[name]}", flush=True)
+    return grid, out
+
+
+def warm_start_replay(table: list[dict], sampler_name: str, seed: int, warm: bool, budget: int,
+                      src_bucket: int = WARM_FROM, dst_bucket: int = WARM_TO) -> Optional[int]:
+    """Trials a single-objective study at bucket ``dst_bucket`` needs until its best feasible
+    speedup there is within 5% of the bucket's best (None: not within ``budget``). ``warm``: the
+    ``WARM_TOP`` best feasible configs at ``src_bucket`` (the earlier study's confirmed leaders) are
+    enqueued first through `autotune.warmstart.enqueue_leaders`."""
+    import optuna
+
+    from autotune.warmstart import Leader, enqueue_leaders
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    space = grid_space()
+    lookup = {_key(r["params"]): r for r in table}
+
+    def score(r: dict, L: int) -> float:
+        b = r.get("buckets", {}).get(str(L)) if r.get("ok") else None
+        return b["speedup"] if b and b["feasible"] else 0.0
+
+    target = 0.95 * max(score(r, dst_bucket) for r in table)
+    study = optuna.create_study(direction="maximize", sampler=replay_sampler(sampler_name, seed, space, ["maximize"]))
+    if warm:
+        src = sorted((r for r in table if score(r, src_bucket) > 0), key=lambda r: -score(r, src_bucket))[:WARM_TOP]
+        leaders = [Leader(bucket=src_bucket, trial=i, params=r["params"], speedup=score(r, src_bucket))
+                   for i, r in enumerate(src)]
+        enqueue_leaders(study, space, leaders, log=lambda m: None)
+    best = 0.0
+    asked: set[tuple] = set()
+    for n in range(1, budget + 1):
+        t, r = _ask_new(study, space, lookup, asked)
+        if t is None:
+            return None
+        v = score(r, dst_bucket)
+        study.tell(t, v)
+        best = max(best, v)
+        if best >= target:
+            return n
+    return None
+
+
+def warm_start(table: list[dict], sampler_name: str, seeds: int = 3, src: int = WARM_FROM, dst: int = WARM_TO) -> dict:
+    """Cold against warm start (module docstring, 3): trials to within 5%, median over ``seeds``."""
+    budget = len(table)
+    res: dict[str, Any] = {"sampler": sampler_name, "from_bucket": src, "to_bucket": dst,
+                           "leaders": WARM_TOP, "seeds": seeds, "within": 0.05}
+    for mode in ("cold", "warm"):
+        ns = [warm_start_replay(table, sampler_name, s, mode == "warm", budget, src, dst) for s in range(seeds)]
+        res[mode] = {"trials": ns, "median": statistics.median(n if n is not None else budget + 1 for n in ns)}
+    res["warm_over_cold"] = round(res["warm"]["median"] / res["cold"]["median"], 3)
+    print(f"warm start: {res}", flush=True)
+    return res
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--grid", default=str(ROOT / "benchmarks" / "results" / "search_grid_cpu.json"),
+                    help="the measured grid (built and written when the file does not exist)")
+    ap.add_argument("--seeds", type=int, default=10)
+    ap.add_argument("--budget", type=int, help="sampler budget (default: a third of the grid)")
+    ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "search_efficiency.json"))
+    ap.add_argument("--throughput", action="store_true", help="also time 1 and 2 Ray workers")
+    ap.add_argument("--trials", type=int, default=12, help="trials per throughput run")
+    ap.add_argument("--samplers", default=",".join(SAMPLERS), help="comma-separated, of " + ", ".join(SAMPLERS))
+    ap.add_argument("--gp-seeds", type=int, help="seeds of the GP sampler (slow: seconds per trial on 2 cores)")
+    args = ap.parse_args()
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    result: dict = {"machine": "2-core CPU, float32"}
+    if args.throughput:
+        result["throughput"] = [throughput(w, args.trials) for w in (1, 2)]
+    grid_path = Path(args.grid)
+    if grid_path.exists():
+        table = json.loads(grid_path.read_text())["table"]
+    else:
+        t0 = time.perf_counter()
+        table = build_grid()
+        grid_path.parent.mkdir(parents=True, exist_ok=True)
+        grid_path.write_text(json.dumps({"space": grid_space().to_dict(), "seconds": round(time.perf_counter() - t0, 1),
+                                         "table": table}, indent=1))
+    budget = args.budget or len(table) // 3
+    names = tuple(n for n in args.samplers.split(",") if n)
+    result["grid"], result["samplers"] = sampler_replays(
+        table, args.seeds, budget, names, {"gp": args.gp_seeds} if args.gp_seeds else None)
+    # the winner: most seeds that found the grid's best, as a share of its seeds; then the front
+    winner = max(names, key=lambda n: (result["samplers"][n]["found_grid_best"] / result["samplers"][n]["seeds"],
+                                       result["samplers"][n]["hv_ratio_mean"]))
+    result["winner"] = winner
+    print(f"winner: {winner}", flush=True)
+    result["warm_start"] = [warm_start(table, name, src=a, dst=b) for name in dict.fromkeys([winner, "tpe", "random"])
+                            for a, b in ((WARM_FROM, WARM_TO), (WARM_TO, WARM_FROM))]
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=2))
     print(f"wrote {args.out}")

@@ -32,6 +32,17 @@ reached, or ``time_cap_s`` of timed calls is spent. A call shorter than ``min_ca
 (one host synchronisation per round on CUDA). With fewer rounds than the level allows (n < 6 at
 95%) the interval is the full range of the ratios and its achieved level is reported.
 
+Caches between paired calls. On CUDA the paired timer flushes the GPU's L2 before each timed
+sample (``flush_l2``, default on): a buffer of twice the device's L2 size (`l2_flush_bytes`) is
+zeroed on the stream *before* the sample's start event, so the flush is never timed and every
+candidate and baseline call starts from a cold L2 - otherwise the second call of a pair reads the
+inputs the first one just brought in (the AlphaFold2 shapes' q, k, v and pair bias are 16-64 MiB
+each, the size of an H100's 50 MB L2), a bias in favour of whichever runs second that the rotation
+only averages out. The ``inner`` repeats of one sample (calls under ``min_call_ms``) share one flush.
+On a CPU nothing is flushed: evicting a last-level cache takes a pass over a buffer several times
+its size (milliseconds per call, as long as the CPU calls being timed), and the CPU shapes' inputs
+(a few MiB) fit the cache either way, so both functions of a pair see a warm cache alike.
+
 **The peak-memory probe** (`peak_memory`): bytes allocated above the current level at the high
 point of one call (output, logits, workspaces, gradients in fwd+bwd), measured, never estimated:
 
@@ -116,9 +127,11 @@ class Stopwatch:
     synchronisation after the whole sequence. CPU: ``time.perf_counter`` before and after each call
     (wall time; the call itself returns when the work is done)."""
 
-    def __init__(self, device: Device) -> None:
+    def __init__(self, device: Device, flush_l2: bool = False) -> None:
         self.cuda = _is_cuda(device)
         self.method = timer_method(device)
+        # CUDA with flush_l2: zeroed before each sample (module docstring, "Caches between paired calls")
+        self.flush = _l2_flush_buffer(device) if (self.cuda and flush_l2) else None
 
     def sync(self) -> None:
         """Wait for the device's queued work (no-op on a CPU)."""
@@ -131,6 +144,8 @@ class Stopwatch:
             marks = []
             for fn in calls:
                 start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                if self.flush is not None:
+                    self.flush.zero_()
                 start.record()
                 for _ in range(inner):
                     fn()
@@ -145,6 +160,24 @@ class Stopwatch:
                 fn()
             out.append((time.perf_counter() - t0) * 1e3 / inner)
         return out
+
+
+_FLUSH_BUFFERS: dict[int, torch.Tensor] = {}
+
+
+def l2_flush_bytes(l2_bytes: int) -> int:
+    """Bytes zeroed to evict an L2 of ``l2_bytes``: twice its size, at least 8 MiB."""
+    return max(2 * int(l2_bytes), 8 << 20)
+
+
+def _l2_flush_buffer(device: Device) -> torch.Tensor:
+    """The flush buffer of a CUDA device (allocated once per device)."""
+    dev = torch.device(device)
+    index = dev.index if dev.index is not None else torch.cuda.current_device()
+    if index not in _FLUSH_BUFFERS:
+        l2 = getattr(torch.cuda.get_device_properties(index), "L2_cache_size", 50 << 20)
+        _FLUSH_BUFFERS[index] = torch.empty(l2_flush_bytes(l2), dtype=torch.uint8, device=f"cuda:{index}")
+    return _FLUSH_BUFFERS[index]
 
 
 @dataclass(frozen=True)
@@ -289,8 +322,9 @@ def time_paired(fns: dict[str, Callable[[], object]], *, baseline: str, device: 
                 warmup: int = PAIRED_DEFAULTS["warmup"], repeats: int = PAIRED_DEFAULTS["repeats"],
                 max_repeats: int = PAIRED_DEFAULTS["max_repeats"], rel_width: float = PAIRED_DEFAULTS["rel_width"],
                 time_cap_s: float = PAIRED_DEFAULTS["time_cap_s"], level: float = PAIRED_DEFAULTS["level"],
-                min_call_ms: float = PAIRED_DEFAULTS["min_call_ms"]) -> PairedTiming:
-    """Time ``fns`` interleaved (module docstring); ``baseline`` names the reference function.
+                min_call_ms: float = PAIRED_DEFAULTS["min_call_ms"], flush_l2: bool = True) -> PairedTiming:
+    """Time ``fns`` interleaved (module docstring); ``baseline`` names the reference function;
+    ``flush_l2``: on CUDA, evict the L2 before each timed sample (module docstring).
 
     Returns the per-call times of every function and, for every other function, the speedup
     ``t_baseline / t_candidate`` with its confidence interval (`PairedTiming.ratios`)."""
@@ -301,7 +335,7 @@ def time_paired(fns: dict[str, Callable[[], object]], *, baseline: str, device: 
     max_repeats = max(max_repeats, repeats)
     t_wall = time.perf_counter()
     timed = 0.0
-    watch = Stopwatch(device)
+    watch = Stopwatch(device, flush_l2=flush_l2)
 
     def one_round(order: list[str], inner: int) -> dict[str, float]:
         nonlocal timed

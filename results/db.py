@@ -150,6 +150,7 @@ class Run(Base):
     optuna_study_id: Mapped[Optional[int]] = mapped_column(Integer, nullable=True)
     optuna_study_uid: Mapped[Optional[str]] = mapped_column(String(64), nullable=True)
     cluster: Mapped[Any] = mapped_column(JSON, nullable=True)
+    stats: Mapped[Any] = mapped_column(JSON, nullable=True)  # the run's phases and rates (autotune.search.run_stats)
 
 
 class TrialRow(Base):
@@ -415,7 +416,7 @@ def _upgrade_from_1(conn: Any) -> None:
 
 
 def _upgrade_from_2(conn: Any) -> None:
-    """Version 2 -> 3: at_runs.cluster (NULL for the runs before it)."""
+    """Version 2 -> 3: at_runs.cluster and at_runs.stats (NULL for the runs before them)."""
     _add_missing_columns(conn)
 
 
@@ -556,6 +557,11 @@ class Database:
             run = s.get(Run, run_id)
             run.ended_at = utcnow()
             run.status = status
+
+    def set_run_stats(self, run_id: int, stats: dict) -> None:
+        """Store a run's statistics (trials per minute, phase shares) on its at_runs row."""
+        with self.session() as s:
+            s.get(Run, run_id).stats = stats
 
     def settle_dead_runs(self, alive, by_run: int) -> list[int]:
         """Mark every unended run whose driver is gone (``alive(run)`` False) ended, status "died",

@@ -156,7 +156,7 @@ BACKENDS = backends.names()  # the registered backends (kernels.backends)
 DTYPES = ("float32", "bfloat16", "float16")
 MODES = ("fwd", "fwd+bwd")
 DEVICES = ("cuda", "cpu")
-SAMPLERS = ("nsga2", "tpe", "random")
+SAMPLERS = ("nsga2", "tpe", "gp", "random")
 # The keys of a workload entry and their defaults are its record class's (`WORKLOAD_TYPES`): an
 # EvoFormer workload times one whole block, its attention dims default to AlphaFold2's.
 
@@ -328,7 +328,8 @@ class SamplerSettings(_Section):
     """``sampler``: the Optuna sampler. Unset numbers take the sampler's defaults
     (`POPULATION_DEFAULT`, `STARTUP_DEFAULT`); ``seed`` None is unseeded."""
 
-    name: str = "nsga2"  # nsga2 | tpe | random
+    # the default: the winner of the sampler replay (benchmarks/search_efficiency.py)
+    name: str = "random"  # nsga2 | tpe | gp | random
     seed: Optional[int] = None
     population_size: Optional[int] = None  # nsga2
     n_startup_trials: Optional[int] = None  # tpe
@@ -350,7 +351,7 @@ class SamplerSettings(_Section):
     def parse(cls, V: "_V", data: dict[str, Any]) -> "SamplerSettings":
         sampler = V.section(data, "sampler", set(cls.KEYS))
         if data.get("sampler") is None:
-            sampler = {"name": "nsga2"}
+            sampler = {"name": cls.name}
         V.mapping(sampler, "sampler", set(cls.KEYS), ("name",))
         V.choice(sampler["name"], "sampler.name", SAMPLERS)
         for k, (lo_k, hi_k) in {"seed": (0, MAX_SEED), "population_size": (2, 100_000),

@@ -1,0 +1,144 @@
+"""Warm start: begin a study with an earlier study's confirmed leaders.
+
+``python -m autotune.search --space FILE --warm-start STUDY [--warm-start-storage URL]`` reads the
+earlier study ``STUDY`` (from the results database at ``URL``, default the search's own storage):
+per bucket its leaders by the rule of `results.verdict` (step 1: every target but speedup met at
+every workload of the bucket, best speedup first), ranked by the latest confirmation pass when one
+re-measured them (the confirmed figures, as the export chooses) and by the search's figures
+otherwise, ``top`` per bucket (the earlier space's ``measure.confirm_top``). Their parameters are
+mapped onto the new space (`map_params`) and enqueued (``study.enqueue_trial``) as the new study's
+first trials, best first, so a re-tuning on another GPU or at other lengths starts from the old
+best and the sampler learns from those points like from any other trial.
+
+Mapping a leader's parameters onto the new space: a parameter the new space searches keeps its
+value when the value is one of its choices (or inside its integer range, on its step); a parameter
+the new space fixes, or does not have, is dropped (the new space's value applies); a parameter the
+new space searches but the leader lacks is left to the sampler. A leader with a value outside the
+new space is skipped; one line says which and why. Identical mapped parameter sets are enqueued once.
+
+Trials enqueued this way carry the user attribute ``warm_start`` ("STUDY#NUMBER@L"). Warm start
+applies to a new study only: a study that already has trials continues from its own.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable, Optional
+
+from patterns.errors import InputError
+
+
+class WarmStartError(InputError):
+    """The warm-start study cannot be read (missing, no complete trial): exit status 2."""
+
+
+@dataclass(frozen=True)
+class Leader:
+    """One confirmed leader of the earlier study: its bucket, trial number, flat parameters
+    (``pattern.<field>`` / ``kernel.<field>``) and speedup (confirmed when ``confirmed``)."""
+
+    bucket: int
+    trial: int
+    params: dict[str, Any]
+    speedup: Optional[float] = None
+    confirmed: bool = False
+
+
+def read_leaders(storage: str, study: str, top: Optional[int] = None) -> list[Leader]:
+    """The leaders of ``study`` per bucket (module docstring), best first within each bucket,
+    buckets in increasing length."""
+    from results.db import Confirmation, Database
+    from results.verdict import leaders, load_study
+
+    if storage.startswith("sqlite:///") and storage != "sqlite:///:memory:":
+        import os
+
+        if not os.path.exists(storage[len("sqlite:///"):]):
+            from results.storage import mask_url
+
+            raise WarmStartError(f"--warm-start-storage: no results database at {mask_url(storage)}")
+    db = Database(storage, create=False)
+    try:
+        with db.Session() as s:
+            data = load_study(s, study)
+            s.expunge_all()
+    finally:
+        db.close()
+    if not data.trials:
+        raise WarmStartError(f"--warm-start: study {study!r} has no complete trial in the results database")
+    targets = data.targets()
+    if top is None:
+        top = int((data.space or {}).get("measure", {}).get("confirm_top") or 3)
+    confirmed: dict[tuple[int, int], list[float]] = {}
+    for row in data.latest_confirmation or []:
+        if getattr(row, "stage", None) is None:
+            confirmed.setdefault((row.bucket, row.trial_number), []).append(float(row.speedup))
+    out: list[Leader] = []
+    for L in data.buckets:
+        ranked = []
+        for cand in leaders(targets, data.cells_by_trial, L, top):
+            conf = confirmed.get((L, cand.trial))
+            sp = _geomean(conf) if conf else cand.speedup
+            ranked.append(Leader(L, cand.trial, dict(data.trials[cand.trial].params or {}), sp, bool(conf)))
+        ranked.sort(key=lambda ld: (not ld.confirmed, -(ld.speedup or 0.0), ld.trial))
+        out.extend(ranked)
+    return out
+
+
+def _geomean(xs: list[float]) -> float:
+    import math
+
+    return math.exp(sum(math.log(max(x, 1e-12)) for x in xs) / len(xs))
+
+
+def map_params(space, params: dict[str, Any]) -> tuple[Optional[dict[str, Any]], str]:
+    """``params`` mapped onto ``space`` (module docstring). Returns (mapped, "") or (None, why)."""
+    dists = space.distributions()
+    out: dict[str, Any] = {}
+    for name, value in params.items():
+        dist = dists.get(name)
+        if dist is None:  # fixed in the new space, or not one of its parameters: its own value applies
+            continue
+        if hasattr(dist, "choices"):
+            if value not in dist.choices:
+                return None, f"{name}={value!r} is not one of {list(dist.choices)}"
+        elif not (isinstance(value, int) and dist.low <= value <= dist.high and (value - dist.low) % dist.step == 0):
+            return None, f"{name}={value!r} is outside {dist.low}..{dist.high} step {dist.step}"
+        out[name] = value
+    return out, ""
+
+
+def enqueue_leaders(study, space, leaders: list[Leader], *, source: str = "warm-start",
+                    log: Callable[[str], None] = print) -> int:
+    """Enqueue ``leaders`` (best first, per bucket) into the Optuna ``study`` after `map_params`;
+    skipped leaders and duplicates are not enqueued. Returns the number enqueued."""
+    seen: set[tuple] = set()
+    skipped: list[str] = []
+    n = 0
+    for ld in leaders:
+        mapped, why = map_params(space, ld.params)
+        if mapped is None:
+            skipped.append(f"#{ld.trial}@{ld.bucket} ({why})")
+            continue
+        key = tuple(sorted(mapped.items()))
+        if key in seen:
+            continue
+        seen.add(key)
+        study.enqueue_trial(mapped, user_attrs={"warm_start": f"{source}#{ld.trial}@{ld.bucket}"}, skip_if_exists=False)
+        n += 1
+    if skipped:
+        log(f"warm start: skipped {len(skipped)} leader(s) outside this space: {'; '.join(skipped)}")
+    return n
+
+
+def warm_start(study, space, source_study: str, storage: str, log: Callable[[str], None] = print) -> int:
+    """Read ``source_study``'s leaders from ``storage`` and enqueue them into ``study`` (a new
+    Optuna study of ``space``); returns the number enqueued (0 for a study that has trials)."""
+    if study.get_trials(deepcopy=False):
+        log(f"warm start: study {study.study_name!r} already has trials; it continues from its own (no leaders enqueued)")
+        return 0
+    leaders = read_leaders(storage, source_study)
+    n = enqueue_leaders(study, space, leaders, source=source_study, log=log)
+    log(f"warm start: {n} leader(s) of study {source_study!r} enqueued as the first trials "
+        f"({len(leaders)} read over buckets {sorted({ld.bucket for ld in leaders})})")
+    return n
