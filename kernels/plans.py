@@ -76,7 +76,7 @@ def cached_layouts() -> int:
 def check_layout_device(layout) -> None:
     """Refuse a layout whose mask holds no data (the ``meta`` device) with one line; a layout on the
     CPU or on a GPU is accepted by every backend (each reads its index where it runs)."""
-    if layout.block_mask.device.type == "meta":
+    if layout.device.type == "meta":
         raise ValueError(
             "layout.block_mask is on the meta device (no data): build the layout on the CPU or on the inputs' device"
         )
