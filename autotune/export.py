@@ -1,7 +1,9 @@
 """Export a study's chosen config per bucket: ``python -m autotune.export --study NAME [--out FILE]``.
 
 Options: ``--storage URL`` (default ``$AUTOTUNE_STORAGE``, else ``sqlite:///results/results.db``;
-a plain file path is read as a SQLite file), ``--out FILE`` (default ``results/<study>.yaml``).
+a plain file path is read as a SQLite file), ``--out FILE`` (default ``results/<study>.yaml``;
+written by `patterns.output.write_output`: only a regular file is replaced, atomically, a link is
+written through, anything else is refused with one line before any work).
 
 Choice rule: the one rule of `results.verdict` (also behind the search's verdict and the
 report): per bucket, the study's leaders (COMPLETE trials meeting every non-speedup target at
@@ -32,6 +34,7 @@ import sys
 from typing import Any, Optional
 
 from patterns.errors import InputError, report_input_error
+from patterns.output import check_output_path
 
 from results.storage import STORAGE_HELP
 from results.export import RULE, ExportError, _shapes, document, load_live, open_study, write  # noqa: F401
@@ -57,7 +60,10 @@ def choose(study: str, storage: str, *, log=None) -> dict[str, Any]:
 
 
 def export(study: str, storage: str, out: str, log=None) -> dict[str, Any]:
-    """Choose (`choose`) and write the tuned file ``out`` and the ``at_tuned`` rows."""
+    """Choose (`choose`) and write the tuned file ``out`` and the ``at_tuned`` rows. ``out`` is
+    checked first (`patterns.output.check_output_path`: a folder, a device, a FIFO or a place where
+    no file can be created is refused before anything is measured or written)."""
+    check_output_path(out)
     doc = choose(study, storage, log=log)
     write(doc, storage, out)
     return doc
@@ -73,6 +79,7 @@ def main(argv: Optional[list[str]] = None) -> int:
 
     out = args.out or os.path.join("results", f"{args.study}.yaml")
     try:
+        check_output_path(out)  # before the storage is opened: a refused --out changes nothing
         storage = resolve_storage(args.storage, "write").url  # export records its choice in at_tuned
         doc = export(args.study, storage, out)
     except InputError as e:  # ExportError, StorageError (also a database at another schema version), ...

@@ -28,7 +28,7 @@ import os
 from typing import Any, Optional
 
 from patterns.errors import InputError
-
+from patterns.output import write_output
 
 from kernels.tuned import FORMAT, TunedFile
 
@@ -258,15 +258,18 @@ def _r(x: Optional[float]) -> Optional[float]:
 
 
 def write(doc: dict[str, Any], storage: str, out: str) -> None:
-    """Write ``doc`` to ``out`` (YAML with a comment head; through a temporary file, so a failed
-    write leaves no half file) and record each bucket's choice in ``at_tuned``."""
+    """Write ``doc`` to ``out`` (YAML with a comment head, by `patterns.output.write_output`: a
+    temporary file beside it renamed over it, so a failed write leaves the old file and no half
+    one; only a regular file is replaced, a link is written through) and record each bucket's
+    choice in ``at_tuned``."""
     from .db import Database, Tuned
 
     study = doc["study"]
     # one schema object (kernels.tuned.TunedFile) for the file: the document is validated as the
     # reader will read it (a file the loader would refuse is never written), then written atomically
-    TunedFile.from_dict(doc, str(out)).write(out, header=f"Tuned sparse attention patterns, exported from study "
-                                             f"{study!r}.\nRule: {RULE}.\nRead with kernels.load_tuned(path).")
+    text = TunedFile.from_dict(doc, str(out)).dumps(header=f"Tuned sparse attention patterns, exported from study "
+                                                    f"{study!r}.\nRule: {RULE}.\nRead with kernels.load_tuned(path).")
+    write_output(out, text)
     db = Database(storage)
     try:
         with db.session() as s:
