@@ -15,9 +15,11 @@ chosen config alone against SDPA (free of the selection's upward bias), which mu
 speedup target too. If the study's latest confirmation does not cover its current trials
 (or there is none), the export runs it first, on this machine. A bucket without a choice is left
 out of the file, listed under ``infeasible_buckets`` and with its reason under ``not_exported``
-(a deployment runs dense attention there, see `kernels.tuned`). The file names the machine it was
-tuned on (``device``, ``device_name``, ``dtype``) and, per bucket, the ``heads`` and ``head_dims``
-measured there; `kernels.load_tuned` checks them where the file is used (format 2; format 1
+(a deployment runs dense attention there, see `kernels.tuned`). While a search is still measuring
+the study (trials RUNNING under a driver that is alive), the export refuses with "N trials still
+running; export again when the search ends" (exit status 2): nothing is confirmed or written.
+The file names the machine it was tuned on (``device``, ``device_name``, ``dtype``) and, per
+bucket, the ``heads`` and ``head_dims`` measured there; `kernels.load_tuned` checks them where the file is used (format 2; format 1
 files, without these, are still read). Exit status 2 with one line if the database
 or the study does not exist (the line lists the studies that do), or if no bucket has a choice.
 
@@ -45,10 +47,15 @@ __all__ = ["choose", "export", "main", "ExportError", "RULE"]
 def choose(study: str, storage: str, *, log=None) -> dict[str, Any]:
     """The export document for ``study`` (raises ExportError); confirms first when the study has no
     current confirmation (on this machine)."""
+    from results.db import utcnow
+
     from .confirm import confirm
+    from .search import driver_alive
 
     log = log or (lambda msg: print(f"autotune.export: {msg}", file=sys.stderr))
-    data = open_study(study, storage, log=log)
+    now = utcnow()
+    # a search still measuring the study: refused (one line), nothing confirmed or written
+    data = open_study(study, storage, log=log, alive=lambda run: driver_alive(run, now))
     if data.confirmations is None:
         log("the study's leaders have no current confirmation; confirming them on this machine")
         try:

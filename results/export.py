@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import datetime as dt
 import os
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 from patterns.errors import InputError
 from patterns.output import write_output
@@ -91,11 +91,31 @@ def _g(c: Any, k: str) -> Any:
     return c.get(k) if isinstance(c, dict) else getattr(c, k, None)
 
 
-def open_study(study: str, storage: str, *, log) -> Any:
+def running_trials(db, study: str, alive: Optional[Callable[[Any], bool]] = None) -> int:
+    """How many of ``study``'s trials are being measured now: in state RUNNING, of a run (an
+    ``at_runs`` row) that has not ended and whose driver ``alive(run)`` says may still be working
+    (None: every run that has not ended). A trial left RUNNING by a driver that died is not
+    counted: it will not finish, and the next search settles it."""
+    from sqlalchemy import select
+
+    from .db import Run, TrialRow
+
+    with db.Session() as s:
+        runs = s.scalars(select(Run).join(TrialRow, TrialRow.run_id == Run.id).where(
+            TrialRow.study_name == study, TrialRow.state == "RUNNING", Run.ended_at.is_(None))).all()
+        counts = {r.id: 0 for r in runs}
+        for rid in s.scalars(select(TrialRow.run_id).where(TrialRow.study_name == study, TrialRow.state == "RUNNING")):
+            if rid in counts:
+                counts[rid] += 1
+        return sum(counts[r.id] for r in runs if alive is None or alive(r))
+
+
+def open_study(study: str, storage: str, *, log, alive: Optional[Callable[[Any], bool]] = None) -> Any:
     """The study's `results.verdict.StudyData`, restricted to the trials Optuna's study holds now
     (raises ExportError: no database file, no autotune tables, no such study, a study Optuna's
-    storage no longer holds, no complete trial). Rows left by a deleted study of the same name are
-    removed first (``log`` says so)."""
+    storage no longer holds, trials still running (`running_trials`, with ``alive``: a search that
+    has not ended; nothing is written or measured then), no complete trial). Rows left by a deleted
+    study of the same name are removed first (``log`` says so)."""
     from sqlalchemy import inspect
 
     from .db import Database, TrialRow
@@ -112,6 +132,10 @@ def open_study(study: str, storage: str, *, log) -> Any:
             raise ExportError(f"study {study!r} does not exist in {mask_url(storage)} "
                               f"(studies there: {', '.join(studies) if studies else 'none'})")
         _check_live(db, study, storage, studies)
+        running = running_trials(db, study, alive)
+        if running:
+            raise ExportError(f"study {study!r}: {running} trial{'s' if running != 1 else ''} still running; export "
+                              "again when the search ends (nothing was measured or written)")
         gone = db.drop_orphans(study)  # rows of an earlier study of this name: never cited
         if gone:
             log(f"removed {gone.text()} (left by a deleted study)")
