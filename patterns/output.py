@@ -15,7 +15,8 @@ first. The one policy:
 * anything else at the path is refused with `OutputPathError` (an `InputError`: one line, exit
   status 2) before anything is written: a folder, a device, a FIFO, a socket, a path below a
   regular file, and a place where no file can be created (a read-only or kernel file system such as
-  ``/proc``, a folder without write permission);
+  ``/proc``, a folder without write permission) and a file without write permission (which
+  ``open(path, "w")`` would not overwrite either);
 * every failure while writing (a full disk, a file-size limit, an interrupt) removes the temporary
   file and leaves the old file untouched; an ``OSError`` becomes `OutputPathError` naming the path.
   A file-size limit (``ulimit -f``) would kill the process with ``SIGXFSZ`` mid-write, before it
@@ -117,6 +118,8 @@ def check_output_path(path: PathLike, *, probe: bool = True) -> Path:
     if st is not None and not stat.S_ISREG(st.st_mode):
         link = f" (a link to {target})" if os.path.islink(shown) else ""
         raise OutputPathError(f"cannot write {shown}{link}: it is {_kind(st.st_mode)}; give the path of a regular file")
+    if st is not None and not os.access(target, os.W_OK):
+        raise OutputPathError(f"cannot write {shown}: the file is read-only (permission denied); it is left as it is")
     folder = _existing_folder(target, shown)
     if probe:
         _probe(folder, shown)

@@ -126,6 +126,15 @@ def test_a_folder_without_write_permission_is_refused(tmp_path):
         os.chmod(ro, 0o755)
 
 
+@pytest.mark.skipif(IS_ROOT, reason="root may write any file")
+def test_a_read_only_file_is_refused(tmp_path):
+    out = tmp_path / "tuned.yaml"
+    out.write_text("protected")
+    os.chmod(out, 0o444)
+    _refused(out, "read-only")
+    assert out.read_text() == "protected"
+
+
 _FULL_DISK = textwrap.dedent("""
     import resource, signal, sys
     from patterns.output import OutputPathError, write_output
