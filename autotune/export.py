@@ -1,7 +1,9 @@
 """Export a study's chosen config per bucket: ``python -m autotune.export --study NAME [--out FILE]``.
 
 Options: ``--storage URL`` (default ``$AUTOTUNE_STORAGE``, else ``sqlite:///results/autotune.db``;
-a plain file path is read as a SQLite file), ``--out FILE`` (default ``results/<study>.yaml``).
+a plain file path is read as a SQLite file), ``--out FILE`` (default ``results/<study>.yaml``;
+written by `patterns.output.write_output`: only a regular file is replaced, atomically, a link is
+written through, anything else is refused with one line before any work).
 
 Choice rule: the one rule of `results.verdict` (also behind the search's verdict and the
 report): per bucket, the study's leaders (COMPLETE trials meeting every non-speedup target at
@@ -13,9 +15,11 @@ chosen config alone against SDPA (free of the selection's upward bias), which mu
 speedup target too. If the study's latest confirmation does not cover its current trials
 (or there is none), the export runs it first, on this machine. A bucket without a choice is left
 out of the file, listed under ``infeasible_buckets`` and with its reason under ``not_exported``
-(a deployment runs dense attention there, see `kernels.tuned`). The file names the machine it was
-tuned on (``device``, ``device_name``, ``dtype``) and, per bucket, the ``heads`` and ``head_dims``
-measured there; `kernels.load_tuned` checks them where the file is used (format 2; format 1
+(a deployment runs dense attention there, see `kernels.tuned`). While a search is still measuring
+the study (trials RUNNING under a driver that is alive), the export refuses with "N trials still
+running; export again when the search ends" (exit status 2): nothing is confirmed or written.
+The file names the machine it was tuned on (``device``, ``device_name``, ``dtype``) and, per
+bucket, the ``heads`` and ``head_dims`` measured there; `kernels.load_tuned` checks them where the file is used (format 2; format 1
 files, without these, are still read). Exit status 2 with one line if the database
 or the study does not exist (the line lists the studies that do), or if no bucket has a choice.
 
@@ -32,6 +36,7 @@ import sys
 from typing import Any, Optional
 
 from patterns.errors import exit_status
+from patterns.output import check_output_path
 
 from results.storage import STORAGE_HELP
 from results.artifacts import ARTIFACTS_HELP
@@ -43,10 +48,15 @@ __all__ = ["choose", "export", "main", "ExportError", "RULE"]
 def choose(study: str, storage: str, *, log=None) -> dict[str, Any]:
     """The export document for ``study`` (raises ExportError); confirms first when the study has no
     current confirmation (on this machine)."""
+    from results.db import utcnow
+
     from .confirm import confirm
+    from .search import driver_alive
 
     log = log or (lambda msg: print(f"autotune.export: {msg}", file=sys.stderr))
-    data = open_study(study, storage, log=log)
+    now = utcnow()
+    # a search still measuring the study: refused (one line), nothing confirmed or written
+    data = open_study(study, storage, log=log, alive=lambda run: driver_alive(run, now))
     if data.confirmations is None:
         log("the study's leaders have no current confirmation; confirming them on this machine")
         try:
@@ -58,7 +68,10 @@ def choose(study: str, storage: str, *, log=None) -> dict[str, Any]:
 
 
 def export(study: str, storage: str, out: str, log=None) -> dict[str, Any]:
-    """Choose (`choose`) and write the tuned file ``out`` and the ``at_tuned`` rows."""
+    """Choose (`choose`) and write the tuned file ``out`` and the ``at_tuned`` rows. ``out`` is
+    checked first (`patterns.output.check_output_path`: a folder, a device, a FIFO or a place where
+    no file can be created is refused before anything is measured or written)."""
+    check_output_path(out)
     doc = choose(study, storage, log=log)
     write(doc, storage, out)
     return doc
@@ -79,6 +92,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     try:
         check_argv(sys.argv[1:] if argv is None else argv)
         check_study_name(args.study, "--study")
+        check_output_path(out)  # before the storage is opened: a refused --out changes nothing
         artifacts = artifact_dir(args.artifacts, out)
         storage = resolve_storage(args.storage, "write").url  # export records its choice in at_tuned
         doc = export(args.study, storage, out)

@@ -54,6 +54,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import io
 import os
 import re
 import sys
@@ -66,6 +67,7 @@ import torch
 
 from patterns import BlockLayout, GuidedConfig, PatternConfig, build_layout
 from patterns.guided import GUIDED_POOLS, PATTERN_FAMILIES
+from patterns.output import check_output_path, write_output
 from patterns.sparsity import pattern_for_sparsity
 
 from . import backends as registry
@@ -556,10 +558,9 @@ def main(argv: Optional[list[str]] = None) -> list[dict]:
     rows: list[dict] = []
     t0 = time.perf_counter()
     out = Path(args.out) if args.out else default_out(args.device_name)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    # the CSV is rewritten, complete, after every case: a run stopped by a timeout keeps the rows of
-    # every case it finished (the target cases come first)
-    tmp = out.with_name(out.name + ".partial")
+    check_output_path(out)  # a folder, a device, /proc, ...: refused before any measurement
+    # the CSV is rewritten, complete, after every case (atomically, patterns.output): a run stopped
+    # by a timeout keeps the rows of every case it finished (the target cases come first)
     for case in cases:
         if args.time_budget is not None and time.perf_counter() - t0 > args.time_budget:
             print(f"time budget of {args.time_budget:.0f}s reached: remaining configurations skipped", flush=True)
@@ -568,22 +569,21 @@ def main(argv: Optional[list[str]] = None) -> list[dict]:
         run_case(case, args, device, dtype, backends, case_rows, t0)
         add_speedups(case_rows)  # ratios within one case: every backend of it is in case_rows
         rows.extend(case_rows)
-        _write_csv(tmp, rows)
-        os.replace(tmp, out)
+        _write_csv(out, rows)
     print_table(rows)
     if not rows:
-        _write_csv(tmp, rows)
-        os.replace(tmp, out)
+        _write_csv(out, rows)
     print(f"\nwrote {out} ({len(rows)} rows) in {time.perf_counter() - t0:.1f}s", flush=True)
     return rows
 
 
 def _write_csv(path: Path, rows: list[dict]) -> None:
-    with open(path, "w", newline="") as f:
-        wr = csv.DictWriter(f, fieldnames=CSV_FIELDS, extrasaction="ignore")
-        wr.writeheader()
-        for r in rows:
-            wr.writerow({k: r.get(k, "") for k in CSV_FIELDS})
+    f = io.StringIO(newline="")
+    wr = csv.DictWriter(f, fieldnames=CSV_FIELDS, extrasaction="ignore")
+    wr.writeheader()
+    for r in rows:
+        wr.writerow({k: r.get(k, "") for k in CSV_FIELDS})
+    write_output(path, f.getvalue())  # only a regular file is replaced, atomically
 
 
 if __name__ == "__main__":

@@ -45,6 +45,8 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Optional
 
+from patterns.output import check_output_path
+
 RESULTS_DIR = Path(__file__).resolve().parent.parent / "benchmarks" / "results"
 SM90_SHARED_LIMIT = 232_448
 KERNELS = ("fwd", "dq", "dkdv", "dbias")
@@ -320,6 +322,7 @@ def main(argv: Optional[list[str]] = None) -> list[CompileResult]:
     lengths = [4096] + ([4000] if a.ragged else [])
     jobs = jobs_for(a.kernels, a.dtypes, a.head_dims, a.block_size, lengths, a.configs)
     out = Path(a.out) if a.out else RESULTS_DIR / f"compile-sm90-triton{triton.__version__}.csv"
+    check_output_path(out)  # a folder, a device, /proc, ...: refused with one line before compiling
     out.parent.mkdir(parents=True, exist_ok=True)
     print(f"compiling {len(jobs)} kernels for sm_90 with triton {triton.__version__} -> {out}", flush=True)
     results: list[CompileResult] = []
@@ -355,4 +358,7 @@ def main(argv: Optional[list[str]] = None) -> list[CompileResult]:
 
 
 if __name__ == "__main__":
-    main()
+    from patterns.errors import exit_on_input_error
+
+    with exit_on_input_error("python -m kernels.compile_report"):  # an --out it cannot write: one line, exit 2
+        main()

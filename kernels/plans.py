@@ -10,6 +10,12 @@ tensor is built once per layout and device and dies with the layout, so a layout
 with it. Each backend keeps its entries under its own keys in the per-layout dict that
 ``layout_plans`` returns.
 
+A plan is never stale: a `patterns.BlockLayout` is a value (it copies its mask and hands out
+copies), and if one of its index tensors is written in place all the same, ``index_on`` notices it
+by the tensor's version counter and builds the index again as new tensors, whose plans start
+empty. Plans of index tensors given to the custom ops directly (not through a layout) are keyed on
+their version counters as well (the fused kernel's work lists and checks, the Triton tile orders).
+
 ``clear_plan_caches()`` drops every plan of every layout (and the small shared tables below), so
 that the next call on any layout is a cold call: what a first call allocates and computes. What
 stays is the layout's own data (its mask and compact index, on each device it was asked for:
@@ -76,7 +82,7 @@ def cached_layouts() -> int:
 def check_layout_device(layout) -> None:
     """Refuse a layout whose mask holds no data (the ``meta`` device) with one line; a layout on the
     CPU or on a GPU is accepted by every backend (each reads its index where it runs)."""
-    if layout.block_mask.device.type == "meta":
+    if layout.device.type == "meta":
         raise ValueError(
             "layout.block_mask is on the meta device (no data): build the layout on the CPU or on the inputs' device"
         )

@@ -233,14 +233,13 @@ class TunedFile:
         return head + yaml.dump(self.to_dict(seal=True), Dumper=_Dumper, sort_keys=False, default_flow_style=None, width=110)
 
     def write(self, path: Union[str, Path], header: str = "") -> Path:
-        """Write `dumps` to ``path`` atomically (a temporary file beside it, then renamed): a reader
-        never sees a half-written file."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(self.dumps(header))
-        os.replace(tmp, path)
-        return path
+        """Write `dumps` to ``path`` atomically (`patterns.output.write_output`: a temporary file
+        beside it, then renamed; only a regular file is replaced): a reader never sees a
+        half-written file."""
+        from patterns.output import write_output
+
+        write_output(path, self.dumps(header))
+        return Path(path)
 
     @classmethod
     def from_dict(cls, data: Any, source: str = "<tuned>", verify: bool = True) -> "TunedFile":

@@ -52,7 +52,7 @@ def build_layout(
         sizes = {lay.block_size for lay in layouts}
         if len(sizes) != 1:
             raise ValueError(f"per-head patterns must share one block_size, got {sorted(sizes)}")
-        return BlockLayout(torch.stack([lay.block_mask for lay in layouts]), layouts[0].block_size, seq_len)
+        return BlockLayout._take(torch.stack([lay._mask for lay in layouts]), layouts[0].block_size, seq_len)
     if isinstance(pattern, PatternConfig):
         if block_size is not None and block_size != pattern.block_size:
             raise ValueError(f"block_size={block_size} contradicts PatternConfig.block_size={pattern.block_size}")

@@ -450,14 +450,12 @@ def build_guided_layout(config: GuidedConfig, seq_len: int, signal: torch.Tensor
             built = _graphed_select_and_index(config, seq_len, scores)
         if built is not None:
             mask, kv_counts, kv_indices, q_counts, q_indices = built
-            layout = BlockLayout(mask[0] if signal.dim() == 2 else mask, config.block_size, seq_len, config,
-                                 workspace=workspace)
-            layout._cache["index"] = (kv_counts, kv_indices, q_counts, q_indices)
-            return layout
+            return BlockLayout._take(mask[0] if signal.dim() == 2 else mask, config.block_size, seq_len, config,
+                                     workspace=workspace, index=(kv_counts, kv_indices, q_counts, q_indices))
     mask = guided_block_mask(config, seq_len, signal, check_nan=check_nan)
-    layout = BlockLayout(mask, config.block_size, seq_len, config, workspace=workspace)
+    layout = BlockLayout._take(mask, config.block_size, seq_len, config, workspace=workspace)
     with torch.no_grad(), _single_thread(mask.device):
-        layout.kv_counts  # the compact index, built now (every backend reads it), on one thread too
+        layout.index_on(mask.device)  # the compact index, built now (every backend reads it), on one thread too
     return layout
 
 

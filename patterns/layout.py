@@ -15,14 +15,24 @@ the index tensors always have a leading head dimension (1 when shared).
 
 from __future__ import annotations
 
+import contextlib
 import math
-from dataclasses import dataclass, field
 from typing import Any, Optional
 
 import torch
 
 
 __all__ = ["BlockLayout", "compact_index"]
+
+_HOME = "home"  # the key of a layout's index on its mask's own device
+
+
+def _ordinary_tensors():
+    """A context in which new tensors are ordinary ones (with a version counter), also inside
+    ``torch.inference_mode``, whose tensors have none; a no-op outside it and while compiling."""
+    if not torch.compiler.is_compiling() and torch.is_inference_mode_enabled():
+        return torch.inference_mode(False)
+    return contextlib.nullcontext()
 
 
 def _row_index(mask3: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -43,11 +53,10 @@ def compact_index(mask3: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torc
     return (*_row_index(mask3), *_row_index(mask3.transpose(-1, -2)))
 
 
-@dataclass(eq=False)
 class BlockLayout:
     """A block-sparse attention layout for one sequence length.
 
-    Attributes:
+    Attributes (read-only):
         block_mask: bool [nb, nb] (all heads) or [H, nb, nb] (per head); nb = ceil(seq_len / block_size).
         block_size: tile edge in tokens.
         seq_len: L; the last tile row/column is ragged when L % block_size != 0.
@@ -56,71 +65,131 @@ class BlockLayout:
             shares this dict (the CPU backend's K^T tiles). None: the backend keeps them with this
             layout object. Guided layouts, built afresh on every forward, share one per config, so
             a new layout does not pay a new buffer's first-touch page faults.
+
+    A layout is a value: it cannot change after it is built, so its compact index and every
+    backend's plan cached for it (``kernels.plans``) always describe the same tiles. The
+    constructor copies the mask it is given (a later in-place change of the caller's tensor does
+    not reach the layout), and ``block_mask``, ``mask3`` and the index properties hand out copies
+    (writing into one changes nothing the layout holds); ``block_size``, ``seq_len``, ``config``
+    and ``workspace`` cannot be reassigned. To change a layout, build a new one from the changed
+    mask: ``BlockLayout(mask, layout.block_size, layout.seq_len)``. The index tensors the backends
+    read (``index_on``) are the layout's own; if one of them is written in place all the same, the
+    next ``index_on`` (in eager mode) notices it by the tensor's version counter and rebuilds the
+    index from the mask, so that every backend still computes the layout's tiles. A layout's own
+    tensors are ordinary tensors even when it is built or first used under ``torch.inference_mode``
+    (the CPU backend keys its plans on their version counters).
     """
 
-    block_mask: torch.Tensor
-    block_size: int
-    seq_len: int
-    config: Optional[Any] = None  # a PatternConfig or a patterns.guided.GuidedConfig
-    _cache: dict = field(default_factory=dict, repr=False)
-    workspace: Optional[dict] = field(default=None, repr=False)
+    def __init__(
+        self,
+        block_mask: torch.Tensor,
+        block_size: int,
+        seq_len: int,
+        config: Optional[Any] = None,  # a PatternConfig or a patterns.guided.GuidedConfig
+        workspace: Optional[dict] = None,
+    ) -> None:
+        if not isinstance(block_mask, torch.Tensor):
+            raise ValueError(f"BlockLayout.block_mask must be a bool tensor, got {type(block_mask).__name__}")
+        with _ordinary_tensors():
+            # a layout lives where its mask was built (a guided layout: on its signal's device)
+            mask = block_mask.detach().clone(memory_format=torch.contiguous_format)
+        self._init(mask, block_size, seq_len, config, workspace)
 
-    def __post_init__(self) -> None:
-        bm = self.block_mask
-        if bm.dtype != torch.bool or bm.dim() not in (2, 3):
+    @classmethod
+    def _take(cls, mask: torch.Tensor, block_size: int, seq_len: int, config=None, workspace: Optional[dict] = None,
+              index: Optional[tuple[torch.Tensor, ...]] = None) -> "BlockLayout":
+        """A layout that takes ``mask`` (and, if given, its compact ``index``) without copying: for
+        builders whose tensors are fresh and referenced nowhere else (``patterns.guided``)."""
+        layout = cls.__new__(cls)
+        layout._init(mask.detach().contiguous(), block_size, seq_len, config, workspace)
+        if index is not None:
+            layout._store(_HOME, tuple(index))
+        return layout
+
+    def _init(self, mask: torch.Tensor, block_size: int, seq_len: int, config, workspace: Optional[dict]) -> None:
+        for name, value in (("block_size", block_size), ("seq_len", seq_len)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"BlockLayout.{name} must be a positive integer, got {value!r}")
+        if mask.dtype != torch.bool or mask.dim() not in (2, 3):
             raise ValueError("BlockLayout.block_mask must be a bool tensor [nb, nb] or [H, nb, nb]")
-        nb = math.ceil(self.seq_len / self.block_size)
-        if bm.shape[-1] != nb or bm.shape[-2] != nb:
+        nb = math.ceil(seq_len / block_size)
+        if mask.shape[-1] != nb or mask.shape[-2] != nb:
             raise ValueError(
-                f"BlockLayout.block_mask must be [{nb}, {nb}] for seq_len={self.seq_len}, "
-                f"block_size={self.block_size}; got {list(bm.shape)}"
+                f"BlockLayout.block_mask must be [{nb}, {nb}] for seq_len={seq_len}, "
+                f"block_size={block_size}; got {list(mask.shape)}"
             )
-        # a layout lives where its mask was built (a guided layout: on its signal's device)
-        self.block_mask = bm.detach().contiguous()
+        self._mask = mask
+        self._block_size, self._seq_len, self._config, self._workspace = block_size, seq_len, config, workspace
+        self._cache: dict = {}  # per device: (compact index, the version of each of its tensors)
+
+    # ---- the value (read-only) ----------------------------------------------------------------
+    @property
+    def block_mask(self) -> torch.Tensor:
+        """A copy of the layout's bool mask [nb, nb] or [H, nb, nb] (see the class docstring)."""
+        return self._mask.clone()
+
+    @property
+    def block_size(self) -> int:
+        return self._block_size
+
+    @property
+    def seq_len(self) -> int:
+        return self._seq_len
+
+    @property
+    def config(self) -> Optional[Any]:  # a PatternConfig or a patterns.guided.GuidedConfig
+        return self._config
+
+    @property
+    def workspace(self) -> Optional[dict]:
+        return self._workspace
 
     @property
     def device(self) -> torch.device:
         """Where ``block_mask`` and the compact index live (CPU for static layouts)."""
-        return self.block_mask.device
+        return self._mask.device
 
     # ---- shape -------------------------------------------------------------------------------
     @property
     def n_blocks(self) -> int:
-        return self.block_mask.shape[-1]
+        return self._mask.shape[-1]
 
     @property
     def num_heads(self) -> Optional[int]:
         """H for a per-head layout, None for one shared by all heads."""
-        return self.block_mask.shape[0] if self.block_mask.dim() == 3 else None
+        return self._mask.shape[0] if self._mask.dim() == 3 else None
 
     @property
     def mask3(self) -> torch.Tensor:
-        """block_mask with a leading head dimension (size 1 when shared)."""
-        return self.block_mask if self.block_mask.dim() == 3 else self.block_mask.unsqueeze(0)
+        """A copy of block_mask with a leading head dimension (size 1 when shared)."""
+        return self._mask3().clone()
+
+    def _mask3(self) -> torch.Tensor:
+        return self._mask if self._mask.dim() == 3 else self._mask.unsqueeze(0)
 
     # ---- token level ------------------------------------------------------------------------
     def token_mask(self) -> torch.Tensor:
         """bool [L, L] (or [H, L, L]): the exact pairs that attend; padding of the ragged tail excluded."""
         bs, L = self.block_size, self.seq_len
-        tok = self.block_mask.repeat_interleave(bs, dim=-1).repeat_interleave(bs, dim=-2)
+        tok = self._mask.repeat_interleave(bs, dim=-1).repeat_interleave(bs, dim=-2)
         return tok[..., :L, :L].contiguous()
 
     def tile_pairs(self) -> torch.Tensor:
         """Number of real (unpadded) token pairs in each tile, int64 [nb, nb] (on the layout's device)."""
         bs, L, nb = self.block_size, self.seq_len, self.n_blocks
-        sizes = torch.full((nb,), bs, dtype=torch.int64, device=self.block_mask.device)
+        sizes = torch.full((nb,), bs, dtype=torch.int64, device=self._mask.device)
         sizes[-1] = L - (nb - 1) * bs
         return sizes[:, None] * sizes[None, :]
 
     @property
     def computed_pairs(self) -> int:
         """Token pairs computed (summed over heads for a per-head layout)."""
-        return int((self.mask3.to(torch.int64) * self.tile_pairs()).sum())
+        return int((self._mask3().to(torch.int64) * self.tile_pairs()).sum())
 
     @property
     def density(self) -> float:
         """Fraction of the L x L pairs that are computed (mean over heads for a per-head layout)."""
-        heads = self.mask3.shape[0]
+        heads = self._mask3().shape[0]
         return self.computed_pairs / float(heads * self.seq_len * self.seq_len)
 
     @property
@@ -130,44 +199,80 @@ class BlockLayout:
 
     @property
     def is_full(self) -> bool:
-        return bool(self.block_mask.all())
+        return bool(self._mask.all())
 
     # ---- compact index for kernels -----------------------------------------------------------
+    def _store(self, key: str, index: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
+        """Keep ``index`` as the layout's index on device ``key``, as ordinary tensors, with the
+        version of each (so that an in-place write into one is noticed: ``_fresh``)."""
+        if not torch.compiler.is_compiling():
+            with _ordinary_tensors():
+                index = tuple(t.clone() if t.is_inference() else t for t in index)
+            self._cache[key] = (index, tuple(t._version for t in index))
+        else:
+            self._cache[key] = (index, None)
+        return index
+
+    def _fresh(self, key: str) -> Optional[tuple[torch.Tensor, ...]]:
+        """The index kept for device ``key`` if it is still as it was built; None if there is none
+        or one of its tensors was written in place since (eager mode only: under torch.compile the
+        kept index is used as it is, the version counter cannot be read in a graph)."""
+        entry = self._cache.get(key)
+        if entry is None:
+            return None
+        index, stamp = entry
+        if stamp is not None and not torch.compiler.is_compiling():
+            if any(t._version != v for t, v in zip(index, stamp)):
+                return None
+        return index
+
     def _index(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        if "index" not in self._cache:
-            self._cache["index"] = compact_index(self.mask3)
-        return self._cache["index"]
+        """The compact index on the mask's device (built once, from the layout's own mask)."""
+        index = self._fresh(_HOME)
+        if index is None:
+            with _ordinary_tensors():
+                index = self._store(_HOME, compact_index(self._mask3()))
+        return index
 
     @property
     def kv_counts(self) -> torch.Tensor:
-        return self._index()[0]
+        """A copy of the kept key blocks per query block row, int32 [H or 1, nb]."""
+        return self._index()[0].clone()
 
     @property
     def kv_indices(self) -> torch.Tensor:
-        return self._index()[1]
+        """A copy of the kept key blocks of each row, int32 [H or 1, nb, nb] (padded)."""
+        return self._index()[1].clone()
 
     @property
     def q_counts(self) -> torch.Tensor:
-        return self._index()[2]
+        """A copy of the kept query blocks per key block column, int32 [H or 1, nb]."""
+        return self._index()[2].clone()
 
     @property
     def q_indices(self) -> torch.Tensor:
-        return self._index()[3]
+        """A copy of the kept query blocks of each column, int32 [H or 1, nb, nb] (padded)."""
+        return self._index()[3].clone()
 
     def index_on(self, device: torch.device | str) -> tuple[torch.Tensor, ...]:
-        """(kv_counts, kv_indices, q_counts, q_indices) on ``device``, cached per device."""
+        """(kv_counts, kv_indices, q_counts, q_indices) on ``device``, cached per device: the
+        layout's own tensors, which the backends read and key their plans on (do not write them;
+        a write is undone at the next call, see the class docstring)."""
         device = torch.device(device)
         if device.type == "cuda" and device.index is None:
             device = torch.device("cuda", torch.cuda.current_device())
-        key = ("index", str(device))
-        if key not in self._cache:
-            self._cache[key] = tuple(t.to(device) for t in self._index())
-        return self._cache[key]
+        if device == self._mask.device:
+            return self._index()
+        key = str(device)
+        index = self._fresh(key)
+        if index is None:
+            index = self._store(key, tuple(t.to(device) for t in self._index()))
+        return index
 
     def fresh(self) -> "BlockLayout":
         """The same layout as a new object, without the index or any backend's cached plans and
         workspaces: a call on it is a cold call (what a first call on a new layout allocates)."""
-        return BlockLayout(self.block_mask, self.block_size, self.seq_len, self.config)
+        return BlockLayout._take(self._mask, self.block_size, self.seq_len, self.config)
 
     # ---- composition -------------------------------------------------------------------------
     def per_head(self, num_heads: int) -> "BlockLayout":
@@ -176,13 +281,14 @@ class BlockLayout:
             if self.num_heads != num_heads:
                 raise ValueError(f"layout has {self.num_heads} heads, asked for {num_heads}")
             return self
-        return BlockLayout(self.block_mask.expand(num_heads, -1, -1).clone(), self.block_size, self.seq_len, self.config)
+        mask = self._mask.expand(num_heads, -1, -1).clone()
+        return BlockLayout._take(mask, self.block_size, self.seq_len, self.config)
 
     def __or__(self, other: "BlockLayout") -> "BlockLayout":
         """Union of two layouts with the same geometry."""
         if (self.block_size, self.seq_len) != (other.block_size, other.seq_len):
             raise ValueError("can only unite layouts with the same block_size and seq_len")
-        return BlockLayout(self.block_mask | other.block_mask, self.block_size, self.seq_len)
+        return BlockLayout._take(self._mask | other._mask, self.block_size, self.seq_len)
 
     def __repr__(self) -> str:
         heads = "" if self.num_heads is None else f", heads={self.num_heads}"

@@ -70,6 +70,12 @@ our tables, no ``at_schema``) is refused with one line naming the command that u
 (``python -m autotune.upgrade --storage URL``, `upgrade_schema`), a newer one with one line saying
 that this code is too old for it (`SchemaError`, exit status 2 in every command).
 
+Another application's database. A database that has tables but neither Optuna's
+(`OPTUNA_SCHEMA_TABLES`) nor ours (``at_schema``, or at_ tables with our columns: written before the
+version row) is refused with one line before anything is written (`refuse_foreign`, called before
+our tables or Optuna's are created and when a database is opened), and `upgrade_schema` changes
+only a database whose at_ tables are ours.
+
 All of one trial's writes (its at_trials row update and its at_measurements rows) happen in one
 transaction (`Database.record_result`).
 
@@ -293,6 +299,10 @@ class SchemaError(StorageError):
         self.older = found < SCHEMA_VERSION
 
 
+class ForeignDatabaseError(StorageError):
+    """A database with tables that are neither Optuna's nor ours (`refuse_foreign`): left as it is."""
+
+
 def make_engine(url: str) -> Engine:
     kwargs: dict[str, Any] = {"future": True}
     if url.startswith("sqlite"):
@@ -369,6 +379,50 @@ def schema_version(conn: Any) -> Optional[int]:
     return conn.execute(select(SchemaVersion.version).where(SchemaVersion.id == 1)).scalar()
 
 
+# Optuna's RDB storage: these tables are always there once Optuna has created its schema
+OPTUNA_SCHEMA_TABLES = frozenset({"studies", "version_info", "alembic_version"})
+
+
+def _fits_our_tables(conn: Any, names: set) -> bool:
+    """Whether every at_ table in ``names`` is one of ours as an older version wrote it: a table
+    of `Base.metadata` whose columns are all the model's and include every non-nullable one (an
+    upgrade adds only nullable columns, so a table of ours always has those)."""
+    _all_tables()
+    insp = inspect(conn)
+    for name in (n for n in names if n.startswith(PREFIX)):
+        table = Base.metadata.tables.get(name)
+        if table is None:
+            return False
+        have = {c["name"] for c in insp.get_columns(name)}
+        model = {c.name for c in table.columns}
+        required = {c.name for c in table.columns if not c.nullable}
+        if not have <= model or not required <= have:
+            return False
+    return True
+
+
+def foreign_tables(conn: Any) -> Optional[list[str]]:
+    """The tables of a database that is neither new nor Optuna's nor ours (sorted), else None.
+    Ours: an ``at_schema`` table, or at_ tables that fit our models (`_fits_our_tables`, a
+    database written before the version row); Optuna's: `OPTUNA_SCHEMA_TABLES`. Only reads."""
+    names = set(inspect(conn).get_table_names())
+    if not names or SchemaVersion.__tablename__ in names or OPTUNA_SCHEMA_TABLES <= names:
+        return None
+    if any(n.startswith(PREFIX) for n in names) and _fits_our_tables(conn, names):
+        return None
+    return sorted(names)
+
+
+def refuse_foreign(conn: Any, url: str) -> None:
+    """`ForeignDatabaseError` (one line) if the database on ``conn`` belongs to another application
+    (`foreign_tables`): no command adds tables to it or changes it."""
+    tables = foreign_tables(conn)
+    if tables is not None:
+        shown = ", ".join(tables[:8]) + (f", ... ({len(tables)} tables)" if len(tables) > 8 else "")
+        raise ForeignDatabaseError(f"database {mask_url(url)} belongs to another application (tables: {shown}; "
+                                   "neither Optuna's nor autotune's): nothing was written; give a new or empty database")
+
+
 def check_schema(conn: Any, url: str) -> Optional[int]:
     """Raise `SchemaError` (one line) unless the database on ``conn`` is new or at `SCHEMA_VERSION`;
     returns its version (None: no tables of ours yet)."""
@@ -393,7 +447,9 @@ def create_schema(engine: Engine) -> None:
 
     def create() -> None:
         with engine.begin() as conn:
-            found = check_schema(conn, engine.url.render_as_string(hide_password=False))
+            url = engine.url.render_as_string(hide_password=False)
+            refuse_foreign(conn, url)  # another application's database: no table is added to it
+            found = check_schema(conn, url)
             if found == SCHEMA_VERSION:
                 Base.metadata.create_all(conn)  # tables of this version missing from it: nothing else
                 return
@@ -434,6 +490,10 @@ def upgrade_schema(url: str) -> tuple[Optional[int], int]:
             found = schema_version(conn)
             if found is None:
                 raise StorageError(f"database {mask_url(url)} holds no autotune tables: nothing to upgrade")
+            if found == UNVERSIONED and not _fits_our_tables(conn, set(inspect(conn).get_table_names())):
+                # at_ names but not our tables (no at_schema row to prove them ours): not ours to change
+                raise ForeignDatabaseError(f"database {mask_url(url)} has tables named like autotune's but not "
+                                           "autotune's (no at_schema row, other columns): not upgraded, nothing written")
             if found > SCHEMA_VERSION:
                 check_schema(conn, url)
             for v in range(found, SCHEMA_VERSION):
@@ -455,6 +515,8 @@ def create_optuna_storage(url: str, engine_kwargs: Optional[dict] = None, **opti
 
     engine = make_engine(url)
     try:
+        with engine.connect() as conn:
+            refuse_foreign(conn, url)  # another application's database: Optuna adds no table to it
         with schema_lock(engine):
             return retry_creation(lambda: optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs or {}, **options),
                                   "create Optuna's tables")
@@ -478,6 +540,7 @@ class Database:
                 create_schema(self.engine)
             else:  # readers: nothing is written; another version is refused (`check_schema`)
                 with self.engine.connect() as conn:
+                    refuse_foreign(conn, url)
                     check_schema(conn, url)
         except BaseException:
             self.engine.dispose()

@@ -31,10 +31,10 @@ from __future__ import annotations
 
 import datetime as dt
 import os
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 from patterns.errors import InputError
-
+from patterns.output import write_output
 
 from kernels.tuned import FORMAT, TunedFile, kernel_fingerprint
 
@@ -97,11 +97,31 @@ def _g(c: Any, k: str) -> Any:
     return c.get(k) if isinstance(c, dict) else getattr(c, k, None)
 
 
-def open_study(study: str, storage: str, *, log) -> Any:
+def running_trials(db, study: str, alive: Optional[Callable[[Any], bool]] = None) -> int:
+    """How many of ``study``'s trials are being measured now: in state RUNNING, of a run (an
+    ``at_runs`` row) that has not ended and whose driver ``alive(run)`` says may still be working
+    (None: every run that has not ended). A trial left RUNNING by a driver that died is not
+    counted: it will not finish, and the next search settles it."""
+    from sqlalchemy import select
+
+    from .db import Run, TrialRow
+
+    with db.Session() as s:
+        runs = s.scalars(select(Run).join(TrialRow, TrialRow.run_id == Run.id).where(
+            TrialRow.study_name == study, TrialRow.state == "RUNNING", Run.ended_at.is_(None))).all()
+        counts = {r.id: 0 for r in runs}
+        for rid in s.scalars(select(TrialRow.run_id).where(TrialRow.study_name == study, TrialRow.state == "RUNNING")):
+            if rid in counts:
+                counts[rid] += 1
+        return sum(counts[r.id] for r in runs if alive is None or alive(r))
+
+
+def open_study(study: str, storage: str, *, log, alive: Optional[Callable[[Any], bool]] = None) -> Any:
     """The study's `results.verdict.StudyData`, restricted to the trials Optuna's study holds now
     (raises ExportError: no database file, no autotune tables, no such study, a study Optuna's
-    storage no longer holds, no complete trial). Rows left by a deleted study of the same name are
-    removed first (``log`` says so)."""
+    storage no longer holds, trials still running (`running_trials`, with ``alive``: a search that
+    has not ended; nothing is written or measured then), no complete trial). Rows left by a deleted
+    study of the same name are removed first (``log`` says so)."""
     from sqlalchemy import inspect
 
     from .db import Database, TrialRow
@@ -118,6 +138,10 @@ def open_study(study: str, storage: str, *, log) -> Any:
             raise ExportError(f"study {study!r} does not exist in {mask_url(storage)} "
                               f"(studies there: {', '.join(studies) if studies else 'none'})")
         _check_live(db, study, storage, studies)
+        running = running_trials(db, study, alive)
+        if running:
+            raise ExportError(f"study {study!r}: {running} trial{'s' if running != 1 else ''} still running; export "
+                              "again when the search ends (nothing was measured or written)")
         gone = db.drop_orphans(study)  # rows of an earlier study of this name: never cited
         if gone:
             log(f"removed {gone.text()} (left by a deleted study)")
@@ -281,15 +305,18 @@ def _r(x: Optional[float]) -> Optional[float]:
 
 
 def write(doc: dict[str, Any], storage: str, out: str) -> None:
-    """Write ``doc`` to ``out`` (YAML with a comment head; through a temporary file, so a failed
-    write leaves no half file) and record each bucket's choice in ``at_tuned``."""
+    """Write ``doc`` to ``out`` (YAML with a comment head, by `patterns.output.write_output`: a
+    temporary file beside it renamed over it, so a failed write leaves the old file and no half
+    one; only a regular file is replaced, a link is written through) and record each bucket's
+    choice in ``at_tuned``."""
     from .db import Database, Tuned
 
     study = doc["study"]
     # one schema object (kernels.tuned.TunedFile) for the file: the document is validated as the
     # reader will read it (a file the loader would refuse is never written), then written atomically
-    TunedFile.from_dict(doc, str(out)).write(out, header=f"Tuned sparse attention patterns, exported from study "
-                                             f"{study!r}.\nRule: {RULE}.\nRead with kernels.load_tuned(path).")
+    text = TunedFile.from_dict(doc, str(out)).dumps(header=f"Tuned sparse attention patterns, exported from study "
+                                                    f"{study!r}.\nRule: {RULE}.\nRead with kernels.load_tuned(path).")
+    write_output(out, text)
     db = Database(storage)
     try:
         with db.session() as s:

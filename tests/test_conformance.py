@@ -403,3 +403,89 @@ def test_engine_matches_reference(engine: Engine, case: Case):
         # a bias with a head dimension gets each head's pairs; one shared by the heads, their union
         outside = ~tm if db.dim() >= 3 and db.shape[-3] == case.H else ~tm.any(0)
         assert (db[outside.expand(db.shape)] == 0).all(), f"{what}: dbias nonzero at a pair the layout does not compute"
+
+
+# ---- a layout is a value: in-place changes after the first call ----------------------------------
+# Each change is tried after a first call (forward and backward) has built the layout's index and
+# every backend's plan for it. A layout copies its mask and hands out copies, so none of them may
+# change what any backend computes: every engine must still agree with the reference on the mask
+# the layout was built from (no backend on a stale index while another reads a new mask).
+INPLACE_CHANGES = {
+    "caller-mask-filled": lambda mask, lay: mask.fill_(True),
+    "caller-mask-cleared": lambda mask, lay: mask.fill_(False),
+    "block-mask-item-set": lambda mask, lay: lay.block_mask.__setitem__((0, -1), True),
+    "mask3-cleared": lambda mask, lay: lay.mask3.fill_(False),
+    "kv-counts-zeroed": lambda mask, lay: lay.kv_counts.zero_(),
+    "backend-index-written": lambda mask, lay: [t.zero_() for t in lay.index_on("cpu")],
+}
+_INPLACE_ENGINES = [e for e in ENGINES if e.device == "cpu" and e.name != "auto"]
+
+
+def _inplace_params():
+    for e in _INPLACE_ENGINES:
+        for change in INPLACE_CHANGES:
+            slow = e.quick is not None  # the compiled / interpreted engines: slow
+            yield pytest.param(e, change, id=f"{e.name}-{change}", marks=[pytest.mark.slow] if slow else [])
+
+
+@pytest.mark.parametrize("engine,change", list(_inplace_params()))
+def test_an_in_place_change_after_a_call_changes_no_backends_answer(engine: Engine, change: str):
+    reason = engine.skip()
+    if reason:
+        pytest.skip(reason)
+    case = Case("inplace", 60, 16, "random", bias="BHLL")
+    seed = _seed(engine, case) ^ zlib.crc32(change.encode())
+    what = f"{engine.name} after {change} (CONFORMANCE_SEED={RUN_SEED}, case seed {seed})"
+    x = _inputs(case, engine, seed)
+    nb = -(-case.L // case.block_size)
+    gen = torch.Generator().manual_seed(seed)
+    mask = (torch.rand(case.H, nb, nb, generator=gen) < 0.5) | torch.eye(nb, dtype=torch.bool)
+    mask[:, 0, -1] = False  # the tile "block-mask-item-set" would add
+    mask[1, 2, :] = False   # and an empty row in head 1
+    built_from = mask.clone()
+    layout = BlockLayout(mask, case.block_size, case.L)
+    leaves = [engine.grads] * 4
+
+    def run():
+        ins = [t.detach().clone().requires_grad_(engine.grads) for t in (x.q, x.k, x.v, x.bias)]
+        out = sparse_attention(*ins[:3], layout, ins[3], backend=engine.backend)
+        grads = torch.autograd.grad(out, ins, x.grad_out) if engine.grads else ()
+        return out, grads
+
+    run()  # builds the index and the backend's plans for this layout
+    INPLACE_CHANGES[change](mask, layout)
+    assert torch.equal(layout.block_mask, built_from), f"{what}: the layout's mask changed"
+    out, grads = run()
+    snapshot = Inputs(x.q, x.k, x.v, x.bias, BlockLayout(built_from, case.block_size, case.L), x.grad_out)
+    want, want_grads = _expected(engine, snapshot, None, leaves)
+    _close(out, want, engine.atol, engine.rtol, f"{what} forward")
+    for name, got, exp in zip(("dq", "dk", "dv", "dbias"), grads, want_grads):
+        _close(got, exp, engine.atol * max(1.0, float(exp.abs().max())), engine.rtol, f"{what} {name}")
+
+
+def test_a_layout_refuses_reassigned_fields_and_keeps_its_own_copy():
+    """The fields a layout's caches depend on cannot be reassigned; its tensors are its own."""
+    mask = torch.eye(4, dtype=torch.bool)
+    layout = BlockLayout(mask, 16, 60)
+    for name, value in (("block_mask", torch.ones(4, 4, dtype=torch.bool)), ("block_size", 32), ("seq_len", 64)):
+        with pytest.raises(AttributeError):
+            setattr(layout, name, value)
+    assert layout.block_mask.data_ptr() != mask.data_ptr()
+    assert layout.block_mask.data_ptr() != layout.block_mask.data_ptr()  # a copy on every read
+    assert layout.kv_counts.data_ptr() != layout.index_on("cpu")[0].data_ptr()
+
+
+def test_a_layout_built_under_inference_mode_runs_on_every_cpu_engine():
+    """Tensors made under ``torch.inference_mode`` have no version counter; a layout's own index
+    is an ordinary tensor all the same (the CPU backend keys its plans on it)."""
+    g = torch.Generator().manual_seed(RUN_SEED)
+    q, k, v = (torch.randn(1, 2, 60, 16, generator=g) for _ in range(3))
+    bias = torch.randn(1, 2, 60, 60, generator=g)
+    with torch.inference_mode():
+        static = build_layout(PatternConfig(16, window=16, num_global=2), 60)
+        guided = build_layout(GuidedConfig(16, keep=0.4), 60, signal=bias)
+        for layout in (static, guided):
+            want = reference_attention(q.double(), k.double(), v.double(), layout, bias.double())
+            for backend in ("cpu", "dense"):
+                got = sparse_attention(q, k, v, layout, bias, backend=backend)
+                _close(got, want, 2e-5, 1e-4, f"{backend} under inference_mode (CONFORMANCE_SEED={RUN_SEED})")

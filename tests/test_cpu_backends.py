@@ -229,7 +229,7 @@ def test_cpu_engines_read_a_layouts_mask_once_not_per_call(engine):
     call. Simulated on a CPU-only machine by a mask that counts reads (exact answers checked)."""
     seed = _seed()
     q, k, v, bias, lay = _case(seed, dtype=torch.float32 if engine == "fused" else torch.float64)
-    lay.block_mask = lay.block_mask.as_subclass(_CountingMask)  # after __post_init__, which copies it
+    lay._mask = lay._mask.as_subclass(_CountingMask)  # the layout's own mask (its constructor copies)
     run = (lambda: sparse_attention(q, k, v, lay, bias, backend="cpu")) if engine == "fused" else (
         lambda: bucket_sparse_attention(q, k, v, lay, bias))
     first = run()

@@ -27,7 +27,8 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from patterns import GuidedConfig, PatternConfig
-from patterns.errors import InputError, report_input_error
+from patterns.errors import InputError, exit_on_input_error, report_input_error
+from patterns.output import check_output_path, write_output
 
 from . import (
     ACCURACY_METRICS,
@@ -278,14 +279,7 @@ def _run_guided(args) -> int:
 
 
 def _write_json(path: str, doc: dict) -> None:
-    """Write ``doc``; a failure the up-front check (`_check_out`) could not foresee (a full disk, a
-    folder removed meanwhile) is one line (`_UsageError`), not a traceback."""
-    out = Path(path)
-    try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(doc, indent=2) + "\n")
-    except OSError as exc:
-        raise _UsageError(f"--json: cannot write {path}: {exc.strerror or exc}") from None
+    write_output(path, json.dumps(doc, indent=2) + "\n")  # only a regular file is replaced, atomically
 
 
 def _deployed_plan(tuned, buckets: list[int], max_chains: Optional[int]) -> dict[int, dict]:
@@ -494,6 +488,12 @@ def run(argv: Optional[Sequence[str]] = None) -> int:
     """The command line (module docstring): 0 on success, 2 on bad input (one line on stderr)."""
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="warning: %(message)s", stream=sys.stderr)
+    try:  # --json / --png that cannot be written (a folder, a device, /proc, ...): refused before any work
+        for out in (args.json, args.png):
+            if out:
+                check_output_path(out)
+    except InputError as exc:
+        return report_input_error(exc)
     if args.guided:
         return _run_guided(args)
     try:
@@ -513,7 +513,8 @@ def run(argv: Optional[Sequence[str]] = None) -> int:
 
 
 def main() -> None:
-    sys.exit(run())
+    with exit_on_input_error():  # a write that fails late (a full disk): one line, exit status 2
+        sys.exit(run())
 
 
 if __name__ == "__main__":

@@ -6,6 +6,8 @@ from pathlib import Path
 from typing import Optional
 
 
+from patterns.output import save_figure
+
 from .contacts import RANGES, contact_pairs
 from .metrics import layout_and_token_mask
 from .structures import Chain
@@ -105,7 +107,6 @@ def _save(fig, plt, path) -> Path:
     """Lay out, write the PNG (creating its folder) and close ``fig``; returns the path."""
     fig.tight_layout()
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
+    save_figure(fig, path)  # only a regular file is replaced, atomically (patterns.output)
     plt.close(fig)
     return path

@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import io
 import os
 import re
 import sys
@@ -55,6 +56,7 @@ import torch
 
 from kernels.measure import Timing, is_oom, measure_time, peak_memory, release_memory, timer_method
 from patterns import PatternConfig, build_layout, pattern_for_sparsity, pattern_label
+from patterns.output import check_output_path, write_output
 
 from models.evoformer import EvoformerAttention, EvoformerBlock, cached_layout
 from .passes import PASS_MODES, block_pass
@@ -351,6 +353,7 @@ def run_evoformer_bench(
     path = None
     if csv_path is not False:
         path = Path(csv_path) if csv_path else Path("benchmarks") / "results" / f"evoformer-{st.tag}.csv"
+        check_output_path(path)  # a folder, a device, /proc, ...: refused before any measurement
     rows: list[dict] = []
     try:
         for L in st.lengths:
@@ -364,12 +367,12 @@ def run_evoformer_bench(
 
 
 def _write_csv(path: Path, rows: list[dict]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=CSV_FIELDS)
-        writer.writeheader()
-        for r in rows:
-            writer.writerow({k: (f"{v:.4f}" if isinstance(v, float) else v) for k, v in r.items()})
+    f = io.StringIO(newline="")
+    writer = csv.DictWriter(f, fieldnames=CSV_FIELDS)
+    writer.writeheader()
+    for r in rows:
+        writer.writerow({k: (f"{v:.4f}" if isinstance(v, float) else v) for k, v in r.items()})
+    write_output(path, f.getvalue())  # only a regular file is replaced, atomically (patterns.output)
 
 
 def format_table(rows: list[dict]) -> str:

@@ -5,7 +5,9 @@ Options: ``--study NAME`` (default: the study of the latest search run), ``--out
 ``--storage`` (default the search's; a plain path is a SQLite file). The targets are the study's
 own (the space's ``targets`` section), the same the search and the export used: the report takes
 no thresholds of its own. Exit status: 0 written; 2 the database is missing or empty or the study
-is unknown (one line on stderr, nothing written).
+is unknown, or ``--out`` / ``--plots-dir`` cannot be written (a folder, a device, a FIFO, a path below
+a file, ``/proc``: one line on stderr, nothing written). The report replaces only a regular file,
+atomically, and writes through a link (`patterns.output`).
 """
 
 from __future__ import annotations
@@ -13,9 +15,11 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from pathlib import Path
 from typing import Optional
 
 from patterns.errors import InputError, run_command
+from patterns.output import check_output_path
 
 from results.artifacts import ARTIFACTS_HELP
 from results.storage import STORAGE_HELP
@@ -46,6 +50,9 @@ def _report(args: argparse.Namespace, argv: list[str]) -> int:
     check_argv(argv)
     if args.study is not None:
         check_study_name(args.study, "--study")
+    check_output_path(args.out)  # a folder, a device, /proc, ...: refused before anything is read or drawn
+    plots_dir = args.plots_dir or str(Path(args.out).with_name(Path(args.out).stem + "_files"))
+    check_output_path(os.path.join(plots_dir, "figure.png"))
     storage = resolve_storage(args.storage, "read")
     artifacts = artifact_dir(args.artifacts, args.out)
     try:
@@ -60,7 +67,7 @@ def _report(args: argparse.Namespace, argv: list[str]) -> int:
         if line is None:
             raise
         raise ReportError(f"cannot read --storage: {line} (a damaged database file?)") from None
-    text, figures = build_report(data, args.out, args.plots_dir, argv=argv)
+    text, figures = build_report(data, args.out, args.plots_dir, argv=argv)  # OutputPathError (a full disk): one line
     print(f"{PROG}: wrote {args.out} ({len(text.splitlines())} lines, {len(figures)} figure(s))", file=sys.stderr)
     if data.study is not None:  # the report and its figures, linked to the study it reports
         upload_and_say(PROG, storage.url, data.study, [args.out, *map(str, figures)], artifacts)

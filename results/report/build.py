@@ -38,6 +38,7 @@ from typing import Any, Iterable, Optional
 from results.storage import mask_url
 
 from patterns import pattern_label
+from patterns.output import write_output
 from . import plots
 from .data import ReportData
 from .targets import describe
@@ -888,6 +889,5 @@ def build_report(data: ReportData, out: Path, plots_dir: Optional[Path] = None,
     plots_dir = Path(plots_dir) if plots_dir else out.with_name(out.stem + "_files")
     rep = Report(data, out, plots_dir, argv)
     text = rep.build()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(text)
+    write_output(out, text)  # only a regular file is replaced, atomically (patterns.output)
     return text, rep.figures

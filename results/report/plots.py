@@ -5,6 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
+from patterns.output import save_figure
+
 
 def _plt():
     import matplotlib
@@ -43,8 +45,7 @@ def speedup_vs_length(series: dict[tuple[str, str], dict[float, list[tuple[int, 
         ax.legend(fontsize=7)
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
+    save_figure(fig, path)  # only a regular file is replaced, atomically (patterns.output)
     plt.close(fig)
     return path
 
@@ -87,8 +88,7 @@ def pareto_by_bucket(points: dict[int, Sequence[dict[str, Any]]], path: Path, *,
         ax.legend(fontsize=6)
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
+    save_figure(fig, path)  # only a regular file is replaced, atomically (patterns.output)
     plt.close(fig)
     return path
 
@@ -121,7 +121,6 @@ def layout(pattern: dict[str, Any], seq_len: int, path: Path, title: str) -> Pat
     ax.legend(handles=[Patch(color="#1f4e79", label="computed tile"), Patch(color="#f2f2f2", label="skipped tile")],
               loc="upper center", bbox_to_anchor=(0.5, -0.1), ncol=2, fontsize=7, frameon=False)
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
+    save_figure(fig, path)  # only a regular file is replaced, atomically (patterns.output)
     plt.close(fig)
     return path
