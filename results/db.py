@@ -387,7 +387,6 @@ def _fits_our_tables(conn: Any, names: set) -> bool:
     """Whether every at_ table in ``names`` is one of ours as an older version wrote it: a table
     of `Base.metadata` whose columns are all the model's and include every non-nullable one (an
     upgrade adds only nullable columns, so a table of ours always has those)."""
-    _all_tables()
     insp = inspect(conn)
     for name in (n for n in names if n.startswith(PREFIX)):
         table = Base.metadata.tables.get(name)

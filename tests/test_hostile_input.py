@@ -295,11 +295,11 @@ def test_other_commands_refuse_arguments_that_are_not_utf8(tmp_path, capsys, com
 @pytest.mark.parametrize("argv,words", [
     (["--buckets", "100000000"], "--buckets: bucket 100000000 is above 65536"),
     (["--buckets", "256,65537"], "--buckets: bucket 65537 is above 65536"),
-    (["--json", "/proc/version"], "--json: /proc/version is not a regular file"),
-    (["--json", "{tmp}"], "is a directory, not a file"),
+    (["--json", "/proc/version"], "--json: cannot write /proc/version"),
+    (["--json", "{tmp}"], "it is a folder"),
     (["--json", "{tmp}/file/below.json"], "cannot write"),
     (["--png", "{tmp}"], "--png: "),
-    (["--guided", "--json", "/proc/version"], "--json: /proc/version is not a regular file"),
+    (["--guided", "--json", "/proc/version"], "--json: cannot write /proc/version"),
     (["--guided", "--seed", "-1"], "--seed must be in [0, 4294967295], got -1"),
     (["--guided", "--seed", "100000000000000000000000"], "--seed must be in [0, 4294967295]"),
 ])

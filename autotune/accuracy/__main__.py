@@ -73,35 +73,15 @@ def _parse_buckets(text: str) -> list[int]:
 
 
 def _check_out(path: Optional[str], flag: str) -> None:
-    """An output path that can be written, checked before the evaluation: not a directory, device or
-    other special file, not an unwritable file, in a folder (or below a path) that is one."""
+    """An output path that can be written, checked before the evaluation by the one output-path
+    policy of every command (`patterns.output.check_output_path`: a regular file or a new one in a
+    writable folder; a folder, device, FIFO, /proc, a path below a file refused), named by its flag."""
     if not path:
         return
-    import os
-    import stat
-
-    p = Path(path)
     try:
-        st = os.stat(p)
-    except FileNotFoundError:
-        st = None
-    except OSError as exc:  # below a regular file (ENOTDIR), a loop, ...
-        raise _UsageError(f"{flag}: cannot write {path}: {exc.strerror or exc}") from None
-    if st is not None:
-        if stat.S_ISDIR(st.st_mode):
-            raise _UsageError(f"{flag}: {path} is a directory, not a file")
-        if not stat.S_ISREG(st.st_mode) or str(p.resolve()).startswith(("/proc/", "/sys/", "/dev/")):
-            raise _UsageError(f"{flag}: {path} is not a regular file (refused: nothing is written there)")
-        if not os.access(p, os.W_OK):
-            raise _UsageError(f"{flag}: {path} is not writable")
-        return
-    parent = p.parent
-    while not parent.exists() and parent != parent.parent:
-        parent = parent.parent  # _write_json creates the missing folders below the first existing one
-    if not parent.is_dir():
-        raise _UsageError(f"{flag}: cannot write {path}: {parent} is not a folder")
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise _UsageError(f"{flag}: cannot write {path}: {parent} is not writable")
+        check_output_path(path)
+    except InputError as exc:
+        raise _UsageError(f"{flag}: {exc}") from None
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -489,9 +469,8 @@ def run(argv: Optional[Sequence[str]] = None) -> int:
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="warning: %(message)s", stream=sys.stderr)
     try:  # --json / --png that cannot be written (a folder, a device, /proc, ...): refused before any work
-        for out in (args.json, args.png):
-            if out:
-                check_output_path(out)
+        _check_out(args.json, "--json")
+        _check_out(args.png, "--png")
     except InputError as exc:
         return report_input_error(exc)
     if args.guided:
