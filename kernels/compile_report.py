@@ -126,7 +126,14 @@ def _kernel_args(job: CompileJob) -> tuple[object, dict[str, object], dict[str, 
     ptr.update({n: "*fp32" for n in ("Lse", "Delta")})
     ptr.update({n: "*i32" for n in ("KVCounts", "KVIndices", "QCounts", "QIndices", "TileOrder")})
     # bias [1, H, L, L] shared by the batch
-    ints = dict(stride_bias_b=0, stride_bias_h=L * L, stride_bias_m=L, stride_bias_n=1,
+    ints: dict[str, int] = {}
+    # q, k, v, o and their gradients as the EvoFormer modules produce them: [B, L, H, D] memory read
+    # as [B, H, L, D] through strides (batch L*H*D, head D, row H*D)
+    D = job.head_dim
+    for t in ("q", "k", "v", "o", "do", "dq", "dk", "dv"):
+        ints.update({f"stride_{t}b": L * H * D, f"stride_{t}h": D, f"stride_{t}m": H * D})
+    ints.update(stride_kn=H * D, stride_vn=H * D, stride_dkn=H * D, stride_dvn=H * D)
+    ints.update(stride_bias_b=0, stride_bias_h=L * L, stride_bias_m=L, stride_bias_n=1,
                 stride_db_b=0, stride_db_h=L * L, B=B, H=H, L=L, NB=nb, LAYOUT_HEAD_STRIDE=0)
     floats = dict(qk_scale=0.25, sm_scale=0.17)
     if job.kernel == "fwd":
@@ -245,6 +252,7 @@ def jobs_for(kernels: list[str], dtypes: list[str], head_dims: list[int], block_
 
     from .config import (  # noqa: PLC0415
         KERNEL_TILES, KernelConfig, candidate_backward_configs, candidate_configs, default_backward_config,
+        default_forward_config,
     )
 
     out = []
@@ -257,7 +265,7 @@ def jobs_for(kernels: list[str], dtypes: list[str], head_dims: list[int], block_
                             if block_size % bm == 0 and block_size % bn == 0 and (kern == "fwd" or bm >= bn)
                             for w in (4, 8) if w == 4 or bm * bn >= 64 * 64 for s in (1, 2, 3)]
                 elif which == "defaults":
-                    cfgs = [KernelConfig().for_block(block_size) if kern == "fwd"
+                    cfgs = [default_forward_config(block_size, d, tdt) if kern == "fwd"
                             else default_backward_config(block_size, d, tdt)]
                 elif kern == "fwd":
                     cfgs = candidate_configs(block_size, d, tdt, exclude_spilling=False)

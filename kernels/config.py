@@ -235,6 +235,53 @@ def candidate_backward_configs(block_size: int, head_dim: int | None = None, dty
     return _candidates("bwd", BACKWARD_KERNELS, block_size, head_dim, dtype, exclude_spilling, True)
 
 
+# ------------------------------------------------------------------------------------------------
+# default launch configs: measured winners first, then a pipelined preference
+# ------------------------------------------------------------------------------------------------
+# The fastest forward config measured on a GPU per (layout block size, padded head dim, dtype
+# group "16" = bf16/fp16 or "32" = float32): the committed H200 kernel benchmark
+# (benchmarks/results/NVIDIA-H200.csv, Triton 3.6, bf16, head dim 32, block 64: the fastest of the
+# four configs tried in every one of its 16 Triton rows, MSA row L = 4096 and triangle L = 2048 at
+# 0-91% sparsity, forward and forward+backward).
+MEASURED_FORWARD: dict[tuple[int, int, str], "KernelConfig"] = {
+    (64, 32, "16"): KernelConfig(64, 64, 4, 3),
+}
+
+# preference order of the default forward config where nothing was measured: 3 stages first (on
+# sm_90 the K/V loop is software-pipelined only from 3 stages on: TTGIR ``async_wait`` > 0 and
+# ``num_stages - 1`` K/V buffers in the compile report; 2 stages give one buffer and wait 0), the
+# first that fits the layout block, shared memory and does not spill is used
+FORWARD_PREFERENCE: tuple[KernelConfig, ...] = (
+    KernelConfig(64, 64, 4, 3),
+    KernelConfig(64, 64, 8, 3),
+    KernelConfig(64, 32, 4, 3),
+    KernelConfig(32, 32, 4, 3),
+    KernelConfig(32, 16, 4, 3),
+    KernelConfig(16, 16, 4, 3),
+    KernelConfig(64, 64, 4, 2),
+    KernelConfig(32, 32, 4, 2),
+)
+
+
+@functools.lru_cache(maxsize=512)  # called on every Triton call without config: a pure function
+def default_forward_config(block_size: int, head_dim: int | None = None, dtype: DtypeLike = None) -> KernelConfig:
+    """The forward launch config used when none is given (and no tuned file names one): the measured
+    winner of ``MEASURED_FORWARD`` for (block size, padded head dim, dtype group) when there is
+    one, else the first of ``FORWARD_PREFERENCE`` that ``candidate_configs`` offers for this block
+    size, head dim and dtype, else the first config it offers."""
+    group = "32" if _elem_bytes(dtype) == 4 else "16"
+    measured = MEASURED_FORWARD.get((block_size, _d_pad(head_dim if head_dim is not None else 64), group))
+    if measured is not None:
+        return measured
+    offered = candidate_configs(block_size, head_dim, dtype)
+    for cfg in FORWARD_PREFERENCE:
+        if cfg in offered:
+            return cfg
+    if offered:
+        return offered[0]
+    return KernelConfig(16, 16, 4, 1)  # nothing offered (cannot happen for supported shapes): smallest
+
+
 # preference order of the default backward config (the first that fits the block and neither
 # overflows shared memory nor spills is used)
 BACKWARD_PREFERENCE: tuple[KernelConfig, ...] = (

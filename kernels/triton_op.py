@@ -39,8 +39,15 @@ import torch
 from patterns import BlockLayout
 
 from .backends import TRITON_DTYPES, TRITON_HEAD_DIMS
-from .config import SHARED_MEMORY_LIMIT, KernelConfig, default_backward_config, fit_stages, shared_memory_bytes
-from .opdefs import declare_attention_ops
+from .config import (
+    SHARED_MEMORY_LIMIT,
+    KernelConfig,
+    default_backward_config,
+    default_forward_config,
+    fit_stages,
+    shared_memory_bytes,
+)
+from .opdefs import declare_attention_ops, empty_in_order_of, rows_in_place
 from .plans import layout_plans
 from .reference import resolve_scale
 from .triton_kernels import (
@@ -93,14 +100,6 @@ def _stages(kernel: str, dtype: torch.dtype, block_m: int, block_n: int, head_di
     (``config.shared_memory_bytes``, an upper bound checked against sm_90 compilations) fits
     ``limit``; configs offered by ``candidate_configs`` are never lowered on an H100 / H200."""
     return fit_stages(kernel, _elem_bytes(dtype), block_m, block_n, _d_pad(head_dim), num_stages, limit)
-
-
-def _check_fits(q: torch.Tensor, cfg: KernelConfig, bcfg: KernelConfig) -> None:
-    """On a GPU, a launch config that needs more shared memory than the device has even at one
-    stage is refused with one line (instead of Triton's OutOfResources at launch)."""
-    if not q.is_cuda:
-        return
-    _check_fits_on(q.device, q.dtype, q.shape[-1], cfg, bcfg)
 
 
 @functools.lru_cache(maxsize=512)  # per call otherwise: four shared-memory bounds in Python
@@ -174,25 +173,54 @@ def _common(q: torch.Tensor, kv_counts: torch.Tensor, block_size: int):
     return B, H, L, D, nb, layout_head_stride, consts
 
 
-def _fwd_impl(q, k, v, bias, kv_counts, kv_indices, block_size, scale, block_m, block_n, num_warps, num_stages):
-    q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
-    kv_counts, kv_indices = kv_counts.contiguous(), kv_indices.contiguous()
-    B, H, L, D, nb, lhs, consts = _common(q, kv_counts, block_size)
-    out = torch.empty_like(q)
-    lse = torch.empty((B, H, L), dtype=torch.float32, device=q.device)
+_rows = rows_in_place
+
+
+def _s3(t: torch.Tensor) -> tuple[int, int, int]:
+    """(batch, head, row) strides of a [B, H, L, D] tensor."""
+    s = t.stride()
+    return s[0], s[1], s[2]
+
+
+@functools.lru_cache(maxsize=512)
+def _fwd_launch(B: int, H: int, L: int, D: int, dtype: torch.dtype, device: torch.device, block_size: int,
+                nb: int, lh: int, block_m: int, block_n: int, num_warps: int, num_stages: int, has_bias: bool):
+    """What a forward launch needs besides the tensors, computed once per (shape, dtype, device,
+    layout geometry, config): (grid, launch constants)."""
     n_tiles = (nb * block_size) // block_m
+    consts = dict(
+        HEAD_DIM=D, D_PAD=_d_pad(D), BLOCK_SIZE=block_size, EVEN_L=(L % block_size == 0), EVEN_D=(D == _d_pad(D)),
+        PREC=_prec(dtype), BLOCK_M=block_m, BLOCK_N=block_n, NB_PAD=_nb_pad(nb), HAS_BIAS=has_bias,
+        num_warps=num_warps, num_stages=_stages("fwd", dtype, block_m, block_n, D, num_stages, _shared_limit(device)),
+    )
+    return (n_tiles * B * H,), n_tiles, 1 if lh > 1 else 0, consts
+
+
+def _fwd_impl(q, k, v, bias, kv_counts, kv_indices, block_size, scale, block_m, block_n, num_warps, num_stages):
+    """(out, lse): out [B, H, L, D] in q's memory order (``empty_in_order_of``), lse float32 [B, H, L].
+    q, k, v are read through their strides (no copies)."""
+    q, k, v = _rows(q), _rows(k), _rows(v)
+    if kv_counts.device != q.device:
+        # the kernels read the index through device pointers: it must live where q does
+        raise ValueError(f"triton backend: the layout's index is on {kv_counts.device} but q is on {q.device} "
+                         "(pass BlockLayout.index_on(q.device))")
+    B, H, L, D = q.shape
+    lh, nb = kv_counts.shape
+    grid, n_tiles, lhs, consts = _fwd_launch(B, H, L, D, q.dtype, q.device, block_size, nb, lh,
+                                             block_m, block_n, num_warps, num_stages, bias is not None)
+    out = empty_in_order_of(q)
+    lse = torch.empty((B, H, L), dtype=torch.float32, device=q.device)
     sb = _bias_strides(bias)
     order = _tile_order(kv_counts, block_size, block_m)
     with _device_ctx(q):
-        _attn_fwd_kernel[(n_tiles * B * H,)](
+        _attn_fwd_kernel[grid](
             q, k, v, bias if bias is not None else q, out, lse,
             kv_counts, kv_indices,
+            *_s3(q), *_s3(k), *_s3(v), *_s3(out),
             sb[0], sb[1], sb[2], sb[3],
             order,
             B, H, L, nb, n_tiles, lhs,
             scale * LOG2E,
-            BLOCK_M=block_m, BLOCK_N=block_n, NB_PAD=_nb_pad(nb), HAS_BIAS=bias is not None,
-            num_warps=num_warps, num_stages=_stages("fwd", q.dtype, block_m, block_n, D, num_stages, _shared_limit(q.device)),
             **consts,
         )
     return out, lse
@@ -210,10 +238,8 @@ def _dbias_plan(bias: torch.Tensor, B: int, H: int, L: int, device) -> tuple[tor
 
 def _bwd_impl(do, q, k, v, out, lse, bias, kv_counts, kv_indices, q_counts, q_indices,
               block_size, scale, block_m, block_n, num_warps, num_stages, compute_dbias):
-    q, k, v, out, do = (t.contiguous() for t in (q, k, v, out, do))
+    q, k, v, out, do = (_rows(t) for t in (q, k, v, out, do))
     lse = lse.contiguous()
-    kv_counts, kv_indices = kv_counts.contiguous(), kv_indices.contiguous()
-    q_counts, q_indices = q_counts.contiguous(), q_indices.contiguous()
     B, H, L, D, nb, lhs, consts = _common(q, kv_counts, block_size)
     has_bias = bias is not None
     compute_dbias = bool(compute_dbias and has_bias)
@@ -224,9 +250,7 @@ def _bwd_impl(do, q, k, v, out, lse, bias, kv_counts, kv_indices, q_counts, q_in
     limit = _shared_limit(q.device)
     stages = {kern: _stages(kern, q.dtype, block_m, block_n, D, num_stages, limit) for kern in ("dq", "dkdv", "dbias")}
 
-    dq = torch.empty_like(q)
-    dk = torch.empty_like(k)
-    dv = torch.empty_like(v)
+    dq, dk, dv = empty_in_order_of(q), empty_in_order_of(k), empty_in_order_of(v)
     delta = torch.empty((B, H, L), dtype=torch.float32, device=q.device)
 
     dbias = q.new_empty((0,))
@@ -237,7 +261,7 @@ def _bwd_impl(do, q, k, v, out, lse, bias, kv_counts, kv_indices, q_counts, q_in
     nb_pad = _nb_pad(nb)
     with _device_ctx(q):
         _attn_bwd_preprocess_kernel[(triton_cdiv(L, block_m) * B * H,)](
-            out, do, delta, L, triton_cdiv(L, block_m),
+            out, do, delta, *_s3(out), *_s3(do), H, L, triton_cdiv(L, block_m),
             HEAD_DIM=D, D_PAD=consts["D_PAD"], BLOCK_M=block_m,
             EVEN_L=(L % block_m == 0), EVEN_D=consts["EVEN_D"],
             num_warps=4,
@@ -245,6 +269,7 @@ def _bwd_impl(do, q, k, v, out, lse, bias, kv_counts, kv_indices, q_counts, q_in
         _attn_bwd_dq_kernel[(n_q_tiles * B * H,)](
             q, k, v, bias_arg, do, lse, delta, dq, db_buf if db_in_dq else dq,
             kv_counts, kv_indices,
+            *_s3(q), *_s3(k), *_s3(v), *_s3(do), *_s3(dq),
             sb[0], sb[1], sb[2], sb[3],
             (H * L * L if (db_in_dq and db_buf.shape[0] > 1) else 0), L * L,
             _tile_order(kv_counts, block_size, block_m),
@@ -256,6 +281,7 @@ def _bwd_impl(do, q, k, v, out, lse, bias, kv_counts, kv_indices, q_counts, q_in
         _attn_bwd_dkdv_kernel[(n_k_tiles * B * H,)](
             q, k, v, bias_arg, do, lse, delta, dk, dv,
             q_counts, q_indices,
+            *_s3(q), *_s3(k), *_s3(v), *_s3(do), *_s3(dk), *_s3(dv),
             sb[0], sb[1], sb[2], sb[3],
             _tile_order(q_counts, block_size, block_m),
             B, H, L, nb, n_k_tiles, lhs,
@@ -267,6 +293,7 @@ def _bwd_impl(do, q, k, v, out, lse, bias, kv_counts, kv_indices, q_counts, q_in
             _attn_bwd_dbias_kernel[(n_q_tiles, nb * (block_size // block_n), H)](
                 q, k, v, bias, do, lse, delta, db_buf,
                 kv_counts, kv_indices,
+                *_s3(q), *_s3(k), *_s3(v), *_s3(do),
                 sb[1], sb[2], sb[3],
                 L * L,
                 B, H, L, nb, lhs,
@@ -300,7 +327,8 @@ def _fwd_op(q, k, v, bias, index, block_size, scale, block_m, block_n, num_warps
 
 def _fwd_fake(q, k, v, bias, index, *params):
     B, H, L, _ = q.shape
-    return q.new_empty(q.shape), q.new_empty((B, H, L), dtype=torch.float32)
+    q = _rows(q)
+    return empty_in_order_of(q), q.new_empty((B, H, L), dtype=torch.float32)
 
 
 def _bwd_op(grad_out, q, k, v, out, lse, bias, index, block_size, scale, block_m, block_n, num_warps, num_stages,
@@ -309,6 +337,14 @@ def _bwd_op(grad_out, q, k, v, out, lse, bias, index, block_size, scale, block_m
     ``compute_dbias`` and a bias is given."""
     return _bwd_impl(grad_out, q, k, v, out, lse, bias, *index,
                      block_size, scale, block_m, block_n, num_warps, num_stages, compute_dbias)
+
+
+def _bwd_fake(grad_out, q, k, v, out, lse, bias, kv_counts, kv_indices, q_counts, q_indices, *params):
+    """dq, dk, dv in the memory order of q, k, v (as ``_bwd_impl`` allocates them)."""
+    compute_dbias = params[-1]
+    dq, dk, dv = (empty_in_order_of(_rows(t)) for t in (q, k, v))
+    dbias = bias.new_empty(bias.shape) if compute_dbias and bias is not None else q.new_empty((0,))
+    return dq, dk, dv, dbias
 
 
 block_sparse_attention_fwd, block_sparse_attention_bwd = declare_attention_ops(
@@ -322,6 +358,7 @@ block_sparse_attention_fwd, block_sparse_attention_bwd = declare_attention_ops(
     backward=_bwd_op,
     # the backward launches with the forward's bwd_* config
     backward_args=lambda p: (p[0], p[1], *p[6:10]),
+    backward_fake=_bwd_fake,
 )
 
 
@@ -355,36 +392,25 @@ def triton_sparse_attention(
 ) -> torch.Tensor:
     """Block-sparse attention with the Triton kernels (differentiable in q, k, v and bias).
 
-    q, k, v: [B, H, L, D], D in SUPPORTED_HEAD_DIMS, float32 / float16 / bfloat16 (any strides);
-    bias: None or broadcastable to [B, H, L, L] (read in place with stride 0 on broadcast
-    dimensions, never expanded); config: forward tiles / warps / stages (default KernelConfig()),
-    its tiles clipped to ``layout.block_size``; bwd_config: the backward's own launch config,
-    (block_m, block_n) = (owned, walked) tile (default ``default_backward_config``).
+    q, k, v: [B, H, L, D], D in SUPPORTED_HEAD_DIMS, float32 / float16 / bfloat16, any strides (read
+    in place; only a head dimension without unit stride is copied); bias: None or broadcastable to
+    [B, H, L, L] (read in place with stride 0 on broadcast dimensions, never expanded). The output
+    is laid out in q's memory order (``empty_in_order_of``): for q a permuted view of [B, L, H, D]
+    memory, ``out.transpose(1, 2)`` is contiguous. config: forward tiles / warps / stages (default
+    ``default_forward_config``: the measured winner, else the pipelined preference), its tiles
+    clipped to ``layout.block_size``; bwd_config: the backward's own launch config, (block_m,
+    block_n) = (owned, walked) tile (default ``default_backward_config``). Every check and launch
+    choice is computed once per (shape, dtype, device, layout geometry, configs) and cached.
     """
-    from . import check_inputs  # shapes, layout length and heads, bias broadcast (shared by all backends)
+    from . import check_inputs  # the dispatcher's contract (cached per shape)
 
     check_inputs(q, k, v, layout, bias)
-    B, H, L, D = q.shape
-    if D not in SUPPORTED_HEAD_DIMS:
-        raise ValueError(f"triton backend supports head_dim in {list(SUPPORTED_HEAD_DIMS)}, got head_dim={D}")
-    if q.dtype not in SUPPORTED_DTYPES or k.dtype != q.dtype or v.dtype != q.dtype:
-        raise ValueError(
-            f"triton backend supports q, k, v of one dtype among float32/float16/bfloat16; got {q.dtype}, {k.dtype}, {v.dtype}"
-        )
-    if not q.is_cuda and not _interpreting():
-        raise RuntimeError("triton backend needs CUDA tensors (or TRITON_INTERPRET=1 for CPU tensors)")
-    if k.device != q.device or v.device != q.device or (bias is not None and bias.device != q.device):
-        raise ValueError("q, k, v and bias must be on the same device")
-    if bias is not None:
-        if not bias.is_floating_point():
-            raise ValueError(f"bias must be a floating tensor; got {bias.dtype}")
-        while bias.dim() < 4:
-            bias = bias.unsqueeze(0)  # a view: the gradient flows back to the caller's shape
-    cfg = (config if config is not None else KernelConfig()).for_block(layout.block_size)
-    bcfg = (bwd_config if bwd_config is not None else default_backward_config(layout.block_size, D, q.dtype))
-    bcfg = bcfg.for_block(layout.block_size)
-    _check_fits(q, cfg, bcfg)
-    scale = resolve_scale(D, scale)
+    if bias is not None and bias.dim() < 4:
+        bias = bias[(None,) * (4 - bias.dim())]  # a view: the gradient flows back to the caller's shape
+    dev = q.device
+    cfg, bcfg = _launch_configs(q.shape[-1], q.dtype, dev, dev.type == "cuda" or _interpreting(), k.device, v.device,
+                                None if bias is None else bias.device, layout.block_size, config, bwd_config)
+    scale = resolve_scale(q.shape[-1], scale)
     kv_counts, kv_indices, q_counts, q_indices = layout.index_on(q.device)
     if not _needs_op(q, k, v, bias):  # eager inference: launch directly (the op's dispatch costs ~0.1 ms a call)
         return _fwd_impl(q, k, v, bias, kv_counts, kv_indices, layout.block_size, scale,
@@ -395,3 +421,24 @@ def triton_sparse_attention(
         bcfg.block_m, bcfg.block_n, bcfg.num_warps, bcfg.num_stages,
     )
     return out
+
+
+@functools.lru_cache(maxsize=1024)
+def _launch_configs(D: int, dtype: torch.dtype, device: torch.device, runnable: bool, k_device, v_device, bias_device,
+                    block_size: int, config: Optional[KernelConfig], bwd_config: Optional[KernelConfig]):
+    """The Triton backend's own checks (head dim, dtype, device) and its (forward, backward) launch
+    configs for one (head dim, dtype, devices, block size, configs asked for); cached, so a
+    repeated call pays one lookup. Raises ValueError / RuntimeError with one line."""
+    if D not in SUPPORTED_HEAD_DIMS:
+        raise ValueError(f"triton backend supports head_dim in {list(SUPPORTED_HEAD_DIMS)}, got head_dim={D}")
+    if dtype not in SUPPORTED_DTYPES:
+        raise ValueError(f"triton backend supports q, k, v of one dtype among float32/float16/bfloat16; got {dtype}")
+    if not runnable:
+        raise RuntimeError("triton backend needs CUDA tensors (or TRITON_INTERPRET=1 for CPU tensors)")
+    if any(d is not None and d != device for d in (k_device, v_device, bias_device)):
+        raise ValueError("q, k, v and bias must be on the same device")
+    cfg = (config if config is not None else default_forward_config(block_size, D, dtype)).for_block(block_size)
+    bcfg = (bwd_config if bwd_config is not None else default_backward_config(block_size, D, dtype)).for_block(block_size)
+    if device.type == "cuda":
+        _check_fits_on(device, dtype, D, cfg, bcfg)
+    return cfg, bcfg
