@@ -156,6 +156,7 @@ def _attn_fwd_kernel(
     HEAD_DIM: tl.constexpr, D_PAD: tl.constexpr,
     BLOCK_SIZE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, NB_PAD: tl.constexpr,
     HAS_BIAS: tl.constexpr, EVEN_L: tl.constexpr, EVEN_D: tl.constexpr, PREC: tl.constexpr,
+    STORE_LSE: tl.constexpr = True,
 ):
     SUB_N: tl.constexpr = BLOCK_SIZE // BLOCK_N
     b, h, tile = _program_coords(TileOrder, B, H, N_TILES, LAYOUT_HEAD_STRIDE)
@@ -219,11 +220,12 @@ def _attn_fwd_kernel(
     _store_rows(Out + b64 * stride_ob + h64 * stride_oh + offs_m[:, None] * stride_om + offs_d[None, :],
                 acc.to(Out.dtype.element_ty),
                 offs_m, offs_d, L, HEAD_DIM, EVEN_L, EVEN_D)
-    lse_ptrs = Lse + bh.to(tl.int64) * L + offs_m
-    if EVEN_L:
-        tl.store(lse_ptrs, lse)
-    else:
-        tl.store(lse_ptrs, lse, mask=offs_m < L)
+    if STORE_LSE:  # the backward needs it; eager inference does not (no buffer, no writes)
+        lse_ptrs = Lse + bh.to(tl.int64) * L + offs_m
+        if EVEN_L:
+            tl.store(lse_ptrs, lse)
+        else:
+            tl.store(lse_ptrs, lse, mask=offs_m < L)
 
 
 # --------------------------------------------------------------------------------------------

@@ -32,6 +32,8 @@ from __future__ import annotations
 
 import functools
 import os
+import weakref
+from dataclasses import dataclass
 from typing import Optional
 
 import torch
@@ -47,8 +49,8 @@ from .config import (
     fit_stages,
     shared_memory_bytes,
 )
-from .opdefs import declare_attention_ops, empty_in_order_of, rows_in_place
-from .plans import layout_plans
+from .opdefs import _dim_order, declare_attention_ops, empty_in_order_of, rows_in_place
+from .plans import layout_plans, shared
 from .reference import resolve_scale
 from .triton_kernels import (
     LOG2E,
@@ -59,7 +61,7 @@ from .triton_kernels import (
     _attn_fwd_kernel,
 )
 
-__all__ = ["triton_sparse_attention", "SUPPORTED_HEAD_DIMS", "SUPPORTED_DTYPES"]
+__all__ = ["triton_sparse_attention", "triton_attention_checked", "SUPPORTED_HEAD_DIMS", "SUPPORTED_DTYPES"]
 
 SUPPORTED_HEAD_DIMS: tuple[int, ...] = TRITON_HEAD_DIMS  # the registry's record (kernels.backends)
 SUPPORTED_DTYPES: tuple[torch.dtype, ...] = tuple(getattr(torch, name) for name in TRITON_DTYPES)
@@ -122,12 +124,20 @@ def _tile_order(counts: torch.Tensor, block_size: int, tile: int) -> torch.Tenso
     so equal rows keep their order). Kept with the layout's plans (``kernels.plans``, keyed by the
     counts tensor: the layout's device index is built once per layout and device), so a call
     launches no sorting kernels after the first."""
+    # a fast path first: id(counts) -> (weak ref, version, block, tile, order), no weak key made per call
+    fast = shared("triton-tile-order", dict)
+    hit = fast.get(id(counts))
+    if hit is not None and hit[0]() is counts and hit[1:4] == (counts._version, block_size, tile):
+        return hit[4]
     plans = layout_plans(counts)
     key = ("triton-tile-order", counts._version, block_size, tile)
     order = plans.get(key)
     if order is None:
         per_tile = counts.repeat_interleave(block_size // tile, dim=1)
         order = plans[key] = torch.argsort(per_tile, dim=1, descending=True, stable=True).to(torch.int32).contiguous()
+    if len(fast) >= 64:
+        fast.clear()
+    fast[id(counts)] = (weakref.ref(counts), counts._version, block_size, tile, order)
     return order
 
 
@@ -182,47 +192,88 @@ def _s3(t: torch.Tensor) -> tuple[int, int, int]:
     return s[0], s[1], s[2]
 
 
-@functools.lru_cache(maxsize=512)
-def _fwd_launch(B: int, H: int, L: int, D: int, dtype: torch.dtype, device: torch.device, block_size: int,
-                nb: int, lh: int, block_m: int, block_n: int, num_warps: int, num_stages: int, has_bias: bool):
-    """What a forward launch needs besides the tensors, computed once per (shape, dtype, device,
-    layout geometry, config): (grid, launch constants)."""
-    n_tiles = (nb * block_size) // block_m
-    consts = dict(
-        HEAD_DIM=D, D_PAD=_d_pad(D), BLOCK_SIZE=block_size, EVEN_L=(L % block_size == 0), EVEN_D=(D == _d_pad(D)),
-        PREC=_prec(dtype), BLOCK_M=block_m, BLOCK_N=block_n, NB_PAD=_nb_pad(nb), HAS_BIAS=has_bias,
-        num_warps=num_warps, num_stages=_stages("fwd", dtype, block_m, block_n, D, num_stages, _shared_limit(device)),
-    )
-    return (n_tiles * B * H,), n_tiles, 1 if lh > 1 else 0, consts
+@dataclass(frozen=True)
+class _FwdPlan:
+    """Everything a forward launch needs besides the tensors, for one (shapes, strides, dtype,
+    device, bias layout, layout geometry, config): made once (``_fwd_plan``), then looked up."""
+
+    copy: bool  # q, k or v needs a copy (a head dimension without unit stride)
+    out_order: tuple[int, ...]  # memory order of the output (q's)
+    lse_shape: tuple[int, int, int]
+    grid: tuple[int]
+    ints: tuple  # bias strides, then B, H, L, NB, N_TILES, LAYOUT_HEAD_STRIDE
+    consts: dict  # with the LSE stored
+    consts_no_lse: dict  # inference: the LSE neither allocated nor written
+    block_size: int
+    block_m: int
 
 
-def _fwd_impl(q, k, v, bias, kv_counts, kv_indices, block_size, scale, block_m, block_n, num_warps, num_stages):
-    """(out, lse): out [B, H, L, D] in q's memory order (``empty_in_order_of``), lse float32 [B, H, L].
-    q, k, v are read through their strides (no copies)."""
-    q, k, v = _rows(q), _rows(k), _rows(v)
+_FWD_PLANS: dict = {}
+
+
+def _cache_put(cache: dict, key, value):
+    if len(cache) >= 4096:
+        cache.clear()
+    cache[key] = value
+    return value
+
+
+def _fwd_plan(q, k, v, bias, kv_counts, block_size, block_m, block_n, num_warps, num_stages) -> _FwdPlan:
+    """The forward launch plan of these inputs (see ``_FwdPlan``); refuses an index that is not on
+    q's device."""
     if kv_counts.device != q.device:
         # the kernels read the index through device pointers: it must live where q does
         raise ValueError(f"triton backend: the layout's index is on {kv_counts.device} but q is on {q.device} "
                          "(pass BlockLayout.index_on(q.device))")
     B, H, L, D = q.shape
     lh, nb = kv_counts.shape
-    grid, n_tiles, lhs, consts = _fwd_launch(B, H, L, D, q.dtype, q.device, block_size, nb, lh,
-                                             block_m, block_n, num_warps, num_stages, bias is not None)
-    out = empty_in_order_of(q)
-    lse = torch.empty((B, H, L), dtype=torch.float32, device=q.device)
-    sb = _bias_strides(bias)
-    order = _tile_order(kv_counts, block_size, block_m)
-    with _device_ctx(q):
-        _attn_fwd_kernel[grid](
-            q, k, v, bias if bias is not None else q, out, lse,
-            kv_counts, kv_indices,
-            *_s3(q), *_s3(k), *_s3(v), *_s3(out),
-            sb[0], sb[1], sb[2], sb[3],
-            order,
-            B, H, L, nb, n_tiles, lhs,
-            scale * LOG2E,
-            **consts,
-        )
+    n_tiles = (nb * block_size) // block_m
+    consts = dict(
+        HEAD_DIM=D, D_PAD=_d_pad(D), BLOCK_SIZE=block_size, EVEN_L=(L % block_size == 0), EVEN_D=(D == _d_pad(D)),
+        PREC=_prec(q.dtype), BLOCK_M=block_m, BLOCK_N=block_n, NB_PAD=_nb_pad(nb), HAS_BIAS=bias is not None,
+        num_warps=num_warps, num_stages=_stages("fwd", q.dtype, block_m, block_n, D, num_stages, _shared_limit(q.device)),
+    )
+    return _FwdPlan(
+        copy=any(t.stride(3) != 1 for t in (q, k, v)), out_order=_dim_order(rows_in_place(q).stride()),
+        lse_shape=(B, H, L), grid=(n_tiles * B * H,),
+        ints=(*_bias_strides(bias), B, H, L, nb, n_tiles, 1 if lh > 1 else 0),
+        consts={**consts, "STORE_LSE": True}, consts_no_lse={**consts, "STORE_LSE": False},
+        block_size=block_size, block_m=block_m,
+    )
+
+
+def _fwd_impl(q, k, v, bias, kv_counts, kv_indices, block_size, scale, block_m, block_n, num_warps, num_stages):
+    """(out, lse): out [B, H, L, D] in q's memory order (``empty_in_order_of``), lse float32 [B, H, L].
+    q, k, v are read through their strides (no copies); the launch plan is cached per (shapes,
+    strides, dtype, device, bias layout, layout geometry, config)."""
+    key = (q.shape, q.stride(), k.stride(), v.stride(), q.dtype, q.device,
+           None if bias is None else (bias.shape, bias.stride()), kv_counts.shape, kv_counts.device,
+           block_size, block_m, block_n, num_warps, num_stages)
+    plan = _FWD_PLANS.get(key)
+    if plan is None:
+        plan = _cache_put(_FWD_PLANS, key, _fwd_plan(q, k, v, bias, kv_counts, block_size, block_m, block_n,
+                                                     num_warps, num_stages))
+    return _launch_fwd(plan, q, k, v, bias, kv_counts, kv_indices, scale, True)
+
+
+def _launch_fwd(plan: _FwdPlan, q, k, v, bias, kv_counts, kv_indices, scale, store_lse: bool):
+    """Launch the forward kernel with a plan: (out, lse), lse None unless ``store_lse``."""
+    if plan.copy:
+        q, k, v = rows_in_place(q), rows_in_place(k), rows_in_place(v)
+    out = torch.empty_permuted(q.shape, plan.out_order, dtype=q.dtype, device=q.device)
+    lse = torch.empty(plan.lse_shape, dtype=torch.float32, device=q.device) if store_lse else None
+    qs, ks, vs, os_ = q.stride(), k.stride(), v.stride(), out.stride()
+    ints = plan.ints
+    args = (q, k, v, q if bias is None else bias, out, out if lse is None else lse, kv_counts, kv_indices,
+            qs[0], qs[1], qs[2], ks[0], ks[1], ks[2], vs[0], vs[1], vs[2], os_[0], os_[1], os_[2],
+            ints[0], ints[1], ints[2], ints[3], _tile_order(kv_counts, plan.block_size, plan.block_m),
+            ints[4], ints[5], ints[6], ints[7], ints[8], ints[9], scale * LOG2E)
+    consts = plan.consts if store_lse else plan.consts_no_lse
+    if q.is_cuda and q.device.index != torch.cuda.current_device():
+        with torch.cuda.device(q.device):
+            _attn_fwd_kernel[plan.grid](*args, **consts)
+    else:
+        _attn_fwd_kernel[plan.grid](*args, **consts)
     return out, lse
 
 
@@ -405,22 +456,47 @@ def triton_sparse_attention(
     from . import check_inputs  # the dispatcher's contract (cached per shape)
 
     check_inputs(q, k, v, layout, bias)
+    return triton_attention_checked(q, k, v, layout, bias, scale=scale, config=config, bwd_config=bwd_config)
+
+
+def triton_attention_checked(q, k, v, layout, bias=None, *, scale=None, config=None, bwd_config=None):
+    """``triton_sparse_attention`` for inputs that passed ``kernels.check_inputs`` (the dispatcher
+    checks once; this is what it calls). One dictionary lookup finds this call's launch configs and
+    forward plan (``_call_plan``, made on the first call of each (shapes, strides, dtype, devices,
+    bias layout, layout geometry, configs))."""
     if bias is not None and bias.dim() < 4:
         bias = bias[(None,) * (4 - bias.dim())]  # a view: the gradient flows back to the caller's shape
     dev = q.device
-    cfg, bcfg = _launch_configs(q.shape[-1], q.dtype, dev, dev.type == "cuda" or _interpreting(), k.device, v.device,
-                                None if bias is None else bias.device, layout.block_size, config, bwd_config)
-    scale = resolve_scale(q.shape[-1], scale)
-    kv_counts, kv_indices, q_counts, q_indices = layout.index_on(q.device)
+    # k, v and the bias are on q's device and of its shapes (the contract): their strides suffice
+    key = (q.shape, q.stride(), k.stride(), v.stride(), q.dtype, dev,
+           None if bias is None else (bias.shape, bias.stride()),
+           layout.block_size, layout.block_mask.shape, config, bwd_config)
+    entry = _CALLS.get(key)
+    index = layout.index_on(dev)
+    if entry is None:
+        entry = _cache_put(_CALLS, key, _call_plan(q, k, v, bias, index[0], layout.block_size, config, bwd_config))
+    cfg, bcfg, plan = entry
+    scale = resolve_scale(q.shape[3], scale)
     if not _needs_op(q, k, v, bias):  # eager inference: launch directly (the op's dispatch costs ~0.1 ms a call)
-        return _fwd_impl(q, k, v, bias, kv_counts, kv_indices, layout.block_size, scale,
-                         cfg.block_m, cfg.block_n, cfg.num_warps, cfg.num_stages)[0]
+        return _launch_fwd(plan, q, k, v, bias, index[0], index[1], scale, False)[0]
     out, _ = block_sparse_attention_fwd(
-        q, k, v, bias, kv_counts, kv_indices, q_counts, q_indices,
+        q, k, v, bias, *index,
         layout.block_size, scale, cfg.block_m, cfg.block_n, cfg.num_warps, cfg.num_stages,
         bcfg.block_m, bcfg.block_n, bcfg.num_warps, bcfg.num_stages,
     )
     return out
+
+
+_CALLS: dict = {}
+
+
+def _call_plan(q, k, v, bias, kv_counts, block_size: int, config, bwd_config):
+    """(forward config, backward config, forward plan) of one call signature."""
+    runnable = q.device.type == "cuda" or _interpreting()
+    cfg, bcfg = _launch_configs(q.shape[3], q.dtype, q.device, runnable, k.device, v.device,
+                                None if bias is None else bias.device, block_size, config, bwd_config)
+    plan = _fwd_plan(q, k, v, bias, kv_counts, block_size, cfg.block_m, cfg.block_n, cfg.num_warps, cfg.num_stages)
+    return cfg, bcfg, plan
 
 
 @functools.lru_cache(maxsize=1024)
