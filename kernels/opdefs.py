@@ -47,10 +47,17 @@ def rows_in_place(t: torch.Tensor) -> torch.Tensor:
     return t if t.stride(-1) == 1 or t.shape[-1] == 1 else t.contiguous()
 
 
-@functools.lru_cache(maxsize=256)
 def _dim_order(strides: tuple[int, ...]) -> tuple[int, ...]:
     """The memory order of a 4-d tensor with these strides (outermost first, the last dimension
-    last; ties keep the logical order)."""
+    last; ties keep the logical order). Cached for concrete strides; symbolic ones (a traced
+    call with dynamic shapes) are sorted each time."""
+    if all(type(x) is int for x in strides):
+        return _dim_order_cached(tuple(strides))
+    return (*sorted(range(3), key=lambda i: -strides[i]), 3)
+
+
+@functools.lru_cache(maxsize=256)
+def _dim_order_cached(strides: tuple[int, ...]) -> tuple[int, ...]:
     return (*sorted(range(3), key=lambda i: -strides[i]), 3)
 
 
