@@ -16,16 +16,25 @@ from typing import Any, Union
 KERNEL_TILES: tuple[int, ...] = (16, 32, 64, 128)
 KERNEL_WARPS: tuple[int, ...] = (2, 4, 8)
 KERNEL_STAGES: tuple[int, ...] = (1, 2, 3, 4)
+KERNEL_ROWS_PER_CTA: tuple[int, ...] = (1, 2, 4, 8)
 
 
 @dataclass(frozen=True)
 class KernelConfig:
-    """Tile sizes, warps and pipeline stages of one kernel launch."""
+    """Tile sizes, warps and pipeline stages of one kernel launch.
+
+    rows_per_cta: batch elements (MSA rows, triangle rows) one forward program walks for its query
+    tile, loading the tile's block index once (``kernels.triton_kernels._attn_fwd_kernel``); the
+    greatest power of two dividing both it and the batch is launched. Used by the eager inference
+    launch; the registered op (autograd, torch.compile) launches one batch element per program.
+    Default 1: the configuration every GPU measurement so far used (larger values are unmeasured on
+    a GPU)."""
 
     block_m: int = 64
     block_n: int = 64
     num_warps: int = 4
     num_stages: int = 2
+    rows_per_cta: int = 1
 
     def __post_init__(self) -> None:
         for name, allowed in (
@@ -33,6 +42,7 @@ class KernelConfig:
             ("block_n", KERNEL_TILES),
             ("num_warps", KERNEL_WARPS),
             ("num_stages", KERNEL_STAGES),
+            ("rows_per_cta", KERNEL_ROWS_PER_CTA),
         ):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value not in allowed:  # 64.0, True: no
@@ -46,13 +56,18 @@ class KernelConfig:
         """This config with tiles clipped to ``block_size`` (tiles larger than a layout tile are
         clipped, never silently mis-sized)."""
         bm, bn = min(self.block_m, block_size), min(self.block_n, block_size)
-        cfg = KernelConfig(bm, bn, self.num_warps, self.num_stages)
+        cfg = KernelConfig(bm, bn, self.num_warps, self.num_stages, self.rows_per_cta)
         if not cfg.fits(block_size):
             raise ValueError(f"KernelConfig tiles {bm}x{bn} do not divide block_size={block_size}")
         return cfg
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """The fields as a dict; ``rows_per_cta`` only when it is not 1 (so the configs written
+        before it existed read and write unchanged)."""
+        d = asdict(self)
+        if d["rows_per_cta"] == 1:
+            del d["rows_per_cta"]
+        return d
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "KernelConfig":

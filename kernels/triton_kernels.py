@@ -156,12 +156,16 @@ def _attn_fwd_kernel(
     HEAD_DIM: tl.constexpr, D_PAD: tl.constexpr,
     BLOCK_SIZE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, NB_PAD: tl.constexpr,
     HAS_BIAS: tl.constexpr, EVEN_L: tl.constexpr, EVEN_D: tl.constexpr, PREC: tl.constexpr,
-    STORE_LSE: tl.constexpr = True,
+    STORE_LSE: tl.constexpr = True, ROWS_PER_CTA: tl.constexpr = 1,
 ):
+    """Forward of one query tile for ``ROWS_PER_CTA`` consecutive batch elements (MSA rows or
+    triangle rows) of one head: the tile order, the kept-block count and the block index are loaded
+    once per program and reused for every batch element, and a bias shared by the batch is read
+    for the same tile by consecutive iterations of one program (hit in L1/L2). B must be a
+    multiple of ``ROWS_PER_CTA``; the grid has N_TILES * H * B / ROWS_PER_CTA programs."""
     SUB_N: tl.constexpr = BLOCK_SIZE // BLOCK_N
-    b, h, tile = _program_coords(TileOrder, B, H, N_TILES, LAYOUT_HEAD_STRIDE)
-    bh = b * H + h
-    b64, h64 = b.to(tl.int64), h.to(tl.int64)
+    bg, h, tile = _program_coords(TileOrder, B // ROWS_PER_CTA, H, N_TILES, LAYOUT_HEAD_STRIDE)
+    h64 = h.to(tl.int64)
     start_m = tile * BLOCK_M
     row = start_m // BLOCK_SIZE
     hl = h * LAYOUT_HEAD_STRIDE
@@ -169,24 +173,12 @@ def _attn_fwd_kernel(
     offs_m = start_m + tl.arange(0, BLOCK_M)
     offs_n0 = tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, D_PAD)
-    q = _load_rows(Q + b64 * stride_qb + h64 * stride_qh + offs_m[:, None] * stride_qm + offs_d[None, :],
-                   offs_m, offs_d, L, HEAD_DIM, EVEN_L, EVEN_D)
-    k_base = K + b64 * stride_kb + h64 * stride_kh + offs_d[None, :]
-    v_base = V + b64 * stride_vb + h64 * stride_vh + offs_d[None, :]
-    if HAS_BIAS:
+    if EVEN_L:
+        rows_b = offs_m
+    else:
         # rows past L (last query tile of a ragged L) read the bias of row L - 1 instead of masking
         # every load: their results are never stored
-        if EVEN_L:
-            rows_b = offs_m
-        else:
-            rows_b = tl.minimum(offs_m, L - 1)
-        bias_base = Bias + b.to(tl.int64) * stride_bias_b + h.to(tl.int64) * stride_bias_h + rows_b[:, None] * stride_bias_m
-    else:
-        bias_base = Bias
-
-    m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
-    l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
-    acc = tl.zeros([BLOCK_M, D_PAD], dtype=tl.float32)
+        rows_b = tl.minimum(offs_m, L - 1)
 
     lay_row = hl * NB + row
     count = tl.load(KVCounts + lay_row)
@@ -199,33 +191,48 @@ def _attn_fwd_kernel(
         # be the row's last one; every other block runs without masks
         last = _select(row_idx, offs_nb, count - 1)
         n_full = count - tl.where((count > 0) & (last == NB - 1), 1, 0)
-    for it in range(0, n_full * SUB_N):
-        kb = _select(row_idx, offs_nb, it // SUB_N)
-        offs_n = kb * BLOCK_SIZE + (it % SUB_N) * BLOCK_N + offs_n0
-        acc, l_i, m_i = _fwd_step(acc, l_i, m_i, q, k_base, v_base, stride_kn, stride_vn, bias_base, stride_bias_n,
-                                  offs_m, offs_n, offs_d, L, qk_scale, HEAD_DIM, HAS_BIAS, True, EVEN_D, PREC)
-    for it in range(n_full * SUB_N, count * SUB_N):  # the ragged last block (not EVEN_L only)
-        kb = _select(row_idx, offs_nb, it // SUB_N)
-        offs_n = kb * BLOCK_SIZE + (it % SUB_N) * BLOCK_N + offs_n0
-        acc, l_i, m_i = _fwd_step(acc, l_i, m_i, q, k_base, v_base, stride_kn, stride_vn, bias_base, stride_bias_n,
-                                  offs_m, offs_n, offs_d, L, qk_scale, HEAD_DIM, HAS_BIAS, False, EVEN_D, PREC)
 
-    # a row with no computed key, or whose computed logits are all -inf, is "dead": zeros (even
-    # where v holds NaN/inf, which reached acc through 0 * v) and lse = +inf; a NaN anywhere in a
-    # live row's logits makes l_i NaN, hence a NaN row (IEEE, as the reference)
-    empty = l_i == 0.0
-    l_safe = tl.where(empty, 1.0, l_i)
-    acc = tl.where(empty[:, None], 0.0, acc / l_safe[:, None])
-    lse = tl.where(empty, float("inf"), m_i + tl.math.log2(l_safe))
-    _store_rows(Out + b64 * stride_ob + h64 * stride_oh + offs_m[:, None] * stride_om + offs_d[None, :],
-                acc.to(Out.dtype.element_ty),
-                offs_m, offs_d, L, HEAD_DIM, EVEN_L, EVEN_D)
-    if STORE_LSE:  # the backward needs it; eager inference does not (no buffer, no writes)
-        lse_ptrs = Lse + bh.to(tl.int64) * L + offs_m
-        if EVEN_L:
-            tl.store(lse_ptrs, lse)
+    for r in tl.static_range(ROWS_PER_CTA):
+        b = bg * ROWS_PER_CTA + r
+        b64 = b.to(tl.int64)
+        q = _load_rows(Q + b64 * stride_qb + h64 * stride_qh + offs_m[:, None] * stride_qm + offs_d[None, :],
+                       offs_m, offs_d, L, HEAD_DIM, EVEN_L, EVEN_D)
+        k_base = K + b64 * stride_kb + h64 * stride_kh + offs_d[None, :]
+        v_base = V + b64 * stride_vb + h64 * stride_vh + offs_d[None, :]
+        if HAS_BIAS:
+            bias_base = Bias + b64 * stride_bias_b + h64 * stride_bias_h + rows_b[:, None] * stride_bias_m
         else:
-            tl.store(lse_ptrs, lse, mask=offs_m < L)
+            bias_base = Bias
+
+        m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
+        l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
+        acc = tl.zeros([BLOCK_M, D_PAD], dtype=tl.float32)
+        for it in range(0, n_full * SUB_N):
+            kb = _select(row_idx, offs_nb, it // SUB_N)
+            offs_n = kb * BLOCK_SIZE + (it % SUB_N) * BLOCK_N + offs_n0
+            acc, l_i, m_i = _fwd_step(acc, l_i, m_i, q, k_base, v_base, stride_kn, stride_vn, bias_base, stride_bias_n,
+                                      offs_m, offs_n, offs_d, L, qk_scale, HEAD_DIM, HAS_BIAS, True, EVEN_D, PREC)
+        for it in range(n_full * SUB_N, count * SUB_N):  # the ragged last block (not EVEN_L only)
+            kb = _select(row_idx, offs_nb, it // SUB_N)
+            offs_n = kb * BLOCK_SIZE + (it % SUB_N) * BLOCK_N + offs_n0
+            acc, l_i, m_i = _fwd_step(acc, l_i, m_i, q, k_base, v_base, stride_kn, stride_vn, bias_base, stride_bias_n,
+                                      offs_m, offs_n, offs_d, L, qk_scale, HEAD_DIM, HAS_BIAS, False, EVEN_D, PREC)
+
+        # a row with no computed key, or whose computed logits are all -inf, is "dead": zeros (even
+        # where v holds NaN/inf, which reached acc through 0 * v) and lse = +inf; a NaN anywhere in
+        # a live row's logits makes l_i NaN, hence a NaN row (IEEE, as the reference)
+        empty = l_i == 0.0
+        l_safe = tl.where(empty, 1.0, l_i)
+        acc = tl.where(empty[:, None], 0.0, acc / l_safe[:, None])
+        _store_rows(Out + b64 * stride_ob + h64 * stride_oh + offs_m[:, None] * stride_om + offs_d[None, :],
+                    acc.to(Out.dtype.element_ty), offs_m, offs_d, L, HEAD_DIM, EVEN_L, EVEN_D)
+        if STORE_LSE:  # the backward needs it; eager inference does not (no buffer, no writes)
+            lse = tl.where(empty, float("inf"), m_i + tl.math.log2(l_safe))
+            lse_ptrs = Lse + (b64 * H + h64) * L + offs_m
+            if EVEN_L:
+                tl.store(lse_ptrs, lse)
+            else:
+                tl.store(lse_ptrs, lse, mask=offs_m < L)
 
 
 # --------------------------------------------------------------------------------------------

@@ -31,6 +31,7 @@ deterministic.
 from __future__ import annotations
 
 import functools
+import math
 import os
 import weakref
 from dataclasses import dataclass
@@ -218,9 +219,10 @@ def _cache_put(cache: dict, key, value):
     return value
 
 
-def _fwd_plan(q, k, v, bias, kv_counts, block_size, block_m, block_n, num_warps, num_stages) -> _FwdPlan:
+def _fwd_plan(q, k, v, bias, kv_counts, block_size, block_m, block_n, num_warps, num_stages,
+              rows_per_cta: int = 1) -> _FwdPlan:
     """The forward launch plan of these inputs (see ``_FwdPlan``); refuses an index that is not on
-    q's device."""
+    q's device. ``rows_per_cta`` is lowered to the greatest power of two dividing the batch."""
     if kv_counts.device != q.device:
         # the kernels read the index through device pointers: it must live where q does
         raise ValueError(f"triton backend: the layout's index is on {kv_counts.device} but q is on {q.device} "
@@ -228,14 +230,16 @@ def _fwd_plan(q, k, v, bias, kv_counts, block_size, block_m, block_n, num_warps,
     B, H, L, D = q.shape
     lh, nb = kv_counts.shape
     n_tiles = (nb * block_size) // block_m
+    rows = math.gcd(rows_per_cta, B)
     consts = dict(
         HEAD_DIM=D, D_PAD=_d_pad(D), BLOCK_SIZE=block_size, EVEN_L=(L % block_size == 0), EVEN_D=(D == _d_pad(D)),
         PREC=_prec(q.dtype), BLOCK_M=block_m, BLOCK_N=block_n, NB_PAD=_nb_pad(nb), HAS_BIAS=bias is not None,
+        ROWS_PER_CTA=rows,
         num_warps=num_warps, num_stages=_stages("fwd", q.dtype, block_m, block_n, D, num_stages, _shared_limit(q.device)),
     )
     return _FwdPlan(
         copy=any(t.stride(3) != 1 for t in (q, k, v)), out_order=_dim_order(rows_in_place(q).stride()),
-        lse_shape=(B, H, L), grid=(n_tiles * B * H,),
+        lse_shape=(B, H, L), grid=(n_tiles * (B // rows) * H,),
         ints=(*_bias_strides(bias), B, H, L, nb, n_tiles, 1 if lh > 1 else 0),
         consts={**consts, "STORE_LSE": True}, consts_no_lse={**consts, "STORE_LSE": False},
         block_size=block_size, block_m=block_m,
@@ -495,7 +499,8 @@ def _call_plan(q, k, v, bias, kv_counts, block_size: int, config, bwd_config):
     runnable = q.device.type == "cuda" or _interpreting()
     cfg, bcfg = _launch_configs(q.shape[3], q.dtype, q.device, runnable, k.device, v.device,
                                 None if bias is None else bias.device, block_size, config, bwd_config)
-    plan = _fwd_plan(q, k, v, bias, kv_counts, block_size, cfg.block_m, cfg.block_n, cfg.num_warps, cfg.num_stages)
+    plan = _fwd_plan(q, k, v, bias, kv_counts, block_size, cfg.block_m, cfg.block_n, cfg.num_warps, cfg.num_stages,
+                     cfg.rows_per_cta)
     return cfg, bcfg, plan
 
 

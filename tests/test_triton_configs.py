@@ -214,6 +214,8 @@ def test_compile_report_defaults_and_worst_cases(tmp_path):
     fwd = [r for r in rows if r["kernel"] == "fwd"]
     for r in fwd:  # num_stages honoured (wgmma path): one shared buffer per stage for K and V
         assert int(r["kv_buffers"]) == int(r["stages_launched"]) >= 2, r
+        # the default forward is software-pipelined: loads stay in flight across iterations
+        assert int(r["num_stages"]) >= 3 and int(r["async_wait_max"]) > 0, r
     # a 3-stage forward keeps loads in flight across iterations (async_wait num > 0)
     res = subprocess.run(
         [sys.executable, "-m", "kernels.compile_report", "--configs", "candidates", "--kernels", "fwd",
