@@ -66,6 +66,8 @@ def test_compile_report_is_committed_and_bounds_hold():
 def test_spilling_table_matches_the_report():
     """A config the report saw spilling (at the stages it launches) is flagged by ``spills``."""
     for r in _report_rows():
+        if r.get("rows_per_cta") not in (None, "", "1"):
+            continue  # the table is of one-row-per-program configs; rows_per_cta > 1 is reported, not tabled
         if r["spill_stores"] and int(r["spill_stores"]) > 0 and r["num_stages"] == r["stages_launched"]:
             cfg = KernelConfig(int(r["block_m"]), int(r["block_n"]), int(r["num_warps"]), int(r["num_stages"]))
             group = "fwd" if r["kernel"] == "fwd" else "bwd"
