@@ -24,7 +24,9 @@ backend's), so ``torch.compile(fullgraph=True)`` traces it as one opaque node:
 * ``cpu_block_sparse_attention_bwd(grad_out, q, k, v, out, lse, bias, kv_counts, kv_indices,
   q_counts, q_indices, block_size, seq_len, scale, compute_dbias) -> (dq, dk, dv, dbias)``
 
-float32 CPU tensors; ``bias`` is None or [1 or B, 1 or H, L, L] (the entry point materialises
+float32 CPU tensors of any strides (head dimension with unit stride; the kernel reads q, k, v in
+place through their batch, head and row strides, forward and backward, and the forward writes the
+output in q's memory order, so a permuted [B, L, H, D] view needs no copy); ``bias`` is None or [1 or B, 1 or H, L, L] (the entry point materialises
 row/column broadcasts and keeps batch/head broadcast at size 1; autograd sums ``dbias`` back to
 the caller's shape); the index tensors are the layout's (``BlockLayout.index_on``). Both ops have
 fake implementations; the forward's autograd formula calls the backward op (no double backward).
@@ -38,8 +40,8 @@ autograd (and not traced) runs the forward op's implementation directly, skippin
 
 Threads: ``torch.get_num_threads()`` Python threads call the kernel at once (ctypes releases the
 GIL); they share an atomic counter over the work items, ordered largest first.
-What it reads and writes: q, k, v, the output and LSE, plus K^T (and V^T in backward), all
-O(L*D); the bias is read tile by tile in place, never gathered or expanded. Per-thread scratch is
+What it reads and writes: q, k, v (in place), the output and LSE, plus K^T (and V^T in backward,
+packed by the kernel library from the strided inputs, rows past L zero), all O(L*D); the bias is read tile by tile in place, never gathered or expanded. Per-thread scratch is
 a few hundred KiB. Supported: head dims 8, 16, 32, 64; block sizes 16, 32, 64, 128; float32
 compute (half inputs are converted, like the reference).
 """

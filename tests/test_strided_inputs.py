@@ -122,6 +122,13 @@ _COPIES = {"aten::copy_", "aten::clone", "aten::_to_copy", "aten::constant_pad_n
            "aten::gather", "aten::contiguous_format_copy"}
 
 
+def _ops(call) -> list[str]:
+    """Names of the operations ``call()`` runs (torch.profiler)."""
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        call()
+    return [ev.name for ev in prof.events()]
+
+
 def _copies_of_qkv(call, numel: int) -> list[str]:
     """Names and input shapes of the copy operations ``call()`` runs on a tensor of q's size."""
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU], record_shapes=True) as prof:
@@ -193,6 +200,13 @@ def test_triton_launch_gets_qkv_storage_and_strides_without_copies(kind, monkeyp
     assert strides == (*q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *out.stride()[:3])
     assert out.transpose(1, 2).is_contiguous(), f"output strides {out.stride()} are not q's order"
     assert meta["num_stages"] >= 3  # the default launch config is pipelined
+    # eager inference skips the registered op; with autograd the call goes through it
+    with torch.no_grad():
+        names = _ops(lambda: sparse_attention(q, k, v, layout, bias, backend="triton"))
+    assert not any("block_sparse_attention_fwd" in n for n in names), names
+    qg = q.detach().requires_grad_(True)
+    names = _ops(lambda: sparse_attention(qg, k, v, layout, bias, backend="triton"))
+    assert any("block_sparse_attention_fwd" in n for n in names)
 
 
 @pytest.mark.skipif(not TRITON_INTERPRET, reason="the Triton kernel runs on a CPU only under TRITON_INTERPRET=1")
