@@ -62,7 +62,11 @@ def check_inputs(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layout: Bloc
     blocks per side with data (not on the meta device), per-head masks with H heads; bias: None or
     a floating tensor on q's device of at most 4 dimensions that broadcasts (right-aligned) to
     [B, H, L, L]."""
-    key = _contract_key(q, k, v, layout, bias)
+    try:
+        key = _contract_key(q, k, v, layout, bias)
+    except AttributeError:  # not tensors / not a layout: the full check says which argument
+        _check_contract(q, k, v, layout, bias)
+        raise
     if key in _CHECKED:
         return
     _check_contract(q, k, v, layout, bias)
@@ -89,6 +93,8 @@ def _check_contract(q, k, v, layout, bias) -> None:
     for name, t in (("q", q), ("k", k), ("v", v)):
         if not isinstance(t, torch.Tensor):
             raise ValueError(f"{name} must be a torch.Tensor; got {type(t).__name__}")
+    if not isinstance(layout, BlockLayout):
+        raise ValueError(f"layout must be a patterns.BlockLayout; got {type(layout).__name__}")
     if q.dim() != 4 or k.shape != q.shape or v.shape != q.shape:
         raise ValueError(
             f"q, k, v must all be [B, H, L, D] with the same shape; got {list(q.shape)}, {list(k.shape)}, {list(v.shape)}"

@@ -53,6 +53,8 @@ BAD = [
     ("bias-wrong-keys", lambda: (*_qkv(), _layout(), torch.randn(L, L + 1)), "does not broadcast"),
     ("qkv-shapes", lambda: (*_qkv()[:2], torch.randn(B, H, L, D + 1), _layout(), None), "the same shape"),
     ("layout-length", lambda: (*_qkv(), _layout(L + 8), None), "layout.seq_len"),
+    ("not-a-tensor", lambda: (_qkv()[0].numpy(), *_qkv()[1:], _layout(), None), "q must be a torch.Tensor"),
+    ("not-a-layout", lambda: (*_qkv(), "64", None), "layout must be a patterns.BlockLayout"),
 ]
 
 
