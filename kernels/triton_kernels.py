@@ -140,6 +140,42 @@ def _fwd_step(acc, l_i, m_i, q, k_base, v_base, stride_kn, stride_vn, bias_base,
     return acc, l_i, m_new
 
 
+@triton.jit
+def _kept_row(KVCounts, KVIndices, lay_row, NB, NB_PAD: tl.constexpr, EVEN_L: tl.constexpr):
+    """(count, index vector [NB_PAD], its arange, blocks walked without key masks) of one layout
+    row: the kept key blocks, held in registers (``_select``)."""
+    count = tl.load(KVCounts + lay_row)
+    offs_nb = tl.arange(0, NB_PAD)
+    row_idx = tl.load(KVIndices + lay_row * NB + offs_nb, mask=offs_nb < count, other=0)
+    if EVEN_L:
+        n_full = count
+    else:
+        # only the last layout block holds keys past L: the kept blocks are ascending, so it can only
+        # be the row's last one; every other block runs without masks
+        last = _select(row_idx, offs_nb, count - 1)
+        n_full = count - tl.where((count > 0) & (last == NB - 1), 1, 0)
+    return count, row_idx, offs_nb, n_full
+
+
+@triton.jit
+def _fwd_epilogue(acc, l_i, m_i, out_ptrs, lse_ptrs, offs_m, offs_d, L,
+                  HEAD_DIM: tl.constexpr, EVEN_L: tl.constexpr, EVEN_D: tl.constexpr, STORE_LSE: tl.constexpr):
+    """Normalise and store one query tile's output (and its LSE). A row with no computed key, or
+    whose computed logits are all -inf, is "dead": zeros (even where v holds NaN/inf, which reached
+    acc through 0 * v) and lse = +inf; a NaN anywhere in a live row's logits makes l_i NaN, hence a
+    NaN row (IEEE, as the reference)."""
+    empty = l_i == 0.0
+    l_safe = tl.where(empty, 1.0, l_i)
+    acc = tl.where(empty[:, None], 0.0, acc / l_safe[:, None])
+    _store_rows(out_ptrs, acc.to(out_ptrs.dtype.element_ty), offs_m, offs_d, L, HEAD_DIM, EVEN_L, EVEN_D)
+    if STORE_LSE:  # the backward needs it; eager inference does not (no buffer, no writes)
+        lse = tl.where(empty, float("inf"), m_i + tl.math.log2(l_safe))
+        if EVEN_L:
+            tl.store(lse_ptrs, lse)
+        else:
+            tl.store(lse_ptrs, lse, mask=offs_m < L)
+
+
 # --------------------------------------------------------------------------------------------
 # forward
 # --------------------------------------------------------------------------------------------
@@ -180,17 +216,7 @@ def _attn_fwd_kernel(
         # every load: their results are never stored
         rows_b = tl.minimum(offs_m, L - 1)
 
-    lay_row = hl * NB + row
-    count = tl.load(KVCounts + lay_row)
-    offs_nb = tl.arange(0, NB_PAD)
-    row_idx = tl.load(KVIndices + lay_row * NB + offs_nb, mask=offs_nb < count, other=0)
-    if EVEN_L:
-        n_full = count
-    else:
-        # only the last layout block holds keys past L: the kept blocks are ascending, so it can only
-        # be the row's last one; every other block runs without masks
-        last = _select(row_idx, offs_nb, count - 1)
-        n_full = count - tl.where((count > 0) & (last == NB - 1), 1, 0)
+    count, row_idx, offs_nb, n_full = _kept_row(KVCounts, KVIndices, hl * NB + row, NB, NB_PAD, EVEN_L)
 
     for r in tl.static_range(ROWS_PER_CTA):
         b = bg * ROWS_PER_CTA + r
@@ -218,21 +244,9 @@ def _attn_fwd_kernel(
             acc, l_i, m_i = _fwd_step(acc, l_i, m_i, q, k_base, v_base, stride_kn, stride_vn, bias_base, stride_bias_n,
                                       offs_m, offs_n, offs_d, L, qk_scale, HEAD_DIM, HAS_BIAS, False, EVEN_D, PREC)
 
-        # a row with no computed key, or whose computed logits are all -inf, is "dead": zeros (even
-        # where v holds NaN/inf, which reached acc through 0 * v) and lse = +inf; a NaN anywhere in
-        # a live row's logits makes l_i NaN, hence a NaN row (IEEE, as the reference)
-        empty = l_i == 0.0
-        l_safe = tl.where(empty, 1.0, l_i)
-        acc = tl.where(empty[:, None], 0.0, acc / l_safe[:, None])
-        _store_rows(Out + b64 * stride_ob + h64 * stride_oh + offs_m[:, None] * stride_om + offs_d[None, :],
-                    acc.to(Out.dtype.element_ty), offs_m, offs_d, L, HEAD_DIM, EVEN_L, EVEN_D)
-        if STORE_LSE:  # the backward needs it; eager inference does not (no buffer, no writes)
-            lse = tl.where(empty, float("inf"), m_i + tl.math.log2(l_safe))
-            lse_ptrs = Lse + (b64 * H + h64) * L + offs_m
-            if EVEN_L:
-                tl.store(lse_ptrs, lse)
-            else:
-                tl.store(lse_ptrs, lse, mask=offs_m < L)
+        _fwd_epilogue(acc, l_i, m_i, Out + b64 * stride_ob + h64 * stride_oh + offs_m[:, None] * stride_om + offs_d[None, :],
+                      Lse + (b64 * H + h64) * L + offs_m, offs_m, offs_d, L,
+                      HEAD_DIM, EVEN_L, EVEN_D, STORE_LSE)
 
 
 # --------------------------------------------------------------------------------------------
