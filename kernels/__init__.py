@@ -69,6 +69,8 @@ def sparse_attention(
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {list(BACKENDS)}, got {backend!r}")
     check_inputs(q, k, v, layout, bias)
+    if bias is not None and bias.dim() < 4:
+        bias = bias[(None,) * (4 - bias.dim())]  # a view: [L, L] -> [1, 1, L, L] (gradients flow back)
     return _backends.resolve(backend, q.device).run(q, k, v, layout, bias, scale=scale, config=config)
 
 

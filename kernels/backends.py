@@ -132,9 +132,9 @@ def _run_reference(q, k, v, layout, bias, *, scale, config):
 
 
 def _run_triton(q, k, v, layout, bias, *, scale, config):
-    from .triton_op import triton_sparse_attention
+    from .triton_op import triton_attention_checked  # the dispatcher has checked the inputs
 
-    return triton_sparse_attention(q, k, v, layout, bias, scale=scale, config=config)
+    return triton_attention_checked(q, k, v, layout, bias, scale=scale, config=config)
 
 
 def _run_flex(q, k, v, layout, bias, *, scale, config):

@@ -33,6 +33,7 @@ it).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import csv
 import os
 import re
@@ -68,6 +69,7 @@ class CompileJob:
     L: int = 4096
     B: int = 8
     H: int = 8
+    rows_per_cta: int = 1  # forward only: batch elements one program walks
 
 
 @dataclass
@@ -87,6 +89,7 @@ class CompileResult:
     num_warps: int
     num_stages: int
     stages_launched: int
+    rows_per_cta: int = 1
     registers: Optional[int] = None
     spill_stores: Optional[int] = None
     spill_loads: Optional[int] = None
@@ -128,12 +131,21 @@ def _kernel_args(job: CompileJob) -> tuple[object, dict[str, object], dict[str, 
     ptr.update({n: "*fp32" for n in ("Lse", "Delta")})
     ptr.update({n: "*i32" for n in ("KVCounts", "KVIndices", "QCounts", "QIndices", "TileOrder")})
     # bias [1, H, L, L] shared by the batch
-    ints = dict(stride_bias_b=0, stride_bias_h=L * L, stride_bias_m=L, stride_bias_n=1,
+    ints: dict[str, int] = {}
+    # q, k, v, o and their gradients as the EvoFormer modules produce them: [B, L, H, D] memory read
+    # as [B, H, L, D] through strides (batch L*H*D, head D, row H*D)
+    D = job.head_dim
+    for t in ("q", "k", "v", "o", "do", "dq", "dk", "dv"):
+        ints.update({f"stride_{t}b": L * H * D, f"stride_{t}h": D, f"stride_{t}m": H * D})
+    ints.update(stride_kn=H * D, stride_vn=H * D, stride_dkn=H * D, stride_dvn=H * D)
+    ints.update(stride_bias_b=0, stride_bias_h=L * L, stride_bias_m=L, stride_bias_n=1,
                 stride_db_b=0, stride_db_h=L * L, B=B, H=H, L=L, NB=nb, LAYOUT_HEAD_STRIDE=0)
     floats = dict(qk_scale=0.25, sm_scale=0.17)
     if job.kernel == "fwd":
         fn = tk._attn_fwd_kernel
-        const = dict(BLOCK_M=job.block_m, BLOCK_N=job.block_n, NB_PAD=_nb_pad(nb), HAS_BIAS=True)
+        # the training forward (the LSE stored; inference leaves it out)
+        const = dict(BLOCK_M=job.block_m, BLOCK_N=job.block_n, NB_PAD=_nb_pad(nb), HAS_BIAS=True, STORE_LSE=True,
+                     ROWS_PER_CTA=job.rows_per_cta)
         ints["N_TILES"] = nb * bs // job.block_m
     elif job.kernel == "dq":
         fn = tk._attn_bwd_dq_kernel
@@ -178,7 +190,7 @@ def _compile(job: CompileJob) -> CompileResult:
     res = CompileResult(
         triton=triton.__version__, target="cuda:90", kernel=job.kernel, dtype=job.dtype, head_dim=job.head_dim,
         d_pad=d_pad, block_size=job.block_size, L=job.L, block_m=job.block_m, block_n=job.block_n,
-        num_warps=job.num_warps, num_stages=job.num_stages, stages_launched=stages,
+        num_warps=job.num_warps, num_stages=job.num_stages, stages_launched=stages, rows_per_cta=job.rows_per_cta,
         shared_estimate=shared_memory_bytes(job.kernel, eb, job.block_m, job.block_n, d_pad, stages),
     )
     t0 = time.perf_counter()
@@ -247,6 +259,7 @@ def jobs_for(kernels: list[str], dtypes: list[str], head_dims: list[int], block_
 
     from .config import (  # noqa: PLC0415
         KERNEL_TILES, KernelConfig, candidate_backward_configs, candidate_configs, default_backward_config,
+        default_forward_config,
     )
 
     out = []
@@ -259,7 +272,7 @@ def jobs_for(kernels: list[str], dtypes: list[str], head_dims: list[int], block_
                             if block_size % bm == 0 and block_size % bn == 0 and (kern == "fwd" or bm >= bn)
                             for w in (4, 8) if w == 4 or bm * bn >= 64 * 64 for s in (1, 2, 3)]
                 elif which == "defaults":
-                    cfgs = [KernelConfig().for_block(block_size) if kern == "fwd"
+                    cfgs = [default_forward_config(block_size, d, tdt) if kern == "fwd"
                             else default_backward_config(block_size, d, tdt)]
                 elif kern == "fwd":
                     cfgs = candidate_configs(block_size, d, tdt, exclude_spilling=False)
@@ -280,6 +293,7 @@ def _parse(argv: Optional[list[str]]) -> argparse.Namespace:
     p.add_argument("--block-size", type=int, default=64)
     p.add_argument("--configs", default="candidates", choices=("candidates", "defaults", "all"))
     p.add_argument("--ragged", action="store_true", help="also compile for L=4000 (not a multiple of the block)")
+    p.add_argument("--rows-per-cta", default="1", help="forward: comma list of batch elements per program (1, 2, 4, 8)")
     p.add_argument("--jobs", type=int, default=1, help="parallel compilations (processes)")
     p.add_argument("--out", default=None, help="CSV path (default benchmarks/results/compile-sm90-triton<version>.csv)")
     a = p.parse_args(argv)
@@ -304,6 +318,12 @@ def _parse(argv: Optional[list[str]]) -> argparse.Namespace:
         p.error(f"--block-size: {a.block_size} not in [16, 32, 64, 128]")
     if a.jobs < 1:
         p.error("--jobs: must be >= 1")
+    try:
+        a.rows_per_cta = [int(x) for x in a.rows_per_cta.split(",") if x]
+    except ValueError:
+        p.error(f"--rows-per-cta: not a comma list of integers: {a.rows_per_cta!r}")
+    if not a.rows_per_cta or any(r not in (1, 2, 4, 8) for r in a.rows_per_cta):
+        p.error(f"--rows-per-cta: each must be one of [1, 2, 4, 8]; got {a.rows_per_cta}")
     return a
 
 
@@ -321,6 +341,7 @@ def main(argv: Optional[list[str]] = None) -> list[CompileResult]:
 
     lengths = [4096] + ([4000] if a.ragged else [])
     jobs = jobs_for(a.kernels, a.dtypes, a.head_dims, a.block_size, lengths, a.configs)
+    jobs = [dataclasses.replace(j, rows_per_cta=r) for j in jobs for r in (a.rows_per_cta if j.kernel == "fwd" else [1])]
     out = Path(a.out) if a.out else RESULTS_DIR / f"compile-sm90-triton{triton.__version__}.csv"
     check_output_path(out)  # a folder, a device, /proc, ...: refused with one line before compiling
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -342,7 +363,7 @@ def main(argv: Optional[list[str]] = None) -> list[CompileResult]:
             results.append(r)
             flag = "" if not r.error else f"  ERROR {r.error}"
             print(f"[{time.perf_counter() - t0:6.1f}s] {r.kernel:5s} {r.dtype:8s} D={r.head_dim:<2d} L={r.L} "
-                  f"{r.block_m}x{r.block_n}/w{r.num_warps}/s{r.num_stages}->{r.stages_launched}: regs {r.registers} "
+                  f"{r.block_m}x{r.block_n}/w{r.num_warps}/s{r.num_stages}->{r.stages_launched}/r{r.rows_per_cta}: regs {r.registers} "
                   f"spill {r.spill_stores} smem {r.shared_bytes} (est {r.shared_estimate}) wgmma {r.wgmma} "
                   f"wait {r.async_wait_max} bufs {r.kv_buffers}{flag}", flush=True)
         if a.jobs > 1:

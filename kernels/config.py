@@ -16,16 +16,25 @@ from typing import Any, Union
 KERNEL_TILES: tuple[int, ...] = (16, 32, 64, 128)
 KERNEL_WARPS: tuple[int, ...] = (2, 4, 8)
 KERNEL_STAGES: tuple[int, ...] = (1, 2, 3, 4)
+KERNEL_ROWS_PER_CTA: tuple[int, ...] = (1, 2, 4, 8)
 
 
 @dataclass(frozen=True)
 class KernelConfig:
-    """Tile sizes, warps and pipeline stages of one kernel launch."""
+    """Tile sizes, warps and pipeline stages of one kernel launch.
+
+    rows_per_cta: batch elements (MSA rows, triangle rows) one forward program walks for its query
+    tile, loading the tile's block index once (``kernels.triton_kernels._attn_fwd_kernel``); the
+    greatest power of two dividing both it and the batch is launched. Used by the eager inference
+    launch; the registered op (autograd, torch.compile) launches one batch element per program.
+    Default 1: the configuration every GPU measurement so far used (larger values are unmeasured on
+    a GPU)."""
 
     block_m: int = 64
     block_n: int = 64
     num_warps: int = 4
     num_stages: int = 2
+    rows_per_cta: int = 1
 
     def __post_init__(self) -> None:
         for name, allowed in (
@@ -33,6 +42,7 @@ class KernelConfig:
             ("block_n", KERNEL_TILES),
             ("num_warps", KERNEL_WARPS),
             ("num_stages", KERNEL_STAGES),
+            ("rows_per_cta", KERNEL_ROWS_PER_CTA),
         ):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value not in allowed:  # 64.0, True: no
@@ -46,13 +56,18 @@ class KernelConfig:
         """This config with tiles clipped to ``block_size`` (tiles larger than a layout tile are
         clipped, never silently mis-sized)."""
         bm, bn = min(self.block_m, block_size), min(self.block_n, block_size)
-        cfg = KernelConfig(bm, bn, self.num_warps, self.num_stages)
+        cfg = KernelConfig(bm, bn, self.num_warps, self.num_stages, self.rows_per_cta)
         if not cfg.fits(block_size):
             raise ValueError(f"KernelConfig tiles {bm}x{bn} do not divide block_size={block_size}")
         return cfg
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """The fields as a dict; ``rows_per_cta`` only when it is not 1 (so the configs written
+        before it existed read and write unchanged)."""
+        d = asdict(self)
+        if d["rows_per_cta"] == 1:
+            del d["rows_per_cta"]
+        return d
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "KernelConfig":
@@ -235,9 +250,63 @@ def candidate_backward_configs(block_size: int, head_dim: int | None = None, dty
     return _candidates("bwd", BACKWARD_KERNELS, block_size, head_dim, dtype, exclude_spilling, True)
 
 
+# ------------------------------------------------------------------------------------------------
+# default launch configs: measured winners first, then a pipelined preference
+# ------------------------------------------------------------------------------------------------
+# The fastest forward config measured on a GPU per (layout block size, padded head dim, dtype
+# group "16" = bf16/fp16 or "32" = float32): the committed H200 kernel benchmark
+# (benchmarks/results/NVIDIA-H200.csv, Triton 3.6, bf16, head dim 32, block 64: the fastest of the
+# four configs tried in every one of its 16 Triton rows, MSA row L = 4096 and triangle L = 2048 at
+# 0-91% sparsity, forward and forward+backward).
+MEASURED_FORWARD: dict[tuple[int, int, str], "KernelConfig"] = {
+    (64, 32, "16"): KernelConfig(64, 64, 4, 3),
+}
+
+# preference order of the default forward config where nothing was measured: 3 stages first (on
+# sm_90 the K/V loop is software-pipelined only from 3 stages on: TTGIR ``async_wait`` > 0 and
+# ``num_stages - 1`` K/V buffers in the compile report; 2 stages give one buffer and wait 0), the
+# first that fits the layout block, shared memory and does not spill is used
+FORWARD_PREFERENCE: tuple[KernelConfig, ...] = (
+    KernelConfig(64, 64, 4, 3),
+    KernelConfig(64, 64, 8, 3),
+    KernelConfig(64, 32, 4, 3),
+    KernelConfig(32, 32, 4, 3),
+    KernelConfig(32, 16, 4, 3),
+    KernelConfig(16, 16, 4, 3),
+    KernelConfig(64, 64, 4, 2),
+    KernelConfig(32, 32, 4, 2),
+)
+
+
+@functools.lru_cache(maxsize=512)  # called on every Triton call without config: a pure function
+def default_forward_config(block_size: int, head_dim: int | None = None, dtype: DtypeLike = None) -> KernelConfig:
+    """The forward launch config used when none is given (and no tuned file names one): the measured
+    winner of ``MEASURED_FORWARD`` for (block size, padded head dim, dtype group) when there is
+    one, else the first of ``FORWARD_PREFERENCE`` that ``candidate_configs`` offers for this block
+    size, head dim and dtype, else the first config it offers."""
+    group = "32" if _elem_bytes(dtype) == 4 else "16"
+    measured = MEASURED_FORWARD.get((block_size, _d_pad(head_dim if head_dim is not None else 64), group))
+    if measured is not None:
+        return measured
+    offered = candidate_configs(block_size, head_dim, dtype)
+    for cfg in FORWARD_PREFERENCE:
+        if cfg in offered:
+            return cfg
+    if offered:
+        return offered[0]
+    return KernelConfig(16, 16, 4, 1)  # nothing offered (cannot happen for supported shapes): smallest
+
+
 # preference order of the default backward config (the first that fits the block and neither
-# overflows shared memory nor spills is used)
+# overflows shared memory nor spills is used): 3 stages first, which the sm_90 compile report shows
+# software-pipelined in dQ, dK/dV and dBias (async_wait 3-4, 3 buffers; 2 stages: wait 0) at the
+# same registers (64x32/w4, bf16, head dims 32 and 64, block 64), then the 2-stage configs
 BACKWARD_PREFERENCE: tuple[KernelConfig, ...] = (
+    KernelConfig(64, 32, 4, 3),
+    KernelConfig(64, 16, 4, 3),
+    KernelConfig(32, 32, 4, 3),
+    KernelConfig(32, 16, 4, 3),
+    KernelConfig(16, 16, 4, 3),
     KernelConfig(64, 32, 4, 2),
     KernelConfig(64, 16, 4, 2),
     KernelConfig(32, 32, 4, 2),

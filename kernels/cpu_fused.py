@@ -24,7 +24,9 @@ backend's), so ``torch.compile(fullgraph=True)`` traces it as one opaque node:
 * ``cpu_block_sparse_attention_bwd(grad_out, q, k, v, out, lse, bias, kv_counts, kv_indices,
   q_counts, q_indices, block_size, seq_len, scale, compute_dbias) -> (dq, dk, dv, dbias)``
 
-float32 CPU tensors; ``bias`` is None or [1 or B, 1 or H, L, L] (the entry point materialises
+float32 CPU tensors of any strides (head dimension with unit stride; the kernel reads q, k, v in
+place through their batch, head and row strides, forward and backward, and the forward writes the
+output in q's memory order, so a permuted [B, L, H, D] view needs no copy); ``bias`` is None or [1 or B, 1 or H, L, L] (the entry point materialises
 row/column broadcasts and keeps batch/head broadcast at size 1; autograd sums ``dbias`` back to
 the caller's shape); the index tensors are the layout's (``BlockLayout.index_on``). Both ops have
 fake implementations; the forward's autograd formula calls the backward op (no double backward).
@@ -38,8 +40,8 @@ autograd (and not traced) runs the forward op's implementation directly, skippin
 
 Threads: ``torch.get_num_threads()`` Python threads call the kernel at once (ctypes releases the
 GIL); they share an atomic counter over the work items, ordered largest first.
-What it reads and writes: q, k, v, the output and LSE, plus K^T (and V^T in backward), all
-O(L*D); the bias is read tile by tile in place, never gathered or expanded. Per-thread scratch is
+What it reads and writes: q, k, v (in place), the output and LSE, plus K^T (and V^T in backward,
+packed by the kernel library from the strided inputs, rows past L zero), all O(L*D); the bias is read tile by tile in place, never gathered or expanded. Per-thread scratch is
 a few hundred KiB. Supported: head dims 8, 16, 32, 64; block sizes 16, 32, 64, 128; float32
 compute (half inputs are converted, like the reference).
 """
@@ -65,14 +67,14 @@ from patterns import BlockLayout
 
 from .capabilities import FUSED_CPU_HEAD_DIMS, LAYOUT_BLOCK_SIZES
 from .compile_marks import assume_constant_result
-from .opdefs import declare_attention_ops
+from .opdefs import declare_attention_ops, empty_in_order_of, rows_in_place
 from .plans import host_index, layout_plans, shared
 from .reference import resolve_scale
 
 __all__ = ["available", "unavailable_reason", "supports", "fused_sparse_attention"]
 
 SOURCE = Path(__file__).with_name("csrc") / "block_sparse_cpu.c"
-ABI_VERSION = 1
+ABI_VERSION = 2
 HEAD_DIMS = FUSED_CPU_HEAD_DIMS  # the registry's record (kernels.backends)
 BLOCK_SIZES = LAYOUT_BLOCK_SIZES
 
@@ -91,6 +93,7 @@ class _Args(ctypes.Structure):
         ("items", ctypes.c_void_p),
         ("n_items", ctypes.c_int64),
         ("counter", ctypes.c_void_p),
+        *[(n, ctypes.c_int64) for t in "qkvo" for n in (f"s{t}_b", f"s{t}_h", f"s{t}_l")],
     ]
 
 
@@ -243,7 +246,8 @@ def _pad_rows(t: torch.Tensor, Lp: int) -> torch.Tensor:
 
 
 def _block_t(t: torch.Tensor, bs: int, reuse: Optional[dict] = None, name: str = "kt") -> torch.Tensor:
-    """[B, H, Lp, D] -> [B, H, nb, D, bs]: each block's transposed tile contiguous (the kernel's
+    """[B, H, L, D] (any strides, unit head-dim stride) -> [B, H, nb, D, bs], nb = ceil(L / bs),
+    rows past L zero: each block's transposed tile contiguous (the kernel's
     K^T / V^T operand; a [D, Lp] row-major transpose would put its rows a power-of-two stride apart,
     all in one L1 cache set). Packed by the kernel library, in parallel.
     ``reuse`` (the layout's plan): write into the buffer this thread used on the previous call with
@@ -252,8 +256,9 @@ def _block_t(t: torch.Tensor, bs: int, reuse: Optional[dict] = None, name: str =
     ~3 ms). The buffer is a workspace of one op call, never returned nor saved for backward. A new
     layout object (``BlockLayout.fresh()``) has a new index and starts without it, so a cold call's
     peak memory counts it."""
-    B, H, Lp, D = t.shape
-    shape = (B, H, Lp // bs, D, bs)
+    B, H, L, D = t.shape
+    nb = -(-L // bs)
+    shape = (B, H, nb, D, bs)
     key = (name, threading.get_ident())
     out = reuse.get(key) if reuse is not None else None
     if out is None or out.shape != shape or out.dtype != t.dtype:
@@ -261,10 +266,11 @@ def _block_t(t: torch.Tensor, bs: int, reuse: Optional[dict] = None, name: str =
         if reuse is not None:
             reuse[key] = out  # one buffer per (layout, thread): the latest shape only
     a = _Args()
-    a.B, a.H, a.L, a.Lp, a.D, a.BS, a.nb = B, H, Lp, Lp, D, bs, Lp // bs
+    a.B, a.H, a.L, a.Lp, a.D, a.BS, a.nb = B, H, L, nb * bs, D, bs, nb
     a.k, a.kt = t.data_ptr(), out.data_ptr()
+    a.sk_b, a.sk_h, a.sk_l = t.stride(0), t.stride(1), t.stride(2)
     # a small copy is not worth a thread hand-off
-    _run("bsa_pack_t", a, _arange(B * H * (Lp // bs)), max_threads=1 if t.numel() < (1 << 18) else 1 << 30)
+    _run("bsa_pack_t", a, _arange(B * H * nb), max_threads=1 if t.numel() < (1 << 18) else 1 << 30)
     return out
 
 
@@ -285,11 +291,15 @@ def _bias_view(bias: torch.Tensor, L: int) -> torch.Tensor:
 
 
 def _args(q, k, v, kt, bias, index, block_size: int, seq_len: int, scale: float) -> _Args:
-    B, H, Lp, D = q.shape
+    """The kernel's arguments; q, k, v [B, H, L or Lp, D] are read through their strides."""
+    B, H, _, D = q.shape
     kc, ki, qc, qi = index
     a = _Args()
-    a.B, a.H, a.L, a.Lp, a.D, a.BS, a.nb = B, H, seq_len, Lp, D, block_size, kc.shape[-1]
+    a.B, a.H, a.L, a.Lp, a.D, a.BS, a.nb = B, H, seq_len, kc.shape[-1] * block_size, D, block_size, kc.shape[-1]
     a.q, a.k, a.v, a.kt = q.data_ptr(), k.data_ptr(), v.data_ptr(), kt.data_ptr()
+    a.sq_b, a.sq_h, a.sq_l = q.stride(0), q.stride(1), q.stride(2)
+    a.sk_b, a.sk_h, a.sk_l = k.stride(0), k.stride(1), k.stride(2)
+    a.sv_b, a.sv_h, a.sv_l = v.stride(0), v.stride(1), v.stride(2)
     if bias is not None:
         a.bias = bias.data_ptr()
         a.sb_b = bias.stride(0) if bias.shape[0] > 1 else 0
@@ -357,17 +367,19 @@ def _fwd_impl(q, k, v, bias, index, block_size: int, seq_len: int, scale: float,
     index = _check_op_args(q, k, v, bias, index, block_size, seq_len)
     B, H, L, D = q.shape
     Lp = index[0].shape[-1] * block_size
-    qp, kp, vp = (_pad_rows(t, Lp) for t in (q, k, v))
+    # q, k, v are read in place through their strides (no padding: the kernel stops at L)
+    q, k, v = rows_in_place(q), rows_in_place(k), rows_in_place(v)
     # K^T goes into a reused buffer: the layout's plan's, or the workspace guided layouts of one
     # config share (so that a fresh layout per forward does not pay a fresh allocation)
-    kt = _block_t(kp, block_size, reuse=layout_plans(index[0]) if workspace is None else workspace)
+    kt = _block_t(k, block_size, reuse=layout_plans(index[0]) if workspace is None else workspace)
     bias4 = None if bias is None else _bias_view(bias, L)
-    o = torch.empty_like(qp)
+    o = empty_in_order_of(q)
     lse = torch.empty(B, H, Lp, dtype=q.dtype)
-    a = _args(qp, kp, vp, kt, bias4, index, block_size, seq_len, scale)
+    a = _args(q, k, v, kt, bias4, index, block_size, seq_len, scale)
     a.o, a.lse = o.data_ptr(), lse.data_ptr()
+    a.so_b, a.so_h, a.so_l = o.stride(0), o.stride(1), o.stride(2)
     _run("bsa_forward", a, _fwd_items(index[0], B, H))
-    return _cut_rows(o, L), lse
+    return o, lse
 
 
 def _bwd_impl(grad, q, k, v, out, lse, bias, index, block_size: int, seq_len: int, scale: float, compute_dbias: bool):
@@ -377,19 +389,21 @@ def _bwd_impl(grad, q, k, v, out, lse, bias, index, block_size: int, seq_len: in
     index = _check_op_args(q, k, v, bias, index, block_size, seq_len)
     B, H, L, D = q.shape
     Lp = index[0].shape[-1] * block_size
-    qp, kp, vp, o = (_pad_rows(t, Lp) for t in (q, k, v, out))
-    dout = _pad_rows(grad.to(qp.dtype), Lp)
-    delta = (dout * o).sum(-1).contiguous()
+    # q, k, v read in place through their strides; dO (and the gradients) padded to Lp rows
+    q, k, v = rows_in_place(q), rows_in_place(k), rows_in_place(v)
+    grad = grad.to(q.dtype)
+    dout = _pad_rows(grad, Lp)
+    delta = F.pad((grad * out).sum(-1), (0, Lp - L)).contiguous()
     plan = layout_plans(index[0])
-    kt = _block_t(kp, block_size, reuse=plan)
-    vt = _block_t(vp, block_size)
-    dq, dk, dv = torch.empty_like(qp), torch.empty_like(kp), torch.empty_like(vp)
+    kt = _block_t(k, block_size, reuse=plan)
+    vt = _block_t(v, block_size)
+    dq, dk, dv = (q.new_empty((B, H, Lp, D)) for _ in range(3))
     bias4 = None if bias is None else _bias_view(bias, L)
     want_bias = bias4 is not None and compute_dbias
     gB, gH = (bias4.shape[0], bias4.shape[1]) if want_bias else (B, H)
-    dbias = qp.new_zeros(gB, gH, L, L) if want_bias else None
-    a = _args(qp, kp, vp, kt, bias4, index, block_size, seq_len, scale)
-    a.vt, a.o, a.lse, a.dout, a.delta = vt.data_ptr(), o.data_ptr(), lse.contiguous().data_ptr(), dout.data_ptr(), delta.data_ptr()
+    dbias = q.new_zeros(gB, gH, L, L) if want_bias else None
+    a = _args(q, k, v, kt, bias4, index, block_size, seq_len, scale)
+    a.vt, a.lse, a.dout, a.delta = vt.data_ptr(), lse.contiguous().data_ptr(), dout.data_ptr(), delta.data_ptr()
     a.dq, a.dk, a.dv = dq.data_ptr(), dk.data_ptr(), dv.data_ptr()
     a.dbias = 0 if dbias is None else dbias.data_ptr()
     a.gB, a.gH = gB, gH
@@ -430,7 +444,7 @@ def _group_items(q_counts: torch.Tensor, gB: int, gH: int, B: int, H: int) -> to
 # ---- custom ops (what torch.compile sees) ---------------------------------------------------------
 def _fwd_fake(q, k, v, bias, index, block_size, seq_len, scale):
     B, H, _, _ = q.shape
-    return q.new_empty(q.shape), q.new_empty((B, H, index[0].shape[-1] * block_size))
+    return empty_in_order_of(rows_in_place(q)), q.new_empty((B, H, index[0].shape[-1] * block_size))
 
 
 # Forward: (out float32 [B, H, L, D], lse float32 [B, H, nb*block_size]) from float32 CPU q, k, v

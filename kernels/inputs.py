@@ -1,5 +1,6 @@
-"""`check_inputs`: the shape checks every backend shares (q, k, v, the layout, the bias), run by the
-dispatcher (`kernels.sparse_attention`) and by a backend called directly (`kernels.triton_op`).
+"""`check_inputs`: the one input contract every backend shares (q, k, v, the layout, the bias), run
+by the dispatcher (`kernels.sparse_attention`) before any backend and by a backend called directly
+(`kernels.triton_op`), with the same ValueError for every backend.
 
 A module of its own, below the package's face, so that a backend checks its inputs without
 importing ``kernels`` (whose ``__init__`` imports the registry, which imports the backends).
@@ -7,6 +8,7 @@ importing ``kernels`` (whose ``__init__`` imports the registry, which imports th
 
 from __future__ import annotations
 
+import numbers
 from typing import Optional
 
 import torch
@@ -19,21 +21,90 @@ __all__ = ["check_inputs"]
 
 
 def check_inputs(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layout: BlockLayout, bias: Optional[torch.Tensor]) -> None:
-    """Raise ValueError naming the argument when shapes do not fit together (or the layout holds no
-    data: a layout on the meta device)."""
+    """The one input contract of every backend: raise ValueError naming the argument when q, k, v,
+    the layout and the bias do not fit together. Checked in full once per (shapes, dtypes, devices,
+    layout geometry) and remembered, so a repeated call costs one dictionary lookup.
+
+    q, k, v: tensors of one floating dtype on one device, all [B, H, L, D] with every size >= 1
+    (any strides); layout: block_size >= 1, seq_len == L, a block mask of ceil(L / block_size)
+    blocks per side with data (not on the meta device), per-head masks with H heads; bias: None or
+    a floating tensor on q's device of at most 4 dimensions that broadcasts (right-aligned) to
+    [B, H, L, L]."""
+    try:
+        key = _contract_key(q, k, v, layout, bias)
+    except AttributeError:  # not tensors / not a layout: the full check says which argument
+        _check_contract(q, k, v, layout, bias)
+        raise
+    if key in _CHECKED:
+        return
+    _check_contract(q, k, v, layout, bias)
+    if len(_CHECKED) >= _CHECKED_MAX:
+        _CHECKED.clear()
+    _CHECKED[key] = True
+
+
+_CHECKED: dict = {}
+_CHECKED_MAX = 4096
+
+
+def _contract_key(q, k, v, layout, bias) -> tuple:
+    return (
+        q.shape, k.shape, v.shape, q.dtype, k.dtype, v.dtype, q.device, k.device, v.device,
+        layout.block_size, layout.seq_len, layout.mask_shape, layout.device,
+        None if bias is None else (bias.shape, bias.dtype, bias.device),
+    )
+
+
+def _check_contract(q, k, v, layout, bias) -> None:
+    """The full checks of ``check_inputs`` (no caching)."""
+    for name, t in (("q", q), ("k", k), ("v", v)):
+        if not isinstance(t, torch.Tensor):
+            raise ValueError(f"{name} must be a torch.Tensor; got {type(t).__name__}")
+    if not isinstance(layout, BlockLayout):
+        raise ValueError(f"layout must be a patterns.BlockLayout; got {type(layout).__name__}")
     if q.dim() != 4 or k.shape != q.shape or v.shape != q.shape:
         raise ValueError(
             f"q, k, v must all be [B, H, L, D] with the same shape; got {list(q.shape)}, {list(k.shape)}, {list(v.shape)}"
         )
     B, H, L, D = q.shape
+    if min(q.shape) < 1:
+        raise ValueError(f"q, k, v must have B, H, L and head dim D all >= 1; got [B, H, L, D] = {list(q.shape)}")
+    if not q.dtype.is_floating_point or k.dtype != q.dtype or v.dtype != q.dtype:
+        raise ValueError(
+            f"q, k, v must share one floating dtype (float64, float32, float16, bfloat16); got {q.dtype}, {k.dtype}, {v.dtype}"
+        )
+    if k.device != q.device or v.device != q.device:
+        raise ValueError(f"q, k, v must be on one device; got {q.device}, {k.device}, {v.device}")
+    _check_layout(layout, H, L)
+    if bias is not None:
+        _check_bias(bias, q, B, H, L)
+
+
+def _check_layout(layout, H: int, L: int) -> None:
+    bs = layout.block_size
+    if isinstance(bs, bool) or not isinstance(bs, numbers.Integral) or bs < 1:
+        raise ValueError(f"layout.block_size must be an integer >= 1; got {bs!r}")
     if layout.seq_len != L:
         raise ValueError(f"layout.seq_len={layout.seq_len} but q has L={L}")
+    nb = -(-L // bs)
+    shape = layout.mask_shape  # a BlockLayout's mask is bool [nb, nb] or [H, nb, nb] by construction
+    if len(shape) not in (2, 3) or tuple(shape[-2:]) != (nb, nb):
+        raise ValueError(
+            f"layout.block_mask must be bool [{nb}, {nb}] or [H, {nb}, {nb}] for L={L}, block_size={bs}; "
+            f"got {list(shape)}"
+        )
     if layout.num_heads is not None and layout.num_heads != H:
         raise ValueError(f"per-head layout has {layout.num_heads} heads but q has H={H}")
     check_layout_device(layout)
-    if bias is not None:
-        if bias.dim() > 4:
-            raise ValueError(f"bias must broadcast to [B, H, L, L]; got {list(bias.shape)}")
-        # right-aligned broadcasting, checked by hand (torch.broadcast_shapes costs ~0.1 ms a call)
-        if any(b != 1 and b != t for b, t in zip(reversed(bias.shape), (L, L, H, B))):
-            raise ValueError(f"bias of shape {list(bias.shape)} does not broadcast to [{B}, {H}, {L}, {L}]")
+
+
+def _check_bias(bias, q, B: int, H: int, L: int) -> None:
+    if not isinstance(bias, torch.Tensor):
+        raise ValueError(f"bias must be None or a torch.Tensor; got {type(bias).__name__}")
+    if not bias.dtype.is_floating_point:
+        raise ValueError(f"bias must be a floating tensor; got {bias.dtype}")
+    if bias.device != q.device:
+        raise ValueError(f"bias must be on q's device {q.device}; got {bias.device}")
+    # right-aligned broadcasting, checked by hand (torch.broadcast_shapes costs ~0.1 ms a call)
+    if bias.dim() > 4 or any(b != 1 and b != t for b, t in zip(reversed(bias.shape), (L, L, H, B))):
+        raise ValueError(f"bias of shape {list(bias.shape)} does not broadcast to [{B}, {H}, {L}, {L}]")

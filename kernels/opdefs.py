@@ -22,11 +22,12 @@ their fakes and the autograd formula, and returns the two op objects.
 
 from __future__ import annotations
 
-from typing import Callable
+import functools
+from typing import Callable, Optional
 
 import torch
 
-__all__ = ["FORWARD_ARGS", "BACKWARD_ARGS", "declare_attention_ops"]
+__all__ = ["FORWARD_ARGS", "BACKWARD_ARGS", "declare_attention_ops", "rows_in_place", "empty_in_order_of"]
 
 FORWARD_ARGS = (
     "Tensor q, Tensor k, Tensor v, Tensor? bias, "
@@ -37,6 +38,34 @@ BACKWARD_ARGS = (
     "Tensor kv_counts, Tensor kv_indices, Tensor q_counts, Tensor q_indices"
 )
 N_TENSORS = 8  # forward tensor inputs before the backend's own parameters
+
+
+def rows_in_place(t: torch.Tensor) -> torch.Tensor:
+    """``t`` itself when its last (head) dimension has unit stride, so that a kernel reads it in
+    place through its other strides (permuted views, slices of a fused projection); otherwise a
+    contiguous copy (a head dimension with another stride cannot be loaded as rows)."""
+    return t if t.stride(-1) == 1 or t.shape[-1] == 1 else t.contiguous()
+
+
+def _dim_order(strides: tuple[int, ...]) -> tuple[int, ...]:
+    """The memory order of a 4-d tensor with these strides (outermost first, the last dimension
+    last; ties keep the logical order). Cached for concrete strides; symbolic ones (a traced
+    call with dynamic shapes) are sorted each time."""
+    if all(type(x) is int for x in strides):
+        return _dim_order_cached(tuple(strides))
+    return (*sorted(range(3), key=lambda i: -strides[i]), 3)
+
+
+@functools.lru_cache(maxsize=256)
+def _dim_order_cached(strides: tuple[int, ...]) -> tuple[int, ...]:
+    return (*sorted(range(3), key=lambda i: -strides[i]), 3)
+
+
+def empty_in_order_of(t: torch.Tensor, dtype: Optional[torch.dtype] = None) -> torch.Tensor:
+    """An uninitialised dense tensor of ``t``'s [B, H, L, D] shape laid out in ``t``'s dimension
+    order: for q a permuted view of [B, L, H, D] memory the output has [B, L, H, D] memory, so the
+    caller's transpose back to [B, L, H, D] is a free view (no copy before the gating multiply)."""
+    return torch.empty_permuted(t.shape, _dim_order(t.stride()), dtype=dtype or t.dtype, device=t.device)
 
 
 def _backward_fake(grad_out, q, k, v, out, lse, bias, kv_counts, kv_indices, q_counts, q_indices, *params):
@@ -57,6 +86,7 @@ def declare_attention_ops(
     backward: Callable,
     backward_args: Callable[[tuple], tuple],
     device_types=None,
+    backward_fake: Callable = None,
 ):
     """Register the forward and backward op of one backend; returns (forward_op, backward_op).
 
@@ -65,7 +95,9 @@ def declare_attention_ops(
     as one tuple ``index = (kv_counts, kv_indices, q_counts, q_indices)``: ``forward(q, k, v, bias,
     index, *params)`` and ``forward_fake`` (same arguments) give (out, lse); ``backward(grad_out,
     q, k, v, out, lse, bias, index, *backward_params, compute_dbias)`` gives (dq, dk, dv, dbias);
-    ``backward_args(params)`` picks the backward op's parameters out of the forward's."""
+    ``backward_args(params)`` picks the backward op's parameters out of the forward's;
+    ``backward_fake`` (same arguments as the backward op) replaces the shared fake backward (dq,
+    dk, dv contiguous) for a backend whose gradients have other strides."""
     def fwd(q, k, v, bias, kv_counts, kv_indices, q_counts, q_indices, *params):
         return forward(q, k, v, bias, (kv_counts, kv_indices, q_counts, q_indices), *params)
 
@@ -84,7 +116,7 @@ def declare_attention_ops(
         backward_name, mutates_args=(), device_types=device_types,
         schema=f"({BACKWARD_ARGS}, {backward_params}, bool compute_dbias) -> (Tensor, Tensor, Tensor, Tensor)",
     )(bwd)
-    bwd_op.register_fake(_backward_fake)
+    bwd_op.register_fake(backward_fake or _backward_fake)
 
     def setup_context(ctx, inputs, output):
         q, k, v, bias, kv_counts, kv_indices, q_counts, q_indices = inputs[:N_TENSORS]

@@ -13,8 +13,10 @@ All kernels walk the compact layout index (see ``patterns.layout.BlockLayout``):
 * dBias for a bias broadcast over the batch: one program per (kept tile, head) that loops over the
   batch, recomputing P and dP, and writes the summed tile once (no atomics).
 
-Conventions: q, k, v, o, do are contiguous [B, H, L, D] (the op makes them so); lse and delta are
-contiguous float32 [B, H, L]; the bias is read through its strides (stride 0 on broadcast
+Conventions: q, k, v, o, do and the gradients are [B, H, L, D] tensors read and written through
+their batch, head and row strides (``stride_*b``, ``stride_*h``, ``stride_*m``; the head dimension
+has stride 1), so permuted views ([B, L, H, D] memory) and the q/k/v slices of one fused projection
+are read in place; lse and delta are contiguous float32 [B, H, L]; the bias is read through its strides (stride 0 on broadcast
 dimensions), one [BLOCK_M, BLOCK_N] tile at a time. Scores live in the log2 domain: ``qk_scale``
 is ``scale * log2(e)`` and the bias is multiplied by log2(e) on load, so ``lse`` is
 ``log2(sum(exp2(s)))`` of the log2-domain scores. The head dimension is padded to ``D_PAD``
@@ -113,13 +115,14 @@ def _select(vec, offs, j):
 
 
 @triton.jit
-def _fwd_step(acc, l_i, m_i, q, k_base, v_base, bias_base, stride_bias_n, offs_m, offs_n, offs_d, L, qk_scale,
+def _fwd_step(acc, l_i, m_i, q, k_base, v_base, stride_kn, stride_vn, bias_base, stride_bias_n, offs_m, offs_n, offs_d,
+              L, qk_scale,
               HEAD_DIM: tl.constexpr, HAS_BIAS: tl.constexpr, FULL: tl.constexpr, EVEN_D: tl.constexpr,
               PREC: tl.constexpr):
     """One [BLOCK_M, BLOCK_N] step of the online softmax (FlashAttention-2, Dao 2023) in the log2
     domain. FULL: every key of the tile is < L (no key masks); otherwise keys past L are masked to
     -inf and their loads skipped."""
-    k = _load_rows(k_base + offs_n[:, None] * HEAD_DIM, offs_n, offs_d, L, HEAD_DIM, FULL, EVEN_D)
+    k = _load_rows(k_base + offs_n[:, None] * stride_kn, offs_n, offs_d, L, HEAD_DIM, FULL, EVEN_D)
     s = tl.dot(q, tl.trans(k), input_precision=PREC) * qk_scale
     if HAS_BIAS:
         s += _load_bias(bias_base + offs_n[None, :] * stride_bias_n, offs_m, offs_n, L, FULL) * 1.4426950408889634
@@ -131,57 +134,16 @@ def _fwd_step(acc, l_i, m_i, q, k_base, v_base, bias_base, stride_bias_n, offs_m
     alpha = tl.math.exp2(m_i - m_use)
     p = tl.math.exp2(s - m_use[:, None])
     l_i = l_i * alpha + tl.sum(p, 1)
-    v = _load_rows(v_base + offs_n[:, None] * HEAD_DIM, offs_n, offs_d, L, HEAD_DIM, FULL, EVEN_D)
+    v = _load_rows(v_base + offs_n[:, None] * stride_vn, offs_n, offs_d, L, HEAD_DIM, FULL, EVEN_D)
     acc = acc * alpha[:, None]
     acc = tl.dot(p.to(v.dtype), v, acc, input_precision=PREC)
     return acc, l_i, m_new
 
 
-# --------------------------------------------------------------------------------------------
-# forward
-# --------------------------------------------------------------------------------------------
 @triton.jit
-def _attn_fwd_kernel(
-    Q, K, V, Bias, Out, Lse,
-    KVCounts, KVIndices,
-    stride_bias_b, stride_bias_h, stride_bias_m, stride_bias_n,
-    TileOrder,
-    B, H, L, NB, N_TILES, LAYOUT_HEAD_STRIDE,
-    qk_scale,
-    HEAD_DIM: tl.constexpr, D_PAD: tl.constexpr,
-    BLOCK_SIZE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, NB_PAD: tl.constexpr,
-    HAS_BIAS: tl.constexpr, EVEN_L: tl.constexpr, EVEN_D: tl.constexpr, PREC: tl.constexpr,
-):
-    SUB_N: tl.constexpr = BLOCK_SIZE // BLOCK_N
-    b, h, tile = _program_coords(TileOrder, B, H, N_TILES, LAYOUT_HEAD_STRIDE)
-    bh = b * H + h
-    start_m = tile * BLOCK_M
-    row = start_m // BLOCK_SIZE
-    hl = h * LAYOUT_HEAD_STRIDE
-
-    offs_m = start_m + tl.arange(0, BLOCK_M)
-    offs_n0 = tl.arange(0, BLOCK_N)
-    offs_d = tl.arange(0, D_PAD)
-    base = bh.to(tl.int64) * L * HEAD_DIM
-    q = _load_rows(Q + base + offs_m[:, None] * HEAD_DIM + offs_d[None, :], offs_m, offs_d, L, HEAD_DIM, EVEN_L, EVEN_D)
-    k_base = K + base + offs_d[None, :]
-    v_base = V + base + offs_d[None, :]
-    if HAS_BIAS:
-        # rows past L (last query tile of a ragged L) read the bias of row L - 1 instead of masking
-        # every load: their results are never stored
-        if EVEN_L:
-            rows_b = offs_m
-        else:
-            rows_b = tl.minimum(offs_m, L - 1)
-        bias_base = Bias + b.to(tl.int64) * stride_bias_b + h.to(tl.int64) * stride_bias_h + rows_b[:, None] * stride_bias_m
-    else:
-        bias_base = Bias
-
-    m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
-    l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
-    acc = tl.zeros([BLOCK_M, D_PAD], dtype=tl.float32)
-
-    lay_row = hl * NB + row
+def _kept_row(KVCounts, KVIndices, lay_row, NB, NB_PAD: tl.constexpr, EVEN_L: tl.constexpr):
+    """(count, index vector [NB_PAD], its arange, blocks walked without key masks) of one layout
+    row: the kept key blocks, held in registers (``_select``)."""
     count = tl.load(KVCounts + lay_row)
     offs_nb = tl.arange(0, NB_PAD)
     row_idx = tl.load(KVIndices + lay_row * NB + offs_nb, mask=offs_nb < count, other=0)
@@ -192,31 +154,99 @@ def _attn_fwd_kernel(
         # be the row's last one; every other block runs without masks
         last = _select(row_idx, offs_nb, count - 1)
         n_full = count - tl.where((count > 0) & (last == NB - 1), 1, 0)
-    for it in range(0, n_full * SUB_N):
-        kb = _select(row_idx, offs_nb, it // SUB_N)
-        offs_n = kb * BLOCK_SIZE + (it % SUB_N) * BLOCK_N + offs_n0
-        acc, l_i, m_i = _fwd_step(acc, l_i, m_i, q, k_base, v_base, bias_base, stride_bias_n, offs_m, offs_n, offs_d,
-                                  L, qk_scale, HEAD_DIM, HAS_BIAS, True, EVEN_D, PREC)
-    for it in range(n_full * SUB_N, count * SUB_N):  # the ragged last block (not EVEN_L only)
-        kb = _select(row_idx, offs_nb, it // SUB_N)
-        offs_n = kb * BLOCK_SIZE + (it % SUB_N) * BLOCK_N + offs_n0
-        acc, l_i, m_i = _fwd_step(acc, l_i, m_i, q, k_base, v_base, bias_base, stride_bias_n, offs_m, offs_n, offs_d,
-                                  L, qk_scale, HEAD_DIM, HAS_BIAS, False, EVEN_D, PREC)
+    return count, row_idx, offs_nb, n_full
 
-    # a row with no computed key, or whose computed logits are all -inf, is "dead": zeros (even
-    # where v holds NaN/inf, which reached acc through 0 * v) and lse = +inf; a NaN anywhere in a
-    # live row's logits makes l_i NaN, hence a NaN row (IEEE, as the reference)
+
+@triton.jit
+def _fwd_epilogue(acc, l_i, m_i, out_ptrs, lse_ptrs, offs_m, offs_d, L,
+                  HEAD_DIM: tl.constexpr, EVEN_L: tl.constexpr, EVEN_D: tl.constexpr, STORE_LSE: tl.constexpr):
+    """Normalise and store one query tile's output (and its LSE). A row with no computed key, or
+    whose computed logits are all -inf, is "dead": zeros (even where v holds NaN/inf, which reached
+    acc through 0 * v) and lse = +inf; a NaN anywhere in a live row's logits makes l_i NaN, hence a
+    NaN row (IEEE, as the reference)."""
     empty = l_i == 0.0
     l_safe = tl.where(empty, 1.0, l_i)
     acc = tl.where(empty[:, None], 0.0, acc / l_safe[:, None])
-    lse = tl.where(empty, float("inf"), m_i + tl.math.log2(l_safe))
-    _store_rows(Out + base + offs_m[:, None] * HEAD_DIM + offs_d[None, :], acc.to(Out.dtype.element_ty),
-                offs_m, offs_d, L, HEAD_DIM, EVEN_L, EVEN_D)
-    lse_ptrs = Lse + bh.to(tl.int64) * L + offs_m
+    _store_rows(out_ptrs, acc.to(out_ptrs.dtype.element_ty), offs_m, offs_d, L, HEAD_DIM, EVEN_L, EVEN_D)
+    if STORE_LSE:  # the backward needs it; eager inference does not (no buffer, no writes)
+        lse = tl.where(empty, float("inf"), m_i + tl.math.log2(l_safe))
+        if EVEN_L:
+            tl.store(lse_ptrs, lse)
+        else:
+            tl.store(lse_ptrs, lse, mask=offs_m < L)
+
+
+# --------------------------------------------------------------------------------------------
+# forward
+# --------------------------------------------------------------------------------------------
+@triton.jit
+def _attn_fwd_kernel(
+    Q, K, V, Bias, Out, Lse,
+    KVCounts, KVIndices,
+    stride_qb, stride_qh, stride_qm, stride_kb, stride_kh, stride_kn,
+    stride_vb, stride_vh, stride_vn, stride_ob, stride_oh, stride_om,
+    stride_bias_b, stride_bias_h, stride_bias_m, stride_bias_n,
+    TileOrder,
+    B, H, L, NB, N_TILES, LAYOUT_HEAD_STRIDE,
+    qk_scale,
+    HEAD_DIM: tl.constexpr, D_PAD: tl.constexpr,
+    BLOCK_SIZE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, NB_PAD: tl.constexpr,
+    HAS_BIAS: tl.constexpr, EVEN_L: tl.constexpr, EVEN_D: tl.constexpr, PREC: tl.constexpr,
+    STORE_LSE: tl.constexpr = True, ROWS_PER_CTA: tl.constexpr = 1,
+):
+    """Forward of one query tile for ``ROWS_PER_CTA`` consecutive batch elements (MSA rows or
+    triangle rows) of one head: the tile order, the kept-block count and the block index are loaded
+    once per program and reused for every batch element, and a bias shared by the batch is read
+    for the same tile by consecutive iterations of one program (hit in L1/L2). B must be a
+    multiple of ``ROWS_PER_CTA``; the grid has N_TILES * H * B / ROWS_PER_CTA programs."""
+    SUB_N: tl.constexpr = BLOCK_SIZE // BLOCK_N
+    bg, h, tile = _program_coords(TileOrder, B // ROWS_PER_CTA, H, N_TILES, LAYOUT_HEAD_STRIDE)
+    h64 = h.to(tl.int64)
+    start_m = tile * BLOCK_M
+    row = start_m // BLOCK_SIZE
+    hl = h * LAYOUT_HEAD_STRIDE
+
+    offs_m = start_m + tl.arange(0, BLOCK_M)
+    offs_n0 = tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, D_PAD)
     if EVEN_L:
-        tl.store(lse_ptrs, lse)
+        rows_b = offs_m
     else:
-        tl.store(lse_ptrs, lse, mask=offs_m < L)
+        # rows past L (last query tile of a ragged L) read the bias of row L - 1 instead of masking
+        # every load: their results are never stored
+        rows_b = tl.minimum(offs_m, L - 1)
+
+    count, row_idx, offs_nb, n_full = _kept_row(KVCounts, KVIndices, hl * NB + row, NB, NB_PAD, EVEN_L)
+
+    for r in tl.static_range(ROWS_PER_CTA):
+        b = bg * ROWS_PER_CTA + r
+        b64 = b.to(tl.int64)
+        q = _load_rows(Q + b64 * stride_qb + h64 * stride_qh + offs_m[:, None] * stride_qm + offs_d[None, :],
+                       offs_m, offs_d, L, HEAD_DIM, EVEN_L, EVEN_D)
+        k_base = K + b64 * stride_kb + h64 * stride_kh + offs_d[None, :]
+        v_base = V + b64 * stride_vb + h64 * stride_vh + offs_d[None, :]
+        if HAS_BIAS:
+            bias_base = Bias + b64 * stride_bias_b + h64 * stride_bias_h + rows_b[:, None] * stride_bias_m
+        else:
+            bias_base = Bias
+
+        m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
+        l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
+        acc = tl.zeros([BLOCK_M, D_PAD], dtype=tl.float32)
+        for it in range(0, n_full * SUB_N):
+            kb = _select(row_idx, offs_nb, it // SUB_N)
+            offs_n = kb * BLOCK_SIZE + (it % SUB_N) * BLOCK_N + offs_n0
+            acc, l_i, m_i = _fwd_step(acc, l_i, m_i, q, k_base, v_base, stride_kn, stride_vn, bias_base, stride_bias_n,
+                                      offs_m, offs_n, offs_d, L, qk_scale, HEAD_DIM, HAS_BIAS, True, EVEN_D, PREC)
+        for it in range(n_full * SUB_N, count * SUB_N):  # the ragged last block (not EVEN_L only)
+            kb = _select(row_idx, offs_nb, it // SUB_N)
+            offs_n = kb * BLOCK_SIZE + (it % SUB_N) * BLOCK_N + offs_n0
+            acc, l_i, m_i = _fwd_step(acc, l_i, m_i, q, k_base, v_base, stride_kn, stride_vn, bias_base, stride_bias_n,
+                                      offs_m, offs_n, offs_d, L, qk_scale, HEAD_DIM, HAS_BIAS, False, EVEN_D, PREC)
+
+        _fwd_epilogue(acc, l_i, m_i, Out + b64 * stride_ob + h64 * stride_oh + offs_m[:, None] * stride_om + offs_d[None, :],
+                      Lse + (b64 * H + h64) * L + offs_m, offs_m, offs_d, L,
+                      HEAD_DIM, EVEN_L, EVEN_D, STORE_LSE)
 
 
 # --------------------------------------------------------------------------------------------
@@ -224,7 +254,9 @@ def _attn_fwd_kernel(
 # --------------------------------------------------------------------------------------------
 @triton.jit
 def _attn_bwd_preprocess_kernel(
-    Out, DO, Delta, L, N_TILES,
+    Out, DO, Delta,
+    stride_ob, stride_oh, stride_om, stride_dob, stride_doh, stride_dom,
+    H, L, N_TILES,
     HEAD_DIM: tl.constexpr, D_PAD: tl.constexpr, BLOCK_M: tl.constexpr,
     EVEN_L: tl.constexpr, EVEN_D: tl.constexpr,
 ):
@@ -232,12 +264,13 @@ def _attn_bwd_preprocess_kernel(
     pid = tl.program_id(0)
     bh = pid // N_TILES
     tile = pid % N_TILES
+    b64, h64 = (bh // H).to(tl.int64), (bh % H).to(tl.int64)
     offs_m = tile * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, D_PAD)
-    base = bh.to(tl.int64) * L * HEAD_DIM
-    ptrs = offs_m[:, None] * HEAD_DIM + offs_d[None, :]
-    o = _load_rows(Out + base + ptrs, offs_m, offs_d, L, HEAD_DIM, EVEN_L, EVEN_D).to(tl.float32)
-    do = _load_rows(DO + base + ptrs, offs_m, offs_d, L, HEAD_DIM, EVEN_L, EVEN_D).to(tl.float32)
+    o_ptrs = Out + b64 * stride_ob + h64 * stride_oh + offs_m[:, None] * stride_om + offs_d[None, :]
+    do_ptrs = DO + b64 * stride_dob + h64 * stride_doh + offs_m[:, None] * stride_dom + offs_d[None, :]
+    o = _load_rows(o_ptrs, offs_m, offs_d, L, HEAD_DIM, EVEN_L, EVEN_D).to(tl.float32)
+    do = _load_rows(do_ptrs, offs_m, offs_d, L, HEAD_DIM, EVEN_L, EVEN_D).to(tl.float32)
     delta = tl.sum(o * do, 1)
     d_ptrs = Delta + bh.to(tl.int64) * L + offs_m
     if EVEN_L:
@@ -250,6 +283,8 @@ def _attn_bwd_preprocess_kernel(
 def _attn_bwd_dq_kernel(
     Q, K, V, Bias, DO, Lse, Delta, DQ, DBias,
     KVCounts, KVIndices,
+    stride_qb, stride_qh, stride_qm, stride_kb, stride_kh, stride_kn, stride_vb, stride_vh, stride_vn,
+    stride_dob, stride_doh, stride_dom, stride_dqb, stride_dqh, stride_dqm,
     stride_bias_b, stride_bias_h, stride_bias_m, stride_bias_n,
     stride_db_b, stride_db_h,
     TileOrder,
@@ -273,16 +308,17 @@ def _attn_bwd_dq_kernel(
     offs_m = start_m + tl.arange(0, BLOCK_M)
     offs_n0 = tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, D_PAD)
-    base = bh.to(tl.int64) * L * HEAD_DIM
-    row_ptrs = offs_m[:, None] * HEAD_DIM + offs_d[None, :]
-    q = _load_rows(Q + base + row_ptrs, offs_m, offs_d, L, HEAD_DIM, EVEN_L, EVEN_D)
-    do = _load_rows(DO + base + row_ptrs, offs_m, offs_d, L, HEAD_DIM, EVEN_L, EVEN_D)
+    b64, h64 = b.to(tl.int64), h.to(tl.int64)
+    q = _load_rows(Q + b64 * stride_qb + h64 * stride_qh + offs_m[:, None] * stride_qm + offs_d[None, :],
+                   offs_m, offs_d, L, HEAD_DIM, EVEN_L, EVEN_D)
+    do = _load_rows(DO + b64 * stride_dob + h64 * stride_doh + offs_m[:, None] * stride_dom + offs_d[None, :],
+                    offs_m, offs_d, L, HEAD_DIM, EVEN_L, EVEN_D)
     # rows past L get lse = +inf, hence p = 0
     lse = _load_vec(Lse + bh.to(tl.int64) * L + offs_m, offs_m, L, float("inf"), EVEN_L)
     delta = _load_vec(Delta + bh.to(tl.int64) * L + offs_m, offs_m, L, 0.0, EVEN_L)
     dead = lse == float("inf")
-    k_base = K + base + offs_d[None, :]
-    v_base = V + base + offs_d[None, :]
+    k_base = K + b64 * stride_kb + h64 * stride_kh + offs_d[None, :]
+    v_base = V + b64 * stride_vb + h64 * stride_vh + offs_d[None, :]
     if HAS_BIAS:
         bias_base = Bias + b.to(tl.int64) * stride_bias_b + h.to(tl.int64) * stride_bias_h + offs_m[:, None] * stride_bias_m
     if WRITE_DBIAS:
@@ -296,8 +332,8 @@ def _attn_bwd_dq_kernel(
     for it in range(0, count * SUB_N):
         kb = _select(row_idx, offs_nb, it // SUB_N)
         offs_n = kb * BLOCK_SIZE + (it % SUB_N) * BLOCK_N + offs_n0
-        k = _load_rows(k_base + offs_n[:, None] * HEAD_DIM, offs_n, offs_d, L, HEAD_DIM, EVEN_L, EVEN_D)
-        v = _load_rows(v_base + offs_n[:, None] * HEAD_DIM, offs_n, offs_d, L, HEAD_DIM, EVEN_L, EVEN_D)
+        k = _load_rows(k_base + offs_n[:, None] * stride_kn, offs_n, offs_d, L, HEAD_DIM, EVEN_L, EVEN_D)
+        v = _load_rows(v_base + offs_n[:, None] * stride_vn, offs_n, offs_d, L, HEAD_DIM, EVEN_L, EVEN_D)
         s = tl.dot(q, tl.trans(k), input_precision=PREC) * qk_scale
         if HAS_BIAS:
             s += _load_bias(bias_base + offs_n[None, :] * stride_bias_n, offs_m, offs_n, L, EVEN_L) * 1.4426950408889634
@@ -317,13 +353,16 @@ def _attn_bwd_dq_kernel(
 
     # a row that accumulated nothing (dead, or no kept key) keeps dq = 0 even for scale = NaN / inf
     dq = tl.where(dq == 0.0, 0.0, dq * sm_scale)
-    _store_rows(DQ + base + row_ptrs, dq.to(DQ.dtype.element_ty), offs_m, offs_d, L, HEAD_DIM, EVEN_L, EVEN_D)
+    _store_rows(DQ + b64 * stride_dqb + h64 * stride_dqh + offs_m[:, None] * stride_dqm + offs_d[None, :],
+                dq.to(DQ.dtype.element_ty), offs_m, offs_d, L, HEAD_DIM, EVEN_L, EVEN_D)
 
 
 @triton.jit
 def _attn_bwd_dkdv_kernel(
     Q, K, V, Bias, DO, Lse, Delta, DK, DV,
     QCounts, QIndices,
+    stride_qb, stride_qh, stride_qm, stride_kb, stride_kh, stride_kn, stride_vb, stride_vh, stride_vn,
+    stride_dob, stride_doh, stride_dom, stride_dkb, stride_dkh, stride_dkn, stride_dvb, stride_dvh, stride_dvn,
     stride_bias_b, stride_bias_h, stride_bias_m, stride_bias_n,
     TileOrder,
     B, H, L, NB, N_TILES, LAYOUT_HEAD_STRIDE,
@@ -344,12 +383,13 @@ def _attn_bwd_dkdv_kernel(
     offs_n = start_n + tl.arange(0, BLOCK_N)
     offs_m0 = tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, D_PAD)
-    base = bh.to(tl.int64) * L * HEAD_DIM
-    col_ptrs = offs_n[:, None] * HEAD_DIM + offs_d[None, :]
-    k = _load_rows(K + base + col_ptrs, offs_n, offs_d, L, HEAD_DIM, EVEN_L, EVEN_D)
-    v = _load_rows(V + base + col_ptrs, offs_n, offs_d, L, HEAD_DIM, EVEN_L, EVEN_D)
-    q_base = Q + base + offs_d[None, :]
-    do_base = DO + base + offs_d[None, :]
+    b64, h64 = b.to(tl.int64), h.to(tl.int64)
+    k = _load_rows(K + b64 * stride_kb + h64 * stride_kh + offs_n[:, None] * stride_kn + offs_d[None, :],
+                   offs_n, offs_d, L, HEAD_DIM, EVEN_L, EVEN_D)
+    v = _load_rows(V + b64 * stride_vb + h64 * stride_vh + offs_n[:, None] * stride_vn + offs_d[None, :],
+                   offs_n, offs_d, L, HEAD_DIM, EVEN_L, EVEN_D)
+    q_base = Q + b64 * stride_qb + h64 * stride_qh + offs_d[None, :]
+    do_base = DO + b64 * stride_dob + h64 * stride_doh + offs_d[None, :]
     lse_base = Lse + bh.to(tl.int64) * L
     delta_base = Delta + bh.to(tl.int64) * L
     if HAS_BIAS:
@@ -364,8 +404,8 @@ def _attn_bwd_dkdv_kernel(
     for it in range(0, count * SUB_M):
         qb = _select(col_idx, offs_nb, it // SUB_M)
         offs_m = qb * BLOCK_SIZE + (it % SUB_M) * BLOCK_M + offs_m0
-        q = _load_rows(q_base + offs_m[:, None] * HEAD_DIM, offs_m, offs_d, L, HEAD_DIM, EVEN_L, EVEN_D)
-        do = _load_rows(do_base + offs_m[:, None] * HEAD_DIM, offs_m, offs_d, L, HEAD_DIM, EVEN_L, EVEN_D)
+        q = _load_rows(q_base + offs_m[:, None] * stride_qm, offs_m, offs_d, L, HEAD_DIM, EVEN_L, EVEN_D)
+        do = _load_rows(do_base + offs_m[:, None] * stride_dom, offs_m, offs_d, L, HEAD_DIM, EVEN_L, EVEN_D)
         lse = _load_vec(lse_base + offs_m, offs_m, L, float("inf"), EVEN_L)
         delta = _load_vec(delta_base + offs_m, offs_m, L, 0.0, EVEN_L)
         sT = tl.dot(k, tl.trans(q), input_precision=PREC) * qk_scale
@@ -379,14 +419,18 @@ def _attn_bwd_dkdv_kernel(
         dk = tl.dot(dsT.to(q.dtype), q, dk, input_precision=PREC)
 
     dk = tl.where(dk == 0.0, 0.0, dk * sm_scale)  # keys no live row computes: 0 even for scale = NaN
-    _store_rows(DK + base + col_ptrs, dk.to(DK.dtype.element_ty), offs_n, offs_d, L, HEAD_DIM, EVEN_L, EVEN_D)
-    _store_rows(DV + base + col_ptrs, dv.to(DV.dtype.element_ty), offs_n, offs_d, L, HEAD_DIM, EVEN_L, EVEN_D)
+    _store_rows(DK + b64 * stride_dkb + h64 * stride_dkh + offs_n[:, None] * stride_dkn + offs_d[None, :],
+                dk.to(DK.dtype.element_ty), offs_n, offs_d, L, HEAD_DIM, EVEN_L, EVEN_D)
+    _store_rows(DV + b64 * stride_dvb + h64 * stride_dvh + offs_n[:, None] * stride_dvn + offs_d[None, :],
+                dv.to(DV.dtype.element_ty), offs_n, offs_d, L, HEAD_DIM, EVEN_L, EVEN_D)
 
 
 @triton.jit
 def _attn_bwd_dbias_kernel(
     Q, K, V, Bias, DO, Lse, Delta, DBias,
     KVCounts, KVIndices,
+    stride_qb, stride_qh, stride_qm, stride_kb, stride_kh, stride_kn, stride_vb, stride_vh, stride_vn,
+    stride_dob, stride_doh, stride_dom,
     stride_bias_h, stride_bias_m, stride_bias_n,
     stride_db_h,
     B, H, L, NB, LAYOUT_HEAD_STRIDE,
@@ -417,15 +461,18 @@ def _attn_bwd_dbias_kernel(
     bias = _load_bias(Bias + h.to(tl.int64) * stride_bias_h + offs_m[:, None] * stride_bias_m + offs_n[None, :] * stride_bias_n,
                       offs_m, offs_n, L, EVEN_L) * 1.4426950408889634
     acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
+    h64 = h.to(tl.int64)
     for b in range(0, B):
         bh = b * H + h
-        base = bh.to(tl.int64) * L * HEAD_DIM
-        row_ptrs = offs_m[:, None] * HEAD_DIM + offs_d[None, :]
-        col_ptrs = offs_n[:, None] * HEAD_DIM + offs_d[None, :]
-        q = _load_rows(Q + base + row_ptrs, offs_m, offs_d, L, HEAD_DIM, EVEN_L, EVEN_D)
-        do = _load_rows(DO + base + row_ptrs, offs_m, offs_d, L, HEAD_DIM, EVEN_L, EVEN_D)
-        k = _load_rows(K + base + col_ptrs, offs_n, offs_d, L, HEAD_DIM, EVEN_L, EVEN_D)
-        v = _load_rows(V + base + col_ptrs, offs_n, offs_d, L, HEAD_DIM, EVEN_L, EVEN_D)
+        b64 = (bh.to(tl.int64) - h64) // H  # b as int64 (b itself is a plain loop counter)
+        q = _load_rows(Q + b64 * stride_qb + h64 * stride_qh + offs_m[:, None] * stride_qm + offs_d[None, :],
+                       offs_m, offs_d, L, HEAD_DIM, EVEN_L, EVEN_D)
+        do = _load_rows(DO + b64 * stride_dob + h64 * stride_doh + offs_m[:, None] * stride_dom + offs_d[None, :],
+                        offs_m, offs_d, L, HEAD_DIM, EVEN_L, EVEN_D)
+        k = _load_rows(K + b64 * stride_kb + h64 * stride_kh + offs_n[:, None] * stride_kn + offs_d[None, :],
+                       offs_n, offs_d, L, HEAD_DIM, EVEN_L, EVEN_D)
+        v = _load_rows(V + b64 * stride_vb + h64 * stride_vh + offs_n[:, None] * stride_vn + offs_d[None, :],
+                       offs_n, offs_d, L, HEAD_DIM, EVEN_L, EVEN_D)
         lse = _load_vec(Lse + bh.to(tl.int64) * L + offs_m, offs_m, L, float("inf"), EVEN_L)
         delta = _load_vec(Delta + bh.to(tl.int64) * L + offs_m, offs_m, L, 0.0, EVEN_L)
         s = tl.dot(q, tl.trans(k), input_precision=PREC) * qk_scale + bias

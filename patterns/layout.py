@@ -155,6 +155,11 @@ class BlockLayout:
         return self._mask.shape[-1]
 
     @property
+    def mask_shape(self) -> torch.Size:
+        """The shape of ``block_mask`` ([nb, nb] or [H, nb, nb]) without copying the mask."""
+        return self._mask.shape
+
+    @property
     def num_heads(self) -> Optional[int]:
         """H for a per-head layout, None for one shared by all heads."""
         return self._mask.shape[0] if self._mask.dim() == 3 else None

@@ -194,7 +194,7 @@ def test_sampled_candidate_configs(bs, L):
 
 
 def test_default_config_and_clipping():
-    """config=None uses KernelConfig() clipped to the layout block."""
+    """config=None uses kernels.config.default_forward_config, clipped to the layout block."""
     seed = _seed()
     L = 36
     q, k, v, b = _make(1, 2, L, 16, torch.float32, (1, 2, L, L))
@@ -247,3 +247,42 @@ def test_unsupported_dtype_raises():
     with pytest.raises(ValueError, match="dtype"):
         sparse_attention(q, q, q, lay, backend="triton")
 
+
+
+# ------------------------------------------------------------------------------------------------
+# one program walks several batch elements (rows_per_cta)
+# ------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("B,rows,bias", [(4, 2, "1H"), (4, 4, "BH"), (3, 2, "1H"), (6, 8, None)])
+def test_rows_per_cta_forward_matches_reference(B, rows, bias):
+    """The inference forward with ``rows_per_cta`` (several MSA rows per program, the block index
+    loaded once) equals the reference: ragged L, per-head layout with empty rows, a bias shared by
+    the batch or one per batch element, a batch not divisible by the knob (lowered to a divisor);
+    poisoned outputs are fully overwritten (a fresh allocation every call is checked by NaN-free
+    rows)."""
+    seed = _seed()
+    H, L, D = 2, 40, 16
+    bias_shape = {None: None, "1H": (1, H, L, L), "BH": (B, H, L, L)}[bias]
+    q, k, v, b = (None if t is None else t.detach() for t in _make(B, H, L, D, torch.float32, bias_shape))
+    nb = -(-L // 16)
+    mask = torch.rand(H, nb, nb) < 0.6
+    mask[0, 1] = False  # a block row with no kept tile in head 0: zeros
+    lay = BlockLayout(mask, 16, L)
+    cfg = KernelConfig(16, 16, 4, 2, rows_per_cta=rows)
+    with torch.no_grad():
+        out = sparse_attention(q, k, v, lay, b, backend="triton", config=cfg)
+    want = reference_attention(q.double(), k.double(), v.double(), lay, None if b is None else b.double())
+    _close("out", out, want, torch.float32, seed)
+
+
+def test_rows_per_cta_is_lowered_to_a_divisor_of_the_batch():
+    from kernels import triton_op
+
+    q = torch.randn(6, 2, 32, 16, device=DEVICE)
+    lay = _layout("half", 32, 16)
+    kc = lay.index_on(q.device)[0]
+    plan = triton_op._fwd_plan(q, q, q, None, kc, 16, 16, 16, 4, 2, rows_per_cta=4)
+    assert plan.consts["ROWS_PER_CTA"] == 2 and plan.grid == (2 * 3 * 2,)
+    assert KernelConfig(rows_per_cta=1).to_dict() == {"block_m": 64, "block_n": 64, "num_warps": 4, "num_stages": 2}
+    assert KernelConfig.from_dict(KernelConfig(rows_per_cta=4).to_dict()).rows_per_cta == 4
+    with pytest.raises(ValueError, match="rows_per_cta"):
+        KernelConfig(rows_per_cta=3)

@@ -47,15 +47,16 @@ typedef int32_t v8i __attribute__((vector_size(32)));
 
 typedef struct {
     int64_t B, H, L, Lp, D, BS, nb;
-    const float *q, *k, *v, *kt, *vt;  /* q, k, v [B,H,Lp,D]; kt, vt [B,H,nb,D,BS] (each block's
-                                          K^T / V^T tile contiguous); zero past L */
+    const float *q, *k, *v, *kt, *vt;  /* q, k, v [B,H,L,D] through the strides below; kt, vt
+                                          [B,H,nb,D,BS] (each block's K^T / V^T tile contiguous),
+                                          zero past L */
     const float *bias;                  /* NULL or bias[b*sb_b + h*sb_h + i*sb_i + j] */
     int64_t sb_b, sb_h, sb_i;
     int64_t lh;                         /* layout heads: 1 (shared) or H */
     const int32_t *kv_cnt, *kv_idx;     /* [lh, nb], [lh, nb, nb] */
     const int32_t *q_cnt, *q_idx;       /* the transpose */
     double scale;
-    float *o, *lse;                     /* [B,H,Lp,D], [B,H,Lp] */
+    float *o, *lse;                     /* o [B,H,L,D] through its strides; lse [B,H,Lp] */
     const float *dout, *delta;          /* [B,H,Lp,D], [B,H,Lp] (backward) */
     float *dq, *dk, *dv;                /* [B,H,Lp,D] */
     float *dbias;                       /* NULL or [gB, gH, L, L] contiguous */
@@ -63,6 +64,9 @@ typedef struct {
     const int64_t *items;
     int64_t n_items;
     int64_t *counter;
+    /* element strides (batch, head, row; the head dim has stride 1) of q, k, v and o: the forward
+     * reads q, k, v and writes o in place, in any layout (rows past L are never read or written) */
+    int64_t sq_b, sq_h, sq_l, sk_b, sk_h, sk_l, sv_b, sv_h, sv_l, so_b, so_h, so_l;
 } Args;
 
 /* ---- small vector helpers ------------------------------------------------------------------- */
@@ -188,11 +192,11 @@ ALWAYS_INLINE void mm_abt(const float *A, int64_t lda, const float *Bt, int64_t 
     }
 }
 
-/* O[i][:] = alpha[i] * O[i][:] + sum_{j < BS} P[i][j] * M[j][:]  for i < rows (alpha NULL: 1).
- * P is [rows][BS]; M is [BS][D] contiguous; O is [rows][D]. A step keeps R rows x D columns of O
+/* O[i][:] = alpha[i] * O[i][:] + sum_{j < nc} P[i][j] * M[j][:]  for i < rows (alpha NULL: 1).
+ * P is [rows][BS]; M is [nc][D] with row stride ldm; O is [rows][D]. A step keeps R rows x D columns of O
  * in registers (R * D/8 <= ACC_REGS): per j, D/8 loads of M and R broadcasts of P feed R*D/8 FMAs. */
-ALWAYS_INLINE void mm_pm(const float *P, const float *M, float *O, const float *alpha, int rows,
-                         int BS, const int D) {
+ALWAYS_INLINE void mm_pm(const float *P, const float *M, int64_t ldm, float *O, const float *alpha, int rows,
+                         int BS, int nc, const int D) {
     enum { DVMAX = MAX_D / VW, RMAX = 8 };
     const int DV = D / VW;
     const int R = ACC_REGS / DV > RMAX ? RMAX : ACC_REGS / DV;
@@ -203,10 +207,10 @@ ALWAYS_INLINE void mm_pm(const float *P, const float *M, float *O, const float *
 #pragma GCC unroll 8
             for (int e = 0; e < DV; e++) acc[r][e] = splat(0);
 #pragma GCC unroll 2
-        for (int j = 0; j < BS; j++) {
+        for (int j = 0; j < nc; j++) {
             v8 m[DVMAX];
 #pragma GCC unroll 8
-            for (int e = 0; e < DV; e++) m[e] = loadu(M + (int64_t)j * D + e * VW);
+            for (int e = 0; e < DV; e++) m[e] = loadu(M + (int64_t)j * ldm + e * VW);
 #pragma GCC unroll 8
             for (int r = 0; r < R; r++) {
                 const v8 p = splat(P[(int64_t)(i + r) * BS + j]);
@@ -328,11 +332,15 @@ ALWAYS_INLINE int64_t next_item(const Args *a) {
     return n < a->n_items ? a->items[n] : -1;
 }
 
-/* Load the query tile times scale into qs [BS][D] (rows past L are zero in q). */
+/* Load the query tile times scale into qs [BS][D] (rows past L: zero). */
 ALWAYS_INLINE void load_q(const Args *a, int64_t bh, int64_t r0, float *qs, int BS, const int D) {
-    const float *src = a->q + (bh * a->Lp + r0) * D;
+    const int64_t b = bh / a->H, h = bh % a->H;
+    const int nr = (int)(a->L - r0 < BS ? a->L - r0 : BS);
+    const float *src = a->q + b * a->sq_b + h * a->sq_h + r0 * a->sq_l;
     v8 sc = splat((float)a->scale);
-    for (int64_t x = 0; x < (int64_t)BS * D; x += VW) storeu(qs + x, loadu(src + x) * sc);
+    for (int i = 0; i < nr; i++)
+        for (int e = 0; e < D; e += VW) storeu(qs + (int64_t)i * D + e, loadu(src + i * a->sq_l + e) * sc);
+    if (nr < BS) memset(qs + (int64_t)nr * D, 0, sizeof(float) * (BS - nr) * D);
 }
 
 /* ---- forward ------------------------------------------------------------------------------- */
@@ -345,9 +353,9 @@ ALWAYS_INLINE void fwd_item(const Args *a, Scratch *w, int64_t item, const int D
     const int32_t *idx = a->kv_idx + lrow * nb;
     const int64_t r0 = qb * BS;
     const int nr = (int)(a->L - r0 < BS ? a->L - r0 : BS);
-    float *out = a->o + (bh * Lp + r0) * D, *lse = a->lse + bh * Lp + r0;
+    float *out = a->o + b * a->so_b + h * a->so_h + r0 * a->so_l, *lse = a->lse + bh * Lp + r0;
     if (cnt == 0) {
-        memset(out, 0, sizeof(float) * BS * D);
+        for (int i = 0; i < nr; i++) memset(out + i * a->so_l, 0, sizeof(float) * D);
         for (int i = 0; i < BS; i++) lse[i] = -INFINITY;
         return;
     }
@@ -358,7 +366,8 @@ ALWAYS_INLINE void fwd_item(const Args *a, Scratch *w, int64_t item, const int D
     for (int t = 0; t < cnt; t++) {
         const int64_t c0 = (int64_t)idx[t] * BS;
         const int nc = (int)(a->L - c0 < BS ? a->L - c0 : BS);
-        const float *kt = a->kt + (bh * nb + c0 / BS) * D * BS, *vb = a->v + (bh * Lp + c0) * D;
+        const float *kt = a->kt + (bh * nb + c0 / BS) * D * BS;
+        const float *vb = a->v + b * a->sv_b + h * a->sv_h + c0 * a->sv_l;
         /* chunks of RC query rows: the chunk's scores, the K^T and V tiles stay in L1 */
         for (int rc = 0; rc < nr; rc += RC) {
             const int nrc = nr - rc < RC ? nr - rc : RC;
@@ -374,14 +383,14 @@ ALWAYS_INLINE void fwd_item(const Args *a, Scratch *w, int64_t item, const int D
             for (int g0 = 0; g0 < RC; g0 += VW)
                 softmax8(S + (int64_t)g0 * BS, BS, brow ? brow + g0 * a->sb_i : NULL, a->sb_i, nrc - g0,
                          m + rc + g0, l + rc + g0, alpha + rc + g0);
-            mm_pm(S, vb, O + rc * D, alpha + rc, RC, BS, D);
+            mm_pm(S, vb, a->sv_l, O + rc * D, alpha + rc, RC, BS, nc, D);
         }
     }
     /* l = 0 exactly iff every score of the row is -inf (a finite maximum contributes exp(0) = 1):
      * the row attends to nothing and gives zeros. A NaN score made l NaN: the row stays NaN. */
-    for (int i = 0; i < BS; i++) {
-        float *o = out + (int64_t)i * D;
-        if (i < nr && l[i] != 0.0f) {
+    for (int i = 0; i < nr; i++) {
+        float *o = out + (int64_t)i * a->so_l;
+        if (l[i] != 0.0f) {
             v8 inv = splat(1.0f / l[i]);
             for (int e = 0; e < D; e += VW) storeu(o + e, loadu(O + (int64_t)i * D + e) * inv);
             lse[i] = m[i] + logf(l[i]);
@@ -390,6 +399,7 @@ ALWAYS_INLINE void fwd_item(const Args *a, Scratch *w, int64_t item, const int D
             lse[i] = -INFINITY;
         }
     }
+    for (int i = nr; i < BS; i++) lse[i] = -INFINITY;
 }
 
 /* ---- backward ------------------------------------------------------------------------------ */
@@ -448,9 +458,9 @@ ALWAYS_INLINE void bwd_kv_item(const Args *a, Scratch *w, int64_t item, const in
                         for (int j = 0; j < nc; j++) db[(int64_t)i * L + j] += T[(int64_t)i * BS + j];
                 }
                 transpose(S, X, BS);                    /* P^T */
-                mm_pm(X, dO, dV, NULL, BS, BS, D);      /* dV += P^T dO */
+                mm_pm(X, dO, D, dV, NULL, BS, BS, BS, D);      /* dV += P^T dO */
                 transpose(T, X, BS);                    /* dS^T */
-                mm_pm(X, qs, dK, NULL, BS, BS, D);      /* dK += dS^T (scale Q) */
+                mm_pm(X, qs, D, dK, NULL, BS, BS, BS, D);      /* dK += dS^T (scale Q) */
             }
             memcpy(a->dk + (bh * Lp + c0) * D, dK, sizeof(float) * BS * D);
             memcpy(a->dv + (bh * Lp + c0) * D, dV, sizeof(float) * BS * D);
@@ -479,7 +489,7 @@ ALWAYS_INLINE void bwd_q_item(const Args *a, Scratch *w, int64_t item, const int
         add_bias_and_mask(a, b, h, r0, nr, c0, nc, S, BS, BS);
         mm_abt(dO, D, a->vt + (bh * nb + c0 / BS) * D * BS, BS, T, BS, BS, D);
         tile_ds(S, T, a->lse + bh * Lp + r0, a->delta + bh * Lp + r0, BS);
-        mm_pm(T, a->k + (bh * Lp + c0) * D, dQ, NULL, BS, BS, D);  /* dQ += dS K */
+        mm_pm(T, a->k + b * a->sk_b + h * a->sk_h + c0 * a->sk_l, a->sk_l, dQ, NULL, BS, BS, nc, D);  /* dQ += dS K */
     }
     float *out = a->dq + (bh * Lp + r0) * D;
     if (cnt == 0) { /* no kept key: zero gradient, even for a NaN scale */
@@ -511,14 +521,24 @@ ALWAYS_INLINE void bwd_q_item(const Args *a, Scratch *w, int64_t item, const int
         return 0;                                                           \
     }
 
-/* Pack one key block of k ([B,H,Lp,D]) into its transposed tile of kt ([B,H,nb,D,BS]). */
+/* Pack one key block of k ([B,H,L,D] through its strides) into its transposed tile of kt
+ * ([B,H,nb,D,BS]); the rows of a ragged last block past L are zero. */
 ALWAYS_INLINE void pack_item(const Args *a, Scratch *w, int64_t item, const int D) {
-    (void)w;
     const int BS = (int)a->BS;
-    const float *src = a->k + item * BS * D;
+    const int64_t kb = item % a->nb, bh = item / a->nb, b = bh / a->H, h = bh % a->H, c0 = kb * BS;
+    const int nr = (int)(a->L - c0 < BS ? a->L - c0 : BS);
+    const float *src = a->k + b * a->sk_b + h * a->sk_h + c0 * a->sk_l;
+    int64_t ls = a->sk_l;
+    if (nr < BS) { /* copy the rows into a zero-padded tile first */
+        float *tmp = w->qs;
+        for (int i = 0; i < nr; i++) memcpy(tmp + (int64_t)i * D, src + i * a->sk_l, sizeof(float) * D);
+        memset(tmp + (int64_t)nr * D, 0, sizeof(float) * (BS - nr) * D);
+        src = tmp;
+        ls = D;
+    }
     float *dst = (float *)a->kt + item * BS * D;
     for (int j = 0; j < BS; j += VW)
-        for (int d = 0; d < D; d += VW) transpose8(src + j * D + d, D, dst + d * BS + j, BS);
+        for (int d = 0; d < D; d += VW) transpose8(src + j * ls + d, ls, dst + d * BS + j, BS);
 }
 
 ENTRY(bsa_pack_t, pack_item)
@@ -527,4 +547,4 @@ ENTRY(bsa_backward_kv, bwd_kv_item)
 ENTRY(bsa_backward_q, bwd_q_item)
 
 /* Version of the Args layout, checked by the caller. */
-int bsa_abi_version(void) { return 1; }
+int bsa_abi_version(void) { return 2; }
