@@ -288,7 +288,7 @@ def test_block_pass_is_the_one_pass_of_benchmark_and_trial():
     from autotune import workloads
     from autotune.evoformer import bench as evo
     from models.evoformer.modules import EvoformerBlock
-    from autotune.evoformer.passes import block_pass
+    from autotune.evoformer.timed_pass import block_pass
 
     assert evo.block_pass is block_pass and workloads.block_pass is block_pass  # one pass, not copies
     torch.manual_seed(0)

@@ -8,7 +8,7 @@ What is measured, per (L, pass, variant):
 
 * ``median_ms``: median time of ``repeats`` runs after ``warmup`` runs, timed by the one timer of
   ``kernels.measure`` (``measure_time``: CUDA events per run on CUDA, ``time.perf_counter`` on a
-  CPU; the ``timer`` column names which). Passes (`autotune.evoformer.passes.block_pass`):
+  CPU; the ``timer`` column names which). Passes (`autotune.evoformer.timed_pass.block_pass`):
   ``fwd`` (under ``torch.no_grad``, inference) and ``fwd+bwd`` (forward, then backward of the sum
   of both outputs into the parameter gradients).
 * ``peak_mib``: peak memory above what was allocated before the run (parameters and inputs), in a
@@ -57,7 +57,7 @@ from kernels.measure import Timing, is_oom, measure_time, peak_memory, release_m
 from patterns import PatternConfig, build_layout, pattern_for_sparsity, pattern_label
 
 from models.evoformer import EvoformerAttention, EvoformerBlock, cached_layout
-from .passes import PASS_MODES, block_pass
+from .timed_pass import PASS_MODES, block_pass
 
 __all__ = ["run_evoformer_bench", "sparsity_pattern", "default_block_size", "device_tag", "format_table", "main"]
 
