@@ -65,7 +65,8 @@ def cpu_sparse_attention(
                 torch.isfinite(v).all(),
                 lambda q_, k_, v_, m_: sdpa(q_, k_, v_, m_, sc, False),
                 lambda q_, k_, v_, m_: sdpa(q_, k_, v_, m_, sc, True),
-                (q, k, v, mask),
+                # torch.cond wants operands that alias nothing (q, k, v may be views of one projection)
+                tuple(t.clone(memory_format=torch.contiguous_format) for t in (q, k, v)) + (mask,),
             ).to(out_dtype)
         exact = bias is not None and not bool(torch.isfinite(v).all())
         return sdpa(q, k, v, mask, sc, exact).to(out_dtype)

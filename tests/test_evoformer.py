@@ -313,3 +313,56 @@ def test_bench_smoke(tmp_path):
         assert r["median_ms"] > 0
         assert isinstance(r["attn3_share"], float) and isinstance(r["core_share"], float)
     assert (tmp_path / "out.csv").read_text().startswith("device,")
+
+
+# ---- copy-free attention modules -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("module", ["msa_row", "tri_start", "tri_end"])
+def test_sparse_call_gets_views_of_one_projection_and_the_kernel_bias_layout(monkeypatch, module):
+    """The modules hand q, k and v to the kernel as strided views of one fused projection (no copy:
+    they share one storage and are not contiguous), and the pair bias as [1, H, L, L] written in
+    place by its projection; the output equals the separate-projection computation."""
+    import kernels
+
+    calls = []
+    real = kernels.sparse_attention
+
+    def spy(q, k, v, layout, bias=None, **kw):
+        calls.append((q, k, v, bias))
+        return real(q, k, v, layout, bias, **kw)
+
+    monkeypatch.setattr(kernels, "sparse_attention", spy)
+    block = _block(torch.float32)
+    block.set_attention("sdpa", **{module: AttentionChoice("sparse", BAND, "cpu")})
+    m, z = _inputs(48, torch.float32)
+    with torch.no_grad():
+        block(m, z)
+    (q, k, v, bias), = calls
+    storage = q.untyped_storage().data_ptr()
+    assert all(t.untyped_storage().data_ptr() == storage for t in (k, v)), "q, k, v come from one projection"
+    assert not any(t.is_contiguous() for t in (q, k, v)), "q, k, v were copied"
+    H = q.shape[1]
+    assert bias.shape == (1, H, 48, 48) and bias.is_contiguous()
+
+
+def test_fused_projection_equals_the_separate_openfold_linears():
+    """One GEMM over the concatenated q, k, v, gate weights == the four OpenFold linears, and the
+    pair-bias GEMM == linear then movedim; gradients reach every OpenFold parameter."""
+    from models.evoformer.modules import GatedAttention, pair_bias
+
+    torch.manual_seed(3)
+    mod = GatedAttention(12, 5, 3).double()
+    _randomize(mod)
+    x = torch.randn(2, 7, 12, dtype=torch.float64)
+    w, b = mod.fused_projection()
+    got = torch.nn.functional.linear(x, w, b).split(15, -1)
+    want = (mod.linear_q(x), mod.linear_k(x), mod.linear_v(x), mod.linear_g(x))
+    for a, e in zip(got, want):
+        torch.testing.assert_close(a, e)
+    out = mod(x, [], AttentionChoice("naive"))
+    out.sum().backward()
+    assert all(p.grad is not None for p in mod.parameters())
+    z = torch.randn(2, 6, 6, 12, dtype=torch.float64)
+    lin = torch.nn.Linear(12, 3, bias=False).double()
+    torch.testing.assert_close(pair_bias(z, lin), lin(z).movedim(-1, -3).unsqueeze(-4))
