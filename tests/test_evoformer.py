@@ -297,22 +297,48 @@ def test_loader_errors_name_the_key():
 # ---- benchmark -----------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_bench_smoke(tmp_path):
+    """Every kind (naive, sdpa, static, guided) in both passes: paired times with a speedup interval
+    that holds the point, a CSV and its Markdown summary; the max-L search stops at the first length
+    over the budget."""
     from autotune.evoformer import bench
 
+    out = tmp_path / "out.csv"
     rows = bench.run_evoformer_bench(
-        lengths=[32], depth=2, dims=SMALL, kinds=("naive", "sdpa", "sparse"), patterns=[BAND],
-        sparse_backend="reference", modes=("fwd", "fwd+bwd"), warmup=0, repeats=1, dtype=torch.float32,
-        csv_path=tmp_path / "out.csv",
+        lengths=[32], depth=2, dims=SMALL, kinds=("naive", "sdpa", "sparse", "guided"), sparsities=[0.5],
+        sparse_backend="reference", modes=("fwd", "fwd+bwd"), warmup=1, repeats=2, max_repeats=2,
+        dtype=torch.float32, csv_path=out, measure_share=False, find_max_len=True, max_len_steps=[16, 32],
+        mem_budget_gib=8.0,
     )
-    kinds = {(r["variant"], r["mode"]) for r in rows}
-    assert ("naive", "fwd") in kinds and ("sdpa", "fwd+bwd") in kinds
-    assert any(r["variant"].startswith("sparse") for r in rows)
-    for r in rows:
-        assert r["status"] == "ok", r
-        assert r["median_ms"] > 0
-        assert isinstance(r["attn3_share"], float) and isinstance(r["core_share"], float)
-    assert (tmp_path / "out.csv").read_text().startswith("device,")
+    timed = [r for r in rows if r["status"] != "max_len"]
+    assert {(r["variant"], r["mode"]) for r in timed} == {
+        (v, m) for v in ("naive", "sdpa", "sparse@0.5", "guided@0.5") for m in ("fwd", "fwd+bwd")}
+    for r in timed:
+        assert r["status"] == "ok" and r["median_ms"] > 0 and r["rounds"] == 2, r
+        assert r["speedup_lo"] <= r["speedup_vs_sdpa"] <= r["speedup_hi"], r
+    assert {r["family"] for r in timed} == {"dense", "static", "guided"}
+    limits = {(r["variant"], r["mode"]): r["max_len"] for r in rows if r["status"] == "max_len"}
+    assert set(limits) == {(v, m) for v in ("sdpa", "sparse@0.5", "guided@0.5") for m in ("fwd", "fwd+bwd")}
+    assert all(v == 32 for v in limits.values()), limits  # both steps fit in 8 GiB
+    assert out.read_text().startswith("device,")
+    assert "Largest L" in out.with_suffix(".md").read_text()
+    st = bench._settings([32], 2, "cpu", torch.float32, SMALL, None, ("fwd+bwd",), [16, 32], 1e-6, kinds=("sdpa",),
+                         patterns=None, sparsities=(), sparse_backend="reference", block_size=None, warmup=1,
+                         repeats=1, max_repeats=1, time_cap_s=1.0, measure_share=False, measure_memory=True,
+                         find_max_len=True, naive_max_len=64, seed=0, verbose=False)
+    block = EvoformerBlock(**SMALL)
+    assert bench.max_len(block, bench._variants(st)[0], "fwd+bwd", st) == 0  # a 1 KiB budget: nothing fits
+
+
+def test_bench_default_path_never_overwrites(tmp_path):
+    from autotune.evoformer.bench import default_csv_path
+
+    first = default_csv_path("cpu", tmp_path)
+    assert first.name == "evoformer-cpu.csv"
+    first.write_text("committed")
+    second = default_csv_path("cpu", tmp_path)
+    assert second != first and second.name.startswith("evoformer-cpu-") and first.read_text() == "committed"
 
 
 # ---- copy-free attention modules -------------------------------------------------------------------
