@@ -6,11 +6,14 @@
 
 What is measured, per (L, pass, variant):
 
-* ``median_ms``: median time of ``repeats`` runs after ``warmup`` runs, timed by the one timer of
-  ``kernels.measure`` (``measure_time``: CUDA events per run on CUDA, ``time.perf_counter`` on a
-  CPU; the ``timer`` column names which). Passes (`autotune.evoformer.timed_pass.block_pass`):
-  ``fwd`` (under ``torch.no_grad``, inference) and ``fwd+bwd`` (forward, then backward of the sum
-  of both outputs into the parameter gradients).
+* ``median_ms`` (``p10_ms``, ``p90_ms``, ``rounds``): the variants of one (L, pass) timed
+  interleaved, round by round (``kernels.measure.time_paired``: CUDA events on CUDA,
+  ``time.perf_counter`` on a CPU; the ``timer`` column names which), after one probe pass each
+  (out of memory or a missing backend gives the status instead). ``speedup_vs_sdpa`` is the
+  median of the per-round ratios t(SDPA) / t(variant), ``speedup_lo`` / ``speedup_hi`` its 95%
+  order-statistics interval. Passes (`autotune.evoformer.timed_pass.block_pass`): ``fwd`` (under
+  ``torch.no_grad``, inference) and ``fwd+bwd`` (a training step without optimizer: forward, then
+  backward of the sum of both outputs into the parameter gradients).
 * ``peak_mib``: peak memory above what was allocated before the run (parameters and inputs), in a
   separate cold run after the timing (``kernels.measure.peak_memory``, after ``gc.collect()``;
   the ``memory_method`` column names the method). CUDA: ``torch.cuda.max_memory_allocated`` after
@@ -24,19 +27,22 @@ What is measured, per (L, pass, variant):
   ``core_share`` = 1 - t(block whose four attention cores return v: projections, gating and bias
   kept) / t(variant), i.e. the most any attention kernel could save. These bound what sparse
   attention can do to the block (Amdahl).
-* ``max_len`` (GPU, ``--max-len``): the largest L, doubling from the largest benchmarked length,
-  at which the variant's pass still runs without running out of memory.
+* ``max_len`` (``--max-len``, rows with status ``max_len``): the largest L of ``--max-len-steps``
+  whose pass runs without running out of memory and with a peak within ``--mem-budget`` GiB
+  (GPU default 80; on a CPU a small budget, a dry run of the logic).
 
 Variants: ``naive`` (OpenFold's materialised softmax), ``sdpa`` (dense, contiguous bias: the fair
-dense baseline), and ``sparse`` with (a) given PatternConfigs, (b) a ``--tuned`` file
+dense baseline), ``guided@s`` (guided patterns keeping 1 - s of the key blocks, chosen per call
+from each module's pair bias), and ``sparse`` with (a) given PatternConfigs, (b) a ``--tuned`` file
 (``kernels.load_tuned``), or (c) by default, for each target sparsity, the local + one
 global block + strided pattern whose layout at that L is closest to the target. Sparse patterns
 apply to MSA row and both triangle attentions; column attention stays dense SDPA.
 
-Writes a CSV (default ``benchmarks/results/evoformer-<device>.csv`` under the working directory)
-and prints a table. ``run_evoformer_bench(...)`` returns the rows as dicts. Its steps:
+Writes a CSV (default ``benchmarks/results/evoformer-<device>.csv`` under the working directory, or a
+time-stamped name beside it when that file exists) and a Markdown summary beside it, and prints it. ``run_evoformer_bench(...)`` returns the rows as dicts. Its steps:
 `_settings` (defaults by device), then per length `_bench_length`: per pass the reference timings
-of the attention share (`_share_baselines`) and one row per variant (`_variant_row`).
+of the attention share (`_share_baselines`) and the rows of every variant (`_mode_rows`: probe, paired
+timing, `_row`), then the max-L rows (`_max_len_rows`).
 """
 
 from __future__ import annotations
