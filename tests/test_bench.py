@@ -318,7 +318,7 @@ def test_evoformer_bench_records_timer_and_maps_oom_and_missing_backends(tmp_pat
         return real(fn, **kw)
 
     monkeypatch.setattr(evo, "measure_time", faulty)
-    rows = evo.run_evoformer_bench([16], 2, dims=EVO_SMALL, kinds=("naive", "sdpa", "sdpa"), modes=("fwd",), warmup=0,
+    rows = evo.run_evoformer_bench([16], 2, dims=EVO_SMALL, kinds=("naive", "sdpa", "sparse"), sparsities=(0.5,), modes=("fwd",), warmup=0,
                                    repeats=1, device="cpu", dtype=torch.float32, measure_share=False,
                                    csv_path=tmp_path / "evo.csv")
     assert [r["status"] for r in rows] == ["oom", "unavailable: NotImplementedError", "ok"]

@@ -335,12 +335,11 @@ def _share_baselines(block: EvoformerBlock, fn: Callable[[], None], st: BenchSet
 
 def _probe(block: EvoformerBlock, attention: EvoformerAttention, fn: Callable[[], None], st: BenchSettings,
            label: str) -> str:
-    """One untimed pass: ``ok``, or `_status_of` its error."""
+    """One pass (`kernels.measure.measure_time` of one call, synchronised): ``ok``, or `_status_of`
+    its error."""
     block.set_attention(attention)
     try:
-        fn()
-        if st.device.type == "cuda":
-            torch.cuda.synchronize(st.device)
+        measure_time(fn, device=st.device, warmup=0, repeats=1)
         return "ok"
     except Exception as exc:  # noqa: BLE001
         return _status_of(exc, st, label)
