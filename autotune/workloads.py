@@ -34,7 +34,7 @@ from typing import Any, Callable, Optional
 
 import torch
 
-from autotune.evoformer.passes import block_pass
+from autotune.evoformer.timed_pass import block_pass
 from kernels import clear_plan_caches
 from kernels.measure import (TOLERANCES, PairedTiming, is_oom, naive_attention, peak_memory, relative_error, release_memory,
                              time_fn, time_paired)

@@ -1,73 +1,94 @@
 #!/usr/bin/env bash
-# GPU check: install the project (no dependency changes), run the kernel tests on the GPU, the
-# guided-layout cost, the kernel benchmark and one EvoFormer block, in one call of about 6 minutes
-# (phase timeouts below add up to 385 s including the install; every phase runs even when an
-# earlier one fails).
+# The one prepared GPU check (at most 8 minutes): EvoFormer rows first, then the profile, then the
+# pattern search's GPU step (benchmarks/gpu_search.sh, when present), then the kernel rows.
 #
-# Needs torch + triton (+ pyyaml) already installed; never reinstalls torch (pip --no-deps) and
-# imports neither optuna, ray nor sqlalchemy. Order: the Triton and guided-layout tests (every
-# Triton test file, slow-marked ones included: those are slow only under the CPU interpreter; in
-# parallel with pytest-xdist when it is installed), then the guided-layout build cost against the
-# attention it feeds, then the kernel benchmark with the target cases first (row L=4096, tri
-# L=2048, L=512), its CSV rewritten after every case so a timeout keeps what was measured, and the
-# EvoFormer block last.
+#   bash benchmarks/gpu_check.sh            # on a CUDA machine (torch + triton installed)
+#   bash benchmarks/gpu_check.sh --dry-run  # any machine: every step on the CPU at tiny sizes, into a
+#                                           # temporary folder (checks the script's logic, no results)
 #
-# Writes benchmarks/results/<gpu name>.csv, benchmarks/results/guided_layout_<gpu name>.csv and
-# benchmarks/results/evoformer-<gpu name>.csv, and copies them with the logs to $OUT when it is set
-# (logs go to $OUT, else to a temporary folder).
+# Steps, each under its own `timeout` (cut to what is left of the 470 s budget; a step with under
+# 15 s left is skipped; every step runs even when an earlier one failed):
+#   1. EvoFormer block forward, L = 256..2048, naive (L <= 512) / SDPA / static / guided at 50, 75, 90%
+#   2. EvoFormer block forward+backward (a training step without optimizer), L = 512..4096 (dense
+#      runs out of memory first), SDPA / static / guided at 75, 90%
+#   3. training max-L probe: the largest L whose forward+backward fits 80 GiB, dense vs sparse at 90%
+#   4. per-operator profile of dense, static and guided blocks, L = 256, 512
+#   5. bash benchmarks/gpu_search.sh (if that file exists)
+#   6. kernel rows (python -m kernels.bench, targets first)
+# CSVs and Markdown summaries go to benchmarks/results/ (evoformer-<gpu>-{fwd,fwdbwd,maxlen}.csv,
+# profile-evoformer-<gpu>.csv, <GPU>.csv); logs and one archive of all of it go to $OUT when set.
 set -uo pipefail
 cd "$(dirname "$0")/.."
+DRY=0
+[ "${1:-}" = "--dry-run" ] && DRY=1
 T0=$(date +%s)
+BUDGET=470
+PY=${PY:-python3}
+export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+if [ $DRY -eq 1 ]; then
+    RES=$(mktemp -d); LOGS="$RES"; DEV=cpu; TAG=dryrun
+else
+    RES=benchmarks/results; LOGS="${OUT:-$(mktemp -d)}"; DEV=cuda
+fi
+mkdir -p "$LOGS" "$RES"
+declare -A RC
+
 phase() { echo "=== [$(( $(date +%s) - T0 ))s] $*"; }
-LOGS="${OUT:-$(mktemp -d)}"
-mkdir -p "$LOGS"
-PY=python3
-export PYTHONUNBUFFERED=1
+
+# run_step NAME SECONDS CMD...: CMD under `timeout`, cut to the budget left; its log in $LOGS/NAME.log
+run_step() {
+    local name=$1 limit=$2; shift 2
+    local left=$(( BUDGET - ($(date +%s) - T0) ))
+    if [ "$left" -lt 15 ]; then phase "$name: skipped (${left}s of the budget left)"; RC[$name]=skipped; return; fi
+    [ "$limit" -gt "$left" ] && limit=$left
+    phase "$name (timeout ${limit}s): $*"
+    timeout "$limit" "$@" 2>&1 | tee "$LOGS/$name.log" | tail -25
+    RC[$name]=${PIPESTATUS[0]}
+    phase "$name rc=${RC[$name]}"
+}
 
 phase "environment"
-nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm,clocks.max.sm --format=csv,noheader || true
-$PY -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__, 'cuda', torch.version.cuda, torch.cuda.get_device_name())"
-
-phase "install ($PY -m pip install --no-deps -e .)"
-if ! timeout 45 $PY -m pip install --no-deps --no-build-isolation -e . >/tmp/gpu_check_pip.log 2>&1; then
-    echo "pip install failed (see below); using PYTHONPATH=. instead"; tail -5 /tmp/gpu_check_pip.log
+if [ $DRY -eq 0 ]; then
+    nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm,clocks.max.sm --format=csv,noheader || true
+    $PY -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__, 'cuda', torch.version.cuda, torch.cuda.get_device_name())"
+    TAG=$($PY -c "import torch; from autotune.evoformer.bench import device_tag; print(device_tag(torch.device('cuda')))")
 fi
-export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
-GPU=$($PY -c "from kernels.bench import device_name, _file_name; import torch; print(_file_name(device_name(torch.device('cuda'))))")
 
-XDIST=""
-$PY -c "import xdist" 2>/dev/null && XDIST="-n 8"
-phase "kernel tests on the GPU (${XDIST:-serial}): Triton (bf16, fp32, non-finite, launch configs, op registration), guided layouts on the GPU"
-timeout 120 $PY -m pytest $XDIST -q -p no:cacheprovider -o addopts="" -rfE \
-    tests/test_gpu_guided.py tests/test_conformance.py tests/test_triton_kernel.py tests/test_triton_nonfinite.py tests/test_triton_configs.py \
-    tests/test_triton_opcheck.py tests/test_guided.py tests/test_measure.py 2>&1 | tee "$LOGS/gpu_check_pytest.log" | tail -40
-TEST_RC=${PIPESTATUS[0]}
-phase "tests rc=$TEST_RC"
-
-phase "guided layout: build cost vs the Triton attention it feeds (bf16, block 64, keep 0.25)"
-GCSV="benchmarks/results/guided_layout_$GPU.csv"
-timeout 50 $PY benchmarks/guided_layout.py --device cuda --dtype bfloat16 --rounds 15 \
-    --workloads msa_row_L512,gpu_row_L2048,triangle_L512,gpu_tri_L1024 --pools max,logsumexp --out "$GCSV" 2>&1 \
-    | tee "$LOGS/gpu_check_guided.log"
-GUIDED_RC=${PIPESTATUS[0]}
-phase "guided rc=$GUIDED_RC"
-
-phase "kernel benchmark (targets first: row L=4096, tri L=2048, L=512; sparsity 0/50/75/90; fwd, fwd+bwd; bf16)"
-CSV="benchmarks/results/$GPU.csv"
-timeout 130 $PY -m kernels.bench --device cuda --dtype bfloat16 --workloads row,tri \
-    --sparsities 0,50,75,90 --passes fwd,fwdbwd --time-budget 90 --out "$CSV" 2>&1 | tee "$LOGS/gpu_check_bench.log"
-BENCH_RC=${PIPESTATUS[0]}
-phase "benchmark rc=$BENCH_RC ($(($(wc -l <"$CSV" 2>/dev/null || echo 1) - 1)) rows in $CSV)"
-
-phase "EvoFormer block (MSA depth 128, L=256,512, fwd; naive / SDPA / sparse at 50, 75, 90%)"
-EVO_CSV="benchmarks/results/evoformer-$($PY -c "import torch, re; print(re.sub(r'[^A-Za-z0-9]+', '-', torch.cuda.get_device_name()).strip('-').lower())").csv"
-timeout 40 $PY -m autotune.evoformer.bench --device cuda --lengths 256 512 --modes fwd \
-    --sparsity 0.5 0.75 0.9 --out "$EVO_CSV" 2>&1 | tee "$LOGS/gpu_check_evoformer.log"
-EVO_RC=${PIPESTATUS[0]}
-phase "EvoFormer rc=$EVO_RC"
-
-if [ -n "${OUT:-}" ]; then
-    cp "$CSV" "$GCSV" "$EVO_CSV" "$OUT/" 2>/dev/null || true
+# sizes: the real check, or tiny ones for the dry run
+if [ $DRY -eq 1 ]; then
+    EVO=(--device cpu --dims small --depth 2 --repeats 1 --max-repeats 1 --warmup 1 --no-share)
+    FWD_L=(32); BWD_L=(32); MAXLEN=(--max-len-steps 16 32 --mem-budget 4)
+    PROF=(--device cpu --lengths 32 --depth 2 --passes 1 --top 5)
+    KB=(--device cpu --workloads row --lengths 256 --sparsities 50 --passes fwd --reps 1 --warmup 1 --time-budget 20)
+else
+    EVO=(--device cuda --depth 128 --repeats 5 --max-repeats 11 --time-cap 2 --no-share)
+    FWD_L=(256 512 1024 2048); BWD_L=(512 1024 2048 3072 4096); MAXLEN=(--max-len-steps 1024 2048 3072 4096 6144 8192 --mem-budget 80)
+    PROF=(--device cuda --lengths 256 512 --depth 128 --passes 5)
+    KB=(--device cuda --dtype bfloat16 --workloads row,tri --sparsities 0,50,75,90 --passes fwd,fwdbwd --time-budget 50)
 fi
-phase "done (tests rc=$TEST_RC, guided rc=$GUIDED_RC, bench rc=$BENCH_RC, evoformer rc=$EVO_RC; logs in $LOGS)"
-[ "$TEST_RC" -eq 0 ] && [ "$GUIDED_RC" -eq 0 ] && [ "$BENCH_RC" -eq 0 ] && [ "$EVO_RC" -eq 0 ]
+
+run_step evoformer_fwd 110 $PY -m autotune.evoformer.bench "${EVO[@]}" --modes fwd --lengths "${FWD_L[@]}" \
+    --sparsity 0.5 0.75 0.9 --naive-max-len 512 --time-budget 80 --out "$RES/evoformer-$TAG-fwd.csv"
+run_step evoformer_fwdbwd 110 $PY -m autotune.evoformer.bench "${EVO[@]}" --modes fwd+bwd --lengths "${BWD_L[@]}" \
+    --kinds sdpa sparse guided --sparsity 0.75 0.9 --time-budget 80 --out "$RES/evoformer-$TAG-fwdbwd.csv"
+run_step evoformer_maxlen 60 $PY -m autotune.evoformer.bench "${EVO[@]}" --modes fwd+bwd --lengths "${FWD_L[0]}" \
+    --kinds sdpa sparse guided --sparsity 0.9 --no-memory --max-len "${MAXLEN[@]}" --out "$RES/evoformer-$TAG-maxlen.csv"
+run_step profile 45 $PY benchmarks/profile_evoformer.py "${PROF[@]}" --out "$RES/profile-evoformer-$TAG.csv"
+if [ -f benchmarks/gpu_search.sh ]; then
+    if [ $DRY -eq 1 ]; then run_step gpu_search 60 bash benchmarks/gpu_search.sh --dry-run
+    else run_step gpu_search 60 bash benchmarks/gpu_search.sh; fi
+else
+    phase "gpu_search: benchmarks/gpu_search.sh not present, skipped"; RC[gpu_search]=absent
+fi
+run_step kernel_rows 60 $PY -m kernels.bench "${KB[@]}" --out "$RES/kernels-$TAG.csv"
+
+if [ $DRY -eq 0 ] && [ -n "${OUT:-}" ]; then
+    tar czf "$OUT/gpu_check_results.tgz" "$RES"/evoformer-"$TAG"-* "$RES/profile-evoformer-$TAG.csv" \
+        "$RES/kernels-$TAG.csv" 2>/dev/null || true
+fi
+SUMMARY=""
+for k in evoformer_fwd evoformer_fwdbwd evoformer_maxlen profile gpu_search kernel_rows; do SUMMARY+="$k=${RC[$k]:-none} "; done
+phase "done: $SUMMARY(results in $RES, logs in $LOGS)"
+for k in evoformer_fwd evoformer_fwdbwd evoformer_maxlen profile kernel_rows; do
+    [ "${RC[$k]:-1}" = "0" ] || exit 1
+done

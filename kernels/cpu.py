@@ -31,7 +31,7 @@ from typing import Optional
 
 import torch
 
-from patterns import BlockLayout
+from patterns import BlockLayout, GuidedConfig
 
 from . import cpu_fused
 from .compile_marks import assume_constant_result
@@ -54,7 +54,7 @@ def cpu_sparse_attention(
     """softmax(q k^T * scale + bias) v over ``layout``'s pairs; q, k, v [B, H, L, D], bias
     broadcasting to [B, H, L, L]. Differentiable in q, k, v and bias."""
     ct = compute_dtype(q.dtype)
-    if _is_full(layout):
+    if not isinstance(layout.config, GuidedConfig) and _is_full(layout):  # guided: chosen per call, data
         out_dtype = q.dtype
         q, k, v = q.to(ct), k.to(ct), v.to(ct)
         mask = None if bias is None else bias.to(ct).contiguous()
@@ -65,7 +65,8 @@ def cpu_sparse_attention(
                 torch.isfinite(v).all(),
                 lambda q_, k_, v_, m_: sdpa(q_, k_, v_, m_, sc, False),
                 lambda q_, k_, v_, m_: sdpa(q_, k_, v_, m_, sc, True),
-                (q, k, v, mask),
+                # torch.cond wants operands that alias nothing (q, k, v may be views of one projection)
+                tuple(t.clone(memory_format=torch.contiguous_format) for t in (q, k, v)) + (mask,),
             ).to(out_dtype)
         exact = bias is not None and not bool(torch.isfinite(v).all())
         return sdpa(q, k, v, mask, sc, exact).to(out_dtype)

@@ -288,7 +288,7 @@ def test_block_pass_is_the_one_pass_of_benchmark_and_trial():
     from autotune import workloads
     from autotune.evoformer import bench as evo
     from models.evoformer.modules import EvoformerBlock
-    from autotune.evoformer.passes import block_pass
+    from autotune.evoformer.timed_pass import block_pass
 
     assert evo.block_pass is block_pass and workloads.block_pass is block_pass  # one pass, not copies
     torch.manual_seed(0)
@@ -318,7 +318,7 @@ def test_evoformer_bench_records_timer_and_maps_oom_and_missing_backends(tmp_pat
         return real(fn, **kw)
 
     monkeypatch.setattr(evo, "measure_time", faulty)
-    rows = evo.run_evoformer_bench([16], 2, dims=EVO_SMALL, kinds=("naive", "sdpa", "sdpa"), modes=("fwd",), warmup=0,
+    rows = evo.run_evoformer_bench([16], 2, dims=EVO_SMALL, kinds=("naive", "sdpa", "sparse"), sparsities=(0.5,), modes=("fwd",), warmup=0,
                                    repeats=1, device="cpu", dtype=torch.float32, measure_share=False,
                                    csv_path=tmp_path / "evo.csv")
     assert [r["status"] for r in rows] == ["oom", "unavailable: NotImplementedError", "ok"]

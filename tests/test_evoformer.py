@@ -297,19 +297,98 @@ def test_loader_errors_name_the_key():
 # ---- benchmark -----------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_bench_smoke(tmp_path):
+    """Every kind (naive, sdpa, static, guided) in both passes: paired times with a speedup interval
+    that holds the point, a CSV and its Markdown summary; the max-L search stops at the first length
+    over the budget."""
     from autotune.evoformer import bench
 
+    out = tmp_path / "out.csv"
     rows = bench.run_evoformer_bench(
-        lengths=[32], depth=2, dims=SMALL, kinds=("naive", "sdpa", "sparse"), patterns=[BAND],
-        sparse_backend="reference", modes=("fwd", "fwd+bwd"), warmup=0, repeats=1, dtype=torch.float32,
-        csv_path=tmp_path / "out.csv",
+        lengths=[32], depth=2, dims=SMALL, kinds=("naive", "sdpa", "sparse", "guided"), sparsities=[0.5],
+        sparse_backend="reference", modes=("fwd", "fwd+bwd"), warmup=1, repeats=2, max_repeats=2,
+        dtype=torch.float32, csv_path=out, measure_share=False, find_max_len=True, max_len_steps=[16, 32],
+        mem_budget_gib=8.0,
     )
-    kinds = {(r["variant"], r["mode"]) for r in rows}
-    assert ("naive", "fwd") in kinds and ("sdpa", "fwd+bwd") in kinds
-    assert any(r["variant"].startswith("sparse") for r in rows)
-    for r in rows:
-        assert r["status"] == "ok", r
-        assert r["median_ms"] > 0
-        assert isinstance(r["attn3_share"], float) and isinstance(r["core_share"], float)
-    assert (tmp_path / "out.csv").read_text().startswith("device,")
+    timed = [r for r in rows if r["status"] != "max_len"]
+    assert {(r["variant"], r["mode"]) for r in timed} == {
+        (v, m) for v in ("naive", "sdpa", "sparse@0.5", "guided@0.5") for m in ("fwd", "fwd+bwd")}
+    for r in timed:
+        assert r["status"] == "ok" and r["median_ms"] > 0 and r["rounds"] == 2, r
+        assert r["speedup_lo"] <= r["speedup_vs_sdpa"] <= r["speedup_hi"], r
+    assert {r["family"] for r in timed} == {"dense", "static", "guided"}
+    limits = {(r["variant"], r["mode"]): r["max_len"] for r in rows if r["status"] == "max_len"}
+    assert set(limits) == {(v, m) for v in ("sdpa", "sparse@0.5", "guided@0.5") for m in ("fwd", "fwd+bwd")}
+    assert all(v == 32 for v in limits.values()), limits  # both steps fit in 8 GiB
+    assert out.read_text().startswith("device,")
+    assert "Largest L" in out.with_suffix(".md").read_text()
+    st = bench._settings([32], 2, "cpu", torch.float32, SMALL, None, ("fwd+bwd",), [16, 32], 1e-6, kinds=("sdpa",),
+                         patterns=None, sparsities=(), sparse_backend="reference", block_size=None, warmup=1,
+                         repeats=1, max_repeats=1, time_cap_s=1.0, measure_share=False, measure_memory=True,
+                         find_max_len=True, naive_max_len=64, seed=0, verbose=False)
+    block = EvoformerBlock(**SMALL)
+    assert bench.max_len(block, bench._variants(st)[0], "fwd+bwd", st) == 0  # a 1 KiB budget: nothing fits
+
+
+def test_bench_default_path_never_overwrites(tmp_path):
+    from autotune.evoformer.bench import default_csv_path
+
+    first = default_csv_path("cpu", tmp_path)
+    assert first.name == "evoformer-cpu.csv"
+    first.write_text("committed")
+    second = default_csv_path("cpu", tmp_path)
+    assert second != first and second.name.startswith("evoformer-cpu-") and first.read_text() == "committed"
+
+
+# ---- copy-free attention modules -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("module", ["msa_row", "tri_start", "tri_end"])
+def test_sparse_call_gets_views_of_one_projection_and_the_kernel_bias_layout(monkeypatch, module):
+    """The modules hand q, k and v to the kernel as strided views of one fused projection (no copy:
+    they share one storage and are not contiguous), and the pair bias as [1, H, L, L] written in
+    place by its projection; the output equals the separate-projection computation."""
+    import kernels
+
+    calls = []
+    real = kernels.sparse_attention
+
+    def spy(q, k, v, layout, bias=None, **kw):
+        calls.append((q, k, v, bias))
+        return real(q, k, v, layout, bias, **kw)
+
+    monkeypatch.setattr(kernels, "sparse_attention", spy)
+    block = _block(torch.float32)
+    block.set_attention("sdpa", **{module: AttentionChoice("sparse", BAND, "cpu")})
+    m, z = _inputs(48, torch.float32)
+    with torch.no_grad():
+        block(m, z)
+    (q, k, v, bias), = calls
+    storage = q.untyped_storage().data_ptr()
+    assert all(t.untyped_storage().data_ptr() == storage for t in (k, v)), "q, k, v come from one projection"
+    assert not any(t.is_contiguous() for t in (q, k, v)), "q, k, v were copied"
+    H = q.shape[1]
+    assert bias.shape == (1, H, 48, 48) and bias.is_contiguous()
+
+
+def test_fused_projection_equals_the_separate_openfold_linears():
+    """One GEMM over the concatenated q, k, v, gate weights == the four OpenFold linears, and the
+    pair-bias GEMM == linear then movedim; gradients reach every OpenFold parameter."""
+    from models.evoformer.modules import GatedAttention, pair_bias
+
+    torch.manual_seed(3)
+    mod = GatedAttention(12, 5, 3).double()
+    _randomize(mod)
+    x = torch.randn(2, 7, 12, dtype=torch.float64)
+    w, b = mod.fused_projection()
+    got = torch.nn.functional.linear(x, w, b).split(15, -1)
+    want = (mod.linear_q(x), mod.linear_k(x), mod.linear_v(x), mod.linear_g(x))
+    for a, e in zip(got, want):
+        torch.testing.assert_close(a, e)
+    out = mod(x, [], AttentionChoice("naive"))
+    out.sum().backward()
+    assert all(p.grad is not None for p in mod.parameters())
+    z = torch.randn(2, 6, 6, 12, dtype=torch.float64)
+    lin = torch.nn.Linear(12, 3, bias=False).double()
+    torch.testing.assert_close(pair_bias(z, lin), lin(z).movedim(-1, -3).unsqueeze(-4))

@@ -48,21 +48,23 @@ def test_guided_block_matches_dense_oracle(backend):
     assert (zs - zd).abs().max() > 1e-6  # the pattern is sparse: it really changes the result
 
 
-def test_each_module_guides_itself_per_head():
+def test_each_module_guides_itself_per_head(monkeypatch):
     """Row attention picks from its own projected pair bias, one layout per head."""
+    import models.evoformer.attention as attention_module
+
     m, z = _inputs(1)
     block = _block(EvoformerAttention.sparse(GUIDED, backend="reference"))
-    seen = []
     row = block.msa_att_row
-    orig = row.attention
+    block.set_attention(EvoformerAttention.sparse(GUIDED, backend="reference").replace(
+        tri_start="sdpa", tri_end="sdpa"))
+    seen = []
 
-    class Spy(AttentionChoice):
-        def layout_for(self, seq_len, guide=None):
-            lay = super().layout_for(seq_len, guide)
-            seen.append((guide.shape, lay))
-            return lay
+    def spy(cfg, seq_len, signal=None):
+        lay = build_layout(cfg, seq_len, signal=signal)
+        seen.append((signal.shape, lay))
+        return lay
 
-    row.attention = Spy(orig.kind, orig.tuned, orig.backend)
+    monkeypatch.setattr(attention_module, "build_layout", spy)
     with torch.no_grad():
         block(m, z)
     (shape, lay), = seen

@@ -53,6 +53,7 @@ import torch
 import torch.nn.functional as F
 
 from patterns import BlockLayout, GuidedConfig, PatternConfig, build_layout
+from kernels.compile_marks import assume_constant_result
 from kernels.tuned import TunedPatterns
 
 __all__ = [
@@ -340,18 +341,49 @@ def attend(choice: AttentionChoice, q: torch.Tensor, k: torch.Tensor, v: torch.T
         return sdpa_attention(q, k, v, biases, _pattern_mask(choice, q, guide))
     # sparse
     L = q.shape[-2]
-    if isinstance(choice.tuned, TunedPatterns):  # it checks where it is used (warning, or an error when strict)
-        layout = choice.layout_for(L, guide, dict(device=q.device, dtype=q.dtype, heads=q.shape[-3], head_dim=q.shape[-1]))
-    else:
-        layout = choice.layout_for(L, guide)
-    if layout is None:  # no pattern pays off at this length (infeasible or unmeasured bucket): dense
+    plan = _sparse_plan(choice, L, q.device, q.dtype, q.shape[-3], q.shape[-1])
+    if plan is None:  # no pattern pays off at this length (infeasible or unmeasured bucket): dense
         return sdpa_attention(q, k, v, biases)
+    layout, kernel_config = plan
+    if isinstance(layout, GuidedConfig):  # chosen per call from the pair signal, inside the graph
+        layout = build_layout(layout, L, signal=guide_signal(guide, L))
     from kernels import sparse_attention
 
     lead = q.shape[:-3]
+    # q, k, v go as the views the projections made (no copies): a backend that needs another
+    # memory layout makes it itself
     q4, k4, v4, b4 = _flatten(q, k, v, _sum_biases(biases, q.dtype))
-    out = sparse_attention(
-        q4.contiguous(), k4.contiguous(), v4.contiguous(), layout, b4,
-        scale=1.0 / math.sqrt(q.shape[-1]), backend=choice.backend, config=choice.kernel_config_for(L),
-    )
+    out = sparse_attention(q4, k4, v4, layout, b4, scale=1.0 / math.sqrt(q.shape[-1]), backend=choice.backend,
+                           config=kernel_config)
     return out.reshape(*lead, *out.shape[-3:])
+
+
+def _sparse_plan(choice: AttentionChoice, seq_len: int, device: torch.device, dtype: torch.dtype, heads: int,
+                 head_dim: int) -> Optional[tuple[BlockLayout | GuidedConfig, Any]]:
+    """(the static layout, or the GuidedConfig to build one from the pair signal; the kernel config)
+    of a sparse ``choice`` at this call's shape, or None for dense (`_resolve_plan`).
+
+    Under ``torch.compile`` `_resolve_plan` runs once while tracing (host-side lookups, read as a
+    constant) and stores the plan as an attribute of the choice named after the shape; the plan is
+    then read like any module attribute (a container read earlier in the trace would be stale), so
+    the graph holds neither the layout's construction nor data-dependent Python, and the compiled
+    code is guarded on the choice and its plan."""
+    name = _resolve_plan(choice, seq_len, str(device), str(dtype).replace("torch.", ""), heads, head_dim)
+    return getattr(choice, name)
+
+
+@assume_constant_result
+def _resolve_plan(choice: AttentionChoice, seq_len: int, device: str, dtype: str, heads: int, head_dim: int) -> str:
+    """The name of the attribute of ``choice`` holding its plan at this shape (see `_sparse_plan`),
+    filled on first use: the pattern for the length (a ``TunedPatterns`` also checks device, dtype,
+    heads and head dim against what it was tuned for), its cached layout (static patterns) and the
+    kernel config."""
+    name = "_plan_" + "_".join(str(x) for x in (seq_len, device, dtype, heads, head_dim)).replace(":", "")
+    if name not in choice.__dict__:
+        where = None
+        if isinstance(choice.tuned, TunedPatterns):
+            where = dict(device=torch.device(device), dtype=getattr(torch, dtype), heads=heads, head_dim=head_dim)
+        cfg = choice.pattern_for(seq_len, where)
+        layout = cfg if cfg is None or isinstance(cfg, GuidedConfig) else cached_layout(cfg, seq_len)
+        object.__setattr__(choice, name, None if cfg is None else (layout, choice.kernel_config_for(seq_len)))
+    return name

@@ -22,11 +22,13 @@ from typing import Any, Optional
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 from .attention import AttentionChoice, EvoformerAttention, attend
 
 __all__ = [
     "GatedAttention",
+    "pair_bias",
     "MSAAttention",
     "MSARowAttentionWithPairBias",
     "MSAColumnAttention",
@@ -54,7 +56,13 @@ def _mask_bias(mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
 
 class GatedAttention(nn.Module):
     """Multi-head attention with per-head sigmoid gating (OpenFold ``Attention``; the core of
-    Algorithms 7, 8, 13 and 14): q, k, v without bias, output and gate projections with bias."""
+    Algorithms 7, 8, 13 and 14): q, k, v without bias, output and gate projections with bias.
+
+    The parameters are OpenFold's (``linear_q``, ``linear_k``, ``linear_v``, ``linear_g``,
+    ``linear_o``), so checkpoints load unchanged; the forward computes the four input projections
+    as one GEMM against their concatenated weights (`fused_projection`, built from the parameters
+    on every call, so it always matches them and gradients reach each one), and hands q, k, v to the
+    attention as strided views of that one result (no copies)."""
 
     def __init__(self, c_in: int, c_hidden: int, no_heads: int):
         super().__init__()
@@ -66,20 +74,34 @@ class GatedAttention(nn.Module):
         self.linear_o = nn.Linear(hc, c_in)
         self.linear_g = nn.Linear(c_in, hc)
 
+    def fused_projection(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(weight [4*H*C, c_in], bias [4*H*C]) of q, k, v and the gate, in that order (q, k and v
+        have no bias: zeros there)."""
+        w = torch.cat([self.linear_q.weight, self.linear_k.weight, self.linear_v.weight, self.linear_g.weight], 0)
+        gb = self.linear_g.bias
+        b = torch.cat([gb.new_zeros(3 * gb.shape[0]), gb])
+        return w, b
+
     def forward(self, x: torch.Tensor, biases: list[torch.Tensor], choice: AttentionChoice,
                 guide: Optional[torch.Tensor] = None) -> torch.Tensor:
         """x [*, Q, c_in] (attention over Q); biases broadcastable to [*, H, Q, Q]; ``guide``: the
         pair signal a guided pattern chooses its blocks from."""
         lead = x.shape[:-1]
         H, C = self.no_heads, self.c_hidden
+        qkvg = F.linear(x, *self.fused_projection()).view(*lead, 4, H, C)  # one GEMM
+        q, k, v = (qkvg.select(-3, i).transpose(-2, -3) for i in range(3))  # [*, H, Q, C] views
+        o = attend(choice, q, k, v, biases, guide).transpose(-2, -3)  # [*, Q, H, C]
+        g = torch.sigmoid(qkvg.select(-3, 3))
+        return self.linear_o((g * o).reshape(*lead, H * C))  # g first: the product takes its (contiguous) order
 
-        def heads(t: torch.Tensor) -> torch.Tensor:  # [*, Q, H*C] -> [*, H, Q, C]
-            return t.view(*lead, H, C).transpose(-2, -3)
 
-        o = attend(choice, heads(self.linear_q(x)), heads(self.linear_k(x)), heads(self.linear_v(x)), biases, guide)
-        o = o.transpose(-2, -3)  # [*, Q, H, C]
-        g = torch.sigmoid(self.linear_g(x)).view(*lead, H, C)
-        return self.linear_o((o * g).reshape(*lead, H * C))
+def pair_bias(z: torch.Tensor, linear: nn.Linear) -> torch.Tensor:
+    """``linear(z)`` moved to the attention's bias layout: z [*, I, J, c] -> [*, 1, H, I, J], written
+    by one GEMM (weight [H, c] times z^T) straight into that layout: contiguous, no separate copy
+    (a permuted bias would also push SDPA onto its unfused path)."""
+    I, J, c = z.shape[-3:]
+    b = torch.matmul(linear.weight, z.reshape(*z.shape[:-3], I * J, c).transpose(-1, -2))  # [*, H, I*J]
+    return b.view(*b.shape[:-1], I, J).unsqueeze(-4)
 
 
 class MSAAttention(nn.Module):
@@ -110,9 +132,7 @@ class MSAAttention(nn.Module):
         if self.pair_bias:
             if z is None:
                 raise ValueError("MSA row attention with pair bias needs z")
-            b = self.linear_z(self.layer_norm_z(z))  # [*, L, L, H]
-            # [*, 1, H, L, L], contiguous: a permuted bias would push SDPA onto its unfused path
-            biases.append(b.movedim(-1, -3).unsqueeze(-4).contiguous())
+            biases.append(pair_bias(self.layer_norm_z(z), self.linear_z))  # [*, 1, H, L, L]
             if guide is None:  # a guided pattern chooses its blocks from the pair bias, per head
                 guide = biases[-1]
         return self.mha(m, biases, self.attention, guide)
@@ -269,8 +289,7 @@ class TriangleAttention(nn.Module):
         biases = []
         if mask is not None:
             biases.append(_mask_bias(mask, z.dtype))  # [*, I, 1, 1, J]
-        # [*, 1, H, I, J], contiguous (see MSAAttention)
-        biases.append(self.linear(z).movedim(-1, -3).unsqueeze(-4).contiguous())
+        biases.append(pair_bias(z, self.linear))  # [*, 1, H, I, J]
         guide = biases[-1] if pair_signal is None else pair_signal
         out = self.mha(z, biases, self.attention, guide)
         return out if self.starting else out.transpose(-2, -3)
