@@ -36,9 +36,9 @@ def attention(ctx: ReportContext, page: Page) -> None:
         page.w(f"### bench#{br.id}: {br.device}, {br.dtype}, {br.threads} thread(s)", "")
         rows = [[kc.workload, kc.pass_, str(kc.L), str(kc.batch), f"{kc.target:.2f} / {kc.actual:.3f}",
                  kc.cell("naive"), kc.cell("sdpa"), kc.cell("flex"), kc.cell(kc.ours),
-                 f_x(kc.ratio("sdpa", kc.ours) if kc.ours else None) + above_ideal(ctx, page, kc, kc.ours),
+                 f_x(kc.ratio("sdpa", kc.ours) if kc.ours else None) + above_ideal(kc, kc.ours),
                  f_x(kc.ratio("flex", kc.ours) if kc.ours else None),
-                 f_x(kc.ratio("sdpa", "flex")) + above_ideal(ctx, page, kc, "flex"),
+                 f_x(kc.ratio("sdpa", "flex")) + above_ideal(kc, "flex"),
                  cite("kb", [r.id for r in kc.rows.values()])] for kc in cases]
         page.w(*table(["workload", "pass", "L", "batch", "sparsity (target / actual)", "naive ms", "SDPA ms",
                        "flex ms", "ours ms", "ours vs SDPA", "ours vs flex", "flex vs SDPA", "source"], rows), "")
