@@ -19,7 +19,6 @@ from .targets import describe
 def recommendations(ctx: ReportContext, page: Page) -> None:
     """The verdict per bucket (`ReportContext.decisions`) with its rule: pattern, sparsity, confirmed
     speedups with their intervals, memory against naive attention and SDPA, accuracy, why, sources."""
-    t = ctx.targets
     page.w("## Recommendation per length bucket", "")
     if not ctx.decisions:
         page.not_measured("recommendation", "No trial measurements in the database (run `python -m autotune.search`).")
