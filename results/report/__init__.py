@@ -9,7 +9,8 @@ baselines, noise warnings, provenance (hardware, versions, dates, commands) and 
 Every number cites the rows it comes from.
 """
 
-from .build import build_report, decide
+from .build import build_report
+from .decision import decide
 from .data import ReportData, ReportError, load
 
 __all__ = ["build_report", "decide", "load", "ReportData", "ReportError"]
