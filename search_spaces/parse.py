@@ -55,11 +55,6 @@ def _check_families(check: SpaceChecker, pattern: dict[str, Any]) -> None:
         check.fail("pattern.keep", "required key is missing (guided patterns need it: the fraction of key blocks kept)")
 
 
-def _parse_measure(check: SpaceChecker, raw: Any) -> MeasureSettings:
-    """The ``measure`` section (`MeasureSettings.parse`)."""
-    return MeasureSettings.parse(check, raw)
-
-
 # ---- parse_space, step by step (each step validates one part of the file, in the file's order of
 # checks, so a file with several errors always names the same first one)
 

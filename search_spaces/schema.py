@@ -52,7 +52,7 @@ TOP_KEYS = {
     "limits",
 }
 # What one machine can run, as data: each may be raised (or lowered) in the space's ``limits``
-# section. max_input_gib None = this machine's memory (see `machine_memory_gib`).
+# section. max_input_gib None = this machine's memory (see `search_spaces.limits.machine_memory_gib`).
 LIMITS: dict[str, Any] = {
     "max_seq_len": 65536,      # residues: buckets, window, num_global, gate.seq_len
     "max_heads": 128,
@@ -181,8 +181,18 @@ class ParamSpace:
         return cls(tuple((k, _spec_from_data(v)) for k, v in (d or {}).items()))
 
 
+def family_params(pattern: dict[str, Any]) -> dict[str, Any]:
+    """A trial's pattern parameters for its family: a guided trial drops the static-only keys
+    (stride, global_placement) and keeps ``family: guided``; a static trial drops the guided-only
+    keys and the family key (so static patterns are stored exactly as before)."""
+    if pattern.get("family", "static") == "guided":
+        return {k: v for k, v in pattern.items() if k not in STATIC_ONLY_PARAMS}
+    return {k: v for k, v in pattern.items() if k not in GUIDED_ONLY_PARAMS and k != "family"}
+
+
 # ------------------------------------------------------------------------------------------------
-# the settings sections: one frozen record each, defaults in the field definitions
+# the base of the settings records (`search_spaces.settings`): one frozen record per section,
+# defaults in the field definitions
 
 
 def field_names(cls_or_obj: Any) -> tuple[str, ...]:
@@ -207,12 +217,3 @@ class Section:
         field defaults (a space stored by an older version loads)."""
         names = field_names(cls)
         return cls(**{k: v for k, v in (d or {}).items() if k in names})
-
-
-def family_params(pattern: dict[str, Any]) -> dict[str, Any]:
-    """A trial's pattern parameters for its family: a guided trial drops the static-only keys
-    (stride, global_placement) and keeps ``family: guided``; a static trial drops the guided-only
-    keys and the family key (so static patterns are stored exactly as before)."""
-    if pattern.get("family", "static") == "guided":
-        return {k: v for k, v in pattern.items() if k not in STATIC_ONLY_PARAMS}
-    return {k: v for k, v in pattern.items() if k not in GUIDED_ONLY_PARAMS and k != "family"}

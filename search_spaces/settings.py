@@ -5,11 +5,11 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, ClassVar, Optional
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, ClassVar, Optional
 
-from .schema import MAX_REPEATS, MAX_SEED, MAX_THREADS, MAX_TRIALS, MAX_WARMUP, MAX_WORKERS, SAMPLERS, Section, \
-    field_names
+from .schema import (MAX_REPEATS, MAX_SEED, MAX_THREADS, MAX_TRIALS, MAX_WARMUP, MAX_WORKERS, SAMPLERS, Section,
+                     field_names)
 
 if TYPE_CHECKING:
     from .checks import IntWithinLimit, SpaceChecker

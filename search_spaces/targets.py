@@ -18,8 +18,6 @@ if TYPE_CHECKING:
     from .checks import SpaceChecker
 
 
-# targets: the one place the search constraints, the export rule and the report read
-
 TARGET_NAMES = ("speedup", "memory_vs_naive", "memory_vs_sdpa", "sparsity")
 # Per-device defaults, as data. Speedup: the lower end of the paired confidence interval against
 # dense SDPA must clear it (CPU: no regression; GPU: a 10% gain, what justifies a custom kernel).
