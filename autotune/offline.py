@@ -33,7 +33,7 @@ import sys
 from pathlib import Path
 from typing import Optional
 
-from patterns.errors import InputError, report_input_error
+from patterns.errors import InputError, exit_status
 
 PACKAGES = ("optuna", "sqlalchemy", "alembic", "biotite")
 # what a CUDA PyTorch image provides (never downloaded: torch and triton are the image's own builds)
@@ -173,11 +173,8 @@ def main(argv: Optional[list[str]] = None) -> int:
             install(args.folder, None if args.no_project else ROOT, editable=not args.no_editable,
                     target=args.target, check=not args.no_check)
             print(f"autotune: installed the search's packages from {args.folder}")
-    except InputError as e:
-        return report_input_error(e, "autotune")
-    except RuntimeError as e:
-        print(f"autotune: error: {e}", file=sys.stderr)
-        return 1
+    except (InputError, RuntimeError) as e:  # bad input: 2; a failed pip run (RuntimeError): 1
+        return exit_status(e, "autotune", failure=lambda e: str(e) if isinstance(e, RuntimeError) else None)
     return 0
 
 

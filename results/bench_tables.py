@@ -81,21 +81,32 @@ EVOFORMER_COLUMNS: dict[str, tuple[str, type, bool]] = {
     "depth": ("depth", int, True),
     "mode": ("mode", str, True),
     "variant": ("variant", str, True),
+    "family": ("family", str, False),  # static | guided (absent from older CSVs: NULL)
     "pattern": ("pattern", str, False),
     "sparsity": ("sparsity", float, True),
     "status": ("status", str, True),
     "median_ms": ("median_ms", float, True),
-    "min_ms": ("min_ms", float, False),
+    "min_ms": ("min_ms", float, False),  # older CSVs only (EVOFORMER_LEGACY)
+    "p10_ms": ("p10_ms", float, False),
+    "p90_ms": ("p90_ms", float, False),
+    "rounds": ("rounds", int, False),
     "peak_mib": ("peak_mib", float, True),
     "speedup_vs_sdpa": ("speedup_vs_sdpa", float, False),
+    "speedup_lo": ("speedup_lo", float, False),  # the 95% interval of the paired speedup over SDPA
+    "speedup_hi": ("speedup_hi", float, False),
     "speedup_vs_naive": ("speedup_vs_naive", float, False),
     "attn3_share": ("attn3_share", float, False),
     "attn4_share": ("attn4_share", float, False),
     "core_share": ("core_share", float, False),
     "max_len": ("max_len", int, False),
+    "mem_budget_gib": ("mem_budget_gib", float, False),
     "timer": ("timer", str, False),  # absent from older CSVs: NULL
     "memory_method": ("memory_method", str, False),
 }
+
+
+# columns that older EvoFormer benchmark CSVs have and today's benchmark no longer writes
+EVOFORMER_LEGACY = frozenset({"min_ms"})
 
 
 class BenchRun(Base):
@@ -155,18 +166,25 @@ class EvoformerBenchRow(Base):
     depth: Mapped[int] = mapped_column(Integer)
     mode: Mapped[str] = mapped_column(String(16))
     variant: Mapped[str] = mapped_column(String(64))
+    family: Mapped[Optional[str]] = mapped_column(String(16), nullable=True)
     pattern: Mapped[Optional[str]] = mapped_column(String(128), nullable=True)
     sparsity: Mapped[float] = mapped_column(Float)
     status: Mapped[str] = mapped_column(String(64))
     median_ms: Mapped[Optional[float]] = mapped_column(Float, nullable=True)
     min_ms: Mapped[Optional[float]] = mapped_column(Float, nullable=True)
+    p10_ms: Mapped[Optional[float]] = mapped_column(Float, nullable=True)
+    p90_ms: Mapped[Optional[float]] = mapped_column(Float, nullable=True)
+    rounds: Mapped[Optional[int]] = mapped_column(Integer, nullable=True)
     peak_mib: Mapped[Optional[float]] = mapped_column(Float, nullable=True)
     speedup_vs_sdpa: Mapped[Optional[float]] = mapped_column(Float, nullable=True)
+    speedup_lo: Mapped[Optional[float]] = mapped_column(Float, nullable=True)
+    speedup_hi: Mapped[Optional[float]] = mapped_column(Float, nullable=True)
     speedup_vs_naive: Mapped[Optional[float]] = mapped_column(Float, nullable=True)
     attn3_share: Mapped[Optional[float]] = mapped_column(Float, nullable=True)
     attn4_share: Mapped[Optional[float]] = mapped_column(Float, nullable=True)
     core_share: Mapped[Optional[float]] = mapped_column(Float, nullable=True)
     max_len: Mapped[Optional[int]] = mapped_column(Integer, nullable=True)
+    mem_budget_gib: Mapped[Optional[float]] = mapped_column(Float, nullable=True)
     timer: Mapped[Optional[str]] = mapped_column(String(32), nullable=True)
     memory_method: Mapped[Optional[str]] = mapped_column(String(32), nullable=True)
 

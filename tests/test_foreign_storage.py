@@ -137,7 +137,9 @@ def test_upgrade_still_upgrades_our_own_old_database(tmp_path):
     con = sqlite3.connect(path)
     con.executescript((ROOT / "tests" / "data" / "schema_v1.sql").read_text())
     con.close()
-    assert upgrade_schema(f"sqlite:///{path}") == (1, 2)
+    from results.db import SCHEMA_VERSION
+
+    assert upgrade_schema(f"sqlite:///{path}") == (1, SCHEMA_VERSION)
     assert "at_schema" in _tables(path)
 
 

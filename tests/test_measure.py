@@ -228,10 +228,3 @@ def test_tolerance_table_and_relative_error():
     assert measure.relative_error(ref, ref) == 0.0
     assert measure.relative_error(ref * float("nan"), ref) == math.inf
     assert measure.relative_error(ref.to(torch.bfloat16), ref) <= measure.tolerance("bfloat16").fwd
-
-
-def test_old_import_path_is_the_same_layer():
-    from autotune import measure as old
-
-    for name in ("time_paired", "time_fn", "peak_memory", "is_oom", "naive_attention", "PAIRED_DEFAULTS", "TOLERANCES"):
-        assert getattr(old, name) is getattr(measure, name)
