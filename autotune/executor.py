@@ -60,6 +60,8 @@ import sys
 from contextlib import contextmanager
 from typing import Any, Optional
 
+from results.states import EndReason
+
 from .trial import FAULT_ENV, TrialResult, TrialRunner
 
 __all__ = ["LocalExecutor", "RayExecutor", "ExecutorError", "ClusterUnreachable", "make_executor",
@@ -477,8 +479,8 @@ class RayExecutor:
                 except Exception:  # noqa: BLE001 - already gone
                     pass
                 if lost:  # the machine went away, not the candidate's fault: run it again elsewhere
-                    result = _failed(req, f"node lost: worker node {node or '?'} left the cluster during the trial "
-                                          f"({type(e).__name__})"[:2000], retry=True)
+                    result = _failed(req, EndReason.NODE_LOST.text(f"worker node {node or '?'} left the cluster during "
+                                                                  f"the trial ({type(e).__name__})")[:2000], retry=True)
                     self.nodes_lost += 1
                     if not self._room_for_actor(exclude_node=node, slot=slot):
                         self.capacity -= 1
@@ -488,7 +490,7 @@ class RayExecutor:
                         out.append((req, result))
                         continue
                 else:  # the candidate took its process down: only this trial fails
-                    result = _failed(req, f"worker died: {type(e).__name__}: {msg}"[:2000])
+                    result = _failed(req, EndReason.WORKER_DIED.text(f"{type(e).__name__}: {msg}")[:2000])
                 self.actors[slot] = self._new_actor(slot)
                 self.restarts += 1
             except ray.exceptions.RayTaskError as e:

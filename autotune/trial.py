@@ -81,6 +81,7 @@ from typing import Any, Optional, Union
 import torch
 
 from kernels.measure import is_oom
+from results.states import EndReason, TrialState
 from search_spaces.space import ACCURACY_METRIC_DIRECTIONS, SearchSpace
 from .workloads import (DEFAULT_TOL, MEMORY_FLOOR_BYTES, CellMeasurement, GateFailed, TrialTiming, bench_for,
                         nominal_layout)
@@ -187,8 +188,8 @@ class TrialResult:
         return cls(number=number, reason=reason, retry=retry)
 
     @property
-    def state(self) -> str:
-        return "COMPLETE" if self.ok else "FAIL"
+    def state(self) -> TrialState:
+        return TrialState.of_result(self.ok)
 
     def accuracy_dicts(self) -> dict[str, dict[str, Any]]:
         """The per-bucket accuracy as stored (str(bucket) -> `AccuracyResult.to_dict`)."""
@@ -233,7 +234,7 @@ def _inject_fault(number: int) -> None:
 
 
 CUT_GRACE_S = 5.0  # a trial still running this long after the search's deadline is cut (SIGALRM)
-TIMEOUT_REASON = "interrupted: the search's timeout"
+TIMEOUT_REASON = EndReason.INTERRUPTED.text("the search's timeout")
 
 
 class DeadlineReached(BaseException):

@@ -38,6 +38,7 @@ from autotune.evoformer.timed_pass import block_pass
 from kernels import clear_plan_caches
 from kernels.measure import (TOLERANCES, PairedTiming, is_oom, naive_attention, peak_memory, relative_error, release_memory,
                              time_fn, time_paired)
+from results.states import EndReason
 from search_spaces.space import SearchSpace, Workload
 
 __all__ = ["CellMeasurement", "Baseline", "Baselines", "TrialTiming", "GateFailed", "WorkloadBench", "AttentionBench",
@@ -315,7 +316,7 @@ class AttentionBench(WorkloadBench):
         e = relative_error(o.detach(), r.detach())
         out[f"{w.name}.fwd_err"] = e
         if not e <= ftol:
-            raise GateFailed(f"gate failed: {w.name} forward error {e:.3g} > {ftol:g} (L={L})")
+            raise GateFailed(EndReason.GATE_FAILED.text(f"{w.name} forward error {e:.3g} > {ftol:g} (L={L})"))
         if grad:
             go = torch.randn(o.shape, generator=gen).to(device=self.device, dtype=self.dtype)
             g1 = torch.autograd.grad(o, leaves, go)
@@ -324,7 +325,7 @@ class AttentionBench(WorkloadBench):
                 e = relative_error(a, b)
                 out[f"{w.name}.{name}_err"] = e
                 if not e <= btol:
-                    raise GateFailed(f"gate failed: {w.name} {name} error {e:.3g} > {btol:g} (L={L})")
+                    raise GateFailed(EndReason.GATE_FAILED.text(f"{w.name} {name} error {e:.3g} > {btol:g} (L={L})"))
         return out
 
     def measure(self, pcfg, kc, layout, L, gen, timing):
@@ -357,7 +358,7 @@ class AttentionBench(WorkloadBench):
         except Exception as e:  # noqa: BLE001
             if is_oom(e):
                 release_memory(space.device)
-                raise RuntimeError(f"out of memory: {w.name} L={L} batch={B}") from None
+                raise RuntimeError(EndReason.OUT_OF_MEMORY.text(f"{w.name} L={L} batch={B}")) from None
             raise
         timing.candidate_s += time.perf_counter() - t0
         timing.timed_s += pt.timed_s
@@ -477,7 +478,7 @@ class EvoformerBench(WorkloadBench):
             e = relative_error(a, b)
             out[f"{w.name}.fwd_{name}_err"] = e
             if not e <= ftol:
-                raise GateFailed(f"gate failed: {w.name} forward error ({name}) {e:.3g} > {ftol:g} (L={L})")
+                raise GateFailed(EndReason.GATE_FAILED.text(f"{w.name} forward error ({name}) {e:.3g} > {ftol:g} (L={L})"))
         if g_c is not None:
             out.update(self._gradient_errors(params, g_c, g_r, btol, L))
         return out
@@ -496,7 +497,7 @@ class EvoformerBench(WorkloadBench):
             e = relative_error(a, b)
             out[f"{name}.d{group}_err"] = e
             if not e <= btol:
-                raise GateFailed(f"gate failed: {name} {group} parameter gradient error {e:.3g} > {btol:g} (L={L})")
+                raise GateFailed(EndReason.GATE_FAILED.text(f"{name} {group} parameter gradient error {e:.3g} > {btol:g} (L={L})"))
         return out
 
     def measure(self, pcfg, kc, layout, L, gen, timing):
@@ -517,7 +518,7 @@ class EvoformerBench(WorkloadBench):
         except Exception as e:  # noqa: BLE001
             if is_oom(e):
                 release_memory(space.device)
-                raise RuntimeError(f"out of memory: {w.name} L={L} msa_depth={w.msa_depth}") from None
+                raise RuntimeError(EndReason.OUT_OF_MEMORY.text(f"{w.name} L={L} msa_depth={w.msa_depth}")) from None
             raise
         finally:
             block.set_attention(None)

@@ -3,7 +3,9 @@
 - `results.storage`: ``--storage`` values to checked database URLs, the one default
   (``DEFAULT_STORAGE``), password masking;
 - `results.db`: the schema (``at_`` tables, its version row) and the store the search writes
-  through (`Database`), the ties to Optuna's study, the schema upgrade;
+  through (`Database`), the ties to Optuna's study, the schema upgrade; a face over
+  `results.tables`, `results.schema`, `results.store` and `results.ties`;
+- `results.states`: the trial states and end reasons as stored (`TrialState`, `EndReason`);
 - `results.base`: the declarative base every ``at_`` table is declared on;
 - `results.bench_tables` and `results.ingest`: benchmark CSVs in the database;
 - `results.verdict`: the one best-per-bucket rule (search progress bar, export, report) and the

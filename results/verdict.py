@@ -47,7 +47,9 @@ from typing import Any, Iterable, Optional
 from search_spaces.space import SearchSpace, Targets
 
 from .aggregate import geomean
-from .db import Confirmation, Orphans  # noqa: F401  (Confirmation: the at_confirmations table; named here for compatibility)
+from .states import TrialState
+from .tables import Confirmation  # noqa: F401  (the at_confirmations table; named here for compatibility)
+from .ties import Orphans
 
 __all__ = ["Confirmation", "cell_values", "cell_violations", "cell_ok", "leaders", "decide", "BucketVerdict",
            "load_study", "StudyData", "NEAR", "NOISE_SPREAD", "confirmation_current", "verdict_lines", "caveats",
@@ -392,12 +394,12 @@ def load_study(session, study: str) -> StudyData:
     are left for the next read."""
     from sqlalchemy import inspect, select
 
-    from .db import Measurement, Run, TrialRow
+    from .tables import Measurement, Run, TrialRow
 
     trials = session.scalars(select(TrialRow).where(TrialRow.study_name == study)).all()
-    complete = {t.number: t for t in trials if t.state == "COMPLETE"}
+    complete = {t.number: t for t in trials if t.state == TrialState.COMPLETE}
     ms = session.scalars(select(Measurement).join(TrialRow)
-                         .where(TrialRow.study_name == study, TrialRow.state == "COMPLETE")).all()
+                         .where(TrialRow.study_name == study, TrialRow.state == TrialState.COMPLETE.value)).all()
     by_id = {t.id: t.number for t in complete.values()}
     cells: dict[int, list[Any]] = {}
     for m in ms:  # a trial another driver completed between the two reads waits for the next read

@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from patterns import pattern_label
+from results.states import TrialState
 
 from . import plots
 from .context import Page, ReportContext
@@ -106,7 +107,7 @@ def evoformer_cells(ctx: ReportContext) -> list[tuple[str, Any]]:
     complete trials. (label, at_measurements row), ordered by bucket and workload."""
     d = ctx.data
     evo = [m for m in d.measurements if m.kind == "evoformer"]
-    complete = {t.id for t in d.trials if t.state == "COMPLETE"}
+    complete = {t.id for t in d.trials if t.state == TrialState.COMPLETE}
     exported = {x.bucket: x.trial.id for x in ctx.decisions if x.tuned is not None and x.trial is not None}
     out = []
     for key in sorted({(m.bucket, m.workload) for m in evo}):

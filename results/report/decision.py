@@ -9,6 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
+from results.states import TrialState
+
 from .data import ReportData
 from .formatting import MIB_FLOOR, NOT_MEASURED, f_num
 
@@ -53,7 +55,7 @@ def reduction(c: Any, baseline: str, floor: float = MIB_FLOOR) -> Optional[float
 def noisy_shapes(data: ReportData) -> list[tuple[str, int, float, float, int]]:
     """(workload, bucket, min, max, trials) of every shape whose SDPA baseline median spread more
     than 2x across the study's complete trials."""
-    complete = {t.id for t in data.trials if t.state == "COMPLETE"}
+    complete = {t.id for t in data.trials if t.state == TrialState.COMPLETE}
     by: dict[tuple, list[float]] = {}
     for m in data.measurements:
         if m.trial_id in complete and m.sdpa_ms:

@@ -8,6 +8,7 @@ import math
 from typing import Any
 
 from patterns import pattern_label
+from results.states import TrialState
 
 from . import plots
 from .context import Page, ReportContext
@@ -143,7 +144,7 @@ def pareto_points(ctx: ReportContext) -> list[dict[str, Any]]:
     feasible_somewhere = {x.trial for v in ctx.decisions if v.verdict is not None for x in v.verdict.leaders}
     pts = []
     for tr in d.trials:
-        if tr.state != "COMPLETE":
+        if tr.state != TrialState.COMPLETE:
             continue
         names, objs = tr.objective_names or [], tr.objectives or []
         obj = dict(zip(names, objs))
@@ -207,7 +208,7 @@ def bucket_points(ctx: ReportContext) -> dict[int, list[dict[str, Any]]]:
     chosen = {x.bucket: x.verdict.trial for x in ctx.decisions if x.deploy and x.verdict is not None}
     out: dict[int, list[dict[str, Any]]] = {}
     for tr in d.trials:
-        if tr.state != "COMPLETE":
+        if tr.state != TrialState.COMPLETE:
             continue
         by_L: dict[int, list[Any]] = {}
         for c in d.cells(tr.id):

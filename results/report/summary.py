@@ -10,6 +10,7 @@ import shlex
 from typing import Any
 
 from patterns import pattern_label
+from results.states import TrialState
 from results.storage import mask_url
 
 from .benchmarks import evoformer_cells
@@ -118,9 +119,9 @@ def summary_search(ctx: ReportContext, page: Page) -> None:
         return
     from results.verdict import cell_ok
 
-    comp = sum(1 for x in d.trials if x.state == "COMPLETE")
-    fail = sum(1 for x in d.trials if x.state == "FAIL")
-    feas = sum(1 for x in d.trials if x.state == "COMPLETE" and t is not None and any(
+    comp = sum(1 for x in d.trials if x.state == TrialState.COMPLETE)
+    fail = sum(1 for x in d.trials if x.state == TrialState.FAIL)
+    feas = sum(1 for x in d.trials if x.state == TrialState.COMPLETE and t is not None and any(
         (cs := d.cells(x.id, L)) and all(cell_ok(t, c) for c in cs) for L in d.buckets))
     devs = sorted({(r.hardware or {}).get("device_name") or r.device for r in d.runs})
     page.w(f"- Search: {len(d.trials)} trial(s) ({comp} complete, {feas} meeting every target at some bucket "
@@ -129,7 +130,7 @@ def summary_search(ctx: ReportContext, page: Page) -> None:
            f"{', '.join(map(str, d.buckets)) or NOT_MEASURED}.")
     reasons: dict[str, list[int]] = {}
     for x in d.trials:
-        if x.state == "FAIL":
+        if x.state == TrialState.FAIL:
             reasons.setdefault((x.reason or "no reason recorded").split(":")[0][:60], []).append(x.number)
     if reasons:
         page.w("  - Failed trials by reason: " + "; ".join(
