@@ -105,12 +105,14 @@ def running_trials(db, study: str, alive: Optional[Callable[[Any], bool]] = None
     from sqlalchemy import select
 
     from .db import Run, TrialRow
+    from .states import TrialState
 
+    running = TrialState.RUNNING.value
     with db.Session() as s:
         runs = s.scalars(select(Run).join(TrialRow, TrialRow.run_id == Run.id).where(
-            TrialRow.study_name == study, TrialRow.state == "RUNNING", Run.ended_at.is_(None))).all()
+            TrialRow.study_name == study, TrialRow.state == running, Run.ended_at.is_(None))).all()
         counts = {r.id: 0 for r in runs}
-        for rid in s.scalars(select(TrialRow.run_id).where(TrialRow.study_name == study, TrialRow.state == "RUNNING")):
+        for rid in s.scalars(select(TrialRow.run_id).where(TrialRow.study_name == study, TrialRow.state == running)):
             if rid in counts:
                 counts[rid] += 1
         return sum(counts[r.id] for r in runs if alive is None or alive(r))
