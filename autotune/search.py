@@ -91,35 +91,28 @@ exactly ``--trials`` trials, never one parameter set twice, and each prints the 
 from __future__ import annotations
 
 import argparse
-import datetime as dt
-import hashlib
-import math
 import os
 import re
 import signal
-import socket
 import sys
 import time
-from contextlib import contextmanager
-from typing import TYPE_CHECKING, Any, Iterator, Optional
+from typing import Any, Optional
 
 from patterns.errors import InputError, exit_status
 
 from patterns.names import check_argv, check_study_name
-from search_spaces.space import SearchSpace, SpaceError, check_overrides, load_space
+from search_spaces.space import SearchSpace, check_overrides, load_space
 
-if TYPE_CHECKING:
-    from .trial import TrialResult
+from .driver.end_lines import (deployed_file_lines, end_of_run, overhead_text, record_verdict, run_stats,  # noqa: F401
+                               run_stats_text, storage_option, study_commands, tuned_path)
+from .driver.loop import MAX_DUPLICATE_ASKS, Loop  # noqa: F401
+from .driver.optuna_view import bucket_view, make_sampler, optuna_constraint_names, sampler_seed  # noqa: F401
+from .driver.recorder import Recorder
+from .driver.recovery import GRACE_SECONDS, HEARTBEAT_SECONDS, INTERRUPTED, LEASE_SECONDS, Recovery, driver_alive  # noqa: F401
+from .driver.startup import Startup, UsageError, bar_safe_stderr
 
-LEASE_SECONDS = 600.0  # a run on another host without a run heartbeat for this long: its driver is gone
-MAX_DUPLICATE_ASKS = 200  # consecutive asks that only re-propose measured parameters: space exhausted
-HEARTBEAT_SECONDS = 5  # Optuna's heartbeat_interval: the driver beats for each of its running trials
-GRACE_SECONDS = 60  # Optuna's grace_period: a running trial without a beat for this long is stale
-INTERRUPTED = "interrupted"
-
-
-class UsageError(InputError):
-    """Invalid input found before anything is written: exit status 2."""
+# The names above stay importable from here; the constants are read where they are defined
+# (`autotune.driver.recovery`, `autotune.driver.loop`): change them there.
 
 
 def flag_number(text: str) -> Any:
@@ -163,153 +156,11 @@ def build_parser() -> argparse.ArgumentParser:
 # ------------------------------------------------------------------------------------------------
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def driver_alive(run, now: dt.datetime) -> bool:
-    """Whether the driver of ``run`` (an at_runs row) may still be working."""
-    if run is None or run.ended_at is not None:
-        return False
-    if run.host == socket.gethostname():
-        return run.pid != os.getpid() and _pid_alive(run.pid)
-    return run.heartbeat_at is not None and (now - run.heartbeat_at).total_seconds() < LEASE_SECONDS
-
-
-def sampler_seed(seed: Optional[int], n_trials: int, run_id: Optional[int]) -> Optional[int]:
-    """The seed of one driver's sampler: the space's seed on a fresh study; on a study that already
-    has trials (a resume, or another driver's study), a seed derived from (seed, number of trials,
-    run id), so the sampler continues from the study instead of replaying the sequence it proposed
-    at the first start (which re-proposed the parameters measured then)."""
-    if seed is None or (n_trials == 0 and run_id is None):
-        return seed
-    return int(hashlib.sha256(f"{seed}:{n_trials}:{run_id}".encode()).hexdigest()[:8], 16)
-
-
-def make_sampler(space: SearchSpace, seed: Optional[int] = None, *, use_space_seed: bool = True):
-    import warnings
-
-    import optuna
-
-    cfg = space.sampler
-    seed = cfg.seed if use_space_seed else seed
-
-    def constraints_func(trial) -> list[float]:
-        return list(trial.user_attrs.get("constraints", []))
-
-    # Constraint values are written by the driver to the trial's system attribute "constraints"
-    # (the list format that Optuna 4 and 5 both read). Optuna >= 5 samplers find them there by
-    # themselves (and deprecate constraints_func); Optuna 4 samplers need constraints_func.
-    new_api = hasattr(optuna.trial.Trial, "set_constraint")
-    cons = constraints_func if (space.constraints and not new_api) else None
-    if cfg.name == "nsga2":
-        return optuna.samplers.NSGAIISampler(population_size=cfg.population, seed=seed, constraints_func=cons)
-    if cfg.name == "tpe":
-        with warnings.catch_warnings():  # group: the conditional (per-family) parameters, sampled jointly
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            return optuna.samplers.TPESampler(n_startup_trials=cfg.startup_trials, seed=seed,
-                                              multivariate=True, group=True, constraints_func=cons)
-    if cfg.name == "gp":  # Gaussian process, constrained log-EHVI (Optuna >= 4.2; needs torch)
-        return optuna.samplers.GPSampler(n_startup_trials=cfg.startup_trials, seed=seed, constraints_func=cons)
-    return optuna.samplers.RandomSampler(seed=seed)
-
-
-def optuna_constraint_names(space: SearchSpace) -> list[str]:
-    """The targets Optuna's constraint values stand for: every target but ``speedup``, which
-    `results.verdict` judges on confirmed figures only (its step 1 admits a trial to a bucket's
-    leaders on every other target); the speedup is an objective."""
-    return [n for n in space.effective_targets().names() if n != "speedup"]
-
-
-def bucket_view(space: SearchSpace, cells: list[Any]) -> tuple[list[float], dict[str, dict[str, Any]], Optional[int]]:
-    """What Optuna records of one complete trial, from its (workload, bucket) cells (measurement
-    dicts or at_measurements rows, each with its ``violations``: target -> violation, <= 0 met).
-
-    Per bucket: the violation of each target is its worst over the bucket's workloads; the bucket
-    is *feasible* when every target but speedup is met there - the trial is then a candidate of
-    that bucket in `results.verdict` (step 1: the leaders, re-measured and judged on the speedup
-    target there) - and ``meets_speedup`` says whether the search's own interval already clears
-    the speedup target; its objectives are aggregated over the bucket's workloads as the trial's
-    are over all cells (speedup, its interval's lower end and the memory ratios by geometric mean,
-    sparsity by mean, accuracy by the worse value).
-
-    Returns (constraints, buckets, constraint_bucket): the constraint values Optuna stores (in the
-    order of `optuna_constraint_names`) are the violations at the trial's *least violating*
-    bucket (smallest worst violation; ties to the shorter length), so a trial is feasible for
-    Optuna - its samplers, ``study.best_trials``, ``optuna best-trials``, ``plot_pareto_front`` -
-    exactly when it is a candidate of at least one bucket, and every trial the export chooses is
-    feasible there; ``buckets`` maps str(L) to that bucket's objectives, violations and
-    feasibility (the trial's user attribute ``buckets``)."""
-    from results.aggregate import geomean
-
-    def g(c: Any, k: str) -> Any:
-        return c.get(k) if isinstance(c, dict) else getattr(c, k, None)
-
-    all_names = space.effective_targets().names()
-    names = optuna_constraint_names(space)
-    by_bucket: dict[int, list[Any]] = {}
-    for c in cells:
-        by_bucket.setdefault(int(g(c, "bucket")), []).append(c)
-    out: dict[str, dict[str, Any]] = {}
-    best: Optional[tuple[float, int]] = None
-    worse = min
-    if space.accuracy_metric:
-        from search_spaces.space import ACCURACY_METRIC_DIRECTIONS
-
-        worse = min if ACCURACY_METRIC_DIRECTIONS[space.accuracy_metric] == "max" else max
-    for L in sorted(by_bucket):
-        cs = by_bucket[L]
-        viol = {n: max(float((g(c, "violations") or {}).get(n, 0.0)) for c in cs) for n in all_names}
-        worst = max((viol[n] for n in names), default=0.0)
-        feasible = worst <= 0
-        entry: dict[str, Any] = {"feasible": feasible, "meets_speedup": viol.get("speedup", 0.0) <= 0}
-        for k in ("speedup", "speedup_lo", "memory_vs_sdpa", "memory_vs_naive"):
-            entry[k] = geomean((g(c, k) for c in cs), f"{k} at L={L}", quiet=k == "speedup_lo").value
-        entry["sparsity"] = sum(g(c, "sparsity") for c in cs) / len(cs)
-        accs = [g(c, "accuracy_value") for c in cs if g(c, "accuracy_value") is not None]
-        if space.accuracy_metric:
-            entry[space.accuracy_metric] = worse(accs) if accs else None
-        entry["workloads"] = sorted(str(g(c, "workload")) for c in cs)
-        entry["violations"] = viol
-        out[str(L)] = entry
-        if best is None or worst < best[0]:
-            best = (worst, L)
-    if best is None:
-        return [], out, None
-    at = out[str(best[1])]["violations"]
-    return [float(at[n]) for n in names], out, best[1]
-
-
-def _seed(study: str, number: int) -> int:
-    return int(hashlib.sha256(f"{study}:{number}".encode()).hexdigest()[:8], 16)
-
-
-@contextmanager
-def bar_safe_stderr(bar) -> Iterator[None]:
-    """While the progress bar ``bar`` shows (None: no bar), whatever is written to ``sys.stderr``
-    (our log lines, Python warnings, Ray's copies of its workers' output) goes through
-    ``tqdm.write``, on its own line above the bar (tqdm's ``DummyTqdmFile``), never glued to it."""
-    if bar is None:
-        yield
-        return
-    from tqdm.contrib import DummyTqdmFile
-
-    real = sys.stderr
-    sys.stderr = DummyTqdmFile(real)
-    try:
-        yield
-    finally:
-        sys.stderr = real
-
-
 class Search:
-    """One driver run over ``space`` (see module docstring)."""
+    """One driver run over ``space`` (see module docstring). Its parts: `Startup` (the study, the
+    run's row, the workers), `Recovery` (what stopped drivers left, heartbeats), `Loop` (launch
+    and record until the budget or the timeout) and `Recorder` (our rows, Optuna's tell, the
+    best-so-far); this class holds their shared state and ends the run whatever happens."""
 
     def __init__(self, space: SearchSpace, *, study_name: str, storage: str, executor: str = "ray",
                  ray_address: Optional[str] = None, workers: Optional[int] = None, progress: bool = True,
@@ -338,414 +189,18 @@ class Search:
         self.stats = {"completed": 0, "failed": 0, "recovered": 0, "retried": 0, "wall_s": 0.0, "measure_s": 0.0,
                       "trial_s": 0.0, "startup_s": 0.0, "timed_s": 0.0, "windows_s": 0.0,
                       "duplicates_skipped": 0, "compile_s": 0.0}
-        self.compile_records: list[dict[str, Any]] = []  # every compile phase of this run's trials
-        self.cells_by_trial: dict[int, list[dict[str, Any]]] = {}  # complete trials' cells (progress bar)
-        self.sdpa_seen: dict[tuple, list[float]] = {}  # (workload, bucket) -> SDPA medians (noise warning)
-        self.noisy: set[tuple] = set()
         self._stop_requested = False
-        self.best: Optional[float] = None
-        self.best_by_bucket: dict[int, float] = {}
-
-    # -- setup -------------------------------------------------------------------------------
-    def _open(self) -> None:
-        import optuna
-
-        from . import hardware
-        from results.db import Database, create_optuna_storage
-
-        optuna.logging.set_verbosity(optuna.logging.WARNING)
-        from results import verdict  # noqa: F401  (at_confirmations is created / upgraded with our tables)
-
-        self.db = Database(self.storage)  # a database from an older version gets the new columns
-        engine_kwargs = {"connect_args": {"timeout": 60}} if self.storage.startswith("sqlite") else {}
-        # Optuna's trial heartbeat: the driver beats for its running trials (record_heartbeat) and
-        # fails the stale ones of any driver (fail_stale_trials), which calls _on_stale for each
-        import warnings
-
-        with warnings.catch_warnings():  # "experimental": the heartbeat arguments exist since Optuna 2.9
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            self.ostorage = create_optuna_storage(self.storage, engine_kwargs, heartbeat_interval=HEARTBEAT_SECONDS,
-                                                  grace_period=GRACE_SECONDS,
-                                                  heartbeat_stale_trial_callback=self._on_stale)
-        directions = self.space.directions()
-        try:
-            existing = optuna.load_study(study_name=self.study_name, storage=self.ostorage)
-        except KeyError:
-            existing = None
-        if existing is not None:
-            have = [d.name.lower() for d in existing.directions]
-            if have != directions:
-                raise UsageError(
-                    f"study {self.study_name!r} exists with directions {have}, the space asks for {directions} "
-                    f"(objectives {self.space.objectives}); use another --study"
-                )
-        self.study = optuna.create_study(study_name=self.study_name, storage=self.ostorage, directions=directions,
-                                         sampler=make_sampler(self.space), load_if_exists=True)
-        if existing is None:
-            import warnings
-
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                from .trial import metric_names
-
-                self.study.set_metric_names(metric_names(self.space))  # accuracy: named for its metric
-        # our rows of a study deleted from Optuna's storage (optuna delete-study), or of an earlier
-        # study of the same name, are removed before anything of this one is written
-        from results.db import ensure_study_uid
-
-        self.study_uid = ensure_study_uid(self.db.engine, self.study._study_id)
-        gone = self.db.drop_orphans(self.study_name)
-        if gone:
-            self.log(f"removed {gone.text()} (left by a deleted study; never cited)")
-        self.hardware = hardware.describe(self.space.device)
-        self.run_id = self.db.start_run(
-            study_name=self.study_name, host=socket.gethostname(), pid=os.getpid(),
-            command_line=hardware.command_line(secrets=self.secrets), device=self.space.device, hardware=self.hardware,
-            versions=hardware.package_versions(), git_revision=hardware.git_revision(),
-            space_path=self.space.source, space=self.space.to_dict(), executor=self.executor_kind,
-            optuna_study_id=self.study._study_id, optuna_study_uid=self.study_uid,
-        )
-        if existing is None:  # the space is stored once, in at_runs; the study names the run that holds it
-            self.study.set_user_attr("space_run_id", self.run_id)
-        n_trials = len(self.study.get_trials(deepcopy=False))
-        if n_trials:  # continue from the study: never replay the sequence of an earlier start
-            self.study.sampler = make_sampler(self.space, sampler_seed(self.space.sampler.seed, n_trials, self.run_id),
-                                              use_space_seed=False)
-
-    # -- resume ------------------------------------------------------------------------------
-    def recover(self) -> None:
-        """Settle RUNNING trials left by dead drivers (see module docstring, "Resuming").
-
-        Optuna's heartbeat decides for trials whose driver may still live: `fail_stale_trials`
-        (called here and every few heartbeats by the loop) fails those without a beat for
-        ``GRACE_SECONDS``, and `_on_stale` enqueues their retry. Our code remains for what
-        Optuna cannot know: a trial whose results reached our tables before its driver died is
-        completed from them (nothing measured twice); a trial of a driver known dead (its run
-        ended, or a process of this host that no longer exists: a SIGKILL) is settled at once,
-        without waiting out the grace period; a trial asked but never claimed (no heartbeat, no
-        row) is settled by a driver that starts with no live peer."""
-        from optuna.trial import TrialState
-
-        from results.db import Run, utcnow
-
-        now = utcnow()
-        for rid in self.db.settle_dead_runs(lambda run: driver_alive(run, now), self.run_id):
-            self.log(f"run {rid} had no live driver left: marked ended (status died)")
-        from sqlalchemy import select
-
-        with self.db.Session() as s:  # other drivers of this study still alive (dead ones were just ended)
-            peers = s.scalars(select(Run.id).where(Run.study_name == self.study_name, Run.ended_at.is_(None),
-                                                   Run.id != self.run_id)).all()
-        for ft in self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-            row = self.db.trial(self.study_name, ft.number)
-            if row is None and peers:
-                # asked by a live driver that has not claimed it yet (ask, then claim): not ours to
-                # settle; a trial whose driver died in between is settled by a start with no live peer
-                continue
-            if row is not None:
-                with self.db.Session() as s:
-                    run = s.get(Run, row.run_id)
-                    alive = driver_alive(run, now)
-                # results stored and not told for longer than the grace period: the tell was lost
-                told_late = (row.state != "RUNNING" and row.finished_at is not None
-                             and (now - row.finished_at).total_seconds() > GRACE_SECONDS)
-                if alive and not told_late:
-                    continue  # a live driver's trial: Optuna's heartbeat watches it (fail_stale_trials below)
-            if row is not None and row.state == "COMPLETE" and row.objectives is not None:
-                cells = self._cells_of(row.id)
-                cons, buckets, at = bucket_view(self.space, cells) if cells else (row.constraints or [], None, None)
-                self._tell(ft.number, row.objectives, cons or row.constraints or [], buckets, at)
-                self.stats["recovered"] += 1
-                self.log(f"trial {ft.number}: results were stored before the driver stopped; completed from them")
-                continue
-            if row is not None and row.state == "FAIL":
-                self.study.tell(ft.number, state=TrialState.FAIL)
-                continue
-            if row is not None:
-                self.db.mark_failed(self.study_name, ft.number, INTERRUPTED)
-            self.ostorage.set_trial_user_attr(ft._trial_id, "fail_reason", INTERRUPTED)
-            self.study.tell(ft.number, state=TrialState.FAIL)
-            if ft.params:
-                self.study.enqueue_trial(dict(ft.params), user_attrs={"retry_of": ft.number}, skip_if_exists=False)
-            self.stats["retried"] += 1
-            self.log(f"trial {ft.number} was interrupted (its driver is gone): marked failed, enqueued again")
-        self.fail_stale()
-        if not peers:  # a retry whose queue entry was lost (a driver died between tell and enqueue)
-            queued = {ft.user_attrs.get("retry_of") for ft in self.study.get_trials(deepcopy=False, states=(TrialState.WAITING,))}
-            for row in self.db.pending_retries(self.study_name):
-                if row.number not in queued and row.params:
-                    self.study.enqueue_trial(dict(row.params), user_attrs={"retry_of": row.number}, skip_if_exists=False)
-                    self.log(f"trial {row.number} ({row.reason}) had no retry queued: enqueued again")
-
-    def fail_stale(self) -> None:
-        """``optuna.storages.fail_stale_trials``: fail the running trials of this study (any
-        driver's) whose heartbeat is older than ``GRACE_SECONDS``; `_on_stale` then settles each."""
-        import warnings
-
-        import optuna
-
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            optuna.storages.fail_stale_trials(self.study)
-
-    def _on_stale(self, study, trial) -> None:
-        """Optuna's ``heartbeat_stale_trial_callback``: ``trial`` (failed by `fail_stale_trials`:
-        its driver stopped beating) is marked interrupted in our table and enqueued again, with
-        ``retry_of``; its budget slot stays reserved for the retry."""
-        # (Optuna has already finished the trial: its attributes can no longer be set; the reason
-        # is in at_trials)
-        row = self.db.trial(self.study_name, trial.number)
-        if row is not None and row.state == "FAIL":  # its failure was recorded; only the tell was lost
-            return
-        if row is not None:  # running, or complete with the tell lost: Optuna holds it failed now
-            self.db.mark_failed(self.study_name, trial.number, INTERRUPTED)
-        if trial.params:
-            self.study.enqueue_trial(dict(trial.params), user_attrs={"retry_of": trial.number}, skip_if_exists=False)
-        self.stats["retried"] += 1
-        self.log(f"trial {trial.number} was interrupted (no heartbeat from its driver for {GRACE_SECONDS} s): "
-                 "marked failed, enqueued again")
-
-    def _tell(self, number: int, values: list[float], constraints: list[float],
-              buckets: Optional[dict[str, Any]] = None, constraint_bucket: Optional[int] = None) -> None:
-        """Complete trial ``number`` in Optuna with its values; its constraint values go where
-        Optuna's samplers, ``best_trials`` and plots read them (system attribute ``constraints``)
-        and, with their names and the per-bucket view (`bucket_view`), into user attributes that
-        ``optuna trials``, the dashboard and ``load_study`` show."""
-        tid = self.ostorage.get_trial_id_from_study_id_trial_number(self.study._study_id, number)
-        if constraints:
-            self.ostorage.set_trial_user_attr(tid, "constraints", list(constraints))
-            self.ostorage.set_trial_user_attr(tid, "constraint_names", optuna_constraint_names(self.space))
-            self.ostorage.set_trial_system_attr(tid, "constraints", list(constraints))
-        if buckets is not None:
-            from .trial import bucket_attrs
-
-            for key, value in bucket_attrs(buckets).items():  # flat: one per bucket and metric
-                self.ostorage.set_trial_user_attr(tid, key, value)
-            self.ostorage.set_trial_user_attr(tid, "feasible_buckets",
-                                              [int(L) for L, b in buckets.items() if b["feasible"]])
-            self.ostorage.set_trial_user_attr(tid, "constraint_bucket", constraint_bucket)
-        self.study.tell(number, values)
-
-    def _cells_of(self, trial_row_id: int) -> list[Any]:
-        from sqlalchemy import select
-
-        from results.db import Measurement
-
-        with self.db.Session() as s:
-            return list(s.scalars(select(Measurement).where(Measurement.trial_id == trial_row_id)).all())
+        self.startup, self.recovery = Startup(self), Recovery(self)
+        self.loop, self.recorder = Loop(self), Recorder(self)
 
     def finished_count(self) -> int:
         """Trials of the study finished for good, counted in the database (all drivers)."""
         return self.db.count_finished(self.study_name)
 
-    # -- one trial ---------------------------------------------------------------------------
-    def _launch(self, executor) -> str:
-        """Ask Optuna for a trial, claim its budget slot in the database and submit it. Returns
-        "launched", "rejected" (invalid parameters: recorded failed), "budget" (the study's budget
-        is taken, by this or another driver) or "duplicate" (the parameters are already measured or
-        running; the asked trial is pruned unmeasured, its user attribute ``not_run`` says why)."""
-        from optuna.trial import TrialState
-
-        from kernels import KernelConfig
-        from patterns import pattern_from_dict
-
-        from results.db import utcnow
-        from .trial import TrialRequest, suggest_params
-
-        import warnings
-
-        with warnings.catch_warnings():  # Optuna assumes study.optimize beats; this driver beats itself
-            warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used with Study.optimize")
-            trial = self.study.ask()
-            params = suggest_params(trial, self.space)  # define-by-run: only the parameters in effect
-        pattern, kernel = self.space.split_params(params)
-        retry_of = trial.user_attrs.get("retry_of")
-        invalid = None
-        try:  # a sampled combination the pattern / kernel rejects is a failed trial, not a crash
-            pattern = pattern_from_dict(pattern).to_dict()  # static or guided
-            kernel = KernelConfig.from_dict(kernel).for_block(pattern["block_size"]).to_dict() if kernel is not None else None
-        except (TypeError, ValueError) as e:
-            invalid = f"invalid parameters: {e}"
-        now = utcnow()
-        status, other = self.db.claim_trial(dict(
-            run_id=self.run_id, study_name=self.study_name, number=trial.number, optuna_trial_id=trial._trial_id,
-            optuna_study_id=self.study._study_id, optuna_study_uid=self.study_uid,
-            params=params, pattern=pattern, kernel=kernel, state="FAIL" if invalid else "RUNNING", reason=invalid,
-            retry_of=retry_of, objective_names=list(self.space.objectives),
-            constraint_names=optuna_constraint_names(self.space),
-            started_at=now, finished_at=now if invalid else None,
-        ), self.space.budget.trials, allow_repeats=self.allow_repeats)
-        if status != "ok":
-            why = "budget reached" if status == "budget" else f"duplicate of trial {other}"
-            trial.set_user_attr("not_run", why)
-            self.study.tell(trial, state=TrialState.PRUNED)
-            if status == "duplicate":
-                self.stats["duplicates_skipped"] += 1
-                if retry_of is not None:
-                    self.log(f"retry of trial {retry_of} skipped: its parameters were measured by trial {other}")
-            return status
-        if invalid:
-            trial.set_user_attr("fail_reason", invalid)
-            self.study.tell(trial, state=TrialState.FAIL)
-            self.stats["failed"] += 1
-            return "rejected"
-        self.ostorage.record_heartbeat(trial._trial_id)  # from now on Optuna watches it (fail_stale_trials)
-        req = TrialRequest(study=self.study_name, number=trial.number, params=params, pattern=pattern,
-                           kernel=kernel, space=self.space.to_dict(), seed=_seed(self.study_name, trial.number),
-                           deadline=self.deadline_epoch)
-        self.trials[trial.number] = trial
-        executor.submit(req.to_dict())
-        return "launched"
-
-    def _record(self, req: dict[str, Any], res: "TrialResult") -> bool:
-        """Write one returned trial; False when it is to be run again (not finished)."""
-        from optuna.trial import TrialState
-
-        number = req["number"]
-        trial = self.trials.pop(number)
-        if self.ostorage.get_trial(trial._trial_id).state != TrialState.RUNNING:
-            # failed as stale meanwhile (this driver stopped beating for the grace period, e.g. a
-            # database locked for that long): its retry is queued and measures it again
-            self.log(f"trial {number}: dropped its result; the trial was failed as stale and is retried")
-            return False
-        self._account_timing(res)
-        if res.retry:  # its worker's node was lost: failed with the reason, run again
-            self._record_retry(trial, res)
-            return False
-        if res.ok:
-            self._summarize(res)
-        if res.ok:
-            self._record_complete(trial, res)
-        else:
-            self._record_failed(trial, res)
-        return True
-
-    def _account_timing(self, res: "TrialResult") -> None:
-        """Add a returned trial's stage times to the run's statistics (the overhead line)."""
-        t = res.timing
-        if t is None:
-            return
-        self.stats["trial_s"] += t.total_s
-        self.stats["compile_s"] += getattr(t, "compile_s", 0.0)
-        self.compile_records.extend(res.compiles or [])
-        self.stats["measure_s"] += t.gate_s + t.candidate_s + t.baseline_s + t.accuracy_s
-        self.stats["timed_s"] += t.timed_s
-        self.stats["windows_s"] += t.candidate_s + t.baseline_s
-
-    def _summarize(self, res: "TrialResult") -> None:
-        """Objectives of a successful trial and its cells' judgement; a result that cannot be
-        summarised (non-finite objectives) becomes a failed trial."""
-        from .trial import summarize
-
-        try:
-            objs, _ = summarize(self.space, res)
-            if any(not math.isfinite(v) for v in objs):
-                raise ValueError(f"non-finite objective values {objs}")
-            res.judge(self.space)
-        except Exception as e:  # noqa: BLE001
-            res.ok, res.reason = False, f"could not summarize: {type(e).__name__}: {e}"
-            return
-        res.objectives = objs
-
-    def _record_complete(self, trial, res: "TrialResult") -> None:
-        """Store a complete trial, tell Optuna, update the best-so-far."""
-        # Optuna's constraint values: the least violating bucket's (bucket_view), so that a
-        # trial the export can choose at some bucket is feasible for Optuna's tools too
-        cons, buckets, cons_bucket = bucket_view(self.space, res.cells)
-        res.conclude(res.objectives or [], cons)
-        self.db.write_trial_result(self.study_name, res.number, res)
-        self._tell(res.number, res.objectives, cons, buckets, cons_bucket)
-        self.stats["completed"] += 1
-        if "speedup" in self.space.objectives and res.feasible:
-            sp = res.objectives[self.space.objectives.index("speedup")]
-            self.best = sp if self.best is None else max(self.best, sp)
-        self._update_best_by_bucket([c.to_dict() for c in res.cells], res.number)
-
-    def _record_failed(self, trial, res: "TrialResult") -> None:
-        from optuna.trial import TrialState
-
-        res.reason = res.reason or "unknown failure"
-        self.db.write_trial_result(self.study_name, res.number, res)
-        trial.set_user_attr("fail_reason", res.reason)
-        self.study.tell(trial, state=TrialState.FAIL)
-        self.stats["failed"] += 1
-        self.log(f"trial {res.number} failed: {res.reason.splitlines()[0][:300]}")
-
-    def _record_retry(self, trial, res: "TrialResult") -> None:
-        """A trial whose worker's node was lost: recorded failed with the reason, enqueued again."""
-        from optuna.trial import TrialState
-
-        res.reason = res.reason or "node lost"
-        self.db.write_trial_result(self.study_name, res.number, res)
-        trial.set_user_attr("fail_reason", res.reason)
-        self.study.tell(trial, state=TrialState.FAIL)
-        self.study.enqueue_trial(dict(trial.params), user_attrs={"retry_of": res.number}, skip_if_exists=False)
-        self.stats["retried"] += 1
-        self.log(f"trial {res.number} failed ({res.reason.splitlines()[0][:200]}): enqueued again")
-
-    def _update_best_by_bucket(self, rows: list[dict[str, Any]], number: Optional[int] = None) -> None:
-        """Feed a complete trial's cells to the progress bar's best-so-far (the leaders of
-        `results.verdict`, the rule export and report use; unconfirmed until the end of the run)
-        and to the baseline-noise watch."""
-        if number is not None:
-            self.cells_by_trial[number] = rows
-        self._watch_noise(rows)
-        from results.verdict import leaders
-
-        targets = self.space.effective_targets()
-        for bucket in sorted({r["bucket"] for r in rows}):
-            lead = leaders(targets, self.cells_by_trial, bucket, 1)
-            if lead and lead[0].speedup:
-                self.best_by_bucket[bucket] = lead[0].speedup
-
-    def _watch_noise(self, rows: list[dict[str, Any]]) -> None:
-        """Warn once per shape when the SDPA baseline's median spreads more than 2x across trials."""
-        for r in rows:
-            if not r.get("sdpa_ms"):
-                continue
-            key = (r["workload"], r["bucket"])
-            seen = self.sdpa_seen.setdefault(key, [])
-            seen.append(r["sdpa_ms"])
-            if key not in self.noisy and len(seen) > 1 and max(seen) > 2 * min(seen):
-                self.noisy.add(key)
-                self.log(f"warning: noisy machine: the SDPA baseline of {key[0]} at L={key[1]} ranged "
-                         f"{min(seen):.3g}-{max(seen):.3g} ms over {len(seen)} trials (> 2x); single-trial speedups "
-                         f"are unreliable here, the end-of-run confirmation re-measures the leaders")
-
-    def _load_cells(self) -> None:
-        """Cells of the study's complete trials from earlier runs (resume), for the best-so-far."""
-        from results.verdict import load_study
-
-        with self.db.Session() as s:
-            data = load_study(s, self.study_name)
-            s.expunge_all()
-        for number, cells in data.cells_by_trial.items():
-            self.cells_by_trial[number] = [{c: getattr(m, c) for c in m.__table__.columns.keys()} for m in cells]
-
-    def best_text(self) -> str:
-        if not self.best_by_bucket:
-            return "-"
-        return " ".join(f"L{b}:{v:.2f}x?" for b, v in sorted(self.best_by_bucket.items()))
-
-    def _interrupt_running(self) -> None:
-        """On Ctrl-C / SIGTERM: running trials are marked interrupted and enqueued again."""
-        from optuna.trial import TrialState
-
-        for number, trial in list(self.trials.items()):
-            try:
-                self.db.mark_failed(self.study_name, number, INTERRUPTED)
-                trial.set_user_attr("fail_reason", INTERRUPTED)
-                self.study.tell(trial, state=TrialState.FAIL)
-                self.study.enqueue_trial(dict(trial.params), user_attrs={"retry_of": number}, skip_if_exists=False)
-            except Exception as e:  # noqa: BLE001 - best effort on the way out
-                self.log(f"could not settle trial {number}: {e}")
-        self.trials.clear()
-
-    # -- main loop ---------------------------------------------------------------------------
     def run(self) -> dict[str, Any]:
         """One driver run (module docstring): open the study and settle what earlier drivers left
-        (`_begin`), start the workers (`_start_executor`), then launch and record trials until the
-        budget or the timeout (`_loop`); the run is ended in the database whatever happens (`_end`)."""
+        (`_begin`), start the workers (`Startup.start`), then launch and record trials until the
+        budget or the timeout (`Loop.run`); the run is ended in the database whatever happens (`_end`)."""
         t_start = time.perf_counter()
         self.trials: dict[int, Any] = {}
         self._executor = self._bar = None
@@ -754,21 +209,21 @@ class Search:
         handlers = self._install_signal_handlers()
         status = "failed"
         try:
-            self._join_cluster()  # before anything is written: a failed join leaves no study, no run
+            self.startup.join_cluster()  # before anything is written: a failed join leaves no study, no run
             done0, budget, deadline = self._begin()
             if done0 >= budget:
                 self.log(f"study {self.study_name!r} already has {done0} finished trials (budget {budget}); nothing to do "
                          f"(raise --trials above {done0} to add trials)")
                 status = "finished"
                 return self._summary(done0, t_start)
-            self._start_executor(t_start, budget, done0)
+            self.startup.start(t_start, budget, done0)
             with bar_safe_stderr(self._bar):  # log lines, warnings and workers' output above the bar
-                done = self._loop(deadline, done0)
+                done = self.loop.run(deadline, done0)
             status = "finished"
             return self._summary(done, t_start)
         except KeyboardInterrupt:
             status = "interrupted"
-            self._interrupt_running()
+            self.recovery.interrupt_running()
             self.log("interrupted: running trials were marked interrupted and will be retried on resume"
                      if self.run_id is not None else "interrupted before anything was written")
             raise
@@ -807,8 +262,8 @@ class Search:
     def _begin(self) -> tuple[int, int, Optional[float]]:
         """Open the study, settle the trials earlier drivers left, load the cells of its complete
         trials. Returns (trials finished so far, budget, monotonic deadline or None)."""
-        self._open()
-        self.recover()
+        self.startup.open_study()
+        self.recovery.recover()
         if self.warm_start is not None:  # the earlier study's leaders first (a new study only)
             from .warmstart import warm_start
 
@@ -819,7 +274,7 @@ class Search:
         # the trials see it as epoch seconds (`autotune.trial.DeadlineReached`: cut at the timeout)
         self.deadline_epoch = None if timeout is None else time.time() + float(timeout)
         done0 = self.finished_count()
-        self._load_cells()
+        self.recorder.load_cells()
         if done0 or self.stats["retried"]:
             from optuna.trial import TrialState
 
@@ -828,154 +283,6 @@ class Search:
             self.log(f"resuming study {self.study_name!r}: {done0} finished trial(s) kept, "
                      f"{retry} interrupted trial(s) retried")
         return done0, budget, deadline
-
-    def _start_executor(self, t_start: float, budget: int, done0: int) -> None:
-        """Start the workers (an executor that cannot start is invalid input: `UsageError`) and
-        the progress bar."""
-        if self.space.device == "cpu":
-            self._prepare_c_kernel()
-        if self._executor is None:
-            self._executor = self._make_executor()
-        self.db.record_cluster(self.run_id, self._executor.cluster)
-        self.stats["startup_s"] = time.perf_counter() - t_start
-        try:  # again: starting Ray may have installed its own handler
-            signal.signal(signal.SIGINT, self._on_int)
-        except ValueError:
-            pass
-        executor = self._executor
-        self.log(f"study {self.study_name!r}: {done0} trials finished, budget {budget}, "
-                 f"{executor.workers} {executor.name} worker(s), storage {self._safe_url()}")
-        if self.progress:
-            from tqdm import tqdm
-
-            self._bar = tqdm(total=budget, initial=done0, desc=self.study_name, unit="trial", dynamic_ncols=True,
-                             file=sys.stderr)
-
-    def _prepare_c_kernel(self) -> None:
-        """Load the fused C kernel in the driver before the workers start: on its first use on a
-        machine it is compiled (seconds; `kernels.cpu_fused`, cached after), said so when it takes
-        more than a second, instead of silence inside the first trials."""
-        import threading
-
-        from kernels import cpu_fused
-
-        t0 = time.perf_counter()
-        got: list[bool] = []
-        load = threading.Thread(target=lambda: got.append(cpu_fused.available()), daemon=True)
-        load.start()
-        load.join(1.0)
-        if load.is_alive():
-            self.log("compiling the fused C kernel (first use on this machine; cached after) ...")
-            load.join()
-            ok = bool(got and got[0])
-            self.log(f"fused C kernel {'compiled' if ok else 'not available'} in {time.perf_counter() - t0:.1f} s"
-                     + ("" if ok else f": {cpu_fused.unavailable_reason()}"))
-
-    def _join_cluster(self) -> None:
-        """Join the Ray cluster named by ``--ray-address`` / ``$RAY_ADDRESS``, if any, before the
-        study or the run is written: a join that fails leaves the database as it was."""
-        from .executor import cluster_address
-
-        target, where = cluster_address(self.ray_address)
-        if self.executor_kind == "ray" and target is not None:
-            try:
-                import ray  # noqa: F401  (seconds: before the line below, which the probe follows at once)
-            except ImportError:
-                pass  # make_executor says so in one line
-            self.log(f"joining the Ray cluster at {target} ({where}) ...")
-            self._executor = self._make_executor()
-
-    def _make_executor(self):
-        """The executor (an executor that cannot start is invalid input: `UsageError`)."""
-        from .executor import ExecutorError, cluster_address, make_executor
-
-        if self.executor_kind == "ray" and cluster_address(self.ray_address)[0] is None:
-            self.log(f"starting a local Ray instance ({self.num_cpus or os.cpu_count()} CPUs) ...")
-        t0 = time.perf_counter()
-        try:
-            executor = make_executor(self.executor_kind, device=self.space.device, workers=self.workers,
-                                     threads_per_worker=self.space.execution.threads_per_worker,
-                                     address=self.ray_address, num_cpus=self.num_cpus)
-        except ExecutorError as e:  # threads_per_worker beyond every node, an unreachable cluster, no ray
-            raise UsageError(str(e) if e.standalone else f"{self.space.source}: {e}") from None
-        if executor.cluster:
-            c = executor.cluster
-            self.log(f"Ray {c['ray']} ready in {time.perf_counter() - t0:.1f} s: {c['address']}, "
-                     f"authentication {c['auth']}")
-        return executor
-
-    def _loop(self, deadline: Optional[float], done: int) -> int:
-        """Launch trials while workers are free (`_fill`), record the returned ones, beat for the
-        running ones (`_beat`), until nothing runs and nothing may start. Returns the finished count."""
-        executor, bar = self._executor, self._bar
-        state = {"budget_full": False, "dup_streak": 0, "last_hb": 0.0, "last_stale": time.monotonic()}
-        while True:
-            if self._stop_requested:
-                raise KeyboardInterrupt
-            done += self._fill(executor, deadline, state)
-            if executor.running == 0:
-                break
-            for req, res in executor.poll(timeout=1.0):
-                if self._record(req, res):
-                    done += 1
-                    if bar is not None:
-                        bar.update(1)
-                else:  # to be run again: its retry takes the slot it reserved
-                    state["budget_full"] = False
-            self._beat(state)
-            if bar is not None:
-                left = "-" if deadline is None else f"{max(0.0, deadline - time.monotonic()):.0f}s"
-                bar.set_postfix(ok=self.stats["completed"], failed=self.stats["failed"], running=executor.running,
-                                best=self.best_text(), left=left, refresh=False)
-        return done
-
-    def _fill(self, executor, deadline: Optional[float], state: dict[str, Any]) -> int:
-        """Launch trials while a worker is free, the budget has room and time is left; returns the
-        number of proposals rejected as invalid (finished at once)."""
-        rejected = 0
-        out_of_time = deadline is not None and time.monotonic() >= deadline
-        if out_of_time and not state["budget_full"]:
-            self.stats["time_limit_stop"] = True  # the final summary says so (when the budget is not met)
-        while not out_of_time and not state["budget_full"] and executor.running < executor.capacity:
-            launch = "budget" if self._budget_taken() else self._launch(executor)
-            if launch == "budget":
-                state["budget_full"] = True
-            elif launch == "duplicate":
-                state["dup_streak"] += 1
-                if state["dup_streak"] >= MAX_DUPLICATE_ASKS:
-                    self.log(f"the sampler proposed {state['dup_streak']} already measured parameter sets in a row: "
-                             "the space looks exhausted; stopping (--allow-repeats measures them again)")
-                    state["budget_full"] = True
-            else:
-                state["dup_streak"] = 0
-            if launch == "rejected":
-                rejected += 1
-                if self._bar is not None:
-                    self._bar.update(1)
-        return rejected
-
-    def _budget_taken(self) -> bool:
-        """The study's budget is taken (by this or another driver) and no retry waits in Optuna's
-        queue: a trial asked now could only be stored pruned ("budget reached"), so none is asked
-        and ``--trials N`` leaves N trials (drivers sharing a study may still race for a last slot)."""
-        from optuna.trial import TrialState
-
-        if self.db.budget_taken(self.study_name) < self.space.budget.trials:
-            return False
-        return not self.study.get_trials(deepcopy=False, states=(TrialState.WAITING,))
-
-    def _beat(self, state: dict[str, Any]) -> None:
-        """Every ``HEARTBEAT_SECONDS``: the run's heartbeat and Optuna's for each running trial;
-        every ``GRACE_SECONDS / 2``: fail the stale trials of drivers that stopped."""
-        if time.monotonic() - state["last_hb"] <= HEARTBEAT_SECONDS:
-            return
-        self.db.heartbeat(self.run_id)
-        for t in list(self.trials.values()):  # Optuna's trial heartbeat, one per running trial
-            self.ostorage.record_heartbeat(t._trial_id)
-        state["last_hb"] = time.monotonic()
-        if time.monotonic() - state["last_stale"] > GRACE_SECONDS / 2:  # trials of drivers that stopped
-            self.fail_stale()
-            state["last_stale"] = time.monotonic()
 
     def _end(self, status: str, handlers: tuple[Any, Any]) -> None:
         """Restore the signal handlers, stop the workers, end the run with ``status``, close the
@@ -1010,10 +317,10 @@ class Search:
         from kernels.compile_cache import study_compile_stats
 
         return dict(self.stats, finished=self.finished_count(), running_elsewhere=self.db.count_running(self.study_name),
-                    study=self.study_name, run_id=self.run_id, best_speedup=self.best,
-                    best_by_bucket=dict(self.best_by_bucket), best_text=self.best_text(),
-                    compiles=study_compile_stats(self.compile_records), workers_used=getattr(self._executor, "workers", 1),
-                    sdpa_spread={f"{w}@{L}": round(max(v) / min(v), 3) for (w, L), v in self.sdpa_seen.items()
+                    study=self.study_name, run_id=self.run_id, best_speedup=self.recorder.best,
+                    best_by_bucket=dict(self.recorder.best_by_bucket), best_text=self.recorder.best_text(),
+                    compiles=study_compile_stats(self.recorder.compile_records), workers_used=getattr(self._executor, "workers", 1),
+                    sdpa_spread={f"{w}@{L}": round(max(v) / min(v), 3) for (w, L), v in self.recorder.sdpa_seen.items()
                                  if len(v) > 1 and min(v) > 0})
 
 
@@ -1102,188 +409,6 @@ def main(argv: Optional[list[str]] = None) -> int:
     except KeyboardInterrupt as e:
         return exit_status(e, "autotune", message="interrupted during the confirmation; python -m autotune.export confirms again")
 
-
-def overhead_text(summary: dict[str, Any]) -> str:
-    """Share of the search's wall time spent outside the candidate and baseline timing."""
-    wall = summary.get("wall_s") or 0.0
-    if wall <= 0:
-        return "-"
-    timed = summary.get("timed_s", 0.0)
-    windows = summary.get("windows_s", 0.0)
-    return (f"{100 * (1 - timed / wall):.0f}% of wall time outside the timed calls "
-            f"({100 * (1 - windows / wall):.0f}% outside the timing and memory windows)")
-
-
-def _store_run_stats(search: "Search", st: dict[str, Any]) -> None:
-    """`run_stats` onto the run's at_runs row (``stats``); a failure is logged, never raised."""
-    from results.db import Database
-
-    try:
-        db = Database(search.storage)
-        try:
-            db.set_run_stats(search.run_id, st)
-        finally:
-            db.close()
-    except Exception as e:  # noqa: BLE001 - the line above was printed anyway
-        search.log(f"could not store the run's statistics: {e}")
-
-
-def tuned_path(study: str) -> str:
-    """Where the printed export command writes the study's tuned file (and the end of a run looks)."""
-    return os.path.join("results", f"{study}.yaml")
-
-
-def storage_option(storage: str, from_env: bool = False) -> tuple[str, Optional[str]]:
-    """(the ``--storage`` option the printed commands carry, a note to print before them or None).
-    The password never appears: a URL from ``$AUTOTUNE_STORAGE`` (``from_env``) or the default is
-    left out (the commands read the same variable); a PostgreSQL URL with a password is printed
-    without it (the driver takes it from ``PGPASSWORD`` or ``~/.pgpass``); any other URL with a
-    password becomes ``--storage "$AUTOTUNE_STORAGE"``, which the note says to set."""
-    import shlex
-
-    from sqlalchemy.engine import URL, make_url
-
-    from results.db import DEFAULT_STORAGE
-    from results.storage import ENV_STORAGE
-
-    if from_env or storage == DEFAULT_STORAGE:
-        return "", None
-    url = make_url(storage)
-    if url.password is None:
-        return f" --storage {shlex.quote(storage)}", None
-    if url.get_backend_name() == "postgresql":
-        bare = URL.create(url.drivername, url.username, None, url.host, url.port, url.database,
-                          url.query).render_as_string(hide_password=False)
-        return (f" --storage {shlex.quote(bare)}",
-                f"the password is not printed: give it in PGPASSWORD or ~/.pgpass (or export {ENV_STORAGE}=<the full "
-                f"URL> and leave --storage out)")
-    return (f' --storage "${ENV_STORAGE}"',
-            f"the password is not printed: export {ENV_STORAGE}=<the full --storage URL> before these commands")
-
-
-def study_commands(study: str, storage: str, space: SearchSpace, from_env: bool = False) -> list[str]:
-    """The export, accuracy and report commands for ``study`` (what the end of a run prints), with
-    the storage as `storage_option` gives it: never a password. The accuracy command takes what
-    it evaluates from the tuned file (the buckets, their chains and chain cap)."""
-    import shlex
-
-    st, _ = storage_option(storage, from_env)
-    out = tuned_path(study)
-    return [
-        f"python -m autotune.export --study {shlex.quote(study)}{st} --out {shlex.quote(out)}",
-        f"python -m autotune.accuracy --tuned {shlex.quote(out)}"
-        + f" --json {shlex.quote(os.path.join('results', study + '_accuracy.json'))}",
-        f"python -m autotune.report --study {shlex.quote(study)}{st} --out "
-        f"{shlex.quote(os.path.join('results', study + '_REPORT.md'))}",
-    ]
-
-
-def record_verdict(storage: str, study: str, verdicts: list, log=None) -> None:
-    """The verdict per bucket as the study's user attributes ``verdict.L<bucket>``: the words the
-    search prints (`results.verdict.verdict_lines`, e.g. "deploy t#3: 1.92x over SDPA [1.80, 2.05]
-    confirmed"), where Optuna's CLI, ``load_study`` and the dashboard show them next to
-    ``best_trials``: the same choice the export writes."""
-    import optuna
-
-    from results.verdict import verdict_lines
-
-    from .trial import ATTR_LIMIT
-
-    doc = {f"verdict.L{v.bucket}": line.split(": ", 1)[-1][:ATTR_LIMIT]
-           for v, line in zip(verdicts, verdict_lines(verdicts))}
-    try:
-        st = optuna.storages.RDBStorage(storage, skip_table_creation=True, skip_compatibility_check=True)
-        try:
-            s = optuna.load_study(study_name=study, storage=st)
-            for key, line in doc.items():
-                s.set_user_attr(key, line)
-        finally:
-            st.remove_session()
-            st.engine.dispose()
-    except Exception as e:  # noqa: BLE001 - the verdict is printed and exported anyway
-        if log:
-            log(f"could not record the verdict on the study: {e}")
-
-
-def run_stats(summary: dict[str, Any], confirm_s: float) -> dict[str, Any]:
-    """A run's rates and where its wall time went. Trials per minute: trials finished this run
-    (complete or failed) over the search loop's wall time. Shares of the run's capacity (workers x
-    the search's wall time, plus the confirmation's wall time, which runs alone in the driver):
-    ``compiling`` (the trials' compile phases, `kernels.compile_cache`), ``measuring`` (gate,
-    candidate and baseline timing, memory, accuracy), ``confirming`` (the end-of-run confirmation)
-    and ``idle`` (the rest: start-up, sampling, database writes, workers waiting)."""
-    wall = float(summary.get("wall_s") or 0.0)
-    workers = int(summary.get("workers_used") or 1)
-    n = int(summary.get("completed", 0)) + int(summary.get("failed", 0))
-    capacity = workers * wall + confirm_s
-    busy = {"compiling": float(summary.get("compile_s", 0.0)), "measuring": float(summary.get("measure_s", 0.0)),
-            "confirming": confirm_s}
-    busy["idle"] = max(0.0, capacity - sum(busy.values()))
-    return {"trials": n, "search_wall_s": round(wall, 2), "confirm_s": round(confirm_s, 2), "workers": workers,
-            "trials_per_min": round(60.0 * n / wall, 2) if wall > 0 else None,
-            "share": {k: (round(v / capacity, 4) if capacity > 0 else None) for k, v in busy.items()},
-            "compiles": summary.get("compiles"), "sdpa_spread": summary.get("sdpa_spread")}
-
-
-def run_stats_text(st: dict[str, Any]) -> str:
-    """One line of `run_stats`."""
-    sh = st["share"]
-    pct = ", ".join(f"{k} {100 * v:.0f}%" for k, v in sh.items() if v is not None)
-    c = st.get("compiles") or {}
-    return (f"{st['trials']} trials, {st['trials_per_min'] or 0:.1f} trials/min; wall time: {pct}; "
-            f"{c.get('compiled', 0)} launch configs compiled ({c.get('compiled_twice', 0)} twice, "
-            f"{c.get('cache_loads', 0)} disk-cache loads)")
-
-
-def end_of_run(search: "Search", args, summary: Optional[dict[str, Any]] = None) -> int:
-    """Confirm the leaders of every bucket (`autotune.confirm.confirm`), print the verdict per
-    bucket, the run's rates and phase shares (`run_stats`, also stored on its at_runs row) and the
-    commands that export, check and report the study."""
-    from .confirm import current_verdicts
-    from results.verdict import verdict_lines
-
-    log = search.log
-    t0 = time.perf_counter()
-    try:
-        verdicts = current_verdicts(search.storage, search.study_name, log=log)
-    except RuntimeError as e:
-        log(f"confirmation not run: {e}")
-        verdicts = []
-    if summary is not None:
-        st = run_stats(summary, time.perf_counter() - t0)
-        log("run: " + run_stats_text(st))
-        _store_run_stats(search, st)
-    for line in verdict_lines(verdicts):
-        log("verdict " + line)
-    if not verdicts:
-        log("verdict: no complete trial to decide on")
-    else:
-        record_verdict(search.storage, search.study_name, verdicts, log)
-        deployed_file_lines(search, verdicts)
-    from_env = getattr(args, "storage", None) is None and bool(os.environ.get("AUTOTUNE_STORAGE"))
-    _, note = storage_option(search.storage, from_env)
-    log("next:" + (f" ({note})" if note else ""))
-    for c in study_commands(search.study_name, search.storage, search.space, from_env):  # no password printed
-        print(f"  {c}", file=sys.stderr)
-    return 0
-
-
-def deployed_file_lines(search: "Search", verdicts: list) -> None:
-    """Compare the verdicts with the tuned file on disk (the latest export's, else
-    `tuned_path`; `results.export.file_status`) and say when it is out of date or missing."""
-    from results.export import file_status, latest_out_path, load_live
-
-    path = tuned_path(search.study_name)
-    try:  # the latest export's file, else where the printed export command writes
-        path = latest_out_path(search.study_name, search.storage) or path
-        trials = load_live(search.study_name, search.storage).trials
-        lines = file_status(path, verdicts, trials, search.study_name)
-    except Exception as e:  # noqa: BLE001 - the verdict is printed anyway
-        lines = [f"could not compare with the tuned file: {e}"]
-    for line in lines:
-        search.log(line)
-    if not lines:
-        search.log(f"{path} deploys exactly this verdict")
 
 
 if __name__ == "__main__":

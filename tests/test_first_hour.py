@@ -39,12 +39,12 @@ def test_first_compile_of_the_c_kernel_is_announced(tmp_path, monkeypatch):
     search = Search(space, study_name="c", storage=f"sqlite:///{tmp_path / 'c.db'}", executor="local",
                     progress=False, log=lines.append)
     monkeypatch.setattr(cpu_fused, "available", lambda: time.sleep(1.5) or True)  # as a first compile takes
-    search._prepare_c_kernel()
+    search.startup.prepare_c_kernel()
     assert lines[0] == "compiling the fused C kernel (first use on this machine; cached after) ..."
     assert re.fullmatch(r"fused C kernel compiled in \d+\.\d s", lines[1]), lines
     lines.clear()
     monkeypatch.setattr(cpu_fused, "available", lambda: True)  # cached: nothing to say
-    search._prepare_c_kernel()
+    search.startup.prepare_c_kernel()
     assert lines == []
 
 

@@ -345,10 +345,10 @@ def test_stale_trial_of_a_live_driver_is_failed_by_optunas_heartbeat(tmp_path, m
 
     import optuna
 
-    import autotune.search as search_mod
+    import autotune.driver.recovery as recovery
     from results.db import Database
 
-    monkeypatch.setattr(search_mod, "GRACE_SECONDS", 1)
+    monkeypatch.setattr(recovery, "GRACE_SECONDS", 1)  # read by the heartbeat storage and recovery
     space = load_space(write_space(tmp_path, **VIEWS)).override(trials=1)
     url = f"sqlite:///{tmp_path / 'h.db'}"
     Search(space, study_name="hb", storage=url, executor="local", progress=False).run()
