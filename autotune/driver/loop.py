@@ -8,6 +8,8 @@ from __future__ import annotations
 import time
 from typing import Any, Optional
 
+from results.states import TrialState as RowState  # ours, as stored (Optuna has its own TrialState)
+
 from .optuna_view import optuna_constraint_names, trial_seed
 
 MAX_DUPLICATE_ASKS = 200  # consecutive asks that only re-propose measured parameters: space exhausted
@@ -115,7 +117,8 @@ class Loop:
         status, other = d.db.claim_trial(dict(
             run_id=d.run_id, study_name=d.study_name, number=trial.number, optuna_trial_id=trial._trial_id,
             optuna_study_id=d.study._study_id, optuna_study_uid=d.study_uid,
-            params=params, pattern=pattern, kernel=kernel, state="FAIL" if invalid else "RUNNING", reason=invalid,
+            params=params, pattern=pattern, kernel=kernel,
+            state=(RowState.FAIL if invalid else RowState.RUNNING).value, reason=invalid,
             retry_of=retry_of, objective_names=list(d.space.objectives),
             constraint_names=optuna_constraint_names(d.space),
             started_at=now, finished_at=now if invalid else None,

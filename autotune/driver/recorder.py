@@ -8,6 +8,8 @@ from __future__ import annotations
 import math
 from typing import TYPE_CHECKING, Any, Optional
 
+from results.states import EndReason
+
 from .optuna_view import bucket_view, optuna_constraint_names
 
 if TYPE_CHECKING:
@@ -144,7 +146,7 @@ class Recorder:
         d = self.driver
         from optuna.trial import TrialState
 
-        res.reason = res.reason or "node lost"
+        res.reason = res.reason or EndReason.NODE_LOST.text()
         d.db.write_trial_result(d.study_name, res.number, res)
         trial.set_user_attr("fail_reason", res.reason)
         d.study.tell(trial, state=TrialState.FAIL)

@@ -11,12 +11,14 @@ import socket
 import time
 from typing import Any
 
+from results.states import EndReason, TrialState as RowState  # ours, as stored (Optuna has its own TrialState)
+
 from .optuna_view import bucket_view
 
 LEASE_SECONDS = 600.0  # a run on another host without a run heartbeat for this long: its driver is gone
 HEARTBEAT_SECONDS = 5  # Optuna's heartbeat_interval: the driver beats for each of its running trials
 GRACE_SECONDS = 60  # Optuna's grace_period: a running trial without a beat for this long is stale
-INTERRUPTED = "interrupted"
+INTERRUPTED = EndReason.INTERRUPTED.text()  # the reason of a trial cut by an interruption
 
 
 def _pid_alive(pid: int) -> bool:
@@ -99,18 +101,18 @@ class Recovery:
                     run = s.get(Run, row.run_id)
                     alive = driver_alive(run, now)
                 # results stored and not told for longer than the grace period: the tell was lost
-                told_late = (row.state != "RUNNING" and row.finished_at is not None
+                told_late = (row.state != RowState.RUNNING and row.finished_at is not None
                              and (now - row.finished_at).total_seconds() > GRACE_SECONDS)
                 if alive and not told_late:
                     continue  # a live driver's trial: Optuna's heartbeat watches it (fail_stale_trials below)
-            if row is not None and row.state == "COMPLETE" and row.objectives is not None:
+            if row is not None and row.state == RowState.COMPLETE and row.objectives is not None:
                 cells = d.recorder.cells_of(row.id)
                 cons, buckets, at = bucket_view(d.space, cells) if cells else (row.constraints or [], None, None)
                 d.recorder.tell(ft.number, row.objectives, cons or row.constraints or [], buckets, at)
                 d.stats["recovered"] += 1
                 d.log(f"trial {ft.number}: results were stored before the driver stopped; completed from them")
                 continue
-            if row is not None and row.state == "FAIL":
+            if row is not None and row.state == RowState.FAIL:
                 d.study.tell(ft.number, state=TrialState.FAIL)
                 continue
             if row is not None:
@@ -149,7 +151,7 @@ class Recovery:
         # (Optuna has already finished the trial: its attributes can no longer be set; the reason
         # is in at_trials)
         row = d.db.trial(d.study_name, trial.number)
-        if row is not None and row.state == "FAIL":  # its failure was recorded; only the tell was lost
+        if row is not None and row.state == RowState.FAIL:  # its failure was recorded; only the tell was lost
             return
         if row is not None:  # running, or complete with the tell lost: Optuna holds it failed now
             d.db.mark_failed(d.study_name, trial.number, INTERRUPTED)
