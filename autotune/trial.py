@@ -82,6 +82,8 @@ import torch
 
 from kernels.measure import is_oom
 from results.states import EndReason, TrialState
+from search_spaces.objectives import OBJECTIVE_BY_NAME, Objective
+from search_spaces.schema import GUIDED_ONLY_PARAMS, STATIC_ONLY_PARAMS
 from search_spaces.space import ACCURACY_METRIC_DIRECTIONS, SearchSpace
 from .workloads import (DEFAULT_TOL, MEMORY_FLOOR_BYTES, CellMeasurement, GateFailed, TrialTiming, bench_for,
                         nominal_layout)
@@ -555,6 +557,21 @@ def constraint_names(space: SearchSpace) -> list[str]:
     return space.effective_targets().names()
 
 
+def _objective_value(space: SearchSpace, o: Objective, rows: list[dict[str, Any]], acc: dict[str, Any]) -> float:
+    """One objective of a trial from its cells, by its record's aggregation: ``geomean`` of the
+    cells' measured values (the record's ``missing`` when none has one), ``mean``, or for the
+    accuracy objective the worst bucket's value of the space's accuracy metric."""
+    if o.per_metric:
+        vals = [a["metrics"][space.accuracy_metric] for a in acc.values() if a["metrics"].get(space.accuracy_metric) is not None]
+        worst = min if ACCURACY_METRIC_DIRECTIONS[space.accuracy_metric] == "max" else max
+        return worst(vals) if vals else float("nan")
+    values = [o.measure(r.get) for r in rows]
+    if o.aggregate == "mean":
+        return sum(values) / len(values)
+    v = _geomean(values, o.name)
+    return v if v is not None else o.missing
+
+
 def summarize(space: SearchSpace, result: Union[TrialResult, dict[str, Any]]) -> tuple[list[float], list[float]]:
     """(objective values in the order of ``space.objectives``, constraint values in the order of
     `constraint_names`; <= 0 feasible, worst cell) of a successful trial result (a `TrialResult`,
@@ -565,18 +582,7 @@ def summarize(space: SearchSpace, result: Union[TrialResult, dict[str, Any]]) ->
     else:
         ms, acc = list(result["measurements"]), result.get("accuracy") or {}
     rows = [cell_row(m, acc) for m in ms]
-    objs: list[float] = []
-    for o in space.objectives:
-        if o in ("speedup", "memory_vs_sdpa", "memory_vs_naive"):
-            v = _geomean([r.get(o) for r in rows], o)
-            v = v if v is not None else (0.0 if o == "speedup" else 1e9)
-        elif o == "sparsity":
-            v = sum(r["sparsity"] for r in rows) / len(rows)
-        else:  # accuracy: the worst bucket
-            vals = [a["metrics"][space.accuracy_metric] for a in acc.values() if a["metrics"].get(space.accuracy_metric) is not None]
-            worst = min if ACCURACY_METRIC_DIRECTIONS[space.accuracy_metric] == "max" else max
-            v = worst(vals) if vals else float("nan")
-        objs.append(float(v))
+    objs = [float(_objective_value(space, OBJECTIVE_BY_NAME[o], rows, acc)) for o in space.objectives]
     viols = [cell_violations(space, r, acc) for r in rows]
     cons = [max(v[name] for v in viols) for name in constraint_names(space)]
     return objs, cons
@@ -586,8 +592,8 @@ def summarize(space: SearchSpace, result: Union[TrialResult, dict[str, Any]]) ->
 
 #: pattern parameters in effect for one family only (`search_spaces.space`): a trial of the other
 #: family never suggests them, so Optuna's importance and slice plots see only parameters in effect
-_ONLY_FOR = {"guided": ("pattern.stride", "pattern.global_placement"),
-             "static": ("pattern.keep", "pattern.pool", "pattern.spread")}
+_ONLY_FOR = {"guided": tuple(f"pattern.{k}" for k in STATIC_ONLY_PARAMS),
+             "static": tuple(f"pattern.{k}" for k in GUIDED_ONLY_PARAMS)}
 ATTR_LIMIT = 1000  # bytes: the largest user attribute written (the dashboard's trial page, plot hovers)
 
 
@@ -621,7 +627,7 @@ def metric_names(space: SearchSpace) -> list[str]:
     the metric it measures (``contact_recall_long``: long-range contact recall); our tables keep
     the space's objective names."""
     metric = space.accuracy_metric or "contact_recall_long"
-    return [metric if o == "accuracy" else o for o in space.objectives]
+    return [metric if OBJECTIVE_BY_NAME[o].per_metric else o for o in space.objectives]
 
 
 def bucket_attrs(buckets: dict[str, dict[str, Any]]) -> dict[str, Any]:

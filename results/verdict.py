@@ -44,6 +44,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Optional
 
+from search_spaces.objectives import TARGET_OBJECTIVES, memory_ratio  # noqa: F401  (memory_ratio: read here by the export, report)
 from search_spaces.space import SearchSpace, Targets
 
 from .aggregate import geomean
@@ -75,29 +76,14 @@ def _metrics(acc: Any) -> dict[str, float]:
     return {k: v for k, v in m.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
 
 
-def memory_ratio(peak: Optional[float], base: Optional[float], floor: float) -> Optional[float]:
-    """max(peak, floor) / max(baseline peak, floor): readings under the resolution floor count as
-    the floor (MiB)."""
-    if peak is None or base is None:
-        return None
-    return max(peak, floor) / max(base, floor, 1e-9)
-
-
 def cell_values(targets: Targets, c: Any) -> dict[str, Optional[float]]:
-    """The targeted quantities of one (workload, bucket) cell (a measurement dict or row).
-    ``speedup`` is the lower end of the cell's interval when it has one (``speedup_lo``)."""
-    floor = targets.memory_floor_mib
-    lo = _g(c, "speedup_lo")
+    """The targeted quantities of one (workload, bucket) cell (a measurement dict or row), by each
+    objective's target rule (`search_spaces.objectives`): ``speedup`` is the lower end of the
+    cell's interval when it has one (``speedup_lo``), memory ratios floored at the study's
+    resolution; then each accuracy bound's metric."""
     acc = _metrics(_g(c, "accuracy"))
-    out: dict[str, Optional[float]] = {
-        "speedup": lo if lo is not None else _g(c, "speedup"),
-        # a reduction against naive attention is only resolvable when naive's peak is above the
-        # floor; below it the value is missing (neutral, like a baseline out of memory)
-        "memory_vs_naive": (memory_ratio(_g(c, "peak_mib"), _g(c, "naive_peak_mib"), floor)
-                            if (_g(c, "naive_peak_mib") or 0.0) >= floor else None),
-        "memory_vs_sdpa": memory_ratio(_g(c, "peak_mib"), _g(c, "sdpa_peak_mib"), floor),
-        "sparsity": _g(c, "sparsity"),
-    }
+    out: dict[str, Optional[float]] = {o.name: o.target(lambda k: _g(c, k), targets.memory_floor_mib)
+                                       for o in TARGET_OBJECTIVES}  # each target's rule (its record)
     for b in targets.bounds:
         if b.accuracy_metric:
             out[b.name] = acc.get(b.accuracy_metric)

@@ -17,7 +17,7 @@ from patterns.safeyaml import YAMLInputError, load_yaml_file
 from .checks import IntWithinLimit, SpaceChecker, short, type_name
 from .limits import check_gate_fits, check_inputs_fit, parse_limits
 from .schema import (ACCURACY_METRIC_DIRECTIONS, BACKENDS, CONSTRAINT_NAMES, DEVICES, DTYPES, KERNEL_PARAMS,
-                     MAX_NAME, MAX_WORKLOAD_NAME, MODES, OBJECTIVES, PATTERN_PARAMS, REQUIRED_TOP, TOP_KEYS,
+                     MAX_NAME, MAX_WORKLOAD_NAME, MODES, OBJECTIVES, PATTERN_PARAMS, REQUIRED_TOP, STRING_PARAMS, TOP_KEYS,
                      ParamSpace, SpaceError)
 from .search_space import SearchSpace
 from .settings import MEASURE_KEYS, BudgetSettings, ExecutionSettings, GateSettings, MeasureSettings, SamplerSettings
@@ -93,8 +93,7 @@ def _parse_pattern(check: SpaceChecker, raw: Any, max_L: int) -> ParamSpace:
             continue
         pattern[k] = check.param(
             v, f"pattern.{k}", PATTERN_PARAMS[k], what="the kernels" if k == "block_size" else "PatternConfig",
-            is_str=(k in ("global_placement", "family", "pool", "spread")),
-            high=None if k in ("global_placement", "family", "pool", "spread") else max_L, limit="max_seq_len",
+            is_str=k in STRING_PARAMS, high=None if k in STRING_PARAMS else max_L, limit="max_seq_len",
         )
     _check_families(check, pattern)
     return ParamSpace.from_dict(pattern)

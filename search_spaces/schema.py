@@ -12,13 +12,15 @@ records (`Section`).
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
-from typing import Any, ClassVar, Optional
+from typing import Any, ClassVar, Literal, Optional, get_args, get_origin, get_type_hints
 
 from kernels import backends
 from kernels.config import KERNEL_STAGES, KERNEL_TILES, KERNEL_WARPS
-from patterns.config import GLOBAL_PLACEMENTS, SUPPORTED_BLOCK_SIZES
+from patterns.config import SUPPORTED_BLOCK_SIZES, PatternConfig
 from patterns.errors import InputError
-from patterns.guided import GUIDED_POOLS, GUIDED_SPREADS, PATTERN_FAMILIES
+from patterns.guided import PATTERN_FAMILIES, GuidedConfig
+
+from .objectives import OBJECTIVE_TABLE
 
 
 # Known accuracy metrics (names and directions of autotune.accuracy.ACCURACY_METRICS); validation
@@ -30,14 +32,10 @@ ACCURACY_METRIC_DIRECTIONS: dict[str, str] = {
     "attention_mass_recall": "max",
     "output_rel_error": "min",
 }
-OBJECTIVES: dict[str, str] = {
-    "speedup": "max",
-    "memory_vs_sdpa": "min",
-    "memory_vs_naive": "min",
-    "sparsity": "max",
-    "accuracy": "max",  # replaced by the metric's direction
-}
-CONSTRAINT_NAMES = ("speedup", "memory_vs_sdpa", "memory_vs_naive", "sparsity", "accuracy")
+#: objective name -> direction, from the records (`search_spaces.objectives`; accuracy: replaced by
+#: its metric's direction); the older ``constraints`` section may bound any of them
+OBJECTIVES: dict[str, str] = {o.name: o.direction for o in OBJECTIVE_TABLE}
+CONSTRAINT_NAMES = tuple(OBJECTIVES)
 BACKENDS = backends.names()  # the registered backends (kernels.backends)
 DTYPES = ("float32", "bfloat16", "float16")
 MODES = ("fwd", "fwd+bwd")
@@ -74,21 +72,33 @@ MAX_SEED = 2**32 - 1  # numpy's seed range
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
 REQUIRED_TOP = ("buckets", "pattern", "workloads", "objectives")
 
-PATTERN_PARAMS: dict[str, tuple] = {
-    "block_size": SUPPORTED_BLOCK_SIZES,
-    "window": None,
-    "num_global": None,
-    "stride": None,
-    "global_placement": GLOBAL_PLACEMENTS,
-    # guided patterns (patterns.GuidedConfig); "family" picks static or guided per trial
-    "family": PATTERN_FAMILIES,
-    "keep": None,
-    "pool": GUIDED_POOLS,
-    "spread": GUIDED_SPREADS,
-}
+# The pattern parameters are the fields of the pattern configs (`patterns.PatternConfig`, then the
+# guided-only fields of `patterns.GuidedConfig`), each with its supported values: a ``Literal``
+# field's choices, the kernels' block sizes, or None (an integer, or the guided ``keep`` fraction).
+#: GuidedConfig fields a space does not search: ``mass`` (the alternative to ``keep``) and
+#: ``global_placement`` (a guided trial keeps the default placement of its forced globals)
+GUIDED_UNSEARCHED = ("mass", "global_placement")
+#: supported values that no annotation states
+_PARAM_VALUES: dict[str, tuple] = {"block_size": SUPPORTED_BLOCK_SIZES, "family": PATTERN_FAMILIES}
+
+
+def _config_params(cls: type, skip: tuple[str, ...] = ()) -> dict[str, Optional[tuple]]:
+    """Field name -> supported values (a ``Literal``'s choices, `_PARAM_VALUES`, else None)."""
+    hints = get_type_hints(cls)
+    return {f.name: _PARAM_VALUES.get(f.name, get_args(hints[f.name]) if get_origin(hints[f.name]) is Literal else None)
+            for f in fields(cls) if f.name not in skip}
+
+
+_STATIC_PARAMS = _config_params(PatternConfig)
+_GUIDED_PARAMS = _config_params(GuidedConfig, GUIDED_UNSEARCHED)
+# "family" picks static or guided per trial
+PATTERN_PARAMS: dict[str, Optional[tuple]] = {**_STATIC_PARAMS, "family": PATTERN_FAMILIES,
+                                              **{k: v for k, v in _GUIDED_PARAMS.items() if k not in _STATIC_PARAMS}}
 #: pattern keys that only one family uses (dropped from the other family's trial parameters)
-GUIDED_ONLY_PARAMS = ("keep", "pool", "spread")
-STATIC_ONLY_PARAMS = ("stride", "global_placement")
+GUIDED_ONLY_PARAMS = tuple(k for k in _GUIDED_PARAMS if k not in _STATIC_PARAMS)
+STATIC_ONLY_PARAMS = tuple(k for k in _STATIC_PARAMS if k not in _GUIDED_PARAMS)
+#: pattern keys whose values are names (the others are numbers)
+STRING_PARAMS = tuple(k for k, v in PATTERN_PARAMS.items() if v is not None and all(isinstance(x, str) for x in v))
 KERNEL_PARAMS: dict[str, tuple] = {
     "block_m": KERNEL_TILES,
     "block_n": KERNEL_TILES,

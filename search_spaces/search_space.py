@@ -11,6 +11,7 @@ from typing import Any, Optional
 
 from .checks import OverrideError, SpaceChecker, check_overrides
 from .limits import check_fits
+from .objectives import OBJECTIVE_BY_NAME
 from .schema import ACCURACY_METRIC_DIRECTIONS, DEVICES, OBJECTIVES, Choices, IntRange, ParamSpace, family_params
 from .settings import BudgetSettings, ExecutionSettings, GateSettings, MeasureSettings, SamplerSettings
 from .targets import Constraint, Targets, parse_targets
@@ -114,7 +115,7 @@ class SearchSpace:
     def directions(self) -> list[str]:
         out = []
         for o in self.objectives:
-            if o == "accuracy":
+            if OBJECTIVE_BY_NAME[o].per_metric:
                 d = ACCURACY_METRIC_DIRECTIONS[self.accuracy_metric or "contact_recall_long"]
             else:
                 d = OBJECTIVES[o]

@@ -12,13 +12,15 @@ import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Optional
 
+from .objectives import BOUND_RANGES, TARGET_NAMES
 from .schema import ACCURACY_METRIC_DIRECTIONS
 
 if TYPE_CHECKING:
     from .checks import SpaceChecker
 
 
-TARGET_NAMES = ("speedup", "memory_vs_naive", "memory_vs_sdpa", "sparsity")
+# TARGET_NAMES: the objectives with a target rule, in the stored order of the bounds
+# (`search_spaces.objectives`).
 # Per-device defaults, as data. Speedup: the lower end of the paired confidence interval against
 # dense SDPA must clear it (CPU: no regression; GPU: a 10% gain, what justifies a custom kernel).
 # Memory: the headline is the reduction against materialised (naive) attention, what OpenFold's
@@ -130,12 +132,9 @@ def default_targets(device: str) -> Targets:
 
 
 #: what each bounded quantity can be: ratios (speedup, memory) are > 0, a sparsity is a fraction of the
-#: pairs in [0, 1), recalls are fractions in [0, 1], an error is >= 0
+#: pairs in [0, 1) (the objectives' records), recalls are fractions in [0, 1], an error is >= 0
 _BOUND_RANGES: dict[str, tuple[float, float, bool, bool, str]] = {  # low, high, low open, high open, what
-    "speedup": (0.0, math.inf, True, True, "a ratio"),
-    "memory_vs_sdpa": (0.0, math.inf, True, True, "a ratio"),
-    "memory_vs_naive": (0.0, math.inf, True, True, "a ratio"),
-    "sparsity": (0.0, 1.0, False, True, "a fraction of the pairs"),
+    **BOUND_RANGES,
     "output_rel_error": (0.0, math.inf, False, True, "a relative error"),
 }
 _RECALL_RANGE = (0.0, 1.0, False, False, "a fraction")

@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 from typing import Any, Optional
 
+from search_spaces.objectives import OBJECTIVE_TABLE
 from search_spaces.space import SearchSpace
 
 
@@ -98,12 +99,17 @@ def bucket_view(space: SearchSpace, cells: list[Any]) -> tuple[list[float], dict
         worst = max((viol[n] for n in names), default=0.0)
         feasible = worst <= 0
         entry: dict[str, Any] = {"feasible": feasible, "meets_speedup": viol.get("speedup", 0.0) <= 0}
-        for k in ("speedup", "speedup_lo", "memory_vs_sdpa", "memory_vs_naive"):
-            entry[k] = geomean((g(c, k) for c in cs), f"{k} at L={L}", quiet=k == "speedup_lo").value
-        entry["sparsity"] = sum(g(c, "sparsity") for c in cs) / len(cs)
-        accs = [g(c, "accuracy_value") for c in cs if g(c, "accuracy_value") is not None]
-        if space.accuracy_metric:
-            entry[space.accuracy_metric] = worse(accs) if accs else None
+        for o in OBJECTIVE_TABLE:  # each objective by its record's aggregation, over the bucket's cells
+            if o.per_metric:
+                accs = [g(c, "accuracy_value") for c in cs if g(c, "accuracy_value") is not None]
+                if space.accuracy_metric:
+                    entry[space.accuracy_metric] = worse(accs) if accs else None
+                continue
+            values = {o.name: [o.measure(lambda k, c=c: g(c, k)) for c in cs]}
+            values.update({k: [g(c, k) for c in cs] for k in o.companions})
+            for k, xs in values.items():
+                entry[k] = (sum(xs) / len(xs) if o.aggregate == "mean"
+                            else geomean(xs, f"{k} at L={L}", quiet=k in o.companions).value)
         entry["workloads"] = sorted(str(g(c, "workload")) for c in cs)
         entry["violations"] = viol
         out[str(L)] = entry

@@ -10,24 +10,16 @@ from __future__ import annotations
 
 from typing import Any
 
-BASELINE_NAMES = {"sdpa": "dense SDPA (scaled_dot_product_attention, same process)",
-                  "naive": "naive attention (materialised softmax(QK^T/sqrt(d) + bias) V)"}
+from search_spaces.objectives import NAIVE_TEXT, OBJECTIVE_BY_NAME, SDPA_TEXT
+
+BASELINE_NAMES = {"sdpa": SDPA_TEXT, "naive": NAIVE_TEXT}
 
 
 def describe(name: str, targets: Any) -> tuple[str, str]:
-    """(what the target is measured against, where the number comes from) for a target name."""
+    """(what the target is measured against, where the number comes from) for a target name: the
+    objective's record (`search_spaces.objectives`), ``accuracy.<metric>`` by the accuracy one."""
+    o = OBJECTIVE_BY_NAME.get("accuracy" if name.startswith("accuracy") else name)
+    if o is None:
+        return ("—", "—")
     floor = f"{targets.memory_floor_mib:g} MiB"
-    if name == "speedup":
-        return (BASELINE_NAMES["sdpa"],
-                f"lower end of the paired {targets.confidence:.0%} interval (median of per-round ratios, candidate and "
-                f"SDPA interleaved), confirmed figures (at_confirmations), every workload")
-    if name == "memory_vs_naive":
-        return (BASELINE_NAMES["naive"], f"max(peak, {floor}) / max(naive peak, {floor}), every workload")
-    if name == "memory_vs_sdpa":
-        return (BASELINE_NAMES["sdpa"], f"max(peak, {floor}) / max(SDPA peak, {floor}): no-regression bound, every workload")
-    if name == "sparsity":
-        return ("the dense layout", "layout sparsity at the bucket length (at_measurements.sparsity)")
-    if name.startswith("accuracy"):
-        return ("contacts and dense attention on the protein set",
-                "at_measurements.accuracy: chains of the bucket, each at its own length")
-    return ("—", "—")
+    return (o.against, o.source.format(floor=floor, confidence=targets.confidence))

@@ -1,0 +1,123 @@
+"""The objectives, one record each: everything the search, the verdict and the report say of one.
+
+An `Objective` names a quantity a space may optimise (``objectives``) and, when it has a
+``target`` rule, bound (``targets`` / the older ``constraints``). Each reader derives its list
+from `OBJECTIVE_TABLE` instead of keeping its own:
+
+* the space file's vocabulary and Optuna's directions (`search_spaces.schema.OBJECTIVES`,
+  `SearchSpace.directions`), the targets a space may name and their order (`TARGET_NAMES`), the
+  admissible range of each bound (`BOUND_RANGES`);
+* a trial's objective values (``autotune.trial.summarize``: the cells' ``measured`` values
+  aggregated by ``aggregate`` over all cells) and its per-bucket view
+  (``autotune.driver.optuna_view.bucket_view``: the same aggregation over one bucket's cells);
+* the verdict's cell values (``results.verdict.cell_values``: ``target`` at each cell, memory
+  readings floored at the study's resolution);
+* Optuna's metric names (``autotune.trial.metric_names``) and the report's text
+  (``results.report.targets.describe``: ``against`` and ``source``, formatted with the study's
+  ``floor`` and ``confidence``).
+
+The accuracy objective (``per_metric``) takes its direction, its Optuna name and its values from
+the space's accuracy metric (`ACCURACY_METRIC_DIRECTIONS`); its value is the worst bucket's.
+Adding an objective is adding a record here.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Callable, Optional
+
+#: a cell's field by name (a measurement dict, a stored row or a `CellMeasurement`)
+Getter = Callable[[str], Any]
+#: (low, high, low open, high open, what the quantity is): the admissible range of a bound
+BoundRange = tuple[float, float, bool, bool, str]
+
+SDPA_TEXT = "dense SDPA (scaled_dot_product_attention, same process)"
+NAIVE_TEXT = "naive attention (materialised softmax(QK^T/sqrt(d) + bias) V)"
+
+
+def memory_ratio(peak: Optional[float], base: Optional[float], floor: float) -> Optional[float]:
+    """max(peak, floor) / max(baseline peak, floor): readings under the resolution floor count as
+    the floor (MiB)."""
+    if peak is None or base is None:
+        return None
+    return max(peak, floor) / max(base, floor, 1e-9)
+
+
+def _speedup_target(c: Getter, floor: float) -> Optional[float]:
+    """The lower end of the cell's speedup interval when it has one (``speedup_lo``)."""
+    lo = c("speedup_lo")
+    return lo if lo is not None else c("speedup")
+
+
+def _naive_target(c: Getter, floor: float) -> Optional[float]:
+    """A reduction against naive attention is only resolvable when naive's peak is above the
+    floor; below it the value is missing (neutral, like a baseline out of memory)."""
+    return memory_ratio(c("peak_mib"), c("naive_peak_mib"), floor) if (c("naive_peak_mib") or 0.0) >= floor else None
+
+
+def _sdpa_target(c: Getter, floor: float) -> Optional[float]:
+    return memory_ratio(c("peak_mib"), c("sdpa_peak_mib"), floor)
+
+
+def _field(name: str) -> Callable[[Getter], Any]:
+    return lambda c: c(name)
+
+
+_RATIO: BoundRange = (0.0, math.inf, True, True, "a ratio")
+
+
+@dataclass(frozen=True)
+class Objective:
+    """One objective.
+
+    ``direction``: ``max`` or ``min`` (``per_metric``: the accuracy metric's). ``aggregate``: how a
+    trial's (or a bucket's) value comes from its cells' ``measured`` values - ``geomean`` (the
+    geometric mean; ``missing`` when no cell has one), ``mean``, or ``worst`` (``per_metric``: the
+    worst bucket's accuracy). ``companions``: further cell fields aggregated the same way in the
+    per-bucket view (``speedup_lo``). ``target``: the quantity a target bounds at one cell (given
+    the study's memory floor in MiB); None: not a target. ``target_rank``: its place among the
+    targets (stored bound order). ``bound``: what values a bound may take. ``against`` /
+    ``source``: the report's text (``{floor}`` and ``{confidence}`` filled from the study)."""
+
+    name: str
+    direction: str
+    aggregate: str = "geomean"
+    missing: Optional[float] = None
+    measured: Optional[Callable[[Getter], Any]] = None
+    companions: tuple[str, ...] = ()
+    target: Optional[Callable[[Getter, float], Optional[float]]] = None
+    target_rank: int = 0
+    bound: Optional[BoundRange] = None
+    against: str = "—"
+    source: str = "—"
+    per_metric: bool = False
+
+    def measure(self, c: Getter) -> Any:
+        """The cell's measured value of this objective (default: its field of the same name)."""
+        return (self.measured or _field(self.name))(c)
+
+
+OBJECTIVE_TABLE: tuple[Objective, ...] = (
+    Objective("speedup", "max", "geomean", missing=0.0, companions=("speedup_lo",), target=_speedup_target,
+              target_rank=0, bound=_RATIO, against=SDPA_TEXT,
+              source="lower end of the paired {confidence:.0%} interval (median of per-round ratios, candidate and "
+                     "SDPA interleaved), confirmed figures (at_confirmations), every workload"),
+    Objective("memory_vs_sdpa", "min", "geomean", missing=1e9, target=_sdpa_target, target_rank=2, bound=_RATIO,
+              against=SDPA_TEXT,
+              source="max(peak, {floor}) / max(SDPA peak, {floor}): no-regression bound, every workload"),
+    Objective("memory_vs_naive", "min", "geomean", missing=1e9, target=_naive_target, target_rank=1, bound=_RATIO,
+              against=NAIVE_TEXT, source="max(peak, {floor}) / max(naive peak, {floor}), every workload"),
+    Objective("sparsity", "max", "mean", target=lambda c, floor: c("sparsity"), target_rank=3,
+              bound=(0.0, 1.0, False, True, "a fraction of the pairs"), against="the dense layout",
+              source="layout sparsity at the bucket length (at_measurements.sparsity)"),
+    Objective("accuracy", "max", "worst", per_metric=True,
+              against="contacts and dense attention on the protein set",
+              source="at_measurements.accuracy: chains of the bucket, each at its own length"),
+)
+OBJECTIVE_BY_NAME: dict[str, Objective] = {o.name: o for o in OBJECTIVE_TABLE}
+#: the objectives a target may bound at every cell, in the stored order of the bounds
+TARGET_OBJECTIVES: tuple[Objective, ...] = tuple(sorted((o for o in OBJECTIVE_TABLE if o.target is not None),
+                                                        key=lambda o: o.target_rank))
+TARGET_NAMES: tuple[str, ...] = tuple(o.name for o in TARGET_OBJECTIVES)
+BOUND_RANGES: dict[str, BoundRange] = {o.name: o.bound for o in OBJECTIVE_TABLE if o.bound is not None}
