@@ -1,9 +1,10 @@
 """The search-space file's vocabulary and its searched parameters (the schema the parser checks).
 
-What a space file may name, as data: the objectives and accuracy metrics with their directions,
+What a space file may name, as data: the objectives (from their records, `search_spaces.objectives`)
+and accuracy metrics with their directions,
 the backends, dtypes, modes, devices and samplers, the top-level keys, the machine limits
 (`LIMITS`, each raisable in a file's ``limits`` section) and the fixed sanity bounds, the pattern
-and kernel parameters with their supported values. Then the error every bad file raises
+and kernel parameters with their supported values (the fields of the config dataclasses). Then the error every bad file raises
 (`SpaceError`), the forms of a searched parameter (`Choices`, `IntRange`, a fixed value) and the
 ``pattern`` / ``kernel`` sections built from them (`ParamSpace`), and the base of the settings
 records (`Section`).
@@ -15,7 +16,7 @@ from dataclasses import dataclass, fields
 from typing import Any, ClassVar, Literal, Optional, get_args, get_origin, get_type_hints
 
 from kernels import backends
-from kernels.config import KERNEL_STAGES, KERNEL_TILES, KERNEL_WARPS
+from kernels.config import KERNEL_STAGES, KERNEL_TILES, KERNEL_WARPS, KernelConfig
 from patterns.config import SUPPORTED_BLOCK_SIZES, PatternConfig
 from patterns.errors import InputError
 from patterns.guided import PATTERN_FAMILIES, GuidedConfig
@@ -99,12 +100,13 @@ GUIDED_ONLY_PARAMS = tuple(k for k in _GUIDED_PARAMS if k not in _STATIC_PARAMS)
 STATIC_ONLY_PARAMS = tuple(k for k in _STATIC_PARAMS if k not in _GUIDED_PARAMS)
 #: pattern keys whose values are names (the others are numbers)
 STRING_PARAMS = tuple(k for k, v in PATTERN_PARAMS.items() if v is not None and all(isinstance(x, str) for x in v))
-KERNEL_PARAMS: dict[str, tuple] = {
-    "block_m": KERNEL_TILES,
-    "block_n": KERNEL_TILES,
-    "num_warps": KERNEL_WARPS,
-    "num_stages": KERNEL_STAGES,
-}
+# The kernel parameters are the fields of `kernels.KernelConfig` with their supported values;
+# ``rows_per_cta`` (the eager inference launch's batching, unmeasured on a GPU) is not searched.
+KERNEL_UNSEARCHED = ("rows_per_cta",)
+_KERNEL_VALUES: dict[str, tuple] = {"block_m": KERNEL_TILES, "block_n": KERNEL_TILES, "num_warps": KERNEL_WARPS,
+                                    "num_stages": KERNEL_STAGES}
+KERNEL_PARAMS: dict[str, tuple] = {f.name: _KERNEL_VALUES[f.name] for f in fields(KernelConfig)
+                                   if f.name not in KERNEL_UNSEARCHED}
 
 
 class SpaceError(InputError):
