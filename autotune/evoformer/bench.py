@@ -539,6 +539,11 @@ def _write_csv(path: Path, rows: list[dict]) -> None:
     write_output(path, f.getvalue())
 
 
+def _share(x: Any) -> str:
+    """A share as a percentage; '-' where it was not measured (``--no-share``: NaN or empty)."""
+    return "-" if x is None or x == "" or x != x else f"{x:.0%}"
+
+
 def format_table(rows: list[dict]) -> str:
     """A Markdown table of the timed rows (speedup over SDPA: median of paired ratios [95% interval])."""
     head = ("| L | pass | variant | pattern | sparsity | ms | peak MiB | vs SDPA [interval] | attn share (row+tri / +col / core) |\n"
@@ -551,7 +556,7 @@ def format_table(rows: list[dict]) -> str:
         lines.append(
             f"| {r['L']} | {r['mode']} | {r['variant']} | {r['pattern'] or '-'} | {r['sparsity']:.2f} | {ms} | "
             f"{r['peak_mib']:.0f} | {r['speedup_vs_sdpa']:.2f}x [{r['speedup_lo']:.2f}, {r['speedup_hi']:.2f}] | "
-            f"{r['attn3_share']:.0%} / {r['attn4_share']:.0%} / {r['core_share']:.0%} |"
+            f"{_share(r['attn3_share'])} / {_share(r['attn4_share'])} / {_share(r['core_share'])} |"
         )
     return "\n".join(lines)
 
