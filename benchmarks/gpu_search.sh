@@ -4,7 +4,7 @@
 # local executor, export the tuned file, re-time the exported configs alone, write the report.
 #
 #   bash benchmarks/gpu_search.sh            # on the GPU node (about 5.5 minutes)
-#   GPU_SEARCH_DRY=1 bash benchmarks/gpu_search.sh   # the same steps on a CPU with a 2-trial CPU study
+#   bash benchmarks/gpu_search.sh --dry-run  # (or GPU_SEARCH_DRY=1) the same steps on a CPU, a 2-trial CPU study
 #   (GPU_SEARCH_SPACE: another space for the dry run; GPU_SEARCH_OUT: where its files go)
 #
 # Before: on a machine with internet access prepare the wheels for the node's Python into .whl/
@@ -34,6 +34,7 @@ export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 [ -d .site ] && export PYTHONPATH="$PYTHONPATH:$PWD/.site"
 WHEELS=${WHEELS:-.whl}
 
+[ "${1:-}" = "--dry-run" ] && GPU_SEARCH_DRY=1
 if [ -n "${GPU_SEARCH_DRY:-}" ]; then  # the CPU rehearsal of every step: a 2-trial CPU study
     SPACE=${GPU_SEARCH_SPACE:-search_spaces/cpu.yaml}; EXTRA=(--device cpu --trials 2 --timeout 120); NAME=dry-run-cpu
     RES=${GPU_SEARCH_OUT:-$(mktemp -d)}; SEARCH_LIMIT=400

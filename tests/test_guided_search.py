@@ -113,6 +113,7 @@ def test_guided_search_export_and_deploy(tmp_path):
     data["buckets"][0]["pattern"] = {"family": "guided", "block_size": 16, "keep": 0.25, "pool": "max",
                                      "window": 0, "num_global": 0, "spread": "layout", "mass": None,
                                      "global_placement": "first"}
+    del data["integrity"]  # a deliberate edit drops the export's seal (README: the integrity field)
     out.write_text(yaml.safe_dump(data))
     g = load_tuned(out).config_for(80)
     assert isinstance(g, GuidedConfig) and g.keep == 0.25

