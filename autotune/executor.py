@@ -197,6 +197,19 @@ class TokenAuth:
             os.environ.pop("RAY_AUTH_MODE", None)
             _reload_ray_config()
             self.changed = False
+        _forget_cached_token()
+
+
+def _forget_cached_token() -> None:
+    """Drop the token Ray's loader cached for this process (read once from ``$RAY_AUTH_TOKEN_PATH``
+    or ``~/.ray/auth_token`` at the time of the join): a later local Ray instance must read the token
+    of its own time, not send the old cluster's one (its GCS would refuse it: InvalidAuthToken)."""
+    try:
+        from ray._raylet import AuthenticationTokenLoader
+
+        AuthenticationTokenLoader.instance().reset_cache()
+    except (ImportError, AttributeError):
+        pass
 
 
 def _reload_ray_config() -> None:
