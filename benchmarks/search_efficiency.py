@@ -40,7 +40,7 @@ sys.path.insert(0, str(ROOT))
 GRID_PATTERN = {"block_size": {"choices": [32, 64, 128]}, "window": {"choices": [0, 64, 128, 192]},
                 "num_global": {"choices": [0, 16, 32]}, "stride": {"choices": [0, 4, 8]}}
 GRID_BUCKETS = [256, 512]
-SAMPLERS = ("nsga2", "tpe", "tpe_independent", "gp", "random")
+SAMPLERS = ("nsga2", "tpe", "tpe_independent", "gp", "random", "local")
 WARM_FROM, WARM_TO, WARM_TOP = 256, 512, 3
 
 

@@ -41,7 +41,7 @@ BACKENDS = backends.names()  # the registered backends (kernels.backends)
 DTYPES = ("float32", "bfloat16", "float16")
 MODES = ("fwd", "fwd+bwd")
 DEVICES = ("cuda", "cpu")
-SAMPLERS = ("nsga2", "tpe", "gp", "random")
+SAMPLERS = ("nsga2", "tpe", "gp", "random", "local")
 # The keys of a workload entry and their defaults are its record class's (`WORKLOAD_TYPES`): an
 # EvoFormer workload times one whole block, its attention dims default to AlphaFold2's.
 

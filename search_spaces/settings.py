@@ -21,10 +21,10 @@ class SamplerSettings(Section):
     (`POPULATION_DEFAULT`, `STARTUP_DEFAULT`); ``seed`` None is unseeded."""
 
     # the default: the winner of the sampler replay (benchmarks/search_efficiency.py)
-    name: str = "random"  # nsga2 | tpe | gp | random
+    name: str = "random"  # nsga2 | tpe | gp | random | local
     seed: Optional[int] = None
     population_size: Optional[int] = None  # nsga2
-    n_startup_trials: Optional[int] = None  # tpe
+    n_startup_trials: Optional[int] = None  # tpe, gp, local (its own default: 4)
 
     KEYS: ClassVar[tuple[str, ...]] = ("name", "seed", "population_size", "n_startup_trials")
     POPULATION_DEFAULT: ClassVar[int] = 16

@@ -47,6 +47,11 @@ def make_sampler(space: SearchSpace, seed: Optional[int] = None, *, use_space_se
                                               multivariate=True, group=True, constraints_func=cons)
     if cfg.name == "gp":  # Gaussian process, constrained log-EHVI (Optuna >= 4.2; needs torch)
         return optuna.samplers.GPSampler(n_startup_trials=cfg.startup_trials, seed=seed, constraints_func=cons)
+    if cfg.name == "local":  # constrained iterated local search (autotune.local_search); reads the constraints itself
+        from ..local_search import STARTUP_DEFAULT, LocalSearchSampler
+
+        startup = STARTUP_DEFAULT if cfg.n_startup_trials is None else cfg.n_startup_trials
+        return LocalSearchSampler(n_startup_trials=startup, seed=seed)
     return optuna.samplers.RandomSampler(seed=seed)
 
 
