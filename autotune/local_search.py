@@ -71,6 +71,7 @@ WALK_DEFAULT = 3  # random-walk steps of the ils perturbation
 START_ATTR = "local_search:climb_start"  # system attribute of a trial that starts a new climb (ils)
 STARTUP_DEFAULT = 4
 RANDOM_TRIES = 200  # rejection-sampling draws for an unmeasured random parameter set
+ENUMERATE_MAX = 20_000  # spaces up to this size draw random sets from the unmeasured ones
 
 
 def _is_number(v: Any) -> bool:
@@ -325,12 +326,22 @@ class LocalSearchSampler(BaseSampler):
 
     @staticmethod
     def _random_proposal(history: _History, rng: random.Random) -> dict[str, Any]:
-        """A uniformly random set over the distributions seen, unmeasured if one is found in
-        `RANDOM_TRIES` draws; {} before any distribution is known (each value drawn on its own)."""
+        """A uniformly random unmeasured set over the distributions seen: drawn from the unmeasured
+        sets when the space has at most `ENUMERATE_MAX` of them, else by rejection sampling
+        (`RANDOM_TRIES` draws); {} before any distribution is known (each value drawn on its own)."""
+        import itertools
+        import math
+
         axes = {n: ordered_values(d) for n, d in history.dists.items()}
         axes = {n: v for n, v in axes.items() if v is not None}
         if not axes:
             return {}
+        if math.prod(len(v) for v in axes.values()) <= ENUMERATE_MAX:
+            names = list(axes)
+            fresh = [p for p in (dict(zip(names, c)) for c in itertools.product(*axes.values()))
+                     if not history.is_measured(p)]
+            if fresh:
+                return rng.choice(fresh)
         proposal: dict[str, Any] = {}
         for _ in range(RANDOM_TRIES):
             proposal = {n: rng.choice(v) for n, v in axes.items()}
