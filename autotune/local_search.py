@@ -282,22 +282,30 @@ class LocalSearchSampler(BaseSampler):
         return self._random_proposal(history, rng)
 
     def _ils_step(self, study, trial, history: _History, rng: random.Random, fill: dict[str, Any]) -> dict[str, Any]:
-        """Iterated local search: climb from the last climb start (or the best incumbent) through
-        measured better neighbours; propose an unmeasured neighbour of the point reached, or at a
-        local optimum a random walk from it (a new climb start)."""
+        """Iterated local search from several starts: the enqueued trials (a warm start's leaders)
+        and the trials marked as climb starts, in trial order (none: the best trial). Each climb
+        follows measured better neighbours from its start; the first climb whose point reached
+        has an unmeasured neighbour gets a random one of them. When every climb is at a local
+        optimum, a random walk from the last one's optimum starts a new climb (marked)."""
         by_key = {_key(i.params): i for i in history.incumbents}
-        starts = [t for t in study.get_trials(deepcopy=False) if t.system_attrs.get(START_ATTR) and _key(t.params) in by_key]
         order = lambda i: (0, -i.score) if i.feasible else (1, i.violation, -i.score)  # noqa: E731
-        cur = by_key[_key(starts[-1].params)] if starts else min(history.incumbents, key=order)
-        while True:
-            better = [by_key[_key(m)] for m in _moves(cur.params, history.dists) if _key(m) in by_key]
-            better = [b for b in better if order(b) < order(cur)]
-            if not better:
-                break
-            cur = min(better, key=order)
-        fresh = [m for m in (dict(fill, **m) for m in _moves(cur.params, history.dists)) if not history.is_measured(m)]
-        if fresh:
-            return rng.choice(fresh)
+        starts = [by_key[_key(t.params)] for t in study.get_trials(deepcopy=False)
+                  if (t.system_attrs.get(START_ATTR) or t.system_attrs.get("fixed_params")) and _key(t.params) in by_key]
+        cur = None
+        open_climbs = []
+        for start in starts or [min(history.incumbents, key=order)]:
+            cur = start
+            while True:
+                better = [by_key[_key(m)] for m in _moves(cur.params, history.dists) if _key(m) in by_key]
+                better = [b for b in better if order(b) < order(cur)]
+                if not better:
+                    break
+                cur = min(better, key=order)
+            fresh = [m for m in (dict(fill, **m) for m in _moves(cur.params, history.dists)) if not history.is_measured(m)]
+            if fresh:
+                open_climbs.append(fresh)
+        if open_climbs:  # the open climbs take turns
+            return rng.choice(open_climbs[(trial.number // len(self._rankings)) % len(open_climbs)])
         study._storage.set_trial_system_attr(trial._trial_id, START_ATTR, True)
         for _ in range(RANDOM_TRIES):
             p = dict(cur.params)
