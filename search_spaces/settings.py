@@ -21,7 +21,7 @@ class SamplerSettings(Section):
     (`POPULATION_DEFAULT`, `STARTUP_DEFAULT`); ``seed`` None is unseeded."""
 
     # the default: the winner of the sampler replay (benchmarks/search_efficiency.py)
-    name: str = "random"  # nsga2 | tpe | gp | random | local
+    name: str = "local"  # nsga2 | tpe | gp | random | local
     seed: Optional[int] = None
     population_size: Optional[int] = None  # nsga2
     n_startup_trials: Optional[int] = None  # tpe, gp, local (its own default: 4)

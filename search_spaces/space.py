@@ -52,7 +52,7 @@ or a block size the kernels do not support raises `SpaceError`, whose message is
       memory_vs_sdpa: {max: 4.0}
       memory_vs_naive: {max: 1.0}
       accuracy: {metric: contact_recall_long, min: 0.2, max_chains: 8}   # noise: 4 (A; guided candidates
-    sampler: {name: nsga2, seed: 0, population_size: 16}   # nsga2 | tpe | gp | random (default: random)
+    sampler: {name: nsga2, seed: 0, population_size: 16}   # local | nsga2 | tpe | gp | random (default: local)
     budget: {trials: 64, timeout: 3600}                     # timeout in seconds
     measure: {warmup: 3, repeats: 10}
     gate: {seq_len: 200, batch: 2, fwd_tol: 0.03, bwd_tol: 0.05}
