@@ -209,6 +209,22 @@ def _moves(params: dict[str, Any], dists: dict[str, BaseDistribution]) -> list[d
     return out
 
 
+def _order(i: _Incumbent) -> tuple:
+    """The constrained order (Deb's rules): feasible first by objective, then by violation."""
+    return (0, -i.score) if i.feasible else (1, i.violation, -i.score)
+
+
+def _climb(start: _Incumbent, by_key: dict, dists: dict[str, BaseDistribution]) -> _Incumbent:
+    """From ``start``, move to the best measured neighbour while it is better (`_order`)."""
+    cur = start
+    while True:
+        better = [by_key[_key(m)] for m in _moves(cur.params, dists) if _key(m) in by_key]
+        better = [b for b in better if _order(b) < _order(cur)]
+        if not better:
+            return cur
+        cur = min(better, key=_order)
+
+
 class LocalSearchSampler(BaseSampler):
     """Constrained best-first iterated local search over ordered discrete parameters (module
     docstring). ``n_startup_trials``: random trials first (measured trials, enqueued ones
@@ -284,35 +300,25 @@ class LocalSearchSampler(BaseSampler):
     def _ils_step(self, study, trial, history: _History, rng: random.Random, fill: dict[str, Any]) -> dict[str, Any]:
         """Iterated local search from several starts: the enqueued trials (a warm start's leaders)
         and the trials marked as climb starts, in trial order (none: the best trial). Each climb
-        follows measured better neighbours from its start; the first climb whose point reached
-        has an unmeasured neighbour gets a random one of them. When every climb is at a local
-        optimum, a random walk from the last one's optimum starts a new climb (marked)."""
+        follows measured better neighbours from its start (`_climb`); the climbs whose point
+        reached has unmeasured neighbours take turns, and the one whose turn it is gets a random
+        one of them. When every climb is at a local optimum, a random walk of ``walk`` moves from
+        the last one's optimum starts a new climb (the trial is marked)."""
         by_key = {_key(i.params): i for i in history.incumbents}
-        order = lambda i: (0, -i.score) if i.feasible else (1, i.violation, -i.score)  # noqa: E731
         starts = [by_key[_key(t.params)] for t in study.get_trials(deepcopy=False)
-                  if (t.system_attrs.get(START_ATTR) or t.system_attrs.get("fixed_params")) and _key(t.params) in by_key]
-        cur = None
-        open_climbs = []
-        for start in starts or [min(history.incumbents, key=order)]:
-            cur = start
-            while True:
-                better = [by_key[_key(m)] for m in _moves(cur.params, history.dists) if _key(m) in by_key]
-                better = [b for b in better if order(b) < order(cur)]
-                if not better:
-                    break
-                cur = min(better, key=order)
-            fresh = [m for m in (dict(fill, **m) for m in _moves(cur.params, history.dists)) if not history.is_measured(m)]
-            if fresh:
-                open_climbs.append(fresh)
-        if open_climbs:  # the open climbs take turns
+                  if (t.system_attrs.get(START_ATTR) or t.system_attrs.get("fixed_params"))
+                  and _key(t.params) in by_key]
+        reached = [_climb(s, by_key, history.dists) for s in starts or [min(history.incumbents, key=_order)]]
+        open_climbs = [f for f in ([dict(fill, **m) for m in _moves(r.params, history.dists)
+                                    if not history.is_measured(dict(fill, **m))] for r in reached) if f]
+        if open_climbs:
             return rng.choice(open_climbs[(trial.number // len(self._rankings)) % len(open_climbs)])
         study._storage.set_trial_system_attr(trial._trial_id, START_ATTR, True)
         for _ in range(RANDOM_TRIES):
-            p = dict(cur.params)
+            p = dict(reached[-1].params)
             for _ in range(self._walk):
                 moves = _moves(p, history.dists)
-                if moves:
-                    p = rng.choice(moves)
+                p = rng.choice(moves) if moves else p
             p = dict(fill, **p)
             if not history.is_measured(p):
                 return p

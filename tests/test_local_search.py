@@ -104,6 +104,22 @@ def test_enqueued_trials_come_first_and_lead():
     assert study.best_value == 0
 
 
+def test_every_enqueued_leader_starts_a_climb():
+    """A warm start's leaders are climbed from in turn (the ``ils`` step), not only the best one."""
+    study = _study(seed=8, n_startup_trials=2, rankings=("ils",))
+    a, b = {"a": 64, "b": 0, "c": "y"}, {"a": 32, "b": 192, "c": "x"}
+    for params in (a, b):
+        study.enqueue_trial(params)
+        t = study.ask(DISTS)
+        study.tell(t, _value(t.params))
+    near = []
+    for _ in range(2):
+        t = study.ask(DISTS)
+        near.append((_distance(t.params, a), _distance(t.params, b)))
+        study.tell(t, -10.0)  # worse than both: neither climb moves
+    assert {(da == 1, db == 1) for da, db in near} == {(True, False), (False, True)}  # one each
+
+
 def _tell_with_constraints(study, t, value, cons):
     study._storage.set_trial_system_attr(t._trial_id, "constraints", list(cons))
     study.tell(t, value)
