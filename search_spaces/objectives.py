@@ -17,7 +17,9 @@ from `OBJECTIVE_TABLE` instead of keeping its own:
   ``floor`` and ``confidence``).
 
 The accuracy objective (``per_metric``) takes its direction, its Optuna name and its values from
-the space's accuracy metric (`ACCURACY_METRIC_DIRECTIONS`); its value is the worst bucket's.
+the space's accuracy metric, one of `ACCURACY_METRIC_TABLE` (the one list of the metrics: the space
+file's vocabulary, the bounds a target may set on them, and the metrics ``autotune.accuracy``
+computes all read it); its value is the worst bucket's.
 Adding an objective is adding a record here.
 """
 
@@ -98,6 +100,33 @@ class Objective:
         return (self.measured or _field(self.name))(c)
 
 
+@dataclass(frozen=True)
+class AccuracyMetric:
+    """One accuracy metric ``autotune.accuracy`` computes on the protein chains of a bucket.
+
+    ``direction``: ``max`` (higher is better) or ``min``. ``bound``: what values a target on it may
+    take. ``meaning``: what it measures (``autotune.accuracy`` documents how, and the contact ranges)."""
+
+    name: str
+    direction: str
+    bound: BoundRange
+    meaning: str
+
+
+_FRACTION: BoundRange = (0.0, 1.0, False, False, "a fraction")
+
+ACCURACY_METRIC_TABLE: tuple[AccuracyMetric, ...] = (
+    AccuracyMetric("contact_recall_short", "max", _FRACTION, "kept / all short-range contacts"),
+    AccuracyMetric("contact_recall_medium", "max", _FRACTION, "kept / all medium-range contacts"),
+    AccuracyMetric("contact_recall_long", "max", _FRACTION, "kept / all long-range contacts"),
+    AccuracyMetric("attention_mass_recall", "max", _FRACTION, "share of dense softmax mass on computed pairs"),
+    AccuracyMetric("output_rel_error", "min", (0.0, math.inf, False, True, "a relative error"),
+                   "relative error of the sparse attention output against dense"),
+)
+#: accuracy metric name -> "max" / "min", in the table's order
+ACCURACY_METRIC_DIRECTIONS: dict[str, str] = {m.name: m.direction for m in ACCURACY_METRIC_TABLE}
+
+
 OBJECTIVE_TABLE: tuple[Objective, ...] = (
     Objective("speedup", "max", "geomean", missing=0.0, companions=("speedup_lo",), target=_speedup_target,
               target_rank=0, bound=_RATIO, against=SDPA_TEXT,
@@ -120,4 +149,6 @@ OBJECTIVE_BY_NAME: dict[str, Objective] = {o.name: o for o in OBJECTIVE_TABLE}
 TARGET_OBJECTIVES: tuple[Objective, ...] = tuple(sorted((o for o in OBJECTIVE_TABLE if o.target is not None),
                                                         key=lambda o: o.target_rank))
 TARGET_NAMES: tuple[str, ...] = tuple(o.name for o in TARGET_OBJECTIVES)
-BOUND_RANGES: dict[str, BoundRange] = {o.name: o.bound for o in OBJECTIVE_TABLE if o.bound is not None}
+#: what each bounded quantity can be: the objectives' bounds, then the accuracy metrics'
+BOUND_RANGES: dict[str, BoundRange] = {**{o.name: o.bound for o in OBJECTIVE_TABLE if o.bound is not None},
+                                       **{m.name: m.bound for m in ACCURACY_METRIC_TABLE}}

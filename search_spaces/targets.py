@@ -12,8 +12,7 @@ import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Optional
 
-from .objectives import BOUND_RANGES, TARGET_NAMES
-from .schema import ACCURACY_METRIC_DIRECTIONS
+from .objectives import ACCURACY_METRIC_DIRECTIONS, BOUND_RANGES, TARGET_NAMES
 
 if TYPE_CHECKING:
     from .checks import SpaceChecker
@@ -131,19 +130,15 @@ def default_targets(device: str) -> Targets:
     return _targets_from_spec(copy.deepcopy(TARGET_DEFAULTS.get(device, TARGET_DEFAULTS["cpu"])), f"defaults:{device}")
 
 
-#: what each bounded quantity can be: ratios (speedup, memory) are > 0, a sparsity is a fraction of the
-#: pairs in [0, 1) (the objectives' records), recalls are fractions in [0, 1], an error is >= 0
-_BOUND_RANGES: dict[str, tuple[float, float, bool, bool, str]] = {  # low, high, low open, high open, what
-    **BOUND_RANGES,
-    "output_rel_error": (0.0, math.inf, False, True, "a relative error"),
-}
-_RECALL_RANGE = (0.0, 1.0, False, False, "a fraction")
+#: a quantity with no record (not reached: targets name objectives and accuracy metrics only)
+_FRACTION_RANGE = (0.0, 1.0, False, False, "a fraction")
 
 
 def check_bound(check: SpaceChecker, key: str, quantity: str, lo: Optional[float], hi: Optional[float]) -> None:
     """A target or constraint on ``quantity`` (a `TARGET_NAMES` entry or an accuracy metric): each
-    given bound within what the quantity can be (`_BOUND_RANGES`), and ``min <= max``."""
-    a, b, a_open, b_open, what = _BOUND_RANGES.get(quantity, _RECALL_RANGE)
+    given bound within what the quantity can be (`BOUND_RANGES`: the objectives' and accuracy
+    metrics' records), and ``min <= max``."""
+    a, b, a_open, b_open, what = BOUND_RANGES.get(quantity, _FRACTION_RANGE)
     for side, v in (("min", lo), ("max", hi)):
         if v is None:
             continue
