@@ -80,6 +80,7 @@ from typing import Any, Optional, Union
 
 import torch
 
+from kernels.baselines import SDPA
 from kernels.measure import is_oom
 from results.states import EndReason, TrialState
 from search_spaces.objectives import OBJECTIVE_BY_NAME, Objective
@@ -460,7 +461,7 @@ class TrialRunner:
                 kc = KernelConfig.from_dict(kernel).for_block(pcfg.block_size) if kernel else None
                 cfgs[f"t{number}"] = (number, pcfg, kc)
             pt = bench_for(space, w, self).confirm_timing(L, cfgs, gen)
-            sd = pt.stats("sdpa")
+            sd = pt.stats(SDPA)
             for name, (number, _, _) in cfgs.items():
                 r = pt.ratio(name)
                 out.append({"workload": w.name, "trial_number": number, "speedup": r.point, "speedup_lo": r.lo,

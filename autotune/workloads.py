@@ -36,6 +36,7 @@ import torch
 
 from autotune.evoformer.timed_pass import block_pass
 from kernels import clear_plan_caches
+from kernels.baselines import NAIVE, SDPA
 from kernels.measure import (TOLERANCES, PairedTiming, is_oom, naive_attention, peak_memory, relative_error, release_memory,
                              time_fn, time_paired)
 from results.states import EndReason
@@ -158,7 +159,7 @@ class CellMeasurement:
         candidate's peak and the baselines."""
         sdpa, naive = base.sdpa, base.naive
         floor = MEMORY_FLOOR_BYTES
-        c, s, r = pt.stats("cand"), pt.stats("sdpa"), pt.ratio("cand")
+        c, s, r = pt.stats("cand"), pt.stats(SDPA), pt.ratio("cand")
         return cls(
             workload=w.name, kind=w.kind, bucket=L, batch=B, heads=w.heads, head_dim=w.head_dim, dtype=space.dtype,
             mode=space.mode, sparsity=sparsity, time_ms=c["median_ms"], time_p10_ms=c["p10_ms"],
@@ -349,7 +350,7 @@ class AttentionBench(WorkloadBench):
 
         sdpa_fn = self._pass(lambda: dense_attention(q, k, v, None, bias), q, k, v, bias)
         try:
-            pt = time_paired({"sdpa": sdpa_fn, "cand": run_on(layout)}, baseline="sdpa", device=self.device,
+            pt = time_paired({SDPA: sdpa_fn, "cand": run_on(layout)}, baseline=SDPA, device=self.device,
                              **paired_kwargs(space))
             # a cold call on a new layout object, so that workspaces a backend keeps per layout (the
             # cpu backend's K^T tiles) count towards the peak
@@ -374,9 +375,9 @@ class AttentionBench(WorkloadBench):
         w, space = self.w, self.space
         key = (w.heads, w.head_dim, w.bias, L, B, space.dtype, space.mode, space.device)
         return self._cached(key, lambda: {
-            name: measure_baseline(space, self._pass(f, q, k, v, bias), time_it=(name == "naive"))
-            for name, f in (("sdpa", lambda: dense_attention(q, k, v, None, bias)),
-                            ("naive", lambda: naive_attention(q, k, v, bias)))})
+            name: measure_baseline(space, self._pass(f, q, k, v, bias), time_it=(name == NAIVE))
+            for name, f in ((SDPA, lambda: dense_attention(q, k, v, None, bias)),
+                            (NAIVE, lambda: naive_attention(q, k, v, bias)))})
 
     def confirm_timing(self, L, cfgs, gen):
         from kernels import dense_attention, sparse_attention
@@ -391,10 +392,10 @@ class AttentionBench(WorkloadBench):
                 q, k, v, workload_layout(pcfg, L, lay, bias, w.name), bias, backend=space.backend, config=kc,
             ), q, k, v, bias)
 
-        fns = {"sdpa": self._pass(lambda: dense_attention(q, k, v, None, bias), q, k, v, bias)}
+        fns = {SDPA: self._pass(lambda: dense_attention(q, k, v, None, bias), q, k, v, bias)}
         for name, (_, pcfg, kc) in cfgs.items():
             fns[name] = cand(pcfg, kc)
-        return time_paired(fns, baseline="sdpa", device=self.device, **paired_kwargs(space, confirm=True))
+        return time_paired(fns, baseline=SDPA, device=self.device, **paired_kwargs(space, confirm=True))
 
 
 class EvoformerBench(WorkloadBench):
@@ -441,7 +442,7 @@ class EvoformerBench(WorkloadBench):
                 fn()
             return call
 
-        return {"sdpa": with_att(None), **{name: with_att(att) for name, att in sparse.items()}}
+        return {SDPA: with_att(None), **{name: with_att(att) for name, att in sparse.items()}}
 
     def _outputs(self, block, attention, m, z, params) -> tuple:
         """(m out, z out, parameter gradients or None) of one pass with ``attention``."""
@@ -465,8 +466,8 @@ class EvoformerBench(WorkloadBench):
         L, depth = space.gate.seq_len, min(space.gate.batch, w.msa_depth)
         block = self.block()
         m, z = self.inputs(L, depth, gen)
-        masked = AttentionChoice("naive", pcfg)
-        reference = EvoformerAttention(msa_row=masked, tri_start=masked, tri_end=masked, msa_col="naive")
+        masked = AttentionChoice(NAIVE, pcfg)
+        reference = EvoformerAttention(msa_row=masked, tri_start=masked, tri_end=masked, msa_col=NAIVE)
         params = list(block.named_parameters())
         try:
             res = [self._outputs(block, att, m, z, params) for att in (self.candidate(pcfg, kc), reference)]
@@ -507,7 +508,7 @@ class EvoformerBench(WorkloadBench):
         fn = block_pass(block, m, z, space.mode)
         t0 = time.perf_counter()
         try:
-            pt = time_paired(self._fns(block, m, z, {"cand": self.candidate(pcfg, kc)}), baseline="sdpa",
+            pt = time_paired(self._fns(block, m, z, {"cand": self.candidate(pcfg, kc)}), baseline=SDPA,
                              device=self.device, **paired_kwargs(space))
             from models.evoformer.attention import cached_layout
 
@@ -538,9 +539,9 @@ class EvoformerBench(WorkloadBench):
         def measure() -> dict[str, Optional[Baseline]]:
             res: dict[str, Optional[Baseline]] = {}
             try:
-                for name in ("sdpa", "naive"):
+                for name in (SDPA, NAIVE):
                     block.set_attention(name)
-                    res[name] = measure_baseline(space, fn, time_it=(name == "naive"))
+                    res[name] = measure_baseline(space, fn, time_it=(name == NAIVE))
             finally:
                 block.set_attention(None)
             return res
@@ -552,7 +553,7 @@ class EvoformerBench(WorkloadBench):
         m, z = self.inputs(L, self.w.msa_depth, gen)
         fns = self._fns(block, m, z, {name: self.candidate(pcfg, kc) for name, (_, pcfg, kc) in cfgs.items()})
         try:
-            return time_paired(fns, baseline="sdpa", device=self.device, **paired_kwargs(self.space, confirm=True))
+            return time_paired(fns, baseline=SDPA, device=self.device, **paired_kwargs(self.space, confirm=True))
         finally:
             block.set_attention(None)
 

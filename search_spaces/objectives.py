@@ -29,13 +29,16 @@ import math
 from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
+from kernels.baselines import BASELINES, NAIVE, SDPA
+
 #: a cell's field by name (a measurement dict, a stored row or a `CellMeasurement`)
 Getter = Callable[[str], Any]
 #: (low, high, low open, high open, what the quantity is): the admissible range of a bound
 BoundRange = tuple[float, float, bool, bool, str]
 
-SDPA_TEXT = "dense SDPA (scaled_dot_product_attention, same process)"
-NAIVE_TEXT = "naive attention (materialised softmax(QK^T/sqrt(d) + bias) V)"
+#: what the report calls each baseline (the one vocabulary: `kernels.baselines`)
+SDPA_TEXT = BASELINES[SDPA].text
+NAIVE_TEXT = BASELINES[NAIVE].text
 
 
 def memory_ratio(peak: Optional[float], base: Optional[float], floor: float) -> Optional[float]:

@@ -349,3 +349,23 @@ def test_bench_default_output_leaves_the_committed_results_alone(tmp_path, monke
     assert out.exists() and {r["backend"] for r in _rows(out)} == {"sdpa", "cpu"}
     assert bench.default_out("x") == Path("results") / "bench" / "x.csv"
     assert {p: hashlib.sha256(p.read_bytes()).hexdigest() for p in bench.RESULTS_DIR.glob("*.csv")} == committed
+
+
+def test_one_baseline_vocabulary():
+    """The baselines have one name each (`kernels.baselines`), which the benchmarks' CSVs, the
+    search's stored cells and the objectives all use; each is computed by a registered backend."""
+    from kernels import backends
+    from kernels.baselines import BASELINES, NAIVE, SDPA
+    from autotune.evoformer import bench as evo_bench
+    from results.bench_tables import EVOFORMER_COLUMNS, KERNEL_COLUMNS
+    from results.tables import Measurement
+    from search_spaces.objectives import OBJECTIVE_BY_NAME
+
+    assert set(BASELINES) == {SDPA, NAIVE}
+    for b in BASELINES.values():
+        assert b.backend in backends.names()
+        assert hasattr(Measurement, f"{b.name}_peak_mib") and hasattr(Measurement, f"{b.name}_ms")
+        assert f"memory_vs_{b.name}" in OBJECTIVE_BY_NAME
+        assert f"speedup_vs_{b.name}" in EVOFORMER_COLUMNS and b.name in evo_bench.DEFAULT_KINDS
+        assert b.name in bench.BACKENDS
+    assert f"speedup_vs_{SDPA}" in bench.CSV_FIELDS and f"speedup_vs_{SDPA}" in KERNEL_COLUMNS

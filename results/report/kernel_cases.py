@@ -7,6 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Optional
 
+from kernels.baselines import SDPA
 from .formatting import MIB_FLOOR, NOT_MEASURED, f_ms, f_pct
 
 OURS = ("triton", "cpu")  # this project's kernel: Triton on CUDA, the CPU kernel on CPU
@@ -67,5 +68,5 @@ def mem_reduction(kc: KernelCase, base: str, who: Optional[str]) -> str:
 
 def above_ideal(kc: KernelCase, who: Optional[str]) -> str:
     """‡ where the speedup of ``who`` over SDPA is more than 10% above the ideal 1/(1-s)."""
-    r = kc.ratio("sdpa", who) if who else None
+    r = kc.ratio(SDPA, who) if who else None
     return "‡" if r is not None and kc.actual < 1 and r > 1.1 / (1 - kc.actual) else ""

@@ -9,6 +9,7 @@ import datetime as dt
 import shlex
 from typing import Any
 
+from kernels.baselines import NAIVE, SDPA
 from patterns import pattern_label
 from results.states import TrialState
 from results.storage import mask_url
@@ -67,7 +68,7 @@ def summary_recommendation(ctx: ReportContext, page: Page) -> None:
             page.w(f"  - L={x.bucket}: {x.why}" + (f"; {'; '.join(x.notes)}" if x.notes else "") + ".")
             continue
         v = x.verdict
-        red = [(c.workload, reduction(c, "naive", ctx.floor), c.naive_peak_mib) for c in x.cells]
+        red = [(c.workload, reduction(c, NAIVE, ctx.floor), c.naive_peak_mib) for c in x.cells]
         page.w(f"  - L={x.bucket}: t#{v.trial} ({pattern_label(x.trial.pattern if x.trial else None)}, "
                f"sparsity {x.cells[0].sparsity:.2f}) {f_x(v.speedup)} over SDPA, "
                f"{'hold-out' if v.holdout else 'confirmed'} interval "
@@ -146,7 +147,7 @@ def summary_kernel_bench(ctx: ReportContext, page: Page, br: Any) -> None:
     parts = []
     for s in sorted({kc.target for kc in cases}):
         # per workload and pass: the largest L measured (the regime sparsity is for), not the best cell
-        at = [kc for kc in cases if kc.target == s and kc.ours and kc.ratio("sdpa", kc.ours)]
+        at = [kc for kc in cases if kc.target == s and kc.ours and kc.ratio(SDPA, kc.ours)]
         top = {}
         for kc in at:
             k = (kc.workload, kc.pass_)
@@ -164,7 +165,7 @@ def summary_kernel_bench(ctx: ReportContext, page: Page, br: Any) -> None:
     if parts:
         page.w(f"- Kernel benchmark bench#{br.id} ({br.device}, {br.dtype}), our kernel's speedup over dense "
                f"SDPA at the largest L measured: " + "; ".join(parts) + ".")
-    mem = [(kc, kc.mib(kc.ours), kc.mib("sdpa"), kc.mib("naive")) for kc in cases if kc.ours]
+    mem = [(kc, kc.mib(kc.ours), kc.mib(SDPA), kc.mib(NAIVE)) for kc in cases if kc.ours]
     mem = [m for m in mem if None not in m[1:]]
     if mem:
         ours_naive = max(1 - m[1] / max(m[3], MIB_FLOOR) for m in mem)
@@ -190,7 +191,7 @@ def summary_evoformer(ctx: ReportContext, page: Page) -> None:
         parts = []
         for (L, mode) in sorted({(r.seq_len, r.mode) for r in rows}):
             grp = [r for r in rows if (r.seq_len, r.mode) == (L, mode)]
-            sd = next((r for r in grp if r.variant == "sdpa"), None)
+            sd = next((r for r in grp if r.variant == SDPA), None)
             sp = [r for r in grp if r.variant.startswith("sparse") and r.median_ms]
             if sd is None or not sp:
                 continue

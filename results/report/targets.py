@@ -10,9 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from search_spaces.objectives import NAIVE_TEXT, OBJECTIVE_BY_NAME, SDPA_TEXT
-
-BASELINE_NAMES = {"sdpa": SDPA_TEXT, "naive": NAIVE_TEXT}
+from search_spaces.objectives import OBJECTIVE_BY_NAME
 
 
 def describe(name: str, targets: Any) -> tuple[str, str]:
