@@ -1,7 +1,7 @@
 """How the report names each target of a study (`search_spaces.space.Targets`).
 
 The thresholds themselves are the study's: the space's ``targets`` section over the per-device
-defaults (`search_spaces.space.TARGET_DEFAULTS`), stored with every search run. The search's
+defaults (`search_spaces.space.TARGET_DEFAULTS`, from the objectives' records), stored with every search run. The search's
 constraints, the export's rule and the report all read them, so they cannot disagree; the report
 takes no thresholds of its own.
 """
