@@ -1,6 +1,7 @@
 """Benchmark of the attention backends on the two AlphaFold2 EvoFormer workloads: ``python -m kernels.bench``.
 
-Workloads (head dim 32, pair bias shared over the batch):
+Workloads (head dim 32, pair bias shared over the batch; shapes and batch rule from the one
+registry, `kernels.workloads.BENCH_WORKLOADS`):
 
 * ``row``: MSA row attention with pair bias: batch = 32768 // L MSA rows (GPU), 8 heads, bias [1, 8, L, L];
 * ``tri``: triangle attention (starting node): batch = L rows, 4 heads, bias [1, 4, L, L].
@@ -77,10 +78,10 @@ from .plans import clear_plan_caches
 from .dense import dense_attention
 from .measure import measure_time, peak_memory, relative_error, release_memory, timer_method, tolerance
 from .reference import reference_attention
+from .workloads import BENCH_WORKLOADS, HEAD_DIM
 
-HEAD_DIM = 32
 BLOCK_SIZE = 64
-WORKLOADS = {"row": 8, "tri": 4}  # heads
+WORKLOADS = BENCH_WORKLOADS  # name -> shape (heads, head dim, batch rule)
 GPU_LENGTHS = {"row": (512, 1024, 2048, 4096), "tri": (512, 1024, 2048)}
 CPU_LENGTHS = {"row": (1024, 2048, 4096), "tri": (256,)}
 SPARSITIES = (0, 50, 75, 90)
@@ -131,9 +132,8 @@ def _triton_version() -> str:
 
 
 def default_batch(workload: str, L: int, device: torch.device) -> int:
-    if device.type == "cuda":
-        return max(1, 32768 // L) if workload == "row" else L
-    return 1 if workload == "row" else 8
+    """The workload's batch at L on ``device`` (`kernels.workloads.AttentionShape.batch`)."""
+    return WORKLOADS[workload].batch(L, device.type)
 
 
 # ---- measurement ---------------------------------------------------------------------------------
@@ -339,7 +339,7 @@ def _measure_pass(name: str, p: str, inputs, lay: CaseLayout, kernel: dict, buil
 
 def run_case(case: Case, args, device, dtype, backends, rows, t_start) -> None:
     """Gate, time and measure every backend and pass of one case; appends one row per (pass, backend)."""
-    heads = WORKLOADS[case.workload]
+    heads = WORKLOADS[case.workload].heads
     L, B = case.L, case.batch
     inputs = _case_inputs(case, heads, device, dtype)
     lay = case_layout(case, inputs[3])
