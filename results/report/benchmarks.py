@@ -36,19 +36,19 @@ def attention(ctx: ReportContext, page: Page) -> None:
     for br in runs:
         cases = kernel_cases([r for r in d.kernel_rows if r.bench_run_id == br.id])
         page.w(f"### bench#{br.id}: {br.device}, {br.dtype}, {br.threads} thread(s)", "")
-        rows = [[kc.workload, kc.pass_, str(kc.L), str(kc.batch), f"{kc.target:.2f} / {kc.actual:.3f}",
-                 kc.cell(NAIVE), kc.cell(SDPA), kc.cell("flex"), kc.cell(kc.ours),
-                 f_x(kc.ratio(SDPA, kc.ours) if kc.ours else None) + above_ideal(kc, kc.ours),
-                 f_x(kc.ratio("flex", kc.ours) if kc.ours else None),
-                 f_x(kc.ratio(SDPA, "flex")) + above_ideal(kc, "flex"),
-                 cite("kb", [r.id for r in kc.rows.values()])] for kc in cases]
+        rows = [[case.workload, case.pass_, str(case.L), str(case.batch), f"{case.target:.2f} / {case.actual:.3f}",
+                 case.cell(NAIVE), case.cell(SDPA), case.cell("flex"), case.cell(case.ours),
+                 f_x(case.ratio(SDPA, case.ours) if case.ours else None) + above_ideal(case, case.ours),
+                 f_x(case.ratio("flex", case.ours) if case.ours else None),
+                 f_x(case.ratio(SDPA, "flex")) + above_ideal(case, "flex"),
+                 cite("kb", [r.id for r in case.rows.values()])] for case in cases]
         page.w(*table(["workload", "pass", "L", "batch", "sparsity (target / actual)", "naive ms", "SDPA ms",
                        "flex ms", "ours ms", "ours vs SDPA", "ours vs flex", "flex vs SDPA", "source"], rows), "")
         series: dict = {}
-        for kc in cases:
-            if kc.ours and kc.ratio(SDPA, kc.ours):
-                series.setdefault((kc.workload, kc.pass_), {}).setdefault(kc.target, []).append(
-                    (kc.L, kc.ratio(SDPA, kc.ours), kc.ratio(SDPA, "flex")))
+        for case in cases:
+            if case.ours and case.ratio(SDPA, case.ours):
+                series.setdefault((case.workload, case.pass_), {}).setdefault(case.target, []).append(
+                    (case.L, case.ratio(SDPA, case.ours), case.ratio(SDPA, "flex")))
         if series:
             p = plots.speedup_vs_length(series, ctx.plots_dir / f"speedup_vs_L_bench{br.id}.png",
                                         f"bench#{br.id}: {br.device}, {br.dtype}")
@@ -93,10 +93,10 @@ def memory(ctx: ReportContext, page: Page) -> None:
         return
     for br in runs:
         cases = kernel_cases([r for r in d.kernel_rows if r.bench_run_id == br.id])
-        rows = [[kc.workload, kc.pass_, str(kc.L), f"{kc.actual:.3f}", f_ms(kc.mib(NAIVE)), f_ms(kc.mib(SDPA)),
-                 f_ms(kc.mib("flex")), f_ms(kc.mib(kc.ours) if kc.ours else None),
-                 mem_reduction(kc, NAIVE, kc.ours), mem_reduction(kc, SDPA, kc.ours), mem_reduction(kc, NAIVE, SDPA),
-                 cite("kb", [r.id for r in kc.rows.values()])] for kc in cases]
+        rows = [[case.workload, case.pass_, str(case.L), f"{case.actual:.3f}", f_ms(case.mib(NAIVE)), f_ms(case.mib(SDPA)),
+                 f_ms(case.mib("flex")), f_ms(case.mib(case.ours) if case.ours else None),
+                 mem_reduction(case, NAIVE, case.ours), mem_reduction(case, SDPA, case.ours), mem_reduction(case, NAIVE, SDPA),
+                 cite("kb", [r.id for r in case.rows.values()])] for case in cases]
         page.w(f"bench#{br.id} ({br.device}, {br.dtype}):", "")
         page.w(*table(["workload", "pass", "L", "sparsity", "naive MiB", "SDPA MiB", "flex MiB", "ours MiB",
                        "ours vs naive", "ours vs SDPA", "SDPA vs naive", "source"], rows), "")
