@@ -400,6 +400,27 @@ def load_study(session, study: str) -> StudyData:
     return StudyData(study, space, complete, len(trials), cells, current, latest, runs)
 
 
+def read_study(db, study: str) -> StudyData:
+    """`load_study` in a session of its own on ``db`` (a `results.db.Database`), its rows detached
+    from the session so that they stay readable after it closes."""
+    with db.Session() as s:
+        data = load_study(s, study)
+        s.expunge_all()
+    return data
+
+
+def read_study_at(storage: str, study: str, *, create: bool = True) -> StudyData:
+    """`read_study` of ``study`` in the results database at ``storage`` (a URL), opened for the read
+    and closed after it; ``create=False``: a database without the tables is not set up."""
+    from .store import Database
+
+    db = Database(storage, create=create)
+    try:
+        return read_study(db, study)
+    finally:
+        db.close()
+
+
 def restrict_study_data(data: StudyData, orphans: Orphans) -> StudyData:
     """``data`` without the orphans' rows (`results.db.find_orphans`): only trials tied to
     Optuna's study are left to cite, confirmations only of those trials and not older than
