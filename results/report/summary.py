@@ -156,7 +156,7 @@ def summary_kernel_bench(ctx: ReportContext, page: Page, br: Any) -> None:
         cells = []
         for case in sorted(top.values(), key=lambda case: (case.workload, case.pass_)):
             vs_flex = case.ratio("flex", case.ours)
-            cells.append(f"{case.workload} {case.pass_} L={case.L} {f_x(case.ratio('sdpa', case.ours))}"
+            cells.append(f"{case.workload} {case.pass_} L={case.L} {f_x(case.ratio(SDPA, case.ours))}"
                          + (f" ({f_x(vs_flex)} vs flex)" if vs_flex else "")
                          + f" at s={case.actual:.2f} (ideal {f_x(1 / (1 - case.actual)) if case.actual < 1 else '—'}; "
                          f"{cite('kb', [r.id for r in case.rows.values()])})")
