@@ -14,7 +14,7 @@ from __future__ import annotations
 from typing import Optional
 
 from results.db import Confirmation
-from results.verdict import BucketVerdict, decide, leaders, load_study
+from results.verdict import BucketVerdict, decide, leaders, read_study, read_study_at
 from search_spaces.space import SearchSpace
 
 __all__ = ["confirm", "current_verdicts"]
@@ -33,9 +33,7 @@ def confirm(storage: str, study: str, *, log=None, threads: Optional[int] = None
     log = log or (lambda msg: None)
     db = Database(storage)
     try:
-        with db.Session() as s:
-            data = load_study(s, study)
-            s.expunge_all()
+        data = read_study(db, study)
         if data.space is None or not data.trials:
             return []
         space = SearchSpace.from_dict(data.space)
@@ -84,23 +82,13 @@ def _store_and_decide(db, study: str, rows: list, targets, top):
     with db.session() as s:
         for r in rows:
             s.add(r)
-    with db.Session() as s:
-        data = load_study(s, study)
-        s.expunge_all()
+    data = read_study(db, study)
     return data, decide(targets, data.cells_by_trial, data.buckets, data.confirmations or [], top)
 
 
 def current_verdicts(storage: str, study: str, *, log=None) -> list[BucketVerdict]:
     """The study's verdicts on its current confirmation, confirming first when there is none."""
-    from results.db import Database
-
-    db = Database(storage)
-    try:
-        with db.Session() as s:
-            data = load_study(s, study)
-            s.expunge_all()
-    finally:
-        db.close()
+    data = read_study_at(storage, study)
     if data.space is None or not data.trials:
         return []
     if data.confirmations is None:

@@ -80,6 +80,7 @@ from typing import Any, Optional, Union
 
 import torch
 
+from kernels.baselines import SDPA
 from kernels.measure import is_oom
 from results.states import EndReason, TrialState
 from search_spaces.objectives import OBJECTIVE_BY_NAME, Objective
@@ -296,7 +297,7 @@ class _Candidate:
     ``family: guided``) and kernel config."""
 
     space: SearchSpace
-    pcfg: Any
+    pattern_config: Any
     kcfg: Any
 
     def kernel_at(self, block_size: int):
@@ -334,11 +335,11 @@ class TrialRunner:
 
     def _gate(self, cand: _Candidate, seed: int) -> GateReport:
         """Step 1: every distinct workload shape through its bench's gate, on inputs seeded per trial."""
-        space, pcfg = cand.space, cand.pcfg
+        space, pattern_config = cand.space, cand.pattern_config
         ftol, btol = space.gate.tolerances(DEFAULT_TOL[space.dtype])  # 0 is an exact comparison
         L = space.gate.seq_len
-        layout = nominal_layout(pcfg, L)
-        kc = cand.kernel_at(pcfg.block_size)
+        layout = nominal_layout(pattern_config, L)
+        kernel_config = cand.kernel_at(pattern_config.block_size)
         gen = torch.Generator().manual_seed(seed)
         report = GateReport(seq_len=L, sparsity=layout.sparsity, fwd_tol=ftol, bwd_tol=btol)
         seen = set()
@@ -348,7 +349,7 @@ class TrialRunner:
             if key is not None and key in seen:
                 continue
             seen.add(key)
-            report.values.update(bench.gate(pcfg, kc, layout, gen, ftol, btol))
+            report.values.update(bench.gate(pattern_config, kernel_config, layout, gen, ftol, btol))
         return report
 
     def _compile_phase(self, cand: _Candidate, L: int, B: Optional[int], result: TrialResult, seed: int) -> None:
@@ -356,25 +357,27 @@ class TrialRunner:
         one untimed call of the candidate on inputs of the cell's shape, the first time its compile
         key is met in this worker (`kernels.compile_cache`); Triton backend only (the CPU backends
         compile nothing). Its seconds go to ``timing.compile_s``, its record to ``result.compiles``."""
-        space, pcfg = cand.space, cand.pcfg
+        space, pattern_config = cand.space, cand.pattern_config
         if space.backend != "triton":
             return
         from kernels.compile_cache import compile_key
 
-        kc = cand.kernel_at(pcfg.block_size)
+        kernel_config = cand.kernel_at(pattern_config.block_size)
         for w in space.workloads:
             if w.kind not in ("msa_row", "triangle") or not w.applies(L):
                 continue
             batch = B if B is not None else w.batch(L)
             key = compile_key(backend=space.backend, dtype=space.dtype, mode=space.mode, heads=w.heads,
                               head_dim=w.head_dim, bias=w.bias, batch=batch, length=L,
-                              block_size=pcfg.block_size, kernel=None if kc is None else kc.to_dict())
-            rec = self.compiles.ensure(key, lambda: self.compile_step(space, w, pcfg, kc, L, batch, seed))
+                              block_size=pattern_config.block_size,
+                              kernel=None if kernel_config is None else kernel_config.to_dict())
+            rec = self.compiles.ensure(
+                key, lambda: self.compile_step(space, w, pattern_config, kernel_config, L, batch, seed))
             if rec is not None:
                 result.timing.compile_s += rec.seconds
                 result.compiles.append(rec.to_dict())
 
-    def compile_step(self, space: SearchSpace, w, pcfg, kc, L: int, batch: int, seed: int) -> None:
+    def compile_step(self, space: SearchSpace, w, pattern_config, kernel_config, L: int, batch: int, seed: int) -> None:
         """One pass of the candidate at (L, batch) on fresh inputs (what compiles its kernels)."""
         from kernels import sparse_attention
 
@@ -383,8 +386,8 @@ class TrialRunner:
         gen = torch.Generator().manual_seed(seed + 2)
         q, k, v, bias = random_qkv(batch, w.heads, L, w.head_dim, w.bias, space.device, DTYPES[space.dtype], gen,
                                    space.mode == "fwd+bwd")
-        lay = workload_layout(pcfg, L, nominal_layout(pcfg, L), bias, w.name)
-        one_pass(space.mode, lambda: sparse_attention(q, k, v, lay, bias, backend=space.backend, config=kc),
+        lay = workload_layout(pattern_config, L, nominal_layout(pattern_config, L), bias, w.name)
+        one_pass(space.mode, lambda: sparse_attention(q, k, v, lay, bias, backend=space.backend, config=kernel_config),
                  q, k, v, bias)()
         if space.device == "cuda":
             torch.cuda.synchronize()
@@ -393,25 +396,26 @@ class TrialRunner:
                          deadline: Optional[float] = None) -> None:
         """Steps 2 and 3: every (workload, bucket) cell (after its compile phase), then the bucket's
         accuracy; `DeadlineReached` between cells once the search's timeout has passed."""
-        space, pcfg = cand.space, cand.pcfg
+        space, pattern_config = cand.space, cand.pattern_config
         timing = result.timing
         gen = torch.Generator().manual_seed(seed + 1)
         for L in space.buckets:
-            layout = nominal_layout(pcfg, L)
-            kc = cand.kernel_at(pcfg.block_size)
+            layout = nominal_layout(pattern_config, L)
+            kernel_config = cand.kernel_at(pattern_config.block_size)
             _check_deadline(deadline)
             self._compile_phase(cand, L, None, result, seed)
             for w in space.workloads:
                 if w.applies(L):
                     _check_deadline(deadline)
-                    result.cells.append(bench_for(space, w, self).measure(pcfg, kc, layout, L, gen, timing))
+                    bench = bench_for(space, w, self)
+                    result.cells.append(bench.measure(pattern_config, kernel_config, layout, L, gen, timing))
             t0 = time.perf_counter()
-            acc = self._accuracy(space, pcfg, L)
+            acc = self._accuracy(space, pattern_config, L)
             timing.accuracy_s += time.perf_counter() - t0
             if acc is not None:
                 result.accuracy[L] = acc
 
-    def _accuracy(self, space: SearchSpace, pcfg, L: int) -> Optional[AccuracyResult]:
+    def _accuracy(self, space: SearchSpace, pattern_config, L: int) -> Optional[AccuracyResult]:
         """Every accuracy metric of the pattern at bucket L, with the chains' lengths and the layout's
         sparsity at those lengths; None when neither an objective nor a target needs accuracy."""
         targets = space.effective_targets()
@@ -419,20 +423,20 @@ class TrialRunner:
             return None
         max_chains = space.accuracy_max_chains if space.accuracy_max_chains is not None else targets.max_chains
         noise = space.accuracy_noise
-        key = (tuple(sorted(pcfg.to_dict().items())), L, tuple(space.buckets), max_chains, noise)
+        key = (tuple(sorted(pattern_config.to_dict().items())), L, tuple(space.buckets), max_chains, noise)
         if key not in self.accuracy:
             from autotune.accuracy import evaluate_pattern
             from patterns import build_layout
 
             # guided: the degraded structure's noise (default 4 A)
-            r = evaluate_pattern(pcfg, L, buckets=space.buckets, max_chains=max_chains, noise=noise)
+            r = evaluate_pattern(pattern_config, L, buckets=space.buckets, max_chains=max_chains, noise=noise)
             lengths = [int(n) for n in r.lengths]
             self.accuracy[key] = AccuracyResult(
                 metrics={k: (None if v is None else float(v)) for k, v in r.metrics.items()},  # None: no data
                 n_chains=int(r.n_chains),
                 lengths=lengths,
                 chain_sparsity=(r.sparsity if r.sparsity is not None else
-                                sum(build_layout(pcfg, n).sparsity for n in lengths) / len(lengths)
+                                sum(build_layout(pattern_config, n).sparsity for n in lengths) / len(lengths)
                                 if lengths else None),
                 max_chains=max_chains,
                 extrapolated=bool(r.extrapolated),
@@ -456,11 +460,11 @@ class TrialRunner:
                 continue
             cfgs = {}
             for number, pattern, kernel in candidates:
-                pcfg = pattern_from_dict(pattern)  # PatternConfig, or GuidedConfig (family: guided)
-                kc = KernelConfig.from_dict(kernel).for_block(pcfg.block_size) if kernel else None
-                cfgs[f"t{number}"] = (number, pcfg, kc)
+                pattern_config = pattern_from_dict(pattern)  # PatternConfig, or GuidedConfig (family: guided)
+                kernel_config = KernelConfig.from_dict(kernel).for_block(pattern_config.block_size) if kernel else None
+                cfgs[f"t{number}"] = (number, pattern_config, kernel_config)
             pt = bench_for(space, w, self).confirm_timing(L, cfgs, gen)
-            sd = pt.stats("sdpa")
+            sd = pt.stats(SDPA)
             for name, (number, _, _) in cfgs.items():
                 r = pt.ratio(name)
                 out.append({"workload": w.name, "trial_number": number, "speedup": r.point, "speedup_lo": r.lo,

@@ -47,8 +47,7 @@ class Leader:
 def read_leaders(storage: str, study: str, top: Optional[int] = None) -> list[Leader]:
     """The leaders of ``study`` per bucket (module docstring), best first within each bucket,
     buckets in increasing length."""
-    from results.db import Confirmation, Database
-    from results.verdict import leaders, load_study
+    from results.verdict import leaders, read_study_at
 
     if storage.startswith("sqlite:///") and storage != "sqlite:///:memory:":
         import os
@@ -57,13 +56,7 @@ def read_leaders(storage: str, study: str, top: Optional[int] = None) -> list[Le
             from results.storage import mask_url
 
             raise WarmStartError(f"--warm-start-storage: no results database at {mask_url(storage)}")
-    db = Database(storage, create=False)
-    try:
-        with db.Session() as s:
-            data = load_study(s, study)
-            s.expunge_all()
-    finally:
-        db.close()
+    data = read_study_at(storage, study, create=False)
     if not data.trials:
         raise WarmStartError(f"--warm-start: study {study!r} has no complete trial in the results database")
     targets = data.targets()

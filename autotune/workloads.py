@@ -36,6 +36,7 @@ import torch
 
 from autotune.evoformer.timed_pass import block_pass
 from kernels import clear_plan_caches
+from kernels.baselines import NAIVE, SDPA
 from kernels.measure import (TOLERANCES, PairedTiming, is_oom, naive_attention, peak_memory, relative_error, release_memory,
                              time_fn, time_paired)
 from results.states import EndReason
@@ -158,7 +159,7 @@ class CellMeasurement:
         candidate's peak and the baselines."""
         sdpa, naive = base.sdpa, base.naive
         floor = MEMORY_FLOOR_BYTES
-        c, s, r = pt.stats("cand"), pt.stats("sdpa"), pt.ratio("cand")
+        c, s, r = pt.stats("cand"), pt.stats(SDPA), pt.ratio("cand")
         return cls(
             workload=w.name, kind=w.kind, bucket=L, batch=B, heads=w.heads, head_dim=w.head_dim, dtype=space.dtype,
             mode=space.mode, sparsity=sparsity, time_ms=c["median_ms"], time_p10_ms=c["p10_ms"],
@@ -227,27 +228,27 @@ def paired_kwargs(space: SearchSpace, confirm: bool = False) -> dict[str, Any]:
     return space.measure.paired_kwargs(space.effective_targets().confidence, confirm)
 
 
-def nominal_layout(pcfg, L: int):
+def nominal_layout(pattern_config, L: int):
     """The layout of a static pattern; for a guided one a nominal layout (from a constant signal:
     the per-row budget, where its blocks are is decided per input)."""
     from patterns import build_layout
 
-    if getattr(pcfg, "family", "static") != "guided":
-        return build_layout(pcfg, L)
-    return build_layout(pcfg, L, signal=torch.zeros(L, L))
+    if getattr(pattern_config, "family", "static") != "guided":
+        return build_layout(pattern_config, L)
+    return build_layout(pattern_config, L, signal=torch.zeros(L, L))
 
 
-def workload_layout(pcfg, L: int, layout, bias, name: str, workspace: Optional[dict] = None):
+def workload_layout(pattern_config, L: int, layout, bias, name: str, workspace: Optional[dict] = None):
     """The layout a workload runs on: the static layout, or the guided layout chosen from the
     workload's pair bias (per head); ``workspace={}`` makes a cold guided layout (its backend
     buffers count in a peak-memory call)."""
     from patterns import build_layout
 
-    if getattr(pcfg, "family", "static") != "guided":
+    if getattr(pattern_config, "family", "static") != "guided":
         return layout
     if bias is None:
         raise ValueError(f"workload {name}: a guided pattern chooses its blocks from the pair bias; set bias: true")
-    return build_layout(pcfg, L, signal=bias.detach(), workspace=workspace)
+    return build_layout(pattern_config, L, signal=bias.detach(), workspace=workspace)
 
 
 # ---- the benches -----------------------------------------------------------------------------------
@@ -265,12 +266,14 @@ class WorkloadBench:
         """Workloads with the same key are gated once per trial (None: each one)."""
         return None
 
-    def gate(self, pcfg, kc, layout, gen: torch.Generator, ftol: float, btol: float) -> dict[str, float]:
+    def gate(self, pattern_config, kernel_config, layout, gen: torch.Generator, ftol: float,
+             btol: float) -> dict[str, float]:
         """The candidate against its reference at the gate shape (``layout``: the pattern's layout
         there): the errors (``<name>.<what>``); `GateFailed` beyond a tolerance."""
         raise NotImplementedError
 
-    def measure(self, pcfg, kc, layout, L: int, gen: torch.Generator, timing: TrialTiming) -> CellMeasurement:
+    def measure(self, pattern_config, kernel_config, layout, L: int, gen: torch.Generator,
+                timing: TrialTiming) -> CellMeasurement:
         """Time the candidate paired with SDPA, its peak memory and the baselines at bucket L."""
         raise NotImplementedError
 
@@ -300,7 +303,7 @@ class AttentionBench(WorkloadBench):
     def _pass(self, f: Callable[[], torch.Tensor], q, k, v, bias) -> Callable[[], None]:
         return one_pass(self.space.mode, f, q, k, v, bias)
 
-    def gate(self, pcfg, kc, layout, gen, ftol, btol):
+    def gate(self, pattern_config, kernel_config, layout, gen, ftol, btol):
         from kernels import reference_attention, sparse_attention
 
         space, w = self.space, self.w
@@ -308,9 +311,9 @@ class AttentionBench(WorkloadBench):
         grad = space.mode == "fwd+bwd"
         q, k, v, bias = self._inputs(B, L, gen)
         leaves = [t for t in (q, k, v, bias) if t is not None]
-        lay = workload_layout(pcfg, L, layout, bias, w.name)
+        lay = workload_layout(pattern_config, L, layout, bias, w.name)
         with torch.set_grad_enabled(grad):
-            o = sparse_attention(q, k, v, lay, bias, backend=space.backend, config=kc)
+            o = sparse_attention(q, k, v, lay, bias, backend=space.backend, config=kernel_config)
             r = reference_attention(q, k, v, lay, bias)
         out: dict[str, float] = {}
         e = relative_error(o.detach(), r.detach())
@@ -328,28 +331,28 @@ class AttentionBench(WorkloadBench):
                     raise GateFailed(EndReason.GATE_FAILED.text(f"{w.name} {name} error {e:.3g} > {btol:g} (L={L})"))
         return out
 
-    def measure(self, pcfg, kc, layout, L, gen, timing):
+    def measure(self, pattern_config, kernel_config, layout, L, gen, timing):
         from kernels import dense_attention, sparse_attention
 
         space, w = self.space, self.w
-        guided = getattr(pcfg, "family", "static") == "guided"
+        guided = getattr(pattern_config, "family", "static") == "guided"
         B = w.batch(L)
         q, k, v, bias = self._inputs(B, L, gen)
         t0 = time.perf_counter()
-        lay_w = workload_layout(pcfg, L, layout, bias, w.name)
+        lay_w = workload_layout(pattern_config, L, layout, bias, w.name)
 
         def run_on(lay, cold=False):
             if guided:  # the guided layout is built from the bias inside every timed call
                 return self._pass(lambda: sparse_attention(
-                    q, k, v, workload_layout(pcfg, L, None, bias, w.name, {} if cold else None), bias,
-                    backend=space.backend, config=kc,
+                    q, k, v, workload_layout(pattern_config, L, None, bias, w.name, {} if cold else None), bias,
+                    backend=space.backend, config=kernel_config,
                 ), q, k, v, bias)
-            return self._pass(lambda: sparse_attention(q, k, v, lay, bias, backend=space.backend, config=kc),
+            return self._pass(lambda: sparse_attention(q, k, v, lay, bias, backend=space.backend, config=kernel_config),
                               q, k, v, bias)
 
         sdpa_fn = self._pass(lambda: dense_attention(q, k, v, None, bias), q, k, v, bias)
         try:
-            pt = time_paired({"sdpa": sdpa_fn, "cand": run_on(layout)}, baseline="sdpa", device=self.device,
+            pt = time_paired({SDPA: sdpa_fn, "cand": run_on(layout)}, baseline=SDPA, device=self.device,
                              **paired_kwargs(space))
             # a cold call on a new layout object, so that workspaces a backend keeps per layout (the
             # cpu backend's K^T tiles) count towards the peak
@@ -374,9 +377,9 @@ class AttentionBench(WorkloadBench):
         w, space = self.w, self.space
         key = (w.heads, w.head_dim, w.bias, L, B, space.dtype, space.mode, space.device)
         return self._cached(key, lambda: {
-            name: measure_baseline(space, self._pass(f, q, k, v, bias), time_it=(name == "naive"))
-            for name, f in (("sdpa", lambda: dense_attention(q, k, v, None, bias)),
-                            ("naive", lambda: naive_attention(q, k, v, bias)))})
+            name: measure_baseline(space, self._pass(f, q, k, v, bias), time_it=(name == NAIVE))
+            for name, f in ((SDPA, lambda: dense_attention(q, k, v, None, bias)),
+                            (NAIVE, lambda: naive_attention(q, k, v, bias)))})
 
     def confirm_timing(self, L, cfgs, gen):
         from kernels import dense_attention, sparse_attention
@@ -384,17 +387,17 @@ class AttentionBench(WorkloadBench):
         space, w = self.space, self.w
         q, k, v, bias = self._inputs(w.batch(L), L, gen)
 
-        def cand(pcfg, kc):
+        def cand(pattern_config, kernel_config):
             # a guided candidate chooses its layout from the bias inside every timed call
-            lay = nominal_layout(pcfg, L)
+            lay = nominal_layout(pattern_config, L)
             return self._pass(lambda: sparse_attention(
-                q, k, v, workload_layout(pcfg, L, lay, bias, w.name), bias, backend=space.backend, config=kc,
+                q, k, v, workload_layout(pattern_config, L, lay, bias, w.name), bias, backend=space.backend, config=kernel_config,
             ), q, k, v, bias)
 
-        fns = {"sdpa": self._pass(lambda: dense_attention(q, k, v, None, bias), q, k, v, bias)}
-        for name, (_, pcfg, kc) in cfgs.items():
-            fns[name] = cand(pcfg, kc)
-        return time_paired(fns, baseline="sdpa", device=self.device, **paired_kwargs(space, confirm=True))
+        fns = {SDPA: self._pass(lambda: dense_attention(q, k, v, None, bias), q, k, v, bias)}
+        for name, (_, pattern_config, kernel_config) in cfgs.items():
+            fns[name] = cand(pattern_config, kernel_config)
+        return time_paired(fns, baseline=SDPA, device=self.device, **paired_kwargs(space, confirm=True))
 
 
 class EvoformerBench(WorkloadBench):
@@ -424,11 +427,11 @@ class EvoformerBench(WorkloadBench):
         z = torch.randn(L, L, w.c_z, generator=g, device=device, dtype=dtype)
         return m, z
 
-    def candidate(self, pcfg, kc):
+    def candidate(self, pattern_config, kernel_config):
         """The sparse attention choice of the block (MSA row and both triangle attentions)."""
         from models.evoformer import EvoformerAttention
 
-        return EvoformerAttention.sparse(pcfg, self.space.backend, kc)
+        return EvoformerAttention.sparse(pattern_config, self.space.backend, kernel_config)
 
     def _fns(self, block, m, z, sparse: dict[str, Any]) -> dict[str, Callable[[], None]]:
         """Callables of one pass of the block with dense SDPA ("sdpa") and with each sparse
@@ -441,7 +444,7 @@ class EvoformerBench(WorkloadBench):
                 fn()
             return call
 
-        return {"sdpa": with_att(None), **{name: with_att(att) for name, att in sparse.items()}}
+        return {SDPA: with_att(None), **{name: with_att(att) for name, att in sparse.items()}}
 
     def _outputs(self, block, attention, m, z, params) -> tuple:
         """(m out, z out, parameter gradients or None) of one pass with ``attention``."""
@@ -458,18 +461,19 @@ class EvoformerBench(WorkloadBench):
             grads = torch.autograd.grad((om, oz), [p for _, p in params], (gm, gz), allow_unused=True)
         return om.detach(), oz.detach(), grads
 
-    def gate(self, pcfg, kc, layout, gen, ftol, btol):
+    def gate(self, pattern_config, kernel_config, layout, gen, ftol, btol):
         from models.evoformer import AttentionChoice, EvoformerAttention
 
         space, w = self.space, self.w
         L, depth = space.gate.seq_len, min(space.gate.batch, w.msa_depth)
         block = self.block()
         m, z = self.inputs(L, depth, gen)
-        masked = AttentionChoice("naive", pcfg)
-        reference = EvoformerAttention(msa_row=masked, tri_start=masked, tri_end=masked, msa_col="naive")
+        masked = AttentionChoice(NAIVE, pattern_config)
+        reference = EvoformerAttention(msa_row=masked, tri_start=masked, tri_end=masked, msa_col=NAIVE)
         params = list(block.named_parameters())
         try:
-            res = [self._outputs(block, att, m, z, params) for att in (self.candidate(pcfg, kc), reference)]
+            candidate = self.candidate(pattern_config, kernel_config)
+            res = [self._outputs(block, att, m, z, params) for att in (candidate, reference)]
         finally:
             block.set_attention(None)
         out: dict[str, float] = {f"{w.name}.msa_depth": depth}
@@ -500,20 +504,20 @@ class EvoformerBench(WorkloadBench):
                 raise GateFailed(EndReason.GATE_FAILED.text(f"{name} {group} parameter gradient error {e:.3g} > {btol:g} (L={L})"))
         return out
 
-    def measure(self, pcfg, kc, layout, L, gen, timing):
+    def measure(self, pattern_config, kernel_config, layout, L, gen, timing):
         space, w = self.space, self.w
         block = self.block()
         m, z = self.inputs(L, w.msa_depth, gen)
         fn = block_pass(block, m, z, space.mode)
         t0 = time.perf_counter()
         try:
-            pt = time_paired(self._fns(block, m, z, {"cand": self.candidate(pcfg, kc)}), baseline="sdpa",
+            pt = time_paired(self._fns(block, m, z, {"cand": self.candidate(pattern_config, kernel_config)}), baseline=SDPA,
                              device=self.device, **paired_kwargs(space))
             from models.evoformer.attention import cached_layout
 
             cached_layout.cache_clear()  # a cold call: per-layout workspaces of the backend count
             clear_plan_caches()
-            block.set_attention(self.candidate(pcfg, kc))
+            block.set_attention(self.candidate(pattern_config, kernel_config))
             mem, mem_method = peak_memory(fn, device=self.device)
         except Exception as e:  # noqa: BLE001
             if is_oom(e):
@@ -538,9 +542,9 @@ class EvoformerBench(WorkloadBench):
         def measure() -> dict[str, Optional[Baseline]]:
             res: dict[str, Optional[Baseline]] = {}
             try:
-                for name in ("sdpa", "naive"):
+                for name in (SDPA, NAIVE):
                     block.set_attention(name)
-                    res[name] = measure_baseline(space, fn, time_it=(name == "naive"))
+                    res[name] = measure_baseline(space, fn, time_it=(name == NAIVE))
             finally:
                 block.set_attention(None)
             return res
@@ -550,9 +554,10 @@ class EvoformerBench(WorkloadBench):
     def confirm_timing(self, L, cfgs, gen):
         block = self.block()
         m, z = self.inputs(L, self.w.msa_depth, gen)
-        fns = self._fns(block, m, z, {name: self.candidate(pcfg, kc) for name, (_, pcfg, kc) in cfgs.items()})
+        fns = self._fns(block, m, z, {name: self.candidate(pattern_config, kernel_config)
+                                      for name, (_, pattern_config, kernel_config) in cfgs.items()})
         try:
-            return time_paired(fns, baseline="sdpa", device=self.device, **paired_kwargs(self.space, confirm=True))
+            return time_paired(fns, baseline=SDPA, device=self.device, **paired_kwargs(self.space, confirm=True))
         finally:
             block.set_attention(None)
 

@@ -29,6 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from autotune.evoformer.bench import SMALL_DIMS, default_block_size, device_tag, sparsity_pattern  # noqa: E402
 from autotune.evoformer.timed_pass import block_pass  # noqa: E402
+from kernels.baselines import SDPA  # noqa: E402
 from models.evoformer import EvoformerAttention, EvoformerBlock  # noqa: E402
 from patterns import GuidedConfig  # noqa: E402
 
@@ -39,7 +40,7 @@ FIELDS = ["device", "dtype", "L", "depth", "mode", "variant", "wall_ms_per_pass"
 def variants(L: int, sparsity: float, backend: str) -> dict[str, EvoformerAttention]:
     bs = default_block_size(L)
     return {
-        "sdpa": EvoformerAttention.uniform("sdpa"),
+        SDPA: EvoformerAttention.uniform(SDPA),
         f"static@{sparsity:g}": EvoformerAttention.sparse(sparsity_pattern(sparsity, L, bs), backend),
         f"guided@{sparsity:g}": EvoformerAttention.sparse(GuidedConfig(bs, keep=round(1 - sparsity, 4), pool="max"), backend),
     }

@@ -36,6 +36,7 @@ def retime(tuned: str, repeats: int = 41, seed: int = 0) -> list[dict[str, Any]]
     import torch
     import yaml
 
+    from kernels.baselines import SDPA
     from kernels.measure import time_paired
     from search_spaces.space import Workload
     from autotune.workloads import DTYPES, nominal_layout, one_pass, random_qkv, workload_layout
@@ -49,26 +50,26 @@ def retime(tuned: str, repeats: int = 41, seed: int = 0) -> list[dict[str, Any]]
     out = []
     for b in doc["buckets"]:
         L = b["seq_len"]
-        pcfg = pattern_from_dict(b["pattern"])  # static, or guided (its layout chosen from the bias per call)
-        kc = KernelConfig.from_dict(b["kernel"]).for_block(pcfg.block_size) if b.get("kernel") else None
-        layout = nominal_layout(pcfg, L)
+        pattern_config = pattern_from_dict(b["pattern"])  # static, or guided (its layout chosen from the bias per call)
+        kernel_config = KernelConfig.from_dict(b["kernel"]).for_block(pattern_config.block_size) if b.get("kernel") else None
+        layout = nominal_layout(pattern_config, L)
         for name, exp in b["speedup"].items():
             w = workloads[name]
             if w.kind == "evoformer":
                 continue  # whole-block re-timing: python -m autotune.evoformer.bench
             B = w.batch(L)
             q, k, v, bias = random_qkv(B, w.heads, L, w.head_dim, w.bias, device, dtype, gen, mode == "fwd+bwd")
-            fns = {"sdpa": one_pass(mode, lambda: dense_attention(q, k, v, None, bias), q, k, v, bias),
+            fns = {SDPA: one_pass(mode, lambda: dense_attention(q, k, v, None, bias), q, k, v, bias),
                    "cand": one_pass(mode, lambda: sparse_attention(
-                       q, k, v, workload_layout(pcfg, L, layout, bias, name), bias, backend=backend, config=kc,
+                       q, k, v, workload_layout(pattern_config, L, layout, bias, name), bias, backend=backend, config=kernel_config,
                    ), q, k, v, bias)}
-            pt = time_paired(fns, baseline="sdpa", device=device, warmup=3, repeats=repeats, max_repeats=repeats,
+            pt = time_paired(fns, baseline=SDPA, device=device, warmup=3, repeats=repeats, max_repeats=repeats,
                              rel_width=0.0, time_cap_s=1e9)
             r = pt.ratio("cand")
             target = b.get("speedup_min")
             out.append({"bucket": L, "workload": name, "trial": b["source"]["trial"], "sparsity": b["sparsity"],
                         "rounds": pt.rounds, "speedup": r.point, "lo": r.lo, "hi": r.hi, "level": r.level,
-                        "sdpa_ms": pt.stats("sdpa")["median_ms"], "cand_ms": pt.stats("cand")["median_ms"],
+                        "sdpa_ms": pt.stats(SDPA)["median_ms"], "cand_ms": pt.stats("cand")["median_ms"],
                         "exported": exp["median"], "exported_lo": exp["lo"], "exported_hi": exp["hi"],
                         "inside_exported_interval": exp["lo"] <= r.point <= exp["hi"],
                         "intervals_overlap": r.lo <= exp["hi"] and exp["lo"] <= r.hi,

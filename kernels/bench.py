@@ -1,6 +1,7 @@
 """Benchmark of the attention backends on the two AlphaFold2 EvoFormer workloads: ``python -m kernels.bench``.
 
-Workloads (head dim 32, pair bias shared over the batch):
+Workloads (head dim 32, pair bias shared over the batch; shapes and batch rule from the one
+registry, `kernels.workloads.BENCH_WORKLOADS`):
 
 * ``row``: MSA row attention with pair bias: batch = 32768 // L MSA rows (GPU), 8 heads, bias [1, 8, L, L];
 * ``tri``: triangle attention (starting node): batch = L rows, 4 heads, bias [1, 4, L, L].
@@ -71,20 +72,21 @@ from patterns.output import check_output_path, write_output
 from patterns.sparsity import pattern_for_sparsity
 
 from . import backends as registry
+from .baselines import NAIVE, SDPA
 from .config import KernelConfig
 from .plans import clear_plan_caches
 from .dense import dense_attention
 from .measure import measure_time, peak_memory, relative_error, release_memory, timer_method, tolerance
 from .reference import reference_attention
+from .workloads import BENCH_WORKLOADS, HEAD_DIM
 
-HEAD_DIM = 32
 BLOCK_SIZE = 64
-WORKLOADS = {"row": 8, "tri": 4}  # heads
+WORKLOADS = BENCH_WORKLOADS  # name -> shape (heads, head dim, batch rule)
 GPU_LENGTHS = {"row": (512, 1024, 2048, 4096), "tri": (512, 1024, 2048)}
 CPU_LENGTHS = {"row": (1024, 2048, 4096), "tri": (256,)}
 SPARSITIES = (0, 50, 75, 90)
 DTYPES = ("bfloat16", "float16", "float32", "float64")
-BACKENDS = ("sdpa", "flex", "triton", "cpu", "naive")  # in the order they run
+BACKENDS = (SDPA, "flex", "triton", "cpu", NAIVE)  # in the order they run
 RESULTS_DIR = Path(__file__).resolve().parent.parent / "benchmarks" / "results"
 
 CSV_FIELDS = [
@@ -130,9 +132,8 @@ def _triton_version() -> str:
 
 
 def default_batch(workload: str, L: int, device: torch.device) -> int:
-    if device.type == "cuda":
-        return max(1, 32768 // L) if workload == "row" else L
-    return 1 if workload == "row" else 8
+    """The workload's batch at L on ``device`` (`kernels.workloads.AttentionShape.batch`)."""
+    return WORKLOADS[workload].batch(L, device.type)
 
 
 # ---- measurement ---------------------------------------------------------------------------------
@@ -154,9 +155,9 @@ def peak_mib(fn: Callable[[], None], device: torch.device) -> tuple[float, str]:
 def _run_backend(name: str, q, k, v, layout, bias, **kernel):
     """One call of ``name``: ``sdpa`` (the dense baseline, no layout), ``naive`` (the materialised
     reference), or a registered sparse backend through the registry (`kernels.backends`)."""
-    if name == "sdpa":
+    if name == SDPA:
         return dense_attention(q, k, v, None, bias)
-    if name == "naive":
+    if name == NAIVE:
         return reference_attention(q, k, v, layout, bias)
     return registry.get(name).run(q, k, v, layout, bias, scale=None, config=kernel.get("config"))
 
@@ -175,7 +176,7 @@ def check_backend(name: str, q, k, v, layout, bias, max_ref_elems: int, **kernel
             out = _run_backend(name, q, k, v, layout, bias, **kernel)
         except Exception as exc:  # noqa: BLE001 - reported as FAIL
             return False, f"error: {type(exc).__name__}: {exc}"[:300]
-        ref = reference_attention(q, k, v, None if name == "sdpa" else layout, bias)
+        ref = reference_attention(q, k, v, None if name == SDPA else layout, bias)
         err = relative_error(out, ref)
     tol = tolerance(q.dtype).fwd
     return err <= tol, f"max rel err {err:.2e} (tol {tol:.0e})"
@@ -249,7 +250,7 @@ class CaseLayout:
 def _backends(device: torch.device, selected: Optional[list[str]]) -> list[str]:
     if selected is not None:  # explicit choice (triton on a CPU runs under TRITON_INTERPRET=1)
         return [n for n in BACKENDS if n in selected]
-    return ["sdpa", "flex", registry.auto_backend(device), "naive"]
+    return [SDPA, "flex", registry.auto_backend(device), NAIVE]
 
 
 def case_layout(case: Case, bias: torch.Tensor) -> CaseLayout:
@@ -277,7 +278,7 @@ def _pass_fn(name: str, p: str, inputs, lay: CaseLayout, cold: bool, kernel: dic
     backward into q, k, v and the bias); a guided case builds its layout from the bias inside it,
     except for ``sdpa``, the dense baseline, which reads no layout."""
     q, k, v, bias = inputs
-    layout_of = (lambda signal: lay.layout) if name == "sdpa" else (lambda signal: lay.for_call(signal, cold))
+    layout_of = (lambda signal: lay.layout) if name == SDPA else (lambda signal: lay.for_call(signal, cold))
     if p == "fwd":
         def fwd():
             with torch.no_grad():
@@ -329,7 +330,7 @@ def _measure_pass(name: str, p: str, inputs, lay: CaseLayout, kernel: dict, buil
         return {"status": f"error: {type(exc).__name__}"}
     row = {"status": "ok", "ms": round(ms, 4), "mib": round(mib, 1), "memory_method": mem_method}
     build = ""
-    if build_ms is not None and name != "sdpa":  # sdpa ignores the layout: nothing is built
+    if build_ms is not None and name != SDPA:  # sdpa ignores the layout: nothing is built
         row.update(build_ms=round(build_ms, 4), build_share=round(build_ms / ms, 4) if ms > 0 else "")
         build = f", build {build_ms:.3f} ms = {build_ms / ms:.1%}" if ms > 0 else ""
     print(f"    {name:7s} {p:6s} {ms:10.3f} ms {mib:9.1f} MiB  ({msg}{build})", flush=True)
@@ -338,7 +339,7 @@ def _measure_pass(name: str, p: str, inputs, lay: CaseLayout, kernel: dict, buil
 
 def run_case(case: Case, args, device, dtype, backends, rows, t_start) -> None:
     """Gate, time and measure every backend and pass of one case; appends one row per (pass, backend)."""
-    heads = WORKLOADS[case.workload]
+    heads = WORKLOADS[case.workload].heads
     L, B = case.L, case.batch
     inputs = _case_inputs(case, heads, device, dtype)
     lay = case_layout(case, inputs[3])
@@ -357,7 +358,7 @@ def run_case(case: Case, args, device, dtype, backends, rows, t_start) -> None:
           f"actual={lay.layout.sparsity:.3f} ({what})", flush=True)
     build_ms = _build_ms(lay, inputs[3], args)
     for name in backends:
-        if name == "naive" and B * heads * L * L * 4 * 4 > args.naive_max_bytes:
+        if name == NAIVE and B * heads * L * L * 4 * 4 > args.naive_max_bytes:
             rows.extend({**base, "pass": p, "backend": name, "status": "skip (memory)"} for p in args.passes)
             continue
         ok, msg, kernel = _gate(name, inputs, lay, args, device)
@@ -366,7 +367,7 @@ def run_case(case: Case, args, device, dtype, backends, rows, t_start) -> None:
             rows.extend({**base, "pass": p, "backend": name, "status": "FAIL"} for p in args.passes)
             continue
         for p in args.passes:
-            if p == "fwdbwd" and name not in ("sdpa", "naive") and not registry.get(name).supports_grad(device):
+            if p == "fwdbwd" and name not in (SDPA, NAIVE) and not registry.get(name).supports_grad(device):
                 continue  # a backend without gradients on this device (FlexAttention on CPU)
             if p == "fwdbwd" and name == "flex" and inputs[0].shape[0] * inputs[0].shape[1] * inputs[0].shape[2] ** 2 >= FLEX_BWD_MAX_SCORES:
                 # FlexAttention's backward with a bias gradient over B*H*L*L >= 2^31 scores hit an
@@ -395,7 +396,7 @@ def add_speedups(rows: list[dict]) -> None:
         if r.get("status") == "ok":
             ms_of[(key(r), r["backend"])] = float(r["ms"])
     for r in rows:
-        for other in ("sdpa", "flex"):
+        for other in (SDPA, "flex"):
             ref = ms_of.get((key(r), other))
             mine = float(r["ms"]) if r.get("status") == "ok" else None
             r[f"speedup_vs_{other}"] = round(ref / mine, 3) if ref and mine else ""

@@ -293,9 +293,9 @@ def _bias_view(bias: torch.Tensor, L: int) -> torch.Tensor:
 def _args(q, k, v, kt, bias, index, block_size: int, seq_len: int, scale: float) -> _Args:
     """The kernel's arguments; q, k, v [B, H, L or Lp, D] are read through their strides."""
     B, H, _, D = q.shape
-    kc, ki, qc, qi = index
+    kv_cnt, kv_idx, q_cnt, q_idx = index
     a = _Args()
-    a.B, a.H, a.L, a.Lp, a.D, a.BS, a.nb = B, H, seq_len, kc.shape[-1] * block_size, D, block_size, kc.shape[-1]
+    a.B, a.H, a.L, a.Lp, a.D, a.BS, a.nb = B, H, seq_len, kv_cnt.shape[-1] * block_size, D, block_size, kv_cnt.shape[-1]
     a.q, a.k, a.v, a.kt = q.data_ptr(), k.data_ptr(), v.data_ptr(), kt.data_ptr()
     a.sq_b, a.sq_h, a.sq_l = q.stride(0), q.stride(1), q.stride(2)
     a.sk_b, a.sk_h, a.sk_l = k.stride(0), k.stride(1), k.stride(2)
@@ -305,8 +305,8 @@ def _args(q, k, v, kt, bias, index, block_size: int, seq_len: int, scale: float)
         a.sb_b = bias.stride(0) if bias.shape[0] > 1 else 0
         a.sb_h = bias.stride(1) if bias.shape[1] > 1 else 0
         a.sb_i = bias.stride(2)
-    a.lh = kc.shape[0]
-    a.kv_cnt, a.kv_idx, a.q_cnt, a.q_idx = kc.data_ptr(), ki.data_ptr(), qc.data_ptr(), qi.data_ptr()
+    a.lh = kv_cnt.shape[0]
+    a.kv_cnt, a.kv_idx, a.q_cnt, a.q_idx = kv_cnt.data_ptr(), kv_idx.data_ptr(), q_cnt.data_ptr(), q_idx.data_ptr()
     a.scale = scale
     return a
 
@@ -326,21 +326,21 @@ def _check_op_args(q, k, v, bias, index, block_size: int, seq_len: int) -> tuple
             f"fused CPU kernel: need seq_len == L ({seq_len} vs {L}), head dim in {HEAD_DIMS} (got {D}), "
             f"block size in {BLOCK_SIZES} (got {block_size})"
         )
-    kc, ki, qc, qi = index
+    kv_cnt, kv_idx, q_cnt, q_idx = index
     if any(t.device.type != "cpu" for t in index):
         # the kernel reads the index through host pointers: a CUDA (or meta) tensor would be garbage
         raise ValueError(
             f"fused CPU kernel: the layout's index tensors must be CPU tensors (BlockLayout.index_on('cpu')); "
             f"got {sorted({str(t.device) for t in index})}"
         )
-    lh, nb = kc.shape[0], kc.shape[-1]
+    lh, nb = kv_cnt.shape[0], kv_cnt.shape[-1]
     if (
-        kc.dim() != 2 or qc.shape != kc.shape or ki.shape != (lh, nb, nb) or qi.shape != ki.shape
+        kv_cnt.dim() != 2 or q_cnt.shape != kv_cnt.shape or kv_idx.shape != (lh, nb, nb) or q_idx.shape != kv_idx.shape
         or lh not in (1, H) or nb != -(-L // block_size)
     ):
         raise ValueError(
             f"fused CPU kernel: index tensors do not fit L={L}, block_size={block_size}, H={H}: "
-            f"kv_counts {list(kc.shape)}, kv_indices {list(ki.shape)}, q_counts {list(qc.shape)}, q_indices {list(qi.shape)}"
+            f"kv_counts {list(kv_cnt.shape)}, kv_indices {list(kv_idx.shape)}, q_counts {list(q_cnt.shape)}, q_indices {list(q_idx.shape)}"
         )
     if bias is not None and (
         bias.dim() != 4 or bias.dtype != torch.float32 or bias.shape[0] not in (1, B) or bias.shape[1] not in (1, H)
@@ -419,8 +419,8 @@ def _fwd_items(kv_counts: torch.Tensor, B: int, H: int) -> torch.Tensor:
     plan = layout_plans(kv_counts)
     key = ("rows", B, H, kv_counts._version)
     if key not in plan:
-        kc = kv_counts.to(torch.int64)  # [lh, nb]
-        per = kc.expand(H, -1) if kc.shape[0] == 1 else kc
+        counts = kv_counts.to(torch.int64)  # [lh, nb]
+        per = counts.expand(H, -1) if counts.shape[0] == 1 else counts
         cost = per.unsqueeze(0).expand(B, -1, -1).reshape(-1)
         plan[key] = torch.argsort(cost, descending=True, stable=True).contiguous()
     return plan[key]
@@ -432,8 +432,8 @@ def _group_items(q_counts: torch.Tensor, gB: int, gH: int, B: int, H: int) -> to
     plan = layout_plans(q_counts)
     key = ("cols", gB, gH, B, H, q_counts._version)
     if key not in plan:
-        qc = q_counts.to(torch.int64)  # [lh, nb]
-        per_h = qc.expand(H, -1) if qc.shape[0] == 1 else qc  # [H, nb]
+        counts = q_counts.to(torch.int64)  # [lh, nb]
+        per_h = counts.expand(H, -1) if counts.shape[0] == 1 else counts  # [H, nb]
         per_g = per_h.sum(0, keepdim=True) if gH == 1 else per_h  # [gH, nb]
         per_g = per_g * (B if gB == 1 else 1)
         cost = per_g.unsqueeze(0).expand(gB, -1, -1).reshape(-1)

@@ -51,7 +51,7 @@ def reference_attention(
     """softmax(q k^T * scale + bias) v over the pairs of ``layout`` (all pairs if None)."""
     ct = compute_dtype(q.dtype)
     scale = resolve_scale(q.shape[-1], scale)
-    qc, kc, vc = q.to(ct), k.to(ct), v.to(ct)
+    q_compute, k_compute, v_compute = q.to(ct), k.to(ct), v.to(ct)
     zero = torch.zeros((), dtype=ct, device=q.device)
     allowed = None
     if layout is not None and not layout.is_full:
@@ -61,13 +61,13 @@ def reference_attention(
     # neither the output nor autograd ever forms 0 * NaN with a value outside the layout. The
     # dense q k^T and p v below would (their backward multiplies a pair's zero gradient by it).
     pairwise = allowed is not None and (
-        not math.isfinite(scale) or not all(bool(torch.isfinite(t).all()) for t in (qc, kc, vc))
+        not math.isfinite(scale) or not all(bool(torch.isfinite(t).all()) for t in (q_compute, k_compute, v_compute))
     )
     if pairwise:
         a5 = allowed.unsqueeze(-1)
-        s = (torch.where(a5, qc.unsqueeze(-2), zero) * torch.where(a5, kc.unsqueeze(-3), zero)).sum(-1) * scale
+        s = (torch.where(a5, q_compute.unsqueeze(-2), zero) * torch.where(a5, k_compute.unsqueeze(-3), zero)).sum(-1) * scale
     else:
-        s = torch.matmul(qc, kc.transpose(-1, -2)) * scale
+        s = torch.matmul(q_compute, k_compute.transpose(-1, -2)) * scale
     if bias is not None:
         s = s + bias.to(ct)
     if allowed is not None:
@@ -79,7 +79,7 @@ def reference_attention(
     if allowed is not None:
         p = torch.where(allowed, p, zero)  # a NaN row's softmax is NaN outside the layout too
     if pairwise:
-        out = (p.unsqueeze(-1) * torch.where(a5, vc.unsqueeze(-3), zero)).sum(-2)
+        out = (p.unsqueeze(-1) * torch.where(a5, v_compute.unsqueeze(-3), zero)).sum(-2)
     else:
-        out = torch.matmul(p, vc)
+        out = torch.matmul(p, v_compute)
     return torch.where(live, out, zero).to(q.dtype)

@@ -7,6 +7,9 @@ number, or not positive is left out, and the result says so. It returns a `GeoMe
 when something was left out it also logs one warning on the ``autotune`` logger naming ``what``,
 so a mean over fewer cells than expected is never silent. Callers that must not warn (a value
 expected to be missing) pass ``quiet=True`` and read ``dropped`` themselves.
+
+``cell_field(cell, key)`` reads one field of a cell the same way whatever its form (a measurement
+dict, a stored row), for the verdict and the export.
 """
 
 from __future__ import annotations
@@ -16,9 +19,14 @@ import math
 from dataclasses import dataclass
 from typing import Any, Iterable, Optional
 
-__all__ = ["GeoMean", "geomean"]
+__all__ = ["GeoMean", "cell_field", "geomean"]
 
 log = logging.getLogger("autotune")
+
+
+def cell_field(cell: Any, key: str, default: Any = None) -> Any:
+    """A cell's field by name: a dict's entry or a row's attribute, ``default`` when it has none."""
+    return cell.get(key, default) if isinstance(cell, dict) else getattr(cell, key, default)
 
 
 @dataclass(frozen=True)

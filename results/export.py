@@ -38,6 +38,7 @@ from patterns.output import write_output
 
 from kernels.tuned import FORMAT, TunedFile, kernel_fingerprint
 
+from .aggregate import cell_field
 from .storage import mask_url, sqlite_file
 
 RULE = ("per bucket (results.verdict): the confirmed leader - re-measured interleaved with SDPA and the other "
@@ -91,10 +92,6 @@ def _load_live(db, study: str):
 
 def _clean(d: Optional[dict]) -> Optional[dict]:
     return None if d is None else {k: v for k, v in d.items() if v is not None}
-
-
-def _g(c: Any, k: str) -> Any:
-    return c.get(k) if isinstance(c, dict) else getattr(c, k, None)
 
 
 def running_trials(db, study: str, alive: Optional[Callable[[Any], bool]] = None) -> int:
@@ -197,7 +194,7 @@ def document(study: str, data: Any) -> dict[str, Any]:
 
 
 def _per_workload(cells: list[Any], key: str) -> dict[str, Optional[float]]:
-    return {_g(c, "workload"): _r(_g(c, key)) for c in cells}
+    return {cell_field(c, "workload"): _r(cell_field(c, key)) for c in cells}
 
 
 def _bucket(study: str, v: Any, t: Any, runs: dict[int, Any], space: Any, targets: Any) -> dict[str, Any]:
@@ -206,7 +203,7 @@ def _bucket(study: str, v: Any, t: Any, runs: dict[int, Any], space: Any, target
     from .verdict import caveats, memory_ratio
 
     cells = v.cells
-    acc = _g(cells[0], "accuracy") or {}
+    acc = cell_field(cells[0], "accuracy") or {}
     run = runs.get(t.run_id)
     lengths = acc.get("lengths") or []
     sb = targets.bound("speedup")
@@ -219,10 +216,12 @@ def _bucket(study: str, v: Any, t: Any, runs: dict[int, Any], space: Any, target
         "pattern": dict(t.pattern),
         "kernel": dict(t.kernel) if t.kernel else None,
         "source": {"study": study, "trial": t.number, "run_id": t.run_id,
-                   "confirmation": sorted({_g(c, "confirmation_id") for c in cells if _g(c, "confirmation_id")})},
-        "sparsity": round(_g(cells[0], "sparsity"), 6),
-        "speedup": {_g(c, "workload"): {"median": _r(_g(c, "speedup")), "lo": _r(_g(c, "speedup_lo")),
-                                        "hi": _r(_g(c, "speedup_hi")), "repeats": _g(c, "repeats")} for c in cells},
+                   "confirmation": sorted({i for c in cells if (i := cell_field(c, "confirmation_id"))})},
+        "sparsity": round(cell_field(cells[0], "sparsity"), 6),
+        "speedup": {cell_field(c, "workload"): {"median": _r(cell_field(c, "speedup")),
+                                                "lo": _r(cell_field(c, "speedup_lo")),
+                                                "hi": _r(cell_field(c, "speedup_hi")),
+                                                "repeats": cell_field(c, "repeats")} for c in cells},
         "speedup_geomean": _r(v.speedup),
         "speedup_interval": [_r(v.lo), _r(v.hi)],
         "speedup_from": "holdout" if v.holdout else "confirmation",
@@ -233,9 +232,11 @@ def _bucket(study: str, v: Any, t: Any, runs: dict[int, Any], space: Any, target
         "peak_mib": _per_workload(cells, "peak_mib"),
         "sdpa_peak_mib": _per_workload(cells, "sdpa_peak_mib"),
         "naive_peak_mib": _per_workload(cells, "naive_peak_mib"),
-        "memory_vs_naive": {_g(c, "workload"): _r(memory_ratio(_g(c, "peak_mib"), _g(c, "naive_peak_mib"), floor))
+        "memory_vs_naive": {cell_field(c, "workload"): _r(memory_ratio(cell_field(c, "peak_mib"),
+                                                                       cell_field(c, "naive_peak_mib"), floor))
                             for c in cells},
-        "memory_vs_sdpa": {_g(c, "workload"): _r(memory_ratio(_g(c, "peak_mib"), _g(c, "sdpa_peak_mib"), floor))
+        "memory_vs_sdpa": {cell_field(c, "workload"): _r(memory_ratio(cell_field(c, "peak_mib"),
+                                                                      cell_field(c, "sdpa_peak_mib"), floor))
                            for c in cells},
         "accuracy": {k: _r(x) for k, x in (acc.get("metrics") or {}).items()},
         "accuracy_chains": {"n": acc.get("n_chains"), "lengths": [min(lengths), max(lengths)] if lengths else None,

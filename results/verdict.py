@@ -47,7 +47,7 @@ from typing import Any, Iterable, Optional
 from search_spaces.objectives import TARGET_OBJECTIVES, memory_ratio  # noqa: F401  (memory_ratio: read here by the export, report)
 from search_spaces.space import SearchSpace, Targets
 
-from .aggregate import geomean
+from .aggregate import cell_field, geomean
 from .states import TrialState
 from .tables import Confirmation  # noqa: F401  (the at_confirmations table; named here for compatibility)
 from .ties import Orphans
@@ -63,12 +63,6 @@ NOISE_SPREAD = 2.0  # the noise check: an SDPA baseline whose median spreads mor
 # ---- per-cell checks ---------------------------------------------------------------------------------
 
 
-def _g(c: Any, key: str, default: Any = None) -> Any:
-    if isinstance(c, dict):
-        return c.get(key, default)
-    return getattr(c, key, default)
-
-
 def _metrics(acc: Any) -> dict[str, float]:
     if not isinstance(acc, dict):
         return {}
@@ -81,8 +75,8 @@ def cell_values(targets: Targets, c: Any) -> dict[str, Optional[float]]:
     objective's target rule (`search_spaces.objectives`): ``speedup`` is the lower end of the
     cell's interval when it has one (``speedup_lo``), memory ratios floored at the study's
     resolution; then each accuracy bound's metric."""
-    acc = _metrics(_g(c, "accuracy"))
-    out: dict[str, Optional[float]] = {o.name: o.target(lambda k: _g(c, k), targets.memory_floor_mib)
+    acc = _metrics(cell_field(c, "accuracy"))
+    out: dict[str, Optional[float]] = {o.name: o.target(lambda k: cell_field(c, k), targets.memory_floor_mib)
                                        for o in TARGET_OBJECTIVES}  # each target's rule (its record)
     for b in targets.bounds:
         if b.accuracy_metric:
@@ -108,7 +102,7 @@ def _geomean(xs: Iterable[Optional[float]], what: str = "cell values") -> Option
 
 def extrapolated(c: Any, bucket: int) -> bool:
     """Whether the cell's accuracy comes from chains far from the bucket's length."""
-    acc = _g(c, "accuracy")
+    acc = cell_field(c, "accuracy")
     if not isinstance(acc, dict):
         return False
     if acc.get("extrapolated"):
@@ -167,8 +161,8 @@ def noisy_workloads(cells_by_trial: dict[int, list[Any]]) -> dict[int, list[str]
     seen: dict[tuple, list[float]] = {}
     for cells in cells_by_trial.values():
         for c in cells:
-            if _g(c, "sdpa_ms"):
-                seen.setdefault((_g(c, "bucket"), _g(c, "workload")), []).append(_g(c, "sdpa_ms"))
+            if cell_field(c, "sdpa_ms"):
+                seen.setdefault((cell_field(c, "bucket"), cell_field(c, "workload")), []).append(cell_field(c, "sdpa_ms"))
     out: dict[int, list[str]] = {}
     for (L, w), xs in sorted(seen.items()):
         if len(xs) > 1 and max(xs) > NOISE_SPREAD * min(xs):
@@ -198,27 +192,30 @@ def caveats(v: "BucketVerdict") -> list[str]:
 def above_sparsity_bound(c: Any) -> bool:
     """Whether a speedup over SDPA exceeds 1.1 / (1 - sparsity): more than skipping the work explains
     if both kernels were equally efficient (a loaded machine, or a baseline slow for other reasons)."""
-    sp, s = _g(c, "speedup"), _g(c, "sparsity")
+    sp, s = cell_field(c, "speedup"), cell_field(c, "sparsity")
     return sp is not None and s is not None and s < 1 and sp > 1.1 / (1 - s)
 
 
 def _candidate(trial: int, cells: list[Any]) -> Candidate:
-    lo = _geomean((_g(c, "speedup_lo") for c in cells), f"t#{trial} speedup_lo") if all(_g(c, "speedup_lo") for c in cells) else None
-    hi = _geomean((_g(c, "speedup_hi") for c in cells), f"t#{trial} speedup_hi") if all(_g(c, "speedup_hi") for c in cells) else None
-    return Candidate(trial, cells, _geomean((_g(c, "speedup") for c in cells), f"t#{trial} speedup"), lo, hi,
-                     _geomean((max(_g(c, "peak_mib") or 0.0, 1e-6) for c in cells), f"t#{trial} peak_mib"))
+    def interval_end(key: str) -> Optional[float]:
+        values = [cell_field(c, key) for c in cells]
+        return _geomean(values, f"t#{trial} {key}") if all(values) else None
+
+    lo, hi = interval_end("speedup_lo"), interval_end("speedup_hi")
+    return Candidate(trial, cells, _geomean((cell_field(c, "speedup") for c in cells), f"t#{trial} speedup"), lo, hi,
+                     _geomean((max(cell_field(c, "peak_mib") or 0.0, 1e-6) for c in cells), f"t#{trial} peak_mib"))
 
 
 def leaders(targets: Targets, cells_by_trial: dict[int, list[Any]], bucket: int, top: Optional[int] = None) -> list[Candidate]:
     """Step 1 of the rule: the bucket's candidates, best first (``top`` of them)."""
     out = []
     for number, cells in cells_by_trial.items():
-        cs = [c for c in cells if _g(c, "bucket") == bucket]
+        cs = [c for c in cells if cell_field(c, "bucket") == bucket]
         if not cs or not all(cell_ok(targets, c, skip=("speedup",)) for c in cs):
             continue
-        if any(_g(c, "speedup") is None for c in cs):
+        if any(cell_field(c, "speedup") is None for c in cs):
             continue
-        out.append(_candidate(number, sorted(cs, key=lambda c: _g(c, "workload"))))
+        out.append(_candidate(number, sorted(cs, key=lambda c: cell_field(c, "workload"))))
     out.sort(key=Candidate.key)
     return out[:top] if top else out
 
@@ -239,11 +236,10 @@ def _merge(cell: Any, conf: Any) -> "Cell":
         d = Cell(cell)
     else:
         d = Cell({k: getattr(cell, k) for k in cell.__table__.columns.keys()})
-    d["search"] = {k: _g(cell, k) for k in ("speedup", "speedup_lo", "speedup_hi", "repeats")}
+    d["search"] = {k: cell_field(cell, k) for k in ("speedup", "speedup_lo", "speedup_hi", "repeats")}
     if conf is not None:
-        d.update(speedup=_g(conf, "speedup"), speedup_lo=_g(conf, "speedup_lo"), speedup_hi=_g(conf, "speedup_hi"),
-                 repeats=_g(conf, "repeats"), time_ms=_g(conf, "time_ms"), sdpa_ms=_g(conf, "sdpa_ms"),
-                 confirmation_id=_g(conf, "id"))
+        d.update({k: cell_field(conf, k) for k in ("speedup", "speedup_lo", "speedup_hi", "repeats", "time_ms", "sdpa_ms")},
+                 confirmation_id=cell_field(conf, "id"))
     return d
 
 
@@ -256,8 +252,8 @@ def decide(targets: Targets, cells_by_trial: dict[int, list[Any]], buckets: Iter
     conf_by, hold_by = {}, {}
     noisy = noisy_workloads(cells_by_trial)
     for r in confirmations or []:
-        by = hold_by if _g(r, "stage") == "holdout" else conf_by
-        by.setdefault((_g(r, "bucket"), _g(r, "trial_number")), {})[_g(r, "workload")] = r
+        by = hold_by if cell_field(r, "stage") == "holdout" else conf_by
+        by.setdefault((cell_field(r, "bucket"), cell_field(r, "trial_number")), {})[cell_field(r, "workload")] = r
     for L in sorted(set(buckets)):
         lead = leaders(targets, cells_by_trial, L, top)
         v = BucketVerdict(L, False, "", leaders=lead, noisy=list(noisy.get(L, [])))
@@ -276,17 +272,17 @@ def decide(targets: Targets, cells_by_trial: dict[int, list[Any]], buckets: Iter
         confirmed = []
         for cand in lead:
             confs = conf_by.get((L, cand.trial), {})
-            if not confs or any(_g(c, "workload") not in confs for c in cand.cells):
+            if not confs or any(cell_field(c, "workload") not in confs for c in cand.cells):
                 v.failed[cand.trial] = "not in the confirmation"
                 continue
-            merged = [_merge(c, confs[_g(c, "workload")]) for c in cand.cells]
+            merged = [_merge(c, confs[cell_field(c, "workload")]) for c in cand.cells]
             cc = _candidate(cand.trial, merged)
             cc.confirmed = True
             viol = {}
             for c in merged:
                 for name, x in cell_violations(targets, c).items():
                     if x > 0:
-                        viol.setdefault(name, []).append(_g(c, "workload"))
+                        viol.setdefault(name, []).append(cell_field(c, "workload"))
             if viol:
                 b = targets.bound("speedup")
                 v.failed[cand.trial] = "; ".join(
@@ -304,13 +300,13 @@ def decide(targets: Targets, cells_by_trial: dict[int, list[Any]], buckets: Iter
         best = v.selected = confirmed[0]
         v.tied_with = [c.trial for c in confirmed[1:] if best.lo is not None and c.hi is not None and c.hi >= best.lo]
         hold = hold_by.get((L, best.trial), {})
-        if hold and all(_g(c, "workload") in hold for c in best.cells):  # step 4: unbiased figures
-            merged = [_merge(c, hold[_g(c, "workload")]) for c in best.cells]
+        if hold and all(cell_field(c, "workload") in hold for c in best.cells):  # step 4: unbiased figures
+            merged = [_merge(c, hold[cell_field(c, "workload")]) for c in best.cells]
             for c, m in zip(best.cells, merged):
-                m["confirmation"] = {k: _g(c, k) for k in ("speedup", "speedup_lo", "speedup_hi", "repeats")}
+                m["confirmation"] = {k: cell_field(c, k) for k in ("speedup", "speedup_lo", "speedup_hi", "repeats")}
             best = _candidate(best.trial, merged)
             best.confirmed = v.holdout = True
-            slow = [_g(c, "workload") for c in merged if cell_violations(targets, c).get("speedup", 0.0) > 0]
+            slow = [cell_field(c, "workload") for c in merged if cell_violations(targets, c).get("speedup", 0.0) > 0]
             if slow:
                 v.confirmed = True  # decided on measured figures: not deployed (never "undecided")
                 v.trial, v.cells, v.speedup, v.lo, v.hi = best.trial, best.cells, best.speedup, best.lo, best.hi
@@ -322,7 +318,7 @@ def decide(targets: Targets, cells_by_trial: dict[int, list[Any]], buckets: Iter
         v.deploy, v.confirmed = True, True
         v.trial, v.cells, v.speedup, v.lo, v.hi = best.trial, best.cells, best.speedup, best.lo, best.hi
         v.extrapolated = any(extrapolated(c, L) for c in best.cells)
-        v.above_bound = [_g(c, "workload") for c in best.cells if above_sparsity_bound(c)]
+        v.above_bound = [cell_field(c, "workload") for c in best.cells if above_sparsity_bound(c)]
         v.why = ("meets every target on confirmed figures"
                  + ("; speedup from the hold-out re-measurement" if v.holdout else ""))
         out.append(v)
@@ -363,14 +359,14 @@ class StudyData:
 
     @property
     def buckets(self) -> list[int]:
-        return sorted({_g(c, "bucket") for cs in self.cells_by_trial.values() for c in cs})
+        return sorted({cell_field(c, "bucket") for cs in self.cells_by_trial.values() for c in cs})
 
     def targets(self) -> Targets:
         return SearchSpace.from_dict(self.space).effective_targets() if self.space else None
 
 
 def confirmation_current(rows: list[Any], n_complete: int) -> bool:
-    return bool(rows) and all(_g(r, "complete_trials") == n_complete for r in rows)
+    return bool(rows) and all(cell_field(r, "complete_trials") == n_complete for r in rows)
 
 
 def load_study(session, study: str) -> StudyData:
@@ -402,6 +398,27 @@ def load_study(session, study: str) -> StudyData:
                                                                      Confirmation.confirm_id == last)).all())
     current = latest if confirmation_current(latest, len(complete)) else None
     return StudyData(study, space, complete, len(trials), cells, current, latest, runs)
+
+
+def read_study(db, study: str) -> StudyData:
+    """`load_study` in a session of its own on ``db`` (a `results.db.Database`), its rows detached
+    from the session so that they stay readable after it closes."""
+    with db.Session() as s:
+        data = load_study(s, study)
+        s.expunge_all()
+    return data
+
+
+def read_study_at(storage: str, study: str, *, create: bool = True) -> StudyData:
+    """`read_study` of ``study`` in the results database at ``storage`` (a URL), opened for the read
+    and closed after it; ``create=False``: a database without the tables is not set up."""
+    from .store import Database
+
+    db = Database(storage, create=create)
+    try:
+        return read_study(db, study)
+    finally:
+        db.close()
 
 
 def restrict_study_data(data: StudyData, orphans: Orphans) -> StudyData:

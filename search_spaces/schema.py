@@ -21,18 +21,10 @@ from patterns.config import SUPPORTED_BLOCK_SIZES, PatternConfig
 from patterns.errors import InputError
 from patterns.guided import PATTERN_FAMILIES, GuidedConfig
 
-from .objectives import OBJECTIVE_TABLE
-
-
-# Known accuracy metrics (names and directions of autotune.accuracy.ACCURACY_METRICS); validation
-# does not import the accuracy package (it loads protein data), the trial does.
-ACCURACY_METRIC_DIRECTIONS: dict[str, str] = {
-    "contact_recall_short": "max",
-    "contact_recall_medium": "max",
-    "contact_recall_long": "max",
-    "attention_mass_recall": "max",
-    "output_rel_error": "min",
-}
+# ACCURACY_METRIC_DIRECTIONS: the accuracy metrics a space may name, with their directions, from
+# `search_spaces.objectives.ACCURACY_METRIC_TABLE`, the one list (``autotune.accuracy`` computes
+# exactly those).
+from .objectives import ACCURACY_METRIC_DIRECTIONS, OBJECTIVE_TABLE  # noqa: F401 (re-exported)
 #: objective name -> direction, from the records (`search_spaces.objectives`; accuracy: replaced by
 #: its metric's direction); the older ``constraints`` section may bound any of them
 OBJECTIVES: dict[str, str] = {o.name: o.direction for o in OBJECTIVE_TABLE}

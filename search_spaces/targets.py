@@ -1,48 +1,47 @@
 """Targets: the one place the search constraints, the export rule and the report read.
 
-`Targets` holds the deployment targets of a study (per-device defaults, `TARGET_DEFAULTS`, with a
-space's ``targets`` section over them); `parse_targets` validates that section and folds an older
+`Targets` holds the deployment targets of a study (per-device defaults, `TARGET_DEFAULTS`: each
+objective's from its record, with a space's ``targets`` section over them); `parse_targets` validates that section and folds an older
 space's ``constraints`` section into it, once, when the space is parsed or read back.
 """
 
 from __future__ import annotations
 
-import copy
 import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Optional
 
-from .objectives import BOUND_RANGES, TARGET_NAMES
-from .schema import ACCURACY_METRIC_DIRECTIONS
+from .objectives import ACCURACY_METRIC_DIRECTIONS, ACCURACY_METRIC_TABLE, BOUND_RANGES, TARGET_NAMES, TARGET_OBJECTIVES
 
 if TYPE_CHECKING:
     from .checks import SpaceChecker
 
 
 # TARGET_NAMES: the objectives with a target rule, in the stored order of the bounds
-# (`search_spaces.objectives`).
-# Per-device defaults, as data. Speedup: the lower end of the paired confidence interval against
-# dense SDPA must clear it (CPU: no regression; GPU: a 10% gain, what justifies a custom kernel).
-# Memory: the headline is the reduction against materialised (naive) attention, what OpenFold's
-# default attention allocates (at least 50%); against SDPA, already flash-style, only a
-# no-regression bound, on readings floored at the measurement's resolution (`memory_floor_mib`: CPU
-# resident-set readings move by a few MiB with the allocator, the CUDA allocator is byte-exact).
-# Accuracy, from the packaged chains (all chains of each bucket, each at its own length; buckets
-# 256 / 512 / 1024): a pure block diagonal of 128-residue blocks keeps long-range contact recall
-# 0.69 / 0.46 / 0.28 at output relative error 0.42 / 0.62 / 0.69; a 64-residue local window on
-# 64-blocks 0.83 / 0.59 / 0.40 at 0.28 / 0.46 / 0.56, a 128-residue window 0.97 / 0.79 / 0.61 at
-# 0.10 / 0.31 / 0.44. Recall >= 0.5 with error <= 0.5 keeps the layouts that see at least half of
-# the long-range contacts a structure module needs and whose attention output stays within half
-# its magnitude of dense, and rejects every block diagonal past L = 256 (benchmarks/README.md,
-# "Accuracy floors").
-TARGET_DEFAULTS: dict[str, dict[str, Any]] = {
-    "cpu": {"speedup": {"min": 1.0}, "memory_vs_naive": {"max": 0.5}, "memory_vs_sdpa": {"max": 1.25},
-            "memory_floor_mib": 8.0, "confidence": 0.95, "max_chains": None,
-            "accuracy": {"contact_recall_long": {"min": 0.5}, "output_rel_error": {"max": 0.5}}},
-    "cuda": {"speedup": {"min": 1.1}, "memory_vs_naive": {"max": 0.5}, "memory_vs_sdpa": {"max": 1.1},
-             "memory_floor_mib": 1.0, "confidence": 0.95, "max_chains": None,
-             "accuracy": {"contact_recall_long": {"min": 0.5}, "output_rel_error": {"max": 0.5}}},
+# (`search_spaces.objectives`). Each objective's default target is in its record (``defaults``; the
+# accuracy metrics' in theirs, ``default``); what is no objective's is here, per device: the memory
+# readings' resolution floor (`memory_floor_mib`: CPU resident-set readings move by a few MiB with
+# the allocator, the CUDA allocator is byte-exact), the speedup interval's confidence level, and the
+# cap on the accuracy chains (None: all).
+DEVICE_SETTINGS: dict[str, dict[str, Any]] = {
+    "cpu": {"memory_floor_mib": 8.0, "confidence": 0.95, "max_chains": None},
+    "cuda": {"memory_floor_mib": 1.0, "confidence": 0.95, "max_chains": None},
 }
+
+
+def _device_defaults(device: str) -> dict[str, Any]:
+    """The default targets of ``device`` (the CPU's for an unknown one): each objective's and each
+    accuracy metric's default bound from its record, with the device's settings."""
+    dev = device if device in DEVICE_SETTINGS else "cpu"
+    spec: dict[str, Any] = {o.name: dict(o.defaults[dev]) for o in TARGET_OBJECTIVES
+                            if o.defaults and dev in o.defaults}
+    spec.update(DEVICE_SETTINGS[dev])
+    spec["accuracy"] = {m.name: dict(m.default) for m in ACCURACY_METRIC_TABLE if m.default}
+    return spec
+
+
+#: device -> the default targets, as the ``targets`` section of a space would give them
+TARGET_DEFAULTS: dict[str, dict[str, Any]] = {d: _device_defaults(d) for d in DEVICE_SETTINGS}
 
 
 @dataclass(frozen=True)
@@ -128,22 +127,18 @@ def _targets_from_spec(spec: dict[str, Any], source: str) -> Targets:
 
 def default_targets(device: str) -> Targets:
     """The per-device default targets (`TARGET_DEFAULTS`)."""
-    return _targets_from_spec(copy.deepcopy(TARGET_DEFAULTS.get(device, TARGET_DEFAULTS["cpu"])), f"defaults:{device}")
+    return _targets_from_spec(_device_defaults(device), f"defaults:{device}")
 
 
-#: what each bounded quantity can be: ratios (speedup, memory) are > 0, a sparsity is a fraction of the
-#: pairs in [0, 1) (the objectives' records), recalls are fractions in [0, 1], an error is >= 0
-_BOUND_RANGES: dict[str, tuple[float, float, bool, bool, str]] = {  # low, high, low open, high open, what
-    **BOUND_RANGES,
-    "output_rel_error": (0.0, math.inf, False, True, "a relative error"),
-}
-_RECALL_RANGE = (0.0, 1.0, False, False, "a fraction")
+#: a quantity with no record (not reached: targets name objectives and accuracy metrics only)
+_FRACTION_RANGE = (0.0, 1.0, False, False, "a fraction")
 
 
 def check_bound(check: SpaceChecker, key: str, quantity: str, lo: Optional[float], hi: Optional[float]) -> None:
     """A target or constraint on ``quantity`` (a `TARGET_NAMES` entry or an accuracy metric): each
-    given bound within what the quantity can be (`_BOUND_RANGES`), and ``min <= max``."""
-    a, b, a_open, b_open, what = _BOUND_RANGES.get(quantity, _RECALL_RANGE)
+    given bound within what the quantity can be (`BOUND_RANGES`: the objectives' and accuracy
+    metrics' records), and ``min <= max``."""
+    a, b, a_open, b_open, what = BOUND_RANGES.get(quantity, _FRACTION_RANGE)
     for side, v in (("min", lo), ("max", hi)):
         if v is None:
             continue
@@ -159,7 +154,7 @@ def parse_targets(check: SpaceChecker, raw: Any, device: str, constraints: list[
     """The space's targets: the device defaults, overridden by the ``targets`` section and then by
     the ``constraints`` section (the same quantities). A space with ``constraints`` and no
     ``targets`` section (the older form) is held to exactly its constraints."""
-    base = copy.deepcopy(TARGET_DEFAULTS.get(device, TARGET_DEFAULTS["cpu"]))
+    base = _device_defaults(device)
     if raw is None and constraints:
         spec: dict[str, Any] = {"memory_floor_mib": base["memory_floor_mib"], "confidence": base["confidence"],
                                 "max_chains": acc_chains, "accuracy": {}}

@@ -8,6 +8,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, Optional
 
+from kernels.workloads import ATTENTION_KINDS, HEAD_DIM, MSA_HEADS, PAIR_HEADS, attention_batch
+
 from .schema import DTYPE_BYTES, field_names
 
 if TYPE_CHECKING:
@@ -62,7 +64,8 @@ class Workload:
 @dataclass(frozen=True, kw_only=True)
 class AttentionWorkload(Workload):
     """``msa_row`` (batch = tokens // L, at least 1) or ``triangle`` (batch = L) attention with
-    an optional pair bias [1, H, L, L]; ``max_batch`` caps the batch."""
+    an optional pair bias [1, H, L, L]; ``max_batch`` caps the batch (the kinds and their batch rule:
+    `kernels.workloads`)."""
 
     tokens: Optional[int] = None  # msa_row: batch = tokens // L
     max_batch: Optional[int] = None
@@ -70,13 +73,8 @@ class AttentionWorkload(Workload):
     KEYS: ClassVar[frozenset[str]] = frozenset({"name", "kind", "heads", "head_dim", "bias", "tokens", "max_batch"})
 
     def batch(self, seq_len: int) -> int:
-        if self.kind == "msa_row":
-            b = max(1, (seq_len if self.tokens is None else self.tokens) // seq_len)
-        else:
-            b = seq_len
-        if self.max_batch is not None:
-            b = min(b, self.max_batch)
-        return max(1, b)
+        """The kind's batch rule (`kernels.workloads.attention_batch`, shared with ``kernels.bench``)."""
+        return attention_batch(self.kind, seq_len, self.tokens, self.max_batch)
 
     def input_gib(self, seq_len: int, dtype: str) -> float:
         """q, k, v, out [B, H, L, D] and the pair bias [1, H, L, L]."""
@@ -117,12 +115,12 @@ class EvoformerWorkload(Workload):
     its batch is the MSA depth N_seq, its attentions always have their pair bias, and buckets above
     ``max_len`` are not measured."""
 
-    heads: int = 8  # MSA attention heads
-    head_dim: int = 32  # MSA and triangle attention head dim
+    heads: int = MSA_HEADS  # MSA attention heads
+    head_dim: int = HEAD_DIM  # MSA and triangle attention head dim
     msa_depth: int  # N_seq
     c_m: int = 256
     c_z: int = 128
-    pair_heads: int = 4  # triangle attention heads
+    pair_heads: int = PAIR_HEADS  # triangle attention heads
     c_hidden_opm: int = 32
     c_hidden_mul: int = 128
     max_len: Optional[int] = None
@@ -176,7 +174,7 @@ class EvoformerWorkload(Workload):
 
 
 #: workload kind -> its record class (the parser's and the stored form's dispatch)
-WORKLOAD_TYPES: dict[str, type[Workload]] = {"msa_row": AttentionWorkload, "triangle": AttentionWorkload,
+WORKLOAD_TYPES: dict[str, type[Workload]] = {**{k: AttentionWorkload for k in ATTENTION_KINDS},
                                              "evoformer": EvoformerWorkload}
 WORKLOAD_KINDS = tuple(WORKLOAD_TYPES)
 

@@ -255,6 +255,16 @@ def test_sparse_layout_loses_mass_and_has_error(tmp_path):
     assert all(ACCURACY_METRICS[k] == "max" for k in METRIC_KEYS - {"output_rel_error"})
 
 
+def test_one_metric_table():
+    """The space validates, and the accuracy package computes, the metrics of one table."""
+    from search_spaces.objectives import ACCURACY_METRIC_TABLE, BOUND_RANGES
+    from search_spaces.space import ACCURACY_METRIC_DIRECTIONS
+
+    assert ACCURACY_METRICS is ACCURACY_METRIC_DIRECTIONS
+    assert [m.name for m in ACCURACY_METRIC_TABLE] == list(ACCURACY_METRICS)
+    assert all(BOUND_RANGES[m] for m in ACCURACY_METRICS)
+
+
 def _walk_chain(length: int, seed: int) -> Chain:
     rng = np.random.default_rng(seed)
     steps = rng.normal(size=(length, 3))

@@ -193,7 +193,7 @@ def test_bench_guided_rows(tmp_path):
     assert all(r["status"] == "ok" for r in rows)
     assert {(r["family"], r["pool"]) for r in rows} == {("static", ""), ("guided", "max"), ("guided", "mean")}
     case = bench.Case("row", 160, 1, 75, "guided", "max")
-    _, _, _, bias = bench._case_inputs(case, bench.WORKLOADS["row"], torch.device("cpu"), torch.float32)
+    _, _, _, bias = bench._case_inputs(case, bench.WORKLOADS["row"].heads, torch.device("cpu"), torch.float32)
     for pool in ("max", "mean"):
         expect = build_layout(GuidedConfig(64, keep=0.25, pool=pool), 160, signal=bias)
         assert expect.num_heads == 8  # one layout per head, from the case's bias
@@ -349,3 +349,39 @@ def test_bench_default_output_leaves_the_committed_results_alone(tmp_path, monke
     assert out.exists() and {r["backend"] for r in _rows(out)} == {"sdpa", "cpu"}
     assert bench.default_out("x") == Path("results") / "bench" / "x.csv"
     assert {p: hashlib.sha256(p.read_bytes()).hexdigest() for p in bench.RESULTS_DIR.glob("*.csv")} == committed
+
+
+def test_one_baseline_vocabulary():
+    """The baselines have one name each (`kernels.baselines`), which the benchmarks' CSVs, the
+    search's stored cells and the objectives all use; each is computed by a registered backend."""
+    from kernels import backends
+    from kernels.baselines import BASELINES, NAIVE, SDPA
+    from autotune.evoformer import bench as evo_bench
+    from results.bench_tables import EVOFORMER_COLUMNS, KERNEL_COLUMNS
+    from results.tables import Measurement
+    from search_spaces.objectives import OBJECTIVE_BY_NAME
+
+    assert set(BASELINES) == {SDPA, NAIVE}
+    for b in BASELINES.values():
+        assert b.backend in backends.names()
+        assert hasattr(Measurement, f"{b.name}_peak_mib") and hasattr(Measurement, f"{b.name}_ms")
+        assert f"memory_vs_{b.name}" in OBJECTIVE_BY_NAME
+        assert f"speedup_vs_{b.name}" in EVOFORMER_COLUMNS and b.name in evo_bench.DEFAULT_KINDS
+        assert b.name in bench.BACKENDS
+    assert f"speedup_vs_{SDPA}" in bench.CSV_FIELDS and f"speedup_vs_{SDPA}" in KERNEL_COLUMNS
+
+
+def test_bench_workloads_share_the_spaces_batch_rule():
+    """``kernels.bench``'s row / tri workloads and a space's msa_row / triangle entries take their
+    batch from the one rule (`kernels.workloads.attention_batch`): the GPU protein space's row
+    (32768 tokens) and an uncapped triangle give the benchmark's GPU batches."""
+    from search_spaces.workloads import AttentionWorkload
+
+    row = AttentionWorkload(name="row", kind="msa_row", heads=8, head_dim=32, tokens=32768)
+    tri = AttentionWorkload(name="tri", kind="triangle", heads=4, head_dim=32)
+    cuda, cpu = torch.device("cuda"), torch.device("cpu")
+    for L in (256, 512, 1000, 4096, 40000):
+        assert bench.default_batch("row", L, cuda) == row.batch(L) == max(1, 32768 // L)
+        assert bench.default_batch("tri", L, cuda) == tri.batch(L) == L
+        assert bench.default_batch("row", L, cpu) == 1 and bench.default_batch("tri", L, cpu) == 8
+    assert {w: (s.heads, s.head_dim) for w, s in bench.WORKLOADS.items()} == {"row": (8, 32), "tri": (4, 32)}

@@ -6,7 +6,7 @@ vocabulary and directions, the trial summary, Optuna's metric names, the per-buc
 verdict's cell values, the report's text, the parameter suggestion and the built pattern - derives
 from them. The test applies a small textual patch to a copy of the packages (a toy objective
 ``density`` = 1 - sparsity, to be minimised; a toy pattern parameter ``toy`` with two named
-values) plus the space file that uses them, counts the files touched, and checks in a fresh
+values; the objective with a default target on CPU) plus the space file that uses them, counts the files touched, and checks in a fresh
 interpreter that both reach every reader.
 """
 
@@ -24,8 +24,8 @@ PACKAGES = ("patterns", "kernels", "models", "search_spaces", "results", "autotu
 
 TOY_OBJECTIVE = '''    Objective("density", "min", "mean", measured=lambda c: 1.0 - c("sparsity"),
               target=lambda c, floor: 1.0 - c("sparsity"), target_rank=4,
-              bound=(0.0, 1.0, False, True, "a fraction of the pairs"), against="the dense layout",
-              source="1 - layout sparsity at the bucket length"),
+              bound=(0.0, 1.0, False, True, "a fraction of the pairs"), defaults={"cpu": {"max": 0.9}},
+              against="the dense layout", source="1 - layout sparsity at the bucket length"),
 '''
 TOY_FIELD = '''    global_placement: Literal["first", "spread"] = "first"
     toy: Literal["a", "b"] = "a"
@@ -38,7 +38,7 @@ CHECK = textwrap.dedent('''
     from patterns.guided import pattern_from_dict
     from results.report.targets import describe
     from results.verdict import cell_values as verdict_cells
-    from search_spaces.space import load_space
+    from search_spaces.space import default_targets, load_space
 
     space = load_space("search_spaces/cpu.yaml")
     # the objective: in the space, its direction, the trial summary, Optuna's names, the verdict
@@ -52,6 +52,9 @@ CHECK = textwrap.dedent('''
     assert verdict_cells(space.effective_targets(), cells[0])["density"] == 0.25
     assert cell_values(space, cells[1], None)["density"] == 0.75
     assert describe("density", space.effective_targets())[1] == "1 - layout sparsity at the bucket length"
+    # its default target (in its record): a target the space's targets section did not name
+    assert space.effective_targets().bound("density").max == 0.9, space.effective_targets()
+    assert default_targets("cpu").bound("density").max == 0.9 and default_targets("cuda").bound("density") is None
     rows = [dict(c, violations={}) for c in cells]
     assert abs(bucket_view(space, rows)[1]["256"]["density"] - 0.5) < 1e-12
     # the pattern parameter: searched, suggested for its family only, and in the built config

@@ -114,10 +114,10 @@ def test_search_compiles_each_launch_config_once_per_study(tmp_path, monkeypatch
     compiled twice, and a config whose compile fails is a failed trial with the reason."""
     compiled: list[tuple] = []
 
-    def fake_step(self, space, w, pcfg, kc, L, batch, seed):
-        compiled.append((w.name, L, batch, pcfg.block_size))
+    def fake_step(self, space, w, pattern_config, kernel_config, L, batch, seed):
+        compiled.append((w.name, L, batch, pattern_config.block_size))
         time.sleep(0.06)
-        if pcfg.block_size == 32 and L == 128:
+        if pattern_config.block_size == 32 and L == 128:
             raise RuntimeError("OutOfResources: out of resource: shared memory, Required: 300000, Hardware limit: 232448")
 
     monkeypatch.setattr(TrialRunner, "compile_step", fake_step)

@@ -223,3 +223,20 @@ def test_postgresql_versions(capsys):
         with admin.begin() as c:
             c.execute(text(f"DROP SCHEMA {name} CASCADE"))
         admin.dispose()
+
+
+def test_warm_start_and_verdict_read_a_stored_study_through_one_reader(tmp_path):
+    """`results.verdict.read_study_at` (the warm start's and the confirmation's reader) on an upgraded
+    older database: the study's complete trials, their cells and its space, readable once the
+    database is closed; the warm start ranks that study's leaders from it."""
+    from autotune.warmstart import read_leaders
+    from results.verdict import read_study_at
+
+    url = f"sqlite:///{v1_upgraded(tmp_path)}"
+    data = read_study_at(url, "v1", create=False)
+    assert data.space["name"] == "tiny" and data.trials and data.buckets == [64, 128]
+    assert all(c.workload in ("row", "tri") for cs in data.cells_by_trial.values() for c in cs)
+    assert read_study_at(url, "no such study").trials == {}
+    leaders = read_leaders(url, "v1")
+    assert leaders and {ld.bucket for ld in leaders} <= {64, 128}
+    assert all(ld.trial in data.trials for ld in leaders)

@@ -279,8 +279,8 @@ def test_rows_per_cta_is_lowered_to_a_divisor_of_the_batch():
 
     q = torch.randn(6, 2, 32, 16, device=DEVICE)
     lay = _layout("half", 32, 16)
-    kc = lay.index_on(q.device)[0]
-    plan = triton_op._fwd_plan(q, q, q, None, kc, 16, 16, 16, 4, 2, rows_per_cta=4)
+    kv_counts = lay.index_on(q.device)[0]
+    plan = triton_op._fwd_plan(q, q, q, None, kv_counts, 16, 16, 16, 4, 2, rows_per_cta=4)
     assert plan.consts["ROWS_PER_CTA"] == 2 and plan.grid == (2 * 3 * 2,)
     assert KernelConfig(rows_per_cta=1).to_dict() == {"block_m": 64, "block_n": 64, "num_warps": 4, "num_stages": 2}
     assert KernelConfig.from_dict(KernelConfig(rows_per_cta=4).to_dict()).rows_per_cta == 4

@@ -56,6 +56,7 @@ import torch
 
 from patterns import GuidedConfig, PatternConfig, build_layout
 from patterns.errors import InputError
+from search_spaces.objectives import ACCURACY_METRIC_DIRECTIONS
 
 from .contacts import CONTACT_CUTOFF, RANGES, contact_map, contact_pairs
 from .metrics import ChainStats, aggregate, chain_stats, layout_and_token_mask, pair_bias
@@ -88,14 +89,9 @@ DEFAULT_BUCKETS: tuple[int, ...] = (256, 512, 1024, 2048, 4096)
 #: noise (Angstrom) of the degraded structure a guided pattern is evaluated with by default
 DEFAULT_NOISE: float = 4.0
 
-#: metric name -> "max" (higher is better) or "min" (lower is better)
-ACCURACY_METRICS: dict[str, str] = {
-    "contact_recall_short": "max",
-    "contact_recall_medium": "max",
-    "contact_recall_long": "max",
-    "attention_mass_recall": "max",
-    "output_rel_error": "min",
-}
+#: metric name -> "max" (higher is better) or "min" (lower is better): the space's table of the
+#: metrics (`search_spaces.objectives.ACCURACY_METRIC_TABLE`), the one list of them
+ACCURACY_METRICS: dict[str, str] = ACCURACY_METRIC_DIRECTIONS
 
 
 @dataclass(frozen=True)

@@ -188,11 +188,9 @@ class Recorder:
     def load_cells(self) -> None:
         """Cells of the study's complete trials from earlier runs (resume), for the best-so-far."""
         d = self.driver
-        from results.verdict import load_study
+        from results.verdict import read_study
 
-        with d.db.Session() as s:
-            data = load_study(s, d.study_name)
-            s.expunge_all()
+        data = read_study(d.db, d.study_name)
         for number, cells in data.cells_by_trial.items():
             self.cells_by_trial[number] = [{c: getattr(m, c) for c in m.__table__.columns.keys()} for m in cells]
 

@@ -61,6 +61,7 @@ from typing import Any, Callable, Iterable, Optional, Sequence
 
 import torch
 
+from kernels.baselines import NAIVE, SDPA
 from kernels.measure import Timing, is_oom, measure_time, peak_memory, percentile, release_memory, time_paired, timer_method
 from patterns import GuidedConfig, PatternConfig, pattern_for_sparsity, pattern_label
 from patterns.output import check_output_path, write_output
@@ -78,7 +79,7 @@ CSV_FIELDS = [
     "speedup_vs_naive", "attn3_share", "attn4_share", "core_share", "max_len", "mem_budget_gib", "timer",
     "memory_method",
 ]
-DEFAULT_KINDS: tuple[str, ...] = ("naive", "sdpa", "sparse", "guided")
+DEFAULT_KINDS: tuple[str, ...] = (NAIVE, SDPA, "sparse", "guided")
 
 
 # ---- patterns --------------------------------------------------------------------------------------
@@ -175,7 +176,7 @@ def _variants(st: "BenchSettings") -> list[Variant]:
     out: list[Variant] = []
     be, bs = st.sparse_backend, st.block_size
     for kind in st.kinds:
-        if kind in ("naive", "sdpa"):
+        if kind in (NAIVE, SDPA):
             out.append(Variant(kind, "dense", lambda L, k=kind: EvoformerAttention.uniform(k)))
         elif kind == "sparse":
             if st.tuned is not None:
@@ -324,7 +325,7 @@ def _share_baselines(block: EvoformerBlock, fn: Callable[[], None], st: BenchSet
     """Median times (ms) of the SDPA block without its row and triangle attentions (``attn3``),
     without all four (``attn4``), and with identity attention cores (``core``); NaN if one fails."""
     base: dict[str, float] = {}
-    block.set_attention("sdpa")
+    block.set_attention(SDPA)
     for key, col in (("attn3", False), ("attn4", True)):
         with _without_attention_modules(block, col):
             _, t = _timed(fn, st, f"{where} no-{key}")
@@ -361,10 +362,10 @@ def _paired(block: EvoformerBlock, fn: Callable[[], None], runnable: dict[str, E
     if len(runnable) < 2:
         name, att = next(iter(runnable.items()))
         return {name: list(measure_time(call(att), device=st.device, warmup=st.warmup, repeats=st.repeats).times_ms)}, {}
-    baseline = "sdpa" if "sdpa" in runnable else next(iter(runnable))
+    baseline = SDPA if SDPA in runnable else next(iter(runnable))
     res = time_paired({n: call(a) for n, a in runnable.items()}, baseline=baseline, device=st.device,
                       warmup=st.warmup, repeats=st.repeats, max_repeats=st.max_repeats, time_cap_s=st.time_cap_s)
-    return res.times_ms, (res.ratios if baseline == "sdpa" else {})
+    return res.times_ms, (res.ratios if baseline == SDPA else {})
 
 
 def _mode_rows(block: EvoformerBlock, m, z, L: int, mode: str, variants: list[Variant], st: BenchSettings) -> list[dict]:
@@ -375,13 +376,13 @@ def _mode_rows(block: EvoformerBlock, m, z, L: int, mode: str, variants: list[Va
     atts = {v.name: v.make(L) for v in variants}
     status = {}
     for v in variants:
-        skip = v.name == "naive" and L > st.naive_max_len
+        skip = v.name == NAIVE and L > st.naive_max_len
         status[v.name] = "skipped: naive_max_len" if skip else _probe(block, atts[v.name], fn, st, f"L={L} {mode} {v.name}")
     runnable = {n: a for n, a in atts.items() if status[n] == "ok"}
     times, ratios = _paired(block, fn, runnable, st) if runnable else ({}, {})
     rows = [_row(block, fn, v, L, mode, status[v.name], times.get(v.name), ratios.get(v.name), base, st)
             for v in variants]
-    naive = next((r["median_ms"] for r in rows if r["variant"] == "naive"), float("nan"))
+    naive = next((r["median_ms"] for r in rows if r["variant"] == NAIVE), float("nan"))
     for r in rows:
         r["speedup_vs_naive"] = naive / r["median_ms"]
     return rows
@@ -401,7 +402,7 @@ def _row(block, fn, v: Variant, L: int, mode: str, status: str, times, ratio, ba
             if not is_oom(exc):
                 raise
             release_memory(st.device)
-    if v.name == "sdpa" and times:
+    if v.name == SDPA and times:
         sp = (1.0, 1.0, 1.0)
     else:
         sp = (ratio.point, ratio.lo, ratio.hi) if ratio else (nan, nan, nan)
@@ -437,7 +438,7 @@ def _max_len_rows(block: EvoformerBlock, st: BenchSettings) -> list[dict]:
     rows = []
     for mode in st.modes:
         for v in _variants(st):
-            if v.name == "naive":
+            if v.name == NAIVE:
                 continue
             best = max_len(block, v, mode, st)
             at = best or st.max_len_steps[0]

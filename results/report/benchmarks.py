@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from kernels.baselines import NAIVE, SDPA
 from patterns import pattern_label
 from results.states import TrialState
 
@@ -35,19 +36,19 @@ def attention(ctx: ReportContext, page: Page) -> None:
     for br in runs:
         cases = kernel_cases([r for r in d.kernel_rows if r.bench_run_id == br.id])
         page.w(f"### bench#{br.id}: {br.device}, {br.dtype}, {br.threads} thread(s)", "")
-        rows = [[kc.workload, kc.pass_, str(kc.L), str(kc.batch), f"{kc.target:.2f} / {kc.actual:.3f}",
-                 kc.cell("naive"), kc.cell("sdpa"), kc.cell("flex"), kc.cell(kc.ours),
-                 f_x(kc.ratio("sdpa", kc.ours) if kc.ours else None) + above_ideal(kc, kc.ours),
-                 f_x(kc.ratio("flex", kc.ours) if kc.ours else None),
-                 f_x(kc.ratio("sdpa", "flex")) + above_ideal(kc, "flex"),
-                 cite("kb", [r.id for r in kc.rows.values()])] for kc in cases]
+        rows = [[case.workload, case.pass_, str(case.L), str(case.batch), f"{case.target:.2f} / {case.actual:.3f}",
+                 case.cell(NAIVE), case.cell(SDPA), case.cell("flex"), case.cell(case.ours),
+                 f_x(case.ratio(SDPA, case.ours) if case.ours else None) + above_ideal(case, case.ours),
+                 f_x(case.ratio("flex", case.ours) if case.ours else None),
+                 f_x(case.ratio(SDPA, "flex")) + above_ideal(case, "flex"),
+                 cite("kb", [r.id for r in case.rows.values()])] for case in cases]
         page.w(*table(["workload", "pass", "L", "batch", "sparsity (target / actual)", "naive ms", "SDPA ms",
                        "flex ms", "ours ms", "ours vs SDPA", "ours vs flex", "flex vs SDPA", "source"], rows), "")
         series: dict = {}
-        for kc in cases:
-            if kc.ours and kc.ratio("sdpa", kc.ours):
-                series.setdefault((kc.workload, kc.pass_), {}).setdefault(kc.target, []).append(
-                    (kc.L, kc.ratio("sdpa", kc.ours), kc.ratio("sdpa", "flex")))
+        for case in cases:
+            if case.ours and case.ratio(SDPA, case.ours):
+                series.setdefault((case.workload, case.pass_), {}).setdefault(case.target, []).append(
+                    (case.L, case.ratio(SDPA, case.ours), case.ratio(SDPA, "flex")))
         if series:
             p = plots.speedup_vs_length(series, ctx.plots_dir / f"speedup_vs_L_bench{br.id}.png",
                                         f"bench#{br.id}: {br.device}, {br.dtype}")
@@ -77,10 +78,10 @@ def memory(ctx: ReportContext, page: Page) -> None:
             flag = lambda b: "†" if b is not None and b < fl else ""  # noqa: E731
             sdpa_naive = (1 - max(c.sdpa_peak_mib, fl) / max(c.naive_peak_mib, fl)
                           if c.sdpa_peak_mib is not None and c.naive_peak_mib is not None else None)
-            red_sdpa = reduction(c, "sdpa", fl)
+            red_sdpa = reduction(c, SDPA, fl)
             rows.append([str(c.bucket), c.workload, f"{c.sparsity:.3f}", f_ms(c.naive_peak_mib) if c.naive_peak_mib
                          is not None else "out of memory", f_ms(c.sdpa_peak_mib), f_ms(c.peak_mib),
-                         f_pct(reduction(c, "naive", fl)) + flag(c.naive_peak_mib),
+                         f_pct(reduction(c, NAIVE, fl)) + flag(c.naive_peak_mib),
                          (f_x(1 - red_sdpa) if red_sdpa is not None else "—") + flag(c.sdpa_peak_mib),
                          f_pct(sdpa_naive) + flag(c.naive_peak_mib), c.memory_method, cite("m", [c.id])])
         page.w(*table(["L", "workload", "sparsity", "naive MiB", "SDPA MiB", "ours MiB", "ours vs naive (reduction)",
@@ -92,10 +93,10 @@ def memory(ctx: ReportContext, page: Page) -> None:
         return
     for br in runs:
         cases = kernel_cases([r for r in d.kernel_rows if r.bench_run_id == br.id])
-        rows = [[kc.workload, kc.pass_, str(kc.L), f"{kc.actual:.3f}", f_ms(kc.mib("naive")), f_ms(kc.mib("sdpa")),
-                 f_ms(kc.mib("flex")), f_ms(kc.mib(kc.ours) if kc.ours else None),
-                 mem_reduction(kc, "naive", kc.ours), mem_reduction(kc, "sdpa", kc.ours), mem_reduction(kc, "naive", "sdpa"),
-                 cite("kb", [r.id for r in kc.rows.values()])] for kc in cases]
+        rows = [[case.workload, case.pass_, str(case.L), f"{case.actual:.3f}", f_ms(case.mib(NAIVE)), f_ms(case.mib(SDPA)),
+                 f_ms(case.mib("flex")), f_ms(case.mib(case.ours) if case.ours else None),
+                 mem_reduction(case, NAIVE, case.ours), mem_reduction(case, SDPA, case.ours), mem_reduction(case, NAIVE, SDPA),
+                 cite("kb", [r.id for r in case.rows.values()])] for case in cases]
         page.w(f"bench#{br.id} ({br.device}, {br.dtype}):", "")
         page.w(*table(["workload", "pass", "L", "sparsity", "naive MiB", "SDPA MiB", "flex MiB", "ours MiB",
                        "ours vs naive", "ours vs SDPA", "SDPA vs naive", "source"], rows), "")
@@ -173,8 +174,8 @@ def evoformer(ctx: ReportContext, page: Page) -> None:
         out = []
         for (L, mode) in sorted({(r.seq_len, r.mode) for r in rows_}):
             grp = [r for r in rows_ if (r.seq_len, r.mode) == (L, mode)]
-            sd = next((r for r in grp if r.variant == "sdpa" and r.status == "ok"), None)
-            nv = next((r for r in grp if r.variant == "naive" and r.status == "ok"), None)
+            sd = next((r for r in grp if r.variant == SDPA and r.status == "ok"), None)
+            nv = next((r for r in grp if r.variant == NAIVE and r.status == "ok"), None)
             bound = (1 / (1 - sd.core_share) if sd is not None and sd.core_share is not None
                      and 0 <= sd.core_share < 1 else None)
             for r in grp:

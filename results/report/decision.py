@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
+from kernels.baselines import SDPA
 from results.states import TrialState
 
 from .data import ReportData
@@ -41,7 +42,7 @@ class Decision:
 
 def base_peak(c: Any, baseline: str) -> Optional[float]:
     """The cell's peak memory of ``baseline`` (``sdpa`` or ``naive``) in MiB."""
-    return c.sdpa_peak_mib if baseline == "sdpa" else c.naive_peak_mib
+    return c.sdpa_peak_mib if baseline == SDPA else c.naive_peak_mib
 
 
 def reduction(c: Any, baseline: str, floor: float = MIB_FLOOR) -> Optional[float]:

@@ -7,6 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Optional
 
+from kernels.baselines import SDPA
 from .formatting import MIB_FLOOR, NOT_MEASURED, f_ms, f_pct
 
 OURS = ("triton", "cpu")  # this project's kernel: Triton on CUDA, the CPU kernel on CPU
@@ -51,21 +52,21 @@ def kernel_cases(rows: list[Any]) -> list[KernelCase]:
     groups: dict[tuple, KernelCase] = {}
     for r in rows:
         key = (r.workload, r.pass_, r.seq_len, r.batch, r.sparsity_target)
-        kc = groups.setdefault(key, KernelCase(r.workload, r.pass_, r.seq_len, r.batch, r.sparsity_target,
+        case = groups.setdefault(key, KernelCase(r.workload, r.pass_, r.seq_len, r.batch, r.sparsity_target,
                                                r.sparsity_actual, {}))
-        kc.rows[r.backend] = r
+        case.rows[r.backend] = r
     return [groups[k] for k in sorted(groups)]
 
 
-def mem_reduction(kc: KernelCase, base: str, who: Optional[str]) -> str:
+def mem_reduction(case: KernelCase, base: str, who: Optional[str]) -> str:
     """1 - MiB of ``who`` / max(MiB of ``base``, 1 MiB), † where the baseline is under 1 MiB."""
-    b, m = kc.mib(base), (kc.mib(who) if who else None)
+    b, m = case.mib(base), (case.mib(who) if who else None)
     if b is None or m is None:
         return "—"
     return f_pct(1 - m / max(b, MIB_FLOOR)) + ("†" if b < MIB_FLOOR else "")
 
 
-def above_ideal(kc: KernelCase, who: Optional[str]) -> str:
+def above_ideal(case: KernelCase, who: Optional[str]) -> str:
     """‡ where the speedup of ``who`` over SDPA is more than 10% above the ideal 1/(1-s)."""
-    r = kc.ratio("sdpa", who) if who else None
-    return "‡" if r is not None and kc.actual < 1 and r > 1.1 / (1 - kc.actual) else ""
+    r = case.ratio(SDPA, who) if who else None
+    return "‡" if r is not None and case.actual < 1 and r > 1.1 / (1 - case.actual) else ""

@@ -7,6 +7,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from kernels.baselines import NAIVE, SDPA
 from patterns import pattern_label
 from results.states import TrialState
 
@@ -42,10 +43,10 @@ def recommendations(ctx: ReportContext, page: Page) -> None:
             f"{x.cells[0].sparsity:.3f}" if x.cells else "—",
             ", ".join(f"{c.workload} {f_x(c.speedup)} [{f_x(c.speedup_lo)}, {f_x(c.speedup_hi)}]"
                       for c in x.cells) or "—",
-            ", ".join(f"{c.workload} {f_pct(reduction(c, 'naive', ctx.floor))}"
+            ", ".join(f"{c.workload} {f_pct(reduction(c, NAIVE, ctx.floor))}"
                       if (c.naive_peak_mib or 0.0) >= ctx.floor else f"{c.workload} < {ctx.floor:g} MiB resolution"
                       for c in x.cells) or "—",
-            ", ".join(f"{c.workload} {f_x(1 - r) if (r := reduction(c, 'sdpa', ctx.floor)) is not None else '—'}"
+            ", ".join(f"{c.workload} {f_x(1 - r) if (r := reduction(c, SDPA, ctx.floor)) is not None else '—'}"
                       for c in x.cells) or "—",
             f_num(acc.get("contact_recall_long")),
             f"{acc['output_rel_error']:.3g}" if "output_rel_error" in acc else "—",

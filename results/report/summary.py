@@ -9,6 +9,7 @@ import datetime as dt
 import shlex
 from typing import Any
 
+from kernels.baselines import NAIVE, SDPA
 from patterns import pattern_label
 from results.states import TrialState
 from results.storage import mask_url
@@ -67,7 +68,7 @@ def summary_recommendation(ctx: ReportContext, page: Page) -> None:
             page.w(f"  - L={x.bucket}: {x.why}" + (f"; {'; '.join(x.notes)}" if x.notes else "") + ".")
             continue
         v = x.verdict
-        red = [(c.workload, reduction(c, "naive", ctx.floor), c.naive_peak_mib) for c in x.cells]
+        red = [(c.workload, reduction(c, NAIVE, ctx.floor), c.naive_peak_mib) for c in x.cells]
         page.w(f"  - L={x.bucket}: t#{v.trial} ({pattern_label(x.trial.pattern if x.trial else None)}, "
                f"sparsity {x.cells[0].sparsity:.2f}) {f_x(v.speedup)} over SDPA, "
                f"{'hold-out' if v.holdout else 'confirmed'} interval "
@@ -142,29 +143,29 @@ def summary_kernel_bench(ctx: ReportContext, page: Page, br: Any) -> None:
     """One kernel benchmark run: our kernel's speedup over SDPA at the largest L per target
     sparsity, and what its memory saves against naive attention and SDPA."""
     d = ctx.data
-    cases = [kc for kc in kernel_cases([r for r in d.kernel_rows if r.bench_run_id == br.id]) if kc.target > 0]
+    cases = [case for case in kernel_cases([r for r in d.kernel_rows if r.bench_run_id == br.id]) if case.target > 0]
     parts = []
-    for s in sorted({kc.target for kc in cases}):
+    for s in sorted({case.target for case in cases}):
         # per workload and pass: the largest L measured (the regime sparsity is for), not the best cell
-        at = [kc for kc in cases if kc.target == s and kc.ours and kc.ratio("sdpa", kc.ours)]
+        at = [case for case in cases if case.target == s and case.ours and case.ratio(SDPA, case.ours)]
         top = {}
-        for kc in at:
-            k = (kc.workload, kc.pass_)
-            if k not in top or kc.L > top[k].L:
-                top[k] = kc
+        for case in at:
+            k = (case.workload, case.pass_)
+            if k not in top or case.L > top[k].L:
+                top[k] = case
         cells = []
-        for kc in sorted(top.values(), key=lambda kc: (kc.workload, kc.pass_)):
-            vs_flex = kc.ratio("flex", kc.ours)
-            cells.append(f"{kc.workload} {kc.pass_} L={kc.L} {f_x(kc.ratio('sdpa', kc.ours))}"
+        for case in sorted(top.values(), key=lambda case: (case.workload, case.pass_)):
+            vs_flex = case.ratio("flex", case.ours)
+            cells.append(f"{case.workload} {case.pass_} L={case.L} {f_x(case.ratio(SDPA, case.ours))}"
                          + (f" ({f_x(vs_flex)} vs flex)" if vs_flex else "")
-                         + f" at s={kc.actual:.2f} (ideal {f_x(1 / (1 - kc.actual)) if kc.actual < 1 else '—'}; "
-                         f"{cite('kb', [r.id for r in kc.rows.values()])})")
+                         + f" at s={case.actual:.2f} (ideal {f_x(1 / (1 - case.actual)) if case.actual < 1 else '—'}; "
+                         f"{cite('kb', [r.id for r in case.rows.values()])})")
         if cells:
             parts.append(f"target {s:.0%}: " + ", ".join(cells))
     if parts:
         page.w(f"- Kernel benchmark bench#{br.id} ({br.device}, {br.dtype}), our kernel's speedup over dense "
                f"SDPA at the largest L measured: " + "; ".join(parts) + ".")
-    mem = [(kc, kc.mib(kc.ours), kc.mib("sdpa"), kc.mib("naive")) for kc in cases if kc.ours]
+    mem = [(case, case.mib(case.ours), case.mib(SDPA), case.mib(NAIVE)) for case in cases if case.ours]
     mem = [m for m in mem if None not in m[1:]]
     if mem:
         ours_naive = max(1 - m[1] / max(m[3], MIB_FLOOR) for m in mem)
@@ -190,7 +191,7 @@ def summary_evoformer(ctx: ReportContext, page: Page) -> None:
         parts = []
         for (L, mode) in sorted({(r.seq_len, r.mode) for r in rows}):
             grp = [r for r in rows if (r.seq_len, r.mode) == (L, mode)]
-            sd = next((r for r in grp if r.variant == "sdpa"), None)
+            sd = next((r for r in grp if r.variant == SDPA), None)
             sp = [r for r in grp if r.variant.startswith("sparse") and r.median_ms]
             if sd is None or not sp:
                 continue

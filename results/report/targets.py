@@ -1,7 +1,7 @@
 """How the report names each target of a study (`search_spaces.space.Targets`).
 
 The thresholds themselves are the study's: the space's ``targets`` section over the per-device
-defaults (`search_spaces.space.TARGET_DEFAULTS`), stored with every search run. The search's
+defaults (`search_spaces.space.TARGET_DEFAULTS`, from the objectives' records), stored with every search run. The search's
 constraints, the export's rule and the report all read them, so they cannot disagree; the report
 takes no thresholds of its own.
 """
@@ -10,9 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from search_spaces.objectives import NAIVE_TEXT, OBJECTIVE_BY_NAME, SDPA_TEXT
-
-BASELINE_NAMES = {"sdpa": SDPA_TEXT, "naive": NAIVE_TEXT}
+from search_spaces.objectives import OBJECTIVE_BY_NAME
 
 
 def describe(name: str, targets: Any) -> tuple[str, str]:
