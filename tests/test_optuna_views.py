@@ -58,6 +58,7 @@ def per_bucket(trial) -> dict[str, dict]:
     return out
 
 
+@pytest.mark.slow  # a real 4-trial search (module fixture): ~20 s on 2 idle cores
 def test_per_bucket_view_and_constraints(db):
     import optuna
 
@@ -110,6 +111,7 @@ def test_an_unmet_speedup_target_does_not_make_every_trial_infeasible(tmp_path):
     assert [t.number for t in study.best_trials] == diag
 
 
+@pytest.mark.slow  # a real 4-trial search (module fixture): ~20 s on 2 idle cores
 def test_export_choice_is_optunas_best(db, tmp_path):
     import optuna
 
@@ -136,6 +138,7 @@ def test_export_choice_is_optunas_best(db, tmp_path):
     assert v[64].startswith("do not deploy") or v[64].startswith("undecided")
 
 
+@pytest.mark.slow  # a real 4-trial search (module fixture): ~20 s on 2 idle cores
 def test_space_is_stored_once(db):
     import json
 
@@ -149,6 +152,7 @@ def test_space_is_stored_once(db):
     assert all(len(json.dumps(v)) < 200 for v in study.user_attrs.values())
 
 
+@pytest.mark.slow  # a real 4-trial search (module fixture): ~20 s on 2 idle cores
 def test_user_attributes_are_small_and_flat(db):
     """Each user attribute of a trial or the study is a number, flag or short string under 1 KB
     (the dashboard's trial page and the Pareto plot's hover texts show them all)."""
@@ -189,9 +193,8 @@ def test_parameters_are_suggested_only_where_in_effect(tmp_path):
 
     space = load_space(write_space(tmp_path, **GUIDED_OR_STATIC))
 
-    def sample(db: str, n: int = 12) -> list[dict]:
-        study = optuna.create_study(storage=f"sqlite:///{tmp_path / db}", directions=space.directions(),
-                                    sampler=make_sampler(space))
+    def sample(n: int = 12) -> list[dict]:
+        study = optuna.create_study(directions=space.directions(), sampler=make_sampler(space))  # in memory
         out = []
         for _ in range(n):
             trial = study.ask()
@@ -200,7 +203,7 @@ def test_parameters_are_suggested_only_where_in_effect(tmp_path):
         assert [t.params for t in study.trials] == out  # Optuna stores exactly what was suggested
         return out
 
-    first = sample("a.db")
+    first = sample()
     families = {p["pattern.family"] for p in first}
     assert families == {"static", "guided"}
     for p in first:
@@ -208,12 +211,13 @@ def test_parameters_are_suggested_only_where_in_effect(tmp_path):
             assert "pattern.stride" in p and not {"pattern.keep", "pattern.pool"} & set(p), p
         else:
             assert "pattern.stride" not in p and {"pattern.keep", "pattern.pool"} <= set(p), p
-    assert sample("b.db") == first  # reproducible under the space's seed
-    study = optuna.create_study(storage=f"sqlite:///{tmp_path / 'c.db'}", directions=space.directions())
+    assert sample() == first  # reproducible under the space's seed
+    study = optuna.create_study(directions=space.directions())
     study.enqueue_trial(first[0], user_attrs={"retry_of": 0})
     assert suggest_params(study.ask(), space) == first[0]
 
 
+@pytest.mark.slow  # a real 4-trial search (module fixture): ~20 s on 2 idle cores
 def test_export_and_report_are_the_studys_artifacts(db, tmp_path, capsys):
     """The tuned file and the report go to Optuna's artifact store (artifacts/ next to them by
     default), linked to the study: what optuna-dashboard lists and downloads is the file on disk."""
@@ -249,6 +253,7 @@ def test_export_and_report_are_the_studys_artifacts(db, tmp_path, capsys):
     assert not (tmp_path / "artifacts").exists()
 
 
+@pytest.mark.slow  # a real 4-trial search (module fixture): ~20 s on 2 idle cores
 def test_rows_are_tied_to_optuna_ids(db):
     import optuna
 
@@ -259,6 +264,7 @@ def test_rows_are_tied_to_optuna_ids(db):
     assert rows(db, "select distinct optuna_study_id from at_runs") == [(study._study_id,)]
 
 
+@pytest.mark.slow  # a real 4-trial search (module fixture): ~20 s on 2 idle cores
 def test_deleted_study_is_never_cited(db, tmp_path, capsys):
     import optuna
 
@@ -278,6 +284,7 @@ def test_deleted_study_is_never_cited(db, tmp_path, capsys):
     assert rows(db, "select count(*) from at_trials")[0][0] == n_rows  # refusing writes nothing
 
 
+@pytest.mark.slow  # a real 4-trial search (module fixture): ~20 s on 2 idle cores
 def test_recreated_study_does_not_inherit_rows(db, tmp_path):
     """Delete, then create the study again under the same name with other trials: the old rows
     (numbers 0-3) are removed; the export and the report see the new study's trials only."""

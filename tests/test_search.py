@@ -120,6 +120,7 @@ def test_gate_failure_is_a_failed_trial(tmp_path):
     assert rows(db, "select count(*) from at_measurements") == [(0,)]
 
 
+@pytest.mark.slow  # a search over whole EvoFormer blocks: ~4 s on 2 idle cores
 def test_evoformer_workload_search(tmp_path):
     """A whole (tiny) EvoFormer block as a workload: rows at the buckets up to max_len only, block
     times against the SDPA and naive blocks, speedup from its own columns, the block gate recorded."""
