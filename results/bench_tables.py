@@ -17,7 +17,7 @@ Schema (one row per ...):
     id PK, bench_run_id FK -> at_bench_runs, csv_line (line number in the file, header = 1), and the
     CSV columns (see ``KERNEL_COLUMNS``).
 
-``at_evoformer_bench`` - one CSV row of ``autotune.evoformer.bench``: one (L, mode, variant)
+``at_evoformer_bench`` - one CSV row of ``autotune.evoformer.bench``: one (L, mode, checkpoint, variant)
     id PK, bench_run_id FK -> at_bench_runs, csv_line, and the CSV columns (``EVOFORMER_COLUMNS``).
 
 The CSV column -> table column mapping (name, type, required) is kept here, in ``KERNEL_COLUMNS``,
@@ -80,6 +80,9 @@ EVOFORMER_COLUMNS: dict[str, tuple[str, type, bool]] = {
     "L": ("seq_len", int, True),
     "depth": ("depth", int, True),
     "mode": ("mode", str, True),
+    # none | block | modules for fwd+bwd rows (schema version 4; absent from older CSVs and empty for
+    # fwd rows: NULL, no checkpointing)
+    "checkpoint": ("checkpoint", str, False),
     "variant": ("variant", str, True),
     "family": ("family", str, False),  # static | guided (absent from older CSVs: NULL)
     "pattern": ("pattern", str, False),
@@ -165,6 +168,7 @@ class EvoformerBenchRow(Base):
     seq_len: Mapped[int] = mapped_column(Integer)
     depth: Mapped[int] = mapped_column(Integer)
     mode: Mapped[str] = mapped_column(String(16))
+    checkpoint: Mapped[Optional[str]] = mapped_column(String(16), nullable=True)
     variant: Mapped[str] = mapped_column(String(64))
     family: Mapped[Optional[str]] = mapped_column(String(16), nullable=True)
     pattern: Mapped[Optional[str]] = mapped_column(String(128), nullable=True)

@@ -213,7 +213,12 @@ def _upgrade_from_2(conn: Any) -> None:
     _add_missing_columns(conn)
 
 
-UPGRADES = {1: _upgrade_from_1, 2: _upgrade_from_2}
+def _upgrade_from_3(conn: Any) -> None:
+    """Version 3 -> 4: at_evoformer_bench.checkpoint (NULL for the rows before it: no checkpointing)."""
+    _add_missing_columns(conn)
+
+
+UPGRADES = {1: _upgrade_from_1, 2: _upgrade_from_2, 3: _upgrade_from_3}
 
 
 def upgrade_schema(url: str) -> tuple[Optional[int], int]:

@@ -23,7 +23,8 @@ from .states import TrialState
 
 # The version of the schema this code reads and writes (`results.db`). Version 1: databases
 # written before the version row existed. Version 2: the at_schema row. Version 3: at_runs.cluster.
-SCHEMA_VERSION = 3
+# Version 4: at_evoformer_bench.checkpoint (activation checkpointing of a training pass).
+SCHEMA_VERSION = 4
 UNVERSIONED = 1
 
 

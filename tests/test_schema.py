@@ -146,6 +146,24 @@ def test_upgrade_adds_missing_tables_and_columns(tmp_path):
     assert rows(db, "select count(*) from at_confirmations") == [(0,)]
 
 
+def test_upgrade_from_version_3_adds_the_evoformer_checkpoint_column(tmp_path, capsys):
+    """Version 3 -> 4: at_evoformer_bench.checkpoint is added (NULL for the rows already there)."""
+    db = tmp_path / "v3.db"
+    Database(f"sqlite:///{db}").close()
+    con = sqlite3.connect(db)
+    con.execute("alter table at_evoformer_bench drop column checkpoint")
+    con.execute("update at_schema set version = 3")
+    con.commit()
+    con.close()
+    with pytest.raises(SchemaError, match="older schema"):
+        Database(f"sqlite:///{db}")
+    assert upgrade_main(["--storage", str(db)]) == 0
+    assert f"from schema version 3 to {SCHEMA_VERSION}" in capsys.readouterr().err
+    assert "checkpoint" in {r[1] for r in rows(db, "pragma table_info(at_evoformer_bench)")}
+    assert rows(db, "select version from at_schema") == [(SCHEMA_VERSION,)]
+    Database(f"sqlite:///{db}").close()
+
+
 def test_a_newer_database_is_refused_and_left_alone(tmp_path, capsys):
     db = tmp_path / "new.db"
     Database(f"sqlite:///{db}").close()

@@ -27,9 +27,17 @@ What is measured, per (L, pass, variant):
   ``core_share`` = 1 - t(block whose four attention cores return v: projections, gating and bias
   kept) / t(variant), i.e. the most any attention kernel could save. These bound what sparse
   attention can do to the block (Amdahl).
-* ``max_len`` (``--max-len``, rows with status ``max_len``): the largest L of ``--max-len-steps``
-  whose pass runs without running out of memory and with a peak within ``--mem-budget`` GiB
-  (GPU default 80; on a CPU a small budget, a dry run of the logic).
+* ``checkpoint`` (``--checkpoint none block modules``): the activation checkpointing of the
+  ``fwd+bwd`` pass (`autotune.evoformer.timed_pass`: ``block`` is one block of a stack trained with
+  OpenFold's ``blocks_per_ckpt=1``, ``modules`` checkpoints each residual update); each one given
+  is its own group of paired rows. Empty for ``fwd`` rows.
+* ``max_len`` (``--max-len``, rows with status ``max_len``, or ``max_len_capped`` when the probe's
+  time cap stopped it: then a lower bound): the largest L whose pass runs without running out of
+  memory and with a peak within ``--mem-budget-gib`` GiB (GPU default 80; on a CPU a small budget,
+  a dry run of the logic), one row per (pass, checkpointing, variant); ``L`` and ``peak_mib`` are
+  that length and its peak. Found by doubling from ``--max-len-start`` then bisection to
+  ``--max-len-step`` (`autotune.evoformer.max_len`; GPU 1024, 256, up to 16384), or over the
+  explicit ``--max-len-steps``; ``--max-len-time-cap`` seconds for the whole probe.
 
 Variants: ``naive`` (OpenFold's materialised softmax), ``sdpa`` (dense, contiguous bias: the fair
 dense baseline), ``guided@s`` (guided patterns keeping 1 - s of the key blocks, chosen per call
@@ -67,14 +75,15 @@ from patterns import GuidedConfig, PatternConfig, pattern_for_sparsity, pattern_
 from patterns.output import check_output_path, write_output
 
 from models.evoformer import EvoformerAttention, EvoformerBlock, cached_layout
-from .timed_pass import PASS_MODES, block_pass
+from .max_len import ProbeResult, check_probe, pass_fits, probe_max_len
+from .timed_pass import CHECKPOINTS, PASS_MODES, block_pass
 
 __all__ = ["run_evoformer_bench", "sparsity_pattern", "default_block_size", "device_tag", "format_table", "main"]
 
 SMALL_DIMS = dict(c_m=64, c_z=32, c_hidden_msa_att=16, no_heads_msa=4, c_hidden_pair_att=16, no_heads_pair=2,
                   c_hidden_opm=16, c_hidden_mul=32)
 CSV_FIELDS = [
-    "device", "dtype", "threads", "L", "depth", "mode", "variant", "family", "pattern", "sparsity", "status",
+    "device", "dtype", "threads", "L", "depth", "mode", "checkpoint", "variant", "family", "pattern", "sparsity", "status",
     "median_ms", "p10_ms", "p90_ms", "rounds", "peak_mib", "speedup_vs_sdpa", "speedup_lo", "speedup_hi",
     "speedup_vs_naive", "attn3_share", "attn4_share", "core_share", "max_len", "mem_budget_gib", "timer",
     "memory_method",
@@ -208,36 +217,36 @@ def _inputs(L: int, st: "BenchSettings") -> tuple[torch.Tensor, torch.Tensor]:
     return m, z
 
 
-def _fits(block: EvoformerBlock, variant: Variant, L: int, mode: str, st: "BenchSettings") -> tuple[bool, float]:
-    """(whether one ``mode`` pass at length L runs within the memory budget, its peak MiB above the
-    inputs and parameters): out of memory, or a peak above ``st.mem_budget_gib``, does not fit."""
-    m = z = None
-    try:
+def _pass_at(block: EvoformerBlock, variant: Variant, mode: str, checkpoint: str,
+             st: "BenchSettings") -> Callable[[int], Callable[[], None]]:
+    """L -> the ``mode`` pass of the block with the variant's attention at L, on fresh inputs."""
+    def make(L: int) -> Callable[[], None]:
         block.set_attention(variant.make(L))
         m, z = _inputs(L, st)
-        peak = peak_memory(block_pass(block, m, z, mode), device=st.device).mib
-        return peak <= st.mem_budget_gib * 1024.0, peak
-    except Exception as exc:  # noqa: BLE001
-        if not is_oom(exc):
-            raise
-        return False, float("nan")
-    finally:
-        m = z = None
-        release_memory(st.device)
+        return block_pass(block, m, z, mode, checkpoint)
+    return make
 
 
-def max_len(block: EvoformerBlock, variant: Variant, mode: str, st: "BenchSettings") -> int:
-    """The largest L of ``st.max_len_steps`` (ascending) at which one ``mode`` pass of the variant
-    fits the memory budget (`_fits`); the search stops at the first length that does not; 0 when
-    even the first does not fit."""
-    best = 0
+def max_len(block: EvoformerBlock, variant: Variant, mode: str, st: "BenchSettings", checkpoint: str = "none",
+            deadline: Optional[float] = None) -> ProbeResult:
+    """The largest L at which one ``mode`` pass of the variant fits the memory budget
+    (`autotune.evoformer.max_len.pass_fits`): over ``st.max_len_steps`` (ascending, stopping at the
+    first that does not fit) when given, else by doubling and bisection (`probe_max_len`)."""
+    fits = pass_fits(_pass_at(block, variant, mode, checkpoint, st), st.mem_budget_gib, st.device, st.peak_fn)
+    if not st.max_len_steps:
+        return probe_max_len(fits, start=st.max_len_start, step=st.max_len_step, limit=st.max_len_limit,
+                             deadline=deadline, log=st.log)
+    best, peak_at, tried = 0, float("nan"), []
     for L in st.max_len_steps:
-        ok, peak = _fits(block, variant, L, mode, st)
+        if deadline is not None and time.perf_counter() > deadline:
+            return ProbeResult(best, peak_at, False, tuple(tried))
+        ok, peak = fits(L)
+        tried.append((L, ok, peak))
         st.log(f"  max-len {mode} {variant.name}: L={L} {'fits' if ok else 'does not fit'} ({peak:.0f} MiB)")
         if not ok:
             break
-        best = L
-    return best
+        best, peak_at = L, peak
+    return ProbeResult(best, peak_at, True, tuple(tried))
 
 
 @dataclass
@@ -268,6 +277,12 @@ class BenchSettings:
     naive_max_len: int
     seed: int
     verbose: bool
+    checkpoints: Sequence[str] = ("none",)
+    peak_fn: Callable = peak_memory  # (fn, device=) -> (bytes, method): injectable for tests
+    max_len_start: int = 0
+    max_len_step: int = 0
+    max_len_limit: int = 0
+    max_len_time_cap_s: Optional[float] = None
 
     @property
     def tag(self) -> str:
@@ -279,9 +294,10 @@ class BenchSettings:
 
 
 def _settings(lengths, depth, device, dtype, dims, tuned, modes, max_len_steps, mem_budget_gib, **rest) -> BenchSettings:
-    """Defaults by device: CUDA (bf16, depth 128, L = 256..2048, a max-L search over 1024..8192 in
-    80 GiB) or CPU (float32, depth 16, L = 64..256, over 64..512 in 0.25 GiB: a dry run of the
-    logic); a ``tuned`` path is loaded; an unknown mode is a ValueError."""
+    """Defaults by device: CUDA (bf16, depth 128, L = 256..2048, a max-L probe from 1024 in steps of
+    256 up to 16384 in 80 GiB) or CPU (float32, depth 16, L = 64..256, from 64 in steps of 16 up to
+    512 in 0.25 GiB: a dry run of the logic); a ``tuned`` path is loaded; an unknown mode or
+    checkpointing is a ValueError."""
     device = torch.device(device if device is not None else ("cuda" if torch.cuda.is_available() else "cpu"))
     on_gpu = device.type == "cuda"
     if isinstance(tuned, (str, os.PathLike)):
@@ -291,11 +307,19 @@ def _settings(lengths, depth, device, dtype, dims, tuned, modes, max_len_steps, 
     for mode in modes:
         if mode not in PASS_MODES:
             raise ValueError(f"mode must be 'fwd' or 'fwd+bwd', got {mode!r}")
-    steps = list(max_len_steps or ((1024, 2048, 3072, 4096, 6144, 8192) if on_gpu else (64, 128, 256, 512)))
+    for ck in rest.get("checkpoints", ("none",)):
+        if ck not in CHECKPOINTS:
+            raise ValueError(f"checkpoint must be one of {list(CHECKPOINTS)}, got {ck!r}")
+    probe = dict(max_len_start=(1024, 64), max_len_step=(256, 16), max_len_limit=(16384, 512))
+    for key, (gpu, cpu) in probe.items():
+        rest[key] = int(rest.get(key) or (gpu if on_gpu else cpu))
+    if rest.get("find_max_len") and not max_len_steps:
+        check_probe(rest["max_len_start"], rest["max_len_step"], rest["max_len_limit"])
     return BenchSettings(
         device=device, dtype=dtype or (torch.bfloat16 if on_gpu else torch.float32), depth=depth or (128 if on_gpu else 16),
         lengths=list(lengths or ((256, 512, 1024, 2048) if on_gpu else (64, 128, 256))),
-        dims={**dict(c_m=256, c_z=128), **(dims or {})}, tuned=tuned, modes=modes, max_len_steps=sorted(steps),
+        dims={**dict(c_m=256, c_z=128), **(dims or {})}, tuned=tuned, modes=modes,
+        max_len_steps=sorted(max_len_steps or ()),
         mem_budget_gib=float(mem_budget_gib if mem_budget_gib is not None else (80.0 if on_gpu else 0.25)), **rest,
     )
 
@@ -368,20 +392,24 @@ def _paired(block: EvoformerBlock, fn: Callable[[], None], runnable: dict[str, E
     return res.times_ms, (res.ratios if baseline == SDPA else {})
 
 
-def _mode_rows(block: EvoformerBlock, m, z, L: int, mode: str, variants: list[Variant], st: BenchSettings) -> list[dict]:
-    """The rows of every variant for one (L, mode): a probe pass each, then paired timing of those
-    that ran, then each one's peak memory."""
-    fn = block_pass(block, m, z, mode)
-    base = _share_baselines(block, fn, st, f"L={L} {mode}") if st.measure_share else {}
+def _mode_rows(block: EvoformerBlock, m, z, L: int, mode: str, variants: list[Variant], st: BenchSettings,
+               checkpoint: str = "none") -> list[dict]:
+    """The rows of every variant for one (L, mode, checkpointing): a probe pass each, then paired
+    timing of those that ran, then each one's peak memory."""
+    fn = block_pass(block, m, z, mode, checkpoint)
+    where = f"L={L} {mode}" + ("" if checkpoint == "none" else f" ckpt={checkpoint}")
+    base = _share_baselines(block, fn, st, where) if st.measure_share else {}
     atts = {v.name: v.make(L) for v in variants}
     status = {}
     for v in variants:
         skip = v.name == NAIVE and L > st.naive_max_len
-        status[v.name] = "skipped: naive_max_len" if skip else _probe(block, atts[v.name], fn, st, f"L={L} {mode} {v.name}")
+        status[v.name] = "skipped: naive_max_len" if skip else _probe(block, atts[v.name], fn, st, f"{where} {v.name}")
     runnable = {n: a for n, a in atts.items() if status[n] == "ok"}
     times, ratios = _paired(block, fn, runnable, st) if runnable else ({}, {})
     rows = [_row(block, fn, v, L, mode, status[v.name], times.get(v.name), ratios.get(v.name), base, st)
             for v in variants]
+    for r in rows:
+        r["checkpoint"] = checkpoint if mode == "fwd+bwd" else ""
     naive = next((r["median_ms"] for r in rows if r["variant"] == NAIVE), float("nan"))
     for r in rows:
         r["speedup_vs_naive"] = naive / r["median_ms"]
@@ -428,26 +456,40 @@ def _bench_length(block: EvoformerBlock, L: int, st: BenchSettings) -> list[dict
     variants = _variants(st)
     rows: list[dict] = []
     for mode in st.modes:
-        rows.extend(_mode_rows(block, m, z, L, mode, variants, st))
+        for ck in _checkpoints(mode, st):
+            rows.extend(_mode_rows(block, m, z, L, mode, variants, st, ck))
     return rows
 
 
+def _checkpoints(mode: str, st: BenchSettings) -> Sequence[str]:
+    """The checkpointings a ``mode`` pass is run with: those asked for (fwd+bwd), none (fwd)."""
+    return st.checkpoints if mode == "fwd+bwd" else ("none",)
+
+
 def _max_len_rows(block: EvoformerBlock, st: BenchSettings) -> list[dict]:
-    """One ``max_len`` row per (mode, variant), naive left out: the largest L whose pass fits the
-    memory budget (`max_len`)."""
+    """One ``max_len`` row per (mode, checkpointing, variant), naive left out: the largest L whose
+    pass fits the memory budget (`max_len`), within ``st.max_len_time_cap_s`` for all of them (each
+    probe gets an equal share of what is left)."""
+    jobs = [(mode, ck, v) for mode in st.modes for ck in _checkpoints(mode, st) for v in _variants(st)
+            if v.name != NAIVE]
+    t0 = time.perf_counter()
     rows = []
-    for mode in st.modes:
-        for v in _variants(st):
-            if v.name == NAIVE:
-                continue
-            best = max_len(block, v, mode, st)
-            at = best or st.max_len_steps[0]
-            rows.append({
-                "device": st.tag, "dtype": str(st.dtype).replace("torch.", ""), "threads": torch.get_num_threads(),
-                "L": "", "depth": st.depth, "mode": mode, "variant": v.name, "family": v.family,
-                "pattern": pattern_label(v.pattern(at), missing=""), "sparsity": v.sparsity(at), "status": "max_len",
-                "max_len": best, "mem_budget_gib": st.mem_budget_gib, "memory_method": "",
-            })
+    for i, (mode, ck, v) in enumerate(jobs):
+        deadline = None
+        if st.max_len_time_cap_s is not None:
+            left = st.max_len_time_cap_s - (time.perf_counter() - t0)
+            deadline = time.perf_counter() + left / (len(jobs) - i)
+        st.log(f"max-len {mode} ckpt={ck} {v.name}")
+        res = max_len(block, v, mode, st, ck, deadline)
+        at = res.max_len or st.max_len_start
+        rows.append({
+            "device": st.tag, "dtype": str(st.dtype).replace("torch.", ""), "threads": torch.get_num_threads(),
+            "L": res.max_len, "depth": st.depth, "mode": mode, "checkpoint": ck if mode == "fwd+bwd" else "",
+            "variant": v.name, "family": v.family, "pattern": pattern_label(v.pattern(at), missing=""),
+            "sparsity": v.sparsity(at), "status": "max_len" if res.complete else "max_len_capped",
+            "peak_mib": res.peak_mib, "max_len": res.max_len, "mem_budget_gib": st.mem_budget_gib,
+            "memory_method": "",
+        })
     return rows
 
 
@@ -483,6 +525,12 @@ def run_evoformer_bench(
     find_max_len: bool = False,
     max_len_steps: Optional[Sequence[int]] = None,
     mem_budget_gib: Optional[float] = None,
+    checkpoints: Sequence[str] = ("none",),
+    max_len_start: Optional[int] = None,
+    max_len_step: Optional[int] = None,
+    max_len_limit: Optional[int] = None,
+    max_len_time_cap_s: Optional[float] = None,
+    peak_fn: Callable = peak_memory,
     naive_max_len: int = 1 << 30,
     time_budget_s: Optional[float] = None,
     csv_path: Any = None,
@@ -496,12 +544,17 @@ def run_evoformer_bench(
     depth 16, L = 64, 128, 256); AlphaFold2 dims (``dims`` overrides ``EvoformerBlock`` kwargs).
     ``tuned``: a TunedPatterns or a path for ``kernels.load_tuned``. ``csv_path``: None writes
     `default_csv_path` (never over an existing file), False writes nothing; a Markdown summary goes
-    beside the CSV. ``time_budget_s``: no new length is started after that many seconds."""
+    beside the CSV. ``time_budget_s``: no new length is started after that many seconds.
+    ``checkpoints``: the activation checkpointings of the fwd+bwd pass (`timed_pass.CHECKPOINTS`).
+    ``max_len_*``: the max-L probe (module docstring); ``peak_fn``: its peak-memory measurement
+    (``kernels.measure.peak_memory``; injectable)."""
     st = _settings(lengths, depth, device, dtype, dims, tuned, modes, max_len_steps, mem_budget_gib, kinds=kinds,
                    patterns=patterns, sparsities=sparsities, sparse_backend=sparse_backend, block_size=block_size,
                    warmup=warmup, repeats=repeats, max_repeats=max(repeats, max_repeats), time_cap_s=time_cap_s,
                    measure_share=measure_share, measure_memory=measure_memory, find_max_len=find_max_len,
-                   naive_max_len=naive_max_len, seed=seed, verbose=verbose)
+                   naive_max_len=naive_max_len, seed=seed, verbose=verbose, checkpoints=tuple(checkpoints),
+                   peak_fn=peak_fn, max_len_start=max_len_start, max_len_step=max_len_step,
+                   max_len_limit=max_len_limit, max_len_time_cap_s=max_len_time_cap_s)
     torch.manual_seed(seed)
     block = EvoformerBlock(**st.dims).to(device=st.device, dtype=st.dtype)
     path = None if csv_path is False else (Path(csv_path) if csv_path else default_csv_path(st.tag))
@@ -545,17 +598,23 @@ def _share(x: Any) -> str:
     return "-" if x is None or x == "" or x != x else f"{x:.0%}"
 
 
+def _pass_label(r: dict) -> str:
+    """The pass of a row with its checkpointing: ``fwd``, ``fwd+bwd``, ``fwd+bwd ckpt=block``."""
+    ck = r.get("checkpoint") or "none"
+    return r["mode"] if ck == "none" else f"{r['mode']} ckpt={ck}"
+
+
 def format_table(rows: list[dict]) -> str:
     """A Markdown table of the timed rows (speedup over SDPA: median of paired ratios [95% interval])."""
     head = ("| L | pass | variant | pattern | sparsity | ms | peak MiB | vs SDPA [interval] | attn share (row+tri / +col / core) |\n"
             "|---|---|---|---|---|---|---|---|---|")
     lines = [head]
     for r in rows:
-        if r["status"] == "max_len":
+        if r["status"].startswith("max_len"):
             continue
         ms = f"{r['median_ms']:.1f}" if r["status"] == "ok" else r["status"]
         lines.append(
-            f"| {r['L']} | {r['mode']} | {r['variant']} | {r['pattern'] or '-'} | {r['sparsity']:.2f} | {ms} | "
+            f"| {r['L']} | {_pass_label(r)} | {r['variant']} | {r['pattern'] or '-'} | {r['sparsity']:.2f} | {ms} | "
             f"{r['peak_mib']:.0f} | {r['speedup_vs_sdpa']:.2f}x [{r['speedup_lo']:.2f}, {r['speedup_hi']:.2f}] | "
             f"{_share(r['attn3_share'])} / {_share(r['attn4_share'])} / {_share(r['core_share'])} |"
         )
@@ -564,16 +623,18 @@ def format_table(rows: list[dict]) -> str:
 
 def summary_markdown(rows: list[dict]) -> str:
     """The short summary written beside the CSV: machine and shapes, the timed table, the max-L table."""
-    r0 = next((r for r in rows if r["status"] != "max_len"), rows[0] if rows else {})
+    r0 = next((r for r in rows if not r["status"].startswith("max_len")), rows[0] if rows else {})
     out = [f"# EvoFormer block: {r0.get('device')} {r0.get('dtype')}, {r0.get('threads')} threads, "
            f"MSA depth {r0.get('depth')}", "",
            "Times: medians of interleaved rounds (`kernels.measure.time_paired`); speedup over dense SDPA: the "
            "median of the per-round ratios with its 95% order-statistics interval.", "", format_table(rows)]
-    ml = [r for r in rows if r["status"] == "max_len"]
+    ml = [r for r in rows if r["status"].startswith("max_len")]
     if ml:
-        out += ["", f"Largest L of one pass within {ml[0]['mem_budget_gib']:g} GiB (0: not even the first step):", "",
-                "| pass | variant | pattern at that L | max L |", "|---|---|---|---|"]
-        out += [f"| {r['mode']} | {r['variant']} | {r['pattern'] or '-'} | {r['max_len']} |" for r in ml]
+        out += ["", f"Largest L of one pass within {ml[0]['mem_budget_gib']:g} GiB (0: not even the smallest; "
+                "'>=': the probe's time cap stopped it):", "",
+                "| pass | checkpoint | variant | pattern at that L | max L | peak MiB |", "|---|---|---|---|---|---|"]
+        out += [f"| {r['mode']} | {r.get('checkpoint') or '-'} | {r['variant']} | {r['pattern'] or '-'} | "
+                f"{'' if r['status'] == 'max_len' else '>='}{r['max_len']} | {r['peak_mib']:.0f} |" for r in ml]
     return "\n".join(out) + "\n"
 
 
@@ -599,9 +660,16 @@ def main(argv: Optional[Sequence[str]] = None) -> list[dict]:
     p.add_argument("--naive-max-len", type=int, default=1 << 30, help="skip the naive variant above this L")
     p.add_argument("--no-share", action="store_true", help="skip the attention-share timings")
     p.add_argument("--no-memory", action="store_true", help="skip the peak-memory runs")
-    p.add_argument("--max-len", action="store_true", help="search the largest L whose pass fits --mem-budget")
-    p.add_argument("--max-len-steps", type=int, nargs="+", help="lengths --max-len tries (default: GPU 1024..8192, CPU 64..512)")
-    p.add_argument("--mem-budget", type=float, help="GiB for --max-len (default: GPU 80, CPU 0.25)")
+    p.add_argument("--checkpoint", nargs="+", default=["none"], choices=list(CHECKPOINTS),
+                   help="activation checkpointing of the fwd+bwd pass, each its own rows (default: none)")
+    p.add_argument("--max-len", action="store_true", help="probe the largest L whose pass fits --mem-budget-gib")
+    p.add_argument("--max-len-start", type=int, help="first L of the probe's doubling (default: GPU 1024, CPU 64)")
+    p.add_argument("--max-len-step", type=int, help="the probe's resolution (default: GPU 256, CPU 16)")
+    p.add_argument("--max-len-limit", type=int, help="largest L the probe tries (default: GPU 16384, CPU 512)")
+    p.add_argument("--max-len-time-cap", type=float, help="seconds for the whole probe (then lower bounds)")
+    p.add_argument("--max-len-steps", type=int, nargs="+", help="explicit lengths to try instead of the probe")
+    p.add_argument("--mem-budget-gib", "--mem-budget", dest="mem_budget", type=float,
+                   help="GiB for --max-len (default: GPU 80, CPU 0.25)")
     p.add_argument("--out", help="CSV path (default benchmarks/results/evoformer-<device>.csv, or a new timestamped "
                                  "name beside it when that exists); a .md summary is written beside it")
     a = p.parse_args(argv)
@@ -611,7 +679,9 @@ def main(argv: Optional[Sequence[str]] = None) -> list[dict]:
         warmup=a.warmup, repeats=a.repeats, max_repeats=a.max_repeats, time_cap_s=a.time_cap,
         dtype=getattr(torch, a.dtype) if a.dtype else None, device=a.device, measure_share=not a.no_share,
         measure_memory=not a.no_memory, find_max_len=a.max_len, max_len_steps=a.max_len_steps,
-        mem_budget_gib=a.mem_budget, naive_max_len=a.naive_max_len, time_budget_s=a.time_budget, csv_path=a.out,
+        mem_budget_gib=a.mem_budget, checkpoints=a.checkpoint, max_len_start=a.max_len_start,
+        max_len_step=a.max_len_step, max_len_limit=a.max_len_limit, max_len_time_cap_s=a.max_len_time_cap,
+        naive_max_len=a.naive_max_len, time_budget_s=a.time_budget, csv_path=a.out,
         verbose=True,
     )
     print(summary_markdown(rows))

@@ -5,6 +5,7 @@ or tuned block-sparse attention, with OpenFold-compatible parameters, and its be
 from .attention import (KINDS, AttentionChoice, EvoformerAttention, attend, cached_layout, openfold_attention,
                         sdpa_attention)
 from .modules import (
+    checkpoint_blocks,
     EvoformerBlock,
     EvoformerStack,
     MSAColumnAttention,
@@ -32,6 +33,7 @@ __all__ = [
     "sdpa_attention",
     "EvoformerBlock",
     "EvoformerStack",
+    "checkpoint_blocks",
     "MSARowAttentionWithPairBias",
     "MSAColumnAttention",
     "MSATransition",

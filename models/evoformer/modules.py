@@ -7,7 +7,17 @@ The arithmetic follows OpenFold too (e.g. the outer product mean divides after `
 
 Inference/benchmark module: dropout (row-wise 0.15 on MSA row attention and the triangle updates,
 column-wise 0.25 on triangle attention around the ending node in AF2) is omitted, as are
-OpenFold's chunking, activation checkpointing and in-place tricks.
+OpenFold's chunking and in-place tricks.
+
+Activation checkpointing (training; off by default, no parameters, so checkpoints load unchanged):
+``EvoformerStack(blocks_per_ckpt=k)`` runs each group of k blocks under
+``torch.utils.checkpoint.checkpoint(..., use_reentrant=False)``, as OpenFold's ``checkpoint_blocks``
+does (`checkpoint_blocks`): only the group's inputs are kept, its activations are recomputed in the
+backward pass. ``EvoformerBlock(checkpoint_modules=True)`` checkpoints each of the block's nine
+residual updates instead (finer: the peak of one block's backward is one update's activations). Both
+apply only in training mode with gradients enabled (OpenFold: ``blocks_per_ckpt if self.training``).
+The recompute is exact: no dropout here, and a guided pattern reads its pair signal detached and
+selects deterministically, so the recomputed layout is the first one.
 
 Shapes: m (MSA representation) [*, N_seq, N_res, c_m]; z (pair representation)
 [*, N_res, N_res, c_z]; optional masks msa_mask [*, N_seq, N_res], pair_mask [*, N_res, N_res]
@@ -23,6 +33,7 @@ from typing import Any, Optional
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
 
 from .attention import AttentionChoice, EvoformerAttention, attend
 
@@ -45,7 +56,18 @@ __all__ = [
     "PairStack",
     "EvoformerBlock",
     "EvoformerStack",
+    "checkpoint_blocks",
 ]
+
+
+def _checkpointing(module: nn.Module, enabled: Any) -> bool:
+    """Whether ``module`` checkpoints now: asked for, in training mode, with gradients enabled."""
+    return bool(enabled) and module.training and torch.is_grad_enabled()
+
+
+def _update(ckpt: bool, fn: Any, *args: Any) -> Any:
+    """``fn(*args)``, under non-reentrant activation checkpointing when ``ckpt``."""
+    return checkpoint(fn, *args, use_reentrant=False) if ckpt else fn(*args)
 
 
 def _mask_bias(mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
@@ -321,14 +343,16 @@ class PairStack(nn.Module):
         self.tri_att_start = TriangleAttentionStartingNode(c_z, c_hidden_pair_att, no_heads_pair)
         self.tri_att_end = TriangleAttentionEndingNode(c_z, c_hidden_pair_att, no_heads_pair)
         self.pair_transition = PairTransition(c_z, transition_n)
+        self.checkpoint_modules = False  # set by EvoformerBlock (see the module docstring)
 
     def forward(self, z: torch.Tensor, mask: Optional[torch.Tensor] = None,
                 pair_signal: Optional[torch.Tensor] = None) -> torch.Tensor:
-        z = z + self.tri_mul_out(z, mask)
-        z = z + self.tri_mul_in(z, mask)
-        z = z + self.tri_att_start(z, mask, pair_signal)
-        z = z + self.tri_att_end(z, mask, pair_signal)
-        return z + self.pair_transition(z, mask)
+        ck = _checkpointing(self, self.checkpoint_modules)
+        z = z + _update(ck, self.tri_mul_out, z, mask)
+        z = z + _update(ck, self.tri_mul_in, z, mask)
+        z = z + _update(ck, self.tri_att_start, z, mask, pair_signal)
+        z = z + _update(ck, self.tri_att_end, z, mask, pair_signal)
+        return z + _update(ck, self.pair_transition, z, mask)
 
 
 class EvoformerBlock(nn.Module):
@@ -347,6 +371,7 @@ class EvoformerBlock(nn.Module):
     Dropout is omitted (inference/benchmark). ``attention`` (an ``EvoformerAttention``, or anything
     ``EvoformerAttention.coerce`` accepts: "naive", "sdpa", an AttentionChoice, a PatternConfig, a
     TunedPatterns) chooses how the four attention modules compute attention; default: dense SDPA.
+    ``checkpoint_modules``: checkpoint each residual update in training (module docstring).
     """
 
     def __init__(
@@ -361,6 +386,7 @@ class EvoformerBlock(nn.Module):
         c_hidden_mul: int = 128,
         transition_n: int = 4,
         attention: Any = None,
+        checkpoint_modules: bool = False,
     ):
         super().__init__()
         # registration order as in OpenFold (MSABlock first, then EvoformerBlock's column attention)
@@ -370,6 +396,16 @@ class EvoformerBlock(nn.Module):
         self.pair_stack = PairStack(c_z, c_hidden_mul, c_hidden_pair_att, no_heads_pair, transition_n)
         self.msa_att_col = MSAColumnAttention(c_m, c_hidden_msa_att, no_heads_msa)
         self.set_attention(attention)
+        self.checkpoint_modules = checkpoint_modules
+
+    @property
+    def checkpoint_modules(self) -> bool:
+        """Whether each residual update runs under activation checkpointing in training."""
+        return self.pair_stack.checkpoint_modules
+
+    @checkpoint_modules.setter
+    def checkpoint_modules(self, value: bool) -> None:
+        self.pair_stack.checkpoint_modules = bool(value)
 
     @property
     def attention(self) -> EvoformerAttention:
@@ -399,10 +435,11 @@ class EvoformerBlock(nn.Module):
                 ) -> tuple[torch.Tensor, torch.Tensor]:
         """``pair_signal`` [L, L] (optional; a recycled distance map or contact probabilities, read
         as logits): guides every guided attention of the block instead of their own pair biases."""
-        m = m + self.msa_att_row(m, z, msa_mask, pair_signal)
-        m = m + self.msa_att_col(m, msa_mask)
-        m = m + self.msa_transition(m, msa_mask)
-        z = z + self.outer_product_mean(m, msa_mask)
+        ck = _checkpointing(self, self.checkpoint_modules)
+        m = m + _update(ck, self.msa_att_row, m, z, msa_mask, pair_signal)
+        m = m + _update(ck, self.msa_att_col, m, msa_mask)
+        m = m + _update(ck, self.msa_transition, m, msa_mask)
+        z = z + _update(ck, self.outer_product_mean, m, msa_mask)
         z = self.pair_stack(z, pair_mask, pair_signal)
         return m, z
 
@@ -410,12 +447,18 @@ class EvoformerBlock(nn.Module):
 class EvoformerStack(nn.Module):
     """N EvoFormer blocks (48 in AF2), parameters named ``blocks.<i>.*``. Only the blocks: OpenFold's
     EvoformerStack also holds the final single-representation ``linear``, which is not part of this
-    benchmark model."""
+    benchmark model. ``blocks_per_ckpt``: checkpoint every group of that many blocks in training
+    (`checkpoint_blocks`; None: no checkpointing), as OpenFold's argument of that name."""
 
-    def __init__(self, no_blocks: int = 48, attention: Any = None, **block_kwargs: Any):
+    def __init__(self, no_blocks: int = 48, attention: Any = None, blocks_per_ckpt: Optional[int] = None,
+                 **block_kwargs: Any):
         super().__init__()
         self.blocks = nn.ModuleList(EvoformerBlock(**block_kwargs) for _ in range(no_blocks))
         self.set_attention(attention)
+        if blocks_per_ckpt is not None and not 1 <= blocks_per_ckpt <= max(no_blocks, 1):
+            raise ValueError(f"blocks_per_ckpt must be between 1 and the number of blocks ({no_blocks}), "
+                             f"got {blocks_per_ckpt}")
+        self.blocks_per_ckpt = blocks_per_ckpt
 
     @property
     def attention(self) -> EvoformerAttention:
@@ -431,6 +474,29 @@ class EvoformerStack(nn.Module):
                 pair_mask: Optional[torch.Tensor] = None, pair_signal: Optional[torch.Tensor] = None
                 ) -> tuple[torch.Tensor, torch.Tensor]:
         """``pair_signal``: as in `EvoformerBlock.forward`, for every block."""
-        for block in self.blocks:
-            m, z = block(m, z, msa_mask, pair_mask, pair_signal)
+        per = self.blocks_per_ckpt if _checkpointing(self, self.blocks_per_ckpt) else None
+        return checkpoint_blocks(list(self.blocks), (m, z), (msa_mask, pair_mask, pair_signal), per)
+
+
+def checkpoint_blocks(blocks: list[nn.Module], state: tuple[torch.Tensor, torch.Tensor], extra: tuple,
+                      blocks_per_ckpt: Optional[int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Run ``blocks`` in order on ``state`` = (m, z) (each ``block(m, z, *extra) -> (m, z)``), every
+    consecutive group of ``blocks_per_ckpt`` under ``torch.utils.checkpoint.checkpoint(...,
+    use_reentrant=False)`` (None: plainly). OpenFold's ``checkpoint_blocks`` (openfold/utils/
+    checkpointing.py): the group keeps its inputs only and recomputes its activations in backward."""
+    m, z = state
+    if blocks_per_ckpt is None:
+        for block in blocks:
+            m, z = block(m, z, *extra)
         return m, z
+
+    def run_group(group: list[nn.Module]) -> Any:
+        def run(m: torch.Tensor, z: torch.Tensor, *extra: Any) -> tuple[torch.Tensor, torch.Tensor]:
+            for block in group:
+                m, z = block(m, z, *extra)
+            return m, z
+        return run
+
+    for start in range(0, len(blocks), blocks_per_ckpt):
+        m, z = checkpoint(run_group(blocks[start:start + blocks_per_ckpt]), m, z, *extra, use_reentrant=False)
+    return m, z

@@ -172,18 +172,23 @@ def evoformer(ctx: ReportContext, page: Page) -> None:
         rows_ = [r for r in d.evoformer_rows if r.bench_run_id == br.id]
         page.w(f"#### bench#{br.id}: {br.device}, {br.dtype}, {br.threads} thread(s)", "")
         out = []
-        for (L, mode) in sorted({(r.seq_len, r.mode) for r in rows_}):
-            grp = [r for r in rows_ if (r.seq_len, r.mode) == (L, mode)]
+        for (L, mode, ck) in sorted({(r.seq_len, r.mode, _ckpt(r)) for r in rows_}):
+            grp = [r for r in rows_ if (r.seq_len, r.mode, _ckpt(r)) == (L, mode, ck)]
             sd = next((r for r in grp if r.variant == SDPA and r.status == "ok"), None)
             nv = next((r for r in grp if r.variant == NAIVE and r.status == "ok"), None)
             bound = (1 / (1 - sd.core_share) if sd is not None and sd.core_share is not None
                      and 0 <= sd.core_share < 1 else None)
             for r in grp:
                 ok = r.status == "ok" and r.median_ms
-                out.append([str(L), mode, str(r.depth), r.variant, r.pattern or "—", f"{r.sparsity:.3f}",
+                out.append([str(L), mode if ck == "none" else f"{mode} ckpt={ck}", str(r.depth), r.variant, r.pattern or "—", f"{r.sparsity:.3f}",
                             f_ms(r.median_ms) if ok else r.status, f_ms(r.peak_mib) if ok else "—",
                             f_x(sd.median_ms / r.median_ms) if ok and sd else "—",
                             f_x(nv.median_ms / r.median_ms) if ok and nv else "—",
                             f_pct(r.core_share), f_x(bound), cite("eb", [r.id] + ([sd.id] if sd and sd is not r else []))])
         page.w(*table(["L", "pass", "MSA depth", "variant", "pattern", "sparsity", "block ms", "peak MiB", "vs SDPA",
                        "vs naive", "attention share", "bound", "source"], out), "")
+
+
+def _ckpt(r) -> str:
+    """The activation checkpointing of an EvoFormer bench row (NULL: none; older rows and fwd)."""
+    return getattr(r, "checkpoint", None) or "none"

@@ -189,8 +189,8 @@ def summary_evoformer(ctx: ReportContext, page: Page) -> None:
     for br in [b for b in d.bench_runs if b.kind == "evoformer"]:
         rows = [r for r in d.evoformer_rows if r.bench_run_id == br.id and r.status == "ok"]
         parts = []
-        for (L, mode) in sorted({(r.seq_len, r.mode) for r in rows}):
-            grp = [r for r in rows if (r.seq_len, r.mode) == (L, mode)]
+        for (L, mode, ck) in sorted({(r.seq_len, r.mode, r.checkpoint or "none") for r in rows}):
+            grp = [r for r in rows if (r.seq_len, r.mode, r.checkpoint or "none") == (L, mode, ck)]
             sd = next((r for r in grp if r.variant == SDPA), None)
             sp = [r for r in grp if r.variant.startswith("sparse") and r.median_ms]
             if sd is None or not sp:
@@ -198,7 +198,7 @@ def summary_evoformer(ctx: ReportContext, page: Page) -> None:
             best = max(sp, key=lambda r: sd.median_ms / r.median_ms)
             bound = (f", attention cores {f_pct(sd.core_share)} of the dense block: bound "
                      f"{f_x(1 / (1 - sd.core_share))}" if sd.core_share is not None and 0 <= sd.core_share < 1 else "")
-            parts.append(f"L={L} {mode} {f_x(sd.median_ms / best.median_ms)} at sparsity {best.sparsity:.2f}{bound} "
+            parts.append(f"L={L} {mode}{'' if ck == 'none' else f' ckpt={ck}'} {f_x(sd.median_ms / best.median_ms)} at sparsity {best.sparsity:.2f}{bound} "
                          f"({cite('eb', [sd.id, best.id])})")
         if parts:
             page.w(f"- EvoFormer block bench#{br.id} ({br.device}, {br.dtype}), best sparse block vs dense SDPA "
