@@ -353,10 +353,11 @@ class TrialRunner:
         return report
 
     def _compile_phase(self, cand: _Candidate, L: int, B: Optional[int], result: TrialResult, seed: int) -> None:
-        """A compile phase per attention workload at length L (batch B, default the workload's):
-        one untimed call of the candidate on inputs of the cell's shape, the first time its compile
-        key is met in this worker (`kernels.compile_cache`); Triton backend only (the CPU backends
-        compile nothing). Its seconds go to ``timing.compile_s``, its record to ``result.compiles``."""
+        """A compile phase per workload at length L (batch B, default the workload's): one untimed
+        pass of the candidate on inputs of the cell's shape (an attention call, or a whole EvoFormer
+        block with its three sparse calls), the first time its compile key is met in this worker
+        (`kernels.compile_cache`); Triton backend only (the CPU backends compile nothing). Its
+        seconds go to ``timing.compile_s``, its record to ``result.compiles``."""
         space, pattern_config = cand.space, cand.pattern_config
         if space.backend != "triton":
             return
@@ -364,13 +365,15 @@ class TrialRunner:
 
         kernel_config = cand.kernel_at(pattern_config.block_size)
         for w in space.workloads:
-            if w.kind not in ("msa_row", "triangle") or not w.applies(L):
+            if not w.applies(L):
                 continue
             batch = B if B is not None else w.batch(L)
-            key = compile_key(backend=space.backend, dtype=space.dtype, mode=space.mode, heads=w.heads,
-                              head_dim=w.head_dim, bias=w.bias, batch=batch, length=L,
-                              block_size=pattern_config.block_size,
-                              kernel=None if kernel_config is None else kernel_config.to_dict())
+            key = tuple(compile_key(backend=space.backend, dtype=space.dtype, mode=space.mode, heads=heads,
+                                    head_dim=head_dim, bias=bias, batch=b, length=L,
+                                    block_size=pattern_config.block_size,
+                                    kernel=None if kernel_config is None else kernel_config.to_dict())
+                        for heads, head_dim, bias, b in bench_for(space, w, self).compile_shapes(L, batch))
+            key = key[0] if len(key) == 1 else (w.kind, *key)
             rec = self.compiles.ensure(
                 key, lambda: self.compile_step(space, w, pattern_config, kernel_config, L, batch, seed))
             if rec is not None:
@@ -379,16 +382,7 @@ class TrialRunner:
 
     def compile_step(self, space: SearchSpace, w, pattern_config, kernel_config, L: int, batch: int, seed: int) -> None:
         """One pass of the candidate at (L, batch) on fresh inputs (what compiles its kernels)."""
-        from kernels import sparse_attention
-
-        from .workloads import DTYPES, one_pass, random_qkv, workload_layout
-
-        gen = torch.Generator().manual_seed(seed + 2)
-        q, k, v, bias = random_qkv(batch, w.heads, L, w.head_dim, w.bias, space.device, DTYPES[space.dtype], gen,
-                                   space.mode == "fwd+bwd")
-        lay = workload_layout(pattern_config, L, nominal_layout(pattern_config, L), bias, w.name)
-        one_pass(space.mode, lambda: sparse_attention(q, k, v, lay, bias, backend=space.backend, config=kernel_config),
-                 q, k, v, bias)()
+        bench_for(space, w, self).compile_pass(pattern_config, kernel_config, L, batch, seed)
         if space.device == "cuda":
             torch.cuda.synchronize()
 

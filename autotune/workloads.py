@@ -282,6 +282,16 @@ class WorkloadBench:
         kernel config)) on fresh inputs at bucket L (``measure.confirm_*``)."""
         raise NotImplementedError
 
+    def compile_shapes(self, L: int, batch: int) -> list[tuple[int, int, bool, int]]:
+        """The attention calls one pass of this workload makes at length L, as (heads, head_dim,
+        bias, batch): what its compile key is made of (`kernels.compile_cache.compile_key`)."""
+        raise NotImplementedError
+
+    def compile_pass(self, pattern_config, kernel_config, L: int, batch: int, seed: int) -> None:
+        """One untimed pass of the candidate at length L on fresh inputs: what compiles its kernels
+        (the trial's compile phase, `autotune.trial.TrialRunner.compile_step`)."""
+        raise NotImplementedError
+
     def _cached(self, key: tuple, measure: Callable[[], dict[str, Optional[Baseline]]]) -> Baselines:
         if key in self.caches.baselines:
             return Baselines(**self.caches.baselines[key], cached=True)
@@ -302,6 +312,18 @@ class AttentionBench(WorkloadBench):
 
     def _pass(self, f: Callable[[], torch.Tensor], q, k, v, bias) -> Callable[[], None]:
         return one_pass(self.space.mode, f, q, k, v, bias)
+
+    def compile_shapes(self, L, batch):
+        return [(self.w.heads, self.w.head_dim, self.w.bias, batch)]
+
+    def compile_pass(self, pattern_config, kernel_config, L, batch, seed):
+        from kernels import sparse_attention
+
+        space = self.space
+        q, k, v, bias = self._inputs(batch, L, torch.Generator().manual_seed(seed + 2))
+        lay = workload_layout(pattern_config, L, nominal_layout(pattern_config, L), bias, self.w.name)
+        self._pass(lambda: sparse_attention(q, k, v, lay, bias, backend=space.backend, config=kernel_config),
+                   q, k, v, bias)()
 
     def gate(self, pattern_config, kernel_config, layout, gen, ftol, btol):
         from kernels import reference_attention, sparse_attention
@@ -426,6 +448,21 @@ class EvoformerBench(WorkloadBench):
         m = torch.randn(depth, L, w.c_m, generator=g, device=device, dtype=dtype)
         z = torch.randn(L, L, w.c_z, generator=g, device=device, dtype=dtype)
         return m, z
+
+    def compile_shapes(self, L, batch):
+        """The block's sparse calls: MSA row attention (MSA depth rows, the MSA heads, pair bias)
+        and the two triangle attentions (L rows, the pair heads, pair bias)."""
+        w = self.w
+        return [(w.heads, w.head_dim, True, w.msa_depth), (w.pair_heads, w.head_dim, True, L)]
+
+    def compile_pass(self, pattern_config, kernel_config, L, batch, seed):
+        block = self.block()
+        m, z = self.inputs(L, self.w.msa_depth, torch.Generator().manual_seed(seed + 2))
+        block.set_attention(self.candidate(pattern_config, kernel_config))
+        try:
+            block_pass(block, m, z, self.space.mode)()
+        finally:
+            block.set_attention(None)
 
     def candidate(self, pattern_config, kernel_config):
         """The sparse attention choice of the block (MSA row and both triangle attentions)."""

@@ -135,6 +135,39 @@ def test_search_compiles_each_launch_config_once_per_study(tmp_path, monkeypatch
     assert any(json.loads(p)["block_size"] == 32 for (p,) in bs) == bool(failed)
 
 
+def test_an_evoformer_workload_has_its_own_compile_phase(tmp_path, monkeypatch):
+    """A whole-block workload is compiled apart from its timing too: one untimed block pass per new
+    key (its keys: the MSA row call and the triangle calls at that length), skipped when the key
+    returns, and the real pass runs the block with the candidate's attention and restores dense."""
+    from autotune.trial import TrialResult, _Candidate
+    from autotune.workloads import EvoformerBench, TrialTiming, bench_for
+    from patterns import PatternConfig
+
+    evo = {"name": "evo", "kind": "evoformer", "msa_depth": 3, "c_m": 16, "c_z": 8, "heads": 2, "pair_heads": 2,
+           "head_dim": 8, "c_hidden_opm": 4, "c_hidden_mul": 8}
+    space = load_space(write_space(tmp_path, backend="cpu", buckets=[32, 48], workloads=[evo],
+                                   pattern={"block_size": 16, "window": 16, "num_global": 0, "stride": 0}))
+    passes: list[int] = []
+    monkeypatch.setattr(EvoformerBench, "compile_pass", lambda self, pc, kc, L, batch, seed: passes.append(L))
+    phase = _compile_phase_as_triton(TrialRunner._compile_phase)
+    runner, pc = TrialRunner(), PatternConfig(block_size=16, window=16)
+    results = [TrialResult(number=i, timing=TrialTiming()) for i in range(3)]
+    for res, L in zip(results, (32, 32, 48)):
+        phase(runner, _Candidate(space, pc, None), L, None, res, 0)
+    assert passes == [32, 48]  # the second trial at L=32 finds its key compiled
+    assert [len(r.compiles) for r in results] == [1, 0, 1]
+    key = results[0].compiles[0]["key"]
+    assert "evoformer" in key and key.count("'triton'") == 2  # one compile key per sparse call shape
+    monkeypatch.undo()
+    bench = bench_for(space, space.workloads[0], runner)
+    assert bench.compile_shapes(32, 3) == [(2, 8, True, 3), (2, 8, True, 32)]
+    block, seen = bench.block(), []
+    hook = block.msa_att_row.register_forward_pre_hook(lambda mod, args: seen.append(mod.attention.kind))
+    bench.compile_pass(pc, None, 32, 3, 0)  # the real pass, on the space's CPU backend
+    hook.remove()
+    assert seen == ["sparse"] and block.attention.msa_row.kind == "sdpa"  # the candidate ran; dense restored
+
+
 def _compile_phase_as_triton(original):
     """The compile phase run as if the space's backend were triton (the tiny space measures with
     the reference backend, which compiles nothing)."""
