@@ -25,11 +25,13 @@ one cache, ``kernels.plans``; ``clear_plan_caches()`` empties it (before a cold 
 
 from __future__ import annotations
 
+import importlib.util
 from typing import Optional
 
 import torch
 
 from patterns import BlockLayout
+from patterns import guided as _guided
 
 from . import backends as _backends
 from .config import KernelConfig, candidate_configs
@@ -39,6 +41,17 @@ from .plans import clear_plan_caches
 from .reference import reference_attention
 
 BACKENDS: tuple[str, ...] = ("auto", *_backends.names())
+
+
+def _fused_guided_build(*args):
+    """`kernels.guided_build.fused_guided_build`, imported (with Triton) on the first CUDA build."""
+    from .guided_build import fused_guided_build
+
+    return fused_guided_build(*args)
+
+
+# guided layouts on CUDA: pooling, selection and index in one launch (patterns cannot import kernels)
+_guided.register_fused_builder(_fused_guided_build if importlib.util.find_spec("triton") is not None else None)
 
 __all__ = [
     "sparse_attention",
