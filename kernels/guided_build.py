@@ -39,6 +39,7 @@ caller uses the torch path.
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Optional
 
@@ -51,7 +52,8 @@ __all__ = ["fused_guided_build", "MAX_ROW_BLOCKS", "MAX_LAYOUT_TILES"]
 MAX_ROW_BLOCKS = 1024
 MAX_LAYOUT_TILES = 4096
 _POOL_IDS = {"max": 0, "mean": 1, "logsumexp": 2}
-_CHUNK = 4096  # elements of the pairwise / line tiles held at once
+_CHUNK = 1024  # elements of the pairwise / line tiles held at once (more spill at nb >= 128: sm_90 compile)
+_TARGETS = 128  # spread="layout": tiles ranked at once by the last program
 
 
 # ---- pooling ---------------------------------------------------------------------------------------
@@ -256,6 +258,7 @@ def _counter(device: torch.device, size: int) -> torch.Tensor:
     return c
 
 
+@functools.lru_cache(maxsize=256)
 def launch_params(config, seq_len: int) -> Optional[dict]:
     """The kernel's constexprs and scalars for ``config`` at ``seq_len``; None beyond the limits."""
     bs = config.block_size
@@ -270,7 +273,7 @@ def launch_params(config, seq_len: int) -> Optional[dict]:
     return dict(
         nb=nb, n_keep=n_keep, mass=float(config.mass or 0.0), POOL=_POOL_IDS[config.pool],
         KEEP=config.keep is not None, LAYOUT=layout, BS=bs, LOG_BS=int(math.log2(bs)), CW=cw, NB_PAD=nb_pad,
-        CS=max(1, min(256, _CHUNK // (256 if layout else nb_pad))), CT=256, LN=max(1, min(nb_pad, _CHUNK // nb_pad)),
+        CS=max(1, _CHUNK // (_TARGETS if layout else nb_pad)), CT=_TARGETS, LN=max(1, min(nb_pad, _CHUNK // nb_pad)),
         num_warps=8 if bs * cw >= 8192 else 4,
     )
 
@@ -279,7 +282,7 @@ def fused_guided_build(config, seq_len: int, s3: torch.Tensor, forced: torch.Ten
     """(mask bool [G, nb, nb], kv_counts, kv_indices, q_counts, q_indices, nan_rows bool [G, nb],
     scores float32 [G, nb, nb]) of the guided ``config`` on the signal ``s3`` [G, L, L] with the
     forced tiles ``forced`` bool [nb, nb], in one launch; None if the shape is beyond the limits."""
-    p = launch_params(config, seq_len)
+    p = launch_params(config, seq_len)  # cached: a dict shared by calls, read only
     if p is None:
         return None
     G, nb = s3.shape[0], p["nb"]

@@ -14,11 +14,15 @@ Higher signal means "more wanted". The signal is read as attention logits: the m
 a tile by ``exp(pooled score)`` (see below), so a probability map should be passed as its log.
 
 Algorithm (all vectorised torch ops on the signal's device; no Python loop over blocks and no
-host synchronisation apart from the optional NaN check):
+host synchronisation apart from the NaN check on CPU). On CUDA, ``kernels`` registers a fused
+builder (`register_fused_builder`, `kernels.guided_build`) that does steps 1-3 and the compact
+index in one launch with the same result; the torch ops below stay the reference and the CPU path.
 
 1. **Pooling.** The signal is cut into ``block_size`` x ``block_size`` tiles (the ragged tail
    tiles hold only their real pairs) and each tile gets one score: ``max``, ``mean`` or
-   ``logsumexp`` of its pairs. ``logsumexp`` is the log of the tile's unnormalised softmax mass
+   ``logsumexp`` of its pairs (``mean``: the sum in a fixed pairwise order, rows then columns
+   halved repeatedly, so that every device and the fused build get the same bits, divided by the
+   real pair count). ``logsumexp`` is the log of the tile's unnormalised softmax mass
    under the signal; ``max`` favours a single strong pair; ``mean`` a uniformly strong tile.
    ``logsumexp`` is computed in two levels (`pool_signal`): per query row and tile, the fused
    ``log_softmax`` kernel gives ``max + log(sum(exp(x - max)))`` over the row's bs keys in one

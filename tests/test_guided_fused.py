@@ -8,8 +8,12 @@ NaN rows flag equal to the torch scores' NaN rows.
 
 from __future__ import annotations
 
+import csv
 import os
 import random
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -24,7 +28,11 @@ from patterns.layout import compact_index
 
 INTERPRET = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 DEVICE = "cuda" if torch.cuda.is_available() and not INTERPRET else "cpu"
-pytestmark = pytest.mark.skipif(DEVICE == "cpu" and not INTERPRET, reason="needs CUDA or the Triton interpreter")
+pytestmark = [
+    pytest.mark.skipif(DEVICE == "cpu" and not INTERPRET, reason="needs CUDA or the Triton interpreter"),
+    pytest.mark.filterwarnings("ignore::RuntimeWarning"),  # the interpreter's numpy on NaN / inf lanes
+]
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def _torch_build(cfg, L, s3):
@@ -136,3 +144,36 @@ def test_cpu_build_raises_on_nan_by_default_and_flags_it_when_asked_not_to():
     lay = guided.build_guided_layout(cfg, L, s, check_nan=False)
     assert bool(lay.signal_nan)
     assert not bool(build_layout(cfg, L, signal=torch.randn(2, L, L)).signal_nan)
+
+
+@pytest.mark.parametrize("budget", BUDGETS, ids=("keep", "mass"))
+@pytest.mark.parametrize("spread", ("row", "layout"))
+def test_fused_with_small_chunks(spread, budget, monkeypatch):
+    """Chunks smaller than a row: the pairwise ranking and the index lines loop over several."""
+    monkeypatch.setattr(guided_build, "_CHUNK", 32)
+    monkeypatch.setattr(guided_build, "_TARGETS", 16)
+    launch_params.cache_clear()
+    try:
+        p = launch_params(_cfg(16, budget, "max", spread), 200)
+        assert p["CS"] < p["nb"] and p["LN"] < p["nb"]
+        _check(_cfg(16, budget, "max", spread, window=20), 200, torch.randn(2, 200, 200, device=DEVICE))
+    finally:
+        launch_params.cache_clear()
+
+
+@pytest.mark.slow
+def test_fused_kernel_compiles_for_sm90(tmp_path):
+    """Offline compile for GPUTarget("cuda", 90, 32): every specialisation at L = 512, block 64
+    assembles, without register spills in the row spread (the default)."""
+    pytest.importorskip("triton")
+    out = tmp_path / "sm90.csv"
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "guided_build_compile.py"), "--lengths", "512",
+                           "--block-sizes", "64", "--out", str(out)], capture_output=True, text=True, env=env, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    rows = list(csv.DictReader(out.open()))
+    assert len(rows) == 12
+    for r in rows:
+        assert r["ptxas_rc"] == "0" and int(r["registers"]) <= 255, r
+        if r["spread"] == "row":
+            assert r["spill_stores"] == "0", r
