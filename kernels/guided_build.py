@@ -53,6 +53,7 @@ MAX_ROW_BLOCKS = 1024
 MAX_LAYOUT_TILES = 4096
 _POOL_IDS = {"max": 0, "mean": 1, "logsumexp": 2}
 _CHUNK = 1024  # elements of the pairwise / line tiles held at once (more spill at nb >= 128: sm_90 compile)
+_SIGNAL_DTYPES = (torch.float32, torch.float16, torch.bfloat16)  # pooled in float32, as the torch path does
 _TARGETS = 128  # spread="layout": tiles ranked at once by the last program
 
 
@@ -281,9 +282,10 @@ def launch_params(config, seq_len: int) -> Optional[dict]:
 def fused_guided_build(config, seq_len: int, s3: torch.Tensor, forced: torch.Tensor) -> Optional[tuple]:
     """(mask bool [G, nb, nb], kv_counts, kv_indices, q_counts, q_indices, nan_rows bool [G, nb],
     scores float32 [G, nb, nb]) of the guided ``config`` on the signal ``s3`` [G, L, L] with the
-    forced tiles ``forced`` bool [nb, nb], in one launch; None if the shape is beyond the limits."""
+    forced tiles ``forced`` bool [nb, nb], in one launch; None if the shape is beyond the limits or
+    the signal is float64 (the torch path pools it in float64)."""
     p = launch_params(config, seq_len)  # cached: a dict shared by calls, read only
-    if p is None:
+    if p is None or s3.dtype not in _SIGNAL_DTYPES:  # float64: the torch path pools in float64
         return None
     G, nb = s3.shape[0], p["nb"]
     dev = s3.device

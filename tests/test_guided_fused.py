@@ -131,6 +131,24 @@ def test_limits_fall_back():
     assert launch_params(GuidedConfig(16, keep=0.5, spread="layout"), 16 * side + 1) is None
 
 
+@pytest.mark.parametrize("L", (1, 5, 16, 17, 33))
+def test_fused_tiny_lengths(L):
+    """One or two blocks (block 16): rows and columns of one tile, ragged or not."""
+    for cfg in (GuidedConfig(16, keep=0.5, pool="mean"), GuidedConfig(16, mass=0.3, pool="logsumexp", spread="layout")):
+        _check(cfg, L, torch.randn(2, L, L, device=DEVICE))
+
+
+def test_fused_half_precision_signal_pools_in_float32():
+    for cfg in (GuidedConfig(32, keep=0.4, pool="mean"), GuidedConfig(16, mass=0.6, pool="max", spread="layout")):
+        _check(cfg, 75, torch.randn(2, 75, 75, device=DEVICE).half())
+
+
+def test_float64_signal_is_left_to_the_torch_path():
+    cfg = GuidedConfig(16, keep=0.5)
+    s = torch.randn(1, 40, 40, dtype=torch.float64, device=DEVICE)
+    assert fused_guided_build(cfg, 40, s, _forced(cfg, 40, s.device)) is None
+
+
 def test_kernels_registers_the_fused_builder():
     assert guided._FUSED_BUILDER is kernels._fused_guided_build
 
@@ -150,13 +168,13 @@ def test_cpu_build_raises_on_nan_by_default_and_flags_it_when_asked_not_to():
 @pytest.mark.parametrize("spread", ("row", "layout"))
 def test_fused_with_small_chunks(spread, budget, monkeypatch):
     """Chunks smaller than a row: the pairwise ranking and the index lines loop over several."""
-    monkeypatch.setattr(guided_build, "_CHUNK", 32)
-    monkeypatch.setattr(guided_build, "_TARGETS", 16)
+    monkeypatch.setattr(guided_build, "_CHUNK", 128)
+    monkeypatch.setattr(guided_build, "_TARGETS", 32)
     launch_params.cache_clear()
     try:
-        p = launch_params(_cfg(16, budget, "max", spread), 200)
-        assert p["CS"] < p["nb"] and p["LN"] < p["nb"]
-        _check(_cfg(16, budget, "max", spread, window=20), 200, torch.randn(2, 200, 200, device=DEVICE))
+        p = launch_params(_cfg(16, budget, "max", spread), 150)
+        assert p["CS"] < p["nb"] * (p["nb"] if spread == "layout" else 1) and p["LN"] < p["nb"]
+        _check(_cfg(16, budget, "max", spread, window=20), 150, torch.randn(2, 150, 150, device=DEVICE))
     finally:
         launch_params.cache_clear()
 
