@@ -22,8 +22,9 @@ Program (g, i):
    float64 rounded to float32 as the CPU cumsum does). Writes the mask row and the row's
    ``kv_counts`` / ``kv_indices``.
 3. **Last program of head g** (an acq_rel atomic counter per head; the counter is left at zero
-   for the next launch): for ``spread="layout"`` the selection over the head's nb * nb tiles and
-   every row's kv index; then the transpose index ``q_counts`` / ``q_indices`` of every column.
+   for the next launch): for ``spread="layout"`` the selection over the head's nb * nb tiles (one
+   bitonic sort of int64 keys in the same order, then the budget on the sorted prefix) and every
+   row's kv index; then the transpose index ``q_counts`` / ``q_indices`` of every column.
 
 Exactness against the torch path (tests/test_guided_fused.py): ``max`` and ``mean`` scores are
 bit-identical, so are ``keep`` selections made from them (integer ranks). ``logsumexp`` scores
@@ -54,7 +55,6 @@ MAX_LAYOUT_TILES = 4096
 _POOL_IDS = {"max": 0, "mean": 1, "logsumexp": 2}
 _CHUNK = 1024  # elements of the pairwise / line tiles held at once (more spill at nb >= 128: sm_90 compile)
 _SIGNAL_DTYPES = (torch.float32, torch.float16, torch.bfloat16)  # pooled in float32, as the torch path does
-_TARGETS = 128  # spread="layout": tiles ranked at once by the last program
 
 
 # ---- pooling ---------------------------------------------------------------------------------------
@@ -205,20 +205,49 @@ def _all_lines(Mask, line_stride, elem_stride, Counts, Idx, NB, NB_PAD: tl.const
 
 
 @triton.jit
-def _select_layout(Sc, Fo, Mask, C, n_keep, mass, KEEP: tl.constexpr, CS: tl.constexpr, CT: tl.constexpr):
-    """``spread="layout"``: the kept tiles of one head's nb * nb group, written to Mask."""
-    n_forced, top = _group_stats(Sc, Fo, C, CS)
-    for t0 in range(0, C, CT):
-        pos = t0 + tl.arange(0, CT)
-        kept = _kept(Sc, Fo, pos, pos < C, C, n_forced, top, n_keep, mass, KEEP, CS)
-        tl.store(Mask + pos, kept.to(tl.int8), mask=pos < C)
+def _order_keys(s, f, pos, valid):
+    """int64 keys whose descending order is the torch path's order: forced first (by position),
+    then score descending (NaN first, -0.0 = +0.0), ties by position; -1 for padding lanes."""
+    b = tl.where(s == 0.0, 0.0, s).to(tl.int32, bitcast=True).to(tl.int64)
+    m = tl.where(b >= 0, b + 2147483648, -1 - b)  # monotone map of the float onto [0, 2^32)
+    m = tl.where(s != s, 4294967296, m)
+    tie = 1048575 - pos.to(tl.int64)  # positions below 2^20
+    key = tl.where(f, (1 << 53) + tie, (m << 20) + tie)
+    return tl.where(valid, key, -1)
+
+
+@triton.jit
+def _select_layout(Sc, Fo, Mask, C, n_keep, mass, KEEP: tl.constexpr, CP: tl.constexpr):
+    """``spread="layout"``: the kept tiles of one head's C = nb * nb group (C <= CP, a power of
+    two), written to Mask: the group sorted once (bitonic `tl.sort` on `_order_keys`), the budget
+    applied to the sorted prefix (mass: a float64 cumulative sum), the flags stored at the tiles'
+    positions."""
+    pos = tl.arange(0, CP)
+    valid = pos < C
+    s = tl.load(Sc + pos, mask=valid, other=0.0, cache_modifier=".cg")
+    f = (tl.load(Fo + pos, mask=valid, other=0) != 0) & valid
+    ks = tl.sort(_order_keys(s, f, pos, valid), descending=True)
+    valid_s = ks >= 0
+    pos_s = (1048575 - (ks & 1048575)).to(tl.int32)
+    n_forced = tl.sum(f.to(tl.int32), axis=0)
+    if KEEP:
+        kept = pos < tl.maximum(n_keep, n_forced)
+    else:
+        top = tl.max(tl.where(s == s, s, float("-inf")), axis=0)
+        any_nan = tl.max((s != s).to(tl.int32), axis=0)
+        top = tl.where((any_nan == 0) & (tl.abs(top) < float("inf")), top, 0.0)
+        w = tl.where(valid_s, _weight(tl.load(Sc + pos_s, mask=valid_s, other=0.0, cache_modifier=".cg"), top), 0.0)
+        incl = tl.cumsum(w.to(tl.float64), axis=0)
+        total = tl.sum(w.to(tl.float64), axis=0)
+        kept = ((incl.to(tl.float32) - w) < mass * total.to(tl.float32)) | (pos < n_forced)
+    tl.store(Mask + pos_s, kept.to(tl.int8), mask=valid_s)
 
 
 @triton.jit
 def _guided_build_kernel(S, stride_sg, stride_sm, stride_sn, Forced, Scores, Mask, KVC, KVI, QC, QI, NanRows,
                          Counter, L, NB, n_keep, mass, POOL: tl.constexpr, KEEP: tl.constexpr,
                          LAYOUT: tl.constexpr, BS: tl.constexpr, LOG_BS: tl.constexpr, CW: tl.constexpr,
-                         NB_PAD: tl.constexpr, CS: tl.constexpr, CT: tl.constexpr, LN: tl.constexpr):
+                         NB_PAD: tl.constexpr, CS: tl.constexpr, CP: tl.constexpr, LN: tl.constexpr):
     g = tl.program_id(0)
     i = tl.program_id(1)
     hb = g.to(tl.int64) * NB * NB
@@ -238,7 +267,7 @@ def _guided_build_kernel(S, stride_sg, stride_sm, stride_sn, Forced, Scores, Mas
     done = tl.atomic_add(Counter + g, 1, sem="acq_rel", scope="gpu")
     if done == NB - 1:  # the last program of head g: every row's scores (and mask) are written
         if LAYOUT:
-            _select_layout(Scores + hb, Forced, Mask + hb, NB * NB, n_keep, mass, KEEP, CS, CT)
+            _select_layout(Scores + hb, Forced, Mask + hb, NB * NB, n_keep, mass, KEEP, CP)
             tl.debug_barrier()
             _all_lines(Mask + hb, NB, 1, KVC + g * NB, KVI + hb, NB, NB_PAD, LN)
         _all_lines(Mask + hb, 1, NB, QC + g * NB, QI + hb, NB, NB_PAD, LN)
@@ -274,8 +303,8 @@ def launch_params(config, seq_len: int) -> Optional[dict]:
     return dict(
         nb=nb, n_keep=n_keep, mass=float(config.mass or 0.0), POOL=_POOL_IDS[config.pool],
         KEEP=config.keep is not None, LAYOUT=layout, BS=bs, LOG_BS=int(math.log2(bs)), CW=cw, NB_PAD=nb_pad,
-        CS=max(1, _CHUNK // (_TARGETS if layout else nb_pad)), CT=_TARGETS, LN=max(1, min(nb_pad, _CHUNK // nb_pad)),
-        num_warps=8 if bs * cw >= 8192 else 4,
+        CS=max(1, _CHUNK // nb_pad), CP=nb_pad * nb_pad if layout else 1, LN=max(1, min(nb_pad, _CHUNK // nb_pad)),
+        num_warps=8 if bs * cw >= 8192 or (layout and nb_pad * nb_pad >= 2048) else 4,
     )
 
 
@@ -302,6 +331,6 @@ def fused_guided_build(config, seq_len: int, s3: torch.Tensor, forced: torch.Ten
         s3, s3.stride(0), s3.stride(1), s3.stride(2), fo, scores, mask.view(torch.int8),
         kvc, kvi, qc, qi, nan_rows.view(torch.int8), _counter(dev, G), seq_len, nb, p["n_keep"], p["mass"],
         POOL=p["POOL"], KEEP=p["KEEP"], LAYOUT=p["LAYOUT"], BS=p["BS"], LOG_BS=p["LOG_BS"], CW=p["CW"],
-        NB_PAD=p["NB_PAD"], CS=p["CS"], CT=p["CT"], LN=p["LN"], num_warps=p["num_warps"],
+        NB_PAD=p["NB_PAD"], CS=p["CS"], CP=p["CP"], LN=p["LN"], num_warps=p["num_warps"],
     )
     return mask, kvc, kvi, qc, qi, nan_rows, scores
