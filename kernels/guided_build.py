@@ -14,20 +14,20 @@ Program (g, i):
    +-inf and NaN passed through as the torch path does). Ragged tiles hold only their real pairs.
    The scores go to a [G, nb, nb] float32 scratch; ``nan_rows[g, i]`` records whether row i's
    scores hold NaN (the device-side NaN flag: no host synchronisation).
-2. **Select** (``spread="row"``): the row's kept tiles, from pairwise comparisons that rank each
-   tile in the torch path's order (forced first, score descending with NaN first, ties by
-   position: the two stable sorts of `patterns.guided._select`). ``keep``: kept iff its rank <
-   max(n_keep, n_forced). ``mass``: kept iff forced or the weight before it in the order is
-   below ``mass`` times the row's total weight (weights ``exp(s - top)``, NaN weight 0, sums in
-   float64 rounded to float32 as the CPU cumsum does). Writes the mask row and the row's
-   ``kv_counts`` / ``kv_indices``.
+2. **Select** (``spread="row"``): the row's kept tiles. The row is sorted once (bitonic
+   `tl.sort` on int64 keys whose descending order is the torch path's order: forced first by
+   position, then score descending with NaN first and -0.0 = +0.0, ties by position - what the
+   two stable sorts of `patterns.guided._select` give). ``keep``: the first max(n_keep,
+   n_forced) of the order. ``mass``: forced tiles, and those whose weight before them in the order
+   is below ``mass`` times the row's total weight (weights ``exp(s - top)``, NaN weight 0; a
+   float64 cumulative sum rounded to float32, as the CPU cumsum does). Writes the mask row and
+   the row's ``kv_counts`` / ``kv_indices``.
 3. **Last program of head g** (an acq_rel atomic counter per head; the counter is left at zero
-   for the next launch): for ``spread="layout"`` the selection over the head's nb * nb tiles (one
-   bitonic sort of int64 keys in the same order, then the budget on the sorted prefix) and every
-   row's kv index; then the transpose index ``q_counts`` / ``q_indices`` of every column.
+   for the next launch): for ``spread="layout"`` the same selection over the head's nb * nb
+   tiles and every row's kv index; then the transpose index ``q_counts`` / ``q_indices`` of every column.
 
 Exactness against the torch path (tests/test_guided_fused.py): ``max`` and ``mean`` scores are
-bit-identical, so are ``keep`` selections made from them (integer ranks). ``logsumexp`` scores
+bit-identical, so are ``keep`` selections made from them (a sort, integer ranks). ``logsumexp`` scores
 use the device's exp/log and another association than torch's, equal to a few ulps; ``mass``
 sums are float64 against torch's float32 (CUDA) or float64 (CPU) accumulation. Masks therefore
 agree except where two tile scores, or a prefix mass and the threshold, are within rounding of
@@ -53,7 +53,7 @@ __all__ = ["fused_guided_build", "MAX_ROW_BLOCKS", "MAX_LAYOUT_TILES"]
 MAX_ROW_BLOCKS = 1024
 MAX_LAYOUT_TILES = 4096
 _POOL_IDS = {"max": 0, "mean": 1, "logsumexp": 2}
-_CHUNK = 1024  # elements of the pairwise / line tiles held at once (more spill at nb >= 128: sm_90 compile)
+_CHUNK = 1024  # mask elements of the index lines held at once (more spill at nb >= 128: sm_90 compile)
 _SIGNAL_DTYPES = (torch.float32, torch.float16, torch.bfloat16)  # pooled in float32, as the torch path does
 
 
@@ -119,63 +119,10 @@ def _pool_row(S, stride_sm, stride_sn, Scores_row, i, L, NB, POOL: tl.constexpr,
 
 # ---- selection ---------------------------------------------------------------------------------------
 @triton.jit
-def _group_stats(Sc, Fo, C, CS: tl.constexpr):
-    """(forced tiles, top) of a group of C scores: top = the max score if finite (NaN anywhere
-    makes it NaN, as torch.amax), else 0 - the shift of the mass weights."""
-    n_forced = tl.zeros((), tl.int32)
-    top = tl.full((), float("-inf"), tl.float32)
-    any_nan = tl.zeros((), tl.int32)
-    for a0 in range(0, C, CS):
-        a = a0 + tl.arange(0, CS)
-        s = tl.load(Sc + a, mask=a < C, other=float("-inf"), cache_modifier=".cg")
-        f = tl.load(Fo + a, mask=a < C, other=0)
-        n_forced += tl.sum((f != 0).to(tl.int32), axis=0)
-        top = tl.maximum(top, tl.max(tl.where(s == s, s, float("-inf")), axis=0))
-        any_nan = tl.maximum(any_nan, tl.max((s != s).to(tl.int32), axis=0))
-    top = tl.where((any_nan == 0) & (tl.abs(top) < float("inf")), top, 0.0)
-    return n_forced, top
-
-
-@triton.jit
 def _weight(s, top):
     """exp(s - top), NaN -> 0 (the torch path's mass weights)."""
     w = tl.exp(s - top)
     return tl.where(w == w, w, 0.0)
-
-
-@triton.jit
-def _kept(Sc, Fo, pos, valid, C, n_forced, top, n_keep, mass, KEEP: tl.constexpr, CS: tl.constexpr):
-    """bool [T]: whether the tiles at ``pos`` (group positions, [T]) are kept (module docstring)."""
-    sc = tl.load(Sc + pos, mask=valid, other=0.0, cache_modifier=".cg")
-    fc = tl.load(Fo + pos, mask=valid, other=0) != 0
-    nan_c = sc != sc
-    rank = tl.zeros(pos.shape, tl.int32)
-    incl = tl.zeros(pos.shape, tl.float64)
-    wf = tl.zeros((), tl.float64)
-    total = tl.zeros((), tl.float64)
-    for a0 in range(0, C, CS):
-        a = a0 + tl.arange(0, CS)
-        av = a < C
-        sa = tl.load(Sc + a, mask=av, other=0.0, cache_modifier=".cg")
-        fa = (tl.load(Fo + a, mask=av, other=0) != 0) & av
-        nan_a = sa != sa
-        gt = (sa[:, None] > sc[None, :]) | (nan_a[:, None] & ~nan_c[None, :])
-        eq = (sa[:, None] == sc[None, :]) | (nan_a[:, None] & nan_c[None, :])
-        nf = (av & ~fa)[:, None]
-        prec = nf & (gt | (eq & (a[:, None] < pos[None, :])))
-        if KEEP:
-            rank += tl.sum(prec.to(tl.int32), axis=0)
-        else:
-            wa = tl.where(av, _weight(sa, top), 0.0).to(tl.float64)
-            incl += tl.sum(tl.where(prec | (nf & (a[:, None] == pos[None, :])), wa[:, None], 0.0), axis=0)
-            wf += tl.sum(tl.where(fa, wa, 0.0), axis=0)
-            total += tl.sum(wa, axis=0)
-    if KEEP:
-        kept = fc | (n_forced + rank < tl.maximum(n_keep, n_forced))
-    else:
-        before = (incl + wf).to(tl.float32) - _weight(sc, top)
-        kept = fc | (before < mass * total.to(tl.float32))
-    return kept & valid
 
 
 # ---- compact index -----------------------------------------------------------------------------------
@@ -217,11 +164,11 @@ def _order_keys(s, f, pos, valid):
 
 
 @triton.jit
-def _select_layout(Sc, Fo, Mask, C, n_keep, mass, KEEP: tl.constexpr, CP: tl.constexpr):
-    """``spread="layout"``: the kept tiles of one head's C = nb * nb group (C <= CP, a power of
-    two), written to Mask: the group sorted once (bitonic `tl.sort` on `_order_keys`), the budget
-    applied to the sorted prefix (mass: a float64 cumulative sum), the flags stored at the tiles'
-    positions."""
+def _select(Sc, Fo, Mask, C, n_keep, mass, KEEP: tl.constexpr, CP: tl.constexpr):
+    """The kept tiles of one selection group of C tiles (a row, or a head's nb * nb layout; C <=
+    CP, a power of two), written to Mask: the group sorted once (bitonic `tl.sort` on
+    `_order_keys`), the budget applied to the sorted prefix (mass: a float64 cumulative sum), the
+    flags stored at the tiles' positions."""
     pos = tl.arange(0, CP)
     valid = pos < C
     s = tl.load(Sc + pos, mask=valid, other=0.0, cache_modifier=".cg")
@@ -247,7 +194,7 @@ def _select_layout(Sc, Fo, Mask, C, n_keep, mass, KEEP: tl.constexpr, CP: tl.con
 def _guided_build_kernel(S, stride_sg, stride_sm, stride_sn, Forced, Scores, Mask, KVC, KVI, QC, QI, NanRows,
                          Counter, L, NB, n_keep, mass, POOL: tl.constexpr, KEEP: tl.constexpr,
                          LAYOUT: tl.constexpr, BS: tl.constexpr, LOG_BS: tl.constexpr, CW: tl.constexpr,
-                         NB_PAD: tl.constexpr, CS: tl.constexpr, CP: tl.constexpr, LN: tl.constexpr):
+                         NB_PAD: tl.constexpr, CP: tl.constexpr, LN: tl.constexpr):
     g = tl.program_id(0)
     i = tl.program_id(1)
     hb = g.to(tl.int64) * NB * NB
@@ -258,16 +205,14 @@ def _guided_build_kernel(S, stride_sg, stride_sm, stride_sn, Forced, Scores, Mas
     sc = tl.load(Scores + row + cols, mask=cols < NB, other=0.0, cache_modifier=".cg")
     tl.store(NanRows + g * NB + i, tl.max((sc != sc).to(tl.int8), axis=0))
     if not LAYOUT:
-        n_forced, top = _group_stats(Scores + row, Forced + i * NB, NB, CS)
-        kept = _kept(Scores + row, Forced + i * NB, cols, cols < NB, NB, n_forced, top, n_keep, mass, KEEP, CS)
-        tl.store(Mask + row + cols, kept.to(tl.int8), mask=cols < NB)
+        _select(Scores + row, Forced + i * NB, Mask + row, NB, n_keep, mass, KEEP, NB_PAD)
         tl.debug_barrier()
         _compact_lines(Mask + hb, NB, 1, KVC + g * NB, KVI + hb, i, NB, NB_PAD, 1)
     tl.debug_barrier()
     done = tl.atomic_add(Counter + g, 1, sem="acq_rel", scope="gpu")
     if done == NB - 1:  # the last program of head g: every row's scores (and mask) are written
         if LAYOUT:
-            _select_layout(Scores + hb, Forced, Mask + hb, NB * NB, n_keep, mass, KEEP, CP)
+            _select(Scores + hb, Forced, Mask + hb, NB * NB, n_keep, mass, KEEP, CP)
             tl.debug_barrier()
             _all_lines(Mask + hb, NB, 1, KVC + g * NB, KVI + hb, NB, NB_PAD, LN)
         _all_lines(Mask + hb, 1, NB, QC + g * NB, QI + hb, NB, NB_PAD, LN)
@@ -303,7 +248,7 @@ def launch_params(config, seq_len: int) -> Optional[dict]:
     return dict(
         nb=nb, n_keep=n_keep, mass=float(config.mass or 0.0), POOL=_POOL_IDS[config.pool],
         KEEP=config.keep is not None, LAYOUT=layout, BS=bs, LOG_BS=int(math.log2(bs)), CW=cw, NB_PAD=nb_pad,
-        CS=max(1, _CHUNK // nb_pad), CP=nb_pad * nb_pad if layout else 1, LN=max(1, min(nb_pad, _CHUNK // nb_pad)),
+        CP=nb_pad * nb_pad if layout else nb_pad, LN=max(1, min(nb_pad, _CHUNK // nb_pad)),
         num_warps=8 if bs * cw >= 8192 or (layout and nb_pad * nb_pad >= 2048) else 4,
     )
 
@@ -331,6 +276,6 @@ def fused_guided_build(config, seq_len: int, s3: torch.Tensor, forced: torch.Ten
         s3, s3.stride(0), s3.stride(1), s3.stride(2), fo, scores, mask.view(torch.int8),
         kvc, kvi, qc, qi, nan_rows.view(torch.int8), _counter(dev, G), seq_len, nb, p["n_keep"], p["mass"],
         POOL=p["POOL"], KEEP=p["KEEP"], LAYOUT=p["LAYOUT"], BS=p["BS"], LOG_BS=p["LOG_BS"], CW=p["CW"],
-        NB_PAD=p["NB_PAD"], CS=p["CS"], CP=p["CP"], LN=p["LN"], num_warps=p["num_warps"],
+        NB_PAD=p["NB_PAD"], CP=p["CP"], LN=p["LN"], num_warps=p["num_warps"],
     )
     return mask, kvc, kvi, qc, qi, nan_rows, scores

@@ -167,12 +167,12 @@ def test_cpu_build_raises_on_nan_by_default_and_flags_it_when_asked_not_to():
 @pytest.mark.parametrize("budget", BUDGETS, ids=("keep", "mass"))
 @pytest.mark.parametrize("spread", ("row", "layout"))
 def test_fused_with_small_chunks(spread, budget, monkeypatch):
-    """Chunks smaller than a row: the pairwise ranking and the index lines loop over several."""
+    """Index chunks smaller than a row: the last program's index lines loop over several."""
     monkeypatch.setattr(guided_build, "_CHUNK", 128)
     launch_params.cache_clear()
     try:
         p = launch_params(_cfg(16, budget, "max", spread), 150)
-        assert p["CS"] < p["nb"] and p["LN"] < p["nb"]
+        assert p["LN"] < p["nb"]
         _check(_cfg(16, budget, "max", spread, window=20), 150, torch.randn(2, 150, 150, device=DEVICE))
     finally:
         launch_params.cache_clear()
