@@ -25,7 +25,6 @@ one cache, ``kernels.plans``; ``clear_plan_caches()`` empties it (before a cold 
 
 from __future__ import annotations
 
-import importlib.util
 from typing import Optional
 
 import torch
@@ -44,14 +43,18 @@ BACKENDS: tuple[str, ...] = ("auto", *_backends.names())
 
 
 def _fused_guided_build(*args):
-    """`kernels.guided_build.fused_guided_build`, imported (with Triton) on the first CUDA build."""
-    from .guided_build import fused_guided_build
-
+    """`kernels.guided_build.fused_guided_build`, imported (with Triton) on the first CUDA build;
+    None (the torch path builds the layout) where Triton is not installed."""
+    try:
+        from .guided_build import fused_guided_build
+    except ImportError:
+        _guided.register_fused_builder(None)
+        return None
     return fused_guided_build(*args)
 
 
 # guided layouts on CUDA: pooling, selection and index in one launch (patterns cannot import kernels)
-_guided.register_fused_builder(_fused_guided_build if importlib.util.find_spec("triton") is not None else None)
+_guided.register_fused_builder(_fused_guided_build)
 
 __all__ = [
     "sparse_attention",

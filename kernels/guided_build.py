@@ -224,7 +224,9 @@ _COUNTERS: dict = {}
 
 
 def _counter(device: torch.device, size: int) -> torch.Tensor:
-    """The zeroed int32 counters of one (device, stream); each launch leaves them at zero again."""
+    """The zeroed int32 counters of one (device, stream); each launch leaves them at zero again.
+    Launches on one stream run one after another, so they can share them; a CUDA graph keeps the
+    counters of the stream it was captured on (a replay must not overlap a build on that stream)."""
     stream = torch.cuda.current_stream(device).cuda_stream if device.type == "cuda" else 0
     key = (str(device), stream)
     c = _COUNTERS.get(key)
