@@ -1,6 +1,6 @@
 """Cost of building a guided layout against the sparse attention it feeds.
 
-    python benchmarks/guided_layout.py [--device cpu|cuda] [--rounds 7] [--threads N] [--workloads a,b]
+    python benchmarks/guided_layout.py [--device cpu|cuda] [--rounds 7] [--threads N] [--workloads a,b] [--spread row|layout]
         [--pools max,logsumexp] [--clock wall|cpu] [--out benchmarks/results/guided_layout_cpu.csv]
 
 For each workload (MSA row attention: batch = MSA rows, the pair bias [1, H, L, L] shared by all
@@ -171,6 +171,7 @@ def main(argv=None) -> int:
     ap.add_argument("--rounds", type=int, default=7)
     ap.add_argument("--block-size", type=int, default=64)
     ap.add_argument("--keep", type=float, default=0.25, help="fraction of key blocks per row (0.25: ~75%% sparsity)")
+    ap.add_argument("--spread", choices=["row", "layout"], default="row", help="GuidedConfig.spread")
     ap.add_argument("--workloads", default=",".join(DEFAULT_WORKLOADS), help=f"comma-separated, of {', '.join(WORKLOADS)}")
     ap.add_argument("--pools", default="max,mean,logsumexp")
     ap.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32", help="q, k, v and bias dtype")
@@ -208,7 +209,7 @@ def main(argv=None) -> int:
         q, k, v = (torch.randn(B, H, L, D, device=device, generator=g).to(dtype) for _ in range(3))
         bias = torch.randn(1, H, L, L, device=device, generator=g).to(dtype)
         for pool in args.pools.split(","):
-            cfg = GuidedConfig(args.block_size, keep=args.keep, pool=pool)
+            cfg = GuidedConfig(args.block_size, keep=args.keep, pool=pool, spread=args.spread)
             lay = build_layout(cfg, L, signal=bias)
 
             def build():
@@ -270,7 +271,7 @@ def main(argv=None) -> int:
             load_end = os.getloadavg()[0]
             row = {
                 "workload": wl, "device": device, "dtype": args.dtype, "backend": backend, "B": B, "H": H, "L": L, "D": D,
-                "block_size": args.block_size, "keep": args.keep, "pool": pool,
+                "block_size": args.block_size, "keep": args.keep, "spread": args.spread, "pool": pool,
                 "sparsity": round(lay.sparsity, 4), "rounds": args.rounds, "clock": args.clock,
             }
             for n in dict.fromkeys((*fns, "build_torch", "fused_launch", "build_prev")):
