@@ -274,10 +274,13 @@ def fused_guided_build(config, seq_len: int, s3: torch.Tensor, forced: torch.Ten
     bytes_ = torch.empty(G * nb * (nb + 1), dtype=torch.bool, device=dev)
     mask, nan_rows = bytes_[:n2].view(G, nb, nb), bytes_[n2:].view(G, nb)
     fo = forced.contiguous().view(torch.int8)  # bool and int8 share a size: a view, no launch
-    _guided_build_kernel[(G, nb)](
-        s3, s3.stride(0), s3.stride(1), s3.stride(2), fo, scores, mask.view(torch.int8),
-        kvc, kvi, qc, qi, nan_rows.view(torch.int8), _counter(dev, G), seq_len, nb, p["n_keep"], p["mass"],
-        POOL=p["POOL"], KEEP=p["KEEP"], LAYOUT=p["LAYOUT"], BS=p["BS"], LOG_BS=p["LOG_BS"], CW=p["CW"],
-        NB_PAD=p["NB_PAD"], CP=p["CP"], LN=p["LN"], num_warps=p["num_warps"],
-    )
+    args = (s3, s3.stride(0), s3.stride(1), s3.stride(2), fo, scores, mask.view(torch.int8), kvc, kvi, qc, qi,
+            nan_rows.view(torch.int8), _counter(dev, G), seq_len, nb, p["n_keep"], p["mass"])
+    consts = dict(POOL=p["POOL"], KEEP=p["KEEP"], LAYOUT=p["LAYOUT"], BS=p["BS"], LOG_BS=p["LOG_BS"], CW=p["CW"],
+                  NB_PAD=p["NB_PAD"], CP=p["CP"], LN=p["LN"], num_warps=p["num_warps"])
+    if dev.type == "cuda" and dev.index != torch.cuda.current_device():  # Triton launches on the current device
+        with torch.cuda.device(dev):
+            _guided_build_kernel[(G, nb)](*args, **consts)
+    else:
+        _guided_build_kernel[(G, nb)](*args, **consts)
     return mask, kvc, kvi, qc, qi, nan_rows, scores
