@@ -1,6 +1,6 @@
 """Cost of building a guided layout against the sparse attention it feeds.
 
-    python benchmarks/guided_layout.py [--device cpu|cuda] [--rounds 7] [--threads N] [--workloads a,b]
+    python benchmarks/guided_layout.py [--device cpu|cuda] [--rounds 7] [--threads N] [--workloads a,b] [--spread row|layout]
         [--pools max,logsumexp] [--clock wall|cpu] [--out benchmarks/results/guided_layout_cpu.csv]
 
 For each workload (MSA row attention: batch = MSA rows, the pair bias [1, H, L, L] shared by all
@@ -8,8 +8,8 @@ rows; triangle attention: batch = L) and each pooling, one round times, interlea
 
 * ``build``: `build_layout(GuidedConfig, L, signal=bias)` (per-head layout from the bias) plus its
   compact index (``kv_counts``), i.e. everything a model does before calling the kernel;
-* ``build_nocheck``: the same without the NaN check (``check_nan=False``: no host synchronisation,
-  what a compiled or graph-captured model does);
+* ``build_nocheck``: the same without the NaN check (``check_nan=False``; on CUDA the default build
+  makes no host synchronisation either: NaN is a device flag on the layout);
 * ``attn_same``: the sparse attention (backend ``cpu`` on CPU, ``triton`` on CUDA), forward,
   no grad, on one layout reused across calls (a backend's per-layout preparation amortised);
 * ``attn_fresh``: build a new guided layout and run the attention on it (what a model with
@@ -17,6 +17,10 @@ rows; triangle attention: batch = L) and each pooling, one round times, interlea
 * ``attn_fresh_private``: the same with a layout that does not share the guided configs'
   workspace (``workspace=None``): what a backend's per-layout preparation costs without it;
 * ``sdpa``: dense ``scaled_dot_product_attention`` with the bias (the search's baseline);
+* ``build_torch`` (CUDA only): the build by the torch path (pooling ops, then the selection and
+  index replayed from a captured CUDA graph), the baseline of ``build``, which on CUDA is the fused
+  one-launch build of ``kernels.guided_build``;
+* ``fused_launch`` (CUDA only): the fused kernel's launch alone (no `BlockLayout` around it);
 * ``build_prev`` (``logsumexp`` only): the same build with the previous ``logsumexp`` pooling
   (`_lse_two_pass`: tile max, then ``exp(s - max)`` on a reused buffer and a sum per tile), kept
   here as the baseline of the current one (the fused ``log_softmax`` row pass) in the same rounds.
@@ -25,7 +29,9 @@ The order of the functions rotates from round to round (A B C, B C A, ...), so t
 phase of a shared machine does not always hit the same one.
 
 Medians, 10th and 90th percentiles over ``rounds`` rounds; ``build_share`` = build median /
-attn_same median (target <= 3% for MSA row attention, 64 rows, L = 512, 8 heads x 32, CPU);
+attn_same median (target <= 3% for MSA row attention, 64 rows, L = 512, 8 heads x 32, CPU;
+<= 5% on CUDA with the fused build); ``build_torch_share`` / ``fused_launch_share`` the same for
+those rows;
 ``fresh_overhead`` = attn_fresh median / attn_same median - 1; ``speedup_vs_sdpa`` = median over
 rounds of sdpa / attn_fresh (what the search measures for a guided candidate: construction included),
 with its 10th and 90th percentiles; ``build_prev_share`` = build_prev median / attn_same median.
@@ -53,6 +59,9 @@ import patterns.guided as _guided  # noqa: E402
 from kernels import dense_attention, sparse_attention  # noqa: E402
 from patterns import BlockLayout, GuidedConfig, build_layout  # noqa: E402
 from patterns.guided import build_guided_layout  # noqa: E402
+
+if torch.cuda.is_available():
+    from kernels.guided_build import fused_guided_build  # noqa: E402
 
 WORKLOADS = {
     # name: (batch, heads, L, head_dim)
@@ -126,6 +135,17 @@ def _lse_two_pass(s3: torch.Tensor, bs: int) -> torch.Tensor:
 
 
 @contextlib.contextmanager
+def _torch_build():
+    """`build_layout` by the torch path on CUDA too (the fused builder switched off)."""
+    prev = _guided.FUSED_BUILD
+    _guided.FUSED_BUILD = False
+    try:
+        yield
+    finally:
+        _guided.FUSED_BUILD = prev
+
+
+@contextlib.contextmanager
 def _previous_logsumexp():
     """`build_layout` with `_lse_two_pass` as its ``logsumexp`` pooling, for the baseline timing."""
     current = _guided.pool_signal
@@ -151,6 +171,7 @@ def main(argv=None) -> int:
     ap.add_argument("--rounds", type=int, default=7)
     ap.add_argument("--block-size", type=int, default=64)
     ap.add_argument("--keep", type=float, default=0.25, help="fraction of key blocks per row (0.25: ~75%% sparsity)")
+    ap.add_argument("--spread", choices=["row", "layout"], default="row", help="GuidedConfig.spread")
     ap.add_argument("--workloads", default=",".join(DEFAULT_WORKLOADS), help=f"comma-separated, of {', '.join(WORKLOADS)}")
     ap.add_argument("--pools", default="max,mean,logsumexp")
     ap.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32", help="q, k, v and bias dtype")
@@ -188,7 +209,7 @@ def main(argv=None) -> int:
         q, k, v = (torch.randn(B, H, L, D, device=device, generator=g).to(dtype) for _ in range(3))
         bias = torch.randn(1, H, L, L, device=device, generator=g).to(dtype)
         for pool in args.pools.split(","):
-            cfg = GuidedConfig(args.block_size, keep=args.keep, pool=pool)
+            cfg = GuidedConfig(args.block_size, keep=args.keep, pool=pool, spread=args.spread)
             lay = build_layout(cfg, L, signal=bias)
 
             def build():
@@ -214,8 +235,23 @@ def main(argv=None) -> int:
                 with _previous_logsumexp():
                     build_layout(cfg, L, signal=bias).kv_counts
 
+            def build_torch():
+                with _torch_build():
+                    build_layout(cfg, L, signal=bias).kv_counts
+
+            s3, forced = bias[0], _guided._forced(cfg, L, bias.device)
+
+            def fused_launch():
+                fused_guided_build(cfg, L, s3, forced)
+
             fns = {"build": build, "build_nocheck": build_nocheck, "attn_same": attn_same, "attn_fresh": attn_fresh, "attn_fresh_private": attn_fresh_private,
                    "sdpa": sdpa}
+            if device == "cuda":
+                fns["build_torch"], fns["fused_launch"] = build_torch, fused_launch
+                with _torch_build():
+                    torch_mask = build_layout(cfg, L, signal=bias).block_mask
+                if not torch.equal(torch_mask, lay.block_mask):
+                    print(f"warning: {wl}: the fused build selects other blocks than the torch build", file=sys.stderr)
             if pool == "logsumexp":
                 fns["build_prev"] = build_prev
                 with _previous_logsumexp():  # the baseline selects the same blocks
@@ -235,16 +271,18 @@ def main(argv=None) -> int:
             load_end = os.getloadavg()[0]
             row = {
                 "workload": wl, "device": device, "dtype": args.dtype, "backend": backend, "B": B, "H": H, "L": L, "D": D,
-                "block_size": args.block_size, "keep": args.keep, "pool": pool,
+                "block_size": args.block_size, "keep": args.keep, "spread": args.spread, "pool": pool,
                 "sparsity": round(lay.sparsity, 4), "rounds": args.rounds, "clock": args.clock,
             }
-            for n in dict.fromkeys((*fns, "build_prev")):
+            for n in dict.fromkeys((*fns, "build_torch", "fused_launch", "build_prev")):
                 t = times.get(n)
                 row[f"{n}_ms_median"] = round(med[n] * 1e3, 3) if t else None
                 row[f"{n}_ms_p10"] = round(_q(t, 0.1) * 1e3, 3) if t else None
                 row[f"{n}_ms_p90"] = round(_q(t, 0.9) * 1e3, 3) if t else None
             row["build_share"] = round(med["build"] / med["attn_same"], 4)
             row["build_nocheck_share"] = round(med["build_nocheck"] / med["attn_same"], 4)
+            for n in ("build_torch", "fused_launch"):
+                row[f"{n}_share"] = round(med[n] / med["attn_same"], 4) if n in med else None
             row["build_prev_share"] = round(med["build_prev"] / med["attn_same"], 4) if "build_prev" in med else None
             row["fresh_overhead"] = round(med["attn_fresh"] / med["attn_same"] - 1.0, 4)
             row["fresh_private_overhead"] = round(med["attn_fresh_private"] / med["attn_same"] - 1.0, 4)
@@ -263,6 +301,9 @@ def main(argv=None) -> int:
                 f"fresh layout per call +{row['fresh_overhead']:.1%} (without the shared workspace "
                 f"+{row['fresh_private_overhead']:.1%}); vs SDPA {row['sdpa_ms_median']:.2f} ms: "
                 f"{row['speedup_vs_sdpa']:.2f}x [{row['speedup_vs_sdpa_p10']:.2f}, {row['speedup_vs_sdpa_p90']:.2f}]"
+                + (f"; torch build {row['build_torch_ms_median']:.3f} ms = {row['build_torch_share']:.1%}, fused "
+                   f"launch alone {row['fused_launch_ms_median']:.3f} ms = {row['fused_launch_share']:.1%}"
+                   if row["build_torch_share"] is not None else "")
                 + (f"; previous logsumexp build {row['build_prev_ms_median']:.3f} ms [{row['build_prev_ms_p10']:.3f}, "
                    f"{row['build_prev_ms_p90']:.3f}] = {row['build_prev_share']:.1%}" if row["build_prev_share"] is not None else "")
                 + f"; load {load_start:.1f} -> {load_end:.1f}",

@@ -30,6 +30,7 @@ from typing import Optional
 import torch
 
 from patterns import BlockLayout
+from patterns import guided as _guided
 
 from . import backends as _backends
 from .config import KernelConfig, candidate_configs
@@ -39,6 +40,21 @@ from .plans import clear_plan_caches
 from .reference import reference_attention
 
 BACKENDS: tuple[str, ...] = ("auto", *_backends.names())
+
+
+def _fused_guided_build(*args):
+    """`kernels.guided_build.fused_guided_build`, imported (with Triton) on the first CUDA build;
+    None (the torch path builds the layout) where Triton is not installed."""
+    try:
+        from .guided_build import fused_guided_build
+    except ImportError:
+        _guided.register_fused_builder(None)
+        return None
+    return fused_guided_build(*args)
+
+
+# guided layouts on CUDA: pooling, selection and index in one launch (patterns cannot import kernels)
+_guided.register_fused_builder(_fused_guided_build)
 
 __all__ = [
     "sparse_attention",

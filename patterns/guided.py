@@ -14,11 +14,15 @@ Higher signal means "more wanted". The signal is read as attention logits: the m
 a tile by ``exp(pooled score)`` (see below), so a probability map should be passed as its log.
 
 Algorithm (all vectorised torch ops on the signal's device; no Python loop over blocks and no
-host synchronisation apart from the optional NaN check):
+host synchronisation apart from the NaN check on CPU). On CUDA, ``kernels`` registers a fused
+builder (`register_fused_builder`, `kernels.guided_build`) that does steps 1-3 and the compact
+index in one launch with the same result; the torch ops below stay the reference and the CPU path.
 
 1. **Pooling.** The signal is cut into ``block_size`` x ``block_size`` tiles (the ragged tail
    tiles hold only their real pairs) and each tile gets one score: ``max``, ``mean`` or
-   ``logsumexp`` of its pairs. ``logsumexp`` is the log of the tile's unnormalised softmax mass
+   ``logsumexp`` of its pairs (``mean``: the sum in a fixed pairwise order, rows then columns
+   halved repeatedly, so that every device and the fused build get the same bits, divided by the
+   real pair count). ``logsumexp`` is the log of the tile's unnormalised softmax mass
    under the signal; ``max`` favours a single strong pair; ``mean`` a uniformly strong tile.
    ``logsumexp`` is computed in two levels (`pool_signal`): per query row and tile, the fused
    ``log_softmax`` kernel gives ``max + log(sum(exp(x - max)))`` over the row's bs keys in one
@@ -49,7 +53,7 @@ from __future__ import annotations
 import math
 from collections import OrderedDict
 from dataclasses import asdict, dataclass
-from typing import Any, Literal, Optional
+from typing import Any, Callable, Literal, Optional
 
 import torch
 
@@ -57,7 +61,7 @@ from .config import GLOBAL_PLACEMENTS, MAX_RESIDUES, SUPPORTED_BLOCK_SIZES
 
 __all__ = [
     "GuidedConfig", "GUIDED_POOLS", "GUIDED_SPREADS", "PATTERN_FAMILIES", "build_guided_layout", "guided_block_mask",
-    "pool_signal", "pattern_from_dict",
+    "pool_signal", "pattern_from_dict", "register_fused_builder",
 ]
 
 GUIDED_POOLS: tuple[str, ...] = ("max", "mean", "logsumexp")
@@ -231,6 +235,15 @@ def check_signal(signal: Any, seq_len: int) -> torch.Tensor:
     return s3
 
 
+def _halving_sum(x: torch.Tensor, dim: int) -> torch.Tensor:
+    """Sum over ``dim`` (a power of two long) as ``first half + second half``, repeated: a pairwise
+    summation whose order, and so whose rounding, is fixed. The dimension is removed."""
+    while x.shape[dim] > 1:
+        h = x.shape[dim] // 2
+        x = x.narrow(dim, 0, h) + x.narrow(dim, h, h)
+    return x.squeeze(dim)
+
+
 def pool_signal(signal3: torch.Tensor, block_size: int, pool: str) -> torch.Tensor:
     """Tile scores [G, nb, nb] of a signal [G, L, L]: ``pool`` over each tile's real pairs.
 
@@ -253,7 +266,9 @@ def pool_signal(signal3: torch.Tensor, block_size: int, pool: str) -> torch.Tens
     if pool == "mean":
         if pad:
             s = torch.nn.functional.pad(s, (0, pad, 0, pad), value=0.0)
-        t = s.reshape(G, nb, bs, Lp).sum(2).reshape(G, nb, nb, bs).sum(-1)
+        # halving sums (rows, then columns) in a fixed order: elementwise adds give the same bits on
+        # every device and in the fused CUDA build (`kernels.guided_build`), unlike torch.sum
+        t = _halving_sum(_halving_sum(s.reshape(G, nb, bs, Lp), 2).reshape(G, nb, nb, bs), 3)
         # rows/columns per block: bs, the last one L - (nb - 1) * bs (arithmetic: an indexed write
         # of a Python number would be a host-to-device copy, a synchronisation on CUDA)
         sizes = torch.clamp(L - torch.arange(nb, device=t.device, dtype=t.dtype) * bs, max=bs)
@@ -334,10 +349,7 @@ def _check_scores(scores: torch.Tensor, config: GuidedConfig, check_nan: bool) -
     """ValueError if the pooled scores hold NaN (skipped without ``check_nan`` and while compiling or
     capturing: the one host synchronisation of a build)."""
     if check_nan and not _capturing() and bool(torch.isnan(scores).any()):
-        raise ValueError(
-            "signal contains NaN" + (" (or +inf and -inf in one tile, whose mean is undefined)" if config.pool == "mean" else "")
-            + "; a guided layout cannot be chosen from it"
-        )
+        raise ValueError(_nan_message(config))
 
 
 def guided_block_mask(config: GuidedConfig, seq_len: int, signal: torch.Tensor, *, check_nan: bool = True) -> torch.Tensor:
@@ -420,13 +432,81 @@ def _graphed_select_and_index(config: GuidedConfig, seq_len: int, scores: torch.
     return tuple(o.clone() for o in outs)
 
 
+# ---- CUDA: the fused build ---------------------------------------------------------------------------
+# ``kernels`` (above this package) registers a builder doing pooling, selection and compact index in
+# one launch (`kernels.guided_build`); `build_guided_layout` uses it for CUDA signals outside
+# torch.compile. Signature: (config, seq_len, signal3 [G, L, L], forced bool [nb, nb]) ->
+# (mask [G, nb, nb], kv_counts, kv_indices, q_counts, q_indices, nan_rows bool [G, nb], ...) or None
+# (a shape the builder does not take; the torch path then builds the layout).
+_FUSED_BUILDER: Optional[Callable[..., Optional[tuple]]] = None
+FUSED_BUILD = True  # set False to build CUDA layouts with the torch path (graph replay) instead
+
+
+def register_fused_builder(builder: Optional[Callable[..., Optional[tuple]]]) -> None:
+    """Install (or, with None, remove) the fused CUDA builder described above."""
+    global _FUSED_BUILDER
+    _FUSED_BUILDER = builder
+
+
+def _nan_message(config: GuidedConfig) -> str:
+    return ("signal contains NaN" + (" (or +inf and -inf in one tile, whose mean is undefined)"
+                                     if config.pool == "mean" else "") + "; a guided layout cannot be chosen from it")
+
+
+def _nan_check(nan_rows: torch.Tensor, config: GuidedConfig, check_nan: Optional[bool]) -> None:
+    """ValueError if ``nan_rows`` (bool [G, nb]: rows whose pooled scores hold NaN) has a True.
+    ``check_nan`` None: checked on CPU only (on CUDA the read would be a host synchronisation: the
+    flag stays on the layout, `BlockLayout.signal_nan`); never while compiling or capturing."""
+    now = check_nan if check_nan is not None else nan_rows.device.type != "cuda"
+    if now and not _capturing() and bool(nan_rows.any()):
+        raise ValueError(_nan_message(config))
+
+
 _WORKSPACES: "OrderedDict[GuidedConfig, dict]" = OrderedDict()
 _MAX_WORKSPACES = 4  # configs whose workspaces are kept (the most recently used); older ones are freed
 
 
-def build_guided_layout(config: GuidedConfig, seq_len: int, signal: torch.Tensor, *, check_nan: bool = True,
+def _workspace(config: GuidedConfig, workspace: Optional[dict]) -> dict:
+    """The given workspace, else the one shared by ``config``'s layouts (the few most recent configs)."""
+    if workspace is not None:
+        return workspace
+    workspace = _WORKSPACES.get(config)
+    if workspace is None:
+        workspace = _WORKSPACES[config] = {}
+        while len(_WORKSPACES) > _MAX_WORKSPACES:
+            _WORKSPACES.popitem(last=False)
+    else:
+        _WORKSPACES.move_to_end(config)
+    return workspace
+
+
+def _cuda_built(config: GuidedConfig, seq_len: int, s3: torch.Tensor) -> Optional[tuple[torch.Tensor, ...]]:
+    """(mask, kv_counts, kv_indices, q_counts, q_indices, nan_rows) of a CUDA signal by the fused
+    builder, else by graph replay of the selection; None when neither applies (eager torch path)."""
+    compiling = torch.compiler.is_compiling()
+    with torch.no_grad():
+        if FUSED_BUILD and _FUSED_BUILDER is not None and not compiling:
+            built = _FUSED_BUILDER(config, seq_len, s3, _forced(config, seq_len, s3.device))
+            if built is not None:
+                return tuple(built[:6])
+        if GRAPH_REPLAY and not _capturing():
+            scores = pool_signal(s3, config.block_size, config.pool)
+            built = _graphed_select_and_index(config, seq_len, scores)
+            if built is not None:
+                return (*built, torch.isnan(scores).any(-1))
+    return None
+
+
+def build_guided_layout(config: GuidedConfig, seq_len: int, signal: torch.Tensor, *, check_nan: Optional[bool] = None,
                         workspace: Optional[dict] = None):
     """The `BlockLayout` of ``config`` chosen from ``signal``, living on the signal's device.
+
+    On CUDA (outside torch.compile) the fused one-launch builder registered by ``kernels`` builds
+    it (`register_fused_builder`), else a graph replay of the torch selection; on CPU, and as the
+    reference, the torch ops of this module. NaN in the pooled scores: ``check_nan=None`` (default)
+    raises ValueError on CPU and, on CUDA, makes no host synchronisation: the layout's
+    ``signal_nan`` (a device flag) says it, read when the caller chooses; ``True`` raises on any
+    device (on CUDA: one synchronisation); ``False`` never raises.
 
     ``workspace``: the scratch dict backends may reuse across layouts (see `BlockLayout`); default
     one dict per config, shared by every layout built from it in this process (kept for the
@@ -434,26 +514,26 @@ def build_guided_layout(config: GuidedConfig, seq_len: int, signal: torch.Tensor
     up buffers); pass ``{}`` for a cold layout that owns its buffers."""
     from .layout import BlockLayout
 
-    if workspace is None:  # shared per config, for the few most recently used configs only
-        workspace = _WORKSPACES.get(config)
-        if workspace is None:
-            workspace = _WORKSPACES[config] = {}
-            while len(_WORKSPACES) > _MAX_WORKSPACES:
-                _WORKSPACES.popitem(last=False)
-        else:
-            _WORKSPACES.move_to_end(config)
-    if GRAPH_REPLAY and isinstance(signal, torch.Tensor) and signal.is_cuda and not _capturing():
+    workspace = _workspace(config, workspace)
+    if isinstance(signal, torch.Tensor) and signal.is_cuda:
         s3 = check_signal(signal, seq_len)
-        with torch.no_grad():
-            scores = pool_signal(s3, config.block_size, config.pool)
-            _check_scores(scores, config, check_nan)
-            built = _graphed_select_and_index(config, seq_len, scores)
+        built = _cuda_built(config, seq_len, s3)
         if built is not None:
-            mask, kv_counts, kv_indices, q_counts, q_indices = built
-            return BlockLayout._take(mask[0] if signal.dim() == 2 else mask, config.block_size, seq_len, config,
-                                     workspace=workspace, index=(kv_counts, kv_indices, q_counts, q_indices))
-    mask = guided_block_mask(config, seq_len, signal, check_nan=check_nan)
-    layout = BlockLayout._take(mask, config.block_size, seq_len, config, workspace=workspace)
+            mask, kv_counts, kv_indices, q_counts, q_indices, nan_rows = built
+            _nan_check(nan_rows, config, check_nan)
+            layout = BlockLayout._take(mask[0] if signal.dim() == 2 else mask, config.block_size, seq_len, config,
+                                       workspace=workspace, index=(kv_counts, kv_indices, q_counts, q_indices))
+            layout._signal_nan = nan_rows
+            return layout
+    s3 = check_signal(signal, seq_len)
+    with torch.no_grad(), _single_thread(s3.device):
+        scores = pool_signal(s3, config.block_size, config.pool)
+        nan_rows = torch.isnan(scores).any(-1)
+        _nan_check(nan_rows, config, check_nan)
+        mask = _select_mask(config, seq_len, scores)
+    layout = BlockLayout._take(mask[0] if signal.dim() == 2 else mask, config.block_size, seq_len, config,
+                               workspace=workspace)
+    layout._signal_nan = nan_rows
     with torch.no_grad(), _single_thread(mask.device):
         layout.index_on(mask.device)  # the compact index, built now (every backend reads it), on one thread too
     return layout

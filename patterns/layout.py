@@ -121,6 +121,7 @@ class BlockLayout:
         self._mask = mask
         self._block_size, self._seq_len, self._config, self._workspace = block_size, seq_len, config, workspace
         self._cache: dict = {}  # per device: (compact index, the version of each of its tensors)
+        self._signal_nan: Optional[torch.Tensor] = None  # guided layouts: bool [G, nb], rows whose scores held NaN
 
     # ---- the value (read-only) ----------------------------------------------------------------
     @property
@@ -148,6 +149,14 @@ class BlockLayout:
     def device(self) -> torch.device:
         """Where ``block_mask`` and the compact index live (CPU for static layouts)."""
         return self._mask.device
+
+    @property
+    def signal_nan(self) -> Optional[torch.Tensor]:
+        """For a guided layout, a bool scalar tensor on its device: whether the signal's pooled tile
+        scores held NaN (the layout was then chosen from NaN scores, NaN ranked first; see
+        `patterns.guided.build_guided_layout`, which on CUDA leaves this check to the caller
+        because reading it is a host synchronisation). None for other layouts."""
+        return None if self._signal_nan is None else self._signal_nan.any()
 
     # ---- shape -------------------------------------------------------------------------------
     @property

@@ -4,8 +4,8 @@ A guided layout is built on its signal's device (`patterns.guided`): in a model 
 where the pair bias lives. These checks are the GPU half of issue-level promises that a CPU cannot
 test:
 
-* building the layout (pooling, selection, compact index) makes no host synchronisation when the
-  NaN check is off (it is off under torch.compile and CUDA graph capture): run under
+* building the layout (pooling, selection, compact index: one fused launch by default) makes no
+  host synchronisation (the NaN check is a device flag on CUDA unless ``check_nan=True``): run under
   ``torch.cuda.set_sync_debug_mode("error")``, which raises on any synchronising call;
 * the build can be captured in a CUDA graph and replayed on a new signal, giving the eager layout;
 * every CUDA backend accepts the GPU-resident layout (per head and shared, ragged L) and is exact
@@ -47,7 +47,7 @@ def test_build_makes_no_host_sync(cfg, per_head):
     torch.cuda.synchronize()
     torch.cuda.set_sync_debug_mode("error")
     try:
-        lay = build_guided_layout(cfg, L, signal, check_nan=False)
+        lay = build_guided_layout(cfg, L, signal)  # the default: NaN left to the device flag on CUDA
         idx = (lay.kv_counts, lay.kv_indices, lay.q_counts, lay.q_indices)
     finally:
         torch.cuda.set_sync_debug_mode("default")
@@ -131,10 +131,12 @@ def test_graph_replayed_build_equals_eager_and_owns_its_tensors(cfg, per_head, m
     for seed in range(3):
         bias = torch.randn(1, H, L, L, device="cuda", generator=torch.Generator(device="cuda").manual_seed(seed))
         signal = bias if per_head else bias[0, 0]
-        layouts.append(build_layout(cfg, L, signal=signal))  # graph replay on CUDA
+        monkeypatch.setattr(guided, "FUSED_BUILD", False)  # the torch path: graph replay on CUDA
+        layouts.append(build_layout(cfg, L, signal=signal))
         monkeypatch.setattr(guided, "GRAPH_REPLAY", False)
         eager.append(build_layout(cfg, L, signal=signal))
         monkeypatch.setattr(guided, "GRAPH_REPLAY", True)
+        monkeypatch.setattr(guided, "FUSED_BUILD", True)
     assert any(k[0] == cfg and k[1] == L for k in guided._GRAPHS), "no graph was captured for this config"
     for a, b in zip(layouts, eager):  # earlier layouts are not overwritten by later replays
         assert torch.equal(a.block_mask, b.block_mask)
@@ -143,12 +145,39 @@ def test_graph_replayed_build_equals_eager_and_owns_its_tensors(cfg, per_head, m
 
 
 @pytest.mark.parametrize("per_head", (True, False))
-def test_nan_signal_is_refused_on_cuda(per_head):
+def test_nan_signal_is_flagged_on_cuda_and_refused_when_checked(per_head):
+    """By default a CUDA build makes no host synchronisation for NaN: the layout's device flag
+    ``signal_nan`` says it; ``check_nan=True`` refuses the signal (one synchronisation)."""
     L, H = 130, 2
     bias = torch.randn(1, H, L, L, device="cuda")
     bias[0, 1, 77, 5] = float("nan")
     signal = bias if per_head else bias[0, 1]
     for cfg in (GuidedConfig(32, keep=0.5), GuidedConfig(32, mass=0.5, pool="logsumexp")):
-        build_layout(cfg, L, signal=torch.randn_like(signal))  # a clean build first (captures the graph)
+        assert not bool(build_layout(cfg, L, signal=torch.randn_like(signal)).signal_nan)
+        lay = build_layout(cfg, L, signal=signal)
+        assert lay.signal_nan.is_cuda and bool(lay.signal_nan)
         with pytest.raises(ValueError, match="NaN"):
-            build_layout(cfg, L, signal=signal)
+            build_guided_layout(cfg, L, signal, check_nan=True)
+
+
+@pytest.mark.parametrize("cfg", CONFIGS, ids=lambda c: f"{c.pool}-{c.spread}-{'keep' if c.keep else 'mass'}")
+@pytest.mark.parametrize("per_head", (True, False))
+def test_fused_build_equals_the_torch_build_on_cuda(cfg, per_head, monkeypatch):
+    """The default CUDA build is the fused launch (`kernels.guided_build`); it gives the torch
+    path's mask and index (on the GPU and on the CPU)."""
+    import patterns.guided as guided
+    from kernels.guided_build import launch_params
+
+    L, H = 333, 4
+    bias = torch.randn(1, H, L, L, device="cuda", generator=torch.Generator(device="cuda").manual_seed(5))
+    signal = bias if per_head else bias[0, 0]
+    calls = []
+    builder = guided._FUSED_BUILDER
+    monkeypatch.setattr(guided, "_FUSED_BUILDER", lambda *a: calls.append(1) or builder(*a))
+    fused = build_layout(cfg, L, signal=signal)
+    assert calls == [1] and launch_params(cfg, L) is not None
+    monkeypatch.setattr(guided, "FUSED_BUILD", False)
+    for ref in (build_layout(cfg, L, signal=signal), build_layout(cfg, L, signal=signal.cpu())):
+        assert torch.equal(fused.block_mask.cpu(), ref.block_mask.cpu())
+        for x, y in zip(fused.index_on(fused.device), ref.index_on(ref.device)):
+            assert torch.equal(x.cpu(), y.cpu())
