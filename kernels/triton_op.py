@@ -297,6 +297,13 @@ def _launch_fwd(plan: _FwdPlan, q, k, v, bias, kv_counts, kv_indices, scale, sto
     return out, lse
 
 
+@functools.lru_cache(maxsize=512)  # per call otherwise: three shared-memory fits in Python
+def _bwd_stages(device: torch.device, dtype: torch.dtype, block_m: int, block_n: int, D: int, num_stages: int) -> dict:
+    """The stages each backward kernel launches with (``_stages`` against the device's limit)."""
+    limit = _shared_limit(device)
+    return {kern: _stages(kern, dtype, block_m, block_n, D, num_stages, limit) for kern in ("dq", "dkdv", "dbias")}
+
+
 def _dbias_plan(bias: torch.Tensor, B: int, H: int, L: int, device) -> tuple[torch.Tensor, bool, list[int]]:
     """dBias plan: (a zero-filled buffer [Bb, H, L, L] - zeros outside the layout, Bb = the bias
     batch, float32 when broadcast dimensions are summed afterwards; whether the dQ kernel writes it
@@ -318,8 +325,7 @@ def _bwd_impl(do, q, k, v, out, lse, bias, kv_counts, kv_indices, q_counts, q_in
     bias_arg = bias if has_bias else q
     # backward tiles: (block_m, block_n) = (owned, walked): dQ and dBias own block_m query rows and
     # walk block_n keys; dK/dV own block_m keys and walk block_n query rows
-    limit = _shared_limit(q.device)
-    stages = {kern: _stages(kern, q.dtype, block_m, block_n, D, num_stages, limit) for kern in ("dq", "dkdv", "dbias")}
+    stages = _bwd_stages(q.device, q.dtype, block_m, block_n, D, num_stages)
 
     dq, dk, dv = empty_in_order_of(q), empty_in_order_of(k), empty_in_order_of(v)
     delta = torch.empty((B, H, L), dtype=torch.float32, device=q.device)
@@ -452,7 +458,8 @@ def _launch_fwd_with_lse(plan_scale, q, k, v, bias, kv_counts, kv_indices):
 
 
 # plain eager calls with autograd: the forward op's autograd formula without the dispatcher
-_EagerAttention = eager_autograd_function("BlockSparseAttentionEager", _launch_fwd_with_lse, block_sparse_attention_bwd)
+_EagerAttention = eager_autograd_function("BlockSparseAttentionEager", _launch_fwd_with_lse, _bwd_op,
+                                          block_sparse_attention_bwd)
 
 
 def triton_sparse_attention(
@@ -505,7 +512,7 @@ def triton_attention_checked(q, k, v, layout, bias=None, *, scale=None, config=N
     if plain_eager(q, k, v, bias):  # no graph capture: launch without the op's dispatch (~0.1 ms a call)
         if not _wants_grad(q, k, v, bias):  # inference: no LSE
             return _launch_fwd(plan, q, k, v, bias, index[0], index[1], scale, False)[0]
-        return _EagerAttention.apply(q, k, v, bias, *index, (plan, scale), (
+        return _EagerAttention.apply(q, k, v, bias, index, (plan, scale), (
             layout.block_size, scale, bcfg.block_m, bcfg.block_n, bcfg.num_warps, bcfg.num_stages))[0]
     out, _ = block_sparse_attention_fwd(
         q, k, v, bias, *index,

@@ -233,6 +233,18 @@ def test_backward_is_deterministic(bias):
         assert torch.equal(x, y)
 
 
+def test_gradients_of_gradients_raise():
+    """No double backward: differentiating the gradients raises (eager, the autograd.Function's
+    backward goes through the backward op under create_graph, which has no autograd formula)
+    instead of giving silently wrong second derivatives."""
+    _seed()
+    q, k, v, b = _make(1, 1, 32, 16, torch.float32, (1, 1, 32, 32))
+    out = sparse_attention(q, k, v, _layout("half", 32, 16), b, backend="triton", config=KernelConfig(16, 16))
+    dq, db = torch.autograd.grad(out, (q, b), torch.randn_like(out), create_graph=True)
+    with pytest.raises(RuntimeError, match="no autograd formula"):
+        torch.autograd.grad((dq.sum() + db.sum()), (q, k))
+
+
 @pytest.mark.parametrize("D", [24, 128, 4])
 def test_unsupported_head_dim_raises(D):
     lay = _layout("full", 32, 16)
