@@ -17,7 +17,10 @@ the log2 domain (+inf on rows with no kept key). ``dbias`` has the shape and dty
 ``compute_dbias`` is true, otherwise it is an empty tensor. Both ops have fake (meta)
 implementations, so they trace under torch.compile; the forward op has an autograd formula that
 calls the backward op (no double backward). The gradient of ``lse`` is ignored: it is an auxiliary
-output for the backward pass.
+output for the backward pass. Graph capture (torch.compile, torch.export, dispatch modes, tensor
+subclasses) sees these ops; a plain eager call skips their dispatch, pure host cost there: without
+gradients the forward is launched directly (no LSE), with gradients the same autograd formula runs
+in an ``autograd.Function`` (``kernels.opdefs.eager_autograd_function``).
 
 Determinism: every gradient is deterministic (bitwise reproducible for a given config).
 dQ is accumulated by the program that owns the query tile, dK/dV by the program that owns the key
