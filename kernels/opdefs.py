@@ -201,6 +201,7 @@ def eager_autograd_function(name: str, forward: Callable, backward: Callable, bw
         out, lse = forward(plan, q, k, v, bias, index[0], index[1])
         _save(ctx, (q, k, v, bias, *index), (out, lse), backward_params)
         ctx.mark_non_differentiable(lse)
+        ctx.set_materialize_grads(False)  # no zero-filled gradient of the LSE (ignored) per backward
         return out, lse
 
     through_op = _through(bwd_op)

@@ -218,6 +218,7 @@ class _FwdPlan:
 
     copy: bool  # q, k or v needs a copy (a head dimension without unit stride)
     out_order: tuple[int, ...]  # memory order of the output (q's)
+    out_strides: tuple[int, ...]  # the output's strides in that order (allocated with them: no sorting per call)
     lse_shape: tuple[int, int, int]
     grid: tuple[int]
     strides: tuple  # (batch, head, row) strides of q, k, v as launched and of the output, then the bias's 4
@@ -260,7 +261,7 @@ def _fwd_plan(q, k, v, bias, kv_counts, block_size, block_m, block_n, num_warps,
     out_order = _dim_order(row_strides[0])
     out_strides = torch.empty_permuted(q.shape, out_order, device="meta").stride()  # what _launch_fwd allocates
     return _FwdPlan(
-        copy=any(t.stride(3) != 1 for t in (q, k, v)), out_order=out_order,
+        copy=any(t.stride(3) != 1 for t in (q, k, v)), out_order=out_order, out_strides=out_strides,
         lse_shape=(B, H, L), grid=(n_tiles * (B // rows) * H,),
         strides=(*(x for st in (*row_strides, out_strides) for x in st[:3]), *_bias_strides(bias)),
         sizes=(B, H, L, nb, n_tiles, 1 if lh > 1 else 0),
@@ -287,8 +288,8 @@ def _launch_fwd(plan: _FwdPlan, q, k, v, bias, kv_counts, kv_indices, scale, sto
     """Launch the forward kernel with a plan: (out, lse), lse None unless ``store_lse``."""
     if plan.copy:
         q, k, v = rows_in_place(q), rows_in_place(k), rows_in_place(v)
-    out = torch.empty_permuted(q.shape, plan.out_order, dtype=q.dtype, device=q.device)
-    lse = torch.empty(plan.lse_shape, dtype=torch.float32, device=q.device) if store_lse else None
+    out = q.new_empty_strided(q.shape, plan.out_strides)  # = torch.empty_permuted(q.shape, plan.out_order)
+    lse = q.new_empty(plan.lse_shape, dtype=torch.float32) if store_lse else None
     args = (q, k, v, q if bias is None else bias, out, out if lse is None else lse, kv_counts, kv_indices,
             *plan.strides, _tile_order(kv_counts, plan.block_size, plan.block_m), *plan.sizes, scale * LOG2E)
     consts = plan.consts if store_lse else plan.consts_no_lse
@@ -510,8 +511,8 @@ def triton_attention_checked(q, k, v, layout, bias=None, *, scale=None, config=N
     index = layout.index_on(dev)
     if entry is None:
         entry = _cache_put(_CALLS, key, _call_plan(q, k, v, bias, index[0], layout.block_size, config, bwd_config))
-    cfg, bcfg, plan = entry
-    scale = resolve_scale(q.shape[3], scale)
+    cfg, bcfg, plan, default_scale = entry
+    scale = default_scale if scale is None else float(scale)  # resolve_scale, its default kept per signature
     if plain_eager(q, k, v, bias):  # no graph capture: launch without the op's dispatch (~0.1 ms a call)
         if not _wants_grad(q, k, v, bias):  # inference: no LSE
             return _launch_fwd(plan, q, k, v, bias, index[0], index[1], scale, False)[0]
@@ -529,13 +530,13 @@ _CALLS: dict = {}
 
 
 def _call_plan(q, k, v, bias, kv_counts, block_size: int, config, bwd_config):
-    """(forward config, backward config, forward plan) of one call signature."""
+    """(forward config, backward config, forward plan, default scale) of one call signature."""
     runnable = q.device.type == "cuda" or _interpreting()
     cfg, bcfg = _launch_configs(q.shape[3], q.dtype, q.device, runnable, k.device, v.device,
                                 None if bias is None else bias.device, block_size, config, bwd_config)
     plan = _fwd_plan(q, k, v, bias, kv_counts, block_size, cfg.block_m, cfg.block_n, cfg.num_warps, cfg.num_stages,
                      cfg.rows_per_cta)
-    return cfg, bcfg, plan
+    return cfg, bcfg, plan, resolve_scale(q.shape[3], None)
 
 
 @functools.lru_cache(maxsize=1024)
