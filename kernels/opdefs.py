@@ -189,7 +189,7 @@ def eager_autograd_function(name: str, forward: Callable, backward: Callable, bw
     gradients raise when differentiated: no double backward). The registered op's eager autograd
     path costs ~0.1 ms of host time a forward (the dispatcher, the redispatch below autograd, and
     torch.library re-filling the schema's arguments for ``setup_context``, quadratic in their
-    number) and its backward op's dispatch some 40 us more; this one costs a ``Function.apply``.
+    number) and its backward op's dispatch ~25 us more; this one costs a ``Function.apply``.
 
     ``apply(q, k, v, bias, index, plan, backward_params)``: ``index`` is the layout's
     (kv_counts, kv_indices, q_counts, q_indices) as one tuple (no gradients; fewer arguments for
