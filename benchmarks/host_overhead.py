@@ -4,14 +4,18 @@
 
 What is timed: ``kernels.sparse_attention(q, k, v, layout, bias, backend="triton")`` on CPU
 tensors laid out as the EvoFormer modules hand them over (q, k, v permuted views of [B, L, H, D]
-memory, bf16, a pair bias [1, H, L, L]), with ``kernels.triton_op._attn_fwd_kernel`` replaced by a
-stub that takes the launch arguments and does nothing (``TRITON_INTERPRET=1`` lets CPU tensors
-reach it). So the time is everything the product does on the host per call: the dispatcher's
-input contract, the backend lookup, the launch-config and launch-plan lookups, the layout index,
-the output and LSE allocations and building the launch arguments; not Triton's own launcher
-(argument binding and the driver call, which SDPA's CUDA path has an equivalent of) and not the
-kernel. Two paths: eager without gradients (the inference path, which skips the custom op) and
-with inputs that require grad (the registered op with its autograd node; forward only).
+memory, bf16, a pair bias [1, H, L, L]), with the Triton kernels (``kernels.triton_op._attn_fwd_kernel``
+and the backward's) replaced by a stub that takes the launch arguments and does nothing
+(``TRITON_INTERPRET=1`` lets CPU tensors reach it). So the time is everything the product does on
+the host per call: the dispatcher's input contract, the backend lookup, the launch-config and
+launch-plan lookups, the layout index, the output and LSE allocations and building the launch
+arguments; not Triton's own launcher (argument binding and the driver call, which SDPA's CUDA path
+has an equivalent of) and not the kernel. Three paths: eager without gradients (the inference
+path: the forward launched directly), with inputs that require grad (the autograd path, forward
+only: in eager the op's autograd formula in an ``autograd.Function``, see ``kernels.opdefs``; the
+path keeps its old name, ``-autograd-op``, for comparison with earlier runs) and a training step's
+forward and backward (``torch.autograd.grad`` of q, k, v: the backward's host path as well, its
+dQ / dK,dV buffers included).
 
 Baselines, interleaved with it round by round: ``F.scaled_dot_product_attention`` on a one-token
 problem [1, 1, 1, 8] (its wrapper and dispatch with next to no arithmetic) and on the same shapes
@@ -61,6 +65,10 @@ CASES = (
 )
 
 
+STUBBED = ("_attn_fwd_kernel", "_attn_bwd_preprocess_kernel", "_attn_bwd_dq_kernel", "_attn_bwd_dkdv_kernel",
+           "_attn_bwd_dbias_kernel")  # the Triton kernels kernels.triton_op launches
+
+
 class _StubLaunch:
     """Stands in for a Triton JIT kernel: ``kernel[grid](*args, **meta)`` does nothing."""
 
@@ -98,9 +106,15 @@ def _paths(case: Case) -> dict[str, Callable[[], object]]:
     def sparse_op():
         return kernels.sparse_attention(qg, kg, vg, layout, bias, backend="triton")
 
+    grad_out = torch.zeros(qg.shape, dtype=qg.dtype)
+
+    def sparse_fwd_bwd():
+        return torch.autograd.grad(sparse_op(), (qg, kg, vg), grad_out)
+
     return {
         "sparse-triton-stubbed-nograd": sparse_nograd,
         "sparse-triton-stubbed-autograd-op": sparse_op,
+        "sparse-triton-stubbed-fwd-bwd": sparse_fwd_bwd,
         "sdpa-one-token": lambda: F.scaled_dot_product_attention(*tiny),
         "sdpa-same-shapes-cpu": lambda: F.scaled_dot_product_attention(qf, kf, vf, attn_mask=bf),
     }
@@ -124,7 +138,8 @@ def measure(rounds: int, calls: int, cases=CASES) -> list[dict]:
     from kernels import triton_op
 
     torch.set_num_threads(1)
-    triton_op._attn_fwd_kernel = _StubLaunch()
+    for name in STUBBED:
+        setattr(triton_op, name, _StubLaunch())
     rows = []
     for case in cases:
         paths = _paths(case)

@@ -132,9 +132,15 @@ def _run_reference(q, k, v, layout, bias, *, scale, config):
 
 
 def _run_triton(q, k, v, layout, bias, *, scale, config):
-    from .triton_op import triton_attention_checked  # the dispatcher has checked the inputs
+    run = _LOADED.get("triton")  # an import statement costs ~1 us a call: the product's hot path keeps the entry
+    if run is None:
+        from .triton_op import triton_attention_checked as run  # the dispatcher has checked the inputs
 
-    return triton_attention_checked(q, k, v, layout, bias, scale=scale, config=config)
+        _LOADED["triton"] = run
+    return run(q, k, v, layout, bias, scale=scale, config=config)
+
+
+_LOADED: dict[str, Callable] = {}  # backend entries imported once (see _run_triton)
 
 
 def _run_flex(q, k, v, layout, bias, *, scale, config):

@@ -49,8 +49,7 @@ _CHECKED_MAX = 4096
 
 def _contract_key(q, k, v, layout, bias) -> tuple:
     return (
-        q.shape, k.shape, v.shape, q.dtype, k.dtype, v.dtype, q.device, k.device, v.device,
-        layout.block_size, layout.seq_len, layout.mask_shape, layout.device,
+        q.shape, k.shape, v.shape, q.dtype, k.dtype, v.dtype, q.device, k.device, v.device, layout.geometry,
         None if bias is None else (bias.shape, bias.dtype, bias.device),
     )
 

@@ -27,7 +27,10 @@ from typing import Callable, Optional
 
 import torch
 
-__all__ = ["FORWARD_ARGS", "BACKWARD_ARGS", "declare_attention_ops", "rows_in_place", "empty_in_order_of"]
+__all__ = [
+    "FORWARD_ARGS", "BACKWARD_ARGS", "declare_attention_ops", "rows_in_place", "empty_in_order_of", "plain_eager",
+    "eager_autograd_function",
+]
 
 FORWARD_ARGS = (
     "Tensor q, Tensor k, Tensor v, Tensor? bias, "
@@ -119,20 +122,91 @@ def declare_attention_ops(
     bwd_op.register_fake(backward_fake or _backward_fake)
 
     def setup_context(ctx, inputs, output):
-        q, k, v, bias, kv_counts, kv_indices, q_counts, q_indices = inputs[:N_TENSORS]
-        out, lse = output
-        ctx.save_for_backward(q, k, v, out, lse, bias, kv_counts, kv_indices, q_counts, q_indices)
-        ctx.params = backward_args(tuple(inputs[N_TENSORS:]))
+        _save(ctx, inputs[:N_TENSORS], output, backward_args(tuple(inputs[N_TENSORS:])))
         ctx.n_inputs = len(inputs)
-        ctx.has_bias = bias is not None
+
+    through_op = _through(bwd_op)
 
     def autograd_backward(ctx, grad_out, grad_lse):
-        saved = ctx.saved_tensors  # q, k, v, out, lse, bias, kv_counts, kv_indices, q_counts, q_indices
-        compute_dbias = bool(ctx.has_bias and ctx.needs_input_grad[3])
-        if grad_out is None:
-            grad_out = torch.zeros_like(saved[3])
-        dq, dk, dv, dbias = bwd_op(grad_out, *saved, *ctx.params, compute_dbias)
-        return (dq, dk, dv, dbias if compute_dbias else None) + (None,) * (ctx.n_inputs - 4)
+        return _backward(ctx, through_op, grad_out) + (None,) * (ctx.n_inputs - 4)
 
     fwd_op.register_autograd(autograd_backward, setup_context=setup_context)
     return fwd_op, bwd_op
+
+
+def _save(ctx, tensors: tuple, output: tuple, backward_params: tuple) -> None:
+    """What the backward needs: q, k, v, out, lse, the bias and the index; the backward op's
+    parameters; whether a bias was given."""
+    q, k, v, bias, kv_counts, kv_indices, q_counts, q_indices = tensors
+    out, lse = output
+    ctx.save_for_backward(q, k, v, out, lse, bias, kv_counts, kv_indices, q_counts, q_indices)
+    ctx.params = backward_params
+    ctx.has_bias = bias is not None
+
+
+def _through(bwd_op) -> Callable:
+    """The backward op called with the index as one tuple (the implementations' convention)."""
+    def run(grad_out, q, k, v, out, lse, bias, index, *params):
+        return bwd_op(grad_out, q, k, v, out, lse, bias, *index, *params)
+    return run
+
+
+def _backward(ctx, backward: Callable, grad_out) -> tuple:
+    """(dq, dk, dv, dbias or None) from the saved tensors through ``backward(grad_out, q, k, v, out,
+    lse, bias, index, *params, compute_dbias)`` (dbias only when the bias needs a gradient); the
+    gradient of the LSE output is ignored."""
+    q, k, v, out, lse, bias, *index = ctx.saved_tensors
+    compute_dbias = bool(ctx.has_bias and ctx.needs_input_grad[3])
+    if grad_out is None:
+        grad_out = torch.zeros_like(out)
+    dq, dk, dv, dbias = backward(grad_out, q, k, v, out, lse, bias, tuple(index), *ctx.params, compute_dbias)
+    return dq, dk, dv, dbias if compute_dbias else None
+
+
+def plain_eager(*tensors: Optional[torch.Tensor]) -> bool:
+    """True for a call that no graph capture sees: not traced by torch.compile / torch.export, no
+    dispatch mode (fake tensors, make_fx, FLOP counters) and plain tensors only (no subclass). Such
+    a call may skip the registered op (its dispatch is pure host cost there) and launch the
+    kernels itself, with ``eager_autograd_function`` when gradients are needed."""
+    if torch.compiler.is_compiling() or _dispatch_modes() > 0:
+        return False
+    for t in tensors:  # a loop, not all(<generator>): per call
+        if t is not None and type(t) is not _Tensor:
+            return False
+    return True
+
+
+_Tensor = torch.Tensor
+_dispatch_modes = torch._C._len_torch_dispatch_stack
+
+
+def eager_autograd_function(name: str, forward: Callable, backward: Callable, bwd_op) -> type:
+    """A ``torch.autograd.Function`` with the registered forward op's autograd formula, for plain
+    eager calls (``plain_eager``): the same saved tensors and the same backward, without the
+    dispatcher. The backward calls ``backward``, the backward op's implementation (the
+    ``backward`` of ``declare_attention_ops``: same gradients, bitwise), except under
+    ``create_graph=True``, where it calls the registered ``bwd_op`` as the op's formula does (whose
+    gradients raise when differentiated: no double backward). The registered op's eager autograd
+    path costs ~0.1 ms of host time a forward (the dispatcher, the redispatch below autograd, and
+    torch.library re-filling the schema's arguments for ``setup_context``, quadratic in their
+    number) and its backward op's dispatch ~25 us more; this one costs a ``Function.apply``.
+
+    ``apply(q, k, v, bias, index, plan, backward_params)``: ``index`` is the layout's
+    (kv_counts, kv_indices, q_counts, q_indices) as one tuple (no gradients; fewer arguments for
+    ``apply`` to walk); ``forward(plan, q, k, v, bias, kv_counts, kv_indices)`` gives (out, lse),
+    ``plan`` being the backend's launch plan of the call; ``backward_params`` are the backward op's
+    parameters (those before ``compute_dbias``). Returns (out, lse), lse not differentiable."""
+
+    def fwd(ctx, q, k, v, bias, index, plan, backward_params):
+        out, lse = forward(plan, q, k, v, bias, index[0], index[1])
+        _save(ctx, (q, k, v, bias, *index), (out, lse), backward_params)
+        ctx.mark_non_differentiable(lse)
+        ctx.set_materialize_grads(False)  # no zero-filled gradient of the LSE (ignored) per backward
+        return out, lse
+
+    through_op = _through(bwd_op)
+
+    def bwd(ctx, grad_out, grad_lse):
+        return _backward(ctx, through_op if torch.is_grad_enabled() else backward, grad_out) + (None,) * 3
+
+    return type(name, (torch.autograd.Function,), {"forward": staticmethod(fwd), "backward": staticmethod(bwd)})

@@ -17,7 +17,10 @@ the log2 domain (+inf on rows with no kept key). ``dbias`` has the shape and dty
 ``compute_dbias`` is true, otherwise it is an empty tensor. Both ops have fake (meta)
 implementations, so they trace under torch.compile; the forward op has an autograd formula that
 calls the backward op (no double backward). The gradient of ``lse`` is ignored: it is an auxiliary
-output for the backward pass.
+output for the backward pass. Graph capture (torch.compile, torch.export, dispatch modes, tensor
+subclasses) sees these ops; a plain eager call skips their dispatch, pure host cost there: without
+gradients the forward is launched directly (no LSE), with gradients the same autograd formula runs
+in an ``autograd.Function`` (``kernels.opdefs.eager_autograd_function``).
 
 Determinism: every gradient is deterministic (bitwise reproducible for a given config).
 dQ is accumulated by the program that owns the query tile, dK/dV by the program that owns the key
@@ -50,7 +53,14 @@ from .config import (
     fit_stages,
     shared_memory_bytes,
 )
-from .opdefs import _dim_order, declare_attention_ops, empty_in_order_of, rows_in_place
+from .opdefs import (
+    _dim_order,
+    declare_attention_ops,
+    eager_autograd_function,
+    empty_in_order_of,
+    plain_eager,
+    rows_in_place,
+)
 from .plans import layout_plans, shared
 from .reference import resolve_scale
 from .triton_kernels import (
@@ -142,6 +152,14 @@ def _tile_order(counts: torch.Tensor, block_size: int, tile: int) -> torch.Tenso
     return order
 
 
+def _row_strides(t: torch.Tensor) -> tuple[int, ...]:
+    """The strides of ``rows_in_place(t)`` without making its copy: t's own, or contiguous ones."""
+    if t.stride(-1) == 1 or t.shape[-1] == 1:
+        return t.stride()
+    B, H, L, D = t.shape
+    return (H * L * D, L * D, D, 1)
+
+
 def _bias_strides(bias: Optional[torch.Tensor]) -> tuple[int, int, int, int]:
     """Strides of a 4-d bias with 0 on broadcast (size-1) dimensions."""
     if bias is None:
@@ -200,9 +218,11 @@ class _FwdPlan:
 
     copy: bool  # q, k or v needs a copy (a head dimension without unit stride)
     out_order: tuple[int, ...]  # memory order of the output (q's)
+    out_strides: tuple[int, ...]  # the output's strides in that order (allocated with them: no sorting per call)
     lse_shape: tuple[int, int, int]
     grid: tuple[int]
-    ints: tuple  # bias strides, then B, H, L, NB, N_TILES, LAYOUT_HEAD_STRIDE
+    strides: tuple  # (batch, head, row) strides of q, k, v as launched and of the output, then the bias's 4
+    sizes: tuple  # B, H, L, NB, N_TILES, LAYOUT_HEAD_STRIDE
     consts: dict  # with the LSE stored
     consts_no_lse: dict  # inference: the LSE neither allocated nor written
     block_size: int
@@ -237,10 +257,14 @@ def _fwd_plan(q, k, v, bias, kv_counts, block_size, block_m, block_n, num_warps,
         ROWS_PER_CTA=rows,
         num_warps=num_warps, num_stages=_stages("fwd", q.dtype, block_m, block_n, D, num_stages, _shared_limit(q.device)),
     )
+    row_strides = [_row_strides(t) for t in (q, k, v)]
+    out_order = _dim_order(row_strides[0])
+    out_strides = torch.empty_permuted(q.shape, out_order, device="meta").stride()  # what _launch_fwd allocates
     return _FwdPlan(
-        copy=any(t.stride(3) != 1 for t in (q, k, v)), out_order=_dim_order(rows_in_place(q).stride()),
+        copy=any(t.stride(3) != 1 for t in (q, k, v)), out_order=out_order, out_strides=out_strides,
         lse_shape=(B, H, L), grid=(n_tiles * (B // rows) * H,),
-        ints=(*_bias_strides(bias), B, H, L, nb, n_tiles, 1 if lh > 1 else 0),
+        strides=(*(x for st in (*row_strides, out_strides) for x in st[:3]), *_bias_strides(bias)),
+        sizes=(B, H, L, nb, n_tiles, 1 if lh > 1 else 0),
         consts={**consts, "STORE_LSE": True}, consts_no_lse={**consts, "STORE_LSE": False},
         block_size=block_size, block_m=block_m,
     )
@@ -264,14 +288,10 @@ def _launch_fwd(plan: _FwdPlan, q, k, v, bias, kv_counts, kv_indices, scale, sto
     """Launch the forward kernel with a plan: (out, lse), lse None unless ``store_lse``."""
     if plan.copy:
         q, k, v = rows_in_place(q), rows_in_place(k), rows_in_place(v)
-    out = torch.empty_permuted(q.shape, plan.out_order, dtype=q.dtype, device=q.device)
-    lse = torch.empty(plan.lse_shape, dtype=torch.float32, device=q.device) if store_lse else None
-    qs, ks, vs, os_ = q.stride(), k.stride(), v.stride(), out.stride()
-    ints = plan.ints
+    out = q.new_empty_strided(q.shape, plan.out_strides)  # = torch.empty_permuted(q.shape, plan.out_order)
+    lse = q.new_empty(plan.lse_shape, dtype=torch.float32) if store_lse else None
     args = (q, k, v, q if bias is None else bias, out, out if lse is None else lse, kv_counts, kv_indices,
-            qs[0], qs[1], qs[2], ks[0], ks[1], ks[2], vs[0], vs[1], vs[2], os_[0], os_[1], os_[2],
-            ints[0], ints[1], ints[2], ints[3], _tile_order(kv_counts, plan.block_size, plan.block_m),
-            ints[4], ints[5], ints[6], ints[7], ints[8], ints[9], scale * LOG2E)
+            *plan.strides, _tile_order(kv_counts, plan.block_size, plan.block_m), *plan.sizes, scale * LOG2E)
     consts = plan.consts if store_lse else plan.consts_no_lse
     if q.is_cuda and q.device.index != torch.cuda.current_device():
         with torch.cuda.device(q.device):
@@ -279,6 +299,13 @@ def _launch_fwd(plan: _FwdPlan, q, k, v, bias, kv_counts, kv_indices, scale, sto
     else:
         _attn_fwd_kernel[plan.grid](*args, **consts)
     return out, lse
+
+
+@functools.lru_cache(maxsize=512)  # per call otherwise: three shared-memory fits in Python
+def _bwd_stages(device: torch.device, dtype: torch.dtype, block_m: int, block_n: int, D: int, num_stages: int) -> dict:
+    """The stages each backward kernel launches with (``_stages`` against the device's limit)."""
+    limit = _shared_limit(device)
+    return {kern: _stages(kern, dtype, block_m, block_n, D, num_stages, limit) for kern in ("dq", "dkdv", "dbias")}
 
 
 def _dbias_plan(bias: torch.Tensor, B: int, H: int, L: int, device) -> tuple[torch.Tensor, bool, list[int]]:
@@ -302,8 +329,7 @@ def _bwd_impl(do, q, k, v, out, lse, bias, kv_counts, kv_indices, q_counts, q_in
     bias_arg = bias if has_bias else q
     # backward tiles: (block_m, block_n) = (owned, walked): dQ and dBias own block_m query rows and
     # walk block_n keys; dK/dV own block_m keys and walk block_n query rows
-    limit = _shared_limit(q.device)
-    stages = {kern: _stages(kern, q.dtype, block_m, block_n, D, num_stages, limit) for kern in ("dq", "dkdv", "dbias")}
+    stages = _bwd_stages(q.device, q.dtype, block_m, block_n, D, num_stages)
 
     dq, dk, dv = empty_in_order_of(q), empty_in_order_of(k), empty_in_order_of(v)
     delta = torch.empty((B, H, L), dtype=torch.float32, device=q.device)
@@ -424,14 +450,20 @@ def _interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 
 
-def _needs_op(q, k, v, bias) -> bool:
-    """True unless the call is eager and nothing needs a gradient: then the registered op (autograd,
-    torch.compile, fake tensors) adds only dispatch cost, and the forward is launched directly."""
-    if torch.compiler.is_compiling():
-        return True
-    if not torch.is_grad_enabled():
-        return False
-    return any(t is not None and t.requires_grad for t in (q, k, v, bias))
+def _wants_grad(q, k, v, bias) -> bool:
+    """Whether autograd records this call (grad mode on and an input requires grad)."""
+    return torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad
+                                        or (bias is not None and bias.requires_grad))
+
+
+def _launch_fwd_with_lse(plan_scale, q, k, v, bias, kv_counts, kv_indices):
+    plan, scale = plan_scale
+    return _launch_fwd(plan, q, k, v, bias, kv_counts, kv_indices, scale, True)
+
+
+# plain eager calls with autograd: the forward op's autograd formula without the dispatcher
+_EagerAttention = eager_autograd_function("BlockSparseAttentionEager", _launch_fwd_with_lse, _bwd_op,
+                                          block_sparse_attention_bwd)
 
 
 def triton_sparse_attention(
@@ -474,15 +506,18 @@ def triton_attention_checked(q, k, v, layout, bias=None, *, scale=None, config=N
     # k, v and the bias are on q's device and of its shapes (the contract): their strides suffice
     key = (q.shape, q.stride(), k.stride(), v.stride(), q.dtype, dev,
            None if bias is None else (bias.shape, bias.stride()),
-           layout.block_size, layout.mask_shape, config, bwd_config)
+           layout.geometry, config, bwd_config)
     entry = _CALLS.get(key)
     index = layout.index_on(dev)
     if entry is None:
         entry = _cache_put(_CALLS, key, _call_plan(q, k, v, bias, index[0], layout.block_size, config, bwd_config))
-    cfg, bcfg, plan = entry
-    scale = resolve_scale(q.shape[3], scale)
-    if not _needs_op(q, k, v, bias):  # eager inference: launch directly (the op's dispatch costs ~0.1 ms a call)
-        return _launch_fwd(plan, q, k, v, bias, index[0], index[1], scale, False)[0]
+    cfg, bcfg, plan, default_scale = entry
+    scale = default_scale if scale is None else float(scale)  # resolve_scale, its default kept per signature
+    if plain_eager(q, k, v, bias):  # no graph capture: launch without the op's dispatch (~0.1 ms a call)
+        if not _wants_grad(q, k, v, bias):  # inference: no LSE
+            return _launch_fwd(plan, q, k, v, bias, index[0], index[1], scale, False)[0]
+        return _EagerAttention.apply(q, k, v, bias, index, (plan, scale), (
+            layout.block_size, scale, bcfg.block_m, bcfg.block_n, bcfg.num_warps, bcfg.num_stages))[0]
     out, _ = block_sparse_attention_fwd(
         q, k, v, bias, *index,
         layout.block_size, scale, cfg.block_m, cfg.block_n, cfg.num_warps, cfg.num_stages,
@@ -495,13 +530,13 @@ _CALLS: dict = {}
 
 
 def _call_plan(q, k, v, bias, kv_counts, block_size: int, config, bwd_config):
-    """(forward config, backward config, forward plan) of one call signature."""
+    """(forward config, backward config, forward plan, default scale) of one call signature."""
     runnable = q.device.type == "cuda" or _interpreting()
     cfg, bcfg = _launch_configs(q.shape[3], q.dtype, q.device, runnable, k.device, v.device,
                                 None if bias is None else bias.device, block_size, config, bwd_config)
     plan = _fwd_plan(q, k, v, bias, kv_counts, block_size, cfg.block_m, cfg.block_n, cfg.num_warps, cfg.num_stages,
                      cfg.rows_per_cta)
-    return cfg, bcfg, plan
+    return cfg, bcfg, plan, resolve_scale(q.shape[3], None)
 
 
 @functools.lru_cache(maxsize=1024)

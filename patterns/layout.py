@@ -169,6 +169,13 @@ class BlockLayout:
         return self._mask.shape
 
     @property
+    def geometry(self) -> tuple[int, int, torch.Size, torch.device]:
+        """(block_size, seq_len, mask shape, device) as one hashable tuple: what the kernels' checks
+        and launch choices depend on besides the mask's values (a key for their per-call caches)."""
+        mask = self._mask
+        return self._block_size, self._seq_len, mask.shape, mask.device
+
+    @property
     def num_heads(self) -> Optional[int]:
         """H for a per-head layout, None for one shared by all heads."""
         return self._mask.shape[0] if self._mask.dim() == 3 else None
@@ -236,7 +243,8 @@ class BlockLayout:
             return None
         index, stamp = entry
         if stamp is not None and not torch.compiler.is_compiling():
-            if any(t._version != v for t, v in zip(index, stamp)):
+            a, b, c, d = index  # an index is always four tensors; read without a generator (per call)
+            if (a._version, b._version, c._version, d._version) != stamp:
                 return None
         return index
 
@@ -272,6 +280,8 @@ class BlockLayout:
         """(kv_counts, kv_indices, q_counts, q_indices) on ``device``, cached per device: the
         layout's own tensors, which the backends read and key their plans on (do not write them;
         a write is undone at the next call, see the class docstring)."""
+        if device == self._mask.device:  # the common case first (a torch.device or a string)
+            return self._index()
         device = torch.device(device)
         if device.type == "cuda" and device.index is None:
             device = torch.device("cuda", torch.cuda.current_device())

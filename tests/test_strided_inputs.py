@@ -22,10 +22,12 @@ For the product's block-sparse kernels (Triton, the fused C kernel) also:
 
 from __future__ import annotations
 
+import contextlib
 import zlib
 
 import pytest
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from kernels import cpu_fused, reference_attention, sparse_attention
 from patterns import BlockLayout
@@ -200,23 +202,51 @@ def test_triton_launch_gets_qkv_storage_and_strides_without_copies(kind, monkeyp
     assert strides == (*q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *out.stride()[:3])
     assert out.transpose(1, 2).is_contiguous(), f"output strides {out.stride()} are not q's order"
     assert meta["num_stages"] >= 3  # the default launch config is pipelined
-    # eager inference skips the registered op; with autograd the call goes through it
+    # plain eager calls skip the registered op: inference launches directly, autograd runs the op's
+    # formula in an autograd.Function; under a dispatch mode (what graph capture runs) the call
+    # goes through the op
     with torch.no_grad():
         names = _ops(lambda: sparse_attention(q, k, v, layout, bias, backend="triton"))
     assert not any("block_sparse_attention_fwd" in n for n in names), names
     qg = q.detach().requires_grad_(True)
     names = _ops(lambda: sparse_attention(qg, k, v, layout, bias, backend="triton"))
-    assert any("block_sparse_attention_fwd" in n for n in names)
+    assert not any("block_sparse_attention_fwd" in n for n in names), names
+    assert type(sparse_attention(qg, k, v, layout, bias, backend="triton").grad_fn).__name__ == \
+        "BlockSparseAttentionEagerBackward"
+    with _OpNames() as mode:
+        sparse_attention(qg, k, v, layout, bias, backend="triton")
+    assert any("block_sparse_attention_fwd" in n for n in mode.names), mode.names
+
+
+class _OpNames(TorchDispatchMode):
+    """A dispatch mode that records the name of every operation it sees and runs it unchanged."""
+
+    def __init__(self):
+        super().__init__()
+        self.names: list[str] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.names.append(str(func))
+        return func(*args, **(kwargs or {}))
 
 
 @pytest.mark.skipif(not TRITON_INTERPRET, reason="the Triton kernel runs on a CPU only under TRITON_INTERPRET=1")
 def test_triton_output_in_q_order_with_autograd():
-    """Through the registered op (autograd): the output and dq, dk, dv follow q, k, v's layouts."""
+    """With autograd, eager (the op's formula in an autograd.Function) and through the registered
+    op (forced by a dispatch mode): the output and dq, dk, dv follow q, k, v's layouts, and the two
+    paths agree bitwise, the bias's gradient included."""
     pytest.importorskip("triton")
     engine = next(e for e in ENGINES if e.backend == "triton")
     (q, k, v, bias), layout, grad_out, _ = _case(engine, "blhd", L=32, B=1)
-    ins = [t.detach().requires_grad_(True) for t in (q, k, v)]
-    out = sparse_attention(*ins, layout, bias, backend="triton")
-    assert out.transpose(1, 2).is_contiguous()
-    dq, dk, dv = torch.autograd.grad(out, ins, grad_out)
-    assert all(g.transpose(1, 2).is_contiguous() for g in (dq, dk, dv))
+    results = []
+    for through_op in (False, True):
+        ins = [t.detach().requires_grad_(True) for t in (q, k, v, bias)]
+        with _OpNames() if through_op else contextlib.nullcontext() as mode:
+            out = sparse_attention(*ins[:3], layout, ins[3], backend="triton")
+        assert through_op == any("block_sparse_attention_fwd" in n for n in getattr(mode, "names", []))
+        assert out.transpose(1, 2).is_contiguous()
+        grads = torch.autograd.grad(out, ins, grad_out)
+        assert all(g.transpose(1, 2).is_contiguous() for g in grads[:3])
+        results.append((out, *grads))
+    for a, b in zip(*results):
+        assert torch.equal(a, b)

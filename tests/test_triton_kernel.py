@@ -233,6 +233,18 @@ def test_backward_is_deterministic(bias):
         assert torch.equal(x, y)
 
 
+def test_gradients_of_gradients_raise():
+    """No double backward: differentiating the gradients raises (eager, the autograd.Function's
+    backward goes through the backward op under create_graph, which has no autograd formula)
+    instead of giving silently wrong second derivatives."""
+    _seed()
+    q, k, v, b = _make(1, 1, 32, 16, torch.float32, (1, 1, 32, 32))
+    out = sparse_attention(q, k, v, _layout("half", 32, 16), b, backend="triton", config=KernelConfig(16, 16))
+    dq, db = torch.autograd.grad(out, (q, b), torch.randn_like(out), create_graph=True)
+    with pytest.raises(RuntimeError, match="no autograd formula"):
+        torch.autograd.grad((dq.sum() + db.sum()), (q, k))
+
+
 @pytest.mark.parametrize("D", [24, 128, 4])
 def test_unsupported_head_dim_raises(D):
     lay = _layout("full", 32, 16)
@@ -272,6 +284,18 @@ def test_rows_per_cta_forward_matches_reference(B, rows, bias):
         out = sparse_attention(q, k, v, lay, b, backend="triton", config=cfg)
     want = reference_attention(q.double(), k.double(), v.double(), lay, None if b is None else b.double())
     _close("out", out, want, torch.float32, seed)
+
+
+def test_rows_per_cta_with_autograd_matches_reference():
+    """An eager call with gradients launches the forward with the config's ``rows_per_cta`` too
+    (each row's LSE stored for the backward): output and dq, dk, dv, dbias equal the reference."""
+    seed = _seed()
+    B, H, L, D = 2, 2, 40, 16
+    q, k, v, b = _make(B, H, L, D, torch.float32, (1, H, L, L))
+    mask = torch.rand(H, 3, 3) < 0.6
+    mask[0, 1] = False  # a block row with no kept tile in head 0: zeros, zero gradients
+    check_against_reference(q, k, v, BlockLayout(mask, 16, L), b, config=KernelConfig(16, 16, 4, 2, rows_per_cta=2),
+                            seed=seed)
 
 
 def test_rows_per_cta_is_lowered_to_a_divisor_of_the_batch():
