@@ -1,9 +1,12 @@
 """`KernelConfig`: launch parameters of the Triton block-sparse kernels, as plain data.
 
-The layout's ``block_size`` is the sparsity granularity; a kernel tile (``block_m`` queries x
-``block_n`` keys) must divide it, so a program walks the kept layout tiles in sub-tiles. The
-autotuner enumerates ``candidate_configs`` and every config offered there is checked correct by the
-test suite.
+The layout's ``block_size`` is the sparsity granularity. A forward tile (``block_m`` queries x
+``block_n`` keys) either divides it, so a program walks the kept layout tiles in sub-tiles, or is a
+multiple of it, so a program walks the union of the kept tiles of block_m / block_size layout rows
+and masks, inside each coarse tile, the layout tiles that are not kept (``kernels.coarse_index``):
+a short protein's small layout block still runs 64 x 64 tiles. The backward's tiles divide the
+block (``clipped_to``). The autotuner enumerates ``candidate_configs`` and every config offered
+there is checked correct by the test suite.
 """
 
 from __future__ import annotations
@@ -48,16 +51,29 @@ class KernelConfig:
             if isinstance(value, bool) or not isinstance(value, int) or value not in allowed:  # 64.0, True: no
                 raise ValueError(f"KernelConfig.{name} must be one of {list(allowed)}, got {value!r}")
 
-    def fits(self, block_size: int) -> bool:
-        """True if both tiles divide the layout's block size."""
+    def divides(self, block_size: int) -> bool:
+        """True if both tiles divide the layout's block size (what the backward kernels need)."""
         return block_size % self.block_m == 0 and block_size % self.block_n == 0
 
+    def fits(self, block_size: int) -> bool:
+        """True if the forward kernel runs these tiles on a layout of ``block_size``: each tile
+        divides the block or is a multiple of it (a coarse tile, ``kernels.coarse_index``)."""
+        return all(block_size % t == 0 or t % block_size == 0 for t in (self.block_m, self.block_n))
+
     def for_block(self, block_size: int) -> "KernelConfig":
-        """This config with tiles clipped to ``block_size`` (tiles larger than a layout tile are
-        clipped, never silently mis-sized)."""
+        """This forward config for a layout of ``block_size``: unchanged (tiles dividing the block,
+        or multiples of it); a tile that is neither is refused, never silently mis-sized."""
+        if not self.fits(block_size):
+            raise ValueError(f"KernelConfig tiles {self.block_m}x{self.block_n} neither divide nor are multiples of "
+                             f"block_size={block_size}")
+        return self
+
+    def clipped_to(self, block_size: int) -> "KernelConfig":
+        """This config with tiles clipped to ``block_size``: the backward kernels walk layout tiles
+        in sub-tiles, so their tiles must divide the block."""
         bm, bn = min(self.block_m, block_size), min(self.block_n, block_size)
         cfg = KernelConfig(bm, bn, self.num_warps, self.num_stages, self.rows_per_cta)
-        if not cfg.fits(block_size):
+        if not cfg.divides(block_size):
             raise ValueError(f"KernelConfig tiles {bm}x{bn} do not divide block_size={block_size}")
         return cfg
 
