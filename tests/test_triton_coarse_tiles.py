@@ -246,3 +246,22 @@ def test_non_finite_gradients_under_a_coarse_forward_match_the_row_oracle():
     for name, a, b in zip(("dq", "dk", "dv", "dbias"), got, want):
         torch.testing.assert_close(a.double(), b, atol=1e-3, rtol=1e-3, equal_nan=True,
                                    msg=lambda m: f"{name} (seed={seed}): {m}")
+
+
+@pytest.mark.parametrize("poison", [False, True])
+def test_rows_per_cta_with_coarse_tiles(poison):
+    """The inference forward walking 2 batch elements per program with a 32 x 32 tile on a block-16
+    layout: exact, and a NaN in V at a tile one row block keeps reaches only that element's rows
+    that keep it (the cold path runs per batch element)."""
+    seed = _seed()
+    B, H, L, D = 4, 2, 40, 8
+    lay = _nf_layout()
+    q, k, v = (torch.randn(B, H, L, D, device=DEVICE) for _ in range(3))
+    bias = torch.randn(1, H, L, L, device=DEVICE)
+    if poison:
+        v[1, 0, 20, 3] = NAN
+    with torch.no_grad():
+        out = sparse_attention(q, k, v, lay, bias, backend="triton", config=KernelConfig(32, 32, 4, 3, rows_per_cta=2))
+    ref = reference_attention(q.double(), k.double(), v.double(), lay, bias.double())
+    torch.testing.assert_close(out.double(), ref, atol=2e-4, rtol=2e-4, equal_nan=True,
+                               msg=lambda m: f"seed={seed}: {m}")
