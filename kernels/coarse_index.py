@@ -42,6 +42,9 @@ def block_mask_of(kv_counts: torch.Tensor, kv_indices: torch.Tensor) -> torch.Te
 
 
 def _build(kv_counts: torch.Tensor, kv_indices: torch.Tensor, rows: int, cols: int):
+    if torch.is_inference_mode_enabled():  # ordinary tensors, with version counters (the tile order keys on them)
+        with torch.inference_mode(False):
+            return _build(kv_counts, kv_indices, rows, cols)
     mask = block_mask_of(kv_counts, kv_indices)
     lh, nb, _ = mask.shape
     nr, nc = -(-nb // rows), -(-nb // cols)

@@ -265,3 +265,15 @@ def test_rows_per_cta_with_coarse_tiles(poison):
     ref = reference_attention(q.double(), k.double(), v.double(), lay, bias.double())
     torch.testing.assert_close(out.double(), ref, atol=2e-4, rtol=2e-4, equal_nan=True,
                                msg=lambda m: f"seed={seed}: {m}")
+
+
+def test_a_coarse_forward_under_inference_mode():
+    """The coarse index built on a first call under ``torch.inference_mode`` is made of ordinary
+    tensors (the tile order keys on their version counters) and the result is exact."""
+    seed = _seed()
+    lay = _random_layout(40, 16, 2)
+    q, k, v = (torch.randn(1, 2, 40, 8, device=DEVICE) for _ in range(3))
+    with torch.inference_mode():
+        out = sparse_attention(q, k, v, lay, backend="triton", config=KernelConfig(32, 32, 4, 3))
+    ref = reference_attention(q.double(), k.double(), v.double(), lay)
+    torch.testing.assert_close(out.double(), ref, atol=2e-4, rtol=2e-4, msg=lambda m: f"seed={seed}: {m}")
