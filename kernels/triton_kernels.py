@@ -7,6 +7,10 @@ All kernels walk the compact layout index (see ``patterns.layout.BlockLayout``):
   walks each kept ``BLOCK_SIZE``-wide key block in sub-tiles of ``BLOCK_N`` keys (FlashAttention-2
   online softmax, Dao 2023). Programs are ordered batch fastest, then head, then tile rank with the
   heaviest tiles first (``_program_coords``);
+* forward with tiles that are multiples of the layout block ("coarse" tiles, so that a small
+  block still runs 64-row wgmma tiles on sm_90): the same walk over the union index of
+  ``BLOCK_M / BLOCK_SIZE`` layout rows grouped by ``BLOCK_N / BLOCK_SIZE`` layout columns
+  (``kernels.coarse_index``), the layout tiles a coarse tile does not keep masked to -inf inside it;
 * dK/dV: one program per (key tile of ``BLOCK_N`` keys, batch*head) walking the kept query blocks
   of its layout column (``q_counts`` / ``q_indices``) in sub-tiles of ``BLOCK_M`` rows, so every
   dK/dV row is owned by one program (no atomics);
@@ -258,12 +262,12 @@ def _attn_fwd_kernel(
     multiple of ``ROWS_PER_CTA``; the grid has N_TILES * H * B / ROWS_PER_CTA programs.
 
     Coarse tiles (``ROW_BLOCKS`` x ``COL_BLOCKS`` > 1, tiles that are multiples of the layout
-    block): the index (``KVCounts``, ``KVIndices``, NB columns) is the union index of coarse rows
-    of ROW_BLOCKS layout rows and coarse columns of COL_BLOCKS layout columns
-    (``kernels.coarse_index``; NB_ROWS coarse rows, NB columns), ``KVBits`` the int64 bitmask of the layout tiles each kept coarse
-    tile keeps; pairs of tiles it does not keep are -inf (``_tile_keep``), and a tile whose result
-    is not finite is recomputed without reading them (``_fwd_exact_rows``). Otherwise KVBits is not
-    read (NB_ROWS = NB: the layout's rows)."""
+    block): ``KVCounts`` / ``KVIndices`` are the union index of coarse rows of ROW_BLOCKS layout
+    rows and coarse columns of COL_BLOCKS layout columns (``kernels.coarse_index``; NB_ROWS coarse
+    rows, NB coarse columns), ``KVBits`` the int64 bitmask of the layout tiles each kept coarse
+    tile keeps; pairs of tiles it does not keep are -inf (``_tile_keep``), and a tile whose P V is
+    not finite is stored again without reading them (``_fwd_exact_rows``). Otherwise the layout's
+    own index (NB_ROWS = NB) and KVBits is not read."""
     COARSE: tl.constexpr = ROW_BLOCKS * COL_BLOCKS > 1
     CB_M: tl.constexpr = ROW_BLOCKS * BLOCK_SIZE  # a coarse row: BLOCK_M rows, or one layout row of BLOCK_SIZE
     CB_N: tl.constexpr = COL_BLOCKS * BLOCK_SIZE

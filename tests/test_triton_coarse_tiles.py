@@ -277,3 +277,22 @@ def test_a_coarse_forward_under_inference_mode():
         out = sparse_attention(q, k, v, lay, backend="triton", config=KernelConfig(32, 32, 4, 3))
     ref = reference_attention(q.double(), k.double(), v.double(), lay)
     torch.testing.assert_close(out.double(), ref, atol=2e-4, rtol=2e-4, msg=lambda m: f"seed={seed}: {m}")
+
+
+@pytest.mark.parametrize("tiles", [(16, 64), (64, 64), (128, 128)])
+def test_nan_in_v_reaches_only_rows_that_keep_its_tile_block_32(tiles):
+    """Block 32: a query tile inside one layout row (16 rows), 2 x 2 and 4 x 4 coarse tiles (the
+    last one past the layout's 4 blocks); key block 1 holds a NaN that row block 0 does not keep
+    although its coarse column does (the cold path, ``_fwd_exact_rows``)."""
+    seed = _seed()
+    L = 100
+    mask = torch.tensor([[1, 0, 1, 0], [0, 1, 1, 0], [1, 1, 0, 1], [0, 0, 0, 1]], dtype=torch.bool)
+    lay = BlockLayout(mask, 32, L)
+    q, k, v = (torch.randn(2, 2, L, 8, device=DEVICE) for _ in range(3))
+    v[0, 1, 40, 2] = NAN
+    bias = torch.randn(1, 2, L, L, device=DEVICE)
+    out = triton_sparse_attention(q, k, v, lay, bias, config=KernelConfig(*tiles, 4, 3))
+    ref = reference_attention(q.double(), k.double(), v.double(), lay, bias.double())
+    torch.testing.assert_close(out.double(), ref, atol=2e-4, rtol=2e-4, equal_nan=True,
+                               msg=lambda m: f"{tiles} (seed={seed}): {m}")
+    assert int(torch.isnan(out).sum()) == 64  # rows 32..95 (row blocks 1 and 2) of (b 0, h 1), column 2
