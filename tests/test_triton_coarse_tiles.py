@@ -296,3 +296,21 @@ def test_nan_in_v_reaches_only_rows_that_keep_its_tile_block_32(tiles):
     torch.testing.assert_close(out.double(), ref, atol=2e-4, rtol=2e-4, equal_nan=True,
                                msg=lambda m: f"{tiles} (seed={seed}): {m}")
     assert int(torch.isnan(out).sum()) == 64  # rows 32..95 (row blocks 1 and 2) of (b 0, h 1), column 2
+
+
+@pytest.mark.slow
+def test_an_8x8_coarse_tile_uses_every_bit_float16():
+    """128 x 128 tiles on a block-16 layout: 64 layout tiles per coarse tile, bit 63 (row block 7,
+    column block 7) included; float16, a NaN in V at a tile row block 7 keeps."""
+    seed = _seed()
+    L, nb = 200, 13
+    mask = torch.rand(2, nb, nb) < 0.5
+    mask[:, 7, 7] = True
+    lay = BlockLayout(mask, 16, L)
+    q, k, v = (torch.randn(1, 2, L, 16, device=DEVICE, dtype=torch.float16) for _ in range(3))
+    bias = torch.randn(1, 2, L, L, device=DEVICE, dtype=torch.float16)
+    v[0, 0, 7 * 16 + 3, 0] = NAN
+    out = triton_sparse_attention(q, k, v, lay, bias, config=KernelConfig(128, 128, 8, 3))
+    ref = reference_attention(q.double(), k.double(), v.double(), lay, bias.double())
+    torch.testing.assert_close(out.double(), ref, atol=1.5e-2, rtol=1.5e-2, equal_nan=True,
+                               msg=lambda m: f"seed={seed}: {m}")
