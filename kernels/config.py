@@ -278,10 +278,11 @@ def candidate_configs(block_size: int, head_dim: int | None = None, dtype: Dtype
                       exclude_spilling: bool = True) -> list[KernelConfig]:
     """Every forward launch config the autotuner may try for a layout of ``block_size``: tiles
     dividing it (at least 16) and, for a block under 64, the coarse tiles ``COARSE_FORWARD_TILES``
-    (multiples of it, wgmma-sized), 4 or 8 warps (8 only for tiles of at least 64 x 64), 1 to 3 stages;
+    (multiples of it, wgmma-sized), 4 or 8 warps (8 only for tiles of at least 64 x 64), 1 to 3
+    stages;
     only configs whose shared memory fits an sm_90 block (``shared_memory_bytes``; head_dim None
     and dtype None take the worst case, 64 and float32) and, with ``exclude_spilling``, that do not
-    spill registers (``SPILLING``)."""
+    spill registers (``SPILLING``, and ``SPILLING_SMALL_BLOCK`` for blocks under 64)."""
     return _candidates("fwd", FORWARD_KERNELS, block_size, head_dim, dtype, exclude_spilling, False)
 
 

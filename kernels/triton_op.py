@@ -471,9 +471,10 @@ def triton_sparse_attention(
     is laid out in q's memory order (``empty_in_order_of``): for q a permuted view of [B, L, H, D]
     memory, ``out.transpose(1, 2)`` is contiguous. config: forward tiles / warps / stages (default
     ``default_forward_config``: the measured winner, else the pipelined preference), tiles dividing
-    ``layout.block_size`` or multiples of it (a coarse tile: ``kernels.coarse_index``); bwd_config: the backward's own launch config, (block_m,
-    block_n) = (owned, walked) tile (default ``default_backward_config``), clipped to the block. Every check and launch
-    choice is computed once per (shape, dtype, device, layout geometry, configs) and cached.
+    ``layout.block_size`` or multiples of it (a coarse tile: ``kernels.coarse_index``); bwd_config:
+    the backward's own launch config, (block_m, block_n) = (owned, walked) tile (default
+    ``default_backward_config``), clipped to the block. Every check and launch choice is computed
+    once per (shape, dtype, device, layout geometry, configs) and cached.
     """
     from .inputs import check_inputs  # the dispatcher's contract (cached per shape)
 

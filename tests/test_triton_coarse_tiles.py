@@ -314,3 +314,29 @@ def test_an_8x8_coarse_tile_uses_every_bit_float16():
     ref = reference_attention(q.double(), k.double(), v.double(), lay, bias.double())
     torch.testing.assert_close(out.double(), ref, atol=1.5e-2, rtol=1.5e-2, equal_nan=True,
                                msg=lambda m: f"seed={seed}: {m}")
+
+
+@pytest.mark.slow
+def test_block_32_default_forward_compiles_to_pipelined_wgmma(tmp_path):
+    """Offline sm_90 compile of the block-32 default forward (bf16, head dims 32 and 64, L = 4096
+    and the ragged 4000): wgmma, 3 K/V buffers, loads in flight across iterations, no spill."""
+    import csv
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    out = tmp_path / "fwd32.csv"
+    res = subprocess.run(
+        [sys.executable, "-m", "kernels.compile_report", "--configs", "defaults", "--kernels", "fwd", "--dtypes",
+         "bfloat16", "--head-dims", "32,64", "--block-size", "32", "--ragged", "--out", str(out)],
+        cwd=Path(__file__).resolve().parent.parent, env=env, capture_output=True, text=True, timeout=600,
+    )
+    assert res.returncode == 0, res.stderr[-2000:]
+    with open(out, newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 4
+    for r in rows:
+        assert not r["error"] and (r["block_m"], r["block_n"]) == ("64", "64"), r
+        assert int(r["wgmma"]) > 0 and int(r["kv_buffers"]) == 3 and int(r["async_wait_max"]) > 0, r
+        assert int(r["spill_stores"]) == 0 and int(r["shared_estimate"]) >= int(r["shared_bytes"]), r
