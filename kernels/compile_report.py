@@ -4,7 +4,8 @@ Compiles every kernel of the block-sparse attention (forward; backward dQ, dK/dV
 gradient of a batch-shared bias) for ``GPUTarget("cuda", 90, 32)`` (H100 / H200) with the installed
 Triton, on a machine without a GPU, for each launch config the autotuner may try
 (``candidate_configs`` for the forward, ``candidate_backward_configs`` for the backward), dtype and
-head dim, and records what the compiled artifacts say:
+head dim (a forward tile larger than the layout block compiles the coarse-tile kernel,
+``kernels.coarse_index``), and records what the compiled artifacts say:
 
 * ``registers``, ``spill_stores`` / ``spill_loads`` (bytes): ``ptxas -v`` on the kernel's PTX for
   sm_90a (the ptxas that ships in the Triton wheel);
@@ -130,6 +131,7 @@ def _kernel_args(job: CompileJob) -> tuple[object, dict[str, object], dict[str, 
     ptr = {n: f"*{dt}" for n in ("Q", "K", "V", "Bias", "Out", "DO", "DQ", "DK", "DV", "DBias")}
     ptr.update({n: "*fp32" for n in ("Lse", "Delta")})
     ptr.update({n: "*i32" for n in ("KVCounts", "KVIndices", "QCounts", "QIndices", "TileOrder")})
+    ptr["KVBits"] = "*i64"  # the coarse tiles' bitmasks (read only by a forward tile larger than the block)
     # bias [1, H, L, L] shared by the batch
     ints: dict[str, int] = {}
     # q, k, v, o and their gradients as the EvoFormer modules produce them: [B, L, H, D] memory read
@@ -143,10 +145,14 @@ def _kernel_args(job: CompileJob) -> tuple[object, dict[str, object], dict[str, 
     floats = dict(qk_scale=0.25, sm_scale=0.17)
     if job.kernel == "fwd":
         fn = tk._attn_fwd_kernel
+        # a tile larger than the block walks the coarse index (kernels.coarse_index): nr x nc coarse tiles
+        rb, cb = max(1, job.block_m // bs), max(1, job.block_n // bs)
+        nr, nc = -(-nb // rb), -(-nb // cb)
         # the training forward (the LSE stored; inference leaves it out)
-        const = dict(BLOCK_M=job.block_m, BLOCK_N=job.block_n, NB_PAD=_nb_pad(nb), HAS_BIAS=True, STORE_LSE=True,
-                     ROWS_PER_CTA=job.rows_per_cta)
-        ints["N_TILES"] = nb * bs // job.block_m
+        const = dict(BLOCK_M=job.block_m, BLOCK_N=job.block_n, NB_PAD=_nb_pad(nc), HAS_BIAS=True, STORE_LSE=True,
+                     ROWS_PER_CTA=job.rows_per_cta, ROW_BLOCKS=rb, COL_BLOCKS=cb)
+        common["EVEN_L"] = L % max(bs, job.block_m, job.block_n) == 0
+        ints.update(N_TILES=nr * rb * bs // job.block_m, NB=nc, NB_ROWS=nr)
     elif job.kernel == "dq":
         fn = tk._attn_bwd_dq_kernel
         const = dict(BLOCK_M=job.block_m, BLOCK_N=job.block_n, NB_PAD=_nb_pad(nb), HAS_BIAS=True, WRITE_DBIAS=False)
@@ -269,7 +275,8 @@ def jobs_for(kernels: list[str], dtypes: list[str], head_dims: list[int], block_
             for kern in kernels:
                 if which == "all":  # every tile / warps / stages combination, unfiltered (calibration)
                     cfgs = [KernelConfig(bm, bn, w, s) for bm in KERNEL_TILES for bn in KERNEL_TILES
-                            if block_size % bm == 0 and block_size % bn == 0 and (kern == "fwd" or bm >= bn)
+                            if (KernelConfig(bm, bn).fits(block_size) if kern == "fwd"
+                                else KernelConfig(bm, bn).divides(block_size) and bm >= bn)
                             for w in (4, 8) if w == 4 or bm * bn >= 64 * 64 for s in (1, 2, 3)]
                 elif which == "defaults":
                     cfgs = [default_forward_config(block_size, d, tdt) if kern == "fwd"

@@ -1,9 +1,12 @@
 """`KernelConfig`: launch parameters of the Triton block-sparse kernels, as plain data.
 
-The layout's ``block_size`` is the sparsity granularity; a kernel tile (``block_m`` queries x
-``block_n`` keys) must divide it, so a program walks the kept layout tiles in sub-tiles. The
-autotuner enumerates ``candidate_configs`` and every config offered there is checked correct by the
-test suite.
+The layout's ``block_size`` is the sparsity granularity. A forward tile (``block_m`` queries x
+``block_n`` keys) either divides it, so a program walks the kept layout tiles in sub-tiles, or is a
+multiple of it, so a program walks the union of the kept tiles of block_m / block_size layout rows
+and masks, inside each coarse tile, the layout tiles that are not kept (``kernels.coarse_index``):
+a short protein's small layout block still runs 64 x 64 tiles. The backward's tiles divide the
+block (``clipped_to``). The autotuner enumerates ``candidate_configs`` and every config offered
+there is checked correct by the test suite.
 """
 
 from __future__ import annotations
@@ -48,16 +51,29 @@ class KernelConfig:
             if isinstance(value, bool) or not isinstance(value, int) or value not in allowed:  # 64.0, True: no
                 raise ValueError(f"KernelConfig.{name} must be one of {list(allowed)}, got {value!r}")
 
-    def fits(self, block_size: int) -> bool:
-        """True if both tiles divide the layout's block size."""
+    def divides(self, block_size: int) -> bool:
+        """True if both tiles divide the layout's block size (what the backward kernels need)."""
         return block_size % self.block_m == 0 and block_size % self.block_n == 0
 
+    def fits(self, block_size: int) -> bool:
+        """True if the forward kernel runs these tiles on a layout of ``block_size``: each tile
+        divides the block or is a multiple of it (a coarse tile, ``kernels.coarse_index``)."""
+        return all(block_size % t == 0 or t % block_size == 0 for t in (self.block_m, self.block_n))
+
     def for_block(self, block_size: int) -> "KernelConfig":
-        """This config with tiles clipped to ``block_size`` (tiles larger than a layout tile are
-        clipped, never silently mis-sized)."""
+        """This forward config for a layout of ``block_size``: unchanged (tiles dividing the block,
+        or multiples of it); a tile that is neither is refused, never silently mis-sized."""
+        if not self.fits(block_size):
+            raise ValueError(f"KernelConfig tiles {self.block_m}x{self.block_n} neither divide nor are multiples of "
+                             f"block_size={block_size}")
+        return self
+
+    def clipped_to(self, block_size: int) -> "KernelConfig":
+        """This config with tiles clipped to ``block_size``: the backward kernels walk layout tiles
+        in sub-tiles, so their tiles must divide the block."""
         bm, bn = min(self.block_m, block_size), min(self.block_n, block_size)
         cfg = KernelConfig(bm, bn, self.num_warps, self.num_stages, self.rows_per_cta)
-        if not cfg.fits(block_size):
+        if not cfg.divides(block_size):
             raise ValueError(f"KernelConfig tiles {bm}x{bn} do not divide block_size={block_size}")
         return cfg
 
@@ -191,29 +207,58 @@ SPILLING: dict[tuple[str, str, int], frozenset[tuple[int, int, int, int]]] = {
 }
 
 
-def spills(group: str, cfg: KernelConfig, dtype: DtypeLike, head_dim: int) -> bool:
-    """True if ``cfg`` spills registers in some kernel of ``group`` ("fwd" or "bwd") on sm_90."""
+# Forward configs that spill on sm_90 at layout blocks under COARSE_BELOW besides those of SPILLING
+# (mostly the coarse-tile kernel of a tile larger than the block): the compile report of every
+# forward candidate at blocks 16 and 32 (bf16 and float32, head dims 32 and 64, L = 4096; Triton
+# 3.8: benchmarks/results/compile-sm90-triton3.8.0-coarse-tiles.csv). Kept apart so that the
+# candidates of blocks >= 64 stay those of SPILLING.
+SPILLING_SMALL_BLOCK: dict[tuple[str, str, int], frozenset[tuple[int, int, int, int]]] = {
+    ("fwd", "16", 64): frozenset([(128, 64, 4, 1)]),
+    ("fwd", "32", 32): frozenset([(64, 64, 4, 2), (64, 64, 4, 3), (128, 64, 4, 1), (128, 64, 8, 1), (128, 64, 8, 2),
+                                  (128, 64, 8, 3)]),
+    ("fwd", "32", 64): frozenset([(32, 32, 4, 1), (64, 32, 4, 2), (64, 32, 4, 3), (64, 64, 4, 2)]),
+}
+
+
+def spills(group: str, cfg: KernelConfig, dtype: DtypeLike, head_dim: int, block_size: int | None = None) -> bool:
+    """True if ``cfg`` spills registers in some kernel of ``group`` ("fwd" or "bwd") on sm_90; with
+    a ``block_size`` under ``COARSE_BELOW``, ``SPILLING_SMALL_BLOCK`` is checked too."""
     key = (group, "32" if _elem_bytes(dtype) == 4 else "16", _d_pad(head_dim))
-    return (cfg.block_m, cfg.block_n, cfg.num_warps, cfg.num_stages) in SPILLING.get(key, frozenset())
+    tiles = (cfg.block_m, cfg.block_n, cfg.num_warps, cfg.num_stages)
+    if tiles in SPILLING.get(key, frozenset()):
+        return True
+    small = block_size is not None and block_size < COARSE_BELOW
+    return small and tiles in SPILLING_SMALL_BLOCK.get(key, frozenset())
 
 
-def _tiles(block_size: int):
+# Forward tiles offered beyond those dividing the block, for layout blocks under 64: coarse tiles
+# (multiples of the block, ``kernels.coarse_index``) of at least 64 query rows, the smallest M of a
+# Hopper warp-group MMA (wgmma): tiles dividing a block of 16 or 32 compile to mma.sync with one K/V
+# buffer fewer (sm_90 compile report, benchmarks/results/compile-sm90-triton3.8.0-coarse-tiles.csv).
+COARSE_FORWARD_TILES: tuple[tuple[int, int], ...] = ((64, 32), (64, 64), (128, 64))
+COARSE_BELOW = 64  # blocks smaller than this get COARSE_FORWARD_TILES; larger blocks: dividing tiles only
+
+
+def _tiles(block_size: int, coarse: bool = False):
     for bm in KERNEL_TILES:
         for bn in KERNEL_TILES:
             if block_size % bm == 0 and block_size % bn == 0:
                 yield bm, bn
+    if coarse and block_size < COARSE_BELOW:
+        yield from COARSE_FORWARD_TILES
 
 
 def _candidates(group: str, kernels: tuple[str, ...], block_size: int, head_dim: int | None, dtype: DtypeLike,
                 exclude_spilling: bool, owned_at_least_walked: bool) -> list[KernelConfig]:
     """Launch configs of one kernel group ("fwd" or "bwd", whose kernels are ``kernels``): tiles
-    dividing ``block_size`` (with ``owned_at_least_walked``, block_m >= block_n), 4 or 8 warps (8
+    dividing ``block_size`` (with ``owned_at_least_walked``, block_m >= block_n), for "fwd" and a
+    block under ``COARSE_BELOW`` also ``COARSE_FORWARD_TILES``, 4 or 8 warps (8
     only for tiles of at least 64 x 64), 1 to 3 stages, fitting an sm_90 block's shared memory in
     every kernel of the group and, with ``exclude_spilling``, spilling in none of them."""
     d_pad = _d_pad(head_dim if head_dim is not None else 64)
     eb = _elem_bytes(dtype)
     out = []
-    for bm, bn in _tiles(block_size):
+    for bm, bn in _tiles(block_size, coarse=group == "fwd"):
         if owned_at_least_walked and bm < bn:
             continue
         for w in (4, 8):
@@ -223,7 +268,7 @@ def _candidates(group: str, kernels: tuple[str, ...], block_size: int, head_dim:
                 cfg = KernelConfig(bm, bn, w, s)
                 if not _fits(kernels, cfg, eb, d_pad):
                     continue
-                if exclude_spilling and spills(group, cfg, dtype, d_pad):
+                if exclude_spilling and spills(group, cfg, dtype, d_pad, block_size):
                     continue
                 out.append(cfg)
     return out
@@ -232,10 +277,12 @@ def _candidates(group: str, kernels: tuple[str, ...], block_size: int, head_dim:
 def candidate_configs(block_size: int, head_dim: int | None = None, dtype: DtypeLike = None, *,
                       exclude_spilling: bool = True) -> list[KernelConfig]:
     """Every forward launch config the autotuner may try for a layout of ``block_size``: tiles
-    dividing it (at least 16), 4 or 8 warps (8 only for tiles of at least 64 x 64), 1 to 3 stages;
+    dividing it (at least 16) and, for a block under 64, the coarse tiles ``COARSE_FORWARD_TILES``
+    (multiples of it, wgmma-sized), 4 or 8 warps (8 only for tiles of at least 64 x 64), 1 to 3
+    stages;
     only configs whose shared memory fits an sm_90 block (``shared_memory_bytes``; head_dim None
     and dtype None take the worst case, 64 and float32) and, with ``exclude_spilling``, that do not
-    spill registers (``SPILLING``)."""
+    spill registers (``SPILLING``, and ``SPILLING_SMALL_BLOCK`` for blocks under 64)."""
     return _candidates("fwd", FORWARD_KERNELS, block_size, head_dim, dtype, exclude_spilling, False)
 
 

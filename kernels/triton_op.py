@@ -45,6 +45,7 @@ import torch
 from patterns import BlockLayout
 
 from .capabilities import TRITON_DTYPES, TRITON_HEAD_DIMS
+from .coarse_index import coarse_index
 from .config import (
     SHARED_MEMORY_LIMIT,
     KernelConfig,
@@ -222,11 +223,13 @@ class _FwdPlan:
     lse_shape: tuple[int, int, int]
     grid: tuple[int]
     strides: tuple  # (batch, head, row) strides of q, k, v as launched and of the output, then the bias's 4
-    sizes: tuple  # B, H, L, NB, N_TILES, LAYOUT_HEAD_STRIDE
+    sizes: tuple  # B, H, L, NB, N_TILES, LAYOUT_HEAD_STRIDE, NB_ROWS
     consts: dict  # with the LSE stored
     consts_no_lse: dict  # inference: the LSE neither allocated nor written
     block_size: int
     block_m: int
+    row_blocks: int = 1  # layout row / column blocks per coarse tile (tiles that are multiples of the block)
+    col_blocks: int = 1
 
 
 _FWD_PLANS: dict = {}
@@ -242,19 +245,23 @@ def _cache_put(cache: dict, key, value):
 def _fwd_plan(q, k, v, bias, kv_counts, block_size, block_m, block_n, num_warps, num_stages,
               rows_per_cta: int = 1) -> _FwdPlan:
     """The forward launch plan of these inputs (see ``_FwdPlan``); refuses an index that is not on
-    q's device. ``rows_per_cta`` is lowered to the greatest power of two dividing the batch."""
+    q's device. ``rows_per_cta`` is lowered to the greatest power of two dividing the batch. A tile
+    larger than the layout block walks the coarse index (``kernels.coarse_index``) of
+    block_m / block_size layout rows by block_n / block_size layout columns."""
     if kv_counts.device != q.device:
         # the kernels read the index through device pointers: it must live where q does
         raise ValueError(f"triton backend: the layout's index is on {kv_counts.device} but q is on {q.device} "
                          "(pass BlockLayout.index_on(q.device))")
     B, H, L, D = q.shape
     lh, nb = kv_counts.shape
-    n_tiles = (nb * block_size) // block_m
+    rb, cb = max(1, block_m // block_size), max(1, block_n // block_size)
+    nb_rows, nb = -(-nb // rb), -(-nb // cb)  # coarse rows and columns (the layout's when rb = cb = 1)
+    n_tiles = (nb_rows * rb * block_size) // block_m
     rows = math.gcd(rows_per_cta, B)
     consts = dict(
-        HEAD_DIM=D, D_PAD=_d_pad(D), BLOCK_SIZE=block_size, EVEN_L=(L % block_size == 0), EVEN_D=(D == _d_pad(D)),
-        PREC=_prec(q.dtype), BLOCK_M=block_m, BLOCK_N=block_n, NB_PAD=_nb_pad(nb), HAS_BIAS=bias is not None,
-        ROWS_PER_CTA=rows,
+        HEAD_DIM=D, D_PAD=_d_pad(D), BLOCK_SIZE=block_size, EVEN_L=(L % max(block_size, block_m, block_n) == 0),
+        EVEN_D=(D == _d_pad(D)), PREC=_prec(q.dtype), BLOCK_M=block_m, BLOCK_N=block_n, NB_PAD=_nb_pad(nb),
+        HAS_BIAS=bias is not None, ROWS_PER_CTA=rows, ROW_BLOCKS=rb, COL_BLOCKS=cb,
         num_warps=num_warps, num_stages=_stages("fwd", q.dtype, block_m, block_n, D, num_stages, _shared_limit(q.device)),
     )
     row_strides = [_row_strides(t) for t in (q, k, v)]
@@ -264,9 +271,9 @@ def _fwd_plan(q, k, v, bias, kv_counts, block_size, block_m, block_n, num_warps,
         copy=any(t.stride(3) != 1 for t in (q, k, v)), out_order=out_order, out_strides=out_strides,
         lse_shape=(B, H, L), grid=(n_tiles * (B // rows) * H,),
         strides=(*(x for st in (*row_strides, out_strides) for x in st[:3]), *_bias_strides(bias)),
-        sizes=(B, H, L, nb, n_tiles, 1 if lh > 1 else 0),
+        sizes=(B, H, L, nb, n_tiles, 1 if lh > 1 else 0, nb_rows),
         consts={**consts, "STORE_LSE": True}, consts_no_lse={**consts, "STORE_LSE": False},
-        block_size=block_size, block_m=block_m,
+        block_size=block_size, block_m=block_m, row_blocks=rb, col_blocks=cb,
     )
 
 
@@ -284,14 +291,25 @@ def _fwd_impl(q, k, v, bias, kv_counts, kv_indices, block_size, scale, block_m, 
     return _launch_fwd(plan, q, k, v, bias, kv_counts, kv_indices, scale, True)
 
 
+def _fwd_index(plan: _FwdPlan, kv_counts, kv_indices):
+    """(counts, indices, bits, tile order) the forward walks: the layout's index (bits unused) for
+    tiles dividing the block, else the cached coarse index of ``plan.row_blocks`` x
+    ``plan.col_blocks`` layout tiles."""
+    if plan.row_blocks == 1 and plan.col_blocks == 1:
+        return kv_counts, kv_indices, kv_indices, _tile_order(kv_counts, plan.block_size, plan.block_m)
+    counts, indices, bits = coarse_index(kv_counts, kv_indices, plan.row_blocks, plan.col_blocks)
+    return counts, indices, bits, _tile_order(counts, plan.row_blocks * plan.block_size, plan.block_m)
+
+
 def _launch_fwd(plan: _FwdPlan, q, k, v, bias, kv_counts, kv_indices, scale, store_lse: bool):
     """Launch the forward kernel with a plan: (out, lse), lse None unless ``store_lse``."""
     if plan.copy:
         q, k, v = rows_in_place(q), rows_in_place(k), rows_in_place(v)
     out = q.new_empty_strided(q.shape, plan.out_strides)  # = torch.empty_permuted(q.shape, plan.out_order)
     lse = q.new_empty(plan.lse_shape, dtype=torch.float32) if store_lse else None
-    args = (q, k, v, q if bias is None else bias, out, out if lse is None else lse, kv_counts, kv_indices,
-            *plan.strides, _tile_order(kv_counts, plan.block_size, plan.block_m), *plan.sizes, scale * LOG2E)
+    counts, indices, bits, order = _fwd_index(plan, kv_counts, kv_indices)
+    args = (q, k, v, q if bias is None else bias, out, out if lse is None else lse, counts, indices, bits,
+            *plan.strides, order, *plan.sizes, scale * LOG2E)
     consts = plan.consts if store_lse else plan.consts_no_lse
     if q.is_cuda and q.device.index != torch.cuda.current_device():
         with torch.cuda.device(q.device):
@@ -484,10 +502,11 @@ def triton_sparse_attention(
     [B, H, L, L] (read in place with stride 0 on broadcast dimensions, never expanded). The output
     is laid out in q's memory order (``empty_in_order_of``): for q a permuted view of [B, L, H, D]
     memory, ``out.transpose(1, 2)`` is contiguous. config: forward tiles / warps / stages (default
-    ``default_forward_config``: the measured winner, else the pipelined preference), its tiles
-    clipped to ``layout.block_size``; bwd_config: the backward's own launch config, (block_m,
-    block_n) = (owned, walked) tile (default ``default_backward_config``). Every check and launch
-    choice is computed once per (shape, dtype, device, layout geometry, configs) and cached.
+    ``default_forward_config``: the measured winner, else the pipelined preference), tiles dividing
+    ``layout.block_size`` or multiples of it (a coarse tile: ``kernels.coarse_index``); bwd_config:
+    the backward's own launch config, (block_m, block_n) = (owned, walked) tile (default
+    ``default_backward_config``), clipped to the block. Every check and launch choice is computed
+    once per (shape, dtype, device, layout geometry, configs) and cached.
     """
     from .inputs import check_inputs  # the dispatcher's contract (cached per shape)
 
@@ -554,7 +573,7 @@ def _launch_configs(D: int, dtype: torch.dtype, device: torch.device, runnable: 
     if any(d is not None and d != device for d in (k_device, v_device, bias_device)):
         raise ValueError("q, k, v and bias must be on the same device")
     cfg = (config if config is not None else default_forward_config(block_size, D, dtype)).for_block(block_size)
-    bcfg = (bwd_config if bwd_config is not None else default_backward_config(block_size, D, dtype)).for_block(block_size)
+    bcfg = (bwd_config if bwd_config is not None else default_backward_config(block_size, D, dtype)).clipped_to(block_size)
     if device.type == "cuda":
         _check_fits_on(device, dtype, D, cfg, bcfg)
     return cfg, bcfg

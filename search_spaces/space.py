@@ -20,8 +20,8 @@ or a block size the kernels do not support raises `SpaceError`, whose message is
       keep: {choices: [0.25, 0.5]}  #   fraction of key blocks kept per row (needed when guided may be
       pool: {choices: [max, logsumexp]}   #   sampled), pool and spread optional; window/num_global are
       spread: {choices: [row, layout]}    #   its forced blocks; stride only for static (required then)
-    kernel:                         # optional; KernelConfig fields, same forms. Tiles larger than
-      block_m: {choices: [32, 64]}  #   the layout block are clipped to it (KernelConfig.for_block)
+    kernel:                         # optional; KernelConfig fields, same forms. Forward tiles larger
+      block_m: {choices: [32, 64]}  #   than the layout block run as coarse tiles (KernelConfig.for_block)
       block_n: {choices: [32, 64]}
       num_warps: {choices: [4, 8]}
       num_stages: {choices: [1, 2, 3]}

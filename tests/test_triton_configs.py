@@ -71,7 +71,7 @@ def test_spilling_table_matches_the_report():
         if r["spill_stores"] and int(r["spill_stores"]) > 0 and r["num_stages"] == r["stages_launched"]:
             cfg = KernelConfig(int(r["block_m"]), int(r["block_n"]), int(r["num_warps"]), int(r["num_stages"]))
             group = "fwd" if r["kernel"] == "fwd" else "bwd"
-            assert spills(group, cfg, r["dtype"], int(r["head_dim"])), r
+            assert spills(group, cfg, r["dtype"], int(r["head_dim"]), int(r["block_size"])), r
 
 
 @pytest.mark.parametrize("block_size", [16, 32, 64, 128])
@@ -88,14 +88,14 @@ def test_candidates_fit_shared_memory(block_size, head_dim, dtype):
         assert shared_memory_bytes("fwd", eb, cfg.block_m, cfg.block_n, d_pad, cfg.num_stages) <= SHARED_MEMORY_LIMIT
         assert fit_stages("fwd", eb, cfg.block_m, cfg.block_n, d_pad, cfg.num_stages) == cfg.num_stages
     for cfg in bwd:
-        assert cfg.fits(block_size) and cfg.block_m >= cfg.block_n
+        assert cfg.divides(block_size) and cfg.block_m >= cfg.block_n
         for kern in ("dq", "dkdv", "dbias"):
             assert shared_memory_bytes(kern, eb, cfg.block_m, cfg.block_n, d_pad, cfg.num_stages) <= SHARED_MEMORY_LIMIT
     assert default_backward_config(block_size, head_dim, dtype) in bwd
     assert not spills("bwd", default_backward_config(block_size, head_dim, dtype), dtype, head_dim or 64)
     # the default forward: offered (fits, does not spill) and pipelined (3 stages) where one is
     fdef = default_forward_config(block_size, head_dim, dtype)
-    assert fdef in fwd and not spills("fwd", fdef, dtype, head_dim or 64)
+    assert fdef in fwd and not spills("fwd", fdef, dtype, head_dim or 64, block_size)
     assert fdef.num_stages >= 3 or not any(c.num_stages >= 3 for c in fwd)
 
 

@@ -194,7 +194,8 @@ def test_sampled_candidate_configs(bs, L):
 
 
 def test_default_config_and_clipping():
-    """config=None uses kernels.config.default_forward_config, clipped to the layout block."""
+    """config=None uses kernels.config.default_forward_config; a tile larger than the layout block
+    runs as a coarse tile (kernels.coarse_index), its backward clipped to the block."""
     seed = _seed()
     L = 36
     q, k, v, b = _make(1, 2, L, 16, torch.float32, (1, 2, L, L))

@@ -45,6 +45,14 @@ def test_opcheck_forward_per_head_layout():
 
 
 @pytest.mark.slow
+def test_opcheck_forward_coarse_tiles():
+    """A forward tile of 2 x 2 layout blocks (kernels.coarse_index) with the backward at 16 x 16."""
+    args = list(_args((1, 2, 40, 40), True, per_head=True))
+    args[10:12] = [32, 32]
+    torch.library.opcheck(FWD, tuple(args))
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("compute_dbias", [False, True])
 @pytest.mark.parametrize("bias_shape", [None, (1, 2, 40, 40), (2, 2, 40, 40)], ids=str)
 def test_opcheck_backward(bias_shape, compute_dbias):

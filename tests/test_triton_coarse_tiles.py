@@ -1,0 +1,342 @@
+"""Forward tiles larger than the layout block ("coarse" tiles, ``kernels.coarse_index``): a query
+tile of r layout row blocks walks the union of their kept key blocks and masks, inside the tile,
+the layout tiles that are not kept. Checked against the float64 reference on fresh random inputs
+(ragged L, pair bias, per-head layouts with empty rows, float32 / float16, NaN / inf), with the
+gradients of the backward (which keeps its own block-dividing tiles), under the Triton interpreter
+on a CPU. Every test prints the seed it drew on failure.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import random
+
+import pytest
+import torch
+
+from kernels import KernelConfig, sparse_attention
+from kernels.coarse_index import block_mask_of, coarse_index
+from kernels.config import candidate_configs, default_forward_config
+from kernels.reference import reference_attention
+from kernels.triton_op import _call_plan, triton_sparse_attention
+from patterns import BlockLayout
+from test_triton_nonfinite import row_oracle
+
+INTERPRET = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+DEVICE = "cuda" if torch.cuda.is_available() and not INTERPRET else "cpu"
+TOL = {torch.float32: (2e-4, 2e-4), torch.float16: (1.5e-2, 1.5e-2)}
+
+
+def _seed() -> int:
+    seed = random.randrange(2**31)
+    torch.manual_seed(seed)
+    return seed
+
+
+def _random_layout(L: int, bs: int, heads: int | None, density: float = 0.4) -> BlockLayout:
+    """A random layout ([H, nb, nb] per head when ``heads``) with an empty row block in every head
+    and, per head, one row block that keeps a single tile (so a coarse tile mixes kept and dropped
+    tiles)."""
+    nb = math.ceil(L / bs)
+    mask = torch.rand((heads, nb, nb) if heads else (nb, nb)) < density
+    mask[..., 1 % nb, :] = False
+    if nb > 2:
+        mask[..., 2, :] = False
+        mask[..., 2, 0] = True
+    return BlockLayout(mask, bs, L)
+
+
+def _check(q, k, v, layout, bias, cfg, seed, grads=True):
+    dtype = q.dtype
+    atol, rtol = TOL[dtype]
+    leaves = [t for t in (q, k, v, bias) if t is not None]
+    for t in leaves:
+        t.requires_grad_(grads)
+    out = sparse_attention(q, k, v, layout, bias, backend="triton", config=cfg)
+    ref_in = [None if t is None else t.detach().double().requires_grad_(grads) for t in (q, k, v, bias)]
+    ref = reference_attention(*ref_in[:3], layout, ref_in[3])
+    msg = lambda m: f"{cfg} (seed={seed}): {m}"  # noqa: E731
+    torch.testing.assert_close(out.double(), ref.detach(), atol=atol, rtol=rtol, msg=msg)
+    if not grads:
+        return
+    g = torch.randn_like(out)
+    got = torch.autograd.grad(out, leaves, g)
+    want = torch.autograd.grad(ref, [t for t in ref_in if t is not None], g.double())
+    for name, a, b in zip(("dq", "dk", "dv", "dbias"), got, want):
+        torch.testing.assert_close(a.double(), b, atol=atol * 5, rtol=rtol * 5, msg=lambda m: f"{name}: {msg(m)}")
+
+
+# ------------------------------------------------------------------------------------------------
+# the coarse index (plain torch, no kernel)
+# ------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("rows,cols", [(1, 2), (2, 1), (2, 2), (4, 2), (8, 8), (1, 4)])
+def test_coarse_index_describes_the_layout_exactly(rows, cols):
+    seed = _seed()
+    lay = _random_layout(7 * 16 + 5, 16, 3)  # nb = 8: a multiple of no ratio above 8, 7 of none
+    mask = lay.mask3
+    counts, indices, bits = coarse_index(lay.kv_counts, lay.kv_indices, rows, cols)
+    assert torch.equal(block_mask_of(lay.kv_counts, lay.kv_indices), mask), seed
+    lh, nb, _ = mask.shape
+    nr, nc = -(-nb // rows), -(-nb // cols)
+    assert counts.shape == (lh, nr) and indices.shape == (lh, nr, nc) and bits.shape == (lh, nr, nc)
+    rebuilt = torch.zeros((lh, nr * rows, nc * cols), dtype=torch.bool)
+    for h in range(lh):
+        for i in range(nr):
+            cols_kept = indices[h, i, : counts[h, i]].tolist()
+            assert cols_kept == sorted(set(cols_kept)), seed  # ascending, no repeats
+            for t, j in enumerate(cols_kept):
+                word = int(bits[h, i, t])
+                assert word != 0, seed  # only coarse tiles with a kept layout tile are walked
+                for r in range(rows):
+                    for c in range(cols):
+                        rebuilt[h, i * rows + r, j * cols + c] = bool((word >> (r * cols + c)) & 1)
+    assert torch.equal(rebuilt[:, :nb, :nb], mask), seed
+    assert not rebuilt[:, nb:].any() and not rebuilt[:, :, nb:].any(), seed
+
+
+def test_coarse_index_is_built_once_per_layout_and_ratio():
+    lay = _random_layout(64, 16, None)
+    counts, indices = lay.index_on("cpu")[:2]
+    first = coarse_index(counts, indices, 2, 2)
+    assert coarse_index(counts, indices, 2, 2) is first
+    assert coarse_index(counts, indices, 4, 2) is not first
+
+
+def test_kernel_config_tiles_may_be_multiples_of_the_block():
+    cfg = KernelConfig(64, 64, 4, 3)
+    assert cfg.fits(32) and cfg.fits(16) and not cfg.divides(32) and cfg.divides(64)
+    assert cfg.for_block(32) == cfg  # the forward runs it as is (a coarse tile)
+    assert cfg.clipped_to(32) == KernelConfig(32, 32, 4, 3)  # the backward's tiles divide the block
+    assert KernelConfig(64, 64, 4, 3).clipped_to(128) == KernelConfig(64, 64, 4, 3)
+
+
+def test_small_blocks_default_to_wgmma_sized_tiles_and_large_blocks_are_unchanged():
+    """Blocks 16 and 32 default to a 64-row tile (a Hopper wgmma needs M >= 64; the compile report
+    shows the block-dividing 32 x 32 tile on mma.sync); blocks 64 and 128 offer dividing tiles only."""
+    for bs in (16, 32):
+        for dtype in (torch.bfloat16, torch.float16, torch.float32):
+            cfg = default_forward_config(bs, 32, dtype)
+            assert cfg.block_m >= 64 and cfg.num_stages == 3, (bs, dtype, cfg)
+    for bs in (64, 128):
+        assert all(c.divides(bs) for c in candidate_configs(bs, 32, torch.bfloat16))
+    assert any(not c.divides(32) for c in candidate_configs(32, 32, torch.bfloat16))
+
+
+def test_the_backward_keeps_block_dividing_tiles_under_a_coarse_forward():
+    q = torch.zeros(1, 2, 64, 16, device=DEVICE)
+    cfg, bcfg, plan = _call_plan(q, q, q, None, _random_layout(64, 32, None).index_on(DEVICE)[0], 32,
+                                 KernelConfig(64, 64, 4, 3), KernelConfig(64, 64, 4, 3))
+    assert (cfg.block_m, cfg.block_n) == (64, 64) and (plan.row_blocks, plan.col_blocks) == (2, 2)
+    assert (bcfg.block_m, bcfg.block_n) == (32, 32)
+
+
+# ------------------------------------------------------------------------------------------------
+# the kernel against the reference
+# ------------------------------------------------------------------------------------------------
+CASES = [
+    # L, block, (block_m, block_n), bias, per-head, dtype
+    (70, 32, (64, 64), "1H", True, torch.float32),   # 2x2 layout tiles per coarse tile, ragged L
+    (75, 16, (64, 32), "BH", True, torch.float32),   # 4x2, ragged
+    (64, 16, (32, 64), None, False, torch.float32),  # 2x4
+    pytest.param(100, 16, (64, 64), "1H", True, torch.float32, marks=pytest.mark.slow),   # 4x4
+    pytest.param(96, 32, (16, 64), "1H", True, torch.float32, marks=pytest.mark.slow),    # a sub-row tile, 1x2
+    pytest.param(130, 32, (128, 64), "BH", True, torch.float16, marks=pytest.mark.slow),  # 4x2, float16
+    pytest.param(70, 32, (64, 16), "1H", False, torch.float16, marks=pytest.mark.slow),   # 2x1, key sub-tiles
+]
+
+
+@pytest.mark.parametrize("L,bs,tiles,bias,per_head,dtype", CASES, ids=lambda x: str(x).replace("torch.", ""))
+def test_coarse_tiles_match_the_reference_with_gradients(L, bs, tiles, bias, per_head, dtype):
+    seed = _seed()
+    B, H, D = 2, 2, 16
+    lay = _random_layout(L, bs, H if per_head else None)
+    q, k, v = (torch.randn(B, H, L, D, device=DEVICE, dtype=dtype) for _ in range(3))
+    b = None if bias is None else torch.randn(1 if bias == "1H" else B, H, L, L, device=DEVICE, dtype=dtype)
+    _check(q, k, v, lay, b, KernelConfig(*tiles, 4, 3), seed)
+
+
+def test_the_default_config_at_block_32_is_coarse_and_exact():
+    seed = _seed()
+    L, H = 90, 2
+    lay = _random_layout(L, 32, H)
+    q, k, v = (torch.randn(1, H, L, 16, device=DEVICE) for _ in range(3))
+    assert not default_forward_config(32, 16, q.dtype).divides(32)
+    _check(q, k, v, lay, torch.randn(1, H, L, L, device=DEVICE), None, seed)
+
+
+def test_rows_no_layout_tile_keeps_give_zeros_and_rows_of_an_empty_layout_too():
+    seed = _seed()
+    L = 64
+    mask = torch.zeros(4, 4, dtype=torch.bool)
+    mask[0, 3] = True  # coarse row 0 (layout rows 0, 1 at 2x2): row block 1 keeps nothing
+    for m in (mask, torch.zeros(4, 4, dtype=torch.bool)):
+        lay = BlockLayout(m, 16, L)
+        q, k, v = (torch.randn(1, 2, L, 8, device=DEVICE) for _ in range(3))
+        out = triton_sparse_attention(q, k, v, lay, config=KernelConfig(32, 32, 4, 3))
+        ref = reference_attention(q.double(), k.double(), v.double(), lay)
+        torch.testing.assert_close(out.double(), ref, atol=2e-4, rtol=2e-4, msg=lambda s: f"seed={seed}: {s}")
+        assert torch.equal(out[:, :, 16:48], torch.zeros_like(out[:, :, 16:48]))
+
+
+# ------------------------------------------------------------------------------------------------
+# non-finite values: a value in a layout tile that a row does not keep never reaches it
+# ------------------------------------------------------------------------------------------------
+NAN, INF = float("nan"), float("inf")
+NF_B, NF_H, NF_L, NF_D, NF_BS = 2, 2, 40, 8, 16  # the shapes of tests/test_triton_nonfinite.py
+
+
+def _nf_layout() -> BlockLayout:
+    mask = torch.tensor([[[1, 0, 1], [0, 1, 0], [1, 1, 1]],
+                         [[1, 1, 0], [0, 0, 0], [0, 1, 1]]], dtype=torch.bool)
+    return BlockLayout(mask, NF_BS, NF_L)
+
+
+def _poison(q, k, v, bias, what):
+    if what == "v_nan_in_a_tile_one_row_block_keeps":  # key block 1 of head 0: kept by row block 1 only
+        v[0, 0, 20, 3] = NAN
+    elif what == "v_inf_in_a_tile_one_row_block_keeps":
+        v[1, 1, 36, 2] = INF  # head 1, key block 2: kept by row block 2 only
+        v[0, 0, 21, 1] = -INF
+    elif what == "k_nan_in_a_dropped_tile":
+        k[0, 0, 17, 1] = NAN
+    elif what == "q_nan":
+        q[0, 1, 5, 0] = NAN
+    elif what == "bias_nan_in_and_outside_the_layout":
+        bias[0, 0, 3, 20] = NAN  # row block 0, key block 1: not kept in head 0
+        bias[0, 1, 34, 30] = NAN  # row block 2, key block 1: kept in head 1
+    elif what == "bias_plus_inf":
+        bias[0, 1, 34, 30] = INF
+
+
+@pytest.mark.parametrize("what", ["v_nan_in_a_tile_one_row_block_keeps", "v_inf_in_a_tile_one_row_block_keeps",
+                                  "k_nan_in_a_dropped_tile", "q_nan", "bias_nan_in_and_outside_the_layout",
+                                  "bias_plus_inf"])
+@pytest.mark.parametrize("tiles", [(32, 32), (64, 16), (16, 32)])
+def test_non_finite_values_follow_the_reference(what, tiles):
+    seed = _seed()
+    lay = _nf_layout()
+    q, k, v = (torch.randn(NF_B, NF_H, NF_L, NF_D, device=DEVICE) for _ in range(3))
+    bias = torch.randn(1, NF_H, NF_L, NF_L, device=DEVICE)
+    _poison(q, k, v, bias, what)
+    out = triton_sparse_attention(q, k, v, lay, bias, config=KernelConfig(*tiles, 4, 3))
+    ref = reference_attention(q.double(), k.double(), v.double(), lay, bias.double())
+    torch.testing.assert_close(out.double(), ref, atol=2e-4, rtol=2e-4, equal_nan=True,
+                               msg=lambda m: f"{what} {tiles} (seed={seed}): {m}")
+
+
+@pytest.mark.slow
+def test_non_finite_gradients_under_a_coarse_forward_match_the_row_oracle():
+    """The gradients (block-dividing backward tiles, the coarse forward's LSE) against the per-row
+    oracle of tests/test_triton_nonfinite.py, with NaN in V at a tile one row block keeps."""
+    seed = _seed()
+    lay = _nf_layout()
+    q, k, v = (torch.randn(NF_B, NF_H, NF_L, NF_D, device=DEVICE) for _ in range(3))
+    bias = torch.randn(1, NF_H, NF_L, NF_L, device=DEVICE)
+    _poison(q, k, v, bias, "v_nan_in_a_tile_one_row_block_keeps")
+    leaves = [t.requires_grad_() for t in (q, k, v, bias)]
+    out = triton_sparse_attention(q, k, v, lay, bias, config=KernelConfig(64, 32, 4, 3))
+    g = torch.randn_like(out)
+    got = torch.autograd.grad(out, leaves, g)
+    ref_in = [t.detach().double().requires_grad_() for t in (q, k, v, bias)]
+    ref = row_oracle(*ref_in[:3], lay, ref_in[3], 1.0 / math.sqrt(NF_D))
+    want = torch.autograd.grad(ref, ref_in, g.double())
+    torch.testing.assert_close(out.double(), ref.detach(), atol=2e-4, rtol=2e-4, equal_nan=True,
+                               msg=lambda m: f"out (seed={seed}): {m}")
+    for name, a, b in zip(("dq", "dk", "dv", "dbias"), got, want):
+        torch.testing.assert_close(a.double(), b, atol=1e-3, rtol=1e-3, equal_nan=True,
+                                   msg=lambda m: f"{name} (seed={seed}): {m}")
+
+
+@pytest.mark.parametrize("poison", [False, True])
+def test_rows_per_cta_with_coarse_tiles(poison):
+    """The inference forward walking 2 batch elements per program with a 32 x 32 tile on a block-16
+    layout: exact, and a NaN in V at a tile one row block keeps reaches only that element's rows
+    that keep it (the cold path runs per batch element)."""
+    seed = _seed()
+    B, H, L, D = 4, 2, 40, 8
+    lay = _nf_layout()
+    q, k, v = (torch.randn(B, H, L, D, device=DEVICE) for _ in range(3))
+    bias = torch.randn(1, H, L, L, device=DEVICE)
+    if poison:
+        v[1, 0, 20, 3] = NAN
+    with torch.no_grad():
+        out = sparse_attention(q, k, v, lay, bias, backend="triton", config=KernelConfig(32, 32, 4, 3, rows_per_cta=2))
+    ref = reference_attention(q.double(), k.double(), v.double(), lay, bias.double())
+    torch.testing.assert_close(out.double(), ref, atol=2e-4, rtol=2e-4, equal_nan=True,
+                               msg=lambda m: f"seed={seed}: {m}")
+
+
+def test_a_coarse_forward_under_inference_mode():
+    """The coarse index built on a first call under ``torch.inference_mode`` is made of ordinary
+    tensors (the tile order keys on their version counters) and the result is exact."""
+    seed = _seed()
+    lay = _random_layout(40, 16, 2)
+    q, k, v = (torch.randn(1, 2, 40, 8, device=DEVICE) for _ in range(3))
+    with torch.inference_mode():
+        out = sparse_attention(q, k, v, lay, backend="triton", config=KernelConfig(32, 32, 4, 3))
+    ref = reference_attention(q.double(), k.double(), v.double(), lay)
+    torch.testing.assert_close(out.double(), ref, atol=2e-4, rtol=2e-4, msg=lambda m: f"seed={seed}: {m}")
+
+
+@pytest.mark.parametrize("tiles", [(16, 64), (64, 64), (128, 128)])
+def test_nan_in_v_reaches_only_rows_that_keep_its_tile_block_32(tiles):
+    """Block 32: a query tile inside one layout row (16 rows), 2 x 2 and 4 x 4 coarse tiles (the
+    last one past the layout's 4 blocks); key block 1 holds a NaN that row block 0 does not keep
+    although its coarse column does (the cold path, ``_fwd_exact_rows``)."""
+    seed = _seed()
+    L = 100
+    mask = torch.tensor([[1, 0, 1, 0], [0, 1, 1, 0], [1, 1, 0, 1], [0, 0, 0, 1]], dtype=torch.bool)
+    lay = BlockLayout(mask, 32, L)
+    q, k, v = (torch.randn(2, 2, L, 8, device=DEVICE) for _ in range(3))
+    v[0, 1, 40, 2] = NAN
+    bias = torch.randn(1, 2, L, L, device=DEVICE)
+    out = triton_sparse_attention(q, k, v, lay, bias, config=KernelConfig(*tiles, 4, 3))
+    ref = reference_attention(q.double(), k.double(), v.double(), lay, bias.double())
+    torch.testing.assert_close(out.double(), ref, atol=2e-4, rtol=2e-4, equal_nan=True,
+                               msg=lambda m: f"{tiles} (seed={seed}): {m}")
+    assert int(torch.isnan(out).sum()) == 64  # rows 32..95 (row blocks 1 and 2) of (b 0, h 1), column 2
+
+
+@pytest.mark.slow
+def test_an_8x8_coarse_tile_uses_every_bit_float16():
+    """128 x 128 tiles on a block-16 layout: 64 layout tiles per coarse tile, bit 63 (row block 7,
+    column block 7) included; float16, a NaN in V at a tile row block 7 keeps."""
+    seed = _seed()
+    L, nb = 200, 13
+    mask = torch.rand(2, nb, nb) < 0.5
+    mask[:, 7, 7] = True
+    lay = BlockLayout(mask, 16, L)
+    q, k, v = (torch.randn(1, 2, L, 16, device=DEVICE, dtype=torch.float16) for _ in range(3))
+    bias = torch.randn(1, 2, L, L, device=DEVICE, dtype=torch.float16)
+    v[0, 0, 7 * 16 + 3, 0] = NAN
+    out = triton_sparse_attention(q, k, v, lay, bias, config=KernelConfig(128, 128, 8, 3))
+    ref = reference_attention(q.double(), k.double(), v.double(), lay, bias.double())
+    torch.testing.assert_close(out.double(), ref, atol=1.5e-2, rtol=1.5e-2, equal_nan=True,
+                               msg=lambda m: f"seed={seed}: {m}")
+
+
+@pytest.mark.slow
+def test_block_32_default_forward_compiles_to_pipelined_wgmma(tmp_path):
+    """Offline sm_90 compile of the block-32 default forward (bf16, head dims 32 and 64, L = 4096
+    and the ragged 4000): wgmma, 3 K/V buffers, loads in flight across iterations, no spill."""
+    import csv
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    out = tmp_path / "fwd32.csv"
+    res = subprocess.run(
+        [sys.executable, "-m", "kernels.compile_report", "--configs", "defaults", "--kernels", "fwd", "--dtypes",
+         "bfloat16", "--head-dims", "32,64", "--block-size", "32", "--ragged", "--out", str(out)],
+        cwd=Path(__file__).resolve().parent.parent, env=env, capture_output=True, text=True, timeout=600,
+    )
+    assert res.returncode == 0, res.stderr[-2000:]
+    with open(out, newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 4
+    for r in rows:
+        assert not r["error"] and (r["block_m"], r["block_n"]) == ("64", "64"), r
+        assert int(r["wgmma"]) > 0 and int(r["kv_buffers"]) == 3 and int(r["async_wait_max"]) > 0, r
+        assert int(r["spill_stores"]) == 0 and int(r["shared_estimate"]) >= int(r["shared_bytes"]), r
