@@ -125,7 +125,7 @@ def test_small_blocks_default_to_wgmma_sized_tiles_and_large_blocks_are_unchange
 
 def test_the_backward_keeps_block_dividing_tiles_under_a_coarse_forward():
     q = torch.zeros(1, 2, 64, 16, device=DEVICE)
-    cfg, bcfg, plan = _call_plan(q, q, q, None, _random_layout(64, 32, None).index_on(DEVICE)[0], 32,
+    cfg, bcfg, plan, _ = _call_plan(q, q, q, None, _random_layout(64, 32, None).index_on(DEVICE)[0], 32,
                                  KernelConfig(64, 64, 4, 3), KernelConfig(64, 64, 4, 3))
     assert (cfg.block_m, cfg.block_n) == (64, 64) and (plan.row_blocks, plan.col_blocks) == (2, 2)
     assert (bcfg.block_m, bcfg.block_n) == (32, 32)
