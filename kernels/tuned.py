@@ -364,9 +364,7 @@ def _bucket(item: Any, path: str, key: str, seen: Any = (), infeasible: Any = ()
             kernel = KernelConfig.from_dict(item["kernel"])
         except (TypeError, ValueError) as e:
             raise _fail(path, f"{key}.kernel", str(e).splitlines()[0]) from None
-        if not kernel.fits(pattern.block_size):
-            raise _fail(path, f"{key}.kernel", f"tiles {kernel.block_m}x{kernel.block_n} neither divide nor are multiples "
-                        f"of block_size={pattern.block_size}")
+        # every allowed tile (a power of two) divides a block or is a multiple of it: nothing more to check
     heads = _int_list(path, f"{key}.heads", item["heads"]) if item.get("heads") is not None else None
     head_dims = _int_list(path, f"{key}.head_dims", item["head_dims"]) if item.get("head_dims") is not None else None
     info = {k: v for k, v in item.items() if k not in ("seq_len", "pattern", "kernel", "heads", "head_dims")}

@@ -169,7 +169,7 @@ def test_load_tuned_kernel_config(tmp_path):
         (lambda d: d["buckets"][1]["pattern"].update(block_size=48), "PatternConfig.block_size must be one of"),
         (lambda d: d["buckets"][1]["pattern"].update(windw=3), "buckets[1].pattern: unknown pattern key"),
         (lambda d: d["buckets"][0]["kernel"].update(num_warps=3), "buckets[0].kernel: KernelConfig.num_warps"),
-        (lambda d: d["buckets"][0]["kernel"].update(block_m=128), "buckets[0].kernel: tiles 128x64 do not divide"),
+        (lambda d: d["buckets"][0]["kernel"].update(block_m=96), "buckets[0].kernel: KernelConfig.block_m must be one of"),
         (lambda d: d["buckets"][1].update(seq_len="long"), "buckets[1].seq_len: must be a positive integer"),
         (lambda d: d["buckets"][1].update(seq_len=256), "buckets[1].seq_len: duplicate bucket 256"),
     ],

@@ -64,13 +64,26 @@ POOLS = ("max", "mean", "logsumexp")
 BUDGETS = ({"keep": 0.3}, {"mass": 0.55})
 
 
+#: (pool, budget, spread) cases kept in the quick suite: every pool, budget and spread at least
+#: once; the rest of each 12-case matrix runs in the full suite (marked slow: the interpreter)
+QUICK_CASES = {("max", "keep", "row"), ("mean", "mass", "layout"), ("logsumexp", "mass", "row"),
+               ("logsumexp", "keep", "layout")}
+
+
+def _matrix():
+    """Every (pool, budget, spread) as pytest params, those outside QUICK_CASES marked slow."""
+    for pool in POOLS:
+        for budget, bid in zip(BUDGETS, ("keep", "mass")):
+            for spread in ("row", "layout"):
+                marks = () if (pool, bid, spread) in QUICK_CASES else (pytest.mark.slow,)
+                yield pytest.param(pool, budget, spread, marks=marks, id=f"{pool}-{bid}-{spread}")
+
+
 def _cfg(bs, budget, pool, spread, **kw):
     return GuidedConfig(bs, pool=pool, spread=spread, **budget, **kw)
 
 
-@pytest.mark.parametrize("spread", ("row", "layout"))
-@pytest.mark.parametrize("budget", BUDGETS, ids=("keep", "mass"))
-@pytest.mark.parametrize("pool", POOLS)
+@pytest.mark.parametrize("pool, budget, spread", list(_matrix()))
 def test_fused_equals_torch_on_random_signals(pool, budget, spread):
     seed = random.randrange(1 << 30)
     rng = random.Random(seed)
@@ -90,9 +103,7 @@ def test_fused_reads_strided_signals():
     _check(cfg, L, torch.randn(L, 2, L, device=DEVICE).permute(1, 0, 2))
 
 
-@pytest.mark.parametrize("spread", ("row", "layout"))
-@pytest.mark.parametrize("budget", BUDGETS, ids=("keep", "mass"))
-@pytest.mark.parametrize("pool", POOLS)
+@pytest.mark.parametrize("pool, budget, spread", list(_matrix()))
 def test_fused_breaks_ties_as_torch(pool, budget, spread):
     """A constant signal (every full tile ties) and a signal of a few values (many ties)."""
     L = 100  # ragged: the last tiles hold fewer pairs
@@ -102,9 +113,7 @@ def test_fused_breaks_ties_as_torch(pool, budget, spread):
     _check(cfg, L, torch.randint(0, 3, (2, L, L), generator=g).float().to(DEVICE) / 4)
 
 
-@pytest.mark.parametrize("spread", ("row", "layout"))
-@pytest.mark.parametrize("budget", BUDGETS, ids=("keep", "mass"))
-@pytest.mark.parametrize("pool", POOLS)
+@pytest.mark.parametrize("pool, budget, spread", list(_matrix()))
 def test_fused_nan_and_infinite_signals_follow_torch(pool, budget, spread):
     """All NaN; NaN in a few tiles (one of them forced); +inf and -inf tiles (mean: NaN): the
     layout the torch path chooses (NaN ranked first) and the NaN rows flag, without a raise."""
