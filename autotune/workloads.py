@@ -36,6 +36,7 @@ import torch
 
 from autotune.evoformer.timed_pass import block_pass
 from kernels import clear_plan_caches
+import kernels.dispatch  # noqa: F401  (hands patterns.guided the fused CUDA build of guided layouts)
 from kernels.baselines import NAIVE, SDPA
 from kernels.measure import (TOLERANCES, PairedTiming, is_oom, naive_attention, peak_memory, relative_error, release_memory,
                              time_fn, time_paired)

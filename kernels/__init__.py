@@ -21,40 +21,42 @@ availability) is one record per backend in ``kernels.backends``, which the dispa
 A layout may live on the CPU or on the device of q (a guided layout is built on its signal's
 device); every backend reads its index where it runs. Per-layout plans that backends keep are in
 one cache, ``kernels.plans``; ``clear_plan_caches()`` empties it (before a cold measurement).
+
+The public names are loaded on first use (PEP 562), as in `patterns`: ``import kernels.baselines``
+(the baseline vocabulary the report reads) or ``kernels.compile_cache`` does not load torch.
+``sparse_attention`` and ``BACKENDS`` live in `kernels.dispatch`; the deployed tuned-file reader
+(``TunedFile``, ``TunedPatterns``, ``load_tuned``) in `kernels.tuned`.
 """
 
 from __future__ import annotations
 
-from typing import Optional
+import importlib
+from typing import TYPE_CHECKING, Any
 
-import torch
+#: public name -> the submodule that defines it
+_LAZY = {
+    "sparse_attention": "dispatch",
+    "BACKENDS": "dispatch",
+    "_fused_guided_build": "dispatch",
+    "reference_attention": "reference",
+    "dense_attention": "dense",
+    "KernelConfig": "config",
+    "candidate_configs": "config",
+    "check_inputs": "inputs",
+    "clear_plan_caches": "plans",
+    "TunedFile": "tuned",
+    "TunedPatterns": "tuned",
+    "load_tuned": "tuned",
+}
 
-from patterns import BlockLayout
-from patterns import guided as _guided
-
-from . import backends as _backends
-from .config import KernelConfig, candidate_configs
-from .dense import dense_attention
-from .inputs import check_inputs
-from .plans import clear_plan_caches
-from .reference import reference_attention
-
-BACKENDS: tuple[str, ...] = ("auto", *_backends.names())
-
-
-def _fused_guided_build(*args):
-    """`kernels.guided_build.fused_guided_build`, imported (with Triton) on the first CUDA build;
-    None (the torch path builds the layout) where Triton is not installed."""
-    try:
-        from .guided_build import fused_guided_build
-    except ImportError:
-        _guided.register_fused_builder(None)
-        return None
-    return fused_guided_build(*args)
-
-
-# guided layouts on CUDA: pooling, selection and index in one launch (patterns cannot import kernels)
-_guided.register_fused_builder(_fused_guided_build)
+if TYPE_CHECKING:
+    from .config import KernelConfig, candidate_configs
+    from .dense import dense_attention
+    from .dispatch import BACKENDS, sparse_attention
+    from .inputs import check_inputs
+    from .plans import clear_plan_caches
+    from .reference import reference_attention
+    from .tuned import TunedFile, TunedPatterns, load_tuned
 
 __all__ = [
     "sparse_attention",
@@ -65,32 +67,20 @@ __all__ = [
     "BACKENDS",
     "check_inputs",
     "clear_plan_caches",
+    "TunedFile",
+    "TunedPatterns",
+    "load_tuned",
 ]
 
 
-def sparse_attention(
-    q: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
-    layout: BlockLayout,
-    bias: Optional[torch.Tensor] = None,
-    *,
-    scale: Optional[float] = None,
-    backend: str = "auto",
-    config: Optional[KernelConfig] = None,
-) -> torch.Tensor:
-    """Block-sparse attention of [B, H, L, D] inputs on ``layout`` (see module docstring). The
-    backend is looked up in the registry (``kernels.backends``); ``config`` goes to a backend that
-    takes a launch config (triton) and is ignored by the others."""
-    if backend not in BACKENDS:
-        raise ValueError(f"backend must be one of {list(BACKENDS)}, got {backend!r}")
-    check_inputs(q, k, v, layout, bias)
-    if bias is not None and bias.dim() < 4:
-        bias = bias[(None,) * (4 - bias.dim())]  # a view: [L, L] -> [1, 1, L, L] (gradients flow back)
-    return _backends.resolve(backend, q.device).run(q, k, v, layout, bias, scale=scale, config=config)
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is not None:
+        value = getattr(importlib.import_module(f".{module}", __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'kernels' has no attribute {name!r}")
 
 
-# the deployed tuned-file reader (kernels/tuned.py): what a deployment loads next to sparse_attention
-from .tuned import TunedFile, TunedPatterns, load_tuned  # noqa: E402
-
-__all__ += ["TunedFile", "TunedPatterns", "load_tuned"]
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

@@ -287,6 +287,20 @@ def test_error_base_loads_no_torch():
     assert subprocess.run([sys.executable, "-c", code], cwd=root, timeout=120).returncode == 0
 
 
+def test_the_report_and_the_kernels_vocabulary_load_no_torch():
+    """The report is built from the database alone: importing it (and the kernels package's
+    baseline vocabulary and compile bookkeeping it reads) loads no torch; `kernels` loads its
+    public names on first use."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    code = ("import sys, results.report, kernels, kernels.baselines, kernels.compile_cache; "
+            "sys.exit(1 if 'torch' in sys.modules else 0)")
+    root = Path(__file__).resolve().parent.parent
+    assert subprocess.run([sys.executable, "-c", code], cwd=root, timeout=120).returncode == 0
+
+
 def test_every_project_error_class_is_an_input_error():
     """Every exception class the project defines (found in the source, wherever it moves) derives
     from patterns.errors.InputError, so each command line maps it to one line and exit status 2 -

@@ -54,6 +54,7 @@ import torch.nn.functional as F
 
 from patterns import BlockLayout, GuidedConfig, PatternConfig, build_layout
 from kernels.compile_marks import assume_constant_result
+import kernels.dispatch  # noqa: F401  (hands patterns.guided the fused CUDA build of guided layouts)
 from kernels.tuned import TunedPatterns
 
 __all__ = [
