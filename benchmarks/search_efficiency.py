@@ -31,7 +31,9 @@
    size (also the kernel's tile) kept; ``near_feasible`` (to a shorter bucket only): the 3 fastest
    configs at the source bucket that missed a target other than speedup there (in this grid the
    accuracy targets, which a static pattern of fixed reach meets more easily on a shorter chain:
-   every config feasible at 512 is feasible at 256).
+   every config feasible at 512 is feasible at 256); ``all_buckets``: the earlier study measured
+   both buckets, as a real study does, and the leaders of the bucket nearest the new one come first
+   (`autotune.warmstart.order_by_length`, the search's order).
 
     python benchmarks/search_efficiency.py [--grid FILE] [--seeds 10] [--out FILE] [--throughput] [--warm-only]
 """
@@ -249,7 +251,7 @@ def sampler_replays(table: list[dict], seeds: int, budget: int, samplers: tuple[
     return grid, out
 
 
-TRANSFERS = ("as_is", "scaled", "scaled_no_block", "near_feasible")  # module docstring, 3
+TRANSFERS = ("as_is", "scaled", "scaled_no_block", "near_feasible", "all_buckets")  # module docstring, 3
 LENGTH_PARAMS = ("pattern.block_size", "pattern.window", "pattern.num_global")  # residues; stride is in blocks
 
 
@@ -289,10 +291,15 @@ def transfer_leaders(table: list[dict], space, transfer: str, src: int, dst: int
     docstring, 3): the ``WARM_TOP`` leaders at ``src`` as they are, then, by ``transfer``, their
     length-scaled counterparts (``scaled``: block, window and globals; ``scaled_no_block``: window
     and globals) or (``near_feasible``, only when ``dst < src``) the ``WARM_TOP`` fastest configs at
-    ``src`` that failed a target other than speedup there (in this grid: the accuracy targets)."""
-    from autotune.warmstart import Leader
+    ``src`` that failed a target other than speedup there (in this grid: the accuracy targets).
+    ``all_buckets``: the earlier study measured every grid bucket, as a real study does; the
+    ``WARM_TOP`` leaders of each, the bucket nearest ``dst`` first (`autotune.warmstart.order_by_length`)."""
+    from autotune.warmstart import Leader, order_by_length
 
     ok = [r for r in table if r.get("ok")]
+    if transfer == "all_buckets":
+        leaders = [ld for L in GRID_BUCKETS for ld in transfer_leaders(table, space, "as_is", L, dst)]
+        return order_by_length(leaders, [dst])
     src_rows = sorted((r for r in ok if _score(r, src) > 0), key=lambda r: -_score(r, src))[:WARM_TOP]
     params = [r["params"] for r in src_rows]
     if transfer in ("scaled", "scaled_no_block"):

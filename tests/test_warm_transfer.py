@@ -74,3 +74,25 @@ def test_transfer_leaders_in_order_and_enqueued_once(se):
     n = enqueue_leaders(st, space, scaled, log=lambda m: None)
     # (32,64) -> (32,0) and itself; (64,64) -> (32,0) and (32,64); (64,128) -> (32,64): each once, in order
     assert st.queued == as_is + [_p(32, 0, 0, 0)] and n == 4
+
+
+def test_order_by_length_puts_the_nearest_bucket_first_and_keeps_each_buckets_order():
+    from autotune.warmstart import Leader, order_by_length
+
+    lds = [Leader(256, 1, {"a": 1}), Leader(256, 2, {"a": 2}), Leader(512, 3, {"a": 3}), Leader(512, 4, {"a": 4}),
+           Leader(1024, 5, {"a": 5})]
+    assert [ld.trial for ld in order_by_length(lds, [512])] == [3, 4, 1, 2, 5]  # 256 and 1024: a tie, shorter first
+    assert [ld.trial for ld in order_by_length(lds, [1024])] == [5, 3, 4, 1, 2]
+    assert [ld.trial for ld in order_by_length(lds, [300])] == [1, 2, 3, 4, 5]  # by the ratio: 256 is nearer 300
+    assert [ld.trial for ld in order_by_length(lds, [700])] == [3, 4, 5, 1, 2]  # 512 (x1.37) before 1024 (x1.46)
+    assert [ld.trial for ld in order_by_length(lds, [256, 512, 1024])] == [1, 2, 3, 4, 5]  # the same buckets
+    assert order_by_length(lds, []) == lds
+
+
+def test_all_buckets_transfer_enqueues_the_target_buckets_leaders_first(se):
+    space = se.grid_space()
+    table = [_row(_p(32, 64, 0, 0), 2.0, True, 3.0, True), _row(_p(64, 64, 0, 0), 1.0, True, 2.0, True),
+             _row(_p(128, 0, 0, 0), 2.5, True, 4.0, False), _row(_p(64, 128, 0, 0), 0.5, True, 1.0, True)]
+    got = se.transfer_leaders(table, space, "all_buckets", 512, 256)
+    assert [(ld.bucket, ld.params["pattern.block_size"], ld.params["pattern.window"]) for ld in got] == \
+        [(256, 128, 0), (256, 32, 64), (256, 64, 64), (512, 32, 64), (512, 64, 64), (512, 64, 128)]
