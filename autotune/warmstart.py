@@ -7,8 +7,18 @@ every workload of the bucket, best speedup first), ranked by the latest confirma
 re-measured them (the confirmed figures, as the export chooses) and by the search's figures
 otherwise, ``top`` per bucket (the earlier space's ``measure.confirm_top``). Their parameters are
 mapped onto the new space (`map_params`) and enqueued (``study.enqueue_trial``) as the new study's
-first trials, best first, so a re-tuning on another GPU or at other lengths starts from the old
-best and the sampler learns from those points like from any other trial.
+first trials, so a re-tuning on another GPU or at other lengths starts from the old best and the
+sampler learns from those points like from any other trial.
+
+Order (`order_by_length`): the leaders of the earlier study's bucket nearest the new study's lengths
+first (by the ratio of lengths: the smallest ``|log(L_old / L_new)|`` over the new buckets; ties by
+increasing length), best first within a bucket. A pattern's parameters are lengths in residues and
+its speed and accuracy change with the chain's length, so the leaders measured at the nearest length
+are the best guess; a study re-tuned at the same buckets keeps the increasing-length order.
+Rescaling the leaders to the new lengths was measured and not adopted: on the replay of
+``benchmarks/search_efficiency.py`` (its docstring, 3) the length-scaled counterparts (window,
+globals, block size times L_new / L_old, snapped to the space's choices) and the near-feasible
+configs of a longer bucket did not bring the warm start closer to the best at the new length.
 
 Mapping a leader's parameters onto the new space: a parameter the new space searches keeps its
 value when the value is one of its choices (or inside its integer range, on its step); a parameter
@@ -124,13 +134,28 @@ def enqueue_leaders(study, space, leaders: list[Leader], *, source: str = "warm-
     return n
 
 
+def order_by_length(leaders: list[Leader], lengths) -> list[Leader]:
+    """``leaders`` with the buckets nearest ``lengths`` (the new study's buckets) first (module
+    docstring); the order within a bucket is kept."""
+    import math
+
+    lengths = [int(L) for L in lengths or []]
+    if not lengths:
+        return list(leaders)
+
+    def distance(ld: Leader) -> float:
+        return min(abs(math.log(ld.bucket / L)) for L in lengths)
+
+    return sorted(leaders, key=lambda ld: (round(distance(ld), 12), ld.bucket))
+
+
 def warm_start(study, space, source_study: str, storage: str, log: Callable[[str], None] = print) -> int:
     """Read ``source_study``'s leaders from ``storage`` and enqueue them into ``study`` (a new
     Optuna study of ``space``); returns the number enqueued (0 for a study that has trials)."""
     if study.get_trials(deepcopy=False):
         log(f"warm start: study {study.study_name!r} already has trials; it continues from its own (no leaders enqueued)")
         return 0
-    leaders = read_leaders(storage, source_study)
+    leaders = order_by_length(read_leaders(storage, source_study), space.buckets)
     n = enqueue_leaders(study, space, leaders, source=source_study, log=log)
     log(f"warm start: {n} leader(s) of study {source_study!r} enqueued as the first trials "
         f"({len(leaders)} read over buckets {sorted({ld.bucket for ld in leaders})})")

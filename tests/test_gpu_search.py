@@ -212,7 +212,8 @@ def test_cli_prints_and_stores_run_stats(tmp_path, capsys):
 @pytest.mark.slow
 def test_warm_start_enqueues_the_earlier_studys_leaders_first(tmp_path):
     """A study at bucket 128 warm-started from a finished study at buckets 64/128: its first trials
-    are the earlier leaders (mapped onto the new space), marked ``warm_start``."""
+    are the earlier leaders (mapped onto the new space), marked ``warm_start``, those of bucket 128
+    (the nearest length) first."""
     from autotune.warmstart import read_leaders
 
     s, db = _search(tmp_path, study="first", trials=4)
@@ -226,7 +227,8 @@ def test_warm_start_enqueues_the_earlier_studys_leaders_first(tmp_path):
     st = optuna.load_study(study_name="second", storage=f"sqlite:///{db}")
     first = sorted(st.get_trials(deepcopy=False), key=lambda t: t.number)[0]
     assert first.user_attrs.get("warm_start", "").startswith("first#")
-    lead = leaders[0]
+    lead = min(leaders, key=lambda ld: ld.bucket != 128)  # the first leader at 128, if it has one
+    assert first.user_attrs["warm_start"] == f"first#{lead.trial}@{lead.bucket}"
     assert {k: v for k, v in first.params.items()} == {k: v for k, v in lead.params.items() if k in first.params}
 
 

@@ -1,0 +1,98 @@
+"""The warm-start transfers measured by ``benchmarks/search_efficiency.py`` (its docstring, 3):
+length-scaled counterparts snapped to the space's choices, the near-feasible configs of a longer
+source bucket, and what `autotune.warmstart.enqueue_leaders` enqueues from them (order, no duplicates)."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def se():
+    spec = importlib.util.spec_from_file_location("search_efficiency", ROOT / "benchmarks" / "search_efficiency.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def _p(block, window, glob, stride):
+    return {"pattern.block_size": block, "pattern.window": window, "pattern.num_global": glob, "pattern.stride": stride}
+
+
+def _row(params, s256, f256, s512, f512):
+    return {"params": params, "ok": True, "buckets": {"256": {"speedup": s256, "feasible": f256},
+                                                      "512": {"speedup": s512, "feasible": f512}}}
+
+
+def test_snapped_takes_the_nearest_choices_both_on_a_tie_and_keeps_zero(se):
+    assert se.snapped([0, 64, 128, 192], 32) == [0, 64]
+    assert se.snapped([0, 64, 128, 192], 100) == [128]
+    assert se.snapped([32, 64, 128], 16) == [32]  # below the smallest choice: the smallest
+    assert se.snapped([32, 64, 128], 256) == [128]
+    assert se.snapped([0, 16, 32], 0) == [0]
+    assert se.snapped([16, 32], 0) == []  # off, but the space cannot turn it off: dropped
+
+
+def test_scaled_counterparts_of_a_leader_from_512_to_256(se):
+    space = se.grid_space()
+    got = se.scaled_counterparts(space, _p(64, 128, 32, 8), 512, 256)
+    assert got == [_p(32, 64, 16, 8)]  # every length halved; stride (in blocks) as it is
+    got = se.scaled_counterparts(space, _p(32, 64, 0, 4), 512, 256)
+    assert got == [_p(32, 0, 0, 4), _p(32, 64, 0, 4)]  # block 16 snaps to 32; window 32 ties 0 / 64
+    got = se.scaled_counterparts(space, _p(64, 64, 16, 0), 256, 512, se.LENGTH_PARAMS[1:])
+    assert got == [_p(64, 128, 32, 0)]  # without the block size: it stays
+
+
+def test_transfer_leaders_in_order_and_enqueued_once(se):
+    space = se.grid_space()
+    table = [_row(_p(32, 64, 0, 0), 2.0, True, 3.0, True), _row(_p(64, 64, 0, 0), 1.0, True, 2.0, True),
+             _row(_p(128, 0, 0, 0), 2.5, True, 4.0, False), _row(_p(32, 0, 0, 0), 3.0, False, 5.0, False),
+             _row(_p(64, 128, 0, 0), 0.5, True, 1.0, True), _row(_p(128, 128, 0, 0), 0.4, True, 0.5, True)]
+    as_is = [ld.params for ld in se.transfer_leaders(table, space, "as_is", 512, 256)]
+    assert as_is == [_p(32, 64, 0, 0), _p(64, 64, 0, 0), _p(64, 128, 0, 0)]  # best feasible at 512 first
+    near = [ld.params for ld in se.transfer_leaders(table, space, "near_feasible", 512, 256)]
+    assert near == as_is + [_p(32, 0, 0, 0), _p(128, 0, 0, 0)]  # then the fastest infeasible at 512
+    assert [ld.params for ld in se.transfer_leaders(table, space, "near_feasible", 256, 512)] == \
+        [_p(128, 0, 0, 0), _p(32, 64, 0, 0), _p(64, 64, 0, 0)]  # to a longer bucket: the leaders only
+    scaled = se.transfer_leaders(table, space, "scaled", 512, 256)
+
+    class Study:
+        def __init__(self):
+            self.queued = []
+
+        def enqueue_trial(self, params, user_attrs=None, skip_if_exists=False):
+            self.queued.append(params)
+
+    from autotune.warmstart import enqueue_leaders
+
+    st = Study()
+    n = enqueue_leaders(st, space, scaled, log=lambda m: None)
+    # (32,64) -> (32,0) and itself; (64,64) -> (32,0) and (32,64); (64,128) -> (32,64): each once, in order
+    assert st.queued == as_is + [_p(32, 0, 0, 0)] and n == 4
+
+
+def test_order_by_length_puts_the_nearest_bucket_first_and_keeps_each_buckets_order():
+    from autotune.warmstart import Leader, order_by_length
+
+    lds = [Leader(256, 1, {"a": 1}), Leader(256, 2, {"a": 2}), Leader(512, 3, {"a": 3}), Leader(512, 4, {"a": 4}),
+           Leader(1024, 5, {"a": 5})]
+    assert [ld.trial for ld in order_by_length(lds, [512])] == [3, 4, 1, 2, 5]  # 256 and 1024: a tie, shorter first
+    assert [ld.trial for ld in order_by_length(lds, [1024])] == [5, 3, 4, 1, 2]
+    assert [ld.trial for ld in order_by_length(lds, [300])] == [1, 2, 3, 4, 5]  # by the ratio: 256 is nearer 300
+    assert [ld.trial for ld in order_by_length(lds, [700])] == [3, 4, 5, 1, 2]  # 512 (x1.37) before 1024 (x1.46)
+    assert [ld.trial for ld in order_by_length(lds, [256, 512, 1024])] == [1, 2, 3, 4, 5]  # the same buckets
+    assert order_by_length(lds, []) == lds
+
+
+def test_all_buckets_transfer_enqueues_the_target_buckets_leaders_first(se):
+    space = se.grid_space()
+    table = [_row(_p(32, 64, 0, 0), 2.0, True, 3.0, True), _row(_p(64, 64, 0, 0), 1.0, True, 2.0, True),
+             _row(_p(128, 0, 0, 0), 2.5, True, 4.0, False), _row(_p(64, 128, 0, 0), 0.5, True, 1.0, True)]
+    got = se.transfer_leaders(table, space, "all_buckets", 512, 256)
+    assert [(ld.bucket, ld.params["pattern.block_size"], ld.params["pattern.window"]) for ld in got] == \
+        [(256, 128, 0), (256, 32, 64), (256, 64, 64), (512, 32, 64), (512, 64, 64), (512, 64, 128)]
