@@ -295,8 +295,8 @@ def join_error_line(where: str, target: str, error: BaseException, logged: list[
 class LocalExecutor:
     name = "local"
 
-    def __init__(self, threads: Optional[int] = None) -> None:
-        self.runner = TrialRunner(threads)
+    def __init__(self, threads: Optional[int] = None, space: Optional[dict[str, Any]] = None) -> None:
+        self.runner = TrialRunner(threads, space)
         self.queue: list[dict[str, Any]] = []
         self.capacity = 1
         self.workers = 1
@@ -322,9 +322,9 @@ class LocalExecutor:
 class TrialWorker:
     """The Ray actor: one process, one `TrialRunner` (with its caches), trials one at a time."""
 
-    def __init__(self, env: dict[str, str], threads: Optional[int]) -> None:
+    def __init__(self, env: dict[str, str], threads: Optional[int], space: Optional[dict[str, Any]] = None) -> None:
         os.environ.update(env)
-        self.runner = TrialRunner(threads)
+        self.runner = TrialRunner(threads, space)
 
     def ping(self) -> int:
         return os.getpid()
@@ -348,10 +348,11 @@ class RayExecutor:
 
     def __init__(self, *, device: str, workers: Optional[int] = None, threads_per_worker: int = 1,
                  address: Optional[str] = None, num_cpus: Optional[int] = None,
-                 connect_timeout: float = CONNECT_TIMEOUT_S) -> None:
+                 connect_timeout: float = CONNECT_TIMEOUT_S, space: Optional[dict[str, Any]] = None) -> None:
         import ray
 
         self.ray = ray
+        self.space = space  # handed to every actor when it starts (a restarted one too)
         self._owns_ray = False
         self._auth: Optional[TokenAuth] = None
         self.cluster: dict[str, Any] = {}  # what the run records (at_runs.cluster): address, Ray version, auth
@@ -430,7 +431,7 @@ class RayExecutor:
         self.placement: dict[int, Optional[str]] = {}  # trial number -> node id of its worker (when known)
 
     def _new_actor(self, slot: int):
-        actor = self.remote_cls.options(max_restarts=0, max_task_retries=0, **self.options).remote(self.env, self.threads)
+        actor = self.remote_cls.options(max_restarts=0, max_task_retries=0, **self.options).remote(self.env, self.threads, self.space)
         self.node_refs[slot] = actor.node_id.remote()
         return actor
 
@@ -562,9 +563,12 @@ class RayExecutor:
 
 
 def make_executor(kind: str, *, device: str, workers: Optional[int], threads_per_worker: int,
-                  address: Optional[str] = None, num_cpus: Optional[int] = None):
+                  address: Optional[str] = None, num_cpus: Optional[int] = None,
+                  space: Optional[dict[str, Any]] = None):
+    """The executor of ``kind``; ``space`` (the stored form) is handed to every worker once, when it
+    starts, so that trial requests need not carry it (`autotune.trial.TrialRunner`)."""
     if kind == "local":
-        return LocalExecutor(threads_per_worker if device == "cpu" else None)
+        return LocalExecutor(threads_per_worker if device == "cpu" else None, space)
     if kind == "ray":
         try:
             import ray  # noqa: F401
@@ -574,5 +578,5 @@ def make_executor(kind: str, *, device: str, workers: Optional[int], threads_per
             e.standalone = True
             raise e from None
         return RayExecutor(device=device, workers=workers, threads_per_worker=threads_per_worker,
-                           address=address, num_cpus=num_cpus)
+                           address=address, num_cpus=num_cpus, space=space)
     raise ValueError(f"unknown executor {kind!r}")

@@ -103,7 +103,7 @@ class TrialRequest:
     params: dict[str, Any]
     pattern: dict[str, Any]
     kernel: Optional[dict[str, Any]]
-    space: dict[str, Any]  # SearchSpace.to_dict()
+    space: Optional[dict[str, Any]]  # SearchSpace.to_dict(); None: the worker's own (sent once, `TrialRunner`)
     seed: int = 0
     deadline: Optional[float] = None  # epoch seconds: the search's timeout (`DeadlineReached`)
 
@@ -305,11 +305,16 @@ class _Candidate:
 
 
 class TrialRunner:
-    """Runs trials in one process; holds the per-process caches (baselines, accuracy, EvoFormer blocks)."""
+    """Runs trials in one process; holds the per-process caches (baselines, accuracy, EvoFormer
+    blocks) and the search space, parsed once: an executor hands the space to each worker when it
+    starts it (``space``, the stored form), and the search's requests then carry none
+    (``TrialRequest.space`` None); a request that carries a space (a benchmark, a confirmation
+    outside the search) is run with that one."""
 
-    def __init__(self, threads: Optional[int] = None) -> None:
+    def __init__(self, threads: Optional[int] = None, space: Optional[dict[str, Any]] = None) -> None:
         if threads:
             torch.set_num_threads(threads)
+        self.space: Optional[SearchSpace] = SearchSpace.from_dict(space) if space is not None else None
         self.baselines: dict[tuple, dict[str, Any]] = {}  # shape -> {"sdpa", "naive"}: Baseline or None
         self.accuracy: dict[tuple, AccuracyResult] = {}
         self.blocks: dict[tuple, Any] = {}  # evoformer workloads: (dims, dtype, device) -> EvoformerBlock
@@ -321,12 +326,13 @@ class TrialRunner:
         self.compiles = CompileLedger()  # launch configs compiled in this process (compile once)
 
     # -- steps of a trial ---------------------------------------------------------------------
-    @staticmethod
-    def _parse(req: TrialRequest) -> _Candidate:
+    def _parse(self, req: TrialRequest) -> _Candidate:
         from kernels import KernelConfig
         from patterns import pattern_from_dict
 
-        space = SearchSpace.from_dict(req.space)
+        space = SearchSpace.from_dict(req.space) if req.space is not None else self.space
+        if space is None:
+            raise RuntimeError("the trial request carries no search space and this worker was given none")
         cand = _Candidate(space, pattern_from_dict(req.pattern),
                           KernelConfig.from_dict(req.kernel) if req.kernel is not None else None)
         if space.device == "cuda" and not torch.cuda.is_available():

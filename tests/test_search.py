@@ -75,6 +75,30 @@ def run_search(tmp_path: Path, *, executor: str = "local", trials: int = 4, stud
     return s.run(), db
 
 
+def test_the_space_goes_to_a_worker_once_not_with_every_trial(tmp_path, monkeypatch):
+    """The executor hands the parsed space to its worker when it starts it; the trial requests
+    carry none and are run with the worker's. A worker given no space and a request carrying none
+    fails that trial with the reason (no crash)."""
+    from autotune import executor as ex
+    from autotune.trial import TrialRequest, TrialRunner
+
+    sent, spaces = [], []
+    submit, init = ex.LocalExecutor.submit, ex.LocalExecutor.__init__
+
+    def record_init(self, threads=None, space=None):
+        spaces.append(space)
+        init(self, threads, space)
+
+    monkeypatch.setattr(ex.LocalExecutor, "__init__", record_init)
+    monkeypatch.setattr(ex.LocalExecutor, "submit", lambda self, req: (sent.append(req), submit(self, req)))
+    summary, _ = run_search(tmp_path, trials=2)
+    assert summary["completed"] == 2 and len(sent) == 2 and len(spaces) == 1
+    assert all(req["space"] is None for req in sent) and spaces[0]["buckets"] == load_space(
+        write_space(tmp_path)).to_dict()["buckets"]
+    res = TrialRunner().run(TrialRequest("s", 0, {}, {"block_size": 16}, None, None))
+    assert not res.ok and "carries no search space" in res.reason
+
+
 def test_local_search_end_to_end(tmp_path):
     summary, db = run_search(tmp_path, trials=3)
     assert summary["completed"] == 3 and summary["failed"] == 0

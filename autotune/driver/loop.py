@@ -139,7 +139,7 @@ class Loop:
             return "rejected"
         d.ostorage.record_heartbeat(trial._trial_id)  # from now on Optuna watches it (fail_stale_trials)
         req = TrialRequest(study=d.study_name, number=trial.number, params=params, pattern=pattern,
-                           kernel=kernel, space=d.space.to_dict(), seed=trial_seed(d.study_name, trial.number),
+                           kernel=kernel, space=None, seed=trial_seed(d.study_name, trial.number),
                            deadline=d.deadline_epoch)
         d.trials[trial.number] = trial
         executor.submit(req.to_dict())

@@ -178,7 +178,7 @@ class Startup:
         try:
             executor = make_executor(d.executor_kind, device=d.space.device, workers=d.workers,
                                      threads_per_worker=d.space.execution.threads_per_worker,
-                                     address=d.ray_address, num_cpus=d.num_cpus)
+                                     address=d.ray_address, num_cpus=d.num_cpus, space=d.space.to_dict())
         except ExecutorError as e:  # threads_per_worker beyond every node, an unreachable cluster, no ray
             raise UsageError(str(e) if e.standalone else f"{d.space.source}: {e}") from None
         if executor.cluster:
