@@ -198,7 +198,8 @@ def measure(rounds: int, calls: int, cases=CASES) -> list[dict]:
             c1, cm, c3 = _quartiles(cpu[n])
             w1, wm, w3 = _quartiles(wall[n])
             rows.append(dict(case=case.name, B=case.B, H=case.H, L=case.L, D=case.D, block_size=case.block_size,
-                             dtype="float32" if "-cpu-stubbed" in n else "bfloat16", path=n, cpu_median_us=round(cm, 2), cpu_q25_us=round(c1, 2),
+                             dtype="float32" if "-cpu-stubbed" in n else "bfloat16", path=n,
+                             cpu_median_us=round(cm, 2), cpu_q25_us=round(c1, 2),
                              cpu_q75_us=round(c3, 2), wall_median_us=round(wm, 2), wall_q25_us=round(w1, 2),
                              wall_q75_us=round(w3, 2), rounds=rounds, calls_per_round=calls))
     return rows

@@ -31,12 +31,15 @@ row/column broadcasts and keeps batch/head broadcast at size 1; autograd sums ``
 the caller's shape); the index tensors are the layout's (``BlockLayout.index_on``). Both ops have
 fake implementations; the forward's autograd formula calls the backward op (no double backward).
 The op checks every size it passes to C and raises ValueError naming what does not fit.
+A plain eager call (no graph capture, ``kernels.opdefs.plain_eager``) skips the ops' dispatch:
+without autograd it runs the forward op's implementation, with autograd the same autograd formula
+in a ``torch.autograd.Function`` (``kernels.opdefs.eager_autograd_function``; the registered op's
+eager autograd path cost ~60 us of host time a forward and ~50 us a backward more).
 Per-layout plans (work lists, the K^T workspace reused from call to call) are kept in the one
 plan cache of ``kernels.plans``, keyed by the layout's index tensor (weakly: freed with the layout;
 ``kernels.clear_plan_caches()`` drops them). The index must be on the CPU: a layout built on a GPU
 (a guided layout follows its signal) is read through ``BlockLayout.index_on("cpu")``, one copy per
-layout. An eager call without
-autograd (and not traced) runs the forward op's implementation directly, skipping the dispatcher.
+layout.
 
 Threads: ``torch.get_num_threads()`` Python threads call the kernel at once (ctypes releases the
 GIL); they share an atomic counter over the work items, ordered largest first.
@@ -67,7 +70,14 @@ from patterns import BlockLayout
 
 from .capabilities import FUSED_CPU_HEAD_DIMS, LAYOUT_BLOCK_SIZES
 from .compile_marks import assume_constant_result
-from .opdefs import declare_attention_ops, empty_in_order_of, rows_in_place
+from .opdefs import (
+    declare_attention_ops,
+    eager_autograd_function,
+    empty_in_order_of,
+    plain_eager,
+    rows_in_place,
+    wants_grad,
+)
 from .plans import host_index, layout_plans, shared
 from .reference import resolve_scale
 
@@ -464,6 +474,18 @@ cpu_block_sparse_attention_fwd, cpu_block_sparse_attention_bwd = declare_attenti
 )
 
 
+def _fwd_eager(plan: tuple, q, k, v, bias, kv_counts, kv_indices):
+    """The forward of ``_EagerAttention``: ``plan`` = (the layout's index, block_size, seq_len, scale,
+    the layout's workspace)."""
+    index, block_size, seq_len, scale, workspace = plan
+    return _fwd_impl(q, k, v, bias, index, block_size, seq_len, scale, workspace)
+
+
+# plain eager calls with autograd: the forward op's autograd formula without the dispatcher
+_EagerAttention = eager_autograd_function("CpuBlockSparseAttentionEager", _fwd_eager, _bwd_impl,
+                                          cpu_block_sparse_attention_bwd)
+
+
 def fused_sparse_attention(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -475,9 +497,10 @@ def fused_sparse_attention(
 ) -> torch.Tensor:
     """softmax(q k^T * scale + bias) v over ``layout``'s pairs with the fused CPU kernel; q, k, v
     [B, H, L, D] on the CPU, bias broadcasting to [B, H, L, L]. Differentiable in q, k, v and bias
-    (deterministic gradients). Calls the registered op ``sparse_autotune::cpu_block_sparse_attention_fwd``
-    (traceable by ``torch.compile(fullgraph=True)``). Raises RuntimeError when the kernel is not
-    available."""
+    (deterministic gradients). Under graph capture it calls the registered op
+    ``sparse_autotune::cpu_block_sparse_attention_fwd`` (traceable by ``torch.compile(fullgraph=True)``);
+    a plain eager call runs the op's implementation (and autograd formula) without its dispatch.
+    Raises RuntimeError when the kernel is not available."""
     if not available():
         raise RuntimeError(unavailable_reason())
     D = q.shape[-1]
@@ -491,18 +514,11 @@ def fused_sparse_attention(
         # op's dbias has this shape and autograd sums it back to the caller's
         bias = _bias_view(bias.to(torch.float32), q.shape[2])
     index = host_index(layout)  # a layout built on a GPU: its index copied to the host once
-    if _plain_eager_inference(q, k, v, bias):
-        # the op's own implementation, without the dispatcher (measured ~1% at L = 2048)
-        out = _fwd_impl(q, k, v, bias, index, layout.block_size, layout.seq_len, scale, layout.workspace)[0]
-    else:
+    if not plain_eager(q, k, v, bias):  # graph capture: the registered op
         out, _ = cpu_block_sparse_attention_fwd(q, k, v, bias, *index, layout.block_size, layout.seq_len, scale)
+    elif not wants_grad(q, k, v, bias):  # inference: the op's implementation, without the dispatcher
+        out = _fwd_impl(q, k, v, bias, index, layout.block_size, layout.seq_len, scale, layout.workspace)[0]
+    else:  # training: the op's autograd formula, without the dispatcher
+        params = (layout.block_size, layout.seq_len, scale)
+        out = _EagerAttention.apply(q, k, v, bias, index, (index, *params, layout.workspace), params)[0]
     return out.to(out_dtype)
-
-
-def _plain_eager_inference(*tensors: Optional[torch.Tensor]) -> bool:
-    """True for an eager call that needs no graph: no autograd, not traced by torch.compile /
-    torch.export, no dispatch mode (fake tensors, make_fx) and plain tensors only."""
-    if torch.compiler.is_compiling() or torch._C._len_torch_dispatch_stack() > 0:
-        return False
-    grad = torch.is_grad_enabled()
-    return all(t is None or (type(t) is torch.Tensor and not (grad and t.requires_grad)) for t in tensors)

@@ -61,6 +61,7 @@ from .opdefs import (
     empty_in_order_of,
     plain_eager,
     rows_in_place,
+    wants_grad,
 )
 from .plans import layout_plans, shared
 from .reference import resolve_scale
@@ -395,7 +396,8 @@ def _bwd_plan(do, q, k, v, out, bias, kv_counts, block_size, block_m, block_n, n
         dq_grid=(n_tiles * B * H,),
         dq_strides=(*qs[:3], *ks[:3], *vs[:3], *dos[:3], *grad_strides[0][:3], *sb,
                     H * L * L if (db_in_dq and db_shape[0] > 1) else 0, L * L),
-        dq_consts=dict(BLOCK_M=block_m, BLOCK_N=block_n, **tile, WRITE_DBIAS=db_in_dq, num_stages=stages["dq"], **consts),
+        dq_consts=dict(BLOCK_M=block_m, BLOCK_N=block_n, **tile, WRITE_DBIAS=db_in_dq, num_stages=stages["dq"],
+                       **consts),
         dkdv_grid=(n_tiles * B * H,),
         dkdv_strides=(*qs[:3], *ks[:3], *vs[:3], *dos[:3], *grad_strides[1][:3], *grad_strides[2][:3], *sb),
         dkdv_consts=dict(BLOCK_M=block_n, BLOCK_N=block_m, **tile, num_stages=stages["dkdv"], **consts),
@@ -527,12 +529,6 @@ def _interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 
 
-def _wants_grad(q, k, v, bias) -> bool:
-    """Whether autograd records this call (grad mode on and an input requires grad)."""
-    return torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad
-                                        or (bias is not None and bias.requires_grad))
-
-
 def _launch_fwd_with_lse(plan_scale, q, k, v, bias, kv_counts, kv_indices):
     plan, scale = plan_scale
     return _launch_fwd(plan, q, k, v, bias, kv_counts, kv_indices, scale, True)
@@ -592,7 +588,7 @@ def triton_attention_checked(q, k, v, layout, bias=None, *, scale=None, config=N
     cfg, bcfg, plan, default_scale = entry
     scale = default_scale if scale is None else float(scale)  # resolve_scale, its default kept per signature
     if plain_eager(q, k, v, bias):  # no graph capture: launch without the op's dispatch (~0.1 ms a call)
-        if not _wants_grad(q, k, v, bias):  # inference: no LSE
+        if not wants_grad(q, k, v, bias):  # inference: no LSE
             return _launch_fwd(plan, q, k, v, bias, index[0], index[1], scale, False)[0]
         return _EagerAttention.apply(q, k, v, bias, index, (plan, scale), (
             layout.block_size, scale, bcfg.block_m, bcfg.block_n, bcfg.num_warps, bcfg.num_stages))[0]
