@@ -1,4 +1,4 @@
-"""Host time of one sparse attention call, with the Triton kernel launch stubbed out, next to SDPA.
+"""Host time of one sparse attention call, with the kernels stubbed out (Triton, fused CPU), next to SDPA.
 
     python -m benchmarks.host_overhead [--rounds 15] [--calls 200] [--out PATH]
 
@@ -16,6 +16,15 @@ only: in eager the op's autograd formula in an ``autograd.Function``, see ``kern
 path keeps its old name, ``-autograd-op``, for comparison with earlier runs) and a training step's
 forward and backward (``torch.autograd.grad`` of q, k, v: the backward's host path as well, its
 dQ / dK,dV buffers included).
+
+The fused CPU backend (``backend="cpu"``, ``kernels.cpu_fused``) is timed the same way on float32
+copies of the inputs (its compute dtype; same layouts and bias layout), with its C kernel calls
+stubbed: ``kernels.cpu_fused._run`` (the one function that hands a work list to the C library:
+the K^T / V^T packing, the forward and both backward passes) replaced by a no-op. What remains is
+its host path: the dispatcher, the op-argument checks, the work-list and plan lookups, the output,
+LSE, gradient and workspace allocations, the argument structs, and the backward's torch-side
+preparation (delta = rowsum(dO * O), dO padded to whole blocks): that last part is arithmetic
+over [B, H, L, D], so it grows with the shapes (it is real work, not dispatch).
 
 Baselines, interleaved with it round by round: ``F.scaled_dot_product_attention`` on a one-token
 problem [1, 1, 1, 8] (its wrapper and dispatch with next to no arithmetic) and on the same shapes
@@ -69,6 +78,11 @@ STUBBED = ("_attn_fwd_kernel", "_attn_bwd_preprocess_kernel", "_attn_bwd_dq_kern
            "_attn_bwd_dbias_kernel")  # the Triton kernels kernels.triton_op launches
 
 
+def _stub_run(name, args, items, max_threads=1 << 30):
+    """Stands in for ``kernels.cpu_fused._run`` (the C kernel call over a work list): does nothing."""
+    return None
+
+
 class _StubLaunch:
     """Stands in for a Triton JIT kernel: ``kernel[grid](*args, **meta)`` does nothing."""
 
@@ -79,13 +93,13 @@ class _StubLaunch:
         return None
 
 
-def _inputs(case: Case, requires_grad: bool):
+def _inputs(case: Case, requires_grad: bool, dtype: torch.dtype = torch.bfloat16):
     from patterns import BlockLayout
 
     g = torch.Generator().manual_seed(0)
-    q, k, v = (torch.randn(case.B, case.L, case.H, case.D, generator=g).to(torch.bfloat16).permute(0, 2, 1, 3)
+    q, k, v = (torch.randn(case.B, case.L, case.H, case.D, generator=g).to(dtype).permute(0, 2, 1, 3)
                .requires_grad_(requires_grad) for _ in range(3))
-    bias = torch.randn(1, case.H, case.L, case.L, generator=g).to(torch.bfloat16)
+    bias = torch.randn(1, case.H, case.L, case.L, generator=g).to(dtype)
     nb = -(-case.L // case.block_size)
     mask = torch.eye(nb, dtype=torch.bool) | (torch.rand(nb, nb, generator=g) < 0.3)
     return q, k, v, bias, BlockLayout(mask, case.block_size, case.L)
@@ -115,8 +129,31 @@ def _paths(case: Case) -> dict[str, Callable[[], object]]:
         "sparse-triton-stubbed-nograd": sparse_nograd,
         "sparse-triton-stubbed-autograd-op": sparse_op,
         "sparse-triton-stubbed-fwd-bwd": sparse_fwd_bwd,
+        **_cpu_paths(case),
         "sdpa-one-token": lambda: F.scaled_dot_product_attention(*tiny),
         "sdpa-same-shapes-cpu": lambda: F.scaled_dot_product_attention(qf, kf, vf, attn_mask=bf),
+    }
+
+
+def _cpu_paths(case: Case) -> dict[str, Callable[[], object]]:
+    """The fused CPU backend's three paths (float32 inputs, the C calls stubbed by ``measure``)."""
+    import kernels
+
+    q, k, v, bias, layout = _inputs(case, False, torch.float32)
+    qg, kg, vg, _, _ = _inputs(case, True, torch.float32)
+    grad_out = torch.zeros(qg.shape)
+
+    def nograd():
+        with torch.no_grad():
+            return kernels.sparse_attention(q, k, v, layout, bias, backend="cpu")
+
+    def autograd():
+        return kernels.sparse_attention(qg, kg, vg, layout, bias, backend="cpu")
+
+    return {
+        "sparse-cpu-stubbed-nograd": nograd,
+        "sparse-cpu-stubbed-autograd": autograd,
+        "sparse-cpu-stubbed-fwd-bwd": lambda: torch.autograd.grad(autograd(), (qg, kg, vg), grad_out),
     }
 
 
@@ -135,11 +172,12 @@ def _quartiles(xs: list[float]) -> tuple[float, float, float]:
 
 def measure(rounds: int, calls: int, cases=CASES) -> list[dict]:
     """Interleaved rounds per case; one row per (case, path) with median and quartiles in us."""
-    from kernels import triton_op
+    from kernels import cpu_fused, triton_op
 
     torch.set_num_threads(1)
     for name in STUBBED:
         setattr(triton_op, name, _StubLaunch())
+    cpu_fused._run = _stub_run
     rows = []
     for case in cases:
         paths = _paths(case)
@@ -160,7 +198,8 @@ def measure(rounds: int, calls: int, cases=CASES) -> list[dict]:
             c1, cm, c3 = _quartiles(cpu[n])
             w1, wm, w3 = _quartiles(wall[n])
             rows.append(dict(case=case.name, B=case.B, H=case.H, L=case.L, D=case.D, block_size=case.block_size,
-                             dtype="bfloat16", path=n, cpu_median_us=round(cm, 2), cpu_q25_us=round(c1, 2),
+                             dtype="float32" if "-cpu-stubbed" in n else "bfloat16", path=n,
+                             cpu_median_us=round(cm, 2), cpu_q25_us=round(c1, 2),
                              cpu_q75_us=round(c3, 2), wall_median_us=round(wm, 2), wall_q25_us=round(w1, 2),
                              wall_q75_us=round(w3, 2), rounds=rounds, calls_per_round=calls))
     return rows

@@ -36,7 +36,7 @@ from patterns import BlockLayout, GuidedConfig
 from . import cpu_fused
 from .compile_marks import assume_constant_result
 from .cpu_bucket import bucket_sparse_attention, sdpa
-from .plans import host_index
+from .plans import host_index, layout_plans
 from .reference import compute_dtype, resolve_scale
 
 __all__ = ["cpu_sparse_attention", "bucket_sparse_attention"]
@@ -82,6 +82,11 @@ def _is_full(layout: BlockLayout) -> bool:
     layout object). Read from the layout's index on the host (``kernels.plans.host_index``: no
     device sync per call for a layout built on a GPU). A sparse layout's CPU index is thereby built
     here and cached by the layout, so that a compiled call reads it as graph inputs instead of
-    tracing its construction (which would compile the function a second time once it is cached)."""
+    tracing its construction (which would compile the function a second time once it is cached).
+    Kept with the layout's plans (``kernels.plans``): one lookup per call after the first."""
     kv_counts = host_index(layout)[0]
-    return bool((kv_counts == layout.n_blocks).all())
+    plans = layout_plans(kv_counts)
+    full = plans.get("cpu-full")
+    if full is None:
+        full = plans["cpu-full"] = bool((kv_counts == layout.n_blocks).all())
+    return full

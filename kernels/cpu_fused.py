@@ -31,12 +31,15 @@ row/column broadcasts and keeps batch/head broadcast at size 1; autograd sums ``
 the caller's shape); the index tensors are the layout's (``BlockLayout.index_on``). Both ops have
 fake implementations; the forward's autograd formula calls the backward op (no double backward).
 The op checks every size it passes to C and raises ValueError naming what does not fit.
+A plain eager call (no graph capture, ``kernels.opdefs.plain_eager``) skips the ops' dispatch:
+without autograd it runs the forward op's implementation, with autograd the same autograd formula
+in a ``torch.autograd.Function`` (``kernels.opdefs.eager_autograd_function``; the registered op's
+eager autograd path cost ~60 us of host time a forward and ~50 us a backward more).
 Per-layout plans (work lists, the K^T workspace reused from call to call) are kept in the one
 plan cache of ``kernels.plans``, keyed by the layout's index tensor (weakly: freed with the layout;
 ``kernels.clear_plan_caches()`` drops them). The index must be on the CPU: a layout built on a GPU
 (a guided layout follows its signal) is read through ``BlockLayout.index_on("cpu")``, one copy per
-layout. An eager call without
-autograd (and not traced) runs the forward op's implementation directly, skipping the dispatcher.
+layout.
 
 Threads: ``torch.get_num_threads()`` Python threads call the kernel at once (ctypes releases the
 GIL); they share an atomic counter over the work items, ordered largest first.
@@ -49,6 +52,7 @@ compute (half inputs are converted, like the reference).
 from __future__ import annotations
 
 import ctypes
+import functools
 import hashlib
 import os
 import platform
@@ -67,7 +71,14 @@ from patterns import BlockLayout
 
 from .capabilities import FUSED_CPU_HEAD_DIMS, LAYOUT_BLOCK_SIZES
 from .compile_marks import assume_constant_result
-from .opdefs import declare_attention_ops, empty_in_order_of, rows_in_place
+from .opdefs import (
+    declare_attention_ops,
+    eager_autograd_function,
+    empty_in_order_of,
+    plain_eager,
+    rows_in_place,
+    wants_grad,
+)
 from .plans import host_index, layout_plans, shared
 from .reference import resolve_scale
 
@@ -315,38 +326,12 @@ def _check_op_args(q, k, v, bias, index, block_size: int, seq_len: int) -> tuple
     """Validate what the C kernel will read (it trusts every size and stride it is given): float32
     CPU q, k, v [B, H, L, D] with L == seq_len, D and block_size supported, int32 index tensors
     [lh, nb] / [lh, nb, nb] with nb * block_size covering L, bias [1 or B, 1 or H, L, L] float32.
-    Returns the index as contiguous int32 tensors."""
-    if q.dim() != 4 or k.shape != q.shape or v.shape != q.shape:
-        raise ValueError(f"fused CPU kernel: q, k, v must be [B, H, L, D] of one shape; got {list(q.shape)}, {list(k.shape)}, {list(v.shape)}")
-    B, H, L, D = q.shape
-    if any(t.dtype != torch.float32 or t.device.type != "cpu" for t in (q, k, v)):
-        raise ValueError("fused CPU kernel: q, k, v must be float32 CPU tensors")
-    if L != seq_len or D not in HEAD_DIMS or block_size not in BLOCK_SIZES:
-        raise ValueError(
-            f"fused CPU kernel: need seq_len == L ({seq_len} vs {L}), head dim in {HEAD_DIMS} (got {D}), "
-            f"block size in {BLOCK_SIZES} (got {block_size})"
-        )
-    kv_cnt, kv_idx, q_cnt, q_idx = index
-    if any(t.device.type != "cpu" for t in index):
-        # the kernel reads the index through host pointers: a CUDA (or meta) tensor would be garbage
-        raise ValueError(
-            f"fused CPU kernel: the layout's index tensors must be CPU tensors (BlockLayout.index_on('cpu')); "
-            f"got {sorted({str(t.device) for t in index})}"
-        )
-    lh, nb = kv_cnt.shape[0], kv_cnt.shape[-1]
-    if (
-        kv_cnt.dim() != 2 or q_cnt.shape != kv_cnt.shape or kv_idx.shape != (lh, nb, nb) or q_idx.shape != kv_idx.shape
-        or lh not in (1, H) or nb != -(-L // block_size)
-    ):
-        raise ValueError(
-            f"fused CPU kernel: index tensors do not fit L={L}, block_size={block_size}, H={H}: "
-            f"kv_counts {list(kv_cnt.shape)}, kv_indices {list(kv_idx.shape)}, q_counts {list(q_cnt.shape)}, q_indices {list(q_idx.shape)}"
-        )
-    if bias is not None and (
-        bias.dim() != 4 or bias.dtype != torch.float32 or bias.shape[0] not in (1, B) or bias.shape[1] not in (1, H)
-        or tuple(bias.shape[2:]) != (L, L)
-    ):
-        raise ValueError(f"fused CPU kernel: bias must be float32 [1 or {B}, 1 or {H}, {L}, {L}]; got {bias.dtype} {list(bias.shape)}")
+    The shape, dtype and device checks are cached per (shapes, dtypes, devices, sizes) and the
+    block numbers per index tensor (and version). Returns the index as contiguous int32 tensors."""
+    _check_sizes((q.shape, k.shape, v.shape), (q.dtype, k.dtype, v.dtype), (q.device, k.device, v.device),
+                 None if bias is None else (bias.shape, bias.dtype),
+                 tuple(t.shape for t in index), tuple(t.device for t in index), block_size, seq_len)
+    nb = index[0].shape[-1]
     index = tuple(t.to(torch.int32).contiguous() for t in index)
     for counts, indices, name in ((index[0], index[1], "kv"), (index[2], index[3], "q")):
         # the block numbers the kernel will read: checked once per index tensor (and version)
@@ -359,6 +344,45 @@ def _check_op_args(q, k, v, bias, index, block_size: int, seq_len: int) -> tuple
                 raise ValueError(f"fused CPU kernel: {name}_indices must lie in [0, {nb})")
             plan["checked"] = (indices, stamp)
     return index
+
+
+@functools.lru_cache(maxsize=1024)
+def _check_sizes(shapes: tuple, dtypes: tuple, devices: tuple, bias: Optional[tuple], index_shapes: tuple,
+                 index_devices: tuple, block_size: int, seq_len: int) -> None:
+    """``_check_op_args``'s checks of shapes, dtypes and devices (q, k, v; bias (shape, dtype) or
+    None; the index tensors'); raises ValueError naming what does not fit."""
+    qs, ks, vs = shapes
+    if len(qs) != 4 or ks != qs or vs != qs:
+        raise ValueError(f"fused CPU kernel: q, k, v must be [B, H, L, D] of one shape; got {list(qs)}, {list(ks)}, {list(vs)}")
+    B, H, L, D = qs
+    if any(dt != torch.float32 for dt in dtypes) or any(dev.type != "cpu" for dev in devices):
+        raise ValueError("fused CPU kernel: q, k, v must be float32 CPU tensors")
+    if L != seq_len or D not in HEAD_DIMS or block_size not in BLOCK_SIZES:
+        raise ValueError(
+            f"fused CPU kernel: need seq_len == L ({seq_len} vs {L}), head dim in {HEAD_DIMS} (got {D}), "
+            f"block size in {BLOCK_SIZES} (got {block_size})"
+        )
+    if any(dev.type != "cpu" for dev in index_devices):
+        # the kernel reads the index through host pointers: a CUDA (or meta) tensor would be garbage
+        raise ValueError(
+            f"fused CPU kernel: the layout's index tensors must be CPU tensors (BlockLayout.index_on('cpu')); "
+            f"got {sorted({str(dev) for dev in index_devices})}"
+        )
+    kv_cnt, kv_idx, q_cnt, q_idx = index_shapes
+    lh, nb = kv_cnt[0], kv_cnt[-1]
+    if (
+        len(kv_cnt) != 2 or q_cnt != kv_cnt or kv_idx != (lh, nb, nb) or q_idx != kv_idx
+        or lh not in (1, H) or nb != -(-L // block_size)
+    ):
+        raise ValueError(
+            f"fused CPU kernel: index tensors do not fit L={L}, block_size={block_size}, H={H}: "
+            f"kv_counts {list(kv_cnt)}, kv_indices {list(kv_idx)}, q_counts {list(q_cnt)}, q_indices {list(q_idx)}"
+        )
+    if bias is not None and (
+        len(bias[0]) != 4 or bias[1] != torch.float32 or bias[0][0] not in (1, B) or bias[0][1] not in (1, H)
+        or tuple(bias[0][2:]) != (L, L)
+    ):
+        raise ValueError(f"fused CPU kernel: bias must be float32 [1 or {B}, 1 or {H}, {L}, {L}]; got {bias[1]} {list(bias[0])}")
 
 
 def _fwd_impl(q, k, v, bias, index, block_size: int, seq_len: int, scale: float, workspace: Optional[dict] = None):
@@ -393,7 +417,9 @@ def _bwd_impl(grad, q, k, v, out, lse, bias, index, block_size: int, seq_len: in
     q, k, v = rows_in_place(q), rows_in_place(k), rows_in_place(v)
     grad = grad.to(q.dtype)
     dout = _pad_rows(grad, Lp)
-    delta = F.pad((grad * out).sum(-1), (0, Lp - L)).contiguous()
+    delta = (grad * out).sum(-1)  # [B, H, L], contiguous
+    if Lp != L:
+        delta = F.pad(delta, (0, Lp - L))
     plan = layout_plans(index[0])
     kt = _block_t(k, block_size, reuse=plan)
     vt = _block_t(v, block_size)
@@ -464,6 +490,18 @@ cpu_block_sparse_attention_fwd, cpu_block_sparse_attention_bwd = declare_attenti
 )
 
 
+def _fwd_eager(plan: tuple, q, k, v, bias, kv_counts, kv_indices):
+    """The forward of ``_EagerAttention``: ``plan`` = (the layout's index, block_size, seq_len, scale,
+    the layout's workspace)."""
+    index, block_size, seq_len, scale, workspace = plan
+    return _fwd_impl(q, k, v, bias, index, block_size, seq_len, scale, workspace)
+
+
+# plain eager calls with autograd: the forward op's autograd formula without the dispatcher
+_EagerAttention = eager_autograd_function("CpuBlockSparseAttentionEager", _fwd_eager, _bwd_impl,
+                                          cpu_block_sparse_attention_bwd)
+
+
 def fused_sparse_attention(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -475,9 +513,10 @@ def fused_sparse_attention(
 ) -> torch.Tensor:
     """softmax(q k^T * scale + bias) v over ``layout``'s pairs with the fused CPU kernel; q, k, v
     [B, H, L, D] on the CPU, bias broadcasting to [B, H, L, L]. Differentiable in q, k, v and bias
-    (deterministic gradients). Calls the registered op ``sparse_autotune::cpu_block_sparse_attention_fwd``
-    (traceable by ``torch.compile(fullgraph=True)``). Raises RuntimeError when the kernel is not
-    available."""
+    (deterministic gradients). Under graph capture it calls the registered op
+    ``sparse_autotune::cpu_block_sparse_attention_fwd`` (traceable by ``torch.compile(fullgraph=True)``);
+    a plain eager call runs the op's implementation (and autograd formula) without its dispatch.
+    Raises RuntimeError when the kernel is not available."""
     if not available():
         raise RuntimeError(unavailable_reason())
     D = q.shape[-1]
@@ -485,24 +524,18 @@ def fused_sparse_attention(
         raise ValueError(f"fused CPU kernel: head dim must be one of {HEAD_DIMS} and block size one of {BLOCK_SIZES}")
     scale = resolve_scale(D, scale)
     out_dtype = q.dtype
-    q, k, v = (t.to(torch.float32) for t in (q, k, v))
+    if not (q.dtype is k.dtype is v.dtype is torch.float32):  # a no-op .to() still costs ~1 us of dispatch
+        q, k, v = (t.to(torch.float32) for t in (q, k, v))
     if bias is not None:
         # broadcast rows / columns materialised here, batch / head broadcast kept at size 1: the
         # op's dbias has this shape and autograd sums it back to the caller's
         bias = _bias_view(bias.to(torch.float32), q.shape[2])
     index = host_index(layout)  # a layout built on a GPU: its index copied to the host once
-    if _plain_eager_inference(q, k, v, bias):
-        # the op's own implementation, without the dispatcher (measured ~1% at L = 2048)
-        out = _fwd_impl(q, k, v, bias, index, layout.block_size, layout.seq_len, scale, layout.workspace)[0]
-    else:
+    if not plain_eager(q, k, v, bias):  # graph capture: the registered op
         out, _ = cpu_block_sparse_attention_fwd(q, k, v, bias, *index, layout.block_size, layout.seq_len, scale)
+    elif not wants_grad(q, k, v, bias):  # inference: the op's implementation, without the dispatcher
+        out = _fwd_impl(q, k, v, bias, index, layout.block_size, layout.seq_len, scale, layout.workspace)[0]
+    else:  # training: the op's autograd formula, without the dispatcher
+        params = (layout.block_size, layout.seq_len, scale)
+        out = _EagerAttention.apply(q, k, v, bias, index, (index, *params, layout.workspace), params)[0]
     return out.to(out_dtype)
-
-
-def _plain_eager_inference(*tensors: Optional[torch.Tensor]) -> bool:
-    """True for an eager call that needs no graph: no autograd, not traced by torch.compile /
-    torch.export, no dispatch mode (fake tensors, make_fx) and plain tensors only."""
-    if torch.compiler.is_compiling() or torch._C._len_torch_dispatch_stack() > 0:
-        return False
-    grad = torch.is_grad_enabled()
-    return all(t is None or (type(t) is torch.Tensor and not (grad and t.requires_grad)) for t in tensors)

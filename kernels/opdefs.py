@@ -18,6 +18,13 @@ config, ...) and their implementations differ:
 
 ``declare_attention_ops`` writes the schemas from these shared argument lists, registers the ops,
 their fakes and the autograd formula, and returns the two op objects.
+
+Both backends' entry points skip the registered ops on a plain eager call (``plain_eager``: no
+graph capture sees it), where their dispatch is pure host cost: without gradients (``wants_grad``
+false) they call the forward implementation, with gradients the forward op's autograd formula
+runs in a ``torch.autograd.Function`` made by ``eager_autograd_function`` (same saved tensors,
+same backward implementation: bitwise the op path's gradients). torch.compile, torch.export,
+dispatch modes and tensor subclasses see the ops.
 """
 
 from __future__ import annotations
@@ -29,7 +36,7 @@ import torch
 
 __all__ = [
     "FORWARD_ARGS", "BACKWARD_ARGS", "declare_attention_ops", "rows_in_place", "empty_in_order_of", "plain_eager",
-    "eager_autograd_function",
+    "eager_autograd_function", "wants_grad",
 ]
 
 FORWARD_ARGS = (
@@ -174,6 +181,14 @@ def plain_eager(*tensors: Optional[torch.Tensor]) -> bool:
         if t is not None and type(t) is not _Tensor:
             return False
     return True
+
+
+def wants_grad(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: Optional[torch.Tensor]) -> bool:
+    """Whether autograd records this call (grad mode on and an input requires grad): a plain eager
+    call (``plain_eager``) then goes through ``eager_autograd_function``, otherwise it launches the
+    forward alone (no LSE kept for a backward)."""
+    return torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad
+                                        or (bias is not None and bias.requires_grad))
 
 
 _Tensor = torch.Tensor

@@ -61,6 +61,7 @@ from .opdefs import (
     empty_in_order_of,
     plain_eager,
     rows_in_place,
+    wants_grad,
 )
 from .plans import layout_plans, shared
 from .reference import resolve_scale
@@ -326,87 +327,147 @@ def _bwd_stages(device: torch.device, dtype: torch.dtype, block_m: int, block_n:
     return {kern: _stages(kern, dtype, block_m, block_n, D, num_stages, limit) for kern in ("dq", "dkdv", "dbias")}
 
 
-def _dbias_plan(bias: torch.Tensor, B: int, H: int, L: int, device) -> tuple[torch.Tensor, bool, list[int]]:
-    """dBias plan: (a zero-filled buffer [Bb, H, L, L] - zeros outside the layout, Bb = the bias
-    batch, float32 when broadcast dimensions are summed afterwards; whether the dQ kernel writes it
-    (one bias per batch element, or B = 1); the broadcast dimensions to sum over)."""
+def _dbias_plan(bias: torch.Tensor, B: int, H: int, L: int) -> tuple[tuple, torch.dtype, bool, list[int]]:
+    """dBias plan: (the shape [Bb, H, L, L] of its zero-filled buffer - zeros outside the layout, Bb =
+    the bias batch; the buffer's dtype, float32 when broadcast dimensions are summed afterwards;
+    whether the dQ kernel writes it (one bias per batch element, or B = 1); the broadcast
+    dimensions to sum over)."""
     Bb = bias.shape[0]
     reduce_dims = [i for i in (1, 2, 3) if bias.shape[i] == 1 and (H if i == 1 else L) > 1]
     buf_dtype = bias.dtype if not reduce_dims else torch.float32
-    return torch.zeros((Bb, H, L, L), dtype=buf_dtype, device=device), Bb == B or B == 1, reduce_dims
+    return (Bb, H, L, L), buf_dtype, Bb == B or B == 1, reduce_dims
+
+
+@dataclass(frozen=True)
+class _BwdPlan:
+    """Everything the backward launches need besides the tensors and the scale, for one (shapes,
+    strides of q, k, v, out and dO, dtype, device, bias layout, layout geometry, config, whether
+    dBias is computed): made once (``_bwd_plan``), then looked up, so that a call allocates its
+    buffers and launches. The launch arguments keep the kernels' order; each ``*_strides`` tuple is
+    the run of stride (and stride-like) arguments of one kernel, each ``*_consts`` its constexprs
+    and launch options."""
+
+    copy: bool  # q, k, v, out or dO needs a copy (a head dimension without unit stride)
+    grad_strides: tuple  # strides of dq, dk, dv (q's, k's, v's memory order: empty_in_order_of)
+    delta_shape: tuple[int, int, int]
+    sizes: tuple  # B, H, L, nb, n_tiles, layout head stride (the dQ / dK,dV kernels' size arguments)
+    pre_grid: tuple[int]
+    pre_args: tuple  # the preprocess kernel's strides of out and dO, H, L, its tile count
+    pre_consts: dict
+    dq_grid: tuple[int]
+    dq_strides: tuple  # q, k, v, dO, dq (batch, head, row), the bias's 4, the dBias buffer's 2
+    dq_consts: dict
+    dkdv_grid: tuple[int]
+    dkdv_strides: tuple  # q, k, v, dO, dk, dv (batch, head, row), the bias's 4
+    dkdv_consts: dict
+    compute_dbias: bool
+    db_shape: tuple = ()  # the dBias buffer (see _dbias_plan)
+    db_dtype: Optional[torch.dtype] = None
+    db_in_dq: bool = False
+    reduce_dims: tuple = ()
+    dbias_grid: tuple = ()  # the separate dBias kernel (a bias broadcast over the batch), else ()
+    dbias_strides: tuple = ()  # q, k, v, dO (batch, head, row), the bias's head / row / column, L * L
+    dbias_consts: Optional[dict] = None
+
+
+_BWD_PLANS: dict = {}
+
+
+def _bwd_plan(do, q, k, v, out, bias, kv_counts, block_size, block_m, block_n, num_warps, num_stages,
+              compute_dbias: bool) -> _BwdPlan:
+    """The backward launch plan of these inputs (see ``_BwdPlan``); refuses an index that is not on
+    q's device. Backward tiles: (block_m, block_n) = (owned, walked): dQ and dBias own block_m query
+    rows and walk block_n keys; dK/dV own block_m keys and walk block_n query rows."""
+    B, H, L, D, nb, lhs, consts = _common(q, kv_counts, block_size)
+    qs, ks, vs, os_, dos = (_row_strides(t) for t in (q, k, v, out, do))
+    grad_strides = tuple(torch.empty_permuted(q.shape, _dim_order(st), device="meta").stride() for st in (qs, ks, vs))
+    sb = _bias_strides(bias)
+    stages = _bwd_stages(q.device, q.dtype, block_m, block_n, D, num_stages)
+    n_tiles = (nb * block_size) // block_m  # query tiles of dQ = key tiles of dK/dV
+    n_pre = triton_cdiv(L, block_m)
+    tile = dict(NB_PAD=_nb_pad(nb), HAS_BIAS=bias is not None, num_warps=num_warps)
+    db_shape, db_dtype, db_in_dq, reduce_dims = _dbias_plan(bias, B, H, L) if compute_dbias else ((), None, False, [])
+    plan = dict(
+        copy=any(t.stride(-1) != 1 and t.shape[-1] != 1 for t in (q, k, v, out, do)),
+        grad_strides=grad_strides, delta_shape=(B, H, L), sizes=(B, H, L, nb, n_tiles, lhs),
+        pre_grid=(n_pre * B * H,), pre_args=(*os_[:3], *dos[:3], H, L, n_pre),
+        pre_consts=dict(HEAD_DIM=D, D_PAD=consts["D_PAD"], BLOCK_M=block_m, EVEN_L=(L % block_m == 0),
+                        EVEN_D=consts["EVEN_D"], num_warps=4),
+        dq_grid=(n_tiles * B * H,),
+        dq_strides=(*qs[:3], *ks[:3], *vs[:3], *dos[:3], *grad_strides[0][:3], *sb,
+                    H * L * L if (db_in_dq and db_shape[0] > 1) else 0, L * L),
+        dq_consts=dict(BLOCK_M=block_m, BLOCK_N=block_n, **tile, WRITE_DBIAS=db_in_dq, num_stages=stages["dq"],
+                       **consts),
+        dkdv_grid=(n_tiles * B * H,),
+        dkdv_strides=(*qs[:3], *ks[:3], *vs[:3], *dos[:3], *grad_strides[1][:3], *grad_strides[2][:3], *sb),
+        dkdv_consts=dict(BLOCK_M=block_n, BLOCK_N=block_m, **tile, num_stages=stages["dkdv"], **consts),
+        compute_dbias=compute_dbias, db_shape=db_shape, db_dtype=db_dtype, db_in_dq=db_in_dq,
+        reduce_dims=tuple(reduce_dims),
+    )
+    if compute_dbias and not db_in_dq:
+        plan.update(
+            dbias_grid=(n_tiles, nb * (block_size // block_n), H),
+            dbias_strides=(*qs[:3], *ks[:3], *vs[:3], *dos[:3], sb[1], sb[2], sb[3], L * L),
+            dbias_consts=dict(BLOCK_M=block_m, BLOCK_N=block_n, num_warps=num_warps, num_stages=stages["dbias"],
+                              **consts),
+        )
+    return _BwdPlan(**plan)
 
 
 def _bwd_impl(do, q, k, v, out, lse, bias, kv_counts, kv_indices, q_counts, q_indices,
               block_size, scale, block_m, block_n, num_warps, num_stages, compute_dbias):
-    q, k, v, out, do = (_rows(t) for t in (q, k, v, out, do))
+    """(dq, dk, dv, dbias): dq, dk, dv in q's, k's, v's memory order, dbias of the bias's shape and
+    dtype when ``compute_dbias`` (else empty). The launch plan is cached per (shapes, strides of q,
+    k, v, out and dO, dtype, device, bias layout, layout geometry, config, compute_dbias)."""
+    compute_dbias = bool(compute_dbias and bias is not None)
+    key = (q.shape, q.stride(), k.stride(), v.stride(), out.stride(), do.stride(), q.dtype, q.device,
+           None if bias is None else (bias.shape, bias.stride()), kv_counts.shape, kv_counts.device,
+           block_size, block_m, block_n, num_warps, num_stages, compute_dbias)
+    plan = _BWD_PLANS.get(key)
+    if plan is None:
+        plan = _cache_put(_BWD_PLANS, key, _bwd_plan(do, q, k, v, out, bias, kv_counts, block_size, block_m,
+                                                     block_n, num_warps, num_stages, compute_dbias))
+    return _launch_bwd(plan, do, q, k, v, out, lse, bias, kv_counts, kv_indices, q_counts, q_indices,
+                       block_size, scale, block_m)
+
+
+def _launch_bwd(plan: _BwdPlan, do, q, k, v, out, lse, bias, kv_counts, kv_indices, q_counts, q_indices,
+                block_size, scale, block_m):
+    """Allocate the gradients and launch the backward kernels with a plan: (dq, dk, dv, dbias)."""
+    if plan.copy:
+        q, k, v, out, do = (_rows(t) for t in (q, k, v, out, do))
     lse = lse.contiguous()
-    B, H, L, D, nb, lhs, consts = _common(q, kv_counts, block_size)
-    has_bias = bias is not None
-    compute_dbias = bool(compute_dbias and has_bias)
-    sb = _bias_strides(bias)
-    bias_arg = bias if has_bias else q
-    # backward tiles: (block_m, block_n) = (owned, walked): dQ and dBias own block_m query rows and
-    # walk block_n keys; dK/dV own block_m keys and walk block_n query rows
-    stages = _bwd_stages(q.device, q.dtype, block_m, block_n, D, num_stages)
-
-    dq, dk, dv = empty_in_order_of(q), empty_in_order_of(k), empty_in_order_of(v)
-    delta = torch.empty((B, H, L), dtype=torch.float32, device=q.device)
-
-    dbias = q.new_empty((0,))
-    db_buf, db_in_dq, reduce_dims = _dbias_plan(bias, B, H, L, q.device) if compute_dbias else (None, False, [])
-
-    n_q_tiles = (nb * block_size) // block_m
-    n_k_tiles = (nb * block_size) // block_m
-    nb_pad = _nb_pad(nb)
+    bias_arg = q if bias is None else bias
+    dq = q.new_empty_strided(q.shape, plan.grad_strides[0])  # = empty_in_order_of(q)
+    dk = k.new_empty_strided(k.shape, plan.grad_strides[1])
+    dv = v.new_empty_strided(v.shape, plan.grad_strides[2])
+    delta = q.new_empty(plan.delta_shape, dtype=torch.float32)
+    db_buf = torch.zeros(plan.db_shape, dtype=plan.db_dtype, device=q.device) if plan.compute_dbias else None
+    db_in_dq = plan.db_in_dq
+    sizes = plan.sizes
     with _device_ctx(q):
-        _attn_bwd_preprocess_kernel[(triton_cdiv(L, block_m) * B * H,)](
-            out, do, delta, *_s3(out), *_s3(do), H, L, triton_cdiv(L, block_m),
-            HEAD_DIM=D, D_PAD=consts["D_PAD"], BLOCK_M=block_m,
-            EVEN_L=(L % block_m == 0), EVEN_D=consts["EVEN_D"],
-            num_warps=4,
+        _attn_bwd_preprocess_kernel[plan.pre_grid](out, do, delta, *plan.pre_args, **plan.pre_consts)
+        _attn_bwd_dq_kernel[plan.dq_grid](
+            q, k, v, bias_arg, do, lse, delta, dq, db_buf if db_in_dq else dq, kv_counts, kv_indices,
+            *plan.dq_strides, _tile_order(kv_counts, block_size, block_m), *sizes,
+            scale * LOG2E, scale, **plan.dq_consts,
         )
-        _attn_bwd_dq_kernel[(n_q_tiles * B * H,)](
-            q, k, v, bias_arg, do, lse, delta, dq, db_buf if db_in_dq else dq,
-            kv_counts, kv_indices,
-            *_s3(q), *_s3(k), *_s3(v), *_s3(do), *_s3(dq),
-            sb[0], sb[1], sb[2], sb[3],
-            (H * L * L if (db_in_dq and db_buf.shape[0] > 1) else 0), L * L,
-            _tile_order(kv_counts, block_size, block_m),
-            B, H, L, nb, n_q_tiles, lhs,
-            scale * LOG2E, scale,
-            BLOCK_M=block_m, BLOCK_N=block_n, NB_PAD=nb_pad, HAS_BIAS=has_bias, WRITE_DBIAS=db_in_dq,
-            num_warps=num_warps, num_stages=stages["dq"], **consts,
+        _attn_bwd_dkdv_kernel[plan.dkdv_grid](
+            q, k, v, bias_arg, do, lse, delta, dk, dv, q_counts, q_indices,
+            *plan.dkdv_strides, _tile_order(q_counts, block_size, block_m), *sizes,
+            scale * LOG2E, scale, **plan.dkdv_consts,
         )
-        _attn_bwd_dkdv_kernel[(n_k_tiles * B * H,)](
-            q, k, v, bias_arg, do, lse, delta, dk, dv,
-            q_counts, q_indices,
-            *_s3(q), *_s3(k), *_s3(v), *_s3(do), *_s3(dk), *_s3(dv),
-            sb[0], sb[1], sb[2], sb[3],
-            _tile_order(q_counts, block_size, block_m),
-            B, H, L, nb, n_k_tiles, lhs,
-            scale * LOG2E, scale,
-            BLOCK_M=block_n, BLOCK_N=block_m, NB_PAD=nb_pad, HAS_BIAS=has_bias,
-            num_warps=num_warps, num_stages=stages["dkdv"], **consts,
-        )
-        if compute_dbias and not db_in_dq:
-            _attn_bwd_dbias_kernel[(n_q_tiles, nb * (block_size // block_n), H)](
-                q, k, v, bias, do, lse, delta, db_buf,
-                kv_counts, kv_indices,
-                *_s3(q), *_s3(k), *_s3(v), *_s3(do),
-                sb[1], sb[2], sb[3],
-                L * L,
-                B, H, L, nb, lhs,
-                scale * LOG2E,
-                BLOCK_M=block_m, BLOCK_N=block_n,
-                num_warps=num_warps, num_stages=stages["dbias"], **consts,
+        if plan.dbias_consts is not None:
+            _attn_bwd_dbias_kernel[plan.dbias_grid](
+                q, k, v, bias, do, lse, delta, db_buf, kv_counts, kv_indices,
+                *plan.dbias_strides, *sizes[:4], sizes[5], scale * LOG2E, **plan.dbias_consts,
             )
-    if compute_dbias:
-        dbias = db_buf
-        if reduce_dims:
-            dbias = dbias.sum(dim=reduce_dims, keepdim=True)
-        dbias = dbias.to(bias.dtype).contiguous()
-        if dbias.data_ptr() == bias.data_ptr():  # never alias an input (cannot happen, but be safe)
-            dbias = dbias.clone()
+    if not plan.compute_dbias:
+        return dq, dk, dv, q.new_empty((0,))
+    dbias = db_buf.sum(dim=plan.reduce_dims, keepdim=True) if plan.reduce_dims else db_buf
+    dbias = dbias.to(bias.dtype).contiguous()
+    if dbias.data_ptr() == bias.data_ptr():  # never alias an input (cannot happen, but be safe)
+        dbias = dbias.clone()
     return dq, dk, dv, dbias
 
 
@@ -468,12 +529,6 @@ def _interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 
 
-def _wants_grad(q, k, v, bias) -> bool:
-    """Whether autograd records this call (grad mode on and an input requires grad)."""
-    return torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad
-                                        or (bias is not None and bias.requires_grad))
-
-
 def _launch_fwd_with_lse(plan_scale, q, k, v, bias, kv_counts, kv_indices):
     plan, scale = plan_scale
     return _launch_fwd(plan, q, k, v, bias, kv_counts, kv_indices, scale, True)
@@ -533,7 +588,7 @@ def triton_attention_checked(q, k, v, layout, bias=None, *, scale=None, config=N
     cfg, bcfg, plan, default_scale = entry
     scale = default_scale if scale is None else float(scale)  # resolve_scale, its default kept per signature
     if plain_eager(q, k, v, bias):  # no graph capture: launch without the op's dispatch (~0.1 ms a call)
-        if not _wants_grad(q, k, v, bias):  # inference: no LSE
+        if not wants_grad(q, k, v, bias):  # inference: no LSE
             return _launch_fwd(plan, q, k, v, bias, index[0], index[1], scale, False)[0]
         return _EagerAttention.apply(q, k, v, bias, index, (plan, scale), (
             layout.block_size, scale, bcfg.block_m, bcfg.block_n, bcfg.num_warps, bcfg.num_stages))[0]

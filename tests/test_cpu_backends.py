@@ -13,6 +13,7 @@ import dataclasses
 import gc
 import importlib.util
 import os
+import weakref
 
 import pytest
 import torch
@@ -174,9 +175,13 @@ def test_plans_die_with_their_layout():
         sparse_attention(q, k, v, lay, bias, backend="cpu")
         bucket_sparse_attention(q, k, v, lay, bias)
     assert plans.cached_layouts() > 0
-    del lay
+    # the plans themselves die too (the K^T workspace: MiBs at real sizes), not only their key
+    kt = next(v_ for x, v_ in _plans_of(lay).items() if isinstance(x, tuple) and x[0] == "kt")
+    kt_ref = weakref.ref(kt)
+    del lay, kt
     gc.collect()
     assert plans.cached_layouts() == 0
+    assert kt_ref() is None, "a layout's plans outlived it"
 
 
 # ---- layouts on another device ------------------------------------------------------------------------

@@ -411,3 +411,25 @@ def test_fused_without_autograd_reuses_its_buffer_and_stays_exact():
         outs.append(fast)
     # the first output is untouched by the later calls that reused the buffer
     assert torch.equal(outs[0], outs[2]), f"seed={seed}"
+
+
+def test_fused_eager_create_graph_goes_through_the_op_and_has_no_double_backward():
+    """With autograd an eager call runs the op's formula in an autograd.Function; under
+    ``create_graph=True`` its backward calls the registered backward op (as the op's formula
+    does): the same gradients bitwise, and differentiating them raises (the backward op has no
+    autograd formula) instead of giving silently wrong second derivatives."""
+    if not cpu_fused.available():
+        pytest.skip(cpu_fused.unavailable_reason())
+    seed = _seed()
+    lay = build_layout(pattern_for_sparsity(48, 0.5, block_size=16), 48)
+    q, k, v, bias = _inputs(1, 2, 48, 16, (1, 2, 48, 48), seed)
+    ins = [t.requires_grad_() for t in (q, k, v, bias)]
+    grad = torch.randn(1, 2, 48, 16, generator=torch.Generator().manual_seed(seed))
+    out = cpu_fused.fused_sparse_attention(*ins[:3], lay, ins[3])
+    assert type(out.grad_fn).__name__ == "CpuBlockSparseAttentionEagerBackward"
+    plain = torch.autograd.grad(out, ins, grad, retain_graph=True)
+    graphed = torch.autograd.grad(out, ins, grad, create_graph=True)
+    for name, a, b in zip(("dq", "dk", "dv", "dbias"), plain, graphed):
+        assert torch.equal(a, b), f"seed={seed}: {name} differs under create_graph"
+    with pytest.raises(RuntimeError, match="no autograd formula"):
+        torch.autograd.grad(graphed[0].sum() + graphed[3].sum(), (ins[0], ins[1]))
