@@ -77,6 +77,14 @@ class KernelConfig:
             raise ValueError(f"KernelConfig tiles {bm}x{bn} do not divide block_size={block_size}")
         return cfg
 
+    def for_backward(self, block_size: int) -> "KernelConfig":
+        """This backward config for a layout of ``block_size``: for a block under ``COARSE_BELOW``
+        with each tile dividing the block or a multiple of it, unchanged (dQ and dK/dV walk the
+        coarse index, ``kernels.coarse_index``); otherwise ``clipped_to`` the block, as before."""
+        if block_size < COARSE_BELOW and self.fits(block_size):
+            return self
+        return self.clipped_to(block_size)
+
     def to_dict(self) -> dict[str, Any]:
         """The fields as a dict; ``rows_per_cta`` only when it is not 1 (so the configs written
         before it existed read and write unchanged)."""
@@ -162,6 +170,13 @@ def fit_stages(kernel: str, elem_bytes: int, block_m: int, block_n: int, d_pad: 
     while s > 1 and shared_memory_bytes(kernel, elem_bytes, block_m, block_n, d_pad, s) > limit:
         s -= 1
     return s
+
+
+def dbias_tiles(block_m: int, block_n: int, block_size: int) -> tuple[int, int]:
+    """The tiles of the dBias kernel (a bias shared by the batch) under a backward config of
+    (block_m, block_n): clipped to the layout block. Its sum over the batch is elementwise per pair
+    (no contraction across pairs), so it walks only kept layout tiles and needs no coarse index."""
+    return min(block_m, block_size), min(block_n, block_size)
 
 
 def _fits(kernels: tuple[str, ...], cfg: KernelConfig, elem_bytes: int, d_pad: int) -> bool:

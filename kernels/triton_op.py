@@ -50,6 +50,7 @@ from .config import (
     SHARED_MEMORY_LIMIT,
     KernelConfig,
     default_backward_config,
+    dbias_tiles,
     default_forward_config,
     fit_stages,
     shared_memory_bytes,
@@ -117,10 +118,12 @@ def _stages(kernel: str, dtype: torch.dtype, block_m: int, block_n: int, head_di
 
 
 @functools.lru_cache(maxsize=512)  # per call otherwise: four shared-memory bounds in Python
-def _check_fits_on(device: torch.device, dtype: torch.dtype, D: int, cfg: KernelConfig, bcfg: KernelConfig) -> None:
+def _check_fits_on(device: torch.device, dtype: torch.dtype, D: int, cfg: KernelConfig, bcfg: KernelConfig,
+                   block_size: int) -> None:
     limit = _shared_limit(device)
     elem = _elem_bytes(dtype)
-    for kern, c in (("fwd", cfg), ("dq", bcfg), ("dkdv", bcfg), ("dbias", bcfg)):
+    dbias = KernelConfig(*dbias_tiles(bcfg.block_m, bcfg.block_n, block_size), bcfg.num_warps, bcfg.num_stages)
+    for kern, c in (("fwd", cfg), ("dq", bcfg), ("dkdv", bcfg), ("dbias", dbias)):
         need = shared_memory_bytes(kern, elem, c.block_m, c.block_n, _d_pad(D), 1)
         if need > limit:
             which = "config" if kern == "fwd" else "bwd_config"
@@ -320,10 +323,23 @@ def _launch_fwd(plan: _FwdPlan, q, k, v, bias, kv_counts, kv_indices, scale, sto
 
 
 @functools.lru_cache(maxsize=512)  # per call otherwise: three shared-memory fits in Python
-def _bwd_stages(device: torch.device, dtype: torch.dtype, block_m: int, block_n: int, D: int, num_stages: int) -> dict:
-    """The stages each backward kernel launches with (``_stages`` against the device's limit)."""
+def _bwd_stages(device: torch.device, dtype: torch.dtype, block_m: int, block_n: int, D: int, num_stages: int,
+                block_size: int) -> dict:
+    """The stages each backward kernel launches with (``_stages`` against the device's limit; dBias
+    at its block-dividing tiles, ``config.dbias_tiles``)."""
     limit = _shared_limit(device)
-    return {kern: _stages(kern, dtype, block_m, block_n, D, num_stages, limit) for kern in ("dq", "dkdv", "dbias")}
+    tiles = {"dq": (block_m, block_n), "dkdv": (block_m, block_n), "dbias": dbias_tiles(block_m, block_n, block_size)}
+    return {kern: _stages(kern, dtype, *tiles[kern], D, num_stages, limit) for kern in tiles}
+
+
+def _bwd_index(counts, indices, block_size: int, rows: int, cols: int, block_m: int):
+    """(counts, indices, bits, tile order, coarse rows) a backward kernel walks: the given compact
+    index (the layout's row index for dQ, its column index for dK/dV; bits unused) for tiles
+    dividing the block, else its cached coarse index of ``rows`` owned x ``cols`` walked blocks."""
+    if rows == 1 and cols == 1:
+        return counts, indices, indices, _tile_order(counts, block_size, block_m), counts.shape[-1]
+    c, i, bits = coarse_index(counts, indices, rows, cols)
+    return c, i, bits, _tile_order(c, rows * block_size, block_m), c.shape[-1]
 
 
 def _dbias_plan(bias: torch.Tensor, B: int, H: int, L: int, device) -> tuple[torch.Tensor, bool, list[int]]:
@@ -347,7 +363,14 @@ def _bwd_impl(do, q, k, v, out, lse, bias, kv_counts, kv_indices, q_counts, q_in
     bias_arg = bias if has_bias else q
     # backward tiles: (block_m, block_n) = (owned, walked): dQ and dBias own block_m query rows and
     # walk block_n keys; dK/dV own block_m keys and walk block_n query rows
-    stages = _bwd_stages(q.device, q.dtype, block_m, block_n, D, num_stages)
+    # tiles that are multiples of the layout block walk the coarse index (dQ: of the rows, dK/dV: of
+    # the columns, both block_m / block_size owned by block_n / block_size walked layout blocks);
+    # dBias (a bias shared by the batch) keeps block-dividing tiles (``config.dbias_tiles``)
+    stages = _bwd_stages(q.device, q.dtype, block_m, block_n, D, num_stages, block_size)
+    rb, cb = max(1, block_m // block_size), max(1, block_n // block_size)
+    dq_index = _bwd_index(kv_counts, kv_indices, block_size, rb, cb, block_m)
+    dkdv_index = _bwd_index(q_counts, q_indices, block_size, rb, cb, block_m)
+    consts = {**consts, "EVEN_L": L % max(block_size, block_m, block_n) == 0}
 
     dq, dk, dv = empty_in_order_of(q), empty_in_order_of(k), empty_in_order_of(v)
     delta = torch.empty((B, H, L), dtype=torch.float32, device=q.device)
@@ -355,9 +378,8 @@ def _bwd_impl(do, q, k, v, out, lse, bias, kv_counts, kv_indices, q_counts, q_in
     dbias = q.new_empty((0,))
     db_buf, db_in_dq, reduce_dims = _dbias_plan(bias, B, H, L, q.device) if compute_dbias else (None, False, [])
 
-    n_q_tiles = (nb * block_size) // block_m
-    n_k_tiles = (nb * block_size) // block_m
-    nb_pad = _nb_pad(nb)
+    n_tiles = (dq_index[4] * rb * block_size) // block_m  # owned query tiles = owned key tiles
+    ncols = -(-nb // cb)  # coarse walked blocks
     with _device_ctx(q):
         _attn_bwd_preprocess_kernel[(triton_cdiv(L, block_m) * B * H,)](
             out, do, delta, *_s3(out), *_s3(do), H, L, triton_cdiv(L, block_m),
@@ -365,31 +387,32 @@ def _bwd_impl(do, q, k, v, out, lse, bias, kv_counts, kv_indices, q_counts, q_in
             EVEN_L=(L % block_m == 0), EVEN_D=consts["EVEN_D"],
             num_warps=4,
         )
-        _attn_bwd_dq_kernel[(n_q_tiles * B * H,)](
+        _attn_bwd_dq_kernel[(n_tiles * B * H,)](
             q, k, v, bias_arg, do, lse, delta, dq, db_buf if db_in_dq else dq,
-            kv_counts, kv_indices,
+            *dq_index[:3],
             *_s3(q), *_s3(k), *_s3(v), *_s3(do), *_s3(dq),
             sb[0], sb[1], sb[2], sb[3],
             (H * L * L if (db_in_dq and db_buf.shape[0] > 1) else 0), L * L,
-            _tile_order(kv_counts, block_size, block_m),
-            B, H, L, nb, n_q_tiles, lhs,
+            dq_index[3],
+            B, H, L, ncols, n_tiles, lhs, dq_index[4],
             scale * LOG2E, scale,
-            BLOCK_M=block_m, BLOCK_N=block_n, NB_PAD=nb_pad, HAS_BIAS=has_bias, WRITE_DBIAS=db_in_dq,
-            num_warps=num_warps, num_stages=stages["dq"], **consts,
+            BLOCK_M=block_m, BLOCK_N=block_n, NB_PAD=_nb_pad(ncols), HAS_BIAS=has_bias, WRITE_DBIAS=db_in_dq,
+            ROW_BLOCKS=rb, COL_BLOCKS=cb, num_warps=num_warps, num_stages=stages["dq"], **consts,
         )
-        _attn_bwd_dkdv_kernel[(n_k_tiles * B * H,)](
+        _attn_bwd_dkdv_kernel[(n_tiles * B * H,)](
             q, k, v, bias_arg, do, lse, delta, dk, dv,
-            q_counts, q_indices,
+            *dkdv_index[:3],
             *_s3(q), *_s3(k), *_s3(v), *_s3(do), *_s3(dk), *_s3(dv),
             sb[0], sb[1], sb[2], sb[3],
-            _tile_order(q_counts, block_size, block_m),
-            B, H, L, nb, n_k_tiles, lhs,
+            dkdv_index[3],
+            B, H, L, ncols, n_tiles, lhs, dkdv_index[4],
             scale * LOG2E, scale,
-            BLOCK_M=block_n, BLOCK_N=block_m, NB_PAD=nb_pad, HAS_BIAS=has_bias,
-            num_warps=num_warps, num_stages=stages["dkdv"], **consts,
+            BLOCK_M=block_n, BLOCK_N=block_m, NB_PAD=_nb_pad(ncols), HAS_BIAS=has_bias,
+            ROW_BLOCKS=rb, COL_BLOCKS=cb, num_warps=num_warps, num_stages=stages["dkdv"], **consts,
         )
         if compute_dbias and not db_in_dq:
-            _attn_bwd_dbias_kernel[(n_q_tiles, nb * (block_size // block_n), H)](
+            dbm, dbn = dbias_tiles(block_m, block_n, block_size)
+            _attn_bwd_dbias_kernel[((nb * block_size) // dbm, nb * (block_size // dbn), H)](
                 q, k, v, bias, do, lse, delta, db_buf,
                 kv_counts, kv_indices,
                 *_s3(q), *_s3(k), *_s3(v), *_s3(do),
@@ -397,8 +420,8 @@ def _bwd_impl(do, q, k, v, out, lse, bias, kv_counts, kv_indices, q_counts, q_in
                 L * L,
                 B, H, L, nb, lhs,
                 scale * LOG2E,
-                BLOCK_M=block_m, BLOCK_N=block_n,
-                num_warps=num_warps, num_stages=stages["dbias"], **consts,
+                BLOCK_M=dbm, BLOCK_N=dbn,
+                num_warps=num_warps, num_stages=stages["dbias"], **{**consts, "EVEN_L": L % block_size == 0},
             )
     if compute_dbias:
         dbias = db_buf
@@ -573,7 +596,8 @@ def _launch_configs(D: int, dtype: torch.dtype, device: torch.device, runnable: 
     if any(d is not None and d != device for d in (k_device, v_device, bias_device)):
         raise ValueError("q, k, v and bias must be on the same device")
     cfg = (config if config is not None else default_forward_config(block_size, D, dtype)).for_block(block_size)
-    bcfg = (bwd_config if bwd_config is not None else default_backward_config(block_size, D, dtype)).clipped_to(block_size)
+    bcfg = (bwd_config if bwd_config is not None else default_backward_config(block_size, D, dtype)).for_backward(
+        block_size)
     if device.type == "cuda":
-        _check_fits_on(device, dtype, D, cfg, bcfg)
+        _check_fits_on(device, dtype, D, cfg, bcfg, block_size)
     return cfg, bcfg
