@@ -4,8 +4,9 @@ The layout's ``block_size`` is the sparsity granularity. A forward tile (``block
 ``block_n`` keys) either divides it, so a program walks the kept layout tiles in sub-tiles, or is a
 multiple of it, so a program walks the union of the kept tiles of block_m / block_size layout rows
 and masks, inside each coarse tile, the layout tiles that are not kept (``kernels.coarse_index``):
-a short protein's small layout block still runs 64 x 64 tiles. The backward's tiles divide the
-block (``clipped_to``). The autotuner enumerates ``candidate_configs`` and every config offered
+a short protein's small layout block still runs 64 x 64 tiles. The backward's tiles do the same
+for blocks under 64 (dQ over the row union index, dK/dV over the column union index,
+``for_backward``); from block 64 on they are clipped to the block (``clipped_to``). The autotuner enumerates ``candidate_configs`` and every config offered
 there is checked correct by the test suite.
 """
 
@@ -252,28 +253,32 @@ def spills(group: str, cfg: KernelConfig, dtype: DtypeLike, head_dim: int, block
 # buffer fewer (sm_90 compile report, benchmarks/results/compile-sm90-triton3.8.0-coarse-tiles.csv).
 COARSE_FORWARD_TILES: tuple[tuple[int, int], ...] = ((64, 32), (64, 64), (128, 64))
 COARSE_BELOW = 64  # blocks smaller than this get COARSE_FORWARD_TILES; larger blocks: dividing tiles only
+# Backward (owned, walked) tiles offered beyond those dividing the block, for layout blocks under 64:
+# dQ owns block_m query rows, dK/dV block_m keys (a multiple of the block: wgmma-sized), each walking
+# block_n of the other side over the coarse index (``KernelConfig.for_backward``)
+COARSE_BACKWARD_TILES: tuple[tuple[int, int], ...] = ((64, 16), (64, 32), (64, 64), (128, 32), (128, 64))
 
 
-def _tiles(block_size: int, coarse: bool = False):
+def _tiles(block_size: int, coarse: tuple[tuple[int, int], ...] = ()):
     for bm in KERNEL_TILES:
         for bn in KERNEL_TILES:
             if block_size % bm == 0 and block_size % bn == 0:
                 yield bm, bn
-    if coarse and block_size < COARSE_BELOW:
-        yield from COARSE_FORWARD_TILES
+    if block_size < COARSE_BELOW:
+        yield from (t for t in coarse if KernelConfig(*t).fits(block_size) and not KernelConfig(*t).divides(block_size))
 
 
 def _candidates(group: str, kernels: tuple[str, ...], block_size: int, head_dim: int | None, dtype: DtypeLike,
                 exclude_spilling: bool, owned_at_least_walked: bool) -> list[KernelConfig]:
     """Launch configs of one kernel group ("fwd" or "bwd", whose kernels are ``kernels``): tiles
-    dividing ``block_size`` (with ``owned_at_least_walked``, block_m >= block_n), for "fwd" and a
-    block under ``COARSE_BELOW`` also ``COARSE_FORWARD_TILES``, 4 or 8 warps (8
+    dividing ``block_size`` (with ``owned_at_least_walked``, block_m >= block_n), for a block under
+    ``COARSE_BELOW`` also ``COARSE_FORWARD_TILES`` ("fwd") or ``COARSE_BACKWARD_TILES`` ("bwd"), 4 or 8 warps (8
     only for tiles of at least 64 x 64), 1 to 3 stages, fitting an sm_90 block's shared memory in
     every kernel of the group and, with ``exclude_spilling``, spilling in none of them."""
     d_pad = _d_pad(head_dim if head_dim is not None else 64)
     eb = _elem_bytes(dtype)
     out = []
-    for bm, bn in _tiles(block_size, coarse=group == "fwd"):
+    for bm, bn in _tiles(block_size, COARSE_FORWARD_TILES if group == "fwd" else COARSE_BACKWARD_TILES):
         if owned_at_least_walked and bm < bn:
             continue
         for w in (4, 8):
@@ -307,7 +312,8 @@ def candidate_backward_configs(block_size: int, head_dim: int | None = None, dty
     block_m query rows and walks block_n keys and dK/dV owns block_m keys and walks block_n query
     rows (FlashAttention-2, Dao 2023: the Triton tutorial uses 128 x 32 for dQ and 32 x 128 for dK/dV,
     i.e. a large owned tile and a small walked one). Tiles dividing ``block_size`` with
-    block_m >= block_n, 4 or 8 warps, 1 to 3 stages, fitting shared memory in every backward kernel,
+    block_m >= block_n and, for a block under 64, ``COARSE_BACKWARD_TILES`` (multiples of it,
+    wgmma-sized; ``kernels.coarse_index``), 4 or 8 warps, 1 to 3 stages, fitting shared memory in every backward kernel,
     and with ``exclude_spilling`` not spilling in any of them."""
     return _candidates("bwd", BACKWARD_KERNELS, block_size, head_dim, dtype, exclude_spilling, True)
 

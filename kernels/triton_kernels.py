@@ -14,6 +14,10 @@ All kernels walk the compact layout index (see ``patterns.layout.BlockLayout``):
 * dK/dV: one program per (key tile of ``BLOCK_N`` keys, batch*head) walking the kept query blocks
   of its layout column (``q_counts`` / ``q_indices``) in sub-tiles of ``BLOCK_M`` rows, so every
   dK/dV row is owned by one program (no atomics);
+* dQ and dK/dV with coarse tiles: the same walks over the union index of the rows (dQ) or of the
+  columns (dK/dV); dS and P are 0 at pairs of layout tiles a coarse tile does not keep, and a tile
+  whose accumulated gradient is not finite is recomputed one layout tile at a time (its dots
+  multiply such a pair's 0 by a q / k / dO value a block does not keep, 0 * NaN = NaN);
 * dBias for a bias broadcast over the batch: one program per (kept tile, head) that loops over the
   batch, recomputing P and dP, and writes the summed tile once (no atomics).
 

@@ -528,7 +528,8 @@ def triton_sparse_attention(
     ``default_forward_config``: the measured winner, else the pipelined preference), tiles dividing
     ``layout.block_size`` or multiples of it (a coarse tile: ``kernels.coarse_index``); bwd_config:
     the backward's own launch config, (block_m, block_n) = (owned, walked) tile (default
-    ``default_backward_config``), clipped to the block. Every check and launch choice is computed
+    ``default_backward_config``), tiles dividing the block or, for a block under 64, multiples of it
+    (``KernelConfig.for_backward``; others are clipped to the block). Every check and launch choice is computed
     once per (shape, dtype, device, layout geometry, configs) and cached.
     """
     from .inputs import check_inputs  # the dispatcher's contract (cached per shape)
