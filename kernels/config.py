@@ -387,8 +387,14 @@ BACKWARD_PREFERENCE: tuple[KernelConfig, ...] = (
 def default_backward_config(block_size: int, head_dim: int | None = None, dtype: DtypeLike = None) -> KernelConfig:
     """The backward launch config used when none is given: the first of ``BACKWARD_PREFERENCE``
     that ``candidate_backward_configs`` offers for this block size, head dim and dtype, else the
-    first config it offers."""
+    first config it offers. On a block under 64 that is a coarse 64-row owned tile for bf16 / fp16
+    (64 x 32: dQ and dK/dV on wgmma, pipelined, no spill in the sm_90 compile report
+    benchmarks/results/compile-sm90-triton3.8.0-coarse-backward.csv); float32, whose dots run in
+    full precision (no tensor-core MMA at any tile, and most coarse float32 tiles spill in dK/dV),
+    keeps block-dividing tiles."""
     offered = candidate_backward_configs(block_size, head_dim, dtype)
+    if _elem_bytes(dtype) == 4:
+        offered = [c for c in offered if c.divides(block_size)] or offered
     for cfg in BACKWARD_PREFERENCE:
         if cfg in offered:
             return cfg

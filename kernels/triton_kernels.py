@@ -534,17 +534,18 @@ def _attn_bwd_dq_kernel(
     if COARSE:
         row_bits = tl.load(KVBits + lay_row * NB + offs_nb, mask=offs_nb < count, other=0)
     for it in range(0, count * SUB_N):
-        offs_nt = (it % SUB_N) * BLOCK_N + offs_n0
-        offs_n = _select(row_idx, offs_nb, it // SUB_N) * CB_N + offs_nt
-        keep = offs_nt  # not read unless COARSE
+        offs_n = _select(row_idx, offs_nb, it // SUB_N) * CB_N + (it % SUB_N) * BLOCK_N + offs_n0
+        keep = offs_n  # not read unless COARSE
         if COARSE:
-            keep = _tile_keep(_select(row_bits, offs_nb, it // SUB_N), offs_m, offs_nt, row, BLOCK_SIZE,
-                              ROW_BLOCKS, COL_BLOCKS)
+            keep = _tile_keep(_select(row_bits, offs_nb, it // SUB_N), offs_m, (it % SUB_N) * BLOCK_N + offs_n0, row,
+                              BLOCK_SIZE, ROW_BLOCKS, COL_BLOCKS)
         dq = _dq_step(dq, q, do, lse, delta, dead, k_base, v_base, stride_kn, stride_vn, bias_base, stride_bias_n,
                       db_base, offs_m, offs_n, offs_d, L, qk_scale, keep, HEAD_DIM, HAS_BIAS, WRITE_DBIAS, EVEN_L,
                       EVEN_D, PREC, COARSE)
 
-    bad = _nonfinite(dq)  # not read unless COARSE
+    bad = 0
+    if COARSE:
+        bad = _nonfinite(dq)
     # a row that accumulated nothing (dead, or no kept key) keeps dq = 0 even for scale = NaN / inf
     dq = tl.where(dq == 0.0, 0.0, dq * sm_scale)
     _store_rows(DQ + b64 * stride_dqb + h64 * stride_dqh + offs_m[:, None] * stride_dqm + offs_d[None, :],
@@ -692,17 +693,18 @@ def _attn_bwd_dkdv_kernel(
     if COARSE:
         col_bits = tl.load(QBits + lay_col * NB + offs_nb, mask=offs_nb < count, other=0)
     for it in range(0, count * SUB_M):
-        offs_mt = (it % SUB_M) * BLOCK_M + offs_m0
-        offs_m = _select(col_idx, offs_nb, it // SUB_M) * CB_M + offs_mt
-        keep = offs_mt  # not read unless COARSE
+        offs_m = _select(col_idx, offs_nb, it // SUB_M) * CB_M + (it % SUB_M) * BLOCK_M + offs_m0
+        keep = offs_m  # not read unless COARSE
         if COARSE:
-            keep = _tile_keep(_select(col_bits, offs_nb, it // SUB_M), offs_n, offs_mt, col, BLOCK_SIZE,
-                              ROW_BLOCKS, COL_BLOCKS)
+            keep = _tile_keep(_select(col_bits, offs_nb, it // SUB_M), offs_n, (it % SUB_M) * BLOCK_M + offs_m0, col,
+                              BLOCK_SIZE, ROW_BLOCKS, COL_BLOCKS)
         dk, dv = _dkdv_step(dk, dv, k, v, q_base, do_base, stride_qm, stride_dom, lse_base, delta_base, bias_base,
                             stride_bias_m, offs_n, offs_m, offs_d, L, qk_scale, keep, HEAD_DIM, HAS_BIAS, EVEN_L,
                             EVEN_D, PREC, COARSE)
 
-    bad = tl.maximum(_nonfinite(dk), _nonfinite(dv))  # not read unless COARSE
+    bad = 0
+    if COARSE:
+        bad = tl.maximum(_nonfinite(dk), _nonfinite(dv))
     _dkdv_store(DK + b64 * stride_dkb + h64 * stride_dkh, DV + b64 * stride_dvb + h64 * stride_dvh, dk, dv,
                 stride_dkn, stride_dvn, offs_n, offs_d, L, sm_scale, HEAD_DIM, EVEN_L, EVEN_D)
     if COARSE:

@@ -406,14 +406,14 @@ BWD_POISONS = [
     "v_nan_in_a_tile_one_row_block_keeps",
     "bias_nan_in_and_outside_the_layout", "bias_plus_inf",
 ]
-QUICK_POISONS = {("k_nan_in_a_tile_one_row_block_keeps", (32, 32)),
-                 ("grad_nan_in_a_row_one_key_block_does_not_keep", (64, 16))}
+QUICK_POISONS = {("k_nan_in_a_tile_one_row_block_keeps", (32, 32), 1),
+                 ("grad_nan_in_a_row_one_key_block_does_not_keep", (64, 16), NF_B)}
 
 
-@pytest.mark.parametrize("what,tiles", [
-    pytest.param(w, t, marks=() if (w, t) in QUICK_POISONS else pytest.mark.slow)
-    for w in BWD_POISONS for t in ((32, 32), (64, 16))])
-def test_non_finite_values_in_coarse_backward_tiles_match_the_row_oracle(what, tiles):
+@pytest.mark.parametrize("what,tiles,bias_batch", [
+    pytest.param(w, t, bb, marks=() if (w, t, bb) in QUICK_POISONS else pytest.mark.slow)
+    for w in BWD_POISONS for t in ((32, 32), (64, 16)) for bb in (1, NF_B)])
+def test_non_finite_values_in_coarse_backward_tiles_match_the_row_oracle(what, tiles, bias_batch):
     """A NaN / inf in q, k, v, the output gradient or the bias reaches the gradients of exactly the
     rows and keys that compute it (the per-row oracle of tests/test_triton_nonfinite.py, which
     evaluates the reference's semantics; the dense reference's own autograd would spread a NaN of
@@ -423,21 +423,20 @@ def test_non_finite_values_in_coarse_backward_tiles_match_the_row_oracle(what, t
     layouts: batch-shared (the dBias kernel) and per batch (dBias written by dQ)."""
     seed = _seed()
     lay = _nf_layout()
-    for bias_batch in (1, NF_B):
-        q, k, v = (torch.randn(NF_B, NF_H, NF_L, NF_D, device=DEVICE) for _ in range(3))
-        bias = torch.randn(bias_batch, NF_H, NF_L, NF_L, device=DEVICE)
-        g = torch.randn(NF_B, NF_H, NF_L, NF_D, device=DEVICE)
-        _bwd_poison(q, k, v, bias, g, what)
-        leaves = [t.requires_grad_() for t in (q, k, v, bias)]
-        out = triton_sparse_attention(q, k, v, lay, bias, config=KernelConfig(*tiles, 4, 3),
-                                      bwd_config=KernelConfig(*tiles, 4, 3))
-        got = torch.autograd.grad(out, leaves, g)
-        ref_in = [t.detach().double().requires_grad_() for t in (q, k, v, bias)]
-        ref = row_oracle(*ref_in[:3], lay, ref_in[3], 1.0 / math.sqrt(NF_D))
-        want = torch.autograd.grad(ref, ref_in, g.double())
-        for name, a, b in zip(("out", "dq", "dk", "dv", "dbias"), (out, *got), (ref, *want)):
-            torch.testing.assert_close(a.double(), b.detach(), atol=1e-3, rtol=1e-3, equal_nan=True,
-                                       msg=lambda m: f"{name} {what} {tiles} bias batch {bias_batch} (seed={seed}): {m}")
+    q, k, v = (torch.randn(NF_B, NF_H, NF_L, NF_D, device=DEVICE) for _ in range(3))
+    bias = torch.randn(bias_batch, NF_H, NF_L, NF_L, device=DEVICE)
+    g = torch.randn(NF_B, NF_H, NF_L, NF_D, device=DEVICE)
+    _bwd_poison(q, k, v, bias, g, what)
+    leaves = [t.requires_grad_() for t in (q, k, v, bias)]
+    out = triton_sparse_attention(q, k, v, lay, bias, config=KernelConfig(*tiles, 4, 3),
+                                  bwd_config=KernelConfig(*tiles, 4, 3))
+    got = torch.autograd.grad(out, leaves, g)
+    ref_in = [t.detach().double().requires_grad_() for t in (q, k, v, bias)]
+    ref = row_oracle(*ref_in[:3], lay, ref_in[3], 1.0 / math.sqrt(NF_D))
+    want = torch.autograd.grad(ref, ref_in, g.double())
+    for name, a, b in zip(("out", "dq", "dk", "dv", "dbias"), (out, *got), (ref, *want)):
+        torch.testing.assert_close(a.double(), b.detach(), atol=1e-3, rtol=1e-3, equal_nan=True,
+                                   msg=lambda m: f"{name} {what} {tiles} bias batch {bias_batch} (seed={seed}): {m}")
 
 
 def test_rows_and_keys_no_layout_tile_keeps_get_zero_gradients_under_coarse_tiles():
@@ -463,22 +462,55 @@ def test_rows_and_keys_no_layout_tile_keeps_get_zero_gradients_under_coarse_tile
 
 
 def test_small_blocks_default_to_coarse_backward_tiles_and_large_blocks_are_unchanged():
-    """Blocks 16 and 32 train on a 64-row owned tile (wgmma-sized; the sm_90 compile report
-    benchmarks/results/compile-sm90-triton3.8.0-coarse-backward.csv); blocks 64 and 128 offer
-    block-dividing backward tiles only."""
+    """Blocks 16 and 32 train bf16 / fp16 on a 64-row owned tile (wgmma-sized; the sm_90 compile
+    report benchmarks/results/compile-sm90-triton3.8.0-coarse-backward.csv), float32 (no tensor-core
+    MMA) on block-dividing tiles; blocks 64 and 128 offer block-dividing backward tiles only."""
     for bs in (16, 32):
-        for dtype in (torch.bfloat16, torch.float16, torch.float32):
-            cfg = default_backward_config(bs, 32, dtype)
-            assert cfg.block_m == 64 and not cfg.divides(bs) and cfg.fits(bs), (bs, dtype, cfg)
+        for d in (32, 64):
+            for dtype in (torch.bfloat16, torch.float16):
+                cfg = default_backward_config(bs, d, dtype)
+                assert cfg.block_m == 64 and not cfg.divides(bs) and cfg.fits(bs), (bs, d, dtype, cfg)
+            assert default_backward_config(bs, d, torch.float32).divides(bs)
     for bs in (64, 128):
         assert all(c.divides(bs) for c in candidate_backward_configs(bs, 32, torch.bfloat16))
     assert any(not c.divides(16) for c in candidate_backward_configs(16, 32, torch.bfloat16))
 
 
-def test_the_default_backward_at_block_32_is_coarse_and_exact():
+def test_the_default_backward_at_block_32_is_exact_float16():
+    """The default configs at block 32 (coarse forward and backward tiles for float16), through
+    sparse_attention, against the reference."""
     seed = _seed()
     L, H = 90, 2
     lay = _random_layout(L, 32, H)
-    q, k, v = (torch.randn(2, H, L, 16, device=DEVICE) for _ in range(3))
+    q, k, v = (torch.randn(2, H, L, 16, device=DEVICE, dtype=torch.float16) for _ in range(3))
     assert not default_backward_config(32, 16, q.dtype).divides(32)
-    _check(q, k, v, lay, torch.randn(1, H, L, L, device=DEVICE), None, seed)
+    _check(q, k, v, lay, torch.randn(1, H, L, L, device=DEVICE, dtype=torch.float16), None, seed)
+
+
+@pytest.mark.slow
+def test_block_32_default_backward_compiles_to_pipelined_wgmma(tmp_path):
+    """Offline sm_90 compile of the block-32 default backward (bf16, head dims 32 and 64, L = 4096
+    and the ragged 4000): dQ and dK/dV on coarse 64-row tiles with wgmma, loads in flight across
+    iterations, no spill; dBias at its block-dividing tiles, no spill."""
+    import csv
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    out = tmp_path / "bwd32.csv"
+    res = subprocess.run(
+        [sys.executable, "-m", "kernels.compile_report", "--configs", "defaults", "--kernels", "dq,dkdv,dbias",
+         "--dtypes", "bfloat16", "--head-dims", "32,64", "--block-size", "32", "--ragged", "--out", str(out)],
+        cwd=Path(__file__).resolve().parent.parent, env=env, capture_output=True, text=True, timeout=600,
+    )
+    assert res.returncode == 0, res.stderr[-2000:]
+    with open(out, newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 12
+    for r in rows:
+        assert not r["error"] and (r["block_m"], r["block_n"]) == ("64", "32"), r
+        assert int(r["spill_stores"]) == 0 and int(r["shared_estimate"]) >= int(r["shared_bytes"]), r
+        assert int(r["async_wait_max"]) > 0, r
+        if r["kernel"] != "dbias":
+            assert int(r["wgmma"]) > 0 and int(r["kv_buffers"]) == 3, r
