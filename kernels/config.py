@@ -228,7 +228,19 @@ SPILLING: dict[tuple[str, str, int], frozenset[tuple[int, int, int, int]]] = {
 # forward candidate at blocks 16 and 32 (bf16 and float32, head dims 32 and 64, L = 4096; Triton
 # 3.8: benchmarks/results/compile-sm90-triton3.8.0-coarse-tiles.csv). Kept apart so that the
 # candidates of blocks >= 64 stay those of SPILLING.
+# The "bwd" entries: the compile report of every backward candidate at blocks 16 and 32 (dQ and
+# dK/dV on coarse tiles where block_m exceeds the block, dBias at its dividing tiles; bf16 and
+# float32, head dims 32 and 64, L = 4096, block 32 also the ragged 4000; Triton 3.8:
+# benchmarks/results/compile-sm90-triton3.8.0-coarse-backward.csv), the configs not already in SPILLING.
 SPILLING_SMALL_BLOCK: dict[tuple[str, str, int], frozenset[tuple[int, int, int, int]]] = {
+    ("bwd", "16", 32): frozenset([(16, 16, 4, 3), (128, 64, 4, 2), (128, 64, 4, 3)]),
+    ("bwd", "16", 64): frozenset([(128, 32, 4, 1), (128, 32, 4, 3), (128, 64, 4, 1), (128, 64, 4, 2), (128, 64, 4, 3)]),
+    ("bwd", "32", 32): frozenset([(32, 16, 4, 3), (64, 32, 4, 1), (64, 32, 4, 2), (64, 32, 4, 3), (64, 64, 4, 2),
+                                  (64, 64, 4, 3), (64, 64, 8, 2), (128, 32, 4, 1), (128, 32, 4, 2), (128, 32, 4, 3),
+                                  (128, 32, 8, 1), (128, 32, 8, 2), (128, 32, 8, 3), (128, 64, 4, 1), (128, 64, 4, 2),
+                                  (128, 64, 4, 3), (128, 64, 8, 1), (128, 64, 8, 2), (128, 64, 8, 3)]),
+    ("bwd", "32", 64): frozenset([(32, 16, 4, 3), (32, 32, 4, 1), (32, 32, 4, 2), (64, 16, 4, 1), (64, 16, 4, 2),
+                                  (64, 16, 4, 3)]),
     ("fwd", "16", 64): frozenset([(128, 64, 4, 1)]),
     ("fwd", "32", 32): frozenset([(64, 64, 4, 2), (64, 64, 4, 3), (128, 64, 4, 1), (128, 64, 8, 1), (128, 64, 8, 2),
                                   (128, 64, 8, 3)]),
