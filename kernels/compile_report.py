@@ -4,8 +4,8 @@ Compiles every kernel of the block-sparse attention (forward; backward dQ, dK/dV
 gradient of a batch-shared bias) for ``GPUTarget("cuda", 90, 32)`` (H100 / H200) with the installed
 Triton, on a machine without a GPU, for each launch config the autotuner may try
 (``candidate_configs`` for the forward, ``candidate_backward_configs`` for the backward), dtype and
-head dim (a forward tile larger than the layout block compiles the coarse-tile kernel,
-``kernels.coarse_index``), and records what the compiled artifacts say:
+head dim (a forward, dQ or dK/dV tile larger than the layout block compiles the coarse-tile
+kernel, ``kernels.coarse_index``; dBias compiles at its block-dividing tiles), and records what the compiled artifacts say:
 
 * ``registers``, ``spill_stores`` / ``spill_loads`` (bytes): ``ptxas -v`` on the kernel's PTX for
   sm_90a (the ptxas that ships in the Triton wheel);

@@ -9,7 +9,10 @@ Ops (namespace ``sparse_autotune``):
   q_indices, block_size, scale, block_m, block_n, num_warps, num_stages, compute_dbias)
   -> (dq, dk, dv, dbias)``, launched with the backward's own config: (block_m, block_n) is the
   (owned, walked) tile, i.e. dQ owns block_m queries and walks block_n keys, dK/dV owns block_m
-  keys and walks block_n queries (the FlashAttention-2 tutorial's 128x32 / 32x128 split).
+  keys and walks block_n queries (the FlashAttention-2 tutorial's 128x32 / 32x128 split). On a
+  layout block under 64 the tiles may be multiples of the block: dQ walks the coarse index of the
+  rows, dK/dV that of the columns (``kernels.coarse_index``); the dBias kernel keeps tiles
+  clipped to the block (``kernels.config.dbias_tiles``).
 
 q, k, v are [B, H, L, D]; ``bias`` is None or a 4-d tensor whose every dimension is 1 or the full
 size of [B, H, L, L] (the entry point adds the leading dimensions); ``lse`` is float32 [B, H, L] in

@@ -2,8 +2,9 @@
 tile of r layout row blocks walks the union of their kept key blocks and masks, inside the tile,
 the layout tiles that are not kept. Checked against the float64 reference on fresh random inputs
 (ragged L, pair bias, per-head layouts with empty rows, float32 / float16, NaN / inf), with the
-gradients of the backward (which keeps its own block-dividing tiles), under the Triton interpreter
-on a CPU. Every test prints the seed it drew on failure.
+gradients; and the backward's own coarse tiles (dQ owning several layout row blocks, dK/dV several
+key blocks, over the union index of the rows / of the columns), under the Triton interpreter on a
+CPU. Every test prints the seed it drew on failure.
 """
 
 from __future__ import annotations
