@@ -4,8 +4,8 @@ Compiles every kernel of the block-sparse attention (forward; backward dQ, dK/dV
 gradient of a batch-shared bias) for ``GPUTarget("cuda", 90, 32)`` (H100 / H200) with the installed
 Triton, on a machine without a GPU, for each launch config the autotuner may try
 (``candidate_configs`` for the forward, ``candidate_backward_configs`` for the backward), dtype and
-head dim (a forward tile larger than the layout block compiles the coarse-tile kernel,
-``kernels.coarse_index``), and records what the compiled artifacts say:
+head dim (a forward, dQ or dK/dV tile larger than the layout block compiles the coarse-tile
+kernel, ``kernels.coarse_index``; dBias compiles at its block-dividing tiles), and records what the compiled artifacts say:
 
 * ``registers``, ``spill_stores`` / ``spill_loads`` (bytes): ``ptxas -v`` on the kernel's PTX for
   sm_90a (the ptxas that ships in the Triton wheel);
@@ -117,6 +117,7 @@ def _ptxas() -> str:
 def _kernel_args(job: CompileJob) -> tuple[object, dict[str, object], dict[str, object], str]:
     """(jit function, example runtime arguments by name, constexprs by name, kernel tile role)."""
     from . import triton_kernels as tk  # noqa: PLC0415
+    from .config import dbias_tiles  # noqa: PLC0415
     from .triton_op import _d_pad, _nb_pad, _prec  # noqa: PLC0415
     import torch  # noqa: PLC0415
 
@@ -131,7 +132,7 @@ def _kernel_args(job: CompileJob) -> tuple[object, dict[str, object], dict[str, 
     ptr = {n: f"*{dt}" for n in ("Q", "K", "V", "Bias", "Out", "DO", "DQ", "DK", "DV", "DBias")}
     ptr.update({n: "*fp32" for n in ("Lse", "Delta")})
     ptr.update({n: "*i32" for n in ("KVCounts", "KVIndices", "QCounts", "QIndices", "TileOrder")})
-    ptr["KVBits"] = "*i64"  # the coarse tiles' bitmasks (read only by a forward tile larger than the block)
+    ptr["KVBits"] = ptr["QBits"] = "*i64"  # the coarse tiles' bitmasks (read only by tiles larger than the block)
     # bias [1, H, L, L] shared by the batch
     ints: dict[str, int] = {}
     # q, k, v, o and their gradients as the EvoFormer modules produce them: [B, L, H, D] memory read
@@ -153,17 +154,24 @@ def _kernel_args(job: CompileJob) -> tuple[object, dict[str, object], dict[str, 
                      ROWS_PER_CTA=job.rows_per_cta, ROW_BLOCKS=rb, COL_BLOCKS=cb)
         common["EVEN_L"] = L % max(bs, job.block_m, job.block_n) == 0
         ints.update(N_TILES=nr * rb * bs // job.block_m, NB=nc, NB_ROWS=nr)
-    elif job.kernel == "dq":
-        fn = tk._attn_bwd_dq_kernel
-        const = dict(BLOCK_M=job.block_m, BLOCK_N=job.block_n, NB_PAD=_nb_pad(nb), HAS_BIAS=True, WRITE_DBIAS=False)
-        ints["N_TILES"] = nb * bs // job.block_m
-    elif job.kernel == "dkdv":
-        fn = tk._attn_bwd_dkdv_kernel  # (owned, walked) = (keys, queries)
-        const = dict(BLOCK_M=job.block_n, BLOCK_N=job.block_m, NB_PAD=_nb_pad(nb), HAS_BIAS=True)
-        ints["N_TILES"] = nb * bs // job.block_m
+    elif job.kernel in ("dq", "dkdv"):
+        # (owned, walked) = (queries, keys) for dQ, (keys, queries) for dK/dV; tiles larger than the
+        # block walk the coarse index (of the rows for dQ, of the columns for dK/dV)
+        rb, cb = max(1, job.block_m // bs), max(1, job.block_n // bs)
+        nr, nc = -(-nb // rb), -(-nb // cb)
+        const = dict(NB_PAD=_nb_pad(nc), HAS_BIAS=True, ROW_BLOCKS=rb, COL_BLOCKS=cb)
+        if job.kernel == "dq":
+            fn = tk._attn_bwd_dq_kernel
+            const.update(BLOCK_M=job.block_m, BLOCK_N=job.block_n, WRITE_DBIAS=False)
+        else:
+            fn = tk._attn_bwd_dkdv_kernel
+            const.update(BLOCK_M=job.block_n, BLOCK_N=job.block_m)
+        common["EVEN_L"] = L % max(bs, job.block_m, job.block_n) == 0
+        ints.update(N_TILES=nr * rb * bs // job.block_m, NB=nc, NB_ROWS=nr)
     elif job.kernel == "dbias":
-        fn = tk._attn_bwd_dbias_kernel
-        const = dict(BLOCK_M=job.block_m, BLOCK_N=job.block_n)
+        fn = tk._attn_bwd_dbias_kernel  # block-dividing tiles (config.dbias_tiles)
+        bm, bn = dbias_tiles(job.block_m, job.block_n, bs)
+        const = dict(BLOCK_M=bm, BLOCK_N=bn)
     else:
         raise ValueError(f"unknown kernel {job.kernel!r}; choose from {list(KERNELS)}")
     const.update(common)
@@ -187,17 +195,19 @@ def _compile(job: CompileJob) -> CompileResult:
     from triton.backends.compiler import GPUTarget  # noqa: PLC0415
     from triton.compiler import ASTSource  # noqa: PLC0415
 
-    from .config import fit_stages, shared_memory_bytes  # noqa: PLC0415
+    from .config import dbias_tiles, fit_stages, shared_memory_bytes  # noqa: PLC0415
     from .triton_op import _d_pad  # noqa: PLC0415
 
     eb = 4 if job.dtype == "float32" else 2
     d_pad = _d_pad(job.head_dim)
-    stages = fit_stages(job.kernel, eb, job.block_m, job.block_n, d_pad, job.num_stages)
+    tiles = (dbias_tiles(job.block_m, job.block_n, job.block_size) if job.kernel == "dbias"
+             else (job.block_m, job.block_n))  # the tiles launched
+    stages = fit_stages(job.kernel, eb, *tiles, d_pad, job.num_stages)
     res = CompileResult(
         triton=triton.__version__, target="cuda:90", kernel=job.kernel, dtype=job.dtype, head_dim=job.head_dim,
         d_pad=d_pad, block_size=job.block_size, L=job.L, block_m=job.block_m, block_n=job.block_n,
         num_warps=job.num_warps, num_stages=job.num_stages, stages_launched=stages, rows_per_cta=job.rows_per_cta,
-        shared_estimate=shared_memory_bytes(job.kernel, eb, job.block_m, job.block_n, d_pad, stages),
+        shared_estimate=shared_memory_bytes(job.kernel, eb, *tiles, d_pad, stages),
     )
     t0 = time.perf_counter()
     try:
@@ -276,7 +286,8 @@ def jobs_for(kernels: list[str], dtypes: list[str], head_dims: list[int], block_
                 if which == "all":  # every tile / warps / stages combination, unfiltered (calibration)
                     cfgs = [KernelConfig(bm, bn, w, s) for bm in KERNEL_TILES for bn in KERNEL_TILES
                             if (KernelConfig(bm, bn).fits(block_size) if kern == "fwd"
-                                else KernelConfig(bm, bn).divides(block_size) and bm >= bn)
+                                else KernelConfig(bm, bn).for_backward(block_size) == KernelConfig(bm, bn)
+                                and bm >= bn)
                             for w in (4, 8) if w == 4 or bm * bn >= 64 * 64 for s in (1, 2, 3)]
                 elif which == "defaults":
                     cfgs = [default_forward_config(block_size, d, tdt) if kern == "fwd"

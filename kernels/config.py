@@ -4,8 +4,9 @@ The layout's ``block_size`` is the sparsity granularity. A forward tile (``block
 ``block_n`` keys) either divides it, so a program walks the kept layout tiles in sub-tiles, or is a
 multiple of it, so a program walks the union of the kept tiles of block_m / block_size layout rows
 and masks, inside each coarse tile, the layout tiles that are not kept (``kernels.coarse_index``):
-a short protein's small layout block still runs 64 x 64 tiles. The backward's tiles divide the
-block (``clipped_to``). The autotuner enumerates ``candidate_configs`` and every config offered
+a short protein's small layout block still runs 64 x 64 tiles. The backward's tiles do the same
+for blocks under 64 (dQ over the row union index, dK/dV over the column union index,
+``for_backward``); from block 64 on they are clipped to the block (``clipped_to``). The autotuner enumerates ``candidate_configs`` and every config offered
 there is checked correct by the test suite.
 """
 
@@ -76,6 +77,14 @@ class KernelConfig:
         if not cfg.divides(block_size):
             raise ValueError(f"KernelConfig tiles {bm}x{bn} do not divide block_size={block_size}")
         return cfg
+
+    def for_backward(self, block_size: int) -> "KernelConfig":
+        """This backward config for a layout of ``block_size``: for a block under ``COARSE_BELOW``
+        with each tile dividing the block or a multiple of it, unchanged (dQ and dK/dV walk the
+        coarse index, ``kernels.coarse_index``); otherwise ``clipped_to`` the block, as before."""
+        if block_size < COARSE_BELOW and self.fits(block_size):
+            return self
+        return self.clipped_to(block_size)
 
     def to_dict(self) -> dict[str, Any]:
         """The fields as a dict; ``rows_per_cta`` only when it is not 1 (so the configs written
@@ -164,6 +173,13 @@ def fit_stages(kernel: str, elem_bytes: int, block_m: int, block_n: int, d_pad: 
     return s
 
 
+def dbias_tiles(block_m: int, block_n: int, block_size: int) -> tuple[int, int]:
+    """The tiles of the dBias kernel (a bias shared by the batch) under a backward config of
+    (block_m, block_n): clipped to the layout block. Its sum over the batch is elementwise per pair
+    (no contraction across pairs), so it walks only kept layout tiles and needs no coarse index."""
+    return min(block_m, block_size), min(block_n, block_size)
+
+
 def _fits(kernels: tuple[str, ...], cfg: KernelConfig, elem_bytes: int, d_pad: int) -> bool:
     return all(shared_memory_bytes(k, elem_bytes, cfg.block_m, cfg.block_n, d_pad, cfg.num_stages) <= SHARED_MEMORY_LIMIT
                for k in kernels)
@@ -212,7 +228,19 @@ SPILLING: dict[tuple[str, str, int], frozenset[tuple[int, int, int, int]]] = {
 # forward candidate at blocks 16 and 32 (bf16 and float32, head dims 32 and 64, L = 4096; Triton
 # 3.8: benchmarks/results/compile-sm90-triton3.8.0-coarse-tiles.csv). Kept apart so that the
 # candidates of blocks >= 64 stay those of SPILLING.
+# The "bwd" entries: the compile report of every backward candidate at blocks 16 and 32 (dQ and
+# dK/dV on coarse tiles where block_m exceeds the block, dBias at its dividing tiles; bf16 and
+# float32, head dims 32 and 64, L = 4096, block 32 also the ragged 4000; Triton 3.8:
+# benchmarks/results/compile-sm90-triton3.8.0-coarse-backward.csv), the configs not already in SPILLING.
 SPILLING_SMALL_BLOCK: dict[tuple[str, str, int], frozenset[tuple[int, int, int, int]]] = {
+    ("bwd", "16", 32): frozenset([(16, 16, 4, 3), (128, 64, 4, 2), (128, 64, 4, 3)]),
+    ("bwd", "16", 64): frozenset([(128, 32, 4, 1), (128, 32, 4, 3), (128, 64, 4, 1), (128, 64, 4, 2), (128, 64, 4, 3)]),
+    ("bwd", "32", 32): frozenset([(32, 16, 4, 3), (64, 32, 4, 1), (64, 32, 4, 2), (64, 32, 4, 3), (64, 64, 4, 2),
+                                  (64, 64, 4, 3), (64, 64, 8, 2), (128, 32, 4, 1), (128, 32, 4, 2), (128, 32, 4, 3),
+                                  (128, 32, 8, 1), (128, 32, 8, 2), (128, 32, 8, 3), (128, 64, 4, 1), (128, 64, 4, 2),
+                                  (128, 64, 4, 3), (128, 64, 8, 1), (128, 64, 8, 2), (128, 64, 8, 3)]),
+    ("bwd", "32", 64): frozenset([(32, 16, 4, 3), (32, 32, 4, 1), (32, 32, 4, 2), (64, 16, 4, 1), (64, 16, 4, 2),
+                                  (64, 16, 4, 3)]),
     ("fwd", "16", 64): frozenset([(128, 64, 4, 1)]),
     ("fwd", "32", 32): frozenset([(64, 64, 4, 2), (64, 64, 4, 3), (128, 64, 4, 1), (128, 64, 8, 1), (128, 64, 8, 2),
                                   (128, 64, 8, 3)]),
@@ -237,28 +265,32 @@ def spills(group: str, cfg: KernelConfig, dtype: DtypeLike, head_dim: int, block
 # buffer fewer (sm_90 compile report, benchmarks/results/compile-sm90-triton3.8.0-coarse-tiles.csv).
 COARSE_FORWARD_TILES: tuple[tuple[int, int], ...] = ((64, 32), (64, 64), (128, 64))
 COARSE_BELOW = 64  # blocks smaller than this get COARSE_FORWARD_TILES; larger blocks: dividing tiles only
+# Backward (owned, walked) tiles offered beyond those dividing the block, for layout blocks under 64:
+# dQ owns block_m query rows, dK/dV block_m keys (a multiple of the block: wgmma-sized), each walking
+# block_n of the other side over the coarse index (``KernelConfig.for_backward``)
+COARSE_BACKWARD_TILES: tuple[tuple[int, int], ...] = ((64, 16), (64, 32), (64, 64), (128, 32), (128, 64))
 
 
-def _tiles(block_size: int, coarse: bool = False):
+def _tiles(block_size: int, coarse: tuple[tuple[int, int], ...] = ()):
     for bm in KERNEL_TILES:
         for bn in KERNEL_TILES:
             if block_size % bm == 0 and block_size % bn == 0:
                 yield bm, bn
-    if coarse and block_size < COARSE_BELOW:
-        yield from COARSE_FORWARD_TILES
+    if block_size < COARSE_BELOW:
+        yield from (t for t in coarse if KernelConfig(*t).fits(block_size) and not KernelConfig(*t).divides(block_size))
 
 
 def _candidates(group: str, kernels: tuple[str, ...], block_size: int, head_dim: int | None, dtype: DtypeLike,
                 exclude_spilling: bool, owned_at_least_walked: bool) -> list[KernelConfig]:
     """Launch configs of one kernel group ("fwd" or "bwd", whose kernels are ``kernels``): tiles
-    dividing ``block_size`` (with ``owned_at_least_walked``, block_m >= block_n), for "fwd" and a
-    block under ``COARSE_BELOW`` also ``COARSE_FORWARD_TILES``, 4 or 8 warps (8
+    dividing ``block_size`` (with ``owned_at_least_walked``, block_m >= block_n), for a block under
+    ``COARSE_BELOW`` also ``COARSE_FORWARD_TILES`` ("fwd") or ``COARSE_BACKWARD_TILES`` ("bwd"), 4 or 8 warps (8
     only for tiles of at least 64 x 64), 1 to 3 stages, fitting an sm_90 block's shared memory in
     every kernel of the group and, with ``exclude_spilling``, spilling in none of them."""
     d_pad = _d_pad(head_dim if head_dim is not None else 64)
     eb = _elem_bytes(dtype)
     out = []
-    for bm, bn in _tiles(block_size, coarse=group == "fwd"):
+    for bm, bn in _tiles(block_size, COARSE_FORWARD_TILES if group == "fwd" else COARSE_BACKWARD_TILES):
         if owned_at_least_walked and bm < bn:
             continue
         for w in (4, 8):
@@ -292,7 +324,8 @@ def candidate_backward_configs(block_size: int, head_dim: int | None = None, dty
     block_m query rows and walks block_n keys and dK/dV owns block_m keys and walks block_n query
     rows (FlashAttention-2, Dao 2023: the Triton tutorial uses 128 x 32 for dQ and 32 x 128 for dK/dV,
     i.e. a large owned tile and a small walked one). Tiles dividing ``block_size`` with
-    block_m >= block_n, 4 or 8 warps, 1 to 3 stages, fitting shared memory in every backward kernel,
+    block_m >= block_n and, for a block under 64, ``COARSE_BACKWARD_TILES`` (multiples of it,
+    wgmma-sized; ``kernels.coarse_index``), 4 or 8 warps, 1 to 3 stages, fitting shared memory in every backward kernel,
     and with ``exclude_spilling`` not spilling in any of them."""
     return _candidates("bwd", BACKWARD_KERNELS, block_size, head_dim, dtype, exclude_spilling, True)
 
@@ -366,8 +399,14 @@ BACKWARD_PREFERENCE: tuple[KernelConfig, ...] = (
 def default_backward_config(block_size: int, head_dim: int | None = None, dtype: DtypeLike = None) -> KernelConfig:
     """The backward launch config used when none is given: the first of ``BACKWARD_PREFERENCE``
     that ``candidate_backward_configs`` offers for this block size, head dim and dtype, else the
-    first config it offers."""
+    first config it offers. On a block under 64 that is a coarse 64-row owned tile for bf16 / fp16
+    (64 x 32: dQ and dK/dV on wgmma, pipelined, no spill in the sm_90 compile report
+    benchmarks/results/compile-sm90-triton3.8.0-coarse-backward.csv); float32, whose dots run in
+    full precision (no tensor-core MMA at any tile, and most coarse float32 tiles spill in dK/dV),
+    keeps block-dividing tiles."""
     offered = candidate_backward_configs(block_size, head_dim, dtype)
+    if _elem_bytes(dtype) == 4:
+        offered = [c for c in offered if c.divides(block_size)] or offered
     for cfg in BACKWARD_PREFERENCE:
         if cfg in offered:
             return cfg

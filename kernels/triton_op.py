@@ -9,7 +9,10 @@ Ops (namespace ``sparse_autotune``):
   q_indices, block_size, scale, block_m, block_n, num_warps, num_stages, compute_dbias)
   -> (dq, dk, dv, dbias)``, launched with the backward's own config: (block_m, block_n) is the
   (owned, walked) tile, i.e. dQ owns block_m queries and walks block_n keys, dK/dV owns block_m
-  keys and walks block_n queries (the FlashAttention-2 tutorial's 128x32 / 32x128 split).
+  keys and walks block_n queries (the FlashAttention-2 tutorial's 128x32 / 32x128 split). On a
+  layout block under 64 the tiles may be multiples of the block: dQ walks the coarse index of the
+  rows, dK/dV that of the columns (``kernels.coarse_index``); the dBias kernel keeps tiles
+  clipped to the block (``kernels.config.dbias_tiles``).
 
 q, k, v are [B, H, L, D]; ``bias`` is None or a 4-d tensor whose every dimension is 1 or the full
 size of [B, H, L, L] (the entry point adds the leading dimensions); ``lse`` is float32 [B, H, L] in
@@ -50,6 +53,7 @@ from .config import (
     SHARED_MEMORY_LIMIT,
     KernelConfig,
     default_backward_config,
+    dbias_tiles,
     default_forward_config,
     fit_stages,
     shared_memory_bytes,
@@ -118,10 +122,12 @@ def _stages(kernel: str, dtype: torch.dtype, block_m: int, block_n: int, head_di
 
 
 @functools.lru_cache(maxsize=512)  # per call otherwise: four shared-memory bounds in Python
-def _check_fits_on(device: torch.device, dtype: torch.dtype, D: int, cfg: KernelConfig, bcfg: KernelConfig) -> None:
+def _check_fits_on(device: torch.device, dtype: torch.dtype, D: int, cfg: KernelConfig, bcfg: KernelConfig,
+                   block_size: int) -> None:
     limit = _shared_limit(device)
     elem = _elem_bytes(dtype)
-    for kern, c in (("fwd", cfg), ("dq", bcfg), ("dkdv", bcfg), ("dbias", bcfg)):
+    dbias = KernelConfig(*dbias_tiles(bcfg.block_m, bcfg.block_n, block_size), bcfg.num_warps, bcfg.num_stages)
+    for kern, c in (("fwd", cfg), ("dq", bcfg), ("dkdv", bcfg), ("dbias", dbias)):
         need = shared_memory_bytes(kern, elem, c.block_m, c.block_n, _d_pad(D), 1)
         if need > limit:
             which = "config" if kern == "fwd" else "bwd_config"
@@ -321,10 +327,23 @@ def _launch_fwd(plan: _FwdPlan, q, k, v, bias, kv_counts, kv_indices, scale, sto
 
 
 @functools.lru_cache(maxsize=512)  # per call otherwise: three shared-memory fits in Python
-def _bwd_stages(device: torch.device, dtype: torch.dtype, block_m: int, block_n: int, D: int, num_stages: int) -> dict:
-    """The stages each backward kernel launches with (``_stages`` against the device's limit)."""
+def _bwd_stages(device: torch.device, dtype: torch.dtype, block_m: int, block_n: int, D: int, num_stages: int,
+                block_size: int) -> dict:
+    """The stages each backward kernel launches with (``_stages`` against the device's limit; dBias
+    at its block-dividing tiles, ``config.dbias_tiles``)."""
     limit = _shared_limit(device)
-    return {kern: _stages(kern, dtype, block_m, block_n, D, num_stages, limit) for kern in ("dq", "dkdv", "dbias")}
+    tiles = {"dq": (block_m, block_n), "dkdv": (block_m, block_n), "dbias": dbias_tiles(block_m, block_n, block_size)}
+    return {kern: _stages(kern, dtype, *tiles[kern], D, num_stages, limit) for kern in tiles}
+
+
+def _bwd_index(counts, indices, block_size: int, rows: int, cols: int, block_m: int):
+    """(counts, indices, bits, tile order, coarse rows) a backward kernel walks: the given compact
+    index (the layout's row index for dQ, its column index for dK/dV; bits unused) for tiles
+    dividing the block, else its cached coarse index of ``rows`` owned x ``cols`` walked blocks."""
+    if rows == 1 and cols == 1:
+        return counts, indices, indices, _tile_order(counts, block_size, block_m), counts.shape[-1]
+    c, i, bits = coarse_index(counts, indices, rows, cols)
+    return c, i, bits, _tile_order(c, rows * block_size, block_m), c.shape[-1]
 
 
 def _dbias_plan(bias: torch.Tensor, B: int, H: int, L: int) -> tuple[tuple, torch.dtype, bool, list[int]]:
@@ -350,7 +369,9 @@ class _BwdPlan:
     copy: bool  # q, k, v, out or dO needs a copy (a head dimension without unit stride)
     grad_strides: tuple  # strides of dq, dk, dv (q's, k's, v's memory order: empty_in_order_of)
     delta_shape: tuple[int, int, int]
-    sizes: tuple  # B, H, L, nb, n_tiles, layout head stride (the dQ / dK,dV kernels' size arguments)
+    sizes: tuple  # B, H, L, walked (coarse) blocks, n_tiles, layout head stride, owned (coarse) rows: dQ / dK,dV
+    row_blocks: int  # layout blocks per owned tile (1: tiles dividing the block)
+    col_blocks: int  # layout blocks per walked tile
     pre_grid: tuple[int]
     pre_args: tuple  # the preprocess kernel's strides of out and dO, H, L, its tile count
     pre_consts: dict
@@ -367,6 +388,7 @@ class _BwdPlan:
     reduce_dims: tuple = ()
     dbias_grid: tuple = ()  # the separate dBias kernel (a bias broadcast over the batch), else ()
     dbias_strides: tuple = ()  # q, k, v, dO (batch, head, row), the bias's head / row / column, L * L
+    dbias_sizes: tuple = ()  # B, H, L, the layout's blocks, layout head stride
     dbias_consts: Optional[dict] = None
 
 
@@ -377,19 +399,26 @@ def _bwd_plan(do, q, k, v, out, bias, kv_counts, block_size, block_m, block_n, n
               compute_dbias: bool) -> _BwdPlan:
     """The backward launch plan of these inputs (see ``_BwdPlan``); refuses an index that is not on
     q's device. Backward tiles: (block_m, block_n) = (owned, walked): dQ and dBias own block_m query
-    rows and walk block_n keys; dK/dV own block_m keys and walk block_n query rows."""
+    rows and walk block_n keys; dK/dV own block_m keys and walk block_n query rows. Tiles that are
+    multiples of the layout block walk the coarse index (``row_blocks`` owned x ``col_blocks`` walked
+    layout blocks, `_bwd_index`); dBias of a bias shared by the batch keeps block-dividing tiles
+    (``config.dbias_tiles``)."""
     B, H, L, D, nb, lhs, consts = _common(q, kv_counts, block_size)
     qs, ks, vs, os_, dos = (_row_strides(t) for t in (q, k, v, out, do))
     grad_strides = tuple(torch.empty_permuted(q.shape, _dim_order(st), device="meta").stride() for st in (qs, ks, vs))
     sb = _bias_strides(bias)
-    stages = _bwd_stages(q.device, q.dtype, block_m, block_n, D, num_stages)
-    n_tiles = (nb * block_size) // block_m  # query tiles of dQ = key tiles of dK/dV
+    stages = _bwd_stages(q.device, q.dtype, block_m, block_n, D, num_stages, block_size)
+    rb, cb = max(1, block_m // block_size), max(1, block_n // block_size)
+    nb_rows, ncols = -(-nb // rb), -(-nb // cb)  # owned and walked (coarse) blocks
+    n_tiles = (nb_rows * rb * block_size) // block_m  # query tiles of dQ = key tiles of dK/dV
     n_pre = triton_cdiv(L, block_m)
-    tile = dict(NB_PAD=_nb_pad(nb), HAS_BIAS=bias is not None, num_warps=num_warps)
+    tile = dict(NB_PAD=_nb_pad(ncols), HAS_BIAS=bias is not None, ROW_BLOCKS=rb, COL_BLOCKS=cb, num_warps=num_warps)
+    coarse = {**consts, "EVEN_L": L % max(block_size, block_m, block_n) == 0}
     db_shape, db_dtype, db_in_dq, reduce_dims = _dbias_plan(bias, B, H, L) if compute_dbias else ((), None, False, [])
     plan = dict(
         copy=any(t.stride(-1) != 1 and t.shape[-1] != 1 for t in (q, k, v, out, do)),
-        grad_strides=grad_strides, delta_shape=(B, H, L), sizes=(B, H, L, nb, n_tiles, lhs),
+        grad_strides=grad_strides, delta_shape=(B, H, L), sizes=(B, H, L, ncols, n_tiles, lhs, nb_rows),
+        row_blocks=rb, col_blocks=cb,
         pre_grid=(n_pre * B * H,), pre_args=(*os_[:3], *dos[:3], H, L, n_pre),
         pre_consts=dict(HEAD_DIM=D, D_PAD=consts["D_PAD"], BLOCK_M=block_m, EVEN_L=(L % block_m == 0),
                         EVEN_D=consts["EVEN_D"], num_warps=4),
@@ -397,19 +426,20 @@ def _bwd_plan(do, q, k, v, out, bias, kv_counts, block_size, block_m, block_n, n
         dq_strides=(*qs[:3], *ks[:3], *vs[:3], *dos[:3], *grad_strides[0][:3], *sb,
                     H * L * L if (db_in_dq and db_shape[0] > 1) else 0, L * L),
         dq_consts=dict(BLOCK_M=block_m, BLOCK_N=block_n, **tile, WRITE_DBIAS=db_in_dq, num_stages=stages["dq"],
-                       **consts),
+                       **coarse),
         dkdv_grid=(n_tiles * B * H,),
         dkdv_strides=(*qs[:3], *ks[:3], *vs[:3], *dos[:3], *grad_strides[1][:3], *grad_strides[2][:3], *sb),
-        dkdv_consts=dict(BLOCK_M=block_n, BLOCK_N=block_m, **tile, num_stages=stages["dkdv"], **consts),
+        dkdv_consts=dict(BLOCK_M=block_n, BLOCK_N=block_m, **tile, num_stages=stages["dkdv"], **coarse),
         compute_dbias=compute_dbias, db_shape=db_shape, db_dtype=db_dtype, db_in_dq=db_in_dq,
         reduce_dims=tuple(reduce_dims),
     )
     if compute_dbias and not db_in_dq:
+        dbm, dbn = dbias_tiles(block_m, block_n, block_size)
         plan.update(
-            dbias_grid=(n_tiles, nb * (block_size // block_n), H),
+            dbias_grid=((nb * block_size) // dbm, nb * (block_size // dbn), H),
             dbias_strides=(*qs[:3], *ks[:3], *vs[:3], *dos[:3], sb[1], sb[2], sb[3], L * L),
-            dbias_consts=dict(BLOCK_M=block_m, BLOCK_N=block_n, num_warps=num_warps, num_stages=stages["dbias"],
-                              **consts),
+            dbias_sizes=(B, H, L, nb, lhs),
+            dbias_consts=dict(BLOCK_M=dbm, BLOCK_N=dbn, num_warps=num_warps, num_stages=stages["dbias"], **consts),
         )
     return _BwdPlan(**plan)
 
@@ -445,22 +475,24 @@ def _launch_bwd(plan: _BwdPlan, do, q, k, v, out, lse, bias, kv_counts, kv_indic
     db_buf = torch.zeros(plan.db_shape, dtype=plan.db_dtype, device=q.device) if plan.compute_dbias else None
     db_in_dq = plan.db_in_dq
     sizes = plan.sizes
+    # the walked indices: the layout's own (tiles dividing the block) or their cached coarse union
+    # (dQ: of the rows, dK/dV: of the columns; `_bwd_index`), with the tile orders
+    dq_index = _bwd_index(kv_counts, kv_indices, block_size, plan.row_blocks, plan.col_blocks, block_m)
+    dkdv_index = _bwd_index(q_counts, q_indices, block_size, plan.row_blocks, plan.col_blocks, block_m)
     with _device_ctx(q):
         _attn_bwd_preprocess_kernel[plan.pre_grid](out, do, delta, *plan.pre_args, **plan.pre_consts)
         _attn_bwd_dq_kernel[plan.dq_grid](
-            q, k, v, bias_arg, do, lse, delta, dq, db_buf if db_in_dq else dq, kv_counts, kv_indices,
-            *plan.dq_strides, _tile_order(kv_counts, block_size, block_m), *sizes,
-            scale * LOG2E, scale, **plan.dq_consts,
+            q, k, v, bias_arg, do, lse, delta, dq, db_buf if db_in_dq else dq, *dq_index[:3],
+            *plan.dq_strides, dq_index[3], *sizes, scale * LOG2E, scale, **plan.dq_consts,
         )
         _attn_bwd_dkdv_kernel[plan.dkdv_grid](
-            q, k, v, bias_arg, do, lse, delta, dk, dv, q_counts, q_indices,
-            *plan.dkdv_strides, _tile_order(q_counts, block_size, block_m), *sizes,
-            scale * LOG2E, scale, **plan.dkdv_consts,
+            q, k, v, bias_arg, do, lse, delta, dk, dv, *dkdv_index[:3],
+            *plan.dkdv_strides, dkdv_index[3], *sizes, scale * LOG2E, scale, **plan.dkdv_consts,
         )
         if plan.dbias_consts is not None:
             _attn_bwd_dbias_kernel[plan.dbias_grid](
                 q, k, v, bias, do, lse, delta, db_buf, kv_counts, kv_indices,
-                *plan.dbias_strides, *sizes[:4], sizes[5], scale * LOG2E, **plan.dbias_consts,
+                *plan.dbias_strides, *plan.dbias_sizes, scale * LOG2E, **plan.dbias_consts,
             )
     if not plan.compute_dbias:
         return dq, dk, dv, q.new_empty((0,))
@@ -560,7 +592,8 @@ def triton_sparse_attention(
     ``default_forward_config``: the measured winner, else the pipelined preference), tiles dividing
     ``layout.block_size`` or multiples of it (a coarse tile: ``kernels.coarse_index``); bwd_config:
     the backward's own launch config, (block_m, block_n) = (owned, walked) tile (default
-    ``default_backward_config``), clipped to the block. Every check and launch choice is computed
+    ``default_backward_config``), tiles dividing the block or, for a block under 64, multiples of it
+    (``KernelConfig.for_backward``; others are clipped to the block). Every check and launch choice is computed
     once per (shape, dtype, device, layout geometry, configs) and cached.
     """
     from .inputs import check_inputs  # the dispatcher's contract (cached per shape)
@@ -628,7 +661,8 @@ def _launch_configs(D: int, dtype: torch.dtype, device: torch.device, runnable: 
     if any(d is not None and d != device for d in (k_device, v_device, bias_device)):
         raise ValueError("q, k, v and bias must be on the same device")
     cfg = (config if config is not None else default_forward_config(block_size, D, dtype)).for_block(block_size)
-    bcfg = (bwd_config if bwd_config is not None else default_backward_config(block_size, D, dtype)).clipped_to(block_size)
+    bcfg = (bwd_config if bwd_config is not None else default_backward_config(block_size, D, dtype)).for_backward(
+        block_size)
     if device.type == "cuda":
-        _check_fits_on(device, dtype, D, cfg, bcfg)
+        _check_fits_on(device, dtype, D, cfg, bcfg, block_size)
     return cfg, bcfg

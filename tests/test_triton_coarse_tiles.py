@@ -2,8 +2,9 @@
 tile of r layout row blocks walks the union of their kept key blocks and masks, inside the tile,
 the layout tiles that are not kept. Checked against the float64 reference on fresh random inputs
 (ragged L, pair bias, per-head layouts with empty rows, float32 / float16, NaN / inf), with the
-gradients of the backward (which keeps its own block-dividing tiles), under the Triton interpreter
-on a CPU. Every test prints the seed it drew on failure.
+gradients; and the backward's own coarse tiles (dQ owning several layout row blocks, dK/dV several
+key blocks, over the union index of the rows / of the columns), under the Triton interpreter on a
+CPU. Every test prints the seed it drew on failure.
 """
 
 from __future__ import annotations
@@ -17,7 +18,13 @@ import torch
 
 from kernels import KernelConfig, sparse_attention
 from kernels.coarse_index import block_mask_of, coarse_index
-from kernels.config import candidate_configs, default_forward_config
+from kernels.config import (
+    candidate_backward_configs,
+    candidate_configs,
+    dbias_tiles,
+    default_backward_config,
+    default_forward_config,
+)
 from kernels.reference import reference_attention
 from kernels.triton_op import _call_plan, triton_sparse_attention
 from patterns import BlockLayout
@@ -36,27 +43,32 @@ def _seed() -> int:
 
 def _random_layout(L: int, bs: int, heads: int | None, density: float = 0.4) -> BlockLayout:
     """A random layout ([H, nb, nb] per head when ``heads``) with an empty row block in every head
-    and, per head, one row block that keeps a single tile (so a coarse tile mixes kept and dropped
+    (and an empty column block when nb > 3) and, per head, one row block that keeps a single tile (so a coarse tile mixes kept and dropped
     tiles)."""
     nb = math.ceil(L / bs)
     mask = torch.rand((heads, nb, nb) if heads else (nb, nb)) < density
     mask[..., 1 % nb, :] = False
+    if nb > 3:
+        mask[..., nb - 1] = False  # an empty column block: keys no row computes
     if nb > 2:
         mask[..., 2, :] = False
         mask[..., 2, 0] = True
     return BlockLayout(mask, bs, L)
 
 
-def _check(q, k, v, layout, bias, cfg, seed, grads=True):
+def _check(q, k, v, layout, bias, cfg, seed, grads=True, bwd=None):
     dtype = q.dtype
     atol, rtol = TOL[dtype]
     leaves = [t for t in (q, k, v, bias) if t is not None]
     for t in leaves:
         t.requires_grad_(grads)
-    out = sparse_attention(q, k, v, layout, bias, backend="triton", config=cfg)
+    if bwd is None:
+        out = sparse_attention(q, k, v, layout, bias, backend="triton", config=cfg)
+    else:
+        out = triton_sparse_attention(q, k, v, layout, bias, config=cfg, bwd_config=bwd)
     ref_in = [None if t is None else t.detach().double().requires_grad_(grads) for t in (q, k, v, bias)]
     ref = reference_attention(*ref_in[:3], layout, ref_in[3])
-    msg = lambda m: f"{cfg} (seed={seed}): {m}"  # noqa: E731
+    msg = lambda m: f"{cfg} / bwd {bwd} (seed={seed}): {m}"  # noqa: E731
     torch.testing.assert_close(out.double(), ref.detach(), atol=atol, rtol=rtol, msg=msg)
     if not grads:
         return
@@ -123,12 +135,18 @@ def test_small_blocks_default_to_wgmma_sized_tiles_and_large_blocks_are_unchange
     assert any(not c.divides(32) for c in candidate_configs(32, 32, torch.bfloat16))
 
 
-def test_the_backward_keeps_block_dividing_tiles_under_a_coarse_forward():
+def test_backward_tiles_are_coarse_under_block_64_and_clipped_from_64_on():
+    """A backward config whose tiles are multiples of a block under 64 runs as is (coarse dQ and
+    dK/dV tiles); from block 64 on, a tile larger than the block is clipped to it, as before. The
+    dBias kernel (a bias shared by the batch) keeps block-dividing tiles."""
     q = torch.zeros(1, 2, 64, 16, device=DEVICE)
     cfg, bcfg, plan, _ = _call_plan(q, q, q, None, _random_layout(64, 32, None).index_on(DEVICE)[0], 32,
-                                 KernelConfig(64, 64, 4, 3), KernelConfig(64, 64, 4, 3))
+                                    KernelConfig(64, 64, 4, 3), KernelConfig(64, 64, 4, 3))
     assert (cfg.block_m, cfg.block_n) == (64, 64) and (plan.row_blocks, plan.col_blocks) == (2, 2)
-    assert (bcfg.block_m, bcfg.block_n) == (32, 32)
+    assert (bcfg.block_m, bcfg.block_n) == (64, 64)
+    assert KernelConfig(128, 64, 8, 3).for_backward(64) == KernelConfig(64, 64, 8, 3)
+    assert KernelConfig(64, 32, 4, 3).for_backward(16) == KernelConfig(64, 32, 4, 3)
+    assert dbias_tiles(64, 32, 16) == (16, 16) and dbias_tiles(64, 16, 32) == (32, 16)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -340,3 +358,186 @@ def test_block_32_default_forward_compiles_to_pipelined_wgmma(tmp_path):
         assert not r["error"] and (r["block_m"], r["block_n"]) == ("64", "64"), r
         assert int(r["wgmma"]) > 0 and int(r["kv_buffers"]) == 3 and int(r["async_wait_max"]) > 0, r
         assert int(r["spill_stores"]) == 0 and int(r["shared_estimate"]) >= int(r["shared_bytes"]), r
+
+
+# ------------------------------------------------------------------------------------------------
+# coarse backward tiles: dQ owns r layout row blocks, dK/dV r layout column blocks
+# ------------------------------------------------------------------------------------------------
+BWD_CASES = [
+    # L, block, backward (owned, walked) tiles, bias, per-head, dtype
+    (70, 32, (64, 32), "1H", True, torch.float32),   # 2x1, ragged, the batch-shared dBias kernel
+    (75, 16, (32, 32), "BH", True, torch.float32),   # 2x2, ragged, dBias written by dQ
+    pytest.param(100, 16, (64, 16), "1H", True, torch.float32, marks=pytest.mark.slow),    # 4x1, walked sub-tiles
+    pytest.param(64, 16, (64, 64), None, False, torch.float32, marks=pytest.mark.slow),    # 4x4, even L
+    pytest.param(90, 32, (16, 64), "1H", True, torch.float32, marks=pytest.mark.slow),     # owned inside a block, 1x2
+    pytest.param(130, 32, (128, 64), "BH", True, torch.float16, marks=pytest.mark.slow),   # 4x2, float16
+    pytest.param(70, 32, (64, 16), "1H", False, torch.float16, marks=pytest.mark.slow),    # 2x1, float16
+    pytest.param(200, 16, (128, 128), "1H", True, torch.float32, marks=pytest.mark.slow),  # 8x8: bit 63
+]
+
+
+@pytest.mark.parametrize("L,bs,tiles,bias,per_head,dtype", BWD_CASES, ids=lambda x: str(x).replace("torch.", ""))
+def test_coarse_backward_tiles_match_the_reference(L, bs, tiles, bias, per_head, dtype):
+    """dQ, dK, dV and dBias of coarse backward tiles against the float64 reference (the forward at
+    its block-dividing tiles, so that the backward alone is under test)."""
+    seed = _seed()
+    B, H, D = 2, 2, 16
+    lay = _random_layout(L, bs, H if per_head else None)
+    q, k, v = (torch.randn(B, H, L, D, device=DEVICE, dtype=dtype) for _ in range(3))
+    b = None if bias is None else torch.randn(1 if bias == "1H" else B, H, L, L, device=DEVICE, dtype=dtype)
+    _check(q, k, v, lay, b, KernelConfig(16, 16, 4, 3), seed, bwd=KernelConfig(*tiles, 4, 3))
+
+
+def _bwd_poison(q, k, v, bias, g, what):
+    """A non-finite value that a coarse backward tile of the _nf_layout (block 16) sees at pairs
+    that a row (or key) block of the tile does not keep, besides those that keep it."""
+    if what == "k_nan_in_a_tile_one_row_block_keeps":  # head 0, key block 1: row blocks 1, 2 keep it, 0 not
+        k[0, 0, 17, 1] = NAN
+    elif what == "q_nan_in_a_row_one_key_block_does_not_keep":  # head 0, row block 0: key blocks 0, 2, not 1
+        q[0, 0, 5, 0] = NAN
+    elif what == "grad_nan_in_a_row_one_key_block_does_not_keep":
+        g[0, 0, 5, 1] = NAN
+    else:
+        _poison(q, k, v, bias, what)
+
+
+BWD_POISONS = [
+    "k_nan_in_a_tile_one_row_block_keeps", "q_nan_in_a_row_one_key_block_does_not_keep",
+    "grad_nan_in_a_row_one_key_block_does_not_keep", "v_inf_in_a_tile_one_row_block_keeps",
+    "v_nan_in_a_tile_one_row_block_keeps",
+    "bias_nan_in_and_outside_the_layout", "bias_plus_inf",
+]
+QUICK_POISONS = {("k_nan_in_a_tile_one_row_block_keeps", (32, 32), 1),
+                 ("grad_nan_in_a_row_one_key_block_does_not_keep", (64, 16), NF_B)}
+
+
+@pytest.mark.parametrize("what,tiles,bias_batch", [
+    pytest.param(w, t, bb, marks=() if (w, t, bb) in QUICK_POISONS else pytest.mark.slow)
+    for w in BWD_POISONS for t in ((32, 32), (64, 16)) for bb in (1, NF_B)])
+def test_non_finite_values_in_coarse_backward_tiles_match_the_row_oracle(what, tiles, bias_batch):
+    """A NaN / inf in q, k, v, the output gradient or the bias reaches the gradients of exactly the
+    rows and keys that compute it (the per-row oracle of tests/test_triton_nonfinite.py, which
+    evaluates the reference's semantics; the dense reference's own autograd would spread a NaN of
+    the output gradient to every key through 0 * NaN). Coarse backward tiles of 2x2 and 4x1 layout
+    tiles, whose walk reads such a value beside pairs a block does not keep: dS and P are 0 there
+    and a tile whose gradient is not finite is recomputed one layout tile at a time. Both bias
+    layouts: batch-shared (the dBias kernel) and per batch (dBias written by dQ)."""
+    seed = _seed()
+    lay = _nf_layout()
+    q, k, v = (torch.randn(NF_B, NF_H, NF_L, NF_D, device=DEVICE) for _ in range(3))
+    bias = torch.randn(bias_batch, NF_H, NF_L, NF_L, device=DEVICE)
+    g = torch.randn(NF_B, NF_H, NF_L, NF_D, device=DEVICE)
+    _bwd_poison(q, k, v, bias, g, what)
+    leaves = [t.requires_grad_() for t in (q, k, v, bias)]
+    out = triton_sparse_attention(q, k, v, lay, bias, config=KernelConfig(*tiles, 4, 3),
+                                  bwd_config=KernelConfig(*tiles, 4, 3))
+    got = torch.autograd.grad(out, leaves, g)
+    ref_in = [t.detach().double().requires_grad_() for t in (q, k, v, bias)]
+    ref = row_oracle(*ref_in[:3], lay, ref_in[3], 1.0 / math.sqrt(NF_D))
+    want = torch.autograd.grad(ref, ref_in, g.double())
+    for name, a, b in zip(("out", "dq", "dk", "dv", "dbias"), (out, *got), (ref, *want)):
+        torch.testing.assert_close(a.double(), b.detach(), atol=1e-3, rtol=1e-3, equal_nan=True,
+                                   msg=lambda m: f"{name} {what} {tiles} bias batch {bias_batch} (seed={seed}): {m}")
+
+
+def test_rows_and_keys_no_layout_tile_keeps_get_zero_gradients_under_coarse_tiles():
+    """Block 16 with 2x2 backward tiles: row block 1 keeps nothing beside a row block that does, key
+    block 2 is kept by no row; every gradient there is exactly 0, even with NaN in v and k."""
+    seed = _seed()
+    L = 64
+    mask = torch.zeros(4, 4, dtype=torch.bool)
+    mask[0, 3] = True
+    mask[0, 1] = True
+    mask[3, 0] = True
+    lay = BlockLayout(mask, 16, L)
+    q, k, v = (torch.randn(1, 2, L, 8, device=DEVICE) for _ in range(3))
+    k[0, 0, 40, 0] = NAN  # key block 2: no row computes it
+    v[0, 1, 41, 1] = NAN
+    leaves = [t.requires_grad_() for t in (q, k, v)]
+    out = triton_sparse_attention(q, k, v, lay, config=KernelConfig(32, 32, 4, 3), bwd_config=KernelConfig(32, 32, 4, 3))
+    dq, dk, dv = torch.autograd.grad(out, leaves, torch.randn_like(out))
+    assert torch.isfinite(dq).all() and torch.isfinite(dk).all() and torch.isfinite(dv).all(), seed
+    assert torch.equal(dq[:, :, 16:48], torch.zeros_like(dq[:, :, 16:48])), seed
+    assert torch.equal(dk[:, :, 32:48], torch.zeros_like(dk[:, :, 32:48])), seed
+    assert torch.equal(dv[:, :, 32:48], torch.zeros_like(dv[:, :, 32:48])), seed
+
+
+def test_small_blocks_default_to_coarse_backward_tiles_and_large_blocks_are_unchanged():
+    """Blocks 16 and 32 train bf16 / fp16 on a 64-row owned tile (wgmma-sized; the sm_90 compile
+    report benchmarks/results/compile-sm90-triton3.8.0-coarse-backward.csv), float32 (no tensor-core
+    MMA) on block-dividing tiles; blocks 64 and 128 offer block-dividing backward tiles only."""
+    for bs in (16, 32):
+        for d in (32, 64):
+            for dtype in (torch.bfloat16, torch.float16):
+                cfg = default_backward_config(bs, d, dtype)
+                assert cfg.block_m == 64 and not cfg.divides(bs) and cfg.fits(bs), (bs, d, dtype, cfg)
+            assert default_backward_config(bs, d, torch.float32).divides(bs)
+    for bs in (64, 128):
+        assert all(c.divides(bs) for c in candidate_backward_configs(bs, 32, torch.bfloat16))
+    assert any(not c.divides(16) for c in candidate_backward_configs(16, 32, torch.bfloat16))
+
+
+def test_the_default_backward_at_block_32_is_exact_float16():
+    """The default configs at block 32 (coarse forward and backward tiles for float16), through
+    sparse_attention, against the reference."""
+    seed = _seed()
+    L, H = 90, 2
+    lay = _random_layout(L, 32, H)
+    q, k, v = (torch.randn(2, H, L, 16, device=DEVICE, dtype=torch.float16) for _ in range(3))
+    assert not default_backward_config(32, 16, q.dtype).divides(32)
+    _check(q, k, v, lay, torch.randn(1, H, L, L, device=DEVICE, dtype=torch.float16), None, seed)
+
+
+@pytest.mark.slow
+def test_block_32_default_backward_compiles_to_pipelined_wgmma(tmp_path):
+    """Offline sm_90 compile of the block-32 default backward (bf16, head dims 32 and 64, L = 4096
+    and the ragged 4000): dQ and dK/dV on coarse 64-row tiles with wgmma, loads in flight across
+    iterations, no spill; dBias at its block-dividing tiles, no spill."""
+    import csv
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    out = tmp_path / "bwd32.csv"
+    res = subprocess.run(
+        [sys.executable, "-m", "kernels.compile_report", "--configs", "defaults", "--kernels", "dq,dkdv,dbias",
+         "--dtypes", "bfloat16", "--head-dims", "32,64", "--block-size", "32", "--ragged", "--out", str(out)],
+        cwd=Path(__file__).resolve().parent.parent, env=env, capture_output=True, text=True, timeout=600,
+    )
+    assert res.returncode == 0, res.stderr[-2000:]
+    with open(out, newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 12
+    for r in rows:
+        assert not r["error"] and (r["block_m"], r["block_n"]) == ("64", "32"), r
+        assert int(r["spill_stores"]) == 0 and int(r["shared_estimate"]) >= int(r["shared_bytes"]), r
+        assert int(r["async_wait_max"]) > 0, r
+        if r["kernel"] != "dbias":
+            assert int(r["wgmma"]) > 0 and int(r["kv_buffers"]) == 3, r
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("what", ["k", "q", "grad"])
+def test_non_finite_values_under_owned_tiles_inside_one_block(what):
+    """Block 32, backward tiles of 16 owned rows / keys inside one layout block walking 64 (two
+    layout blocks): a NaN in k (key block 1, which row block 0 does not keep), in q or in the output
+    gradient (row 5 of row block 0, which key block 1 does not keep) reaches only the gradients the
+    row oracle gives (the cold paths recompute half a layout block at a time)."""
+    seed = _seed()
+    lay = BlockLayout(torch.tensor([[[1, 0], [1, 1]], [[1, 1], [0, 1]]], dtype=torch.bool), 32, NF_L)
+    q, k, v = (torch.randn(NF_B, NF_H, NF_L, NF_D, device=DEVICE) for _ in range(3))
+    bias = torch.randn(1, NF_H, NF_L, NF_L, device=DEVICE)
+    g = torch.randn(NF_B, NF_H, NF_L, NF_D, device=DEVICE)
+    {"k": k, "q": q, "grad": g}[what][0, 0, 35 if what == "k" else 5, 1] = NAN
+    leaves = [t.requires_grad_() for t in (q, k, v, bias)]
+    out = triton_sparse_attention(q, k, v, lay, bias, config=KernelConfig(16, 16, 4, 3),
+                                  bwd_config=KernelConfig(16, 64, 4, 3))
+    got = torch.autograd.grad(out, leaves, g)
+    ref_in = [t.detach().double().requires_grad_() for t in (q, k, v, bias)]
+    ref = row_oracle(*ref_in[:3], lay, ref_in[3], 1.0 / math.sqrt(NF_D))
+    want = torch.autograd.grad(ref, ref_in, g.double())
+    for name, a, b in zip(("dq", "dk", "dv", "dbias"), got, want):
+        torch.testing.assert_close(a.double(), b, atol=1e-3, rtol=1e-3, equal_nan=True,
+                                   msg=lambda m: f"{name} {what} (seed={seed}): {m}")
+        assert not torch.isnan(a).all(), (name, what, seed)  # the NaN stays where it is computed

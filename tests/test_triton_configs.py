@@ -19,6 +19,7 @@ from kernels.config import (
     SHARED_MEMORY_LIMIT,
     candidate_backward_configs,
     candidate_configs,
+    dbias_tiles,
     default_backward_config,
     default_forward_config,
     MEASURED_FORWARD,
@@ -88,11 +89,14 @@ def test_candidates_fit_shared_memory(block_size, head_dim, dtype):
         assert shared_memory_bytes("fwd", eb, cfg.block_m, cfg.block_n, d_pad, cfg.num_stages) <= SHARED_MEMORY_LIMIT
         assert fit_stages("fwd", eb, cfg.block_m, cfg.block_n, d_pad, cfg.num_stages) == cfg.num_stages
     for cfg in bwd:
-        assert cfg.divides(block_size) and cfg.block_m >= cfg.block_n
+        # tiles dividing the block, or (blocks under 64) coarse multiples of it, run as offered
+        assert cfg.for_backward(block_size) == cfg and cfg.block_m >= cfg.block_n
+        assert cfg.divides(block_size) or block_size < 64
         for kern in ("dq", "dkdv", "dbias"):
-            assert shared_memory_bytes(kern, eb, cfg.block_m, cfg.block_n, d_pad, cfg.num_stages) <= SHARED_MEMORY_LIMIT
+            tiles = dbias_tiles(cfg.block_m, cfg.block_n, block_size) if kern == "dbias" else (cfg.block_m, cfg.block_n)
+            assert shared_memory_bytes(kern, eb, *tiles, d_pad, cfg.num_stages) <= SHARED_MEMORY_LIMIT
     assert default_backward_config(block_size, head_dim, dtype) in bwd
-    assert not spills("bwd", default_backward_config(block_size, head_dim, dtype), dtype, head_dim or 64)
+    assert not spills("bwd", default_backward_config(block_size, head_dim, dtype), dtype, head_dim or 64, block_size)
     # the default forward: offered (fits, does not spill) and pipelined (3 stages) where one is
     fdef = default_forward_config(block_size, head_dim, dtype)
     assert fdef in fwd and not spills("fwd", fdef, dtype, head_dim or 64, block_size)
