@@ -74,7 +74,8 @@ def _assert_same(got, want, what):
 @pytest.mark.parametrize(
     "bias_kind,L,layout_kind",
     [
-        ("1HLL", 64, "shared"), ("BHLL", 64, "shared"), (None, 64, "shared"), ("1HLL", 72, "shared"),
+        ("1HLL", 64, "shared"), pytest.param("BHLL", 64, "shared", marks=pytest.mark.slow), (None, 64, "shared"),
+        pytest.param("1HLL", 72, "shared", marks=pytest.mark.slow),  # BHLL-ragged-per-head covers both
         ("BHLL", 80, "per-head"), ("1HLL", 64, "full"), (None, 48, "full"),
     ],
     ids=["1HLL", "BHLL", "none", "1HLL-ragged", "BHLL-ragged-per-head", "1HLL-full", "none-full"],

@@ -299,7 +299,7 @@ def _grad_outs(grad_out: torch.Tensor) -> dict:
     return {"contiguous": grad_out.contiguous(), "blhd": blhd, "head-stride-2": wide[..., ::2], "expanded": const}
 
 
-@pytest.mark.parametrize("backend", ["cpu", "triton"])
+@pytest.mark.parametrize("backend", ["cpu", pytest.param("triton", marks=pytest.mark.slow)])  # interpreter: ~5 s
 def test_backward_plans_per_grad_layout_give_the_same_gradients(backend):
     """The backward's launch plan is cached per call signature, dO's strides included: dO laid out
     in different ways (each call's plan made, then reused on a second call) gives gradients

@@ -227,10 +227,15 @@ def _poison(q, k, v, bias, what):
         bias[0, 1, 34, 30] = INF
 
 
-@pytest.mark.parametrize("what", ["v_nan_in_a_tile_one_row_block_keeps", "v_inf_in_a_tile_one_row_block_keeps",
-                                  "k_nan_in_a_dropped_tile", "q_nan", "bias_nan_in_and_outside_the_layout",
-                                  "bias_plus_inf"])
-@pytest.mark.parametrize("tiles", [(32, 32), (64, 16), (16, 32)])
+FWD_POISONS = ["v_nan_in_a_tile_one_row_block_keeps", "v_inf_in_a_tile_one_row_block_keeps",
+               "k_nan_in_a_dropped_tile", "q_nan", "bias_nan_in_and_outside_the_layout", "bias_plus_inf"]
+FWD_POISON_TILES = [(32, 32), (64, 16), (16, 32)]
+
+
+@pytest.mark.parametrize("what,tiles", [
+    # quick: every poison once, the tiles taken in turn; the other pairs in the full suite
+    pytest.param(w, t, marks=() if j == i % len(FWD_POISON_TILES) else pytest.mark.slow, id=f"{t}-{w}")
+    for i, w in enumerate(FWD_POISONS) for j, t in enumerate(FWD_POISON_TILES)])
 def test_non_finite_values_follow_the_reference(what, tiles):
     seed = _seed()
     lay = _nf_layout()
@@ -297,7 +302,8 @@ def test_a_coarse_forward_under_inference_mode():
     torch.testing.assert_close(out.double(), ref, atol=2e-4, rtol=2e-4, msg=lambda m: f"seed={seed}: {m}")
 
 
-@pytest.mark.parametrize("tiles", [(16, 64), (64, 64), (128, 128)])
+@pytest.mark.parametrize("tiles", [pytest.param((16, 64), marks=pytest.mark.slow), (64, 64),
+                                   pytest.param((128, 128), marks=pytest.mark.slow)])
 def test_nan_in_v_reaches_only_rows_that_keep_its_tile_block_32(tiles):
     """Block 32: a query tile inside one layout row (16 rows), 2 x 2 and 4 x 4 coarse tiles (the
     last one past the layout's 4 blocks); key block 1 holds a NaN that row block 0 does not keep
