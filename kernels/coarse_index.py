@@ -20,13 +20,11 @@ by the ``kv_counts`` tensor and its version counter), so a call after the first 
 
 from __future__ import annotations
 
-import weakref
-
 import torch
 
 from patterns.layout import compact_index
 
-from .plans import layout_plans, shared
+from .plans import layout_plans
 
 __all__ = ["coarse_index", "block_mask_of"]
 
@@ -64,17 +62,9 @@ def coarse_index(kv_counts: torch.Tensor, kv_indices: torch.Tensor, rows: int,
                  cols: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(counts, indices, bits) of the coarse tiles of ``rows`` x ``cols`` layout tiles (see the
     module docstring), on the index's device; cached per index tensor, version, rows and cols."""
-    fast = shared("triton-coarse-index", dict)
-    hit = fast.get(id(kv_counts))
-    stamp = (kv_counts._version, kv_indices._version, rows, cols)
-    if hit is not None and hit[0]() is kv_counts and hit[1] == stamp:
-        return hit[2]
     plans = layout_plans(kv_counts)
-    key = ("triton-coarse-index", *stamp)
+    key = ("triton-coarse-index", kv_counts._version, kv_indices._version, rows, cols)
     index = plans.get(key)
     if index is None:
         index = plans[key] = _build(kv_counts, kv_indices, rows, cols)
-    if len(fast) >= 64:
-        fast.clear()
-    fast[id(kv_counts)] = (weakref.ref(kv_counts), stamp, index)
     return index

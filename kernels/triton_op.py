@@ -39,7 +39,6 @@ from __future__ import annotations
 import functools
 import math
 import os
-import weakref
 from dataclasses import dataclass
 from typing import Optional
 
@@ -67,7 +66,7 @@ from .opdefs import (
     rows_in_place,
     wants_grad,
 )
-from .plans import layout_plans, shared
+from .plans import layout_plans
 from .reference import resolve_scale
 from .triton_kernels import (
     LOG2E,
@@ -141,22 +140,14 @@ def _check_fits_on(device: torch.device, dtype: torch.dtype, D: int, cfg: Kernel
 def _tile_order(counts: torch.Tensor, block_size: int, tile: int) -> torch.Tensor:
     """int32 [layout heads, n_tiles]: the tiles of each layout head, most kept blocks first (stable,
     so equal rows keep their order). Kept with the layout's plans (``kernels.plans``, keyed by the
-    counts tensor: the layout's device index is built once per layout and device), so a call
-    launches no sorting kernels after the first."""
-    # a fast path first: id(counts) -> (weak ref, version, block, tile, order), no weak key made per call
-    fast = shared("triton-tile-order", dict)
-    hit = fast.get(id(counts))
-    if hit is not None and hit[0]() is counts and hit[1:4] == (counts._version, block_size, tile):
-        return hit[4]
+    counts tensor and its version: the layout's device index is built once per layout and device),
+    so a call launches no sorting kernels after the first."""
     plans = layout_plans(counts)
     key = ("triton-tile-order", counts._version, block_size, tile)
     order = plans.get(key)
     if order is None:
         per_tile = counts.repeat_interleave(block_size // tile, dim=1)
         order = plans[key] = torch.argsort(per_tile, dim=1, descending=True, stable=True).to(torch.int32).contiguous()
-    if len(fast) >= 64:
-        fast.clear()
-    fast[id(counts)] = (weakref.ref(counts), counts._version, block_size, tile, order)
     return order
 
 
@@ -298,14 +289,15 @@ def _fwd_impl(q, k, v, bias, kv_counts, kv_indices, block_size, scale, block_m, 
     return _launch_fwd(plan, q, k, v, bias, kv_counts, kv_indices, scale, True)
 
 
-def _fwd_index(plan: _FwdPlan, kv_counts, kv_indices):
-    """(counts, indices, bits, tile order) the forward walks: the layout's index (bits unused) for
-    tiles dividing the block, else the cached coarse index of ``plan.row_blocks`` x
-    ``plan.col_blocks`` layout tiles."""
-    if plan.row_blocks == 1 and plan.col_blocks == 1:
-        return kv_counts, kv_indices, kv_indices, _tile_order(kv_counts, plan.block_size, plan.block_m)
-    counts, indices, bits = coarse_index(kv_counts, kv_indices, plan.row_blocks, plan.col_blocks)
-    return counts, indices, bits, _tile_order(counts, plan.row_blocks * plan.block_size, plan.block_m)
+def _walk_index(counts, indices, block_size: int, rows: int, cols: int, tile: int):
+    """(counts, indices, bits, tile order) a kernel walks: the given compact index (bits unused)
+    for tiles dividing the layout block, else its cached coarse index of ``rows`` owned x ``cols``
+    walked layout blocks (`kernels.coarse_index`). The forward and dQ walk the layout's row index,
+    dK/dV its column index."""
+    if rows == 1 and cols == 1:
+        return counts, indices, indices, _tile_order(counts, block_size, tile)
+    c, i, bits = coarse_index(counts, indices, rows, cols)
+    return c, i, bits, _tile_order(c, rows * block_size, tile)
 
 
 def _launch_fwd(plan: _FwdPlan, q, k, v, bias, kv_counts, kv_indices, scale, store_lse: bool):
@@ -314,7 +306,8 @@ def _launch_fwd(plan: _FwdPlan, q, k, v, bias, kv_counts, kv_indices, scale, sto
         q, k, v = rows_in_place(q), rows_in_place(k), rows_in_place(v)
     out = q.new_empty_strided(q.shape, plan.out_strides)  # = torch.empty_permuted(q.shape, plan.out_order)
     lse = q.new_empty(plan.lse_shape, dtype=torch.float32) if store_lse else None
-    counts, indices, bits, order = _fwd_index(plan, kv_counts, kv_indices)
+    counts, indices, bits, order = _walk_index(kv_counts, kv_indices, plan.block_size, plan.row_blocks,
+                                               plan.col_blocks, plan.block_m)
     args = (q, k, v, q if bias is None else bias, out, out if lse is None else lse, counts, indices, bits,
             *plan.strides, order, *plan.sizes, scale * LOG2E)
     consts = plan.consts if store_lse else plan.consts_no_lse
@@ -334,16 +327,6 @@ def _bwd_stages(device: torch.device, dtype: torch.dtype, block_m: int, block_n:
     limit = _shared_limit(device)
     tiles = {"dq": (block_m, block_n), "dkdv": (block_m, block_n), "dbias": dbias_tiles(block_m, block_n, block_size)}
     return {kern: _stages(kern, dtype, *tiles[kern], D, num_stages, limit) for kern in tiles}
-
-
-def _bwd_index(counts, indices, block_size: int, rows: int, cols: int, block_m: int):
-    """(counts, indices, bits, tile order, coarse rows) a backward kernel walks: the given compact
-    index (the layout's row index for dQ, its column index for dK/dV; bits unused) for tiles
-    dividing the block, else its cached coarse index of ``rows`` owned x ``cols`` walked blocks."""
-    if rows == 1 and cols == 1:
-        return counts, indices, indices, _tile_order(counts, block_size, block_m), counts.shape[-1]
-    c, i, bits = coarse_index(counts, indices, rows, cols)
-    return c, i, bits, _tile_order(c, rows * block_size, block_m), c.shape[-1]
 
 
 def _dbias_plan(bias: torch.Tensor, B: int, H: int, L: int) -> tuple[tuple, torch.dtype, bool, list[int]]:
@@ -401,7 +384,7 @@ def _bwd_plan(do, q, k, v, out, bias, kv_counts, block_size, block_m, block_n, n
     q's device. Backward tiles: (block_m, block_n) = (owned, walked): dQ and dBias own block_m query
     rows and walk block_n keys; dK/dV own block_m keys and walk block_n query rows. Tiles that are
     multiples of the layout block walk the coarse index (``row_blocks`` owned x ``col_blocks`` walked
-    layout blocks, `_bwd_index`); dBias of a bias shared by the batch keeps block-dividing tiles
+    layout blocks, `_walk_index`); dBias of a bias shared by the batch keeps block-dividing tiles
     (``config.dbias_tiles``)."""
     B, H, L, D, nb, lhs, consts = _common(q, kv_counts, block_size)
     qs, ks, vs, os_, dos = (_row_strides(t) for t in (q, k, v, out, do))
@@ -476,9 +459,9 @@ def _launch_bwd(plan: _BwdPlan, do, q, k, v, out, lse, bias, kv_counts, kv_indic
     db_in_dq = plan.db_in_dq
     sizes = plan.sizes
     # the walked indices: the layout's own (tiles dividing the block) or their cached coarse union
-    # (dQ: of the rows, dK/dV: of the columns; `_bwd_index`), with the tile orders
-    dq_index = _bwd_index(kv_counts, kv_indices, block_size, plan.row_blocks, plan.col_blocks, block_m)
-    dkdv_index = _bwd_index(q_counts, q_indices, block_size, plan.row_blocks, plan.col_blocks, block_m)
+    # (dQ: of the rows, dK/dV: of the columns; `_walk_index`), with the tile orders
+    dq_index = _walk_index(kv_counts, kv_indices, block_size, plan.row_blocks, plan.col_blocks, block_m)
+    dkdv_index = _walk_index(q_counts, q_indices, block_size, plan.row_blocks, plan.col_blocks, block_m)
     with _device_ctx(q):
         _attn_bwd_preprocess_kernel[plan.pre_grid](out, do, delta, *plan.pre_args, **plan.pre_consts)
         _attn_bwd_dq_kernel[plan.dq_grid](
