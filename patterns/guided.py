@@ -345,13 +345,6 @@ def _forced(config: GuidedConfig, seq_len: int, device: torch.device) -> torch.T
     return f
 
 
-def _check_scores(scores: torch.Tensor, config: GuidedConfig, check_nan: bool) -> None:
-    """ValueError if the pooled scores hold NaN (skipped without ``check_nan`` and while compiling or
-    capturing: the one host synchronisation of a build)."""
-    if check_nan and not _capturing() and bool(torch.isnan(scores).any()):
-        raise ValueError(_nan_message(config))
-
-
 def guided_block_mask(config: GuidedConfig, seq_len: int, signal: torch.Tensor, *, check_nan: bool = True) -> torch.Tensor:
     """bool [nb, nb] (score map) or [H, nb, nb] (per-head bias) on the signal's device.
 
@@ -363,7 +356,8 @@ def guided_block_mask(config: GuidedConfig, seq_len: int, signal: torch.Tensor, 
     s3 = check_signal(signal, seq_len)
     with torch.no_grad(), _single_thread(s3.device):
         scores = pool_signal(s3, config.block_size, config.pool)
-        _check_scores(scores, config, check_nan)
+        if check_nan:  # the one host synchronisation of a build (skipped while compiling or capturing)
+            _nan_check(torch.isnan(scores).any(-1), config, True)
         mask = _select_mask(config, seq_len, scores)
     return mask[0] if signal.dim() == 2 else mask
 
