@@ -78,14 +78,18 @@ finished trial except the interrupted ones (their retry counts). Runs whose driv
 marked ended (status "died", ``end_reason``). The sampler continues from the study: on a study
 with trials its seed is derived from (seed, trials so far, run id) (`sampler_seed`), and a
 proposal whose parameters are already measured or running is pruned unmeasured (user attribute
-``not_run``) and asked again, unless ``--allow-repeats``.
+``not_run``) and asked again, unless ``--allow-repeats``; so is a static pattern that computes what a
+measured or running trial computes, the same layouts at every bucket and accuracy chain length with
+the same launch config (`autotune.same_work`; user attribute ``same_work_as``), which would only
+measure timing noise again.
 
 Several drivers
 ---------------
 Drivers on other machines (each with its own Ray or local executor) may share one study in one
 PostgreSQL database (SQLite for drivers on one machine). Each trial's budget slot is claimed in
 the database in one locked transaction (`results.db.Database.claim_trial`): together they run
-exactly ``--trials`` trials, never one parameter set twice, and each prints the study's true total.
+exactly ``--trials`` trials, never one parameter set (nor one static computation) twice, and each
+prints the study's true total.
 """
 
 from __future__ import annotations
@@ -188,8 +192,11 @@ class Search:
         self.log = lambda msg: raw_log(mask_secrets(str(msg), self.secrets))  # no password in any log line
         self.stats = {"completed": 0, "failed": 0, "recovered": 0, "retried": 0, "wall_s": 0.0, "measure_s": 0.0,
                       "trial_s": 0.0, "startup_s": 0.0, "timed_s": 0.0, "windows_s": 0.0,
-                      "duplicates_skipped": 0, "compile_s": 0.0}
+                      "duplicates_skipped": 0, "same_work_skipped": 0, "compile_s": 0.0}
         self._stop_requested = False
+        from .same_work import WorkKeys
+
+        self.work_keys = WorkKeys(space)  # static patterns' work keys (autotune.same_work)
         self.startup, self.recovery = Startup(self), Recovery(self)
         self.loop, self.recorder = Loop(self), Recorder(self)
 
@@ -396,7 +403,8 @@ def main(argv: Optional[list[str]] = None) -> int:
         f"autotune: study {summary['study']!r}: {summary['completed']} completed, {summary['failed']} failed this run, "
         f"{summary['finished']} finished in total (all drivers"
         f"{'; %d still running in other drivers' % summary['running_elsewhere'] if summary.get('running_elsewhere') else ''}"
-        f"{'; %d duplicate proposals skipped' % summary['duplicates_skipped'] if summary.get('duplicates_skipped') else ''}); "
+        f"{'; %d duplicate proposals skipped' % summary['duplicates_skipped'] if summary.get('duplicates_skipped') else ''}"
+        f"{'; %d proposals computing what a measured trial computes skipped' % summary['same_work_skipped'] if summary.get('same_work_skipped') else ''}); "
         f"{summary['wall_s']:.1f} s"
         + (f"; stopped at the time limit ({space.budget.timeout:g} s): {summary['finished']} of "
            f"{space.budget.trials} trials" if summary.get("time_limit_stop") and summary["finished"] < space.budget.trials

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import hashlib
 from contextlib import contextmanager
-from typing import Any, Iterator, Optional
+from typing import Any, Callable, Iterator, Optional
 
 from sqlalchemy import select, text
 from sqlalchemy.orm import Session, sessionmaker
@@ -156,10 +156,13 @@ class Database:
         else:  # SQLite: a write as the transaction's first statement takes the database write lock
             s.execute(text(f"UPDATE {Run.__tablename__} SET heartbeat_at = heartbeat_at WHERE id = :i"), {"i": run_id})
 
-    def claim_trial(self, fields: dict[str, Any], budget: int, *, allow_repeats: bool = False) -> tuple[str, Optional[int]]:
+    def claim_trial(self, fields: dict[str, Any], budget: int, *, allow_repeats: bool = False,
+                    same_work: Optional[Callable[["TrialRow"], bool]] = None) -> tuple[str, Optional[int]]:
         """Insert the at_trials row of a new trial if the study has a free budget slot and (unless
-        ``allow_repeats``) no occupying trial with the same params; atomically (module docstring).
-        Returns ("ok", None), ("budget", None) or ("duplicate", number of the earlier trial)."""
+        ``allow_repeats``) no occupying trial with the same params, nor one for which ``same_work``
+        (a row -> bool, `autotune.same_work.WorkKeys`) says it computes the same; atomically
+        (module docstring). Returns ("ok", None), ("budget", None), ("duplicate", number of the
+        earlier trial) or ("same_work", number of the earlier trial)."""
         study = fields["study_name"]
         with self.session() as s:
             self._lock_study(s, study, fields["run_id"])
@@ -170,13 +173,17 @@ class Database:
             if taken >= budget:  # before the duplicate check: a full budget ends the asking at once
                 return "budget", None
             if not allow_repeats:
-                for t in occupying:
-                    if t.params == fields["params"] and t.number != fields["number"]:
-                        if retry_of is not None:  # the retry is not needed: release its reservation
-                            for o in rows:
-                                if o.number == retry_of and o.state == TrialState.FAIL:
-                                    o.reason = EndReason.skip_retry(o.reason, t.number)
-                        return "duplicate", t.number
+                others = [t for t in occupying if t.number != fields["number"]]
+                earlier = next((("duplicate", t) for t in others if t.params == fields["params"]), None)
+                if earlier is None and same_work is not None:
+                    earlier = next((("same_work", t) for t in others if same_work(t)), None)
+                if earlier is not None:
+                    status, t = earlier
+                    if retry_of is not None:  # the retry is not needed: release its reservation
+                        for o in rows:
+                            if o.number == retry_of and o.state == TrialState.FAIL:
+                                o.reason = EndReason.skip_retry(o.reason, t.number)
+                    return status, t.number
             existing = next((t for t in rows if t.number == fields["number"]), None)
             if existing is not None:
                 for k, v in fields.items():

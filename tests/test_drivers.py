@@ -176,13 +176,14 @@ def test_a_lost_retry_is_enqueued_again(tmp_path):
     with db.session() as s:  # trial 1 "lost its node" and its retry never reached Optuna's queue
         from results.db import TrialRow
 
-        t = s.query(TrialRow).filter_by(study_name="tiny", number=1).one()
+        # the second measured trial (a duplicate proposal between the two is pruned, unnumbered here)
+        t = s.query(TrialRow).filter_by(study_name="tiny").order_by(TrialRow.number).all()[1]
         t.state, t.reason = "FAIL", "node lost: test"
-        params_1 = t.params
+        params_1, lost = t.params, t.number
     db.close()
     summary = Search(space, study_name="tiny", storage=url, executor="local", progress=False).run()
     assert summary["finished"] == 2 and summary["completed"] == 1
-    retry = rows(tmp_path / "r.db", "select state, params from at_trials where retry_of = 1")
+    retry = rows(tmp_path / "r.db", f"select state, params from at_trials where retry_of = {lost}")
     assert len(retry) == 1 and retry[0][0] == "COMPLETE"
     import json
 

@@ -63,7 +63,8 @@ def test_worker_node_removed_mid_trial(tmp_path, monkeypatch):
         space = load_space(write_space(tmp_path, **FAST)).override(trials=4)
         db = tmp_path / "results.db"
         summary = Search(space, study_name="tiny", storage=f"sqlite:///{db}", executor="ray", workers=2,
-                         ray_address=cluster.address, progress=False).run()
+                         ray_address=cluster.address, progress=False,
+                         allow_repeats=True).run()  # no duplicate pruned: trial 1 is measured
         t.join(5)
     finally:
         ray.shutdown()

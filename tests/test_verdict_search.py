@@ -41,7 +41,8 @@ def test_one_sigint_stops_the_search_cleanly(tmp_path):
     space = write_space(tmp_path, measure={"warmup": 1, "repeats": 2, "max_repeats": 3})
     db = tmp_path / "a.db"
     cmd = [sys.executable, "-m", "autotune.search", "--space", str(space), "--trials", "4", "--storage",
-           f"sqlite:///{db}", "--executor", "local", "--no-progress"]
+           f"sqlite:///{db}", "--executor", "local", "--no-progress",
+           "--allow-repeats"]  # no proposal pruned as a duplicate: trial 1 is the second measured
     p = subprocess.Popen(cmd, cwd=ROOT, env=_env(AUTOTUNE_FAULT_INJECT="sleep:1"), stdout=subprocess.PIPE,
                          stderr=subprocess.STDOUT)
     try:

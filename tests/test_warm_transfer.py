@@ -96,3 +96,66 @@ def test_all_buckets_transfer_enqueues_the_target_buckets_leaders_first(se):
     got = se.transfer_leaders(table, space, "all_buckets", 512, 256)
     assert [(ld.bucket, ld.params["pattern.block_size"], ld.params["pattern.window"]) for ld in got] == \
         [(256, 128, 0), (256, 32, 64), (256, 64, 64), (512, 32, 64), (512, 64, 64), (512, 64, 128)]
+
+
+def _grid_rows(se, speed):
+    """Every grid config with speedup ``speed(params, L)`` at each bucket, all feasible."""
+    rows = []
+    for p in se.grid_space().grid():
+        b = {str(L): {"speedup": speed(p, L), "feasible": True} for L in se.GRID_BUCKETS}
+        rows.append({"params": p, "ok": True, "objs": [1.0, 1.0], "cons": [0.0], "feasible": True, "buckets": b})
+    return rows
+
+
+def test_pooled_grid_gives_each_layout_the_median_of_its_measurements(se):
+    # block 128 at L=256 is 2 x 2 tiles: window 0 with stride 0, 4 or 8 builds one layout there
+    speeds = {0: 2.5, 4: 1.8, 8: 1.7}
+    table = _grid_rows(se, lambda p, L: speeds[p["pattern.stride"]] if (p["pattern.block_size"], p["pattern.window"],
+                                                                         p["pattern.num_global"]) == (128, 0, 0) else 1.0)
+    pooled = se.pooled_by_layout(table)
+    twins = [r for r in pooled if (r["params"]["pattern.block_size"], r["params"]["pattern.window"],
+                                   r["params"]["pattern.num_global"]) == (128, 0, 0)]
+    assert [r["buckets"]["256"]["speedup"] for r in twins] == [1.8, 1.8, 1.8]
+    assert all(r["buckets"]["256"]["layout_twins"] == 3 for r in twins)
+    # at 512 (4 x 4 tiles) stride 4 and 8 still add nothing to a 4-block diagonal: the same median
+    assert [r["buckets"]["512"]["speedup"] for r in twins] == [1.8, 1.8, 1.8]
+    assert twins[0]["objs"][0] == pytest.approx(1.8)  # geometric mean over the buckets, recomputed
+
+
+def test_the_replay_prunes_a_proposal_that_computes_what_a_measured_one_does(se):
+    """As the search does (`autotune.same_work`): with the rule a study of the whole grid measures
+    each of its 46 distinct computations once and then finds nothing new; without it, all 108."""
+    import optuna
+
+    table = _grid_rows(se, lambda p, L: 1.0)
+    space = se.grid_space()
+    lookup = {se._key(r["params"]): r for r in table}
+    for same_work, expect in ((True, 46), (False, 108)):
+        # `local` draws its random proposals from the unmeasured configs: it finds every one
+        study = optuna.create_study(sampler=se.replay_sampler("local", 0, space, ["maximize"]))
+        asked: set = set()
+        n = 0
+        while True:
+            t, r = se._ask_new(study, space, lookup, asked, same_work)
+            if t is None:
+                break
+            study.tell(t, 1.0)
+            n += 1
+        assert n == expect
+
+
+def test_the_remeasured_grid_takes_the_median_of_its_rounds(se):
+    space = se.grid_space()
+    reps = se.distinct_configs(space)
+    assert len(reps) == 46
+
+    def round_(k):
+        return [{"params": p, "ok": True, "objs": [1.0, 0.5], "cons": [0.0], "feasible": True,
+                 "buckets": {"256": {"speedup": float(k), "feasible": True},
+                             "512": {"speedup": float(10 * k), "feasible": False}}} for p in reps]
+
+    table = se.remeasured_table([round_(1), round_(3), round_(2)])
+    assert len(table) == 108 and {se._key(r["params"]) for r in table} == {se._key(p) for p in space.grid()}
+    assert all(r["buckets"]["256"]["speedup"] == 2.0 and r["buckets"]["512"]["speedup"] == 20.0 for r in table)
+    assert table[0]["buckets"]["256"]["speedup_rounds"] == [1.0, 3.0, 2.0]
+    assert table[0]["objs"] == [pytest.approx((2.0 * 20.0) ** 0.5), 0.5]

@@ -88,8 +88,9 @@ class Loop:
     def launch(self, executor) -> str:
         """Ask Optuna for a trial, claim its budget slot in the database and submit it. Returns
         "launched", "rejected" (invalid parameters: recorded failed), "budget" (the study's budget
-        is taken, by this or another driver) or "duplicate" (the parameters are already measured or
-        running; the asked trial is pruned unmeasured, its user attribute ``not_run`` says why)."""
+        is taken, by this or another driver) or "duplicate" (the parameters, or a static pattern's layouts
+        and launch config (`autotune.same_work`), are already measured or running; the asked trial is
+        pruned unmeasured, its user attribute ``not_run`` says why)."""
         d = self.driver
         from optuna.trial import TrialState
 
@@ -114,6 +115,12 @@ class Loop:
         except (TypeError, ValueError) as e:
             invalid = f"invalid parameters: {e}"
         now = utcnow()
+        same_work = None
+        if not invalid and not d.allow_repeats:  # a static pattern's twin computes the same (autotune.same_work)
+            mine = d.work_keys.key(pattern, kernel)
+            if mine is not None:
+                def same_work(row, mine=mine) -> bool:
+                    return d.work_keys.key(row.pattern, row.kernel) == mine
         status, other = d.db.claim_trial(dict(
             run_id=d.run_id, study_name=d.study_name, number=trial.number, optuna_trial_id=trial._trial_id,
             optuna_study_id=d.study._study_id, optuna_study_uid=d.study_uid,
@@ -122,15 +129,20 @@ class Loop:
             retry_of=retry_of, objective_names=list(d.space.objectives),
             constraint_names=optuna_constraint_names(d.space),
             started_at=now, finished_at=now if invalid else None,
-        ), d.space.budget.trials, allow_repeats=d.allow_repeats)
+        ), d.space.budget.trials, allow_repeats=d.allow_repeats, same_work=same_work)
         if status != "ok":
-            why = "budget reached" if status == "budget" else f"duplicate of trial {other}"
+            why = {"budget": "budget reached", "duplicate": f"duplicate of trial {other}",
+                   "same_work": f"duplicate of trial {other}: the same layouts and launch config"}[status]
             trial.set_user_attr("not_run", why)
+            if status == "same_work":
+                trial.set_user_attr("same_work_as", other)
             d.study.tell(trial, state=TrialState.PRUNED)
-            if status == "duplicate":
-                d.stats["duplicates_skipped"] += 1
+            if status != "budget":
+                d.stats["duplicates_skipped" if status == "duplicate" else "same_work_skipped"] += 1
                 if retry_of is not None:
-                    d.log(f"retry of trial {retry_of} skipped: its parameters were measured by trial {other}")
+                    d.log(f"retry of trial {retry_of} skipped: trial {other} measured "
+                          + ("its parameters" if status == "duplicate" else "the same layouts and launch config"))
+                status = "duplicate"
             return status
         if invalid:
             trial.set_user_attr("fail_reason", invalid)
