@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 CACHE_ENV = "TRITON_CACHE_DIR"
+KERNEL_FILES = ("triton_kernels.py", "triton_bwd_kernels.py")  # the Triton kernels' source (forward, backward)
 DISK_HIT_S = 0.05  # a first call under this long found the kernel in Triton's disk cache
 
 
@@ -42,12 +43,13 @@ class CompileFailed(RuntimeError):
 
 def kernel_fingerprint() -> str:
     """SHA-256 (12 hex digits) of the Triton kernels' source: a changed kernel gets new keys."""
-    src = Path(__file__).with_name("triton_kernels.py")
-    try:
-        data = src.read_bytes()
-    except OSError:
-        data = b""
-    return hashlib.sha256(data).hexdigest()[:12]
+    h = hashlib.sha256()
+    for name in KERNEL_FILES:
+        try:
+            h.update(Path(__file__).with_name(name).read_bytes())
+        except OSError:
+            pass
+    return h.hexdigest()[:12]
 
 
 def compile_key(*, backend: str, dtype: str, mode: str, heads: int, head_dim: int, bias: bool, batch: int,

@@ -116,6 +116,7 @@ def _ptxas() -> str:
 
 def _kernel_args(job: CompileJob) -> tuple[object, dict[str, object], dict[str, object], str]:
     """(jit function, example runtime arguments by name, constexprs by name, kernel tile role)."""
+    from . import triton_bwd_kernels as tb  # noqa: PLC0415
     from . import triton_kernels as tk  # noqa: PLC0415
     from .config import dbias_tiles  # noqa: PLC0415
     from .triton_op import _d_pad, _nb_pad, _prec  # noqa: PLC0415
@@ -161,15 +162,15 @@ def _kernel_args(job: CompileJob) -> tuple[object, dict[str, object], dict[str, 
         nr, nc = -(-nb // rb), -(-nb // cb)
         const = dict(NB_PAD=_nb_pad(nc), HAS_BIAS=True, ROW_BLOCKS=rb, COL_BLOCKS=cb)
         if job.kernel == "dq":
-            fn = tk._attn_bwd_dq_kernel
+            fn = tb._attn_bwd_dq_kernel
             const.update(BLOCK_M=job.block_m, BLOCK_N=job.block_n, WRITE_DBIAS=False)
         else:
-            fn = tk._attn_bwd_dkdv_kernel
+            fn = tb._attn_bwd_dkdv_kernel
             const.update(BLOCK_M=job.block_n, BLOCK_N=job.block_m)
         common["EVEN_L"] = L % max(bs, job.block_m, job.block_n) == 0
         ints.update(N_TILES=nr * rb * bs // job.block_m, NB=nc, NB_ROWS=nr)
     elif job.kernel == "dbias":
-        fn = tk._attn_bwd_dbias_kernel  # block-dividing tiles (config.dbias_tiles)
+        fn = tb._attn_bwd_dbias_kernel  # block-dividing tiles (config.dbias_tiles)
         bm, bn = dbias_tiles(job.block_m, job.block_n, bs)
         const = dict(BLOCK_M=bm, BLOCK_N=bn)
     else:

@@ -68,14 +68,13 @@ from .opdefs import (
 )
 from .plans import layout_plans
 from .reference import resolve_scale
-from .triton_kernels import (
-    LOG2E,
+from .triton_bwd_kernels import (
     _attn_bwd_dbias_kernel,
     _attn_bwd_dkdv_kernel,
     _attn_bwd_dq_kernel,
     _attn_bwd_preprocess_kernel,
-    _attn_fwd_kernel,
 )
+from .triton_kernels import LOG2E, _attn_fwd_kernel
 
 __all__ = ["triton_sparse_attention", "triton_attention_checked", "SUPPORTED_HEAD_DIMS", "SUPPORTED_DTYPES"]
 

@@ -413,7 +413,7 @@ KERNEL_SOURCES: dict[str, tuple[str, ...]] = {
     "shared": ("kernels/backends.py", "kernels/plans.py", "kernels/config.py", "kernels/opdefs.py",
                "patterns/layout.py", "patterns/config.py", "patterns/guided.py"),
     "cpu": ("kernels/cpu.py", "kernels/cpu_bucket.py", "kernels/cpu_fused.py", "kernels/csrc"),
-    "triton": ("kernels/triton_kernels.py", "kernels/triton_op.py"),
+    "triton": ("kernels/triton_kernels.py", "kernels/triton_bwd_kernels.py", "kernels/triton_op.py"),
     "flex": ("kernels/flex.py",),
     "dense": ("kernels/dense.py",),
     "reference": ("kernels/reference.py",),
