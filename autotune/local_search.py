@@ -50,9 +50,9 @@ proposal.
 
 The steps were chosen on the replay of ``benchmarks/search_efficiency.py`` (its docstring and
 ``benchmarks/results/search_efficiency.json``) against its one-shot grid, with other seeds and the
-single-bucket objectives reported beside as a hold-out; two grids measured after that choice (the
-same measurements pooled by layout, and the distinct computations re-measured) are its hold-out
-grids.
+single-bucket objectives reported beside as a hold-out; three grids measured after that choice (the
+same measurements pooled by layout, the distinct computations re-measured, and a larger triangle
+grid at three lengths) are its hold-out grids.
 """
 
 from __future__ import annotations

@@ -15,10 +15,18 @@ first (by the ratio of lengths: the smallest ``|log(L_old / L_new)|`` over the n
 increasing length), best first within a bucket. A pattern's parameters are lengths in residues and
 its speed and accuracy change with the chain's length, so the leaders measured at the nearest length
 are the best guess; a study re-tuned at the same buckets keeps the increasing-length order.
-Rescaling the leaders to the new lengths was measured and not adopted: on the replay of
-``benchmarks/search_efficiency.py`` (its docstring, 3) the length-scaled counterparts (window,
-globals, block size times L_new / L_old, snapped to the space's choices) and the near-feasible
-configs of a longer bucket did not bring the warm start closer to the best at the new length.
+
+Lengths the earlier study did not measure (`length_scaled`): after every leader as it is, the
+leaders of the earlier bucket nearest each such new length are enqueued again with their lengths in
+residues (block size, window, global tokens; stride is in blocks and stays) times
+``L_new / L_old``, snapped to the new space's choices (both neighbours on a tie), the same pattern
+relative to the chain. On the replay of ``benchmarks/search_efficiency.py`` (its docstring, 3 and 5)
+the optimum of the triangle grid moves with the length (block 32 window 64 at 512, block 64 window
+128 at 1024), and these counterparts put every sampler within 5% of the best in 3 trials from 512
+to 1024 and back (the leaders alone: 12-42, cold 19-41); on the MSA-row grids, whose two buckets
+share their optimum, they change nothing (the leaders are within 5% at trial 1). From the 256
+bucket of the triangle grid, whose best is the 2 x 2 tile diagonal of 128-residue blocks, no
+transfer measured reaches the longer buckets' best.
 
 Mapping a leader's parameters onto the new space: a parameter the new space searches keeps its
 value when the value is one of its choices (or inside its integer range, on its step); a parameter
@@ -26,8 +34,9 @@ the new space fixes, or does not have, is dropped (the new space's value applies
 new space searches but the leader lacks is left to the sampler. A leader with a value outside the
 new space is skipped; one line says which and why. Identical mapped parameter sets are enqueued once.
 
-Trials enqueued this way carry the user attribute ``warm_start`` ("STUDY#NUMBER@L"). Warm start
-applies to a new study only: a study that already has trials continues from its own.
+Trials enqueued this way carry the user attribute ``warm_start`` ("STUDY#NUMBER@L", and
+"STUDY#NUMBER@L->L_NEW" for a length-scaled counterpart). Warm start applies to a new study only: a
+study that already has trials continues from its own.
 """
 
 from __future__ import annotations
@@ -52,6 +61,66 @@ class Leader:
     params: dict[str, Any]
     speedup: Optional[float] = None
     confirmed: bool = False
+    scaled_to: Optional[int] = None  # a length-scaled counterpart for this new length (`length_scaled`)
+
+
+#: a pattern's parameters that are lengths in residues (stride is in blocks)
+LENGTH_PARAMS = ("pattern.block_size", "pattern.window", "pattern.num_global")
+
+
+def snapped(choices: list, value: float) -> list:
+    """The choices nearest ``value`` (both on an exact tie); 0 stays 0 (it turns a part off), and is
+    dropped when the choices cannot turn it off."""
+    if value == 0:
+        return [0] if 0 in choices else []
+    gap = min(abs(c - value) for c in choices)
+    return [c for c in choices if abs(c - value) == gap]
+
+
+def scaled_counterparts(space, params: dict[str, Any], src: int, dst: int,
+                        names: tuple[str, ...] = LENGTH_PARAMS) -> list[dict[str, Any]]:
+    """``params`` with every parameter of ``names`` the space searches (lengths in residues) scaled
+    by ``dst / src`` and snapped to its values (`snapped` for choices; an integer range on its step,
+    clipped to it); every combination on ties; other parameters as they are."""
+    import itertools
+    import math
+
+    dists = space.distributions()
+    options = []
+    for name, value in params.items():
+        dist = dists.get(name)
+        if name not in names or dist is None or not isinstance(value, (int, float)) or isinstance(value, bool):
+            options.append([(name, value)])
+            continue
+        target = value * dst / src
+        if hasattr(dist, "choices"):
+            numeric = [c for c in dist.choices if isinstance(c, (int, float)) and not isinstance(c, bool)]
+            options.append([(name, v) for v in snapped(numeric, target)] or [(name, value)] if numeric else [(name, value)])
+        else:  # an integer range: the nearest values on its step, clipped to it
+            k = (min(max(target, dist.low), dist.high) - dist.low) / dist.step
+            values = sorted({min(dist.low + n * dist.step, dist.high) for n in (math.floor(k), math.ceil(k))})
+            gap = min(abs(v - target) for v in values)
+            options.append([(name, int(v)) for v in values if abs(v - target) == gap])
+    return [dict(combo) for combo in itertools.product(*options)]
+
+
+def length_scaled(leaders: list[Leader], space, lengths) -> list[Leader]:
+    """The length-scaled counterparts (module docstring) of ``leaders`` for each length of
+    ``lengths`` that no leader's bucket has: the leaders of the bucket nearest it (by the ratio of
+    lengths; ties to the shorter), in their order, each scaled (`scaled_counterparts`)."""
+    import math
+
+    buckets = sorted({ld.bucket for ld in leaders})
+    out: list[Leader] = []
+    for L in sorted({int(x) for x in lengths or []}):
+        if not buckets or L in buckets:
+            continue
+        src = min(buckets, key=lambda b: (round(abs(math.log(b / L)), 12), b))
+        for ld in (ld for ld in leaders if ld.bucket == src and ld.scaled_to is None):
+            for params in scaled_counterparts(space, ld.params, src, L):
+                if params != ld.params:
+                    out.append(Leader(src, ld.trial, params, None, False, scaled_to=L))
+    return out
 
 
 def read_leaders(storage: str, study: str, top: Optional[int] = None) -> list[Leader]:
@@ -127,7 +196,8 @@ def enqueue_leaders(study, space, leaders: list[Leader], *, source: str = "warm-
         if key in seen:
             continue
         seen.add(key)
-        study.enqueue_trial(mapped, user_attrs={"warm_start": f"{source}#{ld.trial}@{ld.bucket}"}, skip_if_exists=False)
+        tag = f"{source}#{ld.trial}@{ld.bucket}" + (f"->{ld.scaled_to}" if ld.scaled_to is not None else "")
+        study.enqueue_trial(mapped, user_attrs={"warm_start": tag}, skip_if_exists=False)
         n += 1
     if skipped:
         log(f"warm start: skipped {len(skipped)} leader(s) outside this space: {'; '.join(skipped)}")
@@ -156,7 +226,10 @@ def warm_start(study, space, source_study: str, storage: str, log: Callable[[str
         log(f"warm start: study {study.study_name!r} already has trials; it continues from its own (no leaders enqueued)")
         return 0
     leaders = order_by_length(read_leaders(storage, source_study), space.buckets)
-    n = enqueue_leaders(study, space, leaders, source=source_study, log=log)
-    log(f"warm start: {n} leader(s) of study {source_study!r} enqueued as the first trials "
-        f"({len(leaders)} read over buckets {sorted({ld.bucket for ld in leaders})})")
+    scaled = length_scaled(leaders, space, space.buckets)
+    n = enqueue_leaders(study, space, leaders + scaled, source=source_study, log=log)
+    log(f"warm start: {n} trial(s) from study {source_study!r} enqueued as the first ({len(leaders)} leader(s) "
+        f"read over buckets {sorted({ld.bucket for ld in leaders})}"
+        + (f", then {len(scaled)} length-scaled counterpart(s) for {sorted({ld.scaled_to for ld in scaled})}" if scaled else "")
+        + ")")
     return n

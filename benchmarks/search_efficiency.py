@@ -22,11 +22,13 @@
    speedup; an infeasible config scores 0), cold, or warm-started with the confirmed leaders of a
    study at bucket 256 (the 3 best feasible configs there, enqueued first): trials until the best
    found is within 5% of the bucket's best, median over 3 seeds (0..2) and over the hold-out seeds
-   3..9; and the same from 512 to 256. Besides the leaders as they are (``warm``), transfers across
-   lengths that enqueue more after them (`transfer_leaders`; measured, none adopted by the search:
-   none meets the target from 512 to 256, see benchmarks/README.md):
-   ``scaled``: each leader's length-scaled counterparts, block size, window and globals (residues)
-   times L_new / L_old, snapped to the nearest choices (both on a tie; stride is in blocks and
+   3..9; and the same from 512 to 256 (and between every pair of buckets of a grid's
+   ``warm_pairs``). ``warm`` is what the search enqueues (`autotune.warmstart.warm_start`): the
+   leaders as they are, then their length-scaled counterparts (``scaled`` below, adopted after the
+   triangle grid of 5); the other transfers of `transfer_leaders` are measured beside it
+   (``as_is``: the leaders alone, the search's rule before):
+   ``scaled``: each leader's length-scaled counterparts (`autotune.warmstart.length_scaled`), block
+   size, window and globals (residues) times L_new / L_old, snapped to the nearest choices (both on a tie; stride is in blocks and
    stays), the same pattern relative to the chain; ``scaled_no_block``: the same with the block
    size (also the kernel's tile) kept; ``near_feasible`` (to a shorter bucket only): the 3 fastest
    configs at the source bucket that missed a target other than speedup there (in this grid the
@@ -51,7 +53,13 @@
    its "best", one lucky measurement, is found only when the sampler happens to measure that twin
    first), the other two with and without it (``*_without_same_work``).
 
-    python benchmarks/search_efficiency.py [--grid FILE] [--remeasured FILE] [--rounds 5] [--seeds 10] [--out FILE] [--throughput]
+5. A second, larger grid (`TRI_GRID`, ``grids.tri``): the triangle workload at three buckets
+   (256, 512, 1024), block 32/64/128 x window 0/32/64/128/256 x global 0/16/32 x stride 0/4/8
+   (135 configs, 66 distinct computations), re-measured in 5 rounds like ``remeasured`` above
+   (``results/search_grid_cpu_tri.json``); the replay and the warm start between every pair of
+   buckets. The grids are data (`GridSpec`); `activate` makes one the grid the functions read.
+
+    python benchmarks/search_efficiency.py [--grids row,tri] [--seeds 10] [--out FILE] [--throughput]
 """
 
 from __future__ import annotations
@@ -64,14 +72,48 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from dataclasses import dataclass, field
 from typing import Any, Optional
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-GRID_PATTERN = {"block_size": {"choices": [32, 64, 128]}, "window": {"choices": [0, 64, 128, 192]},
-                "num_global": {"choices": [0, 16, 32]}, "stride": {"choices": [0, 4, 8]}}
-GRID_BUCKETS = [256, 512]
+RESULTS = ROOT / "benchmarks" / "results"
+
+
+@dataclass(frozen=True)
+class GridSpec:
+    """One replay grid (module docstring, 5), as data: the cpu.yaml workload it times, its buckets
+    and pattern axes, its files (``one_shot``: measured once per config, absent for a grid that has
+    only the re-measured rounds) and the (source, target) buckets of its warm starts."""
+
+    name: str
+    workload: str
+    buckets: tuple[int, ...]
+    pattern: dict = field(hash=False)
+    remeasured: Path = field(hash=False)
+    one_shot: Optional[Path] = field(default=None, hash=False)
+    warm_pairs: tuple[tuple[int, int], ...] = ()
+    rounds: int = 5
+
+
+ROW_GRID = GridSpec(
+    "row", "row", (256, 512),
+    {"block_size": {"choices": [32, 64, 128]}, "window": {"choices": [0, 64, 128, 192]},
+     "num_global": {"choices": [0, 16, 32]}, "stride": {"choices": [0, 4, 8]}},
+    RESULTS / "search_grid_cpu_distinct.json", RESULTS / "search_grid_cpu.json", ((256, 512), (512, 256)))
+TRI_GRID = GridSpec(
+    "tri", "tri", (256, 512, 1024),
+    {"block_size": {"choices": [32, 64, 128]}, "window": {"choices": [0, 32, 64, 128, 256]},
+     "num_global": {"choices": [0, 16, 32]}, "stride": {"choices": [0, 4, 8]}},
+    RESULTS / "search_grid_cpu_tri.json", None,
+    ((256, 512), (512, 256), (512, 1024), (1024, 512), (256, 1024), (1024, 256)))
+GRIDS = {g.name: g for g in (ROW_GRID, TRI_GRID)}
+
+# the active grid (`activate`): what grid_space, the work keys and the replay read
+GRID = ROW_GRID
+GRID_PATTERN = GRID.pattern
+GRID_BUCKETS = list(GRID.buckets)
 SAMPLERS = ("nsga2", "tpe", "tpe_independent", "gp", "random", "local")
 WARM_FROM, WARM_TO, WARM_TOP = 256, 512, 3
 HOLDOUT_SEEDS = (10, 30)  # the replay's hold-out seeds (module docstring, 2)
@@ -107,15 +149,22 @@ def throughput(workers: int, trials: int) -> dict:
     }
 
 
+def activate(spec: GridSpec) -> None:
+    """Make ``spec`` the active grid (module globals ``GRID``, ``GRID_PATTERN``, ``GRID_BUCKETS``)."""
+    global GRID, GRID_PATTERN, GRID_BUCKETS
+    GRID, GRID_PATTERN, GRID_BUCKETS = spec, spec.pattern, list(spec.buckets)
+    _WORK_KEYS.clear()
+
+
 def grid_space(sampler: Optional[dict] = None):
-    """The replay's space: cpu.yaml with the grid's pattern axes, buckets and the row workload."""
+    """The replay's space: cpu.yaml with the active grid's pattern axes, buckets and workload."""
     import yaml
 
     from search_spaces.space import parse_space
 
     data = yaml.safe_load((ROOT / "search_spaces" / "cpu.yaml").read_text())
     data.update(buckets=GRID_BUCKETS, pattern=GRID_PATTERN,
-                workloads=[w for w in data["workloads"] if w["kind"] == "msa_row"],
+                workloads=[w for w in data["workloads"] if w["name"] == GRID.workload],
                 objectives=["speedup", "accuracy"], measure={"warmup": 1, "repeats": 5})
     if sampler is not None:
         data["sampler"] = sampler
@@ -167,7 +216,7 @@ def build_grid(seed: int = 0, distinct: bool = False) -> list[dict]:
     return table
 
 
-def pooled_by_layout(table: list[dict], buckets: list[int] = GRID_BUCKETS) -> list[dict]:
+def pooled_by_layout(table: list[dict], buckets: Optional[list[int]] = None) -> list[dict]:
     """``table`` with each config's speedup at each bucket replaced by the median over every config
     of the table whose static layout there is the same (`patterns.build_layout`: the same block
     size and kept tiles, hence the same kernel work), and its aggregate speedup (``objs[0]``, the
@@ -185,6 +234,7 @@ def pooled_by_layout(table: list[dict], buckets: list[int] = GRID_BUCKETS) -> li
     from patterns import PatternConfig, build_layout
 
     out = copy.deepcopy(table)
+    buckets = GRID_BUCKETS if buckets is None else buckets
     for L in buckets:
         groups: dict[tuple, list[int]] = {}
         for i, r in enumerate(table):
@@ -342,33 +392,8 @@ def sampler_replays(table: list[dict], seeds: int, budget: int, samplers: tuple[
     return grid, out
 
 
-TRANSFERS = ("as_is", "scaled", "scaled_no_block", "near_feasible", "all_buckets")  # module docstring, 3
-LENGTH_PARAMS = ("pattern.block_size", "pattern.window", "pattern.num_global")  # residues; stride is in blocks
-
-
-def snapped(choices: list, value: float) -> list:
-    """The choices nearest ``value`` (both on an exact tie); 0 stays 0 (it turns a part off)."""
-    if value == 0:
-        return [0] if 0 in choices else []
-    gap = min(abs(c - value) for c in choices)
-    return [c for c in choices if abs(c - value) == gap]
-
-
-def scaled_counterparts(space, params: dict, src: int, dst: int, names: tuple = LENGTH_PARAMS) -> list[dict]:
-    """``params`` with every parameter of ``names`` (lengths in residues) scaled by ``dst / src`` and
-    snapped to the space's choices (`snapped`; every combination on ties); other parameters as they are.
-    The pattern keeps its shape relative to the chain (the same kept fraction where nothing snaps)."""
-    import itertools
-
-    dists = space.distributions()
-    options = []
-    for name, value in params.items():
-        dist = dists.get(name)
-        if name in names and dist is not None and hasattr(dist, "choices"):
-            options.append([(name, v) for v in snapped(list(dist.choices), value * dst / src)] or [(name, value)])
-        else:
-            options.append([(name, value)])
-    return [dict(combo) for combo in itertools.product(*options)]
+TRANSFERS = ("scaled", "as_is", "scaled_no_block", "near_feasible", "all_buckets")  # module docstring, 3
+PRODUCT_TRANSFER = "scaled"  # what `autotune.warmstart.warm_start` enqueues for a length it has no leaders of
 
 
 def _score(r: dict, L: int) -> float:
@@ -380,12 +405,12 @@ def _score(r: dict, L: int) -> float:
 def transfer_leaders(table: list[dict], space, transfer: str, src: int, dst: int) -> list:
     """The configs a warm start from a study at bucket ``src`` enqueues for bucket ``dst`` (module
     docstring, 3): the ``WARM_TOP`` leaders at ``src`` as they are, then, by ``transfer``, their
-    length-scaled counterparts (``scaled``: block, window and globals; ``scaled_no_block``: window
-    and globals) or (``near_feasible``, only when ``dst < src``) the ``WARM_TOP`` fastest configs at
+    length-scaled counterparts (``scaled``: block, window and globals, by the product's
+    `autotune.warmstart.length_scaled`; ``scaled_no_block``: window and globals) or (``near_feasible``, only when ``dst < src``) the ``WARM_TOP`` fastest configs at
     ``src`` that failed a target other than speedup there (in this grid: the accuracy targets).
     ``all_buckets``: the earlier study measured every grid bucket, as a real study does; the
     ``WARM_TOP`` leaders of each, the bucket nearest ``dst`` first (`autotune.warmstart.order_by_length`)."""
-    from autotune.warmstart import Leader, order_by_length
+    from autotune.warmstart import LENGTH_PARAMS, Leader, length_scaled, order_by_length, scaled_counterparts
 
     ok = [r for r in table if r.get("ok")]
     if transfer == "all_buckets":
@@ -393,9 +418,11 @@ def transfer_leaders(table: list[dict], space, transfer: str, src: int, dst: int
         return order_by_length(leaders, [dst])
     src_rows = sorted((r for r in ok if _score(r, src) > 0), key=lambda r: -_score(r, src))[:WARM_TOP]
     params = [r["params"] for r in src_rows]
-    if transfer in ("scaled", "scaled_no_block"):
-        names = LENGTH_PARAMS if transfer == "scaled" else LENGTH_PARAMS[1:]
-        params += [q for p in params for q in scaled_counterparts(space, p, src, dst, names)]
+    if transfer == "scaled":  # the product's rule, by the product's code
+        leaders = [Leader(bucket=src, trial=i, params=p) for i, p in enumerate(params)]
+        return leaders + length_scaled(leaders, space, [dst])
+    if transfer == "scaled_no_block":
+        params += [q for p in params for q in scaled_counterparts(space, p, src, dst, LENGTH_PARAMS[1:])]
     elif transfer == "near_feasible" and dst < src:
         near = sorted((r for r in ok if not r["buckets"][str(src)]["feasible"]),
                       key=lambda r: -r["buckets"][str(src)]["speedup"])[:WARM_TOP]
@@ -449,7 +476,7 @@ def warm_start(table: list[dict], sampler_name: str, seeds: int = 3, src: int = 
     res: dict[str, Any] = {"sampler": sampler_name, "from_bucket": src, "to_bucket": dst,
                            "leaders": WARM_TOP, "seeds": seeds, "holdout_seeds": f"{holdout[0]}..{holdout[1] - 1}",
                            "within": 0.05, "same_work": same_work}
-    runs = [("cold", False, "as_is")] + [("warm" if t == "as_is" else f"warm_{t}", True, t) for t in transfers]
+    runs = [("cold", False, "as_is")] + [("warm" if t == PRODUCT_TRANSFER else f"warm_{t}", True, t) for t in transfers]
     for mode, warm, transfer in runs:
         if transfer == "near_feasible" and dst > src:
             continue  # the rule applies to a shorter target only
@@ -463,18 +490,15 @@ def warm_start(table: list[dict], sampler_name: str, seeds: int = 3, src: int = 
             res[mode]["enqueued"] = len({_key(p.params) for p in transfer_leaders(table, grid_space(), transfer, src, dst)})
             res[mode]["over_cold"] = round(res[mode]["median"] / res["cold"]["median"], 3)
             res[mode]["holdout_over_cold"] = round(res[mode]["holdout_median"] / res["cold"]["holdout_median"], 3)
-    res["warm_over_cold"] = res["warm"]["over_cold"]
+    res["warm_over_cold"] = res.get("warm", {}).get("over_cold")
     print(f"warm start: {res}", flush=True)
     return res
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--grid", default=str(ROOT / "benchmarks" / "results" / "search_grid_cpu.json"),
-                    help="the one-shot grid (built and written when the file does not exist)")
-    ap.add_argument("--remeasured", default=str(ROOT / "benchmarks" / "results" / "search_grid_cpu_distinct.json"),
-                    help="the re-measured grid of distinct computations (module docstring, 4; built when absent)")
-    ap.add_argument("--rounds", type=int, default=5, help="rounds of the re-measured grid")
+    ap.add_argument("--grids", default=",".join(GRIDS), help="comma-separated, of " + ", ".join(GRIDS)
+                    + " (module docstring, 5; a grid's files are built when absent)")
     ap.add_argument("--seeds", type=int, default=10)
     ap.add_argument("--budget", type=int, help="sampler budget (default: a third of the grid)")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "search_efficiency.json"))
@@ -489,20 +513,30 @@ def main() -> None:
     result["machine"] = "2-core CPU, float32"
     if args.throughput:
         result["throughput"] = [throughput(w, args.trials) for w in (1, 2)]
-    table = _load_or_build(Path(args.grid), lambda: {"table": build_grid()})["table"]
-    remeasured = _load_or_build(Path(args.remeasured), lambda: {
-        "rounds": [build_grid(seed=r + 1, distinct=True) for r in range(args.rounds)]})
     names = tuple(n for n in args.samplers.split(",") if n)
-    budget = args.budget or len(table) // 3
     seeds_of = {"gp": args.gp_seeds} if args.gp_seeds else None
-    pooled, again = pooled_by_layout(table), remeasured_table(remeasured["rounds"])
-    result["grids"] = {  # module docstring, 4: the one-shot grid as the search ran before the rule
-        "one_shot": grid_section(table, args.seeds, budget, names, seeds_of, same_work=False),
-        "pooled": grid_section(pooled, args.seeds, budget, names, seeds_of),
-        "pooled_without_same_work": grid_section(pooled, args.seeds, budget, names, seeds_of, same_work=False),
-        "remeasured": grid_section(again, args.seeds, budget, names, seeds_of),
-        "remeasured_without_same_work": grid_section(again, args.seeds, budget, names, seeds_of, same_work=False),
-    }
+    result["grids"] = {k: v for k, v in result.get("grids", {}).items() if k in GRIDS}  # the other grids' kept
+    for grid_name in (n for n in args.grids.split(",") if n):
+        spec = GRIDS[grid_name]
+        activate(spec)
+        again = remeasured_table(_load_or_build(spec.remeasured, lambda: {
+            "rounds": [build_grid(seed=r + 1, distinct=True) for r in range(spec.rounds)]})["rounds"])
+        budget = args.budget or len(again) // 3
+        sections = {}
+        if spec.one_shot is not None:  # module docstring, 4: the one-shot grid as the search ran before the rule
+            table = _load_or_build(spec.one_shot, lambda: {"table": build_grid()})["table"]
+            pooled = pooled_by_layout(table)
+            sections["one_shot"] = grid_section(table, args.seeds, budget, names, seeds_of, same_work=False)
+            sections["pooled"] = grid_section(pooled, args.seeds, budget, names, seeds_of)
+            sections["pooled_without_same_work"] = grid_section(pooled, args.seeds, budget, names, seeds_of,
+                                                                same_work=False)
+        sections["remeasured"] = grid_section(again, args.seeds, budget, names, seeds_of)
+        sections["remeasured_without_same_work"] = grid_section(again, args.seeds, budget, names, seeds_of,
+                                                                same_work=False)
+        result["grids"][grid_name] = dict(
+            {"workload": spec.workload, "buckets": list(spec.buckets), "pattern": spec.pattern,
+             "configs": len(again), "distinct_computations": len(set(work_keys(grid_space()).values())),
+             "rounds": spec.rounds}, **sections)
     result["command"] = "python benchmarks/search_efficiency.py"
     for key in ("grid", "samplers", "winner", "warm_start", "pooled", "warm_start_command", "one_shot_without_same_work"):
         result.pop(key, None)
@@ -569,7 +603,7 @@ def grid_section(table: list[dict], seeds: int, budget: int, samplers: tuple[str
     sec["winner"] = max(samplers, key=lambda n: (sec["samplers"][n]["found_grid_best"] / sec["samplers"][n]["seeds"],
                                                  sec["samplers"][n]["hv_ratio_mean"]))
     sec["warm_start"] = [warm_start(table, name, src=a, dst=b, same_work=same_work)
-                         for name in ("local", "tpe", "random") for a, b in ((WARM_FROM, WARM_TO), (WARM_TO, WARM_FROM))]
+                         for name in ("local", "tpe", "random") for a, b in GRID.warm_pairs]
     return sec
 
 

@@ -232,6 +232,35 @@ def test_warm_start_enqueues_the_earlier_studys_leaders_first(tmp_path):
     assert {k: v for k, v in first.params.items()} == {k: v for k, v in lead.params.items() if k in first.params}
 
 
+@pytest.mark.slow
+def test_warm_start_at_a_new_length_adds_the_length_scaled_counterparts(tmp_path):
+    """A study at bucket 256 (a length the earlier study at 64/128 did not measure): every earlier
+    leader first, then the leaders of 128 (the nearest) with block, window and globals doubled,
+    marked ``first#N@128->256``."""
+    from autotune.warmstart import length_scaled, order_by_length, read_leaders
+
+    s, db = _search(tmp_path, study="first", trials=4)
+    s.run()
+    leaders = order_by_length(read_leaders(f"sqlite:///{db}", "first"), [256])
+    s2, _ = _search(tmp_path, study="second", trials=1, warm=("first", f"sqlite:///{db}"), buckets=[256])
+    expected = length_scaled(leaders, s2.space, [256])
+    assert expected and all(ld.bucket == 128 and ld.scaled_to == 256 for ld in expected)
+    s2.run()
+    import optuna
+
+    st = optuna.load_study(study_name="second", storage=f"sqlite:///{db}")
+    tags = [t.user_attrs.get("warm_start") for t in sorted(st.get_trials(deepcopy=False), key=lambda t: t.number)]
+    scaled = [t for t in tags if t and "->" in t]
+    assert scaled and all(t.endswith("@128->256") for t in scaled)
+    assert tags.index(scaled[0]) >= len({tuple(sorted(ld.params.items())) for ld in leaders}) - 1  # after the leaders
+    by_tag = {t.user_attrs["warm_start"]: t for t in st.get_trials(deepcopy=False) if "warm_start" in t.user_attrs}
+    queued = by_tag[scaled[0]]  # still waiting (a budget of 1): its parameters are the enqueued ones
+    params = queued.params or queued.system_attrs["fixed_params"]
+    src = next(ld for ld in leaders if ld.bucket == 128 and f"#{ld.trial}@" in scaled[0])
+    assert params["pattern.block_size"] == min(32, 2 * src.params["pattern.block_size"])  # doubled, snapped
+    assert {k: v for k, v in params.items()} in [dict(ld.params) for ld in expected]
+
+
 def test_map_params_keeps_values_in_range_and_skips_the_rest(tmp_path):
     from autotune.warmstart import Leader, enqueue_leaders, map_params
 

@@ -5,6 +5,7 @@ source bucket, and what `autotune.warmstart.enqueue_leaders` enqueues from them 
 from __future__ import annotations
 
 import importlib.util
+import sys
 from pathlib import Path
 
 import pytest
@@ -16,6 +17,7 @@ ROOT = Path(__file__).resolve().parent.parent
 def se():
     spec = importlib.util.spec_from_file_location("search_efficiency", ROOT / "benchmarks" / "search_efficiency.py")
     mod = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = mod  # its dataclasses look their module up there
     spec.loader.exec_module(mod)
     return mod
 
@@ -29,23 +31,63 @@ def _row(params, s256, f256, s512, f512):
                                                       "512": {"speedup": s512, "feasible": f512}}}
 
 
-def test_snapped_takes_the_nearest_choices_both_on_a_tie_and_keeps_zero(se):
-    assert se.snapped([0, 64, 128, 192], 32) == [0, 64]
-    assert se.snapped([0, 64, 128, 192], 100) == [128]
-    assert se.snapped([32, 64, 128], 16) == [32]  # below the smallest choice: the smallest
-    assert se.snapped([32, 64, 128], 256) == [128]
-    assert se.snapped([0, 16, 32], 0) == [0]
-    assert se.snapped([16, 32], 0) == []  # off, but the space cannot turn it off: dropped
+def test_snapped_takes_the_nearest_choices_both_on_a_tie_and_keeps_zero():
+    from autotune.warmstart import snapped
+
+    assert snapped([0, 64, 128, 192], 32) == [0, 64]
+    assert snapped([0, 64, 128, 192], 100) == [128]
+    assert snapped([32, 64, 128], 16) == [32]  # below the smallest choice: the smallest
+    assert snapped([32, 64, 128], 256) == [128]
+    assert snapped([0, 16, 32], 0) == [0]
+    assert snapped([16, 32], 0) == []  # off, but the space cannot turn it off: dropped
 
 
 def test_scaled_counterparts_of_a_leader_from_512_to_256(se):
+    from autotune.warmstart import LENGTH_PARAMS, scaled_counterparts
+
     space = se.grid_space()
-    got = se.scaled_counterparts(space, _p(64, 128, 32, 8), 512, 256)
+    got = scaled_counterparts(space, _p(64, 128, 32, 8), 512, 256)
     assert got == [_p(32, 64, 16, 8)]  # every length halved; stride (in blocks) as it is
-    got = se.scaled_counterparts(space, _p(32, 64, 0, 4), 512, 256)
+    got = scaled_counterparts(space, _p(32, 64, 0, 4), 512, 256)
     assert got == [_p(32, 0, 0, 4), _p(32, 64, 0, 4)]  # block 16 snaps to 32; window 32 ties 0 / 64
-    got = se.scaled_counterparts(space, _p(64, 64, 16, 0), 256, 512, se.LENGTH_PARAMS[1:])
+    got = scaled_counterparts(space, _p(64, 64, 16, 0), 256, 512, LENGTH_PARAMS[1:])
     assert got == [_p(64, 128, 32, 0)]  # without the block size: it stays
+
+
+def test_scaled_counterparts_on_an_integer_range(tmp_path):
+    from autotune.warmstart import scaled_counterparts
+    from search_spaces.space import load_space
+    from test_search import write_space
+
+    space = load_space(write_space(tmp_path))  # window: 0..64 step 16; block_size: choices 16, 32
+    got = scaled_counterparts(space, {"pattern.block_size": 32, "pattern.window": 48, "pattern.stride": 2}, 128, 64)
+    assert got == [{"pattern.block_size": 16, "pattern.window": w, "pattern.stride": 2} for w in (16, 32)]  # 24: a tie
+    got = scaled_counterparts(space, {"pattern.block_size": 16, "pattern.window": 48}, 64, 256)
+    assert got == [{"pattern.block_size": 32, "pattern.window": 64}]  # clipped to the range and the choices
+
+
+def test_length_scaled_only_for_lengths_without_leaders():
+    """The product's rule (`autotune.warmstart.length_scaled`): counterparts of the nearest bucket's
+    leaders, for each new length the earlier study has no leaders at, after every leader."""
+    from autotune.warmstart import Leader, length_scaled
+
+    class Space:
+        buckets = [256, 512, 1024]
+
+        @staticmethod
+        def distributions():
+            from optuna.distributions import CategoricalDistribution as C
+
+            return {"pattern.block_size": C([32, 64, 128]), "pattern.window": C([0, 32, 64, 128, 256]),
+                    "pattern.num_global": C([0, 16, 32]), "pattern.stride": C([0, 4, 8])}
+
+    leaders = [Leader(512, 7, _p(32, 64, 0, 0), 1.3, True), Leader(256, 3, _p(128, 0, 0, 0), 0.9, True)]
+    assert length_scaled(leaders, Space, [256, 512]) == []  # both lengths have leaders
+    got = length_scaled(leaders, Space, [1024, 2048])
+    # 1024 and 2048: from 512 (the nearest), the block and window doubled, then quadrupled (snapped)
+    assert [(ld.bucket, ld.trial, ld.scaled_to, ld.params) for ld in got] == [
+        (512, 7, 1024, _p(64, 128, 0, 0)), (512, 7, 2048, _p(128, 256, 0, 0))]
+    assert all(ld.speedup is None and not ld.confirmed for ld in got)
 
 
 def test_transfer_leaders_in_order_and_enqueued_once(se):
@@ -159,3 +201,17 @@ def test_the_remeasured_grid_takes_the_median_of_its_rounds(se):
     assert all(r["buckets"]["256"]["speedup"] == 2.0 and r["buckets"]["512"]["speedup"] == 20.0 for r in table)
     assert table[0]["buckets"]["256"]["speedup_rounds"] == [1.0, 3.0, 2.0]
     assert table[0]["objs"] == [pytest.approx((2.0 * 20.0) ** 0.5), 0.5]
+
+
+def test_grids_are_data_and_activate_switches_every_reader(se):
+    assert se.GRID is se.ROW_GRID
+    try:
+        se.activate(se.TRI_GRID)
+        space = se.grid_space()
+        assert space.buckets == [256, 512, 1024] and [w.kind for w in space.workloads] == ["triangle"]
+        assert len(space.grid()) == 135 and len(se.distinct_configs(space)) == len(set(se.work_keys(space).values()))
+    finally:
+        se.activate(se.ROW_GRID)
+    space = se.grid_space()
+    assert space.buckets == [256, 512] and [w.kind for w in space.workloads] == ["msa_row"]
+    assert len(set(se.work_keys(space).values())) == 46  # the row grid's keys again, not the triangle grid's
