@@ -85,14 +85,19 @@ class WorkKeys:
         self._lengths: Optional[tuple[int, ...]] = None
         self._keys: dict[str, Optional[str]] = {}
         self._layouts: dict = {}
+        self.disabled: Optional[str] = None  # why no key can be told (the chain set unreadable): every key None
 
     def key(self, pattern: Optional[dict[str, Any]], kernel: Optional[dict[str, Any]]) -> Optional[str]:
-        if not pattern:
+        if not pattern or self.disabled:
             return None
         memo = json.dumps([pattern, kernel], sort_keys=True, default=str)
         if memo not in self._keys:
             if self._lengths is None:
-                self._lengths = accuracy_lengths(self.space)
+                try:
+                    self._lengths = accuracy_lengths(self.space)
+                except Exception as e:  # noqa: BLE001 - the trials report the chain set's fault; no twin is assumed
+                    self.disabled = f"{type(e).__name__}: {e}"
+                    return None
             try:
                 self._keys[memo] = work_key(self.space, pattern, kernel, lengths=self._lengths, cache=self._layouts)
             except (TypeError, ValueError):  # a row the pattern classes reject: never anyone's twin

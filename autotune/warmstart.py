@@ -96,6 +96,8 @@ def scaled_counterparts(space, params: dict[str, Any], src: int, dst: int,
         if hasattr(dist, "choices"):
             numeric = [c for c in dist.choices if isinstance(c, (int, float)) and not isinstance(c, bool)]
             options.append([(name, v) for v in snapped(numeric, target)] or [(name, value)] if numeric else [(name, value)])
+        elif not isinstance(getattr(dist, "step", None), int):  # a continuous range: no length of ours; kept
+            options.append([(name, value)])
         else:  # an integer range: the nearest values on its step, clipped to it
             k = (min(max(target, dist.low), dist.high) - dist.low) / dist.step
             values = sorted({min(dist.low + n * dist.step, dist.high) for n in (math.floor(k), math.ceil(k))})

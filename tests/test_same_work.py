@@ -61,6 +61,18 @@ def test_a_guided_pattern_is_never_assumed_the_same(tmp_path):
     assert keys.key({"block_size": 7}, None) is None  # a row the pattern classes reject
 
 
+def test_an_unreadable_chain_set_assumes_no_twin(tmp_path, monkeypatch):
+    import autotune.accuracy as acc
+
+    def broken(*a, **k):
+        raise ValueError("proteins.json: not JSON")
+
+    monkeypatch.setattr(acc, "load_proteins", broken)
+    keys = WorkKeys(space_of(tmp_path, **ONE_TILE))
+    assert keys.key(static(), None) is None and keys.key(static(window=16), None) is None
+    assert "not JSON" in keys.disabled
+
+
 def test_claim_refuses_a_twin_unless_repeats_are_allowed(tmp_path):
     from results.db import Database
 
