@@ -60,7 +60,9 @@ class Backend:
     to it is ignored). run: the entry, ``run(q, k, v, layout, bias, scale=..., config=...)``, which
     imports the backend's module on first use. requires: (module, extra) pairs it needs installed.
     interpreter_on_cpu: it runs on CPU tensors only under ``TRITON_INTERPRET=1`` (Triton's
-    interpreter: exact but slow, for tests).
+    interpreter: exact but slow, for tests). gated: its ``run`` takes ``gate=`` and applies
+    sigmoid(gate) itself (inside the kernel where it can); the dispatcher multiplies after the
+    others (`kernels.inputs.gate_output`).
     """
 
     name: str
@@ -74,6 +76,7 @@ class Backend:
     run: Callable = field(repr=False)
     requires: tuple[tuple[str, str], ...] = ()
     interpreter_on_cpu: bool = False
+    gated: bool = False
 
     # ---- where it can run ------------------------------------------------------------------------
     def unavailable_reason(self, device: DeviceLike = "cpu") -> str:
@@ -131,13 +134,13 @@ def _run_reference(q, k, v, layout, bias, *, scale, config):
     return reference_attention(q, k, v, layout, bias, scale=scale)
 
 
-def _run_triton(q, k, v, layout, bias, *, scale, config):
+def _run_triton(q, k, v, layout, bias, *, scale, config, gate=None):
     run = _LOADED.get("triton")  # an import statement costs ~1 us a call: the product's hot path keeps the entry
     if run is None:
         from .triton_op import triton_attention_checked as run  # the dispatcher has checked the inputs
 
         _LOADED["triton"] = run
-    return run(q, k, v, layout, bias, scale=scale, config=config)
+    return run(q, k, v, layout, bias, scale=scale, config=config, gate=gate)
 
 
 _LOADED: dict[str, Callable] = {}  # backend entries imported once (see _run_triton)
@@ -173,7 +176,7 @@ REGISTRY: dict[str, Backend] = {
             name="triton", summary="the product's block-sparse Triton kernel (forward + backward), CUDA or TRITON_INTERPRET",
             devices=("cuda", "cpu"), dtypes=TRITON_DTYPES, head_dims=TRITON_HEAD_DIMS, block_sizes=LAYOUT_BLOCK_SIZES,
             grad_devices=("cuda", "cpu"), config_type=KernelConfig, run=_run_triton,
-            requires=(("triton", "triton"),), interpreter_on_cpu=True,
+            requires=(("triton", "triton"),), interpreter_on_cpu=True, gated=True,
         ),
         Backend(
             name="flex", summary="FlexAttention with a BlockMask from the same layout (the peer baseline)",

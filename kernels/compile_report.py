@@ -51,7 +51,8 @@ from patterns.output import check_output_path
 
 RESULTS_DIR = Path(__file__).resolve().parent.parent / "benchmarks" / "results"
 SM90_SHARED_LIMIT = 232_448
-KERNELS = ("fwd", "dq", "dkdv", "dbias")
+KERNELS = ("fwd", "dq", "dkdv", "dbias", "fwd_gated")  # fwd_gated: the eager inference forward of a gated module
+FORWARDS = ("fwd", "fwd_gated")
 DTYPES = {"bfloat16": "bf16", "float16": "fp16", "float32": "fp32"}
 
 
@@ -130,7 +131,7 @@ def _kernel_args(job: CompileJob) -> tuple[object, dict[str, object], dict[str, 
         HEAD_DIM=job.head_dim, D_PAD=d_pad, BLOCK_SIZE=bs,
         EVEN_L=(L % bs == 0), EVEN_D=(job.head_dim == d_pad), PREC=_prec(getattr(torch, job.dtype)),
     )
-    ptr = {n: f"*{dt}" for n in ("Q", "K", "V", "Bias", "Out", "DO", "DQ", "DK", "DV", "DBias")}
+    ptr = {n: f"*{dt}" for n in ("Q", "K", "V", "Bias", "Out", "Gate", "DO", "DQ", "DK", "DV", "DBias")}
     ptr.update({n: "*fp32" for n in ("Lse", "Delta")})
     ptr.update({n: "*i32" for n in ("KVCounts", "KVIndices", "QCounts", "QIndices", "TileOrder")})
     ptr["KVBits"] = ptr["QBits"] = "*i64"  # the coarse tiles' bitmasks (read only by tiles larger than the block)
@@ -139,20 +140,21 @@ def _kernel_args(job: CompileJob) -> tuple[object, dict[str, object], dict[str, 
     # q, k, v, o and their gradients as the EvoFormer modules produce them: [B, L, H, D] memory read
     # as [B, H, L, D] through strides (batch L*H*D, head D, row H*D)
     D = job.head_dim
-    for t in ("q", "k", "v", "o", "do", "dq", "dk", "dv"):
+    for t in ("q", "k", "v", "o", "g", "do", "dq", "dk", "dv"):
         ints.update({f"stride_{t}b": L * H * D, f"stride_{t}h": D, f"stride_{t}m": H * D})
     ints.update(stride_kn=H * D, stride_vn=H * D, stride_dkn=H * D, stride_dvn=H * D)
     ints.update(stride_bias_b=0, stride_bias_h=L * L, stride_bias_m=L, stride_bias_n=1,
                 stride_db_b=0, stride_db_h=L * L, B=B, H=H, L=L, NB=nb, LAYOUT_HEAD_STRIDE=0)
     floats = dict(qk_scale=0.25, sm_scale=0.17)
-    if job.kernel == "fwd":
+    if job.kernel in FORWARDS:
         fn = tk._attn_fwd_kernel
         # a tile larger than the block walks the coarse index (kernels.coarse_index): nr x nc coarse tiles
         rb, cb = max(1, job.block_m // bs), max(1, job.block_n // bs)
         nr, nc = -(-nb // rb), -(-nb // cb)
         # the training forward (the LSE stored; inference leaves it out)
-        const = dict(BLOCK_M=job.block_m, BLOCK_N=job.block_n, NB_PAD=_nb_pad(nc), HAS_BIAS=True, STORE_LSE=True,
-                     ROWS_PER_CTA=job.rows_per_cta, ROW_BLOCKS=rb, COL_BLOCKS=cb)
+        gated = job.kernel == "fwd_gated"  # inference of a gated module: no LSE, sigmoid(gate) in the epilogue
+        const = dict(BLOCK_M=job.block_m, BLOCK_N=job.block_n, NB_PAD=_nb_pad(nc), HAS_BIAS=True, STORE_LSE=not gated,
+                     ROWS_PER_CTA=job.rows_per_cta, ROW_BLOCKS=rb, COL_BLOCKS=cb, HAS_GATE=gated)
         common["EVEN_L"] = L % max(bs, job.block_m, job.block_n) == 0
         ints.update(N_TILES=nr * rb * bs // job.block_m, NB=nc, NB_ROWS=nr)
     elif job.kernel in ("dq", "dkdv"):
@@ -203,12 +205,13 @@ def _compile(job: CompileJob) -> CompileResult:
     d_pad = _d_pad(job.head_dim)
     tiles = (dbias_tiles(job.block_m, job.block_n, job.block_size) if job.kernel == "dbias"
              else (job.block_m, job.block_n))  # the tiles launched
-    stages = fit_stages(job.kernel, eb, *tiles, d_pad, job.num_stages)
+    role = "fwd" if job.kernel in FORWARDS else job.kernel  # the shared-memory model's kernel
+    stages = fit_stages(role, eb, *tiles, d_pad, job.num_stages)
     res = CompileResult(
         triton=triton.__version__, target="cuda:90", kernel=job.kernel, dtype=job.dtype, head_dim=job.head_dim,
         d_pad=d_pad, block_size=job.block_size, L=job.L, block_m=job.block_m, block_n=job.block_n,
         num_warps=job.num_warps, num_stages=job.num_stages, stages_launched=stages, rows_per_cta=job.rows_per_cta,
-        shared_estimate=shared_memory_bytes(job.kernel, eb, *tiles, d_pad, stages),
+        shared_estimate=shared_memory_bytes(role, eb, *tiles, d_pad, stages),
     )
     t0 = time.perf_counter()
     try:
@@ -286,14 +289,14 @@ def jobs_for(kernels: list[str], dtypes: list[str], head_dims: list[int], block_
             for kern in kernels:
                 if which == "all":  # every tile / warps / stages combination, unfiltered (calibration)
                     cfgs = [KernelConfig(bm, bn, w, s) for bm in KERNEL_TILES for bn in KERNEL_TILES
-                            if (KernelConfig(bm, bn).fits(block_size) if kern == "fwd"
+                            if (KernelConfig(bm, bn).fits(block_size) if kern in FORWARDS
                                 else KernelConfig(bm, bn).for_backward(block_size) == KernelConfig(bm, bn)
                                 and bm >= bn)
                             for w in (4, 8) if w == 4 or bm * bn >= 64 * 64 for s in (1, 2, 3)]
                 elif which == "defaults":
-                    cfgs = [default_forward_config(block_size, d, tdt) if kern == "fwd"
+                    cfgs = [default_forward_config(block_size, d, tdt) if kern in FORWARDS
                             else default_backward_config(block_size, d, tdt)]
-                elif kern == "fwd":
+                elif kern in FORWARDS:
                     cfgs = candidate_configs(block_size, d, tdt, exclude_spilling=False)
                 else:
                     cfgs = candidate_backward_configs(block_size, d, tdt, exclude_spilling=False)
@@ -306,7 +309,8 @@ def jobs_for(kernels: list[str], dtypes: list[str], head_dims: list[int], block_
 
 def _parse(argv: Optional[list[str]]) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m kernels.compile_report", description=__doc__.split("\n")[0])
-    p.add_argument("--kernels", default=",".join(KERNELS))
+    p.add_argument("--kernels", default=",".join(k for k in KERNELS if k != "fwd_gated"),
+                   help="comma-separated, of " + ", ".join(KERNELS) + " (fwd_gated on request)")
     p.add_argument("--dtypes", default="bfloat16,float32")
     p.add_argument("--head-dims", default="32,64")
     p.add_argument("--block-size", type=int, default=64)
@@ -360,7 +364,7 @@ def main(argv: Optional[list[str]] = None) -> list[CompileResult]:
 
     lengths = [4096] + ([4000] if a.ragged else [])
     jobs = jobs_for(a.kernels, a.dtypes, a.head_dims, a.block_size, lengths, a.configs)
-    jobs = [dataclasses.replace(j, rows_per_cta=r) for j in jobs for r in (a.rows_per_cta if j.kernel == "fwd" else [1])]
+    jobs = [dataclasses.replace(j, rows_per_cta=r) for j in jobs for r in (a.rows_per_cta if j.kernel in FORWARDS else [1])]
     out = Path(a.out) if a.out else RESULTS_DIR / f"compile-sm90-triton{triton.__version__}.csv"
     check_output_path(out)  # a folder, a device, /proc, ...: refused with one line before compiling
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -17,7 +17,7 @@ from patterns import guided as _guided
 
 from . import backends as _backends
 from .config import KernelConfig
-from .inputs import check_inputs
+from .inputs import check_gate, check_inputs, gate_output
 
 BACKENDS: tuple[str, ...] = ("auto", *_backends.names())
 
@@ -49,14 +49,22 @@ def sparse_attention(
     scale: Optional[float] = None,
     backend: str = "auto",
     config: Optional[KernelConfig] = None,
+    gate: Optional[torch.Tensor] = None,
 ) -> torch.Tensor:
     """Block-sparse attention of [B, H, L, D] inputs on ``layout`` (see module docstring). The
     backend is looked up in the registry (``kernels.backends``); ``config`` goes to a backend that
-    takes a launch config (triton) and is ignored by the others."""
+    takes a launch config (triton) and is ignored by the others. ``gate``: None, or gate logits of
+    q's shape: the result is then sigmoid(gate) * attention (`kernels.inputs.gate_output`), applied
+    inside the kernel by a backend that can (``Backend.gated``: the Triton forward's epilogue, for
+    eager calls without gradients) and after it otherwise."""
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {list(BACKENDS)}, got {backend!r}")
     check_inputs(q, k, v, layout, bias)
+    check_gate(q, gate)
     if bias is not None and bias.dim() < 4:
         bias = bias[(None,) * (4 - bias.dim())]  # a view: [L, L] -> [1, 1, L, L] (gradients flow back)
-    return _backends.resolve(backend, q.device).run(q, k, v, layout, bias, scale=scale, config=config)
+    impl = _backends.resolve(backend, q.device)
+    if gate is not None and impl.gated:
+        return impl.run(q, k, v, layout, bias, scale=scale, config=config, gate=gate)
+    return gate_output(impl.run(q, k, v, layout, bias, scale=scale, config=config), gate)
 

@@ -17,7 +17,7 @@ from patterns import BlockLayout
 
 from .plans import check_layout_device
 
-__all__ = ["check_inputs"]
+__all__ = ["check_inputs", "check_gate", "gate_output"]
 
 
 def check_inputs(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layout: BlockLayout, bias: Optional[torch.Tensor]) -> None:
@@ -107,3 +107,28 @@ def _check_bias(bias, q, B: int, H: int, L: int) -> None:
     # right-aligned broadcasting, checked by hand (torch.broadcast_shapes costs ~0.1 ms a call)
     if bias.dim() > 4 or any(b != 1 and b != t for b, t in zip(reversed(bias.shape), (L, L, H, B))):
         raise ValueError(f"bias of shape {list(bias.shape)} does not broadcast to [{B}, {H}, {L}, {L}]")
+
+
+def check_gate(q: torch.Tensor, gate: Optional[torch.Tensor]) -> None:
+    """The gate of a gated attention call (`gate_output`): None, or a tensor of q's shape, dtype and
+    device (ValueError naming ``gate`` otherwise)."""
+    if gate is None:
+        return
+    if not isinstance(gate, torch.Tensor):
+        raise ValueError(f"gate must be a tensor or None, got {type(gate).__name__}")
+    if gate.shape != q.shape or gate.dtype != q.dtype or gate.device != q.device:
+        raise ValueError(f"gate must have q's shape, dtype and device {list(q.shape)} {q.dtype} {q.device}; "
+                         f"got {list(gate.shape)} {gate.dtype} {gate.device}")
+
+
+def gate_output(out: torch.Tensor, gate: Optional[torch.Tensor]) -> torch.Tensor:
+    """sigmoid(gate) * out (AlphaFold2's gated attention: the output gate of Algorithms 7, 8, 13
+    and 14), the product taken in [B, L, H, D] order, which is the memory order of a module's
+    projections and of the output a backend lays out in q's order: the result transposes back to
+    [B, L, H, D] for free. ``out`` unchanged when ``gate`` is None. The path of every backend and
+    call that does not apply the gate inside its kernel (`kernels.triton_op`: eager calls without
+    gradients)."""
+    if gate is None:
+        return out
+    return (torch.sigmoid(gate.transpose(1, 2)) * out.transpose(1, 2)).transpose(1, 2)
+

@@ -182,15 +182,21 @@ def _kept_row(KVCounts, KVIndices, lay_row, NB, NB_PAD: tl.constexpr, EVEN_L: tl
 
 
 @triton.jit
-def _fwd_epilogue(acc, l_i, m_i, out_ptrs, lse_ptrs, offs_m, offs_d, L,
-                  HEAD_DIM: tl.constexpr, EVEN_L: tl.constexpr, EVEN_D: tl.constexpr, STORE_LSE: tl.constexpr):
+def _fwd_epilogue(acc, l_i, m_i, out_ptrs, lse_ptrs, gate_ptrs, offs_m, offs_d, L,
+                  HEAD_DIM: tl.constexpr, EVEN_L: tl.constexpr, EVEN_D: tl.constexpr, STORE_LSE: tl.constexpr,
+                  HAS_GATE: tl.constexpr):
     """Normalise and store one query tile's output (and its LSE). A row with no computed key, or
     whose computed logits are all -inf, is "dead": zeros (even where v holds NaN/inf, which reached
     acc through 0 * v) and lse = +inf; a NaN anywhere in a live row's logits makes l_i NaN, hence a
-    NaN row (IEEE, as the reference)."""
+    NaN row (IEEE, as the reference). ``HAS_GATE``: the stored output is sigmoid(gate) * out, the
+    gate logits read at ``gate_ptrs`` in float32 (AlphaFold2's gated attention; the LSE is the
+    ungated attention's, and a dead row stores sigmoid(gate) * 0, NaN where the gate is NaN)."""
     empty = l_i == 0.0
     l_safe = tl.where(empty, 1.0, l_i)
     acc = tl.where(empty[:, None], 0.0, acc / l_safe[:, None])
+    if HAS_GATE:
+        g = _load_rows(gate_ptrs, offs_m, offs_d, L, HEAD_DIM, EVEN_L, EVEN_D).to(tl.float32)
+        acc = acc * tl.sigmoid(g)
     _store_rows(out_ptrs, acc.to(out_ptrs.dtype.element_ty), offs_m, offs_d, L, HEAD_DIM, EVEN_L, EVEN_D)
     if STORE_LSE:  # the backward needs it; eager inference does not (no buffer, no writes)
         lse = tl.where(empty, float("inf"), m_i + tl.math.log2(l_safe))
@@ -204,18 +210,18 @@ def _fwd_epilogue(acc, l_i, m_i, out_ptrs, lse_ptrs, offs_m, offs_d, L,
 # forward
 # --------------------------------------------------------------------------------------------
 @triton.jit
-def _fwd_exact_rows(Q, K, V, Bias, Out, stride_qm, stride_kn, stride_vn, stride_om, stride_bias_m, stride_bias_n,
-                    start_m, L, qk_scale, count, row_idx, row_bits, offs_nb, row,
+def _fwd_exact_rows(Q, K, V, Bias, Out, Gate, stride_qm, stride_kn, stride_vn, stride_om, stride_gm, stride_bias_m,
+                    stride_bias_n, start_m, L, qk_scale, count, row_idx, row_bits, offs_nb, row,
                     HEAD_DIM: tl.constexpr, D_PAD: tl.constexpr, HAS_BIAS: tl.constexpr, EVEN_D: tl.constexpr,
                     PREC: tl.constexpr, BLOCK_SIZE: tl.constexpr, BLOCK_M: tl.constexpr,
-                    ROW_BLOCKS: tl.constexpr, COL_BLOCKS: tl.constexpr):
+                    ROW_BLOCKS: tl.constexpr, COL_BLOCKS: tl.constexpr, HAS_GATE: tl.constexpr):
     """Recompute and store the output rows of a coarse query tile one layout tile at a time: for
     each layout row block r of the tile, the online softmax over exactly the layout tiles (r, c)
     that the layout keeps, [BLOCK_SIZE, BLOCK_SIZE] steps as the block-dividing kernel takes them
     (so no value of a tile a row does not keep is read). The coarse tile's single P V dot
     multiplies a pair's zero weight by V, so a NaN / inf in V at a key one row block keeps and
     another does not would reach both; this cold path runs only for a tile whose P V is not
-    finite. Q, K, V, Bias, Out point at this (batch, head); runtime loops keep the code small."""
+    finite. Q, K, V, Bias, Out, Gate point at this (batch, head); runtime loops keep the code small."""
     CB_N: tl.constexpr = COL_BLOCKS * BLOCK_SIZE
     offs_r0 = tl.arange(0, BLOCK_SIZE)
     offs_d = tl.arange(0, D_PAD)
@@ -240,16 +246,17 @@ def _fwd_exact_rows(Q, K, V, Bias, Out, stride_qm, stride_kn, stride_vn, stride_
                 acc, l_i, m_i = _fwd_step(acc, l_i, m_i, q, K + offs_d[None, :], V + offs_d[None, :], stride_kn,
                                           stride_vn, bias_base, stride_bias_n, offs_m, offs_n, offs_d, L, qk_scale,
                                           offs_n, HEAD_DIM, HAS_BIAS, False, EVEN_D, PREC, False)
-        _fwd_epilogue(acc, l_i, m_i, Out + offs_m[:, None] * stride_om + offs_d[None, :], Out, offs_m, offs_d, L,
-                      HEAD_DIM, False, EVEN_D, False)
+        _fwd_epilogue(acc, l_i, m_i, Out + offs_m[:, None] * stride_om + offs_d[None, :], Out,
+                      Gate + offs_m[:, None] * stride_gm + offs_d[None, :], offs_m, offs_d, L,
+                      HEAD_DIM, False, EVEN_D, False, HAS_GATE)
 
 
 @triton.jit
 def _attn_fwd_kernel(
-    Q, K, V, Bias, Out, Lse,
+    Q, K, V, Bias, Out, Lse, Gate,
     KVCounts, KVIndices, KVBits,
     stride_qb, stride_qh, stride_qm, stride_kb, stride_kh, stride_kn,
-    stride_vb, stride_vh, stride_vn, stride_ob, stride_oh, stride_om,
+    stride_vb, stride_vh, stride_vn, stride_ob, stride_oh, stride_om, stride_gb, stride_gh, stride_gm,
     stride_bias_b, stride_bias_h, stride_bias_m, stride_bias_n,
     TileOrder,
     B, H, L, NB, N_TILES, LAYOUT_HEAD_STRIDE, NB_ROWS,
@@ -258,7 +265,7 @@ def _attn_fwd_kernel(
     BLOCK_SIZE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, NB_PAD: tl.constexpr,
     HAS_BIAS: tl.constexpr, EVEN_L: tl.constexpr, EVEN_D: tl.constexpr, PREC: tl.constexpr,
     STORE_LSE: tl.constexpr = True, ROWS_PER_CTA: tl.constexpr = 1,
-    ROW_BLOCKS: tl.constexpr = 1, COL_BLOCKS: tl.constexpr = 1,
+    ROW_BLOCKS: tl.constexpr = 1, COL_BLOCKS: tl.constexpr = 1, HAS_GATE: tl.constexpr = False,
 ):
     """Forward of one query tile for ``ROWS_PER_CTA`` consecutive batch elements (MSA rows or
     triangle rows) of one head: the tile order, the kept-block count and the block index are loaded
@@ -272,7 +279,11 @@ def _attn_fwd_kernel(
     rows, NB coarse columns), ``KVBits`` the int64 bitmask of the layout tiles each kept coarse
     tile keeps; pairs of tiles it does not keep are -inf (``_tile_keep``), and a tile whose P V is
     not finite is stored again without reading them (``_fwd_exact_rows``). Otherwise the layout's
-    own index (NB_ROWS = NB) and KVBits is not read."""
+    own index (NB_ROWS = NB) and KVBits is not read.
+
+    ``HAS_GATE``: the output stored is sigmoid(Gate) * attention (``_fwd_epilogue``), Gate a
+    [B, H, L, D] tensor of gate logits read through its strides like q (the eager inference path of
+    a gated module; Gate is not read otherwise)."""
     COARSE: tl.constexpr = ROW_BLOCKS * COL_BLOCKS > 1
     CB_M: tl.constexpr = ROW_BLOCKS * BLOCK_SIZE  # a coarse row: BLOCK_M rows, or one layout row of BLOCK_SIZE
     CB_N: tl.constexpr = COL_BLOCKS * BLOCK_SIZE
@@ -339,8 +350,9 @@ def _attn_fwd_kernel(
                                       PREC, COARSE)
         out_ptrs = Out + b64 * stride_ob + h64 * stride_oh + offs_m[:, None] * stride_om + offs_d[None, :]
         bad = tl.max(((acc != acc) | (tl.abs(acc) == float("inf"))).to(tl.int32), 1)  # not read unless COARSE
-        _fwd_epilogue(acc, l_i, m_i, out_ptrs, Lse + (b64 * H + h64) * L + offs_m, offs_m, offs_d, L,
-                      HEAD_DIM, EVEN_L, EVEN_D, STORE_LSE)
+        gate_ptrs = Gate + b64 * stride_gb + h64 * stride_gh + offs_m[:, None] * stride_gm + offs_d[None, :]
+        _fwd_epilogue(acc, l_i, m_i, out_ptrs, Lse + (b64 * H + h64) * L + offs_m, gate_ptrs, offs_m, offs_d, L,
+                      HEAD_DIM, EVEN_L, EVEN_D, STORE_LSE, HAS_GATE)
         if COARSE:
             if tl.max(bad, 0) != 0:  # a NaN / inf in P V: stored again without the tiles a row does not keep
                 if HAS_BIAS:
@@ -349,6 +361,8 @@ def _attn_fwd_kernel(
                     bias_bh = Bias
                 _fwd_exact_rows(Q + b64 * stride_qb + h64 * stride_qh, K + b64 * stride_kb + h64 * stride_kh,
                                 V + b64 * stride_vb + h64 * stride_vh, bias_bh, Out + b64 * stride_ob + h64 * stride_oh,
-                                stride_qm, stride_kn, stride_vn, stride_om, stride_bias_m, stride_bias_n,
+                                Gate + b64 * stride_gb + h64 * stride_gh,
+                                stride_qm, stride_kn, stride_vn, stride_om, stride_gm, stride_bias_m, stride_bias_n,
                                 start_m, L, qk_scale, count, row_idx, row_bits, offs_nb, row,
-                                HEAD_DIM, D_PAD, HAS_BIAS, EVEN_D, PREC, BLOCK_SIZE, BLOCK_M, ROW_BLOCKS, COL_BLOCKS)
+                                HEAD_DIM, D_PAD, HAS_BIAS, EVEN_D, PREC, BLOCK_SIZE, BLOCK_M, ROW_BLOCKS, COL_BLOCKS,
+                                HAS_GATE)

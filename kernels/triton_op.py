@@ -57,6 +57,7 @@ from .config import (
     fit_stages,
     shared_memory_bytes,
 )
+from .inputs import gate_output
 from .opdefs import (
     _dim_order,
     declare_attention_ops,
@@ -223,6 +224,7 @@ class _FwdPlan:
     sizes: tuple  # B, H, L, NB, N_TILES, LAYOUT_HEAD_STRIDE, NB_ROWS
     consts: dict  # with the LSE stored
     consts_no_lse: dict  # inference: the LSE neither allocated nor written
+    consts_gated: dict  # inference of a gated module: no LSE, sigmoid(gate) applied in the epilogue
     block_size: int
     block_m: int
     row_blocks: int = 1  # layout row / column blocks per coarse tile (tiles that are multiples of the block)
@@ -270,6 +272,7 @@ def _fwd_plan(q, k, v, bias, kv_counts, block_size, block_m, block_n, num_warps,
         strides=(*(x for st in (*row_strides, out_strides) for x in st[:3]), *_bias_strides(bias)),
         sizes=(B, H, L, nb, n_tiles, 1 if lh > 1 else 0, nb_rows),
         consts={**consts, "STORE_LSE": True}, consts_no_lse={**consts, "STORE_LSE": False},
+        consts_gated={**consts, "STORE_LSE": False, "HAS_GATE": True},
         block_size=block_size, block_m=block_m, row_blocks=rb, col_blocks=cb,
     )
 
@@ -299,17 +302,25 @@ def _walk_index(counts, indices, block_size: int, rows: int, cols: int, tile: in
     return c, i, bits, _tile_order(c, rows * block_size, tile)
 
 
-def _launch_fwd(plan: _FwdPlan, q, k, v, bias, kv_counts, kv_indices, scale, store_lse: bool):
-    """Launch the forward kernel with a plan: (out, lse), lse None unless ``store_lse``."""
+def _launch_fwd(plan: _FwdPlan, q, k, v, bias, kv_counts, kv_indices, scale, store_lse: bool, gate=None):
+    """Launch the forward kernel with a plan: (out, lse), lse None unless ``store_lse``; with
+    ``gate`` ([B, H, L, D] logits, unit stride in the head dimension) the output is
+    sigmoid(gate) * attention, applied in the kernel's epilogue."""
     if plan.copy:
         q, k, v = rows_in_place(q), rows_in_place(k), rows_in_place(v)
     out = q.new_empty_strided(q.shape, plan.out_strides)  # = torch.empty_permuted(q.shape, plan.out_order)
     lse = q.new_empty(plan.lse_shape, dtype=torch.float32) if store_lse else None
     counts, indices, bits, order = _walk_index(kv_counts, kv_indices, plan.block_size, plan.row_blocks,
                                                plan.col_blocks, plan.block_m)
-    args = (q, k, v, q if bias is None else bias, out, out if lse is None else lse, counts, indices, bits,
-            *plan.strides, order, *plan.sizes, scale * LOG2E)
+    g = gate.stride() if gate is not None else (0, 0, 0)
+    st = plan.strides
+    args = (q, k, v, q if bias is None else bias, out, out if lse is None else lse, out if gate is None else gate,
+            counts, indices, bits, *st[:12], g[0], g[1], g[2], *st[12:], order, *plan.sizes, scale * LOG2E)
     consts = plan.consts if store_lse else plan.consts_no_lse
+    if gate is not None:  # inference only: the gradients go through the unfused product (gate_output)
+        if store_lse:
+            raise ValueError("triton backend: a gate is applied in the kernel for calls without gradients only")
+        consts = plan.consts_gated
     if q.is_cuda and q.device.index != torch.cuda.current_device():
         with torch.cuda.device(q.device):
             _attn_fwd_kernel[plan.grid](*args, **consts)
@@ -563,8 +574,9 @@ def triton_sparse_attention(
     scale: Optional[float] = None,
     config: Optional[KernelConfig] = None,
     bwd_config: Optional[KernelConfig] = None,
+    gate: Optional[torch.Tensor] = None,
 ) -> torch.Tensor:
-    """Block-sparse attention with the Triton kernels (differentiable in q, k, v and bias).
+    """Block-sparse attention with the Triton kernels (differentiable in q, k, v, bias and gate).
 
     q, k, v: [B, H, L, D], D in SUPPORTED_HEAD_DIMS, float32 / float16 / bfloat16, any strides (read
     in place; only a head dimension without unit stride is copied); bias: None or broadcastable to
@@ -576,19 +588,25 @@ def triton_sparse_attention(
     the backward's own launch config, (block_m, block_n) = (owned, walked) tile (default
     ``default_backward_config``), tiles dividing the block or, for a block under 64, multiples of it
     (``KernelConfig.for_backward``; others are clipped to the block). Every check and launch choice is computed
-    once per (shape, dtype, device, layout geometry, configs) and cached.
+    once per (shape, dtype, device, layout geometry, configs) and cached. gate: None, or gate logits
+    of q's shape: sigmoid(gate) * attention is returned, the gate applied in the forward kernel's
+    epilogue on an eager call without gradients (AlphaFold2's gated attention at inference: no
+    separate sigmoid and product over the output), by `kernels.inputs.gate_output` otherwise.
     """
-    from .inputs import check_inputs  # the dispatcher's contract (cached per shape)
+    from .inputs import check_gate, check_inputs  # the dispatcher's contract (cached per shape)
 
     check_inputs(q, k, v, layout, bias)
-    return triton_attention_checked(q, k, v, layout, bias, scale=scale, config=config, bwd_config=bwd_config)
+    check_gate(q, gate)
+    return triton_attention_checked(q, k, v, layout, bias, scale=scale, config=config, bwd_config=bwd_config,
+                                    gate=gate)
 
 
-def triton_attention_checked(q, k, v, layout, bias=None, *, scale=None, config=None, bwd_config=None):
-    """``triton_sparse_attention`` for inputs that passed ``kernels.check_inputs`` (the dispatcher
-    checks once; this is what it calls). One dictionary lookup finds this call's launch configs and
-    forward plan (``_call_plan``, made on the first call of each (shapes, strides, dtype, devices,
-    bias layout, layout geometry, configs))."""
+def triton_attention_checked(q, k, v, layout, bias=None, *, scale=None, config=None, bwd_config=None, gate=None):
+    """``triton_sparse_attention`` for inputs that passed ``kernels.check_inputs`` (and ``gate``,
+    ``kernels.inputs.check_gate``; the dispatcher checks once; this is what it calls). One
+    dictionary lookup finds this call's launch configs and forward plan (``_call_plan``, made on
+    the first call of each (shapes, strides, dtype, devices, bias layout, layout geometry,
+    configs))."""
     if bias is not None and bias.dim() < 4:
         bias = bias[(None,) * (4 - bias.dim())]  # a view: the gradient flows back to the caller's shape
     dev = q.device
@@ -602,17 +620,21 @@ def triton_attention_checked(q, k, v, layout, bias=None, *, scale=None, config=N
         entry = _cache_put(_CALLS, key, _call_plan(q, k, v, bias, index[0], layout.block_size, config, bwd_config))
     cfg, bcfg, plan, default_scale = entry
     scale = default_scale if scale is None else float(scale)  # resolve_scale, its default kept per signature
-    if plain_eager(q, k, v, bias):  # no graph capture: launch without the op's dispatch (~0.1 ms a call)
+    if plain_eager(q, k, v, bias, gate):  # no graph capture: launch without the op's dispatch (~0.1 ms a call)
         if not wants_grad(q, k, v, bias):  # inference: no LSE
-            return _launch_fwd(plan, q, k, v, bias, index[0], index[1], scale, False)[0]
-        return _EagerAttention.apply(q, k, v, bias, index, (plan, scale), (
-            layout.block_size, scale, bcfg.block_m, bcfg.block_n, bcfg.num_warps, bcfg.num_stages))[0]
+            if gate is None:
+                return _launch_fwd(plan, q, k, v, bias, index[0], index[1], scale, False)[0]
+            if not (gate.requires_grad and torch.is_grad_enabled()):  # the gate in the epilogue
+                return _launch_fwd(plan, q, k, v, bias, index[0], index[1], scale, False, rows_in_place(gate))[0]
+            return gate_output(_launch_fwd(plan, q, k, v, bias, index[0], index[1], scale, False)[0], gate)
+        return gate_output(_EagerAttention.apply(q, k, v, bias, index, (plan, scale), (
+            layout.block_size, scale, bcfg.block_m, bcfg.block_n, bcfg.num_warps, bcfg.num_stages))[0], gate)
     out, _ = block_sparse_attention_fwd(
         q, k, v, bias, *index,
         layout.block_size, scale, cfg.block_m, cfg.block_n, cfg.num_warps, cfg.num_stages,
         bcfg.block_m, bcfg.block_n, bcfg.num_warps, bcfg.num_stages,
     )
-    return out
+    return gate_output(out, gate)
 
 
 _CALLS: dict = {}

@@ -198,8 +198,9 @@ def test_triton_launch_gets_qkv_storage_and_strides_without_copies(kind, monkeyp
     assert not copies, f"{kind}: copies of q, k or v: {copies}"
     grid, args, meta = rec.calls[-1]
     assert args[0] is q and args[1] is k and args[2] is v and args[3] is bias and args[4] is out
-    strides = args[9:21]  # after q, k, v, bias, out, lse and the index (counts, indices, coarse bits)
+    strides = args[10:22]  # after q, k, v, bias, out, lse, gate and the index (counts, indices, coarse bits)
     assert strides == (*q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *out.stride()[:3])
+    assert args[22:25] == (0, 0, 0) and not meta.get("HAS_GATE", False)  # no gate: not read
     assert out.transpose(1, 2).is_contiguous(), f"output strides {out.stride()} are not q's order"
     assert meta["num_stages"] >= 3  # the default launch config is pipelined
     # plain eager calls skip the registered op: inference launches directly, autograd runs the op's
@@ -216,6 +217,32 @@ def test_triton_launch_gets_qkv_storage_and_strides_without_copies(kind, monkeyp
     with _OpNames() as mode:
         sparse_attention(qg, k, v, layout, bias, backend="triton")
     assert any("block_sparse_attention_fwd" in n for n in mode.names), mode.names
+
+
+@pytest.mark.parametrize("kind", ["blhd"])
+def test_triton_gate_is_read_in_place_in_the_epilogue(kind, monkeypatch):
+    """A gated module's gate logits (a slice of its fused projection) reach the forward kernel as
+    they are, with their strides, at eager inference (HAS_GATE); no aten op runs on the output
+    (no sigmoid, no product) and nothing copies q, k, v or the gate. With gradients the gate is an
+    ordinary product after the kernel (the kernel gets no gate)."""
+    pytest.importorskip("triton")
+    rec = _stub_triton(monkeypatch)
+    engine = next(e for e in ENGINES if e.backend == "triton")
+    (q, k, v, bias), layout, _, _ = _case(engine, kind)
+    gate = torch.randn_like(q.transpose(1, 2)).transpose(1, 2)  # [B, H, L, D] view of [B, L, H, D] memory
+    with torch.no_grad():
+        sparse_attention(q, k, v, layout, bias, backend="triton", gate=gate)
+        names = _ops(lambda: sparse_attention(q, k, v, layout, bias, backend="triton", gate=gate))
+        out = sparse_attention(q, k, v, layout, bias, backend="triton", gate=gate)
+    assert not any(n.startswith(("aten::sigmoid", "aten::mul", "aten::copy", "aten::clone")) for n in names), names
+    grid, args, meta = rec.calls[-1]
+    assert args[6] is gate and meta["HAS_GATE"] is True and meta["STORE_LSE"] is False
+    assert args[22:25] == gate.stride()[:3]
+    assert out.transpose(1, 2).is_contiguous()
+    qg = q.detach().requires_grad_(True)
+    sparse_attention(qg, k, v, layout, bias, backend="triton", gate=gate)
+    _, args, meta = rec.calls[-1]
+    assert args[6] is not gate and not meta.get("HAS_GATE", False)
 
 
 class _OpNames(TorchDispatchMode):

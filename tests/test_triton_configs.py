@@ -52,22 +52,25 @@ def test_compile_report_is_committed_and_bounds_hold():
     assert len(rows) >= 100, "benchmarks/results/compile-sm90-triton*.csv missing or too small"
     for r in rows:
         eb = 4 if r["dtype"] == "float32" else 2
-        est = shared_memory_bytes(r["kernel"], eb, int(r["block_m"]), int(r["block_n"]), int(r["d_pad"]),
+        role = "fwd" if r["kernel"] == "fwd_gated" else r["kernel"]  # the gated forward: the forward's memory
+        est = shared_memory_bytes(role, eb, int(r["block_m"]), int(r["block_n"]), int(r["d_pad"]),
                                   int(r["stages_launched"]))
         assert est >= int(r["shared_bytes"]), r
         if int(r["shared_bytes"]) > SHARED_MEMORY_LIMIT:
             cfg = KernelConfig(int(r["block_m"]), int(r["block_n"]), int(r["num_warps"]), int(r["num_stages"]))
             bs = int(r["block_size"])
             offered = (candidate_configs(bs, int(r["head_dim"]), r["dtype"], exclude_spilling=False)
-                       if r["kernel"] == "fwd" else
+                       if role == "fwd" else
                        candidate_backward_configs(bs, int(r["head_dim"]), r["dtype"], exclude_spilling=False))
             assert cfg not in offered, r
 
 
 def test_spilling_table_matches_the_report():
-    """A config the report saw spilling (at the stages it launches) is flagged by ``spills``."""
+    """A config the report saw spilling (at the stages it launches) is flagged by ``spills``. The
+    table is of the kernels the tuner times: the gated inference forward (``fwd_gated``, spilling
+    a few bytes more in some configs, benchmarks/README.md) is reported, not tabled."""
     for r in _report_rows():
-        if r.get("rows_per_cta") not in (None, "", "1"):
+        if r.get("rows_per_cta") not in (None, "", "1") or r["kernel"] == "fwd_gated":
             continue  # the table is of one-row-per-program configs; rows_per_cta > 1 is reported, not tabled
         if r["spill_stores"] and int(r["spill_stores"]) > 0 and r["num_stages"] == r["stages_launched"]:
             cfg = KernelConfig(int(r["block_m"]), int(r["block_n"]), int(r["num_warps"]), int(r["num_stages"]))

@@ -37,9 +37,10 @@ never a flag threaded through ``forward``:
 
 * ``EvoformerAttention(msa_row, tri_start, tri_end, msa_col=sdpa)``: one choice per module.
 
-``attend(choice, q, k, v, biases, guide=None)`` is the single dispatch point: q, k, v are
+``attend(choice, q, k, v, biases, guide=None, gate=None)`` is the single dispatch point: q, k, v are
 [*, H, L, D] with any leading batch dims, ``biases`` a list of tensors broadcastable to
-[*, H, L, L], ``guide`` the pair signal a guided pattern chooses its blocks from.
+[*, H, L, L], ``guide`` the pair signal a guided pattern chooses its blocks from, ``gate`` the gate
+logits of a gated module (the result is then sigmoid(gate) * attention).
 """
 
 from __future__ import annotations
@@ -325,26 +326,38 @@ def sdpa_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, biases: Se
     return out.reshape(*lead, *out.shape[-3:])
 
 
-def attend(choice: AttentionChoice, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, biases: Sequence[torch.Tensor] = (),
-           guide: Optional[torch.Tensor] = None) -> torch.Tensor:
-    """softmax(q k^T / sqrt(d) + sum(biases)) v, computed the way ``choice`` says.
+def _gated(out: torch.Tensor, gate: Optional[torch.Tensor]) -> torch.Tensor:
+    """sigmoid(gate) * out for [*, H, L, D] tensors, the product in [*, L, H, D] order (the memory
+    order of the module's projections: the result transposes back to it for free)."""
+    if gate is None:
+        return out
+    return (torch.sigmoid(gate.transpose(-2, -3)) * out.transpose(-2, -3)).transpose(-2, -3)
 
-    q, k, v: [*, H, L, D]; each bias broadcastable to [*, H, L, L]. Returns [*, H, L, D].
-    ``guide``: the pair signal of a guided pattern (ignored by static patterns and dense kinds).
+
+def attend(choice: AttentionChoice, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, biases: Sequence[torch.Tensor] = (),
+           guide: Optional[torch.Tensor] = None, gate: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """softmax(q k^T / sqrt(d) + sum(biases)) v, computed the way ``choice`` says; times
+    sigmoid(gate) when a gate is given (the gated attention of AlphaFold2's Algorithms 7, 8, 13, 14).
+
+    q, k, v: [*, H, L, D]; each bias broadcastable to [*, H, L, L]; gate: None or the gate logits,
+    [*, H, L, D]. Returns [*, H, L, D]. ``guide``: the pair signal of a guided pattern (ignored by
+    static patterns and dense kinds). A sparse choice hands the gate to the kernel
+    (`kernels.sparse_attention`), which applies it in its epilogue where it can (the Triton forward,
+    eager inference); the other kinds multiply after (`_gated`).
     """
     kind = choice.kind
     if kind == "identity":
-        return v
+        return _gated(v, gate)
     if kind == "naive":
         mask = _pattern_mask(choice, q, guide)
-        return openfold_attention(q, k, v, list(biases) + ([mask] if mask is not None else []))
+        return _gated(openfold_attention(q, k, v, list(biases) + ([mask] if mask is not None else [])), gate)
     if kind == "sdpa":
-        return sdpa_attention(q, k, v, biases, _pattern_mask(choice, q, guide))
+        return _gated(sdpa_attention(q, k, v, biases, _pattern_mask(choice, q, guide)), gate)
     # sparse
     L = q.shape[-2]
     plan = _sparse_plan(choice, L, q.device, q.dtype, q.shape[-3], q.shape[-1])
     if plan is None:  # no pattern pays off at this length (infeasible or unmeasured bucket): dense
-        return sdpa_attention(q, k, v, biases)
+        return _gated(sdpa_attention(q, k, v, biases), gate)
     layout, kernel_config = plan
     if isinstance(layout, GuidedConfig):  # chosen per call from the pair signal, inside the graph
         layout = build_layout(layout, L, signal=guide_signal(guide, L))
@@ -354,8 +367,9 @@ def attend(choice: AttentionChoice, q: torch.Tensor, k: torch.Tensor, v: torch.T
     # q, k, v go as the views the projections made (no copies): a backend that needs another
     # memory layout makes it itself
     q4, k4, v4, b4 = _flatten(q, k, v, _sum_biases(biases, q.dtype))
+    g4 = None if gate is None else gate.reshape(q4.shape)  # a view, as q's
     out = sparse_attention(q4, k4, v4, layout, b4, scale=1.0 / math.sqrt(q.shape[-1]), backend=choice.backend,
-                           config=kernel_config)
+                           config=kernel_config, gate=g4)
     return out.reshape(*lead, *out.shape[-3:])
 
 

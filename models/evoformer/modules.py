@@ -111,10 +111,11 @@ class GatedAttention(nn.Module):
         lead = x.shape[:-1]
         H, C = self.no_heads, self.c_hidden
         qkvg = F.linear(x, *self.fused_projection()).view(*lead, 4, H, C)  # one GEMM
-        q, k, v = (qkvg.select(-3, i).transpose(-2, -3) for i in range(3))  # [*, H, Q, C] views
-        o = attend(choice, q, k, v, biases, guide).transpose(-2, -3)  # [*, Q, H, C]
-        g = torch.sigmoid(qkvg.select(-3, 3))
-        return self.linear_o((g * o).reshape(*lead, H * C))  # g first: the product takes its (contiguous) order
+        q, k, v, g = (qkvg.select(-3, i).transpose(-2, -3) for i in range(4))  # [*, H, Q, C] views
+        # gated: sigmoid(g) * attention, in the Triton kernel's epilogue at eager inference, else a
+        # product in [*, Q, H, C] order (models.evoformer.attention.attend)
+        o = attend(choice, q, k, v, biases, guide, gate=g).transpose(-2, -3)  # [*, Q, H, C]
+        return self.linear_o(o.reshape(*lead, H * C))
 
 
 def pair_bias(z: torch.Tensor, linear: nn.Linear) -> torch.Tensor:
