@@ -10,8 +10,6 @@ Every test prints the seed it drew on failure."""
 from __future__ import annotations
 
 import math
-import os
-import random
 
 import pytest
 import torch
@@ -20,17 +18,10 @@ from kernels import KernelConfig, sparse_attention
 from kernels.reference import reference_attention
 from patterns import BlockLayout, PatternConfig, build_layout
 
-INTERPRET = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+from test_triton_coarse_tiles import DEVICE, INTERPRET, TOL, _seed
+
 pytestmark = pytest.mark.skipif(not INTERPRET and not torch.cuda.is_available(),
                                 reason="needs CUDA or TRITON_INTERPRET=1")
-DEVICE = "cuda" if torch.cuda.is_available() and not INTERPRET else "cpu"
-TOL = {torch.float32: (2e-4, 2e-4), torch.float16: (1.5e-2, 1.5e-2)}
-
-
-def _seed() -> int:
-    seed = random.randrange(2**31)
-    torch.manual_seed(seed)
-    return seed
 
 
 def _projection(B: int, L: int, H: int, D: int, dtype) -> tuple[torch.Tensor, ...]:
