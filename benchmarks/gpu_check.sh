@@ -10,7 +10,7 @@
 # 15 s left is skipped; every step runs even when an earlier one failed):
 #   0. the CUDA tests (tests/test_gpu_*.py that need a CUDA device; the whole EvoFormer block in one
 #      CUDA graph first: tests/test_gpu_evoformer_graph.py), then the quick cases of the kernel test
-#      files that use CUDA when present (coarse tiles, fused guided build)
+#      files that use CUDA when present (coarse tiles, fused guided build, gated forward)
 #   1. EvoFormer block forward, L = 256..2048, naive (L <= 512) / SDPA / static / guided at 50, 75, 90%
 #   2. EvoFormer block forward+backward (a training step without optimizer), L = 512..4096 (dense
 #      runs out of memory first), SDPA / static / guided at 75, 90%, without and with activation
@@ -82,8 +82,9 @@ fi
 # the tests that need a CUDA device (skipped, exit 0, in the dry run), the whole-block graph first
 GPU_TESTS=(tests/test_gpu_evoformer_graph.py $(grep -l "cuda.is_available" tests/test_gpu_*.py | grep -v evoformer_graph))
 # then the quick cases of the kernel files that run on CUDA when it is there (coarse forward tiles,
-# the fused guided build): exact against the reference / the torch build on the real device
-KERNEL_TESTS=(tests/test_triton_coarse_tiles.py tests/test_guided_fused.py)
+# the fused guided build, the gate in the forward's epilogue): exact against the reference / the
+# torch build on the real device
+KERNEL_TESTS=(tests/test_triton_coarse_tiles.py tests/test_guided_fused.py tests/test_triton_gate.py)
 run_step gpu_tests 80 bash -c '"$0" -m pytest -q -p no:cacheprovider -o addopts="" -rs "${@:2:$1}"; a=$?
     "$0" -m pytest -q -p no:cacheprovider -o addopts="" -rs -m "not slow" "${@:$(( $1 + 2 ))}"; b=$?
     exit $(( a != 0 ? a : b ))' \
