@@ -73,6 +73,8 @@ def snapped(choices: list, value: float) -> list:
     dropped when the choices cannot turn it off."""
     if value == 0:
         return [0] if 0 in choices else []
+    if not choices:
+        return []
     gap = min(abs(c - value) for c in choices)
     return [c for c in choices if abs(c - value) == gap]
 
@@ -95,7 +97,7 @@ def scaled_counterparts(space, params: dict[str, Any], src: int, dst: int,
         target = value * dst / src
         if hasattr(dist, "choices"):
             numeric = [c for c in dist.choices if isinstance(c, (int, float)) and not isinstance(c, bool)]
-            options.append([(name, v) for v in snapped(numeric, target)] or [(name, value)] if numeric else [(name, value)])
+            options.append([(name, v) for v in snapped(numeric, target)] or [(name, value)])
         elif not isinstance(getattr(dist, "step", None), int):  # a continuous range: no length of ours; kept
             options.append([(name, value)])
         else:  # an integer range: the nearest values on its step, clipped to it

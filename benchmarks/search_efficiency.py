@@ -181,10 +181,11 @@ def layout_key(params: dict, L: int) -> tuple:
 
 
 def distinct_configs(space) -> list[dict]:
-    """One config (the first in grid order) per distinct tuple of layouts over the grid's buckets."""
-    seen: dict[tuple, dict] = {}
+    """One config (the first in grid order) per distinct computation (`work_keys`: the search's rule)."""
+    keys = work_keys(space)
+    seen: dict = {}
     for params in space.grid():
-        seen.setdefault(tuple(layout_key(params, L) for L in GRID_BUCKETS), params)
+        seen.setdefault(keys[_key(params)], params)
     return list(seen.values())
 
 
@@ -192,7 +193,7 @@ def build_grid(seed: int = 0, distinct: bool = False) -> list[dict]:
     """Measure every config of `grid_space` once (one trial each, as the search would): the
     aggregate objectives and Optuna constraint values, and per bucket (`bucket_view`) the speedup
     and whether every target but speedup is met there. ``distinct``: only one config per distinct
-    tuple of bucket layouts (`distinct_configs`; the independent re-measurement of module
+    computation (`distinct_configs`; the independent re-measurement of module
     docstring, 4)."""
     from autotune.search import bucket_view
     from autotune.trial import TrialRequest, TrialRunner, summarize
@@ -231,8 +232,6 @@ def pooled_by_layout(table: list[dict], buckets: Optional[list[int]] = None) -> 
     config of the best layout has found the best (module docstring, 4)."""
     import copy
 
-    from patterns import PatternConfig, build_layout
-
     out = copy.deepcopy(table)
     buckets = GRID_BUCKETS if buckets is None else buckets
     for L in buckets:
@@ -240,9 +239,7 @@ def pooled_by_layout(table: list[dict], buckets: Optional[list[int]] = None) -> 
         for i, r in enumerate(table):
             if not r.get("ok"):
                 continue
-            cfg = PatternConfig(**{k.split(".", 1)[1]: v for k, v in r["params"].items() if k.startswith("pattern.")})
-            lay = build_layout(cfg, L)
-            groups.setdefault((lay.block_size, lay.block_mask.cpu().numpy().tobytes()), []).append(i)
+            groups.setdefault(layout_key(r["params"], L), []).append(i)
         for members in groups.values():
             m = statistics.median(table[i]["buckets"][str(L)]["speedup"] for i in members)
             for i in members:

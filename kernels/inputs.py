@@ -123,12 +123,12 @@ def check_gate(q: torch.Tensor, gate: Optional[torch.Tensor]) -> None:
 
 def gate_output(out: torch.Tensor, gate: Optional[torch.Tensor]) -> torch.Tensor:
     """sigmoid(gate) * out (AlphaFold2's gated attention: the output gate of Algorithms 7, 8, 13
-    and 14), the product taken in [B, L, H, D] order, which is the memory order of a module's
-    projections and of the output a backend lays out in q's order: the result transposes back to
-    [B, L, H, D] for free. ``out`` unchanged when ``gate`` is None. The path of every backend and
-    call that does not apply the gate inside its kernel (`kernels.triton_op`: eager calls without
-    gradients)."""
+    and 14) for [*, H, L, D] tensors, the product taken in [*, L, H, D] order, which is the memory
+    order of a module's projections and of the output a backend lays out in q's order: the result
+    transposes back to [*, L, H, D] for free. ``out`` unchanged when ``gate`` is None. The path of
+    every backend, call and attention kind that does not apply the gate inside its kernel
+    (`kernels.triton_op`: eager calls without gradients; `models.evoformer.attention.attend`)."""
     if gate is None:
         return out
-    return (torch.sigmoid(gate.transpose(1, 2)) * out.transpose(1, 2)).transpose(1, 2)
+    return (torch.sigmoid(gate.transpose(-2, -3)) * out.transpose(-2, -3)).transpose(-2, -3)
 

@@ -55,6 +55,7 @@ import torch.nn.functional as F
 
 from patterns import BlockLayout, GuidedConfig, PatternConfig, build_layout
 from kernels.compile_marks import assume_constant_result
+from kernels.inputs import gate_output
 import kernels.dispatch  # noqa: F401  (hands patterns.guided the fused CUDA build of guided layouts)
 from kernels.tuned import TunedPatterns
 
@@ -326,14 +327,6 @@ def sdpa_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, biases: Se
     return out.reshape(*lead, *out.shape[-3:])
 
 
-def _gated(out: torch.Tensor, gate: Optional[torch.Tensor]) -> torch.Tensor:
-    """sigmoid(gate) * out for [*, H, L, D] tensors, the product in [*, L, H, D] order (the memory
-    order of the module's projections: the result transposes back to it for free)."""
-    if gate is None:
-        return out
-    return (torch.sigmoid(gate.transpose(-2, -3)) * out.transpose(-2, -3)).transpose(-2, -3)
-
-
 def attend(choice: AttentionChoice, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, biases: Sequence[torch.Tensor] = (),
            guide: Optional[torch.Tensor] = None, gate: Optional[torch.Tensor] = None) -> torch.Tensor:
     """softmax(q k^T / sqrt(d) + sum(biases)) v, computed the way ``choice`` says; times
@@ -343,21 +336,21 @@ def attend(choice: AttentionChoice, q: torch.Tensor, k: torch.Tensor, v: torch.T
     [*, H, L, D]. Returns [*, H, L, D]. ``guide``: the pair signal of a guided pattern (ignored by
     static patterns and dense kinds). A sparse choice hands the gate to the kernel
     (`kernels.sparse_attention`), which applies it in its epilogue where it can (the Triton forward,
-    eager inference); the other kinds multiply after (`_gated`).
+    eager inference); the other kinds multiply after (`kernels.inputs.gate_output`).
     """
     kind = choice.kind
     if kind == "identity":
-        return _gated(v, gate)
+        return gate_output(v, gate)
     if kind == "naive":
         mask = _pattern_mask(choice, q, guide)
-        return _gated(openfold_attention(q, k, v, list(biases) + ([mask] if mask is not None else [])), gate)
+        return gate_output(openfold_attention(q, k, v, list(biases) + ([mask] if mask is not None else [])), gate)
     if kind == "sdpa":
-        return _gated(sdpa_attention(q, k, v, biases, _pattern_mask(choice, q, guide)), gate)
+        return gate_output(sdpa_attention(q, k, v, biases, _pattern_mask(choice, q, guide)), gate)
     # sparse
     L = q.shape[-2]
     plan = _sparse_plan(choice, L, q.device, q.dtype, q.shape[-3], q.shape[-1])
     if plan is None:  # no pattern pays off at this length (infeasible or unmeasured bucket): dense
-        return _gated(sdpa_attention(q, k, v, biases), gate)
+        return gate_output(sdpa_attention(q, k, v, biases), gate)
     layout, kernel_config = plan
     if isinstance(layout, GuidedConfig):  # chosen per call from the pair signal, inside the graph
         layout = build_layout(layout, L, signal=guide_signal(guide, L))
